@@ -1,0 +1,24 @@
+"""Typed data at every boundary: pydantic v2 models for patients, orders, machines, plans, jobs."""
+
+from rayrt.domain.errors import RayrtError, InputError
+from rayrt.domain.patient import ImageSeriesInfo, Patient, Structure, StructureKind
+from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec, Prescription, Normalization, load_order
+from rayrt.domain.job import Job, JobState, StageProgress
+
+__all__ = [
+    "RayrtError",
+    "InputError",
+    "ImageSeriesInfo",
+    "Patient",
+    "Structure",
+    "StructureKind",
+    "MedicalOrder",
+    "ObjectiveKind",
+    "ObjectiveSpec",
+    "Prescription",
+    "Normalization",
+    "load_order",
+    "Job",
+    "JobState",
+    "StageProgress",
+]

@@ -1,0 +1,153 @@
+"""The medical order: prescription, per-structure objectives and constraints, reference DVHs.
+
+Doses are total course doses in Gy; volumes in percent of the structure volume.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Iterable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rayrt.domain.errors import InputError
+
+
+class ObjectiveKind(str, Enum):
+    """Kinds of planning objectives / constraints (one per registry entry in ``rayrt.optimize``)."""
+
+    min_dose = "min_dose"  # every voxel >= dose_gy
+    max_dose = "max_dose"  # every voxel <= dose_gy
+    min_dvh = "min_dvh"  # at least volume_pct % receives >= dose_gy  (D{volume_pct} >= dose_gy)
+    max_dvh = "max_dvh"  # at most volume_pct % receives > dose_gy    (D{volume_pct} <= dose_gy)
+    mean_dose = "mean_dose"  # mean dose <= dose_gy
+    geud = "geud"  # generalised EUD with exponent a <= dose_gy (organs) or >= (targets, a < 0)
+    squared_deviation = "squared_deviation"  # mean (d - dose_gy)^2
+    squared_overdose = "squared_overdose"  # mean max(d - dose_gy, 0)^2
+    squared_underdose = "squared_underdose"  # mean max(dose_gy - d, 0)^2
+
+
+_NEEDS_VOLUME = {ObjectiveKind.min_dvh, ObjectiveKind.max_dvh}
+
+
+class ObjectiveSpec(BaseModel):
+    """One objective or constraint on one structure."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    structure: str = Field(min_length=1, description="structure name as in the structure set")
+    kind: ObjectiveKind
+    dose_gy: float = Field(ge=0, description="dose level in Gy (total course)")
+    volume_pct: float | None = Field(default=None, ge=0, le=100, description="volume in % for min_dvh / max_dvh")
+    a: float | None = Field(default=None, description="gEUD exponent (a > 1 for serial organs, a < 0 for targets)")
+    priority: float = Field(default=1.0, gt=0, description="relative weight of this objective")
+    hard: bool = Field(default=False, description="a constraint to honour, not just a weighted objective")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ObjectiveSpec":
+        if self.kind in _NEEDS_VOLUME and self.volume_pct is None:
+            raise ValueError(f"objective kind '{self.kind.value}' needs volume_pct (0-100)")
+        if self.kind is ObjectiveKind.geud and (self.a is None or self.a == 0):
+            raise ValueError("objective kind 'geud' needs a non-zero exponent a")
+        return self
+
+
+class Normalization(BaseModel):
+    """How the final plan is scaled: e.g. D95 of PTV = prescription dose."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(default="D95", pattern=r"^(D\d+(\.\d+)?|mean|none)$", description="'D<vol%>', 'mean' or 'none'")
+    structure: str | None = Field(default=None, description="defaults to the prescription target")
+    value_pct: float = Field(default=100.0, gt=0, description="percent of the prescription dose the metric must equal")
+
+    @property
+    def volume_pct(self) -> float | None:
+        m = re.fullmatch(r"D(\d+(?:\.\d+)?)", self.metric)
+        return float(m.group(1)) if m else None
+
+
+class Prescription(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(min_length=1, description="target structure name")
+    total_dose_gy: float = Field(gt=0, description="total prescribed dose in Gy")
+    fractions: int = Field(default=1, ge=1, description="number of fractions")
+    normalization: Normalization = Field(default_factory=Normalization)
+
+    @property
+    def dose_per_fraction_gy(self) -> float:
+        return self.total_dose_gy / self.fractions
+
+
+class DVHPoint(BaseModel):
+    dose_gy: float = Field(ge=0)
+    volume_pct: float = Field(ge=0, le=100)
+
+
+class MedicalOrder(BaseModel):
+    """What the physician orders for one patient."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="order", description="a label for the order")
+    prescription: Prescription
+    objectives: list[ObjectiveSpec] = Field(default_factory=list)
+    reference_dvh: dict[str, list[DVHPoint]] = Field(
+        default_factory=dict, description="optional reference cumulative DVH curve per structure"
+    )
+    notes: str = ""
+
+    def structure_names(self) -> set[str]:
+        names = {self.prescription.target, *(o.structure for o in self.objectives), *self.reference_dvh}
+        if self.prescription.normalization.structure:
+            names.add(self.prescription.normalization.structure)
+        return names
+
+    def check_structures(self, available: Iterable[str]) -> None:
+        """Raise :class:`InputError` when the order names a structure the patient does not have."""
+        available = set(available)
+        missing = sorted(self.structure_names() - available)
+        if missing:
+            raise InputError(
+                f"order names unknown structure(s) {', '.join(repr(m) for m in missing)}; "
+                f"the patient has: {', '.join(sorted(available)) or 'no structures'}",
+                kind="order",
+                field="structure",
+                status=422,
+            )
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> InputError:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+    msg = first["msg"]
+    return InputError(f"invalid order {source}: field '{loc}': {msg}", kind="order", field=loc, status=422)
+
+
+def parse_order(data: object, source: str = "") -> MedicalOrder:
+    """Validate an already-parsed order (a mapping), raising :class:`InputError` with the field path."""
+    if not isinstance(data, dict):
+        raise InputError(f"invalid order {source}: expected a mapping with 'prescription' and 'objectives'", kind="order")
+    try:
+        return MedicalOrder.model_validate(data)
+    except ValidationError as exc:
+        raise _format_validation_error(exc, source) from None
+
+
+def load_order(path: str | Path) -> MedicalOrder:
+    """Load an order from a ``.yaml``/``.yml`` or ``.json`` file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"order file not found: {path}", kind="order", field="order", status=404)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"order file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}", kind="order") from None
+    return parse_order(data, f"in {path.name}")

@@ -1,0 +1,1 @@
+"""Image volumes on explicit grids, DICOM import/export and phantoms."""
