@@ -1,3 +1,7 @@
 """Imports every CLI module so that its commands register on :data:`rayrt.cli.app.app`."""
 
 from rayrt.cli import schema  # noqa: F401
+from rayrt.cli import qa  # noqa: F401
+from rayrt.cli import service  # noqa: F401
+from rayrt.cli import imaging  # noqa: F401
+from rayrt.cli import contour  # noqa: F401

@@ -28,6 +28,7 @@ class ObjectiveKind(str, Enum):
     squared_deviation = "squared_deviation"  # mean (d - dose_gy)^2
     squared_overdose = "squared_overdose"  # mean max(d - dose_gy, 0)^2
     squared_underdose = "squared_underdose"  # mean max(dose_gy - d, 0)^2
+    dose_mimicking = "dose_mimicking"  # mean max(|d - d_ref| - dose_gy, 0)^2: follow a reference dose per voxel within dose_gy
 
 
 _NEEDS_VOLUME = {ObjectiveKind.min_dvh, ObjectiveKind.max_dvh}

@@ -1,0 +1,326 @@
+"""Direct aperture optimisation (DAO): segment MU and leaf positions optimised on the dose.
+
+Aperture model (per beam, at the isocenter plane): segment s with leaf tips x1[s, p] < x2[s, p]
+and weight m_s (fluence units = beamlet-weight units) gives beamlet (row r, column c) the fluence
+
+    F[r, c] = sum_s m_s * sum_p Y[p, r] * ((1 - T) * O[s, p, c] + T * J[s, p, c])
+
+with Y[p, r] the fraction of beamlet row r covered by leaf pair p, O the fraction of column c
+inside the opening [x1, x2] (piecewise linear in the tips: partial bixel coverage), T the MLC
+transmission and J the part of the bixel inside the segment's jaw rectangle (held fixed within an
+inner solve). Dose = Dij_beam @ F (the row-subset Dij of :mod:`rayrt.optimize.problem`). The
+gradient with respect to m and to each leaf tip is analytic (chain rule through O).
+
+Machine rules are kept *exactly* feasible with box bounds for L-BFGS-B: every pairwise linear rule
+(x1[p] + g <= x2[p]; no interdigitation x1[p] + g <= x2[p +- 1]) is split at the midpoint of its
+current slack into two bounds, the leaf span into a window of max_leaf_span_mm centred on the
+bank, plus the leaf range / over-travel; the boxes are recomputed every outer round so leaves can
+travel further. Segments whose MU falls below the machine's minimum are dropped or raised to it by
+a final MU-only solve. Segment count never grows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, Field
+from scipy.optimize import minimize
+
+from rayrt.domain.machine import MachineModel
+from rayrt.domain.plan import Segment
+from rayrt.optimize.fmo import ObjectiveEvaluator
+from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
+from rayrt.optimize._threads import single_blas_thread
+from rayrt.optimize.problem import OptimizationProblem
+from rayrt.optimize.sequencing.base import _limits, jaws_for
+
+__all__ = ["DAOOptions", "DAOResult", "optimize_apertures", "BeamApertures", "aperture_weights"]
+
+
+class DAOOptions(BaseModel):
+    outer_rounds: int = Field(default=4, ge=1)
+    iterations_per_round: int = Field(default=60, ge=1)
+    min_mu_weight: float = Field(default=0.0, ge=0, description="minimum segment weight (fluence units) = min MU/segment x fractions")
+    optimize_leaves: bool = True
+
+
+class DAOResult(BaseModel):
+    model_config = {"arbitrary_types_allowed": True}
+
+    segments: list[list[Segment]] = Field(description="per beam; mu in fluence units")
+    weights: list[float] | None = Field(default=None, exclude=True, description="beamlet-equivalent fluence of the apertures")
+    objective_start: float
+    objective: float
+    iterations: int
+    seconds: float
+    dropped_segments: int
+
+
+@dataclass
+class BeamApertures:
+    """Vectorised segments of one beam restricted to the leaf pairs that cover its beamlet rows."""
+
+    layout: BeamletLayout
+    pairs: np.ndarray  # machine pair ids covering beamlet rows
+    Y: np.ndarray  # (Pa, R)
+    x1: np.ndarray  # (S, P) all machine pairs
+    x2: np.ndarray
+    m: np.ndarray  # (S,)
+    transmission: float
+
+    @classmethod
+    def from_segments(cls, segments: list[Segment], layout: BeamletLayout, machine: MachineModel) -> "BeamApertures":
+        Yall = layout.pair_row_weights(machine.mlc)
+        pairs = np.flatnonzero(Yall.sum(axis=1) > 1e-9)
+        x1 = np.array([s.x1_mm for s in segments], dtype=float).reshape(len(segments), machine.mlc.num_pairs)
+        x2 = np.array([s.x2_mm for s in segments], dtype=float).reshape(len(segments), machine.mlc.num_pairs)
+        m = np.array([s.mu for s in segments], dtype=float)
+        return cls(layout, pairs, Yall[pairs], x1, x2, m, float(machine.mlc.transmission))
+
+    def _open_frac(self, x1, x2):
+        e = self.layout.col_edges_mm
+        w = np.diff(e)
+        a = np.maximum(x1[..., None], e[:-1])
+        b = np.minimum(x2[..., None], e[1:])
+        ov = b - a
+        act = ov > 0
+        return np.where(act, ov, 0.0) / w, act, a, b
+
+    def _jaw_frac(self, x1, x2, machine_jaws):
+        """J[s, p, c]: bixel part inside the segment's jaw rectangle (only pairs inside the Y jaws)."""
+        S = x1.shape[0]
+        e = self.layout.col_edges_mm
+        w = np.diff(e)
+        J = np.zeros((S, self.pairs.size, e.size - 1))
+        for s in range(S):  # loop over segments of one beam (<= max segments)
+            jx, jy, bnd = machine_jaws(s)
+            fx = np.clip(np.minimum(jx[1], e[1:]) - np.maximum(jx[0], e[:-1]), 0, None) / w
+            lo, hi = bnd[self.pairs], bnd[self.pairs + 1]
+            fy = np.clip(np.minimum(jy[1], hi) - np.maximum(jy[0], lo), 0, None) / (hi - lo)
+            J[s] = fy[:, None] * fx[None, :]
+        return J
+
+    def fluence(self, J: np.ndarray | None = None) -> np.ndarray:
+        """F (R, C) in fluence units."""
+        O, _, _, _ = self._open_frac(self.x1[:, self.pairs], self.x2[:, self.pairs])
+        T = self.transmission
+        A = (1 - T) * O + (T * J if J is not None else 0.0)
+        return np.einsum("s,spc,pr->rc", self.m, A, self.Y, optimize=True)
+
+
+def aperture_weights(beams: list[BeamApertures], slices: list[slice], n: int, Js=None) -> np.ndarray:
+    """Beamlet-equivalent weights (all beams) of the apertures."""
+    w = np.zeros(n)
+    for b, (ba, sl) in enumerate(zip(beams, slices)):
+        F = ba.fluence(None if Js is None else Js[b])
+        ok = ba.layout.beamlet_index >= 0
+        w[sl.start + ba.layout.beamlet_index[ok]] = F[ok]
+    return w
+
+
+def _boxes(ba: BeamApertures, machine: MachineModel):
+    """Lower/upper bounds for x1 and x2 of the active pairs of every segment of one beam."""
+    mlc = machine.mlc
+    g = float(mlc.min_gap_mm)
+    x1min, x1max, x2min, x2max = _limits(mlc)
+    x1, x2 = ba.x1, ba.x2
+    S, P = x1.shape
+    lo1 = np.full((S, P), x1min)
+    hi1 = np.full((S, P), x1max)
+    lo2 = np.full((S, P), x2min)
+    hi2 = np.full((S, P), x2max)
+    e = ba.layout.col_edges_mm
+    lo1 = np.maximum(lo1, np.minimum(e[0] - g, x1))
+    hi2 = np.minimum(hi2, np.maximum(e[-1] + g, x2))
+    act = np.zeros(P, bool)
+    act[ba.pairs] = True
+
+    def split(a_pos, b_pos, a_is_active, b_is_active):
+        # constraint a + g <= b; returns (upper bound for a, lower bound for b)
+        mid = 0.5 * (a_pos + b_pos)
+        ua = np.where(b_is_active, mid - 0.5 * g, b_pos - g)
+        lb = np.where(a_is_active, mid + 0.5 * g, a_pos + g)
+        return ua, lb
+
+    ua, lb = split(x1, x2, act[None, :], act[None, :])
+    hi1 = np.minimum(hi1, ua)
+    lo2 = np.maximum(lo2, lb)
+    if not mlc.interdigitation and P > 1:
+        # x1[p] + g <= x2[p+1]  and  x1[p+1] + g <= x2[p]
+        ua, lb = split(x1[:, :-1], x2[:, 1:], act[None, :-1], act[None, 1:])
+        hi1[:, :-1] = np.minimum(hi1[:, :-1], ua)
+        lo2[:, 1:] = np.maximum(lo2[:, 1:], lb)
+        ua, lb = split(x1[:, 1:], x2[:, :-1], act[None, 1:], act[None, :-1])
+        hi1[:, 1:] = np.minimum(hi1[:, 1:], ua)
+        lo2[:, :-1] = np.maximum(lo2[:, :-1], lb)
+    span = mlc.max_leaf_span_mm
+    for x, lo, hi in ((x1, lo1, hi1), (x2, lo2, hi2)):
+        c = 0.5 * (x.max(axis=1) + x.min(axis=1))[:, None]
+        np.maximum(lo, c - 0.5 * span, out=lo)
+        np.minimum(hi, c + 0.5 * span, out=hi)
+    # never exclude the current (feasible) position
+    lo1, hi1 = np.minimum(lo1, x1), np.maximum(hi1, x1)
+    lo2, hi2 = np.minimum(lo2, x2), np.maximum(hi2, x2)
+    return lo1, hi1, lo2, hi2
+
+
+def _optimize_apertures(
+    problem: OptimizationProblem,
+    beamlets: list,
+    segments: list[list[Segment]],
+    machine: MachineModel,
+    options: DAOOptions | None = None,
+    evaluator: ObjectiveEvaluator | None = None,
+) -> DAOResult:
+    """Optimise segment weights and leaf positions of sequenced segments (weights in fluence units)."""
+    opt = options or DAOOptions()
+    t0 = time.perf_counter()
+    layouts = [layout_from_beamlets(b) for b in beamlets]
+    slices = problem.beam_slices
+    n = problem.num_beamlets
+    ev = evaluator or ObjectiveEvaluator(problem)
+    beams = [BeamApertures.from_segments(segs, lay, machine) for segs, lay in zip(segments, layouts)]
+    bnd = machine.mlc.boundaries
+    g = float(machine.mlc.min_gap_mm)
+
+    def jaws_of(ba):
+        def f(s):
+            open_ = ba.x2[s] - ba.x1[s] > g + 1e-6
+            if not open_.any():
+                return (0.0, 0.0), (0.0, 0.0), bnd
+            jx, jy = jaws_for(ba.x1[s], ba.x2[s], open_, machine)
+            jx = jx or (-1e9, 1e9)
+            jy = jy or (bnd[0], bnd[-1])
+            return jx, jy, bnd
+        return f
+
+    def current_J():
+        return [ba._jaw_frac(ba.x1[:, ba.pairs], ba.x2[:, ba.pairs], jaws_of(ba)) for ba in beams]
+
+    Js = current_J()
+    f_start = float(problem.total_objective(problem.dose(aperture_weights(beams, slices, n, Js))))
+    m_scale = max(float(np.mean(np.concatenate([ba.m for ba in beams]))) if beams else 1.0, 1e-9)
+    x_scale = float(np.median(np.concatenate([lay.col_widths_mm for lay in layouts]))) if layouts else 1.0
+    iters = 0
+
+    def pack(leaves: bool):
+        parts = []
+        for ba in beams:
+            parts.append(ba.m / m_scale)
+            if leaves:
+                parts.append(ba.x1[:, ba.pairs].ravel() / x_scale)
+                parts.append(ba.x2[:, ba.pairs].ravel() / x_scale)
+        return np.concatenate(parts)
+
+    def unpack(z, leaves: bool):
+        i = 0
+        for ba in beams:
+            S, Pa = ba.m.size, ba.pairs.size
+            ba.m = z[i : i + S] * m_scale
+            i += S
+            if leaves:
+                ba.x1[:, ba.pairs] = z[i : i + S * Pa].reshape(S, Pa) * x_scale
+                i += S * Pa
+                ba.x2[:, ba.pairs] = z[i : i + S * Pa].reshape(S, Pa) * x_scale
+                i += S * Pa
+
+    def fun(z, leaves):
+        unpack(z, leaves)
+        w = aperture_weights(beams, slices, n, Js)
+        f, gw = ev(w)
+        grads = []
+        T = [ba.transmission for ba in beams]
+        for b, (ba, sl) in enumerate(zip(beams, slices)):
+            G = np.zeros(ba.layout.shape)
+            ok = ba.layout.beamlet_index >= 0
+            G[ok] = gw[sl.start + ba.layout.beamlet_index[ok]]
+            GP = ba.Y @ G  # (Pa, C)
+            O, act, a, bb = ba._open_frac(ba.x1[:, ba.pairs], ba.x2[:, ba.pairs])
+            A = (1 - T[b]) * O + T[b] * Js[b]
+            gm = np.einsum("spc,pc->s", A, GP) * m_scale
+            grads.append(gm)
+            if leaves:
+                wcol = ba.layout.col_widths_mm
+                x1 = ba.x1[:, ba.pairs][..., None]
+                x2 = ba.x2[:, ba.pairs][..., None]
+                e = ba.layout.col_edges_mm
+                d1 = -(act & (x1 > e[:-1])).astype(float) / wcol
+                d2 = (act & (x2 < e[1:])).astype(float) / wcol
+                coef = (1 - T[b]) * ba.m[:, None, None] * GP[None]
+                grads.append((coef * d1).sum(-1).ravel() * x_scale)
+                grads.append((coef * d2).sum(-1).ravel() * x_scale)
+        return f, np.concatenate(grads)
+
+    def bounds(leaves: bool, mu_lo=None):
+        bl = []
+        for k, ba in enumerate(beams):
+            lo_m = np.zeros(ba.m.size) if mu_lo is None else mu_lo[k]
+            bl += list(zip(lo_m / m_scale, [None] * ba.m.size))
+            if leaves:
+                lo1, hi1, lo2, hi2 = _boxes(ba, machine)
+                p = ba.pairs
+                bl += list(zip(lo1[:, p].ravel() / x_scale, hi1[:, p].ravel() / x_scale))
+                bl += list(zip(lo2[:, p].ravel() / x_scale, hi2[:, p].ravel() / x_scale))
+        return bl
+
+    rounds = opt.outer_rounds if opt.optimize_leaves else 1
+    for _ in range(rounds):
+        leaves = opt.optimize_leaves
+        res = minimize(fun, pack(leaves), args=(leaves,), jac=True, method="L-BFGS-B", bounds=bounds(leaves),
+                       options={"maxiter": opt.iterations_per_round, "maxcor": 20, "ftol": 1e-9})
+        unpack(res.x, leaves)
+        iters += int(res.nit)
+        Js = current_J()
+    # minimum MU: drop segments far below it, hold the others at >= min
+    dropped = 0
+    if opt.min_mu_weight > 0:
+        for _ in range(3):
+            changed = False
+            for ba in beams:
+                keep = ba.m >= 0.5 * opt.min_mu_weight
+                if not keep.all() and keep.any():
+                    dropped += int((~keep).sum())
+                    ba.x1, ba.x2, ba.m = ba.x1[keep], ba.x2[keep], ba.m[keep]
+                    changed = True
+            Js = current_J()
+            lo = [np.full(ba.m.size, opt.min_mu_weight) for ba in beams]
+            for ba, l in zip(beams, lo):
+                ba.m = np.maximum(ba.m, l)
+            res = minimize(fun, pack(False), args=(False,), jac=True, method="L-BFGS-B", bounds=bounds(False, lo),
+                           options={"maxiter": 100, "maxcor": 20, "ftol": 1e-10})
+            unpack(res.x, False)
+            iters += int(res.nit)
+            if not changed:
+                break
+    Js = current_J()
+    w = aperture_weights(beams, slices, n, Js)
+    f_end = float(problem.total_objective(problem.dose(w)))
+    out_segments = []
+    for ba in beams:
+        segs = []
+        for s in range(ba.m.size):
+            open_ = ba.x2[s] - ba.x1[s] > g + 1e-6
+            if not open_.any() or ba.m[s] <= 0:
+                continue
+            jx, jy = jaws_for(ba.x1[s], ba.x2[s], open_, machine)
+            segs.append(Segment(x1_mm=ba.x1[s].tolist(), x2_mm=ba.x2[s].tolist(), jaw_x_mm=jx, jaw_y_mm=jy, mu=float(ba.m[s])))
+        out_segments.append(segs)
+    return DAOResult(
+        segments=out_segments, weights=w.tolist(), objective_start=f_start, objective=f_end,
+        iterations=iters, seconds=time.perf_counter() - t0, dropped_segments=dropped,
+    )
+
+
+def optimize_apertures(
+    problem: OptimizationProblem,
+    beamlets: list,
+    segments: list[list[Segment]],
+    machine: MachineModel,
+    options: DAOOptions | None = None,
+    evaluator: ObjectiveEvaluator | None = None,
+) -> DAOResult:
+    """Optimise segment weights and leaf positions of sequenced segments (weights in fluence units)."""
+    with single_blas_thread():
+        return _optimize_apertures(problem, beamlets, segments, machine, options, evaluator)

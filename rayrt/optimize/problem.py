@@ -1,0 +1,203 @@
+"""The optimisation problem: the medical order translated into objectives on a row-subset Dij.
+
+``build_problem(order, masks, dij)`` keeps only the Dij rows (voxels) that carry an objective or
+the normalisation, once, as float32 CSR (:class:`rayrt.optimize.sparse.SubsetDij`), and turns each
+:class:`rayrt.domain.order.ObjectiveSpec` into a registered :class:`rayrt.optimize.objectives.Objective`
+whose ``voxels`` index that subset.
+
+Overlaps: a voxel in several structures is kept in the terms of its highest-priority structure
+only (the matRad / pyRadPlan convention): targets first (the prescription target, then other
+structures with target-like objectives), then organs from the smallest to the largest (the
+external contour last). Hard constraints always see every voxel of their structure.
+Linear voxel indices are C-order indices of the dose-grid array ``[k, j, i]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from rayrt.domain.errors import InputError
+from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
+from rayrt.optimize.objectives import Objective, make_objective
+from rayrt.optimize.sparse import SubsetDij
+
+__all__ = ["OptimizationProblem", "build_problem", "target_like"]
+
+_TARGET_KINDS = {
+    ObjectiveKind.min_dose,
+    ObjectiveKind.min_dvh,
+    ObjectiveKind.squared_underdose,
+    ObjectiveKind.squared_deviation,
+}
+
+
+def target_like(order: MedicalOrder) -> list[str]:
+    """Structures treated as targets: the prescription target, then any with under-dose-type objectives."""
+    out = [order.prescription.target]
+    for o in order.objectives:
+        if o.kind in _TARGET_KINDS and o.structure not in out:
+            out.append(o.structure)
+    return out
+
+
+@dataclass
+class OptimizationProblem:
+    """Objectives on a row-subset Dij; beamlet columns grouped per beam by ``beam_slices``."""
+
+    dij: SubsetDij
+    objectives: list[Objective]
+    structure_rows: dict[str, np.ndarray]  # every subset row of each structure (no overlap removal)
+    prescription_gy: float
+    target: str
+    normalization_metric: str = "D95"
+    normalization_structure: str | None = None
+    normalization_value_pct: float = 100.0
+    beam_slices: list[slice] = field(default_factory=list)
+    grid_shape: tuple[int, int, int] | None = None
+    voxel_volume_cc: float | None = None
+
+    @property
+    def num_beamlets(self) -> int:
+        return self.dij.num_beamlets
+
+    @property
+    def soft(self) -> list[Objective]:
+        return [o for o in self.objectives if not o.hard]
+
+    @property
+    def hard(self) -> list[Objective]:
+        return [o for o in self.objectives if o.hard]
+
+    def dose(self, w: np.ndarray) -> np.ndarray:
+        """Dose (Gy) on every subset row for beamlet weights ``w``."""
+        return self.dij.dose(w).astype(np.float64)
+
+    def objective_values(self, d_subset: np.ndarray) -> list[dict]:
+        """Per-term value, weight and (for constraints) violation in Gy, for a dose on the subset rows."""
+        out = []
+        for o in self.objectives:
+            dv = d_subset[o.voxels]
+            row = {
+                "structure": o.structure,
+                "kind": o.kind,
+                "dose_gy": o.dose_gy,
+                "weight": o.weight,
+                "hard": o.hard,
+                "value": o.value(dv),
+            }
+            if o.volume_pct is not None:
+                row["volume_pct"] = o.volume_pct
+            if o.hard:
+                row["violation_gy"] = o.max_violation_gy(dv)
+            out.append(row)
+        return out
+
+    def total_objective(self, d_subset: np.ndarray, include_hard: bool = False) -> float:
+        """Weighted sum of the soft terms (and of the hard ones as penalties when asked)."""
+        return float(sum(o.weight * o.value(d_subset[o.voxels]) for o in self.objectives if include_hard or not o.hard))
+
+
+def _as_indices(mask, n_vox: int, name: str) -> np.ndarray:
+    a = np.asarray(mask)
+    if a.dtype == bool:
+        if a.size != n_vox:
+            raise InputError(f"mask of '{name}' has {a.size} voxels but the Dij has {n_vox} rows (dose-grid voxels)", kind="input")
+        return np.flatnonzero(a.ravel())
+    return np.unique(a.astype(np.int64).ravel())
+
+
+def build_problem(
+    order: MedicalOrder,
+    masks: dict[str, np.ndarray],
+    dij: sp.spmatrix | SubsetDij,
+    *,
+    beam_slices: list[slice] | None = None,
+    reference_dose_gy: np.ndarray | None = None,
+    overlap_priority: list[str] | None = None,
+    grid_shape: tuple[int, int, int] | None = None,
+    voxel_volume_cc: float | None = None,
+    default_target_objective: bool = True,
+) -> OptimizationProblem:
+    """Translate a medical order into an :class:`OptimizationProblem`.
+
+    ``masks``: structure name -> boolean mask on the dose grid (any shape with the Dij's row count)
+    or linear voxel indices. ``dij``: voxels x beamlets (Gy per unit weight), scipy sparse.
+    ``reference_dose_gy``: the reference dose on the dose grid (flattened or not) used by
+    ``dose_mimicking`` terms (their ``dose_gy`` is the tolerance of that region, Gy).
+    When the prescription target has no objective, a squared deviation to the prescription dose is added.
+    """
+    n_vox = dij.voxel_index.size if isinstance(dij, SubsetDij) else dij.shape[0]
+    if isinstance(dij, SubsetDij):
+        raise InputError("build_problem needs the full Dij (scipy sparse, one row per dose-grid voxel)", kind="input")
+    order.check_structures(masks.keys())
+    names = sorted(order.structure_names())
+    idx = {n: _as_indices(masks[n], n_vox, n) for n in names}
+    for n in names:
+        if idx[n].size == 0:
+            raise InputError(f"structure '{n}' has no voxel on the dose grid; use a finer --dose-grid-mm or check the contour", kind="input", field=n)
+    specs: list[ObjectiveSpec] = list(order.objectives)
+    rx = order.prescription.total_dose_gy
+    tgt = order.prescription.target
+    if default_target_objective and not any(s.structure == tgt and not s.hard for s in specs):
+        specs.append(ObjectiveSpec(structure=tgt, kind=ObjectiveKind.squared_deviation, dose_gy=rx, priority=1.0))
+
+    # overlap priority: targets first, then organs from small to large
+    if overlap_priority is None:
+        tl = [t for t in target_like(order) if t in idx]
+        rest = sorted((n for n in names if n not in tl), key=lambda n: idx[n].size)
+        overlap_priority = tl + rest
+    exclusive: dict[str, np.ndarray] = {}
+    taken = np.zeros(0, dtype=np.int64)
+    for n in overlap_priority:
+        if n in idx:
+            exclusive[n] = np.setdiff1d(idx[n], taken, assume_unique=True)
+            taken = np.union1d(taken, idx[n])
+    for n in names:
+        exclusive.setdefault(n, idx[n])
+
+    all_rows = np.unique(np.concatenate([idx[n] for n in names]))
+    sub = SubsetDij(dij, all_rows)
+    pos = {n: np.searchsorted(all_rows, idx[n]) for n in names}
+    pos_ex = {n: np.searchsorted(all_rows, exclusive[n]) for n in names}
+    ref_sub = None
+    if reference_dose_gy is not None:
+        ref = np.asarray(reference_dose_gy, dtype=np.float64).ravel()
+        if ref.size != n_vox:
+            raise InputError(f"reference dose has {ref.size} voxels, the Dij {n_vox}", kind="input", field="reference_dose")
+        ref_sub = ref[all_rows]
+
+    objectives = []
+    for s in specs:
+        rows = pos[s.structure] if s.hard else pos_ex[s.structure]
+        if rows.size == 0:
+            continue
+        kw = {}
+        if s.kind is ObjectiveKind.dose_mimicking:
+            if ref_sub is None:
+                raise InputError(
+                    f"objective dose_mimicking on '{s.structure}' needs a reference dose; pass reference_dose_gy",
+                    kind="order",
+                    field="objectives.kind",
+                )
+            kw["reference_gy"] = ref_sub[rows]
+            kw["tolerance_gy"] = s.dose_gy
+        objectives.append(
+            make_objective(s.kind, s.structure, rows, s.dose_gy, weight=s.priority, hard=s.hard, volume_pct=s.volume_pct, a=s.a, **kw)
+        )
+    norm = order.prescription.normalization
+    return OptimizationProblem(
+        dij=sub,
+        objectives=objectives,
+        structure_rows=pos,
+        prescription_gy=rx,
+        target=tgt,
+        normalization_metric=norm.metric,
+        normalization_structure=norm.structure or tgt,
+        normalization_value_pct=norm.value_pct,
+        beam_slices=beam_slices or [slice(0, dij.shape[1])],
+        grid_shape=grid_shape,
+        voxel_volume_cc=voxel_volume_cc,
+    )

@@ -1,0 +1,297 @@
+"""Leaf sequencing onto any MLCModel: fluence map -> deliverable step-and-shoot segments.
+
+Steps (the same for every sequencer; only the integer-matrix decomposition differs):
+
+1. resample the beamlet rows onto the machine's leaf pairs (overlap-weighted mean,
+   :meth:`BeamletLayout.rows_to_pairs`);
+2. quantise to ``levels`` intensity levels (unit = max / levels);
+3. decompose the integer matrix into apertures (one open interval per leaf pair);
+4. make each aperture deliverable on the machine (:func:`make_deliverable`): minimum gap, closed
+   pairs parked where they collide with nothing, no interdigitation where the MLC forbids it
+   (apertures split until adjacent open pairs overlap), maximum leaf span per bank, leaf range and
+   over-travel, jaws on the open area within their limits;
+5. if there are more segments than allowed, retry with fewer levels; at one level keep the
+   ``max_segments`` segments with most MU (direct aperture optimisation recovers the dose).
+
+Segment MU here are in the fluence map's units (the optimiser's beamlet weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from pydantic import BaseModel
+
+from rayrt.domain.errors import InputError
+from rayrt.domain.machine import MachineModel, MLCModel
+from rayrt.domain.plan import Segment
+from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
+from rayrt.optimize.sequencing.decompose import DECOMPOSITIONS, Aperture
+
+__all__ = ["Sequencer", "SequencingResult", "get_sequencer", "list_sequencers", "register_sequencer", "make_deliverable", "jaws_for"]
+
+_TOL = 1e-6
+
+
+class SequencingResult(BaseModel):
+    """Segments of one beam and how they were obtained."""
+
+    segments: list[Segment]
+    levels: int
+    num_segments: int
+    total_mu: float
+    sequencer: str
+    dropped_mu: float = 0.0  # MU of segments dropped to honour max_segments (0 when none)
+
+
+# ----------------------------------------------------------------------------- machine rules
+@dataclass
+class _Seg:
+    x1: np.ndarray
+    x2: np.ndarray
+    open_: np.ndarray
+
+
+def _closed_gap(mlc: MLCModel) -> float:
+    return float(mlc.min_gap_mm)
+
+
+def _limits(mlc: MLCModel) -> tuple[float, float, float, float]:
+    """(x1 min, x1 max, x2 min, x2 max) from the leaf range and over-travel."""
+    return (
+        mlc.min_position_mm,
+        min(mlc.max_position_mm, mlc.max_overtravel_mm),
+        max(mlc.min_position_mm, -mlc.max_overtravel_mm),
+        mlc.max_position_mm,
+    )
+
+
+def _conflicts(s: _Seg, g: float) -> list[tuple[int, int]]:
+    """Consecutive open pairs (a < b) that cannot both stay open without interdigitation: opposing
+    leaves of adjacent pairs must keep ``g`` (x2[q] - x1[p] >= g), and a closed run between them is
+    parked at one x* in [max(x1a, x1b), min(x2a, x2b) - g]."""
+    op = np.flatnonzero(s.open_)
+    if op.size < 2:
+        return []
+    a, b = op[:-1], op[1:]
+    lo = np.maximum(s.x1[a], s.x1[b])
+    hi = np.minimum(s.x2[a], s.x2[b]) - g
+    bad = lo > hi + _TOL
+    return list(zip(a[bad].tolist(), b[bad].tolist()))
+
+
+def _park_closed(s: _Seg, mlc: MLCModel, g: float) -> None:
+    """Put closed pairs (gap g) where they collide with no neighbour: one x* per closed run."""
+    n = s.open_.size
+    op = np.flatnonzero(s.open_)
+    if op.size == 0:
+        return
+    # for every pair: the nearest open pair at or above / below it
+    idx = np.arange(n)
+    prev_open = np.where(s.open_, idx, -1)
+    prev_open = np.maximum.accumulate(prev_open)
+    next_open = np.where(s.open_, idx, n)
+    next_open = np.minimum.accumulate(next_open[::-1])[::-1]
+    closed = ~s.open_
+    a = prev_open[closed]
+    b = next_open[closed]
+    has_a, has_b = a >= 0, b < n
+    aa, bb = np.where(has_a, a, np.where(has_b, b, 0)), np.where(has_b, b, np.where(has_a, a, 0))
+    lo = np.maximum(s.x1[aa], s.x1[bb])
+    hi = np.minimum(s.x2[aa], s.x2[bb]) - g
+    xs = np.where(hi >= lo, 0.5 * (lo + hi), 0.5 * (s.x1[aa] + s.x2[aa]) - 0.5 * g)
+    x1min, x1max, x2min, x2max = _limits(mlc)
+    xs = np.clip(xs, max(x1min, x2min - g), min(x1max, x2max - g))
+    s.x1[closed] = xs
+    s.x2[closed] = xs + g
+
+
+def _split_by_color(s: _Seg, conflicts: list[tuple[int, int]]) -> list[_Seg]:
+    op = np.flatnonzero(s.open_)
+    bad = {a for a, _ in conflicts}
+    color = np.zeros(op.size, dtype=np.int64)
+    c = 0
+    for i in range(1, op.size):  # loop over open pairs of one aperture (<= num leaf pairs)
+        if int(op[i - 1]) in bad:
+            c ^= 1
+        color[i] = c
+    out = []
+    for col in (0, 1):
+        o = np.zeros_like(s.open_)
+        o[op[color == col]] = True
+        if o.any():
+            out.append(_Seg(s.x1.copy(), s.x2.copy(), o))
+    return out
+
+
+def _split_span(s: _Seg, span: float) -> list[_Seg] | None:
+    op = np.flatnonzero(s.open_)
+    for x in (s.x1, s.x2):
+        v = x[op]
+        if v.max() - v.min() > span + _TOL:
+            thr = 0.5 * (v.max() + v.min())
+            out = []
+            for sel in (v < thr, v >= thr):
+                o = np.zeros_like(s.open_)
+                o[op[sel]] = True
+                out.append(_Seg(s.x1.copy(), s.x2.copy(), o))
+            return out
+    return None
+
+
+def make_deliverable(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCModel) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Turn one aperture (leaf tips x1 < x2 on open pairs, all machine pairs) into one or more
+    apertures that obey the MLC's rules; their union of open areas equals the input's."""
+    g = _closed_gap(mlc)
+    x1min, x1max, x2min, x2max = _limits(mlc)
+    queue = [_Seg(np.asarray(x1, float).copy(), np.asarray(x2, float).copy(), np.asarray(open_, bool).copy())]
+    out = []
+    guard = 0
+    while queue:
+        guard += 1
+        if guard > 10 * mlc.num_pairs + 100:
+            raise RuntimeError("make_deliverable did not converge")
+        s = queue.pop()
+        if not s.open_.any():
+            continue
+        o = s.open_
+        # leaf range and over-travel, then the minimum gap on open pairs (widened about the centre)
+        s.x1[o] = np.clip(s.x1[o], x1min, x1max)
+        s.x2[o] = np.clip(s.x2[o], x2min, x2max)
+        w = s.x2[o] - s.x1[o]
+        short = w < g
+        if short.any():
+            c = 0.5 * (s.x1[o] + s.x2[o])
+            c = np.clip(c, x1min + 0.5 * g, x2max - 0.5 * g)
+            s.x1[o] = np.where(short, c - 0.5 * g, s.x1[o])
+            s.x2[o] = np.where(short, c + 0.5 * g, s.x2[o])
+        s.open_ = o & (s.x2 - s.x1 > _TOL)
+        if not s.open_.any():
+            continue
+        if not mlc.interdigitation:
+            conf = _conflicts(s, g)
+            if conf:
+                queue.extend(_split_by_color(s, conf))
+                continue
+        parts = _split_span(s, mlc.max_leaf_span_mm)
+        if parts:
+            queue.extend(parts)
+            continue
+        _park_closed(s, mlc, g)
+        out.append((s.x1, s.x2, s.open_))
+    return out
+
+
+def jaws_for(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, machine: MachineModel) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """Jaw positions (mm) hugging the open area, within the jaws' range and the maximum field size."""
+    b = machine.mlc.boundaries
+    op = np.flatnonzero(open_)
+    jx = jy = None
+    lim = machine.limits
+    if machine.jaw_x is not None:
+        lo = max(float(x1[op].min()), machine.jaw_x.min_mm)
+        hi = min(float(x2[op].max()), machine.jaw_x.max_mm)
+        if hi - lo > lim.max_field_x_mm:
+            c = 0.5 * (lo + hi)
+            lo, hi = c - 0.5 * lim.max_field_x_mm, c + 0.5 * lim.max_field_x_mm
+        jx = (lo, hi)
+    if machine.jaw_y is not None:
+        lo = max(float(b[op.min()]), machine.jaw_y.min_mm)
+        hi = min(float(b[op.max() + 1]), machine.jaw_y.max_mm)
+        if hi - lo > lim.max_field_y_mm:
+            c = 0.5 * (lo + hi)
+            lo, hi = c - 0.5 * lim.max_field_y_mm, c + 0.5 * lim.max_field_y_mm
+        jy = (lo, hi)
+    return jx, jy
+
+
+def to_segment(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mu: float, machine: MachineModel) -> Segment:
+    jx, jy = jaws_for(x1, x2, open_, machine)
+    return Segment(x1_mm=[float(v) for v in x1], x2_mm=[float(v) for v in x2], jaw_x_mm=jx, jaw_y_mm=jy, mu=float(mu))
+
+
+# ----------------------------------------------------------------------------- sequencer
+@dataclass
+class Sequencer:
+    """A leaf sequencer: an integer-matrix decomposition plus the shared machine handling."""
+
+    name: str
+    decompose: Callable[[np.ndarray], list[Aperture]]
+    description: str = ""
+    level_choices: tuple[int, ...] = field(default=(12, 10, 8, 7, 6, 5, 4, 3, 2, 1))
+
+    def sequence(self, fluence_map: np.ndarray, beamlets, machine: MachineModel, max_segments: int | None = None) -> list[Segment]:
+        """Segments (MU in fluence units) delivering ``fluence_map`` (beamlet rows x columns)."""
+        return self.sequence_with_info(fluence_map, beamlets, machine, max_segments).segments
+
+    def sequence_with_info(
+        self, fluence_map: np.ndarray, beamlets, machine: MachineModel, max_segments: int | None = None, levels: int | None = None
+    ) -> SequencingResult:
+        layout: BeamletLayout = layout_from_beamlets(beamlets)
+        fmap = np.asarray(fluence_map, dtype=float)
+        if fmap.shape != layout.shape:
+            raise InputError(f"fluence map shape {fmap.shape} does not match the beamlet grid {layout.shape}", kind="input")
+        if not np.all(np.isfinite(fmap)) or (fmap < 0).any():
+            raise InputError("fluence map must be finite and non-negative", kind="input")
+        max_segments = int(max_segments or machine.limits.max_segments_per_beam)
+        max_segments = min(max_segments, machine.limits.max_segments_per_beam)
+        pf, pair_ids = layout.rows_to_pairs(fmap, machine.mlc)
+        fmax = float(pf.max()) if pf.size else 0.0
+        if fmax <= 0:
+            return SequencingResult(segments=[], levels=0, num_segments=0, total_mu=0.0, sequencer=self.name)
+        choices = (levels,) if levels else self.level_choices
+        best = None
+        for L in choices:
+            unit = fmax / L
+            I = np.rint(pf / unit).astype(np.int64)
+            segs = self._segments(I, unit, pair_ids, layout.col_edges_mm, machine)
+            best = (L, segs)
+            if len(segs) <= max_segments:
+                break
+        L, segs = best
+        dropped = 0.0
+        if len(segs) > max_segments:
+            segs = sorted(segs, key=lambda s: -s.mu)
+            dropped = float(sum(s.mu for s in segs[max_segments:]))
+            segs = segs[:max_segments]
+        return SequencingResult(
+            segments=segs, levels=L, num_segments=len(segs), total_mu=float(sum(s.mu for s in segs)), sequencer=self.name, dropped_mu=dropped
+        )
+
+    def _segments(self, I, unit, pair_ids, col_edges, machine) -> list[Segment]:
+        P = machine.mlc.num_pairs
+        out = []
+        for k, lo, hi in self.decompose(I):
+            x1 = np.zeros(P)
+            x2 = np.zeros(P)
+            op = np.zeros(P, dtype=bool)
+            o = hi > lo
+            x1[pair_ids] = col_edges[lo]
+            x2[pair_ids] = col_edges[hi]
+            op[pair_ids] = o
+            for a, b, c in make_deliverable(x1, x2, op, machine.mlc):
+                out.append(to_segment(a, b, c, k * unit, machine))
+        return out
+
+
+_REGISTRY: dict[str, Sequencer] = {}
+
+
+def register_sequencer(seq: Sequencer) -> None:
+    _REGISTRY[seq.name] = seq
+
+
+def get_sequencer(name: str) -> Sequencer:
+    if name not in _REGISTRY:
+        raise InputError(f"unknown sequencer '{name}'; available: {', '.join(sorted(_REGISTRY))}", kind="input", field="sequencer")
+    return _REGISTRY[name]
+
+
+def list_sequencers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+register_sequencer(Sequencer("sweep", DECOMPOSITIONS["sweep"], "unidirectional sliding-window step-and-shoot (minimum MU)"))
+register_sequencer(Sequencer("xia_verhey", DECOMPOSITIONS["xia_verhey"], "Xia-Verhey reducing levels (few segments)"))

@@ -1,0 +1,1 @@
+"""Plan quality: dose-volume histograms and metrics, gamma, deliverability checks, QA verdict."""

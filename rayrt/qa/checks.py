@@ -1,0 +1,279 @@
+"""Plan QA checks: each returns :class:`QACheck` items that a :class:`~rayrt.qa.report.QAReport` collects.
+
+* :func:`gamma_check` -- 3-D gamma of the converted (evaluated) dose against the standard
+  (reference) dose; AAPM TG-218 (Miften et al., Med Phys 45, 2018): global 3 %/2 mm, 10 %
+  low-dose threshold, tolerance limit >= 95 % passing (below: ``warn``, investigate), action
+  limit 90 % (below: ``fail``, do not deliver).
+* :func:`dvh_criteria_checks` -- the DVH criteria of a :class:`~rayrt.domain.order.MedicalOrder`
+  evaluated on a dose (see the function for how each objective kind is read as a criterion).
+* :func:`independent_dose_check` -- the plan's dose recomputed independently (aperture dose on
+  a finer grid) compared with the planned dose by gamma (3 %/3 mm global, 10 % cutoff,
+  >= 95 % passing; below 90 %: fail) and by the target mean dose (within 3 %; 5 %: fail).
+* :func:`deliverability_check` -- :func:`rayrt.qa.deliverability.check_plan`.
+
+Statuses: ``pass``; ``warn`` = outside the tolerance but inside the action limit, or a violated
+*soft* objective (a person reviews it); ``fail`` = beyond the action limit or a violated hard
+constraint. ``QACheck.passed`` is True only for ``pass``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Mapping
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+
+from rayrt.domain.errors import InputError
+from rayrt.domain.machine import MachineModel
+from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
+from rayrt.domain.plan import Plan
+from rayrt.imaging.volume import Grid, Volume
+from rayrt.qa.gamma import GammaCriteria, GammaResult, gamma_index
+
+Status = Literal["pass", "warn", "fail"]
+
+# AAPM TG-218 universal tolerance and action limits for the gamma passing rate (%)
+TG218_CRITERIA = GammaCriteria(dose_pct=3.0, dta_mm=2.0, cutoff_pct=10.0, local=False)
+TG218_TOLERANCE_PCT = 95.0
+TG218_ACTION_PCT = 90.0
+
+
+class QACheck(BaseModel):
+    """One QA check: what was measured, against which limit, and the outcome."""
+
+    name: str = Field(description="e.g. 'gamma 3%/2mm global', 'PTV D95 >= 47.5 Gy', 'deliverability'")
+    category: str = Field(default="", description="gamma, dvh, dose_check, deliverability")
+    status: Status = "pass"
+    passed: bool = Field(default=True, description="status == 'pass'")
+    value: float | None = Field(default=None, description="the measured value")
+    limit: float | None = Field(default=None, description="the limit the value is compared with")
+    unit: str = ""
+    detail: str = ""
+
+    @model_validator(mode="after")
+    def _sync(self) -> "QACheck":
+        self.passed = self.status == "pass"
+        return self
+
+
+def _rate_status(rate_pct: float, tolerance_pct: float, action_pct: float) -> Status:
+    if rate_pct >= tolerance_pct:
+        return "pass"
+    return "warn" if rate_pct > action_pct else "fail"
+
+
+# --------------------------------------------------------------------------- gamma
+def gamma_check(
+    reference: Volume,
+    evaluated: Volume,
+    criteria: GammaCriteria = TG218_CRITERIA,
+    tolerance_pct: float = TG218_TOLERANCE_PCT,
+    action_pct: float = TG218_ACTION_PCT,
+    name: str | None = None,
+    category: str = "gamma",
+) -> tuple[QACheck, GammaResult]:
+    """Gamma passing rate of ``evaluated`` against ``reference`` with TG-218 limits."""
+    res = gamma_index(reference, evaluated, criteria)
+    s = res.summary
+    status = _rate_status(s.pass_rate_pct, tolerance_pct, action_pct)
+    check = QACheck(
+        name=name or f"gamma {criteria.label()}",
+        category=category,
+        status=status,
+        value=round(s.pass_rate_pct, 3),
+        limit=tolerance_pct,
+        unit="%",
+        detail=(f"{s.n_passed}/{s.n_evaluated} voxels pass; mean gamma {s.mean_gamma:.3f}, 95th percentile {s.p95_gamma:.3f}; "
+                f"tolerance >= {tolerance_pct:g} %, action <= {action_pct:g} %"),
+    )
+    return check, res
+
+
+# --------------------------------------------------------------------------- DVH criteria
+def masks_on_grid(masks: Mapping[str, "np.ndarray | Volume"], grid: Grid) -> dict[str, np.ndarray]:
+    """Boolean masks on ``grid``: arrays must already match it, Volumes are resampled (nearest)."""
+    out: dict[str, np.ndarray] = {}
+    for name, m in masks.items():
+        if isinstance(m, Volume):
+            arr = m.resample(grid, order=0).array if not m.grid.same_geometry(grid) else m.array
+        else:
+            arr = np.asarray(m)
+            if arr.shape != tuple(grid.shape):
+                raise InputError(f"mask of '{name}' has shape {arr.shape}, the dose grid {grid.shape}; pass it as a Volume to resample",
+                                 kind="qa")
+        out[name] = np.asarray(arr, dtype=bool)
+    return out
+
+
+def _geud(values: np.ndarray, a: float) -> float:
+    v = np.maximum(values.astype(np.float64), 1e-9)
+    return float(np.mean(v**a) ** (1.0 / a))
+
+
+def dvh_criteria_checks(
+    dose: Volume,
+    masks: Mapping[str, "np.ndarray | Volume"],
+    order: MedicalOrder,
+    *,
+    dose_tolerance_pct: float = 0.0,
+    coverage_tolerance_pct: float = 2.0,
+) -> list[QACheck]:
+    """Check the dose against the order's criteria (doses in Gy, total course).
+
+    How each objective reads as a criterion (voxel-centre DVH, :mod:`rayrt.qa.dvh`):
+
+    * ``min_dose`` -> near-minimum D98 >= dose (ICRU 83; a single cold voxel is not a failure);
+    * ``max_dose`` -> near-maximum D2 <= dose;
+    * ``min_dvh``  -> D{volume_pct} >= dose;  ``max_dvh`` -> D{volume_pct} <= dose;
+    * ``mean_dose`` -> mean <= dose;
+    * ``geud`` -> gEUD <= dose (a >= 1, organs) or >= dose (a < 0, targets);
+    * ``squared_*`` objectives are optimisation goals, not criteria: not checked;
+    * the prescription: the normalisation metric (e.g. D95 of the target) within
+      ``coverage_tolerance_pct`` % below ``value_pct`` % of the prescribed dose (warn beyond it,
+      fail beyond twice it).
+
+    ``dose_tolerance_pct`` widens every limit by that percentage of its dose level. A violated
+    hard constraint fails, a violated soft objective warns. A structure missing from ``masks``
+    or empty on the dose grid fails with a message.
+    """
+    from rayrt.qa.dvh import dose_at_volume
+
+    m = masks_on_grid(masks, dose.grid)
+    d = np.asarray(dose.array, dtype=np.float64)
+    checks: list[QACheck] = []
+
+    def values_of(name: str) -> np.ndarray | None:
+        mask = m.get(name)
+        if mask is None or not mask.any():
+            return None
+        return d[mask]
+
+    rx = order.prescription
+    norm = rx.normalization
+    nstruct = norm.structure or rx.target
+    v = values_of(nstruct)
+    goal = rx.total_dose_gy * norm.value_pct / 100.0
+    if norm.metric != "none":
+        label = f"{nstruct} {norm.metric} = {norm.value_pct:g} % of {rx.total_dose_gy:g} Gy"
+        if v is None:
+            checks.append(QACheck(name=label, category="dvh", status="fail", unit="Gy", limit=goal,
+                                  detail=f"structure '{nstruct}' missing or empty on the dose grid"))
+        else:
+            val = float(v.mean()) if norm.metric == "mean" else float(dose_at_volume(v, norm.volume_pct))
+            dev = (val - goal) / goal * 100.0
+            status: Status = "pass" if dev >= -coverage_tolerance_pct else ("warn" if dev >= -2 * coverage_tolerance_pct else "fail")
+            checks.append(QACheck(name=label, category="dvh", status=status, value=round(val, 4), limit=round(goal, 4), unit="Gy",
+                                  detail=f"{dev:+.2f} % from the prescription goal (tolerance -{coverage_tolerance_pct:g} %)"))
+
+    for obj in order.objectives:
+        c = _objective_check(obj, values_of(obj.structure), dose_tolerance_pct, dose_at_volume)
+        if c is not None:
+            checks.append(c)
+    return checks
+
+
+def _objective_check(obj: ObjectiveSpec, v: np.ndarray | None, tol_pct: float, dose_at_volume) -> QACheck | None:
+    k = obj.kind
+    if k in (ObjectiveKind.squared_deviation, ObjectiveKind.squared_overdose, ObjectiveKind.squared_underdose):
+        return None
+    lower = k in (ObjectiveKind.min_dose, ObjectiveKind.min_dvh) or (k is ObjectiveKind.geud and (obj.a or 0) < 0)
+    if k is ObjectiveKind.min_dose:
+        metric, what = (lambda x: float(dose_at_volume(x, 98.0))), "D98"
+    elif k is ObjectiveKind.max_dose:
+        metric, what = (lambda x: float(dose_at_volume(x, 2.0))), "D2"
+    elif k in (ObjectiveKind.min_dvh, ObjectiveKind.max_dvh):
+        metric, what = (lambda x: float(dose_at_volume(x, obj.volume_pct))), f"D{obj.volume_pct:g}"
+    elif k is ObjectiveKind.mean_dose:
+        metric, what = (lambda x: float(x.mean())), "Dmean"
+    elif k is ObjectiveKind.geud:
+        metric, what = (lambda x: _geud(x, float(obj.a))), f"gEUD(a={obj.a:g})"
+    else:  # a kind added later: not a criterion this module knows
+        return None
+    op = ">=" if lower else "<="
+    name = f"{obj.structure} {what} {op} {obj.dose_gy:g} Gy"
+    limit = obj.dose_gy * (1 - tol_pct / 100.0) if lower else obj.dose_gy * (1 + tol_pct / 100.0)
+    if v is None:
+        return QACheck(name=name, category="dvh", status="fail", limit=limit, unit="Gy",
+                       detail=f"structure '{obj.structure}' missing or empty on the dose grid")
+    val = metric(v)
+    ok = val >= limit - 1e-9 if lower else val <= limit + 1e-9
+    status: Status = "pass" if ok else ("fail" if obj.hard else "warn")
+    return QACheck(name=name, category="dvh", status=status, value=round(val, 4), limit=round(limit, 4), unit="Gy",
+                   detail=f"{'hard constraint' if obj.hard else 'objective'} (priority {obj.priority:g}); {len(v)} voxels")
+
+
+# --------------------------------------------------------------------------- independent dose
+DoseRecompute = Callable[[Plan, MachineModel, Grid], Volume]
+
+
+def default_recompute() -> DoseRecompute | None:
+    """The aperture dose engine when it is installed: ``rayrt.dose.aperture.aperture_dose``."""
+    try:
+        from rayrt.dose import aperture  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return getattr(aperture, "aperture_dose", None)
+
+
+def independent_dose_check(
+    plan: Plan,
+    machine: MachineModel,
+    planned: Volume,
+    recompute: DoseRecompute,
+    *,
+    grid: Grid | None = None,
+    target_mask: "np.ndarray | Volume | None" = None,
+    criteria: GammaCriteria = GammaCriteria(dose_pct=3.0, dta_mm=3.0, cutoff_pct=10.0),
+    tolerance_pct: float = 95.0,
+    action_pct: float = 90.0,
+    mean_tolerance_pct: float = 3.0,
+    mean_action_pct: float = 5.0,
+) -> tuple[list[QACheck], Volume]:
+    """Recompute the plan's dose independently and compare it with the planned dose.
+
+    ``recompute(plan, machine, grid) -> Volume`` (Gy) is called on ``grid`` (default: the
+    planned grid at half the voxel size, at least 1.5 mm). Returns the checks (gamma of the
+    recomputed dose against the planned one; target mean dose difference when ``target_mask``
+    is given) and the recomputed dose.
+    """
+    if grid is None:
+        sp = np.maximum(planned.grid.spacing / 2.0, 1.5)
+        grid = planned.grid.with_spacing(tuple(float(s) for s in sp))
+    indep = recompute(plan, machine, grid)
+    if not isinstance(indep, Volume):
+        raise InputError("the independent dose engine must return a Volume of dose in Gy", kind="qa")
+    gcheck, _ = gamma_check(planned, indep, criteria, tolerance_pct, action_pct,
+                            name=f"independent dose gamma {criteria.label()}", category="dose_check")
+    checks = [gcheck]
+    if target_mask is not None:
+        tm = masks_on_grid({"target": target_mask}, planned.grid)["target"]
+        if tm.any():
+            a = float(np.asarray(planned.array, dtype=np.float64)[tm].mean())
+            b_on = indep.resample(planned.grid) if not indep.grid.same_geometry(planned.grid) else indep
+            b = float(np.asarray(b_on.array, dtype=np.float64)[tm].mean())
+            diff = (b - a) / a * 100.0 if a > 0 else float("inf")
+            st: Status = "pass" if abs(diff) <= mean_tolerance_pct else ("warn" if abs(diff) <= mean_action_pct else "fail")
+            checks.append(QACheck(name="independent dose: target mean", category="dose_check", status=st, value=round(diff, 3),
+                                  limit=mean_tolerance_pct, unit="%",
+                                  detail=f"planned {a:.3f} Gy, recomputed {b:.3f} Gy (action at {mean_action_pct:g} %)"))
+    return checks, indep
+
+
+# --------------------------------------------------------------------------- deliverability
+def deliverability_check(plan: Plan, machine: MachineModel) -> QACheck:
+    """Every mechanical and MU rule of the machine (:func:`rayrt.qa.deliverability.check_plan`)."""
+    from rayrt.qa.deliverability import check_plan
+
+    rep = check_plan(plan, machine)
+    n = len(rep.violations)
+    shown = "; ".join(f"{v.rule}: {v.message}" for v in rep.violations[:5])
+    return QACheck(
+        name=f"deliverability on {machine.name}",
+        category="deliverability",
+        status="pass" if rep.deliverable else "fail",
+        value=float(n),
+        limit=0.0,
+        unit="violations",
+        detail=(f"{rep.num_beams} beams, {rep.num_segments} segments, {rep.total_mu:.1f} MU"
+                + (f"; {shown}" + (f" (+{n - 5} more)" if n > 5 else "") if n else "")),
+    )

@@ -1,0 +1,227 @@
+"""ControlledComputer actors: take a job, run the pipeline's stages, persist every result.
+
+A :class:`ControlledComputer` is a long-lived Ray actor. For each job the scheduler hands it,
+it loads the patient from the durable store, puts the large arrays (image, masks, doses) into
+the Ray object store *once* (``ctx.shared`` of :mod:`rayrt.pipeline`: later stages pass these
+references to their remote tasks instead of the arrays), runs the stages in order, writes
+each stage's result files to ``jobs/<id>/stages/<stage>/`` before the next stage starts, and
+writes the job's state and per-stage progress to ``jobs/<id>/job.json`` as it goes. The actor
+owns the objects it puts, so they live as long as it does; they are dropped when the job ends.
+
+A job that a restarted service finds unfinished is queued again; :class:`JobRunner` then reuses
+the stored results of stages that had finished (``reused`` in the job's stage messages).
+
+:class:`JobRunner` holds the Ray-free part (state machine, persistence) so it runs in tests and
+in one process too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import ray
+
+from rayrt import pipeline
+from rayrt.domain.errors import InputError
+from rayrt.domain.job import Job, JobState, StageProgress
+from rayrt.pipeline import Executor, Stage, StageEvent
+from rayrt.service.store import Store
+
+log = logging.getLogger("rayrt.service")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class StoreSource:
+    """The ``source`` artefact of a service job: a patient in the durable store (picklable)."""
+
+    def __init__(self, store: Store, patient_id: str):
+        self.store = store
+        self.patient_id = patient_id
+
+    def load(self) -> Any:
+        return self.store.load_study(self.patient_id)
+
+
+class RayExecutor:
+    """:class:`rayrt.pipeline.Executor` on Ray: ``put`` = ``ray.put``; ``map`` = one task per item.
+
+    Shared handles passed to ``map`` are ObjectRefs; Ray hands each task the stored array
+    (zero-copy for numpy) instead of shipping it again.
+    """
+
+    def __init__(self, num_cpus_per_task: float = 1.0):
+        self.num_cpus_per_task = num_cpus_per_task
+        self._remote: dict[Callable, Any] = {}
+
+    def put(self, value: Any) -> Any:
+        return ray.put(value)
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], *shared: Any) -> list[Any]:
+        rf = self._remote.get(fn)
+        if rf is None:
+            rf = self._remote[fn] = ray.remote(num_cpus=self.num_cpus_per_task)(fn)
+        return ray.get([rf.remote(item, *shared) for item in items])
+
+
+class JobRunner:
+    """Runs one stored job through ``stages`` and keeps ``job.json`` up to date."""
+
+    def __init__(
+        self,
+        store: Store,
+        job_id: str,
+        *,
+        worker: str = "local",
+        executor: Executor | None = None,
+        stages: list[Stage] | None = None,
+        progress_interval_s: float = 0.5,
+        report: Callable[[str, dict], None] | None = None,
+    ):
+        self.store = store
+        self.job = store.get_job(job_id)
+        self.worker = worker
+        self.executor = executor or pipeline.LocalExecutor()
+        self.stages = stages if stages is not None else pipeline.default_stages()
+        self.interval = progress_interval_s
+        self.report = report
+        self._last_save = 0.0
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- persistence hooks
+    def _save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_save >= self.interval:
+            self.store.save_job(self.job)
+            self._last_save = now
+
+    def _stage(self, name: str) -> StageProgress:
+        for sp in self.job.stages:
+            if sp.name == name:
+                return sp
+        sp = StageProgress(name=name)
+        self.job.stages.append(sp)
+        return sp
+
+    def on_event(self, ev: StageEvent) -> None:
+        with self._lock:
+            sp = self._stage(ev.stage)
+            force = True
+            if ev.kind == "started":
+                self.job.stage = ev.stage
+                sp.state, sp.started_at, sp.percent, sp.message = JobState.running, _now(), 0.0, ""
+            elif ev.kind == "progress":
+                sp.tasks_done, sp.tasks_total = ev.done, ev.total
+                sp.percent = min(100.0, 100.0 * ev.done / ev.total) if ev.total else sp.percent
+                sp.message = ev.message or sp.message
+                force = False
+            elif ev.kind in ("finished", "skipped", "reused"):
+                sp.state, sp.percent, sp.finished_at = JobState.succeeded, 100.0, _now()
+                sp.started_at = sp.started_at or sp.finished_at
+                sp.message = {"skipped": f"skipped: {ev.message}", "reused": "reused the stored result"}.get(ev.kind, sp.message)
+            elif ev.kind == "failed":
+                sp.state, sp.finished_at, sp.message = JobState.failed, _now(), ev.message
+            self.job.progress = sum(s.percent for s in self.job.stages) / max(1, len(self.job.stages))
+            self._save(force)
+        if self.report is not None:
+            try:
+                self.report(self.job.id, {"stage": ev.stage, "kind": ev.kind, "done": ev.done, "total": ev.total, "message": ev.message})
+            except Exception:  # progress fan-in is best effort; the store is the record
+                log.debug("progress report failed", exc_info=True)
+
+    def sink(self, st: Stage, out: Any) -> None:
+        for name, data in pipeline.write_result_files(out).items():
+            self.store.put_stage_bytes(self.job.id, st.name, name, data)
+
+    def previous(self, st: Stage) -> Any:
+        """A finished stage's stored output (resume), or None."""
+        model = pipeline.result_model(st)
+        sp = next((s for s in self.job.stages if s.name == st.name), None)
+        if model is None or sp is None or sp.state is not JobState.succeeded:
+            return None
+        if not self.store.has_stage_file(self.job.id, st.name, "result.json"):
+            return None
+        return model.model_validate(self.store.get_stage_json(self.job.id, st.name, "result.json"))
+
+    # ---------------------------------------------------------------- the run
+    def run(self) -> Job:
+        job = self.job
+        if job.state.finished:
+            return job
+        known = {s.name for s in job.stages}
+        job.stages += [StageProgress(name=st.name) for st in self.stages if st.name not in known]
+        job.state, job.worker, job.started_at = JobState.running, self.worker, job.started_at or _now()
+        self._save(force=True)
+        artefacts: dict[str, Any] = {"source": StoreSource(self.store, job.patient_id), "order": self.store.get_order(job.id)}
+        try:
+            pipeline.run_stages(self.stages, artefacts, executor=self.executor, on_event=self.on_event, sink=self.sink, previous=self.previous)
+        except InputError as exc:
+            job.errors.append(exc.message)
+            job.state = JobState.failed
+        except Exception as exc:  # a bug or an infrastructure failure: keep the job's record readable
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            job.errors.append(f"{type(exc).__name__}: {exc}")
+            job.state = JobState.failed
+        else:
+            job.state = JobState.succeeded
+            job.stage = None
+            job.progress = 100.0
+        finally:
+            artefacts.get("_shared", {}).clear()  # drop our object-store references
+        job.finished_at = _now()
+        self._save(force=True)
+        return job
+
+
+@ray.remote
+class ControlledComputer:
+    """A worker that runs whole jobs (one at a time) and answers heartbeats while it does."""
+
+    def __init__(self, name: str, store: Store, progress_interval_s: float = 0.5, scheduler_name: str | None = None, namespace: str | None = None):
+        self.name = name
+        self.store = store
+        self.interval = progress_interval_s
+        self.scheduler_name = scheduler_name
+        self.namespace = namespace
+        self.current: str | None = None
+        self.jobs_done = 0
+        self.started = time.time()
+
+    def heartbeat(self) -> dict:
+        """Liveness and load: name, host, pid, the job running (if any), jobs done."""
+        return {
+            "name": self.name,
+            "host": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "job": self.current,
+            "jobs_done": self.jobs_done,
+            "uptime_s": time.time() - self.started,
+        }
+
+    def run_job(self, job_id: str) -> dict:
+        """Run a stored job to its end; returns the final Job as JSON."""
+        report = None
+        if self.scheduler_name:
+            try:
+                sched = ray.get_actor(self.scheduler_name, namespace=self.namespace)
+                report = lambda jid, ev: sched.report.remote(jid, ev)  # noqa: E731  fire and forget
+            except ValueError:
+                report = None
+        self.current = job_id
+        try:
+            runner = JobRunner(self.store, job_id, worker=self.name, executor=RayExecutor(), progress_interval_s=self.interval, report=report)
+            job = runner.run()
+        finally:
+            self.current = None
+            self.jobs_done += 1
+        return job.model_dump(mode="json")

@@ -1,0 +1,699 @@
+"""Treatment-machine queues: one ``MachineQueue`` Ray actor per configured treatment machine.
+
+Each queue keeps its machine's :class:`~rayrt.service.policies.MachineStatus` (available / busy /
+down for malfunction or maintenance, with reason and since), its :class:`Booking` list and the
+estimated wait (pending fractions x slot minutes). Every change is written through a small
+store interface *before* the call returns, so queues survive a service restart (and an actor
+restart: the actor reloads its record in ``__init__``).
+
+:class:`MachineRegistry` owns the queue handles: it answers snapshots, selects targets with a
+policy (:mod:`rayrt.service.policies`), books, and when a machine goes down moves its pending
+bookings to the best usable machines and calls ``replan_callback`` so the scheduler converts
+the plan for the new machine. It is a plain class (usable in-process) and a Ray actor
+(:data:`MachineRegistryActor`, or :func:`get_or_create_registry` for a named, shared one).
+
+Store interface (duck-typed): any object with ``save_json(key, model)`` and
+``load_json(key, model_cls) -> model | None`` (missing keys may also raise ``KeyError`` /
+``FileNotFoundError``), or a Ray actor handle with those methods. :class:`JsonFileStore` is a
+self-contained implementation (local directory with atomic replace, or a pyarrow.fs URI).
+Keys used: ``machines/<name>`` (:class:`MachineQueueRecord`), ``machines/_registry``
+(:class:`RegistryRecord`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from rayrt.domain.errors import InputError
+from rayrt.service.policies import (
+    Booking,
+    BookingState,
+    DownCause,
+    MachineQueueSettings,
+    MachineSnapshot,
+    MachineState,
+    MachineStatus,
+    estimated_wait_minutes,
+    select_machines,
+    utcnow,
+)
+
+__all__ = [
+    "Booking",
+    "BookingState",
+    "DownCause",
+    "JsonFileStore",
+    "LocalMachineQueue",
+    "MachineQueue",
+    "MachineQueueRecord",
+    "MachineQueueSettings",
+    "MachineRegistry",
+    "MachineRegistryActor",
+    "MachineSnapshot",
+    "MachineState",
+    "MachineStatus",
+    "ReplanRequest",
+    "StatusChange",
+    "get_or_create_registry",
+    "machine_names",
+]
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+MOVED_LOG_LIMIT = 200
+
+
+# --------------------------------------------------------------------------------------------
+# persistence
+
+
+class JsonStore(Protocol):
+    def save_json(self, key: str, model: BaseModel) -> None: ...
+
+    def load_json(self, key: str, model_cls: type[M]) -> M | None: ...
+
+
+class JsonFileStore:
+    """Pydantic models as JSON files under a root: a local directory or a pyarrow.fs URI.
+
+    Local writes go to a temporary file in the same directory, are fsync'ed, then
+    ``os.replace``'d over the target, so a reader never sees a half-written file. Object
+    stores (``s3://``, ``gs://``) publish an object atomically when its upload completes.
+    Picklable (it holds only the root string), so it can be handed to actors.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = str(root)
+
+    def _is_local(self) -> bool:
+        return "://" not in self.root or self.root.startswith("file://")
+
+    def _local_path(self, key: str) -> Path:
+        root = self.root[len("file://") :] if self.root.startswith("file://") else self.root
+        return Path(root) / f"{key}.json"
+
+    def _fs(self):
+        import pyarrow.fs as pafs
+
+        fs, base = pafs.FileSystem.from_uri(self.root)
+        return fs, base.rstrip("/")
+
+    def save_json(self, key: str, model: BaseModel) -> None:
+        data = model.model_dump_json(indent=1).encode()
+        if self._is_local():
+            path = self._local_path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return
+        fs, base = self._fs()
+        with fs.open_output_stream(f"{base}/{key}.json") as out:
+            out.write(data)
+
+    def load_json(self, key: str, model_cls: type[M]) -> M | None:
+        if self._is_local():
+            path = self._local_path(key)
+            if not path.is_file():
+                return None
+            return model_cls.model_validate_json(path.read_bytes())
+        import pyarrow.fs as pafs
+
+        fs, base = self._fs()
+        target = f"{base}/{key}.json"
+        if fs.get_file_info(target).type == pafs.FileType.NotFound:
+            return None
+        with fs.open_input_stream(target) as fh:
+            return model_cls.model_validate_json(fh.read())
+
+
+def _store_save(store: Any, key: str, model: BaseModel) -> None:
+    if store is None:
+        return
+    if isinstance(store, ray.actor.ActorHandle):
+        ray.get(store.save_json.remote(key, model))
+    else:
+        store.save_json(key, model)
+
+
+def _store_load(store: Any, key: str, model_cls: type[M]) -> M | None:
+    if store is None:
+        return None
+    try:
+        if isinstance(store, ray.actor.ActorHandle):
+            value = ray.get(store.load_json.remote(key, model_cls))
+        else:
+            value = store.load_json(key, model_cls)
+    except (KeyError, FileNotFoundError):
+        return None
+    except InputError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    if value is None or isinstance(value, model_cls):
+        return value
+    return model_cls.model_validate(value)
+
+
+# --------------------------------------------------------------------------------------------
+# machine discovery
+
+
+def _default_machines_dir() -> Path:
+    env = os.environ.get("RAYRT_MACHINES_DIR")
+    if env:
+        return Path(env)
+    cwd = Path("configs") / "machines"
+    if cwd.is_dir():
+        return cwd
+    return Path(__file__).resolve().parents[2] / "configs" / "machines"
+
+
+def machine_names(config_dir: str | os.PathLike | None = None, include_standard: bool = False) -> list[str]:
+    """Names of the configured treatment machines, sorted.
+
+    Uses ``rayrt.dose.machines.list_machines()`` when it exists (items may be names or
+    MachineModels); otherwise (or when ``config_dir`` is given) reads the ``name`` (and
+    ``standard``) fields of ``configs/machines/*.yaml`` (``$RAYRT_MACHINES_DIR`` overrides).
+    The vendor-neutral standard machine is not a treatment machine and is left out unless
+    ``include_standard``.
+    """
+    if config_dir is None:
+        try:
+            from rayrt.dose.machines import list_machines  # type: ignore[import-not-found]
+        except ImportError:
+            list_machines = None
+        if list_machines is not None:
+            names = []
+            for item in list_machines():
+                if isinstance(item, str):
+                    names.append(item)
+                elif include_standard or not getattr(item, "standard", False):
+                    names.append(item.name)
+            if names:
+                return sorted(set(names))
+    import yaml
+
+    folder = Path(config_dir) if config_dir is not None else _default_machines_dir()
+    names = []
+    for path in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict) or not data.get("name"):
+            raise InputError(f"machine file {path.name} has no 'name'", kind="machine", field=str(path))
+        if data.get("standard") and not include_standard:
+            continue
+        names.append(str(data["name"]))
+    return sorted(set(names))
+
+
+# --------------------------------------------------------------------------------------------
+# one queue
+
+
+class MachineQueueRecord(BaseModel):
+    """What a queue persists under ``machines/<name>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    status: MachineStatus = Field(default_factory=MachineStatus)
+    bookings: list[Booking] = Field(default_factory=list, description="active bookings, oldest first")
+    moved_out: list[Booking] = Field(default_factory=list, description="recent bookings moved off this machine")
+    completed: int = Field(default=0, ge=0, description="bookings whose fractions were all delivered")
+
+
+class LocalMachineQueue:
+    """The state and rules of one treatment machine's queue (the body of :data:`MachineQueue`).
+
+    Not thread-safe by itself; as a Ray actor its methods run one at a time.
+    """
+
+    def __init__(self, name: str, slot_minutes: float = 15.0, store: Any = None, data_dir: str | None = None):
+        if slot_minutes <= 0:
+            raise InputError(f"slot_minutes of machine {name} must be > 0", kind="settings", field="slot_minutes")
+        self.name = name
+        self.slot_minutes = float(slot_minutes)
+        self._store = store if store is not None else (JsonFileStore(data_dir) if data_dir else None)
+        self._key = f"machines/{name}"
+        rec = _store_load(self._store, self._key, MachineQueueRecord)
+        self._rec = rec if rec is not None else MachineQueueRecord(name=name)
+
+    # -- persistence
+    def _save(self) -> None:
+        _store_save(self._store, self._key, self._rec)
+
+    # -- queries
+    def status(self) -> MachineStatus:
+        return self._rec.status
+
+    def bookings(self) -> list[Booking]:
+        return list(self._rec.bookings)
+
+    def moved_out(self) -> list[Booking]:
+        return list(self._rec.moved_out)
+
+    def pending_fractions(self) -> int:
+        return sum(b.pending_fractions for b in self._rec.bookings)
+
+    def estimated_wait_minutes(self) -> float:
+        return estimated_wait_minutes(self._rec.status, self.pending_fractions(), self.slot_minutes)
+
+    def snapshot(self) -> MachineSnapshot:
+        return MachineSnapshot(
+            name=self.name,
+            status=self._rec.status,
+            bookings=len(self._rec.bookings),
+            pending_fractions=self.pending_fractions(),
+            slot_minutes=self.slot_minutes,
+            estimated_wait_min=self.estimated_wait_minutes(),
+        )
+
+    def record(self) -> MachineQueueRecord:
+        return self._rec
+
+    def info(self) -> dict:
+        """Where this queue runs (pid, Ray node id) - for operations and placement checks."""
+        ctx = ray.get_runtime_context() if ray.is_initialized() else None
+        return {"machine": self.name, "pid": os.getpid(), "node_id": ctx.get_node_id() if ctx else None}
+
+    # -- changes
+    def set_status(self, state: MachineState | str, cause: DownCause | str | None = None, reason: str = "") -> MachineStatus:
+        """Change the machine state. ``down`` needs a cause (malfunction or maintenance)."""
+        state = MachineState(state)
+        cause = DownCause(cause) if cause else None
+        if state is MachineState.down and cause is None:
+            raise InputError("a machine marked down needs a cause: malfunction or maintenance", kind="machine", field="cause")
+        if state is not MachineState.down:
+            cause = None
+        old = self._rec.status
+        if old.state is state and old.cause == cause and old.reason == reason:
+            return old
+        self._rec.status = MachineStatus(state=state, cause=cause, reason=reason)
+        self._save()
+        return self._rec.status
+
+    def _find(self, job_id: str) -> Booking:
+        for b in self._rec.bookings:
+            if b.job_id == job_id:
+                return b
+        raise InputError(f"job {job_id} has no booking on machine {self.name}", kind="booking", field="job_id", status=404)
+
+    def book(self, booking: Booking) -> Booking:
+        """Append a booking (one per job per machine). Refused while the machine is down."""
+        if not self._rec.status.usable:
+            st = self._rec.status
+            raise InputError(
+                f"machine {self.name} is down ({st.cause.value if st.cause else 'down'}: {st.reason or 'no reason given'}); book another machine",
+                kind="machine",
+                field="machine",
+                status=409,
+            )
+        if any(b.job_id == booking.job_id for b in self._rec.bookings):
+            raise InputError(f"job {booking.job_id} is already booked on {self.name}", kind="booking", field="job_id", status=409)
+        b = booking.model_copy(deep=True)
+        b.machine = self.name
+        if b.state not in (BookingState.booked, BookingState.converting):
+            b.state = BookingState.booked if b.plan_id else BookingState.converting
+        if b.state is BookingState.booked and not b.plan_id:
+            b.state = BookingState.converting
+        b.log(f"booked on {self.name}: {b.pending_fractions} fraction(s)")
+        self._rec.bookings.append(b)
+        self._save()
+        return b
+
+    def attach_plan(self, job_id: str, plan_id: str) -> Booking:
+        """The plan for this machine is ready: the booking becomes ``booked``."""
+        b = self._find(job_id)
+        b.plan_id = plan_id
+        b.state = BookingState.booked
+        b.log(f"plan {plan_id} attached")
+        self._save()
+        return b
+
+    def record_fraction(self, job_id: str, count: int = 1) -> Booking:
+        """``count`` fractions of the job were delivered; a booking with none left completes."""
+        if count < 1:
+            raise InputError("delivered fraction count must be >= 1", kind="booking", field="count")
+        b = self._find(job_id)
+        if b.state is not BookingState.booked:
+            raise InputError(f"job {job_id} on {self.name} has no converted plan yet (state {b.state.value})", kind="booking", status=409)
+        if count > b.pending_fractions:
+            raise InputError(f"job {job_id} has only {b.pending_fractions} fraction(s) left on {self.name}", kind="booking", field="count", status=409)
+        b.fractions_delivered += count
+        b.log(f"{count} fraction(s) delivered, {b.pending_fractions} left")
+        if b.pending_fractions == 0:
+            b.state = BookingState.completed
+            self._rec.bookings.remove(b)
+            self._rec.completed += 1
+        self._save()
+        return b
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> Booking | None:
+        for b in self._rec.bookings:
+            if b.job_id == job_id:
+                self._rec.bookings.remove(b)
+                b.state = BookingState.cancelled
+                b.log(reason)
+                self._save()
+                return b
+        return None
+
+    def take_pending(self, reason: str) -> list[Booking]:
+        """Remove every active booking (oldest first) for re-planning elsewhere.
+
+        Each returned booking is marked ``moved`` with ``move_reason``; a copy is kept in
+        ``moved_out`` (the last few hundred) so the queue can say where its patients went.
+        """
+        taken = []
+        for b in self._rec.bookings:
+            b.state = BookingState.moved
+            b.move_reason = reason
+            b.log(f"moved off {self.name}: {reason}")
+            taken.append(b)
+        self._rec.bookings = []
+        self._rec.moved_out = (self._rec.moved_out + taken)[-MOVED_LOG_LIMIT:]
+        self._save()
+        return taken
+
+    def note_moved(self, job_id: str, moved_to: str | None) -> None:
+        """Record where a moved-out booking went (``None``: nowhere usable)."""
+        for b in reversed(self._rec.moved_out):
+            if b.job_id == job_id:
+                b.moved_to = moved_to
+                if moved_to is None:
+                    b.state = BookingState.unplaced
+                b.log(f"re-routed to {moved_to}" if moved_to else "no usable machine to re-route to")
+                self._save()
+                return
+
+
+MachineQueue = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(LocalMachineQueue)
+"""The Ray actor: ``MachineQueue.options(...).remote(name, slot_minutes, store=..., data_dir=...)``."""
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+
+class ReplanRequest(BaseModel):
+    """What the registry asks the scheduler to do when a booking moves to another machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    patient_id: str
+    from_machine: str
+    to_machine: str | None = Field(description="new target (already booked, state 'converting'); None when no machine is usable")
+    fractions: int = Field(ge=0, description="fractions still to deliver")
+    source_plan_id: str | None = Field(description="the plan that was booked on the machine that went down")
+    reason: str
+
+
+class StatusChange(BaseModel):
+    machine: str
+    status: MachineStatus
+    moved: list[Booking] = Field(default_factory=list, description="bookings moved out (each with moved_to and move_reason)")
+
+
+class RegistryRecord(BaseModel):
+    """What the registry persists under ``machines/_registry``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unplaced: list[Booking] = Field(default_factory=list, description="moved bookings no usable machine could take")
+    replan_errors: list[str] = Field(default_factory=list)
+
+
+ReplanCallback = Callable[[ReplanRequest], Any]
+
+
+class MachineRegistry:
+    """Owns one :data:`MachineQueue` actor per treatment machine.
+
+    Args:
+        machines: machine names (default :func:`machine_names`).
+        settings: :class:`MachineQueueSettings` or its dict (service config ``machine_queues``).
+        store: object with ``save_json``/``load_json`` (or an actor handle with them).
+        data_dir: used when ``store`` is None: a :class:`JsonFileStore` root. Neither: no persistence.
+        replan_callback: ``callback(ReplanRequest)`` called for every booking moved off a
+            machine that went down (after the new slot is booked). Must be picklable when the
+            registry runs as an actor. Its exceptions are logged and recorded, never raised.
+        actor_options: Ray options for the queue actors, e.g. ``{"resources": {"head": 0.01}}``.
+        actor_name_prefix: name queue actors ``<prefix><machine>`` (get-if-exists), so a
+            restarted registry re-attaches to live queues. None: anonymous actors.
+        namespace / lifetime: passed with named actors (``lifetime="detached"`` to outlive
+            the creating process).
+    """
+
+    def __init__(
+        self,
+        machines: Sequence[str] | None = None,
+        settings: MachineQueueSettings | dict | None = None,
+        store: Any = None,
+        data_dir: str | None = None,
+        replan_callback: ReplanCallback | None = None,
+        actor_options: dict | None = None,
+        actor_name_prefix: str | None = None,
+        namespace: str | None = None,
+        lifetime: str | None = None,
+    ):
+        self.settings = settings if isinstance(settings, MachineQueueSettings) else MachineQueueSettings.model_validate(settings or {})
+        names = list(machines) if machines is not None else machine_names()
+        if not names:
+            raise InputError("no treatment machines configured (configs/machines/*.yaml)", kind="machine")
+        if len(set(names)) != len(names):
+            raise InputError("machine names must be unique", kind="machine")
+        self._store = store if store is not None else (JsonFileStore(data_dir) if data_dir else None)
+        self._callback = replan_callback
+        self._queues: dict[str, Any] = {}
+        for name in names:
+            opts = dict(actor_options or {})
+            if actor_name_prefix is not None:
+                opts.update(name=f"{actor_name_prefix}{name}", get_if_exists=True)
+                if namespace:
+                    opts["namespace"] = namespace
+                if lifetime:
+                    opts["lifetime"] = lifetime
+            self._queues[name] = MachineQueue.options(**opts).remote(name, self.settings.slot_for(name), store=self._store)
+        self._rec = _store_load(self._store, "machines/_registry", RegistryRecord) or RegistryRecord()
+
+    # -- plumbing
+    def set_replan_callback(self, callback: ReplanCallback | None) -> None:
+        self._callback = callback
+
+    def _queue(self, name: str):
+        try:
+            return self._queues[name]
+        except KeyError:
+            raise InputError(
+                f"unknown treatment machine '{name}'; configured: {', '.join(sorted(self._queues))}",
+                kind="machine",
+                field="machine",
+                status=404,
+            ) from None
+
+    def _save(self) -> None:
+        _store_save(self._store, "machines/_registry", self._rec)
+
+    def queue(self, name: str):
+        """The actor handle of one machine's queue."""
+        return self._queue(name)
+
+    # -- queries
+    def names(self) -> list[str]:
+        return list(self._queues)
+
+    def snapshots(self) -> list[MachineSnapshot]:
+        return ray.get([q.snapshot.remote() for q in self._queues.values()])
+
+    def snapshot(self, name: str) -> MachineSnapshot:
+        return ray.get(self._queue(name).snapshot.remote())
+
+    def bookings(self, name: str) -> list[Booking]:
+        return ray.get(self._queue(name).bookings.remote())
+
+    def bookings_of(self, job_id: str) -> list[Booking]:
+        """Active bookings of one job, on every machine."""
+        all_b = ray.get([q.bookings.remote() for q in self._queues.values()])
+        return [b for bs in all_b for b in bs if b.job_id == job_id]
+
+    def unplaced(self) -> list[Booking]:
+        return list(self._rec.unplaced)
+
+    def select(self, policy: str | None = None, count: int = 1, user_list: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> list[str]:
+        """Target machines for a job by policy (default ``settings.default_policy``)."""
+        return select_machines(policy or self.settings.default_policy, self.snapshots(), count, user_list, exclude)
+
+    # -- changes
+    def book(self, machine: str, job_id: str, patient_id: str, fractions: int, plan_id: str | None = None) -> Booking:
+        """Reserve ``fractions`` on ``machine`` (state ``converting`` until a plan is attached)."""
+        booking = Booking(job_id=job_id, patient_id=patient_id, plan_id=plan_id, fractions=fractions, machine=machine)
+        return ray.get(self._queue(machine).book.remote(booking))
+
+    def select_and_book(
+        self,
+        job_id: str,
+        patient_id: str,
+        fractions: int,
+        policy: str | None = None,
+        count: int = 1,
+        user_list: Sequence[str] | None = None,
+    ) -> list[Booking]:
+        """Choose ``count`` machines by policy and reserve the job's fractions on each."""
+        chosen = self.select(policy, count, user_list)
+        return [self.book(m, job_id, patient_id, fractions) for m in chosen]
+
+    def attach_plan(self, machine: str, job_id: str, plan_id: str) -> Booking:
+        return ray.get(self._queue(machine).attach_plan.remote(job_id, plan_id))
+
+    def record_fraction(self, machine: str, job_id: str, count: int = 1) -> Booking:
+        return ray.get(self._queue(machine).record_fraction.remote(job_id, count))
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> list[Booking]:
+        """Cancel the job's bookings on every machine."""
+        out = ray.get([q.cancel.remote(job_id, reason) for q in self._queues.values()])
+        return [b for b in out if b is not None]
+
+    def set_status(self, machine: str, state: MachineState | str, cause: DownCause | str | None = None, reason: str = "") -> StatusChange:
+        """Change a machine's status; marking it down moves its pending bookings away."""
+        status = ray.get(self._queue(machine).set_status.remote(state, cause, reason))
+        moved = self.on_machine_down(machine) if status.state is MachineState.down else []
+        return StatusChange(machine=machine, status=status, moved=moved)
+
+    def on_machine_down(self, name: str) -> list[Booking]:
+        """Move every pending booking of a down machine to the best usable machine.
+
+        For each booking, oldest first: pick a target by ``settings.default_policy`` among
+        usable machines that do not already hold a booking of the same job, reserve the
+        remaining fractions there (state ``converting``, ``moved_from``/``move_reason`` set),
+        and call ``replan_callback(ReplanRequest)`` so the plan is converted for the new
+        machine (then call :meth:`attach_plan`). Bookings no machine can take are kept in
+        :meth:`unplaced` and reported to the callback with ``to_machine=None``.
+
+        Returns the moved-out bookings, each with ``moved_to`` (None when unplaced) and
+        ``move_reason``. Calling it again for the same machine moves nothing new.
+        """
+        q = self._queue(name)
+        status: MachineStatus = ray.get(q.status.remote())
+        what = status.cause.value if status.cause else status.state.value
+        reason = f"machine {name} {status.state.value} ({what}{': ' + status.reason if status.reason else ''}) since {status.since.isoformat(timespec='seconds')}"
+        taken: list[Booking] = ray.get(q.take_pending.remote(reason))
+        moved: list[Booking] = []
+        for old in sorted(taken, key=lambda b: b.booked_at):
+            holders = {b.machine for b in self.bookings_of(old.job_id)}
+            target: str | None
+            try:
+                target = self.select(None, 1, None, exclude=sorted(holders | {name}))[0]
+            except InputError:
+                target = None
+            if target is not None:
+                new = old.model_copy(deep=True)
+                new.fractions = old.pending_fractions
+                new.fractions_delivered = 0
+                new.plan_id = None
+                new.state = BookingState.converting
+                new.moved_from = name
+                new.moved_to = None
+                new.booked_at = utcnow()
+                new.log(f"re-routed from {name}: {reason}")
+                try:
+                    ray.get(self._queue(target).book.remote(new))
+                except InputError:  # the target went down meanwhile
+                    target = None
+            ray.get(q.note_moved.remote(old.job_id, target))
+            old.moved_to = target
+            if target is None:
+                old.state = BookingState.unplaced
+                old.log("no usable machine to re-route to")
+                self._rec.unplaced.append(old)
+                self._save()
+            moved.append(old)
+            self._notify(
+                ReplanRequest(
+                    job_id=old.job_id,
+                    patient_id=old.patient_id,
+                    from_machine=name,
+                    to_machine=target,
+                    fractions=old.pending_fractions,
+                    source_plan_id=old.plan_id,
+                    reason=reason,
+                )
+            )
+        return moved
+
+    def place_unplaced(self) -> list[Booking]:
+        """Retry bookings that found no usable machine (call when a machine comes back)."""
+        waiting, self._rec.unplaced = self._rec.unplaced, []
+        placed = []
+        for old in waiting:
+            holders = {b.machine for b in self.bookings_of(old.job_id)}
+            try:
+                target = self.select(None, 1, None, exclude=sorted(holders | {old.machine}))[0]
+            except InputError:
+                self._rec.unplaced.append(old)
+                continue
+            new = old.model_copy(deep=True)
+            new.fractions, new.fractions_delivered, new.plan_id = old.pending_fractions, 0, None
+            new.state, new.moved_from, new.moved_to, new.booked_at = BookingState.converting, old.machine, None, utcnow()
+            new.log(f"placed on {target} after waiting for a usable machine")
+            placed.append(ray.get(self._queue(target).book.remote(new)))
+            self._notify(
+                ReplanRequest(
+                    job_id=old.job_id, patient_id=old.patient_id, from_machine=old.machine, to_machine=target,
+                    fractions=new.fractions, source_plan_id=old.plan_id, reason=old.move_reason or "re-placed",
+                )
+            )
+        self._save()
+        return placed
+
+    def _notify(self, req: ReplanRequest) -> None:
+        if self._callback is None:
+            return
+        try:
+            self._callback(req)
+        except Exception as exc:  # the registry must keep working if the scheduler hiccups
+            msg = f"{utcnow().isoformat(timespec='seconds')} replan callback failed for job {req.job_id} ({req.from_machine} -> {req.to_machine}): {exc!r}"
+            log.warning(msg)
+            self._rec.replan_errors = (self._rec.replan_errors + [msg])[-MOVED_LOG_LIMIT:]
+            self._save()
+
+
+MachineRegistryActor = ray.remote(num_cpus=0, max_restarts=-1)(MachineRegistry)
+"""``MachineRegistry`` as a Ray actor (all methods block inside the actor; call with ``.remote``)."""
+
+REGISTRY_NAME = "rayrt-machines"
+
+
+def get_or_create_registry(name: str = REGISTRY_NAME, namespace: str | None = None, detached: bool = True, actor_options: dict | None = None, **kwargs: Any):
+    """A named :data:`MachineRegistryActor` shared by all ingress replicas and the scheduler.
+
+    Re-attaches when one with this name is alive (``kwargs`` are then ignored). Queue actors
+    are named ``<name>/<machine>`` in the same namespace, so a restarted registry finds them.
+    """
+    opts = dict(actor_options or {})
+    opts.update(name=name, get_if_exists=True)
+    if namespace:
+        opts["namespace"] = namespace
+    if detached:
+        opts["lifetime"] = "detached"
+    kwargs.setdefault("actor_name_prefix", f"{name}/")
+    kwargs.setdefault("namespace", namespace)
+    kwargs.setdefault("lifetime", "detached" if detached else None)
+    return MachineRegistryActor.options(**opts).remote(**kwargs)

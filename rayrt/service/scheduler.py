@@ -1,0 +1,233 @@
+"""The compute queue: a named Ray actor that orders jobs by priority, then age.
+
+The :class:`Scheduler` actor (name :data:`~rayrt.service.settings.SCHEDULER_NAME`, namespace
+``rayrt``) owns a pool of :class:`~rayrt.service.controlled.ControlledComputer` actors. A job
+submitted with :meth:`Scheduler.submit` waits in a heap keyed (−priority, created_at, sequence):
+higher priority first, and the oldest first among equals. Whenever a computer is idle, the head
+of the queue is dispatched to it. A computer that dies mid-job is replaced and its job goes
+back into the queue (its finished stages are reused from the store).
+
+On start (:meth:`Scheduler.ready`) the scheduler re-queues every job the store holds that has
+not finished, so a restarted service resumes where it stopped. The store is the record of
+truth; the scheduler's memory is only the queue and the computers' liveness.
+
+The ingress finds the actor by name (:func:`get_scheduler`); :func:`get_or_create_scheduler`
+creates it detached so it outlives the process that created it (a Serve replica or the
+``rayrt serve`` driver), and :func:`rayrt.service.runtime.stop` kills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from rayrt.domain.job import JobState
+from rayrt.service.controlled import ControlledComputer
+from rayrt.service.settings import ServiceSettings
+from rayrt.service.store import Store
+
+log = logging.getLogger("rayrt.service")
+
+
+def _ts(created_at: str | datetime) -> float:
+    if isinstance(created_at, str):
+        created_at = datetime.fromisoformat(created_at)
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=timezone.utc)
+    return created_at.timestamp()
+
+
+class JobQueue:
+    """Priority queue of job ids: higher ``priority`` first, then earlier ``created_at``."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, float, int, str]] = []
+        self._seq = itertools.count()
+        self._ids: set[str] = set()
+
+    def push(self, job_id: str, priority: int, created_at: str | datetime) -> bool:
+        if job_id in self._ids:
+            return False
+        heapq.heappush(self._heap, (-int(priority), _ts(created_at), next(self._seq), job_id))
+        self._ids.add(job_id)
+        return True
+
+    def pop(self) -> str | None:
+        while self._heap:
+            _, _, _, jid = heapq.heappop(self._heap)
+            if jid in self._ids:
+                self._ids.discard(jid)
+                return jid
+        return None
+
+    def remove(self, job_id: str) -> bool:
+        if job_id in self._ids:
+            self._ids.discard(job_id)  # lazily dropped from the heap on pop
+            return True
+        return False
+
+    def ordered(self) -> list[str]:
+        return [e[3] for e in sorted(self._heap) if e[3] in self._ids]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._ids
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class Scheduler:
+    """Queues jobs and dispatches them to ControlledComputer actors (an async actor)."""
+
+    def __init__(self, settings: dict):
+        self.settings = ServiceSettings.model_validate(settings)
+        self.store = Store(self.settings.data_dir)
+        self.queue = JobQueue()
+        self.computers: dict[str, Any] = {}
+        self.idle: list[str] = []
+        self.running: dict[str, str] = {}  # job id -> computer name
+        self.last_event: dict[str, dict] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._ready = False
+        self._generation = itertools.count()
+
+    # ---------------------------------------------------------------- start-up
+    def _new_computer(self, slot: int) -> str:
+        name = f"rayrt-cc-{slot}-{next(self._generation)}"
+        self.computers[name] = ControlledComputer.options(
+            name=name,
+            namespace=self.settings.ray_namespace,
+            num_cpus=self.settings.controlled_computer_cpus,
+            max_concurrency=4,  # heartbeats answer while a job runs
+        ).remote(name, self.store, self.settings.progress_interval_s, self.settings.scheduler_name, self.settings.ray_namespace)
+        return name
+
+    async def ready(self) -> dict:
+        """Start the computers and re-queue unfinished jobs from the store (idempotent)."""
+        if not self._ready:
+            self._ready = True
+            for slot in range(self.settings.controlled_computers):
+                self.idle.append(self._new_computer(slot))
+            for job in self.store.list_jobs():
+                if not job.state.finished:
+                    self.queue.push(job.id, job.priority, job.created_at)
+            self._dispatch()
+        return self.status()
+
+    # ---------------------------------------------------------------- API
+    async def submit(self, job_id: str, priority: int, created_at: str) -> int:
+        """Queue a stored job; returns how many jobs are ahead of it in the queue."""
+        if not self._ready:
+            await self.ready()
+        if job_id not in self.running:
+            self.queue.push(job_id, priority, created_at)
+        ahead = self.queue.ordered().index(job_id) if job_id in self.queue else 0
+        self._dispatch()
+        return ahead
+
+    async def cancel(self, job_id: str) -> bool:
+        """Drop a queued (not yet running) job from the queue and mark it cancelled."""
+        if not self.queue.remove(job_id):
+            return False
+        job = self.store.get_job(job_id)
+        job.state, job.finished_at = JobState.cancelled, datetime.now(timezone.utc)
+        self.store.save_job(job)
+        return True
+
+    async def report(self, job_id: str, event: dict) -> None:
+        """Progress fan-in from the computers (the store holds the durable copy)."""
+        self.last_event[job_id] = {**event, "time": time.time()}
+
+    def status(self) -> dict:
+        return {
+            "queued": self.queue.ordered(),
+            "running": dict(self.running),
+            "computers": sorted(self.computers),
+            "idle": list(self.idle),
+        }
+
+    async def get_status(self) -> dict:
+        return self.status()
+
+    async def heartbeats(self, timeout_s: float = 5.0) -> dict[str, dict | None]:
+        """Ask every computer for a heartbeat; None for one that did not answer in time."""
+        names = list(self.computers)
+        refs = [self.computers[n].heartbeat.remote() for n in names]
+        out: dict[str, dict | None] = {}
+        for n, ref in zip(names, refs):
+            try:
+                out[n] = await asyncio.wait_for(ref, timeout_s)
+            except (asyncio.TimeoutError, RayActorError):
+                out[n] = None
+        return out
+
+    async def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """Wait until nothing is queued or running (tests, graceful shutdown)."""
+        end = time.monotonic() + timeout_s
+        while (self.running or len(self.queue)) and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        return not (self.running or len(self.queue))
+
+    # ---------------------------------------------------------------- dispatch
+    def _dispatch(self) -> None:
+        while self.idle and len(self.queue):
+            job_id = self.queue.pop()
+            if job_id is None:
+                break
+            name = self.idle.pop(0)
+            self.running[job_id] = name
+            t = asyncio.get_running_loop().create_task(self._run(name, job_id))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def _run(self, name: str, job_id: str) -> None:
+        replace = False
+        try:
+            await self.computers[name].run_job.remote(job_id)
+        except RayActorError:
+            log.warning("controlled computer %s died running job %s; re-queueing it", name, job_id)
+            replace = True
+            try:
+                job = self.store.get_job(job_id)
+                if not job.state.finished:
+                    job.errors.append(f"controlled computer {name} died; the job was re-queued")
+                    self.store.save_job(job)
+                    self.queue.push(job.id, job.priority, job.created_at)
+            except Exception:
+                log.exception("could not re-queue job %s", job_id)
+        except Exception:
+            log.exception("job %s failed on %s", job_id, name)
+        finally:
+            self.running.pop(job_id, None)
+            if replace:
+                slot = int(name.split("-")[2])
+                self.computers.pop(name, None)
+                name = self._new_computer(slot)
+            self.idle.append(name)
+            self._dispatch()
+
+
+def get_scheduler(settings: ServiceSettings) -> Any:
+    """The running scheduler actor (ValueError if there is none)."""
+    return ray.get_actor(settings.scheduler_name, namespace=settings.ray_namespace)
+
+
+def get_or_create_scheduler(settings: ServiceSettings) -> Any:
+    """The scheduler actor, created (detached) on first use; waits until it is ready."""
+    handle = Scheduler.options(
+        name=settings.scheduler_name,
+        namespace=settings.ray_namespace,
+        lifetime="detached",
+        get_if_exists=True,
+    ).remote(settings.model_dump())
+    ray.get(handle.ready.remote())
+    return handle

@@ -1,0 +1,106 @@
+"""Service settings: where the durable store lives, how Ray and the HTTP ingress start.
+
+Precedence (last wins): built-in defaults < settings file < environment < explicit arguments
+(the CLI's ``--data``/``--port``/``--address``).
+
+* settings file: ``$RAYRT_CONFIG`` if set, else ``configs/service.yaml`` in the current
+  directory if it exists (a missing default file is not an error; a missing ``$RAYRT_CONFIG``
+  file is).
+* environment: ``RAYRT_DATA_DIR`` (a local directory or a pyarrow.fs URI such as
+  ``file:///srv/rayrt``, ``s3://bucket/prefix``, ``gs://bucket/prefix``), ``RAYRT_PORT``,
+  ``RAYRT_HOST``, ``RAYRT_RAY_ADDRESS``.
+
+This module imports neither Ray nor HTTP code: the CLI reads it before deciding to start Ray.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rayrt.domain.errors import InputError
+
+DEFAULT_DATA_DIR = "./rayrt-data"
+DEFAULT_CONFIG = Path("configs") / "service.yaml"
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+SCHEDULER_NAME = "rayrt-scheduler"
+RAY_NAMESPACE = "rayrt"
+
+
+class ServiceSettings(BaseModel):
+    """Settings of one rayrt service deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: str = Field(default=DEFAULT_DATA_DIR, description="durable store: local directory or pyarrow.fs URI (file://, s3://, gs://)")
+    host: str = Field(default="127.0.0.1", description="address the HTTP ingress binds to")
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port of the ingress (0 = any free port)")
+    ray_address: str = Field(default="local", description="'local' starts an embedded Ray; 'auto' or ray://host:port joins a cluster")
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the embedded Ray (None = all)")
+    object_store_memory_mb: int | None = Field(default=None, ge=64, description="object store size of the embedded Ray in MiB")
+    controlled_computers: int = Field(default=1, ge=1, description="number of ControlledComputer actors that run jobs")
+    controlled_computer_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved by each ControlledComputer actor")
+    max_upload_files: int = Field(default=20000, ge=1, description="most files accepted in one patient upload")
+    progress_interval_s: float = Field(default=0.5, ge=0, description="least time between two progress writes of one job")
+
+    @property
+    def ray_namespace(self) -> str:
+        return RAY_NAMESPACE
+
+    @property
+    def scheduler_name(self) -> str:
+        return SCHEDULER_NAME
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"settings file {path} is not valid YAML: {exc}", kind="settings", field=str(path)) from None
+    if not isinstance(data, dict):
+        raise InputError(f"settings file {path} must be a mapping of setting: value", kind="settings", field=str(path))
+    return data
+
+
+def load_settings(path: str | Path | None = None, **overrides: object) -> ServiceSettings:
+    """Read the settings file (see module doc), apply the environment, then ``overrides``.
+
+    ``overrides`` whose value is None are ignored, so CLI options can be passed straight through.
+    Raises :class:`InputError` naming the offending setting on bad values.
+    """
+    data: dict = {}
+    if path is None and os.environ.get("RAYRT_CONFIG"):
+        path = os.environ["RAYRT_CONFIG"]
+        if not Path(path).is_file():
+            raise InputError(f"RAYRT_CONFIG names {path}, which does not exist", kind="settings", field="RAYRT_CONFIG")
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"settings file not found: {p}", kind="settings", field="config")
+        data.update(_read_yaml(p))
+    elif DEFAULT_CONFIG.is_file():
+        data.update(_read_yaml(DEFAULT_CONFIG))
+    env = {
+        "data_dir": os.environ.get("RAYRT_DATA_DIR"),
+        "port": os.environ.get("RAYRT_PORT"),
+        "host": os.environ.get("RAYRT_HOST"),
+        "ray_address": os.environ.get("RAYRT_RAY_ADDRESS"),
+    }
+    data.update({k: v for k, v in env.items() if v})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServiceSettings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise InputError(f"invalid service setting '{loc}': {first['msg']}", kind="settings", field=loc) from None
+
+
+def server_url(explicit: str | None = None) -> str:
+    """The URL of a running rayrt server: ``explicit``, else ``$RAYRT_SERVER``, else the default."""
+    return (explicit or os.environ.get("RAYRT_SERVER") or DEFAULT_SERVER).rstrip("/")

@@ -1,0 +1,101 @@
+"""Deployment files validate offline: cluster.yaml (Ray cluster launcher), the Serve config and
+the KubeRay RayService, the same way `ray up` / `serve deploy` / the KubeRay operator read them."""
+
+import copy
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+APP_IMPORT_PATH = "rayrt.service.app:build_app"
+
+
+@pytest.fixture(scope="module")
+def cluster_cfg():
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_passes_ray_up_validation(cluster_cfg):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = prepare_config(copy.deepcopy(cluster_cfg))
+    validate_config(cfg)
+    assert cfg["provider"]["type"] == "aws"
+
+
+def test_cluster_yaml_validation_would_catch_a_typo(cluster_cfg):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    bad = copy.deepcopy(cluster_cfg)
+    bad["available_node_types"]["cpu_worker"]["max_worker"] = 3
+    with pytest.raises(Exception, match="max_worker"):
+        validate_config(prepare_config(bad))
+    bad = copy.deepcopy(cluster_cfg)
+    bad["head_node_type"] = "nope"
+    with pytest.raises(ValueError):
+        validate_config(prepare_config(bad))
+
+
+def test_cluster_layout_head_zero_cpu_workers_autoscale(cluster_cfg):
+    types = cluster_cfg["available_node_types"]
+    head = types[cluster_cfg["head_node_type"]]
+    assert head["resources"]["CPU"] == 0 and head["resources"]["head"] == 1
+    start = " ".join(cluster_cfg["head_start_ray_commands"])
+    assert "--num-cpus=0" in start and '"head": 1' in start and "--autoscaling-config" in start
+    cpu = types["cpu_worker"]
+    assert cpu["min_workers"] == 0 and cpu["max_workers"] >= 2 and cpu["resources"]["worker"] == 1
+    assert cpu["node_config"]["InstanceType"].startswith("c7i")
+    gpu = types["gpu_worker"]
+    assert gpu["min_workers"] == 0 and "worker" not in gpu["resources"]
+    assert any("pip install" in c and "rayrt" in c for c in cluster_cfg["setup_commands"])
+    assert cluster_cfg["max_workers"] >= cpu["max_workers"] + gpu["max_workers"]
+
+
+def _serve_schema(data):
+    from ray.serve.schema import ServeDeploySchema
+
+    return ServeDeploySchema.model_validate(data)
+
+
+def test_serve_config_validates():
+    schema = _serve_schema(yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text()))
+    (app,) = schema.applications
+    assert app.import_path == APP_IMPORT_PATH and app.route_prefix == "/"
+    assert app.runtime_env["env_vars"]["RAYRT_DATA_URI"].startswith("s3://")
+
+
+def test_kuberay_rayservice_validates_and_matches_serve_config():
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text()))
+    (svc,) = [d for d in docs if d["kind"] == "RayService"]
+    assert svc["apiVersion"] == "ray.io/v1"
+    serve_cfg = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    schema = _serve_schema(serve_cfg)
+    assert schema.applications[0].import_path == APP_IMPORT_PATH
+    plain = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())
+    assert serve_cfg["applications"] == plain["applications"], "keep serveConfigV2 and deploy/serve_config.yaml in step"
+    rc = svc["spec"]["rayClusterConfig"]
+    assert rc["rayVersion"] == "2.60.0" and rc["enableInTreeAutoscaling"] is True
+    head = rc["headGroupSpec"]["rayStartParams"]
+    assert head["num-cpus"] == "0" and yaml.safe_load(yaml.safe_load(head["resources"])) == {"head": 1}
+    groups = {g["groupName"]: g for g in rc["workerGroupSpecs"]}
+    assert groups["cpu-workers"]["minReplicas"] == 0 and groups["cpu-workers"]["maxReplicas"] >= 2
+    assert yaml.safe_load(yaml.safe_load(groups["cpu-workers"]["rayStartParams"]["resources"])) == {"worker": 1}
+    gpu = groups["gpu-workers"]
+    assert gpu["minReplicas"] == 0
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_serve_config_rejects_bad_import_path():
+    with pytest.raises(Exception, match="import path"):
+        _serve_schema({"applications": [{"name": "x", "import_path": "nocolon"}]})
+
+
+def test_app_builder_exists_when_the_app_module_does():
+    module, attr = APP_IMPORT_PATH.split(":")
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not written yet; deploy files expect {APP_IMPORT_PATH}")
+    mod = importlib.import_module(module)
+    assert callable(getattr(mod, attr, None)), f"deploy files import {APP_IMPORT_PATH}: define {attr}(args) in {module}"

@@ -1,0 +1,241 @@
+"""Machine queues: booking rules, persistence, and re-routing when a machine goes down.
+
+The first half runs the queue logic in-process (no Ray); the second half runs real
+``MachineQueue`` actors on the test session's local Ray.
+"""
+
+import json
+import os
+
+import pytest
+
+from rayrt.domain.errors import InputError
+from rayrt.service.machines import (
+    Booking,
+    BookingState,
+    JsonFileStore,
+    LocalMachineQueue,
+    MachineQueueRecord,
+    MachineState,
+    machine_names,
+)
+
+# ------------------------------------------------------------------ pure queue logic
+
+
+def test_booking_wait_and_fraction_delivery(tmp_path):
+    q = LocalMachineQueue("TB1", slot_minutes=12.0, data_dir=str(tmp_path))
+    assert q.snapshot().idle and q.estimated_wait_minutes() == 0
+    q.book(Booking(job_id="j1", patient_id="p1", plan_id="plan1", fractions=5))
+    b2 = q.book(Booking(job_id="j2", patient_id="p2", fractions=3))
+    assert b2.state is BookingState.converting and b2.machine == "TB1"
+    s = q.snapshot()
+    assert (s.bookings, s.pending_fractions, s.estimated_wait_min) == (2, 8, 96.0)
+    assert not s.idle
+    with pytest.raises(InputError, match="no converted plan"):
+        q.record_fraction("j2")
+    q.attach_plan("j2", "plan2")
+    q.record_fraction("j1", 4)
+    assert q.snapshot().pending_fractions == 4
+    with pytest.raises(InputError, match="only 1"):
+        q.record_fraction("j1", 2)
+    done = q.record_fraction("j1")
+    assert done.state is BookingState.completed and [b.job_id for b in q.bookings()] == ["j2"]
+    with pytest.raises(InputError, match="already booked"):
+        q.book(Booking(job_id="j2", patient_id="p2", fractions=1))
+
+
+def test_down_needs_cause_and_refuses_bookings(tmp_path):
+    q = LocalMachineQueue("TB1", data_dir=str(tmp_path))
+    with pytest.raises(InputError, match="malfunction or maintenance"):
+        q.set_status("down")
+    st = q.set_status("down", "maintenance", "annual QA")
+    assert st.state is MachineState.down and st.reason == "annual QA"
+    with pytest.raises(InputError) as e:
+        q.book(Booking(job_id="j", patient_id="p", fractions=1))
+    assert e.value.status == 409 and "annual QA" in e.value.message
+    back = q.set_status("available")
+    assert back.cause is None and back.since >= st.since
+
+
+def test_take_pending_marks_moved_with_reason(tmp_path):
+    q = LocalMachineQueue("TB1", data_dir=str(tmp_path))
+    for j in ("a", "b"):
+        q.book(Booking(job_id=j, patient_id="p", plan_id="x", fractions=2))
+    taken = q.take_pending("MLC interlock")
+    assert [b.state for b in taken] == [BookingState.moved] * 2
+    assert all(b.move_reason == "MLC interlock" and "moved off TB1" in b.history[-1] for b in taken)
+    assert q.bookings() == [] and len(q.moved_out()) == 2
+
+
+def test_queue_state_survives_restart_via_store(tmp_path):
+    store = JsonFileStore(tmp_path)
+    q = LocalMachineQueue("VHD", store=store)
+    q.book(Booking(job_id="j1", patient_id="p1", plan_id="pl", fractions=20))
+    q.record_fraction("j1", 3)
+    q.set_status("busy", reason="treating p1")
+    again = LocalMachineQueue("VHD", store=JsonFileStore(tmp_path))
+    assert again.status().state is MachineState.busy
+    (b,) = again.bookings()
+    assert (b.job_id, b.pending_fractions, b.plan_id) == ("j1", 17, "pl")
+    # atomic write: the file is complete JSON and no temporary files are left behind
+    files = sorted(p.name for p in (tmp_path / "machines").iterdir())
+    assert files == ["VHD.json"]
+    MachineQueueRecord.model_validate(json.loads((tmp_path / "machines" / "VHD.json").read_text()))
+
+
+def test_file_store_uri_form(tmp_path):
+    store = JsonFileStore(f"file://{tmp_path}")
+    rec = MachineQueueRecord(name="X")
+    store.save_json("machines/X", rec)
+    assert store.load_json("machines/X", MachineQueueRecord) == rec
+    assert store.load_json("machines/missing", MachineQueueRecord) is None
+
+
+def test_machine_names_from_yaml_skip_standard(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: TrueBeam1\nnominal_energy_mv: 6\n")
+    (tmp_path / "b.yaml").write_text("name: Standard\nstandard: true\n")
+    (tmp_path / "c.yml").write_text("name: VersaHD1\n")
+    assert machine_names(tmp_path) == ["TrueBeam1", "VersaHD1"]
+    assert machine_names(tmp_path, include_standard=True) == ["Standard", "TrueBeam1", "VersaHD1"]
+    (tmp_path / "d.yaml").write_text("vendor: x\n")
+    with pytest.raises(InputError, match="d.yaml"):
+        machine_names(tmp_path)
+
+
+# ------------------------------------------------------------------ real actors
+
+
+@pytest.fixture(scope="module")
+def ray_ready(request):
+    """The session's local Ray (tests/conftest.py ``ray_session``) or, without it, our own."""
+    import ray
+
+    try:
+        request.getfixturevalue("ray_session")
+        yield ray
+        return
+    except pytest.FixtureLookupError:
+        pass
+    if ray.is_initialized():
+        yield ray
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_registry_moves_bookings_when_machine_goes_down(ray_ready, tmp_path):
+    from rayrt.service.machines import MachineRegistry
+
+    calls = []
+    reg = MachineRegistry(
+        ["TB1", "TB2", "VHD"],
+        settings={"default_slot_minutes": 10, "slot_minutes": {"VHD": 20}},
+        data_dir=str(tmp_path),
+        replan_callback=calls.append,
+    )
+    # job A wants two machines; job B one
+    a = reg.select_and_book("jobA", "pA", 25, policy="user_list", count=2, user_list=["TB1", "TB2"])
+    assert [b.machine for b in a] == ["TB1", "TB2"]
+    reg.attach_plan("TB1", "jobA", "planA-TB1")
+    reg.book("TB1", "jobB", "pB", 5, plan_id="planB")
+    reg.record_fraction("TB1", "jobB", 2)
+    snaps = {s.name: s for s in reg.snapshots()}
+    assert snaps["TB1"].pending_fractions == 28 and snaps["TB1"].estimated_wait_min == 280
+    assert snaps["VHD"].idle
+
+    change = reg.set_status("TB1", "down", "malfunction", "MLC motor fault")
+    assert change.status.state is MachineState.down
+    moved = {b.job_id: b for b in change.moved}
+    # jobA already holds TB2, so it must go to VHD; jobB (3 fractions left) goes to the best other machine
+    assert moved["jobA"].moved_to == "VHD"
+    assert moved["jobB"].moved_to in {"TB2", "VHD"}
+    assert all("MLC motor fault" in b.move_reason and "malfunction" in b.move_reason for b in moved.values())
+    assert reg.bookings("TB1") == []
+    new_b = {b.job_id: b for b in reg.bookings(moved["jobB"].moved_to)}["jobB"]
+    assert new_b.fractions == 3 and new_b.state is BookingState.converting and new_b.moved_from == "TB1"
+    assert "MLC motor fault" in new_b.move_reason
+    assert {(c.job_id, c.from_machine, c.to_machine) for c in calls} == {
+        ("jobA", "TB1", "VHD"),
+        ("jobB", "TB1", moved["jobB"].moved_to),
+    }
+    assert {c.job_id: c.source_plan_id for c in calls} == {"jobA": "planA-TB1", "jobB": "planB"}
+    # a second notice for the same machine moves nothing
+    assert reg.on_machine_down("TB1") == []
+    # down machines are never selected; booking them directly is refused
+    assert "TB1" not in reg.select("prefer_idle", count=3)
+    with pytest.raises(InputError):
+        reg.book("TB1", "jobC", "pC", 1)
+
+    # restart: a fresh registry over the same data dir sees the same state
+    for name in reg.names():
+        ray_ready.kill(reg.queue(name))
+    reg2 = MachineRegistry(["TB1", "TB2", "VHD"], settings={"default_slot_minutes": 10}, data_dir=str(tmp_path))
+    assert reg2.snapshot("TB1").status.state is MachineState.down
+    assert {b.job_id for b in reg2.bookings_of("jobA")} == {"jobA"} and len(reg2.bookings_of("jobA")) == 2
+    for name in reg2.names():
+        ray_ready.kill(reg2.queue(name))
+
+
+@pytest.mark.ray
+def test_unplaced_bookings_wait_for_a_machine(ray_ready, tmp_path):
+    from rayrt.service.machines import MachineRegistry
+
+    calls = []
+    reg = MachineRegistry(["M1", "M2"], data_dir=str(tmp_path), replan_callback=calls.append)
+    reg.set_status("M2", "down", "maintenance", "service")
+    reg.book("M1", "j", "p", 4, plan_id="pl")
+    moved = reg.set_status("M1", "down", "malfunction").moved
+    assert moved[0].moved_to is None and moved[0].state is BookingState.unplaced
+    assert calls[-1].to_machine is None and [b.job_id for b in reg.unplaced()] == ["j"]
+    reg.set_status("M2", "available", reason="service done")
+    placed = reg.place_unplaced()
+    assert [(b.job_id, b.machine, b.fractions) for b in placed] == [("j", "M2", 4)]
+    assert reg.unplaced() == [] and calls[-1].to_machine == "M2"
+    for name in reg.names():
+        ray_ready.kill(reg.queue(name))
+
+
+@pytest.mark.ray
+def test_registry_actor_with_callback_into_another_actor(ray_ready, tmp_path):
+    import ray
+
+    from rayrt.service.machines import MachineRegistryActor, ReplanRequest
+
+    @ray.remote(num_cpus=0)
+    class Inbox:
+        def __init__(self):
+            self.items = []
+
+        def put(self, req: ReplanRequest):
+            self.items.append(req)
+
+        def get(self):
+            return self.items
+
+    inbox = Inbox.remote()
+
+    def callback(req, inbox=inbox):
+        inbox.put.remote(req)
+
+    reg = MachineRegistryActor.remote(["A", "B"], data_dir=str(tmp_path), replan_callback=callback)
+    ray.get(reg.book.remote("A", "j1", "p1", 10, "plan1"))
+    change = ray.get(reg.set_status.remote("A", "down", "malfunction", "beam steering"))
+    assert [b.moved_to for b in change.moved] == ["B"]
+    items = []
+    for _ in range(50):
+        items = ray.get(inbox.get.remote())
+        if items:
+            break
+    assert [(i.job_id, i.to_machine, i.fractions) for i in items] == [("j1", "B", 10)]
+    with pytest.raises(InputError) as e:
+        ray.get(reg.book.remote("Nope", "j", "p", 1))
+    assert e.value.status == 404
+    for name in ray.get(reg.names.remote()):
+        ray.kill(ray.get(reg.queue.remote(name)))
+    ray.kill(reg)
+    ray.kill(inbox)

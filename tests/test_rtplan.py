@@ -1,0 +1,331 @@
+"""RTPLAN export / import: device sequences per machine, control points, MU, round trip, dciodvfy."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from rayrt.domain.beam_model import BeamModel
+from rayrt.domain.errors import InputError
+from rayrt.domain.machine import JawModel, MachineModel, MLCModel, load_machine
+from rayrt.domain.plan import Beam, Plan, Segment
+from rayrt.imaging.rtplan import build_rtplan, export_plan_dicom, match_machine, read_rtplan, write_rtplan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _beam_model() -> BeamModel:
+    r = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0]
+    return BeamModel(
+        attenuation_per_mm=0.005, betas_per_mm=(0.3, 0.016, 0.0051), kernel_point_weights=(0.1, 0.0, 0.0),
+        kernel_radii_mm=r, kernels_per_mm2=([0.01 * np.exp(-x / 3) for x in r], [0.001 * np.exp(-x / 10) for x in r],
+                                            [0.0001 * np.exp(-x / 30) for x in r]),
+        primary_fluence_radius_mm=[0.0, 200.0], primary_fluence=[1.0, 1.0], source_sigma_mm=2.0,
+        head_scatter_field_mm=[40.0, 100.0, 400.0], head_scatter=[0.95, 1.0, 1.05],
+    )
+
+
+def millennium_boundaries() -> list[float]:
+    return list(np.concatenate([np.arange(-200, -100, 10.0), np.arange(-100, 100, 5.0), np.arange(100, 201, 10.0)]))
+
+
+def varian() -> MachineModel:
+    return MachineModel(
+        name="TrueBeam1", vendor="Varian Medical Systems", model="TrueBeam", nominal_energy_mv=6, beam=_beam_model(),
+        mlc=MLCModel(name="Millennium 120", leaf_boundaries_mm=millennium_boundaries(), interdigitation=True),
+        jaw_x=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMX"), jaw_y=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMY"),
+    )
+
+
+def elekta() -> MachineModel:
+    return MachineModel(
+        name="VersaHD1", vendor="Elekta", model="Versa HD", nominal_energy_mv=6, beam=_beam_model(),
+        mlc=MLCModel(name="Agility", leaf_boundaries_mm=list(np.arange(-200, 201, 5.0)), interdigitation=True, transmission=0.004),
+        jaw_x=None, jaw_y=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMY"),
+    )
+
+
+def halcyon() -> MachineModel:
+    return MachineModel(
+        name="Halcyon1", vendor="Varian Medical Systems", model="Halcyon", nominal_energy_mv=6, fff=True, beam=_beam_model(),
+        mlc=MLCModel(name="Halcyon dual layer", leaf_boundaries_mm=list(np.arange(-140, 141, 5.0)), interdigitation=True,
+                     dual_layer=True, transmission=0.004),
+        jaw_x=None, jaw_y=None,
+    )
+
+
+MACHINES = [varian(), elekta(), halcyon()]
+
+
+def make_plan(machine: MachineModel, n_beams: int = 2, n_segments: int = 3, seed: int = 0) -> Plan:
+    rng = np.random.default_rng(seed)
+    n = machine.mlc.num_pairs
+    c = machine.mlc.leaf_centers_mm
+    beams = []
+    for b in range(n_beams):
+        segs = []
+        for s in range(n_segments):
+            inside = np.abs(c) < 40 - 8 * s
+            x1 = np.where(inside, -30 + rng.uniform(-5, 5, n), 0.0).round(1)
+            x2 = np.where(inside, 30 + rng.uniform(-5, 5, n) - 5 * s, 0.0).round(1)
+            segs.append(Segment(x1_mm=x1.tolist(), x2_mm=x2.tolist(), mu=float(round(rng.uniform(5, 40), 2))))
+        beams.append(Beam(name=f"G{360 // n_beams * b}", number=b + 1, gantry_deg=360.0 / n_beams * b, collimator_deg=0 if b else 10,
+                          isocenter_mm=(1.5, -20.0, 12.25), segments=segs))
+    return Plan(machine=machine.name, label="test", patient_id="P1", fractions=25, prescription_gy=50.0, target="PTV", beams=beams)
+
+
+@pytest.mark.parametrize("machine,types", [(MACHINES[0], ["ASYMX", "ASYMY", "MLCX"]), (MACHINES[1], ["ASYMY", "MLCX"]),
+                                           (MACHINES[2], ["MLCX"])])
+def test_export_devices_control_points_and_mu(machine, types):
+    plan = make_plan(machine)
+    ds = build_rtplan(plan, machine)
+    assert ds.Modality == "RTPLAN" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.5"
+    fg = ds.FractionGroupSequence[0]
+    assert fg.NumberOfFractionsPlanned == 25 and fg.NumberOfBeams == 2
+    assert float(ds.DoseReferenceSequence[0].TargetPrescriptionDose) == 50.0
+    for beam, rb, pb in zip(ds.BeamSequence, fg.ReferencedBeamSequence, plan.beams):
+        assert beam.TreatmentMachineName == machine.name
+        assert [d.RTBeamLimitingDeviceType for d in beam.BeamLimitingDeviceSequence] == types
+        mlc = [d for d in beam.BeamLimitingDeviceSequence if d.RTBeamLimitingDeviceType == "MLCX"][0]
+        assert mlc.NumberOfLeafJawPairs == machine.mlc.num_pairs
+        assert np.allclose([float(v) for v in mlc.LeafPositionBoundaries], machine.mlc.leaf_boundaries_mm)
+        assert rb.ReferencedBeamNumber == beam.BeamNumber
+        assert float(rb.BeamMeterset) == pytest.approx(pb.mu, abs=1e-4)
+        cps = beam.ControlPointSequence
+        assert beam.NumberOfControlPoints == len(cps) == 2 * len(pb.segments)
+        w = np.array([float(cp.CumulativeMetersetWeight) for cp in cps])
+        assert w[0] == 0 and w[-1] == pytest.approx(float(beam.FinalCumulativeMetersetWeight)) and np.all(np.diff(w) >= 0)
+        # the weight rise of each control-point pair is the segment's MU share, positions unchanged within the pair
+        for s, seg in enumerate(pb.segments):
+            assert (w[2 * s + 1] - w[2 * s]) * pb.mu == pytest.approx(seg.mu, abs=1e-4)
+            a, b = cps[2 * s], cps[2 * s + 1]
+            for pa, pb_ in zip(a.BeamLimitingDevicePositionSequence, b.BeamLimitingDevicePositionSequence):
+                assert list(pa.LeafJawPositions) == list(pb_.LeafJawPositions)
+            leaves = [p for p in a.BeamLimitingDevicePositionSequence if p.RTBeamLimitingDeviceType == "MLCX"][0]
+            assert np.allclose([float(v) for v in leaves.LeafJawPositions], seg.x1_mm + seg.x2_mm, atol=0.006)
+        assert float(cps[0].GantryAngle) == pytest.approx(pb.gantry_deg)
+        assert [float(v) for v in cps[0].IsocenterPosition] == [1.5, -20.0, 12.25]
+
+
+def test_jaws_follow_the_open_leaves():
+    m = MACHINES[0]
+    plan = make_plan(m, n_beams=1, n_segments=1)
+    seg = plan.beams[0].segments[0]
+    ds = build_rtplan(plan, m)
+    pos = {p.RTBeamLimitingDeviceType: [float(v) for v in p.LeafJawPositions]
+           for p in ds.BeamSequence[0].ControlPointSequence[0].BeamLimitingDevicePositionSequence}
+    open_ = np.asarray(seg.x2_mm) > np.asarray(seg.x1_mm)
+    assert pos["ASYMX"] == pytest.approx([min(np.asarray(seg.x1_mm)[open_]), max(np.asarray(seg.x2_mm)[open_])], abs=0.006)
+    idx = np.nonzero(open_)[0]
+    assert pos["ASYMY"] == pytest.approx([m.mlc.leaf_boundaries_mm[idx[0]], m.mlc.leaf_boundaries_mm[idx[-1] + 1]])
+
+
+@pytest.mark.parametrize("machine", MACHINES, ids=lambda m: m.name)
+def test_round_trip_same_segments_and_mu(tmp_path, machine):
+    plan = make_plan(machine, n_beams=3, n_segments=4, seed=3)
+    path = write_rtplan(plan, machine, tmp_path / "rp.dcm")
+    imp = read_rtplan(path, MACHINES)
+    assert imp.machine.name == machine.name
+    assert imp.technique == "step_and_shoot"
+    back = imp.plan
+    assert back.fractions == plan.fractions and back.prescription_gy == pytest.approx(50.0)
+    assert len(back.beams) == len(plan.beams)
+    for b0, b1 in zip(plan.beams, back.beams):
+        assert (b1.number, b1.gantry_deg, b1.collimator_deg) == (b0.number, b0.gantry_deg, b0.collimator_deg)
+        assert b1.isocenter_mm == pytest.approx(b0.isocenter_mm)
+        assert b1.mu == pytest.approx(b0.mu, abs=1e-3)
+        assert len(b1.segments) == len(b0.segments)
+        for s0, s1 in zip(b0.segments, b1.segments):
+            assert s1.mu == pytest.approx(s0.mu, abs=1e-3)
+            assert np.allclose(s1.x1_mm, s0.x1_mm, atol=0.006) and np.allclose(s1.x2_mm, s0.x2_mm, atol=0.006)
+            assert (s1.jaw_x_mm is None) == (machine.jaw_x is None)
+            assert (s1.jaw_y_mm is None) == (machine.jaw_y is None)
+    assert back.total_mu == pytest.approx(plan.total_mu, abs=1e-2)
+
+
+def test_match_machine_by_name_then_by_leaves():
+    m = MACHINES[1]
+    ds = build_rtplan(make_plan(m), m)
+    assert match_machine(ds, MACHINES).name == "VersaHD1"
+    for b in ds.BeamSequence:
+        b.TreatmentMachineName = "LINAC_7"  # unknown name: matched by the 80 x 5 mm Agility boundaries
+    assert match_machine(ds, MACHINES).name == "VersaHD1"
+    assert match_machine(ds, {mm.name: mm for mm in MACHINES}).name == "VersaHD1"
+    with pytest.raises(InputError, match="no machine model matches"):
+        match_machine(ds, [MACHINES[0], MACHINES[2]])
+    for b in ds.BeamSequence:  # right name, wrong leaves: refused
+        b.TreatmentMachineName = "TrueBeam1"
+    with pytest.raises(InputError, match="matches model TrueBeam1 by name"):
+        match_machine(ds, MACHINES)
+
+
+def test_dynamic_and_arc_beams_are_recognised():
+    m = MACHINES[0]
+    ds = build_rtplan(make_plan(m, n_beams=1, n_segments=2), m)
+    cps = ds.BeamSequence[0].ControlPointSequence
+    # sliding window: leaves move between two control points while the weight rises
+    mlc = [p for p in cps[1].BeamLimitingDevicePositionSequence if p.RTBeamLimitingDeviceType == "MLCX"][0]
+    vals = [float(v) for v in mlc.LeafJawPositions]
+    vals[70] += 3.0
+    mlc.LeafJawPositions = [f"{v:g}" for v in vals]
+    with pytest.raises(InputError, match="dynamic MLC"):
+        read_rtplan(ds, MACHINES)
+    ds = build_rtplan(make_plan(m, n_beams=1, n_segments=2), m)
+    cps = ds.BeamSequence[0].ControlPointSequence
+    cps[0].GantryRotationDirection = "CW"
+    with pytest.raises(InputError, match="VMAT"):
+        read_rtplan(ds, MACHINES)
+    ds = build_rtplan(make_plan(m, n_beams=1, n_segments=2), m)
+    cps = ds.BeamSequence[0].ControlPointSequence
+    cps[1].GantryAngle = "20"
+    with pytest.raises(InputError, match="VMAT"):
+        read_rtplan(ds, MACHINES)
+
+
+def test_static_varian_plan_with_sparse_control_points():
+    """A static beam as other systems write it: positions only in CP0, CP1 carries the weight only."""
+    m = MACHINES[0]
+    ds = build_rtplan(make_plan(m, n_beams=1, n_segments=1), m)
+    cp1 = ds.BeamSequence[0].ControlPointSequence[1]
+    del cp1.BeamLimitingDevicePositionSequence
+    imp = read_rtplan(ds, MACHINES)
+    assert imp.technique == "static"
+    seg0 = make_plan(m, n_beams=1, n_segments=1).beams[0].segments[0]
+    assert np.allclose(imp.plan.beams[0].segments[0].x1_mm, seg0.x1_mm, atol=0.006)
+
+
+def test_two_layer_halcyon_plan_is_combined_into_the_effective_mlc():
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DSeq
+
+    m = MACHINES[2]
+    ds = build_rtplan(make_plan(m, n_beams=1, n_segments=1), m)
+    beam = ds.BeamSequence[0]
+    distal = np.arange(-140, 141, 10.0)  # 28 x 10 mm
+    proximal = np.arange(-145, 146, 10.0)  # 29 x 10 mm, offset 5 mm
+    devs = []
+    for t, b in (("MLCX1", distal), ("MLCX2", proximal)):
+        d = Dataset()
+        d.RTBeamLimitingDeviceType = t
+        d.NumberOfLeafJawPairs = b.size - 1
+        d.LeafPositionBoundaries = [f"{v:g}" for v in b]
+        devs.append(d)
+    beam.BeamLimitingDeviceSequence = DSeq(devs)
+    nd, np_ = distal.size - 1, proximal.size - 1
+    d1, d2 = np.full(nd, -30.0), np.full(nd, 30.0)
+    p1, p2 = np.full(np_, -20.0), np.full(np_, 40.0)
+    for cp in beam.ControlPointSequence:
+        pos = []
+        for t, a, b in (("MLCX1", d1, d2), ("MLCX2", p1, p2)):
+            p = Dataset()
+            p.RTBeamLimitingDeviceType = t
+            p.LeafJawPositions = [f"{v:g}" for v in np.concatenate([a, b])]
+            pos.append(p)
+        cp.BeamLimitingDevicePositionSequence = DSeq(pos)
+    ds.BeamSequence[0].TreatmentMachineName = "SomeHalcyon"
+    with pytest.raises(InputError):  # the union of the layers' boundaries spans -145..145: not the 56-pair model
+        match_machine(ds, MACHINES)
+    ds.BeamSequence[0].TreatmentMachineName = "Halcyon1"
+    with pytest.raises(InputError, match="by name"):
+        read_rtplan(ds, MACHINES)
+    # a model with the union boundaries (58 effective pairs) imports it: opening = intersection of the layers
+    m58 = m.model_copy(update={"name": "Halcyon2", "mlc": m.mlc.model_copy(update={"leaf_boundaries_mm": list(np.arange(-145, 146, 5.0))})})
+    ds.BeamSequence[0].TreatmentMachineName = "Halcyon2"
+    imp = read_rtplan(ds, [m58])
+    seg = imp.plan.beams[0].segments[0]
+    x1, x2 = np.asarray(seg.x1_mm), np.asarray(seg.x2_mm)
+    assert np.allclose(x1[1:-1], -20.0) and np.allclose(x2[1:-1], 30.0)
+    # the outermost effective pairs are covered by the proximal layer only
+    assert x1[0] == -20.0 and x2[0] == 40.0
+
+
+def test_bad_plans_refused():
+    m = MACHINES[0]
+    plan = make_plan(m)
+    with pytest.raises(InputError, match="not 'VersaHD1'"):
+        build_rtplan(plan, MACHINES[1])
+    bad = plan.model_copy(deep=True)
+    bad.beams[0].segments[0].x1_mm.pop()
+    bad.beams[0].segments[0].x2_mm.pop()
+    with pytest.raises(InputError, match="leaf pairs"):
+        build_rtplan(bad, m)
+    ds = build_rtplan(plan, m)
+    ds.Modality = "RTDOSE"
+    with pytest.raises(InputError, match="not an RTPLAN"):
+        read_rtplan(ds, MACHINES)
+
+
+def test_yaml_machines_round_trip(tmp_path):
+    """Every machine file in configs/machines exports and re-imports (when the files exist)."""
+    files = sorted((ROOT / "configs" / "machines").glob("*.yaml"))
+    if not files:
+        pytest.skip("no configs/machines/*.yaml yet")
+    machines = [load_machine(f) for f in files]
+    for m in machines:
+        plan = make_plan(m, n_beams=1, n_segments=2)
+        imp = read_rtplan(write_rtplan(plan, m, tmp_path / f"{m.name}.dcm"), machines)
+        assert imp.machine.name == m.name
+        assert imp.plan.total_mu == pytest.approx(plan.total_mu, abs=1e-2)
+
+
+# ----------------------------------------------------------------------------- dciodvfy
+def _dciodvfy_errors(path: Path) -> list[str]:
+    proc = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=120)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [ln for ln in lines if ln.startswith("Error")]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from rayrt.domain.patient import Structure, StructureKind
+    from rayrt.imaging.export import write_ct_series, write_rtstruct
+    from rayrt.imaging.study import StructureMask
+    from rayrt.imaging.volume import Grid, Volume
+
+    out = tmp_path_factory.mktemp("dicom")
+    grid = Grid(shape=(8, 32, 32), spacing_mm=(4.0, 4.0, 5.0), origin_mm=(-62.0, -62.0, -17.5))
+    ct = Volume(np.full(grid.shape, -1000.0), grid, "HU")
+    z, y, x = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
+    body = (x - 15.5) ** 2 + (y - 15.5) ** 2 < 14**2
+    ptv = (x - 15.5) ** 2 + (y - 15.5) ** 2 < 5**2
+    ptv &= (z > 1) & (z < 6)
+    ct.array[body] = 0.0
+    write_ct_series(ct, out / "CT", patient_id="P1", patient_name="Test^Patient")
+    rs = write_rtstruct([StructureMask(Structure(name="BODY", kind=StructureKind.external), body),
+                         StructureMask(Structure(name="PTV", kind=StructureKind.target, colour=(255, 0, 0)), ptv)], ct, out / "RS.dcm")
+    m = MACHINES[0]
+    plan = make_plan(m)
+    plan.frame_of_reference_uid = ct.meta["frame_of_reference_uid"]
+    dose = Volume((2.0 * np.exp(-((x - 15.5) ** 2 + (y - 15.5) ** 2) / 60.0)).astype(np.float32), grid, "dose_gy")
+    paths = export_plan_dicom(plan, m, out, dose=dose, rtstruct=rs, dose_bits=32)
+    paths16 = export_plan_dicom(make_plan(MACHINES[1]), MACHINES[1], out / "elekta", dose=dose, rtstruct=rs, dose_bits=16)
+    paths_h = export_plan_dicom(make_plan(MACHINES[2]), MACHINES[2], out / "halcyon", rtstruct=rs)
+    return {"rs": rs, "varian": paths, "elekta": paths16, "halcyon": paths_h, "plan": plan, "ct": ct}
+
+
+def test_export_references(exported):
+    rp = pydicom.dcmread(exported["varian"]["rtplan"])
+    rd = pydicom.dcmread(exported["varian"]["rtdose"])
+    rs = pydicom.dcmread(exported["rs"])
+    assert rd.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == rp.SOPInstanceUID
+    assert rp.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == rs.SOPInstanceUID
+    assert rp.FrameOfReferenceUID == rs.FrameOfReferenceUID == rd.FrameOfReferenceUID
+    assert rp.StudyInstanceUID == rs.StudyInstanceUID == rd.StudyInstanceUID
+    assert rp.RTPlanGeometry == "PATIENT"
+    ptv_roi = [r.ROINumber for r in rs.StructureSetROISequence if r.ROIName == "PTV"][0]
+    dref = rp.DoseReferenceSequence[0]
+    assert dref.DoseReferenceStructureType == "VOLUME" and dref.ReferencedROINumber == ptv_roi
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (apt-get install -y dicom3tools)")
+def test_dciodvfy_reports_no_errors(exported):
+    files = [exported["varian"]["rtplan"], exported["elekta"]["rtplan"], exported["halcyon"]["rtplan"], exported["rs"],
+             exported["elekta"]["rtdose"]]
+    for f in files:
+        errors = _dciodvfy_errors(Path(f))
+        assert errors == [], f"{Path(f).name}: {errors}"

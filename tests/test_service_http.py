@@ -1,0 +1,170 @@
+"""End to end through HTTP on a real local Ray: upload, job, progress, results, bad input -> 4xx JSON."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import wait_job, zip_dir
+
+pytestmark = pytest.mark.ray
+
+
+def _upload_zip(url: str, zip_path: Path) -> httpx.Response:
+    with open(zip_path, "rb") as fh:
+        return httpx.post(f"{url}/patients", files=[("files", (zip_path.name, fh, "application/zip"))], timeout=120)
+
+
+def _snapshot(data_dir: str) -> list[tuple[str, int]]:
+    root = Path(data_dir)
+    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def patient(serve_app, small_study_zip) -> dict:
+    r = _upload_zip(serve_app, small_study_zip)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_upload_job_results(serve_app, serve_settings, patient, small_study, small_order, tmp_path):
+    # the patient summary: ids, series, structures with volumes, warnings
+    vv = small_study.primary.grid.voxel_volume_cc
+    assert patient["patient_id"] == "RT-TEST-1"
+    assert patient["series"][0]["modality"] == "CT" and patient["series"][0]["shape"] == [12, 32, 32]
+    vols = {s["name"]: s["volume_cc"] for s in patient["structures"]}
+    assert vols["PTV"] == pytest.approx(small_study.mask("PTV").sum() * vv, rel=0.05)
+    assert isinstance(patient["warnings"], list) and len(patient["doses"]) == 1
+    # stored durably before the 201
+    assert (Path(serve_settings.data_dir) / "patients" / patient["id"] / "patient.json").is_file()
+    assert httpx.get(f"{serve_app}/patients/{patient['id']}").json() == patient
+
+    r = httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": small_order, "priority": 2, "machines": ["agility", "truebeam"]})
+    assert r.status_code == 201, r.text
+    job = wait_job(serve_app, r.json()["id"])
+    assert job["state"] == "succeeded", job
+    assert job["machines"] == ["agility", "truebeam"] and job["priority"] == 2
+    assert [(s["name"], s["state"], s["percent"]) for s in job["stages"]] == [
+        ("load", "succeeded", 100.0), ("structures", "succeeded", 100.0), ("dvh", "succeeded", 100.0)]
+    assert job["worker"].startswith("rayrt-cc-") and job["started_at"] <= job["finished_at"]
+
+    listing = httpx.get(f"{serve_app}/jobs/{job['id']}/results").json()
+    paths = {f["path"] for f in listing["files"]}
+    assert {"structures/result.json", "dvh/result.json", "dvh/dvh.csv"} <= paths
+    rep = httpx.get(f"{serve_app}/jobs/{job['id']}/results/structures/result.json").json()
+    assert {s["name"]: s["num_voxels"] for s in rep["structures"]}["Core"] == int(small_study.mask("Core").sum())
+    csv_text = httpx.get(f"{serve_app}/jobs/{job['id']}/results/dvh/dvh.csv").text
+    assert csv_text.splitlines()[0].startswith("dose_index,name,volume_cc")
+    assert len(csv_text.splitlines()) == 1 + 3
+
+
+def test_upload_as_separate_dicom_files(serve_app, small_study_dir):
+    files = sorted(p for p in small_study_dir.rglob("*") if p.is_file())
+    handles = [open(p, "rb") for p in files]
+    try:
+        r = httpx.post(f"{serve_app}/patients", files=[("files", (p.name, h, "application/dicom")) for p, h in zip(files, handles)], timeout=120)
+    finally:
+        for h in handles:
+            h.close()
+    assert r.status_code == 201, r.text
+    assert sorted(s["name"] for s in r.json()["structures"]) == ["BODY", "Core", "PTV"]
+
+
+def _zip_slip(tmp_path: Path) -> Path:
+    z = tmp_path / "evil.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("CT/ok.dcm", b"x" * 10)
+        zf.writestr("../../outside.dcm", b"gotcha")
+    return z
+
+
+def _missing_slice(small_study_dir: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "missing"
+    shutil.copytree(small_study_dir, d)
+    cts = sorted((d / "CT").iterdir())
+    import pydicom
+
+    by_z = sorted(cts, key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    by_z[len(by_z) // 2].unlink()
+    return zip_dir(d, tmp_path / "missing.zip")
+
+
+def _foreign_for(small_study_dir: Path, tmp_path: Path) -> Path:
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    d = tmp_path / "foreign"
+    shutil.copytree(small_study_dir, d)
+    rs = pydicom.dcmread(d / "RS.dcm")
+    other = generate_uid()
+    for item in rs.ReferencedFrameOfReferenceSequence:
+        item.FrameOfReferenceUID = other
+    for roi in rs.StructureSetROISequence:
+        roi.ReferencedFrameOfReferenceUID = other
+    rs.save_as(d / "RS.dcm")
+    return zip_dir(d, tmp_path / "foreign.zip")
+
+
+def test_bad_uploads_are_4xx_json_and_change_nothing(serve_app, serve_settings, patient, small_study_dir, tmp_path):
+    before = _snapshot(serve_settings.data_dir)
+    cases = {
+        "no files": httpx.post(f"{serve_app}/patients", data={"note": "nothing"}, timeout=60),
+        "not multipart": httpx.post(f"{serve_app}/patients", content=b"hello", timeout=60),
+        "empty file": httpx.post(f"{serve_app}/patients", files=[("files", ("a.dcm", b"", "application/dicom"))], timeout=60),
+        "not dicom": httpx.post(f"{serve_app}/patients", files=[("files", ("notes.txt", b"hello world", "text/plain"))], timeout=60),
+        "zip slip": _upload_zip(serve_app, _zip_slip(tmp_path)),
+        "missing slice": _upload_zip(serve_app, _missing_slice(small_study_dir, tmp_path)),
+        "foreign frame of reference": _upload_zip(serve_app, _foreign_for(small_study_dir, tmp_path)),
+    }
+    for name, r in cases.items():
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+        body = r.json()
+        assert set(body) <= {"error", "message", "field"} and body["error"] and body["message"], (name, body)
+    assert cases["zip slip"].json()["error"] == "zip"
+    assert "missing" in cases["missing slice"].json()["message"]
+    assert cases["foreign frame of reference"].status_code == 422
+    assert "frame of reference" in cases["foreign frame of reference"].json()["message"]
+    assert "/tmp" not in cases["not dicom"].json().get("field", "")
+    assert _snapshot(serve_settings.data_dir) == before
+    assert not (Path(serve_settings.data_dir).parent / "outside.dcm").exists()
+
+
+def test_bad_jobs_are_4xx_json_and_change_nothing(serve_app, serve_settings, patient, small_order):
+    before = _snapshot(serve_settings.data_dir)
+    unknown = {**small_order, "objectives": [{"structure": "Rectum", "kind": "max_dose", "dose_gy": 40}]}
+    negative = {**small_order, "prescription": {"target": "PTV", "total_dose_gy": -60}}
+    neg_obj = {**small_order, "objectives": [{"structure": "PTV", "kind": "min_dose", "dose_gy": -1}]}
+    cases = {
+        "unknown structure": (httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": unknown}), 422, "structure"),
+        "negative prescription": (httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": negative}), 422, "prescription.total_dose_gy"),
+        "negative objective dose": (httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": neg_obj}), 422, "objectives.0.dose_gy"),
+        "unknown patient": (httpx.post(f"{serve_app}/jobs", json={"patient_id": "0123456789ab", "order": small_order}), 404, "patient_id"),
+        "no patient id": (httpx.post(f"{serve_app}/jobs", json={"order": small_order}), 422, "patient_id"),
+        "not json": (httpx.post(f"{serve_app}/jobs", content=b"{nope", headers={"content-type": "application/json"}), 422, None),
+        "bad priority": (httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "priority": "high"}), 422, "priority"),
+    }
+    for name, (r, status, field) in cases.items():
+        assert r.status_code == status, (name, r.status_code, r.text)
+        body = r.json()
+        assert body["error"] and body["message"], (name, body)
+        if field:
+            assert body.get("field") == field, (name, body)
+    assert "Rectum" in cases["unknown structure"][0].json()["message"]
+    assert _snapshot(serve_settings.data_dir) == before
+    for path in ("/jobs/nope", "/patients/nope", "/jobs/nope/results", "/patients/..%2F..%2Fetc"):
+        r = httpx.get(f"{serve_app}{path}")
+        assert r.status_code == 404 and r.json()["error"] == "not_found", (path, r.text)
+
+
+def test_result_download_cannot_escape_the_job(serve_app, patient):
+    r = httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"]})
+    job = wait_job(serve_app, r.json()["id"])
+    assert job["state"] == "succeeded"
+    for rel in ("..%2Fjob.json", "structures/..%2F..%2Fjob.json", "nothing.json"):
+        r = httpx.get(f"{serve_app}/jobs/{job['id']}/results/{rel}")
+        assert r.status_code == 404, (rel, r.status_code, r.text)
