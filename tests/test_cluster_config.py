@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_IMPORT_PATH = "rayrt.service.app:build_app"
+APP_IMPORT_PATH = "rayrt.service.app:app_builder"
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,10 @@ def test_app_builder_exists_when_the_app_module_does():
         pytest.skip(f"{module} is not written yet; deploy files expect {APP_IMPORT_PATH}")
     mod = importlib.import_module(module)
     assert callable(getattr(mod, attr, None)), f"deploy files import {APP_IMPORT_PATH}: define {attr}(args) in {module}"
+    # deployment overrides in the config must name deployments the app defines
+    from ray.serve import Deployment
+
+    defined = {v.name for v in vars(mod).values() if isinstance(v, Deployment)}
+    cfg = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())
+    named = {d["name"] for app in cfg["applications"] for d in app.get("deployments", [])}
+    assert named <= defined, f"serve_config.yaml overrides {named - defined}, the app defines {defined}"

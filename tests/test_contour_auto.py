@@ -107,3 +107,17 @@ def test_tg119_external_matches_body():
     body_truth = study.mask("BODY")
     out = auto_contour(ct, "CT", targets=("body",))
     assert dice(out[0][3], body_truth) >= 0.98
+
+
+@pytest.mark.parametrize("gap_mm", [0.0, -5.0])
+def test_couch_in_contact_with_the_back_is_excluded(gap_mm):
+    ct, truth = thorax_phantom((24, 256, 256), (2.0, 2.0, 5.0), couch_gap_mm=gap_mm, seed=4)
+    cfg = ContourConfig()
+    cfg = cfg.model_copy(update={"body": cfg.body.model_copy(update={"work_spacing_mm": 4.0})})
+    body = body_ct(ct.array, ct.grid, cfg)
+    assert dice(body, truth["External"]) >= 0.97
+    # at most a voxel-thin strip where shell and skin touch
+    assert (body & truth["Couch"]).sum() < 0.02 * truth["Couch"].sum()
+    # without the opening (radius 0) the couch shell would be part of the External
+    leaky = body_ct(ct.array, ct.grid, cfg.model_copy(update={"body": cfg.body.model_copy(update={"opening_radius_mm": 0.0, "work_spacing_mm": 4.0})}))
+    assert (leaky & truth["Couch"]).sum() > 0.2 * truth["Couch"].sum()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rayrt.contour.morphology import Margins, _octant_offsets, _scatter_dilate, contract, expand, fill_holes_per_slice, smooth
+from rayrt.contour.morphology import SURFACE_OFFSET, Margins, _effective_margins, _octant_offsets, _scatter_dilate, contract, expand, fill_holes_per_slice, smooth
 from rayrt.contour.semiauto import boolean, interpolate_slices, pet_threshold, region_grow, ring
 from rayrt.contour.synthetic import centred_grid, cylinder_mask, dice, ellipsoid_mask
 from rayrt.domain.errors import InputError
@@ -80,8 +80,10 @@ def test_interpolation_needs_two_slices():
 
 # ------------------------------------------------------------------ margins
 @pytest.mark.parametrize("margin_mm", [5.0, 10.0])
-def test_isotropic_expansion_of_sphere_matches_analytic_volume(margin_mm):
-    grid = centred_grid((56, 64, 64), (1.25, 1.25, 1.5))  # anisotropic voxels
+@pytest.mark.parametrize("spacing", [(1.25, 1.25, 1.5), (1.0, 1.0, 2.5), (2.0, 2.0, 3.0)])
+def test_isotropic_expansion_of_sphere_matches_analytic_volume(margin_mm, spacing):
+    shape = tuple(int(np.ceil(80.0 / s)) for s in spacing[::-1])
+    grid = centred_grid(shape, spacing)  # anisotropic voxels
     R = 25.0
     sphere = ellipsoid_mask(grid, (0.0, 0.0, 0.0), (R, R, R))
     grown = expand(sphere, grid, Margins.isotropic(margin_mm))
@@ -122,7 +124,9 @@ def test_anisotropic_per_axis_margin_checked_per_axis():
     dot[20, 30, 30] = True
     ell = expand(dot, grid, m)
     z, y, x = np.meshgrid(grid.axis_mm("z") - grid.axis_mm("z")[20], grid.axis_mm("y") - grid.axis_mm("y")[30], grid.axis_mm("x") - grid.axis_mm("x")[30], indexing="ij")
-    expected = (x / 4.0) ** 2 + (y / 9.0) ** 2 + (z / 15.0) ** 2 <= 1 + 1e-9
+    f = SURFACE_OFFSET  # margins are measured from the surface, f voxel beyond the outermost centres
+    ax, ay, az = 4.0 + f * grid.spacing[0], 9.0 + f * grid.spacing[1], 15.0 + f * grid.spacing[2]
+    expected = (x / ax) ** 2 + (y / ay) ** 2 + (z / az) ** 2 <= 1 + 1e-9
     assert np.array_equal(ell, expected)
 
 
@@ -145,7 +149,7 @@ def test_per_direction_margins_exact_per_direction():
 
     g2 = cg(pad.shape, grid.spacing_mm)
     via_edt = expand(pad, g2, sym)
-    via_scatter = _scatter_dilate(pad, _octant_offsets(g2.spacing[::-1], m_arr))
+    via_scatter = _scatter_dilate(pad, _octant_offsets(g2.spacing[::-1], _effective_margins(m_arr, g2.spacing[::-1], SURFACE_OFFSET)))
     assert np.array_equal(via_edt, via_scatter)
     # contraction with per-direction margins is the dual of expansion
     shrunk = contract(grown, grid, m)

@@ -154,7 +154,7 @@ def test_cli_auto_margin_ring_chain(patient_dir, capsys):
     assert _cli(["contour", "margin", str(d), "--from", "GTV", "--to", "PTV", "--mm", "5"]) == 0
     capsys.readouterr()
     assert _cli(["contour", "ring", str(d), "--from", "PTV", "--to", "Ring", "--inner", "5", "--outer", "15", "--crop-to", "External",
-                 "--json"]) == 0
+                 "--print-json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["rtstruct"].endswith("RTSTRUCT_rayrt.dcm") and [c["name"] for c in res["changed"]] == ["Ring"]
     from rayrt.imaging.study import load_study
@@ -175,3 +175,45 @@ def test_cli_auto_margin_ring_chain(patient_dir, capsys):
     # bad input: one line, exit code 2
     assert _cli(["contour", "margin", str(d), "--from", "Nope", "--to", "X", "--mm", "5"]) == 2
     assert "unknown structure 'Nope'" in capsys.readouterr().err
+
+
+def test_cli_manual_verbs_and_import(patient_dir, tmp_path_factory, capsys):
+    d, truth = patient_dir
+    from rayrt.imaging.study import load_study
+
+    z = load_study(d).primary.grid.axis_mm("z")
+    poly = [[[-30.0, -30.0, float(z[k])], [30.0, -30.0, float(z[k])], [30.0, 30.0, float(z[k])], [-30.0, 30.0, float(z[k])]] for k in (6, 10)]
+    pfile = tmp_path_factory.mktemp("in") / "poly.json"
+    pfile.write_text(json.dumps(poly))
+    assert _cli(["contour", "interpolate", str(d), "--name", "Box", "--polygons", str(pfile)]) == 0
+    assert _cli(["contour", "polygons", str(d), "--json", str(pfile), "--name", "TwoSlices"]) == 0
+    # interpolate in place: a structure drawn on two slices, stored in the RTSTRUCT, filled in between
+    assert _cli(["contour", "polygons", str(d), "--json", str(pfile), "--name", "GTV_drawn"]) == 0
+    assert _cli(["contour", "interpolate", str(d), "--name", "GTV_drawn"]) == 0
+    gtv = load_study(d).mask("GTV_drawn")
+    assert np.array_equal(np.flatnonzero(gtv.any(axis=(1, 2))), np.arange(6, 11))
+    assert _cli(["contour", "boolean", str(d), "--op", "intersection", "--a", "Box", "--b", "TwoSlices", "--to", "Between"]) == 0
+    assert _cli(["contour", "edit", str(d), "--structure", "TwoSlices", "--rename", "Drawn"]) == 0
+    assert _cli(["contour", "edit", str(d), "--structure", "Drawn", "--colour", "10,20,30"]) == 0
+    bow = [[[0.0, 0.0, float(z[8])], [20.0, 20.0, float(z[8])], [20.0, 0.0, float(z[8])], [0.0, 20.0, float(z[8])]]]
+    pfile.write_text(json.dumps(bow))
+    assert _cli(["contour", "edit", str(d), "--structure", "Drawn", "--slice-json", str(pfile)]) == 2
+    assert "crosses itself" in capsys.readouterr().err
+    study = load_study(d)
+    assert {"Box", "Drawn", "Between"} <= set(study.structure_names) and "TwoSlices" not in study.structure_names
+    box = study.mask("Box")
+    assert all(box[k].any() for k in range(6, 11)) and not box[5].any()
+    assert study.structure("Drawn").structure.colour == (10, 20, 30)
+    log = StructureSet.read_log(d / "RTSTRUCT_rayrt.contour_log.json")
+    assert [op.method for op in log.operations_of("Drawn")] == ["polygons", "edit", "edit"]
+    assert [op.method for op in log.history].count("import") == 0  # every structure here was made by rayrt
+    # import a whole RTSTRUCT written elsewhere into a fresh copy of the folder
+    other = tmp_path_factory.mktemp("other")
+    for f in d.iterdir():
+        if f.name.startswith("RTSTRUCT_rayrt"):
+            continue
+        (other / f.name).write_bytes(f.read_bytes())
+    assert _cli(["contour", "import", str(other), "--rtstruct", str(d / "RTSTRUCT_rayrt.dcm")]) == 0
+    assert set(load_study(other).structure_names) == set(study.structure_names)
+    assert _cli(["contour", "import", str(other), "--rtstruct", str(d / "RTSTRUCT_rayrt.dcm")]) == 2
+    assert "already exist" in capsys.readouterr().err

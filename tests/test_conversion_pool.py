@@ -1,7 +1,5 @@
 """Conversion pools: leaf-boundary resampling (pure) and per-machine actor pools on a real local Ray."""
 
-import os
-
 import numpy as np
 import pytest
 
@@ -151,23 +149,9 @@ def test_resolve_conversion_names_and_paths():
 
 
 @pytest.fixture(scope="module")
-def ray_ready(request):
-    import ray
-
-    try:
-        request.getfixturevalue("ray_session")
-        yield ray
-        return
-    except pytest.FixtureLookupError:
-        pass
-    if ray.is_initialized():
-        yield ray
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
-    yield ray
-    ray.shutdown()
+def ray_ready(ray_session):
+    """The session's local Ray (tests/conftest.py)."""
+    return ray_session
 
 
 @pytest.mark.ray
@@ -207,3 +191,60 @@ def test_pools_convert_grow_with_demand_and_load_model_once(ray_ready):
         assert e.value.status == 404
     finally:
         pools.shutdown()
+
+
+@pytest.mark.ray
+def test_pools_by_machine_name_load_the_library_model_once_per_actor(ray_ready):
+    """Pools created from names: each actor loads its machine from configs/machines itself."""
+    from rayrt.dose.machines import get_machine
+    from rayrt.service.conversion import ConversionPools
+
+    standard = get_machine("standard")
+    pools = ConversionPools(["halcyon", "versahd_agility"], settings={"default_size": 1, "max_size": 1, "actor_options": {"num_cpus": 0}})
+    try:
+        c = 0.5 * (np.asarray(standard.mlc.leaf_boundaries_mm[:-1]) + np.asarray(standard.mlc.leaf_boundaries_mm[1:]))
+        half = np.sqrt(np.clip(60.0**2 - c**2, 0, None))
+        seg = Segment(x1_mm=(-half).tolist(), x2_mm=half.tolist(), jaw_x_mm=(-70, 70), jaw_y_mm=(-70, 70), mu=50.0)
+        plan = Plan(machine="standard", beams=[Beam(isocenter_mm=(0.0, 0.0, 0.0), segments=[seg])])
+        req = LeafResampleRequest(plan=plan, source_leaf_boundaries_mm=standard.mlc.leaf_boundaries_mm, mode="area")
+        out = pools.map("halcyon", [req] * 3, timeout_s=120)
+        halcyon = get_machine("halcyon")
+        s = out[0].plan.beams[0].segments[0]
+        assert out[0].machine == "halcyon" and len(s.x1_mm) == halcyon.mlc.num_pairs
+        assert s.jaw_x_mm is None  # Halcyon is jawless
+        assert min(s.x1_mm) >= halcyon.mlc.min_position_mm and max(s.x2_mm) <= halcyon.mlc.max_position_mm
+        assert abs(out[0].area_ratio - 1.0) < 0.05  # a 12 cm circle keeps its area on 1 cm leaves to a few %
+        (info,) = pools.worker_info("halcyon")
+        assert info["calls"] == 3 and info["model_loads_in_process"] == 1 and pools.size("halcyon") == 1
+        agility = pools.convert("versahd_agility", req, timeout_s=120)
+        assert len(agility.plan.beams[0].segments[0].x1_mm) == 80
+    finally:
+        pools.shutdown()
+
+
+@pytest.mark.ray
+def test_named_pools_actor_shared_by_callers(ray_ready):
+    """The threaded pools actor: several callers convert concurrently through one named actor."""
+    import uuid
+
+    import ray
+
+    from rayrt.service.conversion import get_or_create_conversion_pools
+
+    name = f"test-pools-{uuid.uuid4().hex[:6]}"
+    models = {"Agility1": machine("Agility1", AGILITY, jaw_x=False)}
+    pools = get_or_create_conversion_pools(
+        name=name, detached=False, machines=models, settings={"default_size": 1, "max_size": 2, "actor_options": {"num_cpus": 0}}
+    )
+    try:
+        req = LeafResampleRequest(plan=make_plan(1, 2), source_leaf_boundaries_mm=MILLENNIUM.tolist())
+        same = get_or_create_conversion_pools(name=name, detached=False)
+        outs = ray.get([pools.convert.remote("Agility1", req) for _ in range(3)] + [same.convert.remote("Agility1", req)], timeout=180)
+        assert {o.machine for o in outs} == {"Agility1"} and len({o.target_open_area_mm2 for o in outs}) == 1
+        inner = ray.get(same.submit.remote("Agility1", req))
+        assert ray.get(inner, timeout=120).machine == "Agility1"
+        stats = ray.get(same.stats.remote())
+        assert stats[0].submitted == 5 and stats[0].queued == 0 and 1 <= stats[0].size <= 2
+    finally:
+        ray.get(pools.shutdown.remote())
+        ray.kill(pools)

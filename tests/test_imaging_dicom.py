@@ -168,6 +168,27 @@ def test_load_study_from_zip_and_single_file(tmp_path):
     assert single.primary.grid.shape == (1, 30, 26)
 
 
+def test_ct_and_mr_in_one_folder_primary_is_ct(tmp_path):
+    vol = _written_ct(tmp_path)
+    hand_series(tmp_path / "mr", "MR", n=3, for_uid=vol.meta["frame_of_reference_uid"], patient_id="P1")
+    zp = tmp_path.parent / f"{tmp_path.name}.zip"
+    with zipfile.ZipFile(zp, "w") as zf:
+        for f in tmp_path.rglob("*.dcm"):
+            zf.write(f, str(f.relative_to(tmp_path)))
+        zf.writestr("__MACOSX/ct/._CT_0001.dcm", b"\x00\x05\x16\x07 apple double")
+        zf.writestr(".DS_Store", b"junk")
+    st = load_study(zp)
+    assert st.primary.meta["modality"] == "CT" and len(st.images) == 2
+    assert sorted(s.modality for s in st.series) == ["CT", "MR"]
+    assert st.source is None  # no plan: the extracted archive was removed
+
+
+def test_write_ct_series_refuses_non_hu(tmp_path):
+    g = Grid(shape=(2, 3, 4), spacing_mm=(1, 1, 1), origin_mm=(0, 0, 0))
+    with pytest.raises(InputError, match="Hounsfield"):
+        write_ct_series(Volume(np.zeros(g.shape), g, "MR"), tmp_path, patient_id="P", patient_name="P")
+
+
 # ----------------------------------------------------------------------------- MR / PET
 def test_mr_series_shuffled_files_with_rescale(tmp_path):
     # positions given in reverse order and file names random: sorting is by position along the normal
@@ -184,9 +205,28 @@ def test_mr_series_shuffled_files_with_rescale(tmp_path):
 
 
 def test_sagittal_mr_orientation(tmp_path):
-    # rows along y, columns along -z: normal = row x col = (-1, 0, 0)... positions step along -x
-    paths, _ = hand_series(tmp_path, "MR", n=3, iop=(0, 1, 0, 0, 0, -1), z_list=[0, 0, 0])
-    with pytest.raises(InputError, match="same position"):
+    # rows along +y, columns along -z (sagittal): slice normal = row x column = -x
+    series_uid, study_uid, for_uid = generate_uid(), generate_uid(), generate_uid()
+    for x in (0.0, 2.0, 4.0):
+        px = np.full((5, 6), int(x), np.int16)
+        hand_image(tmp_path / f"mr{x:.0f}.dcm", "MR", px, (x, -10.0, 50.0), iop=(0, 1, 0, 0, 0, -1), series_uid=series_uid,
+                   study_uid=study_uid, for_uid=for_uid)
+    v = load_study(tmp_path).primary
+    assert np.allclose(v.grid.direction_matrix, [[0, 0, -1], [1, 0, 0], [0, -1, 0]])
+    assert v.grid.origin_mm == pytest.approx((4.0, -10.0, 50.0))
+    assert [float(v.array[k, 0, 0]) for k in range(3)] == [4.0, 2.0, 0.0]
+    # voxel (k=2, j=4, i=5): x = 0, y = -10 + 5, z = 50 - 4
+    assert v.grid.index_to_world(np.array([2, 4, 5])) == pytest.approx((0.0, -5.0, 46.0))
+    # an axial contour is not parallel to these slices
+    hand_rtstruct(tmp_path / "RS.dcm", for_uid, {"X": [_square(-1, -9, 3, -6, 48.0)]})
+    with pytest.raises(InputError, match="not parallel"):
+        load_study(tmp_path)
+
+
+def test_two_patients_are_refused(tmp_path):
+    hand_series(tmp_path / "a", "CT", n=2, patient_id="A")
+    hand_series(tmp_path / "b", "CT", n=2, patient_id="B")
+    with pytest.raises(InputError, match="2 patients"):
         load_study(tmp_path)
 
 
@@ -415,7 +455,8 @@ def test_zip_slip_is_refused(tmp_path, name):
     dest = tmp_path / "out"
     with pytest.raises(InputError):
         safe_extract_zip(zp, dest)
-    assert not (tmp_path / "evil.dcm").exists() and not any(dest.rglob("*")) if dest.exists() else True
+    assert not (tmp_path / "evil.dcm").exists()
+    assert not dest.exists() or not any(p.is_file() for p in dest.rglob("*"))  # checked before anything is written
     with pytest.raises(InputError, match="escapes|absolute"):
         load_study(zp)
 
@@ -504,6 +545,47 @@ def test_cli_inspect_and_dvh(tmp_path, capsys):
     write_rtdose(dose, tmp_path / "RD2.dcm", frame_of_reference_uid=generate_uid(), study_uid="1.2.3")
     code, out, err = _run_cli(["dvh", "--rtstruct", str(tmp_path / "RS.dcm"), "--rtdose", str(tmp_path / "RD2.dcm")], capsys)
     assert code == 2 and "frame of reference" in err
+
+
+def test_inspect_lists_plans_and_contours_and_zip_keeps_plan_files(tmp_path, capsys):
+    import rayrt.cli  # noqa: F401
+
+    vol = _written_ct(tmp_path / "d")
+    mask = np.zeros(vol.grid.shape, bool)
+    mask[1:5, 10:30, 5:25] = True
+    write_rtstruct([StructureMask(Structure(name="Box"), mask)], vol, tmp_path / "d" / "RS.dcm")
+    ds = Dataset()
+    ds.SOPInstanceUID = generate_uid()
+    ds.PatientID = "P1"
+    ds.StudyInstanceUID = vol.meta["study_instance_uid"]
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = vol.meta["frame_of_reference_uid"]
+    ds.Modality = "RTPLAN"
+    ds.RTPlanLabel = "TEST"
+    beams = []
+    for n in range(2):
+        b = Dataset()
+        b.BeamNumber = n + 1
+        b.TreatmentMachineName = "TrueBeam1"
+        beams.append(b)
+    ds.BeamSequence = Sequence(beams)
+    fg = Dataset()
+    fg.NumberOfFractionsPlanned = 25
+    ds.FractionGroupSequence = Sequence([fg])
+    _save(ds, tmp_path / "d" / "RP.dcm", "1.2.840.10008.5.1.4.1.1.481.5")
+    code, out, err = _run_cli(["inspect", str(tmp_path / "d"), "--json"], capsys)
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["plans"] == [{"file": "RP.dcm", "label": "TEST", "num_beams": 2, "fractions": 25, "machines": ["TrueBeam1"],
+                             "sop_instance_uid": ds.SOPInstanceUID}]
+    assert rep["structures"][0]["num_contours"] == 4
+    code, out, err = _run_cli(["inspect", str(tmp_path / "d")], capsys)
+    assert code == 0 and "TrueBeam1" in out and "Box" in out
+    zp = tmp_path / "d.zip"
+    shutil.make_archive(str(tmp_path / "d"), "zip", tmp_path / "d")
+    st = load_study(zp)
+    assert len(st.plan_files) == 1 and st.plan_files[0].is_file()
+    shutil.rmtree(st.source)
 
 
 # ----------------------------------------------------------------------------- validator

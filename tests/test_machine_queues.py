@@ -5,7 +5,7 @@ The first half runs the queue logic in-process (no Ray); the second half runs re
 """
 
 import json
-import os
+import uuid
 
 import pytest
 
@@ -84,12 +84,34 @@ def test_queue_state_survives_restart_via_store(tmp_path):
     MachineQueueRecord.model_validate(json.loads((tmp_path / "machines" / "VHD.json").read_text()))
 
 
+def test_queue_persists_through_the_service_store(tmp_path):
+    from rayrt.service.store import Store
+
+    q = LocalMachineQueue("HAL1", slot_minutes=10, store=Store(tmp_path))
+    q.book(Booking(job_id="j1", patient_id="p1", plan_id="pl", fractions=3))
+    q.set_status("down", "maintenance", "couch service")
+    assert (tmp_path / "machines" / "HAL1.json").is_file()
+    again = LocalMachineQueue("HAL1", slot_minutes=10, store=Store(tmp_path))
+    assert again.status().reason == "couch service" and again.snapshot().pending_fractions == 3
+    assert LocalMachineQueue("NEW", store=Store(tmp_path)).bookings() == []
+
+
 def test_file_store_uri_form(tmp_path):
     store = JsonFileStore(f"file://{tmp_path}")
     rec = MachineQueueRecord(name="X")
     store.save_json("machines/X", rec)
     assert store.load_json("machines/X", MachineQueueRecord) == rec
     assert store.load_json("machines/missing", MachineQueueRecord) is None
+
+
+def test_machine_names_from_the_machine_library_skip_standard():
+    from rayrt.dose.machines import get_machine, list_machines
+
+    names = machine_names()
+    assert names, "configs/machines has no treatment machine"
+    assert all(not get_machine(n).standard for n in names)
+    assert set(list_machines()) - set(names) == {n for n in list_machines() if get_machine(n).standard}
+    assert machine_names(include_standard=True) == sorted(list_machines())
 
 
 def test_machine_names_from_yaml_skip_standard(tmp_path):
@@ -107,24 +129,9 @@ def test_machine_names_from_yaml_skip_standard(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ray_ready(request):
-    """The session's local Ray (tests/conftest.py ``ray_session``) or, without it, our own."""
-    import ray
-
-    try:
-        request.getfixturevalue("ray_session")
-        yield ray
-        return
-    except pytest.FixtureLookupError:
-        pass
-    if ray.is_initialized():
-        yield ray
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
-    yield ray
-    ray.shutdown()
+def ray_ready(ray_session):
+    """The session's local Ray (tests/conftest.py)."""
+    return ray_session
 
 
 @pytest.mark.ray
@@ -192,10 +199,21 @@ def test_unplaced_bookings_wait_for_a_machine(ray_ready, tmp_path):
     moved = reg.set_status("M1", "down", "malfunction").moved
     assert moved[0].moved_to is None and moved[0].state is BookingState.unplaced
     assert calls[-1].to_machine is None and [b.job_id for b in reg.unplaced()] == ["j"]
-    reg.set_status("M2", "available", reason="service done")
-    placed = reg.place_unplaced()
+    change = reg.set_status("M2", "available", reason="service done")  # places waiting bookings
+    placed = change.placed
     assert [(b.job_id, b.machine, b.fractions) for b in placed] == [("j", "M2", 4)]
-    assert reg.unplaced() == [] and calls[-1].to_machine == "M2"
+    assert placed[0].moved_from == "M1" and "malfunction" in placed[0].move_reason
+    assert reg.unplaced() == [] and calls[-1].to_machine == "M2" and calls[-1].needs_conversion
+    # a booking that waits for its own machine goes back with its plan, no conversion
+    reg.book("M2", "k", "p", 2, plan_id="plan-k")
+    reg.set_status("M1", "down", "maintenance")  # still down; M2 now goes down too
+    assert [b.moved_to for b in reg.set_status("M2", "down", "malfunction").moved] == [None, None]
+    back = reg.set_status("M2", "available").placed
+    assert {(b.job_id, b.machine, b.state.value, b.plan_id) for b in back} == {
+        ("j", "M2", "converting", None),
+        ("k", "M2", "booked", "plan-k"),
+    }
+    assert {c.job_id: c.needs_conversion for c in calls[-2:]} == {"j": True, "k": False}
     for name in reg.names():
         ray_ready.kill(reg.queue(name))
 
@@ -239,3 +257,22 @@ def test_registry_actor_with_callback_into_another_actor(ray_ready, tmp_path):
         ray.kill(ray.get(reg.queue.remote(name)))
     ray.kill(reg)
     ray.kill(inbox)
+
+
+@pytest.mark.ray
+def test_named_registry_is_shared_and_reattaches(ray_ready, tmp_path):
+    import ray
+
+    from rayrt.service.machines import get_or_create_registry
+
+    name = f"test-machines-{uuid.uuid4().hex[:6]}"
+    a = get_or_create_registry(name=name, detached=False, machines=["X1", "X2"], data_dir=str(tmp_path))
+    ray.get(a.book.remote("X1", "j1", "p1", 2))
+    b = get_or_create_registry(name=name, detached=False)  # e.g. a second ingress replica
+    assert [bk.job_id for bk in ray.get(b.bookings.remote("X1"))] == ["j1"]
+    # the queue actors are named, so a new registry (after a registry crash) finds the live ones
+    q = ray.get_actor(f"{name}/X1")
+    assert ray.get(q.snapshot.remote()).pending_fractions == 2
+    for m in ("X1", "X2"):
+        ray.kill(ray.get_actor(f"{name}/{m}"))
+    ray.kill(a)

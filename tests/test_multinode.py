@@ -3,6 +3,8 @@ cluster, and the other tests share a session-wide local Ray).
 
 * multinode: head (1 CPU, resource "head") + 2 workers (1 CPU, resource "worker"): tasks spread
   over nodes; MachineQueue actors land on the head, ConversionWorkers on worker nodes.
+* serve_cluster (slow): deploy/serve_config.yaml applied on a head-0-CPU cluster: the app runs,
+  the ingress and proxy sit on the head, the config's env vars reach the app.
 * autoscale (slow): fake multi-node autoscaler adds worker nodes for queued tasks and removes
   them when idle.
 """
@@ -47,6 +49,17 @@ def test_multinode_spread_and_resource_routing():
     assert r["conversion_node_kinds"] == ["worker", "worker"]
     assert sum(r["conversion_calls"]) == 4 and r["converted_pairs"] == [80] * 4
     assert r["moved_to"] == ["VHD1"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_serve_config_deploys_on_a_head_zero_cpu_cluster():
+    r = run_scenario("serve_cluster")
+    assert r["status"] == "RUNNING", r.get("message")
+    assert r["health"]["code"] == 200 and r["health"]["body"]["ok"] is True
+    assert r["health"]["body"]["store"] == r["data_dir"], "runtime_env env_vars of the config must reach the app"
+    placed = r["placed"]
+    assert placed["rayrt-ingress"] == ["head"] and set(placed["ProxyActor"]) == {"head"}
 
 
 @pytest.mark.slow

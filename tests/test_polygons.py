@@ -46,6 +46,14 @@ def test_hole_and_two_islands_even_odd():
     assert np.array_equal(m, m2)
 
 
+def test_contours_with_jittered_z_on_one_slice_are_one_plane():
+    g = _grid(shape=(6, 30, 30), spacing=(1.0, 1.0, 2.0))
+    polys = [_square(2.5, 2.5, 6.5, 6.5, 4.0), _square(10.5, 10.5, 12.5, 12.5, 4.003)]  # rounding in the file
+    polys += [_square(2.5, 2.5, 6.5, 6.5, z) for z in (2.0, 6.0)]
+    m = rasterize_polygons(polys, g)
+    assert m[2].sum() == 16 + 4 and m[1].sum() == 16 and m[3].sum() == 16 and m.sum() == 52
+
+
 def test_contours_between_image_planes_keep_extent():
     g = _grid(shape=(10, 20, 20), spacing=(1.0, 1.0, 2.0))
     # contour planes at z = 3, 5, 7 mm (between image planes at 2, 4, 6, 8 mm) represent the slab [2, 8)
@@ -64,6 +72,15 @@ def test_contours_on_a_coarser_or_finer_grid_use_nearest_plane():
     polys2 = polys + [_square(2.5, 2.5, 6.5, 6.5, 19.0)]
     m2 = rasterize_polygons(polys2, fine)
     assert not m2[15].any() and m2[19].any()
+
+
+def test_contours_on_every_other_slice_fill_the_slices_between():
+    g = _grid(shape=(10, 20, 20), spacing=(1.0, 1.0, 2.0))
+    polys = [_square(2.5, 2.5, 6.5, 6.5, z) for z in (4.0, 8.0, 12.0)]  # every second image plane
+    m = rasterize_polygons(polys, g, plane_spacing_mm=2.0)  # the fallback does not override inferred spacing
+    assert [int(k) for k in np.nonzero(m.any(axis=(1, 2)))[0]] == [1, 2, 3, 4, 5, 6]
+    single = rasterize_polygons(polys[:1], g, plane_spacing_mm=6.0)  # one plane: slab of the given thickness
+    assert [int(k) for k in np.nonzero(single.any(axis=(1, 2)))[0]] == [1, 2, 3]
 
 
 def test_non_planar_contour_is_refused():

@@ -125,6 +125,12 @@ def test_dvh_criteria_on_a_known_dose():
     assert 0.55 < geud.value < 0.9 and geud.passed
     assert checks["Lung Dmean <= 1 Gy"].status == "fail" and "missing" in checks["Lung Dmean <= 1 Gy"].detail
     assert not any("squared" in n or "deviation" in n for n in checks)
+    # masks given as Volumes on a finer grid are resampled (nearest) onto the dose grid
+    fine = Grid(shape=(40, 40, 48), spacing_mm=(2.0, 2.0, 2.0), origin_mm=(-46.0, -38.0, -38.0))  # dose voxel centres on fine nodes
+    fm = {k: Volume(v, fine) for k, v in masks(fine).items()}
+    again = {c.name: c for c in dvh_criteria_checks(Volume(d, g), fm, _order(hard_cord=True))}
+    assert again["PTV D95 = 100 % of 2 Gy"].value == pytest.approx(2.0)
+    assert again["Cord Dmean <= 1 Gy"].value == pytest.approx(0.55, abs=1e-3)
     soft = {c.name: c for c in dvh_criteria_checks(Volume(d, g), m, _order(hard_cord=False))}
     assert soft["Cord D2 <= 0.5 Gy"].status == "warn"  # a violated soft objective asks for review
     # 5 % under-coverage of the prescription: beyond the 2 % tolerance and twice it -> fail; 3 % -> warn
@@ -186,7 +192,6 @@ def test_qa_plan_verdicts_and_report_files(tmp_path):
     assert res_bad.report.verdict == "fail"
     assert any(c.category == "gamma" and c.status == "fail" for c in res_bad.report.checks)
     assert any("skipped" in n for n in res_bad.report.notes)
-    write_qa_report(res_bad, tmp_path, stem="bad", formats=("png",))
     # no standard dose, no masks: still a report
     lone = qa_plan(converted, MACHINE, dose, recompute=None)
     assert any("no standard dose" in n for n in lone.report.notes)
@@ -201,3 +206,31 @@ def test_verdict_rules():
     assert QAReport.verdict_of([ok]) == "pass"
     assert QAReport.verdict_of([ok, warn]) == "review"
     assert QAReport.verdict_of([ok, warn, fail]) == "fail"
+
+
+def test_independent_dose_with_the_aperture_engine(tmp_path):
+    """qa_plan(density=...) recomputes with rayrt.dose.aperture on a finer grid ("auto")."""
+    pytest.importorskip("rayrt.dose.aperture")
+    from rayrt.dose.machines import get_machine, list_machines
+    from rayrt.qa.checks import aperture_recompute
+
+    if "truebeam_m120" not in list_machines():
+        pytest.skip("configs/machines/truebeam_m120.yaml not present")
+    m = get_machine("truebeam_m120")
+    plan = box_plan().model_copy(update={"machine": m.name, "fractions": 2})
+    grid = Grid(shape=(12, 12, 12), spacing_mm=(5.0, 5.0, 5.0), origin_mm=(-27.5, -27.5, -27.5))
+    p = grid.voxel_centers_mm()
+    density = Volume(np.where(np.abs(p[..., 1]) < 25, 1.0, 0.001).astype(np.float32), grid, "relative_electron_density")
+    planned = aperture_recompute(density)(plan, m, grid)
+    ptv = (np.abs(p[..., 0]) < 10) & (np.abs(p[..., 2]) < 10) & (np.abs(p[..., 1]) < 10)
+    assert planned.array[ptv].mean() > 0.5  # 180 MU x 2 fractions through 2-4 cm of water
+    res = qa_plan(plan, m, planned, masks={"PTV": ptv}, density=density, recompute="auto")
+    by = {c.name: c for c in res.report.checks}
+    assert res.independent_dose is not None and res.independent_dose.grid.spacing_mm == (2.5, 2.5, 2.5)
+    assert by["independent dose: target mean"].status == "pass", by["independent dose: target mean"]
+    gam = [c for c in res.report.checks if c.category == "dose_check" and "gamma" in c.name][0]
+    assert gam.value >= 95, gam
+    # the same plan checked against a dose planned with 10 % too many MU fails
+    wrong = Volume(planned.array * 1.10, grid, "dose_gy")
+    res = qa_plan(plan, m, wrong, masks={"PTV": ptv}, density=density)
+    assert {c.name: c for c in res.report.checks}["independent dose: target mean"].status == "fail"

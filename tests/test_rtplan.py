@@ -12,7 +12,7 @@ import pytest
 
 from rayrt.domain.beam_model import BeamModel
 from rayrt.domain.errors import InputError
-from rayrt.domain.machine import JawModel, MachineModel, MLCModel, load_machine
+from rayrt.domain.machine import JawModel, MachineLimits, MachineModel, MLCModel, load_machine
 from rayrt.domain.plan import Beam, Plan, Segment
 from rayrt.imaging.rtplan import build_rtplan, export_plan_dicom, match_machine, read_rtplan, write_rtplan
 
@@ -53,9 +53,9 @@ def elekta() -> MachineModel:
 def halcyon() -> MachineModel:
     return MachineModel(
         name="Halcyon1", vendor="Varian Medical Systems", model="Halcyon", nominal_energy_mv=6, fff=True, beam=_beam_model(),
-        mlc=MLCModel(name="Halcyon dual layer", leaf_boundaries_mm=list(np.arange(-140, 141, 5.0)), interdigitation=True,
+        mlc=MLCModel(name="Halcyon dual layer", leaf_boundaries_mm=list(np.arange(-140, 141, 10.0)), interdigitation=True,
                      dual_layer=True, transmission=0.004),
-        jaw_x=None, jaw_y=None,
+        jaw_x=None, jaw_y=None, limits=MachineLimits(max_field_x_mm=280.0, max_field_y_mm=280.0),
     )
 
 
@@ -71,8 +71,9 @@ def make_plan(machine: MachineModel, n_beams: int = 2, n_segments: int = 3, seed
         segs = []
         for s in range(n_segments):
             inside = np.abs(c) < 40 - 8 * s
-            x1 = np.where(inside, -30 + rng.uniform(-5, 5, n), 0.0).round(1)
-            x2 = np.where(inside, 30 + rng.uniform(-5, 5, n) - 5 * s, 0.0).round(1)
+            park = machine.mlc.min_gap_mm / 2  # closed pairs parked at the minimum gap
+            x1 = np.where(inside, -30 + rng.uniform(-5, 5, n), -park).round(2)
+            x2 = np.where(inside, 30 + rng.uniform(-5, 5, n) - 5 * s, park).round(2)
             segs.append(Segment(x1_mm=x1.tolist(), x2_mm=x2.tolist(), mu=float(round(rng.uniform(5, 40), 2))))
         beams.append(Beam(name=f"G{360 // n_beams * b}", number=b + 1, gantry_deg=360.0 / n_beams * b, collimator_deg=0 if b else 10,
                           isocenter_mm=(1.5, -20.0, 12.25), segments=segs))
@@ -119,7 +120,7 @@ def test_jaws_follow_the_open_leaves():
     ds = build_rtplan(plan, m)
     pos = {p.RTBeamLimitingDeviceType: [float(v) for v in p.LeafJawPositions]
            for p in ds.BeamSequence[0].ControlPointSequence[0].BeamLimitingDevicePositionSequence}
-    open_ = np.asarray(seg.x2_mm) > np.asarray(seg.x1_mm)
+    open_ = np.asarray(seg.x2_mm) - np.asarray(seg.x1_mm) > m.mlc.min_gap_mm + 0.01  # closed pairs sit at the minimum gap
     assert pos["ASYMX"] == pytest.approx([min(np.asarray(seg.x1_mm)[open_]), max(np.asarray(seg.x2_mm)[open_])], abs=0.006)
     idx = np.nonzero(open_)[0]
     assert pos["ASYMY"] == pytest.approx([m.mlc.leaf_boundaries_mm[idx[0]], m.mlc.leaf_boundaries_mm[idx[-1] + 1]])
@@ -218,7 +219,8 @@ def test_two_layer_halcyon_plan_is_combined_into_the_effective_mlc():
     beam.BeamLimitingDeviceSequence = DSeq(devs)
     nd, np_ = distal.size - 1, proximal.size - 1
     d1, d2 = np.full(nd, -30.0), np.full(nd, 30.0)
-    p1, p2 = np.full(np_, -20.0), np.full(np_, 40.0)
+    p1 = -20.0 + 5.0 * (np.arange(np_) % 2)  # alternating -20 / -15 under each 10 mm distal pair
+    p2 = np.full(np_, 40.0)
     for cp in beam.ControlPointSequence:
         pos = []
         for t, a, b in (("MLCX1", d1, d2), ("MLCX2", p1, p2)):
@@ -227,21 +229,21 @@ def test_two_layer_halcyon_plan_is_combined_into_the_effective_mlc():
             p.LeafJawPositions = [f"{v:g}" for v in np.concatenate([a, b])]
             pos.append(p)
         cp.BeamLimitingDevicePositionSequence = DSeq(pos)
-    ds.BeamSequence[0].TreatmentMachineName = "SomeHalcyon"
-    with pytest.raises(InputError):  # the union of the layers' boundaries spans -145..145: not the 56-pair model
-        match_machine(ds, MACHINES)
-    ds.BeamSequence[0].TreatmentMachineName = "Halcyon1"
+    beam.TreatmentMachineName = "SomeHalcyon"  # unknown name: matched by the distal layer's boundaries
+    assert match_machine(ds, MACHINES).name == "Halcyon1"
+    imp = read_rtplan(ds, MACHINES)
+    seg = imp.plan.beams[0].segments[0]
+    # each distal pair lies under two proximal leaves (-20 and -15): the opening is the intersection
+    assert np.allclose(seg.x1_mm, -15.0) and np.allclose(seg.x2_mm, 30.0)
+    # a model with the union boundaries (58 x 5 mm effective pairs) gets the 5 mm detail
+    m58 = m.model_copy(update={"name": "Halcyon5", "mlc": m.mlc.model_copy(update={"leaf_boundaries_mm": list(np.arange(-145, 146, 5.0))})})
+    imp = read_rtplan(ds, [m58])
+    x1, x2 = np.asarray(imp.plan.beams[0].segments[0].x1_mm), np.asarray(imp.plan.beams[0].segments[0].x2_mm)
+    assert np.allclose(x1, np.repeat(p1, 2)) and np.allclose(x2[1:-1], 30.0)
+    assert x2[0] == 40.0 and x2[-1] == 40.0  # the outermost 5 mm are under the proximal layer only
+    beam.TreatmentMachineName = "TrueBeam1"
     with pytest.raises(InputError, match="by name"):
         read_rtplan(ds, MACHINES)
-    # a model with the union boundaries (58 effective pairs) imports it: opening = intersection of the layers
-    m58 = m.model_copy(update={"name": "Halcyon2", "mlc": m.mlc.model_copy(update={"leaf_boundaries_mm": list(np.arange(-145, 146, 5.0))})})
-    ds.BeamSequence[0].TreatmentMachineName = "Halcyon2"
-    imp = read_rtplan(ds, [m58])
-    seg = imp.plan.beams[0].segments[0]
-    x1, x2 = np.asarray(seg.x1_mm), np.asarray(seg.x2_mm)
-    assert np.allclose(x1[1:-1], -20.0) and np.allclose(x2[1:-1], 30.0)
-    # the outermost effective pairs are covered by the proximal layer only
-    assert x1[0] == -20.0 and x2[0] == 40.0
 
 
 def test_bad_plans_refused():
@@ -265,12 +267,17 @@ def test_yaml_machines_round_trip(tmp_path):
     files = sorted((ROOT / "configs" / "machines").glob("*.yaml"))
     if not files:
         pytest.skip("no configs/machines/*.yaml yet")
+    from rayrt.qa.deliverability import check_plan
+
     machines = [load_machine(f) for f in files]
     for m in machines:
         plan = make_plan(m, n_beams=1, n_segments=2)
         imp = read_rtplan(write_rtplan(plan, m, tmp_path / f"{m.name}.dcm"), machines)
         assert imp.machine.name == m.name
         assert imp.plan.total_mu == pytest.approx(plan.total_mu, abs=1e-2)
+        # the re-imported plan (jaws from the RTPLAN) is deliverable on its machine
+        rep = check_plan(imp.plan, m)
+        assert rep.deliverable, (m.name, [v.message for v in rep.violations][:3])
 
 
 # ----------------------------------------------------------------------------- dciodvfy
@@ -329,3 +336,41 @@ def test_dciodvfy_reports_no_errors(exported):
     for f in files:
         errors = _dciodvfy_errors(Path(f))
         assert errors == [], f"{Path(f).name}: {errors}"
+
+
+def test_gamma_cli_on_exported_rtdose(exported, capsys):
+    """The 32-bit and 16-bit RTDOSE of the same dose agree (rayrt gamma reads both)."""
+    import json
+
+    import rayrt.cli  # noqa: F401  (registers the commands)
+    from rayrt.cli.app import run
+
+    assert run(["gamma", str(exported["varian"]["rtdose"]), str(exported["elekta"]["rtdose"]), "--json", "--dd", "1", "--dta", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pass_rate_pct"] == 100.0 and out["max_gamma"] < 0.05
+
+
+def test_imported_plan_recomputes_to_the_same_dose(tmp_path):
+    """An exported and re-imported plan gives the same aperture dose (rayrt.dose.aperture)."""
+    pytest.importorskip("rayrt.dose.aperture")
+    from rayrt.dose.aperture import aperture_dose
+    from rayrt.dose.machines import get_machine, list_machines
+    from rayrt.imaging.volume import Grid, Volume
+
+    if "versahd_agility" not in list_machines():
+        pytest.skip("configs/machines/versahd_agility.yaml not present")
+    m = get_machine("versahd_agility")
+    from rayrt.imaging.rtplan import _jaws_for_segment
+
+    plan = make_plan(m, n_beams=1, n_segments=2)
+    for seg in plan.beams[0].segments:  # a deliverable plan carries the jaws of the machine
+        seg.jaw_x_mm, seg.jaw_y_mm = _jaws_for_segment(seg, m)
+        seg.jaw_y_mm = (seg.jaw_y_mm[0] - 2.5, seg.jaw_y_mm[1] + 2.5)
+    imp = read_rtplan(write_rtplan(plan, m, tmp_path / "rp.dcm"), [m])
+    assert imp.plan.beams[0].segments[0].jaw_y_mm == plan.beams[0].segments[0].jaw_y_mm
+    grid = Grid(shape=(12, 12, 12), spacing_mm=(5.0, 5.0, 5.0), origin_mm=(-27.5, -27.5, -27.5))
+    density = Volume(np.ones(grid.shape, np.float32), grid, "relative_electron_density")
+    d0 = aperture_dose(density, grid, plan.beams[0], None, m)
+    d1 = aperture_dose(density, grid, imp.plan.beams[0], None, imp.machine)
+    assert d0.max() > 0
+    assert np.allclose(d1, d0, rtol=1e-3, atol=1e-4 * d0.max())

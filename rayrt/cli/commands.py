@@ -5,3 +5,5 @@ from rayrt.cli import qa  # noqa: F401
 from rayrt.cli import service  # noqa: F401
 from rayrt.cli import imaging  # noqa: F401
 from rayrt.cli import contour  # noqa: F401
+from rayrt.cli import plan  # noqa: F401
+from rayrt.cli import machine  # noqa: F401

@@ -32,7 +32,7 @@ _DIR = typer.Argument(..., help="patient folder (or .zip) with the image series 
 _OUT = typer.Option(None, "--out", help=f"RTSTRUCT to write (default DIR/{DEFAULT_OUT}); never an input file")
 _USER = typer.Option("", "--user", help="who made the change (recorded in the operations log)")
 _CONFIG = typer.Option(None, "--config", help="contour settings YAML (default configs/contour.yaml)")
-_JSON = typer.Option(False, "--json", help="print the summary as JSON")
+_JSON = typer.Option(False, "--print-json", help="print the summary as JSON")
 
 
 def _floats(text: str, n: int | None, what: str) -> list[float]:
@@ -75,14 +75,31 @@ def _is_rayrt_output(path: Path) -> bool:
     return path.is_file() and log_path_for(path).is_file()
 
 
-def run_contour(folder: Path, request: dict, out: Path | None, user: str, config: Path | None, as_json: bool) -> None:
-    """Load, apply one request, write the RTSTRUCT + log, print the summary."""
+def _raw_contours(folder: Path, name: str, previous: Path | None) -> list[list[tuple[float, float, float]]] | None:
+    """The polygons of ROI ``name`` as stored in the folder's RTSTRUCT (rayrt's previous output first)."""
+    from rayrt.imaging.dicom_io import read_rtstruct, scan_dicom
+
+    if previous is not None:
+        paths = [previous]
+    else:
+        files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+        paths = [h.path for h in scan_dicom(files, []) if h.modality == "RTSTRUCT"]
+    for path in paths:
+        for roi in read_rtstruct(path).rois:
+            if roi.name == name and roi.contours:
+                return [[tuple(map(float, pt)) for pt in c] for c in roi.contours]
+    return None
+
+
+def run_contour(folder: Path, request: dict | None, out: Path | None, user: str, config: Path | None, as_json: bool,
+                rtstruct: Path | None = None, overwrite: bool = False) -> None:
+    """Load, apply one request (or import an RTSTRUCT), write the RTSTRUCT + log, print the summary."""
     from rayrt.contour.config import load_contour_config
     from rayrt.contour.requests import parse_request
     from rayrt.contour.structureset import StructureSet, log_path_for
     from rayrt.imaging.study import load_study, structure_masks_from_rtstruct
 
-    req = parse_request(request)
+    req = parse_request(request) if request is not None else None
     cfg = load_contour_config(config)
     folder = Path(folder)
     study = load_study(folder)
@@ -94,10 +111,22 @@ def run_contour(folder: Path, request: dict, out: Path | None, user: str, config
 
         rs = read_rtstruct(previous)
         study.structures = structure_masks_from_rtstruct(rs, study.primary.grid, plane_spacing_mm=float(study.primary.grid.spacing[2]))
+    if req is not None and req.method == "interpolate" and not req.contours and folder.is_dir():  # type: ignore[attr-defined]
+        # RTSTRUCT import fills the gaps between sparse contour planes (slab semantics); interpolate
+        # from the drawn polygons themselves instead
+        raw = _raw_contours(folder, req.name, previous if _is_rayrt_output(previous) else None)  # type: ignore[attr-defined]
+        if raw:
+            req = req.model_copy(update={"contours": raw, "overwrite": True})
     ss = StructureSet.from_study(study, config=cfg)
     if _is_rayrt_output(previous):
         ss.attach_log(StructureSet.read_log(log_path_for(previous)))
-    changed = ss.apply(req, user=user)
+    if req is not None:
+        changed = ss.apply(req, user=user)
+    else:
+        assert rtstruct is not None
+        if not Path(rtstruct).is_file():
+            raise InputError(f"no such RTSTRUCT file: {rtstruct}", kind="cli", field="--rtstruct")
+        changed = ss.import_rtstruct(rtstruct, overwrite=overwrite, user=user)
 
     out_path = Path(out) if out is not None else base / DEFAULT_OUT
     if out_path.exists() and not _is_rayrt_output(out_path):
@@ -121,7 +150,7 @@ def run_contour(folder: Path, request: dict, out: Path | None, user: str, config
     for s in changed:
         if s.deleted:
             typer.echo(f"- {s.name} deleted")
-    notes = ss.history[-1].notes
+    notes = ss.history[-1].notes if ss.history else []
     for n in notes:
         typer.echo(f"note: {n}")
     typer.echo(f"wrote {out_path} (* = changed) and {log_path_for(out_path).name}")
@@ -147,7 +176,7 @@ def grow(
     seed: str = typer.Option(..., "--seed", help="seed point x,y,z (LPS mm)"),
     window: str = typer.Option(..., "--window", help="intensity window LO,HI (HU on CT)"),
     name: str = typer.Option("GTV", "--name", help="structure to create"),
-    kind: str = typer.Option("organ", "--kind", help="target, organ, external, support or other"),
+    kind: Optional[str] = typer.Option(None, "--kind", help="target, organ, external, support or other (default from the name)"),
     box: Optional[str] = typer.Option(None, "--box", help="bounding box x0,y0,z0,x1,y1,z1 (LPS mm)"),
     connectivity: Optional[int] = typer.Option(None, "--connectivity", help="1 = 6, 2 = 18, 3 = 26 neighbours"),
     image: Optional[str] = typer.Option(None, "--image", help="image series key (default the primary image)"),
@@ -221,7 +250,7 @@ def interpolate(
     folder: Path = _DIR,
     name: str = typer.Option(..., "--name", help="structure drawn on a few slices (or to create from --polygons)"),
     polygons: Optional[Path] = typer.Option(None, "--polygons", help="JSON list of polygons [[x,y,z],...] on a few slices"),
-    kind: str = typer.Option("organ", "--kind"),
+    kind: Optional[str] = typer.Option(None, "--kind", help="target, organ, external, support or other (default from the name)"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     out: Optional[Path] = _OUT,
     user: str = _USER,
@@ -280,7 +309,7 @@ def polygons(
     folder: Path = _DIR,
     json_file: Path = typer.Option(..., "--json", help="JSON: a list of polygons [[x,y,z],...] (LPS mm) or {\"contours\": [...]}"),
     name: str = typer.Option(..., "--name", help="structure to create"),
-    kind: str = typer.Option("organ", "--kind"),
+    kind: Optional[str] = typer.Option(None, "--kind", help="target, organ, external, support or other (default from the name)"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     out: Optional[Path] = _OUT,
     user: str = _USER,
@@ -357,3 +386,17 @@ def apply(
 ) -> None:
     """Apply any contour request given as JSON (method: auto, grow, interpolate, margin, ...)."""
     run_contour(folder, _read_json(request, "request file"), out, user, config, as_json)
+
+
+@contour_app.command("import")
+def import_rtstruct(
+    folder: Path = _DIR,
+    rtstruct: Path = typer.Option(..., "--rtstruct", help="an RTSTRUCT on the same frame of reference as the folder's image"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace structures of the same name"),
+    out: Optional[Path] = _OUT,
+    user: str = _USER,
+    config: Optional[Path] = _CONFIG,
+    as_json: bool = _JSON,
+) -> None:
+    """Import every structure of a whole RTSTRUCT (drawn elsewhere) into the folder's structure set."""
+    run_contour(folder, None, out, user, config, as_json, rtstruct=rtstruct, overwrite=overwrite)

@@ -14,9 +14,14 @@ app.add_typer(phantom_app, name="phantom")
 
 
 def _console():
+    import shutil
+
     from rich.console import Console
 
-    return Console(highlight=False)
+    con = Console(highlight=False)
+    if not con.is_terminal:  # piped: do not squeeze tables into 80 columns
+        con = Console(highlight=False, width=max(140, shutil.get_terminal_size((140, 40)).columns))
+    return con
 
 
 def _fmt(v: float | None, nd: int = 2) -> str:
@@ -42,34 +47,38 @@ def inspect_cmd(
     from rich.table import Table
 
     con = _console()
-    con.print(f"[bold]{report.path}[/bold]  patient [bold]{report.patient_id}[/bold] ({report.patient_name or '-'})"
-              f"  frame of reference {report.frame_of_reference_uid or '-'}")
+    con.print(f"[bold]{report.path}[/bold]: patient [bold]{report.patient_id}[/bold] ({report.patient_name or '-'})")
+    con.print(f"frame of reference {report.frame_of_reference_uid or '-'}")
     if report.series:
         t = Table(title="image series", title_justify="left")
-        for col in ("modality", "description", "dims (i x j x k)", "spacing mm (i, j, k)", "files", "range", "primary"):
-            t.add_column(col)
+        for col in ("", "modality", "description", "columns x rows x slices", "spacing mm", "files", "values"):
+            t.add_column(col, no_wrap=col != "description")
         for s in report.series:
-            t.add_row(s.modality, s.description or "-", " x ".join(str(n) for n in s.dims_ijk),
-                      ", ".join(_fmt(v, 3) for v in s.spacing_mm), str(s.num_files), f"{_fmt(s.min_value, 0)} .. {_fmt(s.max_value, 0)} {s.quantity}",
-                      "*" if s.primary else "")
+            t.add_row("*" if s.primary else "", s.modality, s.description or "-", "x".join(str(n) for n in s.dims_ijk),
+                      "x".join(f"{v:g}" for v in s.spacing_mm), str(s.num_files), f"{s.min_value:g}..{s.max_value:g} {s.quantity}")
         con.print(t)
     if report.structures:
         t = Table(title=f"structures ({report.structures_on})", title_justify="left")
         for col in ("ROI", "name", "kind", "volume cc", "voxels", "contours"):
-            t.add_column(col, justify="right" if col in ("ROI", "volume cc", "voxels", "contours") else "left")
+            t.add_column(col, justify="right" if col in ("ROI", "volume cc", "voxels", "contours") else "left", no_wrap=col != "name")
         for s in report.structures:
             t.add_row(str(s.roi_number or "-"), s.name, s.kind, _fmt(s.volume_cc, 2), str(s.num_voxels if s.num_voxels is not None else "-"),
                       str(s.num_contours if s.num_contours is not None else "-"))
         con.print(t)
-    for p in report.plans:
-        con.print(f"plan: {p}")
+    if report.plans:
+        t = Table(title="plans", title_justify="left")
+        for col in ("file", "label", "beams", "fractions", "machines"):
+            t.add_column(col)
+        for p in report.plans:
+            t.add_row(p.file, p.label or "-", str(p.num_beams), str(p.fractions or "-"), ", ".join(p.machines) or "-")
+        con.print(t)
     if report.doses:
         t = Table(title="doses", title_justify="left")
-        for col in ("file", "dims (i x j x k)", "spacing mm", "max Gy", "summation", "plan"):
-            t.add_column(col)
+        for col in ("file", "columns x rows x frames", "spacing mm", "max Gy", "summation", "plan"):
+            t.add_column(col, no_wrap=col != "file")
         for d in report.doses:
-            t.add_row(d.file, " x ".join(str(n) for n in d.dims_ijk), ", ".join(_fmt(v, 2) for v in d.spacing_mm), _fmt(d.max_gy, 2),
-                      d.summation_type or "-", (d.referenced_plan_uid or "-")[-16:])
+            t.add_row(d.file, "x".join(str(n) for n in d.dims_ijk), "x".join(f"{v:g}" for v in d.spacing_mm), _fmt(d.max_gy, 2),
+                      d.summation_type or "-", "..." + d.referenced_plan_uid[-12:] if d.referenced_plan_uid else "-")
         con.print(t)
     for w in report.warnings:
         con.print(f"[yellow]warning:[/yellow] {w}")
@@ -81,7 +90,7 @@ def dvh_cmd(
     rtdose: Path = typer.Option(..., "--rtdose", help="RT Dose file (grid dose in Gy)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list, one object per ROI"),
     roi: Optional[list[str]] = typer.Option(None, "--roi", help="only these ROI names (repeatable)"),
-    subvoxel: int = typer.Option(4, "--subvoxel", min=1, max=16, help="in-plane sub-voxels per dose voxel for small structures"),
+    subvoxel: int = typer.Option(4, "--subvoxel", min=1, max=8, help="sub-voxels per dose voxel and axis for small structures"),
     small_cc: float = typer.Option(5.0, "--small-cc", min=0.0, help="structures below this volume (cc) are supersampled; 0 = never"),
 ) -> None:
     """Dose-volume metrics of every ROI of an RTSTRUCT on an RTDOSE (structures rasterised on the dose grid)."""
@@ -123,7 +132,11 @@ def dvh_cmd(
         t.add_row(m.name, _fmt(m.volume_cc), _fmt(m.min_gy), _fmt(m.mean_gy), _fmt(m.max_gy), _fmt(m.d2_gy), _fmt(m.d5_gy),
                   _fmt(m.d50_gy), _fmt(m.d95_gy), _fmt(m.d98_gy), m.method.split(":")[0])
     con.print(t)
-    con.print("doses in Gy; Dx = minimum dose to the hottest x %; " + results[0].method if results else "no ROI in the structure set")
+    if not results:
+        con.print("no ROI in the structure set")
+    con.print("doses in Gy; Dx = minimum dose received by the hottest x % of the volume")
+    for method in dict.fromkeys(m.method for m in results):
+        con.print(f"method {method}")
     for w in rs.warnings:
         con.print(f"[yellow]warning:[/yellow] {w}")
 

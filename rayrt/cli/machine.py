@@ -74,11 +74,14 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readabl
     if not rows:
         typer.echo("no machines (configs/machines/*.yaml is empty)")
         return
-    w = max(len(r["name"]) for r in rows)
-    for r in rows:
-        energy = f"{r['energy_mv']:g} MV{' FFF' if r['fff'] else ''}"
-        std = "  [standard]" if r["standard"] else ""
-        typer.echo(f"{r['name']:<{w}}  {r['vendor']:<8} {r['model']:<16} {energy:<9} {r['mlc']} ({r['leaf_pairs']} pairs){std}")
+    table = [
+        (r["name"], r["vendor"], r["model"], f"{r['energy_mv']:g} MV{' FFF' if r['fff'] else ''}",
+         f"{r['mlc']} ({r['leaf_pairs']} pairs)" + ("  [standard]" if r["standard"] else ""))
+        for r in rows
+    ]
+    widths = [max(len(t[i]) for t in table) for i in range(4)]
+    for t in table:
+        typer.echo("  ".join(v.ljust(widths[i]) for i, v in enumerate(t[:4])) + "  " + t[4])
 
 
 @machine_app.command("show")

@@ -4,8 +4,10 @@ CT (Hounsfield units):
 
 * **External**: threshold (``body.threshold_hu``), then on a coarse in-plane grid (about
   ``body.work_spacing_mm``) an in-plane opening of ``body.opening_radius_mm`` cuts the thin
-  bridges to the couch and immobilisation, the largest 3-D connected region is the patient, and a
-  conditional dilation of the same radius inside the threshold restores the body's own edges. Holes
+  bridges to the couch and immobilisation, the largest 3-D connected region is the patient, and
+  the thin parts the opening removed are given back within that radius unless they belong to
+  something else (they touch a thick non-body object, or lie mostly far from the body: couch
+  shells and plates that touch the patient). Holes
   are filled per axial slice (lungs, bowel gas and airways belong to the body). The outline is then
   refined at full resolution: full-resolution threshold inside the (one coarse voxel wider) coarse
   body, plus the coarse interior.
@@ -32,6 +34,10 @@ from scipy import ndimage as ndi
 from rayrt.contour.config import ContourConfig
 from rayrt.contour.morphology import (
     bbox,
+    close_2d,
+    dilate_2d,
+    erode_2d,
+    open_2d,
     disk_2d,
     fill_holes_per_slice,
     largest_component,
@@ -63,24 +69,49 @@ def _voxels(cc: float, grid: Grid, fj: int = 1, fi: int = 1) -> int:
     return int(np.ceil(cc / (grid.voxel_volume_cc * fj * fi)))
 
 
+def _restore_thin_parts(low: np.ndarray, opened: np.ndarray, core: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """Give back to the body the thin parts the opening removed from it, but not the couch.
+
+    The residue ``low & ~opened`` holds thin body parts (skin folds, ears, fingers) and thin
+    external objects (couch shells, immobilisation plates and straps). A residue piece is put back,
+    within the opening radius of the body, unless it touches something other than the body that
+    survived the opening (a thick part of the couch) or most of it lies farther than the opening
+    radius from the body (a couch shell or plate that merely touches the patient).
+    """
+    reach = dilate_2d(core, se)
+    residue = low & ~opened
+    rb = bbox(residue & reach)
+    if rb is None:
+        return core.copy()
+    lab, n = ndi.label(residue)
+    counts = np.bincount(lab.ravel(), minlength=n + 1)
+    near = np.bincount(lab[reach], minlength=n + 1)
+    foreign = opened & ~core
+    touching = np.zeros(n + 1, dtype=bool)
+    if foreign.any():
+        touch_zone = dilate_2d(foreign, np.ones((1, 3, 3), dtype=bool)) & residue
+        touching[np.unique(lab[touch_zone])] = True
+    keep = (near > 0) & ~touching & (near >= 0.5 * counts)
+    keep[0] = False
+    return core | (keep[lab] & reach)
+
+
 def _body_from_candidate(cand: np.ndarray, grid: Grid, opening_radius_mm: float, work_spacing_mm: float, fill_holes: bool) -> np.ndarray:
     """Body outline from a full-resolution candidate mask (see module docstring)."""
     fj, fi = _coarse_factors(grid, work_spacing_mm)
     low = np.ascontiguousarray(cand[:, ::fj, ::fi])
     se = disk_2d(opening_radius_mm, (grid.spacing[1] * fj, grid.spacing[0] * fi))
-    opened = ndi.binary_opening(low, structure=se) if se.sum() > 1 else low
+    opened = open_2d(low, se) if se.sum() > 1 else low
     core = largest_component(opened, connectivity=1)
     if not core.any():
         return np.zeros(cand.shape, dtype=bool)
-    box = bbox(core, (0, se.shape[1], se.shape[2]))
-    low_body = np.zeros_like(low)
-    low_body[box] = ndi.binary_dilation(core[box], structure=se) & low[box] if se.sum() > 1 else core[box]
+    low_body = _restore_thin_parts(low, opened, core, se) if se.sum() > 1 else core
     if fill_holes:
         low_body = fill_holes_per_slice(low_body)
     if fj == 1 and fi == 1:
         return low_body
-    envelope = ndi.binary_dilation(low_body, structure=_SQUARE_2D)
-    interior = ndi.binary_erosion(low_body, structure=_SQUARE_2D)
+    envelope = dilate_2d(low_body, _SQUARE_2D[1:2])
+    interior = erode_2d(low_body, _SQUARE_2D[1:2])
     body = cand & _upsample(envelope, fj, fi, cand.shape)
     body |= _upsample(interior, fj, fi, cand.shape)
     return body
@@ -186,9 +217,11 @@ def lungs_ct(hu: np.ndarray, grid: Grid, body: np.ndarray, config: ContourConfig
     box = bbox(body)
     if box is None:
         raise InputError("automatic lungs need a non-empty External", kind="contour")
-    cand = np.zeros(hu.shape, dtype=bool)
-    cand[box] = (hu[box] < lc.threshold_hu) & body[box]
-    low = np.ascontiguousarray(cand[:, ::fj, ::fi])
+    # coarse candidate straight from the subsampled CT; full resolution only inside each lung's box
+    low = np.zeros((hu.shape[0], -(-hu.shape[1] // fj), -(-hu.shape[2] // fi)), dtype=bool)
+    lbox = (box[0], slice(-(-box[1].start // fj), -(-box[1].stop // fj)), slice(-(-box[2].start // fi), -(-box[2].stop // fi)))
+    sub = (box[0], slice(lbox[1].start * fj, box[1].stop, fj), slice(lbox[2].start * fi, box[2].stop, fi))
+    low[lbox] = (hu[sub] < lc.threshold_hu) & body[sub]
     lab, n = ndi.label(low)
     counts = np.bincount(lab.ravel(), minlength=n + 1)
     counts[0] = 0
@@ -202,29 +235,48 @@ def lungs_ct(hu: np.ndarray, grid: Grid, body: np.ndarray, config: ContourConfig
         )
     if len(big) == 2:
         parts = (lab == big[0], lab == big[1])
+        del lab
     else:
         parts = _split_joined_lung(lab == big[0], lc.max_split_erosions)
     masks = []
+    xs = []
     closing = disk_2d(lc.closing_radius_mm, (grid.spacing[1], grid.spacing[0])) if lc.closing_radius_mm > 0 else None
+    pad_j = 2 + (0 if closing is None else int(np.ceil(closing.shape[1] / fj)))
+    pad_i = 2 + (0 if closing is None else int(np.ceil(closing.shape[2] / fi)))
+    nk, nj, ni = hu.shape
     for part in parts:
-        env = ndi.binary_dilation(part, structure=_SQUARE_2D) if (fj > 1 or fi > 1) else part
-        full = cand & _upsample(env, fj, fi, hu.shape)
+        lb = bbox(part, (0, pad_j, pad_i))
+        assert lb is not None
+        fb = (lb[0], slice(lb[1].start * fj, min(lb[1].stop * fj, nj)), slice(lb[2].start * fi, min(lb[2].stop * fi, ni)))
+        crop_shape = tuple(s_.stop - s_.start for s_ in fb)
+        lpart = part[lb]
+        cand = (hu[fb] < lc.threshold_hu) & body[fb]
         if fj > 1 or fi > 1:
-            full |= _upsample(ndi.binary_erosion(part, structure=_SQUARE_2D), fj, fi, hu.shape) & body
-        pb = bbox(full, (0, 0 if closing is None else closing.shape[1], 0 if closing is None else closing.shape[2]))
-        if closing is not None and closing.sum() > 1 and pb is not None:
-            full[pb] = ndi.binary_closing(full[pb], structure=closing) | full[pb]
-            full &= body
+            env = _upsample(dilate_2d(lpart, _SQUARE_2D[1:2]), fj, fi, crop_shape)
+            inner = _upsample(erode_2d(lpart, _SQUARE_2D[1:2]), fj, fi, crop_shape)
+            full = (cand & env) | (inner & body[fb])
+        else:
+            full = lpart & cand
+        if closing is not None and closing.sum() > 1:
+            full = (close_2d(full, closing) | full) & body[fb]
         if lc.fill_holes_per_slice:
             full = fill_holes_per_slice(full)
-        masks.append(full)
-    # left = larger mean x (LPS); compare centroids in world coordinates
-    xs = []
-    for m in masks:
-        c = np.array(ndi.center_of_mass(m))
-        xs.append(float(grid.index_to_world(c)[0]))
-    left, right = (masks[0], masks[1]) if xs[0] > xs[1] else (masks[1], masks[0])
-    right &= ~left  # closing may overlap where lungs nearly touch
+        masks.append((fb, full))
+        # centroid x (LPS) of the coarse part, from its column profile
+        prof = lpart.sum(axis=(0, 1), dtype=np.int64)
+        i_mean = (np.arange(lb[2].start, lb[2].stop) * fi * prof).sum() / max(prof.sum(), 1)
+        k_mean = (lb[0].start + lb[0].stop - 1) / 2.0
+        j_mean = (lb[1].start + lb[1].stop - 1) / 2.0 * fj
+        xs.append(float(grid.index_to_world(np.array([k_mean, j_mean, i_mean]))[0]))
+    # left = larger mean x (LPS)
+    (lb_, left_c), (rb_, right_c) = (masks[0], masks[1]) if xs[0] > xs[1] else (masks[1], masks[0])
+    left = np.zeros(hu.shape, dtype=bool)
+    right = np.zeros(hu.shape, dtype=bool)
+    left[lb_] = left_c
+    right[rb_] = right_c
+    ov = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(lb_, rb_))
+    if all(o.stop > o.start for o in ov):
+        right[ov] &= ~left[ov]  # the closing may overlap where the lungs nearly touch
     return left, right
 
 

@@ -99,8 +99,15 @@ def rasterize(contours: list[np.ndarray], grid: Grid) -> np.ndarray:
     from rayrt.contour.polygons import rasterize_polygons
 
     pts = validate_polygons(contours, grid)
-    # contours on one drawn plane map to that plane's slice only
-    return rasterize_polygons(pts, grid, plane_spacing_mm=grid.spacing[2])
+    # A drawn polygon belongs to its own slice only (a person draws slice by slice; the slices in
+    # between are empty until interpolated), so each drawn plane is rasterised on a one-slice grid.
+    ks = np.array([int(round(float(grid.world_to_index(c)[:, 0].mean()))) for c in pts])
+    out = np.zeros(grid.shape, dtype=bool)
+    for k in np.unique(ks):
+        origin = grid.index_to_world(np.array([float(k), 0.0, 0.0]))
+        plane = Grid(shape=(1, grid.shape[1], grid.shape[2]), spacing_mm=grid.spacing_mm, origin_mm=tuple(origin), direction=grid.direction)
+        out[k] = rasterize_polygons([pts[n] for n in np.flatnonzero(ks == k)], plane, plane_spacing_mm=grid.spacing[2])[0]
+    return out
 
 
 def polygon_slices(contours: list[np.ndarray], grid: Grid) -> list[int]:

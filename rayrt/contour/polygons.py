@@ -14,7 +14,8 @@ Method, stated once:
   block). A grid slice whose centre lies in a plane's slab (half-open) takes that plane's
   polygons. Contours on image planes therefore map one-to-one; contours between image planes
   (or on another grid, e.g. a dose grid) map by nearest plane without changing the
-  structure's extent along the normal.
+  structure's extent along the normal. A gap of more than 1.5 plane spacings between contour
+  planes is kept as a gap (no filling between separate parts).
 * **Polygon extraction** (:func:`mask_to_polygons`) runs marching squares at level 0.5 on
   each slice (``skimage.measure.find_contours``), so every vertex lies half-way between an
   inside and an outside voxel centre; collinear vertices are dropped. Rasterising the result
@@ -87,15 +88,16 @@ def polygon_planes(contours: list[np.ndarray], grid: Grid, *, planarity_tol: flo
     """Index coordinates of each contour on ``grid``: ([(n, 2) arrays of (i, j)], plane k per contour).
 
     Raises :class:`InputError` when a contour is not parallel to the grid's slices (spread of its
-    points along the slice normal above ``planarity_tol`` slices).
+    points along the slice normal above ``planarity_tol`` slices and above 0.1 mm).
     """
     ij: list[np.ndarray] = []
     ks = np.empty(len(contours), dtype=float)
+    tol = max(planarity_tol, 0.1 / float(grid.spacing[2]))  # at least 0.1 mm of jitter is accepted
     for n, pts in enumerate(contours):
         pts = np.asarray(pts, dtype=float).reshape(-1, 3)
         kji = grid.world_to_index(pts)
         k = kji[:, 0]
-        if k.size and (k.max() - k.min()) > planarity_tol:
+        if k.size and (k.max() - k.min()) > tol:
             raise InputError(
                 f"contour {n} is not parallel to the image slices (spans {k.max() - k.min():.2f} slices along the "
                 "slice normal); rayrt needs contours drawn on axial planes of the image series",
@@ -106,17 +108,27 @@ def polygon_planes(contours: list[np.ndarray], grid: Grid, *, planarity_tol: flo
     return ij, ks
 
 
-def _assign_slices(ks: np.ndarray, nk: int, plane_spacing: float | None) -> tuple[np.ndarray, np.ndarray]:
+_PLANE_TOL = 0.05  # slices: contour planes closer than this (or than 0.05 mm) are the same plane
+
+
+def _assign_slices(ks: np.ndarray, nk: int, plane_spacing: float | None, plane_tol: float = _PLANE_TOL) -> tuple[np.ndarray, np.ndarray]:
     """(contour index, slice k) pairs: each grid slice takes the contours of the plane whose slab holds it."""
     valid = np.isfinite(ks)
-    planes = np.unique(np.round(ks[valid], 4))
-    if planes.size == 0:
+    if not valid.any():
         return np.empty(0, np.int64), np.empty(0, np.int64)
+    # contours whose planes differ by less than _PLANE_TOL slices (rounding in the file) share one plane
+    kv = ks[valid]
+    order_k = np.argsort(kv, kind="stable")
+    sorted_k = kv[order_k]
+    group = np.concatenate([[0], np.cumsum(np.diff(sorted_k) > plane_tol)])
+    planes = np.bincount(group, weights=sorted_k) / np.bincount(group)
+    group_of_valid = np.empty(kv.size, np.int64)
+    group_of_valid[order_k] = group
     diffs = np.diff(planes)
-    if plane_spacing is not None and plane_spacing > 0:
-        h = float(plane_spacing)
-    elif diffs.size:
+    if diffs.size:
         h = float(np.median(diffs))
+    elif plane_spacing is not None and plane_spacing > 0:
+        h = float(plane_spacing)
     else:
         h = 1.0
     h = max(h, 1e-6)
@@ -133,7 +145,7 @@ def _assign_slices(ks: np.ndarray, nk: int, plane_spacing: float | None) -> tupl
         idx = np.searchsorted(bounds, kk[inside] + 1e-6, side="right") - 1
         plane_of_slice[inside] = b0 + np.clip(idx, 0, p.size - 1)
     contour_plane = np.full(ks.size, -1, np.int64)
-    contour_plane[valid] = np.searchsorted(planes, np.round(ks[valid], 4))
+    contour_plane[valid] = group_of_valid
     # pairs: for each slice with a plane, every contour on that plane
     order = np.argsort(contour_plane, kind="stable")
     cp_sorted = contour_plane[order]
@@ -156,15 +168,16 @@ def rasterize_polygons(contours: list[np.ndarray], grid: Grid, *, plane_spacing_
     """Voxel mask (bool, ``grid.shape``) of closed planar polygons given as (n, 3) LPS mm arrays.
 
     Even-odd filling at voxel centres over all polygons of a slice (holes and islands need no
-    flags); see the module docstring for the slice assignment. ``plane_spacing_mm`` overrides
-    the contour-plane spacing inferred from the contours (useful for a single-plane structure).
+    flags); see the module docstring for the slice assignment. The contour-plane spacing is
+    the median distance between the contours' planes; ``plane_spacing_mm`` is used only when it
+    cannot be inferred (all contours on one plane), default one grid slice.
     """
     nk, nj, ni = grid.shape
     if not contours:
         return np.zeros(grid.shape, dtype=bool)
     ij, ks = polygon_planes(contours, grid)
     spacing = None if plane_spacing_mm is None else plane_spacing_mm / grid.spacing[2]
-    pair_poly, pair_k = _assign_slices(ks, nk, spacing)
+    pair_poly, pair_k = _assign_slices(ks, nk, spacing, max(_PLANE_TOL, 0.05 / float(grid.spacing[2])))
     if pair_poly.size == 0:
         return np.zeros(grid.shape, dtype=bool)
     counts = np.array([a.shape[0] for a in ij], dtype=np.int64)

@@ -67,7 +67,7 @@ class _Base(BaseModel):
 
 class _Creates(_Base):
     name: str = Field(min_length=1, max_length=64, description="name of the structure to create (TG-263)")
-    kind: StructureKind = StructureKind.organ
+    kind: StructureKind | None = Field(None, description="default: from the name (GTV/CTV/PTV... -> target, else organ)")
     colour: Colour | None = None
     overwrite: bool = Field(False, description="replace an existing structure of that name")
     post: PostProcess = PostProcess()
@@ -102,6 +102,7 @@ class InterpolateRequest(_Creates):
     """
 
     method: Literal["interpolate"] = "interpolate"
+    kind: StructureKind | None = Field(None, description="default: the drawn structure's kind, else organ")
     contours: list[Polygon] | None = None
     key_slices_z_mm: list[float] | None = Field(None, description="which drawn slices are keys; default every drawn slice")
 
@@ -286,9 +287,9 @@ def _created(ss: "StructureSet", req: _Creates, mask: np.ndarray, method: str, i
             f"the {method} result for {req.name!r} is empty; check the inputs (seed, window, margins, box, structures)",
             kind="contour",
         )
-    if req.name in ss and not req.overwrite and req.name not in inputs:
+    if req.name in ss and not req.overwrite:
         raise InputError(f"structure {req.name!r} already exists; choose another name or set overwrite", kind="contour", field="name", status=409)
-    kind = kind or req.kind or StructureKind.organ
+    kind = kind or req.kind or StructureKind.from_dicom(None, req.name)
     colour = req.colour or (ss.structure(req.name).colour if req.name in ss else _DEFAULT_COLOURS[kind])
     st = Structure(name=req.name, kind=kind, colour=colour, source=method)
     return Execution(inputs=inputs + used, outputs=[Output(structure=st, mask=mask)])
@@ -370,7 +371,9 @@ def _exec_interpolate(ss: "StructureSet", req: InterpolateRequest) -> Execution:
         keys = sorted({int(round(float(ss.grid.world_to_index(np.array([ss.grid.origin[0], ss.grid.origin[1], z]))[0]))) for z in req.key_slices_z_mm})
     mask = interpolate_slices(sparse, ss.grid, keys)
     req2 = req if req.contours else req.model_copy(update={"overwrite": True})
-    ex = _created(ss, req2, mask, "interpolate", inputs)
+    kind = req.kind or (ss.structure(req.name).kind if req.name in ss else StructureKind.from_dicom(None, req.name))
+    ex = _created(ss, req2, mask, "interpolate", inputs, kind=kind)
+    ex.resolved = req.model_dump(mode="json") | {"kind": kind.value}
     if not req.contours:
         ex.outputs[0].fresh = False  # an edit of the drawn structure: keep its log
     return ex

@@ -119,6 +119,26 @@ class StructureSet:
         self.history.append(op)
         self._imported[st.name] = (st, mask.copy())
 
+    def import_rtstruct(self, path: str | Path, *, overwrite: bool = False, user: str = "") -> list[StructureSummary]:
+        """Add every ROI of an RTSTRUCT file (rasterised on the primary grid) as imported structures.
+
+        All-or-nothing: a frame of reference other than the image's, or a name that exists
+        (without ``overwrite``), raises :class:`InputError` before anything is added.
+        """
+        from rayrt.imaging.dicom_io import read_rtstruct
+        from rayrt.imaging.study import structure_masks_from_rtstruct
+
+        rs = read_rtstruct(path)
+        if rs.frame_of_reference_uid and self.frame_of_reference_uid and rs.frame_of_reference_uid != self.frame_of_reference_uid:
+            raise InputError(f"{Path(path).name} is on another frame of reference than the image; it cannot be imported", kind="rtstruct", field=str(path))
+        items = structure_masks_from_rtstruct(rs, self.grid, plane_spacing_mm=float(self.grid.spacing[2]))
+        clash = [sm.structure.name for sm in items if sm.structure.name in self]
+        if clash and not overwrite:
+            raise InputError(f"structures already exist: {', '.join(clash)}; set overwrite to replace them", kind="contour", status=409)
+        for sm in items:
+            self.add_imported(sm.structure, sm.mask, source=f"rtstruct:{Path(path).name}", user=user)
+        return [self.summary(sm.structure.name) for sm in items]
+
     # -------------------------------------------------------------------- access
     def __contains__(self, name: object) -> bool:
         return name in self._structures
@@ -262,7 +282,10 @@ class StructureSet:
     def attach_log(self, log: ContourLog) -> None:
         """Carry an earlier session's log over: history first, then each known structure's operations."""
         by_id = {op.id: op for op in log.history}
-        self.history = [op for op in log.history] + [op for op in self.history if op.id not in by_id]
+        known = set(log.structures)
+        # this session's import of a structure the log already explains is not a new step
+        new_ops = [op for op in self.history if op.id not in by_id and not (op.method == IMPORT_METHOD and set(op.outputs) <= known)]
+        self.history = list(log.history) + new_ops
         for name in self.names:
             ids = log.structures.get(name)
             if ids:

@@ -5,7 +5,8 @@ phantom has a body (elliptic cylinder, soft tissue 0..40 HU), two lungs (ellipso
 soft-tissue vessels that belong to the lung), a vertebral body (cortical shell +900 HU around
 +150 HU marrow) and a sternum (+600 HU), an oesophageal air cavity (-1000 HU), a couch top 15 mm
 below the back (carbon-fibre shells +400 HU around a -800 HU foam core) and two thin
-immobilisation plates (3 mm, +200 HU) joining body and couch.
+immobilisation plates (3 mm, +200 HU) joining body and couch. ``couch_gap_mm`` < 0 presses the
+couch shell into the patient's back (direct contact over a width of several cm).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def thorax_phantom(
     spacing_ijk_mm: tuple[float, float, float] = (4.0, 4.0, 5.0),
     noise_hu: float = 15.0,
     seed: int = 0,
+    couch_gap_mm: float = 15.0,
 ) -> tuple[Volume, dict[str, np.ndarray]]:
     """A CT thorax with couch; returns (CT volume in HU, int16) and the truth masks by TG-263 name.
 
@@ -78,9 +80,10 @@ def thorax_phantom(
     spine_shell = (r_spine <= 15.0) & (r_spine > 11.0)
     spine_all = r_spine <= 15.0
     sternum = ((np.abs(x) <= 15.0) & (np.abs(y + 112.0) <= 5.0))[0]
-    couch_top = ((np.abs(x) <= 230.0) & (y >= 105.0) & (y <= 125.0))[0]
-    couch_shell = couch_top & (((y >= 105.0) & (y < 108.0)) | ((y > 122.0) & (y <= 125.0)))[0]
-    plates2d = ((np.abs(np.abs(x) - 100.0) <= 1.5) & (y >= 40.0) & (y < 105.0))[0] & ~body2d
+    cy = 90.0 + couch_gap_mm  # the back of the body is at y = 90 mm
+    couch_top = ((np.abs(x) <= 230.0) & (y >= cy) & (y <= cy + 20.0))[0] & ~body2d
+    couch_shell = couch_top & (((y >= cy) & (y < cy + 3.0)) | ((y > cy + 17.0) & (y <= cy + 20.0)))[0]
+    plates2d = ((np.abs(np.abs(x) - 100.0) <= 1.5) & (y >= 40.0) & (y < cy))[0] & ~body2d
 
     hu2d = np.full(body2d.shape, -1000.0, dtype=np.float32)
     hu2d[couch_top] = -800.0

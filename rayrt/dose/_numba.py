@@ -270,32 +270,48 @@ def _lookup(tables, t, x0, y0, inv_h, nx, ny, du, dv):
     return c0, c1, c2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _bixel_column(
-    b, fill, out_idx, out_val, pos,
-    bu, bv, bhu, bhv, btab, bscale, bthr,
+    b, mode, out_idx, out_val, pos,
+    bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
     tables, tx0, ty0, tnx, tny, inv_h,
     shape, row_b0, row_bj, row_bk, row_bi, sad,
-    row_first, row_last, u, v, w, scored,
+    row_first, row_last, row_box, u, v, w, scored,
 ):
+    """One bixel's column. mode 0: upper bound of its entry count (no kernel evaluation);
+    mode 1: evaluate and write entries (ascending voxel index) from ``pos``; returns the count.
+
+    A voxel is a candidate when its isocenter-plane projection lies within ``cutoff`` of the
+    bixel rectangle (a rounded rectangle); each grid row meets the bounding square in one
+    contiguous index interval.
+    """
     nk, nj, ni = shape[0], shape[1], shape[2]
     t = btab[b]
     ub = bu[b]
     vb = bv[b]
-    hu = bhu[b]
-    hv = bhv[b]
+    hw = bhw[b]
+    hh = bhh[b]
+    hu = hw + cutoff
+    hv = hh + cutoff
+    c2 = cutoff * cutoff
     sc = bscale[b]
     thr = bthr[b]
     x0 = tx0[t]
     y0 = ty0[t]
     nx = tnx[t]
     ny = tny[t]
+    ulo = ub - hu
+    uhi = ub + hu
+    vlo = vb - hv
+    vhi = vb + hv
     count = 0
     for k in range(nk):
         for j in range(nj):
             r = k * nj + j
             ilo = row_first[r]
             if ilo < 0:
+                continue
+            if row_box[r, 0] > uhi or row_box[r, 1] < ulo or row_box[r, 2] > vhi or row_box[r, 3] < vlo:
                 continue
             ihi = row_last[r]
             # row geometry: b(i) = B0 + j Bj + k Bk + i Bi ; u = sad*bx/(sad-bz)
@@ -304,16 +320,19 @@ def _bixel_column(
             az0 = row_b0[2] + j * row_bj[2] + k * row_bk[2]
             c0 = sad - az0
             c1 = -row_bi[2]
-            ilo, ihi = _row_interval(ax0, row_bi[0], c0, c1, ub - hu, ub + hu, sad, ilo, ihi)
+            ilo, ihi = _row_interval(ax0, row_bi[0], c0, c1, ulo, uhi, sad, ilo, ihi)
             if ilo > ihi:
                 continue
-            ilo, ihi = _row_interval(ay0, row_bi[1], c0, c1, vb - hv, vb + hv, sad, ilo, ihi)
-            if ilo > ihi:
-                continue
+            ilo, ihi = _row_interval(ay0, row_bi[1], c0, c1, vlo, vhi, sad, ilo, ihi)
             if ilo < row_first[r]:
                 ilo = row_first[r]
             if ihi > row_last[r]:
                 ihi = row_last[r]
+            if ilo > ihi:
+                continue
+            if mode == 0:
+                count += ihi - ilo + 1
+                continue
             base = r * ni
             for i in range(ilo, ihi + 1):
                 f = base + i
@@ -321,34 +340,41 @@ def _bixel_column(
                     continue
                 du = u[f] - ub
                 dv = v[f] - vb
-                if du < -hu or du > hu or dv < -hv or dv > hv:
+                ex = abs(du) - hw
+                ey = abs(dv) - hh
+                if ex > cutoff or ey > cutoff:
+                    continue
+                if ex < 0.0:
+                    ex = 0.0
+                if ey < 0.0:
+                    ey = 0.0
+                if ex * ex + ey * ey > c2:
                     continue
                 k0, k1, k2 = _lookup(tables, t, x0, y0, inv_h, nx, ny, du, dv)
                 val = sc * (w[f, 0] * k0 + w[f, 1] * k1 + w[f, 2] * k2)
                 if val > thr and val > 0.0:
-                    if fill:
-                        out_idx[pos + count] = f
-                        out_val[pos + count] = val
+                    out_idx[pos + count] = f
+                    out_val[pos + count] = val
                     count += 1
     return count
 
 
 @njit(cache=True, parallel=True)
-def count_columns(
-    bu, bv, bhu, bhv, btab, bscale, bthr,
+def bound_columns(
+    bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
     tables, tx0, ty0, tnx, tny, inv_h,
     shape, row_b0, row_bj, row_bk, row_bi, sad,
-    row_first, row_last, u, v, w, scored,
+    row_first, row_last, row_box, u, v, w, scored,
 ):
-    """Number of Dij entries (above threshold) of each bixel."""
+    """Upper bound of each bixel's number of entries (candidate voxels, no kernel evaluation)."""
     n = bu.shape[0]
     counts = np.zeros(n, dtype=np.int64)
     dummy_i = np.zeros(1, dtype=np.int32)
     dummy_v = np.zeros(1, dtype=np.float32)
     for b in prange(n):
         counts[b] = _bixel_column(
-            b, False, dummy_i, dummy_v, 0, bu, bv, bhu, bhv, btab, bscale, bthr, tables, tx0, ty0, tnx, tny, inv_h,
-            shape, row_b0, row_bj, row_bk, row_bi, sad, row_first, row_last, u, v, w, scored,
+            b, 0, dummy_i, dummy_v, 0, bu, bv, bhw, bhh, cutoff, btab, bscale, bthr, tables, tx0, ty0, tnx, tny, inv_h,
+            shape, row_b0, row_bj, row_bk, row_bi, sad, row_first, row_last, row_box, u, v, w, scored,
         )
     return counts
 
@@ -356,30 +382,68 @@ def count_columns(
 @njit(cache=True, parallel=True)
 def fill_columns(
     indptr, out_idx, out_val,
-    bu, bv, bhu, bhv, btab, bscale, bthr,
+    bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
     tables, tx0, ty0, tnx, tny, inv_h,
     shape, row_b0, row_bj, row_bk, row_bi, sad,
-    row_first, row_last, u, v, w, scored,
+    row_first, row_last, row_box, u, v, w, scored,
 ):
-    """Write each bixel's entries (row indices ascending) at ``indptr[b]``."""
+    """Evaluate each bixel's entries into its slot starting at ``indptr[b]``; returns the counts."""
     n = bu.shape[0]
+    counts = np.zeros(n, dtype=np.int64)
     for b in prange(n):
-        _bixel_column(
-            b, True, out_idx, out_val, indptr[b], bu, bv, bhu, bhv, btab, bscale, bthr, tables, tx0, ty0, tnx, tny, inv_h,
-            shape, row_b0, row_bj, row_bk, row_bi, sad, row_first, row_last, u, v, w, scored,
+        counts[b] = _bixel_column(
+            b, 1, out_idx, out_val, indptr[b], bu, bv, bhw, bhh, cutoff, btab, bscale, bthr, tables, tx0, ty0, tnx, tny, inv_h,
+            shape, row_b0, row_bj, row_bk, row_bi, sad, row_first, row_last, row_box, u, v, w, scored,
         )
+    return counts
 
 
 @njit(cache=True)
-def row_ranges(scored, nrows, ni):
-    """First and last scored column index per grid row (-1, -2 when none)."""
+def compact_columns(indptr_bound, counts, out_idx, out_val):
+    """Move each column's entries down to close the gaps; returns the final indptr."""
+    n = counts.shape[0]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    pos = 0
+    for b in range(n):
+        src = indptr_bound[b]
+        c = counts[b]
+        if src != pos:
+            for q in range(c):
+                out_idx[pos + q] = out_idx[src + q]
+                out_val[pos + q] = out_val[src + q]
+        pos += c
+        indptr[b + 1] = pos
+    return indptr
+
+
+@njit(cache=True)
+def row_ranges(scored, u, v, nrows, ni):
+    """Per grid row: first and last scored column index (-1, -2 when none) and the (u, v) box of its scored voxels."""
     first = np.full(nrows, -1, dtype=np.int64)
     last = np.full(nrows, -2, dtype=np.int64)
+    box = np.empty((nrows, 4))
     for r in range(nrows):
         base = r * ni
+        umin = 1e300
+        umax = -1e300
+        vmin = 1e300
+        vmax = -1e300
         for i in range(ni):
-            if scored[base + i]:
+            f = base + i
+            if scored[f]:
                 if first[r] < 0:
                     first[r] = i
                 last[r] = i
-    return first, last
+                if u[f] < umin:
+                    umin = u[f]
+                if u[f] > umax:
+                    umax = u[f]
+                if v[f] < vmin:
+                    vmin = v[f]
+                if v[f] > vmax:
+                    vmax = v[f]
+        box[r, 0] = umin
+        box[r, 1] = umax
+        box[r, 2] = vmin
+        box[r, 3] = vmax
+    return first, last, box

@@ -20,7 +20,7 @@ will see:
 Geometry (DICOM LPS, head-first supine, IEC 61217): gantry 0, collimator 0, couch 0; the beam
 travels along +y (anterior -> posterior), so depth is y; the crossline axis is x; the water
 surface is the plane y = 0 through the isocenter at the origin. The dose is scored on a 2-D plane
-(x, depth) at z = 0 with voxel centres at depth k * resolution_mm (k = 0, 1, ...) and at lateral
+(x, depth) at z = 0 with voxel centres at depth k * resolution_mm (k = 1, 2, ...) and at lateral
 positions i * resolution_mm (i = -N..N): every machine's curves computed with the same
 ``resolution_mm`` and extent share the same depth and position grids, so two machines can be
 compared point by point (gamma) without resampling.
@@ -111,7 +111,7 @@ class CommissioningCurves(BaseModel):
     fff: bool = False
     ssd_mm: float = SSD_MM
     resolution_mm: float
-    depths_mm: list[float] = Field(description="depths (mm) of every PDD value: k * resolution_mm, k = 0..")
+    depths_mm: list[float] = Field(description="depths (mm) of every PDD value: k * resolution_mm, k = 1, 2, ...")
     positions_mm: list[float] = Field(description="crossline positions (mm at the profile depth) of every profile value")
     fields_mm: list[float]
     profile_depths: list[str] = Field(description="requested profile depths: 'dmax' or mm as text")
@@ -278,28 +278,29 @@ def _field_beam(machine: MachineModel, field_mm: float, isocenter_mm: tuple[floa
                 isocenter_mm=isocenter_mm, segments=[seg])
 
 
-def _plane_dose(machine: MachineModel, density, beam, dose_grid) -> np.ndarray:
-    """Dose (Gy per MU) of the beam's segments on ``dose_grid`` by the engine's aperture dose."""
+def _plane_dose(machine: MachineModel, density, beam, dose_grid, engine_options: dict | None = None) -> np.ndarray:
+    """Dose (Gy per MU) of the beam's segments on ``dose_grid``: the engine's aperture dose
+    (:func:`rayrt.dose.aperture.aperture_dose`, Dij of a bixel grid over the field times the
+    aperture fluence, head scatter included)."""
     from rayrt.dose.aperture import aperture_dose
 
-    vol = aperture_dose(machine, density, beam, dose_grid=dose_grid)
-    arr = vol.array if hasattr(vol, "array") else np.asarray(vol)
+    arr = aperture_dose(density, dose_grid, beam, None, machine, **(engine_options or {}))
     return np.asarray(arr, dtype=np.float64).reshape(dose_grid.shape)
 
 
 def _phantom_curves(machine: MachineModel, name: str, slab: tuple[float, float, float] | None, fields: list[float],
                     depth_labels: list[str], resolution_mm: float, depths: np.ndarray, positions: np.ndarray,
-                    x_half_box: float, z_half_box: float) -> PhantomCurves:
+                    x_half_box: float, z_half_box: float, engine_options: dict | None = None) -> PhantomCurves:
     from rayrt.imaging.volume import Grid
 
     h = resolution_mm
     max_depth = float(depths[-1])
-    plane = Grid(shape=(1, depths.size, positions.size), spacing_mm=(h, h, h), origin_mm=(float(positions[0]), 0.0, 0.0))
+    plane = Grid(shape=(1, depths.size, positions.size), spacing_mm=(h, h, h), origin_mm=(float(positions[0]), float(depths[0]), 0.0))
     density = _water_box(h, x_half_box, max_depth + 2 * h, z_half_box, 0.0, slab)
     pdds, profiles = [], []
     for f in fields:
         beam = _field_beam(machine, f, (0.0, 0.0, 0.0))
-        dose = _plane_dose(machine, density, beam, plane)[0]  # [depth, x]
+        dose = _plane_dose(machine, density, beam, plane, engine_options)[0]  # [depth, x]
         ic = int(np.argmin(np.abs(positions)))
         cax = dose[:, ic]
         dmax, dmax_val = refine_maximum(depths, cax)
@@ -309,7 +310,7 @@ def _phantom_curves(machine: MachineModel, name: str, slab: tuple[float, float, 
         for label in depth_labels:
             d = dmax if label == "dmax" else float(label)
             # linear interpolation between the two depth rows around d
-            t = d / h
+            t = (d - depths[0]) / h
             k0 = int(np.clip(np.floor(t), 0, depths.size - 2))
             w = t - k0
             row = (1 - w) * dose[k0] + w * dose[k0 + 1]
@@ -322,7 +323,8 @@ def _phantom_curves(machine: MachineModel, name: str, slab: tuple[float, float, 
     return PhantomCurves(phantom=name, slab_density=slab[0], slab_start_mm=slab[1], slab_end_mm=slab[2], pdds=pdds, profiles=profiles)
 
 
-def tpr20_10(machine: MachineModel, resolution_mm: float = 2.0, field_mm: float = REFERENCE_FIELD_MM) -> float:
+def tpr20_10(machine: MachineModel, resolution_mm: float = 2.0, field_mm: float = REFERENCE_FIELD_MM,
+             engine_options: dict | None = None) -> float:
     """TPR20,10 in the SAD setup: D(isocenter at 20 cm depth) / D(isocenter at 10 cm depth), field at the isocenter."""
     from rayrt.imaging.volume import Grid
 
@@ -332,7 +334,7 @@ def tpr20_10(machine: MachineModel, resolution_mm: float = 2.0, field_mm: float 
         density = _water_box(h, field_mm / 2 + 60.0, depth + 60.0, field_mm / 2 + 60.0, -depth, None)
         beam = _field_beam(machine, field_mm, (0.0, 0.0, 0.0))
         point = Grid(shape=(1, 1, 1), spacing_mm=(h, h, h), origin_mm=(0.0, 0.0, 0.0))
-        vals.append(float(_plane_dose(machine, density, beam, point).ravel()[0]))
+        vals.append(float(_plane_dose(machine, density, beam, point, engine_options).ravel()[0]))
     if vals[1] <= 0:
         raise InputError(f"machine {machine.name}: no dose at 10 cm depth in the TPR setup", field="machine")
     return vals[0] / vals[1]
@@ -349,6 +351,7 @@ def commissioning_curves(
     max_depth_mm: float = 300.0,
     lateral_margin_mm: float = 40.0,
     tpr: bool = True,
+    engine_options: dict | None = None,
 ) -> CommissioningCurves:
     """PDDs and crossline profiles of square fields at SSD 100 cm in water (and slab phantoms).
 
@@ -357,7 +360,9 @@ def commissioning_curves(
     lung (0.25) and bone (1.8) slab phantoms with the slab between ``slab_mm`` depths;
     ``resolution_mm``: spacing of the shared depth/position grids; ``max_depth_mm``: PDD depth
     range; positions extend ``lateral_margin_mm`` beyond the geometric edge of the largest field
-    at the deepest profile depth. ``tpr``: also compute TPR20,10 (SAD setup).
+    at the deepest profile depth. ``tpr``: also compute TPR20,10 (SAD setup). ``engine_options``:
+    keyword arguments for :func:`rayrt.dose.aperture.aperture_dose` (``bixel_width_mm``,
+    ``cutoff_mm``, ``threshold``...); default: the engine's defaults, i.e. what plans see.
     """
     import time
 
@@ -373,8 +378,8 @@ def commissioning_curves(
     if any(d <= 0 or d > 400 for d in num_depths):
         raise InputError(f"profile depths must be in (0, 400] mm, got {num_depths}", field="depths_mm")
     max_depth = max([float(max_depth_mm)] + [d + 2 * h for d in num_depths])
-    nd = int(math.ceil(max_depth / h)) + 1
-    depths = np.arange(nd) * h
+    nd = int(math.ceil(max_depth / h))
+    depths = np.arange(1, nd + 1) * h  # depth 0 (the surface plane itself) is not scored
     deepest = max(num_depths + [50.0])
     x_edge = max(fields) / 2 * (SSD_MM + deepest) / machine.sad_mm
     nx = int(math.ceil((x_edge + lateral_margin_mm) / h))
@@ -389,10 +394,10 @@ def commissioning_curves(
             raise InputError(f"slab_mm must satisfy 0 <= start < end < {max_depth:g} mm, got {slab_mm}", field="slab_mm")
         phantoms += [("lung_slab", (LUNG_DENSITY, a, b)), ("bone_slab", (BONE_DENSITY, a, b))]
     results = [
-        _phantom_curves(machine, name, sl, fields, labels, h, depths, positions, x_half_box, z_half_box)
+        _phantom_curves(machine, name, sl, fields, labels, h, depths, positions, x_half_box, z_half_box, engine_options)
         for name, sl in phantoms
     ]
-    tpr_val = tpr20_10(machine, resolution_mm=h) if tpr else None
+    tpr_val = tpr20_10(machine, resolution_mm=h, engine_options=engine_options) if tpr else None
     return CommissioningCurves(
         machine=machine.name,
         nominal_energy_mv=machine.nominal_energy_mv,

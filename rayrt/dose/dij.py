@@ -40,7 +40,7 @@ from rayrt.dose.pencil_beam import bixel_kernel_table, calibration_factor
 from rayrt.imaging.volume import Grid, Volume
 
 #: default lateral cut-off: kernel contributions further than this from a bixel's edge (mm at the isocenter plane) are ignored
-DEFAULT_CUTOFF_MM = 40.0
+DEFAULT_CUTOFF_MM = 50.0
 #: default relative dose threshold: entries below this fraction of the bixel's maximum dose in water are dropped
 DEFAULT_THRESHOLD = 1e-4
 #: voxels whose density is at or below this are not scored (outside the external: density 0)
@@ -91,7 +91,7 @@ def _bixel_arrays(beamlets: BeamletGrid, machine: MachineModel, start: int, stop
     calib = calibration_factor(machine)
     ref = np.array([calib * float(((machine.sad_mm / (machine.sad_mm + depths)) ** 2 * (t.values[t.values.shape[0] // 2, t.values.shape[1] // 2][:, None] * wd).sum(0)).max()) for t in tabs])
     thr = threshold * prim * ref[tid]
-    return dict(bu=u, bv=v, bhu=hw + cutoff_mm + np.zeros_like(u), bhv=0.5 * h + cutoff_mm, btab=tid, bscale=prim, bthr=thr,
+    return dict(bu=u, bv=v, bhw=hw + np.zeros_like(u), bhh=0.5 * h, cutoff=float(cutoff_mm), btab=tid, bscale=prim, bthr=thr,
                 tables=packed, tx0=tx0, ty0=ty0, tnx=tnx, tny=tny, inv_h=1.0 / tabs[0].spacing_mm)
 
 
@@ -142,10 +142,10 @@ def compute_dij(
     scored = np.empty(nvox, dtype=np.bool_)
     nb.project_dose_voxels(shape, origin, axes, rot, iso, sad, rho, ct_origin, ct_inv, float(min_density), u, v, scored)
     # lateral envelope of the requested bixels
-    ulo = float((b["bu"] - b["bhu"]).min())
-    uhi = float((b["bu"] + b["bhu"]).max())
-    vlo = float((b["bv"] - b["bhv"]).min())
-    vhi = float((b["bv"] + b["bhv"]).max())
+    ulo = float((b["bu"] - b["bhw"]).min()) - cutoff_mm
+    uhi = float((b["bu"] + b["bhw"]).max()) + cutoff_mm
+    vlo = float((b["bv"] - b["bhh"]).min()) - cutoff_mm
+    vhi = float((b["bv"] + b["bhh"]).max()) + cutoff_mm
     scored &= (u >= ulo) & (u <= uhi) & (v >= vlo) & (v <= vhi)
     idx = np.flatnonzero(scored)
     w = np.empty((nvox, 3))
@@ -155,21 +155,24 @@ def compute_dij(
                          np.asarray(beam.betas_per_mm, float), float(calibration_factor(machine)), w, depth)
     del depth
     nk, nj, ni = dose_grid.shape
-    first, last = nb.row_ranges(scored, nk * nj, ni)
+    first, last, box = nb.row_ranges(scored, u, v, nk * nj, ni)
     # BLD-frame coordinates of voxel (k, j, i): B0 + i Bi + j Bj + k Bk
     row_b0 = rot @ (origin - iso)
     row_bi, row_bj, row_bk = (rot @ axes[:, c] for c in range(3))
-    common = (b["bu"], b["bv"], b["bhu"], b["bhv"], b["btab"], b["bscale"], b["bthr"], b["tables"], b["tx0"], b["ty0"], b["tnx"], b["tny"], b["inv_h"],
-              shape, row_b0, row_bj, row_bk, row_bi, sad, first, last, u, v, w, scored)
-    counts = nb.count_columns(*common)
-    indptr = np.zeros(counts.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    nnz = int(indptr[-1])
-    idx_dtype = np.int32 if max(nnz, nvox) < 2**31 - 1 else np.int64
-    out_idx = np.empty(nnz, dtype=idx_dtype)
-    out_val = np.empty(nnz, dtype=np.float32)
-    nb.fill_columns(indptr, out_idx, out_val, *common)
+    common = (b["bu"], b["bv"], b["bhw"], b["bhh"], b["cutoff"], b["btab"], b["bscale"], b["bthr"], b["tables"], b["tx0"], b["ty0"], b["tnx"], b["tny"],
+              b["inv_h"], shape, row_b0, row_bj, row_bk, row_bi, sad, first, last, box, u, v, w, scored)
+    bound = nb.bound_columns(*common)
+    ptr_bound = np.zeros(bound.size + 1, dtype=np.int64)
+    np.cumsum(bound, out=ptr_bound[1:])
+    idx_dtype = np.int32 if max(int(ptr_bound[-1]), nvox) < 2**31 - 1 else np.int64
+    out_idx = np.empty(int(ptr_bound[-1]), dtype=idx_dtype)
+    out_val = np.empty(int(ptr_bound[-1]), dtype=np.float32)
+    counts = nb.fill_columns(ptr_bound, out_idx, out_val, *common)
     del u, v, w, scored
+    indptr = nb.compact_columns(ptr_bound, counts, out_idx, out_val)
+    nnz = int(indptr[-1])
+    out_idx.resize(nnz, refcheck=False)  # shrinks in place: no second copy of the matrix
+    out_val.resize(nnz, refcheck=False)
     m = sp.csc_matrix((out_val, out_idx, indptr.astype(idx_dtype)), shape=(nvox, stop - start), copy=False)
     m.has_sorted_indices = True
     return m
@@ -196,28 +199,53 @@ def plan_dij(
         raise InputError("a plan needs at least one beam", field="beams")
     g = mask_grid if mask_grid is not None else density.grid
     grids = [beamlet_grid(b, machine, target_mask, g, bixel_width_mm=bixel_width_mm, margin_mm=margin_mm) for b in beams]
-    mats = [compute_dij(density, dose_grid, bg, machine, cutoff_mm=cutoff_mm, threshold=threshold) for bg in grids]
-    return hstack_exact(mats), grids
+    acc = _ColumnAccumulator(dose_grid.num_voxels)
+    for bg in grids:
+        acc.append(compute_dij(density, dose_grid, bg, machine, cutoff_mm=cutoff_mm, threshold=threshold))
+    return acc.matrix(), grids
+
+
+class _ColumnAccumulator:
+    """Appends CSC column blocks into growing arrays (resized in place), so a plan's Dij never exists twice in memory."""
+
+    def __init__(self, nrows: int):
+        self.nrows = nrows
+        self.data = np.empty(0, dtype=np.float32)
+        self.indices = np.empty(0, dtype=np.int64 if nrows >= 2**31 - 1 else np.int32)
+        self.indptr = [np.zeros(1, dtype=np.int64)]
+        self.nnz = 0
+        self.ncols = 0
+
+    def append(self, m: sp.csc_matrix) -> None:
+        k = int(m.indptr[-1])
+        if self.nnz + k >= 2**31 - 1 and self.indices.dtype != np.int64:
+            self.indices = self.indices.astype(np.int64)
+        self.data.resize(self.nnz + k, refcheck=False)
+        self.indices.resize(self.nnz + k, refcheck=False)
+        self.data[self.nnz :] = m.data
+        self.indices[self.nnz :] = m.indices
+        self.indptr.append(m.indptr[1:].astype(np.int64) + self.nnz)
+        self.nnz += k
+        self.ncols += m.shape[1]
+
+    def matrix(self) -> sp.csc_matrix:
+        idx_dtype = self.indices.dtype
+        indptr = np.concatenate(self.indptr).astype(idx_dtype)
+        out = sp.csc_matrix((self.data, self.indices, indptr), shape=(self.nrows, self.ncols), copy=False)
+        out.has_sorted_indices = True
+        return out
 
 
 def hstack_exact(mats: list[sp.csc_matrix]) -> sp.csc_matrix:
-    """Concatenate CSC column blocks without re-sorting or converting values (bitwise)."""
-    if len(mats) == 1:
-        return mats[0]
-    nrows = mats[0].shape[0]
-    data = np.concatenate([m.data for m in mats])
-    nnz = data.size
-    idx_dtype = np.int32 if max(nnz, nrows) < 2**31 - 1 else np.int64
-    indices = np.concatenate([m.indices.astype(idx_dtype, copy=False) for m in mats])
-    ptrs = [np.zeros(1, dtype=np.int64)]
-    off = 0
+    """Concatenate CSC column blocks (e.g. chunks of ``compute_dij``) without re-sorting or converting values (bitwise)."""
+    if not mats:
+        raise InputError("nothing to concatenate", field="mats")
+    acc = _ColumnAccumulator(mats[0].shape[0])
     for m in mats:
-        ptrs.append(m.indptr[1:].astype(np.int64) + off)
-        off += int(m.indptr[-1])
-    indptr = np.concatenate(ptrs).astype(idx_dtype)
-    out = sp.csc_matrix((data, indices, indptr), shape=(nrows, sum(m.shape[1] for m in mats)), copy=False)
-    out.has_sorted_indices = True
-    return out
+        if m.shape[0] != acc.nrows:
+            raise InputError(f"column blocks have different numbers of rows: {m.shape[0]} vs {acc.nrows}", field="mats")
+        acc.append(m.tocsc())
+    return acc.matrix()
 
 
 __all__ = ["compute_dij", "plan_dij", "dose_grid_for", "hstack_exact", "DEFAULT_CUTOFF_MM", "DEFAULT_THRESHOLD", "BeamGeometry"]

@@ -310,3 +310,260 @@ def write_profiles_csv(path: str | Path, profiles: list[MeasuredProfile]) -> Pat
         lines += [f"{p.field_mm:g},{p.depth_mm:g},{x:.3f},{v:.4f}" for x, v in zip(p.positions_mm, p.dose_pct)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------- the fit
+class FitParameter(BaseModel):
+    """One fitted beam-model parameter: value before and after, with its unit and bounds."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    unit: str
+    before: float
+    after: float
+    lower: float
+    upper: float
+
+
+class Residuals(BaseModel):
+    """Model minus measurement, in % of each curve's normalisation (PDD max, profile axis)."""
+
+    model_config = ConfigDict(extra="forbid")
+    pdd_rms_pct: float
+    pdd_max_pct: float
+    profile_rms_pct: float
+    profile_max_pct: float
+    num_pdd_points: int
+    num_profile_points: int
+
+
+class FitReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_machine: str
+    fitted_machine: str
+    parameters: list[FitParameter]
+    before: Residuals
+    after: Residuals
+    evaluations: int
+    seconds: float
+    resolution_mm: float
+    status: str = Field(description="scipy least_squares termination message")
+
+
+class FitResult:
+    """The fitted machine and the report."""
+
+    __slots__ = ("machine", "report")
+
+    def __init__(self, machine, report: FitReport):
+        self.machine = machine
+        self.report = report
+
+
+def _spec(name: str, unit: str, rel_lo: float, rel_hi: float, get: Callable, apply: Callable) -> dict:
+    return {"name": name, "unit": unit, "rel_lo": rel_lo, "rel_hi": rel_hi, "get": get, "apply": apply}
+
+
+def _apply_attenuation(d: dict, base, x: float) -> None:
+    d["attenuation_per_mm"] = base.attenuation_per_mm * x
+
+
+def _apply_betas(d: dict, base, x: float) -> None:
+    d["betas_per_mm"] = tuple(b * x for b in base.betas_per_mm)
+
+
+def _apply_sigma(d: dict, base, x: float) -> None:
+    d["source_sigma_mm"] = max(base.source_sigma_mm, 0.05) * x
+
+
+def _apply_horn(d: dict, base, x: float) -> None:
+    pf = np.asarray(base.primary_fluence, dtype=float)
+    d["primary_fluence"] = [float(max(v, 1e-3)) for v in 1.0 + x * (pf - 1.0)]
+
+
+def _apply_scatter(d: dict, base, x: float) -> None:
+    d["kernels_per_mm2"] = tuple([float(v) * x for v in k] for k in base.kernels_per_mm2)
+
+
+#: The fitted parameters, each a multiplicative factor x on the base machine's value (x = 1 at the start):
+#:
+#: * ``attenuation_per_mm`` — m, primary attenuation: the slope of the PDD beyond dmax;
+#: * ``betas_per_mm`` — all three build-up constants scaled together: dmax and the build-up;
+#: * ``source_sigma_mm`` — focal-spot Gaussian at the isocenter: the penumbra width;
+#: * ``horn_scale`` — amplitude of the off-axis primary-fluence variation (1 + x (f(r) - 1)):
+#:   the profile shoulders (horns of flattened beams, the cone of FFF beams);
+#: * ``scatter_scale`` — kernel tails relative to the on-axis point weights: the phantom-scatter
+#:   fraction, i.e. the field-size dependence of PDDs and the profile tails.
+FIT_PARAMETERS: dict[str, dict] = {
+    "attenuation_per_mm": _spec("attenuation_per_mm", "1/mm", 0.6, 1.6, lambda b: b.attenuation_per_mm, _apply_attenuation),
+    "betas_per_mm": _spec("beta_1 (betas scaled together)", "1/mm", 0.4, 2.5, lambda b: b.betas_per_mm[0], _apply_betas),
+    "source_sigma_mm": _spec("source_sigma_mm", "mm", 0.2, 5.0, lambda b: max(b.source_sigma_mm, 0.05), _apply_sigma),
+    "horn_scale": _spec("horn_scale", "x base horn", 0.0, 4.0, lambda b: 1.0, _apply_horn),
+    "scatter_scale": _spec("scatter_scale", "x base kernel tails", 0.5, 2.0, lambda b: 1.0, _apply_scatter),
+}
+
+
+def machine_with(base_machine, factors: dict[str, float], name: str | None = None):
+    """A copy of ``base_machine`` with beam parameters scaled by ``factors`` (keys of FIT_PARAMETERS)."""
+    from rayrt.domain.beam_model import BeamModel
+
+    base = base_machine.beam
+    d = base.model_dump()
+    for key, x in factors.items():
+        if key not in FIT_PARAMETERS:
+            raise InputError(f"unknown fit parameter {key!r}; choose from {sorted(FIT_PARAMETERS)}", field="parameters")
+        FIT_PARAMETERS[key]["apply"](d, base, float(x))
+    beam = BeamModel.model_validate(d)
+    return base_machine.model_copy(update={"beam": beam, "name": name or base_machine.name})
+
+
+def _model_curves(machine, meas: MeasuredData, resolution_mm: float):
+    from rayrt.dose.curves import SSD_MM, commissioning_curves
+
+    fields = meas.fields_mm
+    depths = meas.profile_depths_mm
+    deepest = max(depths + [50.0])
+    x_edge = max(fields) / 2 * (SSD_MM + deepest) / machine.sad_mm
+    margin = max(20.0, meas.max_off_axis_mm - x_edge + 2 * resolution_mm)
+    return commissioning_curves(
+        machine, fields_mm=fields, depths_mm=depths or [100.0], slab=False, tpr=False, resolution_mm=resolution_mm,
+        max_depth_mm=max(meas.max_depth_mm + 2 * resolution_mm, 60.0), lateral_margin_mm=margin,
+    )
+
+
+def residual_vectors(machine, meas: MeasuredData, resolution_mm: float, min_depth_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(PDD residuals, profile residuals) of the machine's model curves vs the measurement, in %.
+
+    Both sides are normalised the same way on the *measured* sample points: PDDs to their maximum
+    over the measured depths, profiles to their value at position 0. PDD points shallower than
+    ``min_depth_mm`` (build-up) are left out.
+    """
+    curves = _model_curves(machine, meas, resolution_mm)
+    depths = np.asarray(curves.depths_mm)
+    pos = np.asarray(curves.positions_mm)
+    r_pdd, r_prof = [], []
+    for p in meas.pdds:
+        d = np.asarray(p.depths_mm)
+        model = np.interp(d, depths, curves.water.pdd(p.field_mm).dose_pct)
+        model = 100.0 * model / model.max()
+        sel = d >= min_depth_mm
+        r_pdd.append((model - np.asarray(p.dose_pct))[sel])
+    for p in meas.profiles:
+        prof = curves.water.profile(p.field_mm, p.depth_mm)
+        x = np.asarray(p.positions_mm)
+        model = np.interp(x, pos, prof.dose_pct)
+        model = 100.0 * model / float(np.interp(0.0, pos, prof.dose_pct))
+        r_prof.append(model - np.asarray(p.dose_pct))
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
+    return cat(r_pdd), cat(r_prof)
+
+
+def _stats(r_pdd: np.ndarray, r_prof: np.ndarray) -> Residuals:
+    f = lambda r, fn: float(fn(r)) if r.size else 0.0  # noqa: E731
+    return Residuals(
+        pdd_rms_pct=f(r_pdd, lambda r: np.sqrt(np.mean(r**2))), pdd_max_pct=f(r_pdd, lambda r: np.abs(r).max()),
+        profile_rms_pct=f(r_prof, lambda r: np.sqrt(np.mean(r**2))), profile_max_pct=f(r_prof, lambda r: np.abs(r).max()),
+        num_pdd_points=int(r_pdd.size), num_profile_points=int(r_prof.size),
+    )
+
+
+def fit_machine(
+    base_machine,
+    meas: MeasuredData,
+    *,
+    parameters: list[str] | None = None,
+    resolution_mm: float = 2.5,
+    max_evaluations: int = 60,
+    min_depth_mm: float = 0.0,
+    name: str | None = None,
+) -> FitResult:
+    """Fit beam-model parameters of ``base_machine`` to measured PDDs/profiles (bounded least squares).
+
+    ``parameters``: keys of :data:`FIT_PARAMETERS` (default: all that the data constrain —
+    without profiles the profile-only parameters ``source_sigma_mm`` and ``horn_scale`` stay
+    fixed). Each is a factor on the base value, bounded to its physical range. The residual
+    vector is model - measurement in % (see :func:`residual_vectors`), PDD and profile points
+    weighted equally. ``max_evaluations`` bounds the number of model evaluations (each computes
+    the measured fields with the voxel engine at ``resolution_mm``).
+    """
+    import time
+
+    from scipy.optimize import least_squares
+
+    if not meas.pdds and not meas.profiles:
+        raise InputError("no measured curves to fit", kind="fit")
+    t0 = time.perf_counter()
+    if parameters is None:
+        parameters = ["attenuation_per_mm", "betas_per_mm", "scatter_scale"]
+        if meas.profiles:
+            parameters += ["source_sigma_mm", "horn_scale"]
+    for p in parameters:
+        if p not in FIT_PARAMETERS:
+            raise InputError(f"unknown fit parameter {p!r}; choose from {sorted(FIT_PARAMETERS)}", field="parameters")
+    lo = np.array([FIT_PARAMETERS[p]["rel_lo"] for p in parameters])
+    hi = np.array([FIT_PARAMETERS[p]["rel_hi"] for p in parameters])
+    # keep betas away from m (the model is singular at beta = m)
+    n_eval = 0
+
+    def resid(x: np.ndarray) -> np.ndarray:
+        nonlocal n_eval
+        n_eval += 1
+        try:
+            m = machine_with(base_machine, dict(zip(parameters, x)))
+        except (ValueError, InputError):
+            return np.full(n_res, 1e3)
+        a, b = residual_vectors(m, meas, resolution_mm, min_depth_mm)
+        return np.concatenate([a, b])
+
+    r0_pdd, r0_prof = residual_vectors(base_machine, meas, resolution_mm, min_depth_mm)
+    n_res = r0_pdd.size + r0_prof.size
+    x0 = np.ones(len(parameters))
+    res = least_squares(resid, x0, bounds=(lo, hi), method="trf", diff_step=1e-2, x_scale=1.0,
+                        max_nfev=max(int(max_evaluations) // (len(parameters) + 1), 2), xtol=1e-4, ftol=1e-6)
+    x = res.x
+    fitted = machine_with(base_machine, dict(zip(parameters, x)), name=name or f"{base_machine.name}-fit")
+    r1_pdd, r1_prof = residual_vectors(fitted, meas, resolution_mm, min_depth_mm)
+    n_eval += 1
+    params = []
+    for p, xi, l_, h_ in zip(parameters, x, lo, hi):
+        spec = FIT_PARAMETERS[p]
+        v0 = float(spec["get"](base_machine.beam))
+        after = float(spec["get"](fitted.beam)) if p not in ("horn_scale", "scatter_scale") else float(xi)
+        params.append(FitParameter(name=spec["name"], unit=spec["unit"], before=v0, after=after, lower=v0 * l_, upper=v0 * h_))
+    report = FitReport(
+        base_machine=base_machine.name, fitted_machine=fitted.name, parameters=params,
+        before=_stats(r0_pdd, r0_prof), after=_stats(r1_pdd, r1_prof), evaluations=n_eval + 1,
+        seconds=time.perf_counter() - t0, resolution_mm=resolution_mm, status=str(res.message),
+    )
+    return FitResult(fitted, report)
+
+
+def write_machine_yaml(machine, path: str | Path) -> Path:
+    """Write a MachineModel as a configs/machines-style YAML file (validated on reload)."""
+    import yaml
+
+    path = Path(path)
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise InputError(f"--out must name a .yaml file, got {path.name}", field="out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(machine.model_dump(mode="json"), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def curves_as_measurements(curves, *, pdd_step_mm: float | None = None, profile_step_mm: float | None = None) -> MeasuredData:
+    """Turn computed CommissioningCurves (water) into MeasuredData (e.g. to write test CSVs).
+
+    Optionally subsample PDD depths / profile positions to the given steps (mm).
+    """
+    depths = np.asarray(curves.depths_mm)
+    pos = np.asarray(curves.positions_mm)
+    dsel = np.ones(depths.size, bool) if not pdd_step_mm else np.isclose(np.mod(depths + 1e-9, pdd_step_mm), 0, atol=1e-6)
+    dsel &= depths > 0
+    psel = np.ones(pos.size, bool) if not profile_step_mm else np.isclose(np.mod(pos + 1e-9, profile_step_mm), 0, atol=1e-6)
+    pdds = [MeasuredPDD(field_mm=p.field_mm, depths_mm=depths[dsel].tolist(),
+                        dose_pct=(100 * np.asarray(p.dose_pct)[dsel] / np.asarray(p.dose_pct)[dsel].max()).tolist())
+            for p in curves.water.pdds]
+    profs = [MeasuredProfile(field_mm=p.field_mm, depth_mm=p.depth_mm, positions_mm=pos[psel].tolist(),
+                             dose_pct=np.asarray(p.dose_pct)[psel].tolist())
+             for p in curves.water.profiles]
+    return MeasuredData(pdds=pdds, profiles=profs)

@@ -43,6 +43,7 @@ __all__ = [
 IMAGE_MODALITIES = ("CT", "MR", "PT")
 _ORIENT_TOL = 1e-4
 _TILT_TOL_DEG = 0.05
+_JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
 @dataclass
@@ -110,6 +111,8 @@ def scan_dicom(files: Iterable[Path], warnings: list[str] | None = None) -> list
     skipped: list[str] = []
     files = sorted(Path(f) for f in files)
     for f in files:
+        if f.name.startswith("._") or f.name in _JUNK_NAMES or "__MACOSX" in f.parts:
+            continue  # macOS resource forks and folder metadata inside archives
         if f.stat().st_size == 0:
             raise InputError(f"{f.name} is an empty file (0 bytes); remove it or re-export the data", kind="dicom", field=str(f))
         if not _looks_like_dicom(f):
@@ -346,6 +349,29 @@ class RTStructData:
     warnings: list[str] = field(default_factory=list)
 
 
+def _contour_data(item) -> np.ndarray | None:
+    """ContourData as floats; parses the raw bytes directly when pydicom has not converted them yet (fast)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(0x3006, 0x0050)
+    if tag not in item:
+        return None
+    elem = item.get_item(tag)
+    if isinstance(elem, RawDataElement) and elem.value is not None:
+        try:
+            parts = bytes(elem.value).replace(b"\x00", b"").strip().split(b"\\")
+            return np.array([p for p in parts if p.strip()], dtype=np.float64)
+        except ValueError:
+            pass
+    data = item.ContourData
+    if data is None:
+        return None
+    if isinstance(data, (str, bytes)) or not hasattr(data, "__len__"):
+        data = [data]
+    return np.asarray([float(v) for v in data], dtype=np.float64)
+
+
 def read_rtstruct(path: str | Path) -> RTStructData:
     """Parse an RT Structure Set into polygons per ROI (no image needed)."""
     path = Path(path)
@@ -374,10 +400,9 @@ def read_rtstruct(path: str | Path) -> RTStructData:
         skipped = 0
         for c in getattr(rc, "ContourSequence", []) or []:
             gtype = str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR")).upper()
-            data = getattr(c, "ContourData", None)
-            if data is None:
+            pts = _contour_data(c)
+            if pts is None:
                 continue
-            pts = np.asarray([float(v) for v in data], dtype=float)
             if pts.size % 3 or pts.size < 9 or gtype != "CLOSED_PLANAR":
                 skipped += 1
                 continue

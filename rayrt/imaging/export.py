@@ -61,6 +61,34 @@ def _fmt_ds_list(values: Sequence[float] | np.ndarray, decimals: int = 4) -> lis
     return out.tolist()
 
 
+_MAX_VALUE_BYTES = 65534  # explicit VR: a DS value is at most 2**16 - 2 bytes
+
+
+def _set_contour_data(item, poly: np.ndarray) -> int:
+    """Set ContourData (3006,0050) as a pre-encoded DS value (pydicom's per-number conversion is slow).
+
+    Uses 4 decimals (0.1 um), fewer when a very long contour would exceed the 64 kB limit of
+    an explicit-VR DS value, and as a last resort keeps every n-th vertex. Returns the number of
+    vertices written.
+    """
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(0x3006, 0x0050)
+    pts = np.asarray(poly, dtype=float).reshape(-1, 3)
+    while True:
+        for decimals in (4, 3, 2, 1):
+            raw = "\\".join(_fmt_ds_list(pts, decimals)).encode("ascii")
+            if len(raw) % 2:
+                raw += b" "
+            if len(raw) <= _MAX_VALUE_BYTES:
+                item[tag] = RawDataElement(tag, "DS", len(raw), raw, 0, False, True)
+                # mark the item as already explicit VR little endian so the writer keeps the raw bytes
+                item.set_original_encoding(False, True, item._character_set)
+                return int(pts.shape[0])
+        pts = pts[::2]
+
+
 def _now() -> tuple[str, str]:
     now = _dt.datetime.now()
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
@@ -183,6 +211,10 @@ def write_ct_series(
 
     if volume.array.ndim != 3:
         raise InputError("write_ct_series needs a 3-D volume", kind="dicom")
+    if volume.quantity.upper() not in ("HU", ""):
+        raise InputError(f"write_ct_series writes Hounsfield units, but the volume holds '{volume.quantity}'", kind="dicom")
+    if not np.all(np.isfinite(volume.array)):
+        raise InputError("the CT volume contains NaN or infinite values; replace them (e.g. with -1000 HU) before export", kind="dicom")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
@@ -341,14 +373,14 @@ def write_rtstruct(
             poly = np.asarray(poly, dtype=float).reshape(-1, 3)
             k = int(round(float(grid.world_to_index(poly[0])[0])))
             c = Dataset()
-            img = Dataset()
-            img.ReferencedSOPClassUID = ref.sop_class_uid
-            img.ReferencedSOPInstanceUID = ref.sop_instance_uids[k]
-            c.ContourImageSequence = DSequence([img])
+            if 0 <= k < len(ref.sop_instance_uids):
+                img = Dataset()
+                img.ReferencedSOPClassUID = ref.sop_class_uid
+                img.ReferencedSOPInstanceUID = ref.sop_instance_uids[k]
+                c.ContourImageSequence = DSequence([img])
             c.ContourGeometricType = "CLOSED_PLANAR"
-            c.NumberOfContourPoints = int(poly.shape[0])
             c.ContourNumber = cnum
-            c.ContourData = _fmt_ds_list(poly, 4)
+            c.NumberOfContourPoints = _set_contour_data(c, poly)
             seq.append(c)
         if seq:
             rc.ContourSequence = DSequence(seq)
@@ -397,6 +429,8 @@ def write_rtdose(
     if bits not in (16, 32):
         raise InputError(f"RTDOSE bits must be 16 or 32, got {bits}", kind="dicom")
     grid = dose.grid
+    if not np.all(np.isfinite(dose.array)):
+        raise InputError("the dose contains NaN or infinite values; an RTDOSE needs finite doses", kind="dicom")
     arr = np.clip(np.asarray(dose.array, dtype=np.float64), 0.0, None)
     dmax = float(arr.max()) if arr.size else 0.0
     top = float(2**bits - 1)

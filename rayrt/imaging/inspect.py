@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from rayrt.domain.errors import InputError
 
-__all__ = ["InspectReport", "SeriesSummary", "StructureSummary", "DoseSummary", "inspect_path"]
+__all__ = ["InspectReport", "SeriesSummary", "StructureSummary", "DoseSummary", "PlanSummary", "inspect_path"]
 
 
 class SeriesSummary(BaseModel):
@@ -47,6 +47,30 @@ class DoseSummary(BaseModel):
     referenced_plan_uid: str | None = None
 
 
+class PlanSummary(BaseModel):
+    file: str
+    label: str = ""
+    num_beams: int = 0
+    fractions: int | None = None
+    machines: list[str] = Field(default_factory=list)
+    sop_instance_uid: str = ""
+
+
+def _plan_summary(path: Path) -> PlanSummary:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:
+        raise InputError(f"{path.name}: damaged RTPLAN ({type(exc).__name__}: {exc})", kind="dicom") from None
+    beams = list(getattr(ds, "BeamSequence", []) or getattr(ds, "IonBeamSequence", []) or [])
+    fg = getattr(ds, "FractionGroupSequence", None)
+    fractions = int(fg[0].NumberOfFractionsPlanned) if fg and getattr(fg[0], "NumberOfFractionsPlanned", None) is not None else None
+    machines = sorted({str(getattr(b, "TreatmentMachineName", "")) for b in beams} - {""})
+    return PlanSummary(file=path.name, label=str(getattr(ds, "RTPlanLabel", "") or ""), num_beams=len(beams), fractions=fractions,
+                       machines=machines, sop_instance_uid=str(getattr(ds, "SOPInstanceUID", "")))
+
+
 class InspectReport(BaseModel):
     path: str
     patient_id: str = ""
@@ -56,7 +80,7 @@ class InspectReport(BaseModel):
     series: list[SeriesSummary] = Field(default_factory=list)
     structures: list[StructureSummary] = Field(default_factory=list)
     structures_on: str = Field(default="primary image grid", description="grid the structure volumes were computed on")
-    plans: list[str] = Field(default_factory=list)
+    plans: list[PlanSummary] = Field(default_factory=list)
     doses: list[DoseSummary] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
 
@@ -100,11 +124,16 @@ def inspect_path(path: str | Path) -> InspectReport:
                     dims_ijk=g.size_ijk, spacing_mm=g.spacing_mm, origin_mm=g.origin_mm, num_files=int(vol.meta.get("num_files", 0)),
                     quantity=vol.quantity, min_value=float(vol.array.min()), max_value=float(vol.array.max()), primary=uid == study.primary_uid,
                     warnings=list(vol.meta.get("warnings", []))))
+            n_contours: dict[str, int] = {}
+            for h in headers:
+                if h.modality == "RTSTRUCT":
+                    for roi in read_rtstruct(h.path).rois:
+                        n_contours.setdefault(roi.name, len(roi.contours))
             for sm in study.structures:
                 st = sm.structure
                 report.structures.append(StructureSummary(name=st.name, kind=st.kind.value, roi_number=st.roi_number, volume_cc=st.volume_cc,
-                                                          num_voxels=st.num_voxels))
-            report.plans = [p.name for p in study.plan_files]
+                                                          num_voxels=st.num_voxels, num_contours=n_contours.get(st.name)))
+            report.plans = [_plan_summary(p) for p in study.plan_files]
             report.doses = [_dose_summary(d, Path(d.meta.get("path", "dose")).name) for d in study.doses]
             report.warnings = study.warnings
             return report
@@ -121,7 +150,7 @@ def inspect_path(path: str | Path) -> InspectReport:
                 doses.append(d)
                 report.doses.append(_dose_summary(d, h.path.name))
             elif h.modality in ("RTPLAN", "RTIONPLAN"):
-                report.plans.append(h.path.name)
+                report.plans.append(_plan_summary(h.path))
         report.structures_on = "first dose grid" if doses else "no grid (no image or dose)"
         for h in headers:
             if h.modality != "RTSTRUCT":

@@ -104,7 +104,7 @@ def load_mat_phantom(path: str | Path) -> Study:
     hu_kji = np.ascontiguousarray(np.transpose(hu, (2, 0, 1)))
     study_uid, for_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
     meta = dict(modality="CT", series_instance_uid=series_uid, study_instance_uid=study_uid, frame_of_reference_uid=for_uid,
-                patient_id=path.stem, patient_name=path.stem, series_description=f"matRad phantom {path.name}", num_files=0,
+                patient_id=path.stem, patient_name=f"{path.stem}^Phantom", series_description=f"matRad phantom {path.name}", num_files=0,
                 source=str(path))
     if cube is not None:
         meta["relative_electron_density"] = np.ascontiguousarray(np.transpose(cube, (2, 0, 1)))
@@ -128,7 +128,7 @@ def load_mat_phantom(path: str | Path) -> Study:
     info = ImageSeriesInfo(series_instance_uid=series_uid, study_instance_uid=study_uid, frame_of_reference_uid=for_uid, modality="CT",
                            description=meta["series_description"], shape=grid.shape, spacing_mm=grid.spacing_mm,
                            origin_mm=grid.origin_mm, num_files=0, warnings=list(warnings))
-    return Study(patient_id=path.stem, patient_name=path.stem, study_instance_uid=study_uid, frame_of_reference_uid=for_uid,
+    return Study(patient_id=path.stem, patient_name=f"{path.stem}^Phantom", study_instance_uid=study_uid, frame_of_reference_uid=for_uid,
                  series=[info], images={series_uid: image}, primary_uid=series_uid, structures=structures, warnings=warnings,
                  source=path.parent)
 

@@ -10,13 +10,14 @@ One RTPLAN per :class:`~rayrt.domain.plan.Plan` and :class:`~rayrt.domain.machin
   ``ASYMY`` + ``MLCX`` (the MLC defines the field in X); jawless machines (Halcyon) get ``MLCX``
   only. The jaw device types come from ``JawModel.dicom_type`` (``ASYMX``/``ASYMY`` or ``X``/``Y``).
   ``LeafPositionBoundaries`` are the machine's N+1 leaf-pair boundaries (mm at the isocenter).
-* **Halcyon / dual-layer decision**: rayrt writes *one effective* ``MLCX`` whose leaf pairs are
-  the model's effective (5 mm) pairs, not the two physical layers ``MLCX1``/``MLCX2`` of a real
-  Halcyon plan. rayrt's planning, dose and deliverability all work on the effective aperture,
-  and a two-layer split is not unique; a plan for a real Halcyon console needs that split made
-  by the vendor's tools. On *import*, two-layer plans (``MLCX1`` + ``MLCX2``) are read and
-  combined into the effective aperture (per effective pair: the intersection of the openings of
-  the distal and proximal leaves that cover it).
+* **Halcyon / dual-layer decision**: rayrt writes *one effective* ``MLCX`` with the model's leaf
+  pairs (``configs/machines/halcyon.yaml``: the 28 distal 10 mm pairs, ``dual_layer: true``),
+  not the two physical layers ``MLCX1``/``MLCX2`` of a real Halcyon plan. rayrt's planning, dose
+  and deliverability all work on that one effective aperture, and a split into two layers is not
+  unique; a plan for a real Halcyon console needs that split made by the vendor's tools. On
+  *import*, two-layer plans (``MLCX1`` + ``MLCX2``) are read and combined onto the model's pairs:
+  every leaf of either layer that overlaps a model pair limits its opening (the intersection of
+  the openings), and the model matches when its boundaries are one layer's or their union.
 * Step-and-shoot: each segment is a pair of control points with identical jaw and leaf positions,
   the cumulative meterset weight rising by the segment's share of the beam MU; every control point
   carries the full positions (allowed by the standard, and unambiguous for readers).
@@ -84,12 +85,13 @@ def _jaws_for_segment(seg: Segment, machine: MachineModel) -> tuple[tuple[float,
 
     The segment's own jaws are used when given; otherwise the jaws are set to the bounding box of
     the open leaf pairs (X: the outermost open leaf tips, Y: the boundaries of the outermost open
-    pairs), clipped to the jaw travel. Machines without a jaw pair get None for it.
+    pairs), clipped to the jaw travel. A pair is open when its gap exceeds the MLC's minimum gap
+    (closed pairs are parked at the minimum gap). Machines without a jaw pair get None for it.
     """
     x1 = np.asarray(seg.x1_mm, dtype=float)
     x2 = np.asarray(seg.x2_mm, dtype=float)
     b = machine.mlc.boundaries
-    open_ = x2 - x1 > _POS_TOL_MM
+    open_ = x2 - x1 > machine.mlc.min_gap_mm + _POS_TOL_MM
     if open_.any():
         bx = (float(x1[open_].min()), float(x2[open_].max()))
         idx = np.nonzero(open_)[0]
@@ -408,21 +410,31 @@ def _floats(v) -> np.ndarray:
     return np.asarray([float(x) for x in v], dtype=float)
 
 
-def _plan_mlc_boundaries(ds: "Dataset") -> tuple[str, np.ndarray] | None:
-    """(device type, effective leaf boundaries) of the first beam's MLC, layers combined."""
+def _plan_mlc_layers(ds: "Dataset") -> dict[str, np.ndarray]:
+    """Leaf boundaries of each MLC layer of the first beam that has one (MLCX, or MLCX1 + MLCX2)."""
     for beam in getattr(ds, "BeamSequence", []):
         layers = {}
         for d in getattr(beam, "BeamLimitingDeviceSequence", []):
             t = str(d.RTBeamLimitingDeviceType).upper()
             if t.startswith("MLC") and "LeafPositionBoundaries" in d:
                 layers[t] = _floats(d.LeafPositionBoundaries)
-        if not layers:
-            continue
-        if len(layers) == 1:
-            t, b = next(iter(layers.items()))
-            return t, b
-        return "+".join(sorted(layers)), np.unique(np.concatenate(list(layers.values())))
-    return None
+        if layers:
+            return layers
+    return {}
+
+
+def _layers_fit(layers: dict[str, np.ndarray], boundaries: np.ndarray, tol: float = 0.05) -> bool:
+    """Whether a model's leaf boundaries are the plan's MLC: its only layer, one of its layers, or their union."""
+    if not layers:
+        return True
+    cands = list(layers.values())
+    if len(layers) > 1:
+        cands.append(np.unique(np.concatenate(cands)))
+    return any(c.size == boundaries.size and bool(np.allclose(c, boundaries, atol=tol)) for c in cands)
+
+
+def _describe_layers(layers: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{t} {b.size - 1} pairs {b[0]:g}..{b[-1]:g} mm" for t, b in sorted(layers.items()))
 
 
 def _plan_has_x_jaws(ds: "Dataset") -> bool:
@@ -453,34 +465,32 @@ def match_machine(ds: "Dataset", machines: Sequence[MachineModel] | dict[str, Ma
     if not models:
         raise InputError("no machine models to match the RTPLAN against; load configs/machines first", kind="rtplan")
     name = _machine_name(ds)
-    mlc = _plan_mlc_boundaries(ds)
+    layers = _plan_mlc_layers(ds)
 
     def geometry_fits(m: MachineModel) -> bool:
-        if mlc is None:
-            return True
-        b = mlc[1]
-        return b.size == len(m.mlc.leaf_boundaries_mm) and bool(np.allclose(b, m.mlc.boundaries, atol=0.05))
+        return _layers_fit(layers, m.mlc.boundaries)
 
-    by_name = [m for m in models if m.name.strip().lower() == name.lower()] if name else []
+    # TreatmentMachineName is an SH (at most 16 characters): longer model names were cut on export
+    by_name = [m for m in models if m.name.strip().lower()[:16] == name.lower()[:16]] if name else []
     if by_name:
         m = by_name[0]
         if not geometry_fits(m):
             raise InputError(
-                f"RTPLAN machine '{name}' matches model {m.name} by name but its MLC has {mlc[1].size - 1} leaf pairs "
-                f"spanning {mlc[1][0]:g}..{mlc[1][-1]:g} mm, the model {m.mlc.num_pairs} pairs "
-                f"{m.mlc.leaf_boundaries_mm[0]:g}..{m.mlc.leaf_boundaries_mm[-1]:g} mm; fix the machine file or the plan",
+                f"RTPLAN machine '{name}' matches model {m.name} by name but its MLC ({_describe_layers(layers)}) differs from "
+                f"the model's {m.mlc.num_pairs} pairs {m.mlc.leaf_boundaries_mm[0]:g}..{m.mlc.leaf_boundaries_mm[-1]:g} mm; "
+                "fix the machine file or the plan",
                 kind="rtplan",
                 status=422,
             )
         return m
-    if mlc is None:
+    if not layers:
         raise InputError(f"RTPLAN machine '{name or '?'}' is not a known model and the plan has no MLC to match by; known: "
                          f"{', '.join(m.name for m in models)}", kind="rtplan", status=422)
     cands = [m for m in models if geometry_fits(m)]
     if not cands:
         raise InputError(
-            f"no machine model matches RTPLAN machine '{name or '?'}' ({mlc[0]}, {mlc[1].size - 1} leaf pairs, "
-            f"{mlc[1][0]:g}..{mlc[1][-1]:g} mm); known: {', '.join(f'{m.name} ({m.mlc.num_pairs} pairs)' for m in models)}",
+            f"no machine model matches RTPLAN machine '{name or '?'}' ({_describe_layers(layers)}); "
+            f"known: {', '.join(f'{m.name} ({m.mlc.num_pairs} pairs)' for m in models)}",
             kind="rtplan",
             status=422,
         )
@@ -508,22 +518,23 @@ class ImportedPlan:
     warnings: list[str] = field(default_factory=list)
 
 
-def _effective_leaves(layers: dict[str, tuple[np.ndarray, np.ndarray]], bounds: dict[str, np.ndarray], target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _effective_leaves(layers: dict[str, tuple[np.ndarray, np.ndarray]], bounds: dict[str, np.ndarray], target: np.ndarray,
+                      tol: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Leaf tips on the ``target`` pairs from one or two MLC layers.
 
-    For each target pair the covering leaf of each layer is the one whose span contains the pair
-    centre; the effective opening is the intersection of the layers' openings.
+    Every leaf of every layer that overlaps a target pair (by more than ``tol``) limits its
+    opening: x1 = the largest x1, x2 = the smallest x2 among them (the intersection of the
+    openings; conservative where a target pair spans leaves of different openings, e.g. a
+    Halcyon proximal layer offset by half a leaf under a 10 mm distal pair).
     """
-    centres = 0.5 * (target[:-1] + target[1:])
-    x1 = np.full(centres.size, -np.inf)
-    x2 = np.full(centres.size, np.inf)
+    lo_t, hi_t = target[:-1], target[1:]
+    x1 = np.full(lo_t.size, -np.inf)
+    x2 = np.full(lo_t.size, np.inf)
     for t, (a, b) in layers.items():
         bb = bounds[t]
-        idx = np.searchsorted(bb, centres, side="right") - 1
-        inside = (idx >= 0) & (idx < bb.size - 1)
-        ii = np.clip(idx, 0, bb.size - 2)
-        x1 = np.where(inside, np.maximum(x1, a[ii]), x1)
-        x2 = np.where(inside, np.minimum(x2, b[ii]), x2)
+        overlap = (np.minimum(hi_t[:, None], bb[None, 1:]) - np.maximum(lo_t[:, None], bb[None, :-1])) > tol  # (target, layer)
+        x1 = np.maximum(x1, np.where(overlap, a[None, :], -np.inf).max(axis=1))
+        x2 = np.minimum(x2, np.where(overlap, b[None, :], np.inf).min(axis=1))
     x1 = np.where(np.isfinite(x1), x1, 0.0)
     x2 = np.where(np.isfinite(x2), x2, 0.0)
     x2 = np.maximum(x2, x1)  # crossing layers = closed

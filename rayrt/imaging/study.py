@@ -9,6 +9,7 @@ another FrameOfReferenceUID than the primary image is refused.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -155,23 +156,47 @@ def _list_files(path: Path) -> list[Path]:
 
 
 def load_study(path: str | Path) -> Study:
-    """Load a folder, a .zip or a single DICOM file into a :class:`Study` (all modalities)."""
+    """Load a folder, a .zip or a single DICOM file into a :class:`Study` (all modalities).
+
+    A .zip is extracted safely into a temporary folder, which is removed after loading unless
+    the study holds RT plans (``plan_files`` then point into it; ``source`` names it).
+    """
     from rayrt.imaging.archive import safe_extract_zip
-    from rayrt.imaging.dicom_io import (IMAGE_MODALITIES, check_frame_of_reference, read_image_series, read_rtdose,
-                                        read_rtstruct, scan_dicom)
 
     path = Path(path)
     if not path.exists():
         raise InputError(f"no such file or folder: {path}", kind="dicom", status=404)
     source = path
+    extracted: Path | None = None
     if path.is_file() and path.suffix.lower() == ".zip":
-        source = Path(tempfile.mkdtemp(prefix="rayrt_study_"))
-        files = safe_extract_zip(path, source)
+        source = extracted = Path(tempfile.mkdtemp(prefix="rayrt_study_"))
+        try:
+            files = safe_extract_zip(path, source)
+        except BaseException:
+            shutil.rmtree(extracted, ignore_errors=True)
+            raise
     elif path.is_file():
         files = [path]
         source = path.parent
     else:
         files = _list_files(path)
+    try:
+        study = _load(path, files, source)
+    except BaseException:
+        if extracted is not None:
+            shutil.rmtree(extracted, ignore_errors=True)
+        raise
+    if extracted is not None and not study.plan_files:
+        # the volumes are in memory: keep an extracted archive only while plan files point into it
+        shutil.rmtree(extracted, ignore_errors=True)
+        study.source = None
+    return study
+
+
+def _load(path: Path, files: list[Path], source: Path) -> Study:
+    from rayrt.imaging.dicom_io import (IMAGE_MODALITIES, check_frame_of_reference, read_image_series, read_rtdose,
+                                        read_rtstruct, scan_dicom)
+
     if not files:
         raise InputError(f"{path} holds no files; give a folder or .zip of DICOM files", kind="dicom")
     warnings: list[str] = []

@@ -69,6 +69,8 @@ class BeamApertures:
     x2: np.ndarray
     m: np.ndarray  # (S,)
     transmission: float
+    half_dlg_mm: float = 0.0  # half the dosimetric leaf gap: each tip's effective extra opening
+    sc: np.ndarray | None = None  # head-scatter factor per segment (held fixed within an inner solve)
 
     @classmethod
     def from_segments(cls, segments: list[Segment], layout: BeamletLayout, machine: MachineModel) -> "BeamApertures":
@@ -77,13 +79,26 @@ class BeamApertures:
         x1 = np.array([s.x1_mm for s in segments], dtype=float).reshape(len(segments), machine.mlc.num_pairs)
         x2 = np.array([s.x2_mm for s in segments], dtype=float).reshape(len(segments), machine.mlc.num_pairs)
         m = np.array([s.mu for s in segments], dtype=float)
-        return cls(layout, pairs, Yall[pairs], x1, x2, m, float(machine.mlc.transmission))
+        return cls(layout, pairs, Yall[pairs], x1, x2, m, float(machine.mlc.transmission),
+                   0.5 * float(machine.mlc.leaf_end_transmission_mm), np.ones(len(segments)))
+
+    def update_head_scatter(self, machine: MachineModel) -> None:
+        """Sc of each segment's equivalent square (rayrt.dose.aperture), 1 when the machine has no beam model."""
+        self.sc = np.ones(self.m.size)
+        hs = getattr(getattr(machine, "beam", None), "head_scatter_at", None)
+        if hs is None:
+            return
+        from rayrt.dose.aperture import segment_equivalent_square_mm
+
+        for s in range(self.m.size):  # loop over segments of one beam
+            seg = Segment(x1_mm=self.x1[s].tolist(), x2_mm=self.x2[s].tolist(), mu=0.0)
+            self.sc[s] = float(hs(segment_equivalent_square_mm(seg, machine)))
 
     def _open_frac(self, x1, x2):
         e = self.layout.col_edges_mm
         w = np.diff(e)
-        a = np.maximum(x1[..., None], e[:-1])
-        b = np.minimum(x2[..., None], e[1:])
+        a = np.maximum(x1[..., None] - self.half_dlg_mm, e[:-1])
+        b = np.minimum(x2[..., None] + self.half_dlg_mm, e[1:])
         ov = b - a
         act = ov > 0
         return np.where(act, ov, 0.0) / w, act, a, b
@@ -107,7 +122,7 @@ class BeamApertures:
         O, _, _, _ = self._open_frac(self.x1[:, self.pairs], self.x2[:, self.pairs])
         T = self.transmission
         A = (1 - T) * O + (T * J if J is not None else 0.0)
-        return np.einsum("s,spc,pr->rc", self.m, A, self.Y, optimize=True)
+        return np.einsum("s,spc,pr->rc", self.m * self.sc, A, self.Y, optimize=True)
 
 
 def aperture_weights(beams: list[BeamApertures], slices: list[slice], n: int, Js=None) -> np.ndarray:
@@ -197,6 +212,8 @@ def _optimize_apertures(
         return f
 
     def current_J():
+        for ba in beams:
+            ba.update_head_scatter(machine)
         return [ba._jaw_frac(ba.x1[:, ba.pairs], ba.x2[:, ba.pairs], jaws_of(ba)) for ba in beams]
 
     Js = current_J()
@@ -239,16 +256,17 @@ def _optimize_apertures(
             GP = ba.Y @ G  # (Pa, C)
             O, act, a, bb = ba._open_frac(ba.x1[:, ba.pairs], ba.x2[:, ba.pairs])
             A = (1 - T[b]) * O + T[b] * Js[b]
-            gm = np.einsum("spc,pc->s", A, GP) * m_scale
+            gm = np.einsum("spc,pc->s", A, GP) * ba.sc * m_scale
             grads.append(gm)
             if leaves:
                 wcol = ba.layout.col_widths_mm
                 x1 = ba.x1[:, ba.pairs][..., None]
                 x2 = ba.x2[:, ba.pairs][..., None]
                 e = ba.layout.col_edges_mm
-                d1 = -(act & (x1 > e[:-1])).astype(float) / wcol
-                d2 = (act & (x2 < e[1:])).astype(float) / wcol
-                coef = (1 - T[b]) * ba.m[:, None, None] * GP[None]
+                h = ba.half_dlg_mm
+                d1 = -(act & (x1 - h > e[:-1])).astype(float) / wcol
+                d2 = (act & (x2 + h < e[1:])).astype(float) / wcol
+                coef = (1 - T[b]) * (ba.m * ba.sc)[:, None, None] * GP[None]
                 grads.append((coef * d1).sum(-1).ravel() * x_scale)
                 grads.append((coef * d2).sum(-1).ravel() * x_scale)
         return f, np.concatenate(grads)

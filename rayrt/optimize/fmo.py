@@ -43,6 +43,7 @@ class FluenceOptions(BaseModel):
     max_outer: int = Field(default=8, ge=1, description="augmented-Lagrangian outer iterations")
     rho0: float = Field(default=1.0, gt=0, description="initial penalty factor relative to the soft objective scale")
     screening: bool = True
+    precondition: bool = Field(default=True, description="diagonal (Jacobi) scaling of the weights by the Gauss-Newton Hessian diagonal")
     target_objective: float | None = Field(default=None, description="stop as soon as the soft objective is <= this (benchmarks)")
 
 
@@ -83,8 +84,8 @@ def initial_weights(problem: OptimizationProblem) -> np.ndarray:
 class _Screen:
     obj_index: int
     sign: int
-    order: np.ndarray = None  # term voxel positions sorted by slack
-    slack: np.ndarray = None  # sorted slacks (weight units)
+    R: np.ndarray = None  # (term voxels, groups) float32: dose per unit weight of every bixel of a group
+    d_ref: np.ndarray = None  # term voxel doses at the last refresh (Gy)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class ObjectiveEvaluator:
     problem: OptimizationProblem
     screening: bool = True
     refresh_fraction: float = 0.25
+    group_budget: float = 25e6  # entries of the per-term group matrices R (float32)
     rho: float = 0.0
     lambdas: list[np.ndarray] = field(default_factory=list)
     n_eval: int = 0
@@ -116,6 +118,19 @@ class ObjectiveEvaluator:
         self._screened_ids = {s.obj_index for s in self._screens}
         self._w_ref = None
         self._d_ref = None
+        if self._screens:
+            nb = p.num_beamlets
+            n_scr = sum(p.objectives[s_.obj_index].n for s_ in self._screens)
+            G = int(np.clip(self.group_budget // max(n_scr, 1), 8, 128))
+            gsize = int(np.ceil(nb / G))
+            self._starts = np.arange(0, nb, gsize)
+            import scipy.sparse as sp
+
+            cols = np.arange(nb)
+            P = sp.csr_matrix((np.ones(nb, np.float32), (cols, cols // gsize)), shape=(nb, self._starts.size))
+            A = p.dij.to_scipy()
+            for s_ in self._screens:
+                s_.R = np.asarray((A[p.objectives[s_.obj_index].voxels] @ P).toarray(), dtype=np.float32)
         if not self.lambdas:
             self.lambdas = [np.zeros(0) for _ in p.objectives]
 
@@ -124,20 +139,21 @@ class ObjectiveEvaluator:
         p = self.problem
         d = p.dij.dose(w)
         self._w_ref, self._d_ref = w.copy(), d
-        rs = p.dij.rowsums()
         for s in self._screens:
-            o = p.objectives[s.obj_index]
-            dv = d[o.voxels].astype(np.float64)
-            S = rs[o.voxels]
-            margin = 1e-4 * max(o.dose_gy, 1.0)
-            gap = (o.dose_gy - dv - margin) if s.sign > 0 else (dv - o.dose_gy - margin)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                slack = np.where(S > 0, gap / S, np.inf)
-            slack = np.where(gap <= 0, -np.inf, slack)
-            s.order = np.argsort(slack, kind="stable")
-            s.slack = slack[s.order]
+            s.d_ref = d[p.objectives[s.obj_index].voxels].astype(np.float32)
         self.n_refresh += 1
         return d
+
+    def _candidates(self, s: _Screen, dg_up: np.ndarray | None, dg_down: np.ndarray | None) -> np.ndarray:
+        """Term voxel positions whose dose bound can reach the active side of the term's level:
+        d_i(w) <= d_i(w0) + sum_g R[i, g] * max_{j in g} (w_j - w0_j)_+  (and the mirror lower bound)."""
+        o = self.problem.objectives[s.obj_index]
+        margin = 1e-4 * max(o.dose_gy, 1.0)
+        if s.sign > 0:
+            b = s.d_ref if dg_up is None else s.d_ref + s.R @ dg_up
+            return np.flatnonzero(b > o.dose_gy - margin)
+        b = s.d_ref if dg_down is None else s.d_ref - s.R @ dg_down
+        return np.flatnonzero(b < o.dose_gy + margin)
 
     def _screened_dose(self, w: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Dose on the needed rows (array over all rows, valid where needed) and candidate voxel positions per screened term."""
@@ -146,20 +162,20 @@ class ObjectiveEvaluator:
             return p.dij.dose(w), {}
         if self._w_ref is None:
             d = self._refresh(w)
-            return d, {s.obj_index: s.order[: np.searchsorted(s.slack, 0.0, side="right")] for s in self._screens}
-        dw = w - self._w_ref
-        up, down = float(max(dw.max(), 0.0)), float(max((-dw).max(), 0.0))
+            return d, {s.obj_index: self._candidates(s, None, None) for s in self._screens}
+        dw = (w - self._w_ref).astype(np.float32)
+        dg_up = np.maximum(np.maximum.reduceat(dw, self._starts), 0.0)
+        dg_down = np.maximum(np.maximum.reduceat(-dw, self._starts), 0.0)
         cands = {}
         total, cap = 0, 0
         for s in self._screens:
-            delta = up if s.sign > 0 else down
-            k = int(np.searchsorted(s.slack, delta, side="right"))
-            cands[s.obj_index] = s.order[:k]
-            total += k
-            cap += s.order.size
+            c = self._candidates(s, dg_up, dg_down)
+            cands[s.obj_index] = c
+            total += c.size
+            cap += s.R.shape[0]
         if total > self.refresh_fraction * cap:
             d = self._refresh(w)
-            return d, {s.obj_index: s.order[: np.searchsorted(s.slack, 0.0, side="right")] for s in self._screens}
+            return d, {s.obj_index: self._candidates(s, None, None) for s in self._screens}
         need = self._always.copy()
         for s in self._screens:
             need[self.problem.objectives[s.obj_index].voxels[cands[s.obj_index]]] = True
@@ -230,6 +246,27 @@ class _Stop(Exception):
     pass
 
 
+def jacobi_scale(problem: OptimizationProblem) -> np.ndarray:
+    """Per-beamlet scale s_j = 1 / sqrt(H_jj) (normalised to mean 1) with H_jj = sum over the
+    unscreened soft terms of 2 weight / n * sum_i D_ij^2, the Gauss-Newton Hessian diagonal of the
+    quadratic objectives: L-BFGS-B then works on z = w / s, whose curvatures are comparable."""
+    n = problem.dij.num_rows
+    rw = np.zeros(n)
+    for o in problem.objectives:
+        if o.n <= 2000 or o.screen_sign == 0:
+            rw[o.voxels] += 2.0 * o.weight / max(o.n, 1)
+    rows = np.flatnonzero(rw)
+    if rows.size == 0:
+        return np.ones(problem.num_beamlets)
+    d2 = problem.dij.data.astype(np.float32) ** 2
+    from rayrt.optimize.sparse import _csr_rmatvec_rows_serial
+
+    h = _csr_rmatvec_rows_serial(problem.dij.indptr, problem.dij.indices, d2, rows.astype(np.int64), rw[rows].astype(np.float32), problem.num_beamlets)
+    h = np.maximum(h, 1e-3 * max(float(np.median(h[h > 0])) if (h > 0).any() else 1.0, 1e-30))
+    s = 1.0 / np.sqrt(h)
+    return s / s.mean()
+
+
 def _optimize_fluence(
     problem: OptimizationProblem,
     options: FluenceOptions | None = None,
@@ -260,6 +297,14 @@ def _optimize_fluence(
         return f, g
 
     stop_w = np.zeros(problem.num_beamlets)
+    scale = jacobi_scale(problem) if opt.precondition else np.ones(problem.num_beamlets)
+    inner = fun
+
+    def fun(z):  # noqa: F811 - weights w = scale * z
+        f, g = inner(z * scale)
+        return f, g * scale
+
+    w = w / scale
     for outer in range(1, opt.max_outer + 1):
         try:
             res = minimize(
@@ -271,17 +316,18 @@ def _optimize_fluence(
             converged = bool(res.success)
             message = str(res.message)
         except _Stop:
-            w = stop_w.copy()
+            w = stop_w / scale
             converged, message = True, "reached target objective"
             break
         if not has_hard:
             break
-        worst = ev.update_multipliers(w)
+        worst = ev.update_multipliers(w * scale)
         if worst <= opt.constraint_tol_gy:
             break
         if worst > 0.25 * prev_worst or outer == 1:
             ev.rho *= 4.0
         prev_worst = worst
+    w = w * scale
     d = problem.dose(w)
     viol = [r for r in problem.objective_values(d) if r["hard"]]
     worst = max([r["violation_gy"] for r in viol], default=0.0)

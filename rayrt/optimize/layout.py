@@ -59,7 +59,6 @@ class BeamletLayout:
 
     def from_map(self, fmap: np.ndarray) -> np.ndarray:
         """This beam's beamlet weights from a fluence map."""
-        w = np.zeros(self.num_beamlets if self.beamlet_index.size else 0)
         ok = self.beamlet_index >= 0
         w = np.zeros(int(self.beamlet_index.max()) + 1 if ok.any() else 0)
         w[self.beamlet_index[ok]] = np.asarray(fmap)[ok]
@@ -100,5 +99,19 @@ def layout_from_beamlets(beamlets) -> BeamletLayout:
     return _adapt_dose_beamlet_grid(beamlets)
 
 
-def _adapt_dose_beamlet_grid(bg) -> BeamletLayout:  # filled in once rayrt.dose.geometry lands
-    raise TypeError(f"cannot read a beamlet layout from {type(bg).__name__}")
+def _adapt_dose_beamlet_grid(bg) -> BeamletLayout:
+    """:class:`rayrt.dose.geometry.BeamletGrid`: rows index ``row_edges_mm`` (leaf pairs, halved for
+    dual-layer MLCs), columns are numbers ``c`` with edges at ``c * bixel_width_mm``; bixel ``n`` of
+    the beam's Dij block is at (rows[n], cols[n]). Only the rows in use are kept."""
+    for n in ("rows", "cols", "row_edges_mm", "bixel_width_mm"):
+        if not hasattr(bg, n):
+            raise TypeError(f"cannot read a beamlet layout from {type(bg).__name__} (no '{n}')")
+    rows = np.asarray(bg.rows, dtype=np.int64)
+    cols = np.asarray(bg.cols, dtype=np.int64)
+    edges = np.asarray(bg.row_edges_mm, dtype=float)
+    w = float(bg.bixel_width_mm)
+    r0, r1 = int(rows.min()), int(rows.max()) + 1
+    c0, c1 = int(cols.min()), int(cols.max()) + 1
+    idx = np.full((r1 - r0, c1 - c0), -1, dtype=np.int64)
+    idx[rows - r0, cols - c0] = np.arange(rows.size)
+    return BeamletLayout(edges[r0 : r1 + 1], np.arange(c0, c1 + 1) * w, idx)

@@ -201,3 +201,28 @@ def build_problem(
         grid_shape=grid_shape,
         voxel_volume_cc=voxel_volume_cc,
     )
+
+
+def problem_from_voxel_groups(
+    dij: sp.spmatrix,
+    terms: list[dict],
+    *,
+    target: str,
+    prescription_gy: float,
+    beam_slices: list[slice] | None = None,
+) -> OptimizationProblem:
+    """A problem from explicit voxel sets (e.g. another planning system's objective groups, for a
+    like-for-like comparison). Each term: ``structure``, ``kind``, ``dose_gy``, ``weight``,
+    ``voxels`` (linear dose-grid indices, overlaps already resolved), optional ``volume_pct``, ``a``, ``hard``."""
+    all_rows = np.unique(np.concatenate([np.asarray(t["voxels"], dtype=np.int64) for t in terms]))
+    sub = SubsetDij(dij, all_rows)
+    objectives, rows = [], {}
+    for t in terms:
+        pos = np.searchsorted(all_rows, np.unique(np.asarray(t["voxels"], dtype=np.int64)))
+        rows[t["structure"]] = np.union1d(rows.get(t["structure"], np.zeros(0, np.int64)), pos)
+        objectives.append(make_objective(t["kind"], t["structure"], pos, t["dose_gy"], weight=t.get("weight", 1.0), hard=t.get("hard", False),
+                                         volume_pct=t.get("volume_pct"), a=t.get("a")))
+    if target not in rows:
+        raise InputError(f"target '{target}' has no objective group", kind="input")
+    return OptimizationProblem(dij=sub, objectives=objectives, structure_rows=rows, prescription_gy=prescription_gy, target=target,
+                               normalization_structure=target, beam_slices=beam_slices or [slice(0, dij.shape[1])])

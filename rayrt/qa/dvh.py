@@ -5,8 +5,8 @@ Method (reported with every :class:`DVHMetrics` in ``method``):
 * A structure is the set of voxels whose *centre* lies inside it (see
   :mod:`rayrt.contour.polygons`); each voxel carries its centre dose and an equal share of
   volume. With ``subvoxel`` > 1 (:func:`structure_dvh_metrics`), each dose voxel is split into
-  ``s x s`` in-plane sub-voxels, the structure is rasterised at the sub-voxel centres and the
-  dose is interpolated trilinearly there, which matters for structures of a few cc.
+  ``s x s x s`` sub-voxels, the structure is rasterised at the sub-voxel centres and the dose
+  is interpolated trilinearly there, which matters for structures of a few cc.
 * Cumulative DVH: ``V(d)`` = percentage of the structure volume receiving a dose ``>= d``.
 * ``Dx`` (:func:`dose_at_volume`) = the minimum dose received by the hottest ``x`` % of the
   volume. Sorted descending, the voxel of rank ``r`` (1-based) of ``N`` represents the volume
@@ -121,21 +121,34 @@ def cumulative_dvh(dose_gy: np.ndarray, mask: np.ndarray, bins_gy: np.ndarray | 
     return axis, np.asarray(volume_at_dose(values, axis), dtype=np.float64)
 
 
+def _dx_partition(values: np.ndarray, volume_pct: np.ndarray) -> np.ndarray:
+    """Dx for a few percentages with one multi-kth ``np.partition`` (O(N)), same definition as a full sort."""
+    n = values.size
+    pos = np.clip(np.asarray(volume_pct, dtype=float) / 100.0 * n - 0.5, 0.0, n - 1.0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    w = pos - lo
+    # descending rank r <-> ascending index n - 1 - r
+    kth = np.unique(np.concatenate([n - 1 - lo, n - 1 - hi, [0, n - 1]]))
+    part = np.partition(values, kth)
+    return part[n - 1 - lo] * (1.0 - w) + part[n - 1 - hi] * w
+
+
 def _metrics_from_values(values: np.ndarray, voxel_volume_cc: float, name: str, method: str) -> DVHMetrics:
     n = values.size
     if n == 0:
         nan = float("nan")
         return DVHMetrics(name=name, volume_cc=0.0, num_voxels=0, min_gy=nan, mean_gy=nan, max_gy=nan,
                           d2_gy=nan, d5_gy=nan, d50_gy=nan, d95_gy=nan, d98_gy=nan, method=method)
-    desc = _sorted_desc(values)
-    d2, d5, d50, d95, d98 = _dx_from_sorted_desc(desc, np.array([2.0, 5.0, 50.0, 95.0, 98.0]))
+    values = np.asarray(values, dtype=np.float64).ravel()
+    d2, d5, d50, d95, d98 = _dx_partition(values, np.array([2.0, 5.0, 50.0, 95.0, 98.0]))
     return DVHMetrics(
         name=name,
         volume_cc=float(n * voxel_volume_cc),
         num_voxels=int(n),
-        min_gy=float(desc[-1]),
+        min_gy=float(values.min()),
         mean_gy=float(values.mean(dtype=np.float64)),
-        max_gy=float(desc[0]),
+        max_gy=float(values.max()),
         d2_gy=float(d2), d5_gy=float(d5), d50_gy=float(d50), d95_gy=float(d95), d98_gy=float(d98),
         method=method,
     )
@@ -159,37 +172,54 @@ def structure_dvh_metrics(
 ) -> DVHMetrics:
     """Metrics of a structure given as polygons (LPS mm) on a dose :class:`~rayrt.imaging.volume.Volume`.
 
-    The polygons are rasterised directly onto the dose grid (``subvoxel=1``), or onto a grid
-    with ``subvoxel x subvoxel`` in-plane sub-voxels per dose voxel where the dose is
-    interpolated trilinearly. With ``small_cc`` set, ``subvoxel`` is used only for structures
-    whose voxel-centre volume is below ``small_cc`` (others stay at 1).
+    ``subvoxel=1``: the polygons are rasterised directly onto the dose grid (voxel centres).
+    ``subvoxel=s > 1``: every dose voxel in the structure's bounding box is split into
+    ``s x s x s`` sub-voxels; the structure is rasterised at the sub-voxel centres (contour
+    planes assigned to sub-slices by nearest plane, so the structure's extent along the slice
+    normal is resolved to ``dz/s`` too) and the dose is interpolated trilinearly there. With
+    ``small_cc`` set, sub-voxels are used only for structures whose voxel-centre volume is below
+    ``small_cc`` (bigger ones gain little and cost ``s**3`` more samples).
     """
-    from rayrt.contour.polygons import rasterize_polygons
+    from scipy.ndimage import map_coordinates
+
+    from rayrt.contour.polygons import polygon_planes, rasterize_polygons
     from rayrt.imaging.volume import Grid
 
     grid = dose.grid
+    if contours:
+        ij, ks = polygon_planes(contours, grid)
+        kf = ks[np.isfinite(ks)]
+        single_plane = kf.size > 0 and float(kf.max() - kf.min()) < 0.05
+        if plane_spacing_mm is None and single_plane:
+            plane_spacing_mm = float(grid.spacing[2])
     mask = rasterize_polygons(contours, grid, plane_spacing_mm=plane_spacing_mm)
     base = dvh_metrics(dose.array, mask, grid.voxel_volume_cc, name)
     s = int(subvoxel)
     if s <= 1 or (small_cc is not None and base.volume_cc >= small_cc) or not contours:
         return base
-    sp = grid.spacing
-    fine_sp = (sp[0] / s, sp[1] / s, sp[2])
-    shift = np.array([(1.0 / s - 1.0) / 2.0 * sp[0], (1.0 / s - 1.0) / 2.0 * sp[1], 0.0])
-    origin = grid.origin + grid.direction_matrix @ shift
-    nk, nj, ni = grid.shape
-    fine = Grid(shape=(nk, nj * s, ni * s), spacing_mm=tuple(float(v) for v in fine_sp),
-                origin_mm=tuple(float(v) for v in origin), direction=grid.direction)
-    fmask = rasterize_polygons(contours, fine, plane_spacing_mm=plane_spacing_mm or float(sp[2]))
-    kk, jj, ii = np.nonzero(fmask)
-    if kk.size == 0:
+    # bounding box of the polygons in dose-grid indices, one voxel of margin
+    allij = np.concatenate(ij, axis=0)
+    shape = np.array(grid.shape)
+    lo = np.floor(np.array([np.nanmin(ks), allij[:, 1].min(), allij[:, 0].min()]) - 1).astype(int)
+    hi = np.ceil(np.array([np.nanmax(ks), allij[:, 1].max(), allij[:, 0].max()]) + 1).astype(int)
+    lo = np.clip(lo, 0, shape - 1)
+    hi = np.clip(hi, 0, shape - 1)
+    if np.any(hi < lo):
         return base
-    pts = fine.index_to_world(np.stack([kk, jj, ii], axis=-1).astype(float))
-    # clamp to the dose grid's voxel-centre hull so edge sub-voxels take the nearest edge dose
-    kji = grid.world_to_index(pts)
-    kji = np.clip(kji, 0.0, np.array(grid.shape, dtype=float) - 1.0)
-    from scipy.ndimage import map_coordinates
-
-    values = map_coordinates(np.asarray(dose.array, dtype=np.float64), kji.T, order=1, mode="nearest")
-    method = f"sub-voxel: {s}x{s} in-plane sub-voxels per dose voxel at their centres, trilinear dose; Dx by mid-rank linear interpolation"
+    n = (hi - lo + 1) * s
+    first = lo - 0.5 + 0.5 / s  # fractional (k, j, i) of the first sub-voxel centre
+    origin = grid.index_to_world(first.astype(float))
+    sp = grid.spacing / s
+    fine = Grid(shape=(int(n[0]), int(n[1]), int(n[2])), spacing_mm=tuple(float(v) for v in sp),
+                origin_mm=tuple(float(v) for v in origin), direction=grid.direction)
+    fmask = rasterize_polygons(contours, fine, plane_spacing_mm=plane_spacing_mm)
+    kji = np.argwhere(fmask).astype(float)
+    if kji.shape[0] == 0:
+        return base
+    # fine index -> dose-grid index; clamp to the voxel-centre hull (edge sub-voxels take the edge dose)
+    coarse = first + kji / s
+    coarse = np.clip(coarse, 0.0, shape - 1.0)
+    values = map_coordinates(np.asarray(dose.array, dtype=np.float64), coarse.T, order=1, mode="nearest")
+    method = (f"sub-voxel: {s}x{s}x{s} sub-voxels per dose voxel, structure at sub-voxel centres, trilinear dose; "
+              "Dx by mid-rank linear interpolation")
     return _metrics_from_values(values, fine.voxel_volume_cc, name, method)

@@ -23,7 +23,10 @@ inside the sphere (an upper bound of Γ, never below ``max_gamma``); they fail e
 Candidate points outside the evaluated grid are skipped. A grid with one slice (or row /
 column) is treated as 2-D along that axis: only offsets in its plane are used.
 
-The kernel is compiled with numba (parallel over reference voxels). Everything is in mm and Gy
+The kernel is compiled with numba (parallel over reference voxels). When every reference voxel
+centre is a node of the evaluated grid (same grid, or a sub-grid), the interpolation cell and
+weights of each offset are precomputed once (the fast path); otherwise each candidate point is
+located in the evaluated grid. Everything is in mm and Gy
 (any dose unit works as long as both doses share it).
 """
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -227,6 +231,23 @@ def _get_kernel():
     return _KERNEL
 
 
+_KERNEL_LOCK = threading.Lock()
+
+
+def _run_kernel(general, aligned, base, base_int, ref_vals, inv_dd, ev_d, off_kji, d2, out) -> None:
+    if np.abs(base - base_int).max() < 1e-6:
+        # every reference voxel centre is an evaluated grid node (same grid or a sub-grid): the
+        # interpolation cell and weights of each offset are the same for all voxels
+        cell0 = np.floor(off_kji + 1e-9)
+        frac = np.clip(off_kji - cell0, 0.0, 1.0)
+        frac[frac < 1e-9] = 0.0
+        cell1 = cell0 + (frac > 0)
+        aligned(base_int.astype(np.int64), ref_vals, inv_dd, ev_d, cell0.astype(np.int64), cell1.astype(np.int64),
+                np.ascontiguousarray(frac), d2, out)
+    else:
+        general(base, ref_vals, inv_dd, ev_d, off_kji, d2, out)
+
+
 # --------------------------------------------------------------------------- public API
 def _as_volume(dose: Volume | tuple[np.ndarray, Grid], what: str) -> Volume:
     if isinstance(dose, Volume):
@@ -291,16 +312,9 @@ def gamma_index(
     out = np.empty(n, dtype=np.float64)
     general, aligned = _get_kernel()
     base_int = np.rint(base)
-    if np.abs(base - base_int).max() < 1e-6:
-        # every reference voxel centre is an evaluated grid node (same or sub-grid): fast path
-        cell0 = np.floor(off_kji + 1e-9)
-        frac = np.clip(off_kji - cell0, 0.0, 1.0)
-        frac[frac < 1e-9] = 0.0
-        cell1 = cell0 + (frac > 0)
-        aligned(base_int.astype(np.int64), ref_vals, inv_dd, ev_d, cell0.astype(np.int64), cell1.astype(np.int64),
-                np.ascontiguousarray(frac), d2, out)
-    else:
-        general(base, ref_vals, inv_dd, ev_d, off_kji, d2, out)
+    # numba's default (workqueue) threading layer must not be entered from two threads at once
+    with _KERNEL_LOCK:
+        _run_kernel(general, aligned, base, base_int, ref_vals, inv_dd, ev_d, off_kji, d2, out)
     gamma[idx] = out.astype(np.float32)
 
     passed = int(np.count_nonzero(out <= 1.0))

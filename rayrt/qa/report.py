@@ -3,8 +3,8 @@
 :func:`qa_plan` runs, in this order,
 
 1. the independent dose check: the plan's dose recomputed on a finer grid by an independent
-   engine (``recompute`` callable, default :func:`rayrt.dose.aperture.aperture_dose` when
-   installed) compared with the planned dose (:func:`rayrt.qa.checks.independent_dose_check`);
+   engine (``recompute`` callable; default :func:`rayrt.dose.aperture.aperture_dose` on the
+   given ``density``) compared with the planned dose (:func:`rayrt.qa.checks.independent_dose_check`);
 2. gamma of the plan's dose against the standard plan's dose (TG-218: 3 %/2 mm global, 10 %
    cutoff, tolerance >= 95 %, action <= 90 %);
 3. the DVH criteria of the medical order (:func:`rayrt.qa.checks.dvh_criteria_checks`);
@@ -96,6 +96,7 @@ def qa_plan(
     standard_dose: Volume | None = None,
     masks: Mapping[str, "np.ndarray | Volume"] | None = None,
     order: MedicalOrder | None = None,
+    density: Volume | None = None,
     recompute: DoseRecompute | Literal["auto"] | None = "auto",
     gamma_criteria: GammaCriteria = TG218_CRITERIA,
     tolerance_pct: float = TG218_TOLERANCE_PCT,
@@ -108,8 +109,10 @@ def qa_plan(
 
     ``standard_dose``: the standard plan's dose (gamma reference); ``masks``: structure masks on
     the dose grid (arrays) or as Volumes on any grid (resampled, nearest); ``order``: the DVH
-    criteria; ``recompute``: the independent dose engine ``(plan, machine, grid) -> Volume``,
-    ``"auto"`` for :func:`rayrt.dose.aperture.aperture_dose` when installed, None to skip.
+    criteria; ``density``: relative electron density (any grid) for the independent dose;
+    ``recompute``: the independent dose engine ``(plan, machine, grid) -> Volume``, ``"auto"``
+    for :func:`rayrt.dose.aperture.aperture_dose` on ``density`` (total course: x fractions)
+    when a density is given, None to skip.
     """
     from rayrt.qa.dvh import dvh_metrics
 
@@ -118,14 +121,14 @@ def qa_plan(
     mk = masks_on_grid(masks, dose.grid) if masks else {}
 
     # 1. independent dose
-    engine = default_recompute() if recompute == "auto" else recompute
+    engine = default_recompute(density) if recompute == "auto" else recompute
     indep = None
     if engine is not None:
         target = order.prescription.target if order else plan.target
         c, indep = independent_dose_check(plan, machine, dose, engine, target_mask=mk.get(target) if target else None)
         checks.extend(c)
     elif recompute == "auto":
-        notes.append("independent dose check not run: rayrt.dose.aperture.aperture_dose is not available")
+        notes.append("independent dose check not run: no density given for rayrt.dose.aperture.aperture_dose")
     else:
         notes.append("independent dose check skipped by the caller")
 

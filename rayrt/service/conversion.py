@@ -41,12 +41,14 @@ __all__ = [
     "CONVERSIONS",
     "ConversionPoolSettings",
     "ConversionPools",
+    "ConversionPoolsActor",
     "ConversionResult",
     "ConversionWorker",
     "LeafResampleRequest",
     "PoolStats",
     "leaf_resample",
     "load_machine_model",
+    "get_or_create_conversion_pools",
     "open_area_mm2",
     "register_conversion",
     "resample_leaves",
@@ -251,16 +253,15 @@ def resolve_conversion(spec: str | ConversionFn) -> ConversionFn:
 
 
 def load_machine_model(name: str, config_dir: str | os.PathLike | None = None) -> MachineModel:
-    """The MachineModel called ``name`` (``rayrt.dose.machines`` when available, else the YAML files)."""
+    """The MachineModel called ``name``: ``rayrt.dose.machines.get_machine`` (the machine library),
+    or, with ``config_dir``, the YAML file in that folder whose ``name`` matches."""
     if config_dir is None:
         try:
             from rayrt.dose import machines as dose_machines  # type: ignore[import-not-found]
         except ImportError:
             dose_machines = None
-        for attr in ("get_machine", "load_machine_by_name"):
-            fn = getattr(dose_machines, attr, None) if dose_machines else None
-            if fn is not None:
-                return fn(name)
+        if dose_machines is not None and hasattr(dose_machines, "get_machine"):
+            return dose_machines.get_machine(name)
     import yaml
 
     from rayrt.service.machines import _default_machines_dir
@@ -356,7 +357,8 @@ class ConversionPools:
             (each actor loads its model by name: :func:`load_machine_model`).
         conversion: registry name or dotted path of ``fn(payload, machine) -> result``.
         settings: :class:`ConversionPoolSettings` or its dict (service config ``conversion_pool``).
-        actor_options: Ray options for the actors, e.g. ``{"num_cpus": 1, "resources": {"worker": 0.01}}``.
+        actor_options: Ray options for the actors, e.g. ``{"num_cpus": 1, "resources": {"worker": 0.01}}``
+            (default: ``settings.actor_options``).
         start: create every machine's initial actors now (models load in the background);
             otherwise a pool starts on its first submit.
 
@@ -378,7 +380,7 @@ class ConversionPools:
         self._models: dict[str, MachineModel | str] = dict(machines) if isinstance(machines, Mapping) else {m: m for m in machines}
         if not self._models:
             raise InputError("ConversionPools needs at least one machine", kind="machine")
-        self._options = dict(actor_options or {})
+        self._options = dict(actor_options if actor_options is not None else self.settings.actor_options)
         self._config_dir = config_dir
         self._lock = threading.Lock()
         self._pools: dict[str, _Pool] = {}
@@ -491,3 +493,30 @@ class ConversionPools:
                 for a in pool.actors:
                     ray.kill(a)
             self._pools.clear()
+
+
+ConversionPoolsActor = ray.remote(num_cpus=0, max_concurrency=64, max_restarts=-1)(ConversionPools)
+"""``ConversionPools`` as a threaded Ray actor, shared by the scheduler and every controlled
+computer: ``ray.get(pools.convert.remote(machine, payload))`` (blocks one of its threads), or
+``inner = ray.get(pools.submit.remote(machine, payload)); ray.get(inner)``."""
+
+POOLS_NAME = "rayrt-conversion-pools"
+
+
+def get_or_create_conversion_pools(name: str = POOLS_NAME, namespace: str | None = None, detached: bool = True, actor_options: dict | None = None, **kwargs: Any):
+    """The named :data:`ConversionPoolsActor` (created on first use; ``kwargs`` go to ConversionPools).
+
+    Without ``machines`` in ``kwargs`` it makes a pool for every treatment machine of the
+    library (:func:`rayrt.service.machines.machine_names`); each worker loads its model by name.
+    """
+    opts = dict(actor_options or {})
+    opts.update(name=name, get_if_exists=True)
+    if namespace:
+        opts["namespace"] = namespace
+    if detached:
+        opts["lifetime"] = "detached"
+    if "machines" not in kwargs:
+        from rayrt.service.machines import machine_names
+
+        kwargs["machines"] = machine_names()
+    return ConversionPoolsActor.options(**opts).remote(**kwargs)

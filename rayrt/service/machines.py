@@ -12,17 +12,20 @@ bookings to the best usable machines and calls ``replan_callback`` so the schedu
 the plan for the new machine. It is a plain class (usable in-process) and a Ray actor
 (:data:`MachineRegistryActor`, or :func:`get_or_create_registry` for a named, shared one).
 
-Store interface (duck-typed): any object with ``save_json(key, model)`` and
-``load_json(key, model_cls) -> model | None`` (missing keys may also raise ``KeyError`` /
-``FileNotFoundError``), or a Ray actor handle with those methods. :class:`JsonFileStore` is a
-self-contained implementation (local directory with atomic replace, or a pyarrow.fs URI).
+Store interface (duck-typed), any of:
+  * the service's :class:`rayrt.service.store.Store` (``write_json(rel, model)`` /
+    ``read_model(rel, cls)``; files ``machines/<name>.json`` under its root),
+  * any object with ``save_json(key, model)`` and ``load_json(key, model_cls) -> model | None``
+    (missing keys may also raise ``KeyError`` / ``FileNotFoundError``), or a Ray actor handle
+    with those two methods,
+  * :class:`JsonFileStore` (self-contained: local directory with atomic replace, or a
+    pyarrow.fs URI), which ``data_dir=`` creates.
 Keys used: ``machines/<name>`` (:class:`MachineQueueRecord`), ``machines/_registry``
 (:class:`RegistryRecord`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -149,8 +152,10 @@ def _store_save(store: Any, key: str, model: BaseModel) -> None:
         return
     if isinstance(store, ray.actor.ActorHandle):
         ray.get(store.save_json.remote(key, model))
-    else:
+    elif hasattr(store, "save_json"):
         store.save_json(key, model)
+    else:  # rayrt.service.store.Store: write_json(rel, model), atomic
+        store.write_json(f"{key}.json", model)
 
 
 def _store_load(store: Any, key: str, model_cls: type[M]) -> M | None:
@@ -159,8 +164,10 @@ def _store_load(store: Any, key: str, model_cls: type[M]) -> M | None:
     try:
         if isinstance(store, ray.actor.ActorHandle):
             value = ray.get(store.load_json.remote(key, model_cls))
-        else:
+        elif hasattr(store, "load_json"):
             value = store.load_json(key, model_cls)
+        else:  # rayrt.service.store.Store: read_model(rel, cls), FileNotFoundError when absent
+            value = store.read_model(f"{key}.json", model_cls)
     except (KeyError, FileNotFoundError):
         return None
     except InputError as exc:
@@ -177,38 +184,34 @@ def _store_load(store: Any, key: str, model_cls: type[M]) -> M | None:
 
 
 def _default_machines_dir() -> Path:
-    env = os.environ.get("RAYRT_MACHINES_DIR")
+    """``$RAYRT_CONFIG_DIR/machines`` if set (as rayrt.dose.machines), else ``<repo>/configs/machines``."""
+    env = os.environ.get("RAYRT_CONFIG_DIR")
     if env:
-        return Path(env)
-    cwd = Path("configs") / "machines"
-    if cwd.is_dir():
-        return cwd
+        return Path(env) / "machines"
     return Path(__file__).resolve().parents[2] / "configs" / "machines"
 
 
 def machine_names(config_dir: str | os.PathLike | None = None, include_standard: bool = False) -> list[str]:
     """Names of the configured treatment machines, sorted.
 
-    Uses ``rayrt.dose.machines.list_machines()`` when it exists (items may be names or
-    MachineModels); otherwise (or when ``config_dir`` is given) reads the ``name`` (and
-    ``standard``) fields of ``configs/machines/*.yaml`` (``$RAYRT_MACHINES_DIR`` overrides).
-    The vendor-neutral standard machine is not a treatment machine and is left out unless
+    Uses the machine library ``rayrt.dose.machines`` (``list_machines`` / ``get_machine``) when
+    it is importable; otherwise, or when ``config_dir`` is given, reads the ``name`` and
+    ``standard`` fields of ``<config_dir>/*.yaml`` (default ``configs/machines``). The
+    vendor-neutral standard machine is not a treatment machine and is left out unless
     ``include_standard``.
     """
     if config_dir is None:
         try:
-            from rayrt.dose.machines import list_machines  # type: ignore[import-not-found]
+            from rayrt.dose import machines as library  # type: ignore[import-not-found]
         except ImportError:
-            list_machines = None
-        if list_machines is not None:
+            library = None
+        if library is not None and hasattr(library, "list_machines"):
             names = []
-            for item in list_machines():
-                if isinstance(item, str):
-                    names.append(item)
-                elif include_standard or not getattr(item, "standard", False):
-                    names.append(item.name)
-            if names:
-                return sorted(set(names))
+            for item in library.list_machines():
+                model = library.get_machine(item) if isinstance(item, str) else item
+                if include_standard or not getattr(model, "standard", False):
+                    names.append(item if isinstance(item, str) else model.name)
+            return sorted(set(names))
     import yaml
 
     folder = Path(config_dir) if config_dir is not None else _default_machines_dir()
@@ -329,10 +332,7 @@ class LocalMachineQueue:
             raise InputError(f"job {booking.job_id} is already booked on {self.name}", kind="booking", field="job_id", status=409)
         b = booking.model_copy(deep=True)
         b.machine = self.name
-        if b.state not in (BookingState.booked, BookingState.converting):
-            b.state = BookingState.booked if b.plan_id else BookingState.converting
-        if b.state is BookingState.booked and not b.plan_id:
-            b.state = BookingState.converting
+        b.state = BookingState.booked if b.plan_id else BookingState.converting
         b.log(f"booked on {self.name}: {b.pending_fractions} fraction(s)")
         self._rec.bookings.append(b)
         self._save()
@@ -424,12 +424,14 @@ class ReplanRequest(BaseModel):
     fractions: int = Field(ge=0, description="fractions still to deliver")
     source_plan_id: str | None = Field(description="the plan that was booked on the machine that went down")
     reason: str
+    needs_conversion: bool = Field(default=True, description="False when the booking went back to its own machine with its plan")
 
 
 class StatusChange(BaseModel):
     machine: str
     status: MachineStatus
     moved: list[Booking] = Field(default_factory=list, description="bookings moved out (each with moved_to and move_reason)")
+    placed: list[Booking] = Field(default_factory=list, description="waiting (unplaced) bookings placed now that a machine is usable")
 
 
 class RegistryRecord(BaseModel):
@@ -455,7 +457,8 @@ class MachineRegistry:
         replan_callback: ``callback(ReplanRequest)`` called for every booking moved off a
             machine that went down (after the new slot is booked). Must be picklable when the
             registry runs as an actor. Its exceptions are logged and recorded, never raised.
-        actor_options: Ray options for the queue actors, e.g. ``{"resources": {"head": 0.01}}``.
+        actor_options: Ray options for the queue actors, e.g. ``{"resources": {"head": 0.01}}``
+            (default: ``settings.actor_options``).
         actor_name_prefix: name queue actors ``<prefix><machine>`` (get-if-exists), so a
             restarted registry re-attaches to live queues. None: anonymous actors.
         namespace / lifetime: passed with named actors (``lifetime="detached"`` to outlive
@@ -484,7 +487,7 @@ class MachineRegistry:
         self._callback = replan_callback
         self._queues: dict[str, Any] = {}
         for name in names:
-            opts = dict(actor_options or {})
+            opts = dict(actor_options if actor_options is not None else self.settings.actor_options)
             if actor_name_prefix is not None:
                 opts.update(name=f"{actor_name_prefix}{name}", get_if_exists=True)
                 if namespace:
@@ -572,10 +575,16 @@ class MachineRegistry:
         return [b for b in out if b is not None]
 
     def set_status(self, machine: str, state: MachineState | str, cause: DownCause | str | None = None, reason: str = "") -> StatusChange:
-        """Change a machine's status; marking it down moves its pending bookings away."""
+        """Change a machine's status.
+
+        Marking it down moves its pending bookings away (:meth:`on_machine_down`); marking it
+        usable places bookings that were waiting for a usable machine (:meth:`place_unplaced`).
+        """
         status = ray.get(self._queue(machine).set_status.remote(state, cause, reason))
-        moved = self.on_machine_down(machine) if status.state is MachineState.down else []
-        return StatusChange(machine=machine, status=status, moved=moved)
+        if status.state is MachineState.down:
+            return StatusChange(machine=machine, status=status, moved=self.on_machine_down(machine))
+        placed = self.place_unplaced() if self._rec.unplaced else []
+        return StatusChange(machine=machine, status=status, placed=placed)
 
     def on_machine_down(self, name: str) -> list[Booking]:
         """Move every pending booking of a down machine to the best usable machine.
@@ -639,25 +648,38 @@ class MachineRegistry:
         return moved
 
     def place_unplaced(self) -> list[Booking]:
-        """Retry bookings that found no usable machine (call when a machine comes back)."""
+        """Retry bookings that found no usable machine (runs when a machine becomes usable).
+
+        A booking that returns to the machine it was moved off keeps its converted plan (state
+        ``booked``, ``ReplanRequest.needs_conversion`` False); otherwise it is ``converting``.
+        """
         waiting, self._rec.unplaced = self._rec.unplaced, []
         placed = []
         for old in waiting:
             holders = {b.machine for b in self.bookings_of(old.job_id)}
             try:
-                target = self.select(None, 1, None, exclude=sorted(holders | {old.machine}))[0]
+                target = self.select(None, 1, None, exclude=sorted(holders))[0]
             except InputError:
                 self._rec.unplaced.append(old)
                 continue
+            same = target == old.machine
+            keep_plan = same and old.plan_id is not None  # back on its own machine with a converted plan
             new = old.model_copy(deep=True)
-            new.fractions, new.fractions_delivered, new.plan_id = old.pending_fractions, 0, None
-            new.state, new.moved_from, new.moved_to, new.booked_at = BookingState.converting, old.machine, None, utcnow()
+            new.fractions, new.fractions_delivered = old.pending_fractions, 0
+            new.plan_id = old.plan_id if keep_plan else None
+            new.moved_from, new.moved_to, new.booked_at = (None if same else old.machine), None, utcnow()
             new.log(f"placed on {target} after waiting for a usable machine")
-            placed.append(ray.get(self._queue(target).book.remote(new)))
+            try:
+                booked = ray.get(self._queue(target).book.remote(new))
+            except InputError:  # went down again meanwhile
+                self._rec.unplaced.append(old)
+                continue
+            placed.append(booked)
             self._notify(
                 ReplanRequest(
                     job_id=old.job_id, patient_id=old.patient_id, from_machine=old.machine, to_machine=target,
                     fractions=new.fractions, source_plan_id=old.plan_id, reason=old.move_reason or "re-placed",
+                    needs_conversion=not keep_plan,
                 )
             )
         self._save()

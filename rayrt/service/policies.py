@@ -17,6 +17,11 @@ Terms
 Policies are plain functions registered by name in :data:`POLICIES`; add one with
 ``@register_policy("name")``. Every policy gets only usable machines (not down, and restricted
 to the user's list when one is given) and returns them best first.
+
+The settings models of the machine queues (:class:`MachineQueueSettings`, service config key
+``machine_queues``) and of the conversion pools (:class:`ConversionPoolSettings`, key
+``conversion_pool``) live here too, so that ``rayrt.service.settings`` can import them without
+importing Ray.
 """
 
 from __future__ import annotations
@@ -143,6 +148,10 @@ class MachineQueueSettings(BaseModel):
     default_slot_minutes: float = Field(default=15.0, gt=0)
     slot_minutes: dict[str, float] = Field(default_factory=dict)
     default_policy: str = Field(default="prefer_idle", description="policy used when a request names none, and for re-routing")
+    actor_options: dict = Field(
+        default_factory=dict,
+        description="Ray options of the MachineQueue actors; on a cluster {resources: {head: 0.01}} pins them to the head",
+    )
 
     def slot_for(self, machine: str) -> float:
         value = self.slot_minutes.get(machine, self.default_slot_minutes)
@@ -163,6 +172,10 @@ class ConversionPoolSettings(BaseModel):
     default_size: int = Field(default=1, ge=1)
     max_size: int = Field(default=2, ge=1)
     sizes: dict[str, int] = Field(default_factory=dict)
+    actor_options: dict = Field(
+        default_factory=lambda: {"num_cpus": 1},
+        description="Ray options of the ConversionWorker actors; on a cluster add resources: {worker: 0.01}",
+    )
 
     def initial(self, machine: str) -> int:
         n = self.sizes.get(machine, self.default_size)

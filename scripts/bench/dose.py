@@ -50,7 +50,7 @@ SETUPS = {
     "A": {"gantry_angles_deg": [0.0, 72.0, 144.0, 216.0, 288.0], "bixel_width_mm": 5.0, "dose_grid_mm": 5.0},
     "B": {"gantry_angles_deg": [float(a) for a in range(0, 360, 40)], "bixel_width_mm": 5.0, "dose_grid_mm": 3.0},
 }
-DEFAULT_MACHINE = "Generic6MV"
+DEFAULT_MACHINE = "standard"
 
 
 # --------------------------------------------------------------------------- rayrt side (subprocess)
@@ -67,7 +67,7 @@ def _pick_machine(name: str | None):
     names = list_machines()
     if name:
         return get_machine(name)
-    for cand in (DEFAULT_MACHINE, "generic_6MV", "Generic_6MV", "matRad_Generic"):
+    for cand in (DEFAULT_MACHINE,):
         if cand in names:
             return get_machine(cand)
     gen = [n for n in names if "generic" in n.lower()]

@@ -316,7 +316,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "peak_rss_end_mib": peak_rss_mib(),
     })
     if args.dij_out:
-        summary.update({k: v for k, v in save_npz(Path(args.dij_out), args.setup, r).items() if k != "objectives"})
+        # also the Dij export + the same JSON summary `dij` writes (so dose.py --reuse-pyradplan can use it)
+        dij_summary = _summary(args.setup, r)
+        dij_summary.update(save_npz(Path(args.dij_out), args.setup, r))
+        dij_summary["npz"] = str(args.dij_out)
+        dij_summary["note"] = "written by `optimize --dij-out`: the Dij ran in the same process as the optimization"
+        write_json(Path(args.dij_out).with_suffix(".json"), dij_summary)
         summary["npz"] = str(args.dij_out)
     write_json(args.out, summary)
     print(json.dumps({k: summary[k] for k in ("setup", "time_dij_s", "time_optimization_s", "num_iter", "objective_final")}))
@@ -334,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     o = sub.add_parser("optimize", help="compute the Dij, run pyRadPlan's fluence optimization, write JSON")
     o.add_argument("--setup", choices=sorted(SETUPS), required=True)
     o.add_argument("--out", required=True, help="the JSON to write")
-    o.add_argument("--dij-out", default=None, help="also export the Dij .npz (saves a second Dij run)")
+    o.add_argument("--dij-out", default=None, help="also export the Dij .npz and its JSON summary (.json next to it): saves a second Dij run")
     o.set_defaults(func=cmd_optimize)
     args = ap.parse_args(argv)
     return int(args.func(args))

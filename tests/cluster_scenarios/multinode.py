@@ -44,7 +44,8 @@ def main() -> None:
         from rayrt.service.conversion import ConversionPools, LeafResampleRequest
         from rayrt.service.machines import MachineRegistry
 
-        reg = MachineRegistry(["TB1", "VHD1"], actor_options={"resources": {"head": 0.01}})
+        # placement comes from the settings, as from configs/service.yaml on a cluster
+        reg = MachineRegistry(["TB1", "VHD1"], settings={"actor_options": {"resources": {"head": 0.01}}})
 
         queue_nodes = [ray.get(reg.queue(name).info.remote())["node_id"] for name in reg.names()]
         reg.book("TB1", "j1", "p1", 5, plan_id="x")
@@ -52,8 +53,7 @@ def main() -> None:
 
         pools = ConversionPools(
             {"Agility1": demo_machine("Agility1", AGILITY_MM, jaw_x=False)},
-            settings={"default_size": 2, "max_size": 2},
-            actor_options={"num_cpus": 0, "resources": {"worker": 0.5}},
+            settings={"default_size": 2, "max_size": 2, "actor_options": {"num_cpus": 0, "resources": {"worker": 0.5}}},
         )
         req = LeafResampleRequest(plan=demo_plan(), source_leaf_boundaries_mm=MILLENNIUM_MM.tolist())
         results = pools.map("Agility1", [req] * 4, timeout_s=120)

@@ -1,0 +1,42 @@
+"""Prescription normalisation of the final plan: scale all MU so the order's metric equals the
+prescription (e.g. PTV D95 = 100 % of Rx). Dose is linear in MU, so the dose scales the same."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rayrt.domain.errors import InputError
+from rayrt.domain.order import MedicalOrder
+from rayrt.domain.plan import Plan
+
+__all__ = ["normalization_factor", "scale_plan"]
+
+
+def _dose_at_volume(values: np.ndarray, volume_pct: float) -> float:
+    from rayrt.qa.dvh import dose_at_volume
+
+    return float(dose_at_volume(values, volume_pct))
+
+
+def normalization_factor(target_dose_gy: np.ndarray, order: MedicalOrder) -> float:
+    """Factor for the MU (and dose) so that the normalisation metric on ``target_dose_gy`` (the
+    dose values in the normalisation structure, Gy) equals ``value_pct`` % of the prescription."""
+    norm = order.prescription.normalization
+    if norm.metric == "none":
+        return 1.0
+    v = np.asarray(target_dose_gy, dtype=float)
+    if v.size == 0:
+        raise InputError("the normalisation structure has no voxel on the dose grid", kind="order", field="normalization.structure")
+    current = float(np.mean(v)) if norm.metric == "mean" else _dose_at_volume(v, norm.volume_pct)
+    if not np.isfinite(current) or current <= 0:
+        raise InputError(f"cannot normalise: {norm.metric} of the target is {current} Gy", kind="order", field="normalization")
+    return order.prescription.total_dose_gy * norm.value_pct / 100.0 / current
+
+
+def scale_plan(plan: Plan, factor: float) -> Plan:
+    """A copy of ``plan`` with every segment's MU multiplied by ``factor``."""
+    p = plan.model_copy(deep=True)
+    for b in p.beams:
+        for s in b.segments:
+            s.mu = float(s.mu * factor)
+    return p
