@@ -248,3 +248,60 @@ def test_named_pools_actor_shared_by_callers(ray_ready):
     finally:
         ray.get(pools.shutdown.remote())
         ray.kill(pools)
+
+
+@pytest.mark.ray
+def test_machine_down_replans_through_the_conversion_pool(ray_ready, tmp_path):
+    """End to end: a machine goes down -> its booking moves -> the callback hands the job to a
+    task (never calling back into the registry actor synchronously) -> the plan is converted on
+    the new machine's pool -> the booking there becomes 'booked' with the converted plan."""
+    import time
+    import uuid
+
+    import ray
+
+    from rayrt.service.conversion import get_or_create_conversion_pools
+    from rayrt.service.machines import BookingState, MachineRegistryActor
+
+    def _replan(req, pools_name, registry_name, plans_by_job, source_boundaries):
+        """What the scheduler does for a ReplanRequest: convert the job's standard plan for the new
+        machine on that machine's pool, then attach the converted plan to the booking."""
+        pools = ray.get_actor(pools_name)
+        registry = ray.get_actor(registry_name)
+        if req.to_machine is None or not req.needs_conversion:
+            return None
+        payload = LeafResampleRequest(plan=plans_by_job[req.job_id], source_leaf_boundaries_mm=source_boundaries)
+        result = ray.get(pools.convert.remote(req.to_machine, payload))
+        ray.get(registry.attach_plan.remote(req.to_machine, req.job_id, result.plan.id))
+        return result.plan.id
+
+    tag = uuid.uuid4().hex[:6]
+    pools_name, registry_name = f"pools-{tag}", f"registry-{tag}"
+    models = {"Agility1": machine("Agility1", AGILITY, jaw_x=False), "Synergy1": machine("Synergy1", MLCI2)}
+    pools = get_or_create_conversion_pools(name=pools_name, detached=False, machines=models, settings={"actor_options": {"num_cpus": 0}})
+    plans = {"job1": make_plan(2, 2)}
+    replan_task = ray.remote(num_cpus=0)(_replan)
+
+    def callback(req, _task=replan_task, _args=(pools_name, registry_name, plans, MILLENNIUM.tolist())):
+        _task.remote(req, *_args)  # fire and forget: the registry must not wait on itself
+
+    registry = MachineRegistryActor.options(name=registry_name).remote(list(models), data_dir=str(tmp_path), replan_callback=callback)
+    try:
+        ray.get(registry.book.remote("Agility1", "job1", "p1", 20, "plan-on-agility"))
+        change = ray.get(registry.set_status.remote("Agility1", "down", "malfunction", "MLC leaf motor"))
+        assert [b.moved_to for b in change.moved] == ["Synergy1"]
+        booking = None
+        for _ in range(240):
+            (booking,) = ray.get(registry.bookings.remote("Synergy1"))
+            if booking.state is BookingState.booked:
+                break
+            time.sleep(0.5)
+        assert booking.state is BookingState.booked and booking.plan_id and booking.plan_id != "plan-on-agility"
+        assert booking.moved_from == "Agility1" and "MLC leaf motor" in booking.move_reason
+        assert any("plan" in h and "attached" in h for h in booking.history)
+    finally:
+        for name in ray.get(registry.names.remote()):
+            ray.kill(ray.get(registry.queue.remote(name)))
+        ray.kill(registry)
+        ray.get(pools.shutdown.remote())
+        ray.kill(pools)

@@ -10,7 +10,7 @@ import yaml
 from rayrt.domain.errors import InputError
 from rayrt.domain.plan import Beam
 from rayrt.dose import machines as lib
-from rayrt.dose.dij import compute_dij, dose_grid_for, hstack_exact, plan_dij
+from rayrt.dose.dij import chunk_ranges, compute_dij, dose_grid_for, hstack_exact, plan_dij
 from rayrt.dose.geometry import beamlet_grid, beamlet_grid_for_field
 from rayrt.dose.machines import get_machine
 from rayrt.dose.pencil_beam import pdd_metrics, penumbra_80_20
@@ -139,7 +139,7 @@ def test_chunking_is_bitwise_identical():
         assert np.array_equal(parts.indptr, full.indptr)
         assert np.array_equal(parts.indices, full.indices)
         assert np.array_equal(parts.data.view(np.uint32), full.data.view(np.uint32))
-        ref = sp.hstack([compute_dij(rho, dg, bg, m, a, b) for a, b in zip(cuts, cuts[1:])], format="csc")
+        ref = sp.hstack([compute_dij(rho, dg, bg, m, a, b) for a, b in chunk_ranges(bg.num_bixels, 50)], format="csc")
         assert (ref != full).nnz == 0
 
 
@@ -187,3 +187,25 @@ def test_bad_ranges_refused():
     with pytest.raises(InputError, match="machine"):
         compute_dij(rho, axis_grid(n=3), bg, get_machine("truebeam_m120"))
     assert compute_dij(rho, axis_grid(n=3), bg, m, 1, 1).shape == (3, 0)
+
+
+def test_pencil_beam_dose_matches_a_dij_column():
+    """rayrt.dose.pencil_beam.pencil_beam_dose (for curve tools) is the model compute_dij evaluates."""
+    from rayrt.dose.pencil_beam import pencil_beam_dose
+
+    m = get_machine("truebeam_m120")
+    rho = water_box(spacing=5.0)
+    beam = Beam(gantry_deg=0, isocenter_mm=(0, 0, 0))
+    bg = beamlet_grid_for_field(beam, m, (20, 25), (-5, 0), 5.0)  # one 5 x 5 mm bixel, off axis
+    assert bg.num_bixels == 1
+    g = Grid(shape=(3, 4, 5), spacing_mm=(3.0, 40.0, 3.0), origin_mm=(16.0, 20.0, -8.0))
+    col = compute_dij(rho, g, bg, m, threshold=0.0).toarray().ravel()
+    xyz = g.voxel_centers_mm().reshape(-1, 3)
+    s = 1000.0 + xyz[:, 1]
+    du = xyz[:, 0] * 1000.0 / s - bg.u_mm[0]
+    dv = xyz[:, 2] * 1000.0 / s - bg.v_mm[0]
+    # radiological depth along the fan line from the source: the oblique path below the surface y = 0
+    path = xyz[:, 1] * np.linalg.norm(xyz - [0.0, -1000.0, 0.0], axis=1) / s
+    ref = pencil_beam_dose(m, path, s, du, dv, width_mm=5.0, height_mm=5.0, off_axis_u_mm=bg.u_mm[0], off_axis_v_mm=bg.v_mm[0])
+    assert col.max() > 0
+    assert np.allclose(col, ref, rtol=1e-5, atol=1e-6 * col.max())

@@ -151,6 +151,8 @@ def test_registry_moves_bookings_when_machine_goes_down(ray_ready, tmp_path):
     reg.attach_plan("TB1", "jobA", "planA-TB1")
     reg.book("TB1", "jobB", "pB", 5, plan_id="planB")
     reg.record_fraction("TB1", "jobB", 2)
+    with pytest.raises(InputError, match="not down"):
+        reg.on_machine_down("TB1")
     snaps = {s.name: s for s in reg.snapshots()}
     assert snaps["TB1"].pending_fractions == 28 and snaps["TB1"].estimated_wait_min == 280
     assert snaps["VHD"].idle
@@ -177,6 +179,8 @@ def test_registry_moves_bookings_when_machine_goes_down(ray_ready, tmp_path):
     assert "TB1" not in reg.select("prefer_idle", count=3)
     with pytest.raises(InputError):
         reg.book("TB1", "jobC", "pC", 1)
+    with pytest.raises(InputError, match="fractions"):
+        reg.book("TB2", "jobC", "pC", 0)
 
     # restart: a fresh registry over the same data dir sees the same state
     for name in reg.names():

@@ -192,6 +192,12 @@ def test_qa_plan_verdicts_and_report_files(tmp_path):
     assert res_bad.report.verdict == "fail"
     assert any(c.category == "gamma" and c.status == "fail" for c in res_bad.report.checks)
     assert any("skipped" in n for n in res_bad.report.notes)
+    # the standard dose on another (coarser, smaller) grid, masks as Volumes: resampled, still a report
+    g2 = Grid(shape=(16, 16, 20), spacing_mm=(5.0, 5.0, 5.0), origin_mm=(-47.5, -37.5, -37.5))
+    other = qa_plan(converted, MACHINE, dose, standard_dose=water_box_dose(standard, MACHINE, g2),
+                    masks={k: Volume(v, GRID) for k, v in m.items()}, recompute=None)
+    assert other.report.gamma.pass_rate_pct >= 95 and len(other.report.dvh_standard) == 3
+    assert write_qa_report(other, tmp_path, stem="other", formats=("png",))["png"].is_file()
     # no standard dose, no masks: still a report
     lone = qa_plan(converted, MACHINE, dose, recompute=None)
     assert any("no standard dose" in n for n in lone.report.notes)

@@ -190,6 +190,7 @@ def fit_cmd(
     typer.echo(f"  {'':<10}{'PDD RMS':>9}{'PDD max':>9}{'prof RMS':>10}{'prof max':>10}   (% of normalisation)")
     for label, r in (("before", rep.before), ("after", rep.after)):
         typer.echo(f"  {label:<10}{r.pdd_rms_pct:9.2f}{r.pdd_max_pct:9.2f}{r.profile_rms_pct:10.2f}{r.profile_max_pct:10.2f}")
+    nw = max(len(p.name) for p in rep.parameters)
     for p in rep.parameters:
-        typer.echo(f"  {p.name:<22} {p.before:.5g} -> {p.after:.5g} {p.unit}")
+        typer.echo(f"  {p.name:<{nw}}  {p.before:.5g} -> {p.after:.5g} {p.unit}")
     typer.echo(f"wrote {out} (machine {result.machine.name})")

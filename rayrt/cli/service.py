@@ -122,6 +122,7 @@ def serve_cmd(
         stop["now"] = True
 
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)  # also when started in the background with SIGINT ignored
     try:
         while not stop["now"]:
             time.sleep(0.5)

@@ -84,16 +84,21 @@ def _restore_thin_parts(low: np.ndarray, opened: np.ndarray, core: np.ndarray, s
     if rb is None:
         return core.copy()
     lab, n = ndi.label(residue)
-    counts = np.bincount(lab.ravel(), minlength=n + 1)
-    near = np.bincount(lab[reach], minlength=n + 1)
+    idx = np.flatnonzero(residue)  # work on the (few) residue voxels only
+    labels = lab.ravel()[idx]
+    is_near = reach.ravel()[idx]
+    counts = np.bincount(labels, minlength=n + 1)
+    near = np.bincount(labels[is_near], minlength=n + 1)
     foreign = opened & ~core
     touching = np.zeros(n + 1, dtype=bool)
     if foreign.any():
-        touch_zone = dilate_2d(foreign, np.ones((1, 3, 3), dtype=bool)) & residue
-        touching[np.unique(lab[touch_zone])] = True
+        touch_zone = dilate_2d(foreign, np.ones((1, 3, 3), dtype=bool)).ravel()[idx]
+        touching[np.unique(labels[touch_zone])] = True
     keep = (near > 0) & ~touching & (near >= 0.5 * counts)
     keep[0] = False
-    return core | (keep[lab] & reach)
+    out = core.copy()
+    out.ravel()[idx[keep[labels] & is_near]] = True
+    return out
 
 
 def _body_from_candidate(cand: np.ndarray, grid: Grid, opening_radius_mm: float, work_spacing_mm: float, fill_holes: bool) -> np.ndarray:

@@ -66,7 +66,9 @@ class NonCTBodySettings(_Section):
     """Body outline on MR or PET: Otsu threshold of the (smoothed) intensity histogram."""
 
     smoothing_sigma_mm: float = Field(2.0, ge=0, description="Gaussian smoothing before the Otsu threshold (mm)")
-    otsu_scale: float = Field(0.5, gt=0, description="threshold = otsu_scale x Otsu threshold (MR bodies are dim at the edges)")
+    otsu_scale: float = Field(
+        0.5, gt=0, le=1, description="threshold = p1 + otsu_scale x (Otsu - p1), p1 the 1st percentile (background): MR bodies are dim at the edges"
+    )
     opening_radius_mm: float = Field(4.0, ge=0)
 
 

@@ -252,8 +252,9 @@ class StructureSet:
                 old_log = self.logs.pop(out.replaces, [])
             elif not out.fresh:
                 old_log = self.logs.get(st.name, [])
+            mask = np.asarray(out.mask, dtype=bool)
             self._structures[st.name] = st
-            self._masks[st.name] = np.asarray(out.mask, dtype=bool)
+            self._masks[st.name] = mask if mask.flags.writeable else mask.copy()
             self.logs[st.name] = old_log + [op]
             changed.append(self.summary(st.name))
         self.history.append(op)

@@ -190,6 +190,7 @@ def plan_dij(
     cutoff_mm: float = DEFAULT_CUTOFF_MM,
     threshold: float = DEFAULT_THRESHOLD,
     mask_grid: Grid | None = None,
+    patient_position: str = "HFS",
 ) -> tuple[sp.csc_matrix, list[BeamletGrid]]:
     """Dij of all beams side by side (columns: beam 0's bixels, then beam 1's...) and their beamlet grids.
 
@@ -198,7 +199,7 @@ def plan_dij(
     if not beams:
         raise InputError("a plan needs at least one beam", field="beams")
     g = mask_grid if mask_grid is not None else density.grid
-    grids = [beamlet_grid(b, machine, target_mask, g, bixel_width_mm=bixel_width_mm, margin_mm=margin_mm) for b in beams]
+    grids = [beamlet_grid(b, machine, target_mask, g, bixel_width_mm=bixel_width_mm, margin_mm=margin_mm, patient_position=patient_position) for b in beams]
     acc = _ColumnAccumulator(dose_grid.num_voxels)
     for bg in grids:
         acc.append(compute_dij(density, dose_grid, bg, machine, cutoff_mm=cutoff_mm, threshold=threshold))
@@ -236,6 +237,17 @@ class _ColumnAccumulator:
         return out
 
 
+def chunk_ranges(num_bixels: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Beamlet ranges [(start, stop), ...] of at most ``chunk_size`` bixels, for fanning ``compute_dij`` out.
+
+    Each chunk recomputes the radiological depth of the voxels within its own lateral envelope,
+    so chunks of a few hundred bixels per beam keep that overhead small.
+    """
+    if chunk_size < 1:
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}", field="chunk_size")
+    return [(a, min(a + chunk_size, num_bixels)) for a in range(0, num_bixels, chunk_size)]
+
+
 def hstack_exact(mats: list[sp.csc_matrix]) -> sp.csc_matrix:
     """Concatenate CSC column blocks (e.g. chunks of ``compute_dij``) without re-sorting or converting values (bitwise)."""
     if not mats:
@@ -248,4 +260,4 @@ def hstack_exact(mats: list[sp.csc_matrix]) -> sp.csc_matrix:
     return acc.matrix()
 
 
-__all__ = ["compute_dij", "plan_dij", "dose_grid_for", "hstack_exact", "DEFAULT_CUTOFF_MM", "DEFAULT_THRESHOLD", "BeamGeometry"]
+__all__ = ["compute_dij", "plan_dij", "dose_grid_for", "hstack_exact", "chunk_ranges", "DEFAULT_CUTOFF_MM", "DEFAULT_THRESHOLD", "BeamGeometry"]

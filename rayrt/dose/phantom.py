@@ -11,7 +11,6 @@ the dose engine neither attenuates nor scores dose there.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np

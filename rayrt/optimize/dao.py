@@ -125,6 +125,25 @@ class BeamApertures:
         return np.einsum("s,spc,pr->rc", self.m * self.sc, A, self.Y, optimize=True)
 
 
+def aperture_gradient(ba: "BeamApertures", G: np.ndarray, J: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chain rule from the gradient G (R, C) with respect to the beam's bixel fluence to the segment
+    weights (S,) and the tips x1, x2 (S, Pa) of the active pairs (jaw fractions J held fixed)."""
+    T = ba.transmission
+    GP = ba.Y @ G  # (Pa, C)
+    O, act, _, _ = ba._open_frac(ba.x1[:, ba.pairs], ba.x2[:, ba.pairs])
+    A = (1 - T) * O + T * J
+    gm = np.einsum("spc,pc->s", A, GP) * ba.sc
+    wcol = ba.layout.col_widths_mm
+    x1 = ba.x1[:, ba.pairs][..., None]
+    x2 = ba.x2[:, ba.pairs][..., None]
+    e = ba.layout.col_edges_mm
+    h = ba.half_dlg_mm
+    d1 = -(act & (x1 - h > e[:-1])).astype(float) / wcol
+    d2 = (act & (x2 + h < e[1:])).astype(float) / wcol
+    coef = (1 - T) * (ba.m * ba.sc)[:, None, None] * GP[None]
+    return gm, (coef * d1).sum(-1), (coef * d2).sum(-1)
+
+
 def aperture_weights(beams: list[BeamApertures], slices: list[slice], n: int, Js=None) -> np.ndarray:
     """Beamlet-equivalent weights (all beams) of the apertures."""
     w = np.zeros(n)
@@ -196,6 +215,9 @@ def _optimize_apertures(
     slices = problem.beam_slices
     n = problem.num_beamlets
     ev = evaluator or ObjectiveEvaluator(problem)
+    if problem.hard and ev.rho <= 0:
+        ev.rho = max(ev.soft_value(aperture_weights([BeamApertures.from_segments(s_, l_, machine) for s_, l_ in zip(segments, layouts)], slices, n)), 1e-6) / max(
+            0.01 * problem.prescription_gy, 1e-3) ** 2
     beams = [BeamApertures.from_segments(segs, lay, machine) for segs, lay in zip(segments, layouts)]
     bnd = machine.mlc.boundaries
     g = float(machine.mlc.min_gap_mm)
@@ -248,27 +270,15 @@ def _optimize_apertures(
         w = aperture_weights(beams, slices, n, Js)
         f, gw = ev(w)
         grads = []
-        T = [ba.transmission for ba in beams]
         for b, (ba, sl) in enumerate(zip(beams, slices)):
             G = np.zeros(ba.layout.shape)
             ok = ba.layout.beamlet_index >= 0
             G[ok] = gw[sl.start + ba.layout.beamlet_index[ok]]
-            GP = ba.Y @ G  # (Pa, C)
-            O, act, a, bb = ba._open_frac(ba.x1[:, ba.pairs], ba.x2[:, ba.pairs])
-            A = (1 - T[b]) * O + T[b] * Js[b]
-            gm = np.einsum("spc,pc->s", A, GP) * ba.sc * m_scale
-            grads.append(gm)
+            gm, g1, g2 = aperture_gradient(ba, G, Js[b])
+            grads.append(gm * m_scale)
             if leaves:
-                wcol = ba.layout.col_widths_mm
-                x1 = ba.x1[:, ba.pairs][..., None]
-                x2 = ba.x2[:, ba.pairs][..., None]
-                e = ba.layout.col_edges_mm
-                h = ba.half_dlg_mm
-                d1 = -(act & (x1 - h > e[:-1])).astype(float) / wcol
-                d2 = (act & (x2 + h < e[1:])).astype(float) / wcol
-                coef = (1 - T[b]) * (ba.m * ba.sc)[:, None, None] * GP[None]
-                grads.append((coef * d1).sum(-1).ravel() * x_scale)
-                grads.append((coef * d2).sum(-1).ravel() * x_scale)
+                grads.append(g1.ravel() * x_scale)
+                grads.append(g2.ravel() * x_scale)
         return f, np.concatenate(grads)
 
     def bounds(leaves: bool, mu_lo=None):
@@ -291,6 +301,11 @@ def _optimize_apertures(
         unpack(res.x, leaves)
         iters += int(res.nit)
         Js = current_J()
+        if problem.hard and ev.rho > 0:
+            # augmented Lagrangian: update the multipliers of the hard constraints on the aperture dose
+            worst = ev.update_multipliers(aperture_weights(beams, slices, n, Js))
+            if worst > 0.05:
+                ev.rho *= 2.0
     # minimum MU: drop segments far below it, hold the others at >= min
     dropped = 0
     if opt.min_mu_weight > 0:

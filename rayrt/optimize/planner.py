@@ -146,6 +146,19 @@ def final_dose(plan: Plan, beamlets: list, dij, machine: MachineModel) -> np.nda
     return np.asarray(dij @ w.astype(np.float32), dtype=np.float64)
 
 
+def _stage_metrics(problem, w: np.ndarray) -> dict:
+    """D95 / D10 / max (Gy) per structure on the problem's voxels for beamlet weights ``w`` (before normalisation)."""
+    from rayrt.qa.dvh import dose_at_volume
+
+    d = problem.dose(w)
+    out = {}
+    for n, rows in problem.structure_rows.items():
+        v = d[rows]
+        if v.size:
+            out[n] = {"d95_gy": float(dose_at_volume(v, 95.0)), "d10_gy": float(dose_at_volume(v, 10.0)), "max_gy": float(v.max())}
+    return out
+
+
 def plan_standard(
     study,
     order: MedicalOrder,
@@ -197,13 +210,19 @@ def plan_standard(
     with meter.stage("fmo") as det:
         fr = optimize_fluence(problem, FluenceOptions(max_iterations=opt.fmo_iterations))
         w = fr.w
-        det.update(objective=fr.objective, iterations=fr.iterations, evaluations=fr.evaluations, max_violation_gy=fr.max_violation_gy, message=fr.message)
+        det.update(objective=fr.objective, iterations=fr.iterations, evaluations=fr.evaluations, max_violation_gy=fr.max_violation_gy, message=fr.message,
+                   metrics=_stage_metrics(problem, w))
     with meter.stage("sequencing", sequencer=seq.name) as det:
         seg_lists, infos = [], []
         for lay, sl in zip(layouts, slices):
+            t_b = time.perf_counter()
             r = seq.sequence_with_info(lay.to_map(w[sl]), lay, machine, opt.max_segments)
             seg_lists.append(r.segments)
-            infos.append({"segments": r.num_segments, "levels": r.levels, "total_course_mu": r.total_mu, "dropped_course_mu": r.dropped_mu})
+            infos.append({"seconds": time.perf_counter() - t_b, "segments": r.num_segments, "levels": r.levels, "total_course_mu": r.total_mu, "dropped_course_mu": r.dropped_mu})
+        from rayrt.optimize.dao import BeamApertures, aperture_weights
+
+        w_seq = aperture_weights([BeamApertures.from_segments(sg, lay, machine) for sg, lay in zip(seg_lists, layouts)], slices, problem.num_beamlets)
+        det.update(metrics=_stage_metrics(problem, w_seq), objective=problem.total_objective(problem.dose(w_seq)))
         det.update(per_beam=infos, segments=int(sum(i["segments"] for i in infos)), total_course_mu=float(sum(i["total_course_mu"] for i in infos)))
     with meter.stage("dao") as det:
         ev = ObjectiveEvaluator(problem)
@@ -215,7 +234,7 @@ def plan_standard(
                                   DAOOptions(outer_rounds=opt.dao_rounds, iterations_per_round=opt.dao_iterations,
                                              min_mu_weight=machine.limits.min_mu_per_segment * fx), evaluator=ev)
         det.update(objective_start=dres.objective_start, objective=dres.objective, iterations=dres.iterations, dropped_segments=dres.dropped_segments,
-                   segments=[len(s) for s in dres.segments])
+                   segments=[len(s) for s in dres.segments], metrics=_stage_metrics(problem, np.asarray(dres.weights)))
     with meter.stage("normalize_dose") as det:
         plan = plan_from_apertures(dres.segments, gantry_angles, iso, machine, order, patient_id=study.patient_id,
                                    frame_of_reference_uid=study.frame_of_reference_uid)

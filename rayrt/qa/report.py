@@ -212,9 +212,10 @@ def render_qa_figure(result: QAResult, path: str | Path) -> Path:
     std = result.standard_dose
     std_on = None
     if std is not None:
-        std_on = std if std.grid.same_geometry(dose.grid) else std.resample(dose.grid)
+        # outside the standard grid the standard dose is unknown (NaN): not drawn, not in its DVH
+        std_on = std if std.grid.same_geometry(dose.grid) else std.resample(dose.grid, fill=np.nan)
     if result.masks:
-        dmax = float(max(np.max(dose.array), np.max(std_on.array) if std_on is not None else 0.0))
+        dmax = float(max(np.max(dose.array), np.nanmax(std_on.array) if std_on is not None else 0.0))
         bins = np.linspace(0.0, max(dmax, 1e-6) * 1.02, 400)
         cmap = matplotlib.colormaps["tab10"]
         for n_idx, (name, m) in enumerate(result.masks.items()):
@@ -224,7 +225,10 @@ def render_qa_figure(result: QAResult, path: str | Path) -> Path:
             x, y = cumulative_dvh(dose.array, m, bins)
             ax.plot(x, y, color=col, lw=1.4, label=f"{name}")
             if std_on is not None:
-                xs, ys = cumulative_dvh(std_on.array, m, bins)
+                known = m & np.isfinite(std_on.array)
+                if not known.any():
+                    continue
+                xs, ys = cumulative_dvh(np.nan_to_num(std_on.array), known, bins)
                 ax.plot(xs, ys, color=col, lw=1.1, ls="--")
         ax.legend(fontsize=7, ncol=4, loc="upper right", title="solid: plan, dashed: standard", title_fontsize=7)
     else:
@@ -239,7 +243,9 @@ def render_qa_figure(result: QAResult, path: str | Path) -> Path:
     # dose difference (plan - standard), or the plan dose
     if std_on is not None:
         diff = np.asarray(dose.array, dtype=np.float64) - np.asarray(std_on.array, dtype=np.float64)
-        lim = float(np.abs(diff).max()) or 1.0
+        lim = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1.0
+        lim = lim or 1.0
+        diff = np.ma.masked_invalid(diff)
         for col_i, (lab, sl, asp) in enumerate(_planes(diff, c, dose.grid.spacing)):
             a = fig.add_subplot(gs[1, col_i])
             im = a.imshow(sl, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest", aspect=asp)

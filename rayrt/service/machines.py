@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rayrt.domain.errors import InputError
 from rayrt.service.policies import (
@@ -452,7 +452,8 @@ class MachineRegistry:
     Args:
         machines: machine names (default :func:`machine_names`).
         settings: :class:`MachineQueueSettings` or its dict (service config ``machine_queues``).
-        store: object with ``save_json``/``load_json`` (or an actor handle with them).
+        store: the service :class:`~rayrt.service.store.Store`, or any object with
+            ``save_json``/``load_json`` (or an actor handle with them); see the module doc.
         data_dir: used when ``store`` is None: a :class:`JsonFileStore` root. Neither: no persistence.
         replan_callback: ``callback(ReplanRequest)`` called for every booking moved off a
             machine that went down (after the new slot is booked). Must be picklable when the
@@ -547,7 +548,12 @@ class MachineRegistry:
     # -- changes
     def book(self, machine: str, job_id: str, patient_id: str, fractions: int, plan_id: str | None = None) -> Booking:
         """Reserve ``fractions`` on ``machine`` (state ``converting`` until a plan is attached)."""
-        booking = Booking(job_id=job_id, patient_id=patient_id, plan_id=plan_id, fractions=fractions, machine=machine)
+        try:
+            booking = Booking(job_id=job_id, patient_id=patient_id, plan_id=plan_id, fractions=fractions, machine=machine)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise InputError(f"invalid booking: field '{loc}': {first['msg']}", kind="booking", field=loc) from None
         return ray.get(self._queue(machine).book.remote(booking))
 
     def select_and_book(
@@ -601,6 +607,11 @@ class MachineRegistry:
         """
         q = self._queue(name)
         status: MachineStatus = ray.get(q.status.remote())
+        if status.usable:
+            raise InputError(
+                f"machine {name} is {status.state.value}, not down; mark it down (with a cause) before moving its bookings",
+                kind="machine", field="machine", status=409,
+            )
         what = status.cause.value if status.cause else status.state.value
         reason = f"machine {name} {status.state.value} ({what}{': ' + status.reason if status.reason else ''}) since {status.since.isoformat(timespec='seconds')}"
         taken: list[Booking] = ray.get(q.take_pending.remote(reason))

@@ -31,7 +31,7 @@ from ray.exceptions import RayActorError
 
 from rayrt.domain.job import JobState
 from rayrt.service.controlled import ControlledComputer
-from rayrt.service.settings import ServiceSettings
+from rayrt.service.settings import SCHEDULER_NAME, ServiceSettings
 from rayrt.service.store import Store
 
 log = logging.getLogger("rayrt.service")
@@ -93,6 +93,7 @@ class Scheduler:
         self.store = Store(self.settings.data_dir)
         self.queue = JobQueue()
         self.computers: dict[str, Any] = {}
+        self.slots: dict[str, int] = {}
         self.idle: list[str] = []
         self.running: dict[str, str] = {}  # job id -> computer name
         self.last_event: dict[str, dict] = {}
@@ -102,7 +103,9 @@ class Scheduler:
 
     # ---------------------------------------------------------------- start-up
     def _new_computer(self, slot: int) -> str:
-        name = f"rayrt-cc-{slot}-{next(self._generation)}"
+        base = "rayrt" if self.settings.scheduler_name == SCHEDULER_NAME else self.settings.scheduler_name
+        name = f"{base}-cc-{slot}-{next(self._generation)}"
+        self.slots[name] = slot
         self.computers[name] = ControlledComputer.options(
             name=name,
             namespace=self.settings.ray_namespace,
@@ -156,6 +159,8 @@ class Scheduler:
         }
 
     async def get_status(self) -> dict:
+        if not self._ready:  # e.g. after an automatic restart of this actor
+            await self.ready()
         return self.status()
 
     async def heartbeats(self, timeout_s: float = 5.0) -> dict[str, dict | None]:
@@ -209,7 +214,7 @@ class Scheduler:
         finally:
             self.running.pop(job_id, None)
             if replace:
-                slot = int(name.split("-")[2])
+                slot = self.slots.pop(name)
                 self.computers.pop(name, None)
                 name = self._new_computer(slot)
             self.idle.append(name)

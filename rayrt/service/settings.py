@@ -6,7 +6,7 @@ Precedence (last wins): built-in defaults < settings file < environment < explic
 * settings file: ``$RAYRT_CONFIG`` if set, else ``configs/service.yaml`` in the current
   directory if it exists (a missing default file is not an error; a missing ``$RAYRT_CONFIG``
   file is).
-* environment: ``RAYRT_DATA_DIR`` (a local directory or a pyarrow.fs URI such as
+* environment: ``RAYRT_DATA_DIR`` (alias ``RAYRT_DATA_URI``; a local directory or a pyarrow.fs URI such as
   ``file:///srv/rayrt``, ``s3://bucket/prefix``, ``gs://bucket/prefix``), ``RAYRT_PORT``,
   ``RAYRT_HOST``, ``RAYRT_RAY_ADDRESS``.
 
@@ -45,14 +45,11 @@ class ServiceSettings(BaseModel):
     controlled_computer_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved by each ControlledComputer actor")
     max_upload_files: int = Field(default=20000, ge=1, description="most files accepted in one patient upload")
     progress_interval_s: float = Field(default=0.5, ge=0, description="least time between two progress writes of one job")
+    scheduler_name: str = Field(default=SCHEDULER_NAME, pattern=r"^[A-Za-z0-9_.-]+$", description="name of the scheduler actor (namespace 'rayrt'); its computers are named <scheduler_name>-cc-<slot>-<n>")
 
     @property
     def ray_namespace(self) -> str:
         return RAY_NAMESPACE
-
-    @property
-    def scheduler_name(self) -> str:
-        return SCHEDULER_NAME
 
 
 def _read_yaml(path: Path) -> dict:
@@ -86,7 +83,7 @@ def load_settings(path: str | Path | None = None, **overrides: object) -> Servic
     elif DEFAULT_CONFIG.is_file():
         data.update(_read_yaml(DEFAULT_CONFIG))
     env = {
-        "data_dir": os.environ.get("RAYRT_DATA_DIR"),
+        "data_dir": os.environ.get("RAYRT_DATA_DIR") or os.environ.get("RAYRT_DATA_URI"),
         "port": os.environ.get("RAYRT_PORT"),
         "host": os.environ.get("RAYRT_HOST"),
         "ray_address": os.environ.get("RAYRT_RAY_ADDRESS"),

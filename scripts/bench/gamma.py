@@ -6,7 +6,8 @@ scaling, smooth ±5 % noise); the last case puts the perturbed copy on another g
 shifted origin) to exercise interpolation between grids. Both tools evaluate global 3 %/2 mm with a 10 % cutoff (plus
 local 3 %/3 mm and global 2 %/2 mm), same search lattice (DTA/10) and the same search limit
 (max_gamma 3). pymedphys runs in a separate venv (``.venv-bench`` when it holds pymedphys,
-else ``.venv-gamma``; pymedphys needs only numpy/scipy for gamma) through a subprocess.
+else ``.venv-gamma``; its gamma needs numpy, scipy and numba: ``pip install pymedphys==0.41.0
+numba``) through a subprocess.
 
 Usage:  .venv/bin/python scripts/bench/gamma.py [--small] [--no-pymedphys]
 Writes scripts/bench/results/gamma.json and prints a table.
@@ -144,8 +145,10 @@ def main() -> None:
     if not args.no_pymedphys:
         py = pymedphys_python()
         if py is None:
-            print("pymedphys not found in .venv-bench or .venv-gamma: create one with\n"
-                  "  python3 -m venv .venv-gamma && .venv-gamma/bin/pip install pymedphys numpy scipy", file=sys.stderr)
+            print("pymedphys not found in .venv-bench or .venv-gamma: install it with\n"
+                  "  .venv-bench/bin/pip install pymedphys==0.41.0 numba   (after scripts/bench/setup_pyradplan.sh), or\n"
+                  "  python3 -m venv .venv-gamma && .venv-gamma/bin/pip install pymedphys==0.41.0 numpy scipy numba",
+                  file=sys.stderr)
         else:
             WORK.mkdir(parents=True, exist_ok=True)
             npz = WORK / "doses.npz"
