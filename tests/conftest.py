@@ -81,7 +81,7 @@ def serve_app(ray_session, serve_settings):
     from rayrt.service import runtime
 
     url = runtime.start(serve_settings)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:
         try:
             if httpx.get(f"{url}/health", timeout=5).status_code == 200:

@@ -152,6 +152,9 @@ def test_cli_auto_margin_ring_chain(patient_dir, capsys):
     assert _cli(["contour", "grow", str(d), "--seed", "75,-25,0", "--window", "-1000,-400", "--name", "GTV", "--kind", "target",
                  "--box", "40,-60,-20,110,10,20"]) == 0
     assert _cli(["contour", "margin", str(d), "--from", "GTV", "--to", "PTV", "--mm", "5"]) == 0
+    assert _cli(["contour", "margin", str(d), "--from", "GTV", "--to", "PTV_dir", "--mm-dir", "left=10,superior=15"]) == 0
+    assert _cli(["contour", "margin", str(d), "--from", "GTV", "--to", "X", "--mm-dir", "up=3"]) == 2
+    assert "unknown direction 'up'" in capsys.readouterr().err
     capsys.readouterr()
     assert _cli(["contour", "ring", str(d), "--from", "PTV", "--to", "Ring", "--inner", "5", "--outer", "15", "--crop-to", "External",
                  "--print-json"]) == 0
@@ -166,6 +169,11 @@ def test_cli_auto_margin_ring_chain(patient_dir, capsys):
     assert dice(study.mask("External"), truth["External"]) >= 0.97
     log = StructureSet.read_log(log_path_for(rt))
     assert [op.method for op in log.operations_of("PTV")] == ["margin"]
+    assert log.operations_of("PTV_dir")[0].parameters["margins"]["superior_mm"] == 15.0
+    gtv, ptv_dir = study.mask("GTV"), study.mask("PTV_dir")
+    x = study.primary.grid.axis_mm("x")
+    assert x[ptv_dir.any(axis=(0, 1))].max() >= x[gtv.any(axis=(0, 1))].max() + 10.0 - 1e-6
+    assert x[ptv_dir.any(axis=(0, 1))].min() == x[gtv.any(axis=(0, 1))].min()
     assert log.operations_of("GTV")[0].parameters["window"] == [-1000.0, -400.0]
     # input files are untouched and an input file is never overwritten
     assert set(inputs) <= {p.name for p in d.iterdir()}
@@ -217,3 +225,15 @@ def test_cli_manual_verbs_and_import(patient_dir, tmp_path_factory, capsys):
     assert set(load_study(other).structure_names) == set(study.structure_names)
     assert _cli(["contour", "import", str(other), "--rtstruct", str(d / "RTSTRUCT_rayrt.dcm")]) == 2
     assert "already exist" in capsys.readouterr().err
+
+
+def test_default_auto_skips_missing_lungs_but_explicit_request_fails():
+    ct, truth = thorax_phantom((20, 96, 96), (5.0, 5.0, 5.0))
+    hu = ct.array.copy()
+    hu[truth["Lung_L"] | truth["Lung_R"]] = 20  # a CT without lungs (soft tissue where they were)
+    s = StructureSet(Volume(hu, ct.grid, "HU", {"modality": "CT"}))
+    out = apply_request(s, {"method": "auto"})
+    assert {o.name for o in out} == {"External", "Bones", "Cavity_Air"}
+    assert any("no lungs" in n for n in s.history[-1].notes)
+    with pytest.raises(InputError, match="no air-like region"):
+        apply_request(s, {"method": "auto", "structures": ["lungs"]})

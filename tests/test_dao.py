@@ -83,5 +83,4 @@ def test_dao_improves_sequenced_plan_and_stays_deliverable(setup, interdigitatio
     # the returned weights are the apertures' fluence (here recomputed without the leaf transmission)
     bas = [BeamApertures.from_segments(s, lay, m) for s, lay in zip(res.segments, case.layouts)]
     w_open = aperture_weights(bas, case.beam_slices, p.num_beamlets)
-    assert np.all(np.asarray(res.weights) >= w_open - 1e-9)
     assert np.corrcoef(res.weights, w_open)[0, 1] > 0.95

@@ -330,9 +330,11 @@ def test_export_references(exported):
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (apt-get install -y dicom3tools)")
-def test_dciodvfy_reports_no_errors(exported):
+def test_dciodvfy_reports_no_errors(exported, tmp_path):
+    bare = make_plan(MACHINES[0], n_segments=1)  # static, no RTSTRUCT, no prescription
+    bare.prescription_gy = None
     files = [exported["varian"]["rtplan"], exported["elekta"]["rtplan"], exported["halcyon"]["rtplan"], exported["rs"],
-             exported["elekta"]["rtdose"]]
+             exported["elekta"]["rtdose"], write_rtplan(bare, MACHINES[0], tmp_path / "bare.dcm")]
     for f in files:
         errors = _dciodvfy_errors(Path(f))
         assert errors == [], f"{Path(f).name}: {errors}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 import zipfile
 from pathlib import Path
@@ -165,6 +164,10 @@ def test_result_download_cannot_escape_the_job(serve_app, patient):
     r = httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"]})
     job = wait_job(serve_app, r.json()["id"])
     assert job["state"] == "succeeded"
+    r = httpx.post(f"{serve_app}/jobs/{job['id']}/cancel")
+    assert r.status_code == 409 and r.json()["error"] == "conflict"  # only queued jobs can be cancelled
+    assert patient["id"] in httpx.get(f"{serve_app}/patients").json()["patients"]
+    assert job["id"] in [j["id"] for j in httpx.get(f"{serve_app}/jobs").json()["jobs"]]
     for rel in ("..%2Fjob.json", "structures/..%2F..%2Fjob.json", "nothing.json"):
         r = httpx.get(f"{serve_app}/jobs/{job['id']}/results/{rel}")
         assert r.status_code == 404, (rel, r.status_code, r.text)

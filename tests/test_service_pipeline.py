@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import pytest
 
 from rayrt import pipeline

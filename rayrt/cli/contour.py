@@ -159,7 +159,7 @@ def run_contour(folder: Path, request: dict | None, out: Path | None, user: str,
 @contour_app.command("auto")
 def auto(
     folder: Path = _DIR,
-    structures: str = typer.Option("body,lungs,bones,cavities", "--structures", help="any of body, lungs, bones, cavities"),
+    structures: Optional[str] = typer.Option(None, "--structures", help="any of body, lungs, bones, cavities (default: all the image supports)"),
     image: Optional[str] = typer.Option(None, "--image", help="image series key (default the primary image)"),
     out: Optional[Path] = _OUT,
     user: str = _USER,
@@ -167,7 +167,7 @@ def auto(
     as_json: bool = _JSON,
 ) -> None:
     """Automatic External, Lung_L/Lung_R, Bones and air cavities (CT; External only on MR/PET)."""
-    run_contour(folder, {"method": "auto", "structures": _names(structures), "image": image}, out, user, config, as_json)
+    run_contour(folder, {"method": "auto", "structures": _names(structures) if structures else None, "image": image}, out, user, config, as_json)
 
 
 @contour_app.command("grow")

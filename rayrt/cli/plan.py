@@ -101,6 +101,8 @@ def plan_cmd(
     bixel_mm: float = typer.Option(5.0, "--bixel-mm", help="beamlet width along leaf travel (mm)"),
     max_segments: int = typer.Option(15, "--max-segments", help="maximum segments per beam"),
     sequencer: str = typer.Option("sweep", "--sequencer", help="leaf sequencer (sweep, xia_verhey)"),
+    fmo_iterations: int = typer.Option(400, "--fmo-iterations", help="L-BFGS-B iterations of the fluence optimisation"),
+    dao_rounds: int = typer.Option(4, "--dao-rounds", help="direct-aperture-optimisation rounds (60 iterations each)"),
 ) -> None:
     """Plan a case end to end on one machine and write plan, dose and report."""
     import numpy as np
@@ -112,7 +114,8 @@ def plan_cmd(
     get_sequencer(sequencer)
     study, med_order = load_case(data, order)
     m = get_machine(machine or default_machine_name())
-    opts = PlanningOptions(dose_grid_mm=dose_grid_mm, bixel_mm=bixel_mm, max_segments=max_segments, sequencer=sequencer)
+    opts = PlanningOptions(dose_grid_mm=dose_grid_mm, bixel_mm=bixel_mm, max_segments=max_segments, sequencer=sequencer,
+                           fmo_iterations=fmo_iterations, dao_rounds=dao_rounds)
     res = plan_standard(study, med_order, m, _angles(beams), opts)
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(res.plan.model_dump_json(indent=1), encoding="utf-8")

@@ -7,10 +7,9 @@ CT (Hounsfield units):
   bridges to the couch and immobilisation, the largest 3-D connected region is the patient, and
   the thin parts the opening removed are given back within that radius unless they belong to
   something else (they touch a thick non-body object, or lie mostly far from the body: couch
-  shells and plates that touch the patient). Holes
-  are filled per axial slice (lungs, bowel gas and airways belong to the body). The outline is then
-  refined at full resolution: full-resolution threshold inside the (one coarse voxel wider) coarse
-  body, plus the coarse interior.
+  shells and plates that touch the patient). Holes are filled per axial slice (lungs, bowel gas and
+  airways belong to the body). The outline is then refined at full resolution: full-resolution
+  threshold inside the (one coarse voxel wider) coarse body, plus the coarse interior.
 * **Lungs**: inside External and below ``lungs.threshold_hu``; regions of at least
   ``lungs.min_volume_cc``; the two largest are the lungs, or one joined region is split by eroding
   until it falls into two parts and giving every voxel to the nearer part. The lung with the larger
@@ -22,7 +21,7 @@ CT (Hounsfield units):
   ``cavities.min_component_cc``.
 
 MR and PET: the body outline only, from Otsu's threshold of the smoothed intensity histogram
-(scaled by ``non_ct_body.otsu_scale``), then the same cleanup. Lungs, bones and cavities on MR or
+(moved towards the background level by ``non_ct_body.otsu_scale``), then the same cleanup. Lungs, bones and cavities on MR or
 PET raise :class:`InputError` (there is no calibrated intensity scale to threshold).
 """
 
@@ -318,12 +317,18 @@ def auto_contour(
     targets: tuple[str, ...] = AUTO_TARGETS,
     config: ContourConfig | None = None,
     body: np.ndarray | None = None,
+    strict: bool = True,
+    notes: list[str] | None = None,
 ) -> list[tuple[str, StructureKind, tuple[int, int, int], np.ndarray]]:
     """Automatic structures of one image: list of (TG-263 name, kind, colour RGB, mask on ``image.grid``).
 
     ``targets`` is any of ``body``, ``lungs``, ``bones``, ``cavities``; ``body`` may pass an existing
-    External mask so that it is not recomputed. CT only for lungs, bones and cavities.
+    External mask so that it is not recomputed. CT only for lungs, bones and cavities. With
+    ``strict=False`` (the default set of a request), lungs that are not found (a pelvis or head
+    CT) are skipped with a line in ``notes`` instead of an error; non-CT images then give the body
+    only.
     """
+    notes = notes if notes is not None else []
     cfg = config or ContourConfig()
     unknown = set(targets) - set(AUTO_TARGETS)
     if unknown:
@@ -333,6 +338,10 @@ def auto_contour(
         raise InputError(f"automatic delineation supports CT, MR and PET images, not {modality!r}", kind="contour")
     if mod != "CT":
         others = [t for t in targets if t != "body"]
+        if others and not strict:
+            notes.append(f"{', '.join(others)}: not supported for {mod}, only External delineated")
+            targets = tuple(t for t in targets if t == "body")
+            others = []
         if others:
             raise InputError(
                 f"automatic {', '.join(others)} not supported for {'MR' if mod == 'MR' else 'PET'}: only the body outline "
@@ -348,14 +357,20 @@ def auto_contour(
         out.append((cfg.body.name, StructureKind.external, (0, 255, 0), body))
     lungs_union = None
     if "lungs" in targets:
-        left, right = lungs_ct(arr, grid, body, cfg)
-        out.append((cfg.lungs.name_left, StructureKind.organ, (0, 170, 255), left))
-        out.append((cfg.lungs.name_right, StructureKind.organ, (255, 170, 0), right))
-        lungs_union = left | right
+        try:
+            left, right = lungs_ct(arr, grid, body, cfg)
+        except InputError as exc:
+            if strict:
+                raise
+            notes.append(f"no lungs: {exc.message}")
+        else:
+            out.append((cfg.lungs.name_left, StructureKind.organ, (0, 170, 255), left))
+            out.append((cfg.lungs.name_right, StructureKind.organ, (255, 170, 0), right))
+            lungs_union = left | right
     if "bones" in targets:
         out.append((cfg.bones.name, StructureKind.organ, (230, 230, 200), bones_ct(arr, grid, body, cfg)))
     if "cavities" in targets:
-        if lungs_union is None:
+        if lungs_union is None and "lungs" not in targets:
             try:
                 l, r = lungs_ct(arr, grid, body, cfg)
                 lungs_union = l | r

@@ -77,7 +77,9 @@ class AutoRequest(_Base):
     """Automatic External, lungs, bones and air cavities (CT; External only on MR/PET)."""
 
     method: Literal["auto"] = "auto"
-    structures: list[Literal["body", "lungs", "bones", "cavities"]] = Field(default_factory=lambda: ["body", "lungs", "bones", "cavities"], min_length=1)
+    structures: list[Literal["body", "lungs", "bones", "cavities"]] | None = Field(
+        None, min_length=1, description="default: every structure the image supports (lungs skipped, with a note, when there are none)"
+    )
     image: str | None = Field(None, description="image series key; default the primary image")
     config: ContourConfig | None = Field(None, description="settings; default the structure set's (logged resolved)")
     overwrite: bool = True
@@ -300,13 +302,16 @@ def _exec_auto(ss: "StructureSet", req: AutoRequest) -> Execution:
 
     cfg = req.config or ss.config
     image, modality = ss.image_for(req.image)
-    order = [t for t in ("body", "lungs", "bones", "cavities") if t in req.structures]
+    strict = req.structures is not None
+    wanted = req.structures if req.structures is not None else ["body", "lungs", "bones", "cavities"]
+    order = [t for t in ("body", "lungs", "bones", "cavities") if t in wanted]
     body = None
     inputs: list[str] = []
     if "body" not in order and cfg.body.name in ss:
         body = ss.mask(cfg.body.name)
         inputs.append(cfg.body.name)
-    results = auto_contour(image, modality, tuple(order), cfg, body=body)
+    notes: list[str] = []
+    results = auto_contour(image, modality, tuple(order), cfg, body=body, strict=strict, notes=notes)
     outs = []
     for name, kind, colour, mask in results:
         if image.grid is not ss.grid and not image.grid.same_geometry(ss.grid):
@@ -314,11 +319,12 @@ def _exec_auto(ss: "StructureSet", req: AutoRequest) -> Execution:
         if name in ss and not req.overwrite:
             raise InputError(f"structure {name!r} already exists; set overwrite to replace it", kind="contour", field="name", status=409)
         if not mask.any():
-            continue  # e.g. no air cavity: nothing to create
+            notes.append(f"{name}: nothing found, not created")  # e.g. no air cavity, no bone
+            continue
         outs.append(Output(structure=Structure(name=name, kind=kind, colour=colour, source="auto"), mask=mask))
     resolved = req.model_dump(mode="json")
     resolved["config"] = cfg.model_dump(mode="json")
-    return Execution(inputs=inputs, outputs=outs, resolved=resolved)
+    return Execution(inputs=inputs, outputs=outs, resolved=resolved, notes=notes)
 
 
 def _exec_grow(ss: "StructureSet", req: GrowRequest) -> Execution:

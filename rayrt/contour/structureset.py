@@ -291,6 +291,8 @@ class StructureSet:
             ids = log.structures.get(name)
             if ids:
                 self.logs[name] = [by_id[i] for i in ids if i in by_id]
+                if self.logs[name]:  # how it was made survives the RTSTRUCT round trip through the log
+                    self._structures[name] = self._structures[name].model_copy(update={"source": self.logs[name][-1].method})
 
     def replay(self, history: list[ContourOperation] | None = None) -> "StructureSet":
         """A new structure set rebuilt from the images, the imported masks and an operations history."""

@@ -195,28 +195,34 @@ def output_factor_gy_per_mu(curves, field_mm: float = 100.0) -> float:
 
 
 # --------------------------------------------------------------------------- comparison
-def _gamma_1d(ref: np.ndarray, ev: np.ndarray, spacing_mm: float, dose_pct: float, dta_mm: float, cutoff_pct: float, norm: float):
-    """Gamma values (above the cutoff) of curve ``ev`` against curve ``ref`` on the same uniform positions."""
+def _gamma_1d_batch(pairs: list[tuple[np.ndarray, np.ndarray]], spacing_mm: float, dose_pct: float, dta_mm: float, cutoff_pct: float,
+                    norm: float) -> list[np.ndarray]:
+    """Gamma values (NaN below the cutoff) of each evaluated curve against its reference curve.
+
+    All curves go through one :func:`rayrt.qa.gamma.gamma_index` call on a one-row grid: they are
+    laid end to end, separated by zero-dose gaps wider than the search radius, so no point ever
+    finds a candidate on another curve (a gap point could only lower gamma to below
+    cutoff/dose criterion, itself >= the 3 x DTA search cap)."""
     from rayrt.imaging.volume import Grid, Volume
     from rayrt.qa.gamma import GammaCriteria, gamma_index
 
+    max_gamma = 3.0
+    gap = int(np.ceil(max_gamma * dta_mm / spacing_mm)) + 3
+    ref_parts, ev_parts, spans = [], [], []
+    pos = 0
+    for a, b in pairs:
+        ref_parts += [np.asarray(a, float), np.zeros(gap)]
+        ev_parts += [np.asarray(b, float), np.zeros(gap)]
+        spans.append((pos, pos + len(a)))
+        pos += len(a) + gap
+    ref = np.concatenate(ref_parts)
+    ev = np.concatenate(ev_parts)
     n = ref.size
     grid = Grid(shape=(1, 1, n), spacing_mm=(spacing_mm, spacing_mm, spacing_mm), origin_mm=(0.0, 0.0, 0.0))
-    crit = GammaCriteria(dose_pct=dose_pct, dta_mm=dta_mm, cutoff_pct=cutoff_pct, normalization_gy=norm, interp_fraction=10, max_gamma=3.0)
-    res = gamma_index(Volume(ref.reshape(1, 1, n).astype(np.float64), grid, "pct"), Volume(ev.reshape(1, 1, n).astype(np.float64), grid, "pct"), crit)
-    g = res.gamma.ravel()
-    return g[np.isfinite(g)]
-
-
-def _compare_curve(a: np.ndarray, b: np.ndarray, h: float, cfg: SourceMatchConfig, norm: float) -> tuple[int, float, float, float, float]:
-    a = np.asarray(a, float)
-    b = np.asarray(b, float)
-    sel = a >= cfg.cutoff_pct / 100.0 * norm
-    g1 = _gamma_1d(a, b, h, cfg.match_dose_pct, cfg.match_dta_mm, cfg.cutoff_pct, norm)
-    g2 = _gamma_1d(a, b, h, cfg.similar_dose_pct, cfg.similar_dta_mm, cfg.cutoff_pct, norm)
-    n = int(g1.size)
-    dev = float(np.abs(a[sel] - b[sel]).max()) if sel.any() else 0.0
-    return n, float((g1 <= 1.0).sum()), float((g2 <= 1.0).sum()), float(g1.max()) if n else 0.0, dev
+    crit = GammaCriteria(dose_pct=dose_pct, dta_mm=dta_mm, cutoff_pct=cutoff_pct, normalization_gy=norm, interp_fraction=10, max_gamma=max_gamma)
+    res = gamma_index(Volume(ref.reshape(1, 1, n), grid, "pct"), Volume(ev.reshape(1, 1, n), grid, "pct"), crit)
+    g = res.gamma.ravel().astype(np.float64)
+    return [g[a:b] for a, b in spans]
 
 
 def compare_sources(source: MachineModel, target: MachineModel, config: SourceMatchConfig | None = None) -> SourceComparison:
@@ -238,6 +244,8 @@ def compare_sources(source: MachineModel, target: MachineModel, config: SourceMa
     missing = [f for f in cs.fields_mm if f not in ct.fields_mm]
     if missing:
         reasons.append(f"{target.name} cannot open the {', '.join(f'{f:g}' for f in missing)} mm field(s) of the comparison")
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    meta: list[tuple[str, str, float, str | None]] = []
     for ph_s in [cs.water, *cs.slabs]:
         try:
             ph_t = ct.phantom(ph_s.phantom)
@@ -245,27 +253,31 @@ def compare_sources(source: MachineModel, target: MachineModel, config: SourceMa
             reasons.append(f"no {ph_s.phantom} curves for {target.name}")
             continue
         for f in common_fields:
-            a = np.asarray(ph_s.pdd(f).dose_pct[:nd])
-            b = np.asarray(ph_t.pdd(f).dose_pct[:nd])
-            n, p1, p2, gmax, dev = _compare_curve(a, b, h, cfg, 100.0)
-            out.append(CurveComparison(phantom=ph_s.phantom, kind="pdd", field_mm=f, points=n, pass_rate_pct=100.0 * p1 / max(n, 1),
-                                       pass_rate_similar_pct=100.0 * p2 / max(n, 1), max_gamma=gmax, max_deviation_pct=dev))
-            tot_n += n
-            tot_p1 += p1
-            tot_p2 += p2
+            pairs.append((np.asarray(ph_s.pdd(f).dose_pct[:nd]), np.asarray(ph_t.pdd(f).dose_pct[:nd])))
+            meta.append((ph_s.phantom, "pdd", f, None))
             for lab in cs.profile_depths:
                 try:
                     pa, pb = ph_s.profile(f, lab), ph_t.profile(f, lab)
                 except KeyError:
                     continue
                 m = min(len(pa.dose_pct), len(pb.dose_pct))
-                n, p1, p2, gmax, dev = _compare_curve(np.asarray(pa.dose_pct[:m]), np.asarray(pb.dose_pct[:m]), h, cfg, 100.0)
-                out.append(CurveComparison(phantom=ph_s.phantom, kind="profile", field_mm=f, depth=lab, points=n,
-                                           pass_rate_pct=100.0 * p1 / max(n, 1), pass_rate_similar_pct=100.0 * p2 / max(n, 1),
-                                           max_gamma=gmax, max_deviation_pct=dev))
-                tot_n += n
-                tot_p1 += p1
-                tot_p2 += p2
+                pairs.append((np.asarray(pa.dose_pct[:m]), np.asarray(pb.dose_pct[:m])))
+                meta.append((ph_s.phantom, "profile", f, lab))
+    if pairs:
+        g1 = _gamma_1d_batch(pairs, h, cfg.match_dose_pct, cfg.match_dta_mm, cfg.cutoff_pct, 100.0)
+        g2 = _gamma_1d_batch(pairs, h, cfg.similar_dose_pct, cfg.similar_dta_mm, cfg.cutoff_pct, 100.0)
+        for (a, b), x1, x2, (ph, kind, f, lab) in zip(pairs, g1, g2, meta):
+            ok = np.isfinite(x1)
+            n = int(ok.sum())
+            p1 = float((x1[ok] <= 1.0).sum())
+            p2 = float((x2[np.isfinite(x2)] <= 1.0).sum())
+            dev = float(np.abs(a[ok] - b[ok]).max()) if n else 0.0
+            out.append(CurveComparison(phantom=ph, kind=kind, field_mm=f, depth=lab, points=n, pass_rate_pct=100.0 * p1 / max(n, 1),
+                                       pass_rate_similar_pct=100.0 * p2 / max(n, 1), max_gamma=float(x1[ok].max()) if n else 0.0,
+                                       max_deviation_pct=dev))
+            tot_n += n
+            tot_p1 += p1
+            tot_p2 += p2
     score = 100.0 * tot_p1 / tot_n if tot_n else 0.0
     score2 = 100.0 * tot_p2 / tot_n if tot_n else 0.0
     max_dev = max((c.max_deviation_pct for c in out), default=float("inf"))

@@ -195,7 +195,8 @@ def build_rtplan(
     if ssref and ssref.frame_of_reference_uid and for_uid != ssref.frame_of_reference_uid:
         raise InputError("the plan's frame of reference differs from the RTSTRUCT's; export them on one frame of reference", kind="rtplan")
     _patient_study(ds, patient_id=patient_id or plan.patient_id or (ssref.patient_id if ssref else ""),
-                   patient_name=patient_name or (ssref.patient_name if ssref else ""), study_uid=study_uid, date=date, time=time)
+                   patient_name=patient_name or (ssref.patient_name if ssref else "") or "Anonymous^", study_uid=study_uid, date=date,
+                   time=time)
     ds.Modality = "RTPLAN"
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.SeriesNumber = 4

@@ -94,14 +94,24 @@ class BeamApertures:
             seg = Segment(x1_mm=self.x1[s].tolist(), x2_mm=self.x2[s].tolist(), mu=0.0)
             self.sc[s] = float(hs(segment_equivalent_square_mm(seg, machine)))
 
+    def _jaws(self, S: int):
+        """(X-jaw lower, upper (S, 1, 1) mm; Y-jaw coverage (S, Pa, 1)) of the last jaw update (open when none)."""
+        jx = getattr(self, "_jx", None)
+        if jx is None or jx.shape[0] != S:
+            return np.full((S, 1, 1), -np.inf), np.full((S, 1, 1), np.inf), np.ones((S, self.pairs.size, 1))
+        return jx[:, 0, None, None], jx[:, 1, None, None], self._fy[..., None]
+
     def _open_frac(self, x1, x2):
+        """Open fraction of each bixel column per segment and pair: the leaf opening (widened by the
+        dosimetric leaf gap) clipped by the X jaws, times the pair's coverage by the Y jaws."""
         e = self.layout.col_edges_mm
         w = np.diff(e)
-        a = np.maximum(x1[..., None] - self.half_dlg_mm, e[:-1])
-        b = np.minimum(x2[..., None] + self.half_dlg_mm, e[1:])
+        jlo, jhi, fy = self._jaws(x1.shape[0])
+        a = np.maximum(np.maximum(x1[..., None] - self.half_dlg_mm, e[:-1]), jlo)
+        b = np.minimum(np.minimum(x2[..., None] + self.half_dlg_mm, e[1:]), jhi)
         ov = b - a
         act = ov > 0
-        return np.where(act, ov, 0.0) / w, act, a, b
+        return np.where(act, ov, 0.0) / w * fy, act, a, b
 
     def _jaw_frac(self, x1, x2, machine_jaws):
         """J[s, p, c]: bixel part inside the segment's jaw rectangle (only pairs inside the Y jaws)."""
@@ -109,12 +119,17 @@ class BeamApertures:
         e = self.layout.col_edges_mm
         w = np.diff(e)
         J = np.zeros((S, self.pairs.size, e.size - 1))
+        jxs, fys = [], []
         for s in range(S):  # loop over segments of one beam (<= max segments)
             jx, jy, bnd = machine_jaws(s)
             fx = np.clip(np.minimum(jx[1], e[1:]) - np.maximum(jx[0], e[:-1]), 0, None) / w
             lo, hi = bnd[self.pairs], bnd[self.pairs + 1]
             fy = np.clip(np.minimum(jy[1], hi) - np.maximum(jy[0], lo), 0, None) / (hi - lo)
             J[s] = fy[:, None] * fx[None, :]
+            jxs.append(jx)
+            fys.append(fy)
+        self._jx = np.asarray(jxs, dtype=float).reshape(S, 2)
+        self._fy = np.asarray(fys, dtype=float).reshape(S, self.pairs.size)
         return J
 
     def fluence(self, J: np.ndarray | None = None) -> np.ndarray:
@@ -138,8 +153,9 @@ def aperture_gradient(ba: "BeamApertures", G: np.ndarray, J: np.ndarray) -> tupl
     x2 = ba.x2[:, ba.pairs][..., None]
     e = ba.layout.col_edges_mm
     h = ba.half_dlg_mm
-    d1 = -(act & (x1 - h > e[:-1])).astype(float) / wcol
-    d2 = (act & (x2 + h < e[1:])).astype(float) / wcol
+    jlo, jhi, fy = ba._jaws(x1.shape[0])
+    d1 = -(act & (x1 - h > e[:-1]) & (x1 - h > jlo)).astype(float) / wcol * fy
+    d2 = (act & (x2 + h < e[1:]) & (x2 + h < jhi)).astype(float) / wcol * fy
     coef = (1 - T) * (ba.m * ba.sc)[:, None, None] * GP[None]
     return gm, (coef * d1).sum(-1), (coef * d2).sum(-1)
 

@@ -33,6 +33,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def ray_env_defaults() -> None:
     """Environment that makes a local Ray predictable (no auth token, no usage stats)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -73,6 +82,12 @@ def start(settings: ServiceSettings) -> str:
 
     if settings.port == 0:
         settings = settings.model_copy(update={"port": free_port(settings.host)})
+    elif not port_is_free(settings.host, settings.port):
+        from rayrt.domain.errors import InputError
+
+        raise InputError(f"port {settings.port} on {settings.host} is in use; choose another with --port (0 = any free port)", kind="settings", field="port")
+    if "://" not in settings.data_dir:  # actors may run in another working directory
+        settings = settings.model_copy(update={"data_dir": os.path.abspath(settings.data_dir)})
     store = Store(settings.data_dir)
     removed = store.cleanup()
     if removed:

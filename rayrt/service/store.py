@@ -40,7 +40,7 @@ import posixpath
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow.fs as pafs

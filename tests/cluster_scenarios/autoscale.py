@@ -142,12 +142,15 @@ def main() -> None:
         try:
             ray.shutdown()
         finally:
-            pids = cluster_pids(port, str(tmp))
-            result["stopped_pids"] = len(pids)
-            stop_pids(pids)
-            time.sleep(1.0)
-            left = cluster_pids(port, str(tmp))  # agents that outlived their raylet
-            stop_pids(left)
+            stopped: set[int] = set()
+            for attempt in range(5):  # agents may outlive their raylet; slow exits under load
+                pids = cluster_pids(port, str(tmp))
+                if not pids:
+                    break
+                stopped.update(pids)
+                stop_pids(pids, grace_s=5.0 if attempt == 0 else 2.0)
+                time.sleep(1.0)
+            result["stopped_pids"] = len(stopped)
             result["left_over_pids"] = len(cluster_pids(port, str(tmp)))
             shutil.rmtree(tmp, ignore_errors=True)
     result["total_s"] = round(time.perf_counter() - t_start, 2)
