@@ -171,3 +171,17 @@ def test_result_download_cannot_escape_the_job(serve_app, patient):
     for rel in ("..%2Fjob.json", "structures/..%2F..%2Fjob.json", "nothing.json"):
         r = httpx.get(f"{serve_app}/jobs/{job['id']}/results/{rel}")
         assert r.status_code == 404, (rel, r.status_code, r.text)
+
+
+def test_corrupt_store_file_is_a_500_json(serve_app, serve_settings, patient):
+    job = httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"]}).json()
+    wait_job(serve_app, job["id"])
+    f = Path(serve_settings.data_dir) / "jobs" / job["id"] / "job.json"
+    good = f.read_bytes()
+    try:
+        f.write_text('{"id": "broken"')  # damaged by hand, outside rayrt's atomic writes
+        r = httpx.get(f"{serve_app}/jobs/{job['id']}")
+        assert r.status_code == 500 and r.json()["error"] == "internal"
+    finally:
+        f.write_bytes(good)
+    assert httpx.get(f"{serve_app}/jobs/{job['id']}").json()["state"] == "succeeded"

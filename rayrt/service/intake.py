@@ -28,6 +28,14 @@ log = logging.getLogger("rayrt.service")
 _CHUNK = 1 << 20
 
 
+def _is_zip(path: Path) -> bool:
+    """A zip archive (starts with a local-file or empty-archive header), not a DICOM file whose
+    pixel data happens to contain an end-of-central-directory signature."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head in (b"PK\x03\x04", b"PK\x05\x06") and zipfile.is_zipfile(path)
+
+
 def save_uploads(files: Iterable[tuple[str, BinaryIO]], dest: Path, max_files: int = 20000) -> Path:
     """Write uploaded ``(filename, stream)`` pairs under ``dest/files``; extract zips in place.
 
@@ -53,7 +61,7 @@ def save_uploads(files: Iterable[tuple[str, BinaryIO]], dest: Path, max_files: i
         if size == 0:
             target.unlink()
             continue
-        if zipfile.is_zipfile(target):
+        if _is_zip(target):
             from rayrt.imaging.archive import safe_extract_zip
 
             safe_extract_zip(target, slot / "unzipped")

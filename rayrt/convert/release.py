@@ -1,0 +1,147 @@
+"""QA of a converted plan before release, on top of :func:`rayrt.qa.report.qa_plan`.
+
+Checks (all in the one :class:`~rayrt.qa.report.QAReport`):
+
+* ``qa_plan``: gamma of the converted dose against the standard plan's dose (global 3 %/2 mm,
+  10 % cutoff; TG-218 tolerance >= 95 %, action <= 90 %), the DVH criteria of the medical order
+  (plus QA-only criteria of :attr:`ConversionOptions.qa_criteria`), deliverability on the target
+  machine (:mod:`rayrt.qa.deliverability`);
+* the **independent dose check**: the final segments recomputed with the aperture-dose path
+  (:func:`rayrt.dose.aperture.aperture_dose`, 2.5 mm bixels, its own Dij) on a finer grid
+  (``independent_spacing_factor`` x the dose grid, cropped to the region above 10 % of the
+  standard dose plus 10 mm), compared by gamma (3 %/3 mm) and by the target mean dose
+  (:func:`rayrt.qa.checks.independent_dose_check`);
+* **agreement with the standard plan** (category ``conversion``): every target-like structure's
+  D95 within ``dvh_agreement_gy`` of the standard's, every other structure's D10 at most
+  ``dvh_agreement_gy`` above the standard's.
+
+Release rule (:func:`release_decision`): a plan is released when no check fails, the gamma
+against the standard plan and the independent dose check pass, and every conversion check
+passes. A *soft* order criterion that only warns blocks release when the standard plan meets it
+(the conversion made it worse); when the standard plan misses it as well, it stays a warning
+(verdict ``review``) and is noted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rayrt.domain.machine import MachineModel
+from rayrt.domain.order import MedicalOrder
+from rayrt.domain.plan import Plan
+from rayrt.imaging.volume import Grid, Volume
+from rayrt.qa.checks import QACheck, aperture_recompute, dvh_criteria_checks, independent_dose_check
+from rayrt.qa.report import QAResult, qa_plan
+
+__all__ = ["qa_converted_plan", "release_decision", "independent_grid", "agreement_checks"]
+
+
+def independent_grid(dose_gy: np.ndarray, grid: Grid, factor: float = 0.5, min_spacing_mm: float = 2.0, cutoff_pct: float = 10.0,
+                     margin_mm: float = 10.0) -> Grid:
+    """A finer grid (spacing x ``factor``, not below ``min_spacing_mm``) over the bounding box of
+    the dose above ``cutoff_pct`` % of its maximum plus ``margin_mm``."""
+    d = np.asarray(dose_gy)
+    sel = np.argwhere(d >= cutoff_pct / 100.0 * float(d.max())) if d.max() > 0 else np.argwhere(np.ones_like(d, bool))
+    lo = sel.min(axis=0).astype(float)
+    hi = sel.max(axis=0).astype(float)
+    sp_kji = grid.spacing[::-1]
+    pad = margin_mm / sp_kji
+    lo = np.maximum(lo - pad, 0.0)
+    hi = np.minimum(hi + pad, np.asarray(grid.shape, float) - 1)
+    new_sp = np.maximum(grid.spacing * factor, min(min_spacing_mm, float(grid.spacing.min())))  # (x, y, z)
+    origin = grid.index_to_world(lo)
+    ext_mm = (hi - lo) * sp_kji  # (k, j, i)
+    n_kji = np.floor(ext_mm / new_sp[::-1] + 1e-9).astype(int) + 1
+    return Grid(shape=tuple(int(v) for v in n_kji), spacing_mm=tuple(float(v) for v in new_sp), origin_mm=tuple(float(v) for v in origin),
+                direction=grid.direction)
+
+
+def agreement_checks(dose: np.ndarray, standard_dose: np.ndarray, masks: dict[str, np.ndarray], targets: list[str], tol_gy: float,
+                     skip: set[str] | None = None) -> list[QACheck]:
+    """Targets: |D95 - D95_standard| <= tol; other structures: D10 <= D10_standard + tol (Gy)."""
+    from rayrt.qa.dvh import dose_at_volume
+
+    out = []
+    for name, m in masks.items():
+        if skip and name in skip or not m.any():
+            continue
+        a = np.asarray(dose)[m].astype(np.float64)
+        b = np.asarray(standard_dose)[m].astype(np.float64)
+        if name in targets:
+            va, vb = float(dose_at_volume(a, 95.0)), float(dose_at_volume(b, 95.0))
+            diff = va - vb
+            ok = abs(diff) <= tol_gy
+            out.append(QACheck(name=f"{name} D95 within {tol_gy:g} Gy of the standard plan", category="conversion", status="pass" if ok else "fail",
+                               value=round(diff, 4), limit=tol_gy, unit="Gy", detail=f"converted {va:.3f} Gy, standard {vb:.3f} Gy"))
+        else:
+            va, vb = float(dose_at_volume(a, 10.0)), float(dose_at_volume(b, 10.0))
+            diff = va - vb
+            ok = diff <= tol_gy
+            out.append(QACheck(name=f"{name} D10 at most {tol_gy:g} Gy above the standard plan", category="conversion",
+                               status="pass" if ok else "fail", value=round(diff, 4), limit=tol_gy, unit="Gy",
+                               detail=f"converted {va:.3f} Gy, standard {vb:.3f} Gy"))
+    return out
+
+
+def qa_converted_plan(
+    plan: Plan,
+    machine: MachineModel,
+    dose_gy: np.ndarray,
+    dose_grid: Grid,
+    *,
+    standard_dose_gy: np.ndarray,
+    masks: dict[str, np.ndarray],
+    order: MedicalOrder,
+    targets: list[str],
+    density: Volume | None,
+    options,
+    attempt: int = 1,
+    standard_plan_id: str | None = None,
+    derived_masks: set[str] | None = None,
+) -> QAResult:
+    """Every release check of one converted plan (see the module docstring); doses are course doses in Gy."""
+    dose_vol = Volume(np.asarray(dose_gy, dtype=np.float32).reshape(dose_grid.shape), dose_grid, "dose_gy")
+    std_vol = Volume(np.asarray(standard_dose_gy, dtype=np.float32).reshape(dose_grid.shape), dose_grid, "dose_gy")
+    qa_order = order
+    if options.qa_criteria:
+        qa_order = order.model_copy(update={"objectives": list(order.objectives) + list(options.qa_criteria)})
+    res = qa_plan(plan, machine, dose_vol, standard_dose=std_vol, masks=masks, order=qa_order, density=None, recompute=None,
+                  tolerance_pct=options.gamma_tolerance_pct, action_pct=options.gamma_action_pct, attempts=attempt,
+                  standard_plan_id=standard_plan_id)
+    rep = res.report
+    rep.notes = [n for n in rep.notes if "independent dose check skipped" not in n]
+    # independent dose: aperture-dose path on a finer, cropped grid
+    if options.independent_check and density is not None:
+        g = independent_grid(std_vol.array, dose_grid, options.independent_spacing_factor, options.independent_min_spacing_mm)
+        tm = masks.get(qa_order.prescription.target)
+        checks, indep = independent_dose_check(plan, machine, dose_vol, aperture_recompute(density), grid=g, target_mask=tm)
+        rep.checks = checks + rep.checks
+        res.independent_dose = indep
+        rep.notes.append(f"independent dose: rayrt.dose.aperture.aperture_dose (2.5 mm bixels, own Dij) on a {g.shape} grid of "
+                         f"{tuple(round(float(s), 2) for s in g.spacing)} mm")
+    else:
+        rep.notes.append("independent dose check not run")
+    # agreement with the standard plan
+    rep.checks += agreement_checks(dose_vol.array, std_vol.array, masks, targets, options.dvh_agreement_gy, skip=derived_masks)
+    # soft criteria the standard plan misses as well
+    std_status = {c.name: c for c in dvh_criteria_checks(std_vol, masks, qa_order)}
+    for c in rep.checks:
+        if c.category == "dvh" and c.status == "warn":
+            s = std_status.get(c.name)
+            if s is not None and s.status != "pass":
+                c.detail += f"; the standard plan misses it too ({s.value} Gy): not blocking"
+    rep.verdict = rep.verdict_of(rep.checks)
+    return res
+
+
+def release_decision(res: QAResult) -> tuple[bool, list[str]]:
+    """(released, blocking reasons) for a QA result of :func:`qa_converted_plan`."""
+    reasons = []
+    for c in res.report.checks:
+        blocking = c.status == "fail"
+        if c.status == "warn" and (c.category in ("gamma", "dose_check", "conversion", "deliverability")
+                                   or (c.category == "dvh" and "not blocking" not in c.detail)):
+            blocking = True
+        if blocking:
+            reasons.append(f"{c.name}: {c.status} ({c.value if c.value is not None else '-'} {c.unit}, limit {c.limit}) {c.detail[:160]}".strip())
+    return not reasons, reasons

@@ -1,0 +1,94 @@
+"""Delineation on a stored patient: apply one contour request and store the result atomically.
+
+The structure masks of a patient are listed by ``patients/<id>/structures.json``; that file is
+the commit point. New masks are written under fresh names first, then ``structures.json`` is
+replaced atomically, then the operations log (``contour_log.json``) and the patient summary.
+A request that fails (bad seed, unknown structure, empty result ...) raises
+:class:`~rayrt.domain.errors.InputError` before anything is written, so nothing stored changes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from rayrt.service.models import PatientSummary
+from rayrt.service.store import Store, StoredMask, check_id
+
+LOG_FILE = "contour_log.json"
+
+
+class StructuresResponse(BaseModel):
+    """What ``POST /patients/{id}/structures`` answers: the changed structures and the full list."""
+
+    patient_id: str
+    changed: list[Any] = Field(description="StructureSummary of every structure made, changed or deleted")
+    structures: list[Any] = Field(description="every structure of the patient after the operation")
+    operation_id: str
+
+
+def load_structure_set(store: Store, patient_id: str):
+    """The patient's :class:`~rayrt.contour.structureset.StructureSet` with its stored operations log."""
+    from rayrt.contour.structureset import ContourLog, StructureSet
+
+    pid = check_id(patient_id, "patient")
+    ss = StructureSet.from_study(store.load_study(pid))
+    if store.exists(f"patients/{pid}/{LOG_FILE}"):
+        ss.attach_log(ContourLog.model_validate(store.read_json(f"patients/{pid}/{LOG_FILE}")))
+    return ss
+
+
+def save_structure_set(store: Store, patient_id: str, ss) -> PatientSummary:
+    """Write every structure of ``ss`` as the patient's structures (commit point: structures.json)."""
+    pid = check_id(patient_id, "patient")
+    batch = uuid.uuid4().hex[:8]
+    stored: list[StoredMask] = []
+    for n, name in enumerate(ss.names):
+        mask = np.asarray(ss.mask(name), dtype=bool)
+        f = f"masks/{batch}-{n}.npy"
+        store.write_array(f"patients/{pid}/{f}", np.packbits(mask.ravel()))
+        stored.append(StoredMask(structure=ss.structure(name), file=f, shape=mask.shape))
+    old = {d["file"] for d in store.read_json(f"patients/{pid}/structures.json")}
+    store.write_json(f"patients/{pid}/structures.json", [m.model_dump(mode="json") for m in stored])
+    store.write_json(f"patients/{pid}/{LOG_FILE}", ss.log())
+    summary = store.get_patient(pid).model_copy(update={"structures": [m.structure for m in stored]})
+    store.write_json(f"patients/{pid}/patient.json", summary)
+    for f in old - {m.file for m in stored}:  # masks no longer listed anywhere
+        try:
+            store.fs.delete_file(store.path("patients", pid, f))
+        except OSError:
+            pass
+    return summary
+
+
+def apply_structure_request(store: Store, patient_id: str, request: Any, user: str = "") -> StructuresResponse:
+    """Apply one delineation request (auto, grow, interpolate, margin, boolean, ring, polygons,
+    pet_threshold, edit) to a stored patient and store the result."""
+    from rayrt.contour.requests import parse_request
+
+    req = request if isinstance(request, BaseModel) else parse_request(request)  # 422 before any load
+    ss = load_structure_set(store, patient_id)
+    changed = ss.apply(req, user=user)
+    save_structure_set(store, patient_id, ss)
+    return StructuresResponse(
+        patient_id=patient_id,
+        changed=[c.model_dump(mode="json") for c in changed],
+        structures=[s.model_dump(mode="json") for s in ss.summaries()],
+        operation_id=ss.history[-1].id,
+    )
+
+
+def structure_log(store: Store, patient_id: str, name: str | None = None) -> dict:
+    """The stored operations log (all of it, or one structure's operations)."""
+    ss = load_structure_set(store, patient_id)
+    log = ss.log()
+    if name is None:
+        return log.model_dump(mode="json")
+    if name not in ss:
+        from rayrt.domain.errors import InputError
+
+        raise InputError(f"no structure {name!r}; the patient has: {', '.join(ss.names)}", kind="not_found", field="name", status=404)
+    return {"structure": name, "operations": [op.model_dump(mode="json") for op in log.operations_of(name)]}
