@@ -23,10 +23,10 @@ inside the sphere (an upper bound of Γ, never below ``max_gamma``); they fail e
 Candidate points outside the evaluated grid are skipped. A grid with one slice (or row /
 column) is treated as 2-D along that axis: only offsets in its plane are used.
 
-The kernel is compiled with numba (parallel over reference voxels). When every reference voxel
-centre is a node of the evaluated grid (same grid, or a sub-grid), the interpolation cell and
-weights of each offset are precomputed once (the fast path); otherwise each candidate point is
-located in the evaluated grid. Everything is in mm and Gy
+The kernel is compiled with numba (parallel over reference voxels). Voxels whose evaluated-grid
+index has the same fractional part share the interpolation cells and weights of every offset,
+precomputed once: one table for the same grid or a sub-grid, a few for commensurate grids
+(e.g. 2.5 mm on 2 mm); otherwise each candidate point is located in the evaluated grid. Everything is in mm and Gy
 (any dose unit works as long as both doses share it).
 """
 
@@ -234,18 +234,50 @@ def _get_kernel():
 _KERNEL_LOCK = threading.Lock()
 
 
-def _run_kernel(general, aligned, base, base_int, ref_vals, inv_dd, ev_d, off_kji, d2, out) -> None:
-    if np.abs(base - base_int).max() < 1e-6:
-        # every reference voxel centre is an evaluated grid node (same grid or a sub-grid): the
-        # interpolation cell and weights of each offset are the same for all voxels
-        cell0 = np.floor(off_kji + 1e-9)
-        frac = np.clip(off_kji - cell0, 0.0, 1.0)
-        frac[frac < 1e-9] = 0.0
-        cell1 = cell0 + (frac > 0)
-        aligned(base_int.astype(np.int64), ref_vals, inv_dd, ev_d, cell0.astype(np.int64), cell1.astype(np.int64),
-                np.ascontiguousarray(frac), d2, out)
-    else:
-        general(base, ref_vals, inv_dd, ev_d, off_kji, d2, out)
+def _cell_tables(off_kji: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Interpolation cell corners (int) and weights of offsets from a grid node (index units)."""
+    cell0 = np.floor(off_kji + 1e-9)
+    frac = np.clip(off_kji - cell0, 0.0, 1.0)
+    frac[frac < 1e-9] = 0.0
+    cell1 = cell0 + (frac > 0)
+    return cell0.astype(np.int64), cell1.astype(np.int64), np.ascontiguousarray(frac)
+
+
+_MAX_GROUPS = 512
+
+
+def _run_kernel(general, aligned, base, ref_vals, inv_dd, ev_d, off_kji, d2, out) -> None:
+    """Gamma of every reference voxel; the interpolation tables are shared where possible.
+
+    The fractional part of a voxel's evaluated-grid index decides the interpolation cells and
+    weights of all its search offsets. Same grids (or sub-grids) have one fractional part
+    (zero); commensurate grids (e.g. 2.5 mm reference on 2 mm evaluated, shifted origins) have a
+    few: voxels are grouped by it and each group runs with precomputed tables. Otherwise each
+    candidate point is located on the fly (general kernel).
+    """
+    fl = np.floor(base + 1e-7)
+    fr = np.round(base - fl, 6)
+    fr[fr >= 1.0] = 0.0
+    keys, inverse = np.unique(fr, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    n = base.shape[0]
+    if keys.shape[0] == 1:
+        c0, c1, fw = _cell_tables(off_kji + keys[0])
+        aligned(fl.astype(np.int64), ref_vals, inv_dd, ev_d, c0, c1, fw, d2, out)
+        return
+    if keys.shape[0] <= min(_MAX_GROUPS, max(1, n // 256)):
+        order = np.argsort(inverse, kind="stable")
+        starts = np.searchsorted(inverse[order], np.arange(keys.shape[0] + 1))
+        fl_i = fl.astype(np.int64)
+        for g in range(keys.shape[0]):
+            sel = order[starts[g]:starts[g + 1]]
+            c0, c1, fw = _cell_tables(off_kji + keys[g])
+            part = np.empty(sel.size, dtype=np.float64)
+            aligned(np.ascontiguousarray(fl_i[sel]), np.ascontiguousarray(ref_vals[sel]), np.ascontiguousarray(inv_dd[sel]), ev_d,
+                    c0, c1, fw, d2, part)
+            out[sel] = part
+        return
+    general(base, ref_vals, inv_dd, ev_d, off_kji, d2, out)
 
 
 # --------------------------------------------------------------------------- public API
@@ -311,10 +343,9 @@ def gamma_index(
         inv_dd = np.full(n, 1.0 / (crit.dose_pct / 100.0 * norm))
     out = np.empty(n, dtype=np.float64)
     general, aligned = _get_kernel()
-    base_int = np.rint(base)
     # numba's default (workqueue) threading layer must not be entered from two threads at once
     with _KERNEL_LOCK:
-        _run_kernel(general, aligned, base, base_int, ref_vals, inv_dd, ev_d, off_kji, d2, out)
+        _run_kernel(general, aligned, base, ref_vals, inv_dd, ev_d, off_kji, d2, out)
     gamma[idx] = out.astype(np.float32)
 
     passed = int(np.count_nonzero(out <= 1.0))

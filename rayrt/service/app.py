@@ -6,6 +6,10 @@ Routes::
     POST /patients                       multipart upload (a zip or DICOM files) -> 201 PatientSummary
     GET  /patients                       stored patient ids
     GET  /patients/{id}                  PatientSummary
+    POST /patients/{id}/structures       a delineation request (method: auto | grow | interpolate |
+                                         margin | boolean | ring | polygons | pet_threshold | edit)
+    GET  /patients/{id}/structures/log   the operations log (?name= for one structure)
+    GET  /patients/{id}/rtstruct         every structure as an RTSTRUCT file
     POST /jobs                           JobRequest (patient_id, order, priority, machines) -> 201 Job
     GET  /jobs                           every job
     GET  /jobs/{id}                      Job: state, stage, per-stage progress, errors, timestamps
@@ -39,6 +43,7 @@ from rayrt.service.intake import import_upload
 from rayrt.service.models import JobList, JobRequest, JobResults, PatientSummary
 from rayrt.service.settings import ServiceSettings
 from rayrt.service.store import Store
+from rayrt.service.structures import StructuresResponse, apply_structure_request, structure_log, structures_rtstruct
 
 log = logging.getLogger("rayrt.service")
 
@@ -112,6 +117,24 @@ class Ingress:
     @api.get("/patients/{patient_id}", response_model=PatientSummary)
     def get_patient(self, patient_id: str) -> PatientSummary:
         return self.store.get_patient(patient_id)
+
+    # ---------------------------------------------------------------- structures
+    @api.post("/patients/{patient_id}/structures", status_code=201, response_model=StructuresResponse)
+    async def create_structures(self, patient_id: str, request: Request) -> StructuresResponse:
+        try:
+            body = await request.json()
+        except Exception:
+            raise InputError("expected a JSON body with a 'method' (auto, grow, interpolate, margin, boolean, ring, polygons, pet_threshold, edit)", kind="request", field="method", status=422) from None
+        return await run_in_threadpool(apply_structure_request, self.store, patient_id, body)
+
+    @api.get("/patients/{patient_id}/structures/log")
+    def get_structure_log(self, patient_id: str, name: str | None = None) -> dict:
+        return structure_log(self.store, patient_id, name)
+
+    @api.get("/patients/{patient_id}/rtstruct")
+    def get_rtstruct(self, patient_id: str) -> Response:
+        data = structures_rtstruct(self.store, patient_id)
+        return Response(content=data, media_type="application/dicom", headers={"Content-Disposition": 'attachment; filename="rtstruct.dcm"'})
 
     # ---------------------------------------------------------------- jobs
     @api.post("/jobs", status_code=201, response_model=Job)

@@ -92,3 +92,14 @@ def structure_log(store: Store, patient_id: str, name: str | None = None) -> dic
 
         raise InputError(f"no structure {name!r}; the patient has: {', '.join(ss.names)}", kind="not_found", field="name", status=404)
     return {"structure": name, "operations": [op.model_dump(mode="json") for op in log.operations_of(name)]}
+
+
+def structures_rtstruct(store: Store, patient_id: str) -> bytes:
+    """Every structure of the patient as RTSTRUCT bytes on its primary image (log kept in the store)."""
+    import tempfile
+    from pathlib import Path
+
+    ss = load_structure_set(store, patient_id)
+    with tempfile.TemporaryDirectory(prefix="rayrt-rs-") as tmp:
+        path = ss.write_rtstruct(Path(tmp) / "rtstruct.dcm")
+        return Path(path).read_bytes()
