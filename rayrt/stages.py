@@ -51,7 +51,7 @@ from rayrt.qa.report import QAReport
 __all__ = [
     "PlanningRequest", "PlanGeometry", "BeamletSet", "DijResult", "FluenceStage", "SequencedPlan", "ApertureStage",
     "StandardPlan", "MachinePlan", "ConvertedPlans", "QAStage", "ExportResult", "PLANNING_STAGES", "plan_local",
-    "dij_chunk_task", "beamlet_task", "convert_task", "qa_task", "assemble_dij", "chunk_plan", "reoptimize_for_machine",
+    "dij_chunk_task", "beamlet_task", "convert_task", "qa_task", "assemble_dij", "chunk_plan", "reoptimize_for_machine", "restore_output", "goals_of",
 ]
 
 PLANNING_STAGES = ["geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize", "convert", "qa", "export"]
@@ -80,6 +80,7 @@ class PlanningRequest(BaseModel):
     dao_iterations: int = Field(default=30, ge=1)
     qa_independent_dose: bool = Field(default=True, description="recompute each plan's dose with the aperture engine (rayrt.dose.aperture)")
     qa_grid_mm: float | None = Field(default=None, gt=0, description="grid of the independent dose (default: the dose grid)")
+    qa_bixel_mm: float = Field(default=2.5, gt=0, le=20, description="bixel width of the independent aperture dose engine")
     qa_figures: bool = Field(default=False, description="also render qa_<machine>.png (matplotlib, ~1 s per machine)")
 
     def angles(self) -> list[float]:
@@ -729,7 +730,8 @@ def qa_task(item: tuple, density: np.ndarray) -> tuple[Any, bytes | None]:
     dose = Volume(np.asarray(dose3, np.float32), standard.dose_grid, "dose_gy")
     recompute = None
     if req.qa_independent_dose:
-        engine = aperture_recompute(Volume(density, density_grid, "relative_electron_density"))
+        engine = aperture_recompute(Volume(density, density_grid, "relative_electron_density"), bixel_width_mm=req.qa_bixel_mm,
+                                    cutoff_mm=req.dij_cutoff_mm, threshold=req.dij_threshold)
         qa_grid = standard.dose_grid if req.qa_grid_mm is None else standard.dose_grid.with_spacing((req.qa_grid_mm,) * 3)
 
         def recompute(p: Plan, mach, grid: Grid) -> Volume:  # on the QA grid, then onto the requested one
@@ -920,3 +922,18 @@ def plan_local(source: Any, order: MedicalOrder | dict | str | None, planning: P
 
     artefacts = {"source": source, "order": pipeline._as_order(order), "planning": req}
     return pipeline.run_stages(pipeline.default_stages(stages), artefacts, executor=executor, on_event=on_event, sink=sink)
+
+
+def restore_output(st: Any, read: Callable[[str], bytes]) -> Any:
+    """A stage's stored output rebuilt from its files (``read(name) -> bytes``), or None when the
+    stage has no pydantic result model. Models with arrays rebuild them in ``from_files``."""
+    import json
+
+    from rayrt import pipeline
+
+    model = pipeline.result_model(st)
+    if model is None:
+        return None
+    data = json.loads(read("result.json"))
+    fn = getattr(model, "from_files", None)
+    return fn(data, read) if callable(fn) else model.model_validate(data)

@@ -189,3 +189,30 @@ def test_cli_gamma_npy_and_rtdose(tmp_path, capsys):
     (tmp_path / "dose_grid.json").unlink()
     assert run(["gamma", str(tmp_path / "ref.npy"), str(tmp_path / "dose.npy")]) == 2
     assert "grid" in capsys.readouterr().err
+
+
+def test_shifted_grid_fast_path_agrees_with_the_general_kernel(monkeypatch):
+    """The evaluated grid = the reference grid shifted by a fraction of a voxel: one shared
+    interpolation table (fast path) gives the same gamma as locating every point on the fly."""
+    import rayrt.qa.gamma as gm
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(5)
+    gr = Grid(shape=(8, 16, 16), spacing_mm=(2.5, 2.5, 2.5), origin_mm=(-18.75, -18.75, -8.75))
+    ge = Grid(shape=(10, 18, 18), spacing_mm=(2.5, 2.5, 2.5), origin_mm=(-21.3, -20.9, -11.0))
+    ev = gaussian_filter(rng.uniform(0.5, 2.0, ge.shape), 1.5)
+    ref = Volume(ev, ge).resample(gr).array * (1 + rng.normal(0, 0.02, gr.shape))
+    calls = []
+    monkeypatch.setattr(gm, "_cell_tables", lambda off, real=gm._cell_tables: calls.append(1) or real(off))
+    fast = gamma_index(Volume(ref, gr), Volume(ev, ge), dose_pct=2, dta_mm=2, cutoff_pct=0)
+    assert calls == [1]
+    # an evaluated grid of another spacing takes the general kernel; compare on the same data
+    shifted_general = gm._get_kernel()[0]
+    base = ge.world_to_index(gr.index_to_world(np.argwhere(np.ones(gr.shape)).astype(float)))
+    off, d2 = gm.search_offsets(10, 3.0)
+    off_kji = np.ascontiguousarray(((off * 2.0) @ ge.direction_matrix / ge.spacing)[:, ::-1])
+    out = np.empty(base.shape[0])
+    inv = np.full(base.shape[0], 1.0 / (0.02 * ref.max()))
+    shifted_general(np.ascontiguousarray(base), np.ascontiguousarray(ref.ravel()), inv, np.ascontiguousarray(ev), off_kji, d2, out)
+    assert np.allclose(fast.gamma.ravel(), out, atol=1e-5)
+    assert 0 < fast.summary.pass_rate_pct < 100

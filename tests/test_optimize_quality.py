@@ -24,7 +24,8 @@ def _plan(study, target):
 def _check(rep, target):
     dvh = rep["dvh"]
     assert rep["deliverability"]["deliverable"], rep["deliverability"]["violations"]
-    assert max(len(b) for b in [rep["stages"][5]["detail"]["segments"]]) <= 15 * 9
+    dao = next(s for s in rep["stages"] if s["name"] == "dao")
+    assert len(dao["detail"]["segments"]) == 9 and all(1 <= n <= 15 for n in dao["detail"]["segments"])
     assert dvh[target]["d95_gy"] >= 50.0 - 1e-3
     assert dvh[target]["d10_gy"] <= 55.0
     assert dvh["Core"]["d10_gy"] <= 25.0

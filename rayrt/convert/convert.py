@@ -374,7 +374,8 @@ def _normalise(plan: Plan, setup: _TargetSetup, std: StandardPlanInput, target: 
 
     dose = final_dose(plan, setup.grids, setup.dij, target)
     nstruct = std.order.prescription.normalization.structure or std.order.prescription.target
-    f = normalization_factor(dose[std.masks[nstruct].ravel()], std.order)
+    # a hair above the goal (1e-6 relative) so that 'D95 >= Rx' criteria do not fail on round-off
+    f = normalization_factor(dose[std.masks[nstruct].ravel()], std.order) * (1.0 + 1e-6)
     plan = scale_plan(plan, f)
     dose = dose * f
     low = [s for b in plan.beams for s in b.segments if s.mu < target.limits.min_mu_per_segment]

@@ -42,6 +42,7 @@ class Job(BaseModel):
     order: dict | None = Field(default=None, description="the MedicalOrder as JSON (validated on submit)")
     machines: list[str] = Field(default_factory=list, description="requested target machines")
     priority: int = Field(default=0, description="higher runs first")
+    options: dict = Field(default_factory=dict, description="planning settings (rayrt.stages.PlanningRequest fields, without machines)")
     state: JobState = JobState.queued
     stage: str | None = None
     progress: float = Field(default=0.0, ge=0, le=100)
@@ -51,3 +52,4 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     errors: list[str] = Field(default_factory=list)
     worker: str | None = Field(default=None, description="the controlled computer running it")
+    queue_position: int | None = Field(default=None, ge=0, description="0-based place in the compute queue while queued (0 = next to start); None once it runs")

@@ -305,10 +305,16 @@ def _optimize_fluence(
         return f, g * scale
 
     w = w / scale
+    nit = [0]
+
+    def _count(*_):
+        nit[0] += 1
+
     for outer in range(1, opt.max_outer + 1):
         try:
+            nit[0] = 0
             res = minimize(
-                fun, w, jac=True, method="L-BFGS-B", bounds=bounds,
+                fun, w, jac=True, method="L-BFGS-B", bounds=bounds, callback=_count,
                 options={"maxiter": opt.max_iterations, "ftol": opt.ftol, "gtol": opt.gtol, "maxcor": 20},
             )
             w = np.maximum(res.x, 0.0)
@@ -316,6 +322,7 @@ def _optimize_fluence(
             converged = bool(res.success)
             message = str(res.message)
         except _Stop:
+            iters += nit[0]
             w = stop_w / scale
             converged, message = True, "reached target objective"
             break

@@ -7,11 +7,16 @@ Only the voxels that carry objectives are kept (rows of the full Dij selected on
 * ``grad(g, rows)`` = D[rows].T @ g        -- parallel over row chunks, one accumulation buffer
   per thread, summed at the end (the transpose is never stored).
 
-``rows=None`` means all rows. Both kernels skip zero entries of ``g``, so a gradient that is zero on
+``rows=None`` means all rows. Products over fewer than ``PARALLEL_MIN_NNZ`` non-zeros (env
+``RAYRT_PARALLEL_MIN_NNZ``, default 2 M) run on one thread: measured on the shared 2-core
+development machine under load (load average 6), a 2.9 M-nnz row product took 42 ms on two numba
+threads and 32 ms on one, since a parallel region waits for its slowest (descheduled) thread. Both kernels skip zero entries of ``g``, so a gradient that is zero on
 most voxels (one-sided objectives) costs only its non-zero rows.
 """
 
 from __future__ import annotations
+
+import os
 
 import numba
 import numpy as np
@@ -82,9 +87,34 @@ def _csr_rmatvec_rows_serial(indptr, indices, data, rows, g, ncols):
     return b.astype(np.float64)
 
 
+@numba.njit(cache=True)
+def _csc_rows_to_csr(indptr, indices, data, rmap, nrows):
+    """CSR (float32, int32 columns) of the rows ``rmap >= 0`` of a CSC matrix, in one counting pass
+    and one filling pass (columns come out sorted within each row)."""
+    ncols = indptr.size - 1
+    counts = np.zeros(nrows + 1, dtype=np.int64)
+    for k in range(indptr[ncols]):
+        r = rmap[indices[k]]
+        if r >= 0:
+            counts[r + 1] += 1
+    out_ptr = np.cumsum(counts)
+    fill = out_ptr[:-1].copy()
+    out_idx = np.empty(out_ptr[nrows], dtype=np.int32)
+    out_val = np.empty(out_ptr[nrows], dtype=np.float32)
+    for j in range(ncols):
+        for k in range(indptr[j], indptr[j + 1]):
+            r = rmap[indices[k]]
+            if r >= 0:
+                p = fill[r]
+                out_idx[p] = j
+                out_val[p] = data[k]
+                fill[r] = p + 1
+    return out_ptr, out_idx, out_val
+
+
 #: below this many non-zeros a product runs on one thread (thread start-up and, on a loaded
 #: machine, waiting for a descheduled worker cost more than the work)
-PARALLEL_MIN_NNZ = 2_000_000
+PARALLEL_MIN_NNZ = int(os.environ.get("RAYRT_PARALLEL_MIN_NNZ", "2000000"))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -112,17 +142,14 @@ class SubsetDij:
                 # select rows without converting the whole (large) matrix to CSR first
                 rmap = np.full(dij.shape[0], -1, dtype=np.int64)
                 rmap[voxel_index] = np.arange(voxel_index.size)
-                new_rows = rmap[dij.indices]
-                keep = new_rows >= 0
-                col = np.repeat(np.arange(dij.shape[1], dtype=np.int32), np.diff(dij.indptr))
-                m = sp.csr_matrix(
-                    (dij.data[keep].astype(np.float32), (new_rows[keep], col[keep])), shape=(voxel_index.size, dij.shape[1])
-                )
-                del rmap, new_rows, keep, col
+                ip, ix, dv = _csc_rows_to_csr(np.asarray(dij.indptr, np.int64), dij.indices, dij.data, rmap, voxel_index.size)
+                m = sp.csr_matrix((dv, ix, ip), shape=(voxel_index.size, dij.shape[1]))
+                del rmap
             else:
                 m = dij.tocsr()[voxel_index]
         m = sp.csr_matrix(m, dtype=np.float32)
-        m.sum_duplicates()
+        if not m.has_canonical_format:
+            m.sum_duplicates()
         self.indptr = m.indptr.astype(np.int64)
         self.indices = m.indices.astype(np.int32)
         self.data = m.data.astype(np.float32)

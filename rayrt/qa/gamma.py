@@ -23,10 +23,11 @@ inside the sphere (an upper bound of Γ, never below ``max_gamma``); they fail e
 Candidate points outside the evaluated grid are skipped. A grid with one slice (or row /
 column) is treated as 2-D along that axis: only offsets in its plane are used.
 
-The kernel is compiled with numba (parallel over reference voxels). Voxels whose evaluated-grid
-index has the same fractional part share the interpolation cells and weights of every offset,
-precomputed once: one table for the same grid or a sub-grid, a few for commensurate grids
-(e.g. 2.5 mm on 2 mm); otherwise each candidate point is located in the evaluated grid. Everything is in mm and Gy
+The kernel is compiled with numba (parallel over reference voxels). When every reference voxel
+centre has the same fractional index in the evaluated grid (same grid, a sub-grid, or the same
+spacing shifted by a constant), the interpolation cells and weights of the offsets are
+precomputed once (the fast path); otherwise each candidate point is located in the evaluated
+grid. Everything is in mm and Gy
 (any dose unit works as long as both doses share it).
 """
 
@@ -243,41 +244,24 @@ def _cell_tables(off_kji: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return cell0.astype(np.int64), cell1.astype(np.int64), np.ascontiguousarray(frac)
 
 
-_MAX_GROUPS = 512
-
-
 def _run_kernel(general, aligned, base, ref_vals, inv_dd, ev_d, off_kji, d2, out) -> None:
-    """Gamma of every reference voxel; the interpolation tables are shared where possible.
+    """Gamma of every reference voxel.
 
     The fractional part of a voxel's evaluated-grid index decides the interpolation cells and
-    weights of all its search offsets. Same grids (or sub-grids) have one fractional part
-    (zero); commensurate grids (e.g. 2.5 mm reference on 2 mm evaluated, shifted origins) have a
-    few: voxels are grouped by it and each group runs with precomputed tables. Otherwise each
-    candidate point is located on the fly (general kernel).
+    weights of all its search offsets. When all voxels share it (same grid, a sub-grid, or a grid
+    of the same spacing shifted by any constant) one precomputed table serves every voxel;
+    otherwise each candidate point is located on the fly (general kernel). (Grouping voxels of
+    commensurate grids by their few fractional parts was measured slower: many small parallel
+    launches.)
     """
     fl = np.floor(base + 1e-7)
     fr = np.round(base - fl, 6)
     fr[fr >= 1.0] = 0.0
-    keys, inverse = np.unique(fr, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    n = base.shape[0]
-    if keys.shape[0] == 1:
-        c0, c1, fw = _cell_tables(off_kji + keys[0])
+    if np.all(np.abs(fr - fr[0]) < 1e-6):
+        c0, c1, fw = _cell_tables(off_kji + fr[0])
         aligned(fl.astype(np.int64), ref_vals, inv_dd, ev_d, c0, c1, fw, d2, out)
-        return
-    if keys.shape[0] <= min(_MAX_GROUPS, max(1, n // 256)):
-        order = np.argsort(inverse, kind="stable")
-        starts = np.searchsorted(inverse[order], np.arange(keys.shape[0] + 1))
-        fl_i = fl.astype(np.int64)
-        for g in range(keys.shape[0]):
-            sel = order[starts[g]:starts[g + 1]]
-            c0, c1, fw = _cell_tables(off_kji + keys[g])
-            part = np.empty(sel.size, dtype=np.float64)
-            aligned(np.ascontiguousarray(fl_i[sel]), np.ascontiguousarray(ref_vals[sel]), np.ascontiguousarray(inv_dd[sel]), ev_d,
-                    c0, c1, fw, d2, part)
-            out[sel] = part
-        return
-    general(base, ref_vals, inv_dd, ev_d, off_kji, d2, out)
+    else:
+        general(base, ref_vals, inv_dd, ev_d, off_kji, d2, out)
 
 
 # --------------------------------------------------------------------------- public API

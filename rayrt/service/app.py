@@ -3,6 +3,7 @@
 Routes::
 
     GET  /health                         scheduler queue and computers
+    GET  /queue                          compute queue in run order: position, job id, priority
     POST /patients                       multipart upload (a zip or DICOM files) -> 201 PatientSummary
     GET  /patients                       stored patient ids
     GET  /patients/{id}                  PatientSummary
@@ -95,6 +96,12 @@ class Ingress:
     async def health(self) -> dict:
         status = await self.scheduler.get_status.remote()
         return {"ok": True, "store": self.store.location, "scheduler": status}
+
+    @api.get("/queue")
+    async def queue(self) -> dict:
+        """The compute queue: ``queued`` in run order with each job's 0-based ``position``
+        (priority, then age), the ``running`` jobs with their computers, and ``free_cpus``."""
+        return await self.scheduler.queue_status.remote()
 
     # ---------------------------------------------------------------- patients
     @api.post("/patients", status_code=201, response_model=PatientSummary)

@@ -17,9 +17,12 @@ in one process too.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -52,12 +55,62 @@ class StoreSource:
         return self.store.load_study(self.patient_id)
 
 
+# ---------------------------------------------------------------------------- cancellation
+class JobCancelled(Exception):
+    """Raised inside a running job when its cancellation was requested (checked between stages
+    and at every progress report, i.e. between fan-out tasks); the job ends ``cancelled``."""
+
+
+def _cancel_file(job_id: str) -> str:
+    from rayrt.service.store import check_id
+
+    return f"jobs/{check_id(job_id, 'job')}/cancel.json"
+
+
+def request_cancel(store: Store, job_id: str, reason: str = "cancelled on request") -> None:
+    """Record durably that ``job_id`` must stop (survives a computer or service restart)."""
+    store.write_json(_cancel_file(job_id), {"requested_at": _now().isoformat(), "reason": reason})
+
+
+def cancel_requested(store: Store, job_id: str) -> bool:
+    return store.exists(_cancel_file(job_id))
+
+
+def import_stage_modules(names: Iterable[str]) -> list[str]:
+    """Import modules that register extra pipeline stages: dotted names, or paths of .py files
+    (imported under their file stem). Returns the module names imported."""
+    out = []
+    for name in names:
+        if name.endswith(".py") or os.sep in name:
+            path = os.path.abspath(name)
+            mod_name = os.path.splitext(os.path.basename(path))[0]
+            if mod_name not in sys.modules:
+                spec = importlib.util.spec_from_file_location(mod_name, path)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"stage module {name!r} is not a Python file")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[mod_name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(mod_name, None)
+                    raise
+        else:
+            mod_name = importlib.import_module(name).__name__
+        out.append(mod_name)
+    return out
+
+
 class RayExecutor:
     """:class:`rayrt.pipeline.Executor` on Ray: ``put`` = ``ray.put``; ``map`` = one task per item.
 
     Shared handles passed to ``map`` are ObjectRefs; Ray hands each task the stored array
-    (zero-copy for numpy) instead of shipping it again.
+    (zero-copy for numpy) instead of shipping it again. With ``on_progress`` set (the
+    :class:`JobRunner` sets it), ``map`` calls ``on_progress(done, total)`` as tasks finish; if
+    that raises (a cancelled job), the remaining tasks are cancelled and the error propagates.
     """
+
+    on_progress: Callable[[int, int], None] | None = None
 
     def __init__(self, num_cpus_per_task: float = 1.0):
         self.num_cpus_per_task = num_cpus_per_task
@@ -70,7 +123,24 @@ class RayExecutor:
         rf = self._remote.get(fn)
         if rf is None:
             rf = self._remote[fn] = ray.remote(num_cpus=self.num_cpus_per_task)(fn)
-        return ray.get([rf.remote(item, *shared) for item in items])
+        refs = [rf.remote(item, *shared) for item in items]
+        if self.on_progress is None or not refs:
+            return ray.get(refs)
+        pending, done = list(refs), 0
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2, fetch_local=False)
+                if ready:
+                    done += len(ready)
+                    self.on_progress(done, len(refs))
+        except BaseException:
+            for ref in pending:
+                try:
+                    ray.cancel(ref)
+                except Exception:
+                    pass
+            raise
+        return ray.get(refs)
 
 
 class JobRunner:
@@ -96,6 +166,25 @@ class JobRunner:
         self.report = report
         self._last_save = 0.0
         self._lock = threading.Lock()
+        self.cancel_event = threading.Event()
+        if hasattr(self.executor, "on_progress"):
+            self.executor.on_progress = self._task_progress
+
+    # ---------------------------------------------------------------- cancellation
+    def cancel(self) -> None:
+        """Ask the run to stop at its next check (next progress report or stage start)."""
+        self.cancel_event.set()
+
+    def _check_cancel(self, durable: bool = False) -> None:
+        if not self.cancel_event.is_set() and durable and cancel_requested(self.store, self.job.id):
+            self.cancel_event.set()
+        if self.cancel_event.is_set():
+            raise JobCancelled(f"job {self.job.id} was cancelled")
+
+    def _task_progress(self, done: int, total: int) -> None:
+        """Fan-out progress from the executor: tasks done of total for the running stage."""
+        if self.job.stage:
+            self.on_event(StageEvent(self.job.stage, "progress", done, total, f"{done}/{total} tasks"))
 
     # ---------------------------------------------------------------- persistence hooks
     def _save(self, force: bool = False) -> None:
@@ -113,6 +202,8 @@ class JobRunner:
         return sp
 
     def on_event(self, ev: StageEvent) -> None:
+        if ev.kind == "started":
+            self._check_cancel(durable=True)  # between stages: no further stage starts
         with self._lock:
             sp = self._stage(ev.stage)
             force = True
@@ -128,6 +219,8 @@ class JobRunner:
                 sp.state, sp.percent, sp.finished_at = JobState.succeeded, 100.0, _now()
                 sp.started_at = sp.started_at or sp.finished_at
                 sp.message = {"skipped": f"skipped: {ev.message}", "reused": "reused the stored result"}.get(ev.kind, sp.message)
+            elif ev.kind == "failed" and self.cancel_event.is_set():
+                sp.state, sp.finished_at, sp.message = JobState.cancelled, _now(), "cancelled"
             elif ev.kind == "failed":
                 sp.state, sp.finished_at, sp.message = JobState.failed, _now(), ev.message
             self.job.progress = sum(s.percent for s in self.job.stages) / max(1, len(self.job.stages))
@@ -137,6 +230,8 @@ class JobRunner:
                 self.report(self.job.id, {"stage": ev.stage, "kind": ev.kind, "done": ev.done, "total": ev.total, "message": ev.message})
             except Exception:  # progress fan-in is best effort; the store is the record
                 log.debug("progress report failed", exc_info=True)
+        if ev.kind == "progress":
+            self._check_cancel()  # between tasks / steps of a stage
 
     def sink(self, st: Stage, out: Any) -> None:
         for name, data in pipeline.write_result_files(out).items():
@@ -160,10 +255,17 @@ class JobRunner:
         known = {s.name for s in job.stages}
         job.stages += [StageProgress(name=st.name) for st in self.stages if st.name not in known]
         job.state, job.worker, job.started_at = JobState.running, self.worker, job.started_at or _now()
+        job.queue_position = None
+        if cancel_requested(self.store, job.id):
+            job.state, job.finished_at = JobState.cancelled, _now()
+            self._save(force=True)
+            return job
         self._save(force=True)
         artefacts: dict[str, Any] = {"source": StoreSource(self.store, job.patient_id), "order": self.store.get_order(job.id)}
         try:
             pipeline.run_stages(self.stages, artefacts, executor=self.executor, on_event=self.on_event, sink=self.sink, previous=self.previous)
+        except JobCancelled:
+            job.state = JobState.cancelled
         except InputError as exc:
             job.errors.append(exc.message)
             job.state = JobState.failed
@@ -186,8 +288,16 @@ class JobRunner:
 class ControlledComputer:
     """A worker that runs whole jobs (one at a time) and answers heartbeats while it does."""
 
-    def __init__(self, name: str, store: Store, progress_interval_s: float = 0.5, scheduler_name: str | None = None, namespace: str | None = None):
+    def __init__(self, name: str, store: Store, progress_interval_s: float = 0.5, scheduler_name: str | None = None, namespace: str | None = None,
+                 stage_modules: Iterable[str] = ()):
         self.name = name
+        self.runner: JobRunner | None = None
+        self.stage_error: str | None = None
+        try:
+            import_stage_modules(stage_modules)
+        except BaseException as exc:  # fail its jobs with the reason rather than the actor's start (a retry loop)
+            self.stage_error = f"cannot import stage module(s) {list(stage_modules)}: {type(exc).__name__}: {exc}"
+            log.error("%s", self.stage_error)
         self.store = store
         self.interval = progress_interval_s
         self.scheduler_name = scheduler_name
@@ -204,9 +314,19 @@ class ControlledComputer:
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "job": self.current,
+            "stage": self.runner.job.stage if self.runner is not None and self.current else None,
+            "progress": self.runner.job.progress if self.runner is not None and self.current else None,
             "jobs_done": self.jobs_done,
             "uptime_s": time.time() - self.started,
         }
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask the running job ``job_id`` to stop at its next check; False if it is not running here."""
+        runner = self.runner
+        if runner is None or self.current != job_id:
+            return False
+        runner.cancel()
+        return True
 
     def run_job(self, job_id: str) -> dict:
         """Run a stored job to its end; returns the final Job as JSON."""
@@ -219,7 +339,13 @@ class ControlledComputer:
                 report = None
         self.current = job_id
         try:
-            runner = JobRunner(self.store, job_id, worker=self.name, executor=RayExecutor(), progress_interval_s=self.interval, report=report)
+            if self.stage_error:
+                job = self.store.get_job(job_id)
+                job.state, job.finished_at, job.worker = JobState.failed, _now(), self.name
+                job.errors.append(self.stage_error)
+                self.store.save_job(job)
+                return job.model_dump(mode="json")
+            runner = self.runner = JobRunner(self.store, job_id, worker=self.name, executor=RayExecutor(), progress_interval_s=self.interval, report=report)
             job = runner.run()
         finally:
             self.current = None

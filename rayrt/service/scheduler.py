@@ -7,6 +7,18 @@ higher priority first, and the oldest first among equals. Whenever a computer is
 of the queue is dispatched to it. A computer that dies mid-job is replaced and its job goes
 back into the queue (its finished stages are reused from the store).
 
+Admission: a job leaves the queue only when a computer is idle *and* the cluster has
+``settings.job_cpus`` free CPUs for its fan-out (``ray.available_resources()``, less what jobs
+admitted in the last heartbeat interval will claim); one job always runs when none does. Each
+queued job's 0-based place is written to its ``job.json`` (``queue_position``) and
+:meth:`Scheduler.queue_status` lists the queue (``GET /queue``).
+
+Fault tolerance: a background task asks every computer for a heartbeat every
+``settings.heartbeat_interval_s``; a computer that is dead, or busy and silent for longer than
+``settings.heartbeat_timeout_s``, is killed and replaced, and its job re-queued. Cancelling a
+running job (:meth:`Scheduler.cancel`) writes a durable request and tells its computer; the job
+stops at its next stage or progress report (``cancelled``).
+
 On start (:meth:`Scheduler.ready`) the scheduler re-queues every job the store holds that has
 not finished, so a restarted service resumes where it stopped. The store is the record of
 truth; the scheduler's memory is only the queue and the computers' liveness.
@@ -30,7 +42,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from rayrt.domain.job import JobState
-from rayrt.service.controlled import ControlledComputer
+from rayrt.service.controlled import ControlledComputer, cancel_requested, request_cancel
 from rayrt.service.settings import SCHEDULER_NAME, ServiceSettings
 from rayrt.service.store import Store
 
@@ -77,6 +89,10 @@ class JobQueue:
     def ordered(self) -> list[str]:
         return [e[3] for e in sorted(self._heap) if e[3] in self._ids]
 
+    def entries(self) -> list[tuple[str, int, float]]:
+        """(job id, priority, created_at as a Unix time) in queue order."""
+        return [(e[3], -e[0], e[1]) for e in sorted(self._heap) if e[3] in self._ids]
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -100,6 +116,12 @@ class Scheduler:
         self._tasks: set[asyncio.Task] = set()
         self._ready = False
         self._generation = itertools.count()
+        self.beats: dict[str, dict] = {}  # computer -> its last heartbeat
+        self.last_ok: dict[str, float] = {}  # computer -> monotonic time of its last answer (or dispatch)
+        self.lost: dict[str, str] = {}  # computer -> why it was killed by the monitor
+        self.positions: dict[str, int] = {}  # job id -> queue position last written to job.json
+        self.admitted_at: dict[str, float] = {}  # job id -> monotonic time it was dispatched
+        self._monitor_task: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- start-up
     def _new_computer(self, slot: int) -> str:
@@ -111,7 +133,9 @@ class Scheduler:
             namespace=self.settings.ray_namespace,
             num_cpus=self.settings.controlled_computer_cpus,
             max_concurrency=4,  # heartbeats answer while a job runs
-        ).remote(name, self.store, self.settings.progress_interval_s, self.settings.scheduler_name, self.settings.ray_namespace)
+        ).remote(name, self.store, self.settings.progress_interval_s, self.settings.scheduler_name, self.settings.ray_namespace,
+                 stage_modules=list(self.settings.stage_modules))
+        self.last_ok[name] = time.monotonic()
         return name
 
     async def ready(self) -> dict:
@@ -121,8 +145,14 @@ class Scheduler:
             for slot in range(self.settings.controlled_computers):
                 self.idle.append(self._new_computer(slot))
             for job in self.store.list_jobs():
-                if not job.state.finished:
-                    self.queue.push(job.id, job.priority, job.created_at)
+                if job.state.finished:
+                    continue
+                if cancel_requested(self.store, job.id):  # cancelled while the service was down
+                    job.state, job.finished_at, job.queue_position = JobState.cancelled, datetime.now(timezone.utc), None
+                    self.store.save_job(job)
+                    continue
+                self.queue.push(job.id, job.priority, job.created_at)
+            self._monitor_task = asyncio.get_running_loop().create_task(self._monitor())
             self._dispatch()
         return self.status()
 
@@ -138,13 +168,38 @@ class Scheduler:
         return ahead
 
     async def cancel(self, job_id: str) -> bool:
-        """Drop a queued (not yet running) job from the queue and mark it cancelled."""
+        """Cancel a job: a queued one leaves the queue now; a running one gets a durable cancel
+        request and its computer is told, so it stops at its next stage or progress report.
+        False if the job is neither queued nor running."""
+        if job_id in self.running:
+            request_cancel(self.store, job_id)
+            name = self.running[job_id]
+            try:
+                await self.computers[name].cancel.remote(job_id)
+            except (RayActorError, KeyError):  # died meanwhile: the request on disk stops a re-run
+                pass
+            return True
         if not self.queue.remove(job_id):
             return False
+        request_cancel(self.store, job_id)
         job = self.store.get_job(job_id)
-        job.state, job.finished_at = JobState.cancelled, datetime.now(timezone.utc)
+        job.state, job.finished_at, job.queue_position = JobState.cancelled, datetime.now(timezone.utc), None
         self.store.save_job(job)
+        self.positions.pop(job_id, None)
+        self._publish_positions()
         return True
+
+    async def queue_status(self) -> dict:
+        """The compute queue in order (position, job id, priority, created_at), the running jobs
+        and their computers, and the cluster's free CPUs."""
+        if not self._ready:
+            await self.ready()
+        queued = [
+            {"position": n, "job_id": jid, "priority": prio, "created_at": datetime.fromtimestamp(ts, timezone.utc).isoformat()}
+            for n, (jid, prio, ts) in enumerate(self.queue.entries())
+        ]
+        running = [{"job_id": jid, "worker": name} for jid, name in self.running.items()]
+        return {"queued": queued, "running": running, "free_cpus": self._free_cpus(), "job_cpus": self.settings.job_cpus}
 
     async def report(self, job_id: str, event: dict) -> None:
         """Progress fan-in from the computers (the store holds the durable copy)."""
@@ -156,6 +211,8 @@ class Scheduler:
             "running": dict(self.running),
             "computers": sorted(self.computers),
             "idle": list(self.idle),
+            "heartbeats": {n: self.beats.get(n) for n in sorted(self.computers)},
+            "lost": dict(self.lost),
         }
 
     async def get_status(self) -> dict:
@@ -182,17 +239,96 @@ class Scheduler:
             await asyncio.sleep(0.05)
         return not (self.running or len(self.queue))
 
+    # ---------------------------------------------------------------- monitor
+    async def _monitor(self) -> None:
+        """Every heartbeat interval: heartbeat every computer, then re-try admission."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self._check_computers()
+                self._dispatch()
+            except Exception:
+                log.exception("scheduler monitor tick failed")
+
+    async def _check_computers(self) -> None:
+        names = list(self.computers)
+        refs = [self.computers[n].heartbeat.remote() for n in names]
+        wait_s = max(1.0, self.settings.heartbeat_interval_s)
+        results = await asyncio.gather(*(asyncio.wait_for(r, wait_s) for r in refs), return_exceptions=True)
+        now = time.monotonic()
+        for name, res in zip(names, results):
+            if name not in self.computers or name in self.lost:
+                continue
+            busy = name in self.running.values()
+            if isinstance(res, dict):
+                self.beats[name], self.last_ok[name] = res, now
+            elif isinstance(res, RayActorError):
+                self._lose(name, f"controlled computer {name} died ({type(res).__name__})", busy)
+            elif busy and now - self.last_ok.get(name, now) > self.settings.heartbeat_timeout_s:
+                self._lose(name, f"controlled computer {name} did not answer heartbeats for {now - self.last_ok[name]:.0f} s", busy)
+
+    def _lose(self, name: str, why: str, busy: bool) -> None:
+        """Kill a dead or unresponsive computer; a busy one is replaced by its job's ``_run``."""
+        log.warning("%s; replacing it", why)
+        self.lost[name] = why
+        try:
+            ray.kill(self.computers[name], no_restart=True)
+        except Exception:
+            log.debug("ray.kill(%s) failed", name, exc_info=True)
+        if not busy and name in self.idle:
+            self.idle.remove(name)
+            slot = self.slots.pop(name)
+            self.computers.pop(name, None)
+            self.idle.append(self._new_computer(slot))
+
     # ---------------------------------------------------------------- dispatch
+    def _free_cpus(self) -> float:
+        try:
+            return float(ray.available_resources().get("CPU", 0.0))
+        except Exception:
+            return 0.0
+
     def _dispatch(self) -> None:
+        free: float | None = None
         while self.idle and len(self.queue):
+            if free is None:
+                now = time.monotonic()
+                grace = self.settings.heartbeat_interval_s  # Ray's view lags: count what new jobs will claim
+                claiming = sum(1 for j in self.running if now - self.admitted_at.get(j, 0.0) < grace)
+                free = self._free_cpus() - claiming * self.settings.job_cpus
+            if self.running and free + 1e-9 < self.settings.job_cpus:
+                break  # not enough free CPUs for one more job; the monitor re-tries
+            free -= self.settings.job_cpus
             job_id = self.queue.pop()
             if job_id is None:
                 break
+            if cancel_requested(self.store, job_id):
+                continue
             name = self.idle.pop(0)
             self.running[job_id] = name
+            self.admitted_at[job_id] = self.last_ok[name] = time.monotonic()
             t = asyncio.get_running_loop().create_task(self._run(name, job_id))
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
+        self._publish_positions()
+
+    def _publish_positions(self) -> None:
+        """Write each queued job's place (and ``queued`` state) to its job.json when it changed."""
+        order = self.queue.ordered()
+        for pos, jid in enumerate(order):
+            if self.positions.get(jid) == pos:
+                continue
+            try:
+                job = self.store.get_job(jid)
+                if job.state.finished:
+                    continue
+                job.queue_position, job.state = pos, JobState.queued
+                self.store.save_job(job)
+                self.positions[jid] = pos
+            except Exception:
+                log.exception("could not write the queue position of job %s", jid)
+        for jid in set(self.positions) - set(order):
+            self.positions.pop(jid, None)
 
     async def _run(self, name: str, job_id: str) -> None:
         replace = False
@@ -203,8 +339,13 @@ class Scheduler:
             replace = True
             try:
                 job = self.store.get_job(job_id)
-                if not job.state.finished:
-                    job.errors.append(f"controlled computer {name} died; the job was re-queued")
+                if not job.state.finished and cancel_requested(self.store, job_id):
+                    job.state, job.finished_at = JobState.cancelled, datetime.now(timezone.utc)
+                    self.store.save_job(job)
+                elif not job.state.finished:
+                    why = self.lost.get(name, f"controlled computer {name} died")
+                    job.errors.append(f"{why}; the job was re-queued")
+                    job.state = JobState.queued
                     self.store.save_job(job)
                     self.queue.push(job.id, job.priority, job.created_at)
             except Exception:
@@ -213,9 +354,12 @@ class Scheduler:
             log.exception("job %s failed on %s", job_id, name)
         finally:
             self.running.pop(job_id, None)
+            self.admitted_at.pop(job_id, None)
             if replace:
                 slot = self.slots.pop(name)
                 self.computers.pop(name, None)
+                self.beats.pop(name, None)
+                self.last_ok.pop(name, None)
                 name = self._new_computer(slot)
             self.idle.append(name)
             self._dispatch()

@@ -374,11 +374,12 @@ def main(argv: list[str] | None = None) -> int:
                         WORK_DIR / f"pyradplan_{s}.npz" if pr else None)
         entry["rayrt"] = ry
         rows.append([f"{s} rayrt", ry["time_dij_s"], ry["num_bixels"], ry["num_voxels"], ry["nnz"], ry["peak_rss_after_dij_mib"],
-                     ry["subprocess_peak_rss_mib"]])
+                     ry["subprocess_peak_rss_mib"], ry["machine_info"]["load_avg_1min"]])
         if pr is not None:
             rows.append([f"{s} pyRadPlan" + (" (reused)" if pr.get("reused") else ""), pr["time_dij_s"], pr["num_bixels"], pr["num_voxels"],
-                         pr["nnz"], pr["peak_rss_after_dij_mib"], pr.get("subprocess_peak_rss_mib")])
+                         pr["nnz"], pr["peak_rss_after_dij_mib"], pr.get("subprocess_peak_rss_mib"), pr["machine"]["load_avg_1min"]])
             entry["speedup_dij_pyradplan_over_rayrt"] = pr["time_dij_s"] / ry["time_dij_s"]
+            entry["load_avg_1min_at_dij_end"] = {"rayrt": ry["machine_info"]["load_avg_1min"], "pyradplan": pr["machine"]["load_avg_1min"]}
             entry["peak_rss_ratio_rayrt_over_pyradplan"] = ry["peak_rss_after_dij_mib"] / pr["peak_rss_after_dij_mib"]
             entry["same_dose_grid"] = ry["dose_grid"]["shape_kji"] == pr["dose_grid"]["dims_xyz"][::-1]
             entry["agreement"] = agreement(s, WORK_DIR / f"pyradplan_{s}.npz", WORK_DIR / f"rayrt_{s}.npz")
@@ -393,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     results["machine_info_end"] = machine_info()
     write_json(args.out, results)
 
-    print_table(["engine / setup", "Dij s", "bixels", "voxels", "nnz", "RSS@Dij MiB", "proc peak MiB"], rows,
+    print_table(["engine / setup", "Dij s", "bixels", "voxels", "nnz", "RSS@Dij MiB", "proc peak MiB", "load1"], rows,
                 title=f"Dij on TG119 (load avg {info_start['load_avg_1min']} at start; shared machine: timings under load)")
     for s in setups:
         e = results["setups"][s]

@@ -1,0 +1,69 @@
+"""The planning stages on the session's Ray: the Dij fanned out as tasks (per beam x chunk, density
+put once) is bit-for-bit the single-process matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rayrt import pipeline
+from rayrt import stages as S
+
+pytestmark = pytest.mark.ray
+
+REQ = dict(machines=[], num_beams=3, dose_grid_mm=5.0, bixel_mm=5.0, dij_cutoff_mm=30.0, dij_threshold=1e-3, chunks_per_cpu=6)
+UP_TO_DIJ = ["load", "structures", "geometry", "beamlets", "dij"]
+
+
+@pytest.fixture(scope="module")
+def study():
+    from conftest import make_small_study
+
+    return make_small_study(with_dose=False)
+
+
+@pytest.fixture(scope="module")
+def order():
+    from conftest import SMALL_ORDER
+
+    return SMALL_ORDER
+
+
+def _same(a, b) -> bool:
+    a, b = a.tocsc(), b.tocsc()
+    return (a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
+            and np.array_equal(a.data, b.data))
+
+
+def test_ray_fanout_dij_equals_single_process(ray_session, study, order):
+    import ray
+
+    from rayrt.dose.dij import compute_dij, hstack_exact
+    from rayrt.dose.machines import get_machine
+    from rayrt.service.controlled import RayExecutor
+
+    ex = RayExecutor()
+    res = S.plan_local(study, order, S.PlanningRequest(**REQ), stages=UP_TO_DIJ, executor=ex)
+    shared = res.artefacts["_shared"]
+    assert isinstance(shared["density"], ray.ObjectRef)  # the density went through the object store once
+    assert isinstance(shared["mask:PTV"], ray.ObjectRef)
+    d = res["dij"]
+    assert d.tasks > len(res["beamlet_set"].beams)  # more than one chunk per beam: chunks really split beams
+
+    geo, bs = res["geometry"], res["beamlet_set"]
+    m = get_machine(geo.standard_machine)
+    single = hstack_exact([compute_dij(geo.density_volume(), geo.dose_grid, g, m, cutoff_mm=30.0, threshold=1e-3) for g in bs.grids()])
+    assert _same(d.matrix, single)
+
+    local = S.plan_local(study, order, S.PlanningRequest(**REQ), stages=UP_TO_DIJ)
+    assert _same(local["dij"].matrix, d.matrix)
+
+
+def test_ray_chunks_use_free_cpus(ray_session):
+    from rayrt.service.controlled import RayExecutor
+
+    ex = RayExecutor()
+    n = S._free_cpus(ex)
+    assert 1 <= n <= 2  # the session Ray has 2 CPUs
+    chunks = S.chunk_plan([400, 400], n, chunks_per_cpu=2)
+    assert len(chunks) >= 2 * n - 1
