@@ -124,13 +124,8 @@ class ObjectiveEvaluator:
             G = int(np.clip(self.group_budget // max(n_scr, 1), 8, 128))
             gsize = int(np.ceil(nb / G))
             self._starts = np.arange(0, nb, gsize)
-            import scipy.sparse as sp
-
-            cols = np.arange(nb)
-            P = sp.csr_matrix((np.ones(nb, np.float32), (cols, cols // gsize)), shape=(nb, self._starts.size))
-            A = p.dij.to_scipy()
             for s_ in self._screens:
-                s_.R = np.asarray((A[p.objectives[s_.obj_index].voxels] @ P).toarray(), dtype=np.float32)
+                s_.R = p.dij.group_rowsums(p.objectives[s_.obj_index].voxels, gsize)
         if not self.lambdas:
             self.lambdas = [np.zeros(0) for _ in p.objectives]
 

@@ -112,6 +112,17 @@ def _csc_rows_to_csr(indptr, indices, data, rmap, nrows):
     return out_ptr, out_idx, out_val
 
 
+@numba.njit(parallel=True, cache=True)
+def _group_rowsums(indptr, indices, data, rows, gsize, ngroups):
+    """R[t, g] = sum of row rows[t] over the columns j with j // gsize == g (float32)."""
+    R = np.zeros((rows.size, ngroups), dtype=np.float32)
+    for t in numba.prange(rows.size):
+        r = rows[t]
+        for k in range(indptr[r], indptr[r + 1]):
+            R[t, indices[k] // gsize] += data[k]
+    return R
+
+
 #: below this many non-zeros a product runs on one thread (thread start-up and, on a loaded
 #: machine, waiting for a descheduled worker cost more than the work)
 PARALLEL_MIN_NNZ = int(os.environ.get("RAYRT_PARALLEL_MIN_NNZ", "2000000"))
@@ -225,6 +236,11 @@ class SubsetDij:
         out.indptr, out.indices, out.data = m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data.astype(np.float32)
         out.shape, out.voxel_index, out.nchunks, out._rowsum = m.shape, self.voxel_index, self.nchunks, None
         return out
+
+    def group_rowsums(self, rows: np.ndarray, gsize: int) -> np.ndarray:
+        """(len(rows), ceil(ncols / gsize)) float32: each row's sum over consecutive column groups."""
+        ng = int(np.ceil(self.shape[1] / gsize))
+        return _group_rowsums(self.indptr, self.indices, self.data, np.ascontiguousarray(rows, dtype=np.int64), int(gsize), ng)
 
     def to_scipy(self) -> sp.csr_matrix:
         return sp.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)

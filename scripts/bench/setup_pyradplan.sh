@@ -14,11 +14,13 @@ VENV="$ROOT/.venv-bench"
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
-STAMP="$VENV/.pyradplan-0.5.0-installed"
+STAMP="$VENV/.pyradplan-0.5.0-pymedphys-0.41.0-installed"
 if [ ! -f "$STAMP" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # pyRadPlan 0.5.0 needs pydantic 2.13.5 (its model validators break on older 2.x).
     "$VENV/bin/python" -m pip install -q "pyradplan==0.5.0" "pydantic==2.13.5"
+    # the peers of scripts/bench/gamma.py (pymedphys's gamma needs numba for speed)
+    "$VENV/bin/python" -m pip install -q "pymedphys==0.41.0" numba
     "$VENV/bin/python" -c "import pyRadPlan, pydantic; print('pyRadPlan', getattr(pyRadPlan, '__version__', '0.5.0'), 'pydantic', pydantic.VERSION)"
     touch "$STAMP"
 fi
