@@ -51,7 +51,7 @@ from rayrt.qa.report import QAReport
 __all__ = [
     "PlanningRequest", "PlanGeometry", "BeamletSet", "DijResult", "FluenceStage", "SequencedPlan", "ApertureStage",
     "StandardPlan", "MachinePlan", "ConvertedPlans", "QAStage", "ExportResult", "PLANNING_STAGES", "plan_local",
-    "dij_chunk_task", "beamlet_task", "convert_task", "qa_task", "assemble_dij", "chunk_plan", "reoptimize_for_machine", "restore_output", "goals_of",
+    "dij_chunk_task", "beamlet_task", "convert_task", "qa_task", "assemble_dij", "chunk_plan", "reoptimize_for_machine", "restore_output", "goals_of", "fit_angle",
 ]
 
 PLANNING_STAGES = ["geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize", "convert", "qa", "export"]
@@ -605,6 +605,20 @@ class MachinePlan(BaseModel):
     dose: Any = Field(default=None, exclude=True, description="course dose (Gy) [k, j, i] on the dose grid, float32")
 
 
+def fit_angle(angle_deg: float, rng: Any, what: str, machine: str, max_shift_deg: float = 1.0) -> float:
+    """``angle_deg`` if the machine reaches it, else the nearest reachable angle within
+    ``max_shift_deg`` in 0.1 deg steps (e.g. gantry 180 -> 180.1 on a Varian whose range is
+    180.1 .. 179.9 through 0); InputError when none is."""
+    if rng.contains(angle_deg):
+        return angle_deg
+    for k in range(1, int(round(max_shift_deg / 0.1)) + 1):
+        for a in (angle_deg + 0.1 * k, angle_deg - 0.1 * k):
+            a = round(a % 360.0, 6)
+            if rng.contains(a):
+                return a
+    raise InputError(f"{what} angle {angle_deg:g} deg is outside machine {machine}'s range [{rng.min_deg:g}, {rng.max_deg:g}]", field="gantry_deg")
+
+
 def reoptimize_for_machine(machine_name: str, problem, beamlet_set: BeamletSet, fluence: FluenceStage, standard: StandardPlan, dij_matrix: sp.spmatrix,
                            masks: dict[str, np.ndarray], order: MedicalOrder, req: PlanningRequest) -> MachinePlan:
     """Standard plan -> ``machine_name``: the standard optimal fluence re-sequenced onto the target's
@@ -634,8 +648,14 @@ def reoptimize_for_machine(machine_name: str, problem, beamlet_set: BeamletSet, 
     r = _dao(problem, beamlet_set, seq.segments, m, req, fluence, fx)
     plan = standard.plan.model_copy(deep=True, update={"machine": m.name, "source_plan_id": standard.plan.id, "label": f"rayrt {m.name}"})
     plan.id = f"{standard.plan.id}-{_safe(m.name)}"[:64]
-    plan.beams = [b.model_copy(update={"segments": [s.model_copy(update={"mu": s.mu / fx}) for s in segs]}) for b, segs in zip(plan.beams, r.segments)]
     plan.notes = [f"converted from standard plan {standard.plan.id}: fluence re-sequenced ({req.sequencer}) onto {m.name}'s MLC, then DAO"]
+    beams = []
+    for b, segs in zip(plan.beams, r.segments):
+        g = fit_angle(b.gantry_deg, m.limits.gantry, f"beam {b.name} gantry", m.name)
+        if g != b.gantry_deg:
+            plan.notes.append(f"beam {b.name}: gantry {b.gantry_deg:g} deg is outside {m.name}'s range; delivered at {g:g} deg")
+        beams.append(b.model_copy(update={"gantry_deg": g, "segments": [s.model_copy(update={"mu": s.mu / fx}) for s in segs]}))
+    plan.beams = beams
 
     def dose_fn(p: Plan) -> np.ndarray:
         w = beamlet_fluence([b.segments for b in p.beams], float(p.fractions))

@@ -128,6 +128,7 @@ def test_kill_controlled_computer_mid_job_the_job_finishes(fault_scheduler):
     assert victim not in status["computers"] and len(status["computers"]) == 1
 
 
+@pytest.mark.slow
 def test_unresponsive_computer_is_replaced(fault_scheduler):
     """A computer frozen with SIGSTOP answers no heartbeat: after heartbeat_timeout_s the
     scheduler kills it, starts another and re-queues its job, which then finishes."""
@@ -245,3 +246,31 @@ def test_kill_whole_service_mid_job_and_restart_resumes(tmp_path, small_study_zi
         assert mid["worker"] and job["worker"]  # ran on a computer of each incarnation
     finally:
         svc.cleanup()
+
+
+def test_scheduler_crash_restarts_and_resumes_the_job(fault_scheduler):
+    """The scheduler actor's process dies mid-job (its computers die with it, as it owns them):
+    Ray restarts it, it finds the unfinished job in the store and resumes it after its last
+    finished stage."""
+    import ray
+
+    store, pid, start = fault_scheduler
+    settings, sched = start()
+    job = store.create_job(Job(patient_id=pid))
+    ray.get(sched.submit.remote(job.id, job.priority, job.created_at.isoformat()))
+    mid = wait_for(lambda: mid_slow_stage(_job_json(store, job.id)), 180, "fault_slow to be half-way")
+    before = snapshot_stage_files(store.root, job.id, REUSED)
+    old = ray.get(sched.get_status.remote())["computers"]
+    ray.kill(sched, no_restart=False)  # a crash: Ray restarts the (max_restarts=-1) actor
+    # nobody calls the restarted scheduler: it resumes the job by itself
+    wait_for(lambda: store.get_job(job.id).worker not in (None, mid["worker"]), 180, "the job to resume on a new computer")
+    assert ray.get(sched.wait_idle.remote(240))
+    assert not set(old) & set(ray.get(sched.get_status.remote())["computers"])
+    done = store.get_job(job.id)
+    assert done.state is JobState.succeeded, done.errors
+    js = done.model_dump(mode="json")
+    for name in REUSED:
+        assert stage_of(js, name)["message"] == REUSED_MSG, stage_of(js, name)
+    assert snapshot_stage_files(store.root, job.id, REUSED) == before
+    listed = [f.path for f in store.list_results(job.id)]
+    assert len(listed) == len(set(listed)) and set(listed) == expected_result_files()

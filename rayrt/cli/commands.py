@@ -7,3 +7,4 @@ from rayrt.cli import imaging  # noqa: F401
 from rayrt.cli import contour  # noqa: F401
 from rayrt.cli import plan  # noqa: F401
 from rayrt.cli import machine  # noqa: F401
+from rayrt.cli import demo  # noqa: F401

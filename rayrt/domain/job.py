@@ -42,7 +42,7 @@ class Job(BaseModel):
     order: dict | None = Field(default=None, description="the MedicalOrder as JSON (validated on submit)")
     machines: list[str] = Field(default_factory=list, description="requested target machines")
     priority: int = Field(default=0, description="higher runs first")
-    options: dict = Field(default_factory=dict, description="planning settings (rayrt.stages.PlanningRequest fields, without machines)")
+    options: dict | None = Field(default=None, description="planning settings (rayrt.stages.PlanningRequest fields, without machines); None = no plan, only the analysis stages")
     state: JobState = JobState.queued
     stage: str | None = None
     progress: float = Field(default=0.0, ge=0, le=100)

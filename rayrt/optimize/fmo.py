@@ -5,14 +5,15 @@ feasibility check.
 Inner solver: scipy L-BFGS-B with bounds w >= 0 on the row-subset float32 Dij with numba-parallel
 products (:mod:`rayrt.optimize.sparse`).
 
-Exact one-sided screening: an over-dose-type term (squared over-dose / max dose above D Gy)
-contributes only voxels with d > D. After a full dose evaluation at weights w0, for any w
-    d_i(w) <= d_i(w0) + S_i * max_j (w_j - w0_j)_+        (S_i = sum_j D_ij >= 0),
-so voxel i can only be active once delta = max(w - w0)_+ exceeds (D - d_i(w0)) / S_i. These
-slacks are sorted once per refresh; each evaluation computes exact doses only for the voxels whose
-slack is below the current delta (a prefix of the sorted list), and refreshes when that prefix
-grows past a fraction of the structure. Under-dose terms use the mirror bound. The value and the
-gradient are exact, not approximated (the large external-contour term costs only its hot rim).
+Exact one-sided screening: an over-dose-type term (squared over-dose / max dose above D Gy) on a
+large structure (the external contour) contributes only voxels with d > D. The beamlets are split
+into G groups of consecutive Dij columns and R[i, g] = sum_{j in g} D_ij is precomputed. After a
+full dose evaluation at weights w0, for any w
+    d_i(w) <= d_i(w0) + sum_g R[i, g] * max_{j in g} (w_j - w0_j)_+ ,
+so each evaluation computes exact doses only for the voxels whose bound reaches D (plus every
+voxel of the other terms) and refreshes w0 when the candidates exceed a fraction of the
+structure. Under-dose terms use the mirror bound. The value and the gradient stay exact (the
+large external-contour term costs only its hot rim); tests compare against unscreened evaluation.
 
 Augmented Lagrangian: for residuals r(d) <= 0 (Gy) of the hard terms with multipliers lambda,
     L(w) = F(w) + sum_c (1/n_c) * (rho/2) * sum_i max(0, r_i + lambda_i / rho)^2,

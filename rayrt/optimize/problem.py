@@ -112,7 +112,7 @@ def _as_indices(mask, n_vox: int, name: str) -> np.ndarray:
 def build_problem(
     order: MedicalOrder,
     masks: dict[str, np.ndarray],
-    dij: sp.spmatrix | SubsetDij,
+    dij: sp.spmatrix,
     *,
     beam_slices: list[slice] | None = None,
     reference_dose_gy: np.ndarray | None = None,
@@ -129,9 +129,9 @@ def build_problem(
     ``dose_mimicking`` terms (their ``dose_gy`` is the tolerance of that region, Gy).
     When the prescription target has no objective, a squared deviation to the prescription dose is added.
     """
-    n_vox = dij.voxel_index.size if isinstance(dij, SubsetDij) else dij.shape[0]
     if isinstance(dij, SubsetDij):
         raise InputError("build_problem needs the full Dij (scipy sparse, one row per dose-grid voxel)", kind="input")
+    n_vox = dij.shape[0]
     order.check_structures(masks.keys())
     names = sorted(order.structure_names())
     idx = {n: _as_indices(masks[n], n_vox, n) for n in names}

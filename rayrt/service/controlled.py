@@ -337,6 +337,7 @@ class ControlledComputer:
                 report = lambda jid, ev: sched.report.remote(jid, ev)  # noqa: E731  fire and forget
             except ValueError:
                 report = None
+        self.runner = None
         self.current = job_id
         try:
             if self.stage_error:

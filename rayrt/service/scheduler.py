@@ -35,6 +35,7 @@ import heapq
 import itertools
 import logging
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -122,11 +123,16 @@ class Scheduler:
         self.positions: dict[str, int] = {}  # job id -> queue position last written to job.json
         self.admitted_at: dict[str, float] = {}  # job id -> monotonic time it was dispatched
         self._monitor_task: asyncio.Task | None = None
+        self._incarnation = uuid.uuid4().hex[:4]  # computer names stay unique across restarts of this actor
+        try:  # start (or, after Ray restarted this actor, resume) without waiting for a caller
+            ray.get_runtime_context().current_actor.ready.remote()
+        except Exception:
+            log.exception("could not schedule ready()")
 
     # ---------------------------------------------------------------- start-up
     def _new_computer(self, slot: int) -> str:
         base = "rayrt" if self.settings.scheduler_name == SCHEDULER_NAME else self.settings.scheduler_name
-        name = f"{base}-cc-{slot}-{next(self._generation)}"
+        name = f"{base}-cc-{slot}-{next(self._generation)}{self._incarnation}"
         self.slots[name] = slot
         self.computers[name] = ControlledComputer.options(
             name=name,
@@ -172,12 +178,17 @@ class Scheduler:
         request and its computer is told, so it stops at its next stage or progress report.
         False if the job is neither queued nor running."""
         if job_id in self.running:
+            if self.store.get_job(job_id).state.finished:  # it ended; its computer is returning
+                return False
             request_cancel(self.store, job_id)
             name = self.running[job_id]
             try:
-                await self.computers[name].cancel.remote(job_id)
+                told = await self.computers[name].cancel.remote(job_id)
             except (RayActorError, KeyError):  # died meanwhile: the request on disk stops a re-run
-                pass
+                told = False
+            if not told:  # not started yet (the request on disk stops it) or just ended
+                job = self.store.get_job(job_id)
+                return not job.state.finished or job.state is JobState.cancelled
             return True
         if not self.queue.remove(job_id):
             return False
@@ -198,7 +209,10 @@ class Scheduler:
             {"position": n, "job_id": jid, "priority": prio, "created_at": datetime.fromtimestamp(ts, timezone.utc).isoformat()}
             for n, (jid, prio, ts) in enumerate(self.queue.entries())
         ]
-        running = [{"job_id": jid, "worker": name} for jid, name in self.running.items()]
+        running = []
+        for jid, name in self.running.items():
+            ev = self.last_event.get(jid, {})
+            running.append({"job_id": jid, "worker": name, "stage": ev.get("stage"), "tasks_done": ev.get("done", 0), "tasks_total": ev.get("total", 0)})
         return {"queued": queued, "running": running, "free_cpus": self._free_cpus(), "job_cpus": self.settings.job_cpus}
 
     async def report(self, job_id: str, event: dict) -> None:
@@ -264,7 +278,8 @@ class Scheduler:
                 self.beats[name], self.last_ok[name] = res, now
             elif isinstance(res, RayActorError):
                 self._lose(name, f"controlled computer {name} died ({type(res).__name__})", busy)
-            elif busy and now - self.last_ok.get(name, now) > self.settings.heartbeat_timeout_s:
+            elif busy and name in self.beats and now - self.last_ok.get(name, now) > self.settings.heartbeat_timeout_s:
+                # (a computer still being created has never answered: killing it would not help)
                 self._lose(name, f"controlled computer {name} did not answer heartbeats for {now - self.last_ok[name]:.0f} s", busy)
 
     def _lose(self, name: str, why: str, busy: bool) -> None:
@@ -355,6 +370,7 @@ class Scheduler:
         finally:
             self.running.pop(job_id, None)
             self.admitted_at.pop(job_id, None)
+            self.last_event.pop(job_id, None)
             if replace:
                 slot = self.slots.pop(name)
                 self.computers.pop(name, None)

@@ -1,0 +1,151 @@
+"""Benchmark: one standard plan converted to 4 machines, single process vs a process pool; plus the gamma tool vs pymedphys.
+
+Plans the case once on the standard machine (rayrt.optimize.planner.plan_standard), then times
+``rayrt.convert.convert.convert_plan`` to the target machines (default: synergy_mlci2,
+truebeam_m120, versahd_agility, halcyon) in this process (``workers=1``) and in a
+``concurrent.futures`` process pool (``--workers``, spawned processes with one numba thread each;
+the Ray actor pool of the service is measured elsewhere). The commissioning-curve cache
+(``$RAYRT_CACHE_DIR``) is warmed before both timings so they measure conversion only, and its
+cold cost is reported separately. Finally it runs the gamma benchmark (scripts/bench/gamma.py,
+rayrt's gamma vs pymedphys, in a subprocess) and embeds its JSON.
+
+Usage:  .venv/bin/python scripts/bench/convert.py [--case small|tg119] [--workers 2] [--machines a,b,c,d]
+                                                 [--gamma full|small|none] [--no-pymedphys]
+Writes scripts/bench/results/convert.json and prints a table. Timings on the shared 2-core
+developer machine are under load from other developers: the lead reruns them on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO_ROOT, RESULTS_DIR, machine_info, print_table, write_json  # noqa: E402
+
+DEFAULT_MACHINES = "synergy_mlci2,truebeam_m120,versahd_agility,halcyon"
+
+
+def plan_case(case: str):
+    from rayrt.convert.convert import standard_input_from_result
+    from rayrt.dose.machines import get_machine
+    from rayrt.imaging.phantoms import tg119_order, tg119_phantom
+    from rayrt.optimize.planner import PlanningOptions, plan_standard
+
+    m = get_machine("standard")
+    order = tg119_order()
+    if case == "tg119":
+        study = tg119_phantom()
+        angles = [i * 40.0 for i in range(9)]
+        opts = PlanningOptions(dose_grid_mm=5.0, fmo_iterations=200, dao_rounds=3)
+    else:
+        study = tg119_phantom(6.0)
+        angles = [0.0, 72.0, 144.0, 216.0, 288.0]
+        opts = PlanningOptions(dose_grid_mm=8.0, fmo_iterations=100, dao_rounds=2, dao_iterations=30)
+    t = time.perf_counter()
+    res = plan_standard(study, order, m, angles, opts)
+    t_plan = time.perf_counter() - t
+    return standard_input_from_result(res, study, order, m), res, t_plan, {"case": case, "beams": len(angles), "dose_grid_mm": opts.dose_grid_mm,
+                                                                          "ct_spacing_mm": list(study.primary.grid.spacing_mm)}
+
+
+def run_gamma_bench(kind: str, no_pymedphys: bool) -> dict | None:
+    """scripts/bench/gamma.py in a subprocess; its JSON (None when skipped or failed)."""
+    if kind == "none":
+        return None
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench" / "gamma.py")]
+    if kind == "small":
+        cmd.append("--small")
+    if no_pymedphys:
+        cmd.append("--no-pymedphys")
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
+    print(proc.stdout[-3000:])
+    if proc.returncode != 0:
+        print(proc.stderr[-2000:], file=sys.stderr)
+        return {"error": f"gamma benchmark exited {proc.returncode}", "stderr_tail": proc.stderr[-1000:]}
+    path = RESULTS_DIR / ("gamma_small.json" if kind == "small" else "gamma.json")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["wall_seconds"] = time.perf_counter() - t
+    return data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", choices=["small", "tg119"], default="tg119")
+    ap.add_argument("--machines", default=DEFAULT_MACHINES)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--gamma", choices=["full", "small", "none"], default="full")
+    ap.add_argument("--no-pymedphys", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "convert.json"))
+    args = ap.parse_args()
+
+    os.environ.setdefault("RAYRT_CACHE_DIR", tempfile.mkdtemp(prefix="rayrt_bench_cache_"))
+    info_start = machine_info()
+    from rayrt.convert.convert import convert_plan
+    from rayrt.convert.policy import load_conversion_options
+    from rayrt.convert.source_match import cached_curves
+    from rayrt.dose.machines import get_machine
+
+    si, res, t_plan, case = plan_case(args.case)
+    targets = [get_machine(n.strip()) for n in args.machines.split(",") if n.strip()]
+    opts = load_conversion_options()
+    t = time.perf_counter()
+    for mm in [si.machine, *targets]:
+        cached_curves(mm, opts.source.curves)
+    t_curves = time.perf_counter() - t
+
+    t = time.perf_counter()
+    serial = convert_plan(si, targets, options=opts, workers=1)
+    t_serial = time.perf_counter() - t
+    t = time.perf_counter()
+    parallel = convert_plan(si, targets, options=opts, workers=args.workers)
+    t_parallel = time.perf_counter() - t
+
+    rows, per_machine = [], []
+    for a, b in zip(serial, parallel):
+        last = a.attempts[-1] if a.attempts else None
+        per_machine.append({
+            "machine": a.machine, "verdict": a.coincidence.verdict if a.coincidence else None, "status": a.status, "mode": a.mode,
+            "attempts": len(a.attempts), "seconds_serial": a.seconds, "seconds_in_pool": b.seconds, "status_in_pool": b.status,
+            "gamma_vs_standard_pct": last.gamma_vs_standard_pct if last else None,
+            "dvh": last.dvh if last else None, "reasons": a.reasons[:3],
+        })
+        rows.append([a.machine, a.coincidence.verdict if a.coincidence else "-", a.mode or "-", len(a.attempts), a.status,
+                     f"{last.gamma_vs_standard_pct:.1f}" if last and last.gamma_vs_standard_pct is not None else "-",
+                     f"{a.seconds:.1f}", f"{b.seconds:.1f}"])
+    print_table(["machine", "coincidence", "mode", "attempts", "status", "gamma %", "s (serial)", "s (in pool)"], rows,
+                title=f"{args.case}: standard plan {t_plan:.1f} s; curves (cold cache) {t_curves:.1f} s; "
+                      f"{len(targets)} conversions serial {t_serial:.1f} s, pool of {args.workers} {t_parallel:.1f} s "
+                      f"(speed-up {t_serial / max(t_parallel, 1e-9):.2f}x)")
+    gamma = run_gamma_bench(args.gamma, args.no_pymedphys)
+    out = {
+        "benchmark": "convert",
+        "case": case,
+        "standard_plan_seconds": t_plan,
+        "standard_dvh": res.report["dvh"],
+        "curves_cold_seconds": t_curves,
+        "targets": [m.name for m in targets],
+        "serial_seconds": t_serial,
+        "parallel_seconds": t_parallel,
+        "parallel_workers": args.workers,
+        "parallel_backend": "concurrent.futures.ProcessPoolExecutor (spawn, 1 numba thread per worker)",
+        "speedup": t_serial / max(t_parallel, 1e-9),
+        "per_machine": per_machine,
+        "gamma_benchmark": gamma,
+        "machine_start": info_start,
+        "machine_end": machine_info(),
+        "note": "timed on the shared 2-core developer machine under load from other developers; rerun on a quiet machine",
+    }
+    write_json(args.out, out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Service benchmark: the planning job through HTTP, the Dij on Ray tasks vs one process, and
+50 concurrent jobs with 20 status pollers.
+
+    .venv/bin/python scripts/bench/service.py [--quick] [--skip a,b,c]
+
+(a) the TG-119 demo job (rayrt.cli.demo settings: 9 beams, 5 mm dose grid, 3 target machines)
+    through HTTP end to end on a fresh local Ray + Serve, with the time of every stage;
+(b) beamlet dose (the ``dij`` stage, TG-119, 9 beams) fanned out as Ray tasks (1 CPU, 1 numba
+    thread each, density put once) vs the same stage in one process with 1 numba thread and with
+    every core's threads; bit-identical matrices are checked. Then the object-store usage while
+    2 and while 8 tasks hold the density (each task checks it got a read-only zero-copy view);
+(c) 50 small jobs (import + structures only) submitted concurrently: all accepted (201), none
+    lost, each finished or failed with a reason; 20 concurrent pollers time ``GET /jobs/{id}``.
+
+Prints tables and writes scripts/bench/results/service.json. Timings taken while other
+developers load the same 2-core machine are under load (the load average is recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, machine_info, print_table, write_json  # noqa: E402
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+MACHINES = ["truebeam_m120", "versahd_agility", "synergy_mlci2"]
+
+
+# ---------------------------------------------------------------------------- (b) Dij
+def _dij_request(**kw):
+    from rayrt.stages import PlanningRequest
+
+    return PlanningRequest(machines=[], num_beams=9, dose_grid_mm=5.0, bixel_mm=5.0, **kw)
+
+
+def _time_dij(study, order, req, executor=None) -> tuple[float, object]:
+    from rayrt.stages import plan_local
+
+    t: dict[str, float] = {}
+
+    def ev(e):
+        if e.stage == "dij" and e.kind == "started":
+            t["a"] = time.perf_counter()
+        if e.stage == "dij" and e.kind == "finished":
+            t["b"] = time.perf_counter()
+
+    res = plan_local(study, order, req, stages=["load", "structures", "geometry", "beamlets", "dij"], executor=executor, on_event=ev)
+    return t["b"] - t["a"], res
+
+
+def _same(a, b) -> bool:
+    return np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data)
+
+
+def hold_density(i: int, density: np.ndarray, seconds: float) -> dict:
+    """A task that holds the shared density for ``seconds`` and reports whether it is a zero-copy view."""
+    time.sleep(seconds)
+    return {"task": i, "readonly_view": not density.flags.writeable, "owns_data": bool(density.flags.owndata), "nbytes": int(density.nbytes)}
+
+
+def _plasma_used_mib() -> float:
+    """Object-store (plasma) bytes in use on this node, from Ray's memory summary, in MiB."""
+    import ray
+    from ray._private.internal_api import memory_summary
+
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    m = re.search(r"Plasma memory usage\s+([\d.]+)\s+MiB", text)
+    return float(m.group(1)) if m else float("nan")
+
+
+def bench_dij(quick: bool) -> dict:
+    import numba
+    import ray
+
+    from rayrt.imaging.phantoms import tg119_order, tg119_phantom
+    from rayrt.service.controlled import RayExecutor
+
+    spacing = 5.0 if quick else 4.0
+    study, order = tg119_phantom(spacing), tg119_order()
+    req = _dij_request()  # production physics: 50 mm cut-off, 1e-4 threshold
+    ncpu = os.cpu_count() or 1
+    out: dict = {"case": f"TG-119 phantom {spacing:g} mm, 9 beams, 5 mm bixels, 5 mm dose grid, cutoff {req.dij_cutoff_mm:g} mm, threshold {req.dij_threshold:g}"}
+
+    # single process: warm numba's cache first, then 1 thread and all threads
+    _time_dij(study, order, req)
+    numba.set_num_threads(1)
+    t1, r1 = _time_dij(study, order, req)
+    numba.set_num_threads(min(ncpu, numba.config.NUMBA_NUM_THREADS))
+    tn, rn = _time_dij(study, order, req)
+    ref = r1["dij"].matrix
+    out["single_process"] = {"threads_1_s": t1, f"threads_{ncpu}_s": tn, "nnz": int(ref.nnz), "bixels": int(ref.shape[1]), "voxels": int(ref.shape[0])}
+
+    tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
+    ray.init(address="local", num_cpus=ncpu, include_dashboard=False, object_store_memory=1536 * 2**20, log_to_driver=False, _temp_dir=tmp)
+    try:
+        ex = RayExecutor(num_cpus_per_task=1)
+        ex.threads_per_task = 1
+        if not hasattr(ex, "available_cpus"):
+            ex.available_cpus = lambda: int(ray.cluster_resources().get("CPU", 1))
+        cold, _ = _time_dij(study, order, req, ex)
+        warm, rr = _time_dij(study, order, req, ex)
+        warm2, _ = _time_dij(study, order, req, ex)
+        best = min(warm, warm2)
+        d = rr["dij"]
+        out["ray"] = {"cpus": ncpu, "tasks": d.tasks, "threads_per_task": 1, "cold_s": cold, "warm_s": best,
+                      "identical_to_single_process": bool(_same(d.matrix, ref))}
+        out["speedup_vs_1_thread"] = t1 / best
+        out[f"speedup_vs_{ncpu}_threads"] = tn / best
+
+        # object store: one copy of the density, whatever the number of tasks holding it
+        dens = np.ascontiguousarray(rr["geometry"].density, np.float32)
+        before = _plasma_used_mib()
+        ref_d = ray.put(dens)
+        after_put = _plasma_used_mib()
+        rf = ray.remote(num_cpus=0)(hold_density)
+        mem = {"density_mib": dens.nbytes / 2**20, "plasma_before_mib": before, "plasma_after_put_mib": after_put}
+        for n in (2, 8):
+            refs = [rf.remote(i, ref_d, 4.0) for i in range(n)]
+            time.sleep(2.5)
+            mem[f"plasma_with_{n}_tasks_mib"] = _plasma_used_mib()
+            res = ray.get(refs)
+            mem[f"zero_copy_views_{n}_tasks"] = sum(r["readonly_view"] and not r["owns_data"] for r in res)
+        del ref_d
+        out["object_store"] = mem
+    finally:
+        ray.shutdown()
+    return out
+
+
+# ---------------------------------------------------------------------------- (a) + (c) HTTP
+def _start_service(data_dir: Path, computers: int = 1):
+    import ray
+
+    from rayrt.service import runtime
+    from rayrt.service.settings import ServiceSettings
+
+    settings = ServiceSettings(data_dir=str(data_dir), port=0, object_store_memory_mb=1024, controlled_computers=computers,
+                               controlled_computer_cpus=0.0, progress_interval_s=0.2)
+    t = time.perf_counter()
+    tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=1024 * 2**20, log_to_driver=False,
+             namespace=settings.ray_namespace, _temp_dir=tmp)
+    t_ray = time.perf_counter() - t
+    url = runtime.start(settings)
+    settings = settings.model_copy(update={"port": int(url.rsplit(":", 1)[1])})
+    return url, settings, t_ray, time.perf_counter() - t - t_ray
+
+
+def _stop_service(settings) -> float:
+    import ray
+
+    from rayrt.service import runtime
+
+    t = time.perf_counter()
+    runtime.stop(settings)
+    ray.shutdown()
+    return time.perf_counter() - t
+
+
+def bench_demo_job(work: Path) -> dict:
+    from rayrt.cli.demo import DEMO_PLANNING, run_demo_job
+    from rayrt.imaging.phantoms import tg119_order, write_tg119
+
+    t0 = time.perf_counter()
+    url, settings, t_ray, t_serve = _start_service(work / "data-a")
+    try:
+        t = time.perf_counter()
+        case = write_tg119(work / "tg119", 4.0)
+        t_ph = time.perf_counter() - t
+        res = run_demo_job(url, case, tg119_order().model_dump(mode="json"), MACHINES, dict(DEMO_PLANNING), work / "out-a", echo=lambda s: None)
+    finally:
+        t_stop = _stop_service(settings)
+    return {
+        "ray_start_s": t_ray, "serve_start_s": t_serve, "phantom_s": t_ph, "job_http_s": res["http_seconds"], "shutdown_s": t_stop,
+        "end_to_end_s": time.perf_counter() - t0, "stages_s": res["stage_seconds"],
+        "machines": [{"machine": m["machine"], "verdict": m["verdict"], "mu_per_fraction": m["total_mu_per_fraction"],
+                      "goals": {f"{g['structure']} {g['goal']}": [g["value_gy"], g["met"]] for g in m["goals"]}} for m in res["summary"]["machines"]],
+    }
+
+
+def bench_concurrency(work: Path, jobs: int = 50, pollers: int = 20, poll_s: float = 6.0) -> dict:
+    import httpx
+
+    from rayrt.cli.service import upload_patient
+    from rayrt.imaging.phantoms import write_tg119
+
+    url, settings, _, _ = _start_service(work / "data-c", computers=2)
+    try:
+        case = write_tg119(work / "tg119-small", 8.0)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            pid = upload_patient(c, case)["id"]
+
+        def submit(i: int):
+            with httpx.Client(base_url=url, timeout=120) as c:
+                r = c.post("/jobs", json={"patient_id": pid, "priority": i % 3})
+                return r.status_code, (r.json().get("id") if r.status_code == 201 else r.text)
+
+        t = time.perf_counter()
+        with ThreadPoolExecutor(jobs) as pool:
+            answers = list(pool.map(submit, range(jobs)))
+        t_submit = time.perf_counter() - t
+        ids = [a[1] for a in answers if a[0] == 201]
+
+        lat: list[float] = []
+        lock = threading.Lock()
+        stop = time.monotonic() + poll_s
+
+        def poll(k: int):
+            mine = []
+            with httpx.Client(base_url=url, timeout=30) as c:
+                n = k
+                while time.monotonic() < stop:
+                    a = time.perf_counter()
+                    r = c.get(f"/jobs/{ids[n % len(ids)]}")
+                    mine.append(time.perf_counter() - a)
+                    assert r.status_code == 200, r.text
+                    n += pollers
+            with lock:
+                lat.extend(mine)
+
+        with ThreadPoolExecutor(pollers) as pool:
+            list(pool.map(poll, range(pollers)))
+
+        deadline = time.monotonic() + 600
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while True:
+                states = [c.get(f"/jobs/{j}").json() for j in ids]
+                if all(s["state"] in ("succeeded", "failed", "cancelled") for s in states) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            listed = {j["id"] for j in c.get("/jobs").json()["jobs"]}
+        t_all = time.perf_counter() - t
+    finally:
+        _stop_service(settings)
+    lat_ms = np.array(lat) * 1000.0
+    by_state: dict[str, int] = {}
+    for s in states:
+        by_state[s["state"]] = by_state.get(s["state"], 0) + 1
+    return {
+        "jobs": jobs, "accepted": len(ids), "http_codes": sorted({a[0] for a in answers}), "submit_all_s": t_submit,
+        "all_finished_s": t_all, "states": by_state, "lost": len(set(ids) - listed),
+        "failed_without_reason": sum(1 for s in states if s["state"] == "failed" and not s["errors"]),
+        "pollers": pollers, "status_calls": int(lat_ms.size), "status_p50_ms": float(np.percentile(lat_ms, 50)),
+        "status_p99_ms": float(np.percentile(lat_ms, 99)), "status_max_ms": float(lat_ms.max()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="coarser phantom for (b)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
+    args = ap.parse_args()
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    result: dict = {"machine": machine_info(), "note": "timings under load from other developers on a shared 2-core machine unless the load average says otherwise"}
+    work = Path(tempfile.mkdtemp(prefix="rayrt-bench-service-"))
+    if "b" not in skip:
+        result["dij"] = b = bench_dij(args.quick)
+        sp1 = b["single_process"]
+        rows = [["single process, 1 numba thread", sp1["threads_1_s"], "", ""],
+                *[[f"single process, {k.split('_')[1]} numba threads", v, "", ""] for k, v in sp1.items() if k.startswith("threads_") and k != "threads_1_s"],
+                [f"Ray: {b['ray']['tasks']} tasks x 1 thread on {b['ray']['cpus']} CPUs (warm)", b["ray"]["warm_s"], f"{b['speedup_vs_1_thread']:.2f}x vs 1 thread",
+                 "bit-identical" if b["ray"]["identical_to_single_process"] else "DIFFERENT"],
+                ["Ray (cold: first tasks start workers)", b["ray"]["cold_s"], "", ""]]
+        print_table(["Dij (" + b["case"] + ")", "seconds", "speed-up", "matrix"], rows)
+        mem = b["object_store"]
+        print_table(["object store", "MiB / count"], [[k, v] for k, v in mem.items()])
+    if "a" not in skip:
+        result["demo_job"] = a = bench_demo_job(work)
+        print_table(["demo job over HTTP", "seconds"], [[k, v] for k, v in a.items() if k.endswith("_s")] + [[f"  stage {k}", v] for k, v in a["stages_s"].items()])
+        print_table(["machine", "QA verdict", "MU/fx"], [[m["machine"], m["verdict"], m["mu_per_fraction"]] for m in a["machines"]])
+    if "c" not in skip:
+        result["concurrency"] = c = bench_concurrency(work)
+        print_table(["50 concurrent jobs, 20 pollers", "value"], [[k, v] for k, v in c.items()])
+    result["machine_end"] = machine_info()
+    path = write_json(RESULTS_DIR / "service.json", result)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
