@@ -137,6 +137,20 @@ def _shared(ctx: StageContext, key: str, value: Callable[[], Any]) -> Any:
     return ctx.shared[key]
 
 
+def _map(ctx: StageContext, fn: Callable[..., Any], items: list, *shared: Any) -> list:
+    """``ctx.executor.map`` with per-item progress (``ctx.progress(done, total)``) when the executor
+    supports a ``progress`` callback (Local/RayExecutor do), plain ``map`` otherwise."""
+    import inspect
+
+    try:
+        takes = "progress" in inspect.signature(ctx.executor.map).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if takes:
+        return ctx.executor.map(fn, items, *shared, progress=lambda done, total: ctx.progress(done, total))
+    return ctx.executor.map(fn, items, *shared)
+
+
 def _free_cpus(executor: Any) -> int:
     """CPUs the executor can run tasks on now (Ray: free cluster CPUs; locally: this machine's)."""
     fn = getattr(executor, "available_cpus", None)
@@ -324,7 +338,7 @@ def beamlets(geometry: PlanGeometry, planning: PlanningRequest | None = None, ct
     if mask_ref is None:  # a study whose structures were not shared by load
         raise InputError(f"no mask for the target {geometry.target!r}", field="order.prescription.target")
     items = [(b, geometry.standard_machine, geometry.density_grid, planning.bixel_mm, planning.margin_mm) for b in geometry.beams]
-    specs = ctx.executor.map(beamlet_task, items, mask_ref)
+    specs = _map(ctx, beamlet_task, items, mask_ref)
     ctx.progress(len(specs), len(specs), f"{sum(len(s.rows) for s in specs)} bixels")
     return BeamletSet(beams=specs)
 
@@ -398,7 +412,7 @@ def dij(geometry: PlanGeometry, beamlet_set: BeamletSet, planning: PlanningReque
     items = [(beamlet_set.beams[b], geometry.standard_machine, geometry.density_grid, geometry.dose_grid, a, z,
               planning.dij_cutoff_mm, planning.dij_threshold, threads) for b, a, z in chunks]
     ctx.progress(0, len(items), f"{len(items)} Dij tasks")
-    mats = ctx.executor.map(dij_chunk_task, items, dens)
+    mats = _map(ctx, dij_chunk_task, items, dens)
     m = assemble_dij(mats)
     del mats
     ctx.progress(len(items), len(items), f"{m.nnz} non-zeros")
@@ -715,7 +729,7 @@ def convert(problem: Any, beamlet_set: BeamletSet, fluence: FluenceStage, standa
     masks = {n: geometry.dose_masks[n] for n in geometry.mask_names}
     items = [(mn, beamlet_set, standard_plan, masks, order, planning, threads) for mn in planning.machines]
     ctx.progress(0, len(items))
-    plans = ctx.executor.map(convert_task, items, prob, dmat, flu)
+    plans = _map(ctx, convert_task, items, prob, dmat, flu)
     ctx.progress(len(items), len(items))
     return ConvertedPlans(plans=plans)
 
@@ -784,7 +798,7 @@ def qa(standard_plan: StandardPlan, geometry: PlanGeometry, order: MedicalOrder,
     plans = [(standard_plan.plan, standard_plan.dose)] + [(p.plan, p.dose) for p in (converted.plans if converted else [])]
     items = [(p, d, standard_plan, masks, order, geometry.density_grid, planning, threads) for p, d in plans]
     ctx.progress(0, len(items))
-    out = ctx.executor.map(qa_task, items, dens)
+    out = _map(ctx, qa_task, items, dens)
     ctx.progress(len(items), len(items))
     reports = [r for r, _ in out]
     png = {r.machine: b for r, b in out if b}

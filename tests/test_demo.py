@@ -46,6 +46,8 @@ def test_planning_job_over_http(serve_app, small_study_dir, small_order, tmp_pat
     assert all(m["verdict"] in ("pass", "review", "fail") for m in summary["machines"])
     assert any("Core" in line and "D2 <= 25 Gy" in line for line in format_summary(summary))
     assert any("uploaded patient" in line for line in lines)
+    conv = httpx.get(f"{serve_app}/jobs/{job['id']}/results/convert/plan_truebeam_m120.json", timeout=30).json()
+    assert conv["machine"] == "truebeam_m120" and conv["source_plan_id"]
 
     # every stage's result is in the store: the job can resume from any of them
     listing = httpx.get(f"{serve_app}/jobs/{job['id']}/results", timeout=30).json()
@@ -58,7 +60,7 @@ def test_planning_options_are_validated(serve_app, small_study_zip, small_order)
 
     with _client(serve_app) as c:
         pid = upload_patient(c, Path(small_study_zip))["id"]
-        r = c.post("/jobs", json={"patient_id": pid, "order": small_order, "machines": ["no_such_linac"]})
+        r = c.post("/jobs", json={"patient_id": pid, "order": small_order, "machines": ["no_such_linac"], "options": {}})
         assert r.status_code == 422 and "no_such_linac" in r.json()["message"]
         r = c.post("/jobs", json={"patient_id": pid, "order": small_order, "machines": ["truebeam_m120"], "options": {"num_beams": 0}})
         assert r.status_code == 422 and r.json()["field"] == "options.num_beams"

@@ -263,7 +263,11 @@ def test_scheduler_crash_restarts_and_resumes_the_job(fault_scheduler):
     old = ray.get(sched.get_status.remote())["computers"]
     ray.kill(sched, no_restart=False)  # a crash: Ray restarts the (max_restarts=-1) actor
     # nobody calls the restarted scheduler: it resumes the job by itself
-    wait_for(lambda: store.get_job(job.id).worker not in (None, mid["worker"]), 180, "the job to resume on a new computer")
+    try:
+        wait_for(lambda: store.get_job(job.id).worker not in (None, mid["worker"]), 180, "the job to resume on a new computer")
+    except TimeoutError:
+        print("DEBUG", store.get_job(job.id).model_dump_json(), ray.get(sched.get_status.remote(), timeout=30))
+        raise
     assert ray.get(sched.wait_idle.remote(240))
     assert not set(old) & set(ray.get(sched.get_status.remote())["computers"])
     done = store.get_job(job.id)

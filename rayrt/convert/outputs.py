@@ -25,7 +25,7 @@ from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder
 from rayrt.imaging.volume import Volume
 
-__all__ = ["write_conversion_outputs", "write_plan_folder"]
+__all__ = ["write_conversion_outputs", "write_plan_folder", "convert_and_write"]
 
 
 def _safe(name: str) -> str:
@@ -132,3 +132,31 @@ def write_conversion_outputs(out_dir: str | Path, study, standard_result, conver
     (out / "conversion.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     written["conversion_json"] = {"json": str(out / "conversion.json")}
     return written
+
+
+def convert_and_write(out_dir: str | Path, study, order: MedicalOrder, standard_machine: MachineModel, standard_result, machines: str | list[str],
+                      *, mode: str | None = None, workers: int = 1, png: bool = True) -> list[str]:
+    """The ``--machines a,b,c`` step of ``rayrt plan``: convert the standard plan for each machine and write every folder.
+
+    Returns one summary line per machine (for the CLI to echo). Unknown machine names raise
+    :class:`~rayrt.domain.errors.InputError` before any work is done.
+    """
+    from rayrt.convert.convert import convert_plan, standard_input_from_result
+    from rayrt.domain.errors import InputError
+    from rayrt.dose.machines import get_machine
+
+    names = [n.strip() for n in (machines.split(",") if isinstance(machines, str) else machines) if n and n.strip()]
+    if not names:
+        raise InputError("--machines is empty; give machine names separated by commas", field="machines")
+    targets = [get_machine(n) for n in names]
+    si = standard_input_from_result(standard_result, study, order, standard_machine)
+    results = convert_plan(si, targets, mode, workers=workers)
+    write_conversion_outputs(out_dir, study, standard_result, results, order=order, standard_machine=standard_machine,
+                             machines={t.name: t for t in targets}, png=png)
+    lines = []
+    for r in results:
+        a = r.attempts[-1] if r.attempts else None
+        g = f", gamma {a.gamma_vs_standard_pct:.1f} %" if a is not None and a.gamma_vs_standard_pct is not None else ""
+        lines.append(f"  {r.machine:18s} {r.status:8s} {r.coincidence.verdict if r.coincidence else '-':12s} mode {r.mode or '-'}"
+                     f" ({len(r.attempts)} attempt(s){g})" + ("" if r.released else f": {r.reasons[-1][:120] if r.reasons else ''}"))
+    return lines

@@ -117,8 +117,7 @@ def qa_converted_plan(
         checks, indep = independent_dose_check(plan, machine, dose_vol, aperture_recompute(density), grid=g, target_mask=tm)
         rep.checks = checks + rep.checks
         res.independent_dose = indep
-        rep.notes.append(f"independent dose: rayrt.dose.aperture.aperture_dose (2.5 mm bixels, own Dij) on a {g.shape} grid of "
-                         f"{tuple(round(float(s), 2) for s in g.spacing)} mm")
+        rep.notes.append(f"independent dose: aperture_dose, {g.shape} grid, {float(g.spacing.min()):g} mm")
     else:
         rep.notes.append("independent dose check not run")
     # agreement with the standard plan

@@ -1,0 +1,127 @@
+"""The planning results over HTTP: plans per machine, downloads, the progress event stream, the
+cluster view, and re-planning a booked patient when a treatment machine goes down."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pydicom
+import pytest
+
+pytestmark = pytest.mark.ray
+
+FAST = {"num_beams": 4, "dose_grid_mm": 5.0, "dij_cutoff_mm": 30.0, "dij_threshold": 1e-3, "fmo_iterations": 30, "dao_rounds": 1,
+        "dao_iterations": 6, "max_segments": 4, "qa_bixel_mm": 5.0}
+
+
+@pytest.fixture(scope="module")
+def planned_job(serve_app, small_study_zip):
+    import copy
+
+    from conftest import SMALL_ORDER, wait_job
+
+    small_order = copy.deepcopy(SMALL_ORDER)
+    from rayrt.cli.service import _client, upload_patient
+
+    with _client(serve_app) as c:
+        pid = upload_patient(c, small_study_zip)["id"]
+        job = c.post("/jobs", json={"patient_id": pid, "order": small_order, "machines": ["truebeam_m120", "versahd_agility"], "options": FAST}).json()
+    done = wait_job(serve_app, job["id"], timeout_s=600)
+    assert done["state"] == "succeeded", done
+    return done
+
+
+def test_plans_per_machine_and_downloads(serve_app, planned_job):
+    jid = planned_job["id"]
+    plans = httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()
+    assert [m["machine"] for m in plans["machines"]] == ["standard", "truebeam_m120", "versahd_agility"]
+    m = httpx.get(f"{serve_app}/jobs/{jid}/plans/truebeam_m120", timeout=30).json()
+    assert m["verdict"] in ("pass", "review", "fail") and m["total_mu_per_fraction"] > 0
+    r = httpx.get(f"{serve_app}{m['downloads']['rtplan']}", timeout=30)
+    assert r.status_code == 200
+    import io
+
+    ds = pydicom.dcmread(io.BytesIO(r.content))
+    assert ds.Modality == "RTPLAN" and ds.BeamSequence[0].TreatmentMachineName
+    dvh = httpx.get(f"{serve_app}{m['downloads']['dvh']}", timeout=30).text.splitlines()
+    assert dvh[0].startswith("machine,structure") and len(dvh) > 1 and all(l.startswith("truebeam_m120,") for l in dvh[1:])
+    qa = httpx.get(f"{serve_app}{m['downloads']['qa']}", timeout=30).json()
+    assert qa["machine"] == "truebeam_m120" and qa["checks"]
+    assert httpx.get(f"{serve_app}/jobs/{jid}/plans/halcyon", timeout=30).status_code == 404
+    assert httpx.get(f"{serve_app}/jobs/{jid}/plans/truebeam_m120/nope", timeout=30).status_code == 404
+
+
+def test_event_stream_ends_with_the_final_state(serve_app, planned_job):
+    events = []
+    with httpx.stream("GET", f"{serve_app}/jobs/{planned_job['id']}/events", timeout=30) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+    assert events[0][0] == "job" and events[0][1]["id"] == planned_job["id"]
+    assert events[-1] == ("end", {"state": "succeeded"})
+
+
+def test_cluster_view(serve_app):
+    c = httpx.get(f"{serve_app}/cluster", timeout=60).json()
+    assert c["cpus_total"] == 2 and c["nodes"] and c["nodes"][0]["alive"]
+    assert c["computers"] and all(x["alive"] for x in c["computers"])
+    assert isinstance(c["queued"], list) and isinstance(c["running"], dict)
+
+
+@pytest.mark.slow
+def test_machine_down_replans_the_booked_patient(serve_app, planned_job):
+    """Book the plan on truebeam_m120, mark it down: the booking moves to another usable machine
+    and the job's convert -> qa -> export run again for it (earlier stages reused)."""
+    from conftest import wait_job
+
+    jid = planned_job["id"]
+    b = httpx.post(f"{serve_app}/jobs/{jid}/book", json={"machine": "truebeam_m120"}, timeout=120)
+    assert b.status_code == 201, b.text
+    assert b.json()["machine"] == "truebeam_m120" and b.json()["plan_id"]
+    machines = {m["name"]: m for m in httpx.get(f"{serve_app}/machines", timeout=120).json()["machines"]}
+    assert machines["truebeam_m120"]["bookings"] == 1
+    r = httpx.post(f"{serve_app}/machines/truebeam_m120/status", json={"state": "down", "cause": "malfunction", "reason": "MLC fault"}, timeout=120)
+    assert r.status_code == 200, r.text
+    moved = r.json()["moved"]
+    assert len(moved) == 1 and moved[0]["job_id"] == jid
+    target = moved[0]["moved_to"]
+    assert target and target != "truebeam_m120"
+    deadline = time.monotonic() + 600
+    while True:
+        job = httpx.get(f"{serve_app}/jobs/{jid}", timeout=30).json()
+        if target in job["machines"] and job["state"] == "succeeded":
+            break
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    job = wait_job(serve_app, jid)
+    msgs = {s["name"]: s["message"] for s in job["stages"]}
+    assert msgs["dij"] == "reused the stored result"
+    plans = [m["machine"] for m in httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"]]
+    assert target in plans and "truebeam_m120" not in plans
+    bookings = httpx.get(f"{serve_app}/machines/{target}/bookings", timeout=60).json()["bookings"]
+    mine = [x for x in bookings if x["job_id"] == jid]
+    assert mine and mine[0]["moved_from"] == "truebeam_m120"
+    deadline = time.monotonic() + 60
+    while not mine[0]["plan_id"] and time.monotonic() < deadline:  # attached after the re-planned job finished
+        time.sleep(0.5)
+        mine = [x for x in httpx.get(f"{serve_app}/machines/{target}/bookings", timeout=60).json()["bookings"] if x["job_id"] == jid]
+    assert mine[0]["plan_id"]
+    httpx.post(f"{serve_app}/machines/truebeam_m120/status", json={"state": "available"}, timeout=120)
+
+
+def test_cli_watch_and_machines(serve_app, planned_job, capsys):
+    from rayrt.cli.app import run
+
+    assert run(["watch", planned_job["id"], "--server", serve_app]) == 0
+    out = capsys.readouterr().out
+    assert "export" in out and "succeeded" in out and "truebeam_m120" in out and "QA " in out
+    assert run(["machines", "--server", serve_app]) == 0
+    out = capsys.readouterr().out
+    assert "truebeam_m120" in out and "synergy_mlci2" in out
+    assert run(["machines", "--set", "nonsense", "--server", serve_app]) == 2
