@@ -35,7 +35,7 @@ import io
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -75,9 +75,14 @@ class PlanningRequest(BaseModel):
     chunks_per_cpu: int = Field(default=2, ge=1, le=64, description="Dij tasks per free CPU (load balance vs per-chunk depth overhead)")
     max_segments: int = Field(default=10, ge=1, le=100)
     sequencer: str = "sweep"
+    conversion: Literal["resequence", "rayrt.convert"] = Field(
+        default="resequence",
+        description="resequence: the standard fluence re-sequenced onto each target MLC + DAO on the planning Dij (fast); "
+                    "rayrt.convert: rayrt.convert.convert.convert_for_machine (target beam model, mimicking re-optimisation, release QA)")
     fmo_iterations: int = Field(default=200, ge=1)
     dao_rounds: int = Field(default=2, ge=1)
     dao_iterations: int = Field(default=30, ge=1)
+    convert_dao_iterations: int | None = Field(default=None, ge=1, description="DAO iterations of each conversion (default: dao_iterations)")
     qa_independent_dose: bool = Field(default=True, description="recompute each plan's dose with the aperture engine (rayrt.dose.aperture)")
     qa_grid_mm: float | None = Field(default=None, gt=0, description="grid of the independent dose (default: the dose grid)")
     qa_bixel_mm: float = Field(default=2.5, gt=0, le=20, description="bixel width of the independent aperture dose engine")
@@ -608,12 +613,14 @@ class MachinePlan(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     machine: str
-    plan: Plan
+    plan: Plan | None = Field(default=None, description="None when the conversion was not released")
+    status: str = Field(default="released", description="released | failed (no plan, no RTPLAN)")
+    reasons: list[str] = Field(default_factory=list)
     method: str
-    normalization_factor: float
+    normalization_factor: float = 1.0
     raised_segments: int = 0
-    objective_sequenced: float
-    objective: float
+    objective_sequenced: float | None = None
+    objective: float | None = None
     seconds: float
     dvh: dict = Field(default_factory=dict)
     dose: Any = Field(default=None, exclude=True, description="course dose (Gy) [k, j, i] on the dose grid, float32")
@@ -659,7 +666,8 @@ def reoptimize_for_machine(machine_name: str, problem, beamlet_set: BeamletSet, 
         return aperture_weights(bas, slices, n)
 
     obj_seq = float(problem.total_objective(problem.dose(beamlet_fluence(seq.segments, 1.0))))
-    r = _dao(problem, beamlet_set, seq.segments, m, req, fluence, fx)
+    creq = req if req.convert_dao_iterations is None else req.model_copy(update={"dao_iterations": req.convert_dao_iterations})
+    r = _dao(problem, beamlet_set, seq.segments, m, creq, fluence, fx)
     plan = standard.plan.model_copy(deep=True, update={"machine": m.name, "source_plan_id": standard.plan.id, "label": f"rayrt {m.name}"})
     plan.id = f"{standard.plan.id}-{_safe(m.name)}"[:64]
     plan.notes = [f"converted from standard plan {standard.plan.id}: fluence re-sequenced ({req.sequencer}) onto {m.name}'s MLC, then DAO"]
@@ -682,11 +690,31 @@ def reoptimize_for_machine(machine_name: str, problem, beamlet_set: BeamletSet, 
                        dvh=_dvh_table(dose3, masks, standard.dose_grid.voxel_volume_cc, order), dose=dose3)
 
 
-def convert_task(item: tuple, problem, dij_matrix, fluence: FluenceStage) -> MachinePlan:
+def convert_with_rayrt_convert(machine_name: str, standard: StandardPlan, masks: dict[str, np.ndarray], order: MedicalOrder, density: Volume,
+                               external: str | None) -> MachinePlan:
+    """Standard plan -> ``machine_name`` with :func:`rayrt.convert.convert.convert_for_machine`
+    (coincidence, target beam model, mimicking re-optimisation, QA before release)."""
+    from rayrt.convert.convert import StandardPlanInput, convert_for_machine
+
+    t0 = time.perf_counter()
+    si = StandardPlanInput(plan=standard.plan, machine=_machine(standard.plan.machine), dose_gy=standard.dose, dose_grid=standard.dose_grid,
+                           density=density, masks=masks, order=order, external=external)
+    r = convert_for_machine(si, _machine(machine_name))
+    dose3 = None if r.dose_gy is None else np.asarray(r.dose_gy, np.float32).reshape(standard.dose_grid.shape)
+    return MachinePlan(machine=machine_name, plan=r.plan if r.released else None, status=r.status, reasons=list(r.reasons),
+                       method=f"rayrt.convert:{r.mode}", seconds=time.perf_counter() - t0,
+                       dvh=_dvh_table(dose3, masks, standard.dose_grid.voxel_volume_cc, order) if dose3 is not None else {}, dose=dose3)
+
+
+def convert_task(item: tuple, problem, dij_matrix, fluence: FluenceStage, density: np.ndarray) -> MachinePlan:
     """Task: convert the standard plan for one machine (``item`` = machine, beamlets, standard plan,
-    dose masks, order, request, numba threads); problem, Dij and fluence are shared handles."""
-    machine_name, beamlet_set, standard, masks, order, req, threads = item
+    dose masks, order, request, numba threads, density grid, external); problem, Dij, fluence and
+    density are shared handles."""
+    machine_name, beamlet_set, standard, masks, order, req, threads, density_grid, external = item
     _set_threads(threads)
+    if req.conversion == "rayrt.convert":
+        return convert_with_rayrt_convert(machine_name, standard, masks, order, Volume(np.asarray(density, np.float32), density_grid,
+                                                                                         "relative_electron_density"), external)
     return reoptimize_for_machine(machine_name, problem, beamlet_set, fluence, standard, dij_matrix, masks, order, req)
 
 
@@ -704,6 +732,8 @@ class ConvertedPlans(BaseModel):
     def files(self) -> dict[str, bytes]:
         out = {}
         for p in self.plans:
+            if p.plan is None:
+                continue
             out[f"plan_{_safe(p.machine)}.json"] = p.plan.model_dump_json(indent=1).encode()
             out[f"dose_{_safe(p.machine)}.npy"] = _npy(np.asarray(p.dose, np.float32))
         return out
@@ -712,7 +742,8 @@ class ConvertedPlans(BaseModel):
     def from_files(cls, data: dict, read: Callable[[str], bytes]) -> "ConvertedPlans":
         r = cls.model_validate(data)
         for p in r.plans:
-            p.dose = _from_npy(read(f"dose_{_safe(p.machine)}.npy"))
+            if p.plan is not None:
+                p.dose = _from_npy(read(f"dose_{_safe(p.machine)}.npy"))
         return r
 
 
@@ -727,9 +758,10 @@ def convert(problem: Any, beamlet_set: BeamletSet, fluence: FluenceStage, standa
     flu = _shared(ctx, "fluence", lambda: fluence)
     threads = _task_threads(ctx.executor)
     masks = {n: geometry.dose_masks[n] for n in geometry.mask_names}
-    items = [(mn, beamlet_set, standard_plan, masks, order, planning, threads) for mn in planning.machines]
+    dens = _shared(ctx, "density", lambda: np.ascontiguousarray(geometry.density, dtype=np.float32))
+    items = [(mn, beamlet_set, standard_plan, masks, order, planning, threads, geometry.density_grid, geometry.external) for mn in planning.machines]
     ctx.progress(0, len(items))
-    plans = _map(ctx, convert_task, items, prob, dmat, flu)
+    plans = _map(ctx, convert_task, items, prob, dmat, flu, dens)
     ctx.progress(len(items), len(items))
     return ConvertedPlans(plans=plans)
 
@@ -795,7 +827,7 @@ def qa(standard_plan: StandardPlan, geometry: PlanGeometry, order: MedicalOrder,
     dens = _shared(ctx, "density", lambda: np.ascontiguousarray(geometry.density, dtype=np.float32))
     masks = {n: geometry.dose_masks[n] for n in geometry.mask_names}
     threads = _task_threads(ctx.executor)
-    plans = [(standard_plan.plan, standard_plan.dose)] + [(p.plan, p.dose) for p in (converted.plans if converted else [])]
+    plans = [(standard_plan.plan, standard_plan.dose)] + [(p.plan, p.dose) for p in (converted.plans if converted else []) if p.plan is not None]
     items = [(p, d, standard_plan, masks, order, geometry.density_grid, planning, threads) for p, d in plans]
     ctx.progress(0, len(items))
     out = _map(ctx, qa_task, items, dens)
@@ -894,7 +926,8 @@ def export(study: Any, standard_plan: StandardPlan, geometry: PlanGeometry, orde
     from rayrt.imaging.rtplan import StructureSetRef, build_rtplan
     from rayrt.imaging.export import _save
 
-    plans = [(standard_plan.plan, standard_plan.dose, standard_plan.dvh)] + [(p.plan, p.dose, p.dvh) for p in (converted.plans if converted else [])]
+    plans = [(standard_plan.plan, standard_plan.dose, standard_plan.dvh)] + [(p.plan, p.dose, p.dvh) for p in (converted.plans if converted else [])
+                                                                              if p.plan is not None]
     verdicts = {r.machine: r for r in (qa.reports if qa else [])}
     blobs: dict[str, bytes] = {}
     summaries = []
@@ -930,6 +963,10 @@ def export(study: Any, standard_plan: StandardPlan, geometry: PlanGeometry, orde
                                             failed_checks=[f"{c.name}: {c.status}" for c in rep.failed()] if rep else [],
                                             goals=goals_of(order, dvh), files=[rp.name, rd.name]))
             ctx.progress(n + 1, len(plans))
+    for p in (converted.plans if converted else []):
+        if p.plan is None:  # not released: no plan, no RTPLAN; the summary says why
+            summaries.append(MachineSummary(machine=p.machine, plan_id="", total_mu_per_fraction=0.0, segments=0, verdict="not released",
+                                            failed_checks=list(p.reasons)))
     blobs["dvh.csv"] = _csv(["machine", "structure", "volume_cc", "min_gy", "mean_gy", "max_gy", "d2_gy", "d5_gy", "d10_gy", "d50_gy", "d95_gy", "d98_gy"], rows)
     return ExportResult(machines=summaries, rtstruct="RS.dcm" if "RS.dcm" in blobs else None, blobs=blobs)
 

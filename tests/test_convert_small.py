@@ -124,7 +124,7 @@ def mlci2_result(small):
     from rayrt.convert.convert import convert_for_machine
     from rayrt.dose.machines import get_machine
 
-    return convert_for_machine(small[4], get_machine("synergy_mlci2"), _opts(max_attempts=2))
+    return convert_for_machine(small[4], get_machine("synergy_mlci2"), _opts(max_attempts=1))
 
 
 def test_conversion_to_mlci2_is_reoptimised_deliverable_and_gated_by_qa(small, mlci2_result):

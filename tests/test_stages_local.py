@@ -154,3 +154,17 @@ def test_goals_of_reads_dvh_objectives():
     dvh = {"PTV": {"d95_gy": 50.0, "d10_gy": 56.0}, "Core": {"d10_gy": 20.0}}
     goals = {(g.structure, g.metric): g for g in S.goals_of(order, dvh)}
     assert goals[("PTV", "D95")].met and not goals[("PTV", "D10")].met and goals[("Core", "D10")].met
+
+
+@pytest.mark.slow
+def test_convert_stage_with_rayrt_convert(study, order):
+    """The convert stage through rayrt.convert.convert.convert_for_machine (target beam model, release QA)."""
+    req = S.PlanningRequest(machines=["truebeam_m120"], conversion="rayrt.convert", **FAST)
+    res = S.plan_local(study, order, req)
+    p = res["converted"].plans[0]
+    assert p.machine == "truebeam_m120" and p.method.startswith("rayrt.convert:") and p.status in ("released", "failed")
+    ex = {m.machine: m for m in res["exports"].machines}
+    if p.status == "released":
+        assert p.plan.machine == "truebeam_m120" and ex["truebeam_m120"].files
+    else:
+        assert ex["truebeam_m120"].verdict == "not released" and ex["truebeam_m120"].failed_checks

@@ -43,6 +43,7 @@ DEMO_PLANNING = {
     "fmo_iterations": 100,
     "dao_rounds": 1,
     "dao_iterations": 20,
+    "convert_dao_iterations": 12,
     "max_segments": 8,
     "qa_bixel_mm": 5.0,
 }

@@ -34,6 +34,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import os  # DBG
 import time
 import uuid
 from datetime import datetime, timezone
@@ -124,10 +125,26 @@ class Scheduler:
         self.admitted_at: dict[str, float] = {}  # job id -> monotonic time it was dispatched
         self._monitor_task: asyncio.Task | None = None
         self._incarnation = uuid.uuid4().hex[:4]  # computer names stay unique across restarts of this actor
-        try:  # start (or, after Ray restarted this actor, resume) without waiting for a caller
-            ray.get_runtime_context().current_actor.ready.remote()
-        except Exception:
-            log.exception("could not schedule ready()")
+        if not os.environ.get("RAYRT_DBG_NOKICK"):  # DBG
+            self._kick_ready()
+
+    @staticmethod
+    def _kick_ready() -> None:
+        """Call ``ready()`` on this actor soon, from outside ``__init__``: after Ray restarts the
+        actor (a crash) it resumes the stored jobs without waiting for a caller."""
+        import threading
+
+        handle = ray.get_runtime_context().current_actor
+
+        def kick() -> None:
+            try:
+                handle.ready.remote()
+            except Exception:
+                log.exception("could not schedule ready()")
+
+        t = threading.Timer(1.0, kick)
+        t.daemon = True
+        t.start()
 
     # ---------------------------------------------------------------- start-up
     def _new_computer(self, slot: int) -> str:

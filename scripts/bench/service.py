@@ -24,7 +24,6 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -196,6 +195,33 @@ def bench_demo_job(work: Path) -> dict:
     }
 
 
+def _poll_latencies(url: str, ids: list[str], pollers: int, seconds: float) -> list[float]:
+    """``pollers`` concurrent clients (asyncio, one connection each) calling ``GET /jobs/{id}`` in a
+    loop for ``seconds``; returns every call's latency (s). asyncio keeps client overhead low."""
+    import asyncio
+
+    import httpx
+
+    async def one(k: int, stop: float, out: list[float]) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            n = k
+            while time.monotonic() < stop:
+                a = time.perf_counter()
+                r = await c.get(f"/jobs/{ids[n % len(ids)]}")
+                out.append(time.perf_counter() - a)
+                if r.status_code != 200:
+                    raise RuntimeError(f"status call failed: {r.status_code} {r.text[:200]}")
+                n += pollers
+
+    async def run() -> list[float]:
+        out: list[float] = []
+        stop = time.monotonic() + seconds
+        await asyncio.gather(*(one(k, stop, out) for k in range(pollers)))
+        return out
+
+    return asyncio.run(run())
+
+
 def bench_concurrency(work: Path, jobs: int = 50, pollers: int = 20, poll_s: float = 6.0) -> dict:
     import httpx
 
@@ -219,26 +245,7 @@ def bench_concurrency(work: Path, jobs: int = 50, pollers: int = 20, poll_s: flo
         t_submit = time.perf_counter() - t
         ids = [a[1] for a in answers if a[0] == 201]
 
-        lat: list[float] = []
-        lock = threading.Lock()
-        stop = time.monotonic() + poll_s
-
-        def poll(k: int):
-            mine = []
-            with httpx.Client(base_url=url, timeout=30) as c:
-                n = k
-                while time.monotonic() < stop:
-                    a = time.perf_counter()
-                    r = c.get(f"/jobs/{ids[n % len(ids)]}")
-                    mine.append(time.perf_counter() - a)
-                    assert r.status_code == 200, r.text
-                    n += pollers
-            with lock:
-                lat.extend(mine)
-
-        with ThreadPoolExecutor(pollers) as pool:
-            list(pool.map(poll, range(pollers)))
-
+        lat_busy = _poll_latencies(url, ids, pollers, poll_s)  # while the 50 jobs run
         deadline = time.monotonic() + 600
         with httpx.Client(base_url=url, timeout=30) as c:
             while True:
@@ -248,9 +255,11 @@ def bench_concurrency(work: Path, jobs: int = 50, pollers: int = 20, poll_s: flo
                 time.sleep(0.5)
             listed = {j["id"] for j in c.get("/jobs").json()["jobs"]}
         t_all = time.perf_counter() - t
+        lat_idle = _poll_latencies(url, ids, pollers, poll_s)  # the same pollers once every job has finished
     finally:
         _stop_service(settings)
-    lat_ms = np.array(lat) * 1000.0
+    lat_ms = np.array(lat_busy) * 1000.0
+    idle_ms = np.array(lat_idle) * 1000.0
     by_state: dict[str, int] = {}
     for s in states:
         by_state[s["state"]] = by_state.get(s["state"], 0) + 1
@@ -260,6 +269,8 @@ def bench_concurrency(work: Path, jobs: int = 50, pollers: int = 20, poll_s: flo
         "failed_without_reason": sum(1 for s in states if s["state"] == "failed" and not s["errors"]),
         "pollers": pollers, "status_calls": int(lat_ms.size), "status_p50_ms": float(np.percentile(lat_ms, 50)),
         "status_p99_ms": float(np.percentile(lat_ms, 99)), "status_max_ms": float(lat_ms.max()),
+        "idle_status_calls": int(idle_ms.size), "idle_status_p50_ms": float(np.percentile(idle_ms, 50)),
+        "idle_status_p99_ms": float(np.percentile(idle_ms, 99)),
     }
 
 
