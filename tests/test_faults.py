@@ -248,6 +248,7 @@ def test_kill_whole_service_mid_job_and_restart_resumes(tmp_path, small_study_zi
         svc.cleanup()
 
 
+@pytest.mark.slow
 def test_scheduler_crash_restarts_and_resumes_the_job(fault_scheduler):
     """The scheduler actor's process dies mid-job (its computers die with it, as it owns them):
     Ray restarts it, it finds the unfinished job in the store and resumes it after its last
@@ -263,11 +264,7 @@ def test_scheduler_crash_restarts_and_resumes_the_job(fault_scheduler):
     old = ray.get(sched.get_status.remote())["computers"]
     ray.kill(sched, no_restart=False)  # a crash: Ray restarts the (max_restarts=-1) actor
     # nobody calls the restarted scheduler: it resumes the job by itself
-    try:
-        wait_for(lambda: store.get_job(job.id).worker not in (None, mid["worker"]), 180, "the job to resume on a new computer")
-    except TimeoutError:
-        print("DEBUG", store.get_job(job.id).model_dump_json(), ray.get(sched.get_status.remote(), timeout=30))
-        raise
+    wait_for(lambda: store.get_job(job.id).worker not in (None, mid["worker"]), 180, "the job to resume on a new computer")
     assert ray.get(sched.wait_idle.remote(240))
     assert not set(old) & set(ray.get(sched.get_status.remote())["computers"])
     done = store.get_job(job.id)

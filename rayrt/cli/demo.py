@@ -89,6 +89,8 @@ class ProgressPrinter:
             mark = "ok  " if s["state"] == "succeeded" else "FAIL"
             t = f"{secs[s['name']]:6.1f} s" if s["name"] in secs else "        "
             msg = s.get("message") or ""
+            if tasks and msg.strip() == tasks.strip():
+                msg = ""
             self.echo(f"  [{mark}] {s['name']:<11} {t}{tasks}  {msg}".rstrip())
         if self.live and job.get("state") == "running":
             cur = next((s for s in job.get("stages", []) if s["state"] == "running"), None)
@@ -149,8 +151,8 @@ def run_demo_job(
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []
         for f in listing["files"]:
-            if f["stage"] not in ("export", "qa"):
-                continue
+            if f["stage"] not in ("export", "qa") or f["path"].endswith("/result.json"):
+                continue  # the stages' own records stay on the server; summary.json says it all
             name = f["path"].split("/", 1)[1]
             target = (out_dir / name).resolve()
             if target.parent != out_dir:
@@ -236,6 +238,7 @@ def demo_cmd(
         t = time.perf_counter()
         url = runtime.start(settings)
         settings = settings.model_copy(update={"port": int(url.rsplit(":", 1)[1])})
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve configures its logger on start
         timings["serve start"] = time.perf_counter() - t
         cpus = int(ray.cluster_resources().get("CPU", 0))
         echo(f"service up at {url} ({cpus} CPUs; Ray {timings['ray start']:.1f} s, Serve {timings['serve start']:.1f} s)")

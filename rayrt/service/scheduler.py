@@ -34,7 +34,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import os  # DBG
 import time
 import uuid
 from datetime import datetime, timezone
@@ -125,8 +124,7 @@ class Scheduler:
         self.admitted_at: dict[str, float] = {}  # job id -> monotonic time it was dispatched
         self._monitor_task: asyncio.Task | None = None
         self._incarnation = uuid.uuid4().hex[:4]  # computer names stay unique across restarts of this actor
-        if not os.environ.get("RAYRT_DBG_NOKICK"):  # DBG
-            self._kick_ready()
+        self._kick_ready()
 
     @staticmethod
     def _kick_ready() -> None:

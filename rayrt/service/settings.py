@@ -45,7 +45,7 @@ class ServiceSettings(BaseModel):
     controlled_computer_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved by each ControlledComputer actor")
     max_upload_files: int = Field(default=20000, ge=1, description="most files accepted in one patient upload")
     progress_interval_s: float = Field(default=0.5, ge=0, description="least time between two progress writes of one job")
-    scheduler_name: str = Field(default=SCHEDULER_NAME, pattern=r"^[A-Za-z0-9_.-]+$", description="name of the scheduler actor (namespace 'rayrt'); its computers are named <scheduler_name>-cc-<slot>-<n>")
+    scheduler_name: str = Field(default=SCHEDULER_NAME, pattern=r"^[A-Za-z0-9_.-]+$", description="name of the scheduler actor (namespace 'rayrt'); its computers are named <scheduler_name>-cc-<slot>-<n><incarnation>")
     heartbeat_interval_s: float = Field(default=2.0, gt=0, description="how often the scheduler asks every controlled computer for a heartbeat (and re-checks the queue's admission)")
     heartbeat_timeout_s: float = Field(default=60.0, gt=0, description="a controlled computer that has not answered a heartbeat for this long is killed and replaced; its job is re-queued")
     job_cpus: float = Field(default=1.0, ge=0, description="free cluster CPUs (ray.available_resources, besides the computers' own) needed to start one more job; one job always runs when none does")
