@@ -641,11 +641,12 @@ def fit_angle(angle_deg: float, rng: Any, what: str, machine: str, max_shift_deg
 
 
 def reoptimize_for_machine(machine_name: str, problem, beamlet_set: BeamletSet, fluence: FluenceStage, standard: StandardPlan, dij_matrix: sp.spmatrix,
-                           masks: dict[str, np.ndarray], order: MedicalOrder, req: PlanningRequest) -> MachinePlan:
+                           masks: dict[str, np.ndarray], order: MedicalOrder, req: PlanningRequest, density: Volume | None = None) -> MachinePlan:
     """Standard plan -> ``machine_name``: the standard optimal fluence re-sequenced onto the target's
     leaf pairs (beamlet rows resampled by overlap), DAO under the target's MLC/jaw/MU limits on the
-    same Dij, normalised like the standard plan. The dose is ``Dij @`` the apertures' beamlet
-    fluence (transmission, leaf gap, head scatter of the target's MLC)."""
+    same Dij. The final dose, and the MU normalisation to the prescription, use the *target's*
+    beam model: each beam's apertures through :func:`rayrt.dose.aperture.aperture_dose` on
+    ``density`` (without ``density``: ``Dij @`` the apertures' beamlet fluence, standard beam model)."""
     from rayrt.optimize.dao import BeamApertures, aperture_weights
     from rayrt.optimize.layout import layout_from_beamlets
 
@@ -680,12 +681,20 @@ def reoptimize_for_machine(machine_name: str, problem, beamlet_set: BeamletSet, 
     plan.beams = beams
 
     def dose_fn(p: Plan) -> np.ndarray:
+        if density is not None:  # the target machine's beam model
+            from rayrt.dose.aperture import aperture_dose
+
+            tot = np.zeros(standard.dose_grid.num_voxels)
+            for b in p.beams:
+                tot += aperture_dose(density, standard.dose_grid, b, None, m, bixel_width_mm=req.bixel_mm, cutoff_mm=req.dij_cutoff_mm,
+                                     threshold=req.dij_threshold).ravel()
+            return tot * p.fractions
         w = beamlet_fluence([b.segments for b in p.beams], float(p.fractions))
         return np.asarray(dij_matrix @ w.astype(np.float32), dtype=np.float64)
 
     plan, dose, f, raised = _normalized(plan, dose_fn, masks, order, m)
     dose3 = dose.reshape(standard.dose_grid.shape).astype(np.float32)
-    return MachinePlan(machine=m.name, plan=plan, method="resequence+dao", normalization_factor=f, raised_segments=raised, objective_sequenced=obj_seq,
+    return MachinePlan(machine=m.name, plan=plan, method="resequence+dao" + ("; dose: target beam model" if density is not None else ""), normalization_factor=f, raised_segments=raised, objective_sequenced=obj_seq,
                        objective=float(r.objective), seconds=time.perf_counter() - t0,
                        dvh=_dvh_table(dose3, masks, standard.dose_grid.voxel_volume_cc, order), dose=dose3)
 
@@ -715,7 +724,8 @@ def convert_task(item: tuple, problem, dij_matrix, fluence: FluenceStage, densit
     if req.conversion == "rayrt.convert":
         return convert_with_rayrt_convert(machine_name, standard, masks, order, Volume(np.asarray(density, np.float32), density_grid,
                                                                                          "relative_electron_density"), external)
-    return reoptimize_for_machine(machine_name, problem, beamlet_set, fluence, standard, dij_matrix, masks, order, req)
+    return reoptimize_for_machine(machine_name, problem, beamlet_set, fluence, standard, dij_matrix, masks, order, req,
+                                  Volume(density, density_grid, "relative_electron_density"))
 
 
 class ConvertedPlans(BaseModel):

@@ -42,13 +42,14 @@ def stage_of(job: dict, name: str) -> dict | None:
     return next((s for s in job.get("stages", []) if s["name"] == name), None)
 
 
-def mid_slow_stage(job: dict) -> dict | None:
+def mid_slow_stage(job: dict, min_left: int = 5) -> dict | None:
     """The job (as JSON) once ``fault_mark`` has finished and ``fault_slow`` is running with at
-    least one of its tasks done and at least two still to do; else None."""
+    least one of its tasks done and at least ``min_left`` still to do (seconds of work left for
+    the test to act in the middle of the stage); else None."""
     mark, slow = stage_of(job, "fault_mark"), stage_of(job, "fault_slow")
     if job.get("state") != "running" or not mark or not slow:
         return None
-    if mark["state"] == "succeeded" and slow["state"] == "running" and 1 <= slow["tasks_done"] <= slow["tasks_total"] - 2:
+    if mark["state"] == "succeeded" and slow["state"] == "running" and 1 <= slow["tasks_done"] <= slow["tasks_total"] - min_left:
         return job
     return None
 
@@ -132,15 +133,18 @@ class ServiceProcess:
     def wait_healthy(self, timeout_s: float = 180.0) -> None:
         import httpx
 
-        def up():
+        deadline = time.monotonic() + timeout_s
+        while True:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"rayrt serve exited with {self.proc.returncode}; log:\n{self.log_tail()}")
-            return httpx.get(f"{self.url}/health", timeout=5).status_code == 200
-
-        try:
-            wait_for(up, timeout_s, f"rayrt serve on port {self.port}", interval_s=0.5)
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\nlog:\n{self.log_tail()}") from None
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rayrt serve on port {self.port} not healthy after {timeout_s} s; log:\n{self.log_tail()}")
+            time.sleep(0.5)
 
     def log_tail(self, n: int = 4000) -> str:
         try:

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from rayrt.pipeline import StageContext, stage
 
-FAULT_TASKS = int(os.environ.get("RAYRT_FAULT_TASKS", "10"))
+FAULT_TASKS = int(os.environ.get("RAYRT_FAULT_TASKS", "12"))
 FAULT_TASK_S = float(os.environ.get("RAYRT_FAULT_TASK_S", "0.5"))
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rayrt import pipeline
 from rayrt import stages as S
 
 pytestmark = pytest.mark.ray

@@ -24,7 +24,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -45,8 +45,17 @@ DEMO_PLANNING = {
     "dao_iterations": 20,
     "convert_dao_iterations": 12,
     "max_segments": 8,
-    "qa_bixel_mm": 5.0,
 }
+
+
+def _warm_worker() -> int:
+    """Import the planning core (numba kernels from cache) in a Ray worker; returns its pid."""
+    import os
+
+    import rayrt.dose.dij  # noqa: F401
+    import rayrt.stages  # noqa: F401
+
+    return os.getpid()
 
 
 def _ts(v: str | None) -> datetime | None:
@@ -234,6 +243,9 @@ def demo_cmd(
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, object_store_memory=1024 * 2**20, log_to_driver=False,
                      namespace=settings.ray_namespace, _temp_dir=tmp, logging_level=logging.WARNING)
             ray_started = True
+            # import rayrt + numba in one worker per CPU while Serve starts (the first Dij tasks then start warm)
+            warm = ray.remote(num_cpus=1)(_warm_worker)
+            _ = [warm.remote() for _ in range(int(ray.cluster_resources().get("CPU", 1)))]
         timings["ray start"] = time.perf_counter() - t
         t = time.perf_counter()
         url = runtime.start(settings)
@@ -261,7 +273,7 @@ def demo_cmd(
             if settings is not None:
                 from rayrt.service import runtime
 
-                runtime.stop(settings)
+                runtime.stop(settings, shutdown_serve=not ray_started)  # our private Ray goes down whole just below
         except Exception as exc:  # report, but keep shutting down
             echo(f"warning: service shutdown: {exc}", err=True)
         if ray_started:

@@ -34,7 +34,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """True if nothing listens on ``host:port``. SO_REUSEADDR (as the HTTP server itself uses)
+    ignores connections of a killed previous server still in TIME_WAIT, so a service restarted
+    right after a crash can take its port back."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -126,6 +125,11 @@ def bench_dij(quick: bool) -> dict:
         out[f"speedup_vs_{ncpu}_threads"] = tn / best
 
         # object store: one copy of a CT-sized volume, whatever the number of tasks reading it
+        import gc
+
+        del rr, times
+        gc.collect()  # drop the Dij runs' object refs first, so the baseline is the idle store
+        time.sleep(1.0)
         vol = np.ones((128, 256, 512), np.float32)  # 64 MiB, a 512 x 256 x 128 CT-sized density
         base = _plasma_used_mib()
         ref_v = ray.put(vol)
