@@ -103,6 +103,11 @@ def plan_cmd(
     sequencer: str = typer.Option("sweep", "--sequencer", help="leaf sequencer (sweep, xia_verhey)"),
     fmo_iterations: int = typer.Option(400, "--fmo-iterations", help="L-BFGS-B iterations of the fluence optimisation"),
     dao_rounds: int = typer.Option(4, "--dao-rounds", help="direct-aperture-optimisation rounds (60 iterations each)"),
+    machines: Optional[str] = typer.Option(
+        None, "--machines", help="also convert the plan to these treatment machines (comma list); writes OUT/<machine>/ "
+        "rtplan.dcm, rtdose.dcm, rtstruct.dcm, qa.json and OUT/standard/"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="force a conversion mode: reuse, dose_only, fluence or dao (default: policy)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="conversions run in this many processes"),
 ) -> None:
     """Plan a case end to end on one machine and write plan, dose and report."""
     import numpy as np
@@ -114,6 +119,10 @@ def plan_cmd(
     get_sequencer(sequencer)
     study, med_order = load_case(data, order)
     m = get_machine(machine or default_machine_name())
+    if machines is not None:  # unknown target machines fail before any planning work
+        for name in machines.split(","):
+            if name.strip():
+                get_machine(name.strip())
     opts = PlanningOptions(dose_grid_mm=dose_grid_mm, bixel_mm=bixel_mm, max_segments=max_segments, sequencer=sequencer,
                            fmo_iterations=fmo_iterations, dao_rounds=dao_rounds)
     res = plan_standard(study, med_order, m, _angles(beams), opts)
@@ -131,3 +140,10 @@ def plan_cmd(
                    + ("  (target)" if n == tgt else ""))
     typer.echo("  stages: " + ", ".join(f"{s['name']} {s['seconds']:.1f}s/{s['peak_rss_mib']:.0f}MiB" for s in res.report["stages"]))
     typer.echo(f"wrote {out}/plan.json, dose.npy, dose_grid.json, report.json")
+    if machines is not None:
+        from rayrt.convert.outputs import convert_and_write
+
+        typer.echo(f"converting to {machines} ...")
+        for line in convert_and_write(out, study, med_order, m, res, machines, mode=mode, workers=workers):
+            typer.echo(line)
+        typer.echo(f"wrote {out}/standard/ and {out}/<machine>/ (rtplan.dcm, rtdose.dcm, rtstruct.dcm, qa.json)")

@@ -300,7 +300,8 @@ def render_qa_figure(result: QAResult, path: str | Path) -> Path:
     foot = [f"attempts: {rep.attempts}"] + rep.notes
     if len(rep.checks) > 22:
         foot.append(f"{len(rep.checks) - 22} more checks in the JSON report")
-    a.text(0.0, -0.02, "\n".join(foot), fontsize=7, va="top", transform=a.transAxes)
+    # under the title, where a long checks table cannot run over it
+    fig.text(0.5, 0.955, "\n".join(foot), fontsize=7, ha="center", va="top")
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

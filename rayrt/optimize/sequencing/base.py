@@ -82,11 +82,41 @@ def _conflicts(s: _Seg, g: float) -> list[tuple[int, int]]:
     return list(zip(a[bad].tolist(), b[bad].tolist()))
 
 
-def _park_closed(s: _Seg, mlc: MLCModel, g: float) -> None:
-    """Put closed pairs (gap g) where they collide with no neighbour: one x* per closed run."""
+def _park_closed(s: _Seg, mlc: MLCModel, g: float, park_before_mm: float | None = None) -> None:
+    """Put closed pairs (gap g) where they collide with no neighbour and their gap is shielded.
+
+    The closed pair's minimum gap g (plus the rounded-tip leakage, ``leaf_end_transmission_mm``)
+    transmits like an open strip, so it must not sit inside the field:
+
+    * MLCs that allow interdigitation: every closed pair is parked with its gap wholly *before*
+      the open field along leaf travel (x* + g + dlg/2 <= min x1 of the open pairs, and before
+      ``park_before_mm`` -- the sequencer passes the beamlet grid's first edge, i.e. outside the
+      target's projection plus margin): under the X jaw, which hugs the open leaves, or, on a
+      jawless machine, outside the target's projection. The bank's maximum leaf span and the leaf
+      range are honoured (the gap moves back towards the field only as far as they require).
+    * no interdigitation: a closed run between open pairs must sit inside the overlap of its open
+      neighbours (x* in [max x1, min x2 - g]); runs beyond the outermost open pair lie under the
+      Y jaw (which hugs the open pairs) and follow their single neighbour.
+    """
     n = s.open_.size
     op = np.flatnonzero(s.open_)
     if op.size == 0:
+        return
+    x1min, x1max, x2min, x2max = _limits(mlc)
+    if mlc.interdigitation:
+        closed = ~s.open_
+        if not closed.any():
+            return
+        hd = 0.5 * float(mlc.leaf_end_transmission_mm)
+        edge = float(s.x1[op].min())
+        if park_before_mm is not None:
+            edge = min(edge, float(park_before_mm))
+        x = edge - g - hd - 1.0  # 1 mm clear of the field edge / X jaw
+        span = float(mlc.max_leaf_span_mm)
+        x = max(x, float(s.x1[op].max()) - span, float(s.x2[op].max()) - span - g)
+        x = float(np.clip(x, max(x1min, x2min - g), min(x1max, x2max - g)))
+        s.x1[closed] = x
+        s.x2[closed] = x + g
         return
     # for every pair: the nearest open pair at or above / below it
     idx = np.arange(n)
@@ -102,7 +132,6 @@ def _park_closed(s: _Seg, mlc: MLCModel, g: float) -> None:
     lo = np.maximum(s.x1[aa], s.x1[bb])
     hi = np.minimum(s.x2[aa], s.x2[bb]) - g
     xs = np.where(hi >= lo, 0.5 * (lo + hi), 0.5 * (s.x1[aa] + s.x2[aa]) - 0.5 * g)
-    x1min, x1max, x2min, x2max = _limits(mlc)
     xs = np.clip(xs, max(x1min, x2min - g), min(x1max, x2max - g))
     s.x1[closed] = xs
     s.x2[closed] = xs + g
@@ -141,9 +170,13 @@ def _split_span(s: _Seg, span: float) -> list[_Seg] | None:
     return None
 
 
-def make_deliverable(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCModel) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def make_deliverable(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCModel,
+                     park_before_mm: float | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Turn one aperture (leaf tips x1 < x2 on open pairs, all machine pairs) into one or more
-    apertures that obey the MLC's rules; their union of open areas equals the input's."""
+    apertures that obey the MLC's rules; their union of open areas equals the input's.
+
+    ``park_before_mm``: closed pairs of an interdigitating MLC are parked with their gap before
+    this position (mm, along leaf travel) as well as before the open field (see :func:`_park_closed`)."""
     g = _closed_gap(mlc)
     x1min, x1max, x2min, x2max = _limits(mlc)
     queue = [_Seg(np.asarray(x1, float).copy(), np.asarray(x2, float).copy(), np.asarray(open_, bool).copy())]
@@ -179,7 +212,7 @@ def make_deliverable(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLC
         if parts:
             queue.extend(parts)
             continue
-        _park_closed(s, mlc, g)
+        _park_closed(s, mlc, g, park_before_mm)
         out.append((s.x1, s.x2, s.open_))
     return out
 
@@ -271,7 +304,7 @@ class Sequencer:
             x1[pair_ids] = col_edges[lo]
             x2[pair_ids] = col_edges[hi]
             op[pair_ids] = o
-            for a, b, c in make_deliverable(x1, x2, op, machine.mlc):
+            for a, b, c in make_deliverable(x1, x2, op, machine.mlc, park_before_mm=float(col_edges[0])):
                 out.append(to_segment(a, b, c, k * unit, machine))
         return out
 
