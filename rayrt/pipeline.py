@@ -252,8 +252,13 @@ def run_local(
     stages: Iterable[str] | None = None,
     out_dir: str | Path | None = None,
     on_event: Callable[[StageEvent], None] | None = None,
+    planning: Any = None,
+    executor: Executor | None = None,
 ) -> PipelineResult:
     """Run the recipe in this process: ``source`` is a DICOM folder, a zip, or a Study.
+
+    ``planning`` (a :class:`rayrt.stages.PlanningRequest` or its mapping) turns on the planning
+    stages (geometry ... export); without it they are skipped.
 
     ``order`` is a MedicalOrder, its JSON mapping, or a .yaml/.json file; it is checked against
     the study's structure names. With ``out_dir``, each stage's result files are written to
@@ -270,7 +275,11 @@ def run_local(
                 (d / name).write_bytes(data)
 
     artefacts: dict[str, Any] = {"source": source, "order": _as_order(order)}
-    return run_stages(default_stages(stages), artefacts, on_event=on_event, sink=sink)
+    if planning is not None:
+        from rayrt.stages import PlanningRequest
+
+        artefacts["planning"] = planning if isinstance(planning, PlanningRequest) else PlanningRequest.model_validate(planning)
+    return run_stages(default_stages(stages), artefacts, executor=executor, on_event=on_event, sink=sink)
 
 
 def _as_order(order: MedicalOrder | dict | str | Path | None) -> MedicalOrder | None:
@@ -436,3 +445,9 @@ def dvh(study: Any, ctx: StageContext) -> DVHReport:
             ctx.progress(done, total)
         reports.append(DoseDVH(dose_index=n, max_dose_gy=float(np.max(dose.array)), metrics=metrics))
     return DVHReport(doses=reports)
+
+
+# ---------------------------------------------------------------------------- the planning recipe
+# geometry -> beamlets -> dij -> problem -> fmo -> sequence -> dao -> normalize -> convert -> qa ->
+# export register themselves here (rayrt/stages.py; imported last: it uses this module's names).
+import rayrt.stages  # noqa: E402,F401

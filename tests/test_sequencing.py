@@ -114,6 +114,34 @@ def test_interdigitation_splits_conflicting_rows():
     assert len(make_deliverable(x1, x2, op, m2.mlc)) == 1
 
 
+def test_closed_pairs_parked_outside_the_field():
+    """Interdigitating MLC: a closed pair between open pairs parks with its minimum gap (and the
+    rounded-tip leakage) wholly before the open field, i.e. under the X jaw that hugs the open
+    leaves, or before ``park_before_mm`` (the beamlet grid's first edge on a jawless machine)."""
+    from rayrt.optimize.sequencing.base import to_segment
+
+    m = synthetic_machine(5.0, 8, interdigitation=True, min_gap_mm=1.0)
+    hd = 0.5 * m.mlc.leaf_end_transmission_mm
+    x1 = np.zeros(8)
+    x2 = np.zeros(8)
+    op = np.zeros(8, bool)
+    x1[[2, 5]], x2[[2, 5]], op[[2, 5]] = [-20.0, -10.0], [10.0, 30.0], True  # pairs 3, 4 closed inside the field
+    (a, b, o), = make_deliverable(x1, x2, op, m.mlc)
+    seg = to_segment(a, b, o, 1.0, m)
+    closed = ~o
+    np.testing.assert_allclose(b[closed] - a[closed], m.mlc.min_gap_mm)
+    assert np.all(b[closed] + hd <= seg.jaw_x_mm[0] + 1e-9)
+    (a2, b2, o2), = make_deliverable(x1, x2, op, m.mlc, park_before_mm=-40.0)
+    assert np.all(b2[~o2] + hd <= -40.0 + 1e-9)
+    # jawless machine: the gap is outside the open field as well
+    mj = synthetic_machine(5.0, 8, interdigitation=True, min_gap_mm=1.0, jaws=False)
+    (a3, b3, o3), = make_deliverable(x1, x2, op, mj.mlc)
+    assert np.all(b3[~o3] + hd <= a3[o3].min() + 1e-9)
+    seg.mu = max(seg.mu, m.limits.min_mu_per_segment)
+    rep = check_plan(Plan(machine=m.name, beams=[Beam(isocenter_mm=(0, 0, 0), segments=[seg])]), m)
+    assert rep.deliverable, [v.message for v in rep.violations]
+
+
 def test_registry():
     assert {"sweep", "xia_verhey"} <= set(list_sequencers())
     with pytest.raises(InputError):

@@ -1,4 +1,4 @@
-"""``rayrt serve | submit | status | results``: run the service, and talk to it over HTTP.
+"""``rayrt serve | submit | status | results | watch | machines``: run the service, and talk to it over HTTP.
 
 ``serve`` starts a local Ray (or joins ``--address``), Ray Serve and the ingress, then blocks.
 The client commands speak HTTP (httpx) to ``--server`` / ``$RAYRT_SERVER`` /
@@ -196,3 +196,117 @@ def results_cmd(
             tmp.write_bytes(data)
             tmp.replace(target)
             typer.echo(str(target))
+
+
+# ---------------------------------------------------------------------------- watch / machines
+def _bar(percent: float, width: int = 24) -> str:
+    n = int(round(width * max(0.0, min(100.0, percent)) / 100.0))
+    return "#" * n + "-" * (width - n)
+
+
+def render_job(job: dict) -> list[str]:
+    """Progress bars: the job, then one per stage (tasks done / total, message)."""
+    lines = [f"job {job['id']}  {job['state']:<9} [{_bar(job.get('progress', 0.0), 30)}] {job.get('progress', 0.0):5.1f}%"
+             + (f"  machines: {', '.join(job['machines'])}" if job.get("machines") else "")]
+    for s in job.get("stages", []):
+        tasks = f" {s['tasks_done']}/{s['tasks_total']}" if s.get("tasks_total", 0) > 1 else ""
+        msg = (s.get("message") or "")[:60]
+        lines.append(f"  {s['name']:<11} {s['state']:<9} [{_bar(s['percent'])}] {s['percent']:5.1f}%{tasks:<8} {msg}".rstrip())
+    for e in job.get("errors", []):
+        lines.append(f"  error: {e}")
+    return lines
+
+
+def _sse(client, path: str):
+    """(event, data) pairs of a server-sent-event stream."""
+    import httpx
+
+    try:
+        with client.stream("GET", path) as r:
+            if r.status_code >= 400:
+                r.read()
+                _call(client, "GET", path)  # turns the error body into InputError / RayrtError
+            kind = "message"
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:].strip()
+                elif line.startswith("data: "):
+                    yield kind, json.loads(line[6:])
+    except httpx.TransportError as exc:
+        raise RayrtError(f"cannot reach the rayrt server at {client.base_url} ({type(exc).__name__})") from None
+
+
+@app.command("watch")
+def watch_cmd(
+    job_id: str = typer.Argument(..., help="job id"),
+    server: Optional[str] = typer.Option(None, "--server", help=_SERVER_HELP),
+) -> None:
+    """Follow a job live (progress bars per stage), then show each machine's plan and QA verdict; exit 1 if it failed."""
+    import sys
+
+    live = sys.stdout.isatty()
+    shown = 0
+    job: dict = {}
+    with _client(server) as client:
+        for kind, data in _sse(client, f"/jobs/{job_id}/events"):
+            if kind != "job":
+                continue
+            job = data
+            lines = render_job(job)
+            if live:
+                if shown:
+                    sys.stdout.write(f"\x1b[{shown}F\x1b[J")
+                sys.stdout.write("\n".join(lines) + "\n")
+                sys.stdout.flush()
+                shown = len(lines)
+            else:
+                typer.echo(lines[0] + "  " + "  ".join(f"{s['name']}:{s['percent']:.0f}%" for s in job.get("stages", []) if s["state"] == "running"))
+        if not live and job:
+            typer.echo("\n".join(render_job(job)))
+        if job.get("state") == "succeeded" and job.get("options") is not None:
+            try:
+                plans = _call(client, "GET", f"/jobs/{job_id}/plans").json()
+            except InputError:
+                plans = {"machines": []}
+            for m in plans["machines"]:
+                goals = "  ".join(f"{g['structure']} {g['metric']} {g['value_gy']:.1f}{'' if g['met'] else '!'}" for g in m.get("goals", []))
+                typer.echo(f"  {m['machine']:<16} QA {str(m.get('verdict')).upper():<7} {m['total_mu_per_fraction']:7.1f} MU/fx  {goals}")
+    if job.get("state") in ("failed", "cancelled"):
+        raise typer.Exit(1)
+
+
+@app.command("machines")
+def machines_cmd(
+    set_: Optional[str] = typer.Option(None, "--set", help="change a status: NAME=available|busy|down[:malfunction|maintenance]"),
+    reason: str = typer.Option("", "--reason", help="why (with --set)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    server: Optional[str] = typer.Option(None, "--server", help=_SERVER_HELP),
+) -> None:
+    """List the treatment machines (status, bookings, wait) or change one's status (down re-plans its patients)."""
+    with _client(server) as client:
+        if set_:
+            name, sep, value = set_.partition("=")
+            state, _, cause = value.partition(":")
+            if not sep or not name.strip() or not state.strip():
+                raise InputError("--set takes NAME=STATE[:CAUSE], e.g. truebeam_m120=down:malfunction", field="set")
+            body = {"state": state.strip(), "cause": cause.strip() or None, "reason": reason}
+            res = _call(client, "POST", f"/machines/{name.strip()}/status", json=body).json()
+            if as_json:
+                typer.echo(json.dumps(res, indent=2))
+                return
+            st = res["status"]
+            typer.echo(f"{res['machine']}: {st['state']}" + (f" ({st['cause']})" if st.get("cause") else ""))
+            for b in res.get("moved", []):
+                typer.echo(f"  moved job {b['job_id']} (patient {b['patient_id']}, {b['fractions']} fx) -> {b.get('moved_to') or 'no usable machine'}: re-planning")
+            for b in res.get("placed", []):
+                typer.echo(f"  placed job {b['job_id']} on {b['machine']}")
+            return
+        ms = _call(client, "GET", "/machines").json()["machines"]
+    if as_json:
+        typer.echo(json.dumps(ms, indent=2))
+        return
+    typer.echo(f"{'machine':<16} {'state':<10} {'cause':<12} {'bookings':>8} {'fractions':>9} {'wait min':>9}")
+    for m in ms:
+        st = m["status"]
+        wait = m["estimated_wait_min"]
+        typer.echo(f"{m['name']:<16} {st['state']:<10} {st.get('cause') or '':<12} {m['bookings']:>8} {m['pending_fractions']:>9} {wait:>9.0f}")

@@ -17,6 +17,19 @@ Routes::
     POST /jobs/{id}/cancel               drop a queued job
     GET  /jobs/{id}/results              JobResults: the files the stages wrote
     GET  /jobs/{id}/results/{path}       one result file
+    GET  /jobs/{id}/events               server-sent events: the Job on every change, then 'end'
+    GET  /jobs/{id}/plans                per machine: plan, MU, QA verdict, goals, download routes
+    GET  /jobs/{id}/plans/{machine}      one machine's entry
+    GET  /jobs/{id}/plans/{machine}/{kind}  rtplan | rtdose | rtstruct | qa | dvh | plan
+    POST /jobs/{id}/book                 book the job's plan on a machine {machine?, fractions?}
+    GET  /machines                       treatment machines: status, bookings, estimated wait
+    GET  /machines/{name}/bookings       one machine's bookings
+    POST /machines/{name}/status         {state, cause?, reason?}; down re-plans the booked patients
+    GET  /cluster                        nodes, CPUs, controlled computers, queued / running jobs, tasks
+
+A job plans when its request carries ``options`` (rayrt.stages.PlanningRequest fields, ``{}`` for
+the defaults) with an ``order``: the standard plan, one converted plan per ``machines`` entry,
+QA and DICOM export; without ``options`` only the analysis stages run.
 
 Bad input answers 4xx with ``{"error", "message", "field"?}`` (from
 :class:`~rayrt.domain.errors.InputError`); nothing stored changes on a rejected request.
@@ -25,6 +38,7 @@ NOTE: no ``from __future__ import annotations`` in this module: FastAPI must see
 the route signatures of a ``@serve.ingress`` class.
 """
 
+import json
 import logging
 import mimetypes
 from typing import Any
@@ -32,7 +46,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
 from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -78,6 +93,47 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("internal error on %s %s", request.method, request.url.path)
     return JSONResponse(status_code=500, content={"error": "internal", "message": f"{type(exc).__name__}: {exc}"})
+
+
+def _check_planning(req: JobRequest, order: Any) -> dict | None:
+    """Validate the planning part of a job request (machines known, options valid, an order given);
+    None when the request asks for no plan (no ``options``: ``machines`` are then only recorded)."""
+    if req.options is None:
+        return None
+    from pydantic import ValidationError
+
+    from rayrt.dose.machines import get_machine
+    from rayrt.stages import PlanningRequest
+
+    if order is None:
+        raise InputError("planning ('options') needs a medical order: send 'order' too", kind="request", field="order", status=422)
+    for m in req.machines:
+        try:
+            get_machine(m)
+        except InputError as exc:
+            raise InputError(exc.message, kind="request", field="machines", status=422) from None
+    try:
+        PlanningRequest.model_validate({**(req.options or {}), "machines": list(req.machines)})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"invalid planning option '{loc}': {first['msg']}", kind="request", field=f"options.{loc}", status=422) from None
+    return dict(req.options or {})
+
+
+class MachineStatusRequest(BaseModel):
+    """Body of ``POST /machines/{name}/status``."""
+
+    state: str = Field(description="available | busy | down")
+    cause: str | None = Field(default=None, description="malfunction | maintenance (required for down)")
+    reason: str = ""
+
+
+class BookingRequest(BaseModel):
+    """Body of ``POST /jobs/{id}/book``."""
+
+    machine: str | None = None
+    fractions: int | None = Field(default=None, ge=1)
 
 
 @serve.deployment(name="rayrt-ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
@@ -148,11 +204,13 @@ class Ingress:
     async def create_job(self, req: JobRequest) -> Job:
         patient = await run_in_threadpool(self.store.get_patient, req.patient_id)
         order = validate_order(req.order, patient.structure_names) if req.order is not None else None
+        options = _check_planning(req, order)
         job = Job(
             patient_id=patient.id,
             order=order.model_dump(mode="json") if order else None,
             machines=list(req.machines),
             priority=req.priority,
+            options=options,
         )
         await run_in_threadpool(self.store.create_job, job, order)
         await self.scheduler.submit.remote(job.id, job.priority, job.created_at.isoformat())
@@ -163,8 +221,17 @@ class Ingress:
         return JobList(jobs=self.store.list_jobs())
 
     @api.get("/jobs/{job_id}", response_model=Job)
-    def get_job(self, job_id: str) -> Job:
-        return self.store.get_job(job_id)
+    async def get_job(self, job_id: str) -> Response:
+        """The stored Job as written (atomically) by its runner: the hot path of every poller, so the
+        bytes go out as they are (validated, not re-serialised through the response model)."""
+        from rayrt.service.store import check_id
+
+        try:
+            data = self.store.read_bytes(f"jobs/{check_id(job_id, 'job')}/job.json")
+        except FileNotFoundError:
+            raise InputError(f"no job with id {job_id!r}", kind="not_found", field="job_id", status=404) from None
+        Job.model_validate_json(data)  # a damaged file is a 500, never passed on
+        return Response(content=data, media_type="application/json")
 
     @api.post("/jobs/{job_id}/cancel")
     async def cancel_job(self, job_id: str) -> dict:
@@ -185,6 +252,150 @@ class Ingress:
         media = mimetypes.guess_type(path)[0] or ("application/json" if path.endswith(".json") else "application/octet-stream")
         name = path.rsplit("/", 1)[-1]
         return Response(content=data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    # ---------------------------------------------------------------- planning results
+    @api.get("/jobs/{job_id}/events")
+    async def job_events(self, job_id: str, interval_s: float = 0.5) -> StreamingResponse:
+        """Server-sent events: one ``job`` event (the Job as JSON) whenever its progress changes,
+        until it has finished (last event ``end``). ``rayrt watch`` reads this stream."""
+        import asyncio
+
+        job = await run_in_threadpool(self.store.get_job, job_id)
+        interval_s = min(max(interval_s, 0.1), 10.0)
+
+        async def stream():
+            last = None
+            while True:
+                try:
+                    j = await run_in_threadpool(self.store.get_job, job_id)
+                except Exception as exc:  # the store hiccupped: tell the client, keep the stream
+                    yield f"event: error\ndata: {json.dumps({'message': str(exc)})}\n\n"
+                    await asyncio.sleep(interval_s)
+                    continue
+                text = j.model_dump_json()
+                if text != last:
+                    last = text
+                    yield f"event: job\ndata: {text}\n\n"
+                if j.state.finished:
+                    yield f"event: end\ndata: {json.dumps({'state': j.state.value})}\n\n"
+                    return
+                await asyncio.sleep(interval_s)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Job-Id": job.id})
+
+    def _summary(self, job_id: str) -> dict:
+        job = self.store.get_job(job_id)
+        if not self.store.has_stage_file(job.id, "export", "summary.json"):
+            raise InputError(f"job {job_id} is {job.state.value} and has no plans yet (export stage not finished)", kind="conflict", field="job_id", status=409)
+        return self.store.get_stage_json(job.id, "export", "summary.json")
+
+    @api.get("/jobs/{job_id}/plans")
+    def job_plans(self, job_id: str) -> dict:
+        """Per machine (standard first): plan id, MU, segments, QA verdict, the order's goals and
+        the download routes of its RTPLAN / RTDOSE / QA report."""
+        summary = self._summary(job_id)
+        for m in summary["machines"]:
+            base = f"/jobs/{job_id}/plans/{m['machine']}"
+            m["downloads"] = {k: f"{base}/{k}" for k in ("rtplan", "rtdose", "rtstruct", "qa", "dvh", "plan")}
+        return {"job_id": job_id, "machines": summary["machines"], "rtstruct": summary.get("rtstruct"), "dvh": f"/jobs/{job_id}/results/export/dvh.csv"}
+
+    @api.get("/jobs/{job_id}/plans/{machine}")
+    def job_plan(self, job_id: str, machine: str) -> dict:
+        for m in self.job_plans(job_id)["machines"]:
+            if m["machine"] == machine:
+                return m
+        raise InputError(f"job {job_id} has no plan for machine {machine!r}", kind="not_found", field="machine", status=404)
+
+    @api.get("/jobs/{job_id}/plans/{machine}/{kind}")
+    def job_plan_file(self, job_id: str, machine: str, kind: str) -> Response:
+        """One machine's RTPLAN, RTDOSE, the RTSTRUCT, its QA report (JSON), its DVH rows (CSV) or its plan (JSON)."""
+        self.job_plan(job_id, machine)
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in machine)
+        if kind == "dvh":
+            text = self.store.read_result(job_id, "export/dvh.csv").decode()
+            lines = text.splitlines()
+            rows = [lines[0]] + [ln for ln in lines[1:] if ln.split(",", 1)[0] == machine]
+            return Response(content="\n".join(rows) + "\n", media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="dvh_{safe}.csv"'})
+        paths = {"rtplan": f"export/RP_{safe}.dcm", "rtdose": f"export/RD_{safe}.dcm", "rtstruct": "export/RS.dcm", "qa": f"qa/qa_{safe}.json",
+                 "plan": f"normalize/plan.json" if machine == self._standard_name(job_id) else f"convert/plan_{safe}.json"}
+        if kind not in paths:
+            raise InputError(f"unknown download {kind!r}; choose one of {', '.join(sorted([*paths, 'dvh']))}", kind="not_found", field="kind", status=404)
+        return self.get_result(job_id, paths[kind])
+
+    def _standard_name(self, job_id: str) -> str:
+        return self._summary(job_id)["machines"][0]["machine"]
+
+    # ---------------------------------------------------------------- cluster
+    @api.get("/cluster")
+    async def cluster(self) -> dict:
+        """Nodes (alive, CPUs, memory), CPUs in use, the controlled computers (heartbeats),
+        queued and running jobs and the tasks Ray is running / waiting to schedule."""
+        import ray
+
+        def facts() -> dict:
+            nodes = [{"node_id": n["NodeID"], "alive": n["Alive"], "address": n.get("NodeManagerAddress"),
+                      "cpus": n.get("Resources", {}).get("CPU", 0.0), "memory_gib": n.get("Resources", {}).get("memory", 0.0) / 2**30,
+                      "object_store_gib": n.get("Resources", {}).get("object_store_memory", 0.0) / 2**30}
+                     for n in ray.nodes()]
+            total, free = ray.cluster_resources(), ray.available_resources()
+            tasks: dict[str, int] = {}
+            try:
+                from ray.util.state import summarize_tasks
+
+                summary = summarize_tasks(raise_on_missing_output=False)
+                for entry in (summary.get("cluster", {}).get("summary", {}) or {}).values():
+                    for state, n in (entry.get("state_counts") or {}).items():
+                        tasks[state] = tasks.get(state, 0) + int(n)
+            except Exception as exc:  # the state API needs the dashboard agent; report why it is missing
+                tasks = {"unavailable": 0, "reason": str(exc)[:200]}
+            return {"nodes": nodes, "cpus_total": total.get("CPU", 0.0), "cpus_free": free.get("CPU", 0.0), "tasks": tasks}
+
+        info = await run_in_threadpool(facts)
+        status = await self.scheduler.get_status.remote()
+        beats = await self.scheduler.heartbeats.remote(2.0)
+        return {**info, "queued": status["queued"], "running": status["running"],
+                "computers": [{"name": n, "alive": b is not None, **(b or {})} for n, b in beats.items()]}
+
+    # ---------------------------------------------------------------- treatment machines
+    def _registry(self) -> Any:
+        """The machine registry actor (MachineQueue per machine), created on first use."""
+        if getattr(self, "_reg", None) is None:
+            from rayrt.service.machines import get_or_create_registry
+            from rayrt.service.scheduler import ReplanToScheduler, registry_name
+
+            ns = self.settings.ray_namespace
+            self._reg = get_or_create_registry(name=registry_name(self.settings), namespace=ns, data_dir=self.settings.data_dir,
+                                               replan_callback=ReplanToScheduler(self.settings.scheduler_name, ns))
+        return self._reg
+
+    @api.get("/machines")
+    async def list_machines(self) -> dict:
+        """Every treatment machine: status (available / busy / down, cause, since), bookings, pending fractions, estimated wait."""
+        snaps = await self._registry().snapshots.remote()
+        return {"machines": [s.model_dump(mode="json") for s in snaps]}
+
+    @api.get("/machines/{name}/bookings")
+    async def machine_bookings(self, name: str) -> dict:
+        return {"machine": name, "bookings": [b.model_dump(mode="json") for b in await self._registry().bookings.remote(name)]}
+
+    @api.post("/machines/{name}/status")
+    async def set_machine_status(self, name: str, change: MachineStatusRequest) -> dict:
+        """Change a machine's status; ``down`` moves its pending bookings to the best usable machine
+        and re-plans each moved patient (the job's convert -> qa -> export stages run again for it)."""
+        res = await self._registry().set_status.remote(name, change.state, change.cause, change.reason)
+        return res.model_dump(mode="json")
+
+    @api.post("/jobs/{job_id}/book", status_code=201)
+    async def book_job(self, job_id: str, req: BookingRequest) -> dict:
+        """Book the job's converted plan on a machine (default: its first requested machine)."""
+        job = await run_in_threadpool(self.store.get_job, job_id)
+        machine = req.machine or (job.machines[0] if job.machines else None)
+        if machine is None:
+            raise InputError("the job names no machine: give 'machine'", kind="request", field="machine", status=422)
+        plan = await run_in_threadpool(self.job_plan, job_id, machine)
+        fractions = req.fractions or int((job.order or {}).get("prescription", {}).get("fractions", 1))
+        b = await self._registry().book.remote(machine, job.id, job.patient_id, fractions, plan["plan_id"])
+        return b.model_dump(mode="json")
 
 
 def build_app(settings: ServiceSettings) -> Any:

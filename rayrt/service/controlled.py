@@ -114,7 +114,13 @@ class RayExecutor:
 
     def __init__(self, num_cpus_per_task: float = 1.0):
         self.num_cpus_per_task = num_cpus_per_task
+        #: numba threads inside each task: as many as the CPUs the task reserves (stages read it)
+        self.threads_per_task = max(1, int(num_cpus_per_task))
         self._remote: dict[Callable, Any] = {}
+
+    def available_cpus(self) -> int:
+        """CPUs free in the cluster now (at least 1): stages size their fan-out from it."""
+        return max(1, int(ray.available_resources().get("CPU", 0) // max(self.num_cpus_per_task, 1e-9)))
 
     def put(self, value: Any) -> Any:
         return ray.put(value)
@@ -143,6 +149,34 @@ class RayExecutor:
         return ray.get(refs)
 
 
+def planning_request(job: Job) -> Any:
+    """The job's :class:`rayrt.stages.PlanningRequest` (target machines + options), or None when
+    it asks for no plan (``options`` None; ``machines`` alone are only recorded): then only the analysis stages run."""
+    if job.options is None:
+        return None
+    from pydantic import ValidationError
+
+    from rayrt.stages import PlanningRequest
+
+    try:
+        return PlanningRequest.model_validate({**job.options, "machines": list(job.machines)})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"invalid planning option '{loc}': {first['msg']}", kind="options", field=f"options.{loc}") from None
+
+
+def job_stages(job: Job) -> list[Stage]:
+    """The recipe for ``job``: every registered stage, without the planning ones (rayrt.stages)
+    when the job asks for no plan (``options`` None)."""
+    from rayrt.stages import PLANNING_STAGES
+
+    stages = pipeline.default_stages()
+    if job.options is not None:
+        return stages
+    return [st for st in stages if st.name not in PLANNING_STAGES]
+
+
 class JobRunner:
     """Runs one stored job through ``stages`` and keeps ``job.json`` up to date."""
 
@@ -161,7 +195,7 @@ class JobRunner:
         self.job = store.get_job(job_id)
         self.worker = worker
         self.executor = executor or pipeline.LocalExecutor()
-        self.stages = stages if stages is not None else pipeline.default_stages()
+        self.stages = stages if stages is not None else job_stages(self.job)
         self.interval = progress_interval_s
         self.report = report
         self._last_save = 0.0
@@ -238,14 +272,17 @@ class JobRunner:
             self.store.put_stage_bytes(self.job.id, st.name, name, data)
 
     def previous(self, st: Stage) -> Any:
-        """A finished stage's stored output (resume), or None."""
+        """A finished stage's stored output (resume), or None. Outputs holding arrays rebuild them
+        from their stored files (``from_files``, see rayrt.stages.restore_output)."""
+        from rayrt.stages import restore_output
+
         model = pipeline.result_model(st)
         sp = next((s for s in self.job.stages if s.name == st.name), None)
         if model is None or sp is None or sp.state is not JobState.succeeded:
             return None
         if not self.store.has_stage_file(self.job.id, st.name, "result.json"):
             return None
-        return model.model_validate(self.store.get_stage_json(self.job.id, st.name, "result.json"))
+        return restore_output(st, lambda name: self.store.read_bytes(self.store.stage_path(self.job.id, st.name, name)))
 
     # ---------------------------------------------------------------- the run
     def run(self) -> Job:
@@ -263,6 +300,7 @@ class JobRunner:
         self._save(force=True)
         artefacts: dict[str, Any] = {"source": StoreSource(self.store, job.patient_id), "order": self.store.get_order(job.id)}
         try:
+            artefacts["planning"] = planning_request(job)
             pipeline.run_stages(self.stages, artefacts, executor=self.executor, on_event=self.on_event, sink=self.sink, previous=self.previous)
         except JobCancelled:
             job.state = JobState.cancelled

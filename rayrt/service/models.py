@@ -43,6 +43,7 @@ class JobRequest(BaseModel):
     order: dict | None = Field(default=None, description="the MedicalOrder as JSON; validated against the patient's structures")
     priority: int = Field(default=0, description="higher runs first; equal priorities run oldest first")
     machines: list[str] = Field(default_factory=list, description="requested treatment machines, in order of preference")
+    options: dict | None = Field(default=None, description="plan for 'machines' with these settings (rayrt.stages.PlanningRequest fields: num_beams, dose_grid_mm ...; {} = defaults); None = analysis only")
 
 
 class ResultFile(BaseModel):

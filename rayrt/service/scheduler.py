@@ -230,6 +230,44 @@ class Scheduler:
             running.append({"job_id": jid, "worker": name, "stage": ev.get("stage"), "tasks_done": ev.get("done", 0), "tasks_total": ev.get("total", 0)})
         return {"queued": queued, "running": running, "free_cpus": self._free_cpus(), "job_cpus": self.settings.job_cpus}
 
+    async def replan(self, request: dict) -> bool:
+        """A booking moved off a machine that went down (rayrt.service.machines.ReplanRequest as
+        JSON): swap the machine in the job's target list and run its convert -> qa -> export
+        stages again (every earlier stage is reused from the store). False when nothing to do."""
+        to, frm = request.get("to_machine"), request.get("from_machine")
+        if not to or not request.get("needs_conversion", True):
+            return False
+        job = self.store.get_job(request["job_id"])
+        if job.options is None:
+            job.options = {}
+        job.machines = list(dict.fromkeys([to if m == frm else m for m in job.machines] + [to]))
+        for sp in job.stages:
+            if sp.name in REPLAN_STAGES:
+                sp.state, sp.percent, sp.tasks_done, sp.started_at, sp.finished_at = JobState.queued, 0.0, 0, None, None
+                sp.message = f"re-planning: {frm} -> {to} ({request.get('reason', '')})"[:300]
+        job.state, job.finished_at, job.stage = JobState.queued, None, None
+        job.progress = sum(s.percent for s in job.stages) / max(1, len(job.stages))
+        self.store.save_job(job)
+        if job.id not in self.running:
+            self.queue.push(job.id, job.priority, job.created_at)
+        self._dispatch()
+        return True
+
+    async def _attach_plans(self, job_id: str) -> None:
+        """After a (re-)planned job: give every booking still 'converting' its machine's plan id."""
+        try:
+            reg = ray.get_actor(registry_name(self.settings), namespace=self.settings.ray_namespace)
+        except ValueError:
+            return  # no machine registry: nothing is booked
+        try:
+            summary = self.store.get_stage_json(job_id, "export", "summary.json")
+        except Exception:
+            return
+        plans = {m["machine"]: m["plan_id"] for m in summary.get("machines", [])}
+        for b in await reg.bookings_of.remote(job_id):
+            if b.plan_id is None and b.machine in plans:
+                await reg.attach_plan.remote(b.machine, job_id, plans[b.machine])
+
     async def report(self, job_id: str, event: dict) -> None:
         """Progress fan-in from the computers (the store holds the durable copy)."""
         self.last_event[job_id] = {**event, "time": time.time()}
@@ -363,7 +401,9 @@ class Scheduler:
     async def _run(self, name: str, job_id: str) -> None:
         replace = False
         try:
-            await self.computers[name].run_job.remote(job_id)
+            done = await self.computers[name].run_job.remote(job_id)
+            if done.get("state") == JobState.succeeded.value and done.get("options") is not None:
+                await self._attach_plans(job_id)
         except RayActorError:
             log.warning("controlled computer %s died running job %s; re-queueing it", name, job_id)
             replace = True
@@ -394,6 +434,27 @@ class Scheduler:
                 name = self._new_computer(slot)
             self.idle.append(name)
             self._dispatch()
+
+
+#: the stages a re-plan for another machine runs again
+REPLAN_STAGES = ("convert", "qa", "export")
+
+
+def registry_name(settings: ServiceSettings) -> str:
+    """Name of the machine registry actor (rayrt.service.machines) that belongs to this service's scheduler."""
+    return f"{settings.scheduler_name}-machines"
+
+
+class ReplanToScheduler:
+    """The machine registry's replan callback: forwards a ReplanRequest to the named scheduler (picklable)."""
+
+    def __init__(self, scheduler_name: str, namespace: str):
+        self.scheduler_name = scheduler_name
+        self.namespace = namespace
+
+    def __call__(self, request: Any) -> None:
+        body = request.model_dump(mode="json") if hasattr(request, "model_dump") else dict(request)
+        ray.get_actor(self.scheduler_name, namespace=self.namespace).replan.remote(body)
 
 
 def get_scheduler(settings: ServiceSettings) -> Any:

@@ -299,7 +299,7 @@ def main() -> None:
         print_table(["object store", "MiB / count"], [[k, v] for k, v in mem.items()])
     if "a" not in skip:
         result["demo_job"] = a = bench_demo_job(work)
-        print_table(["demo job over HTTP", "seconds"], [[k, v] for k, v in a.items() if k.endswith("_s")] + [[f"  stage {k}", v] for k, v in a["stages_s"].items()])
+        print_table(["demo job over HTTP", "seconds"], [[k, v] for k, v in a.items() if k.endswith("_s") and k != "stages_s"] + [[f"  stage {k}", v] for k, v in a["stages_s"].items()])
         print_table(["machine", "QA verdict", "MU/fx"], [[m["machine"], m["verdict"], m["mu_per_fraction"]] for m in a["machines"]])
     if "c" not in skip:
         result["concurrency"] = c = bench_concurrency(work)

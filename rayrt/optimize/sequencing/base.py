@@ -7,7 +7,9 @@ Steps (the same for every sequencer; only the integer-matrix decomposition diffe
 2. quantise to ``levels`` intensity levels (unit = max / levels);
 3. decompose the integer matrix into apertures (one open interval per leaf pair);
 4. make each aperture deliverable on the machine (:func:`make_deliverable`): minimum gap, closed
-   pairs parked where they collide with nothing, no interdigitation where the MLC forbids it
+   pairs parked where they collide with nothing and their minimum gap is shielded (interdigitating
+   MLCs: before the open field and the beamlet grid, i.e. under the X jaw or outside the target's
+   projection on a jawless machine), no interdigitation where the MLC forbids it
    (apertures split until adjacent open pairs overlap), maximum leaf span per bank, leaf range and
    over-travel, jaws on the open area within their limits;
 5. if there are more segments than allowed, retry with fewer levels; at one level keep the
