@@ -144,17 +144,29 @@ def submit_cmd(
     machines: Optional[str] = typer.Option(None, "--machines", help="comma-separated treatment machines, e.g. a,b"),
     server: Optional[str] = typer.Option(None, "--server", help=_SERVER_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the created job as JSON"),
+    plan: bool = typer.Option(False, "--plan", help="plan the patient (standard plan, conversion to --machines, QA, export); needs --order"),
+    options: Optional[Path] = typer.Option(None, "--options", help="planning options as JSON (PlanningRequest fields); implies --plan"),
 ) -> None:
-    """Upload a patient, create a planning job for it, print the job id."""
+    """Upload a patient, create a job for it (analysis only, or planning with --plan), print the job id."""
+    from rayrt.domain.errors import InputError
     from rayrt.domain.order import load_order
 
     order_json = load_order(order).model_dump(mode="json") if order is not None else None  # fail early, locally
     machine_list = [m.strip() for m in (machines or "").split(",") if m.strip()]
+    body = {"patient_id": None, "order": order_json, "priority": priority, "machines": machine_list}
+    if plan or options is not None:
+        if order_json is None:
+            raise InputError("--plan needs a medical order: give --order FILE", field="order")
+        try:
+            body["options"] = json.loads(options.read_text(encoding="utf-8")) if options is not None else {}
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read the planning options {options}: {exc}", field="options") from None
     with _client(server) as client:
         patient = upload_patient(client, path)
         for w in patient.get("warnings", []):
             typer.echo(f"warning: {w}", err=True)
-        job = _call(client, "POST", "/jobs", json={"patient_id": patient["id"], "order": order_json, "priority": priority, "machines": machine_list}).json()
+        body["patient_id"] = patient["id"]
+        job = _call(client, "POST", "/jobs", json=body).json()
     typer.echo(json.dumps(job, indent=2) if as_json else job["id"])
 
 
