@@ -196,12 +196,6 @@ def _standard_machine_name(req: PlanningRequest) -> str:
     raise InputError("no standard machine in configs/machines (a MachineModel with standard: true); name one in standard_machine", field="standard_machine")
 
 
-def _external_name(study) -> str | None:
-    from rayrt.optimize.planner import _external_name as ext
-
-    return ext(study)
-
-
 def _dkey(volume_pct: float) -> str:
     return f"d{volume_pct:g}_gy".replace(".", "_")
 
@@ -262,8 +256,7 @@ def geometry(study: Any, order: MedicalOrder, planning: PlanningRequest | None =
     """Density volume from the CT (HU -> relative electron density, 0 outside the external), the
     dose grid, structure masks on it, the isocenter (target centre of mass) and the beams."""
     from rayrt.dose.dij import dose_grid_for
-    from rayrt.dose.phantom import computation_phantom
-    from rayrt.optimize.planner import masks_on_grid
+    from rayrt.optimize.planner import masks_on_grid, planning_phantom
 
     req = planning
     std = _machine(_standard_machine_name(req))
@@ -271,10 +264,7 @@ def geometry(study: Any, order: MedicalOrder, planning: PlanningRequest | None =
         _machine(m)  # unknown target machine: InputError now, not after the optimisation
     order.check_structures(study.structure_names)
     ct = study.primary
-    ext = _external_name(study)
-    need = sorted(order.structure_names() | ({ext} if ext else set()))
-    masks_ct = {n: study.mask(n) for n in need}
-    density = computation_phantom(ct, masks_ct, None, masks_ct.get(ext) if ext else None)
+    masks_ct, density, ext = planning_phantom(study, order.structure_names())
     dose_grid = dose_grid_for(ct.grid, req.dose_grid_mm)
     target = order.prescription.target
     if not masks_ct[target].any():
@@ -283,7 +273,7 @@ def geometry(study: Any, order: MedicalOrder, planning: PlanningRequest | None =
     beams = [Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=a, isocenter_mm=tuple(map(float, iso))) for i, a in enumerate(req.angles())]
     ctx.progress(1, 1)
     return PlanGeometry(standard_machine=std.name, density_grid=ct.grid, dose_grid=dose_grid, isocenter_mm=tuple(map(float, iso)), beams=beams,
-                        target=target, external=ext, mask_names=need, density=density.array,
+                        target=target, external=ext, mask_names=sorted(masks_ct), density=density.array,
                         dose_masks=masks_on_grid(masks_ct, ct.grid, dose_grid))
 
 

@@ -146,18 +146,6 @@ class ConversionResult:
         }
 
 
-def _external_of(study) -> str | None:
-    from rayrt.domain.patient import StructureKind
-
-    for s in study.structures:
-        if s.structure.kind is StructureKind.external:
-            return s.name
-    for s in study.structures:
-        if s.name.upper() in ("BODY", "EXTERNAL", "SKIN", "OUTLINE"):
-            return s.name
-    return None
-
-
 def standard_input_from_result(result, study, order: MedicalOrder, machine: MachineModel, *, patient_position: str = "HFS",
                                dvh_bins: int = 200) -> StandardPlanInput:
     """Bundle a :class:`rayrt.optimize.planner.PlanningResult` (and its study) for conversion.
@@ -166,19 +154,15 @@ def standard_input_from_result(result, study, order: MedicalOrder, machine: Mach
     air outside the external); masks are the result's masks on the dose grid (the order's
     structures and the external), resampled from the study when missing.
     """
-    from rayrt.dose.phantom import computation_phantom
-    from rayrt.optimize.planner import masks_on_grid
+    from rayrt.optimize.planner import masks_on_grid, planning_phantom
     from rayrt.qa.dvh import cumulative_dvh
 
     ct = study.primary
-    ext = _external_of(study)
-    names = sorted(set(order.structure_names()) | ({ext} if ext else set()))
+    masks_ct, rho, ext = planning_phantom(study, order.structure_names())
     masks = dict(result.masks)
-    missing = [n for n in names if n not in masks]
+    missing = [n for n in masks_ct if n not in masks]
     if missing:
-        masks.update(masks_on_grid({n: study.mask(n) for n in missing}, ct.grid, result.dose_grid))
-    masks_ct = {n: study.mask(n) for n in names if n in study.structure_names}
-    rho = computation_phantom(ct, masks_ct, None, masks_ct.get(ext) if ext else None)
+        masks.update(masks_on_grid({n: masks_ct[n] for n in missing}, ct.grid, result.dose_grid))
     density = Volume(np.asarray(rho.array, dtype=np.float32), rho.grid, rho.quantity, {})
     dose = np.asarray(result.dose_gy, dtype=np.float32).reshape(result.dose_grid.shape)
     bins = np.linspace(0.0, max(float(dose.max()), 1e-6) * 1.02, dvh_bins)

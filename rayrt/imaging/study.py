@@ -119,6 +119,19 @@ class Study:
         """The bool mask of structure ``name`` on the primary grid (InputError if unknown)."""
         return self.structure(name).mask
 
+    @property
+    def external_name(self) -> str | None:
+        """The body outline: the structure of kind external, else one named BODY/EXTERNAL/SKIN/OUTLINE."""
+        from rayrt.domain.patient import StructureKind
+
+        for s in self.structures:
+            if s.structure.kind is StructureKind.external:
+                return s.structure.name
+        for s in self.structures:
+            if s.structure.name.upper() in ("BODY", "EXTERNAL", "SKIN", "OUTLINE"):
+                return s.structure.name
+        return None
+
 
 def _series_info(vol: Volume) -> ImageSeriesInfo:
     m = vol.meta

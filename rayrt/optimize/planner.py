@@ -24,7 +24,7 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Beam, Plan, Segment
-from rayrt.imaging.volume import Grid
+from rayrt.imaging.volume import Grid, Volume
 
 __all__ = ["PlanningOptions", "PlanningResult", "StageReport", "plan_standard", "masks_on_grid", "plan_from_apertures", "final_dose", "StageMeter"]
 
@@ -111,16 +111,17 @@ def masks_on_grid(masks: dict[str, np.ndarray], src: Grid, dst: Grid) -> dict[st
     return out
 
 
-def _external_name(study) -> str | None:
-    from rayrt.domain.patient import StructureKind
+def planning_phantom(study, names) -> tuple[dict[str, np.ndarray], Volume, str | None]:
+    """Masks (CT grid) of ``names`` plus the body outline, and the computation phantom built from
+    them: relative electron density from the CT's HU, zero outside the external contour.
+    Returns ``(masks_ct, density, external_name)``."""
+    from rayrt.dose.phantom import computation_phantom
 
-    for s in study.structures:
-        if s.structure.kind is StructureKind.external:
-            return s.name
-    for s in study.structures:
-        if s.name.upper() in ("BODY", "EXTERNAL", "SKIN", "OUTLINE"):
-            return s.name
-    return None
+    ext = study.external_name
+    need = sorted(set(names) | ({ext} if ext else set()))
+    masks_ct = {n: study.mask(n) for n in need}
+    density = computation_phantom(study.primary, masks_ct, None, masks_ct.get(ext) if ext else None)
+    return masks_ct, density, ext
 
 
 def plan_from_apertures(
@@ -169,7 +170,6 @@ def plan_standard(
 ) -> PlanningResult:
     """Whole single-process planning pipeline on one machine (the standard machine by default)."""
     from rayrt.dose.dij import dose_grid_for, plan_dij
-    from rayrt.dose.phantom import computation_phantom
     from rayrt.optimize.dao import DAOOptions, optimize_apertures
     from rayrt.optimize.fmo import FluenceOptions, ObjectiveEvaluator, optimize_fluence
     from rayrt.optimize.layout import layout_from_beamlets
@@ -187,10 +187,7 @@ def plan_standard(
     with meter.stage("import") as det:
         order.check_structures(study.structure_names)
         ct = study.primary
-        ext = _external_name(study)
-        need = sorted(order.structure_names() | ({ext} if ext else set()))
-        masks_ct = {n: study.mask(n) for n in need}
-        density = computation_phantom(ct, masks_ct, None, masks_ct.get(ext) if ext else None)
+        masks_ct, density, ext = planning_phantom(study, order.structure_names())
         dose_grid = dose_grid_for(ct.grid, opt.dose_grid_mm)
         masks = masks_on_grid(masks_ct, ct.grid, dose_grid)
         target_ct = masks_ct[order.prescription.target]
