@@ -926,9 +926,15 @@ def export(study: Any, standard_plan: StandardPlan, geometry: PlanGeometry, orde
     from rayrt.imaging.rtplan import StructureSetRef, build_rtplan
     from rayrt.imaging.export import _save
 
-    plans = [(standard_plan.plan, standard_plan.dose, standard_plan.dvh)] + [(p.plan, p.dose, p.dvh) for p in (converted.plans if converted else [])
-                                                                              if p.plan is not None]
     verdicts = {r.machine: r for r in (qa.reports if qa else [])}
+
+    def _qa_failed(machine: str) -> bool:
+        rep = verdicts.get(machine)
+        return rep is not None and rep.verdict == "fail"
+
+    # a converted plan that failed QA is never released: no RTPLAN / RTDOSE, the summary says why
+    plans = [(standard_plan.plan, standard_plan.dose, standard_plan.dvh)] + [(p.plan, p.dose, p.dvh) for p in (converted.plans if converted else [])
+                                                                              if p.plan is not None and not _qa_failed(p.machine)]
     blobs: dict[str, bytes] = {}
     summaries = []
     rows: list[list] = []
@@ -967,6 +973,14 @@ def export(study: Any, standard_plan: StandardPlan, geometry: PlanGeometry, orde
         if p.plan is None:  # not released: no plan, no RTPLAN; the summary says why
             summaries.append(MachineSummary(machine=p.machine, plan_id="", total_mu_per_fraction=0.0, segments=0, verdict="not released",
                                             failed_checks=list(p.reasons)))
+        elif _qa_failed(p.machine):
+            rep = verdicts[p.machine]
+            summaries.append(MachineSummary(machine=p.machine, plan_id=p.plan.id, total_mu_per_fraction=p.plan.total_mu,
+                                            segments=sum(len(b.segments) for b in p.plan.beams), verdict="not released",
+                                            failed_checks=[f"QA {rep.verdict}"] + [f"{c.name}: {c.status}" for c in rep.failed()],
+                                            goals=goals_of(order, p.dvh)))
+    rank = {name: i for i, name in enumerate([standard_plan.plan.machine] + [p.machine for p in (converted.plans if converted else [])])}
+    summaries.sort(key=lambda m: rank.get(m.machine, len(rank)))  # standard first, then the requested machines in order
     blobs["dvh.csv"] = _csv(["machine", "structure", "volume_cc", "min_gy", "mean_gy", "max_gy", "d2_gy", "d5_gy", "d10_gy", "d50_gy", "d95_gy", "d98_gy"], rows)
     return ExportResult(machines=summaries, rtstruct="RS.dcm" if "RS.dcm" in blobs else None, blobs=blobs)
 

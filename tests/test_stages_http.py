@@ -37,8 +37,13 @@ def test_plans_per_machine_and_downloads(serve_app, planned_job):
     jid = planned_job["id"]
     plans = httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()
     assert [m["machine"] for m in plans["machines"]] == ["standard", "truebeam_m120", "versahd_agility"]
-    m = httpx.get(f"{serve_app}/jobs/{jid}/plans/truebeam_m120", timeout=30).json()
-    assert m["verdict"] in ("pass", "review", "fail") and m["total_mu_per_fraction"] > 0
+    released = [m for m in plans["machines"] if m["verdict"] != "not released"]
+    for m in plans["machines"]:
+        if m["verdict"] == "not released":  # failed QA: only its QA report is offered, and it cannot be booked
+            assert set(m["downloads"]) == {"qa"}
+            assert httpx.post(f"{serve_app}/jobs/{jid}/book", json={"machine": m["machine"]}, timeout=30).status_code == 409
+    m = next(x for x in released if x["machine"] != "standard") if len(released) > 1 else released[0]
+    assert m["verdict"] in ("pass", "review") and m["total_mu_per_fraction"] > 0
     r = httpx.get(f"{serve_app}{m['downloads']['rtplan']}", timeout=30)
     assert r.status_code == 200
     import io
@@ -46,9 +51,9 @@ def test_plans_per_machine_and_downloads(serve_app, planned_job):
     ds = pydicom.dcmread(io.BytesIO(r.content))
     assert ds.Modality == "RTPLAN" and ds.BeamSequence[0].TreatmentMachineName
     dvh = httpx.get(f"{serve_app}{m['downloads']['dvh']}", timeout=30).text.splitlines()
-    assert dvh[0].startswith("machine,structure") and len(dvh) > 1 and all(l.startswith("truebeam_m120,") for l in dvh[1:])
+    assert dvh[0].startswith("machine,structure") and len(dvh) > 1 and all(l.startswith(m["machine"] + ",") for l in dvh[1:])
     qa = httpx.get(f"{serve_app}{m['downloads']['qa']}", timeout=30).json()
-    assert qa["machine"] == "truebeam_m120" and qa["checks"]
+    assert qa["machine"] == m["machine"] and qa["checks"]
     assert httpx.get(f"{serve_app}/jobs/{jid}/plans/halcyon", timeout=30).status_code == 404
     assert httpx.get(f"{serve_app}/jobs/{jid}/plans/truebeam_m120/nope", timeout=30).status_code == 404
 

@@ -86,7 +86,12 @@ def test_qa_and_export(planned):
     assert qa.reports[0].gamma is None and qa.reports[1].gamma is not None
     ex = res["exports"]
     assert [m.machine for m in ex.machines] == ["standard", "truebeam_m120", "synergy_mlci2"]
+    qa_fail = {r.machine for r in qa.reports if r.verdict == "fail"} - {"standard"}
     for m in ex.machines:
+        if m.machine in qa_fail:  # a plan that failed QA is never released: no RTPLAN / RTDOSE
+            assert m.verdict == "not released" and m.failed_checks
+            assert not (out / "export" / f"RP_{m.machine}.dcm").exists() and not (out / "export" / f"RD_{m.machine}.dcm").exists()
+            continue
         rp = pydicom.dcmread(out / "export" / f"RP_{m.machine}.dcm")
         rd = pydicom.dcmread(out / "export" / f"RD_{m.machine}.dcm")
         assert rp.Modality == "RTPLAN" and rd.Modality == "RTDOSE"

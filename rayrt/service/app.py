@@ -296,7 +296,9 @@ class Ingress:
         summary = self._summary(job_id)
         for m in summary["machines"]:
             base = f"/jobs/{job_id}/plans/{m['machine']}"
-            m["downloads"] = {k: f"{base}/{k}" for k in ("rtplan", "rtdose", "rtstruct", "qa", "dvh", "plan")}
+            released = m.get("verdict") != "not released"  # a plan that failed QA has no RTPLAN / RTDOSE
+            kinds = ("rtplan", "rtdose", "rtstruct", "qa", "dvh", "plan") if released else ("qa",)
+            m["downloads"] = {k: f"{base}/{k}" for k in kinds}
         return {"job_id": job_id, "machines": summary["machines"], "rtstruct": summary.get("rtstruct"), "dvh": f"/jobs/{job_id}/results/export/dvh.csv"}
 
     @api.get("/jobs/{job_id}/plans/{machine}")
@@ -393,6 +395,9 @@ class Ingress:
         if machine is None:
             raise InputError("the job names no machine: give 'machine'", kind="request", field="machine", status=422)
         plan = await run_in_threadpool(self.job_plan, job_id, machine)
+        if plan.get("verdict") == "not released":
+            raise InputError(f"the plan for {machine} was not released (QA failed: {'; '.join(plan.get('failed_checks', [])[:3])}); "
+                             "it cannot be booked", kind="conflict", field="machine", status=409)
         fractions = req.fractions or int((job.order or {}).get("prescription", {}).get("fractions", 1))
         b = await self._registry().book.remote(machine, job.id, job.patient_id, fractions, plan["plan_id"])
         return b.model_dump(mode="json")
