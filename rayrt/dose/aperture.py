@@ -62,37 +62,49 @@ def segment_equivalent_square_mm(seg: Segment, machine: MachineModel) -> float:
     return 0.0 if X + Y <= 0 else 2 * X * Y / (X + Y)
 
 
+class _SegmentGeometry:
+    """Per-bixel geometry of one segment on a beamlet grid, shared by the transmission and its
+    gradient: bixel column edges ``c0..c1`` and row edges ``r0..r1`` (mm), the leaf tips of each
+    bixel's leaf pair widened by half the dosimetric leaf gap (``o0``, ``o1``), which pairs are
+    open, the X jaw opening ``j0..j1`` (infinite without X jaws) and the Y-jaw factor ``ty``."""
+
+    def __init__(self, beamlets: BeamletGrid, segment: Segment, machine: MachineModel):
+        _check_segment(segment, machine)
+        pair = row_leaf_pair(machine)[beamlets.rows]
+        self.w = beamlets.bixel_width_mm
+        self.c0 = beamlets.cols * self.w
+        self.c1 = self.c0 + self.w
+        x1 = np.asarray(segment.x1_mm, float)[pair]
+        x2 = np.asarray(segment.x2_mm, float)[pair]
+        self.is_open = x2 > x1
+        half_dlg = 0.5 * machine.mlc.leaf_end_transmission_mm
+        self.o0, self.o1 = x1 - half_dlg, x2 + half_dlg
+        self.t_m = machine.mlc.transmission
+        if machine.jaw_x is not None and segment.jaw_x_mm is not None:
+            self.j0, self.j1 = float(segment.jaw_x_mm[0]), float(segment.jaw_x_mm[1])
+            self.t_jx = machine.jaw_x.transmission
+        else:
+            self.j0, self.j1, self.t_jx = -np.inf, np.inf, 1.0
+        if machine.jaw_y is not None and segment.jaw_y_mm is not None:
+            e = beamlets.row_edges_mm
+            r0, r1 = e[beamlets.rows], e[beamlets.rows + 1]
+            f = _overlap(r0, r1, float(segment.jaw_y_mm[0]), float(segment.jaw_y_mm[1])) / (r1 - r0)
+            self.ty = f + machine.jaw_y.transmission * (1.0 - f)
+        else:
+            self.ty = 1.0
+
+
 def segment_transmission(beamlets: BeamletGrid, segment: Segment, machine: MachineModel) -> np.ndarray:
     """Mean collimator transmission T over each bixel of the grid for one segment (0..1, no MU, no Sc)."""
-    _check_segment(segment, machine)
-    pair = row_leaf_pair(machine)[beamlets.rows]
-    w = beamlets.bixel_width_mm
-    c0 = beamlets.cols * w
-    c1 = c0 + w
-    e = beamlets.row_edges_mm
-    r0, r1 = e[beamlets.rows], e[beamlets.rows + 1]
-    x1 = np.asarray(segment.x1_mm, float)[pair]
-    x2 = np.asarray(segment.x2_mm, float)[pair]
-    is_open = x2 > x1
-    half_dlg = 0.5 * machine.mlc.leaf_end_transmission_mm
-    o0 = np.where(is_open, x1 - half_dlg, 0.0)
-    o1 = np.where(is_open, x2 + half_dlg, 0.0)
-    t_m = machine.mlc.transmission
-    if machine.jaw_x is not None and segment.jaw_x_mm is not None:
-        j0, j1 = float(segment.jaw_x_mm[0]), float(segment.jaw_x_mm[1])
-        t_jx = machine.jaw_x.transmission
-    else:
-        j0, j1, t_jx = -np.inf, np.inf, 1.0
-    A = _overlap(c0, c1, np.maximum(o0, j0), np.minimum(o1, j1)) * is_open
-    B = _overlap(c0, c1, j0, j1)
-    C = _overlap(c0, c1, o0, o1) * is_open
+    g = _SegmentGeometry(beamlets, segment, machine)
+    o0 = np.where(g.is_open, g.o0, 0.0)
+    o1 = np.where(g.is_open, g.o1, 0.0)
+    t_m, t_jx, w = g.t_m, g.t_jx, g.w
+    A = _overlap(g.c0, g.c1, np.maximum(o0, g.j0), np.minimum(o1, g.j1)) * g.is_open
+    B = _overlap(g.c0, g.c1, g.j0, g.j1)
+    C = _overlap(g.c0, g.c1, o0, o1) * g.is_open
     tx = (A + t_m * (B - A) + t_jx * (C - A) + t_m * t_jx * (w - B - C + A)) / w
-    if machine.jaw_y is not None and segment.jaw_y_mm is not None:
-        f = _overlap(r0, r1, float(segment.jaw_y_mm[0]), float(segment.jaw_y_mm[1])) / (r1 - r0)
-        ty = f + machine.jaw_y.transmission * (1.0 - f)
-    else:
-        ty = 1.0
-    return tx * ty
+    return tx * g.ty
 
 
 def segment_transmission_gradient(beamlets: BeamletGrid, segment: Segment, machine: MachineModel) -> tuple[np.ndarray, np.ndarray]:
@@ -102,38 +114,18 @@ def segment_transmission_gradient(beamlets: BeamletGrid, segment: Segment, machi
     leaf ``x2_mm[p]`` is ``mu * Sc * Dij[:, rows of p] @ dT_dx2`` (Sc held fixed). Zero for closed
     pairs and where the tip lies outside the bixel column or behind a jaw.
     """
-    _check_segment(segment, machine)
-    pair = row_leaf_pair(machine)[beamlets.rows]
-    w = beamlets.bixel_width_mm
-    c0 = beamlets.cols * w
-    c1 = c0 + w
-    e = beamlets.row_edges_mm
-    r0, r1 = e[beamlets.rows], e[beamlets.rows + 1]
-    x1 = np.asarray(segment.x1_mm, float)[pair]
-    x2 = np.asarray(segment.x2_mm, float)[pair]
-    is_open = x2 > x1
-    half_dlg = 0.5 * machine.mlc.leaf_end_transmission_mm
-    o0, o1 = x1 - half_dlg, x2 + half_dlg
-    t_m = machine.mlc.transmission
-    if machine.jaw_x is not None and segment.jaw_x_mm is not None:
-        j0, j1 = float(segment.jaw_x_mm[0]), float(segment.jaw_x_mm[1])
-        t_jx = machine.jaw_x.transmission
-    else:
-        j0, j1, t_jx = -np.inf, np.inf, 1.0
-    in1 = is_open & (o1 > c0) & (o1 < c1)
-    in0 = is_open & (o0 > c0) & (o0 < c1)
+    g = _SegmentGeometry(beamlets, segment, machine)
+    o0, o1, c0, c1, j0, j1 = g.o0, g.o1, g.c0, g.c1, g.j0, g.j1
+    t_m, t_jx = g.t_m, g.t_jx
+    in1 = g.is_open & (o1 > c0) & (o1 < c1)
+    in0 = g.is_open & (o0 > c0) & (o0 < c1)
     # dA (open and inside the jaws) and dC (open) with respect to each tip
     dA1 = in1 & (o1 < j1) & (o1 > j0)
     dA0 = in0 & (o0 > j0) & (o0 < j1)
     k_a = 1.0 - t_m - t_jx + t_m * t_jx
     k_c = t_jx - t_m * t_jx
-    if machine.jaw_y is not None and segment.jaw_y_mm is not None:
-        f = _overlap(r0, r1, float(segment.jaw_y_mm[0]), float(segment.jaw_y_mm[1])) / (r1 - r0)
-        ty = f + machine.jaw_y.transmission * (1.0 - f)
-    else:
-        ty = 1.0
-    d_x2 = (k_a * dA1 + k_c * in1) / w * ty
-    d_x1 = -(k_a * dA0 + k_c * in0) / w * ty
+    d_x2 = (k_a * dA1 + k_c * in1) / g.w * g.ty
+    d_x1 = -(k_a * dA0 + k_c * in0) / g.w * g.ty
     return d_x1, d_x2
 
 
