@@ -12,9 +12,11 @@ Registered in :mod:`rayrt.pipeline`'s stage registry after ``load -> structures 
     sequence   leaf sequencing of the optimal fluence onto the standard MLC
     dao        direct aperture optimisation of those segments
     normalize  standard plan: MU normalised to the prescription, final dose (Gy)
-    convert    standard plan -> plan for each target machine (fan-out: one task per machine):
-               fluence re-sequenced onto the target's leaf pairs, then DAO with its limits
-    qa         per machine: independent dose, gamma vs standard, DVH criteria, deliverability
+    convert    standard plan -> plan for each target machine with rayrt.convert's convert_for_machine
+               (coincidence, recompute mode, target beam model, QA-gated release); on Ray on each
+               machine's conversion ActorPool (rayrt.service.conversion), locally in this process
+    qa         standard plan: independent dose, DVH criteria, deliverability; converted plans: the
+               release loop's QA report is reused (gamma vs standard, independent check, agreement)
     export     RTSTRUCT once, RTPLAN + RTDOSE per machine, DVH CSV, QA JSON, summary.json
 
 Planning runs only when the run carries a ``planning`` artefact (a :class:`PlanningRequest`) and
@@ -32,14 +34,13 @@ through the object store and are read zero-copy. This module is the core: no Ray
 from __future__ import annotations
 
 import io
-import math
 import os
 import time
 from typing import Any, Callable, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.order import MedicalOrder
@@ -51,7 +52,8 @@ from rayrt.qa.report import QAReport
 __all__ = [
     "PlanningRequest", "PlanGeometry", "BeamletSet", "DijResult", "FluenceStage", "SequencedPlan", "ApertureStage",
     "StandardPlan", "MachinePlan", "ConvertedPlans", "QAStage", "ExportResult", "PLANNING_STAGES", "plan_local",
-    "dij_chunk_task", "beamlet_task", "convert_task", "qa_task", "assemble_dij", "chunk_plan", "reoptimize_for_machine", "restore_output", "goals_of", "fit_angle",
+    "dij_chunk_task", "beamlet_task", "qa_task", "assemble_dij", "chunk_plan", "standard_input", "conversion_options", "machine_plan",
+    "convert_local", "restore_output", "goals_of",
 ]
 
 PLANNING_STAGES = ["geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize", "convert", "qa", "export"]
@@ -75,18 +77,29 @@ class PlanningRequest(BaseModel):
     chunks_per_cpu: int = Field(default=2, ge=1, le=64, description="Dij tasks per free CPU (load balance vs per-chunk depth overhead)")
     max_segments: int = Field(default=10, ge=1, le=100)
     sequencer: str = "sweep"
-    conversion: Literal["resequence", "rayrt.convert"] = Field(
-        default="resequence",
-        description="resequence: the standard fluence re-sequenced onto each target MLC + DAO on the planning Dij (fast); "
-                    "rayrt.convert: rayrt.convert.convert.convert_for_machine (target beam model, mimicking re-optimisation, release QA)")
+    conversion_mode: Literal["reuse", "dose_only", "fluence", "dao"] | None = Field(
+        default=None, description="force the recompute mode of each conversion's first attempt (None: rayrt.convert's policy from the coincidence verdict)")
+    conversion_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of rayrt.convert.policy.ConversionOptions (configs/conversion.yaml, section conversion), e.g. "
+                    "{max_attempts: 1, fmo_iterations: 60}")
     fmo_iterations: int = Field(default=200, ge=1)
     dao_rounds: int = Field(default=2, ge=1)
     dao_iterations: int = Field(default=30, ge=1)
-    convert_dao_iterations: int | None = Field(default=None, ge=1, description="DAO iterations of each conversion (default: dao_iterations)")
     qa_independent_dose: bool = Field(default=True, description="recompute each plan's dose with the aperture engine (rayrt.dose.aperture)")
     qa_grid_mm: float | None = Field(default=None, gt=0, description="grid of the independent dose (default: the dose grid)")
     qa_bixel_mm: float = Field(default=2.5, gt=0, le=20, description="bixel width of the independent aperture dose engine")
     qa_figures: bool = Field(default=False, description="also render qa_<machine>.png (matplotlib, ~1 s per machine)")
+
+    @field_validator("conversion_options")
+    @classmethod
+    def _known_conversion_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from rayrt.convert.policy import ConversionOptions
+
+        if "mode" in v:
+            raise ValueError("give the recompute mode as conversion_mode, not conversion_options.mode")
+        ConversionOptions.model_validate(v)  # unknown keys / bad values: 422 before the job is queued
+        return v
 
     def angles(self) -> list[float]:
         if self.gantry_deg:
@@ -339,14 +352,78 @@ def beamlets(geometry: PlanGeometry, planning: PlanningRequest | None = None, ct
 
 
 # ---------------------------------------------------------------------------- Dij
-def chunk_plan(counts: list[int], free_cpus: int, chunks_per_cpu: int = 2, min_chunk: int = 16) -> list[tuple[int, int, int]]:
-    """(beam, start, stop) beamlet chunks: about ``free_cpus * chunks_per_cpu`` tasks in all, never
-    crossing a beam (each task traces one beam's geometry), at least ``min_chunk`` bixels each."""
-    from rayrt.dose.dij import chunk_ranges
+def chunk_plan(counts: list[int], free_cpus: int, chunks_per_cpu: int = 2, min_chunk: int = 16, work_per_bixel: list[float] | None = None,
+               task_overhead_bixels: float = 16.0, tolerance: float = 0.03) -> list[tuple[int, int, int]]:
+    """(beam, start, stop) beamlet chunks balanced over ``free_cpus``, in column order.
 
-    total = int(sum(counts))
-    size = max(min_chunk, math.ceil(total / max(1, free_cpus * chunks_per_cpu)))
-    return [(b, a, z) for b, n in enumerate(counts) for a, z in chunk_ranges(n, size) if n > 0] if total else []
+    Each chunk traces one beam's geometry (never crosses a beam). The estimated work of a chunk
+    is its bixel count x the beam's ``work_per_bixel`` (e.g. its radiological path length;
+    default 1) plus ``task_overhead_bixels`` (projection of the dose grid and depth terms every
+    chunk repeats). Beams start whole; the beam with the largest pieces is split into one more
+    equal piece (at least ``min_chunk`` bixels each) until there are at least ``free_cpus x
+    chunks_per_cpu`` tasks *and* the longest-processing-time-first makespan on ``free_cpus``
+    is within ``tolerance`` of the perfect split (total work / CPUs). E.g. 9 equal beams on 2
+    CPUs: 9 whole beams would leave one CPU idle for a ninth of the run (5 vs 4 beams); one
+    beam split in two balances them (4.5 + 4.5). Submit the chunks largest first
+    (:func:`dij_chunk_order`) so the last one to start is short.
+    """
+    import heapq
+
+    cpus = max(1, int(free_cpus))
+    n = [int(c) for c in counts]
+    wpb = [1.0] * len(n) if work_per_bixel is None else [max(1e-9, float(w)) for w in work_per_bixel]
+    pieces = [1 if c > 0 else 0 for c in n]
+    if not any(pieces):
+        return []
+
+    def piece_work(b: int) -> float:
+        return n[b] / pieces[b] * wpb[b] + task_overhead_bixels
+
+    def makespan() -> float:
+        works = sorted((piece_work(b) for b in range(len(n)) for _ in range(pieces[b])), reverse=True)
+        load = [0.0] * cpus
+        for w in works:
+            heapq.heapreplace(load, load[0] + w)
+        return max(load)
+
+    want = cpus * max(1, int(chunks_per_cpu))
+    for _ in range(4 * sum(n)):  # bounded: every step adds a piece
+        ideal = sum(n[b] * wpb[b] + pieces[b] * task_overhead_bixels for b in range(len(n))) / cpus
+        if sum(pieces) >= want and makespan() <= (1.0 + tolerance) * ideal:
+            break
+        can = [b for b in range(len(n)) if pieces[b] and n[b] // (pieces[b] + 1) >= min_chunk]
+        if not can:
+            break
+        b = max(can, key=piece_work)
+        pieces[b] += 1
+    out = []
+    for b, c in enumerate(n):
+        if not pieces[b]:
+            continue
+        edges = [round(i * c / pieces[b]) for i in range(pieces[b] + 1)]
+        out += [(b, edges[i], edges[i + 1]) for i in range(pieces[b]) if edges[i + 1] > edges[i]]
+    return out
+
+
+def beam_path_mm(geometry: PlanGeometry, beam: Beam, machine_name: str, min_density: float = 0.05, step_mm: float = 2.0) -> float:
+    """Length (mm) of the central axis of ``beam`` inside the patient (density >= ``min_density``):
+    the depth every pencil beam of that beam traverses, i.e. its Dij work per bixel (to balance chunks)."""
+    from rayrt.dose.geometry import BeamGeometry
+
+    g = BeamGeometry.of(beam, _machine(machine_name))
+    src = g.source_mm
+    axis = (g.isocenter_mm - src) / np.linalg.norm(g.isocenter_mm - src)
+    t = np.arange(-600.0, 600.0, step_mm)
+    kji = np.rint(geometry.density_grid.world_to_index(g.isocenter_mm[None, :] + t[:, None] * axis[None, :])).astype(np.int64)
+    dens = np.asarray(geometry.density)
+    inside = np.all((kji >= 0) & (kji < np.asarray(dens.shape)), axis=1)
+    k, j, i = kji[inside].T
+    return float((dens[k, j, i] >= min_density).sum() * step_mm)  # nearest voxel, no copy of the volume
+
+
+def dij_chunk_order(items: list) -> list[int]:
+    """Submission order of ``dij_chunk_task`` items: largest chunk (bixels) first."""
+    return sorted(range(len(items)), key=lambda i: -(items[i][5] - items[i][4]))
 
 
 def dij_chunk_task(item: tuple, density: np.ndarray) -> sp.csc_matrix:
@@ -362,6 +439,9 @@ def dij_chunk_task(item: tuple, density: np.ndarray) -> sp.csc_matrix:
     _set_threads(threads)
     return compute_dij(Volume(density, density_grid, "relative_electron_density"), dose_grid, spec.grid(), _machine(machine_name), start, stop,
                        cutoff_mm=cutoff_mm, threshold=threshold)
+
+
+dij_chunk_task.task_order = dij_chunk_order  # RayExecutor.map submits in this order (LPT); results stay in column order
 
 
 def assemble_dij(chunks: list[sp.csc_matrix]) -> sp.csc_matrix:
@@ -402,7 +482,9 @@ def dij(geometry: PlanGeometry, beamlet_set: BeamletSet, planning: PlanningReque
     """Pencil-beam Dij of all bixels, fanned out per beam and beamlet chunk; density put once."""
     t0 = time.perf_counter()
     dens = _shared(ctx, "density", lambda: np.ascontiguousarray(geometry.density, dtype=np.float32))
-    chunks = chunk_plan(beamlet_set.counts, _free_cpus(ctx.executor), planning.chunks_per_cpu)
+    # work per bixel of each beam ~ its path through the patient (+ a floor for the lateral envelope)
+    work = [50.0 + beam_path_mm(geometry, b.beam, geometry.standard_machine) for b in beamlet_set.beams]
+    chunks = chunk_plan(beamlet_set.counts, _free_cpus(ctx.executor), planning.chunks_per_cpu, work_per_bixel=[w / max(work) for w in work])
     threads = _task_threads(ctx.executor)
     items = [(beamlet_set.beams[b], geometry.standard_machine, geometry.density_grid, geometry.dose_grid, a, z,
               planning.dij_cutoff_mm, planning.dij_threshold, threads) for b, a, z in chunks]
@@ -598,7 +680,7 @@ def normalize(apertures: ApertureStage, geometry: PlanGeometry, beamlet_set: Bea
 
 # ---------------------------------------------------------------------------- conversion
 class MachinePlan(BaseModel):
-    """One target machine's plan (MU per fraction) and how it was made."""
+    """One target machine's plan (MU per fraction) and how :func:`rayrt.convert.convert.convert_for_machine` made it."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -606,116 +688,84 @@ class MachinePlan(BaseModel):
     plan: Plan | None = Field(default=None, description="None when the conversion was not released")
     status: str = Field(default="released", description="released | failed (no plan, no RTPLAN)")
     reasons: list[str] = Field(default_factory=list)
-    method: str
-    normalization_factor: float = 1.0
-    raised_segments: int = 0
-    objective_sequenced: float | None = None
-    objective: float | None = None
+    method: str = Field(description="rayrt.convert:<recompute mode of the released (or last) attempt>")
+    mode: str | None = Field(default=None, description="recompute mode: reuse | dose_only | fluence | dao")
+    coincidence: str | None = Field(default=None, description="coincidence verdict: matches | same_leaves | convertible | incompatible")
+    attempts: list[dict] = Field(default_factory=list, description="each attempt: mode, strength, QA verdict, gamma vs standard, seconds")
+    qa: QAReport | None = Field(default=None, description="QA report of the release loop's last attempt (the qa stage reuses it)")
     seconds: float
     dvh: dict = Field(default_factory=dict)
     dose: Any = Field(default=None, exclude=True, description="course dose (Gy) [k, j, i] on the dose grid, float32")
+    qa_png: bytes | None = Field(default=None, exclude=True, description="QA figure of the release QA (PlanningRequest.qa_figures)")
 
 
-def fit_angle(angle_deg: float, rng: Any, what: str, machine: str, max_shift_deg: float = 1.0) -> float:
-    """``angle_deg`` if the machine reaches it, else the nearest reachable angle within
-    ``max_shift_deg`` in 0.1 deg steps (e.g. gantry 180 -> 180.1 on a Varian whose range is
-    180.1 .. 179.9 through 0); InputError when none is."""
-    if rng.contains(angle_deg):
-        return angle_deg
-    for k in range(1, int(round(max_shift_deg / 0.1)) + 1):
-        for a in (angle_deg + 0.1 * k, angle_deg - 0.1 * k):
-            a = round(a % 360.0, 6)
-            if rng.contains(a):
-                return a
-    raise InputError(f"{what} angle {angle_deg:g} deg is outside machine {machine}'s range [{rng.min_deg:g}, {rng.max_deg:g}]", field="gantry_deg")
+def standard_input(standard: StandardPlan, geometry: PlanGeometry, order: MedicalOrder):
+    """The standard plan bundled for :func:`rayrt.convert.convert.convert_for_machine`
+    (:class:`~rayrt.convert.convert.StandardPlanInput`: plan, standard machine, course dose,
+    dose-grid masks, density on the CT grid, order, external)."""
+    from rayrt.convert.convert import StandardPlanInput
+
+    masks = {n: geometry.dose_masks[n] for n in geometry.mask_names}
+    density = Volume(np.ascontiguousarray(geometry.density, dtype=np.float32), geometry.density_grid, "relative_electron_density")
+    return StandardPlanInput(plan=standard.plan, machine=_machine(standard.plan.machine), dose_gy=standard.dose, dose_grid=standard.dose_grid,
+                             density=density, masks=masks, order=order, external=geometry.external)
 
 
-def reoptimize_for_machine(machine_name: str, problem, beamlet_set: BeamletSet, fluence: FluenceStage, standard: StandardPlan, dij_matrix: sp.spmatrix,
-                           masks: dict[str, np.ndarray], order: MedicalOrder, req: PlanningRequest, density: Volume | None = None) -> MachinePlan:
-    """Standard plan -> ``machine_name``: the standard optimal fluence re-sequenced onto the target's
-    leaf pairs (beamlet rows resampled by overlap), DAO under the target's MLC/jaw/MU limits on the
-    same Dij. The final dose, and the MU normalisation to the prescription, use the *target's*
-    beam model: each beam's apertures through :func:`rayrt.dose.aperture.aperture_dose` on
-    ``density`` (without ``density``: ``Dij @`` the apertures' beamlet fluence, standard beam model)."""
-    from rayrt.optimize.dao import BeamApertures, aperture_weights
-    from rayrt.optimize.layout import layout_from_beamlets
+def conversion_options(req: PlanningRequest):
+    """:class:`~rayrt.convert.policy.ConversionOptions` of a request: configs/conversion.yaml, then
+    ``req.conversion_options``, then the forced ``req.conversion_mode`` (None: the policy chooses)."""
+    from rayrt.convert.policy import load_conversion_options
 
-    t0 = time.perf_counter()
-    m = _machine(machine_name)
-    fx = order.prescription.fractions
-    seq = _sequence(np.asarray(fluence.weights), beamlet_set, m, req)
-    layouts = [layout_from_beamlets(bg) for bg in beamlet_set.grids()]
-    slices = beamlet_set.slices()
-    n = problem.num_beamlets
-
-    def beamlet_fluence(segments: list[list[Segment]], mu_scale: float) -> np.ndarray:
-        bas = []
-        for segs, lay in zip(segments, layouts):
-            ba = BeamApertures.from_segments([s.model_copy(update={"mu": s.mu * mu_scale}) for s in segs], lay, m)
-            ba.update_head_scatter(m)
-            bas.append(ba)
-        return aperture_weights(bas, slices, n)
-
-    obj_seq = float(problem.total_objective(problem.dose(beamlet_fluence(seq.segments, 1.0))))
-    creq = req if req.convert_dao_iterations is None else req.model_copy(update={"dao_iterations": req.convert_dao_iterations})
-    r = _dao(problem, beamlet_set, seq.segments, m, creq, fluence, fx)
-    plan = standard.plan.model_copy(deep=True, update={"machine": m.name, "source_plan_id": standard.plan.id, "label": f"rayrt {m.name}"})
-    plan.id = f"{standard.plan.id}-{_safe(m.name)}"[:64]
-    plan.notes = [f"converted from standard plan {standard.plan.id}: fluence re-sequenced ({req.sequencer}) onto {m.name}'s MLC, then DAO"]
-    beams = []
-    for b, segs in zip(plan.beams, r.segments):
-        g = fit_angle(b.gantry_deg, m.limits.gantry, f"beam {b.name} gantry", m.name)
-        if g != b.gantry_deg:
-            plan.notes.append(f"beam {b.name}: gantry {b.gantry_deg:g} deg is outside {m.name}'s range; delivered at {g:g} deg")
-        beams.append(b.model_copy(update={"gantry_deg": g, "segments": [s.model_copy(update={"mu": s.mu / fx}) for s in segs]}))
-    plan.beams = beams
-
-    def dose_fn(p: Plan) -> np.ndarray:
-        if density is not None:  # the target machine's beam model
-            from rayrt.dose.aperture import aperture_dose
-
-            tot = np.zeros(standard.dose_grid.num_voxels)
-            for b in p.beams:
-                tot += aperture_dose(density, standard.dose_grid, b, None, m, bixel_width_mm=req.bixel_mm, cutoff_mm=req.dij_cutoff_mm,
-                                     threshold=req.dij_threshold).ravel()
-            return tot * p.fractions
-        w = beamlet_fluence([b.segments for b in p.beams], float(p.fractions))
-        return np.asarray(dij_matrix @ w.astype(np.float32), dtype=np.float64)
-
-    plan, dose, f, raised = _normalized(plan, dose_fn, masks, order, m)
-    dose3 = dose.reshape(standard.dose_grid.shape).astype(np.float32)
-    return MachinePlan(machine=m.name, plan=plan, method="resequence+dao" + ("; dose: target beam model" if density is not None else ""), normalization_factor=f, raised_segments=raised, objective_sequenced=obj_seq,
-                       objective=float(r.objective), seconds=time.perf_counter() - t0,
-                       dvh=_dvh_table(dose3, masks, standard.dose_grid.voxel_volume_cc, order), dose=dose3)
+    over = dict(req.conversion_options)
+    if req.conversion_mode is not None:
+        over["mode"] = req.conversion_mode
+    return load_conversion_options(**over)
 
 
-def convert_with_rayrt_convert(machine_name: str, standard: StandardPlan, masks: dict[str, np.ndarray], order: MedicalOrder, density: Volume,
-                               external: str | None) -> MachinePlan:
-    """Standard plan -> ``machine_name`` with :func:`rayrt.convert.convert.convert_for_machine`
-    (coincidence, target beam model, mimicking re-optimisation, QA before release)."""
-    from rayrt.convert.convert import StandardPlanInput, convert_for_machine
+def machine_plan(r: Any, standard: StandardPlan, masks: dict[str, np.ndarray], order: MedicalOrder, figure: bool = False,
+                 machine: str | None = None) -> MachinePlan:
+    """A :class:`~rayrt.convert.convert.ConversionResult` as the stage's MachinePlan (dose and DVH
+    only when released; the release QA report either way). ``r`` may be the exception a
+    conversion raised: that machine is then ``failed`` with the error as its reason (the other
+    machines and the standard plan go on)."""
+    if isinstance(r, BaseException):
+        msg = getattr(r, "message", None) or str(r).strip().splitlines()[-1:] or [type(r).__name__]
+        msg = msg if isinstance(msg, str) else msg[0]
+        return MachinePlan(machine=machine or "?", status="failed", reasons=[f"conversion error: {type(r).__name__}: {msg}"[:500]],
+                           method="rayrt.convert:error", seconds=0.0)
+    dose3 = None if r.dose_gy is None or not r.released else np.asarray(r.dose_gy, np.float32).reshape(standard.dose_grid.shape)
+    png = None
+    if figure and r.qa_result is not None:
+        import tempfile
+        from pathlib import Path
 
-    t0 = time.perf_counter()
-    si = StandardPlanInput(plan=standard.plan, machine=_machine(standard.plan.machine), dose_gy=standard.dose, dose_grid=standard.dose_grid,
-                           density=density, masks=masks, order=order, external=external)
-    r = convert_for_machine(si, _machine(machine_name))
-    dose3 = None if r.dose_gy is None else np.asarray(r.dose_gy, np.float32).reshape(standard.dose_grid.shape)
-    return MachinePlan(machine=machine_name, plan=r.plan if r.released else None, status=r.status, reasons=list(r.reasons),
-                       method=f"rayrt.convert:{r.mode}", seconds=time.perf_counter() - t0,
-                       dvh=_dvh_table(dose3, masks, standard.dose_grid.voxel_volume_cc, order) if dose3 is not None else {}, dose=dose3)
+        from rayrt.qa.report import render_qa_figure
+
+        with tempfile.TemporaryDirectory(prefix="rayrt-qa-") as d:
+            png = render_qa_figure(r.qa_result, Path(d) / "qa.png").read_bytes()
+    return MachinePlan(machine=r.machine, plan=r.plan if r.released else None, status=r.status, reasons=list(r.reasons),
+                       method=f"rayrt.convert:{r.mode}", mode=r.mode, coincidence=r.coincidence.verdict if r.coincidence is not None else None,
+                       attempts=[{"attempt": a.attempt, "mode": a.mode, "strength": a.strength, "released": a.released, "verdict": a.verdict,
+                                  "gamma_vs_standard_pct": a.gamma_vs_standard_pct, "seconds": round(a.seconds, 3)} for a in r.attempts],
+                       qa=r.qa, seconds=float(r.seconds),
+                       dvh=_dvh_table(dose3, masks, standard.dose_grid.voxel_volume_cc, order) if dose3 is not None else {}, dose=dose3, qa_png=png)
 
 
-def convert_task(item: tuple, problem, dij_matrix, fluence: FluenceStage, density: np.ndarray) -> MachinePlan:
-    """Task: convert the standard plan for one machine (``item`` = machine, beamlets, standard plan,
-    dose masks, order, request, numba threads, density grid, external); problem, Dij, fluence and
-    density are shared handles."""
-    machine_name, beamlet_set, standard, masks, order, req, threads, density_grid, external = item
-    _set_threads(threads)
-    if req.conversion == "rayrt.convert":
-        return convert_with_rayrt_convert(machine_name, standard, masks, order, Volume(np.asarray(density, np.float32), density_grid,
-                                                                                         "relative_electron_density"), external)
-    return reoptimize_for_machine(machine_name, problem, beamlet_set, fluence, standard, dij_matrix, masks, order, req,
-                                  Volume(density, density_grid, "relative_electron_density"))
+def convert_local(standard, machines: list[str], options: Any, progress: Callable[[int, int, str], None] | None = None) -> list:
+    """Every machine's conversion in this process, one after the other (the LocalExecutor's way)."""
+    from rayrt.convert.convert import convert_for_machine
+
+    out: list = []
+    for n, name in enumerate(machines):
+        try:
+            r = convert_for_machine(standard, _machine(name), options)
+            note = f"{name}: {r.status} ({r.mode})"
+        except Exception as exc:  # this machine fails with the reason; the others go on
+            r, note = exc, f"{name}: conversion error"
+        out.append(r)
+        if progress is not None:
+            progress(n + 1, len(machines), note)
+    return out
 
 
 class ConvertedPlans(BaseModel):
@@ -748,21 +798,24 @@ class ConvertedPlans(BaseModel):
 
 
 @stage("convert", output="converted", after="normalize", when=_skip_after("standard_plan"))
-def convert(problem: Any, beamlet_set: BeamletSet, fluence: FluenceStage, standard_plan: StandardPlan, dij: DijResult, geometry: PlanGeometry,
-            order: MedicalOrder, planning: PlanningRequest | None = None, ctx: StageContext = None) -> ConvertedPlans:
-    """Standard plan -> each target machine (one task per machine; problem and Dij put once)."""
+def convert(standard_plan: StandardPlan, geometry: PlanGeometry, order: MedicalOrder, planning: PlanningRequest | None = None,
+            ctx: StageContext = None) -> ConvertedPlans:
+    """Standard plan -> each target machine with :func:`rayrt.convert.convert.convert_for_machine`
+    (coincidence, recompute mode by policy or forced, target beam model, QA-gated release). On
+    Ray each machine's conversion runs on that machine's conversion ActorPool
+    (``ctx.executor.convert_machines``); in one process they run here, one after the other."""
     if not planning.machines:
         return ConvertedPlans()
-    prob = _shared(ctx, "problem", lambda: problem)
-    dmat = _shared(ctx, "dij", lambda: dij.matrix)
-    flu = _shared(ctx, "fluence", lambda: fluence)
-    threads = _task_threads(ctx.executor)
-    masks = {n: geometry.dose_masks[n] for n in geometry.mask_names}
-    dens = _shared(ctx, "density", lambda: np.ascontiguousarray(geometry.density, dtype=np.float32))
-    items = [(mn, beamlet_set, standard_plan, masks, order, planning, threads, geometry.density_grid, geometry.external) for mn in planning.machines]
-    ctx.progress(0, len(items))
-    plans = _map(ctx, convert_task, items, prob, dmat, flu, dens)
-    ctx.progress(len(items), len(items))
+    std = standard_input(standard_plan, geometry, order)
+    opts = conversion_options(planning)
+    ctx.progress(0, len(planning.machines), "converting on " + ", ".join(planning.machines))
+    run = getattr(ctx.executor, "convert_machines", None)
+    if callable(run):
+        results = run(std, list(planning.machines), opts, progress=ctx.progress)
+    else:
+        results = convert_local(std, list(planning.machines), opts, progress=ctx.progress)
+    plans = [machine_plan(r, standard_plan, std.masks, order, figure=planning.qa_figures, machine=m) for r, m in zip(results, planning.machines)]
+    ctx.progress(len(plans), len(plans), "; ".join(f"{p.machine} {p.status}" for p in plans))
     return ConvertedPlans(plans=plans)
 
 
@@ -823,17 +876,30 @@ def qa_task(item: tuple, density: np.ndarray) -> tuple[Any, bytes | None]:
 def qa(standard_plan: StandardPlan, geometry: PlanGeometry, order: MedicalOrder, converted: ConvertedPlans | None = None,
        planning: PlanningRequest | None = None, ctx: StageContext = None) -> QAStage:
     """Per plan: independent dose (aperture engine), gamma vs the standard dose (3 %/2 mm), the
-    order's DVH criteria and deliverability; verdict pass / review / fail (one task per plan)."""
+    order's DVH criteria and deliverability; verdict pass / review / fail (one task per plan).
+    A converted plan's QA was already done by the conversion's release loop
+    (rayrt.convert.release: the same checks plus the independent check on a finer grid and the
+    agreement with the standard plan): that report is reused, not recomputed; so is the report
+    of a conversion that was not released (QA report only)."""
     dens = _shared(ctx, "density", lambda: np.ascontiguousarray(geometry.density, dtype=np.float32))
     masks = {n: geometry.dose_masks[n] for n in geometry.mask_names}
     threads = _task_threads(ctx.executor)
-    plans = [(standard_plan.plan, standard_plan.dose)] + [(p.plan, p.dose) for p in (converted.plans if converted else []) if p.plan is not None]
-    items = [(p, d, standard_plan, masks, order, geometry.density_grid, planning, threads) for p, d in plans]
-    ctx.progress(0, len(items))
+    conv = converted.plans if converted else []
+    todo = [(standard_plan.plan, standard_plan.dose)] + [(p.plan, p.dose) for p in conv if p.plan is not None and p.qa is None]
+    items = [(p, d, standard_plan, masks, order, geometry.density_grid, planning, threads) for p, d in todo]
+    ctx.progress(0, len(items), f"{len(items)} QA task(s); {sum(p.qa is not None for p in conv)} release QA report(s) reused")
     out = _map(ctx, qa_task, items, dens)
     ctx.progress(len(items), len(items))
-    reports = [r for r, _ in out]
-    png = {r.machine: b for r, b in out if b}
+    done = {r.machine: (r, b) for r, b in out}
+    reports = [out[0][0]]
+    png = {m: b for m, (_, b) in done.items() if b}
+    for p in conv:
+        if p.qa is not None:
+            reports.append(p.qa)
+            if p.qa_png:
+                png[p.machine] = p.qa_png
+        elif p.machine in done:
+            reports.append(done[p.machine][0])
     return QAStage(reports=reports, figures={m: f"qa_{_safe(m)}.png" for m in png}, png=png)
 
 

@@ -2,7 +2,7 @@
 
 Done-when numbers of the conversion issue: each converted plan released with gamma 3 %/2 mm (10 %)
 vs the standard dose >= 95 %, PTV D95 within 1 Gy, core D10 at most 1 Gy above the standard's; the
-twin reuses the plan. Writes the numbers to $RAYRT_CONVERT_RESULTS (default: a tmp file) and prints them.
+twin reuses the plan; the MLCi2 (coarser leaves, no interdigitation) passes too. Writes the numbers to $RAYRT_CONVERT_RESULTS (default: a tmp file) and prints them.
 """
 
 from __future__ import annotations
@@ -54,11 +54,16 @@ def test_tg119_all_machines(tg119_standard):
     with open(out, "w") as f:
         json.dump(rows, f, indent=1, default=float)
     print(json.dumps(rows, indent=1, default=float))
-    std_ptv = float(np.percentile(si.dose_gy[si.masks["PTV"]], 5))
+    from rayrt.qa.dvh import dose_at_volume
+
+    std_ptv = float(dose_at_volume(si.dose_gy[si.masks["PTV"]].astype(np.float64), 95.0))
+    std_core = float(dose_at_volume(si.dose_gy[si.masks["Core"]].astype(np.float64), 10.0))
     by = {r.machine: r for r in results}
     assert by["standard_twin"].released and by["standard_twin"].mode == "reuse"
+    assert by["synergy_mlci2"].coincidence.mlc.verdict == "convertible"  # coarser leaves, no interdigitation: still released
     for r in results:
         assert r.released, (r.machine, r.reasons)
         a = r.attempts[-1]
         assert a.gamma_vs_standard_pct >= 95.0
-        assert abs(a.dvh["PTV"]["d95_gy"] - std_ptv) <= 1.0 + 0.1
+        assert abs(a.dvh["PTV"]["d95_gy"] - std_ptv) <= 1.0
+        assert a.dvh["Core"]["d10_gy"] <= std_core + 1.0

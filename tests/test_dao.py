@@ -84,3 +84,17 @@ def test_dao_improves_sequenced_plan_and_stays_deliverable(setup, interdigitatio
     bas = [BeamApertures.from_segments(s, lay, m) for s, lay in zip(res.segments, case.layouts)]
     w_open = aperture_weights(bas, case.beam_slices, p.num_beamlets)
     assert np.corrcoef(res.weights, w_open)[0, 1] > 0.95
+
+
+def test_open_pairs_keeps_one_bixel_strips_at_the_minimum_gap():
+    """MLCi2-like (5 mm minimum gap = the bixel width): a 5 mm strip inside the jaws is an opening,
+    a pair at the gap outside the jaws (parked) is closed; DAO keeps the strip segment."""
+    from rayrt.domain.plan import Segment
+    from rayrt.optimize.dao import open_pairs
+
+    m = synthetic_machine(10.0, 8, interdigitation=False, min_gap_mm=5.0)
+    x1 = [-2.5, -2.5, 10.0, 10.0, 10.0, -2.5, -2.5, -2.5]
+    x2 = [2.5, 2.5, 15.0, 15.0, 20.0, 2.5, 2.5, 2.5]
+    seg = Segment(x1_mm=x1, x2_mm=x2, jaw_x_mm=(10.0, 20.0), jaw_y_mm=(-20.0, 10.0), mu=5.0)
+    op = open_pairs([seg], m)[0]
+    assert op.tolist() == [False, False, True, True, True, False, False, False]

@@ -47,7 +47,7 @@ def test_multinode_spread_and_resource_routing():
     # control actors pinned to the head, conversion actors to workers, by custom resources
     assert r["queue_node_kinds"] == ["head", "head"]
     assert r["conversion_node_kinds"] == ["worker", "worker"]
-    assert sum(r["conversion_calls"]) == 4 and r["converted_pairs"] == [80] * 4
+    assert sum(r["conversion_calls"]) == 4 and {tuple(c[:2]) for c in r["converted"]} == {("standard_twin", "reuse")}
     assert r["moved_to"] == ["VHD1"]
 
 

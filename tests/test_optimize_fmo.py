@@ -1,6 +1,8 @@
 """Fluence-map optimisation on an analytic C-shape case: sparse products, exact screening,
 goals, hard constraints (augmented Lagrangian), dose mimicking, problem construction."""
 
+import pickle
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -48,11 +50,50 @@ def test_subset_products_match_scipy(monkeypatch, parallel):
     np.testing.assert_allclose(S.rowsums(), ref.sum(axis=1), rtol=1e-5)
     # CSR input gives the same subset
     np.testing.assert_allclose(SubsetDij(A.tocsr(), rows).dose(w), S.dose(w), rtol=1e-6)
+    np.testing.assert_allclose(S.to_scipy().toarray(), ref, rtol=0)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_dense_rows_products_match(monkeypatch, parallel):
+    """Hybrid storage: the fullest rows also held densely give the same products (all rows, row
+    subsets, zero entries of g skipped) and the memory cap keeps only the fullest rows."""
+    if parallel:
+        monkeypatch.setattr(sparse_mod, "PARALLEL_MIN_NNZ", 0)
+    rng = np.random.default_rng(3)
+    dens = np.repeat([0.05, 0.6], 100)  # 100 sparse rows, 100 rows with 60 % fill
+    A = sp.csc_matrix((rng.random((200, 50)) < dens[:, None]) * rng.random((200, 50)).astype(np.float32))
+    ref = A.toarray()
+    S = SubsetDij(A, np.arange(200))
+    assert S.indices.dtype == np.uint16
+    w = rng.random(50)
+    d_csr, g_csr = S.dose(w), S.grad(np.arange(200.0) - 80.0)
+    assert S.enable_dense(min_fill=0.3) == int((np.count_nonzero(ref, axis=1) >= 15).sum()) > 0
+    assert S.enable_dense(min_fill=0.0) == S.dense_rows  # idempotent
+    np.testing.assert_allclose(S.dose(w), ref @ w, rtol=1e-5)
+    np.testing.assert_allclose(S.dose(w), d_csr, rtol=1e-5)
+    sel = np.sort(rng.choice(200, 70, replace=False))
+    np.testing.assert_allclose(S.dose(w, sel), (ref @ w)[sel], rtol=1e-5)
+    g = rng.normal(size=sel.size)
+    g[::3] = 0.0
+    np.testing.assert_allclose(S.grad(g, sel), ref[sel].T @ g, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(S.grad(np.arange(200.0) - 80.0), g_csr, rtol=1e-4, atol=1e-4)
+    capped = SubsetDij(A, np.arange(200))
+    one_row_mib = 50 * 4 / 2**20
+    assert capped.enable_dense(min_fill=0.3, max_mib=10.5 * one_row_mib) == 10
+    fill = np.count_nonzero(ref, axis=1)
+    assert fill[capped._dpos >= 0].min() >= np.sort(fill)[-10]  # the fullest rows were kept
+    np.testing.assert_allclose(capped.dose(w), ref @ w, rtol=1e-5)
+    clone = pickle.loads(pickle.dumps(S))  # pickled without the dense cache, rebuilt on demand
+    assert clone.dense_rows == 0 and clone._dense.size == 0
+    np.testing.assert_allclose(clone.dose(w), ref @ w, rtol=1e-5)
+    assert clone.enable_dense(min_fill=0.3) == S.dense_rows
 
 
 def test_screening_is_exact(case):
     p = build_problem(tg119_like_order(core_gy=10), case.masks, case.dij, beam_slices=case.beam_slices)
     assert p.objectives[-1].structure == "BODY" and p.objectives[-1].n > 2000  # the screened term
+    p.dij.enable_dense(min_fill=0.2)  # hybrid storage, as optimize_fluence uses it
+    assert p.dij.dense_rows > 0
     ev_s = ObjectiveEvaluator(p, screening=True)
     ev_f = ObjectiveEvaluator(p, screening=False)
     rng = np.random.default_rng(5)
@@ -66,6 +107,16 @@ def test_screening_is_exact(case):
         assert fs == pytest.approx(ff, rel=1e-5)
         np.testing.assert_allclose(gs, gf, rtol=1e-4, atol=1e-6 * np.abs(gf).max())
     assert ev_s.n_refresh >= 1
+    # small steps from the start: evaluated on the screened candidates only, without refreshing
+    ev_s, ev_f = ObjectiveEvaluator(p, screening=True), ObjectiveEvaluator(p, screening=False)
+    w = initial_weights(p)
+    for k in range(6):
+        w = np.maximum(w * (1 + 0.01 * rng.normal(size=w.size)), 0)
+        fs, gs = ev_s(w)
+        ff, gf = ev_f(w)
+        assert fs == pytest.approx(ff, rel=1e-5)
+        np.testing.assert_allclose(gs, gf, rtol=1e-4, atol=1e-6 * np.abs(gf).max())
+    assert ev_s.n_refresh == 1 and ev_s.n_eval == 6
 
 
 def test_fmo_meets_c_shape_goals(case):

@@ -151,3 +151,59 @@ def test_registry():
     with pytest.raises(InputError):
         get_sequencer("sweep").sequence(-f, lay, m, 10)
     assert get_sequencer("sweep").sequence(np.zeros_like(f), lay, m, 10) == []
+
+
+def test_no_interdigitation_splits_at_interior_closed_runs():
+    """Without interdigitation a closed pair between open pairs must keep its minimum gap inside
+    the open neighbours' overlap, i.e. inside the field: the aperture is split into runs of
+    consecutive open pairs, whose closed pairs then lie beyond the run, under the Y jaws."""
+    from rayrt.optimize.sequencing.base import to_segment
+
+    m = synthetic_machine(10.0, 10, interdigitation=False, min_gap_mm=5.0)
+    x1, x2, op = np.zeros(10), np.zeros(10), np.zeros(10, bool)
+    x1[[2, 3, 6]], x2[[2, 3, 6]], op[[2, 3, 6]] = -20.0, 10.0, True  # pairs 4, 5 closed between open pairs
+    parts = make_deliverable(x1, x2, op, m.mlc)
+    assert sorted(np.flatnonzero(p[2]).tolist() for p in parts) == [[2, 3], [6]]
+    b = m.mlc.boundaries
+    for a, z, o in parts:
+        seg = to_segment(a, z, o, 1.0, m)
+        run = np.flatnonzero(o)
+        assert np.all(np.diff(run) == 1)  # one run of consecutive open pairs
+        inside = (b[1:] > seg.jaw_y_mm[0] + 1e-9) & (b[:-1] < seg.jaw_y_mm[1] - 1e-9)
+        assert not (inside & ~o).any()  # no closed pair (with its 5 mm gap) inside the Y jaws
+        assert np.all(np.minimum(z[1:] - a[:-1], z[:-1] - a[1:]) >= m.mlc.min_gap_mm - 1e-9)
+
+
+def test_y_span_trims_the_y_jaw_inside_a_wide_leaf_pair():
+    from rayrt.optimize.sequencing.base import jaws_for
+
+    m = synthetic_machine(10.0, 10, interdigitation=False, min_gap_mm=5.0)
+    x1, x2, op = np.zeros(10), np.full(10, 5.0), np.zeros(10, bool)
+    x1[3:7], x2[3:7], op[3:7] = -20.0, 10.0, True  # pairs 3..6: y -20..20
+    assert jaws_for(x1, x2, op, m)[1] == (-20.0, 20.0)
+    assert jaws_for(x1, x2, op, m, (-15.0, 35.0))[1] == (-15.0, 20.0)
+
+
+def test_dual_layer_proximal_layer_cuts_the_field_end_at_half_a_leaf():
+    """Halcyon: the proximal layer (offset 5 mm) closes beyond the rows' extent, so a distal pair
+    straddling the field end is cut at 5 mm; inside, the distal opening is the effective one."""
+    from rayrt.dose.machines import get_machine
+    from rayrt.optimize.sequencing.base import proximal_layer, to_segment
+
+    hal = get_machine("halcyon")
+    b, pb = hal.mlc.boundaries, hal.mlc.proximal_boundaries
+    assert pb.size == b.size + 1 and np.allclose(pb[:-1] + 5.0, b)
+    P = hal.mlc.num_pairs
+    x1, x2, op = np.full(P, -2.0), np.full(P, -1.5), np.zeros(P, bool)
+    sel = (b[:-1] >= -40.0) & (b[1:] <= 40.0)  # distal pairs -40..40
+    x1[sel], x2[sel], op[sel] = -20.0, 30.0, True
+    px1, px2 = proximal_layer(x1, x2, op, hal.mlc, (-35.0, 35.0), park_before_mm=-40.0)
+    popen = px2 - px1 > hal.mlc.min_gap_mm + 1e-9
+    assert np.allclose(pb[:-1][popen].min(), -35.0) and np.allclose(pb[1:][popen].max(), 35.0)
+    assert np.allclose(px1[popen], -20.0) and np.allclose(px2[popen], 30.0)
+    assert np.all(px2[~popen] <= -40.0)  # closed proximal pairs parked before the field
+    seg = to_segment(x1, x2, op, 5.0, hal, (-35.0, 35.0), -40.0)
+    assert seg.jaw_y_mm is None and len(seg.x1_proximal_mm) == pb.size - 1
+    assert check_plan(Plan(machine=hal.name, beams=[Beam(isocenter_mm=(0, 0, 0), segments=[seg])]), hal).deliverable
+    bad = seg.model_copy(update={"x2_proximal_mm": list(np.asarray(seg.x1_proximal_mm) + 0.1)})
+    assert "min_gap" in check_plan(Plan(machine=hal.name, beams=[Beam(isocenter_mm=(0, 0, 0), segments=[bad])]), hal).rules_violated()

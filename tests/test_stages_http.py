@@ -12,8 +12,9 @@ import pytest
 
 pytestmark = pytest.mark.ray
 
-FAST = {"num_beams": 4, "dose_grid_mm": 5.0, "dij_cutoff_mm": 30.0, "dij_threshold": 1e-3, "fmo_iterations": 30, "dao_rounds": 1,
-        "dao_iterations": 6, "max_segments": 4, "qa_bixel_mm": 5.0}
+FAST = {"num_beams": 5, "dose_grid_mm": 5.0, "dij_cutoff_mm": 30.0, "dij_threshold": 1e-3, "fmo_iterations": 30, "dao_rounds": 1,
+        "dao_iterations": 6, "max_segments": 4, "qa_bixel_mm": 5.0,
+        "conversion_options": {"max_attempts": 1, "fmo_iterations": 20, "dao_rounds": 1, "dao_iterations": 6, "mu_refit_iterations": 15}}
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +73,16 @@ def test_event_stream_ends_with_the_final_state(serve_app, planned_job):
     assert events[-1] == ("end", {"state": "succeeded"})
 
 
-def test_cluster_view(serve_app):
+def test_cluster_view(serve_app, planned_job):
     c = httpx.get(f"{serve_app}/cluster", timeout=60).json()
     assert c["cpus_total"] == 2 and c["nodes"] and c["nodes"][0]["alive"]
     assert c["computers"] and all(x["alive"] for x in c["computers"])
     assert isinstance(c["queued"], list) and isinstance(c["running"], dict)
+    # queued / running tasks without the dashboard: rayrt's own accounting (computers report to the scheduler)
+    assert {"running", "queued", "in_flight"} <= set(c["tasks"]) or "RUNNING" in c["tasks"] or "FINISHED" in c["tasks"]
+    acc = c["task_accounting"]
+    assert acc["finished_in_ended_jobs"] >= 2 + 4  # the planned job's conversions and at least one task per beam
+    assert {p["machine"] for p in acc["conversion_pools"]} >= {"truebeam_m120", "versahd_agility"}
 
 
 @pytest.mark.slow

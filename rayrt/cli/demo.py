@@ -33,6 +33,14 @@ from rayrt.domain.errors import InputError, RayrtError
 
 DEFAULT_MACHINES = "truebeam_m120,versahd_agility,synergy_mlci2"
 
+#: demo conversion settings (rayrt.convert.policy.ConversionOptions overrides): every machine is converted by
+#: convert_for_machine with the recompute mode its coincidence verdict chooses, its release QA included; the demo
+#: allows two attempts (a plan failing its release QA is regenerated once with stronger mimicking, then reported
+#: "not released"), leaner re-optimisation, and runs the independent dose check on the 5 mm dose grid instead of a
+#: 2.5 mm one (that check alone was about half of a conversion's time). `rayrt plan --machines` and service jobs without options use configs/conversion.yaml.
+DEMO_CONVERSION = {"max_attempts": 2, "fmo_iterations": 60, "dao_rounds": 1, "dao_iterations": 12, "mu_refit_iterations": 30,
+                   "independent_spacing_factor": 1.0}
+
 #: demo planning settings: 9 beams, 5 mm dose grid and bixels, lean optimisation (see PlanningRequest)
 DEMO_PLANNING = {
     "num_beams": 9,
@@ -43,8 +51,8 @@ DEMO_PLANNING = {
     "fmo_iterations": 100,
     "dao_rounds": 1,
     "dao_iterations": 20,
-    "convert_dao_iterations": 12,
     "max_segments": 8,
+    "conversion_options": DEMO_CONVERSION,
 }
 
 
@@ -173,8 +181,13 @@ def run_demo_job(
         if not summary_path.is_file():
             raise RayrtError(f"job {job['id']} finished without export/summary.json; its files: {[f['path'] for f in listing['files']]}")
         summary = json.loads(summary_path.read_text())
+        conversion = []
+        if machines:  # how rayrt.convert converted each machine (mode, attempts, seconds): the convert stage's record
+            rec = _call(client, "GET", f"/jobs/{job['id']}/results/convert/result.json").json()
+            conversion = [{"machine": p["machine"], "status": p["status"], "mode": p.get("mode"), "coincidence": p.get("coincidence"),
+                           "seconds": p["seconds"], "attempts": len(p.get("attempts", [])), "reasons": p.get("reasons", [])[:2]} for p in rec["plans"]]
     return {"job": job, "patient": patient, "stage_seconds": stage_seconds(job), "files": files, "summary": summary,
-            "http_seconds": time.perf_counter() - t0}
+            "conversion": conversion, "http_seconds": time.perf_counter() - t0}
 
 
 def format_summary(summary: dict, qa_dir: Path | None = None) -> list[str]:
@@ -216,7 +229,7 @@ def demo_cmd(
 
     for m in machine_list:
         get_machine(m)  # unknown machine: error before starting anything
-    planning = {**DEMO_PLANNING, "num_beams": beams, "dose_grid_mm": dose_grid_mm}
+    planning = {**DEMO_PLANNING, "num_beams": beams, "dose_grid_mm": dose_grid_mm, "conversion_options": dict(DEMO_CONVERSION)}
     work = Path(tempfile.mkdtemp(prefix="rayrt-demo-"))
     data_dir = data or (work / "data")
     echo = typer.echo
@@ -288,6 +301,12 @@ def demo_cmd(
     echo("plan quality vs the TG-119 goals (course doses) and QA verdicts:")
     for line in format_summary(res["summary"]):
         echo(line)
+    if res.get("conversion"):
+        echo("")
+        echo("conversions (rayrt.convert on each machine's conversion actor pool):")
+        for c in res["conversion"]:
+            echo(f"  {c['machine']:<16} {c['status']:<9} mode {c['mode'] or '-':<9} coincidence {c['coincidence'] or '-':<12} "
+                 f"{c['attempts']} attempt(s) {c['seconds']:6.1f} s")
     echo("")
     echo("time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in res["stage_seconds"].items()))
     echo("time overall (s):   " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f", total {time.perf_counter() - t_start:.1f}")

@@ -69,7 +69,14 @@ class ConversionOptions(BaseModel):
     bixel_mm: float = Field(default=5.0, gt=0, description="beamlet width along leaf travel (mm)")
     margin_mm: float = Field(default=5.0, ge=0, description="beamlets reach this far beyond the target projection (mm)")
     max_segments: int = Field(default=15, ge=1, description="segments per beam (capped by the machine's limit)")
+    max_segments_no_interdigitation: int = Field(
+        default=30, ge=1, description="segments per beam on MLCs without interdigitation (capped by the machine's limit): apertures "
+        "are split into runs of consecutive open pairs there, so the same fluence needs more segments")
     sequencer: str = "sweep"
+    y_jaw_trim: bool = Field(default=True, description="Y jaws trim the end leaf pairs to the standard plan's field ends when the "
+                             "target's leaves are wider than the beamlets (MLCi2)")
+    y_trim_min_fraction: float = Field(default=0.2, ge=0, le=1, description="field ends for the Y-jaw trim: the outermost standard "
+                                       "leaf pairs with at least this share of the beam's largest MU-weighted open width")
     fmo_iterations: int = Field(default=150, ge=1)
     dao_rounds: int = Field(default=2, ge=1)
     dao_iterations: int = Field(default=40, ge=1)
@@ -91,6 +98,8 @@ class ConversionOptions(BaseModel):
     independent_check: bool = Field(default=True, description="recompute the segments with the aperture-dose path on a finer grid")
     independent_spacing_factor: float = Field(default=0.5, gt=0, le=1, description="independent grid spacing = this x the dose grid's")
     independent_min_spacing_mm: float = Field(default=2.0, gt=0)
+    independent_check_only_if_passing: bool = Field(default=True, description="skip the (costly) independent dose check for a candidate "
+                                                    "that already fails another release check (it is regenerated or reported failed)")
     qa_criteria: list[ObjectiveSpec] = Field(default_factory=list, description="extra DVH criteria checked in QA only (not optimised)")
     source: SourceMatchConfig = Field(default_factory=SourceMatchConfig)
 

@@ -33,7 +33,7 @@ from rayrt.imaging.volume import Grid, Volume
 from rayrt.qa.checks import QACheck, aperture_recompute, dvh_criteria_checks, independent_dose_check
 from rayrt.qa.report import QAResult, qa_plan
 
-__all__ = ["qa_converted_plan", "release_decision", "independent_grid", "agreement_checks"]
+__all__ = ["qa_converted_plan", "release_decision", "release_blocking", "independent_grid", "agreement_checks", "subrow_recompute", "jaws_trim_leaves"]
 
 
 def independent_grid(dose_gy: np.ndarray, grid: Grid, factor: float = 0.5, min_spacing_mm: float = 2.0, cutoff_pct: float = 10.0,
@@ -110,16 +110,6 @@ def qa_converted_plan(
                   standard_plan_id=standard_plan_id)
     rep = res.report
     rep.notes = [n for n in rep.notes if "independent dose check skipped" not in n]
-    # independent dose: aperture-dose path on a finer, cropped grid
-    if options.independent_check and density is not None:
-        g = independent_grid(std_vol.array, dose_grid, options.independent_spacing_factor, options.independent_min_spacing_mm)
-        tm = masks.get(qa_order.prescription.target)
-        checks, indep = independent_dose_check(plan, machine, dose_vol, aperture_recompute(density), grid=g, target_mask=tm)
-        rep.checks = checks + rep.checks
-        res.independent_dose = indep
-        rep.notes.append(f"independent dose: aperture_dose, {g.shape} grid, {float(g.spacing.min()):g} mm")
-    else:
-        rep.notes.append("independent dose check not run")
     # agreement with the standard plan
     rep.checks += agreement_checks(dose_vol.array, std_vol.array, masks, targets, options.dvh_agreement_gy, skip=derived_masks)
     # soft criteria the standard plan misses as well
@@ -129,18 +119,98 @@ def qa_converted_plan(
             s = std_status.get(c.name)
             if s is not None and s.status != "pass":
                 c.detail += f"; the standard plan misses it too ({s.value} Gy): not blocking"
+    # independent dose: aperture-dose path on a finer, cropped grid -- the costliest check, run only
+    # for a candidate that every other release check lets through (a failing one is regenerated anyway)
+    blocking = release_blocking(rep.checks)
+    if options.independent_check and density is not None and blocking and getattr(options, "independent_check_only_if_passing", True):
+        rep.notes.append("independent dose check not run: the candidate already fails " + "; ".join(b.split(":")[0] for b in blocking[:3]))
+    elif options.independent_check and density is not None:
+        g = independent_grid(std_vol.array, dose_grid, options.independent_spacing_factor, options.independent_min_spacing_mm)
+        tm = masks.get(qa_order.prescription.target)
+        trims = jaws_trim_leaves(plan, machine) or any(getattr(sg, "x1_proximal_mm", None) is not None for b in plan.beams for sg in b.segments)
+        recompute = subrow_recompute(density) if trims else aperture_recompute(density)
+        checks, indep = independent_dose_check(plan, machine, dose_vol, recompute, grid=g, target_mask=tm)
+        rep.checks = checks + rep.checks
+        res.independent_dose = indep
+        how = ("sub-leaf rows at the Y-jaw / proximal-layer edges (they trim wide leaf pairs), rows <= 5 mm, 2.5 mm bixels" if trims else "aperture_dose")
+        rep.notes.append(f"independent dose: {how}, {g.shape} grid, {float(g.spacing.min()):g} mm")
+    else:
+        rep.notes.append("independent dose check not run")
     rep.verdict = rep.verdict_of(rep.checks)
     return res
 
 
-def release_decision(res: QAResult) -> tuple[bool, list[str]]:
-    """(released, blocking reasons) for a QA result of :func:`qa_converted_plan`."""
+def jaws_trim_leaves(plan: Plan, machine: MachineModel) -> bool:
+    """Whether some segment's Y jaw ends part-way across a leaf pair (trimming a wide leaf)."""
+    if machine.jaw_y is None:
+        return False
+    b = machine.mlc.boundaries
+    for beam in plan.beams:
+        for s in beam.segments:
+            if s.jaw_y_mm is None:
+                continue
+            for y in s.jaw_y_mm:
+                if b[0] < y < b[-1] and np.min(np.abs(b - y)) > 1e-3:
+                    return True
+    return False
+
+
+def subrow_recompute(density: Volume, bixel_width_mm: float = 2.5, max_row_mm: float = 5.0, pad_mm: float = 10.0):
+    """Independent dose engine for plans whose Y jaws trim leaf pairs part-way: per beam, bixels of
+    ``bixel_width_mm`` over the field (:func:`rayrt.dose.aperture.field_extent_mm`) in rows that
+    split every leaf pair at each Y-jaw edge and into rows of at most ``max_row_mm``, their own Dij
+    (:func:`rayrt.dose.dij.compute_dij`) and the exact bixel-averaged collimator transmission
+    (:func:`rayrt.convert.convert.segments_fluence_on_bixels`). Course dose in Gy."""
+    from rayrt.convert.convert import segments_fluence_on_bixels
+    from rayrt.dose.aperture import field_extent_mm
+    from rayrt.dose.dij import compute_dij
+    from rayrt.dose.geometry import BeamletGrid, beamlet_grid_for_field
+
+    def recompute(plan: Plan, machine: MachineModel, grid: Grid) -> Volume:
+        total = np.zeros(grid.num_voxels, dtype=np.float64)
+        for beam in plan.beams:
+            segs = [s for s in beam.segments if s.mu > 0]
+            if not segs:
+                continue
+            (xa, xb), (ya, yb) = field_extent_mm(segs, machine, pad_mm)
+            bg = beamlet_grid_for_field(beam, machine, (xa, xb), (ya, yb), bixel_width_mm)
+            e = np.asarray(bg.row_edges_mm, float)
+            r0, r1 = int(bg.rows.min()), int(bg.rows.max()) + 1
+            cuts = [e[r0:r1 + 1]] + [np.asarray(s.jaw_y_mm, float) for s in segs if s.jaw_y_mm is not None]
+            edges = np.unique(np.round(np.concatenate(cuts), 6))
+            edges = edges[(edges >= e[r0] - 1e-9) & (edges <= e[r1] + 1e-9)]
+            fine = [edges[:1]]
+            for a, z in zip(edges[:-1], edges[1:]):
+                n = max(1, int(np.ceil((z - a) / max_row_mm - 1e-9)))
+                fine.append(np.linspace(a, z, n + 1)[1:])
+            fine = np.concatenate(fine)
+            cols = np.unique(bg.cols)
+            R, Cn = fine.size - 1, cols.size
+            rows = np.repeat(np.arange(R), Cn)
+            cc = np.tile(cols, R)
+            g2 = BeamletGrid(beam, machine.name, bg.bixel_width_mm, fine, rows.astype(np.int64), cc.astype(np.int64), bg.patient_position)
+            flu = segments_fluence_on_bixels(segs, machine, g2)
+            dij = compute_dij(density, grid, g2, machine)
+            total += dij @ flu
+        return Volume((total * plan.fractions).reshape(grid.shape).astype(np.float32), grid, "dose_gy")
+
+    return recompute
+
+
+def release_blocking(checks) -> list[str]:
+    """Blocking reasons among QA checks (see :func:`release_decision`)."""
     reasons = []
-    for c in res.report.checks:
+    for c in checks:
         blocking = c.status == "fail"
         if c.status == "warn" and (c.category in ("gamma", "dose_check", "conversion", "deliverability")
                                    or (c.category == "dvh" and "not blocking" not in c.detail)):
             blocking = True
         if blocking:
             reasons.append(f"{c.name}: {c.status} ({c.value if c.value is not None else '-'} {c.unit}, limit {c.limit}) {c.detail[:160]}".strip())
+    return reasons
+
+
+def release_decision(res: QAResult) -> tuple[bool, list[str]]:
+    """(released, blocking reasons) for a QA result of :func:`qa_converted_plan`."""
+    reasons = release_blocking(res.report.checks)
     return not reasons, reasons

@@ -70,6 +70,9 @@ class MLCModel(BaseModel):
         default=0.0, ge=0, description="dosimetric leaf gap: extra effective opening at the rounded leaf ends (mm)"
     )
     dual_layer: bool = Field(default=False, description="two stacked banks (Halcyon-like); effective leaf width halves")
+    proximal_leaf_boundaries_mm: list[float] | None = Field(
+        default=None, description="dual-layer MLCs: the proximal layer's leaf-pair boundaries along Y at the isocenter (mm, increasing); "
+        "default: the distal boundaries offset by half a leaf, one pair more (Halcyon: 29 x 10 mm offset 5 mm)")
     dicom_type: str = Field(default="MLCX")
 
     @field_validator("leaf_boundaries_mm")
@@ -84,6 +87,17 @@ class MLCModel(BaseModel):
     @property
     def num_pairs(self) -> int:
         return len(self.leaf_boundaries_mm) - 1
+
+    @property
+    def proximal_boundaries(self) -> np.ndarray | None:
+        """Proximal-layer boundaries of a dual-layer MLC (None for a single layer)."""
+        if not self.dual_layer:
+            return None
+        if self.proximal_leaf_boundaries_mm is not None:
+            return np.asarray(self.proximal_leaf_boundaries_mm, dtype=float)
+        b = self.boundaries
+        w = np.diff(b)
+        return np.concatenate([[b[0] - 0.5 * w[0]], 0.5 * (b[:-1] + b[1:]), [b[-1] + 0.5 * w[-1]]])
 
     @property
     def boundaries(self) -> np.ndarray:

@@ -22,11 +22,17 @@ class Segment(BaseModel):
     jaw_x_mm: tuple[float, float] | None = Field(default=None, description="(X1, X2) jaw positions, None when the machine has no X jaws")
     jaw_y_mm: tuple[float, float] | None = Field(default=None, description="(Y1, Y2) jaw positions, None when the machine has no Y jaws")
     mu: float = Field(ge=0, description="monitor units of this segment")
+    x1_proximal_mm: list[float] | None = Field(default=None, description="dual-layer MLCs: proximal-layer minus-side tips per pair (mm); "
+                                               "None: the proximal layer is not used (x1_mm/x2_mm are the distal layer)")
+    x2_proximal_mm: list[float] | None = Field(default=None, description="dual-layer MLCs: proximal-layer plus-side tips per pair (mm)")
 
     @model_validator(mode="after")
     def _pairs(self) -> "Segment":
         if len(self.x1_mm) != len(self.x2_mm):
             raise ValueError("x1_mm and x2_mm must have one entry per leaf pair")
+        if (self.x1_proximal_mm is None) != (self.x2_proximal_mm is None) or (
+                self.x1_proximal_mm is not None and len(self.x1_proximal_mm) != len(self.x2_proximal_mm)):
+            raise ValueError("x1_proximal_mm and x2_proximal_mm must both be given, one entry per proximal leaf pair")
         return self
 
 

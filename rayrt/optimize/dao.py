@@ -3,12 +3,16 @@
 Aperture model (per beam, at the isocenter plane): segment s with leaf tips x1[s, p] < x2[s, p]
 and weight m_s (fluence units = beamlet-weight units) gives beamlet (row r, column c) the fluence
 
-    F[r, c] = sum_s m_s * sum_p Y[p, r] * ((1 - T) * O[s, p, c] + T * J[s, p, c])
+    F[r, c] = sum_s m_s * Sc_s * fy[s, r] * sum_p Y[p, r] * ((1 - T) * O[s, p, c] + T * J[s, p, c])
 
 with Y[p, r] the fraction of beamlet row r covered by leaf pair p, O the fraction of column c
-inside the opening [x1, x2] (piecewise linear in the tips: partial bixel coverage), T the MLC
-transmission and J the part of the bixel inside the segment's jaw rectangle (held fixed within an
-inner solve). Dose = Dij_beam @ F (the row-subset Dij of :mod:`rayrt.optimize.problem`). The
+inside the opening [x1, x2] (piecewise linear in the tips: partial bixel coverage) and the X
+jaws, T the MLC transmission (squared for a dual-layer MLC: outside the aperture both layers
+block), J the part of the bixel inside the X jaws and fy[s, r] the part of row r inside the
+segment's Y jaws (a dual-layer MLC's proximal layer acts as such a Y limit) -- per row, so a jaw
+may end part-way across a wide leaf pair when the rows end there (held fixed within an inner
+solve). Which pairs belong to an aperture is tracked explicitly (:func:`open_pairs`): a pair
+exactly at the minimum gap inside the jaws is a real opening (MLCi2: 5 mm gap = one bixel). Dose = Dij_beam @ F (the row-subset Dij of :mod:`rayrt.optimize.problem`). The
 gradient with respect to m and to each leaf tip is analytic (chain rule through O).
 
 Machine rules are kept *exactly* feasible with box bounds for L-BFGS-B: every pairwise linear rule
@@ -34,9 +38,9 @@ from rayrt.optimize.fmo import ObjectiveEvaluator
 from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
 from rayrt.optimize._threads import single_blas_thread
 from rayrt.optimize.problem import OptimizationProblem
-from rayrt.optimize.sequencing.base import _limits, jaws_for
+from rayrt.optimize.sequencing.base import _limits, jaws_for, to_segment
 
-__all__ = ["DAOOptions", "DAOResult", "optimize_apertures", "BeamApertures", "aperture_weights"]
+__all__ = ["DAOOptions", "DAOResult", "optimize_apertures", "BeamApertures", "aperture_weights", "open_pairs"]
 
 
 class DAOOptions(BaseModel):
@@ -71,6 +75,7 @@ class BeamApertures:
     transmission: float
     half_dlg_mm: float = 0.0  # half the dosimetric leaf gap: each tip's effective extra opening
     sc: np.ndarray | None = None  # head-scatter factor per segment (held fixed within an inner solve)
+    open_: np.ndarray | None = None  # (S, P) bool: pairs that belong to the aperture (the jaws hug these)
 
     @classmethod
     def from_segments(cls, segments: list[Segment], layout: BeamletLayout, machine: MachineModel) -> "BeamApertures":
@@ -79,8 +84,11 @@ class BeamApertures:
         x1 = np.array([s.x1_mm for s in segments], dtype=float).reshape(len(segments), machine.mlc.num_pairs)
         x2 = np.array([s.x2_mm for s in segments], dtype=float).reshape(len(segments), machine.mlc.num_pairs)
         m = np.array([s.mu for s in segments], dtype=float)
-        return cls(layout, pairs, Yall[pairs], x1, x2, m, float(machine.mlc.transmission),
-                   0.5 * float(machine.mlc.leaf_end_transmission_mm), np.ones(len(segments)))
+        # dual-layer MLC: outside the aperture both layers block (proximal_layer keeps its openings to the distal hull)
+        t = float(machine.mlc.transmission) ** (2 if machine.mlc.dual_layer else 1)
+        return cls(layout, pairs, Yall[pairs], x1, x2, m, t,
+                   0.5 * float(machine.mlc.leaf_end_transmission_mm), np.ones(len(segments)),
+                   open_pairs(segments, machine).reshape(len(segments), machine.mlc.num_pairs))
 
     def update_head_scatter(self, machine: MachineModel) -> None:
         """Sc of each segment's equivalent square (rayrt.dose.aperture), 1 when the machine has no beam model."""
@@ -95,41 +103,41 @@ class BeamApertures:
             self.sc[s] = float(hs(segment_equivalent_square_mm(seg, machine)))
 
     def _jaws(self, S: int):
-        """(X-jaw lower, upper (S, 1, 1) mm; Y-jaw coverage (S, Pa, 1)) of the last jaw update (open when none)."""
+        """(X-jaw lower, upper (S, 1, 1) mm; Y-jaw coverage of each beamlet row (S, R)) of the last jaw update (open when none)."""
         jx = getattr(self, "_jx", None)
         if jx is None or jx.shape[0] != S:
-            return np.full((S, 1, 1), -np.inf), np.full((S, 1, 1), np.inf), np.ones((S, self.pairs.size, 1))
-        return jx[:, 0, None, None], jx[:, 1, None, None], self._fy[..., None]
+            return np.full((S, 1, 1), -np.inf), np.full((S, 1, 1), np.inf), np.ones((S, self.Y.shape[1]))
+        return jx[:, 0, None, None], jx[:, 1, None, None], self._fyr
 
     def _open_frac(self, x1, x2):
         """Open fraction of each bixel column per segment and pair: the leaf opening (widened by the
-        dosimetric leaf gap) clipped by the X jaws, times the pair's coverage by the Y jaws."""
+        dosimetric leaf gap) clipped by the X jaws (the Y jaws act per beamlet row, see :meth:`fluence`)."""
         e = self.layout.col_edges_mm
         w = np.diff(e)
-        jlo, jhi, fy = self._jaws(x1.shape[0])
+        jlo, jhi, _ = self._jaws(x1.shape[0])
         a = np.maximum(np.maximum(x1[..., None] - self.half_dlg_mm, e[:-1]), jlo)
         b = np.minimum(np.minimum(x2[..., None] + self.half_dlg_mm, e[1:]), jhi)
         ov = b - a
         act = ov > 0
-        return np.where(act, ov, 0.0) / w * fy, act, a, b
+        return np.where(act, ov, 0.0) / w, act, a, b
 
     def _jaw_frac(self, x1, x2, machine_jaws):
-        """J[s, p, c]: bixel part inside the segment's jaw rectangle (only pairs inside the Y jaws)."""
+        """J[s, p, c]: bixel part inside the segment's X jaws (pairs of the beam's rows); stores the
+        Y-jaw coverage of every beamlet row (S, R) for :meth:`fluence`."""
         S = x1.shape[0]
         e = self.layout.col_edges_mm
         w = np.diff(e)
+        re = self.layout.row_edges_mm
         J = np.zeros((S, self.pairs.size, e.size - 1))
-        jxs, fys = [], []
+        jxs, fyr = [], []
         for s in range(S):  # loop over segments of one beam (<= max segments)
-            jx, jy, bnd = machine_jaws(s)
+            jx, jy, _ = machine_jaws(s)
             fx = np.clip(np.minimum(jx[1], e[1:]) - np.maximum(jx[0], e[:-1]), 0, None) / w
-            lo, hi = bnd[self.pairs], bnd[self.pairs + 1]
-            fy = np.clip(np.minimum(jy[1], hi) - np.maximum(jy[0], lo), 0, None) / (hi - lo)
-            J[s] = fy[:, None] * fx[None, :]
+            J[s] = fx[None, :]
             jxs.append(jx)
-            fys.append(fy)
+            fyr.append(np.clip(np.minimum(jy[1], re[1:]) - np.maximum(jy[0], re[:-1]), 0, None) / np.diff(re))
         self._jx = np.asarray(jxs, dtype=float).reshape(S, 2)
-        self._fy = np.asarray(fys, dtype=float).reshape(S, self.pairs.size)
+        self._fyr = np.asarray(fyr, dtype=float).reshape(S, re.size - 1)
         return J
 
     def fluence(self, J: np.ndarray | None = None) -> np.ndarray:
@@ -137,26 +145,53 @@ class BeamApertures:
         O, _, _, _ = self._open_frac(self.x1[:, self.pairs], self.x2[:, self.pairs])
         T = self.transmission
         A = (1 - T) * O + (T * J if J is not None else 0.0)
-        return np.einsum("s,spc,pr->rc", self.m * self.sc, A, self.Y, optimize=True)
+        _, _, fyr = self._jaws(self.m.size)
+        return np.einsum("s,spc,pr,sr->rc", self.m * self.sc, A, self.Y, fyr, optimize=True)
+
+
+def open_pairs(segments: list[Segment], machine: MachineModel) -> np.ndarray:
+    """(S, P) bool: the leaf pairs each segment opens.
+
+    A pair wider than the minimum gap is open. A pair exactly at the minimum gap is open when it
+    lies inside the segment's jaws (Y and X, when the machine has them): on an MLC whose minimum gap
+    equals the bixel width (MLCi2: 5 mm) a one-bixel strip is a real opening, while closed pairs are
+    parked with the same gap under a jaw (sequencing.base._park_closed). Without jaws only the width
+    decides."""
+    g = float(machine.mlc.min_gap_mm)
+    b = machine.mlc.boundaries
+    out = np.zeros((len(segments), machine.mlc.num_pairs), dtype=bool)
+    for i, s in enumerate(segments):  # loop over segments of one beam
+        x1, x2 = np.asarray(s.x1_mm, float), np.asarray(s.x2_mm, float)
+        wide = x2 - x1 > g + 1e-6
+        at_gap = (x2 - x1 > 1e-6) & ~wide
+        inside = np.ones_like(wide)
+        if machine.jaw_y is not None and s.jaw_y_mm is not None:
+            inside &= np.minimum(b[1:], s.jaw_y_mm[1]) - np.maximum(b[:-1], s.jaw_y_mm[0]) > 1e-6
+        elif machine.jaw_y is None:
+            inside[:] = False
+        if machine.jaw_x is not None and s.jaw_x_mm is not None:
+            inside &= np.minimum(x2, s.jaw_x_mm[1]) - np.maximum(x1, s.jaw_x_mm[0]) > 1e-6
+        out[i] = wide | (at_gap & inside)
+    return out
 
 
 def aperture_gradient(ba: "BeamApertures", G: np.ndarray, J: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chain rule from the gradient G (R, C) with respect to the beam's bixel fluence to the segment
     weights (S,) and the tips x1, x2 (S, Pa) of the active pairs (jaw fractions J held fixed)."""
     T = ba.transmission
-    GP = ba.Y @ G  # (Pa, C)
+    jlo, jhi, fyr = ba._jaws(ba.m.size)
+    GP = np.einsum("pr,sr,rc->spc", ba.Y, fyr, G, optimize=True)  # (S, Pa, C): row gradient seen by each pair, Y jaws applied
     O, act, _, _ = ba._open_frac(ba.x1[:, ba.pairs], ba.x2[:, ba.pairs])
     A = (1 - T) * O + T * J
-    gm = np.einsum("spc,pc->s", A, GP) * ba.sc
+    gm = np.einsum("spc,spc->s", A, GP) * ba.sc
     wcol = ba.layout.col_widths_mm
     x1 = ba.x1[:, ba.pairs][..., None]
     x2 = ba.x2[:, ba.pairs][..., None]
     e = ba.layout.col_edges_mm
     h = ba.half_dlg_mm
-    jlo, jhi, fy = ba._jaws(x1.shape[0])
-    d1 = -(act & (x1 - h > e[:-1]) & (x1 - h > jlo)).astype(float) / wcol * fy
-    d2 = (act & (x2 + h < e[1:]) & (x2 + h < jhi)).astype(float) / wcol * fy
-    coef = (1 - T) * (ba.m * ba.sc)[:, None, None] * GP[None]
+    d1 = -(act & (x1 - h > e[:-1]) & (x1 - h > jlo)).astype(float) / wcol
+    d2 = (act & (x2 + h < e[1:]) & (x2 + h < jhi)).astype(float) / wcol
+    coef = (1 - T) * (ba.m * ba.sc)[:, None, None] * GP
     return gm, (coef * d1).sum(-1), (coef * d2).sum(-1)
 
 
@@ -238,13 +273,24 @@ def _optimize_apertures(
     bnd = machine.mlc.boundaries
     g = float(machine.mlc.min_gap_mm)
 
+    def y_span(ba):
+        return float(ba.layout.row_edges_mm[0]), float(ba.layout.row_edges_mm[-1])
+
     def jaws_of(ba):
         def f(s):
-            open_ = ba.x2[s] - ba.x1[s] > g + 1e-6
+            # pairs of the aperture: those it opened, and any a leaf move has widened beyond the gap
+            ba.open_[s] |= ba.x2[s] - ba.x1[s] > g + 1e-6
+            open_ = ba.open_[s]
             if not open_.any():
                 return (0.0, 0.0), (0.0, 0.0), bnd
-            jx, jy = jaws_for(ba.x1[s], ba.x2[s], open_, machine)
+            jx, jy = jaws_for(ba.x1[s], ba.x2[s], open_, machine, y_span(ba))
             jx = jx or (-1e9, 1e9)
+            if jy is None and machine.mlc.dual_layer:
+                # the proximal layer closes the field beyond the open distal pairs and the rows' extent
+                # (sequencing.base.proximal_layer): a Y limit on the beamlet rows like a Y jaw's
+                op = np.flatnonzero(open_)
+                lo, hi = max(float(bnd[op.min()]), y_span(ba)[0]), min(float(bnd[op.max() + 1]), y_span(ba)[1])
+                jy = (lo, hi) if hi > lo else (float(bnd[op.min()]), float(bnd[op.max() + 1]))
             jy = jy or (bnd[0], bnd[-1])
             return jx, jy, bnd
         return f
@@ -331,7 +377,7 @@ def _optimize_apertures(
                 keep = ba.m >= 0.5 * opt.min_mu_weight
                 if not keep.all() and keep.any():
                     dropped += int((~keep).sum())
-                    ba.x1, ba.x2, ba.m = ba.x1[keep], ba.x2[keep], ba.m[keep]
+                    ba.x1, ba.x2, ba.m, ba.open_ = ba.x1[keep], ba.x2[keep], ba.m[keep], ba.open_[keep]
                     changed = True
             Js = current_J()
             lo = [np.full(ba.m.size, opt.min_mu_weight) for ba in beams]
@@ -350,11 +396,10 @@ def _optimize_apertures(
     for ba in beams:
         segs = []
         for s in range(ba.m.size):
-            open_ = ba.x2[s] - ba.x1[s] > g + 1e-6
+            open_ = ba.open_[s] | (ba.x2[s] - ba.x1[s] > g + 1e-6)
             if not open_.any() or ba.m[s] <= 0:
                 continue
-            jx, jy = jaws_for(ba.x1[s], ba.x2[s], open_, machine)
-            segs.append(Segment(x1_mm=ba.x1[s].tolist(), x2_mm=ba.x2[s].tolist(), jaw_x_mm=jx, jaw_y_mm=jy, mu=float(ba.m[s])))
+            segs.append(to_segment(ba.x1[s], ba.x2[s], open_, float(ba.m[s]), machine, y_span(ba), float(ba.layout.col_edges_mm[0])))
         out_segments.append(segs)
     return DAOResult(
         segments=out_segments, weights=w.tolist(), objective_start=f_start, objective=f_end,

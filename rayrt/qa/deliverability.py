@@ -10,6 +10,7 @@
 * ``interdigitation``-- on MLCs without interdigitation, opposing leaves of adjacent pairs keep the
   minimum gap too: x2[q] - x1[p] >= min_gap_mm for |p - q| = 1;
 * ``leaf_span``      -- per bank, max - min tip position <= max_leaf_span_mm;
+  (dual-layer MLCs: the proximal layer's tips, when a segment gives them, obey the same leaf rules)
 * ``jaw_presence``   -- jaw positions given exactly for the jaws the machine has;
 * ``jaw_range``      -- jaws within their limits, jaw 1 <= jaw 2, field size <= max_field_{x,y}_mm;
 * ``mu``             -- each segment >= min_mu_per_segment, each beam <= max_mu_per_beam, > 0;
@@ -59,6 +60,31 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _proximal_violations(s, mlc, bi: int, si: int) -> list[Violation]:
+    """The proximal layer of a dual-layer MLC: pair count, leaf range, over-travel, minimum gap, span."""
+    pb = mlc.proximal_boundaries
+    if pb is None:
+        return [Violation(rule="leaf_count", beam=bi, segment=si, message=f"proximal-layer leaves given but MLC {mlc.name} has one layer")]
+    px1, px2 = np.asarray(s.x1_proximal_mm, float), np.asarray(s.x2_proximal_mm, float)
+    if px1.size != pb.size - 1:
+        return [Violation(rule="leaf_count", beam=bi, segment=si, message=f"{px1.size} proximal leaf pairs given, MLC {mlc.name} has {pb.size - 1}")]
+    out = []
+    bad = (px1 < mlc.min_position_mm - TOL_MM) | (px2 > mlc.max_position_mm + TOL_MM) | (px1 > mlc.max_position_mm + TOL_MM) | (px2 < mlc.min_position_mm - TOL_MM)
+    if bad.any():
+        out.append(Violation(rule="leaf_range", beam=bi, segment=si, leaf_pair=_first(bad), message=f"{int(bad.sum())} proximal leaf pair(s) outside [{mlc.min_position_mm}, {mlc.max_position_mm}] mm"))
+    bad = (px1 > mlc.max_overtravel_mm + TOL_MM) | (px2 < -mlc.max_overtravel_mm - TOL_MM)
+    if bad.any():
+        out.append(Violation(rule="overtravel", beam=bi, segment=si, leaf_pair=_first(bad), message=f"{int(bad.sum())} proximal leaf tip(s) cross the axis by more than {mlc.max_overtravel_mm} mm"))
+    bad = px2 - px1 < mlc.min_gap_mm - TOL_MM
+    if bad.any():
+        out.append(Violation(rule="min_gap", beam=bi, segment=si, leaf_pair=_first(bad), message=f"{int(bad.sum())} proximal pair(s) with gap below {mlc.min_gap_mm} mm"))
+    for bank, x in (("proximal X1", px1), ("proximal X2", px2)):
+        span = float(x.max() - x.min())
+        if span > mlc.max_leaf_span_mm + TOL_MM:
+            out.append(Violation(rule="leaf_span", beam=bi, segment=si, message=f"bank {bank} spans {span:.1f} mm > max_leaf_span_mm {mlc.max_leaf_span_mm}"))
+    return out
+
+
 def check_plan(plan: Plan, machine: MachineModel) -> DeliverabilityReport:
     """Check every beam and segment of ``plan`` against ``machine``'s limits."""
     v: list[Violation] = []
@@ -106,6 +132,8 @@ def check_plan(plan: Plan, machine: MachineModel) -> DeliverabilityReport:
                 span = float(x.max() - x.min())
                 if span > mlc.max_leaf_span_mm + TOL_MM:
                     v.append(Violation(rule="leaf_span", beam=bi, segment=si, message=f"bank {bank} spans {span:.1f} mm > max_leaf_span_mm {mlc.max_leaf_span_mm}"))
+            if getattr(s, "x1_proximal_mm", None) is not None:
+                v.extend(_proximal_violations(s, mlc, bi, si))
             for name, jaw, pos, fmax in (("X", machine.jaw_x, s.jaw_x_mm, lim.max_field_x_mm), ("Y", machine.jaw_y, s.jaw_y_mm, lim.max_field_y_mm)):
                 if (jaw is None) != (pos is None):
                     v.append(Violation(rule="jaw_presence", beam=bi, segment=si, message=f"{name} jaws {'given' if pos is not None else 'missing'} but the machine has {'no' if jaw is None else ''} {name} jaws"))

@@ -136,6 +136,18 @@ class BookingRequest(BaseModel):
     fractions: int | None = Field(default=None, ge=1)
 
 
+#: how often each ingress replica pulls changed job snapshots from the scheduler (s)
+STATUS_REFRESH_S = 0.1
+#: a status cache not refreshed for this long is bypassed: GET /jobs/{id} reads the store (s)
+STATUS_STALE_S = 2.0
+#: an unfinished job whose cached status has not changed for this long is checked against the store (s)
+STATUS_REVALIDATE_S = 5.0
+
+
+from rayrt.service.web import router as web_router  # noqa: E402  the web view (/ui); included before @serve.ingress freezes the app
+api.include_router(web_router)
+
+
 @serve.deployment(name="rayrt-ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
 @serve.ingress(api)
 class Ingress:
@@ -144,9 +156,94 @@ class Ingress:
     def __init__(self, settings: dict):
         from rayrt.service.scheduler import get_or_create_scheduler
 
+        from rayrt.service.runtime import interactive_priority
+
         self.settings = ServiceSettings.model_validate(settings)
         self.store = Store(self.settings.data_dir)
         self.scheduler = get_or_create_scheduler(self.settings)
+        reniced = interactive_priority()  # the HTTP path (this replica, the node's proxy) at niceness 0, compute at 19
+        log.info("ingress: niceness 0 for pids %s", reniced)
+        # status cache: job id -> Job JSON as last saved, kept current by the scheduler's snapshots
+        self._jobs: dict[str, bytes] = {}
+        self._snap_version = 0
+        self._snap_incarnation: str | None = None
+        self._jobver: dict[str, int] = {}  # job id -> scheduler version of the cached snapshot
+        self._snap_ok = 0.0  # monotonic time of the last successful refresh
+        self._refresher = None
+        self._checked: dict[str, tuple[bytes, float]] = {}  # job id -> (cached bytes, when last trusted / checked)
+
+    # ---------------------------------------------------------------- status cache
+    def _ensure_refresher(self) -> None:
+        """Start the background task that pulls changed job snapshots from the scheduler (every
+        ``STATUS_REFRESH_S``): one actor call per interval for all pollers together."""
+        if self._refresher is None or self._refresher.done():
+            import asyncio
+
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        import asyncio
+        import time as _time
+
+        while True:
+            try:
+                await self._sync()
+            except Exception:  # scheduler restarting: the cache goes stale and get_job reads the store
+                log.debug("status snapshot refresh failed", exc_info=True)
+            await asyncio.sleep(STATUS_REFRESH_S)
+
+    async def _sync(self) -> None:
+        """Pull the job snapshots that changed since the last pull. Also called right after a
+        request that changed jobs through the scheduler (submit, cancel, machine status) and by
+        ``GET /queue``: this replica's next status answers then include that change (read your writes)."""
+        import time as _time
+
+        out = await self.scheduler.snapshots_since.remote(self._snap_version, self._snap_incarnation)
+        if out["incarnation"] != self._snap_incarnation:  # the scheduler restarted: its versions start again
+            self._snap_incarnation = out["incarnation"]
+            self._snap_version, self._jobver = 0, {}
+        for jid, (v, data) in out["jobs"].items():
+            if v > self._jobver.get(jid, 0):  # an answer to an earlier, concurrent pull never overwrites a newer one
+                self._jobver[jid] = v
+                self._jobs[jid] = data
+        self._snap_version = max(self._snap_version, out["version"])
+        self._snap_ok = _time.monotonic()
+
+    async def _sync_quietly(self) -> None:
+        try:
+            await self._sync()
+        except Exception:
+            log.debug("status snapshot sync failed", exc_info=True)
+
+    async def _revalidate(self, jid: str, data: bytes) -> bytes:
+        """Safety net: a cached job that is not finished and has not changed for ``STATUS_REVALIDATE_S``
+        is compared with the store once per that interval (bounds the staleness of a lost snapshot)."""
+        import time as _time
+
+        now = _time.monotonic()
+        seen = self._checked.get(jid)
+        if seen is not None and seen[0] is data and now - seen[1] < STATUS_REVALIDATE_S:
+            return data
+        if seen is None or seen[0] is not data:  # changed since: trust it for another interval
+            self._checked[jid] = (data, now)
+            return data
+        if Job.model_validate_json(data).state.finished:
+            self._checked[jid] = (data, float("inf"))  # a finished job no longer changes on its own
+            return data
+        try:
+            disk = await run_in_threadpool(self.store.read_bytes, f"jobs/{jid}/job.json")
+            if Job.model_validate_json(disk).state.finished and self._jobs.get(jid) is data:
+                log.warning("status cache: job %s was stale (%s); the store says it finished", jid, "no snapshot of its last save")
+                self._jobs[jid] = data = disk
+        except Exception:
+            log.debug("status revalidation of %s failed", jid, exc_info=True)
+        self._checked[jid] = (data, now)
+        return data
+
+    def _cache_fresh(self) -> bool:
+        import time as _time
+
+        return _time.monotonic() - self._snap_ok < STATUS_STALE_S
 
     @api.get("/health")
     async def health(self) -> dict:
@@ -157,7 +254,9 @@ class Ingress:
     async def queue(self) -> dict:
         """The compute queue: ``queued`` in run order with each job's 0-based ``position``
         (priority, then age), the ``running`` jobs with their computers, and ``free_cpus``."""
-        return await self.scheduler.queue_status.remote()
+        out = await self.scheduler.queue_status.remote()
+        await self._sync_quietly()  # job statuses at least as new as this queue
+        return out
 
     # ---------------------------------------------------------------- patients
     @api.post("/patients", status_code=201, response_model=PatientSummary)
@@ -214,6 +313,7 @@ class Ingress:
         )
         await run_in_threadpool(self.store.create_job, job, order)
         await self.scheduler.submit.remote(job.id, job.priority, job.created_at.isoformat())
+        await self._sync_quietly()  # the queue positions the submit changed
         return job
 
     @api.get("/jobs", response_model=JobList)
@@ -222,21 +322,31 @@ class Ingress:
 
     @api.get("/jobs/{job_id}", response_model=Job)
     async def get_job(self, job_id: str) -> Response:
-        """The stored Job as written (atomically) by its runner: the hot path of every poller, so the
-        bytes go out as they are (validated, not re-serialised through the response model)."""
+        """The Job: state, stage, per-stage progress. The hot path of every poller: answered from
+        the replica's status cache (the Job JSON as last saved, pulled from the scheduler every
+        ``STATUS_REFRESH_S``; no store read, no actor call per request). A job the cache does not
+        hold, or any job while the cache is stale (scheduler unreachable), is read from the store."""
         from rayrt.service.store import check_id
 
-        try:
-            data = self.store.read_bytes(f"jobs/{check_id(job_id, 'job')}/job.json")
-        except FileNotFoundError:
-            raise InputError(f"no job with id {job_id!r}", kind="not_found", field="job_id", status=404) from None
-        Job.model_validate_json(data)  # a damaged file is a 500, never passed on
+        jid = check_id(job_id, "job")
+        self._ensure_refresher()
+        data = self._jobs.get(jid) if self._cache_fresh() else None
+        if data is not None:
+            data = await self._revalidate(jid, data)
+        if data is None:
+            try:
+                data = await run_in_threadpool(self.store.read_bytes, f"jobs/{jid}/job.json")
+            except FileNotFoundError:
+                raise InputError(f"no job with id {job_id!r}", kind="not_found", field="job_id", status=404) from None
+            Job.model_validate_json(data)  # a damaged file is a 500, never passed on
+            self._jobs.setdefault(jid, data)  # a snapshot that arrived meanwhile is newer: keep it
         return Response(content=data, media_type="application/json")
 
     @api.post("/jobs/{job_id}/cancel")
     async def cancel_job(self, job_id: str) -> dict:
         job = await run_in_threadpool(self.store.get_job, job_id)
         cancelled = await self.scheduler.cancel.remote(job.id)
+        await self._sync_quietly()
         if not cancelled:
             raise InputError(f"job {job_id} is {job.state.value}, not queued: only a queued job can be cancelled", kind="conflict", field="job_id", status=409)
         return {"job_id": job_id, "state": "cancelled"}
@@ -263,11 +373,14 @@ class Ingress:
         job = await run_in_threadpool(self.store.get_job, job_id)
         interval_s = min(max(interval_s, 0.1), 10.0)
 
+        self._ensure_refresher()
+
         async def stream():
             last = None
             while True:
                 try:
-                    j = await run_in_threadpool(self.store.get_job, job_id)
+                    cached = self._jobs.get(job.id) if self._cache_fresh() else None  # the status cache, as GET /jobs/{id}
+                    j = Job.model_validate_json(cached) if cached is not None else await run_in_threadpool(self.store.get_job, job_id)
                 except Exception as exc:  # the store hiccupped: tell the client, keep the stream
                     yield f"event: error\ndata: {json.dumps({'message': str(exc)})}\n\n"
                     await asyncio.sleep(interval_s)
@@ -355,7 +468,12 @@ class Ingress:
         info = await run_in_threadpool(facts)
         status = await self.scheduler.get_status.remote()
         beats = await self.scheduler.heartbeats.remote(2.0)
-        return {**info, "queued": status["queued"], "running": status["running"],
+        counts = await self.scheduler.task_counts.remote()
+        if "unavailable" in info["tasks"]:  # no dashboard agent: rayrt's own accounting (the computers report to the scheduler)
+            info["tasks"] = {"source": "rayrt executor accounting (tasks and conversions submitted / finished per job)",
+                             "running": counts["running"], "queued": counts["queued"], "in_flight": counts["in_flight"],
+                             "dashboard": info["tasks"].get("reason", "")}
+        return {**info, "queued": status["queued"], "running": status["running"], "task_accounting": counts,
                 "computers": [{"name": n, "alive": b is not None, **(b or {})} for n, b in beats.items()]}
 
     # ---------------------------------------------------------------- treatment machines
@@ -367,7 +485,8 @@ class Ingress:
 
             ns = self.settings.ray_namespace
             self._reg = get_or_create_registry(name=registry_name(self.settings), namespace=ns, data_dir=self.settings.data_dir,
-                                               replan_callback=ReplanToScheduler(self.settings.scheduler_name, ns))
+                                               replan_callback=ReplanToScheduler(self.settings.scheduler_name, ns),
+                                               settings=self.settings.machine_queues.model_dump())
         return self._reg
 
     @api.get("/machines")
@@ -385,6 +504,7 @@ class Ingress:
         """Change a machine's status; ``down`` moves its pending bookings to the best usable machine
         and re-plans each moved patient (the job's convert -> qa -> export stages run again for it)."""
         res = await self._registry().set_status.remote(name, change.state, change.cause, change.reason)
+        await self._sync_quietly()
         return res.model_dump(mode="json")
 
     @api.post("/jobs/{job_id}/book", status_code=201)

@@ -101,22 +101,104 @@ def import_stage_modules(names: Iterable[str]) -> list[str]:
     return out
 
 
+def run_task(fn: Callable[..., Any], item: Any, *shared: Any) -> Any:
+    """Body of every stage task on Ray: ``fn(item, *shared)`` at compute priority
+    (:func:`rayrt.service.runtime.lower_priority`: the HTTP ingress keeps answering while tasks
+    saturate the CPUs)."""
+    from rayrt.service.runtime import lower_priority
+
+    lower_priority()
+    return fn(item, *shared)
+
+
 class RayExecutor:
     """:class:`rayrt.pipeline.Executor` on Ray: ``put`` = ``ray.put``; ``map`` = one task per item.
 
     Shared handles passed to ``map`` are ObjectRefs; Ray hands each task the stored array
-    (zero-copy for numpy) instead of shipping it again. With ``on_progress`` set (the
-    :class:`JobRunner` sets it), ``map`` calls ``on_progress(done, total)`` as tasks finish; if
-    that raises (a cancelled job), the remaining tasks are cancelled and the error propagates.
+    (zero-copy for numpy) instead of shipping it again. Tasks are submitted in the order of
+    ``fn.task_order(items)`` when the function has one (largest work first, so the last task to
+    start is a short one). With ``on_progress`` set (the :class:`JobRunner` sets it), ``map``
+    calls ``on_progress(done, total)`` as tasks finish; if that raises (a cancelled job), the
+    remaining tasks are cancelled and the error propagates.
+
+    ``convert_machines`` runs the convert stage's conversions on the per-machine conversion
+    ActorPools (:mod:`rayrt.service.conversion`, actor ``pools``). ``on_tasks(submitted,
+    finished)`` receives this executor's running task counts (the scheduler's accounting behind
+    ``GET /cluster``).
     """
 
     on_progress: Callable[[int, int], None] | None = None
 
-    def __init__(self, num_cpus_per_task: float = 1.0):
+    def __init__(self, num_cpus_per_task: float = 1.0, pools: str | None = None, namespace: str | None = None,
+                 pool_settings: dict | None = None, on_tasks: Callable[[int, int], None] | None = None):
         self.num_cpus_per_task = num_cpus_per_task
         #: numba threads inside each task: as many as the CPUs the task reserves (stages read it)
         self.threads_per_task = max(1, int(num_cpus_per_task))
         self._remote: dict[Callable, Any] = {}
+        self.pools_name = pools or "rayrt-conversion-pools"
+        self.namespace = namespace
+        self.pool_settings = pool_settings
+        #: ``on_tasks(submitted, finished)``: this executor's task accounting (the scheduler's GET /cluster counts)
+        self.on_tasks = on_tasks
+        self.tasks_submitted = 0
+        self.tasks_finished = 0
+
+    def _count(self, submitted: int = 0, finished: int = 0) -> None:
+        self.tasks_submitted += submitted
+        self.tasks_finished += finished
+        if self.on_tasks is not None:
+            try:
+                self.on_tasks(self.tasks_submitted, self.tasks_finished)
+            except Exception:  # accounting is best effort
+                log.debug("task accounting report failed", exc_info=True)
+
+    def pools(self) -> Any:
+        """The conversion-pools actor (:mod:`rayrt.service.conversion`) of this service, created on first use."""
+        from rayrt.service.conversion import get_or_create_conversion_pools
+
+        try:
+            return ray.get_actor(self.pools_name, namespace=self.namespace)
+        except ValueError:
+            kw = {"settings": self.pool_settings} if self.pool_settings is not None else {}
+            return get_or_create_conversion_pools(name=self.pools_name, namespace=self.namespace, detached=False, start=False, **kw)
+
+    def convert_machines(self, standard: Any, machines: list[str], options: Any,
+                         progress: Callable[[int, int, str], None] | None = None) -> list[Any]:
+        """Convert ``standard`` (a StandardPlanInput) for every machine on that machine's conversion
+        ActorPool: the plan is put into the object store once and read by each pool's worker;
+        ``progress(done, total, message)`` as machines finish (it may raise to cancel the rest).
+        Results (:class:`rayrt.convert.convert.ConversionResult`, or the exception a machine's
+        conversion raised: the others go on) in the order of ``machines``."""
+        pools = self.pools()
+        ref = ray.put(standard)
+        inner = ray.get([pools.submit.remote(m, [ref], options) for m in machines])
+        self._count(submitted=len(inner))
+        pending, done = list(inner), 0
+        index = {r: i for i, r in enumerate(inner)}
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=None, fetch_local=False)
+                done += len(ready)
+                self._count(finished=len(ready))
+                if progress is not None:
+                    progress(done, len(inner), f"{machines[index[ready[0]]]} converted ({done}/{len(inner)})")
+        except BaseException:
+            for r in pending:
+                try:
+                    ray.cancel(r)
+                except Exception:
+                    pass
+            raise
+        out: list[Any] = []
+        for r in inner:
+            try:
+                out.append(ray.get(r))
+            except ray.exceptions.RayTaskError as exc:  # the conversion raised: report its own error
+                cause = getattr(exc, "cause", None)
+                out.append(cause if isinstance(cause, BaseException) else exc)
+            except ray.exceptions.RayError as exc:  # actor died beyond its restarts, ...
+                out.append(exc)
+        return out
 
     def available_cpus(self) -> int:
         """CPUs free in the cluster now (at least 1): stages size their fan-out from it."""
@@ -127,18 +209,29 @@ class RayExecutor:
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], *shared: Any) -> list[Any]:
         rf = self._remote.get(fn)
-        if rf is None:
-            rf = self._remote[fn] = ray.remote(num_cpus=self.num_cpus_per_task)(fn)
-        refs = [rf.remote(item, *shared) for item in items]
-        if self.on_progress is None or not refs:
-            return ray.get(refs)
+        if rf is None:  # one remote function per stage function, named after it (run_task wraps it)
+            rf = self._remote[fn] = ray.remote(num_cpus=self.num_cpus_per_task)(run_task).options(name=getattr(fn, "__name__", "task"))
+        items = list(items)
+        order = getattr(fn, "task_order", None)  # e.g. largest work first (rayrt.stages.dij_chunk_task)
+        seq = order(items) if callable(order) else range(len(items))
+        refs: list[Any] = [None] * len(items)
+        for i in seq:  # submitted in that order; Ray starts them in submission order as CPUs free up
+            refs[i] = rf.remote(fn, items[i], *shared)
+        self._count(submitted=len(refs))
+        if not refs:
+            return []
         pending, done = list(refs), 0
         try:
             while pending:
-                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2, fetch_local=False)
+                ready, pending = ray.wait(pending, num_returns=1, timeout=None, fetch_local=False)
+                if pending:  # and every other one that is ready by now
+                    more, pending = ray.wait(pending, num_returns=len(pending), timeout=0, fetch_local=False)
+                    ready += more
                 if ready:
                     done += len(ready)
-                    self.on_progress(done, len(refs))
+                    self._count(finished=len(ready))
+                    if self.on_progress is not None:
+                        self.on_progress(done, len(refs))
         except BaseException:
             for ref in pending:
                 try:
@@ -190,6 +283,7 @@ class JobRunner:
         stages: list[Stage] | None = None,
         progress_interval_s: float = 0.5,
         report: Callable[[str, dict], None] | None = None,
+        publish: Callable[[str, bytes], None] | None = None,
     ):
         self.store = store
         self.job = store.get_job(job_id)
@@ -198,6 +292,7 @@ class JobRunner:
         self.stages = stages if stages is not None else job_stages(self.job)
         self.interval = progress_interval_s
         self.report = report
+        self.publish = publish
         self._last_save = 0.0
         self._lock = threading.Lock()
         self.cancel_event = threading.Event()
@@ -226,6 +321,11 @@ class JobRunner:
         if force or now - self._last_save >= self.interval:
             self.store.save_job(self.job)
             self._last_save = now
+            if self.publish is not None:  # the same state to the ingress' status cache (via the scheduler)
+                try:
+                    self.publish(self.job.id, self.job.model_dump_json().encode())
+                except Exception:
+                    log.debug("status publish failed", exc_info=True)
 
     def _stage(self, name: str) -> StageProgress:
         for sp in self.job.stages:
@@ -327,8 +427,12 @@ class ControlledComputer:
     """A worker that runs whole jobs (one at a time) and answers heartbeats while it does."""
 
     def __init__(self, name: str, store: Store, progress_interval_s: float = 0.5, scheduler_name: str | None = None, namespace: str | None = None,
-                 stage_modules: Iterable[str] = ()):
+                 stage_modules: Iterable[str] = (), pool_settings: dict | None = None):
+        from rayrt.service.runtime import lower_priority
+
+        lower_priority()  # jobs are batch work: the HTTP ingress keeps its CPU share
         self.name = name
+        self.pool_settings = pool_settings
         self.runner: JobRunner | None = None
         self.stage_error: str | None = None
         try:
@@ -368,13 +472,18 @@ class ControlledComputer:
 
     def run_job(self, job_id: str) -> dict:
         """Run a stored job to its end; returns the final Job as JSON."""
-        report = None
+        from rayrt.service.conversion import pools_name
+
+        report = publish = on_tasks = None
         if self.scheduler_name:
             try:
                 sched = ray.get_actor(self.scheduler_name, namespace=self.namespace)
-                report = lambda jid, ev: sched.report.remote(jid, ev)  # noqa: E731  fire and forget
+                # fire and forget: progress, status snapshots and task counts fan in to the scheduler
+                report = lambda jid, ev: sched.report.remote(jid, ev)  # noqa: E731
+                publish = lambda jid, data: sched.job_snapshot.remote(jid, data, time.time())  # noqa: E731
+                on_tasks = lambda sub, fin: sched.report_tasks.remote(job_id, self.name, sub, fin)  # noqa: E731
             except ValueError:
-                report = None
+                pass
         self.runner = None
         self.current = job_id
         try:
@@ -383,8 +492,13 @@ class ControlledComputer:
                 job.state, job.finished_at, job.worker = JobState.failed, _now(), self.name
                 job.errors.append(self.stage_error)
                 self.store.save_job(job)
+                if publish is not None:
+                    publish(job.id, job.model_dump_json().encode())
                 return job.model_dump(mode="json")
-            runner = self.runner = JobRunner(self.store, job_id, worker=self.name, executor=RayExecutor(), progress_interval_s=self.interval, report=report)
+            executor = RayExecutor(pools=pools_name(self.scheduler_name or "rayrt"), namespace=self.namespace, pool_settings=self.pool_settings,
+                                   on_tasks=on_tasks)
+            runner = self.runner = JobRunner(self.store, job_id, worker=self.name, executor=executor, progress_interval_s=self.interval,
+                                             report=report, publish=publish)
             job = runner.run()
         finally:
             self.current = None

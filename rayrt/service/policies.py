@@ -173,8 +173,10 @@ class ConversionPoolSettings(BaseModel):
     max_size: int = Field(default=2, ge=1)
     sizes: dict[str, int] = Field(default_factory=dict)
     actor_options: dict = Field(
-        default_factory=lambda: {"num_cpus": 1},
-        description="Ray options of the ConversionWorker actors; on a cluster add resources: {worker: 0.01}",
+        default_factory=lambda: {"num_cpus": 0},
+        description="Ray options of the ConversionWorker actors. An actor holds its CPU reservation for its whole life, so the "
+                    "default 0 lets one pool per machine live on a small node beside the Dij/QA tasks (each conversion then runs "
+                    "one numba thread); on a cluster give them CPUs and a node type: {num_cpus: 1, resources: {worker: 0.01}}",
     )
 
     def initial(self, machine: str) -> int:

@@ -124,6 +124,14 @@ class Scheduler:
         self.admitted_at: dict[str, float] = {}  # job id -> monotonic time it was dispatched
         self._monitor_task: asyncio.Task | None = None
         self._incarnation = uuid.uuid4().hex[:4]  # computer names stay unique across restarts of this actor
+        # job status snapshots (Job JSON as last saved) for the ingress' status cache: job id -> (version, bytes)
+        self.snap: dict[str, tuple[int, bytes]] = {}
+        self.snap_version = 0
+        self.snap_time: dict[str, float] = {}  # job id -> Unix time of the save its snapshot shows
+        # task accounting reported by the computers' executors: job id -> {computer, submitted, finished}
+        self.tasks: dict[str, dict] = {}
+        self.tasks_done_total = 0  # tasks of jobs that have ended
+        self.pools: Any = None
         self._kick_ready()
 
     @staticmethod
@@ -144,7 +152,74 @@ class Scheduler:
         t.daemon = True
         t.start()
 
+    # ---------------------------------------------------------------- job snapshots
+    def _save_job(self, job: Any) -> None:
+        """Write job.json and publish the same state to the ingress' status cache."""
+        self.store.save_job(job)
+        self._snapshot(job.id, job.model_dump_json().encode())
+
+    def _snapshot(self, job_id: str, data: bytes, saved_at: float | None = None) -> None:
+        saved_at = time.time() if saved_at is None else saved_at
+        if self.snap_time.get(job_id, 0.0) > saved_at:  # an older save that arrived late: keep the newer one
+            return
+        self.snap_time[job_id] = saved_at
+        self.snap_version += 1
+        self.snap[job_id] = (self.snap_version, data)
+        if len(self.snap) > SNAPSHOT_LIMIT:  # forget the least recently changed jobs (the store still has them)
+            for jid, _ in sorted(self.snap.items(), key=lambda kv: kv[1][0])[: len(self.snap) - SNAPSHOT_LIMIT]:
+                self.snap.pop(jid, None)
+                self.snap_time.pop(jid, None)
+
+    async def job_snapshot(self, job_id: str, data: bytes, saved_at: float | None = None) -> None:
+        """A computer saved ``job_id``'s job.json at ``saved_at`` (Unix time; ``data``: the same Job as
+        JSON): keep it for the ingress, unless a later save of that job is already here."""
+        self._snapshot(job_id, data, saved_at)
+
+    async def snapshots_since(self, version: int, incarnation: str | None = None) -> dict:
+        """Job snapshots changed after ``version`` (all of them when ``incarnation`` is not this
+        actor's: it restarted): ``{"incarnation", "version", "jobs": {job id: (version, Job JSON bytes)}}``."""
+        if incarnation != self._incarnation:
+            version = 0
+        return {"incarnation": self._incarnation, "version": self.snap_version,
+                "jobs": {j: (v, d) for j, (v, d) in self.snap.items() if v > version}}
+
+    # ---------------------------------------------------------------- task accounting
+    async def report_tasks(self, job_id: str, computer: str, submitted: int, finished: int) -> None:
+        """A computer's executor: ``submitted`` / ``finished`` Ray tasks (and conversions) of ``job_id`` so far."""
+        self.tasks[job_id] = {"computer": computer, "submitted": int(submitted), "finished": int(finished)}
+
+    async def task_counts(self) -> dict:
+        """Tasks of the running jobs from rayrt's own accounting (no dashboard needed): per job
+        submitted / finished / in flight; ``running`` = in flight up to the CPUs in use, ``queued`` = the rest."""
+        per_job = {j: {**t, "in_flight": t["submitted"] - t["finished"]} for j, t in self.tasks.items()}
+        in_flight = sum(t["in_flight"] for t in per_job.values())
+        try:
+            total, free = ray.cluster_resources().get("CPU", 0.0), ray.available_resources().get("CPU", 0.0)
+        except Exception:
+            total = free = 0.0
+        own = self.settings.controlled_computer_cpus * len(self.running)
+        busy = max(0, int(round(total - free - own)))
+        pools = []
+        if self.pools is not None:
+            try:
+                pools = [p.model_dump() for p in await self.pools.stats.remote()]
+            except Exception:
+                pools = []
+        running = min(in_flight, max(busy, 0)) if busy else min(in_flight, int(total))
+        return {"in_flight": in_flight, "running": running, "queued": in_flight - running,
+                "submitted": sum(t["submitted"] for t in per_job.values()) , "finished_in_running_jobs": sum(t["finished"] for t in per_job.values()),
+                "finished_in_ended_jobs": self.tasks_done_total, "per_job": per_job, "conversion_pools": pools}
+
     # ---------------------------------------------------------------- start-up
+    def _pools_handle(self) -> Any:
+        """This service's conversion ActorPools (one pool per machine, started on first use), owned by this actor."""
+        if self.pools is None:
+            from rayrt.service.conversion import get_or_create_conversion_pools, pools_name
+
+            self.pools = get_or_create_conversion_pools(name=pools_name(self.settings.scheduler_name), namespace=self.settings.ray_namespace,
+                                                        detached=False, settings=self.settings.conversion_pool.model_dump(), start=False)
+        return self.pools
+
     def _new_computer(self, slot: int) -> str:
         base = "rayrt" if self.settings.scheduler_name == SCHEDULER_NAME else self.settings.scheduler_name
         name = f"{base}-cc-{slot}-{next(self._generation)}{self._incarnation}"
@@ -155,7 +230,7 @@ class Scheduler:
             num_cpus=self.settings.controlled_computer_cpus,
             max_concurrency=4,  # heartbeats answer while a job runs
         ).remote(name, self.store, self.settings.progress_interval_s, self.settings.scheduler_name, self.settings.ray_namespace,
-                 stage_modules=list(self.settings.stage_modules))
+                 stage_modules=list(self.settings.stage_modules), pool_settings=self.settings.conversion_pool.model_dump())
         self.last_ok[name] = time.monotonic()
         return name
 
@@ -163,6 +238,7 @@ class Scheduler:
         """Start the computers and re-queue unfinished jobs from the store (idempotent)."""
         if not self._ready:
             self._ready = True
+            self._pools_handle()
             for slot in range(self.settings.controlled_computers):
                 self.idle.append(self._new_computer(slot))
             for job in self.store.list_jobs():
@@ -170,7 +246,7 @@ class Scheduler:
                     continue
                 if cancel_requested(self.store, job.id):  # cancelled while the service was down
                     job.state, job.finished_at, job.queue_position = JobState.cancelled, datetime.now(timezone.utc), None
-                    self.store.save_job(job)
+                    self._save_job(job)
                     continue
                 self.queue.push(job.id, job.priority, job.created_at)
             self._monitor_task = asyncio.get_running_loop().create_task(self._monitor())
@@ -210,7 +286,7 @@ class Scheduler:
         request_cancel(self.store, job_id)
         job = self.store.get_job(job_id)
         job.state, job.finished_at, job.queue_position = JobState.cancelled, datetime.now(timezone.utc), None
-        self.store.save_job(job)
+        self._save_job(job)
         self.positions.pop(job_id, None)
         self._publish_positions()
         return True
@@ -247,7 +323,7 @@ class Scheduler:
                 sp.message = f"re-planning: {frm} -> {to} ({request.get('reason', '')})"[:300]
         job.state, job.finished_at, job.stage = JobState.queued, None, None
         job.progress = sum(s.percent for s in job.stages) / max(1, len(job.stages))
-        self.store.save_job(job)
+        self._save_job(job)
         if job.id not in self.running:
             self.queue.push(job.id, job.priority, job.created_at)
         self._dispatch()
@@ -314,6 +390,8 @@ class Scheduler:
             try:
                 await self._check_computers()
                 self._dispatch()
+                if self.pools is not None:  # actors a pool grew for demand go back after 5 idle minutes (fire and forget)
+                    self.pools.shrink_idle.remote(POOL_IDLE_S)
             except Exception:
                 log.exception("scheduler monitor tick failed")
 
@@ -372,6 +450,7 @@ class Scheduler:
                 break
             if cancel_requested(self.store, job_id):
                 continue
+            self._warm_pools(job_id)
             name = self.idle.pop(0)
             self.running[job_id] = name
             self.admitted_at[job_id] = self.last_ok[name] = time.monotonic()
@@ -379,6 +458,16 @@ class Scheduler:
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
         self._publish_positions()
+
+    def _warm_pools(self, job_id: str) -> None:
+        """Start the conversion pools of a planning job's machines now (their actors load the machine
+        models while the standard plan is optimised), fire and forget."""
+        try:
+            job = self.store.get_job(job_id)
+            if job.options is not None and job.machines:
+                self._pools_handle().ensure.remote(list(job.machines))
+        except Exception:
+            log.debug("could not warm the conversion pools of job %s", job_id, exc_info=True)
 
     def _publish_positions(self) -> None:
         """Write each queued job's place (and ``queued`` state) to its job.json when it changed."""
@@ -391,7 +480,7 @@ class Scheduler:
                 if job.state.finished:
                     continue
                 job.queue_position, job.state = pos, JobState.queued
-                self.store.save_job(job)
+                self._save_job(job)
                 self.positions[jid] = pos
             except Exception:
                 log.exception("could not write the queue position of job %s", jid)
@@ -411,12 +500,12 @@ class Scheduler:
                 job = self.store.get_job(job_id)
                 if not job.state.finished and cancel_requested(self.store, job_id):
                     job.state, job.finished_at = JobState.cancelled, datetime.now(timezone.utc)
-                    self.store.save_job(job)
+                    self._save_job(job)
                 elif not job.state.finished:
                     why = self.lost.get(name, f"controlled computer {name} died")
                     job.errors.append(f"{why}; the job was re-queued")
                     job.state = JobState.queued
-                    self.store.save_job(job)
+                    self._save_job(job)
                     self.queue.push(job.id, job.priority, job.created_at)
             except Exception:
                 log.exception("could not re-queue job %s", job_id)
@@ -426,6 +515,9 @@ class Scheduler:
             self.running.pop(job_id, None)
             self.admitted_at.pop(job_id, None)
             self.last_event.pop(job_id, None)
+            t = self.tasks.pop(job_id, None)
+            if t:
+                self.tasks_done_total += t["finished"]
             if replace:
                 slot = self.slots.pop(name)
                 self.computers.pop(name, None)
@@ -435,6 +527,12 @@ class Scheduler:
             self.idle.append(name)
             self._dispatch()
 
+
+#: a conversion actor beyond its pool's initial size is removed after this long idle (s)
+POOL_IDLE_S = 300.0
+
+#: job snapshots the scheduler keeps for the ingress' status cache (older ones are read from the store)
+SNAPSHOT_LIMIT = 5000
 
 #: the stages a re-plan for another machine runs again
 REPLAN_STAGES = ("convert", "qa", "export")

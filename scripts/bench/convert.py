@@ -9,7 +9,7 @@ the Ray actor pool of the service is measured elsewhere). The commissioning-curv
 cold cost is reported separately. Finally it runs the gamma benchmark (scripts/bench/gamma.py,
 rayrt's gamma vs pymedphys, in a subprocess) and embeds its JSON.
 
-Usage:  .venv/bin/python scripts/bench/convert.py [--case small|tg119] [--workers 2] [--machines a,b,c,d]
+Usage:  .venv/bin/python scripts/bench/convert.py [--case small|tg119|demo] [--workers 2] [--machines a,b,c,d]
                                                  [--gamma full|small|none] [--no-pymedphys]
 Writes scripts/bench/results/convert.json and prints a table. Timings on the shared 2-core
 developer machine are under load from other developers: the lead reruns them on a quiet machine.
@@ -44,6 +44,10 @@ def plan_case(case: str):
         study = tg119_phantom()
         angles = [i * 40.0 for i in range(9)]
         opts = PlanningOptions(dose_grid_mm=5.0, fmo_iterations=200, dao_rounds=3)
+    elif case == "demo":  # the service demo's case (rayrt.cli.demo): 4 mm phantom, 9 beams, lean planning
+        study = tg119_phantom(4.0)
+        angles = [i * 40.0 for i in range(9)]
+        opts = PlanningOptions(dose_grid_mm=5.0, fmo_iterations=100, dao_rounds=1, dao_iterations=20, max_segments=8)
     else:
         study = tg119_phantom(6.0)
         angles = [0.0, 72.0, 144.0, 216.0, 288.0]
@@ -78,8 +82,9 @@ def run_gamma_bench(kind: str, no_pymedphys: bool) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", choices=["small", "tg119"], default="tg119")
-    ap.add_argument("--machines", default=DEFAULT_MACHINES)
+    ap.add_argument("--case", choices=["small", "tg119", "demo"], default="tg119",
+                    help="demo: the service demo's case and conversion settings (rayrt.cli.demo), its 3 machines by default")
+    ap.add_argument("--machines", default=None)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--gamma", choices=["full", "small", "none"], default="full")
     ap.add_argument("--no-pymedphys", action="store_true")
@@ -94,8 +99,16 @@ def main() -> None:
     from rayrt.dose.machines import get_machine
 
     si, res, t_plan, case = plan_case(args.case)
-    targets = [get_machine(n.strip()) for n in args.machines.split(",") if n.strip()]
-    opts = load_conversion_options()
+    if args.case == "demo":
+        from rayrt.cli.demo import DEFAULT_MACHINES as DEMO_MACHINES, DEMO_CONVERSION
+
+        opts = load_conversion_options(**DEMO_CONVERSION)
+        machines = args.machines or DEMO_MACHINES
+        case["conversion_options"] = DEMO_CONVERSION
+    else:
+        opts = load_conversion_options()
+        machines = args.machines or DEFAULT_MACHINES
+    targets = [get_machine(n.strip()) for n in machines.split(",") if n.strip()]
     t = time.perf_counter()
     for mm in [si.machine, *targets]:
         cached_curves(mm, opts.source.curves)

@@ -3,7 +3,8 @@
 Head: 1 CPU + resource ``head``; two workers: 1 CPU + resource ``worker`` each. Shows
   * CPU tasks spread over the nodes,
   * MachineQueue actors pinned to the head by the ``head`` resource,
-  * ConversionWorker actors routed to worker nodes by the ``worker`` resource (and converting).
+  * ConversionWorker actors routed to worker nodes by the ``worker`` resource, converting a small
+    planned phantom's standard plan with rayrt.convert (for ``standard_twin``: the reuse mode).
 Prints ``RESULT {json}``. Run: ``python tests/cluster_scenarios/multinode.py``.
 """
 
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 import time
 
-from _common import AGILITY_MM, MILLENNIUM_MM, demo_machine, demo_plan, emit
+import sys
+from pathlib import Path
+
+from _common import emit
 
 import ray
 from ray.cluster_utils import Cluster
@@ -41,7 +45,12 @@ def main() -> None:
 
         task_nodes = ray.get([where.options(scheduling_strategy="SPREAD").remote(i) for i in range(6)])
 
-        from rayrt.service.conversion import ConversionPools, LeafResampleRequest
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the small study of conftest
+        from conftest import SMALL_ORDER, make_small_study
+
+        from rayrt import stages as S
+        from rayrt.domain.order import parse_order
+        from rayrt.service.conversion import ConversionPools
         from rayrt.service.machines import MachineRegistry
 
         # placement comes from the settings, as from configs/service.yaml on a cluster
@@ -51,13 +60,17 @@ def main() -> None:
         reg.book("TB1", "j1", "p1", 5, plan_id="x")
         moved = reg.set_status("TB1", "down", "maintenance", "scenario").moved
 
+        order = parse_order(SMALL_ORDER)
+        fast = dict(machines=[], num_beams=5, dose_grid_mm=5.0, dij_cutoff_mm=30.0, dij_threshold=1e-3, fmo_iterations=40, dao_rounds=1, dao_iterations=8, max_segments=5)
+        res = S.plan_local(make_small_study(with_dose=False), order, S.PlanningRequest(**fast),
+                           stages=["load", "structures", "geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize"])
+        std = ray.put(S.standard_input(res["standard_plan"], res["geometry"], order))
         pools = ConversionPools(
-            {"Agility1": demo_machine("Agility1", AGILITY_MM, jaw_x=False)},
+            ["standard_twin"],
             settings={"default_size": 2, "max_size": 2, "actor_options": {"num_cpus": 0, "resources": {"worker": 0.5}}},
         )
-        req = LeafResampleRequest(plan=demo_plan(), source_leaf_boundaries_mm=MILLENNIUM_MM.tolist())
-        results = pools.map("Agility1", [req] * 4, timeout_s=120)
-        info = pools.worker_info("Agility1")
+        results = ray.get([pools.submit("standard_twin", std) for _ in range(4)], timeout=300)
+        info = pools.worker_info("standard_twin")
         emit(
             {
                 "startup_s": round(t_up, 2),
@@ -69,7 +82,7 @@ def main() -> None:
                 "moved_to": [b.moved_to for b in moved],
                 "conversion_node_kinds": [kinds.get(i["node_id"], "?") for i in info],
                 "conversion_calls": [i["calls"] for i in info],
-                "converted_pairs": [len(r.plan.beams[0].segments[0].x1_mm) for r in results],
+                "converted": [[r.machine, r.mode, r.status] for r in results],
             }
         )
         pools.shutdown()

@@ -10,8 +10,11 @@ Steps (the same for every sequencer; only the integer-matrix decomposition diffe
    pairs parked where they collide with nothing and their minimum gap is shielded (interdigitating
    MLCs: before the open field and the beamlet grid, i.e. under the X jaw or outside the target's
    projection on a jawless machine), no interdigitation where the MLC forbids it
-   (apertures split until adjacent open pairs overlap), maximum leaf span per bank, leaf range and
-   over-travel, jaws on the open area within their limits;
+   (apertures split into runs of consecutive, overlapping open pairs: a closed pair between open
+   pairs would have to keep its minimum gap inside the field), maximum leaf span per bank, leaf range and
+   over-travel, jaws on the open area within their limits and the beamlet rows' extent (a Y jaw
+   may trim a wide end leaf pair part-way); on a dual-layer MLC the proximal layer
+   (:func:`proximal_layer`) closes beyond that extent, at its half-leaf offset;
 5. if there are more segments than allowed, retry with fewer levels; at one level keep the
    ``max_segments`` segments with most MU (direct aperture optimisation recovers the dose).
 
@@ -32,7 +35,8 @@ from rayrt.domain.plan import Segment
 from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
 from rayrt.optimize.sequencing.decompose import DECOMPOSITIONS, Aperture
 
-__all__ = ["Sequencer", "SequencingResult", "get_sequencer", "list_sequencers", "register_sequencer", "make_deliverable", "jaws_for"]
+__all__ = ["Sequencer", "SequencingResult", "get_sequencer", "list_sequencers", "register_sequencer", "make_deliverable", "jaws_for",
+           "proximal_layer", "to_segment"]
 
 _TOL = 1e-6
 
@@ -139,21 +143,28 @@ def _park_closed(s: _Seg, mlc: MLCModel, g: float, park_before_mm: float | None 
     s.x2[closed] = xs + g
 
 
-def _split_by_color(s: _Seg, conflicts: list[tuple[int, int]]) -> list[_Seg]:
+def _split_runs(s: _Seg, conflicts: list[tuple[int, int]]) -> list[_Seg] | None:
+    """No interdigitation: split an aperture into runs of consecutive open pairs, cut at every
+    interior closed run and between every conflicting pair (None when it is already one run free
+    of conflicts).
+
+    A closed pair between two open pairs of such an MLC cannot leave the field: its leaves must
+    overlap its open neighbours' openings (x* in [max x1, min x2 - g]), so its minimum gap g -- a
+    full 5 mm strip on the MLCi2 -- would transmit inside the X jaws with the segment's MU. Runs
+    have closed pairs only beyond their ends, where the Y jaws (hugging the run) cover them."""
     op = np.flatnonzero(s.open_)
+    if op.size == 0:
+        return None
     bad = {a for a, _ in conflicts}
-    color = np.zeros(op.size, dtype=np.int64)
-    c = 0
-    for i in range(1, op.size):  # loop over open pairs of one aperture (<= num leaf pairs)
-        if int(op[i - 1]) in bad:
-            c ^= 1
-        color[i] = c
+    cut = (np.diff(op) > 1) | np.isin(op[:-1], list(bad))
+    if not cut.any():
+        return None
+    run = np.concatenate([[0], np.cumsum(cut)])
     out = []
-    for col in (0, 1):
+    for r in range(int(run[-1]) + 1):
         o = np.zeros_like(s.open_)
-        o[op[color == col]] = True
-        if o.any():
-            out.append(_Seg(s.x1.copy(), s.x2.copy(), o))
+        o[op[run == r]] = True
+        out.append(_Seg(s.x1.copy(), s.x2.copy(), o))
     return out
 
 
@@ -206,9 +217,9 @@ def make_deliverable(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLC
         if not s.open_.any():
             continue
         if not mlc.interdigitation:
-            conf = _conflicts(s, g)
-            if conf:
-                queue.extend(_split_by_color(s, conf))
+            parts = _split_runs(s, _conflicts(s, g))
+            if parts:
+                queue.extend(parts)
                 continue
         parts = _split_span(s, mlc.max_leaf_span_mm)
         if parts:
@@ -219,8 +230,12 @@ def make_deliverable(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLC
     return out
 
 
-def jaws_for(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, machine: MachineModel) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
-    """Jaw positions (mm) hugging the open area, within the jaws' range and the maximum field size."""
+def jaws_for(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, machine: MachineModel,
+             y_span_mm: tuple[float, float] | None = None) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """Jaw positions (mm) hugging the open area, within the jaws' range and the maximum field size.
+
+    ``y_span_mm``: the Y jaws stay within it (the beamlet rows' extent): a Y jaw may then end
+    part-way across a wide leaf pair and trim the field end below the leaf width."""
     b = machine.mlc.boundaries
     op = np.flatnonzero(open_)
     jx = jy = None
@@ -235,6 +250,8 @@ def jaws_for(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, machine: Machine
     if machine.jaw_y is not None:
         lo = max(float(b[op.min()]), machine.jaw_y.min_mm)
         hi = min(float(b[op.max() + 1]), machine.jaw_y.max_mm)
+        if y_span_mm is not None and min(hi, y_span_mm[1]) > max(lo, y_span_mm[0]):
+            lo, hi = max(lo, float(y_span_mm[0])), min(hi, float(y_span_mm[1]))
         if hi - lo > lim.max_field_y_mm:
             c = 0.5 * (lo + hi)
             lo, hi = c - 0.5 * lim.max_field_y_mm, c + 0.5 * lim.max_field_y_mm
@@ -242,9 +259,56 @@ def jaws_for(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, machine: Machine
     return jx, jy
 
 
-def to_segment(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mu: float, machine: MachineModel) -> Segment:
-    jx, jy = jaws_for(x1, x2, open_, machine)
-    return Segment(x1_mm=[float(v) for v in x1], x2_mm=[float(v) for v in x2], jaw_x_mm=jx, jaw_y_mm=jy, mu=float(mu))
+def proximal_layer(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCModel, y_span_mm: tuple[float, float] | None = None,
+                   park_before_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Proximal-layer leaf tips (mm) of a dual-layer MLC for one distal aperture: the proximal layer
+    shapes the field ends along Y at the half-leaf offset.
+
+    The aperture spans Y = [first open distal pair, last open distal pair] clipped to ``y_span_mm``
+    (the beamlet rows' extent: the standard plan's field ends, 5 mm resolution). A proximal pair
+    overlapping that span opens over the hull of the open distal pairs it overlaps, so inside the
+    span the effective opening (the intersection of both layers) is the distal one; the other
+    proximal pairs close with the minimum gap parked before the field (as closed distal pairs of an
+    interdigitating MLC are), so a distal pair that straddles the span's end is cut there."""
+    b = mlc.boundaries
+    pb = mlc.proximal_boundaries
+    g = float(mlc.min_gap_mm)
+    op = np.flatnonzero(open_)
+    Q = pb.size - 1
+    px1 = np.zeros(Q)
+    px2 = np.zeros(Q)
+    x1min, x1max, x2min, x2max = _limits(mlc)
+    edge = float(x1[op].min()) if op.size else 0.0
+    if park_before_mm is not None:
+        edge = min(edge, float(park_before_mm))
+    park = edge - g - 0.5 * float(mlc.leaf_end_transmission_mm) - 1.0
+    park = float(np.clip(park, max(x1min, x2min - g), min(x1max, x2max - g)))
+    px1[:] = park
+    px2[:] = park + g
+    if op.size == 0:
+        return px1, px2
+    lo, hi = float(b[op.min()]), float(b[op.max() + 1])
+    if y_span_mm is not None and min(hi, y_span_mm[1]) > max(lo, y_span_mm[0]):
+        lo, hi = max(lo, float(y_span_mm[0])), min(hi, float(y_span_mm[1]))
+    # (Q, P) overlap of proximal pair q with open distal pair p, inside the span
+    ya = np.maximum(np.maximum(pb[:-1, None], b[None, :-1]), lo)
+    yb = np.minimum(np.minimum(pb[1:, None], b[None, 1:]), hi)
+    ovl = (yb - ya > 1e-6) & open_[None, :]
+    has = ovl.any(axis=1)
+    if has.any():
+        px1[has] = np.where(ovl[has], x1[None, :], np.inf).min(axis=1)
+        px2[has] = np.where(ovl[has], x2[None, :], -np.inf).max(axis=1)
+    return px1, px2
+
+
+def to_segment(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mu: float, machine: MachineModel,
+               y_span_mm: tuple[float, float] | None = None, park_before_mm: float | None = None) -> Segment:
+    jx, jy = jaws_for(x1, x2, open_, machine, y_span_mm)
+    seg = Segment(x1_mm=[float(v) for v in x1], x2_mm=[float(v) for v in x2], jaw_x_mm=jx, jaw_y_mm=jy, mu=float(mu))
+    if machine.mlc.dual_layer:
+        px1, px2 = proximal_layer(x1, x2, open_, machine.mlc, y_span_mm, park_before_mm)
+        seg.x1_proximal_mm, seg.x2_proximal_mm = [float(v) for v in px1], [float(v) for v in px2]
+    return seg
 
 
 # ----------------------------------------------------------------------------- sequencer
@@ -281,7 +345,7 @@ class Sequencer:
         for L in choices:
             unit = fmax / L
             I = np.rint(pf / unit).astype(np.int64)
-            segs = self._segments(I, unit, pair_ids, layout.col_edges_mm, machine)
+            segs = self._segments(I, unit, pair_ids, layout.col_edges_mm, machine, (float(layout.row_edges_mm[0]), float(layout.row_edges_mm[-1])))
             best = (L, segs)
             if len(segs) <= max_segments:
                 break
@@ -295,7 +359,7 @@ class Sequencer:
             segments=segs, levels=L, num_segments=len(segs), total_mu=float(sum(s.mu for s in segs)), sequencer=self.name, dropped_mu=dropped
         )
 
-    def _segments(self, I, unit, pair_ids, col_edges, machine) -> list[Segment]:
+    def _segments(self, I, unit, pair_ids, col_edges, machine, y_span_mm=None) -> list[Segment]:
         P = machine.mlc.num_pairs
         out = []
         for k, lo, hi in self.decompose(I):
@@ -307,7 +371,7 @@ class Sequencer:
             x2[pair_ids] = col_edges[hi]
             op[pair_ids] = o
             for a, b, c in make_deliverable(x1, x2, op, machine.mlc, park_before_mm=float(col_edges[0])):
-                out.append(to_segment(a, b, c, k * unit, machine))
+                out.append(to_segment(a, b, c, k * unit, machine, y_span_mm, float(col_edges[0])))
         return out
 
 
