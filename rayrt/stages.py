@@ -915,6 +915,11 @@ class GoalResult(BaseModel):
     met: bool
 
 
+GOAL_TOLERANCE_GY = 1e-4
+"""A goal compares a float32 dose with its limit: a plan normalised to D95 = 50 Gy stores D95 as
+49.9999988 Gy (float32 rounding is ~4 uGy at 50 Gy). 0.1 mGy absorbs that and is clinically nil."""
+
+
 class MachineSummary(BaseModel):
     machine: str
     plan_id: str
@@ -968,7 +973,7 @@ def goals_of(order: MedicalOrder, dvh: dict[str, dict]) -> list[GoalResult]:
         v = met.get(key)
         if v is None:
             continue
-        ok = v >= o.dose_gy - 1e-6 if lower else v <= o.dose_gy + 1e-6
+        ok = v >= o.dose_gy - GOAL_TOLERANCE_GY if lower else v <= o.dose_gy + GOAL_TOLERANCE_GY
         out.append(GoalResult(structure=o.structure, metric=metric, goal=f"{metric} {'>=' if lower else '<='} {o.dose_gy:g} Gy",
                               value_gy=float(v), limit_gy=o.dose_gy, met=bool(ok)))
     return out

@@ -45,6 +45,17 @@ def test_booking_wait_and_fraction_delivery(tmp_path):
         q.book(Booking(job_id="j2", patient_id="p2", fractions=1))
 
 
+def test_plan_not_released_by_qa_is_never_deliverable(tmp_path):
+    q = LocalMachineQueue("TB1", data_dir=str(tmp_path))
+    q.book(Booking(job_id="j1", patient_id="p1", fractions=5))
+    b = q.plan_not_released("j1", ["gamma vs standard: fail (88.0 %)"])
+    assert b.state is BookingState.not_released and b.plan_id is None and b.active
+    assert "not released by QA: gamma vs standard" in b.history[-1]
+    with pytest.raises(InputError, match="no converted plan"):
+        q.record_fraction("j1")
+    assert q.attach_plan("j1", "plan2").state is BookingState.booked  # a later re-plan that passes QA
+
+
 def test_down_needs_cause_and_refuses_bookings(tmp_path):
     q = LocalMachineQueue("TB1", data_dir=str(tmp_path))
     with pytest.raises(InputError, match="malfunction or maintenance"):

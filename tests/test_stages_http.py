@@ -92,6 +92,13 @@ def test_machine_down_replans_the_booked_patient(serve_app, planned_job):
     from conftest import wait_job
 
     jid = planned_job["id"]
+
+    def standard_qa():
+        std = httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"][0]
+        qa = httpx.get(f"{serve_app}{std['downloads']['qa']}", timeout=30).json()
+        return qa["verdict"], [(c["name"], c.get("value")) for c in qa["checks"]]
+
+    qa_before = standard_qa()
     b = httpx.post(f"{serve_app}/jobs/{jid}/book", json={"machine": "truebeam_m120"}, timeout=120)
     assert b.status_code == 201, b.text
     assert b.json()["machine"] == "truebeam_m120" and b.json()["plan_id"]
@@ -115,14 +122,20 @@ def test_machine_down_replans_the_booked_patient(serve_app, planned_job):
     assert msgs["dij"] == "reused the stored result"
     plans = [m["machine"] for m in httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"]]
     assert target in plans and "truebeam_m120" not in plans
+    assert standard_qa() == qa_before  # the standard plan and its QA are unchanged by the re-plan
     bookings = httpx.get(f"{serve_app}/machines/{target}/bookings", timeout=60).json()["bookings"]
     mine = [x for x in bookings if x["job_id"] == jid]
     assert mine and mine[0]["moved_from"] == "truebeam_m120"
+    summary = next(x for x in httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"] if x["machine"] == target)
     deadline = time.monotonic() + 60
-    while not mine[0]["plan_id"] and time.monotonic() < deadline:  # attached after the re-planned job finished
+    while mine[0]["state"] == "converting" and time.monotonic() < deadline:  # settled after the re-planned job finished
         time.sleep(0.5)
         mine = [x for x in httpx.get(f"{serve_app}/machines/{target}/bookings", timeout=60).json()["bookings"] if x["job_id"] == jid]
-    assert mine[0]["plan_id"]
+    if summary["verdict"] == "not released":  # QA refused the new machine's plan: never attached, the booking says why
+        assert mine[0]["state"] == "not_released" and mine[0]["plan_id"] is None
+        assert "not released by QA" in mine[0]["history"][-1]
+    else:
+        assert mine[0]["state"] == "booked" and mine[0]["plan_id"] == summary["plan_id"]
     httpx.post(f"{serve_app}/machines/truebeam_m120/status", json={"state": "available"}, timeout=120)
 
 

@@ -347,6 +347,16 @@ class LocalMachineQueue:
         self._save()
         return b
 
+    def plan_not_released(self, job_id: str, reasons: list[str]) -> Booking:
+        """The plan converted for this machine failed QA: the booking holds no plan and cannot be
+        delivered; its history says why (re-plan the job or move the booking)."""
+        b = self._find(job_id)
+        b.plan_id = None
+        b.state = BookingState.not_released
+        b.log("converted plan not released by QA: " + ("; ".join(reasons) or "no reason recorded"))
+        self._save()
+        return b
+
     def record_fraction(self, job_id: str, count: int = 1) -> Booking:
         """``count`` fractions of the job were delivered; a booking with none left completes."""
         if count < 1:
@@ -571,6 +581,9 @@ class MachineRegistry:
 
     def attach_plan(self, machine: str, job_id: str, plan_id: str) -> Booking:
         return ray.get(self._queue(machine).attach_plan.remote(job_id, plan_id))
+
+    def plan_not_released(self, machine: str, job_id: str, reasons: list[str]) -> Booking:
+        return ray.get(self._queue(machine).plan_not_released.remote(job_id, reasons))
 
     def record_fraction(self, machine: str, job_id: str, count: int = 1) -> Booking:
         return ray.get(self._queue(machine).record_fraction.remote(job_id, count))

@@ -69,6 +69,7 @@ class MachineStatus(BaseModel):
 class BookingState(str, Enum):
     converting = "converting"  # slot reserved; the plan for this machine is being converted
     booked = "booked"  # on the queue, plan converted for this machine
+    not_released = "not_released"  # the plan converted for this machine failed QA: nothing to deliver (see history)
     moved = "moved"  # moved out of this machine (see move_reason / moved_to)
     unplaced = "unplaced"  # moved out, but no usable machine was found
     completed = "completed"  # all fractions delivered
@@ -99,7 +100,7 @@ class Booking(BaseModel):
 
     @property
     def active(self) -> bool:
-        return self.state in (BookingState.booked, BookingState.converting)
+        return self.state in (BookingState.booked, BookingState.converting, BookingState.not_released)
 
     def log(self, message: str) -> None:
         self.history.append(f"{utcnow().isoformat(timespec='seconds')} {message}")

@@ -330,7 +330,9 @@ class Scheduler:
         return True
 
     async def _attach_plans(self, job_id: str) -> None:
-        """After a (re-)planned job: give every booking still 'converting' its machine's plan id."""
+        """After a (re-)planned job: give every booking still 'converting' its machine's plan id, or
+        mark it ``not_released`` (with the QA reasons) when that machine's plan failed QA: a plan
+        that QA did not release is never attached to a booking."""
         try:
             reg = ray.get_actor(registry_name(self.settings), namespace=self.settings.ray_namespace)
         except ValueError:
@@ -339,10 +341,15 @@ class Scheduler:
             summary = self.store.get_stage_json(job_id, "export", "summary.json")
         except Exception:
             return
-        plans = {m["machine"]: m["plan_id"] for m in summary.get("machines", [])}
+        by_machine = {m["machine"]: m for m in summary.get("machines", [])}
         for b in await reg.bookings_of.remote(job_id):
-            if b.plan_id is None and b.machine in plans:
-                await reg.attach_plan.remote(b.machine, job_id, plans[b.machine])
+            m = by_machine.get(b.machine)
+            if b.plan_id is not None or m is None:
+                continue
+            if m.get("plan_id") and m.get("verdict") != "not released":
+                await reg.attach_plan.remote(b.machine, job_id, m["plan_id"])
+            else:
+                await reg.plan_not_released.remote(b.machine, job_id, list(m.get("failed_checks") or []))
 
     async def report(self, job_id: str, event: dict) -> None:
         """Progress fan-in from the computers (the store holds the durable copy)."""
