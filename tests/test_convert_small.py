@@ -8,10 +8,12 @@ limit and never released, the output folders, and export / re-import / recompute
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from rayrt.domain.errors import InputError
 from rayrt.domain.order import ObjectiveKind, ObjectiveSpec
 
 
@@ -46,6 +48,22 @@ def test_standard_input_is_picklable(small):
     back = pickle.loads(pickle.dumps(si))
     assert back.plan == si.plan and np.array_equal(back.dose_gy, si.dose_gy) and set(back.masks) == set(si.masks)
     assert back.density.array.shape == si.density.array.shape and back.external == "BODY"
+
+
+def test_angles_outside_the_target_range_are_fitted_and_noted(small):
+    from rayrt.convert.convert import fit_angles
+    from rayrt.dose.machines import get_machine
+
+    si, tb = small[4], get_machine("truebeam_m120")
+    assert fit_angles(si, tb) is si  # 0, 72, ... 288 deg: all reachable, nothing changes
+    beams = [b.model_copy(update={"gantry_deg": 180.0}) if i == 2 else b for i, b in enumerate(si.plan.beams)]
+    moved = fit_angles(replace(si, plan=si.plan.model_copy(update={"beams": beams})), tb)
+    assert moved.plan.beams[2].gantry_deg == pytest.approx(180.1)
+    assert [b.gantry_deg for b in moved.plan.beams[:2]] == [b.gantry_deg for b in si.plan.beams[:2]]
+    assert any("delivered at 180.1 deg" in n for n in moved.plan.notes)
+    far = [b.model_copy(update={"collimator_deg": 180.0}) for b in si.plan.beams]  # M120 collimator: 185 .. 175 through 0
+    with pytest.raises(InputError, match="collimator angle 180 deg is outside"):
+        fit_angles(replace(si, plan=si.plan.model_copy(update={"beams": far})), tb)
 
 
 def test_source_comparison_twin_matches_and_curves_are_cached(small):

@@ -119,3 +119,12 @@ def test_leaf_gradient_matches_finite_differences(name):
         fd = (segment_transmission(bg, up, m) - segment_transmission(bg, dn, m)) / (2 * h)
         assert np.allclose(g, fd, atol=1e-6)
     assert np.abs(g2).max() > 0 and np.abs(g1).max() > 0
+
+
+def test_beam_without_mu_delivers_no_dose():
+    m = get_machine("standard")
+    rho = water(10.0)
+    for segs in ([], [rect_segment(m, mu=0.0)]):
+        d = aperture_dose(rho, DOSE_GRID, BEAM, segs, m)
+        assert d.shape == DOSE_GRID.shape and not d.any()
+    assert aperture_dose(rho, DOSE_GRID, BEAM, [rect_segment(m)], m).max() > 0

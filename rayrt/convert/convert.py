@@ -12,8 +12,10 @@
 
    * ``reuse``: the standard plan relabelled, MU / output ratio, dose = the standard dose;
    * ``dose_only``: beamlets rebuilt on the target MLC, the standard plan's segments made
-     deliverable (same leaf boundaries) or its fluence re-sequenced, dose from the target beam
-     model's Dij, MU renormalised to the order's normalisation;
+     deliverable (same leaf boundaries, or target leaves that refine every pair the plan opens --
+     copied leaf by leaf) or its fluence re-sequenced, dose from the target beam model's Dij, MU
+     renormalised to the order's normalisation. A ``convertible`` target whose leaves refine the
+     plan's open pairs (Millennium 120 centre, HD120) tries ``dose_only`` first;
    * ``fluence``: fluence-map optimisation of the order *plus* mimicking terms (below), warm
      started from the standard fluence; sequencing; segment-MU refit;
    * ``dao``: as ``fluence`` plus direct aperture optimisation;
@@ -27,6 +29,13 @@
    the next attempt; after ``max_attempts`` the result is ``failed`` with the reasons and carries
    no plan (``plan`` is None; the last candidate is kept as ``candidate_plan`` for review only).
 
+Target beamlets (:func:`_setup`): rows are the target's leaf pairs; with Y jaws and leaves wider
+than the beamlets (MLCi2, 10 mm) or a dual-layer MLC (Halcyon), each beam's rows end at the
+standard plan's field ends (:func:`standard_field_y_mm`), and the Y jaws (the Halcyon's proximal
+layer, offset half a leaf) trim the end leaf pairs there, so the field ends keep the standard's
+5 mm resolution. Doses of candidate plans use :func:`segments_fluence_on_bixels` (exact
+bixel-averaged transmission of leaves, jaws and both layers of a dual-layer MLC, on any rows).
+
 Units: course doses in Gy; Plan segment MU per fraction; optimiser weights in course MU.
 ``convert_plan(standard, targets, mode, options, workers)`` converts one plan for several
 machines, in this process or in a process pool.
@@ -35,7 +44,7 @@ machines, in this process or in a process pool.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -53,8 +62,10 @@ __all__ = [
     "AttemptRecord",
     "standard_input_from_result",
     "convert_for_machine",
+    "fit_angles",
     "convert_plan",
     "segments_fluence_on_bixels",
+    "plan_fluence",
 ]
 
 
@@ -177,47 +188,21 @@ def standard_input_from_result(result, study, order: MedicalOrder, machine: Mach
 
 # --------------------------------------------------------------------------- fluence of segments on bixels
 def segments_fluence_on_bixels(segments: list[Segment], machine: MachineModel, beamlets) -> np.ndarray:
-    """Effective fluence (MU x open fraction x Sc, per unit of segment MU) of ``machine``'s segments on
-    another machine's bixels (:class:`rayrt.dose.geometry.BeamletGrid`).
+    """Effective fluence (MU x mean collimator transmission x Sc) of ``machine``'s segments on any
+    bixel grid (:class:`rayrt.dose.geometry.BeamletGrid`; its rows need not be ``machine``'s leaf pairs).
 
-    Geometric: each segment opens, on every leaf pair p of ``machine``, the rectangle
-    [x1 - g/2, x2 + g/2] x [b_p, b_p+1] (g: dosimetric leaf gap) clipped by the jaws; a bixel
-    receives the area fraction of it that the openings cover, times (1 - T), plus the leaf
-    transmission T over the rest of the pairs inside the Y jaws, times the segment's MU and its
-    head-scatter factor. Exact overlaps, no rasterisation.
+    The one aperture fluence of rayrt, :func:`rayrt.dose.aperture.aperture_fluence` (exact
+    bixel-averaged transmission of leaves, jaws and both layers of a dual-layer MLC; rows finer
+    than the leaves or ending part-way across a leaf pair). ``Dij @ this`` is the dose in Gy.
     """
-    from rayrt.dose.aperture import segment_equivalent_square_mm
+    from rayrt.dose.aperture import aperture_fluence
 
-    rows = np.asarray(beamlets.rows)
-    cols = np.asarray(beamlets.cols)
-    w = float(beamlets.bixel_width_mm)
-    e = np.asarray(beamlets.row_edges_mm, float)
-    c0, c1 = cols * w, cols * w + w
-    r0, r1 = e[rows], e[rows + 1]
-    b = machine.mlc.boundaries
-    hd = 0.5 * machine.mlc.leaf_end_transmission_mm
-    T = machine.mlc.transmission
-    out = np.zeros(rows.size)
-    for s in segments:  # loop over segments of one beam
-        if s.mu <= 0:
-            continue
-        x1 = np.asarray(s.x1_mm, float)
-        x2 = np.asarray(s.x2_mm, float)
-        op = x2 > x1
-        ya, yb = (b[:-1], b[1:])
-        if s.jaw_y_mm is not None and machine.jaw_y is not None:
-            ya, yb = np.maximum(ya, s.jaw_y_mm[0]), np.minimum(yb, s.jaw_y_mm[1])
-        # (P, N) overlap of each pair's y-range with each bixel row, as a fraction of the bixel height
-        fy = np.clip(np.minimum(yb[:, None], r1[None, :]) - np.maximum(ya[:, None], r0[None, :]), 0.0, None) / (r1 - r0)[None, :]
-        xa = x1 - hd
-        xb = x2 + hd
-        if s.jaw_x_mm is not None and machine.jaw_x is not None:
-            xa, xb = np.maximum(xa, s.jaw_x_mm[0]), np.minimum(xb, s.jaw_x_mm[1])
-        fx = np.clip(np.minimum(xb[:, None], c1[None, :]) - np.maximum(xa[:, None], c0[None, :]), 0.0, None) / w
-        fx *= op[:, None]
-        sc = float(machine.beam.head_scatter_at(segment_equivalent_square_mm(s, machine)))
-        out += s.mu * sc * ((1.0 - T) * (fy * fx).sum(axis=0) + T * fy.sum(axis=0))
-    return out
+    return aperture_fluence(beamlets, segments, machine)
+
+
+def plan_fluence(plan: Plan, machine: MachineModel, grids: list) -> np.ndarray:
+    """Course fluence (all beams, Dij column order) of a plan's segments on its beams' bixel grids."""
+    return np.concatenate([segments_fluence_on_bixels(b.segments, machine, g) for b, g in zip(plan.beams, grids)]) * plan.fractions
 
 
 # --------------------------------------------------------------------------- target setup (beamlets + Dij)
@@ -238,28 +223,118 @@ def _geometry_beams(plan: Plan) -> list[Beam]:
                  isocenter_mm=b.isocenter_mm) for b in plan.beams]
 
 
+def standard_field_y_mm(beam: Beam, machine: MachineModel, min_fraction: float = 0.0) -> tuple[float, float] | None:
+    """Y extent (mm, isocenter plane) of a beam's open field: the outermost leaf pairs whose
+    MU-weighted open width (MU x opening inside the X jaws x part of the pair inside the Y jaws)
+    reaches ``min_fraction`` of the beam's largest, pairs narrower than the minimum gap not
+    counted (closed), the ends clipped by the Y jaws. None when nothing opens."""
+    b = machine.mlc.boundaries
+    g = float(machine.mlc.min_gap_mm)
+    prof = np.zeros(machine.mlc.num_pairs)
+    lo_j = np.full(machine.mlc.num_pairs, np.inf)
+    hi_j = np.full(machine.mlc.num_pairs, -np.inf)
+    for s in beam.segments:  # loop over segments of one beam
+        if s.mu <= 0:
+            continue
+        x1, x2 = np.asarray(s.x1_mm, float), np.asarray(s.x2_mm, float)
+        if s.jaw_x_mm is not None and machine.jaw_x is not None:
+            x1, x2 = np.maximum(x1, s.jaw_x_mm[0]), np.minimum(x2, s.jaw_x_mm[1])
+        a, z = b[:-1].copy(), b[1:].copy()
+        if s.jaw_y_mm is not None and machine.jaw_y is not None:
+            a, z = np.maximum(a, s.jaw_y_mm[0]), np.minimum(z, s.jaw_y_mm[1])
+        op = (x2 - x1 > g + 1e-6) & (z > a)
+        prof += np.where(op, s.mu * (x2 - x1) * (z - a), 0.0)
+        lo_j = np.where(op, np.minimum(lo_j, a), lo_j)
+        hi_j = np.where(op, np.maximum(hi_j, z), hi_j)
+    if prof.max() <= 0:
+        return None
+    sel = np.flatnonzero(prof >= max(min_fraction, 0.0) * prof.max() - 1e-12)
+    sel = sel[prof[sel] > 0]
+    return float(lo_j[sel.min()]), float(hi_j[sel.max()])
+
+
+def trimmed_beamlet_grid(bg, y_mm: tuple[float, float]):
+    """The beamlet grid with its rows clipped to ``y_mm``: rows outside are dropped, the end rows
+    end at ``y_mm`` (a Y jaw trims a wide leaf pair there). Rows are renumbered; columns unchanged."""
+    from rayrt.dose.geometry import BeamletGrid
+
+    e = np.asarray(bg.row_edges_mm, float)
+    lo, hi = float(y_mm[0]), float(y_mm[1])
+    keep_rows = np.flatnonzero((e[1:] > lo + 1e-6) & (e[:-1] < hi - 1e-6))
+    sel = np.isin(bg.rows, keep_rows)
+    if keep_rows.size == 0 or not sel.any():
+        return bg
+    edges = np.concatenate([[max(lo, e[keep_rows[0]])], e[keep_rows[1:]], [min(hi, e[keep_rows[-1] + 1])]])
+    new_row = np.searchsorted(keep_rows, bg.rows[sel])
+    meta = dict(bg.meta)
+    meta["trimmed_y_mm"] = (float(edges[0]), float(edges[-1]))
+    return BeamletGrid(bg.beam, bg.machine_name, bg.bixel_width_mm, edges, new_row.astype(np.int64), np.asarray(bg.cols)[sel],
+                       bg.patient_position, meta)
+
+
+def _needs_y_trim(target: MachineModel, bg, opts: ConversionOptions) -> bool:
+    """Y jaws and leaf pairs wider than the beamlets, or a dual-layer MLC: the jaws (the proximal
+    layer) shape the field ends below the leaf width."""
+    if target.mlc.dual_layer:
+        return True  # the proximal layer shapes the field ends at the half-leaf offset (sequencing.base.proximal_layer)
+    if target.jaw_y is None:
+        return False
+    rows = np.unique(bg.rows)
+    h = np.diff(np.asarray(bg.row_edges_mm, float))[rows]
+    return bool(h.size and h.max() > opts.bixel_mm + 1e-6)
+
+
 def _setup(std: StandardPlanInput, target: MachineModel, opts: ConversionOptions) -> _TargetSetup:
-    from rayrt.dose.dij import plan_dij
+    """Beamlets and Dij of the target machine for the standard plan's beams.
+
+    Beamlet rows are the target's leaf pairs; where the target has Y jaws and wider leaves than the
+    beamlets (MLCi2: 10 mm), the rows of each beam end at the standard plan's field ends
+    (:func:`standard_field_y_mm`) -- the Y jaws trim the end leaf pairs there, so the field
+    ends are not quantised to the leaf width. Sequencing and DAO clip the Y jaws to the rows.
+    """
+    from rayrt.dose.dij import compute_dij, hstack_exact
+    from rayrt.dose.geometry import beamlet_grid
     from rayrt.optimize.layout import layout_from_beamlets
 
     t0 = time.perf_counter()
     beams = _geometry_beams(std.plan)
     tgt_mask = std.masks[std.order.prescription.target]
-    dij, grids = plan_dij(std.density, std.dose_grid, beams, target, tgt_mask, bixel_width_mm=opts.bixel_mm, margin_mm=opts.margin_mm,
-                          mask_grid=std.dose_grid)
+    grids = []
+    for b, sb in zip(beams, std.plan.beams):
+        bg = beamlet_grid(b, target, tgt_mask, std.dose_grid, bixel_width_mm=opts.bixel_mm, margin_mm=opts.margin_mm,
+                          patient_position=std.patient_position)
+        if opts.y_jaw_trim and _needs_y_trim(target, bg, opts):
+            fy = standard_field_y_mm(sb, std.machine, opts.y_trim_min_fraction)
+            if fy is not None:
+                bg = trimmed_beamlet_grid(bg, fy)
+        grids.append(bg)
+    dij = hstack_exact([compute_dij(std.density, std.dose_grid, bg, target) for bg in grids])
     offs = np.cumsum([0] + [g.num_bixels for g in grids])
     slices = [slice(int(a), int(b)) for a, b in zip(offs[:-1], offs[1:])]
     layouts = [layout_from_beamlets(g) for g in grids]
     fx = std.plan.fractions
-    w = np.concatenate([segments_fluence_on_bixels(b.segments, std.machine, g) for b, g in zip(std.plan.beams, grids)]) * fx
-    # how much of the standard fluence the target grid misses: total open area x MU, standard vs mapped
+    w = plan_fluence(std.plan, std.machine, grids)
+    # how much of the standard fluence the target grid misses: open area x MU x Sc (the fluence's own
+    # units, transmission aside), standard segments vs their fluence mapped onto the target's bixels
+    from rayrt.dose.aperture import segment_equivalent_square_mm
+
     bw = opts.bixel_mm
     area_map = float(sum((w[sl] * np.diff(g.row_edges_mm)[g.rows] * bw).sum() for sl, g in zip(slices, grids)))
     area_std = 0.0
+    hd = std.machine.mlc.leaf_end_transmission_mm
     for b in std.plan.beams:
         for s in b.segments:
+            if s.mu <= 0:
+                continue
             x1, x2 = np.asarray(s.x1_mm), np.asarray(s.x2_mm)
-            area_std += s.mu * fx * float((np.clip(x2 - x1, 0, None) * std.machine.mlc.leaf_widths_mm).sum())
+            sc = float(std.machine.beam.head_scatter_at(segment_equivalent_square_mm(s, std.machine)))
+            wid = np.where(x2 > x1, x2 - x1 + hd, 0.0)
+            if s.jaw_y_mm is not None and std.machine.jaw_y is not None:
+                bd = std.machine.mlc.boundaries
+                hy = np.clip(np.minimum(bd[1:], s.jaw_y_mm[1]) - np.maximum(bd[:-1], s.jaw_y_mm[0]), 0, None)
+            else:
+                hy = std.machine.mlc.leaf_widths_mm
+            area_std += s.mu * fx * sc * float((wid * hy).sum())
     lost = max(0.0, 1.0 - area_map / area_std) if area_std > 0 else 0.0
     return _TargetSetup(beams, grids, layouts, slices, dij, w, lost, time.perf_counter() - t0)
 
@@ -354,7 +429,9 @@ def _plan_from_course_segments(std: StandardPlanInput, target: MachineModel, seg
 def _normalise(plan: Plan, setup: _TargetSetup, std: StandardPlanInput, target: MachineModel) -> tuple[Plan, np.ndarray, dict]:
     """Final course dose through the target Dij, scaled to the order's normalisation; minimum MU honoured."""
     from rayrt.optimize.normalize import normalization_factor, scale_plan
-    from rayrt.optimize.planner import final_dose
+
+    def final_dose(p, grids, dij, machine):
+        return np.asarray(dij @ plan_fluence(p, machine, grids).astype(np.float32), dtype=np.float64)
 
     dose = final_dose(plan, setup.grids, setup.dij, target)
     nstruct = std.order.prescription.normalization.structure or std.order.prescription.target
@@ -370,24 +447,96 @@ def _normalise(plan: Plan, setup: _TargetSetup, std: StandardPlanInput, target: 
     return plan, dose.reshape(std.dose_grid.shape).astype(np.float32), {"normalization_factor": f, "raised_segments": len(low)}
 
 
-def _deliverable_copy(segs: list[Segment], target: MachineModel, fx: int) -> list[Segment]:
-    """The segments on a target with the same leaf boundaries, made deliverable there (course MU)."""
+def _pair_map(source: MachineModel, target: MachineModel, tol_mm: float = 0.05) -> np.ndarray:
+    """For every target leaf pair: the source pair that contains it wholly (-1: none -- it straddles
+    a source boundary or lies beyond the source's leaf bank)."""
+    sb, tb = source.mlc.boundaries, target.mlc.boundaries
+    k = np.searchsorted(sb, tb[:-1] + tol_mm, side="right") - 1
+    ok = (k >= 0) & (k < sb.size - 1)
+    kk = np.clip(k, 0, sb.size - 2)
+    ok &= tb[1:] <= sb[kk + 1] + tol_mm
+    return np.where(ok, kk, -1)
+
+
+def _source_open(s: Segment, source: MachineModel) -> np.ndarray:
+    """Open pairs of a source segment: wider than the minimum gap, inside its Y jaws."""
+    x1, x2 = np.asarray(s.x1_mm, float), np.asarray(s.x2_mm, float)
+    op = x2 - x1 > float(source.mlc.min_gap_mm) + 1e-6
+    if s.jaw_y_mm is not None and source.jaw_y is not None:
+        b = source.mlc.boundaries
+        op &= (b[1:] > s.jaw_y_mm[0] + 1e-6) & (b[:-1] < s.jaw_y_mm[1] - 1e-6)
+    if s.jaw_x_mm is not None and source.jaw_x is not None:
+        op &= (np.minimum(x2, s.jaw_x_mm[1]) - np.maximum(x1, s.jaw_x_mm[0])) > 1e-6
+    return op
+
+
+def segments_transfer(plan: Plan, source: MachineModel, target: MachineModel) -> bool:
+    """Whether every leaf pair the plan opens is, on the target, a whole number of target pairs
+    (the target's boundaries refine the source's where the plan opens leaves: same or finer leaves,
+    e.g. the standard's 5 mm leaves on a Millennium 120's centre or an HD120): the segments then
+    transfer exactly, leaf positions copied, and dose-only recomputation is tried first."""
+    pm = _pair_map(source, target)
+    covered = np.zeros(source.mlc.num_pairs, dtype=bool)
+    covered[pm[pm >= 0]] = True
+    sb, tb = source.mlc.boundaries, target.mlc.boundaries
+    for b in plan.beams:
+        for s in b.segments:
+            if s.mu <= 0:
+                continue
+            op = _source_open(s, source)
+            if (op & ~covered).any():
+                return False
+            # the target's pairs inside each open source pair must fill it (no part of it without a target leaf)
+            for p in np.flatnonzero(op):
+                t = np.flatnonzero(pm == p)
+                if t.size == 0 or abs(tb[t.min()] - sb[p]) > 0.05 or abs(tb[t.max() + 1] - sb[p + 1]) > 0.05:
+                    return False
+    return True
+
+
+def _transfer_segments(segs: list[Segment], source: MachineModel, target: MachineModel, fx: int) -> list[Segment]:
+    """The source's segments on the target's leaves (course MU): each target pair takes the leaf
+    positions of the source pair containing it; jaws hug the open pairs and stay within the source
+    segment's jaws; then made deliverable on the target (:func:`make_deliverable`), closed pairs
+    parked before the leftmost leaf tip of all the beam's source segments (where the source parked
+    its closed pairs, outside its beamlet grid: on a machine without X jaws, such as the Agility,
+    their minimum gap then stays outside the field)."""
     from rayrt.optimize.sequencing import make_deliverable
     from rayrt.optimize.sequencing.base import to_segment
 
+    pm = _pair_map(source, target)
+    ok = pm >= 0
+    # where the source parked its closed pairs (its sequencer parks them before its beamlet grid) or the field's edge
+    lefts = [float(np.min(s.x1_mm)) for s in segs if s.mu > 0]
+    park_before = min(lefts) if lefts else None
     out = []
     for s in segs:
-        x1, x2 = np.asarray(s.x1_mm, float), np.asarray(s.x2_mm, float)
-        op = x2 > x1 + 1e-9
-        if s.jaw_y_mm is not None:
-            b = target.mlc.boundaries
-            op &= (b[1:] > s.jaw_y_mm[0]) & (b[:-1] < s.jaw_y_mm[1])
-        if s.jaw_x_mm is not None:
-            x1 = np.maximum(x1, s.jaw_x_mm[0])
-            x2 = np.minimum(x2, s.jaw_x_mm[1])
-            op &= x2 > x1
-        for a, b_, c in make_deliverable(x1, x2, op, target.mlc):
-            out.append(to_segment(a, b_, c, s.mu * fx, target))
+        if s.mu <= 0:
+            continue
+        sx1, sx2 = np.asarray(s.x1_mm, float), np.asarray(s.x2_mm, float)
+        if s.jaw_x_mm is not None and source.jaw_x is not None:
+            sx1, sx2 = np.maximum(sx1, s.jaw_x_mm[0]), np.minimum(sx2, s.jaw_x_mm[1])
+        sop = _source_open(s, source)
+        x1 = np.zeros(target.mlc.num_pairs)
+        x2 = np.zeros(target.mlc.num_pairs)
+        op = np.zeros(target.mlc.num_pairs, dtype=bool)
+        x1[ok], x2[ok], op[ok] = sx1[pm[ok]], sx2[pm[ok]], sop[pm[ok]]
+        if s.jaw_y_mm is not None and source.jaw_y is not None:
+            tb = target.mlc.boundaries
+            op &= (tb[1:] > s.jaw_y_mm[0] + 1e-6) & (tb[:-1] < s.jaw_y_mm[1] - 1e-6)
+        if not op.any():
+            continue
+        for a, b_, c in make_deliverable(x1, x2, op, target.mlc, park_before_mm=park_before):
+            seg = to_segment(a, b_, c, s.mu * fx, target)
+            if seg.jaw_y_mm is not None and s.jaw_y_mm is not None and source.jaw_y is not None:
+                lo, hi = max(seg.jaw_y_mm[0], s.jaw_y_mm[0]), min(seg.jaw_y_mm[1], s.jaw_y_mm[1])
+                if hi > lo:
+                    seg.jaw_y_mm = (lo, hi)
+            if seg.jaw_x_mm is not None and s.jaw_x_mm is not None and source.jaw_x is not None:
+                lo, hi = max(seg.jaw_x_mm[0], s.jaw_x_mm[0]), min(seg.jaw_x_mm[1], s.jaw_x_mm[1])
+                if hi > lo:
+                    seg.jaw_x_mm = (lo, hi)
+            out.append(seg)
     return out
 
 
@@ -407,11 +556,13 @@ def _candidate(mode: str, strength: float, std: StandardPlanInput, target: Machi
     seq = get_sequencer(opts.sequencer)
     det: dict = {"setup_seconds": round(setup.seconds, 3), "bixels": int(setup.dij.shape[1]), "dij_nnz": int(setup.dij.nnz),
                  "standard_fluence_outside_grid": round(setup.lost_fraction, 4)}
-    max_seg = min(opts.max_segments, target.limits.max_segments_per_beam)
+    max_seg = min(opts.max_segments if target.mlc.interdigitation else opts.max_segments_no_interdigitation,
+                  target.limits.max_segments_per_beam)
     if mode == "dose_only":
-        if coin.mlc.same_boundaries:
-            segs = [_deliverable_copy(b.segments, target, fx) for b in std.plan.beams]
-            det["segments_from"] = "standard segments made deliverable (same leaf boundaries)"
+        if coin.mlc.same_boundaries or segments_transfer(std.plan, std.machine, target):
+            segs = [_transfer_segments(b.segments, std.machine, target, fx) for b in std.plan.beams]
+            det["segments_from"] = ("standard segments made deliverable (same leaf boundaries)" if coin.mlc.same_boundaries else
+                                    "standard segments transferred leaf by leaf (the target's leaves refine the open pairs)")
         else:
             segs = []
             for lay, sl in zip(setup.layouts, setup.slices):
@@ -474,6 +625,32 @@ def _dvh_summary(dose: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, di
 
 
 # --------------------------------------------------------------------------- the conversion
+def fit_angles(std: StandardPlanInput, target: MachineModel, max_shift_deg: float = 1.0) -> StandardPlanInput:
+    """The standard plan with each beam's gantry, collimator and couch angle moved to the nearest
+    angle ``target`` reaches (at most ``max_shift_deg``, 0.1 deg steps: gantry 180 is delivered at
+    180.1 on a Varian), each shift noted on the plan; InputError when an angle is further out.
+    The dose of every candidate is computed at the fitted angles."""
+    lim = target.limits
+    beams, notes = [], []
+    for b in std.plan.beams:
+        upd = {}
+        for field_name, axis, rng in (("gantry_deg", "gantry", lim.gantry), ("collimator_deg", "collimator", lim.collimator),
+                                      ("couch_deg", "couch", lim.couch)):
+            a = float(getattr(b, field_name))
+            f = rng.nearest_reachable(a, max_shift_deg)
+            if f is None:
+                raise InputError(f"beam {b.name}: {axis} angle {a:g} deg is outside {target.name}'s range [{rng.min_deg:g}, {rng.max_deg:g}] "
+                                 f"by more than {max_shift_deg:g} deg; choose another machine or re-plan the beam", kind="conversion", field=field_name)
+            if f != a:
+                upd[field_name] = f
+                notes.append(f"beam {b.name}: {axis} {a:g} deg is outside {target.name}'s range; delivered at {f:g} deg")
+        beams.append(b.model_copy(update=upd) if upd else b)
+    if not notes:
+        return std
+    plan = std.plan.model_copy(update={"beams": beams, "notes": list(std.plan.notes) + notes})
+    return replace(std, plan=plan)
+
+
 def convert_for_machine(standard: StandardPlanInput, target: MachineModel, options: ConversionOptions | dict | None = None) -> ConversionResult:
     """Convert the standard plan for one target machine: coincidence, attempts, QA, release (see the module doc).
 
@@ -489,7 +666,7 @@ def convert_for_machine(standard: StandardPlanInput, target: MachineModel, optio
         opts = load_conversion_options(**options)
     else:
         opts = options
-    std = standard
+    std = fit_angles(standard, target)
     coin = machine_coincidence(std.machine, target, std.plan, opts)
     attempts: list[AttemptRecord] = []
     cache: dict = {}
@@ -499,6 +676,15 @@ def convert_for_machine(standard: StandardPlanInput, target: MachineModel, optio
             cache["s"] = _setup(std, target, opts)
         return cache["s"]
 
+    if (coin.verdict == "convertible" and opts.mode is None and coin.modes and coin.modes[0] != "dose_only"
+            and segments_transfer(std.plan, std.machine, target)):
+        # finer or equal leaves where the plan opens any: the segments carry over exactly, so the
+        # cheapest recompute is tried first; re-optimisation follows only if it fails QA
+        n = len(coin.modes)
+        coin = coin.model_copy(update={"modes": (["dose_only"] + list(coin.modes))[:n],
+                                       "strengths": ([1.0] + list(coin.strengths))[:n],
+                                       "reasons": list(coin.reasons) + ["the target's leaf boundaries refine every leaf pair the plan "
+                                                                        "opens: its segments transfer exactly, dose_only first"]})
     targets = [t for t in target_like(std.order) if t in std.masks]
     last_plan = last_qa = last_qr = None
     if not coin.modes:

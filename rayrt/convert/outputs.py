@@ -11,6 +11,8 @@
 
 All plans reference the same RT Structure Set (written once, copied into each folder), which
 references the CT series; RT Dose files reference their plan. Doses are course doses (Gy).
+Dual-layer MLC plans (Halcyon) carry both layers in rtplan.dcm (MLCX1 distal, MLCX2 proximal;
+:mod:`rayrt.imaging.rtplan`), so the RTPLAN's field is the one rtdose.dcm was computed for.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def write_plan_folder(folder: Path, plan, machine: MachineModel, dose: Volume, r
     write_rtdose(dose, folder / "rtdose.dcm", frame_of_reference_uid=str(ds.FrameOfReferenceUID), study_uid=str(ds.StudyInstanceUID),
                  patient_id=str(ds.PatientID), patient_name=str(ds.PatientName), referenced_plan_uid=str(ds.SOPInstanceUID))
     out = {"rtplan": str(folder / "rtplan.dcm"), "rtdose": str(folder / "rtdose.dcm"), "rtstruct": str(rs)}
+    for stale in ("segments_dual_layer.json", "DUAL_LAYER.txt"):  # side files of earlier versions (proximal layer beside the RTPLAN)
+        (folder / stale).unlink(missing_ok=True)
     if qa_result is not None:
         out.update(_write_qa(folder, qa_result, png))
     return out

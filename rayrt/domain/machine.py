@@ -33,6 +33,19 @@ class AngleRange(BaseModel):
             return lo_n - tol <= a <= hi_n + tol
         return a >= lo_n - tol or a <= hi_n + tol
 
+    def nearest_reachable(self, angle_deg: float, max_shift_deg: float = 1.0, step_deg: float = 0.1) -> float | None:
+        """``angle_deg`` if reachable, else the nearest reachable angle within ``max_shift_deg``
+        in ``step_deg`` steps (e.g. gantry 180 -> 180.1 on a Varian whose range runs 180.1 through
+        0 to 179.9), else None."""
+        if self.contains(angle_deg):
+            return angle_deg
+        for k in range(1, int(round(max_shift_deg / step_deg)) + 1):
+            for a in (angle_deg + step_deg * k, angle_deg - step_deg * k):
+                a = round(a % 360.0, 6)
+                if self.contains(a):
+                    return a
+        return None
+
 
 class JawModel(BaseModel):
     """One pair of jaws (X or Y). Positions at the isocenter in mm; jaw 1 is the minus side."""

@@ -1,25 +1,34 @@
 """Dose of MLC/jaw apertures (step-and-shoot segments) through the bixel Dij.
 
-Approach (the same for plan dose and for direct aperture optimisation): a segment becomes an
-*effective fluence per bixel* — the bixel-averaged transmission of the collimation, times the
-segment's MU and its head-scatter factor — and the dose is ``Dij_beam @ fluence``:
+Approach (the same for plan dose, QA recompute, imported RTPLANs and conversion): a segment becomes
+an *effective fluence per bixel* -- the bixel-averaged transmission of the collimation, times the
+segment's MU and its head-scatter factor -- and the dose is ``Dij_beam @ fluence``:
 
-    T(x, y) = T_mlc(x; pair) * T_jawX(x) * T_jawY(y)
-    T_mlc   = 1 between the leaf tips of the bixel row's leaf pair (widened by the dosimetric
-              leaf gap ``mlc.leaf_end_transmission_mm`` / 2 at each rounded tip, open pairs only),
+    T(x, y) = T_distal(x; pair at y) * T_proximal(x; pair at y) * T_jawX(x) * T_jawY(y)
+    T_layer = 1 between the leaf tips of the pair covering y (widened by the dosimetric leaf gap
+              ``mlc.leaf_end_transmission_mm`` / 2 at each rounded tip, open pairs only),
               ``mlc.transmission`` (inter-/intra-leaf) elsewhere
+    T_proximal = 1 unless the segment positions the proximal layer of a dual-layer MLC
+              (``Segment.x1_proximal_mm``/``x2_proximal_mm``, Halcyon): a point is open only where
+              both layers (and the jaws) are open; behind one layer the transmission is t, behind
+              both t**2 (``mlc.transmission`` is the per-layer value of the machine YAML)
     T_jaw*  = 1 inside the jaws, ``jaw.transmission`` outside (machines without jaws: 1)
     fluence_b = sum_s  mu_s * Sc(eq. square of segment s) * mean of T over bixel b
 
-The mean over the bixel rectangle is exact for these piecewise-constant functions (overlap
-lengths), so partial leaf coverage of a bixel column and partial jaw coverage of a leaf row are
-handled exactly. A fully open bixel gets fluence ``mu * Sc``; since a Dij column is the dose of
-1 MU through the bixel opening, ``Dij @ aperture_fluence(...)`` is the aperture's dose in Gy.
-:func:`aperture_dose` does exactly that on an internal bixel grid covering the field.
+The mean over the bixel rectangle is exact for these piecewise-constant functions: along Y the
+bixel row is cut into the elementary intervals between any leaf boundary of either layer (and the
+Y jaws), along X the mean of a product of "1 inside [a, b], t outside" factors is a sum of overlap
+lengths of intersections (:func:`_mean_product`). So bixel rows may be finer than the leaves, end
+part-way across a leaf pair (Y jaws trimming a wide leaf, MLCi2) or straddle the proximal layer's
+half-leaf offset; rows equal to the leaf pairs give the classic per-row result. A fully open
+bixel gets fluence ``mu * Sc``; since a Dij column is the dose of 1 MU through the bixel opening,
+``Dij @ aperture_fluence(...)`` is the aperture's dose in Gy. :func:`aperture_dose` does exactly
+that on a bixel grid covering the field (:func:`aperture_beamlet_grid`: the machine's rows, split
+where a Y jaw or the proximal layer ends part-way across a row).
 
-Approximations: dual-layer MLCs (Halcyon) are modelled by their distal layer (the bixel rows are
-the 5 mm effective rows; each row follows its distal leaf pair); transmission outside the
-beamlet grid (beyond the jaws' field in :func:`aperture_dose`) is ignored.
+Approximations: transmission outside the beamlet grid (beyond the field + pad in
+:func:`aperture_dose`) and outside both leaf banks is ignored; :func:`segment_transmission_gradient`
+(direct aperture optimisation) differentiates the distal layer on leaf-pair rows only.
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ def _check_segment(seg: Segment, machine: MachineModel) -> None:
     n = machine.mlc.num_pairs
     if len(seg.x1_mm) != n:
         raise InputError(f"segment has {len(seg.x1_mm)} leaf pairs, machine {machine.name}'s MLC has {n}", field="segments")
+    if _uses_proximal(seg, machine) and len(seg.x1_proximal_mm) != machine.mlc.proximal_boundaries.size - 1:
+        raise InputError(f"segment has {len(seg.x1_proximal_mm)} proximal leaf pairs, machine {machine.name}'s proximal layer has "
+                         f"{machine.mlc.proximal_boundaries.size - 1}", field="segments")
 
 
 def segment_equivalent_square_mm(seg: Segment, machine: MachineModel) -> float:
@@ -94,17 +106,125 @@ class _SegmentGeometry:
             self.ty = 1.0
 
 
+def _uses_proximal(seg: Segment, machine: MachineModel) -> bool:
+    return machine.mlc.dual_layer and seg.x1_proximal_mm is not None
+
+
+class _RowPieces:
+    """Elementary Y intervals of the collimation over a bixel grid's rows, cached per grid.
+
+    ``single``: the leaf pairs (rows beyond every pair get no fluence). ``dual``: the intervals
+    between any distal or proximal boundary of a dual-layer MLC, each with its distal pair ``d``
+    and proximal pair ``q`` (-1: beyond that layer's bank, i.e. behind a closed leaf). Stored
+    sparsely as one entry per (bixel, interval overlapping its row): bixel ``j``, interval ``k``,
+    the interval's ends ``e0``/``e1`` and the row's ``r0``/``r1`` (mm), the overlap ``ov`` (mm),
+    so a segment costs O(bixels x intervals per row), as the per-row formula did."""
+
+    def __init__(self, beamlets: BeamletGrid, machine: MachineModel):
+        rows = np.asarray(beamlets.rows)
+        self.n = rows.size
+        self.w = float(beamlets.bixel_width_mm)
+        self.c0 = np.asarray(beamlets.cols) * self.w
+        e = np.asarray(beamlets.row_edges_mm, float)
+        self.rows_u, self.inv = np.unique(rows, return_inverse=True)
+        self.r0u, self.r1u = e[self.rows_u], e[self.rows_u + 1]
+        self.machine = machine
+        self._cache: dict[str, dict] = {}
+
+    def _entries(self, e0: np.ndarray, e1: np.ndarray, **idx: np.ndarray) -> dict:
+        ov = _overlap(e0[:, None], e1[:, None], self.r0u[None, :], self.r1u[None, :])  # (K, R) mm
+        rr, kk = np.nonzero(ov.T > 0)  # sorted by row
+        cnt = np.bincount(rr, minlength=self.rows_u.size)
+        start = np.cumsum(cnt) - cnt
+        c = cnt[self.inv]
+        j = np.repeat(np.arange(self.n), c)
+        pos = start[self.inv][j] + np.arange(j.size) - np.repeat(np.cumsum(c) - c, c)
+        k, r = kk[pos], rr[pos]
+        out = {"j": j, "e0": e0[k], "e1": e1[k], "r0": self.r0u[r], "r1": self.r1u[r], "ov": ov[k, r], "c0": self.c0[j]}
+        out.update({name: v[k] for name, v in idx.items()})
+        return out
+
+    def single(self) -> dict:
+        if "single" not in self._cache:
+            b = self.machine.mlc.boundaries
+            self._cache["single"] = self._entries(b[:-1], b[1:], d=np.arange(b.size - 1))
+        return self._cache["single"]
+
+    def dual(self) -> dict:
+        if "dual" not in self._cache:
+            b, pb = self.machine.mlc.boundaries, self.machine.mlc.proximal_boundaries
+            E = np.unique(np.concatenate([b, pb]))
+            mid = 0.5 * (E[:-1] + E[1:])
+            d = np.searchsorted(b, mid) - 1
+            d = np.where((d >= 0) & (d < b.size - 1), d, -1)
+            q = np.searchsorted(pb, mid) - 1
+            q = np.where((q >= 0) & (q < pb.size - 1), q, -1)
+            self._cache["dual"] = self._entries(E[:-1], E[1:], d=d, q=q)
+        return self._cache["dual"]
+
+
+def _layer_interval(x1_mm, x2_mm, idx: np.ndarray, half_dlg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Open X interval [a, z] (mm, widened by half the dosimetric leaf gap at each tip) of the leaf
+    pair ``idx`` of each entry; closed pairs and ``idx`` -1 give an empty one."""
+    x1 = np.asarray(x1_mm, float)
+    x2 = np.asarray(x2_mm, float)
+    ok = idx >= 0
+    i = np.where(ok, idx, 0)
+    op = ok & (x2[i] > x1[i])
+    return np.where(op, x1[i] - half_dlg, 0.0), np.where(op, x2[i] + half_dlg, 0.0)
+
+
+def _mean_product(c0: np.ndarray, c1: np.ndarray, w: float, factors: list[tuple]) -> np.ndarray:
+    """Mean over each bixel column [c0, c1] (width w) of prod_k T_k(x), T_k = 1 on [a_k, z_k] and
+    t_k elsewhere: sum over subsets S of the factors of prod_{k in S} (1 - t_k) prod_{k not in S} t_k
+    x overlap(intersection of the [a_k, z_k] in S, column) / w -- exact for piecewise-constant T."""
+    n = len(factors)
+    out = 0.0
+    for mask in range(1 << n):
+        coef = 1.0
+        lo, hi = c0, c1
+        for k, (a, z, t) in enumerate(factors):
+            if mask >> k & 1:
+                coef *= 1.0 - t
+                lo, hi = np.maximum(lo, a), np.minimum(hi, z)
+            else:
+                coef *= t
+        if coef != 0.0:
+            out = out + coef * np.clip(hi - lo, 0.0, None)
+    return out / w
+
+
+def _transmission(pieces: _RowPieces, segment: Segment, machine: MachineModel) -> np.ndarray:
+    """Mean transmission T per bixel of one segment (see the module docstring)."""
+    hd = 0.5 * machine.mlc.leaf_end_transmission_mm
+    t = machine.mlc.transmission
+    if _uses_proximal(segment, machine):
+        en = pieces.dual()
+        factors = [(*_layer_interval(segment.x1_mm, segment.x2_mm, en["d"], hd), t),
+                   (*_layer_interval(segment.x1_proximal_mm, segment.x2_proximal_mm, en["q"], hd), t)]
+    else:
+        en = pieces.single()
+        factors = [(*_layer_interval(segment.x1_mm, segment.x2_mm, en["d"], hd), t)]
+    if machine.jaw_x is not None and segment.jaw_x_mm is not None:
+        factors.append((float(segment.jaw_x_mm[0]), float(segment.jaw_x_mm[1]), machine.jaw_x.transmission))
+    h = en["r1"] - en["r0"]
+    if machine.jaw_y is not None and segment.jaw_y_mm is not None:
+        lo, hi = np.maximum(en["e0"], float(segment.jaw_y_mm[0])), np.minimum(en["e1"], float(segment.jaw_y_mm[1]))
+        inside = np.where(hi > lo, _overlap(lo, hi, en["r0"], en["r1"]), 0.0)
+        fy = (inside + machine.jaw_y.transmission * (en["ov"] - inside)) / h
+    else:
+        fy = en["ov"] / h
+    tx = _mean_product(en["c0"], en["c0"] + pieces.w, pieces.w, factors)
+    return np.bincount(en["j"], weights=fy * tx, minlength=pieces.n)
+
+
 def segment_transmission(beamlets: BeamletGrid, segment: Segment, machine: MachineModel) -> np.ndarray:
-    """Mean collimator transmission T over each bixel of the grid for one segment (0..1, no MU, no Sc)."""
-    g = _SegmentGeometry(beamlets, segment, machine)
-    o0 = np.where(g.is_open, g.o0, 0.0)
-    o1 = np.where(g.is_open, g.o1, 0.0)
-    t_m, t_jx, w = g.t_m, g.t_jx, g.w
-    A = _overlap(g.c0, g.c1, np.maximum(o0, g.j0), np.minimum(o1, g.j1)) * g.is_open
-    B = _overlap(g.c0, g.c1, g.j0, g.j1)
-    C = _overlap(g.c0, g.c1, o0, o1) * g.is_open
-    tx = (A + t_m * (B - A) + t_jx * (C - A) + t_m * t_jx * (w - B - C + A)) / w
-    return tx * g.ty
+    """Mean collimator transmission T over each bixel of the grid for one segment (0..1, no MU, no Sc).
+
+    Exact on any bixel rows (leaf pairs, half pairs of a dual-layer MLC, sub-rows ending at a Y
+    jaw); with both layers of a dual-layer MLC when the segment positions the proximal one."""
+    _check_segment(segment, machine)
+    return _transmission(_RowPieces(beamlets, machine), segment, machine)
 
 
 def segment_transmission_gradient(beamlets: BeamletGrid, segment: Segment, machine: MachineModel) -> tuple[np.ndarray, np.ndarray]:
@@ -136,11 +256,18 @@ def segment_fluence(beamlets: BeamletGrid, segment: Segment, machine: MachineMod
 
 
 def aperture_fluence(beamlets: BeamletGrid, segments: list[Segment], machine: MachineModel) -> np.ndarray:
-    """MU-weighted effective fluence per bixel of step-and-shoot segments: ``dose = Dij_beam @ this``."""
-    out = np.zeros(beamlets.num_bixels)
+    """MU-weighted effective fluence per bixel of step-and-shoot segments: ``dose = Dij_beam @ this``.
+
+    The one fluence of rayrt's segment doses (planner final dose, QA recompute, imported RTPLANs,
+    conversion): exact on any bixel rows, with Y jaws trimming leaf pairs part-way and both layers
+    of a dual-layer MLC (see the module docstring)."""
+    pieces = _RowPieces(beamlets, machine)
+    out = np.zeros(pieces.n)
     for s in segments:
         if s.mu > 0:
-            out += s.mu * segment_fluence(beamlets, s, machine)
+            _check_segment(s, machine)
+            sc = float(machine.beam.head_scatter_at(segment_equivalent_square_mm(s, machine)))
+            out += s.mu * sc * _transmission(pieces, s, machine)
     return out
 
 
@@ -165,6 +292,38 @@ def field_extent_mm(segments: list[Segment], machine: MachineModel, pad_mm: floa
     return (min(xs0) - pad_mm, max(xs1) + pad_mm), (min(ys0) - pad_mm, max(ys1) + pad_mm)
 
 
+def aperture_beamlet_grid(beam: Beam, segments: list[Segment], machine: MachineModel, *, bixel_width_mm: float = 2.5,
+                          pad_mm: float = 10.0) -> BeamletGrid:
+    """Bixel grid for the dose of ``segments``: columns ``bixel_width_mm`` and the machine's rows
+    (leaf pairs; half pairs of a dual-layer MLC) over the openings plus ``pad_mm``
+    (:func:`field_extent_mm`), each row split where a segment's Y jaw or its proximal-layer leaf
+    boundary falls strictly inside it, so every bixel row is uniformly open or closed along Y
+    (trimmed field ends keep their resolution in the dose). Without such cuts: exactly
+    :func:`rayrt.dose.geometry.beamlet_grid_for_field`."""
+    (xa, xb), (ya, yb) = field_extent_mm(segments, machine, pad_mm)
+    bg = beamlet_grid_for_field(beam, machine, (xa, xb), (ya, yb), bixel_width_mm)
+    e = np.asarray(bg.row_edges_mm, float)
+    r0, r1 = int(np.min(bg.rows)), int(np.max(bg.rows)) + 1
+    cuts = []
+    for s in segments:
+        if machine.jaw_y is not None and s.jaw_y_mm is not None:
+            cuts.extend(float(v) for v in s.jaw_y_mm)
+        if _uses_proximal(s, machine):
+            cuts.extend(machine.mlc.proximal_boundaries.tolist())
+    cuts = np.asarray(cuts, float)
+    cuts = cuts[(cuts > e[r0] + 1e-6) & (cuts < e[r1] - 1e-6)]
+    if cuts.size == 0 or np.min(np.abs(cuts[:, None] - e[None, r0:r1 + 1]), axis=1).max() <= 1e-6:
+        return bg
+    edges = np.unique(np.round(np.concatenate([e[r0:r1 + 1], cuts]), 6))
+    cols = np.unique(np.asarray(bg.cols))
+    R = edges.size - 1
+    rows = np.repeat(np.arange(R, dtype=np.int64), cols.size)
+    cc = np.tile(cols, R).astype(np.int64)
+    meta = dict(bg.meta)
+    meta["subrows"] = "split at Y-jaw / proximal-layer edges"
+    return BeamletGrid(beam, bg.machine_name, bg.bixel_width_mm, edges, rows, cc, bg.patient_position, meta)
+
+
 def aperture_dose(
     density: Volume,
     dose_grid: Grid,
@@ -178,14 +337,18 @@ def aperture_dose(
 ) -> np.ndarray:
     """Dose (Gy, array shaped like ``dose_grid``) of a beam's segments (default ``beam.segments``).
 
-    Builds a bixel grid (rows = leaf pairs, columns ``bixel_width_mm``) over the union of the
-    openings plus ``pad_mm``, computes its Dij and applies :func:`aperture_fluence`.
+    Builds a bixel grid (:func:`aperture_beamlet_grid`: rows = the machine's rows, split at Y-jaw
+    and proximal-layer edges inside a row; columns ``bixel_width_mm``) over the union of the
+    openings plus ``pad_mm``, computes its Dij and applies :func:`aperture_fluence`. A beam with
+    no segment carrying MU (e.g. every segment removed by DAO) delivers no dose: zeros. MU through
+    a fully closed MLC is refused (InputError), not silently reduced to leakage.
     """
     from rayrt.dose.dij import compute_dij
 
     segs = beam.segments if segments is None else segments
-    (xa, xb), (ya, yb) = field_extent_mm(segs, machine, pad_mm)
-    grid = beamlet_grid_for_field(beam, machine, (xa, xb), (ya, yb), bixel_width_mm)
+    if not any(s.mu > 0 for s in segs):
+        return np.zeros(dose_grid.shape)
+    grid = aperture_beamlet_grid(beam, segs, machine, bixel_width_mm=bixel_width_mm, pad_mm=pad_mm)
     dij = compute_dij(density, dose_grid, grid, machine, **dij_kwargs)
     flu = aperture_fluence(grid, segs, machine)
     return (dij @ flu.astype(np.float64)).reshape(dose_grid.shape)

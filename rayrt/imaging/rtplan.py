@@ -7,17 +7,26 @@ One RTPLAN per :class:`~rayrt.domain.plan.Plan` and :class:`~rayrt.domain.machin
 * ``TreatmentMachineName`` = ``MachineModel.name``; nominal energy, SAD, dose rate from the model.
 * Beam-limiting devices follow the machine: Varian-like machines (X and Y jaws) get
   ``ASYMX`` + ``ASYMY`` + ``MLCX``; Elekta-like machines without X jaws (``jaw_x is None``) get
-  ``ASYMY`` + ``MLCX`` (the MLC defines the field in X); jawless machines (Halcyon) get ``MLCX``
-  only. The jaw device types come from ``JawModel.dicom_type`` (``ASYMX``/``ASYMY`` or ``X``/``Y``).
+  ``ASYMY`` + ``MLCX`` (the MLC defines the field in X); jawless machines get the MLC only
+  (Halcyon: its two layers, below). The jaw device types come from ``JawModel.dicom_type`` (``ASYMX``/``ASYMY`` or ``X``/``Y``).
   ``LeafPositionBoundaries`` are the machine's N+1 leaf-pair boundaries (mm at the isocenter).
-* **Halcyon / dual-layer decision**: rayrt writes *one effective* ``MLCX`` with the model's leaf
-  pairs (``configs/machines/halcyon.yaml``: the 28 distal 10 mm pairs, ``dual_layer: true``),
-  not the two physical layers ``MLCX1``/``MLCX2`` of a real Halcyon plan. rayrt's planning, dose
-  and deliverability all work on that one effective aperture, and a split into two layers is not
-  unique; a plan for a real Halcyon console needs that split made by the vendor's tools. On
-  *import*, two-layer plans (``MLCX1`` + ``MLCX2``) are read and combined onto the model's pairs:
-  every leaf of either layer that overlaps a model pair limits its opening (the intersection of
-  the openings), and the model matches when its boundaries are one layer's or their union.
+* **Dual-layer MLCs (Halcyon)**: a machine with ``mlc.dual_layer`` gets two MLC devices instead
+  of ``MLCX``: ``MLCX1`` = the *distal* layer (the model's ``leaf_boundaries_mm``, Halcyon 28 x
+  10 mm, -140..140 mm; ``Segment.x1_mm``/``x2_mm``) and ``MLCX2`` = the *proximal* layer
+  (``mlc.proximal_boundaries``, Halcyon 29 x 10 mm offset 5 mm, -145..145 mm;
+  ``Segment.x1_proximal_mm``/``x2_proximal_mm``), each with its own ``NumberOfLeafJawPairs`` and
+  ``LeafPositionBoundaries`` and its positions in every control point. This is the convention of
+  Varian Halcyon RTPLANs as written by public QA-plan generators (e.g. Radformation's ``conjuror``
+  Halcyon module: MLCX1 28 pairs from -140, MLCX2 29 pairs from -145) and read by other tools. A
+  segment that does not position the proximal layer (``x1_proximal_mm`` None: the distal layer
+  alone shapes the field) gets its proximal layer parked fully open (every pair at
+  ``mlc.min_position_mm`` / ``mlc.max_position_mm``), which is the same fluence; such a parked
+  layer reads back as None, so the round trip is exact (to the 0.01 mm written precision).
+  Standard status: PS3.3's enumerated values for RT Beam Limiting Device Type (C.8.8.14, as
+  known to dicom3tools 2022) are X, Y, ASYMX, ASYMY, MLCX, MLCY only, so ``dciodvfy`` reports
+  MLCX1/MLCX2 as unrecognised enumerated values (its only complaint about these plans); rayrt
+  writes them all the same because they are what dual-layer delivery systems read -- a single
+  MLCX (the distal layer) would deliver field ends 5 mm wider than the planned dose.
 * Step-and-shoot: each segment is a pair of control points with identical jaw and leaf positions,
   the cumulative meterset weight rising by the segment's share of the beam MU; every control point
   carries the full positions (allowed by the standard, and unambiguous for readers).
@@ -34,8 +43,15 @@ Import (:func:`read_rtplan`, :func:`match_machine`)
 ---------------------------------------------------
 Static and step-and-shoot photon beams (Varian ASYMX/ASYMY/MLCX, Elekta MLCX/ASYMY, X/Y jaws,
 Halcyon MLCX1/MLCX2) become a :class:`Plan` for the matched :class:`MachineModel` (by
-``TreatmentMachineName``, else by leaf boundaries and jaw configuration). Dynamic MLC (sliding
-window) and arc (VMAT, conformal arc) beams are recognised and refused with a message that says
+``TreatmentMachineName``, else by leaf boundaries and jaw configuration). Two-layer plans on a
+dual-layer model whose distal and proximal boundaries are the plan's two layers (identified by
+their boundaries, whatever the order of MLCX1/MLCX2) keep both layers: the distal positions in
+``x1_mm``/``x2_mm``, the proximal ones in ``x1_proximal_mm``/``x2_proximal_mm`` (None when the
+proximal layer is parked fully open). Other two-layer plans (a single-layer model, or one whose
+boundaries are the union of both layers) are combined onto the model's pairs: every leaf of
+either layer that overlaps a model pair limits its opening (the intersection of the openings).
+Single-layer plans (MLCX) import as before, also onto a dual-layer model (proximal layer None).
+Dynamic MLC (sliding window) and arc (VMAT, conformal arc) beams are recognised and refused with a message that says
 so: rayrt recomputes and converts step-and-shoot plans only.
 """
 
@@ -60,6 +76,8 @@ RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 
 _POS_TOL_MM = 0.01  # leaf/jaw positions equal within this (DICOM DS rounding)
+DISTAL_LAYER = "MLCX1"  # dual-layer MLC (Halcyon): the distal layer (nearer the patient), see the module docstring
+PROXIMAL_LAYER = "MLCX2"  # the proximal layer (nearer the source), offset half a leaf
 _W_TOL = 1e-7  # cumulative meterset weights equal within this
 
 
@@ -112,8 +130,27 @@ def _device_types(machine: MachineModel) -> list[str]:
         types.append(machine.jaw_x.dicom_type or "ASYMX")
     if machine.jaw_y is not None:
         types.append(machine.jaw_y.dicom_type or "ASYMY")
-    types.append(machine.mlc.dicom_type or "MLCX")
+    if machine.mlc.dual_layer:
+        types += [DISTAL_LAYER, PROXIMAL_LAYER]
+    else:
+        types.append(machine.mlc.dicom_type or "MLCX")
     return types
+
+
+def _mlc_boundaries(t: str, machine: MachineModel) -> np.ndarray:
+    """Leaf-pair boundaries (mm) of the MLC device ``t`` of ``machine`` (the proximal layer for MLCX2 of a dual-layer MLC)."""
+    if machine.mlc.dual_layer and t == PROXIMAL_LAYER:
+        return machine.mlc.proximal_boundaries
+    return machine.mlc.boundaries
+
+
+def _proximal_positions(seg: Segment, machine: MachineModel) -> list[float]:
+    """Proximal-layer leaf positions (bank A then bank B) of a dual-layer segment; parked fully open
+    (``min_position_mm`` / ``max_position_mm``) when the segment does not position that layer."""
+    n = machine.mlc.proximal_boundaries.size - 1
+    if seg.x1_proximal_mm is None:
+        return [float(machine.mlc.min_position_mm)] * n + [float(machine.mlc.max_position_mm)] * n
+    return list(seg.x1_proximal_mm) + list(seg.x2_proximal_mm)
 
 
 @dataclass
@@ -183,6 +220,14 @@ def build_rtplan(
                 raise InputError(
                     f"beam '{b.name or b.number}' has {len(s.x1_mm)} leaf pairs, machine {machine.name} has {n_pairs}", kind="rtplan"
                 )
+            if s.x1_proximal_mm is not None:
+                pb = machine.mlc.proximal_boundaries
+                if pb is None:
+                    raise InputError(f"beam '{b.name or b.number}' positions a proximal MLC layer but machine {machine.name}'s MLC "
+                                     "has one layer; export it for a dual-layer machine or drop x1_proximal_mm/x2_proximal_mm", kind="rtplan")
+                if len(s.x1_proximal_mm) != pb.size - 1:
+                    raise InputError(f"beam '{b.name or b.number}' has {len(s.x1_proximal_mm)} proximal leaf pairs, machine "
+                                     f"{machine.name}'s proximal layer has {pb.size - 1}", kind="rtplan")
         if b.mu <= 0:
             raise InputError(f"beam '{b.name or b.number}' has no monitor units", kind="rtplan")
 
@@ -291,8 +336,9 @@ def _beam_item(b: Beam, machine: MachineModel, types: list[str], energy: str) ->
         d = Dataset()
         d.RTBeamLimitingDeviceType = t
         if t.startswith("MLC"):
-            d.NumberOfLeafJawPairs = machine.mlc.num_pairs
-            d.LeafPositionBoundaries = _ds_list(machine.mlc.leaf_boundaries_mm, 3)
+            bounds = _mlc_boundaries(t, machine)
+            d.NumberOfLeafJawPairs = int(bounds.size - 1)
+            d.LeafPositionBoundaries = _ds_list(bounds, 3)
         else:
             d.NumberOfLeafJawPairs = 1
         devs.append(d)
@@ -325,7 +371,9 @@ def _beam_item(b: Beam, machine: MachineModel, types: list[str], energy: str) ->
             for t in types:
                 p = Dataset()
                 p.RTBeamLimitingDeviceType = t
-                if t.startswith("MLC"):
+                if t == PROXIMAL_LAYER and machine.mlc.dual_layer:
+                    p.LeafJawPositions = _ds_list(_proximal_positions(seg, machine), 2)
+                elif t.startswith("MLC"):
                     p.LeafJawPositions = _ds_list(list(seg.x1_mm) + list(seg.x2_mm), 2)
                 elif t in ("ASYMX", "X"):
                     p.LeafJawPositions = _ds_list(jx, 2)
@@ -679,6 +727,23 @@ def read_rtplan(source: "str | Path | Dataset", machines: Sequence[MachineModel]
     return ImportedPlan(plan=plan, machine=machine, technique=tech, sop_instance_uid=str(getattr(ds, "SOPInstanceUID", "")), warnings=warnings)
 
 
+def _dual_layers(bounds: dict[str, np.ndarray], machine: MachineModel, tol: float = 0.05) -> tuple[str, str] | None:
+    """(distal, proximal) device types of a two-layer plan whose layers are exactly ``machine``'s
+    distal and proximal leaf boundaries (identified by the boundaries, not the MLCX1/MLCX2 order); else None."""
+    pb = machine.mlc.proximal_boundaries
+    if pb is None or len(bounds) != 2:
+        return None
+
+    def same(a: np.ndarray, b: np.ndarray) -> bool:
+        return a.size == b.size and bool(np.allclose(a, b, atol=tol))
+
+    t1, t2 = sorted(bounds)
+    for d, p in ((t1, t2), (t2, t1)):
+        if same(bounds[d], machine.mlc.boundaries) and same(bounds[p], pb):
+            return d, p
+    return None
+
+
 def _segment_from_state(state: dict[str, np.ndarray], bounds: dict[str, np.ndarray], target: np.ndarray, machine: MachineModel,
                         mu: float, bname: str) -> Segment:
     layers = {}
@@ -690,7 +755,15 @@ def _segment_from_state(state: dict[str, np.ndarray], bounds: dict[str, np.ndarr
         if pos.size != 2 * n:
             raise InputError(f"beam '{bname}': {t} has {pos.size} leaf positions for {n} pairs", kind="rtplan")
         layers[t] = (pos[:n], pos[n:])
-    if layers:
+    proximal = None
+    dual = _dual_layers(bounds, machine) if layers else None
+    if dual is not None:  # both layers of the model's dual-layer MLC: kept as they are
+        x1, x2 = (v.copy() for v in layers[dual[0]])
+        p1, p2 = layers[dual[1]]
+        parked_open = bool(np.all(p1 <= machine.mlc.min_position_mm + _POS_TOL_MM) and np.all(p2 >= machine.mlc.max_position_mm - _POS_TOL_MM))
+        if not parked_open:
+            proximal = (p1.tolist(), p2.tolist())
+    elif layers:
         x1, x2 = _effective_leaves(layers, bounds, target)
     else:  # jaws only (open field): leaves at the jaws
         x1 = np.full(machine.mlc.num_pairs, -50.0)
@@ -709,4 +782,5 @@ def _segment_from_state(state: dict[str, np.ndarray], bounds: dict[str, np.ndarr
             closed = (c < jy[0]) | (c > jy[1])
             x1[closed] = x2[closed] = 0.5 * (x1[closed] + x2[closed])
     return Segment(x1_mm=x1.tolist(), x2_mm=x2.tolist(), jaw_x_mm=jx if machine.jaw_x is not None else None,
-                   jaw_y_mm=jy if machine.jaw_y is not None else None, mu=max(0.0, float(mu)))
+                   jaw_y_mm=jy if machine.jaw_y is not None else None, mu=max(0.0, float(mu)),
+                   x1_proximal_mm=proximal[0] if proximal else None, x2_proximal_mm=proximal[1] if proximal else None)
