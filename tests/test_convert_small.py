@@ -67,9 +67,11 @@ def test_angles_outside_the_target_range_are_fitted_and_noted(small):
 
 
 def test_source_comparison_twin_matches_and_curves_are_cached(small):
+    from rayrt.convert import source_match
     from rayrt.convert.source_match import cached_curves, compare_sources, curves_cache_dir
     from rayrt.dose.machines import get_machine
 
+    source_match._MEM_CACHE.clear()  # earlier tests in this process may hold the curves in memory
     std, twin, mlci2 = get_machine("standard"), get_machine("standard_twin"), get_machine("synergy_mlci2")
     c = compare_sources(std, twin)
     assert c.verdict == "matches" and c.score_pct == 100.0 and c.max_deviation_pct == 0.0 and c.output_ratio == pytest.approx(1.0)

@@ -3,6 +3,13 @@
 All loops run per element with scalar IEEE arithmetic (no fastmath), so a voxel's or a bixel's
 result never depends on which other voxels or bixels are computed in the same call: chunked
 Dij computations reproduce a single call bit for bit.
+
+Data layout of the Dij kernels (rayrt.dose.dij): per dose voxel one float32 record
+``W[f] = (w0, w1, w2, 0)`` of depth terms (all 0 when the voxel is not scored), per dose-grid row
+(k, j) its first/last scored column and the (u, v) box of its scored voxels; a voxel's
+isocenter-plane position (u, v) is recomputed from the row's straight-line geometry where it is
+needed (cheaper than loading it), and the convolved kernels are float32 tables
+``tables[t, iy, ix, 0:3]`` (4 channels, 16-byte records) interpolated bilinearly.
 """
 
 from __future__ import annotations
@@ -129,57 +136,42 @@ def radiological_depths(rho, ct_origin, ct_axes_inv, source_mm, points_mm):
     return out
 
 
-@njit(cache=True, parallel=True)
-def project_dose_voxels(shape, origin, axes, rot, iso, sad, rho, ct_origin, ct_axes_inv, min_density, u_out, v_out, mask_out):
-    """Isocenter-plane projection (u, v) of every dose voxel and whether it is scored.
+#: the rows of the dose grid are processed in this many blocks of consecutive rows (handed to the
+#: threads one at a time under numba.set_parallel_chunksize(1): balanced for body-shaped work)
+_BLOCKS = 256
 
-    ``axes`` (3x3): column c = LPS step of one voxel along (i, j, k)[c] (direction x spacing).
-    A voxel is scored when the density at its centre (nearest CT voxel) exceeds ``min_density``
-    and it lies in front of the source.
+
+@njit(cache=True, inline="always")
+def _voxel_bld(i, j, k, origin, axes, rot, iso):
+    """LPS position (px, py, pz) of dose voxel (i, j, k) and its BLD-frame coordinates (bx, by, bz)."""
+    px = origin[0] + axes[0, 0] * i + axes[0, 1] * j + axes[0, 2] * k
+    py = origin[1] + axes[1, 0] * i + axes[1, 1] * j + axes[1, 2] * k
+    pz = origin[2] + axes[2, 0] * i + axes[2, 1] * j + axes[2, 2] * k
+    ox = px - iso[0]
+    oy = py - iso[1]
+    oz = pz - iso[2]
+    bx = rot[0, 0] * ox + rot[0, 1] * oy + rot[0, 2] * oz
+    by = rot[1, 0] * ox + rot[1, 1] * oy + rot[1, 2] * oz
+    bz = rot[2, 0] * ox + rot[2, 1] * oy + rot[2, 2] * oz
+    return px, py, pz, bx, by, bz
+
+
+@njit(cache=True, parallel=True)
+def voxel_terms(shape, origin, axes, rot, iso, sad, rho, ct_origin, ct_axes_inv, min_density, env,
+                m, betas, calib, W, first, last, box, with_terms):
+    """One pass over the dose grid: which voxels are scored, their depth terms, and per-row ranges.
+
+    A voxel is scored when it lies in front of the source, its isocenter-plane projection (u, v)
+    is inside ``env`` = (u_lo, u_hi, v_lo, v_hi) (the lateral reach of the requested bixels) and
+    the density at its centre (nearest CT voxel) exceeds ``min_density``. For a scored voxel
+    ``W[f, 0:3] = calib (SAD/s)^2 w_i(d)`` with d its radiological depth (exact traversal of the
+    ray from the source to its centre) and w_i the SVD depth components; ``W[f] = 0`` otherwise.
+    Per grid row r = k*nj + j: ``first[r]``/``last[r]`` (scored column range, -1/-2 when none)
+    and ``box[r]`` = (u_min, u_max, v_min, v_max) of its scored voxels. ``with_terms`` False: only
+    the row ranges (no radiological depths; ``W`` is not touched), for sizing the output.
     """
     nk, nj, ni = shape[0], shape[1], shape[2]
     cnk, cnj, cni = rho.shape
-    for k in prange(nk):
-        for j in range(nj):
-            for i in range(ni):
-                idx = (k * nj + j) * ni + i
-                px = origin[0] + axes[0, 0] * i + axes[0, 1] * j + axes[0, 2] * k
-                py = origin[1] + axes[1, 0] * i + axes[1, 1] * j + axes[1, 2] * k
-                pz = origin[2] + axes[2, 0] * i + axes[2, 1] * j + axes[2, 2] * k
-                ox = px - iso[0]
-                oy = py - iso[1]
-                oz = pz - iso[2]
-                bx = rot[0, 0] * ox + rot[0, 1] * oy + rot[0, 2] * oz
-                by = rot[1, 0] * ox + rot[1, 1] * oy + rot[1, 2] * oz
-                bz = rot[2, 0] * ox + rot[2, 1] * oy + rot[2, 2] * oz
-                s = sad - bz
-                if s <= 1.0:
-                    u_out[idx] = 1e30
-                    v_out[idx] = 1e30
-                    mask_out[idx] = False
-                    continue
-                u_out[idx] = bx * sad / s
-                v_out[idx] = by * sad / s
-                x = px - ct_origin[0]
-                y = py - ct_origin[1]
-                z = pz - ct_origin[2]
-                ci = int(math.floor(ct_axes_inv[0, 0] * x + ct_axes_inv[0, 1] * y + ct_axes_inv[0, 2] * z + 0.5))
-                cj = int(math.floor(ct_axes_inv[1, 0] * x + ct_axes_inv[1, 1] * y + ct_axes_inv[1, 2] * z + 0.5))
-                ck = int(math.floor(ct_axes_inv[2, 0] * x + ct_axes_inv[2, 1] * y + ct_axes_inv[2, 2] * z + 0.5))
-                if ci < 0 or cj < 0 or ck < 0 or ci >= cni or cj >= cnj or ck >= cnk:
-                    mask_out[idx] = False
-                else:
-                    mask_out[idx] = rho[ck, cj, ci] > min_density
-
-
-@njit(cache=True, parallel=True)
-def voxel_depth_terms(idx, shape, origin, axes, rot, iso, sad, rho, ct_origin, ct_axes_inv, m, betas, calib, w_out, depth_out):
-    """Per scored voxel: radiological depth and the three depth terms calib (SAD/s)^2 w_i(d).
-
-    ``idx``: flat C-order dose-grid indices; ``w_out`` (N, 3) and ``depth_out`` (N,) are full-grid.
-    """
-    nk, nj, ni = shape[0], shape[1], shape[2]
-    # source in LPS: iso + rot^T (0, 0, sad)
     srcx = iso[0] + rot[2, 0] * sad
     srcy = iso[1] + rot[2, 1] * sad
     srcz = iso[2] + rot[2, 2] * sad
@@ -189,121 +181,134 @@ def voxel_depth_terms(idx, shape, origin, axes, rot, iso, sad, rho, ct_origin, c
     s0 = ct_axes_inv[0, 0] * x + ct_axes_inv[0, 1] * y + ct_axes_inv[0, 2] * z
     s1 = ct_axes_inv[1, 0] * x + ct_axes_inv[1, 1] * y + ct_axes_inv[1, 2] * z
     s2 = ct_axes_inv[2, 0] * x + ct_axes_inv[2, 1] * y + ct_axes_inv[2, 2] * z
-    for p in prange(idx.shape[0]):
-        f = idx[p]
-        i = f % ni
-        j = (f // ni) % nj
-        k = f // (ni * nj)
-        px = origin[0] + axes[0, 0] * i + axes[0, 1] * j + axes[0, 2] * k
-        py = origin[1] + axes[1, 0] * i + axes[1, 1] * j + axes[1, 2] * k
-        pz = origin[2] + axes[2, 0] * i + axes[2, 1] * j + axes[2, 2] * k
-        bz = rot[2, 0] * (px - iso[0]) + rot[2, 1] * (py - iso[1]) + rot[2, 2] * (pz - iso[2])
-        s = sad - bz
-        x = px - ct_origin[0]
-        y = py - ct_origin[1]
-        z = pz - ct_origin[2]
-        ti = ct_axes_inv[0, 0] * x + ct_axes_inv[0, 1] * y + ct_axes_inv[0, 2] * z
-        tj = ct_axes_inv[1, 0] * x + ct_axes_inv[1, 1] * y + ct_axes_inv[1, 2] * z
-        tk = ct_axes_inv[2, 0] * x + ct_axes_inv[2, 1] * y + ct_axes_inv[2, 2] * z
-        dx = px - srcx
-        dy = py - srcy
-        dz = pz - srcz
-        d = _siddon(rho, s0, s1, s2, ti, tj, tk, math.sqrt(dx * dx + dy * dy + dz * dz))
-        depth_out[f] = d
-        isq = (sad / s) * (sad / s)
-        em = math.exp(-m * d)
-        for c in range(3):
-            b = betas[c]
-            w_out[f, c] = calib * isq * (b / (b - m)) * (em - math.exp(-b * d))
+    b0 = betas[0]
+    b1 = betas[1]
+    b2 = betas[2]
+    f0 = b0 / (b0 - m)
+    f1 = b1 / (b1 - m)
+    f2 = b2 / (b2 - m)
+    nrows = nk * nj
+    per = (nrows + _BLOCKS - 1) // _BLOCKS
+    for blk in prange(_BLOCKS):
+        for r in range(blk * per, min(nrows, (blk + 1) * per)):
+            k = r // nj
+            j = r - k * nj
+            fr = -1
+            la = -2
+            umin = 1e300
+            umax = -1e300
+            vmin = 1e300
+            vmax = -1e300
+            for i in range(ni):
+                f = r * ni + i
+                px, py, pz, bx, by, bz = _voxel_bld(i, j, k, origin, axes, rot, iso)
+                if with_terms:
+                    W[f, 0] = 0.0
+                    W[f, 1] = 0.0
+                    W[f, 2] = 0.0
+                    W[f, 3] = 0.0
+                s = sad - bz
+                if s <= 1.0:
+                    continue
+                u = bx * sad / s
+                v = by * sad / s
+                if u < env[0] or u > env[1] or v < env[2] or v > env[3]:
+                    continue
+                xx = px - ct_origin[0]
+                yy = py - ct_origin[1]
+                zz = pz - ct_origin[2]
+                ti = ct_axes_inv[0, 0] * xx + ct_axes_inv[0, 1] * yy + ct_axes_inv[0, 2] * zz
+                tj = ct_axes_inv[1, 0] * xx + ct_axes_inv[1, 1] * yy + ct_axes_inv[1, 2] * zz
+                tk = ct_axes_inv[2, 0] * xx + ct_axes_inv[2, 1] * yy + ct_axes_inv[2, 2] * zz
+                ci = int(math.floor(ti + 0.5))
+                cj = int(math.floor(tj + 0.5))
+                ck = int(math.floor(tk + 0.5))
+                if ci < 0 or cj < 0 or ck < 0 or ci >= cni or cj >= cnj or ck >= cnk:
+                    continue
+                if not rho[ck, cj, ci] > min_density:
+                    continue
+                if with_terms:
+                    dx = px - srcx
+                    dy = py - srcy
+                    dz = pz - srcz
+                    d = _siddon(rho, s0, s1, s2, ti, tj, tk, math.sqrt(dx * dx + dy * dy + dz * dz))
+                    isq = calib * (sad / s) * (sad / s)
+                    em = math.exp(-m * d)
+                    W[f, 0] = isq * f0 * (em - math.exp(-b0 * d))
+                    W[f, 1] = isq * f1 * (em - math.exp(-b1 * d))
+                    W[f, 2] = isq * f2 * (em - math.exp(-b2 * d))
+                if fr < 0:
+                    fr = i
+                la = i
+                umin = min(umin, u)
+                umax = max(umax, u)
+                vmin = min(vmin, v)
+                vmax = max(vmax, v)
+            first[r] = fr
+            last[r] = la
+            box[r, 0] = umin
+            box[r, 1] = umax
+            box[r, 2] = vmin
+            box[r, 3] = vmax
 
 
 @njit(cache=True, inline="always")
-def _row_interval(a0, a1, c0, c1, lo_val, hi_val, sad, ilo, ihi):
-    """Restrict [ilo, ihi] to i with lo_val <= sad*(a0+a1 i)/(c0+c1 i) <= hi_val (denominator > 0)."""
-    # f(i) = sad*(a0 + a1 i) - val*(c0 + c1 i)
-    for side in range(2):
-        val = lo_val if side == 0 else hi_val
-        al = sad * a0 - val * c0
-        be = sad * a1 - val * c1
-        # side 0: need f >= 0 ; side 1: need f <= 0
-        if side == 1:
-            al = -al
-            be = -be
-        # al + be i >= 0
-        if be > 0.0:
-            t = min(max(-al / be, -1e9), 1e9)
-            cand = int(math.floor(t)) - 1
-            if cand > ilo:
-                ilo = cand
-        elif be < 0.0:
-            t = min(max(-al / be, -1e9), 1e9)
-            cand = int(math.ceil(t)) + 1
-            if cand < ihi:
-                ihi = cand
-        else:
-            if al < -1e-9 * (abs(sad * a0) + abs(val * c0) + 1.0):
-                return 1, 0
+def _disc_interval(p0, p1, q0, q1, c0, c1, cc, ilo, ihi):
+    """Restrict [ilo, ihi] to the i with (p0 + p1 i)^2 + (q0 + q1 i)^2 <= cc (c0 + c1 i)^2 (rounded outwards).
+
+    That is the set of voxels of one grid row whose isocenter-plane projection lies within the
+    cut-off disc (radius^2 = cc) of a bixel centre: u - u_b = (p0 + p1 i) / (c0 + c1 i) etc.
+    """
+    a = p1 * p1 + q1 * q1 - cc * c1 * c1
+    b = 2.0 * (p0 * p1 + q0 * q1 - cc * c0 * c1)
+    c = p0 * p0 + q0 * q0 - cc * c0 * c0
+    if a > 0.0:
+        disc = b * b - 4.0 * a * c
+        if disc < 0.0:
+            return 1, 0
+        sq = math.sqrt(disc)
+        r1 = (-b - sq) / (2.0 * a)
+        r2 = (-b + sq) / (2.0 * a)
+        if r1 > ihi + 1.0 or r2 < ilo - 1.0:
+            return 1, 0
+        lo = int(math.floor(r1))
+        hi = int(math.ceil(r2))
+        if lo > ilo:
+            ilo = lo
+        if hi < ihi:
+            ihi = hi
     return ilo, ihi
 
 
-@njit(cache=True, inline="always")
-def _lookup(tables, t, x0, y0, inv_h, nx, ny, du, dv):
-    fx = (du - x0) * inv_h
-    fy = (dv - y0) * inv_h
-    if fx < 0.0 or fy < 0.0 or fx > nx - 1 or fy > ny - 1:
-        return 0.0, 0.0, 0.0
-    ix = int(fx)
-    iy = int(fy)
-    if ix >= nx - 1:
-        ix = nx - 2
-    if iy >= ny - 1:
-        iy = ny - 2
-    tx = fx - ix
-    ty = fy - iy
-    w00 = (1.0 - tx) * (1.0 - ty)
-    w01 = tx * (1.0 - ty)
-    w10 = (1.0 - tx) * ty
-    w11 = tx * ty
-    c0 = w00 * tables[t, iy, ix, 0] + w01 * tables[t, iy, ix + 1, 0] + w10 * tables[t, iy + 1, ix, 0] + w11 * tables[t, iy + 1, ix + 1, 0]
-    c1 = w00 * tables[t, iy, ix, 1] + w01 * tables[t, iy, ix + 1, 1] + w10 * tables[t, iy + 1, ix, 1] + w11 * tables[t, iy + 1, ix + 1, 1]
-    c2 = w00 * tables[t, iy, ix, 2] + w01 * tables[t, iy, ix + 1, 2] + w10 * tables[t, iy + 1, ix, 2] + w11 * tables[t, iy + 1, ix + 1, 2]
-    return c0, c1, c2
-
-
 @njit(cache=True)
-def _bixel_column(
-    b, mode, out_idx, out_val, pos,
-    bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
-    tables, tx0, ty0, tnx, tny, inv_h,
+def _bixel_bound(
+    b, bu, bv, bhw, bhh, cutoff,
     shape, row_b0, row_bj, row_bk, row_bi, sad,
-    row_first, row_last, row_box, u, v, w, scored,
+    row_first, row_last, row_box,
 ):
-    """One bixel's column. mode 0: upper bound of its entry count (no kernel evaluation);
-    mode 1: evaluate and write entries (ascending voxel index) from ``pos``; returns the count.
+    """Number of candidate voxels of bixel ``b`` (no kernel evaluation): an upper bound of its
+    entries, used to size the output before :func:`_group_columns` fills it.
 
-    A voxel is a candidate when its isocenter-plane projection lies within ``cutoff`` of the
-    bixel rectangle (a rounded rectangle); each grid row meets the bounding square in one
-    contiguous index interval.
+    A voxel is a candidate when its isocenter-plane projection lies within ``cutoff`` of the bixel
+    rectangle (a rounded rectangle). In each grid row the voxels within the circumscribed disc
+    (radius cutoff + half-diagonal, around the bixel centre) form one contiguous index interval,
+    found exactly from a quadratic (a straight row projects to a straight line); the fill applies
+    the same intervals and then the rounded-rectangle test per voxel.
     """
-    nk, nj, ni = shape[0], shape[1], shape[2]
-    t = btab[b]
+    nk, nj = shape[0], shape[1]
     ub = bu[b]
     vb = bv[b]
     hw = bhw[b]
     hh = bhh[b]
-    hu = hw + cutoff
-    hv = hh + cutoff
-    c2 = cutoff * cutoff
-    sc = bscale[b]
-    thr = bthr[b]
-    x0 = tx0[t]
-    y0 = ty0[t]
-    nx = tnx[t]
-    ny = tny[t]
-    ulo = ub - hu
-    uhi = ub + hu
-    vlo = vb - hv
-    vhi = vb + hv
+    rad = cutoff + math.sqrt(hw * hw + hh * hh)
+    cc = rad * rad
+    ulo = ub - hw - cutoff
+    uhi = ub + hw + cutoff
+    vlo = vb - hh - cutoff
+    vhi = vb + hh + cutoff
+    bi0 = row_bi[0]
+    bi1 = row_bi[1]
+    c1 = -row_bi[2]
     count = 0
     for k in range(nk):
         for j in range(nj):
@@ -314,48 +319,15 @@ def _bixel_column(
             if row_box[r, 0] > uhi or row_box[r, 1] < ulo or row_box[r, 2] > vhi or row_box[r, 3] < vlo:
                 continue
             ihi = row_last[r]
-            # row geometry: b(i) = B0 + j Bj + k Bk + i Bi ; u = sad*bx/(sad-bz)
+            # row geometry: BLD coordinates b(i) = A + i Bi, u = sad * bx / (sad - bz)
             ax0 = row_b0[0] + j * row_bj[0] + k * row_bk[0]
             ay0 = row_b0[1] + j * row_bj[1] + k * row_bk[1]
             az0 = row_b0[2] + j * row_bj[2] + k * row_bk[2]
             c0 = sad - az0
-            c1 = -row_bi[2]
-            ilo, ihi = _row_interval(ax0, row_bi[0], c0, c1, ulo, uhi, sad, ilo, ihi)
-            if ilo > ihi:
-                continue
-            ilo, ihi = _row_interval(ay0, row_bi[1], c0, c1, vlo, vhi, sad, ilo, ihi)
-            if ilo < row_first[r]:
-                ilo = row_first[r]
-            if ihi > row_last[r]:
-                ihi = row_last[r]
-            if ilo > ihi:
-                continue
-            if mode == 0:
+            ilo, ihi = _disc_interval(sad * ax0 - ub * c0, sad * bi0 - ub * c1, sad * ay0 - vb * c0, sad * bi1 - vb * c1,
+                                      c0, c1, cc, ilo, ihi)
+            if ilo <= ihi:
                 count += ihi - ilo + 1
-                continue
-            base = r * ni
-            for i in range(ilo, ihi + 1):
-                f = base + i
-                if not scored[f]:
-                    continue
-                du = u[f] - ub
-                dv = v[f] - vb
-                ex = abs(du) - hw
-                ey = abs(dv) - hh
-                if ex > cutoff or ey > cutoff:
-                    continue
-                if ex < 0.0:
-                    ex = 0.0
-                if ey < 0.0:
-                    ey = 0.0
-                if ex * ex + ey * ey > c2:
-                    continue
-                k0, k1, k2 = _lookup(tables, t, x0, y0, inv_h, nx, ny, du, dv)
-                val = sc * (w[f, 0] * k0 + w[f, 1] * k1 + w[f, 2] * k2)
-                if val > thr and val > 0.0:
-                    out_idx[pos + count] = f
-                    out_val[pos + count] = val
-                    count += 1
     return count
 
 
@@ -364,46 +336,185 @@ def bound_columns(
     bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
     tables, tx0, ty0, tnx, tny, inv_h,
     shape, row_b0, row_bj, row_bk, row_bi, sad,
-    row_first, row_last, row_box, u, v, w, scored,
+    row_first, row_last, row_box, W,
 ):
     """Upper bound of each bixel's number of entries (candidate voxels, no kernel evaluation)."""
     n = bu.shape[0]
     counts = np.zeros(n, dtype=np.int64)
-    dummy_i = np.zeros(1, dtype=np.int32)
-    dummy_v = np.zeros(1, dtype=np.float32)
     for b in prange(n):
-        counts[b] = _bixel_column(
-            b, 0, dummy_i, dummy_v, 0, bu, bv, bhw, bhh, cutoff, btab, bscale, bthr, tables, tx0, ty0, tnx, tny, inv_h,
-            shape, row_b0, row_bj, row_bk, row_bi, sad, row_first, row_last, row_box, u, v, w, scored,
-        )
+        counts[b] = _bixel_bound(b, bu, bv, bhw, bhh, cutoff, shape, row_b0, row_bj, row_bk, row_bi, sad, row_first, row_last, row_box)
     return counts
+
+
+@njit(cache=True)
+def _group_columns(
+    g0, g1, indptr, out_idx, out_val, counts,
+    bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
+    tables, tx0, ty0, tnx, tny, inv_h,
+    shape, row_b0, row_bj, row_bk, row_bi, sad,
+    row_first, row_last, row_box, W,
+):
+    """Entries of bixels g0..g1-1, which share their row centre, height and kernel table (a piece
+    of one bixel row), evaluated voxel by voxel: a voxel's position, depth terms and row-direction
+    interpolation are computed once for all bixels of the piece. Each bixel's entries are written
+    in ascending voxel order from ``indptr[b]``; ``counts[b]`` receives their number.
+
+    Every entry is computed by exactly the same arithmetic as a bixel alone would use, so the
+    result does not depend on how bixels are grouped (chunked Dij stays bitwise identical).
+    """
+    nk, nj, ni = shape[0], shape[1], shape[2]
+    n = g1 - g0
+    t = btab[g0]
+    vb = bv[g0]
+    hh = bhh[g0]
+    tab = tables[t]
+    x0 = tx0[t]
+    y0 = ty0[t]
+    nx = tnx[t]
+    ny = tny[t]
+    xmax = nx - 1.0
+    ymax = ny - 1.0
+    c2 = cutoff * cutoff
+    cur = np.empty(n, dtype=np.int64)
+    lo = np.empty(n, dtype=np.int64)
+    hi = np.empty(n, dtype=np.int64)
+    ulo = 1e300
+    uhi = -1e300
+    for q in range(n):
+        b = g0 + q
+        cur[q] = indptr[b]
+        ulo = min(ulo, bu[b] - bhw[b] - cutoff)
+        uhi = max(uhi, bu[b] + bhw[b] + cutoff)
+    vlo = vb - hh - cutoff
+    vhi = vb + hh + cutoff
+    bi0 = row_bi[0]
+    bi1 = row_bi[1]
+    c1 = -row_bi[2]
+    for k in range(nk):
+        for j in range(nj):
+            r = k * nj + j
+            if row_first[r] < 0:
+                continue
+            if row_box[r, 0] > uhi or row_box[r, 1] < ulo or row_box[r, 2] > vhi or row_box[r, 3] < vlo:
+                continue
+            ax0 = row_b0[0] + j * row_bj[0] + k * row_bk[0]
+            ay0 = row_b0[1] + j * row_bj[1] + k * row_bk[1]
+            az0 = row_b0[2] + j * row_bj[2] + k * row_bk[2]
+            c0 = sad - az0
+            lo_all = ni
+            hi_all = -1
+            for q in range(n):
+                b = g0 + q
+                ub = bu[b]
+                hw = bhw[b]
+                # exactly the intervals of _bixel_bound, so that no bixel writes beyond its bound
+                if row_box[r, 0] > ub + hw + cutoff or row_box[r, 1] < ub - hw - cutoff:
+                    lo[q] = 1
+                    hi[q] = 0
+                    continue
+                rad = cutoff + math.sqrt(hw * hw + hh * hh)
+                l, h = _disc_interval(sad * ax0 - ub * c0, sad * bi0 - ub * c1, sad * ay0 - vb * c0, sad * bi1 - vb * c1,
+                                      c0, c1, rad * rad, row_first[r], row_last[r])
+                lo[q] = l
+                hi[q] = h
+                if l <= h:
+                    lo_all = min(lo_all, l)
+                    hi_all = max(hi_all, h)
+            if lo_all > hi_all:
+                continue
+            base = r * ni
+            for i in range(lo_all, hi_all + 1):
+                f = base + i
+                w0 = W[f, 0]
+                if w0 == 0.0:
+                    continue
+                g = sad / (c0 + c1 * i)
+                pu = (ax0 + bi0 * i) * g
+                dv = (ay0 + bi1 * i) * g - vb
+                ey = abs(dv) - hh
+                if ey > cutoff:
+                    continue
+                if ey < 0.0:
+                    ey = 0.0
+                fy = (dv - y0) * inv_h
+                if fy < 0.0 or fy > ymax:
+                    continue
+                iy = int(fy)
+                if iy >= ny - 1:
+                    iy = ny - 2
+                ty = fy - iy
+                w1 = W[f, 1]
+                w2 = W[f, 2]
+                for q in range(n):
+                    if i < lo[q] or i > hi[q]:
+                        continue
+                    b = g0 + q
+                    du = pu - bu[b]
+                    ex = abs(du) - bhw[b]
+                    if ex > cutoff:
+                        continue
+                    if ex < 0.0:
+                        ex = 0.0
+                    if ex * ex + ey * ey > c2:
+                        continue
+                    fx = (du - x0) * inv_h
+                    if fx < 0.0 or fx > xmax:
+                        continue
+                    ix = int(fx)
+                    if ix >= nx - 1:
+                        ix = nx - 2
+                    tx = fx - ix
+                    w00 = (1.0 - tx) * (1.0 - ty)
+                    w01 = tx * (1.0 - ty)
+                    w10 = (1.0 - tx) * ty
+                    w11 = tx * ty
+                    k0 = w00 * tab[iy, ix, 0] + w01 * tab[iy, ix + 1, 0] + w10 * tab[iy + 1, ix, 0] + w11 * tab[iy + 1, ix + 1, 0]
+                    k1 = w00 * tab[iy, ix, 1] + w01 * tab[iy, ix + 1, 1] + w10 * tab[iy + 1, ix, 1] + w11 * tab[iy + 1, ix + 1, 1]
+                    k2 = w00 * tab[iy, ix, 2] + w01 * tab[iy, ix + 1, 2] + w10 * tab[iy + 1, ix, 2] + w11 * tab[iy + 1, ix + 1, 2]
+                    val = bscale[b] * (w0 * k0 + w1 * k1 + w2 * k2)
+                    if val > bthr[b] and val > 0.0:
+                        c = cur[q]
+                        out_idx[c] = f
+                        out_val[c] = val
+                        cur[q] = c + 1
+    for q in range(n):
+        counts[g0 + q] = cur[q] - indptr[g0 + q]
 
 
 @njit(cache=True, parallel=True)
 def fill_columns(
-    indptr, out_idx, out_val,
+    indptr, groups, out_idx, out_val,
     bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
     tables, tx0, ty0, tnx, tny, inv_h,
     shape, row_b0, row_bj, row_bk, row_bi, sad,
-    row_first, row_last, row_box, u, v, w, scored,
+    row_first, row_last, row_box, W,
 ):
-    """Evaluate each bixel's entries into its slot starting at ``indptr[b]``; returns the counts."""
+    """Evaluate every bixel's entries into its slot starting at ``indptr[b]``; returns the counts.
+
+    ``groups[g] .. groups[g+1]`` are bixels sharing row centre, height and table (see
+    :func:`_group_columns`). Call it under ``numba.set_parallel_chunksize(1)`` (rayrt.dose.dij does)
+    so that groups are handed to the threads one at a time: balanced, and both cores stay busy
+    when one of them is slowed down by other work on the machine.
+    """
     n = bu.shape[0]
     counts = np.zeros(n, dtype=np.int64)
-    for b in prange(n):
-        counts[b] = _bixel_column(
-            b, 1, out_idx, out_val, indptr[b], bu, bv, bhw, bhh, cutoff, btab, bscale, bthr, tables, tx0, ty0, tnx, tny, inv_h,
-            shape, row_b0, row_bj, row_bk, row_bi, sad, row_first, row_last, row_box, u, v, w, scored,
+    ng = groups.shape[0] - 1
+    for g in prange(ng):
+        _group_columns(
+            groups[g], groups[g + 1], indptr, out_idx, out_val, counts, bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
+            tables, tx0, ty0, tnx, tny, inv_h, shape, row_b0, row_bj, row_bk, row_bi, sad, row_first, row_last, row_box, W,
         )
     return counts
 
 
 @njit(cache=True)
 def compact_columns(indptr_bound, counts, out_idx, out_val):
-    """Move each column's entries down to close the gaps; returns the final indptr."""
+    """Move each column's entries down to close the gaps left by the bound; returns the final indptr
+    relative to ``indptr_bound[0]`` (the columns start at that absolute position and stay there)."""
     n = counts.shape[0]
     indptr = np.zeros(n + 1, dtype=np.int64)
-    pos = 0
+    base = indptr_bound[0]
+    pos = base
     for b in range(n):
         src = indptr_bound[b]
         c = counts[b]
@@ -412,38 +523,5 @@ def compact_columns(indptr_bound, counts, out_idx, out_val):
                 out_idx[pos + q] = out_idx[src + q]
                 out_val[pos + q] = out_val[src + q]
         pos += c
-        indptr[b + 1] = pos
+        indptr[b + 1] = pos - base
     return indptr
-
-
-@njit(cache=True)
-def row_ranges(scored, u, v, nrows, ni):
-    """Per grid row: first and last scored column index (-1, -2 when none) and the (u, v) box of its scored voxels."""
-    first = np.full(nrows, -1, dtype=np.int64)
-    last = np.full(nrows, -2, dtype=np.int64)
-    box = np.empty((nrows, 4))
-    for r in range(nrows):
-        base = r * ni
-        umin = 1e300
-        umax = -1e300
-        vmin = 1e300
-        vmax = -1e300
-        for i in range(ni):
-            f = base + i
-            if scored[f]:
-                if first[r] < 0:
-                    first[r] = i
-                last[r] = i
-                if u[f] < umin:
-                    umin = u[f]
-                if u[f] > umax:
-                    umax = u[f]
-                if v[f] < vmin:
-                    vmin = v[f]
-                if v[f] > vmax:
-                    vmax = v[f]
-        box[r, 0] = umin
-        box[r, 1] = umax
-        box[r, 2] = vmin
-        box[r, 3] = vmax
-    return first, last, box
