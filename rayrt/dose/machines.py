@@ -20,20 +20,27 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "configs"
 
 
-def machine_files() -> dict[str, Path]:
-    """Machine name -> YAML file. The name is the file's ``name`` field (file stem as fallback)."""
+@lru_cache(maxsize=256)
+def _file_name(path: str, mtime: float) -> str:
+    """The ``name`` field of one machine YAML (file stem as fallback), cached until the file changes:
+    machine files carry kernel tables, so parsing all of them on every lookup costs ~50 ms each."""
     import yaml
 
+    p = Path(path)
+    try:
+        return str((yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("name", p.stem))
+    except yaml.YAMLError as exc:
+        raise InputError(f"machine file {p.name} is not valid YAML: {exc}", kind="machine", field=p.name) from None
+
+
+def machine_files() -> dict[str, Path]:
+    """Machine name -> YAML file. The name is the file's ``name`` field (file stem as fallback)."""
     out: dict[str, Path] = {}
     d = config_dir() / "machines"
     if not d.is_dir():
         return out
     for p in sorted(d.glob("*.y*ml")):
-        try:
-            name = (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("name", p.stem)
-        except yaml.YAMLError as exc:
-            raise InputError(f"machine file {p.name} is not valid YAML: {exc}", kind="machine", field=p.name) from None
-        out[str(name)] = p
+        out[_file_name(str(p), p.stat().st_mtime)] = p
     return out
 
 
