@@ -642,36 +642,20 @@ class StandardPlan(BaseModel):
         return r
 
 
-def _normalized(plan: Plan, dose_fn: Callable[[Plan], np.ndarray], masks: dict[str, np.ndarray], order: MedicalOrder, machine) -> tuple[Plan, np.ndarray, float, int]:
-    """Scale ``plan`` to the prescription (order's normalisation metric), keep every segment >= the
-    machine's minimum MU; returns (plan, flat course dose Gy, factor, segments raised)."""
-    from rayrt.optimize.normalize import normalization_factor, scale_plan
-
-    dose = dose_fn(plan)
-    nstruct = order.prescription.normalization.structure or order.prescription.target
-    f = normalization_factor(dose[masks[nstruct].ravel()], order)
-    plan = scale_plan(plan, f)
-    dose = dose * f
-    low = [s for b in plan.beams for s in b.segments if s.mu < machine.limits.min_mu_per_segment]
-    for s in low:
-        s.mu = machine.limits.min_mu_per_segment
-    if low:
-        dose = dose_fn(plan)
-    return plan, dose, f, len(low)
-
-
 @stage("normalize", output="standard_plan", after="dao", when=_skip_after("apertures"))
 def normalize(apertures: ApertureStage, geometry: PlanGeometry, beamlet_set: BeamletSet, dij: DijResult, order: MedicalOrder, study: Any,
               ctx: StageContext = None) -> StandardPlan:
     """Standard plan: MU per fraction normalised to the prescription, final dose through the Dij
     (aperture fluence with transmission, leaf gap and head scatter)."""
+    from rayrt.optimize.normalize import normalize_plan
     from rayrt.optimize.planner import final_dose, plan_from_apertures
 
     m = _machine(apertures.machine)
     grids = beamlet_set.grids()
     plan = plan_from_apertures(apertures.segments, [b.gantry_deg for b in geometry.beams], geometry.isocenter_mm, m, order,
                                patient_id=getattr(study, "patient_id", ""), frame_of_reference_uid=getattr(study, "frame_of_reference_uid", None))
-    plan, dose, f, raised = _normalized(plan, lambda p: final_dose(p, grids, dij.matrix, m), geometry.dose_masks, order, m)
+    plan, dose, f, raised = normalize_plan(plan, lambda p: final_dose(p, grids, dij.matrix, m), geometry.dose_masks, order,
+                                           m.limits.min_mu_per_segment)
     dose3 = dose.reshape(geometry.dose_grid.shape).astype(np.float32)
     ctx.progress(1, 1, f"{plan.total_mu:.1f} MU/fraction")
     return StandardPlan(plan=plan, dose_grid=geometry.dose_grid, normalization_factor=f, raised_segments=raised,

@@ -428,23 +428,14 @@ def _plan_from_course_segments(std: StandardPlanInput, target: MachineModel, seg
 
 def _normalise(plan: Plan, setup: _TargetSetup, std: StandardPlanInput, target: MachineModel) -> tuple[Plan, np.ndarray, dict]:
     """Final course dose through the target Dij, scaled to the order's normalisation; minimum MU honoured."""
-    from rayrt.optimize.normalize import normalization_factor, scale_plan
+    from rayrt.optimize.normalize import normalize_plan
 
-    def final_dose(p, grids, dij, machine):
-        return np.asarray(dij @ plan_fluence(p, machine, grids).astype(np.float32), dtype=np.float64)
+    def final_dose(p: Plan) -> np.ndarray:
+        return np.asarray(setup.dij @ plan_fluence(p, target, setup.grids).astype(np.float32), dtype=np.float64)
 
-    dose = final_dose(plan, setup.grids, setup.dij, target)
-    nstruct = std.order.prescription.normalization.structure or std.order.prescription.target
     # a hair above the goal (1e-6 relative) so that 'D95 >= Rx' criteria do not fail on round-off
-    f = normalization_factor(dose[std.masks[nstruct].ravel()], std.order) * (1.0 + 1e-6)
-    plan = scale_plan(plan, f)
-    dose = dose * f
-    low = [s for b in plan.beams for s in b.segments if s.mu < target.limits.min_mu_per_segment]
-    for s in low:
-        s.mu = target.limits.min_mu_per_segment
-    if low:
-        dose = final_dose(plan, setup.grids, setup.dij, target)
-    return plan, dose.reshape(std.dose_grid.shape).astype(np.float32), {"normalization_factor": f, "raised_segments": len(low)}
+    plan, dose, f, raised = normalize_plan(plan, final_dose, std.masks, std.order, target.limits.min_mu_per_segment, headroom=1e-6)
+    return plan, dose.reshape(std.dose_grid.shape).astype(np.float32), {"normalization_factor": f, "raised_segments": raised}
 
 
 def _pair_map(source: MachineModel, target: MachineModel, tol_mm: float = 0.05) -> np.ndarray:

@@ -338,7 +338,8 @@ def bound_columns(
     shape, row_b0, row_bj, row_bk, row_bi, sad,
     row_first, row_last, row_box, W,
 ):
-    """Upper bound of each bixel's number of entries (candidate voxels, no kernel evaluation)."""
+    """Upper bound of each bixel's number of entries (candidate voxels, no kernel evaluation).
+    Takes the fill's argument list (one ``common`` tuple in rayrt.dose.dij) and uses its geometry part."""
     n = bu.shape[0]
     counts = np.zeros(n, dtype=np.int64)
     for b in prange(n):

@@ -3,13 +3,15 @@ prescription (e.g. PTV D95 = 100 % of Rx). Dose is linear in MU, so the dose sca
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Plan
 
-__all__ = ["normalization_factor", "scale_plan"]
+__all__ = ["normalization_factor", "scale_plan", "normalize_plan"]
 
 
 def _dose_at_volume(values: np.ndarray, volume_pct: float) -> float:
@@ -40,3 +42,24 @@ def scale_plan(plan: Plan, factor: float) -> Plan:
         for s in b.segments:
             s.mu = float(s.mu * factor)
     return p
+
+
+def normalize_plan(plan: Plan, dose_fn: Callable[[Plan], np.ndarray], masks: dict[str, np.ndarray], order: MedicalOrder,
+                   min_mu_per_segment: float, headroom: float = 0.0) -> tuple[Plan, np.ndarray, float, int]:
+    """Scale ``plan`` so the order's normalisation metric equals the prescription, then raise every
+    segment below ``min_mu_per_segment`` (MU per fraction) to it and recompute the dose.
+
+    ``dose_fn(plan)`` is the flat course dose (Gy) on the grid of ``masks``; ``headroom`` lifts the
+    factor a hair (e.g. 1e-6) so that 'D95 >= Rx' criteria do not fail on round-off. Returns
+    (plan, flat dose Gy, factor, number of segments raised)."""
+    dose = dose_fn(plan)
+    nstruct = order.prescription.normalization.structure or order.prescription.target
+    f = normalization_factor(dose[masks[nstruct].ravel()], order) * (1.0 + headroom)
+    plan = scale_plan(plan, f)
+    dose = dose * f
+    low = [s for b in plan.beams for s in b.segments if s.mu < min_mu_per_segment]
+    for s in low:
+        s.mu = min_mu_per_segment
+    if low:
+        dose = dose_fn(plan)
+    return plan, dose, f, len(low)

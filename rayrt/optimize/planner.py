@@ -173,7 +173,7 @@ def plan_standard(
     from rayrt.optimize.dao import DAOOptions, optimize_apertures
     from rayrt.optimize.fmo import FluenceOptions, ObjectiveEvaluator, optimize_fluence
     from rayrt.optimize.layout import layout_from_beamlets
-    from rayrt.optimize.normalize import normalization_factor, scale_plan
+    from rayrt.optimize.normalize import normalize_plan
     from rayrt.optimize.problem import build_problem
     from rayrt.optimize.sequencing import get_sequencer
     from rayrt.qa.deliverability import check_plan
@@ -235,18 +235,9 @@ def plan_standard(
     with meter.stage("normalize_dose") as det:
         plan = plan_from_apertures(dres.segments, gantry_angles, iso, machine, order, patient_id=study.patient_id,
                                    frame_of_reference_uid=study.frame_of_reference_uid)
-        dose = final_dose(plan, grids, dij, machine)
-        nstruct = order.prescription.normalization.structure or order.prescription.target
-        f = normalization_factor(dose[masks[nstruct].ravel()], order)
-        plan = scale_plan(plan, f)
-        dose *= f
-        # MU per segment must stay >= the minimum after scaling down
-        low = [s for b in plan.beams for s in b.segments if s.mu < machine.limits.min_mu_per_segment]
-        for s in low:
-            s.mu = machine.limits.min_mu_per_segment
-        if low:
-            dose = final_dose(plan, grids, dij, machine)
-        det.update(factor=f, raised_segments=len(low))
+        plan, dose, f, raised = normalize_plan(plan, lambda p: final_dose(p, grids, dij, machine), masks, order,
+                                               machine.limits.min_mu_per_segment)
+        det.update(factor=f, raised_segments=raised)
     with meter.stage("report") as det:
         dose3 = dose.reshape(dose_grid.shape).astype(np.float32)
         dvh = {}

@@ -183,7 +183,6 @@ class Ingress:
 
     async def _refresh_loop(self) -> None:
         import asyncio
-        import time as _time
 
         while True:
             try:
@@ -432,7 +431,7 @@ class Ingress:
             rows = [lines[0]] + [ln for ln in lines[1:] if ln.split(",", 1)[0] == machine]
             return Response(content="\n".join(rows) + "\n", media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="dvh_{safe}.csv"'})
         paths = {"rtplan": f"export/RP_{safe}.dcm", "rtdose": f"export/RD_{safe}.dcm", "rtstruct": "export/RS.dcm", "qa": f"qa/qa_{safe}.json",
-                 "plan": f"normalize/plan.json" if machine == self._standard_name(job_id) else f"convert/plan_{safe}.json"}
+                 "plan": "normalize/plan.json" if machine == self._standard_name(job_id) else f"convert/plan_{safe}.json"}
         if kind not in paths:
             raise InputError(f"unknown download {kind!r}; choose one of {', '.join(sorted([*paths, 'dvh']))}", kind="not_found", field="kind", status=404)
         return self.get_result(job_id, paths[kind])

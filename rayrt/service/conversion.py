@@ -333,12 +333,9 @@ def get_or_create_conversion_pools(name: str = POOLS_NAME, namespace: str | None
     Without ``machines`` in ``kwargs`` it makes a pool for every treatment machine of the
     library (:func:`rayrt.service.machines.machine_names`); each worker loads its model by name.
     """
-    opts = dict(actor_options or {})
-    opts.update(name=name, get_if_exists=True)
-    if namespace:
-        opts["namespace"] = namespace
-    if detached:
-        opts["lifetime"] = "detached"
+    from rayrt.service.runtime import named_actor_options
+
+    opts = named_actor_options(name, namespace, "detached" if detached else None, actor_options)
     if "machines" not in kwargs:
         from rayrt.service.machines import machine_names
 

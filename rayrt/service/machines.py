@@ -49,6 +49,7 @@ from rayrt.service.policies import (
     select_machines,
     utcnow,
 )
+from rayrt.service.runtime import named_actor_options
 
 __all__ = [
     "Booking",
@@ -500,11 +501,7 @@ class MachineRegistry:
         for name in names:
             opts = dict(actor_options if actor_options is not None else self.settings.actor_options)
             if actor_name_prefix is not None:
-                opts.update(name=f"{actor_name_prefix}{name}", get_if_exists=True)
-                if namespace:
-                    opts["namespace"] = namespace
-                if lifetime:
-                    opts["lifetime"] = lifetime
+                opts = named_actor_options(f"{actor_name_prefix}{name}", namespace, lifetime, opts)
             self._queues[name] = MachineQueue.options(**opts).remote(name, self.settings.slot_for(name), store=self._store)
         self._rec = _store_load(self._store, "machines/_registry", RegistryRecord) or RegistryRecord()
 
@@ -733,12 +730,7 @@ def get_or_create_registry(name: str = REGISTRY_NAME, namespace: str | None = No
     Re-attaches when one with this name is alive (``kwargs`` are then ignored). Queue actors
     are named ``<name>/<machine>`` in the same namespace, so a restarted registry finds them.
     """
-    opts = dict(actor_options or {})
-    opts.update(name=name, get_if_exists=True)
-    if namespace:
-        opts["namespace"] = namespace
-    if detached:
-        opts["lifetime"] = "detached"
+    opts = named_actor_options(name, namespace, "detached" if detached else None, actor_options)
     kwargs.setdefault("actor_name_prefix", f"{name}/")
     kwargs.setdefault("namespace", namespace)
     kwargs.setdefault("lifetime", "detached" if detached else None)

@@ -26,6 +26,18 @@ log = logging.getLogger("rayrt.service")
 APP_NAME = "rayrt"
 
 
+def named_actor_options(name: str, namespace: str | None = None, lifetime: str | None = None, base: dict | None = None) -> dict:
+    """Ray actor options for a named actor that is re-attached when one with that name is alive
+    (``get_if_exists``): ``base`` options plus name, and namespace / lifetime when given."""
+    opts = dict(base or {})
+    opts.update(name=name, get_if_exists=True)
+    if namespace:
+        opts["namespace"] = namespace
+    if lifetime:
+        opts["lifetime"] = lifetime
+    return opts
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now on ``host``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
