@@ -72,12 +72,16 @@ class PlanningRequest(BaseModel):
     dose_grid_mm: float = Field(default=5.0, gt=0, le=20)
     bixel_mm: float = Field(default=5.0, gt=0, le=20)
     margin_mm: float = Field(default=5.0, ge=0, le=30)
+    bixel_columns: Literal["edge", "isocenter"] = Field(
+        default="edge", description="alignment of the bixel columns along the leaf-travel direction (rows are always the leaf pairs): "
+                                    "'edge' = column edges at multiples of bixel_mm from the central axis; 'isocenter' = bixels centred "
+                                    "on it (centres at multiples of bixel_mm, as matRad/pyRadPlan)")
     dij_cutoff_mm: float = Field(default=50.0, gt=0, description="lateral kernel cut-off of the pencil beams")
     dij_threshold: float = Field(default=1e-4, ge=0, lt=1, description="relative Dij entries below this are dropped")
     chunks_per_cpu: int = Field(default=2, ge=1, le=64, description="Dij tasks per free CPU (load balance vs per-chunk depth overhead)")
     max_segments: int = Field(default=10, ge=1, le=100)
     sequencer: str = "sweep"
-    conversion_mode: Literal["reuse", "dose_only", "fluence", "dao"] | None = Field(
+    conversion_mode: Literal["reuse", "dose_only", "mu_refit", "fluence", "dao"] | None = Field(
         default=None, description="force the recompute mode of each conversion's first attempt (None: rayrt.convert's policy from the coincidence verdict)")
     conversion_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -301,17 +305,20 @@ class BeamletSpec(BaseModel):
     rows: list[int]
     cols: list[int]
     patient_position: str = "HFS"
+    column_offset_mm: float = 0.0  # column c spans [offset + c*w, offset + (c+1)*w] (BeamletGrid.column_offset_mm)
 
     @classmethod
     def of(cls, bg) -> "BeamletSpec":
         return cls(beam=bg.beam, machine_name=bg.machine_name, bixel_width_mm=bg.bixel_width_mm, row_edges_mm=np.asarray(bg.row_edges_mm).tolist(),
-                   rows=np.asarray(bg.rows).tolist(), cols=np.asarray(bg.cols).tolist(), patient_position=bg.patient_position)
+                   rows=np.asarray(bg.rows).tolist(), cols=np.asarray(bg.cols).tolist(), patient_position=bg.patient_position,
+                   column_offset_mm=float(bg.column_offset_mm))
 
     def grid(self):
         from rayrt.dose.geometry import BeamletGrid
 
         return BeamletGrid(self.beam, self.machine_name, self.bixel_width_mm, np.asarray(self.row_edges_mm, float),
-                           np.asarray(self.rows, np.int64), np.asarray(self.cols, np.int64), self.patient_position)
+                           np.asarray(self.rows, np.int64), np.asarray(self.cols, np.int64), self.patient_position,
+                           column_offset_mm=self.column_offset_mm)
 
 
 class BeamletSet(BaseModel):
@@ -332,11 +339,13 @@ class BeamletSet(BaseModel):
 
 
 def beamlet_task(item: tuple, target_mask: np.ndarray) -> BeamletSpec:
-    """Task: the bixel grid of one beam (``item`` = beam, machine, mask grid, bixel mm, margin mm)."""
-    from rayrt.dose.geometry import beamlet_grid
+    """Task: the bixel grid of one beam (``item`` = beam, machine, mask grid, bixel mm, margin mm[, column alignment])."""
+    from rayrt.dose.geometry import beamlet_grid, column_offset_for
 
-    beam, machine_name, grid, bixel_mm, margin_mm = item
-    return BeamletSpec.of(beamlet_grid(beam, _machine(machine_name), target_mask, grid, bixel_width_mm=bixel_mm, margin_mm=margin_mm))
+    beam, machine_name, grid, bixel_mm, margin_mm, *rest = item
+    off = column_offset_for(rest[0], bixel_mm) if rest else 0.0
+    return BeamletSpec.of(beamlet_grid(beam, _machine(machine_name), target_mask, grid, bixel_width_mm=bixel_mm, margin_mm=margin_mm,
+                                       column_offset_mm=off))
 
 
 @stage("beamlets", output="beamlet_set", after="geometry", when=_skip_after("geometry"))
@@ -345,7 +354,8 @@ def beamlets(geometry: PlanGeometry, planning: PlanningRequest | None = None, ct
     mask_ref = ctx.shared.get(f"mask:{geometry.target}")
     if mask_ref is None:  # a study whose structures were not shared by load
         raise InputError(f"no mask for the target {geometry.target!r}", field="order.prescription.target")
-    items = [(b, geometry.standard_machine, geometry.density_grid, planning.bixel_mm, planning.margin_mm) for b in geometry.beams]
+    items = [(b, geometry.standard_machine, geometry.density_grid, planning.bixel_mm, planning.margin_mm, planning.bixel_columns)
+             for b in geometry.beams]
     specs = _map(ctx, beamlet_task, items, mask_ref)
     ctx.progress(len(specs), len(specs), f"{sum(len(s.rows) for s in specs)} bixels")
     return BeamletSet(beams=specs)

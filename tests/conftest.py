@@ -36,6 +36,9 @@ def ray_session():
 
     started = False
     if not ray.is_initialized():
+        from rayrt.service.runtime import ray_env_defaults
+
+        ray_env_defaults()  # the product's Ray/Serve environment (e.g. Serve's gRPC proxy path)
         tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Unix socket paths <= 107 bytes
         os.environ["RAY_TMPDIR"] = tmp
         ray.init(

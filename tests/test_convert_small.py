@@ -90,13 +90,62 @@ def test_policy_modes():
     from rayrt.domain.errors import InputError
 
     o = ConversionOptions(max_attempts=3, strength_factor=4.0)
-    assert choose_modes("matches", o) == (["reuse", "dose_only", "fluence"], [1.0, 1.0, 1.0])
-    assert choose_modes("same_leaves", o) == (["dose_only", "fluence", "fluence"], [1.0, 1.0, 4.0])
+    assert choose_modes("matches", o) == (["reuse", "dose_only", "mu_refit"], [1.0, 1.0, 1.0])
+    assert choose_modes("same_leaves", o) == (["mu_refit", "mu_refit", "fluence"], [1.0, 4.0, 4.0])
     assert choose_modes("convertible", o) == (["dao", "dao", "dao"], [1.0, 4.0, 16.0])
     assert choose_modes("incompatible", o) == ([], [])
-    assert choose_modes("convertible", o, forced="dose_only")[0] == ["dose_only", "fluence", "dao"]
+    assert choose_modes("convertible", o, forced="dose_only")[0] == ["dose_only", "mu_refit", "fluence"]
     with pytest.raises(InputError, match="recompute mode"):
         choose_modes("matches", o, forced="magic")
+
+
+def test_normalised_objective_gradient_matches_finite_differences():
+    """The segment-MU refit's objective on the prescription-normalised dose (d = Rx / D95(A m) x A m):
+    value and analytic gradient against central differences, and scale invariance (f(c m) = f(m))."""
+    from rayrt.convert.convert import _metric_weights, normalised_objective
+    from rayrt.optimize.objectives import make_objective
+    from rayrt.qa.dvh import dose_at_volume
+
+    rng = np.random.default_rng(3)
+    n_vox, n_seg = 400, 7
+    A = (rng.random((n_vox, n_seg)) * 0.02).astype(np.float32)
+    ptv, oar = np.arange(0, 150), np.arange(150, 400)
+    ref = rng.random(n_vox) * 50.0
+    terms = [(make_objective("squared_deviation", "PTV", ptv, 50.0), 10.0),
+             (make_objective("squared_overdose", "OAR", oar, 20.0), 3.0),
+             (make_objective("dose_mimicking", "OAR (mimic)", oar, 1.0, reference_gy=ref[oar], tolerance_gy=1.0), 5.0)]
+    m = rng.random(n_seg) * 100 + 50
+    v, idx, w = _metric_weights((A.astype(np.float64) @ m)[ptv], 95.0)
+    assert v == pytest.approx(float(dose_at_volume((A.astype(np.float64) @ m)[ptv], 95.0)), rel=1e-5)
+    f, g = normalised_objective(m, A, terms, 50.0, ptv, 95.0)
+    assert normalised_objective(3.0 * m, A, terms, 50.0, ptv, 95.0)[0] == pytest.approx(f, rel=1e-4)
+    h = 0.2  # MU ~ 100: float32 products round m at ~1e-5, far below the step
+    fd = np.array([(normalised_objective(m + h * e, A, terms, 50.0, ptv, 95.0)[0] - normalised_objective(m - h * e, A, terms, 50.0, ptv, 95.0)[0])
+                   / (2 * h) for e in np.eye(n_seg)])
+    np.testing.assert_allclose(g, fd, rtol=2e-2, atol=1e-3 * np.abs(fd).max())
+
+
+def test_mu_refit_keeps_the_segments_and_normalises(small):
+    """mu_refit on the Agility (same 5 mm leaf boundaries): the dose_only segments' leaves exactly,
+    only the MU changed, the refit objective not above its start, and the refit already normalised
+    (the final normalisation moves the MU by round-off only); QA-gated like every mode."""
+    from rayrt.convert.convert import convert_for_machine
+    from rayrt.dose.machines import get_machine
+
+    si = small[4]
+    agility = get_machine("versahd_agility")
+    r0 = convert_for_machine(si, agility, _opts(mode="dose_only", max_attempts=1))
+    r1 = convert_for_machine(si, agility, _opts(mode="mu_refit", max_attempts=1))
+    a0, a1 = r0.attempts[0], r1.attempts[0]
+    assert a1.mode == "mu_refit" and a1.detail["mu_refit"]["objective"] <= a1.detail["mu_refit"]["objective_start"]
+    assert a1.detail["normalization_factor"] == pytest.approx(1.0, abs=1e-3)
+    p0 = r0.plan or r0.candidate_plan
+    p1 = r1.plan or r1.candidate_plan
+    for b0, b1 in zip(p0.beams, p1.beams):
+        leaves0 = {(tuple(s.x1_mm), tuple(s.x2_mm)) for s in b0.segments}
+        assert all((tuple(s.x1_mm), tuple(s.x2_mm)) in leaves0 for s in b1.segments)  # segments kept (some may be dropped)
+    assert any(abs(s1.mu - s0.mu) > 1e-3 * s0.mu for b0, b1 in zip(p0.beams, p1.beams) for s0, s1 in zip(b0.segments, b1.segments))
+    assert a1.released == (not a1.reasons)
 
 
 def test_twin_reuses_the_standard_plan(small):

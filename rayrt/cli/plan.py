@@ -106,7 +106,7 @@ def plan_cmd(
     machines: Optional[str] = typer.Option(
         None, "--machines", help="also convert the plan to these treatment machines (comma list); writes OUT/<machine>/ "
         "rtplan.dcm, rtdose.dcm, rtstruct.dcm, qa.json and OUT/standard/"),
-    mode: Optional[str] = typer.Option(None, "--mode", help="force a conversion mode: reuse, dose_only, fluence or dao (default: policy)"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="force a conversion mode: reuse, dose_only, mu_refit, fluence or dao (default: policy)"),
     workers: int = typer.Option(1, "--workers", min=1, help="conversions run in this many processes"),
 ) -> None:
     """Plan a case end to end on one machine and write plan, dose and report."""

@@ -13,6 +13,11 @@ Recompute modes (:data:`Mode`), from cheapest to most thorough:
 * ``dose_only`` -- the standard plan's fluence on the target MLC (segments copied and made
   deliverable when the leaf boundaries are the same, else the fluence re-sequenced), dose
   recomputed with the target beam model, MU renormalised.
+* ``mu_refit``  -- the ``dose_only`` segments (leaves unchanged) with every segment's MU refitted
+  on the target's exact segment doses to the terms that mimic the standard plan, evaluated on the
+  prescription-normalised dose (:func:`rayrt.convert.convert.refit_segment_mu`): the standard
+  plan's relative segment weights were fitted to the *standard* beam model, so a target whose
+  beam differs (penumbra, scatter tails, transmission) needs them refitted, not just rescaled.
 * ``fluence``   -- fluence-map re-optimisation on the target's beamlets with the medical order
   plus mimicking of the standard plan (dose per voxel, DVHs, isodose surfaces), sequencing, and a
   segment-MU refit.
@@ -22,18 +27,24 @@ Policy (:func:`choose_modes`): the overall verdict of the coincidence decides th
 the fall-backs, one per attempt, each later attempt with ``strength_factor`` times stronger
 mimicking:
 
-=================  ==========================================  ===============================
+=================  ==========================================  =====================================
 verdict            when                                        attempts
-=================  ==========================================  ===============================
-``matches``        source ``matches`` and MLC ``identical``    reuse, dose_only, fluence, dao
-``same_leaves``    MLC ``identical`` / ``compatible``          dose_only, fluence, fluence, dao
+=================  ==========================================  =====================================
+``matches``        source ``matches`` and MLC ``identical``    reuse, dose_only, mu_refit, fluence, dao
+``same_leaves``    MLC ``identical`` / ``compatible``          mu_refit, mu_refit, fluence, dao
 ``convertible``    MLC ``convertible`` (or an ``incompatible``  dao, dao, dao...
                    score while the plan's field still fits)
 ``incompatible``   the target cannot open the plan's field     none: reported failed
-=================  ==========================================  ===============================
+=================  ==========================================  =====================================
 
-A forced mode (``ConversionOptions.mode`` or the ``mode`` argument) is tried first; later
-attempts continue along reuse -> dose_only -> fluence -> dao with stronger mimicking.
+Outside ``matches`` something that shapes the dose differs (beam curves, or leaf transmission and
+leaf-end leakage of a different MLC even where the beams match): the segments are kept but their
+MU refitted (``mu_refit``) rather than only rescaled (``dose_only``, which a 1 Gy shift of an
+organ's D10 already fails). :func:`rayrt.convert.convert.convert_for_machine` puts ``mu_refit``
+before a ``convertible`` target's attempts when the standard segments transfer exactly onto its
+leaves. A forced mode (``ConversionOptions.mode`` or the ``mode`` argument) is
+tried first; later attempts continue along reuse -> dose_only -> mu_refit -> fluence -> dao with
+stronger mimicking.
 """
 
 from __future__ import annotations
@@ -52,8 +63,8 @@ from rayrt.domain.plan import Plan
 
 __all__ = ["Mode", "MODES", "ConversionOptions", "CoincidenceReport", "load_conversion_options", "machine_coincidence", "choose_modes"]
 
-Mode = Literal["reuse", "dose_only", "fluence", "dao"]
-MODES: tuple[str, ...] = ("reuse", "dose_only", "fluence", "dao")
+Mode = Literal["reuse", "dose_only", "mu_refit", "fluence", "dao"]
+MODES: tuple[str, ...] = ("reuse", "dose_only", "mu_refit", "fluence", "dao")
 Verdict = Literal["matches", "same_leaves", "convertible", "incompatible"]
 
 
@@ -80,7 +91,9 @@ class ConversionOptions(BaseModel):
     fmo_iterations: int = Field(default=150, ge=1)
     dao_rounds: int = Field(default=2, ge=1)
     dao_iterations: int = Field(default=40, ge=1)
-    mu_refit_iterations: int = Field(default=60, ge=1, description="segment-MU refit after sequencing (fluence mode)")
+    mu_refit_iterations: int = Field(default=60, ge=1, description="exact segment-MU refit (mu_refit mode; after sequencing in "
+                                     "fluence mode; after DAO when dao_mu_refit)")
+    dao_mu_refit: bool = Field(default=True, description="dao mode: finish with the exact segment-MU refit on the normalised dose")
     # mimicking of the standard plan
     mimic_tolerance_pct: float = Field(default=2.0, ge=0, description="dose-mimicking tolerance per voxel, % of the prescription")
     mimic_weight: float = Field(default=1000.0, ge=0, description="priority of the per-structure dose-mimicking terms")
@@ -149,9 +162,9 @@ def choose_modes(verdict: Verdict, options: ConversionOptions, forced: str | Non
     if verdict == "incompatible":
         return [], []
     if verdict == "matches":
-        seq = ["reuse", "dose_only", "fluence", "dao"]
+        seq = ["reuse", "dose_only", "mu_refit", "fluence", "dao"]
     elif verdict == "same_leaves":
-        seq = ["dose_only", "fluence", "fluence", "dao"]
+        seq = ["mu_refit", "mu_refit", "fluence", "dao"]
     else:
         seq = ["dao"]
     modes = [seq[min(i, len(seq) - 1)] for i in range(n)]

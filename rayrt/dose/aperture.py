@@ -84,7 +84,7 @@ class _SegmentGeometry:
         _check_segment(segment, machine)
         pair = row_leaf_pair(machine)[beamlets.rows]
         self.w = beamlets.bixel_width_mm
-        self.c0 = beamlets.cols * self.w
+        self.c0 = beamlets.u_lo_mm  # the grid's own column edges (any column offset)
         self.c1 = self.c0 + self.w
         x1 = np.asarray(segment.x1_mm, float)[pair]
         x2 = np.asarray(segment.x2_mm, float)[pair]
@@ -124,7 +124,7 @@ class _RowPieces:
         rows = np.asarray(beamlets.rows)
         self.n = rows.size
         self.w = float(beamlets.bixel_width_mm)
-        self.c0 = np.asarray(beamlets.cols) * self.w
+        self.c0 = np.asarray(beamlets.u_lo_mm, float)  # the grid's own column edges (any column offset)
         e = np.asarray(beamlets.row_edges_mm, float)
         self.rows_u, self.inv = np.unique(rows, return_inverse=True)
         self.r0u, self.r1u = e[self.rows_u], e[self.rows_u + 1]
@@ -293,15 +293,16 @@ def field_extent_mm(segments: list[Segment], machine: MachineModel, pad_mm: floa
 
 
 def aperture_beamlet_grid(beam: Beam, segments: list[Segment], machine: MachineModel, *, bixel_width_mm: float = 2.5,
-                          pad_mm: float = 10.0) -> BeamletGrid:
-    """Bixel grid for the dose of ``segments``: columns ``bixel_width_mm`` and the machine's rows
+                          pad_mm: float = 10.0, column_offset_mm: float = 0.0) -> BeamletGrid:
+    """Bixel grid for the dose of ``segments``: columns ``bixel_width_mm`` (offset by
+    ``column_offset_mm``, :class:`rayrt.dose.geometry.BeamletGrid`) and the machine's rows
     (leaf pairs; half pairs of a dual-layer MLC) over the openings plus ``pad_mm``
     (:func:`field_extent_mm`), each row split where a segment's Y jaw or its proximal-layer leaf
     boundary falls strictly inside it, so every bixel row is uniformly open or closed along Y
     (trimmed field ends keep their resolution in the dose). Without such cuts: exactly
     :func:`rayrt.dose.geometry.beamlet_grid_for_field`."""
     (xa, xb), (ya, yb) = field_extent_mm(segments, machine, pad_mm)
-    bg = beamlet_grid_for_field(beam, machine, (xa, xb), (ya, yb), bixel_width_mm)
+    bg = beamlet_grid_for_field(beam, machine, (xa, xb), (ya, yb), bixel_width_mm, column_offset_mm=column_offset_mm)
     e = np.asarray(bg.row_edges_mm, float)
     r0, r1 = int(np.min(bg.rows)), int(np.max(bg.rows)) + 1
     cuts = []
@@ -321,7 +322,7 @@ def aperture_beamlet_grid(beam: Beam, segments: list[Segment], machine: MachineM
     cc = np.tile(cols, R).astype(np.int64)
     meta = dict(bg.meta)
     meta["subrows"] = "split at Y-jaw / proximal-layer edges"
-    return BeamletGrid(beam, bg.machine_name, bg.bixel_width_mm, edges, rows, cc, bg.patient_position, meta)
+    return BeamletGrid(beam, bg.machine_name, bg.bixel_width_mm, edges, rows, cc, bg.patient_position, meta, bg.column_offset_mm)
 
 
 def aperture_dose(
@@ -333,13 +334,14 @@ def aperture_dose(
     *,
     bixel_width_mm: float = 2.5,
     pad_mm: float = 10.0,
+    column_offset_mm: float = 0.0,
     **dij_kwargs,
 ) -> np.ndarray:
     """Dose (Gy, array shaped like ``dose_grid``) of a beam's segments (default ``beam.segments``).
 
     Builds a bixel grid (:func:`aperture_beamlet_grid`: rows = the machine's rows, split at Y-jaw
     and proximal-layer edges inside a row; columns ``bixel_width_mm``) over the union of the
-    openings plus ``pad_mm``, computes its Dij and applies :func:`aperture_fluence`. A beam with
+    openings plus ``pad_mm`` (columns offset by ``column_offset_mm``), computes its Dij and applies :func:`aperture_fluence`. A beam with
     no segment carrying MU (e.g. every segment removed by DAO) delivers no dose: zeros. MU through
     a fully closed MLC is refused (InputError), not silently reduced to leakage.
     """
@@ -348,7 +350,7 @@ def aperture_dose(
     segs = beam.segments if segments is None else segments
     if not any(s.mu > 0 for s in segs):
         return np.zeros(dose_grid.shape)
-    grid = aperture_beamlet_grid(beam, segs, machine, bixel_width_mm=bixel_width_mm, pad_mm=pad_mm)
+    grid = aperture_beamlet_grid(beam, segs, machine, bixel_width_mm=bixel_width_mm, pad_mm=pad_mm, column_offset_mm=column_offset_mm)
     dij = compute_dij(density, dose_grid, grid, machine, **dij_kwargs)
     flu = aperture_fluence(grid, segs, machine)
     return (dij @ flu.astype(np.float64)).reshape(dose_grid.shape)

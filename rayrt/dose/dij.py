@@ -247,15 +247,21 @@ def plan_dij(
     threshold: float = DEFAULT_THRESHOLD,
     mask_grid: Grid | None = None,
     patient_position: str = "HFS",
+    column_offset_mm: float = 0.0,
+    margin_mode: str = "projection",
 ) -> tuple[sp.csc_matrix, list[BeamletGrid]]:
     """Dij of all beams side by side (columns: beam 0's bixels, then beam 1's...) and their beamlet grids.
 
-    ``target_mask`` lives on ``mask_grid`` (default: the density grid).
+    ``target_mask`` lives on ``mask_grid`` (default: the density grid). ``column_offset_mm``: the
+    bixel columns' offset (:func:`rayrt.dose.geometry.beamlet_grid`; 0 = edges at multiples of the
+    width, ``column_offset_for("isocenter", w)`` = bixels centred on the central axis); ``margin_mode``:
+    how the margin selects bixels (:func:`rayrt.dose.geometry.beamlet_grid`).
     """
     if not beams:
         raise InputError("a plan needs at least one beam", field="beams")
     g = mask_grid if mask_grid is not None else density.grid
-    grids = [beamlet_grid(b, machine, target_mask, g, bixel_width_mm=bixel_width_mm, margin_mm=margin_mm, patient_position=patient_position) for b in beams]
+    grids = [beamlet_grid(b, machine, target_mask, g, bixel_width_mm=bixel_width_mm, margin_mm=margin_mm, patient_position=patient_position,
+                           column_offset_mm=column_offset_mm, margin_mode=margin_mode) for b in beams]
     if cutoff_mm <= 0 or not (0 <= threshold < 1):
         raise InputError(f"cutoff_mm must be > 0 and 0 <= threshold < 1 (got {cutoff_mm}, {threshold})", field="cutoff_mm")
     acc = _ColumnAccumulator(dose_grid.num_voxels)

@@ -35,6 +35,7 @@ axis measured from the source.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -135,14 +136,57 @@ def row_leaf_pair(machine: MachineModel) -> np.ndarray:
     return np.repeat(np.arange(n), 2) if machine.mlc.dual_layer else np.arange(n)
 
 
+#: column alignments of a beamlet grid: "edge" = column edges at multiples of the bixel width w
+#: (offset 0), "isocenter" = bixel centres at multiples of w (offset -w/2, matRad / pyRadPlan)
+BixelColumns = Literal["edge", "isocenter"]
+BIXEL_COLUMNS: tuple[str, ...] = ("edge", "isocenter")
+
+#: how ``beamlet_grid`` applies its margin: "projection" = a 2-D distance around the target's
+#: projection at the isocenter plane (plus half a projected voxel diagonal), every bixel touching it;
+#: "volume" = a 3-D box margin around the target voxels, the bixels hit by a dilated voxel centre
+MarginMode = Literal["projection", "volume"]
+MARGIN_MODES: tuple[str, ...] = ("projection", "volume")
+
+
+def column_offset_for(alignment: str, bixel_width_mm: float) -> float:
+    """Column offset (mm) of an alignment: ``"edge"`` -> 0, ``"isocenter"`` -> -w/2."""
+    if alignment == "edge":
+        return 0.0
+    if alignment == "isocenter":
+        return -0.5 * float(bixel_width_mm)
+    raise InputError(f"unknown bixel column alignment {alignment!r}; use one of {list(BIXEL_COLUMNS)}", field="bixel_columns")
+
+
+def column_alignment_of(column_offset_mm: float, bixel_width_mm: float) -> str:
+    """Name of the alignment an offset realises (modulo the width): "edge", "isocenter" or "custom"."""
+    w = float(bixel_width_mm)
+    f = (float(column_offset_mm) / w) % 1.0
+    if min(f, 1.0 - f) < 1e-9:
+        return "edge"
+    if abs(f - 0.5) < 1e-9:
+        return "isocenter"
+    return "custom"
+
+
+def _check_offset(column_offset_mm: float) -> float:
+    o = float(column_offset_mm)
+    if not np.isfinite(o):
+        raise InputError(f"column_offset_mm must be a finite number of mm, got {column_offset_mm}", field="column_offset_mm")
+    return o
+
+
 @dataclass
 class BeamletGrid:
     """The bixels of one beam at the isocenter plane.
 
     Rows are the machine's leaf pairs (``row_edges_mm``, exact for any leaf width; halved for a
-    dual-layer MLC), columns have width ``bixel_width_mm`` along Xb with edges at integer multiples
-    of the width (column c spans [c*w, (c+1)*w], c may be negative). ``rows``/``cols`` list the
-    active bixels in Dij column order (sorted by row, then column).
+    dual-layer MLC), columns have width ``bixel_width_mm`` = w along Xb, shifted by
+    ``column_offset_mm`` = o: column c spans [o + c*w, o + (c+1)*w] (c may be negative). o = 0
+    (``"edge"`` alignment, the default) puts column edges at multiples of w; o = -w/2
+    (``"isocenter"``, :func:`column_offset_for`) centres the bixels on the central axis, centres at
+    c*w as in matRad/pyRadPlan. ``rows``/``cols`` list the active bixels in Dij column order (sorted
+    by row, then column). Code that needs column positions must use :meth:`column_edge_mm`,
+    :attr:`u_lo_mm`/:attr:`u_hi_mm`/:attr:`u_mm` or :meth:`column_of`, never ``cols * w``.
     """
 
     beam: Beam
@@ -153,15 +197,47 @@ class BeamletGrid:
     cols: np.ndarray  # (n,) int: bixel column number (edge at cols * width)
     patient_position: str = "HFS"
     meta: dict = field(default_factory=dict)
+    column_offset_mm: float = 0.0  # column c spans [offset + c*w, offset + (c+1)*w] along Xb (mm)
 
     @property
     def num_bixels(self) -> int:
         return int(self.rows.size)
 
     @property
+    def column_alignment(self) -> str:
+        """``"edge"`` (offset 0), ``"isocenter"`` (offset -w/2, modulo w) or ``"custom"``."""
+        return column_alignment_of(self.column_offset_mm, self.bixel_width_mm)
+
+    def column_edge_mm(self, c) -> np.ndarray:
+        """Xb position (mm, isocenter plane) of the lower edge of column number(s) ``c``; ``c + 1`` gives the upper edge."""
+        return self.column_offset_mm + np.asarray(c, dtype=float) * self.bixel_width_mm
+
+    def column_of(self, u_mm) -> np.ndarray:
+        """Column number(s) containing the isocenter-plane Xb position(s) ``u_mm`` (edges belong to the upper column)."""
+        return np.floor((np.asarray(u_mm, dtype=float) - self.column_offset_mm) / self.bixel_width_mm).astype(np.int64)
+
+    @property
+    def column_edges_mm(self) -> np.ndarray:
+        """Edges (mm) of the contiguous columns from the lowest to the highest active one: (ncols + 1,)."""
+        if self.num_bixels == 0:
+            return np.zeros(0)
+        c = np.asarray(self.cols)
+        return self.column_edge_mm(np.arange(int(c.min()), int(c.max()) + 2))
+
+    @property
+    def u_lo_mm(self) -> np.ndarray:
+        """Lower Xb edge of every bixel at the isocenter plane (mm)."""
+        return self.column_edge_mm(self.cols)
+
+    @property
+    def u_hi_mm(self) -> np.ndarray:
+        """Upper Xb edge of every bixel at the isocenter plane (mm)."""
+        return self.column_edge_mm(np.asarray(self.cols) + 1)
+
+    @property
     def u_mm(self) -> np.ndarray:
         """Bixel centres along Xb at the isocenter plane (mm)."""
-        return (self.cols + 0.5) * self.bixel_width_mm
+        return self.column_edge_mm(np.asarray(self.cols) + 0.5)
 
     @property
     def v_mm(self) -> np.ndarray:
@@ -182,7 +258,8 @@ class BeamletGrid:
         return BeamGeometry.of(self.beam, machine, self.patient_position)
 
     def subset(self, start: int, stop: int) -> "BeamletGrid":
-        return BeamletGrid(self.beam, self.machine_name, self.bixel_width_mm, self.row_edges_mm, self.rows[start:stop], self.cols[start:stop], self.patient_position, dict(self.meta))
+        return BeamletGrid(self.beam, self.machine_name, self.bixel_width_mm, self.row_edges_mm, self.rows[start:stop], self.cols[start:stop], self.patient_position,
+                           dict(self.meta), self.column_offset_mm)
 
 
 def _check_beam(beam: Beam, machine: MachineModel) -> None:
@@ -196,20 +273,23 @@ def _check_beam(beam: Beam, machine: MachineModel) -> None:
 
 
 def beamlet_grid_from_columns(
-    beam: Beam, machine: MachineModel, active: np.ndarray, col0: int, bixel_width_mm: float, patient_position: str = "HFS"
+    beam: Beam, machine: MachineModel, active: np.ndarray, col0: int, bixel_width_mm: float, patient_position: str = "HFS",
+    column_offset_mm: float = 0.0,
 ) -> BeamletGrid:
-    """A grid from a boolean (rows x columns) activity map whose first column is number ``col0``."""
+    """A grid from a boolean (rows x columns) activity map whose first column is number ``col0``
+    (column c spans [column_offset_mm + c*w, column_offset_mm + (c+1)*w])."""
     r, c = np.nonzero(active)
-    return BeamletGrid(beam, machine.name, float(bixel_width_mm), row_edges_mm(machine), r.astype(np.int64), (c + col0).astype(np.int64), patient_position)
+    return BeamletGrid(beam, machine.name, float(bixel_width_mm), row_edges_mm(machine), r.astype(np.int64), (c + col0).astype(np.int64), patient_position,
+                       column_offset_mm=_check_offset(column_offset_mm))
 
 
-def _column_limits(machine: MachineModel, w: float) -> tuple[int, int]:
-    """Column numbers [c_lo, c_hi) reachable by the leaves, the X jaws and the field-size limit."""
+def _column_limits(machine: MachineModel, w: float, column_offset_mm: float = 0.0) -> tuple[int, int]:
+    """Column numbers [c_lo, c_hi) whose whole width is reachable by the leaves, the X jaws and the field-size limit."""
     lo, hi = machine.mlc.min_position_mm, machine.mlc.max_position_mm
     if machine.jaw_x is not None:
         lo, hi = max(lo, machine.jaw_x.min_mm), min(hi, machine.jaw_x.max_mm)
     half = machine.limits.max_field_x_mm / 2
-    lo, hi = max(lo, -half), min(hi, half)
+    lo, hi = max(lo, -half) - column_offset_mm, min(hi, half) - column_offset_mm
     return int(np.ceil(lo / w - 1e-9)), int(np.floor(hi / w + 1e-9))
 
 
@@ -221,15 +301,34 @@ def beamlet_grid(
     bixel_width_mm: float = 5.0,
     margin_mm: float = 5.0,
     patient_position: str = "HFS",
+    column_offset_mm: float = 0.0,
+    margin_mode: MarginMode = "projection",
 ) -> BeamletGrid:
     """Bixels covering the target's beam's-eye-view projection plus ``margin_mm`` (isocenter plane).
 
-    The target voxels (mask on ``grid``) are projected through the source onto the isocenter
-    plane and drawn on a 0.5 mm raster; the raster is dilated by the margin plus half a voxel
-    diagonal (projected). Every bixel whose rectangle touches the dilated projection is active.
+    ``margin_mode="projection"`` (default): the target voxels (mask on ``grid``) are projected
+    through the source onto the isocenter plane and drawn on a 0.5 mm raster; the raster is dilated
+    by the margin plus half a voxel diagonal (projected). Every bixel whose rectangle touches the
+    dilated projection is active.
+
+    ``margin_mode="volume"``: the target mask is first dilated in 3-D by a box of
+    ceil(margin_mm / spacing) voxels along each axis (the margin rounded up to whole voxels, per
+    axis; matRad grows by at least one voxel, which equals this whenever margin_mm >= the spacing), then the centre of every dilated voxel is projected onto the isocenter plane and each
+    bixel containing such a point is active (no further reach). This is matRad's / pyRadPlan's
+    photon IMRT rule (target grown by ``pbMargin`` = the bixel width, rays at the projected voxel
+    centres rounded to the bixel lattice), e.g. for benchmarks against them with
+    ``column_offset_mm = column_offset_for("isocenter", w)``.
+
+    Columns are offset by ``column_offset_mm`` (:class:`BeamletGrid`; :func:`column_offset_for`
+    gives the offsets of the "edge" and "isocenter" alignments); rows are the machine's leaf pairs.
     """
     if bixel_width_mm <= 0:
         raise InputError(f"bixel_width_mm must be > 0, got {bixel_width_mm}", field="bixel_width_mm")
+    if margin_mode not in MARGIN_MODES:
+        raise InputError(f"unknown margin_mode {margin_mode!r}; use one of {list(MARGIN_MODES)}", field="margin_mode")
+    if margin_mode == "volume" and not (np.isfinite(margin_mm) and margin_mm >= 0):
+        raise InputError(f"margin_mm must be a finite number >= 0 with margin_mode='volume', got {margin_mm}", field="margin_mm")
+    off = _check_offset(column_offset_mm)
     mask = np.asarray(target_mask, dtype=bool)
     if mask.shape != tuple(grid.shape):
         raise InputError(f"target mask shape {mask.shape} does not match the grid {grid.shape}", field="target_mask")
@@ -237,6 +336,8 @@ def beamlet_grid(
         raise InputError("the target mask is empty: no beamlets can be placed", field="target_mask")
     _check_beam(beam, machine)
     geo = BeamGeometry.of(beam, machine, patient_position)
+    if margin_mode == "volume":
+        return _beamlet_grid_volume_margin(beam, machine, mask, grid, geo, float(bixel_width_mm), float(margin_mm), patient_position, off)
     kji = np.argwhere(mask)
     u, v, s = geo.project(grid.index_to_world(kji.astype(float)))
     if np.any(s <= 0):
@@ -257,23 +358,58 @@ def beamlet_grid(
 
     w = float(bixel_width_mm)
     edges = row_edges_mm(machine)
-    c_lo, c_hi = _column_limits(machine, w)
-    cmin = max(int(np.floor(cov_u[0] / w)) - 1, c_lo)
-    cmax = min(int(np.floor(cov_u[-1] / w)) + 1, c_hi - 1)
+    c_lo, c_hi = _column_limits(machine, w, off)
+    cmin = max(int(np.floor((cov_u[0] - off) / w)) - 1, c_lo)
+    cmax = min(int(np.floor((cov_u[-1] - off) / w)) + 1, c_hi - 1)
     if cmax < cmin:
         raise InputError(f"the target projection lies outside machine {machine.name}'s field", field="target_mask")
     # for every raster pixel that is covered: which row and column it falls in
     vv, uu = np.nonzero(covered)
     pu, pv = cov_u[uu], cov_v[vv]
     row = np.searchsorted(edges, pv, side="right") - 1
-    col = np.floor(pu / w).astype(int)
+    col = np.floor((pu - off) / w).astype(int)
     ok = (row >= 0) & (row < edges.size - 1) & (col >= cmin) & (col <= cmax)
     # also rows/cols whose rectangle only touches a covered pixel on its edge: pixels are 0.5 mm, fine enough
     active = np.zeros((edges.size - 1, cmax - cmin + 1), dtype=bool)
     active[row[ok], col[ok] - cmin] = True
     if not active.any():
         raise InputError(f"the target projection lies outside machine {machine.name}'s MLC", field="target_mask")
-    return beamlet_grid_from_columns(beam, machine, active, cmin, w, patient_position)
+    return beamlet_grid_from_columns(beam, machine, active, cmin, w, patient_position, off)
+
+
+def _box_dilate(mask: np.ndarray, radius_kji: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Box dilation of a boolean [k, j, i] mask by ``radius_kji`` voxels per axis (separable: a 1-D
+    maximum per axis) on the mask's bounding box grown by the radius; returns (dilated crop, crop origin index)."""
+    nz = np.argwhere(mask)
+    lo = np.maximum(nz.min(axis=0) - radius_kji, 0)
+    hi = np.minimum(nz.max(axis=0) + radius_kji + 1, np.asarray(mask.shape))
+    crop = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.uint8)
+    for ax, r in enumerate(radius_kji):
+        if r > 0:
+            crop = ndimage.maximum_filter1d(crop, size=2 * int(r) + 1, axis=ax, mode="constant", cval=0)
+    return crop.astype(bool), lo
+
+
+def _beamlet_grid_volume_margin(beam: Beam, machine: MachineModel, mask: np.ndarray, grid: Grid, geo: BeamGeometry, w: float,
+                                margin_mm: float, patient_position: str, off: float) -> BeamletGrid:
+    """``beamlet_grid(margin_mode="volume")``: 3-D box margin, bixels hit by projected voxel centres."""
+    radius = np.ceil(margin_mm / grid.spacing[::-1] - 1e-9).astype(np.int64)  # voxels along (k, j, i)
+    dil, lo = _box_dilate(mask, radius)
+    kji = np.argwhere(dil) + lo
+    u, v, s = geo.project(grid.index_to_world(kji.astype(float)))
+    if np.any(s <= 0):
+        raise InputError("part of the target (with its margin) lies behind the source; check the isocenter", field="isocenter_mm")
+    edges = row_edges_mm(machine)
+    c_lo, c_hi = _column_limits(machine, w, off)
+    row = np.searchsorted(edges, v, side="right") - 1
+    col = np.floor((u - off) / w).astype(np.int64)
+    ok = (row >= 0) & (row < edges.size - 1) & (col >= c_lo) & (col < c_hi)
+    if not ok.any():
+        raise InputError(f"the target projection lies outside machine {machine.name}'s MLC", field="target_mask")
+    cmin, cmax = int(col[ok].min()), int(col[ok].max())
+    active = np.zeros((edges.size - 1, cmax - cmin + 1), dtype=bool)
+    active[row[ok], col[ok] - cmin] = True
+    return beamlet_grid_from_columns(beam, machine, active, cmin, w, patient_position, off)
 
 
 def beamlet_grid_for_field(
@@ -283,17 +419,20 @@ def beamlet_grid_for_field(
     y_mm: tuple[float, float],
     bixel_width_mm: float = 5.0,
     patient_position: str = "HFS",
+    column_offset_mm: float = 0.0,
 ) -> BeamletGrid:
-    """All bixels whose rectangles overlap the isocenter-plane rectangle ``x_mm`` x ``y_mm`` (open-field grids)."""
+    """All bixels whose rectangles overlap the isocenter-plane rectangle ``x_mm`` x ``y_mm`` (open-field
+    grids); columns offset by ``column_offset_mm`` (:class:`BeamletGrid`)."""
     _check_beam(beam, machine)
     w = float(bixel_width_mm)
+    off = _check_offset(column_offset_mm)
     edges = row_edges_mm(machine)
-    c_lo, c_hi = _column_limits(machine, w)
-    cmin = max(int(np.floor(x_mm[0] / w + 1e-9)), c_lo)
-    cmax = min(int(np.ceil(x_mm[1] / w - 1e-9)) - 1, c_hi - 1)
+    c_lo, c_hi = _column_limits(machine, w, off)
+    cmin = max(int(np.floor((x_mm[0] - off) / w + 1e-9)), c_lo)
+    cmax = min(int(np.ceil((x_mm[1] - off) / w - 1e-9)) - 1, c_hi - 1)
     rows = np.nonzero((edges[1:] > y_mm[0] + 1e-9) & (edges[:-1] < y_mm[1] - 1e-9))[0]
     if cmax < cmin or rows.size == 0:
         raise InputError(f"field x={x_mm} y={y_mm} mm has no bixels on machine {machine.name}", field="field")
     active = np.zeros((edges.size - 1, cmax - cmin + 1), dtype=bool)
     active[rows, :] = True
-    return beamlet_grid_from_columns(beam, machine, active, cmin, w, patient_position)
+    return beamlet_grid_from_columns(beam, machine, active, cmin, w, patient_position, off)

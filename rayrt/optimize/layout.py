@@ -101,8 +101,9 @@ def layout_from_beamlets(beamlets) -> BeamletLayout:
 
 def _adapt_dose_beamlet_grid(bg) -> BeamletLayout:
     """:class:`rayrt.dose.geometry.BeamletGrid`: rows index ``row_edges_mm`` (leaf pairs, halved for
-    dual-layer MLCs), columns are numbers ``c`` with edges at ``c * bixel_width_mm``; bixel ``n`` of
-    the beam's Dij block is at (rows[n], cols[n]). Only the rows in use are kept."""
+    dual-layer MLCs), columns are numbers ``c`` with edges at ``column_offset_mm + c * bixel_width_mm``
+    (the grid's ``column_edge_mm``; offset 0 when the grid has none); bixel ``n`` of the beam's Dij
+    block is at (rows[n], cols[n]). Only the rows in use are kept."""
     for n in ("rows", "cols", "row_edges_mm", "bixel_width_mm"):
         if not hasattr(bg, n):
             raise TypeError(f"cannot read a beamlet layout from {type(bg).__name__} (no '{n}')")
@@ -110,8 +111,9 @@ def _adapt_dose_beamlet_grid(bg) -> BeamletLayout:
     cols = np.asarray(bg.cols, dtype=np.int64)
     edges = np.asarray(bg.row_edges_mm, dtype=float)
     w = float(bg.bixel_width_mm)
+    off = float(getattr(bg, "column_offset_mm", 0.0))
     r0, r1 = int(rows.min()), int(rows.max()) + 1
     c0, c1 = int(cols.min()), int(cols.max()) + 1
     idx = np.full((r1 - r0, c1 - c0), -1, dtype=np.int64)
     idx[rows - r0, cols - c0] = np.arange(rows.size)
-    return BeamletLayout(edges[r0 : r1 + 1], np.arange(c0, c1 + 1) * w, idx)
+    return BeamletLayout(edges[r0 : r1 + 1], off + np.arange(c0, c1 + 1) * w, idx)

@@ -136,8 +136,12 @@ class BookingRequest(BaseModel):
     fractions: int | None = Field(default=None, ge=1)
 
 
-#: how often each ingress replica pulls changed job snapshots from the scheduler (s)
+#: least time between two pulls of changed job snapshots from the scheduler by one ingress replica (s):
+#: changes that arrive meanwhile are taken together by the next pull
 STATUS_REFRESH_S = 0.1
+#: a pull waits up to this long at the scheduler for a change (long poll, s): an idle service makes
+#: one call per this interval, and a change reaches the cache at once. Well below STATUS_STALE_S.
+STATUS_LONG_POLL_S = 1.0
 #: a status cache not refreshed for this long is bypassed: GET /jobs/{id} reads the store (s)
 STATUS_STALE_S = 2.0
 #: an unfinished job whose cached status has not changed for this long is checked against the store (s)
@@ -174,8 +178,9 @@ class Ingress:
 
     # ---------------------------------------------------------------- status cache
     def _ensure_refresher(self) -> None:
-        """Start the background task that pulls changed job snapshots from the scheduler (every
-        ``STATUS_REFRESH_S``): one actor call per interval for all pollers together."""
+        """Start the background task that pulls changed job snapshots from the scheduler: a long
+        poll (``STATUS_LONG_POLL_S``) that answers when a job changes, then at least
+        ``STATUS_REFRESH_S`` before the next pull; one actor call at a time for all pollers together."""
         if self._refresher is None or self._refresher.done():
             import asyncio
 
@@ -186,18 +191,19 @@ class Ingress:
 
         while True:
             try:
-                await self._sync()
+                await self._sync(wait_s=STATUS_LONG_POLL_S)
             except Exception:  # scheduler restarting: the cache goes stale and get_job reads the store
                 log.debug("status snapshot refresh failed", exc_info=True)
             await asyncio.sleep(STATUS_REFRESH_S)
 
-    async def _sync(self) -> None:
-        """Pull the job snapshots that changed since the last pull. Also called right after a
-        request that changed jobs through the scheduler (submit, cancel, machine status) and by
-        ``GET /queue``: this replica's next status answers then include that change (read your writes)."""
+    async def _sync(self, wait_s: float = 0.0) -> None:
+        """Pull the job snapshots that changed since the last pull (``wait_s`` > 0: wait that long
+        for a change when there is none). Also called right after a request that changed jobs
+        through the scheduler (submit, cancel, machine status) and by ``GET /queue``: this
+        replica's next status answers then include that change (read your writes)."""
         import time as _time
 
-        out = await self.scheduler.snapshots_since.remote(self._snap_version, self._snap_incarnation)
+        out = await self.scheduler.snapshots_since.remote(self._snap_version, self._snap_incarnation, wait_s)
         if out["incarnation"] != self._snap_incarnation:  # the scheduler restarted: its versions start again
             self._snap_incarnation = out["incarnation"]
             self._snap_version, self._jobver = 0, {}
@@ -301,8 +307,12 @@ class Ingress:
     @api.post("/jobs", status_code=201, response_model=Job)
     async def create_job(self, req: JobRequest) -> Job:
         patient = await run_in_threadpool(self.store.get_patient, req.patient_id)
-        order = validate_order(req.order, patient.structure_names) if req.order is not None else None
-        options = _check_planning(req, order)
+
+        def check() -> tuple[Any, dict | None]:  # parsing, machine files: off the event loop that answers status calls
+            order = validate_order(req.order, patient.structure_names) if req.order is not None else None
+            return order, _check_planning(req, order)
+
+        order, options = await run_in_threadpool(check)
         job = Job(
             patient_id=patient.id,
             order=order.model_dump(mode="json") if order else None,

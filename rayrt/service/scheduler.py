@@ -10,7 +10,8 @@ back into the queue (its finished stages are reused from the store).
 Admission: a job leaves the queue only when a computer is idle *and* the cluster has
 ``settings.job_cpus`` free CPUs for its fan-out (``ray.available_resources()``, less what jobs
 admitted in the last heartbeat interval will claim); one job always runs when none does. Each
-queued job's 0-based place is written to its ``job.json`` (``queue_position``) and
+queued job's 0-based place is written to its ``job.json`` (``queue_position``) when it enters the
+queue and kept current in the status cache (``GET /jobs/{id}``) as jobs ahead of it leave;
 :meth:`Scheduler.queue_status` lists the queue (``GET /queue``).
 
 Fault tolerance: a background task asks every computer for a heartbeat every
@@ -120,7 +121,8 @@ class Scheduler:
         self.beats: dict[str, dict] = {}  # computer -> its last heartbeat
         self.last_ok: dict[str, float] = {}  # computer -> monotonic time of its last answer (or dispatch)
         self.lost: dict[str, str] = {}  # computer -> why it was killed by the monitor
-        self.positions: dict[str, int] = {}  # job id -> queue position last written to job.json
+        self.positions: dict[str, int] = {}  # job id -> queue position last published
+        self.queued_jobs: dict[str, Any] = {}  # job id -> its Job as written when it entered the queue (positions updated in memory)
         self.admitted_at: dict[str, float] = {}  # job id -> monotonic time it was dispatched
         self._monitor_task: asyncio.Task | None = None
         self._incarnation = uuid.uuid4().hex[:4]  # computer names stay unique across restarts of this actor
@@ -128,6 +130,7 @@ class Scheduler:
         self.snap: dict[str, tuple[int, bytes]] = {}
         self.snap_version = 0
         self.snap_time: dict[str, float] = {}  # job id -> Unix time of the save its snapshot shows
+        self._snap_changed = asyncio.Event()  # set (then replaced) on every new snapshot: wakes snapshots_since(wait_s=...)
         # task accounting reported by the computers' executors: job id -> {computer, submitted, finished}
         self.tasks: dict[str, dict] = {}
         self.tasks_done_total = 0  # tasks of jobs that have ended
@@ -165,6 +168,8 @@ class Scheduler:
         self.snap_time[job_id] = saved_at
         self.snap_version += 1
         self.snap[job_id] = (self.snap_version, data)
+        changed, self._snap_changed = self._snap_changed, asyncio.Event()
+        changed.set()  # wake the ingress replicas waiting in snapshots_since
         if len(self.snap) > SNAPSHOT_LIMIT:  # forget the least recently changed jobs (the store still has them)
             for jid, _ in sorted(self.snap.items(), key=lambda kv: kv[1][0])[: len(self.snap) - SNAPSHOT_LIMIT]:
                 self.snap.pop(jid, None)
@@ -175,11 +180,21 @@ class Scheduler:
         JSON): keep it for the ingress, unless a later save of that job is already here."""
         self._snapshot(job_id, data, saved_at)
 
-    async def snapshots_since(self, version: int, incarnation: str | None = None) -> dict:
+    async def snapshots_since(self, version: int, incarnation: str | None = None, wait_s: float = 0.0) -> dict:
         """Job snapshots changed after ``version`` (all of them when ``incarnation`` is not this
-        actor's: it restarted): ``{"incarnation", "version", "jobs": {job id: (version, Job JSON bytes)}}``."""
+        actor's: it restarted): ``{"incarnation", "version", "jobs": {job id: (version, Job JSON bytes)}}``.
+
+        ``wait_s`` > 0 makes it a long poll: when nothing changed after ``version`` it answers as soon
+        as a job changes, or after ``wait_s`` (at most :data:`SNAPSHOT_WAIT_MAX_S`) with no jobs. An
+        idle service then costs one call per ``wait_s`` per ingress replica instead of one per
+        refresh interval, and a change reaches the status cache at once."""
         if incarnation != self._incarnation:
             version = 0
+        elif wait_s > 0 and self.snap_version <= version:
+            try:
+                await asyncio.wait_for(self._snap_changed.wait(), min(float(wait_s), SNAPSHOT_WAIT_MAX_S))
+            except asyncio.TimeoutError:
+                pass
         return {"incarnation": self._incarnation, "version": self.snap_version,
                 "jobs": {j: (v, d) for j, (v, d) in self.snap.items() if v > version}}
 
@@ -288,6 +303,7 @@ class Scheduler:
         job.state, job.finished_at, job.queue_position = JobState.cancelled, datetime.now(timezone.utc), None
         self._save_job(job)
         self.positions.pop(job_id, None)
+        self.queued_jobs.pop(job_id, None)
         self._publish_positions()
         return True
 
@@ -477,22 +493,36 @@ class Scheduler:
             log.debug("could not warm the conversion pools of job %s", job_id, exc_info=True)
 
     def _publish_positions(self) -> None:
-        """Write each queued job's place (and ``queued`` state) to its job.json when it changed."""
+        """Publish each queued job's place when it changed.
+
+        A job entering the queue is written to its job.json (state ``queued`` and its place, durable);
+        later moves of its place (a job ahead of it started or left) go only to the status cache
+        (``GET /jobs/{id}``, ``GET /queue``): with N queued jobs every dispatch moves all N, and
+        writing each durably (two fsyncs) would cost O(N^2) writes on the scheduler's event loop.
+        """
         order = self.queue.ordered()
         for pos, jid in enumerate(order):
             if self.positions.get(jid) == pos:
                 continue
             try:
-                job = self.store.get_job(jid)
-                if job.state.finished:
-                    continue
+                job = self.queued_jobs.get(jid)
+                durable = job is None
+                if durable:
+                    job = self.store.get_job(jid)
+                    if job.state.finished:
+                        continue
                 job.queue_position, job.state = pos, JobState.queued
-                self._save_job(job)
+                if durable:
+                    self._save_job(job)
+                    self.queued_jobs[jid] = job
+                else:
+                    self._snapshot(jid, job.model_dump_json().encode())
                 self.positions[jid] = pos
             except Exception:
-                log.exception("could not write the queue position of job %s", jid)
+                log.exception("could not publish the queue position of job %s", jid)
         for jid in set(self.positions) - set(order):
             self.positions.pop(jid, None)
+            self.queued_jobs.pop(jid, None)
 
     async def _run(self, name: str, job_id: str) -> None:
         replace = False
@@ -540,6 +570,9 @@ POOL_IDLE_S = 300.0
 
 #: job snapshots the scheduler keeps for the ingress' status cache (older ones are read from the store)
 SNAPSHOT_LIMIT = 5000
+
+#: longest wait of one long-polling ``snapshots_since`` call (s)
+SNAPSHOT_WAIT_MAX_S = 10.0
 
 #: the stages a re-plan for another machine runs again
 REPLAN_STAGES = ("convert", "qa", "export")

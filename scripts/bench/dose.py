@@ -4,6 +4,8 @@
     .venv/bin/python scripts/bench/dose.py --vs pyradplan --setups A  # only A
     .venv/bin/python scripts/bench/dose.py --setups A                 # rayrt only
     .venv/bin/python scripts/bench/dose.py --vs pyradplan --reuse-pyradplan=B # reuse work/pyradplan_B.json/.npz
+    .venv/bin/python scripts/bench/dose.py --vs pyradplan --reuse-pyradplan --bixel-columns edge --margin-mode projection
+                                                                      # rayrt's default bixel placement instead
 
 Setups (docs REFERENCE.md): A = 5 beams 0, 72, 144, 216, 288 deg, 5 mm bixels, 5 mm dose grid;
 B = 9 beams 0:40:320 deg, 5 mm bixels, 3 mm dose grid. Isocenter at the target (OuterTarget)
@@ -15,7 +17,7 @@ Each engine runs in its OWN subprocess, so its peak memory is its own:
 * rayrt: this script re-invoked with the hidden ``_rayrt`` subcommand in rayrt's venv. It loads
   TG119.mat with rayrt's loader (rayrt.imaging.phantoms.load_mat_phantom; density = the .mat's
   relative electron density cube, external = BODY), places bixels over the target's projection
-  (rayrt.dose.geometry.beamlet_grid, margin --margin-mm), warms the numba kernels up on a tiny
+  (rayrt.dose.geometry.beamlet_grid, margin --margin-mm, --margin-mode, --bixel-columns), warms the numba kernels up on a tiny
   problem (compile time reported separately), then times rayrt.dose.dij.plan_dij on exactly
   pyRadPlan's dose grid (read from its JSON; pyRadPlan runs first), or rayrt's own
   ``dose_grid_for(ct_grid, spacing)`` when run alone.
@@ -28,6 +30,14 @@ plan (every bixel weight 1) of each engine, both normalised to the same mean dos
 target means is reported too), compared by the 3-D gamma index (rayrt.qa.gamma.gamma_index,
 global 3 %/3 mm, 10 % low-dose cutoff, pyRadPlan = reference on its own grid, rayrt evaluated
 trilinearly on its grid) over the reference voxels inside BODY.
+
+Bixel placement: by default the benchmark asks rayrt for pyRadPlan's placement convention where
+rayrt's API can express it: columns centred on the isocenter (``--bixel-columns isocenter``: bixel
+centres at multiples of the width, rayrt.dose.geometry.column_offset_for) and the bixels hit by the
+projected centres of the target grown in 3-D by the margin (``--margin-mode volume``, margin 5 mm =
+the bixel width, pyRadPlan's photon IMRT target margin). Rows stay the machine's leaf pairs (edges at
+multiples of 5 mm), so the superior/inferior field ends still differ by half a bixel. rayrt's own
+default placement is ``--bixel-columns edge --margin-mode projection``.
 
 Results: a table on stdout and scripts/bench/results/dose.json. Timings taken while other
 developers share this 2-core machine are under load (the JSON records the load average).
@@ -85,8 +95,8 @@ def matched_weights(grids, peer_npz: Path) -> tuple[np.ndarray, list[dict]]:
 
     The peer (matRad/pyRadPlan) puts square bixels of width w centred on a lattice k*w around the
     isocenter (``ray_pos_bev_mm``: x and z at the isocenter plane); rayrt's bixel rows are the
-    machine's leaf pairs and its columns have edges at c*w, so the two footprints differ by up to
-    w/2 at each edge. Each rayrt bixel gets the fraction of its rectangle covered by the peer's
+    machine's leaf pairs and its columns are the grid's own (``u_mm`` +- w/2: edges at c*w, or
+    centred on the isocenter), so the two footprints can differ by up to w/2 at each edge. Each rayrt bixel gets the fraction of its rectangle covered by the peer's
     footprint (0.25 mm raster, summed-area table). The BEV axis signs (peer x -> +-u, z -> +-v) are
     chosen per beam as the combination whose footprint overlaps rayrt's best (reported).
     """
@@ -145,12 +155,14 @@ def matched_weights(grids, peer_npz: Path) -> tuple[np.ndarray, list[dict]]:
 
 
 def rayrt_dij(setup: str, out_npz: Path, out_json: Path, machine_name: str | None, margin_mm: float,
-              grid_spec: str | None = None, peer_npz: str | None = None) -> int:
+              grid_spec: str | None = None, peer_npz: str | None = None, bixel_columns: str = "edge",
+              margin_mode: str = "projection") -> int:
     """Load TG119, compute rayrt's Dij for a setup, save the uniform-fluence dose; one process."""
     import numpy as np
 
     from rayrt.domain.plan import Beam
     from rayrt.dose.dij import dose_grid_for, plan_dij
+    from rayrt.dose.geometry import column_offset_for
     from rayrt.dose.phantom import DENSITY, computation_phantom
     from rayrt.imaging.phantoms import load_mat_phantom
     from rayrt.imaging.volume import Grid, Volume
@@ -174,16 +186,18 @@ def rayrt_dij(setup: str, out_npz: Path, out_json: Path, machine_name: str | Non
     else:
         dose_grid = dose_grid_for(ct.grid, s["dose_grid_mm"])
     beams = [Beam(name=f"G{int(a)}", number=i + 1, gantry_deg=a, isocenter_mm=iso) for i, a in enumerate(s["gantry_angles_deg"])]
+    placement = dict(bixel_width_mm=s["bixel_width_mm"], margin_mm=margin_mm, margin_mode=margin_mode,
+                     column_offset_mm=column_offset_for(bixel_columns, s["bixel_width_mm"]))
 
     # warm-up: compile / load the numba kernels on a tiny problem (not timed as Dij)
     t0 = time.perf_counter()
     small = Grid(shape=(4, 4, 4), spacing_mm=(10.0, 10.0, 10.0), origin_mm=tuple(np.asarray(iso) - 15.0))
-    plan_dij(density, small, beams[:1], machine, target, bixel_width_mm=s["bixel_width_mm"], margin_mm=margin_mm)
+    plan_dij(density, small, beams[:1], machine, target, **placement)
     t_warm = time.perf_counter() - t0
     rss_before = peak_rss_mib()
 
     t0 = time.perf_counter()
-    dij, grids = plan_dij(density, dose_grid, beams, machine, target, bixel_width_mm=s["bixel_width_mm"], margin_mm=margin_mm)
+    dij, grids = plan_dij(density, dose_grid, beams, machine, target, **placement)
     t_dij = time.perf_counter() - t0
     rss_dij = peak_rss_mib()
     uniform = np.asarray(dij @ np.ones(dij.shape[1], dtype=np.float32), dtype=np.float32)
@@ -194,6 +208,9 @@ def rayrt_dij(setup: str, out_npz: Path, out_json: Path, machine_name: str | Non
         "gantry_angles_deg": s["gantry_angles_deg"],
         "bixel_width_mm": s["bixel_width_mm"],
         "margin_mm": margin_mm,
+        "margin_mode": margin_mode,
+        "bixel_columns": bixel_columns,
+        "column_offset_mm": placement["column_offset_mm"],
         "iso_center_mm": list(iso),
         "dose_grid": {"shape_kji": list(dose_grid.shape), "spacing_mm": list(dose_grid.spacing_mm), "origin_mm": list(dose_grid.origin_mm)},
         "num_bixels": int(dij.shape[1]),
@@ -313,11 +330,12 @@ def _run_pyradplan(setup: str, reuse: bool) -> dict:
     return d
 
 
-def _run_rayrt(setup: str, machine: str | None, margin_mm: float, peer_grid: dict | None = None, peer_npz: Path | None = None) -> dict:
+def _run_rayrt(setup: str, machine: str | None, margin_mm: float, peer_grid: dict | None = None, peer_npz: Path | None = None,
+               bixel_columns: str = "edge", margin_mode: str = "projection") -> dict:
     npz = WORK_DIR / f"rayrt_{setup}.npz"
     js = WORK_DIR / f"rayrt_{setup}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "_rayrt", "--setup", setup, "--out", str(npz), "--json", str(js),
-           "--margin-mm", str(margin_mm)]
+           "--margin-mm", str(margin_mm), "--bixel-columns", bixel_columns, "--margin-mode", margin_mode]
     if machine:
         cmd += ["--machine", machine]
     if peer_grid:
@@ -343,16 +361,23 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--margin-mm", type=float, default=5.0)
     r.add_argument("--grid", default=None)
     r.add_argument("--peer-npz", default=None)
+    r.add_argument("--bixel-columns", choices=["edge", "isocenter"], default="edge")
+    r.add_argument("--margin-mode", choices=["projection", "volume"], default="projection")
     ap.add_argument("--vs", choices=["pyradplan"], default=None, help="also run the peer engine")
     ap.add_argument("--setups", default="A,B", help="comma-separated: A, B")
     ap.add_argument("--machine", default=None, help=f"rayrt machine (default {DEFAULT_MACHINE} or the first generic one)")
-    ap.add_argument("--margin-mm", type=float, default=5.0, help="rayrt bixel margin around the target projection (mm)")
+    ap.add_argument("--margin-mm", type=float, default=5.0, help="rayrt bixel margin around the target (mm; pyRadPlan: the bixel width)")
+    ap.add_argument("--bixel-columns", choices=["edge", "isocenter"], default="isocenter",
+                    help="rayrt bixel column alignment (default isocenter = pyRadPlan's: bixel centres at multiples of the width)")
+    ap.add_argument("--margin-mode", choices=["projection", "volume"], default="volume",
+                    help="rayrt bixel selection (default volume = pyRadPlan's: target grown in 3-D, bixels hit by projected voxel centres)")
     ap.add_argument("--reuse-pyradplan", nargs="?", const="A,B", default="",
                     help="reuse work/pyradplan_<setup>.json/.npz from an earlier run (all setups, or e.g. =B)")
     ap.add_argument("--out", default=str(RESULTS_DIR / "dose.json"))
     args = ap.parse_args(argv)
     if args.cmd == "_rayrt":
-        return rayrt_dij(args.setup, Path(args.out), Path(args.json), args.machine, args.margin_mm, args.grid, args.peer_npz)
+        return rayrt_dij(args.setup, Path(args.out), Path(args.json), args.machine, args.margin_mm, args.grid, args.peer_npz,
+                         args.bixel_columns, args.margin_mode)
 
     setups = [s.strip().upper() for s in args.setups.split(",") if s.strip()]
     for s in setups:
@@ -371,8 +396,11 @@ def main(argv: list[str] | None = None) -> int:
             pr = _run_pyradplan(s, reuse)
             entry["pyradplan"] = pr
         ry = _run_rayrt(s, args.machine, args.margin_mm, pr["dose_grid"] if pr else None,
-                        WORK_DIR / f"pyradplan_{s}.npz" if pr else None)
+                        WORK_DIR / f"pyradplan_{s}.npz" if pr else None, args.bixel_columns, args.margin_mode)
         entry["rayrt"] = ry
+        entry["bixel_placement"] = {"bixel_columns": args.bixel_columns, "column_offset_mm": ry["column_offset_mm"],
+                                    "margin_mode": args.margin_mode, "margin_mm": args.margin_mm,
+                                    "rows": "the machine's leaf pairs (edges at the MLC leaf boundaries)"}
         rows.append([f"{s} rayrt", ry["time_dij_s"], ry["num_bixels"], ry["num_voxels"], ry["nnz"], ry["peak_rss_after_dij_mib"],
                      ry["subprocess_peak_rss_mib"], ry["machine_info"]["load_avg_1min"]])
         if pr is not None:
@@ -383,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             entry["peak_rss_ratio_rayrt_over_pyradplan"] = ry["peak_rss_after_dij_mib"] / pr["peak_rss_after_dij_mib"]
             entry["same_dose_grid"] = ry["dose_grid"]["shape_kji"] == pr["dose_grid"]["dims_xyz"][::-1]
             entry["agreement"] = agreement(s, WORK_DIR / f"pyradplan_{s}.npz", WORK_DIR / f"rayrt_{s}.npz")
+            entry["agreement"]["bixel_columns"] = args.bixel_columns
+            entry["agreement"]["margin_mode"] = args.margin_mode
             entry["targets_met"] = {
                 "speed_ge_10x": entry["speedup_dij_pyradplan_over_rayrt"] >= 10.0,
                 "memory_le_peer": entry["peak_rss_ratio_rayrt_over_pyradplan"] <= 1.0,
@@ -401,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         if "agreement" in e:
             a = e["agreement"]
             print(f"setup {s}: speed-up x{e['speedup_dij_pyradplan_over_rayrt']:.1f}, peak RSS ratio {e['peak_rss_ratio_rayrt_over_pyradplan']:.2f}, "
-                  f"gamma 3%/3mm in BODY {a['gamma_pass_rate_pct']:.1f} % own bixels, "
+                  f"gamma 3%/3mm in BODY {a['gamma_pass_rate_pct']:.1f} % own bixels ({a['bixel_columns']} columns, {a['margin_mode']} margin), "
                   f"{a.get('gamma_pass_rate_matched_pct', float('nan')):.1f} % matched footprint (n={a['n_evaluated']}), "
                   f"raw target-mean ratio rayrt/pyRadPlan {a['raw_target_mean_ratio_rayrt_over_pyradplan']:.4g}; targets {e['targets_met']}")
     print(f"wrote {args.out}")
