@@ -347,6 +347,20 @@ def bound_columns(
     return counts
 
 
+@njit(cache=True, inline="always")
+def _table_cell(d, t0, inv_h, tmax, n):
+    """Cell and fraction of offset ``d`` (mm) along one axis of a kernel table that starts at ``t0``
+    (mm) with ``n`` samples every 1 / ``inv_h`` mm (``tmax`` = n - 1): (i, t) with the value
+    interpolated between samples i and i + 1 by weight t; i = -1 outside the table."""
+    f = (d - t0) * inv_h
+    if f < 0.0 or f > tmax:
+        return -1, 0.0
+    i = int(f)
+    if i >= n - 1:
+        i = n - 2
+    return i, f - i
+
+
 @njit(cache=True)
 def _group_columns(
     g0, g1, indptr, out_idx, out_val, counts,
@@ -437,13 +451,9 @@ def _group_columns(
                     continue
                 if ey < 0.0:
                     ey = 0.0
-                fy = (dv - y0) * inv_h
-                if fy < 0.0 or fy > ymax:
+                iy, ty = _table_cell(dv, y0, inv_h, ymax, ny)
+                if iy < 0:
                     continue
-                iy = int(fy)
-                if iy >= ny - 1:
-                    iy = ny - 2
-                ty = fy - iy
                 w1 = W[f, 1]
                 w2 = W[f, 2]
                 for q in range(n):
@@ -458,13 +468,9 @@ def _group_columns(
                         ex = 0.0
                     if ex * ex + ey * ey > c2:
                         continue
-                    fx = (du - x0) * inv_h
-                    if fx < 0.0 or fx > xmax:
+                    ix, tx = _table_cell(du, x0, inv_h, xmax, nx)
+                    if ix < 0:
                         continue
-                    ix = int(fx)
-                    if ix >= nx - 1:
-                        ix = nx - 2
-                    tx = fx - ix
                     w00 = (1.0 - tx) * (1.0 - ty)
                     w01 = tx * (1.0 - ty)
                     w10 = (1.0 - tx) * ty

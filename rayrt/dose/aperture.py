@@ -75,7 +75,7 @@ def segment_equivalent_square_mm(seg: Segment, machine: MachineModel) -> float:
 
 
 class _SegmentGeometry:
-    """Per-bixel geometry of one segment on a beamlet grid, shared by the transmission and its
+    """Per-bixel geometry of one segment on a beamlet grid (leaf-pair rows), for the transmission
     gradient: bixel column edges ``c0..c1`` and row edges ``r0..r1`` (mm), the leaf tips of each
     bixel's leaf pair widened by half the dosimetric leaf gap (``o0``, ``o1``), which pairs are
     open, the X jaw opening ``j0..j1`` (infinite without X jaws) and the Y-jaw factor ``ty``."""
@@ -249,10 +249,14 @@ def segment_transmission_gradient(beamlets: BeamletGrid, segment: Segment, machi
     return d_x1, d_x2
 
 
+def segment_head_scatter(segment: Segment, machine: MachineModel) -> float:
+    """Head-scatter factor Sc of a segment: the machine's Sc table at the segment's equivalent square."""
+    return float(machine.beam.head_scatter_at(segment_equivalent_square_mm(segment, machine)))
+
+
 def segment_fluence(beamlets: BeamletGrid, segment: Segment, machine: MachineModel) -> np.ndarray:
     """Effective fluence per bixel of one segment per MU: transmission x head-scatter factor Sc."""
-    sc = float(machine.beam.head_scatter_at(segment_equivalent_square_mm(segment, machine)))
-    return segment_transmission(beamlets, segment, machine) * sc
+    return segment_transmission(beamlets, segment, machine) * segment_head_scatter(segment, machine)
 
 
 def aperture_fluence(beamlets: BeamletGrid, segments: list[Segment], machine: MachineModel) -> np.ndarray:
@@ -266,8 +270,7 @@ def aperture_fluence(beamlets: BeamletGrid, segments: list[Segment], machine: Ma
     for s in segments:
         if s.mu > 0:
             _check_segment(s, machine)
-            sc = float(machine.beam.head_scatter_at(segment_equivalent_square_mm(s, machine)))
-            out += s.mu * sc * _transmission(pieces, s, machine)
+            out += s.mu * segment_head_scatter(s, machine) * _transmission(pieces, s, machine)
     return out
 
 

@@ -154,7 +154,7 @@ def compute_dij(
     nvox = dose_grid.num_voxels
     acc = _ColumnAccumulator(nvox)
     if stop > start:
-        _dij_into(acc, density, dose_grid, beamlets, machine, start, stop, cutoff_mm, threshold, min_density)
+        _dij_into(acc, _BeamSetup(density, dose_grid, beamlets, machine, start, stop, cutoff_mm, threshold, min_density))
     return acc.matrix()
 
 
@@ -200,27 +200,28 @@ class _BeamSetup:
         return (b["bu"], b["bv"], b["bhw"], b["bhh"], b["cutoff"], b["btab"], b["bscale"], b["bthr"], b["tables"], b["tx0"], b["ty0"], b["tnx"],
                 b["tny"], b["inv_h"], self.shape, self.row_b0, self.row_bj, self.row_bk, self.row_bi, self.sad, self.first, self.last, self.box, W)
 
-    def entry_bound(self) -> int:
-        """Upper bound of the number of entries (no radiological depths needed)."""
+    def column_bounds(self) -> np.ndarray:
+        """Upper bound of each bixel's number of entries (no radiological depths needed: the row
+        ranges do not depend on them, so :func:`_dij_into` can reuse these bounds)."""
         dummy = np.zeros((1, 4), dtype=np.float32)
         old = numba.set_parallel_chunksize(1)
         try:
             self.terms(dummy, False)
-            return int(nb.bound_columns(*self.common(dummy)).sum())
+            return nb.bound_columns(*self.common(dummy))
         finally:
             numba.set_parallel_chunksize(old)
 
 
-def _dij_into(acc: "_ColumnAccumulator", density: Volume, dose_grid: Grid, beamlets: BeamletGrid, machine: MachineModel,
-              start: int, stop: int, cutoff_mm: float, threshold: float, min_density: float) -> None:
-    """Append the columns of bixels [start, stop) to ``acc``, written in place into its arrays (no copy of the matrix)."""
-    bs = _BeamSetup(density, dose_grid, beamlets, machine, start, stop, cutoff_mm, threshold, min_density)
+def _dij_into(acc: "_ColumnAccumulator", bs: _BeamSetup, bound: np.ndarray | None = None) -> None:
+    """Append the columns of ``bs``'s bixels to ``acc``, written in place into its arrays (no copy
+    of the matrix); ``bound``: their :meth:`_BeamSetup.column_bounds` when already computed."""
     W = np.empty((bs.nvox, 4), dtype=np.float32)
     old_chunk = numba.set_parallel_chunksize(1)  # dynamic scheduling of the parallel loops: balanced under load
     try:
         bs.terms(W, True)
         common = bs.common(W)
-        bound = nb.bound_columns(*common)
+        if bound is None:
+            bound = nb.bound_columns(*common)
         ptr_bound = np.empty(bound.size + 1, dtype=np.int64)
         ptr_bound[0] = acc.nnz
         np.cumsum(bound, out=ptr_bound[1:])
@@ -267,10 +268,11 @@ def plan_dij(
     acc = _ColumnAccumulator(dose_grid.num_voxels)
     # size the plan's arrays once from cheap geometric bounds (no radiological depths), so that no
     # beam's columns are ever copied: pages of the bound that are never written cost no memory
-    acc.reserve(sum(_BeamSetup(density, dose_grid, bg, machine, 0, bg.num_bixels, cutoff_mm, threshold, DEFAULT_MIN_DENSITY).entry_bound()
-                    for bg in grids))
-    for bg in grids:  # each beam's columns are written straight into the plan's arrays (same values as compute_dij)
-        _dij_into(acc, density, dose_grid, bg, machine, 0, bg.num_bixels, cutoff_mm, threshold, DEFAULT_MIN_DENSITY)
+    setups = [_BeamSetup(density, dose_grid, bg, machine, 0, bg.num_bixels, cutoff_mm, threshold, DEFAULT_MIN_DENSITY) for bg in grids]
+    bounds = [bs.column_bounds() for bs in setups]
+    acc.reserve(int(sum(int(b.sum()) for b in bounds)))
+    for bs, bound in zip(setups, bounds):  # each beam's columns are written straight into the plan's arrays (same values as compute_dij)
+        _dij_into(acc, bs, bound)
     return acc.matrix(), grids
 
 
