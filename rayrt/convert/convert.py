@@ -326,7 +326,7 @@ def _setup(std: StandardPlanInput, target: MachineModel, opts: ConversionOptions
     w = plan_fluence(std.plan, std.machine, grids)
     # how much of the standard fluence the target grid misses: open area x MU x Sc (the fluence's own
     # units, transmission aside), standard segments vs their fluence mapped onto the target's bixels
-    from rayrt.dose.aperture import segment_equivalent_square_mm
+    from rayrt.dose.aperture import segment_head_scatter
 
     bw = opts.bixel_mm
     area_map = float(sum((w[sl] * np.diff(g.row_edges_mm)[g.rows] * bw).sum() for sl, g in zip(slices, grids)))
@@ -337,7 +337,7 @@ def _setup(std: StandardPlanInput, target: MachineModel, opts: ConversionOptions
             if s.mu <= 0:
                 continue
             x1, x2 = np.asarray(s.x1_mm), np.asarray(s.x2_mm)
-            sc = float(std.machine.beam.head_scatter_at(segment_equivalent_square_mm(s, std.machine)))
+            sc = segment_head_scatter(s, std.machine)
             wid = np.where(x2 > x1, x2 - x1 + hd, 0.0)
             if s.jaw_y_mm is not None and std.machine.jaw_y is not None:
                 bd = std.machine.mlc.boundaries
@@ -448,12 +448,11 @@ def _agreement_excess(dose: np.ndarray, std: StandardPlanInput, opts: Conversion
     """Worst excess (Gy) over the release's agreement limits (:func:`rayrt.convert.release.agreement_checks`:
     target D95 within, other structures' D10 at most ``dvh_agreement_gy`` above the standard plan);
     <= 0 when every agreement check passes."""
-    from rayrt.convert.release import agreement_checks
+    from rayrt.convert.release import agreement_excess_gy, agreement_metrics
     from rayrt.optimize.problem import target_like
 
     targets = [t for t in target_like(std.order) if t in std.masks]
-    checks = agreement_checks(dose, std.dose_gy, std.masks, targets, opts.dvh_agreement_gy)
-    return max(((abs(c.value) if "D95" in c.name else c.value) - c.limit for c in checks), default=0.0)
+    return agreement_excess_gy(agreement_metrics(dose, std.dose_gy, std.masks, targets), opts.dvh_agreement_gy)
 
 
 def _normalise(plan: Plan, setup: _TargetSetup, std: StandardPlanInput, target: MachineModel) -> tuple[Plan, np.ndarray, dict]:

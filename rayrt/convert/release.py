@@ -33,7 +33,8 @@ from rayrt.imaging.volume import Grid, Volume
 from rayrt.qa.checks import QACheck, aperture_recompute, dvh_criteria_checks, independent_dose_check
 from rayrt.qa.report import QAResult, qa_plan
 
-__all__ = ["qa_converted_plan", "release_decision", "release_blocking", "independent_grid", "agreement_checks", "subrow_recompute", "jaws_trim_leaves"]
+__all__ = ["qa_converted_plan", "release_decision", "release_blocking", "independent_grid", "agreement_checks", "agreement_metrics",
+           "agreement_excess_gy", "subrow_recompute", "jaws_trim_leaves"]
 
 
 def independent_grid(dose_gy: np.ndarray, grid: Grid, factor: float = 0.5, min_spacing_mm: float = 2.0, cutoff_pct: float = 10.0,
@@ -56,9 +57,10 @@ def independent_grid(dose_gy: np.ndarray, grid: Grid, factor: float = 0.5, min_s
                 direction=grid.direction)
 
 
-def agreement_checks(dose: np.ndarray, standard_dose: np.ndarray, masks: dict[str, np.ndarray], targets: list[str], tol_gy: float,
-                     skip: set[str] | None = None) -> list[QACheck]:
-    """Targets: |D95 - D95_standard| <= tol; other structures: D10 <= D10_standard + tol (Gy)."""
+def agreement_metrics(dose: np.ndarray, standard_dose: np.ndarray, masks: dict[str, np.ndarray], targets: list[str],
+                      skip: set[str] | None = None) -> list[tuple[str, bool, float, float]]:
+    """(structure, is target, converted Gy, standard Gy) of the agreement with the standard plan:
+    D95 for targets, D10 for the other structures (empty and ``skip`` structures left out)."""
     from rayrt.qa.dvh import dose_at_volume
 
     out = []
@@ -67,18 +69,31 @@ def agreement_checks(dose: np.ndarray, standard_dose: np.ndarray, masks: dict[st
             continue
         a = np.asarray(dose)[m].astype(np.float64)
         b = np.asarray(standard_dose)[m].astype(np.float64)
-        if name in targets:
-            va, vb = float(dose_at_volume(a, 95.0)), float(dose_at_volume(b, 95.0))
-            diff = va - vb
-            ok = abs(diff) <= tol_gy
-            out.append(QACheck(name=f"{name} D95 within {tol_gy:g} Gy of the standard plan", category="conversion", status="pass" if ok else "fail",
-                               value=round(diff, 4), limit=tol_gy, unit="Gy", detail=f"converted {va:.3f} Gy, standard {vb:.3f} Gy"))
+        pct = 95.0 if name in targets else 10.0
+        out.append((name, name in targets, float(dose_at_volume(a, pct)), float(dose_at_volume(b, pct))))
+    return out
+
+
+def agreement_excess_gy(metrics: list[tuple[str, bool, float, float]], tol_gy: float) -> float:
+    """Worst excess (Gy) of :func:`agreement_metrics` over the agreement limit: target D95 within
+    ``tol_gy`` of the standard plan, other structures' D10 at most ``tol_gy`` above it; <= 0 when
+    every agreement check passes."""
+    return max(((abs(va - vb) if is_target else va - vb) - tol_gy for _, is_target, va, vb in metrics), default=0.0)
+
+
+def agreement_checks(dose: np.ndarray, standard_dose: np.ndarray, masks: dict[str, np.ndarray], targets: list[str], tol_gy: float,
+                     skip: set[str] | None = None) -> list[QACheck]:
+    """Targets: |D95 - D95_standard| <= tol; other structures: D10 <= D10_standard + tol (Gy)."""
+    out = []
+    for name, is_target, va, vb in agreement_metrics(dose, standard_dose, masks, targets, skip):
+        diff = va - vb
+        if is_target:
+            out.append(QACheck(name=f"{name} D95 within {tol_gy:g} Gy of the standard plan", category="conversion",
+                               status="pass" if abs(diff) <= tol_gy else "fail", value=round(diff, 4), limit=tol_gy, unit="Gy",
+                               detail=f"converted {va:.3f} Gy, standard {vb:.3f} Gy"))
         else:
-            va, vb = float(dose_at_volume(a, 10.0)), float(dose_at_volume(b, 10.0))
-            diff = va - vb
-            ok = diff <= tol_gy
             out.append(QACheck(name=f"{name} D10 at most {tol_gy:g} Gy above the standard plan", category="conversion",
-                               status="pass" if ok else "fail", value=round(diff, 4), limit=tol_gy, unit="Gy",
+                               status="pass" if diff <= tol_gy else "fail", value=round(diff, 4), limit=tol_gy, unit="Gy",
                                detail=f"converted {va:.3f} Gy, standard {vb:.3f} Gy"))
     return out
 
