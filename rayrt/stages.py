@@ -683,7 +683,7 @@ class MachinePlan(BaseModel):
     status: str = Field(default="released", description="released | failed (no plan, no RTPLAN)")
     reasons: list[str] = Field(default_factory=list)
     method: str = Field(description="rayrt.convert:<recompute mode of the released (or last) attempt>")
-    mode: str | None = Field(default=None, description="recompute mode: reuse | dose_only | fluence | dao")
+    mode: str | None = Field(default=None, description="recompute mode: reuse | dose_only | mu_refit | fluence | dao")
     coincidence: str | None = Field(default=None, description="coincidence verdict: matches | same_leaves | convertible | incompatible")
     attempts: list[dict] = Field(default_factory=list, description="each attempt: mode, strength, QA verdict, gamma vs standard, seconds")
     qa: QAReport | None = Field(default=None, description="QA report of the release loop's last attempt (the qa stage reuses it)")

@@ -135,7 +135,9 @@ class RayExecutor:
         #: numba threads inside each task: as many as the CPUs the task reserves (stages read it)
         self.threads_per_task = max(1, int(num_cpus_per_task))
         self._remote: dict[Callable, Any] = {}
-        self.pools_name = pools or "rayrt-conversion-pools"
+        from rayrt.service.conversion import POOLS_NAME
+
+        self.pools_name = pools or POOLS_NAME
         self.namespace = namespace
         self.pool_settings = pool_settings
         #: ``on_tasks(submitted, finished)``: this executor's task accounting (the scheduler's GET /cluster counts)
@@ -173,22 +175,17 @@ class RayExecutor:
         ref = ray.put(standard)
         inner = ray.get([pools.submit.remote(m, [ref], options) for m in machines])
         self._count(submitted=len(inner))
-        pending, done = list(inner), 0
         index = {r: i for i, r in enumerate(inner)}
-        try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1, timeout=None, fetch_local=False)
-                done += len(ready)
-                self._count(finished=len(ready))
+        done = 0
+
+        def finished(ready: list) -> None:
+            nonlocal done
+            for r in ready:
+                done += 1
                 if progress is not None:
-                    progress(done, len(inner), f"{machines[index[ready[0]]]} converted ({done}/{len(inner)})")
-        except BaseException:
-            for r in pending:
-                try:
-                    ray.cancel(r)
-                except Exception:
-                    pass
-            raise
+                    progress(done, len(inner), f"{machines[index[r]]} converted ({done}/{len(inner)})")
+
+        self._await(inner, finished)
         out: list[Any] = []
         for r in inner:
             try:
@@ -220,18 +217,30 @@ class RayExecutor:
         self._count(submitted=len(refs))
         if not refs:
             return []
-        pending, done = list(refs), 0
+        done = 0
+
+        def finished(ready: list) -> None:
+            nonlocal done
+            done += len(ready)
+            if self.on_progress is not None:
+                self.on_progress(done, len(refs))
+
+        self._await(refs, finished)
+        return ray.get(refs)
+
+    def _await(self, refs: list, finished: Callable[[list], None]) -> None:
+        """Wait for every ref; as some finish (all that are ready at once): the task accounting,
+        then ``finished(ready refs)``. If that raises (a cancelled job), the refs still pending
+        are cancelled and the error propagates."""
+        pending = list(refs)
         try:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=None, fetch_local=False)
                 if pending:  # and every other one that is ready by now
                     more, pending = ray.wait(pending, num_returns=len(pending), timeout=0, fetch_local=False)
                     ready += more
-                if ready:
-                    done += len(ready)
-                    self._count(finished=len(ready))
-                    if self.on_progress is not None:
-                        self.on_progress(done, len(refs))
+                self._count(finished=len(ready))
+                finished(ready)
         except BaseException:
             for ref in pending:
                 try:
@@ -239,7 +248,6 @@ class RayExecutor:
                 except Exception:
                     pass
             raise
-        return ray.get(refs)
 
 
 def planning_request(job: Job) -> Any:
