@@ -230,6 +230,13 @@ def make_deliverable(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLC
     return out
 
 
+def _within_span(lo: float, hi: float, span_mm: tuple[float, float] | None) -> tuple[float, float]:
+    """[lo, hi] clipped to ``span_mm`` (the beamlet rows' Y extent) when they overlap, else unchanged."""
+    if span_mm is not None and min(hi, span_mm[1]) > max(lo, span_mm[0]):
+        return max(lo, float(span_mm[0])), min(hi, float(span_mm[1]))
+    return lo, hi
+
+
 def jaws_for(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, machine: MachineModel,
              y_span_mm: tuple[float, float] | None = None) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
     """Jaw positions (mm) hugging the open area, within the jaws' range and the maximum field size.
@@ -250,8 +257,7 @@ def jaws_for(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, machine: Machine
     if machine.jaw_y is not None:
         lo = max(float(b[op.min()]), machine.jaw_y.min_mm)
         hi = min(float(b[op.max() + 1]), machine.jaw_y.max_mm)
-        if y_span_mm is not None and min(hi, y_span_mm[1]) > max(lo, y_span_mm[0]):
-            lo, hi = max(lo, float(y_span_mm[0])), min(hi, float(y_span_mm[1]))
+        lo, hi = _within_span(lo, hi, y_span_mm)
         if hi - lo > lim.max_field_y_mm:
             c = 0.5 * (lo + hi)
             lo, hi = c - 0.5 * lim.max_field_y_mm, c + 0.5 * lim.max_field_y_mm
@@ -288,8 +294,7 @@ def proximal_layer(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCMo
     if op.size == 0:
         return px1, px2
     lo, hi = float(b[op.min()]), float(b[op.max() + 1])
-    if y_span_mm is not None and min(hi, y_span_mm[1]) > max(lo, y_span_mm[0]):
-        lo, hi = max(lo, float(y_span_mm[0])), min(hi, float(y_span_mm[1]))
+    lo, hi = _within_span(lo, hi, y_span_mm)
     # (Q, P) overlap of proximal pair q with open distal pair p, inside the span
     ya = np.maximum(np.maximum(pb[:-1, None], b[None, :-1]), lo)
     yb = np.minimum(np.minimum(pb[1:, None], b[None, 1:]), hi)
