@@ -197,7 +197,7 @@ def _set_threads(n: int) -> None:
 
 
 def _machine(name: str):
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     return get_machine(name)
 
@@ -205,7 +205,7 @@ def _machine(name: str):
 def _standard_machine_name(req: PlanningRequest) -> str:
     if req.standard_machine:
         return req.standard_machine
-    from rayrt.dose.machines import list_machines
+    from rayrt.machines import list_machines
 
     for n in list_machines():
         if _machine(n).standard:

@@ -23,7 +23,7 @@ from rayrt.dose.geometry import (
     column_alignment_of,
     column_offset_for,
 )
-from rayrt.dose.machines import get_machine
+from rayrt.machines import get_machine
 from rayrt.imaging.volume import Grid, Volume
 from rayrt.optimize.layout import layout_from_beamlets
 from rayrt.optimize.sequencing import get_sequencer

@@ -107,7 +107,7 @@ def test_field_size_machine_level_and_plan_level():
 
 def test_repository_machine_files():
     """Every pair of configs/machines files compares; same-file pairs are identical."""
-    from rayrt.domain.machine import load_machine
+    from rayrt.machines import load_machine
 
     files = sorted((ROOT / "configs" / "machines").glob("*.yaml"))
     if not files:

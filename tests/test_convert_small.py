@@ -23,7 +23,7 @@ def small(tmp_path_factory):
 
     os.environ["RAYRT_CACHE_DIR"] = str(tmp_path_factory.mktemp("rayrt_cache"))
     from rayrt.convert.convert import standard_input_from_result
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.imaging.phantoms import tg119_order, tg119_phantom
     from rayrt.optimize.planner import PlanningOptions, plan_standard
 
@@ -52,7 +52,7 @@ def test_standard_input_is_picklable(small):
 
 def test_angles_outside_the_target_range_are_fitted_and_noted(small):
     from rayrt.convert.convert import fit_angles
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     si, tb = small[4], get_machine("truebeam_m120")
     assert fit_angles(si, tb) is si  # 0, 72, ... 288 deg: all reachable, nothing changes
@@ -69,7 +69,7 @@ def test_angles_outside_the_target_range_are_fitted_and_noted(small):
 def test_source_comparison_twin_matches_and_curves_are_cached(small):
     from rayrt.convert import source_match
     from rayrt.convert.source_match import cached_curves, compare_sources, curves_cache_dir
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     source_match._MEM_CACHE.clear()  # earlier tests in this process may hold the curves in memory
     std, twin, mlci2 = get_machine("standard"), get_machine("standard_twin"), get_machine("synergy_mlci2")
@@ -130,7 +130,7 @@ def test_mu_refit_keeps_the_segments_and_normalises(small):
     only the MU changed, the refit objective not above its start, and the refit already normalised
     (the final normalisation moves the MU by round-off only); QA-gated like every mode."""
     from rayrt.convert.convert import convert_for_machine
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     si = small[4]
     agility = get_machine("versahd_agility")
@@ -150,7 +150,7 @@ def test_mu_refit_keeps_the_segments_and_normalises(small):
 
 def test_twin_reuses_the_standard_plan(small):
     from rayrt.convert.convert import convert_for_machine
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     si = small[4]
     r = convert_for_machine(si, get_machine("standard_twin"), _opts())
@@ -170,7 +170,7 @@ def test_forced_qa_failure_is_regenerated_then_reported_failed(small, tmp_path):
     """An impossible QA criterion: every attempt fails, up to max_attempts, and nothing is released or written."""
     from rayrt.convert.convert import convert_for_machine
     from rayrt.convert.outputs import write_conversion_outputs
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     study, order, m, res, si = small
     impossible = ObjectiveSpec(structure="Core", kind=ObjectiveKind.max_dose, dose_gy=0.1, hard=True)
@@ -199,7 +199,7 @@ def small5(tmp_path_factory):
 
     os.environ.setdefault("RAYRT_CACHE_DIR", str(tmp_path_factory.mktemp("rayrt_cache5")))
     from rayrt.convert.convert import standard_input_from_result
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.imaging.phantoms import tg119_order, tg119_phantom
     from rayrt.optimize.planner import PlanningOptions, plan_standard
 
@@ -212,7 +212,7 @@ def small5(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mlci2_result(small5):
     from rayrt.convert.convert import convert_for_machine
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     return convert_for_machine(small5, get_machine("synergy_mlci2"), _opts(max_attempts=1))
 
@@ -243,7 +243,7 @@ def test_conversion_to_mlci2_passes_qa(small5, mlci2_result):
     dose, PTV D95 within 1 Gy and core D10 at most 1 Gy above the standard's; the Y jaws trim the
     10 mm end leaf pairs to the standard plan's field ends (not at a leaf boundary), and no closed
     leaf pair sits inside a segment's Y jaws (no interdigitation: apertures are runs of open pairs)."""
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.qa.dvh import dose_at_volume
 
     r = mlci2_result
@@ -273,7 +273,7 @@ def test_y_jaw_trim_of_wide_leaves_and_exact_fluence():
     from rayrt.domain.plan import Beam, Plan, Segment
     from rayrt.dose.aperture import aperture_fluence
     from rayrt.dose.geometry import BeamletGrid, beamlet_grid_for_field
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     m, std = get_machine("synergy_mlci2"), get_machine("standard")
     beam = Beam(isocenter_mm=(0.0, 0.0, 0.0))
@@ -306,7 +306,7 @@ def test_outputs_and_rtplan_round_trip(small, tmp_path):
     RTPLAN and recompute it with the same engine: gamma 2 %/2 mm >= 99 % against its own dose."""
     from rayrt.convert import convert as C
     from rayrt.convert.outputs import write_conversion_outputs
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.imaging.rtplan import read_rtplan
     from rayrt.imaging.volume import Volume
     from rayrt.optimize.planner import final_dose

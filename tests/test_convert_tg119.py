@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(7200)]
 def tg119_standard(tmp_path_factory):
     os.environ.setdefault("RAYRT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     from rayrt.convert.convert import standard_input_from_result
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.imaging.phantoms import tg119_order, tg119_phantom
     from rayrt.optimize.planner import PlanningOptions, plan_standard
 
@@ -34,7 +34,7 @@ def tg119_standard(tmp_path_factory):
 def test_tg119_all_machines(tg119_standard):
     from rayrt.convert.convert import convert_plan
     from rayrt.convert.policy import load_conversion_options
-    from rayrt.dose.machines import get_machine, list_machines
+    from rayrt.machines import get_machine, list_machines
 
     study, order, m, res, si, t_std = tg119_standard
     targets = [get_machine(n) for n in list_machines() if n != m.name]

@@ -21,7 +21,7 @@ from rayrt.dose.curves import (
     penumbra_80_20,
     refine_maximum,
 )
-from rayrt.dose.machines import get_machine, list_machines
+from rayrt.machines import get_machine, list_machines
 
 MACHINE = "truebeam_m120"
 

@@ -13,7 +13,7 @@ from rayrt.dose.aperture import (
 )
 from rayrt.dose.dij import compute_dij
 from rayrt.dose.geometry import beamlet_grid_for_field
-from rayrt.dose.machines import get_machine
+from rayrt.machines import get_machine
 from rayrt.imaging.volume import Grid, Volume
 
 from dose_helpers import leaf_gradient_vs_finite_differences

@@ -9,10 +9,10 @@ import yaml
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.plan import Beam
-from rayrt.dose import machines as lib
+import rayrt.machines as lib
 from rayrt.dose.dij import chunk_ranges, compute_dij, dose_grid_for, hstack_exact, plan_dij
 from rayrt.dose.geometry import beamlet_grid, beamlet_grid_for_field
-from rayrt.dose.machines import get_machine
+from rayrt.machines import get_machine
 from rayrt.dose.pencil_beam import pdd_metrics, penumbra_80_20
 from rayrt.imaging.volume import Grid, Volume
 

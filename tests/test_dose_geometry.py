@@ -7,7 +7,7 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.plan import Beam
 from rayrt.dose import _numba as nb
 from rayrt.dose.geometry import BeamGeometry, beamlet_grid, beamlet_grid_for_field
-from rayrt.dose.machines import get_machine
+from rayrt.machines import get_machine
 from rayrt.dose.phantom import DEFAULT_HU_DENSITY, bulk_density_phantom, computation_phantom, density_from_hu, load_hu_calibration
 from rayrt.imaging.volume import Grid, Volume
 

@@ -8,7 +8,7 @@ import pytest
 
 from rayrt.domain.plan import Beam
 from rayrt.dose.dij import dose_grid_for, plan_dij
-from rayrt.dose.machines import get_machine
+from rayrt.machines import get_machine
 from rayrt.dose.phantom import computation_phantom
 from rayrt.imaging.volume import Volume
 

@@ -15,7 +15,7 @@ import pytest
 from rayrt.domain.plan import Beam, Plan, Segment
 from rayrt.dose.aperture import aperture_beamlet_grid, aperture_dose, aperture_fluence, segment_equivalent_square_mm
 from rayrt.dose.geometry import BeamletGrid, beamlet_grid_for_field
-from rayrt.dose.machines import get_machine
+from rayrt.machines import get_machine
 from rayrt.imaging.rtplan import read_rtplan, write_rtplan
 from rayrt.imaging.volume import Grid, Volume
 from rayrt.optimize.sequencing.base import to_segment

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rayrt.domain.errors import InputError
-from rayrt.domain.machine import load_machine
+from rayrt.machines import load_machine
 from rayrt.dose.fit import (
     FIT_PARAMETERS,
     MeasuredData,
@@ -23,7 +23,7 @@ from rayrt.dose.fit import (
     write_pdd_csv,
     write_profiles_csv,
 )
-from rayrt.dose.machines import get_machine, list_machines
+from rayrt.machines import get_machine, list_machines
 
 MACHINE = "truebeam_m120"
 RES_MM = 5.0

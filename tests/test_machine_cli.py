@@ -8,8 +8,8 @@ import pytest
 
 import rayrt.cli  # noqa: F401  (registers every command)
 from rayrt.cli.app import run
-from rayrt.domain.machine import load_machine
-from rayrt.dose.machines import list_machines
+from rayrt.machines import load_machine
+from rayrt.machines import list_machines
 
 MACHINE = "truebeam_m120"
 
@@ -63,7 +63,7 @@ def test_curves_text_json_and_plot(tmp_path, capsys):
 def test_fit_writes_a_machine_and_reports_residuals(tmp_path, capsys):
     from rayrt.dose.curves import commissioning_curves
     from rayrt.dose.fit import curves_as_measurements, machine_with, write_pdd_csv, write_profiles_csv
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     base = get_machine(MACHINE)
     pert = machine_with(base, {"attenuation_per_mm": 1.05, "source_sigma_mm": 1.3})

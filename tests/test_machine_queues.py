@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from rayrt.domain.errors import InputError
-from rayrt.service.machines import (
+from rayrt.service.machine_queues import (
     Booking,
     BookingState,
     JsonFileStore,
@@ -116,7 +116,7 @@ def test_file_store_uri_form(tmp_path):
 
 
 def test_machine_names_from_the_machine_library_skip_standard():
-    from rayrt.dose.machines import get_machine, list_machines
+    from rayrt.machines import get_machine, list_machines
 
     names = machine_names()
     assert names, "configs/machines has no treatment machine"
@@ -131,8 +131,10 @@ def test_machine_names_from_yaml_skip_standard(tmp_path):
     (tmp_path / "c.yml").write_text("name: VersaHD1\n")
     assert machine_names(tmp_path) == ["TrueBeam1", "VersaHD1"]
     assert machine_names(tmp_path, include_standard=True) == ["Standard", "TrueBeam1", "VersaHD1"]
-    (tmp_path / "d.yaml").write_text("vendor: x\n")
-    with pytest.raises(InputError, match="d.yaml"):
+    (tmp_path / "d.yaml").write_text("vendor: x\n")  # no name: the library names it by its file stem
+    assert machine_names(tmp_path) == ["TrueBeam1", "VersaHD1", "d"]
+    (tmp_path / "e.yaml").write_text("- not\n- a mapping\n")
+    with pytest.raises(InputError, match="e.yaml"):
         machine_names(tmp_path)
 
 
@@ -147,7 +149,7 @@ def ray_ready(ray_session):
 
 @pytest.mark.ray
 def test_registry_moves_bookings_when_machine_goes_down(ray_ready, tmp_path):
-    from rayrt.service.machines import MachineRegistry
+    from rayrt.service.machine_queues import MachineRegistry
 
     calls = []
     reg = MachineRegistry(
@@ -205,7 +207,7 @@ def test_registry_moves_bookings_when_machine_goes_down(ray_ready, tmp_path):
 
 @pytest.mark.ray
 def test_unplaced_bookings_wait_for_a_machine(ray_ready, tmp_path):
-    from rayrt.service.machines import MachineRegistry
+    from rayrt.service.machine_queues import MachineRegistry
 
     calls = []
     reg = MachineRegistry(["M1", "M2"], data_dir=str(tmp_path), replan_callback=calls.append)
@@ -237,7 +239,7 @@ def test_unplaced_bookings_wait_for_a_machine(ray_ready, tmp_path):
 def test_registry_actor_with_callback_into_another_actor(ray_ready, tmp_path):
     import ray
 
-    from rayrt.service.machines import MachineRegistryActor, ReplanRequest
+    from rayrt.service.machine_queues import MachineRegistryActor, ReplanRequest
 
     @ray.remote(num_cpus=0)
     class Inbox:
@@ -278,7 +280,7 @@ def test_registry_actor_with_callback_into_another_actor(ray_ready, tmp_path):
 def test_named_registry_is_shared_and_reattaches(ray_ready, tmp_path):
     import ray
 
-    from rayrt.service.machines import get_or_create_registry
+    from rayrt.service.machine_queues import get_or_create_registry
 
     name = f"test-machines-{uuid.uuid4().hex[:6]}"
     a = get_or_create_registry(name=name, detached=False, machines=["X1", "X2"], data_dir=str(tmp_path))

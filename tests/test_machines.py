@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from rayrt.domain.errors import InputError
-from rayrt.dose import machines as lib
+import rayrt.machines as lib
 from rayrt.dose.geometry import row_edges_mm
 from rayrt.dose.pencil_beam import pdd_metrics, penumbra_80_20, water_dose
 

@@ -12,7 +12,7 @@ TG119_MAT = SHARED / "data" / "phantoms" / "TG119.mat"
 
 
 def _plan(study, target):
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.optimize.planner import PlanningOptions, plan_standard
     from rayrt.optimize.recipes import tg119_goal_order
 

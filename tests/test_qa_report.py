@@ -217,7 +217,7 @@ def test_verdict_rules():
 def test_independent_dose_with_the_aperture_engine(tmp_path):
     """qa_plan(density=...) recomputes with rayrt.dose.aperture on a finer grid ("auto")."""
     pytest.importorskip("rayrt.dose.aperture")
-    from rayrt.dose.machines import get_machine, list_machines
+    from rayrt.machines import get_machine, list_machines
     from rayrt.qa.checks import aperture_recompute
 
     if "truebeam_m120" not in list_machines():

@@ -12,7 +12,8 @@ import pytest
 
 from rayrt.domain.beam_model import BeamModel
 from rayrt.domain.errors import InputError
-from rayrt.domain.machine import JawModel, MachineLimits, MachineModel, MLCModel, load_machine
+from rayrt.domain.machine import JawModel, MachineLimits, MachineModel, MLCModel
+from rayrt.machines import load_machine
 from rayrt.domain.plan import Beam, Plan, Segment
 from rayrt.imaging.rtplan import build_rtplan, export_plan_dicom, match_machine, read_rtplan, write_rtplan
 
@@ -377,7 +378,7 @@ def test_imported_plan_recomputes_to_the_same_dose(tmp_path):
     """An exported and re-imported plan gives the same aperture dose (rayrt.dose.aperture)."""
     pytest.importorskip("rayrt.dose.aperture")
     from rayrt.dose.aperture import aperture_dose
-    from rayrt.dose.machines import get_machine, list_machines
+    from rayrt.machines import get_machine, list_machines
     from rayrt.imaging.volume import Grid, Volume
 
     if "versahd_agility" not in list_machines():

@@ -19,7 +19,7 @@ MACHINE_FILES = sorted((Path(__file__).resolve().parents[1] / "configs" / "machi
 
 
 def _machines():
-    from rayrt.domain.machine import load_machine
+    from rayrt.machines import load_machine
 
     out = [load_machine(p) for p in MACHINE_FILES]
     out.append(synthetic_machine(10.0, 40, interdigitation=False, min_gap_mm=2.0, name="synthetic-mlci2-like"))
@@ -187,7 +187,7 @@ def test_y_span_trims_the_y_jaw_inside_a_wide_leaf_pair():
 def test_dual_layer_proximal_layer_cuts_the_field_end_at_half_a_leaf():
     """Halcyon: the proximal layer (offset 5 mm) closes beyond the rows' extent, so a distal pair
     straddling the field end is cut at 5 mm; inside, the distal opening is the effective one."""
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.optimize.sequencing.base import proximal_layer, to_segment
 
     hal = get_machine("halcyon")

@@ -67,7 +67,7 @@ def test_standard_plan_is_normalised_and_converted(planned, order):
     assert std.dose.shape == std.dose_grid.shape
     conv = res["converted"]
     assert [p.machine for p in conv.plans] == MACHINES
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     for p in conv.plans:
         m = get_machine(p.machine)

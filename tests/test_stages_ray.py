@@ -38,7 +38,7 @@ def test_ray_fanout_dij_equals_single_process(ray_session, study, order):
     import ray
 
     from rayrt.dose.dij import compute_dij, hstack_exact
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.service.controlled import RayExecutor
 
     ex = RayExecutor()

@@ -228,7 +228,7 @@ def demo_cmd(
     machine_list = [m.strip() for m in machines.split(",") if m.strip()]
     if beams < 1 or dose_grid_mm <= 0 or spacing_mm <= 0:
         raise InputError("--beams must be >= 1, --dose-grid-mm and --spacing-mm > 0", field="options")
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     for m in machine_list:
         get_machine(m)  # unknown machine: error before starting anything

@@ -59,7 +59,7 @@ def _parse_depths(text: str) -> list[float | str]:
 @machine_app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """List the machines of the library (configs/machines/*.yaml)."""
-    from rayrt.dose.machines import get_machine, list_machines
+    from rayrt.machines import get_machine, list_machines
 
     rows = []
     for name in list_machines():
@@ -90,7 +90,7 @@ def show_cmd(
     as_json: bool = typer.Option(False, "--json", help="the full MachineModel as JSON"),
 ) -> None:
     """Show one machine's model: geometry, MLC, jaws, limits and beam-model summary."""
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     m = get_machine(name)
     if as_json:
@@ -132,7 +132,7 @@ def curves_cmd(
 ) -> None:
     """Commissioning curves (PDDs, profiles, slab PDDs) and beam quality of a machine (SSD 100 cm, water)."""
     from rayrt.dose.curves import beam_quality, commissioning_curves, plot_curves
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     m = get_machine(name)
     curves = commissioning_curves(m, fields_mm=_parse_list(fields, "fields"), depths_mm=_parse_depths(depths), slab=slab, resolution_mm=resolution)
@@ -175,7 +175,7 @@ def fit_cmd(
 ) -> None:
     """Fit a machine's beam model to measured PDDs and profiles; write the new machine YAML."""
     from rayrt.dose.fit import fit_machine, read_measurements, write_machine_yaml
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     meas = read_measurements(pdd, profiles)
     base_m = get_machine(base)

@@ -79,7 +79,7 @@ def load_case(data: str, order_file: str | None):
 
 def default_machine_name() -> str:
     from rayrt.domain.errors import InputError
-    from rayrt.dose.machines import get_machine, list_machines
+    from rayrt.machines import get_machine, list_machines
 
     names = list_machines()
     for n in names:
@@ -112,7 +112,7 @@ def plan_cmd(
     """Plan a case end to end on one machine and write plan, dose and report."""
     import numpy as np
 
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.optimize.planner import PlanningOptions, plan_standard
     from rayrt.optimize.sequencing import get_sequencer
 

@@ -92,7 +92,7 @@ def write_conversion_outputs(out_dir: str | Path, study, standard_result, conver
     ``conversions``: :class:`rayrt.convert.convert.ConversionResult` list; ``machines``: the
     target MachineModels by name (default: the machine library).
     """
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def convert_and_write(out_dir: str | Path, study, order: MedicalOrder, standard_
     """
     from rayrt.convert.convert import convert_plan, standard_input_from_result
     from rayrt.domain.errors import InputError
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     names = [n.strip() for n in (machines.split(",") if isinstance(machines, str) else machines) if n and n.strip()]
     if not names:

@@ -159,20 +159,3 @@ class MachineModel(BaseModel):
     jaw_y: JawModel | None = Field(default=None, description="Y jaws (None for jawless machines)")
     limits: MachineLimits = Field(default_factory=MachineLimits)
     standard: bool = Field(default=False, description="the vendor-neutral standard machine")
-
-
-def load_machine(path: str | Path) -> MachineModel:
-    """Load and validate one machine YAML file."""
-    import yaml
-    from pydantic import ValidationError
-
-    from rayrt.domain.errors import InputError
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return MachineModel.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"invalid machine file {path.name}: field '{loc}': {first['msg']}", kind="machine", field=loc) from None

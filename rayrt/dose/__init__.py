@@ -2,7 +2,7 @@
 
 Main entry points (see each module for the physics and units):
 
-* :mod:`rayrt.dose.machines` -- ``config_dir()``, ``list_machines()``, ``get_machine(name)``
+* :mod:`rayrt.machines` (the machine library, outside this package) -- ``list_machines()``, ``get_machine(name)``
 * :mod:`rayrt.dose.phantom` -- ``density_from_hu``, ``computation_phantom`` (overrides, external)
 * :mod:`rayrt.dose.geometry` -- ``BeamGeometry``, ``BeamletGrid``, ``beamlet_grid``, ``beamlet_grid_for_field``
 * :mod:`rayrt.dose.dij` -- ``compute_dij`` (pure, chunkable), ``plan_dij``, ``dose_grid_for``, ``hstack_exact``

@@ -102,7 +102,7 @@ def _check_planning(req: JobRequest, order: Any) -> dict | None:
         return None
     from pydantic import ValidationError
 
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.stages import PlanningRequest
 
     if order is None:
@@ -489,7 +489,7 @@ class Ingress:
     def _registry(self) -> Any:
         """The machine registry actor (MachineQueue per machine), created on first use."""
         if getattr(self, "_reg", None) is None:
-            from rayrt.service.machines import get_or_create_registry
+            from rayrt.service.machine_queues import get_or_create_registry
             from rayrt.service.scheduler import ReplanToScheduler, registry_name
 
             ns = self.settings.ray_namespace

@@ -34,7 +34,8 @@ import ray
 from pydantic import BaseModel, Field
 
 from rayrt.domain.errors import InputError
-from rayrt.domain.machine import MachineModel, load_machine
+from rayrt.domain.machine import MachineModel
+from rayrt.machines import get_machine
 from rayrt.service.policies import ConversionPoolSettings  # pure module, so settings.py can import it without Ray
 
 __all__ = [
@@ -50,25 +51,9 @@ __all__ = [
 
 
 def load_machine_model(name: str, config_dir: str | os.PathLike | None = None) -> MachineModel:
-    """The MachineModel called ``name``: ``rayrt.dose.machines.get_machine`` (the machine library),
-    or, with ``config_dir``, the YAML file in that folder whose ``name`` matches."""
-    if config_dir is None:
-        try:
-            from rayrt.dose import machines as dose_machines  # type: ignore[import-not-found]
-        except ImportError:
-            dose_machines = None
-        if dose_machines is not None and hasattr(dose_machines, "get_machine"):
-            return dose_machines.get_machine(name)
-    import yaml
-
-    from rayrt.service.machines import _default_machines_dir
-
-    folder = Path(config_dir) if config_dir is not None else _default_machines_dir()
-    for path in sorted(folder.glob("*.y*ml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if isinstance(data, dict) and data.get("name") == name:
-            return load_machine(path)
-    raise InputError(f"no machine named '{name}' in {folder}", kind="machine", field="machine", status=404)
+    """The MachineModel called ``name`` from the machine library (:func:`rayrt.machines.get_machine`;
+    ``config_dir`` is a machines folder, default the library's ``configs/machines``)."""
+    return get_machine(name, config_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,13 +316,13 @@ def get_or_create_conversion_pools(name: str = POOLS_NAME, namespace: str | None
     """The named :data:`ConversionPoolsActor` (created on first use; ``kwargs`` go to ConversionPools).
 
     Without ``machines`` in ``kwargs`` it makes a pool for every treatment machine of the
-    library (:func:`rayrt.service.machines.machine_names`); each worker loads its model by name.
+    library (:func:`rayrt.service.machine_queues.machine_names`); each worker loads its model by name.
     """
     from rayrt.service.runtime import named_actor_options
 
     opts = named_actor_options(name, namespace, "detached" if detached else None, actor_options)
     if "machines" not in kwargs:
-        from rayrt.service.machines import machine_names
+        from rayrt.service.machine_queues import machine_names
 
         kwargs["machines"] = machine_names()
     return ConversionPoolsActor.options(**opts).remote(**kwargs)

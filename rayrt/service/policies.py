@@ -1,6 +1,6 @@
 """Treatment-machine queues as data, and the policies that pick target machines for a job.
 
-Pure code: no Ray import. The :class:`~rayrt.service.machines.MachineQueue` actors keep the
+Pure code: no Ray import. The :class:`~rayrt.service.machine_queues.MachineQueue` actors keep the
 state described here; the scheduler/ingress asks them for :class:`MachineSnapshot` objects and
 hands those to :func:`select_machines`.
 

@@ -323,7 +323,7 @@ class Scheduler:
         return {"queued": queued, "running": running, "free_cpus": self._free_cpus(), "job_cpus": self.settings.job_cpus}
 
     async def replan(self, request: dict) -> bool:
-        """A booking moved off a machine that went down (rayrt.service.machines.ReplanRequest as
+        """A booking moved off a machine that went down (rayrt.service.machine_queues.ReplanRequest as
         JSON): swap the machine in the job's target list and run its convert -> qa -> export
         stages again (every earlier stage is reused from the store). False when nothing to do."""
         to, frm = request.get("to_machine"), request.get("from_machine")
@@ -579,7 +579,7 @@ REPLAN_STAGES = ("convert", "qa", "export")
 
 
 def registry_name(settings: ServiceSettings) -> str:
-    """Name of the machine registry actor (rayrt.service.machines) that belongs to this service's scheduler."""
+    """Name of the machine registry actor (rayrt.service.machine_queues) that belongs to this service's scheduler."""
     return f"{settings.scheduler_name}-machines"
 
 

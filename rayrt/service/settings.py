@@ -50,7 +50,7 @@ class ServiceSettings(BaseModel):
     heartbeat_interval_s: float = Field(default=2.0, gt=0, description="how often the scheduler asks every controlled computer for a heartbeat (and re-checks the queue's admission)")
     heartbeat_timeout_s: float = Field(default=60.0, gt=0, description="a controlled computer that has not answered a heartbeat for this long is killed and replaced; its job is re-queued")
     job_cpus: float = Field(default=1.0, ge=0, description="free cluster CPUs (ray.available_resources, besides the computers' own) needed to start one more job; one job always runs when none does")
-    machine_queues: MachineQueueSettings = Field(default_factory=MachineQueueSettings, description="treatment-machine queues: slot minutes, default policy, Ray actor options (rayrt.service.machines)")
+    machine_queues: MachineQueueSettings = Field(default_factory=MachineQueueSettings, description="treatment-machine queues: slot minutes, default policy, Ray actor options (rayrt.service.machine_queues)")
     conversion_pool: ConversionPoolSettings = Field(default_factory=ConversionPoolSettings, description="conversion actor pools: initial size per machine, maximum, Ray actor options (rayrt.service.conversion)")
     stage_modules: list[str] = Field(default_factory=list, description="extra modules that register pipeline stages (dotted names or .py files), imported by every controlled computer before it runs a job")
 

@@ -38,7 +38,7 @@ DEFAULT_MACHINES = "synergy_mlci2,truebeam_m120,versahd_agility,halcyon"
 
 def plan_case(case: str):
     from rayrt.convert.convert import standard_input_from_result
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.imaging.phantoms import tg119_order, tg119_phantom
     from rayrt.optimize.planner import PlanningOptions, plan_standard
 
@@ -131,7 +131,7 @@ def main() -> None:
     from rayrt.convert.convert import convert_plan
     from rayrt.convert.policy import load_conversion_options
     from rayrt.convert.source_match import cached_curves
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
 
     cache = Path(args.standard_cache) if args.standard_cache else None
     if cache is not None and cache.is_file():

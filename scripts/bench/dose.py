@@ -78,7 +78,7 @@ def _tg119_path() -> Path:
 
 
 def _pick_machine(name: str | None):
-    from rayrt.dose.machines import get_machine, list_machines
+    from rayrt.machines import get_machine, list_machines
 
     names = list_machines()
     if name:

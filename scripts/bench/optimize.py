@@ -165,7 +165,7 @@ SETUPS = {"A": ([0.0, 72.0, 144.0, 216.0, 288.0], 5.0), "B": ([float(a) for a in
 
 
 def pipeline(setup: str, case: str, sequencer: str) -> dict:
-    from rayrt.dose.machines import get_machine
+    from rayrt.machines import get_machine
     from rayrt.optimize.planner import PlanningOptions, plan_standard
     from rayrt.optimize.recipes import tg119_goal_order, tg119_hard_goal_order
 

@@ -51,7 +51,7 @@ def main() -> None:
         from rayrt import stages as S
         from rayrt.domain.order import parse_order
         from rayrt.service.conversion import ConversionPools
-        from rayrt.service.machines import MachineRegistry
+        from rayrt.service.machine_queues import MachineRegistry
 
         # placement comes from the settings, as from configs/service.yaml on a cluster
         reg = MachineRegistry(["TB1", "VHD1"], settings={"actor_options": {"resources": {"head": 0.01}}})

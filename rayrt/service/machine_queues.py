@@ -37,6 +37,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rayrt.domain.errors import InputError
+from rayrt.machines import treatment_machine_names
 from rayrt.service.policies import (
     Booking,
     BookingState,
@@ -184,47 +185,10 @@ def _store_load(store: Any, key: str, model_cls: type[M]) -> M | None:
 # machine discovery
 
 
-def _default_machines_dir() -> Path:
-    """``$RAYRT_CONFIG_DIR/machines`` if set (as rayrt.dose.machines), else ``<repo>/configs/machines``."""
-    env = os.environ.get("RAYRT_CONFIG_DIR")
-    if env:
-        return Path(env) / "machines"
-    return Path(__file__).resolve().parents[2] / "configs" / "machines"
-
-
 def machine_names(config_dir: str | os.PathLike | None = None, include_standard: bool = False) -> list[str]:
-    """Names of the configured treatment machines, sorted.
-
-    Uses the machine library ``rayrt.dose.machines`` (``list_machines`` / ``get_machine``) when
-    it is importable; otherwise, or when ``config_dir`` is given, reads the ``name`` and
-    ``standard`` fields of ``<config_dir>/*.yaml`` (default ``configs/machines``). The
-    vendor-neutral standard machine is not a treatment machine and is left out unless
-    ``include_standard``.
-    """
-    if config_dir is None:
-        try:
-            from rayrt.dose import machines as library  # type: ignore[import-not-found]
-        except ImportError:
-            library = None
-        if library is not None and hasattr(library, "list_machines"):
-            names = []
-            for item in library.list_machines():
-                model = library.get_machine(item) if isinstance(item, str) else item
-                if include_standard or not getattr(model, "standard", False):
-                    names.append(item if isinstance(item, str) else model.name)
-            return sorted(set(names))
-    import yaml
-
-    folder = Path(config_dir) if config_dir is not None else _default_machines_dir()
-    names = []
-    for path in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict) or not data.get("name"):
-            raise InputError(f"machine file {path.name} has no 'name'", kind="machine", field=str(path))
-        if data.get("standard") and not include_standard:
-            continue
-        names.append(str(data["name"]))
-    return sorted(set(names))
+    """Names of the configured treatment machines, sorted (:func:`rayrt.machines.treatment_machine_names`
+    of ``config_dir``, a machines folder; default the library's ``configs/machines``)."""
+    return treatment_machine_names(config_dir, include_standard=include_standard)
 
 
 # --------------------------------------------------------------------------------------------
