@@ -10,6 +10,7 @@ import yaml
 from rayrt.domain.errors import InputError
 from rayrt.domain.plan import Beam
 import rayrt.machines as lib
+from rayrt.config import config_dir
 from rayrt.dose.dij import chunk_ranges, compute_dij, dose_grid_for, hstack_exact, plan_dij
 from rayrt.dose.geometry import beamlet_grid, beamlet_grid_for_field
 from rayrt.machines import get_machine
@@ -165,9 +166,9 @@ def test_plan_dij_concatenates_beams_and_dose_grid_is_independent():
 
 
 def test_identical_machine_under_another_name_gives_the_same_dij(tmp_path, monkeypatch):
-    data = yaml.safe_load((lib.config_dir() / "machines" / "standard.yaml").read_text())
+    data = yaml.safe_load((config_dir() / "machines" / "standard.yaml").read_text())
     (tmp_path / "machines").mkdir()
-    shutil.copy(lib.config_dir() / "machines" / "standard.yaml", tmp_path / "machines")
+    shutil.copy(config_dir() / "machines" / "standard.yaml", tmp_path / "machines")
     data.update(name="twin", standard=False)
     (tmp_path / "machines" / "twin.yaml").write_text(yaml.safe_dump(data))
     monkeypatch.setenv("RAYRT_CONFIG_DIR", str(tmp_path))

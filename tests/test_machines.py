@@ -8,6 +8,7 @@ import yaml
 
 from rayrt.domain.errors import InputError
 import rayrt.machines as lib
+from rayrt.config import config_dir
 from rayrt.dose.geometry import row_edges_mm
 from rayrt.dose.pencil_beam import pdd_metrics, penumbra_80_20, water_dose
 
@@ -100,7 +101,7 @@ def test_calibration_one_mu_gives_one_cgy_at_dmax():
 
 def test_invalid_machine_file_names_the_field(tmp_path, monkeypatch):
     (tmp_path / "machines").mkdir()
-    data = yaml.safe_load((lib.config_dir() / "machines" / "standard.yaml").read_text())
+    data = yaml.safe_load((config_dir() / "machines" / "standard.yaml").read_text())
     data["name"] = "broken"
     data["beam"]["betas_per_mm"] = [0.3, 0.02]
     (tmp_path / "machines" / "broken.yaml").write_text(yaml.safe_dump(data))
@@ -112,7 +113,7 @@ def test_invalid_machine_file_names_the_field(tmp_path, monkeypatch):
 
 def test_a_renamed_copy_is_a_new_identical_machine(tmp_path, monkeypatch):
     (tmp_path / "machines").mkdir()
-    src = lib.config_dir() / "machines" / "standard.yaml"
+    src = config_dir() / "machines" / "standard.yaml"
     shutil.copy(src, tmp_path / "machines" / "standard.yaml")
     data = yaml.safe_load(src.read_text())
     data["name"] = "standard_twin"

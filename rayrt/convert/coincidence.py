@@ -80,7 +80,7 @@ def load_conversion_config(path: str | Path | None = None) -> ConversionConfig:
     import yaml
 
     if path is None:
-        from rayrt.machines import config_dir
+        from rayrt.config import config_dir
 
         path = config_dir() / "conversion.yaml"
     path = Path(path)

@@ -71,7 +71,7 @@ def load_hu_calibration(path: str | Path | None = None) -> HUCalibration:
     import yaml
     from pydantic import ValidationError
 
-    from rayrt.machines import config_dir
+    from rayrt.config import config_dir
 
     p = Path(path) if path is not None else config_dir() / "hu_density.yaml"
     if not p.exists():

@@ -12,19 +12,12 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from rayrt.config import config_dir
 from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
 from rayrt.machines.loader import load_machine, read_machine_name
 
 __all__ = ["config_dir", "machines_dir", "machine_files", "list_machines", "get_machine", "standard_machine_name", "treatment_machine_names"]
-
-
-def config_dir() -> Path:
-    """``$RAYRT_CONFIG_DIR`` if set, else ``<repo>/configs``."""
-    env = os.environ.get("RAYRT_CONFIG_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "configs"
 
 
 def machines_dir() -> Path:

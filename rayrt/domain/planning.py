@@ -1,0 +1,114 @@
+"""The planning request: what to plan (target machines) and how (beams, grids, optimisation,
+conversion and QA settings). Doses in Gy, lengths in mm, angles IEC 61217.
+
+One set of defaults serves every way in (``rayrt plan``, ``POST /jobs``, ``rayrt demo``): the
+``planning`` section of ``configs/planning.yaml`` (:func:`planning_defaults`), over which a job's
+own options are laid (:func:`planning_request`). The request is validated once, where it enters
+(the HTTP ingress, the CLI); a :class:`~rayrt.domain.job.Job` then carries it whole, so the job
+records exactly the settings it ran with.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rayrt.config import config_dir
+from rayrt.domain.errors import InputError
+
+__all__ = ["PlanningRequest", "ConversionMode", "planning_defaults", "planning_request", "PLANNING_CONFIG"]
+
+ConversionMode = Literal["reuse", "dose_only", "mu_refit", "fluence", "dao"]
+
+PLANNING_CONFIG = "planning.yaml"
+"""File in the config dir whose ``planning`` section holds the defaults of every field."""
+
+
+class PlanningRequest(BaseModel):
+    """What to plan: target machines and the planning settings (doses in Gy, lengths in mm)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    machines: list[str] = Field(default_factory=list, description="target treatment machines (configs/machines names); empty = standard plan only")
+    standard_machine: str | None = Field(default=None, description="machine the standard plan is optimised on (default: the library's standard machine)")
+    gantry_deg: list[float] | None = Field(default=None, description="IEC 61217 gantry angles; default num_beams equispaced from 0")
+    num_beams: int = Field(default=9, ge=1, le=72)
+    dose_grid_mm: float = Field(default=5.0, gt=0, le=20)
+    bixel_mm: float = Field(default=5.0, gt=0, le=20)
+    margin_mm: float = Field(default=5.0, ge=0, le=30)
+    bixel_columns: Literal["edge", "isocenter"] = Field(
+        default="edge", description="alignment of the bixel columns along the leaf-travel direction (rows are always the leaf pairs): "
+                                    "'edge' = column edges at multiples of bixel_mm from the central axis; 'isocenter' = bixels centred "
+                                    "on it (centres at multiples of bixel_mm, as matRad/pyRadPlan)")
+    dij_cutoff_mm: float = Field(default=50.0, gt=0, description="lateral kernel cut-off of the pencil beams")
+    dij_threshold: float = Field(default=1e-4, ge=0, lt=1, description="relative Dij entries below this are dropped")
+    chunks_per_cpu: int = Field(default=2, ge=1, le=64, description="Dij tasks per free CPU (load balance vs per-chunk depth overhead)")
+    max_segments: int = Field(default=10, ge=1, le=100, description="segments per beam of the standard plan")
+    sequencer: str = Field(default="sweep", description="leaf sequencer (rayrt.optimize.sequencing registry: sweep, xia_verhey)")
+    fmo_iterations: int = Field(default=200, ge=1, description="L-BFGS-B iterations of the fluence-map optimisation")
+    dao_rounds: int = Field(default=2, ge=1, description="direct-aperture-optimisation rounds")
+    dao_iterations: int = Field(default=30, ge=1, description="iterations per DAO round")
+    conversion_mode: ConversionMode | None = Field(
+        default=None, description="force the recompute mode of each conversion's first attempt (None: rayrt.convert's policy from the coincidence verdict)")
+    conversion_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of rayrt.convert.policy.ConversionOptions (configs/conversion.yaml, section conversion), e.g. "
+                    "{max_attempts: 1, fmo_iterations: 60}; checked where the request enters (rayrt.pipeline.check_request)")
+    qa_independent_dose: bool = Field(default=True, description="recompute each plan's dose with the aperture engine (rayrt.dose.aperture)")
+    qa_grid_mm: float | None = Field(default=None, gt=0, description="grid of the independent dose (default: the dose grid)")
+    qa_bixel_mm: float = Field(default=2.5, gt=0, le=20, description="bixel width of the independent aperture dose engine")
+    qa_figures: bool = Field(default=False, description="also render qa_<machine>.png (matplotlib, ~1 s per machine)")
+
+    def angles(self) -> list[float]:
+        """Gantry angles (degrees, IEC 61217): ``gantry_deg`` or ``num_beams`` equispaced from 0."""
+        if self.gantry_deg:
+            return [float(a) % 360.0 for a in self.gantry_deg]
+        return [round(i * 360.0 / self.num_beams, 6) for i in range(self.num_beams)]
+
+
+def _first_error(exc: ValidationError, prefix: str, kind: str) -> InputError:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    return InputError(f"invalid planning option '{loc}': {first['msg']}", kind=kind, field=f"{prefix}{loc}", status=422)
+
+
+@lru_cache(maxsize=8)
+def _defaults(path: str, mtime: float) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{PLANNING_CONFIG} is not valid YAML: {exc}", kind="config", field=PLANNING_CONFIG) from None
+    section = data.get("planning", {}) if isinstance(data, dict) else None
+    if not isinstance(section, dict):
+        raise InputError(f"{PLANNING_CONFIG}: 'planning' must be a mapping of PlanningRequest fields", kind="config", field="planning")
+    try:
+        PlanningRequest.model_validate(section)
+    except ValidationError as exc:
+        raise _first_error(exc, "planning.", "config") from None
+    return section
+
+
+def planning_defaults(path: str | Path | None = None) -> dict[str, Any]:
+    """The ``planning`` section of ``configs/planning.yaml`` (or ``path``): the default of every
+    PlanningRequest field for every job. An absent file leaves the model's own defaults."""
+    p = Path(path) if path is not None else config_dir() / PLANNING_CONFIG
+    if not p.is_file():
+        return {}
+    return dict(_defaults(str(p), p.stat().st_mtime))
+
+
+def planning_request(options: Mapping[str, Any] | None = None, machines: list[str] | None = None, *,
+                     defaults_path: str | Path | None = None, field_prefix: str = "options.") -> PlanningRequest:
+    """A PlanningRequest: the configured defaults, then ``options`` (a job's or the CLI's overrides),
+    then ``machines`` when given. InputError 422 naming the first bad field."""
+    data = {**planning_defaults(defaults_path), **dict(options or {})}
+    if machines is not None:
+        data["machines"] = list(machines)
+    try:
+        return PlanningRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, field_prefix, "options") from None
