@@ -1,7 +1,11 @@
 """``rayrt demo``: the whole service end to end on an embedded local Ray, in about a minute.
 
     rayrt demo [--out ./demo-out] [--machines truebeam_m120,versahd_agility,synergy_mlci2]
-               [--beams 9] [--dose-grid-mm 5] [--spacing-mm 4] [--timeout 600] [--keep-data]
+               [--options FILE] [--set KEY=VALUE ...] [--spacing-mm 4] [--timeout 600] [--data DIR]
+
+The job is planned like any other: the planning defaults of configs/planning.yaml (the same
+recipe and settings as `rayrt plan` and every `POST /jobs`), overridden only by ``--options`` /
+``--set`` when given.
 
 1. starts a private local Ray and the Serve ingress on a free port (rayrt.service.runtime);
 2. writes the AAPM TG-119 C-shape phantom as DICOM (CT series + RTSTRUCT) and its order
@@ -33,38 +37,11 @@ from rayrt.domain.errors import InputError, RayrtError
 
 DEFAULT_MACHINES = "truebeam_m120,versahd_agility,synergy_mlci2"
 
-#: demo conversion settings (rayrt.convert.policy.ConversionOptions overrides): every machine is converted by
-#: convert_for_machine with the recompute mode its coincidence verdict chooses, its release QA included; the demo
-#: allows two attempts (a plan failing its release QA is regenerated once with stronger mimicking, then reported
-#: "not released"), leaner re-optimisation (60 FMO iterations, one DAO round of 30; the exact segment-MU refit keeps
-#: its default 60 iterations: ~1 s), and runs the independent dose check on the 5 mm dose grid instead of a
-#: 2.5 mm one (that check alone was about half of a conversion's time). With these settings all three demo machines
-#: are released at the first attempt (truebeam_m120, versahd_agility: mu_refit; synergy_mlci2: dao), gamma vs the
-#: standard >= 98.5 %, every DVH agreement check at least 0.3 Gy inside its 1 Gy limit (scripts/bench/convert.py
-#: --case demo). `rayrt plan --machines` and service jobs without options use configs/conversion.yaml.
-DEMO_CONVERSION = {"max_attempts": 2, "fmo_iterations": 60, "dao_rounds": 1, "dao_iterations": 30, "independent_spacing_factor": 1.0}
-
-#: demo planning settings: 9 beams, 5 mm dose grid and bixels, lean optimisation (see PlanningRequest)
-DEMO_PLANNING = {
-    "num_beams": 9,
-    "dose_grid_mm": 5.0,
-    "bixel_mm": 5.0,
-    "dij_cutoff_mm": 30.0,
-    "dij_threshold": 1e-3,
-    "fmo_iterations": 100,
-    "dao_rounds": 1,
-    "dao_iterations": 20,
-    "max_segments": 8,
-    "conversion_options": DEMO_CONVERSION,
-}
-
-
 def _warm_worker() -> int:
     """Import the planning core (numba kernels from cache) in a Ray worker; returns its pid."""
     import os
 
-    import rayrt.dose.dij  # noqa: F401
-    import rayrt.stages  # noqa: F401
+    import rayrt.pipeline  # noqa: F401  (the stages, the dose engine and the optimisers)
 
     return os.getpid()
 
@@ -193,26 +170,12 @@ def run_demo_job(
             "conversion": conversion, "http_seconds": time.perf_counter() - t0}
 
 
-def format_summary(summary: dict, qa_dir: Path | None = None) -> list[str]:
-    """Per machine: MU, segments, QA verdict and each goal of the order with its value."""
-    lines = []
-    for m in summary.get("machines", []):
-        verdict = m.get("verdict") or "-"
-        lines.append(f"  {m['machine']:<16} {m['total_mu_per_fraction']:7.1f} MU/fx  {m['segments']:3d} segments  QA {verdict.upper()}")
-        for g in m.get("goals", []):
-            v = g.get("value_gy")
-            lines.append(f"      {'met ' if g['met'] else 'MISS'}  {g['structure']:<8} {g['goal']:<18} {v:7.2f} Gy" if v is not None else f"      ----  {g['structure']} {g['goal']}")
-        for c in m.get("failed_checks", []):
-            lines.append(f"      qa: {c}")
-    return lines
-
-
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", help="folder for the downloaded results"),
     machines: str = typer.Option(DEFAULT_MACHINES, "--machines", help="comma-separated target machines (configs/machines)"),
-    beams: int = typer.Option(DEMO_PLANNING["num_beams"], "--beams", help="number of equispaced beams"),
-    dose_grid_mm: float = typer.Option(DEMO_PLANNING["dose_grid_mm"], "--dose-grid-mm", help="dose grid spacing (mm)"),
+    options: Optional[Path] = typer.Option(None, "--options", help="planning options, JSON or YAML (PlanningRequest fields); default: configs/planning.yaml"),
+    settings: Optional[list[str]] = typer.Option(None, "--set", help="one planning option, KEY=VALUE (repeatable), e.g. --set num_beams=7"),
     spacing_mm: float = typer.Option(4.0, "--spacing-mm", help="CT voxel size of the generated TG-119 phantom (mm)"),
     num_cpus: Optional[int] = typer.Option(None, "--cpus", help="CPUs of the embedded Ray (default: all)"),
     timeout: float = typer.Option(600.0, "--timeout", help="seconds to wait for the job"),
@@ -226,13 +189,15 @@ def demo_cmd(
 
     t_start = time.perf_counter()
     machine_list = [m.strip() for m in machines.split(",") if m.strip()]
-    if beams < 1 or dose_grid_mm <= 0 or spacing_mm <= 0:
-        raise InputError("--beams must be >= 1, --dose-grid-mm and --spacing-mm > 0", field="options")
-    from rayrt.machines import get_machine
+    if spacing_mm <= 0:
+        raise InputError("--spacing-mm must be > 0", field="spacing_mm")
+    from rayrt.cli.planning_options import format_summary, read_options
+    from rayrt.domain.planning import planning_request
+    from rayrt.pipeline import check_request
 
-    for m in machine_list:
-        get_machine(m)  # unknown machine: error before starting anything
-    planning = {**DEMO_PLANNING, "num_beams": beams, "dose_grid_mm": dose_grid_mm, "conversion_options": dict(DEMO_CONVERSION)}
+    planning = read_options(options, settings)  # the job's overrides; the service lays them over configs/planning.yaml
+    req = planning_request(planning, machine_list, field_prefix="")
+    check_request(req)  # unknown machines, bad options: an error before starting anything
     work = Path(tempfile.mkdtemp(prefix="rayrt-demo-"))
     data_dir = data or (work / "data")
     echo = typer.echo
@@ -244,7 +209,7 @@ def demo_cmd(
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         for name in ("ray", "ray.serve", "rayrt.service"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        echo(f"rayrt demo: TG-119 C-shape, {beams} beams, {dose_grid_mm:g} mm dose grid, machines {', '.join(machine_list)}")
+        echo(f"rayrt demo: TG-119 C-shape, {len(req.angles())} beams, {req.dose_grid_mm:g} mm dose grid, machines {', '.join(machine_list)}")
         t = time.perf_counter()
         import ray
 

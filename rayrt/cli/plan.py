@@ -1,19 +1,21 @@
-"""``rayrt plan``: the whole single-process standard-plan pipeline.
+"""``rayrt plan``: the planning recipe in this process, the same recipe and defaults a service job runs.
 
-    rayrt plan DIR --order FILE --machine NAME --out OUT [--beams 0,40,80,...] [--dose-grid-mm 5]
-               [--bixel-mm 5] [--max-segments 15] [--sequencer sweep]
+    rayrt plan DIR --out OUT [--order FILE] [--machines a,b] [--machine STANDARD] [--beams 0,40,80,...]
+               [--mode MODE] [--options FILE] [--set KEY=VALUE ...]
 
 DIR is a DICOM folder / .zip (CT + RTSTRUCT), a matRad/CORT ``.mat`` phantom, or ``tg119`` for
 the built-in TG-119 C-shape phantom. Without ``--order`` an ``order.yaml`` next to the data (or
-the TG-119 order for TG-119 phantoms) is used. Writes OUT/plan.json (beams, segments, MU per
-fraction), OUT/dose.npy (course dose in Gy, float32, array [k, j, i]) with OUT/dose_grid.json
-(its Grid), and OUT/report.json (DVH metrics per structure, objective values, constraint
-violation, deliverability, each stage's time and peak RSS).
+the TG-119 order for TG-119 phantoms) is used. The planning settings are ``configs/planning.yaml``
+overlaid with ``--options`` (JSON/YAML PlanningRequest fields), then ``--set`` and the shortcut
+flags. Writes every stage's result files to ``OUT/<stage>/`` under the names the service stores
+(and ``rayrt results`` downloads): ``OUT/export/`` holds RS.dcm, RP_<machine>.dcm and
+RD_<machine>.dcm per released plan (the standard plan first), dvh.csv and summary.json;
+``OUT/qa/`` the QA reports; ``OUT/normalize/`` the standard plan (plan.json, dose.npy).
 """
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -22,11 +24,9 @@ import typer
 from rayrt.cli.app import app
 
 
-def _angles(text: str | None, n_default: int = 9) -> list[float]:
+def _angles(text: str) -> list[float]:
     from rayrt.domain.errors import InputError
 
-    if not text:
-        return [i * 360.0 / n_default for i in range(n_default)]
     try:
         vals = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError:
@@ -77,73 +77,46 @@ def load_case(data: str, order_file: str | None):
     return study, order
 
 
-def default_machine_name() -> str:
-    from rayrt.domain.errors import InputError
-    from rayrt.machines import get_machine, list_machines
-
-    names = list_machines()
-    for n in names:
-        if get_machine(n).standard:
-            return n
-    if not names:
-        raise InputError("no machines in configs/machines; give --machine", field="machine")
-    return names[0]
-
-
 @app.command("plan")
 def plan_cmd(
     data: str = typer.Argument(..., help="DICOM folder/.zip, a .mat phantom, or 'tg119'"),
+    out: Path = typer.Option(..., "--out", help="output folder: OUT/<stage>/ files, as the service stores them"),
     order: Optional[str] = typer.Option(None, "--order", help="medical order (.yaml/.json)"),
-    machine: Optional[str] = typer.Option(None, "--machine", help="machine name (default: the standard machine)"),
-    out: Path = typer.Option(..., "--out", help="output folder"),
-    beams: Optional[str] = typer.Option(None, "--beams", help="gantry angles in degrees, e.g. 0,40,80 (default: 9 equispaced)"),
-    dose_grid_mm: float = typer.Option(5.0, "--dose-grid-mm", help="dose grid spacing (mm)"),
-    bixel_mm: float = typer.Option(5.0, "--bixel-mm", help="beamlet width along leaf travel (mm)"),
-    max_segments: int = typer.Option(15, "--max-segments", help="maximum segments per beam"),
-    sequencer: str = typer.Option("sweep", "--sequencer", help="leaf sequencer (sweep, xia_verhey)"),
-    fmo_iterations: int = typer.Option(400, "--fmo-iterations", help="L-BFGS-B iterations of the fluence optimisation"),
-    dao_rounds: int = typer.Option(4, "--dao-rounds", help="direct-aperture-optimisation rounds (60 iterations each)"),
-    machines: Optional[str] = typer.Option(
-        None, "--machines", help="also convert the plan to these treatment machines (comma list); writes OUT/<machine>/ "
-        "rtplan.dcm, rtdose.dcm, rtstruct.dcm, qa.json and OUT/standard/"),
+    machines: Optional[str] = typer.Option(None, "--machines", help="convert the standard plan to these treatment machines (comma list)"),
+    machine: Optional[str] = typer.Option(None, "--machine", help="machine the standard plan is optimised on (default: the library's standard machine)"),
+    beams: Optional[str] = typer.Option(None, "--beams", help="gantry angles in degrees, e.g. 0,40,80 (default: num_beams equispaced)"),
     mode: Optional[str] = typer.Option(None, "--mode", help="force a conversion mode: reuse, dose_only, mu_refit, fluence or dao (default: policy)"),
-    workers: int = typer.Option(1, "--workers", min=1, help="conversions run in this many processes"),
+    options: Optional[Path] = typer.Option(None, "--options", help="planning options, JSON or YAML (PlanningRequest fields; see rayrt schema planning)"),
+    settings: Optional[list[str]] = typer.Option(None, "--set", help="one planning option, KEY=VALUE (repeatable), e.g. --set num_beams=7"),
 ) -> None:
-    """Plan a case end to end on one machine and write plan, dose and report."""
-    import numpy as np
+    """Plan a case with the planning recipe: standard plan, conversions, QA and DICOM RT export."""
+    from rayrt.cli.planning_options import format_summary, read_options
+    from rayrt.domain.planning import planning_request
+    from rayrt.pipeline import StageEvent, check_request, run_recipe
 
-    from rayrt.machines import get_machine
-    from rayrt.optimize.planner import PlanningOptions, plan_standard
-    from rayrt.optimize.sequencing import get_sequencer
-
-    get_sequencer(sequencer)
+    over = read_options(options, settings)
+    if machine is not None:
+        over["standard_machine"] = machine
+    if beams is not None:
+        over["gantry_deg"] = _angles(beams)
+    if mode is not None:
+        over["conversion_mode"] = mode
+    names = None if machines is None else [m.strip() for m in machines.split(",") if m.strip()]
+    req = planning_request(over, names, field_prefix="")
+    check_request(req)  # unknown machines, bad conversion options: before any planning work
     study, med_order = load_case(data, order)
-    m = get_machine(machine or default_machine_name())
-    if machines is not None:  # unknown target machines fail before any planning work
-        for name in machines.split(","):
-            if name.strip():
-                get_machine(name.strip())
-    opts = PlanningOptions(dose_grid_mm=dose_grid_mm, bixel_mm=bixel_mm, max_segments=max_segments, sequencer=sequencer,
-                           fmo_iterations=fmo_iterations, dao_rounds=dao_rounds)
-    res = plan_standard(study, med_order, m, _angles(beams), opts)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.json").write_text(res.plan.model_dump_json(indent=1), encoding="utf-8")
-    np.save(out / "dose.npy", res.dose_gy.astype(np.float32))
-    (out / "dose_grid.json").write_text(res.dose_grid.model_dump_json(indent=1), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(res.report, indent=1, default=float), encoding="utf-8")
-    tgt = med_order.prescription.target
-    d = res.report["dvh"]
-    typer.echo(f"plan {res.plan.id} for {m.name}: {len(res.plan.beams)} beams, {res.report['num_segments']} segments, "
-               f"{res.plan.total_mu:.1f} MU/fraction, deliverable={res.report['deliverability']['deliverable']}")
-    for n, met in d.items():
-        typer.echo(f"  {n:12s} D95 {met['d95_gy']:6.2f}  D10 {met['d10_gy']:6.2f}  mean {met['mean_gy']:6.2f}  max {met['max_gy']:6.2f} Gy"
-                   + ("  (target)" if n == tgt else ""))
-    typer.echo("  stages: " + ", ".join(f"{s['name']} {s['seconds']:.1f}s/{s['peak_rss_mib']:.0f}MiB" for s in res.report["stages"]))
-    typer.echo(f"wrote {out}/plan.json, dose.npy, dose_grid.json, report.json")
-    if machines is not None:
-        from rayrt.convert.outputs import convert_and_write
+    t0 = time.perf_counter()
+    started: dict[str, float] = {}
 
-        typer.echo(f"converting to {machines} ...")
-        for line in convert_and_write(out, study, med_order, m, res, machines, mode=mode, workers=workers):
-            typer.echo(line)
-        typer.echo(f"wrote {out}/standard/ and {out}/<machine>/ (rtplan.dcm, rtdose.dcm, rtstruct.dcm, qa.json)")
+    def on_event(ev: StageEvent) -> None:
+        if ev.kind == "started":
+            started[ev.stage] = time.perf_counter()
+        elif ev.kind == "finished":
+            note = f"  {ev.message}" if ev.message else ""
+            typer.echo(f"  [ok] {ev.stage:<11} {time.perf_counter() - started.get(ev.stage, t0):6.1f} s{note}")
+
+    res = run_recipe(study, med_order, req, out_dir=out, on_event=on_event)
+    typer.echo(f"planned in {time.perf_counter() - t0:.1f} s; plan quality (course doses) and QA verdicts:")
+    for line in format_summary(res["exports"]):
+        typer.echo(line)
+    typer.echo(f"wrote {out}/<stage>/ (export/: RS.dcm, RP_<machine>.dcm, RD_<machine>.dcm, dvh.csv, summary.json; qa/: QA reports)")

@@ -14,12 +14,15 @@ class SchemaName(str, Enum):
     order = "order"
     machine = "machine"
     plan = "plan"
+    planning = "planning"
 
 
 @app.command("schema")
-def schema(name: SchemaName = typer.Argument(..., help="which document: order, machine or plan")) -> None:
-    """Print the JSON schema of a medical order, a machine model or a plan."""
-    if name is SchemaName.order:
+def schema(name: SchemaName = typer.Argument(..., help="which document: order, machine, plan or planning")) -> None:
+    """Print the JSON schema of a medical order, a machine model, a plan or the planning options."""
+    if name is SchemaName.planning:
+        from rayrt.domain.planning import PlanningRequest as model
+    elif name is SchemaName.order:
         from rayrt.domain.order import MedicalOrder as model
     elif name is SchemaName.machine:
         from rayrt.domain.machine import MachineModel as model

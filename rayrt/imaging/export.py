@@ -5,7 +5,7 @@ written with ``ImagePositionPatient = origin + direction[:, 2] * spacing_k * k``
 ``ImageOrientationPatient = direction[:, 0] + direction[:, 1]`` and
 ``PixelSpacing = [row spacing (j), column spacing (i)]``.
 Structures are written as CLOSED_PLANAR contours produced by
-:func:`rayrt.contour.polygons.mask_to_polygons`, each referencing the CT slice it lies on.
+:func:`rayrt.imaging.polygons.mask_to_polygons`, each referencing the CT slice it lies on.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from rayrt.domain.errors import InputError
+from rayrt.imaging.dicom_io import read_image_series
+from rayrt.imaging.polygons import mask_to_polygons
+from rayrt.imaging.study import StructureMask, Study
 from rayrt.imaging.volume import Grid, Volume
-
-if TYPE_CHECKING:  # pragma: no cover
-    from rayrt.imaging.study import Study, StructureMask
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -37,6 +37,7 @@ __all__ = [
     "write_rtstruct",
     "write_rtdose",
     "write_study",
+    "save_dataset",
     "CT_IMAGE_STORAGE",
     "RT_STRUCTURE_SET_STORAGE",
     "RT_DOSE_STORAGE",
@@ -133,7 +134,8 @@ def _patient_study(ds, *, patient_id: str, patient_name: str, study_uid: str, da
     ds.InstanceCreationTime = time
 
 
-def _save(ds, path: Path) -> Path:
+def save_dataset(ds, path: Path) -> Path:
+    """Write ``ds`` as a DICOM Part 10 file (preamble and File Meta) at ``path``; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -181,8 +183,6 @@ class CTReference:
     @classmethod
     def from_files(cls, files: Sequence[str | Path]) -> "CTReference":
         """Read the reference from CT files (any order) with :func:`rayrt.imaging.dicom_io.read_image_series`."""
-        from rayrt.imaging.dicom_io import read_image_series
-
         vol = read_image_series([Path(f) for f in files])
         return cls.from_volume(vol)
 
@@ -268,7 +268,7 @@ def write_ct_series(
         ds.WindowCenter = "40"
         ds.WindowWidth = "400"
         ds.PixelData = np.ascontiguousarray(hu[k]).astype("<i2").tobytes()
-        paths.append(_save(ds, out_dir / f"CT_{k + 1:04d}.dcm"))
+        paths.append(save_dataset(ds, out_dir / f"CT_{k + 1:04d}.dcm"))
         sop_uids.append(sop_uid)
     volume.meta.update(
         series_instance_uid=series_uid,
@@ -304,8 +304,6 @@ def write_rtstruct(
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DSequence
     from pydicom.uid import generate_uid
-
-    from rayrt.contour.polygons import mask_to_polygons
 
     if isinstance(reference, Volume):
         ref = CTReference.from_volume(reference)
@@ -397,7 +395,7 @@ def write_rtstruct(
     ds.ROIContourSequence = DSequence(contour_items)
     ds.RTROIObservationsSequence = DSequence(obs_items)
     ds.ApprovalStatus = "UNAPPROVED"
-    return _save(ds, Path(path))
+    return save_dataset(ds, Path(path))
 
 
 def write_rtdose(
@@ -475,7 +473,7 @@ def write_rtdose(
         item.ReferencedSOPInstanceUID = referenced_plan_uid
         ds.ReferencedRTPlanSequence = DSequence([item])
     ds.PixelData = np.ascontiguousarray(stored).tobytes()
-    return _save(ds, Path(path))
+    return save_dataset(ds, Path(path))
 
 
 def write_study(study: "Study", out_dir: str | Path, *, contours: dict[str, list[np.ndarray]] | None = None) -> dict[str, list[Path]]:

@@ -406,9 +406,9 @@ def _beam_item(b: Beam, machine: MachineModel, types: list[str], energy: str) ->
 
 def write_rtplan(plan: Plan, machine: MachineModel, path: str | Path, **kwargs) -> Path:
     """Write :func:`build_rtplan` to ``path`` (Explicit VR Little Endian); returns the path."""
-    from rayrt.imaging.export import _save
+    from rayrt.imaging.export import save_dataset
 
-    return _save(build_rtplan(plan, machine, **kwargs), Path(path))
+    return save_dataset(build_rtplan(plan, machine, **kwargs), Path(path))
 
 
 def export_plan_dicom(
@@ -436,10 +436,10 @@ def export_plan_dicom(
     out_dir.mkdir(parents=True, exist_ok=True)
     ssref = StructureSetRef.from_file(rtstruct) if rtstruct is not None else None
     ds = build_rtplan(plan, machine, structure_set=ssref, patient_id=patient_id, patient_name=patient_name, study_uid=study_uid)
-    from rayrt.imaging.export import _save
+    from rayrt.imaging.export import save_dataset
 
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in machine.name)
-    out = {"rtplan": _save(ds, out_dir / f"RP_{safe}.dcm")}
+    out = {"rtplan": save_dataset(ds, out_dir / f"RP_{safe}.dcm")}
     if dose is not None:
         out["rtdose"] = write_rtdose(
             dose, out_dir / f"RD_{safe}.dcm", frame_of_reference_uid=str(ds.FrameOfReferenceUID), study_uid=str(ds.StudyInstanceUID),

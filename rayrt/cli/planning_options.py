@@ -1,0 +1,61 @@
+"""What `rayrt plan`, `rayrt demo` and `rayrt submit` share: planning overrides from the command
+line (``--options FILE``, ``--set KEY=VALUE``) and the printed summary of an export
+(per machine: MU, segments, QA verdict, the order's goals met or missed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rayrt.domain.errors import InputError
+
+__all__ = ["read_options", "format_summary"]
+
+
+def read_options(options_file: Path | None, settings: list[str] | None) -> dict[str, Any]:
+    """Planning overrides (PlanningRequest fields): ``options_file`` (JSON or YAML mapping), then
+    each ``KEY=VALUE`` of ``settings`` (the value read as YAML: ``num_beams=7``,
+    ``gantry_deg=[0,72,144]``, ``conversion_mode=dao``). Validation happens where the request is
+    built (:func:`rayrt.domain.planning.planning_request`)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    if options_file is not None:
+        if not options_file.is_file():
+            raise InputError(f"--options: no file {options_file}", field="options")
+        try:
+            data = yaml.safe_load(options_file.read_text(encoding="utf-8"))  # JSON is YAML
+        except yaml.YAMLError as exc:
+            raise InputError(f"--options {options_file.name} is neither JSON nor YAML: {exc}", field="options") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise InputError(f"--options {options_file.name} must hold a mapping of planning options", field="options")
+        out.update(data)
+    for item in settings or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set takes KEY=VALUE, got {item!r}", field="set")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise InputError(f"--set {key.strip()}: cannot read the value {value!r}", field="set") from None
+    return out
+
+
+def format_summary(summary: Any) -> list[str]:
+    """Lines of an export summary (:class:`rayrt.pipeline.export.ExportResult` or its JSON):
+    per machine MU, segments and QA verdict, then each goal of the order with its value."""
+    data = summary.model_dump(mode="json") if hasattr(summary, "model_dump") else json.loads(json.dumps(summary))
+    lines = []
+    for m in data.get("machines", []):
+        verdict = m.get("verdict") or "-"
+        lines.append(f"  {m['machine']:<16} {m['total_mu_per_fraction']:7.1f} MU/fx  {m['segments']:3d} segments  QA {verdict.upper()}")
+        for g in m.get("goals", []):
+            v = g.get("value_gy")
+            lines.append(f"      {'met ' if g['met'] else 'MISS'}  {g['structure']:<8} {g['goal']:<18} {v:7.2f} Gy" if v is not None
+                         else f"      ----  {g['structure']} {g['goal']}")
+        for c in m.get("failed_checks", []):
+            lines.append(f"      qa: {c}")
+    return lines

@@ -1,0 +1,181 @@
+"""Export stage: the plans as DICOM RT and their DVHs and goals, the one writer of a job's files.
+
+    export  RTSTRUCT (once), RTPLAN + RTDOSE per machine (the standard plan first), dvh.csv, and
+            summary.json (per machine: MU, segments, QA verdict, the order's goals met or missed)
+
+A converted plan that QA failed, or that its conversion did not release, is never written as
+RTPLAN/RTDOSE; the summary says why. This module is the core: no Ray, no HTTP.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from pydicom.uid import generate_uid
+
+from rayrt.domain.errors import InputError
+from rayrt.domain.order import MedicalOrder
+from rayrt.imaging.arrays import safe_name
+from rayrt.imaging.export import save_dataset, write_ct_series, write_rtdose, write_rtstruct
+from rayrt.imaging.rtplan import StructureSetRef, build_rtplan
+from rayrt.imaging.volume import Volume
+from rayrt.machines import get_machine
+from rayrt.optimize.standard import StandardPlan, dose_key
+from rayrt.pipeline.analysis import csv_bytes
+from rayrt.pipeline.conversion import ConvertedPlans, QAStage
+from rayrt.pipeline.runner import StageContext
+
+__all__ = ["export", "GoalResult", "MachineSummary", "ExportResult", "goals_of", "GOAL_TOLERANCE_GY"]
+
+
+class GoalResult(BaseModel):
+    """One DVH goal of the order on one plan."""
+
+    structure: str
+    metric: str
+    goal: str
+    value_gy: float | None
+    limit_gy: float
+    met: bool
+
+
+GOAL_TOLERANCE_GY = 1e-4
+"""A goal compares a float32 dose with its limit: a plan normalised to D95 = 50 Gy stores D95 as
+49.9999988 Gy (float32 rounding is ~4 uGy at 50 Gy). 0.1 mGy absorbs that and is clinically nil."""
+
+
+class MachineSummary(BaseModel):
+    machine: str
+    plan_id: str
+    total_mu_per_fraction: float
+    segments: int
+    verdict: str | None = None
+    failed_checks: list[str] = Field(default_factory=list)
+    goals: list[GoalResult] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+
+
+class ExportResult(BaseModel):
+    """Result of ``export``: DICOM RT per machine, DVH CSV, QA JSON and a summary (summary.json)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    machines: list[MachineSummary]
+    rtstruct: str | None = None
+    dvh_csv: str = "dvh.csv"
+    blobs: dict[str, bytes] = Field(default_factory=dict, exclude=True)
+
+    def files(self) -> dict[str, bytes]:
+        out = dict(self.blobs)
+        out["summary.json"] = self.model_dump_json(indent=1).encode()
+        return out
+
+    @classmethod
+    def from_files(cls, data: dict, read: Callable[[str], bytes]) -> "ExportResult":
+        return cls.model_validate(data)  # the DICOM files stay in the store; nothing later needs them in memory
+
+
+def goals_of(order: MedicalOrder, dvh: dict[str, dict]) -> list[GoalResult]:
+    """The order's DVH objectives as pass/fail goals on a plan's DVH (min_dvh: D_v >= dose;
+    max_dvh: D_v <= dose; max_dose: D2 <= dose; min_dose: D98 >= dose; mean_dose: mean <= dose)."""
+    out = []
+    for o in order.objectives:
+        kind = getattr(o.kind, "value", str(o.kind))
+        met = dvh.get(o.structure)
+        if met is None:
+            continue
+        if kind in ("min_dvh", "max_dvh") and o.volume_pct is not None:
+            metric, key, lower = f"D{o.volume_pct:g}", dose_key(o.volume_pct), kind == "min_dvh"
+        elif kind == "max_dose":
+            metric, key, lower = "D2", "d2_gy", False
+        elif kind == "min_dose":
+            metric, key, lower = "D98", "d98_gy", True
+        elif kind == "mean_dose":
+            metric, key, lower = "mean", "mean_gy", False
+        else:
+            continue
+        v = met.get(key)
+        if v is None:
+            continue
+        ok = v >= o.dose_gy - GOAL_TOLERANCE_GY if lower else v <= o.dose_gy + GOAL_TOLERANCE_GY
+        out.append(GoalResult(structure=o.structure, metric=metric, goal=f"{metric} {'>=' if lower else '<='} {o.dose_gy:g} Gy",
+                              value_gy=float(v), limit_gy=o.dose_gy, met=bool(ok)))
+    return out
+
+
+def _dvh_rows(label: str, dvh: dict[str, dict]) -> list[list]:
+    keys = ["volume_cc", "min_gy", "mean_gy", "max_gy", "d2_gy", "d5_gy", "d10_gy", "d50_gy", "d95_gy", "d98_gy"]
+    return [[label, n, *(f"{met.get(k, float('nan')):.4f}" for k in keys)] for n, met in dvh.items()]
+
+
+def export(study: Any, standard_plan: StandardPlan, ctx: StageContext, converted: ConvertedPlans | None = None,
+           qa: QAStage | None = None) -> ExportResult:
+    """RTSTRUCT (once), RTPLAN + RTDOSE per machine (standard included), dvh.csv, summary.json."""
+    order = standard_plan.order
+    verdicts = {r.machine: r for r in (qa.reports if qa else [])}
+
+    def _qa_failed(machine: str) -> bool:
+        rep = verdicts.get(machine)
+        return rep is not None and rep.verdict == "fail"
+
+    # a converted plan that failed QA is never released: no RTPLAN / RTDOSE, the summary says why
+    plans = [(standard_plan.plan, standard_plan.dose, standard_plan.dvh)] + [(p.plan, p.dose, p.dvh) for p in (converted.plans if converted else [])
+                                                                              if p.plan is not None and not _qa_failed(p.machine)]
+    blobs: dict[str, bytes] = {}
+    summaries = []
+    rows: list[list] = []
+    with tempfile.TemporaryDirectory(prefix="rayrt-export-") as tmp:
+        d = Path(tmp)
+        rs = d / "RS.dcm"
+        study_uid = getattr(study, "study_instance_uid", None) or generate_uid()
+        for_uid = getattr(study, "frame_of_reference_uid", None)
+        reference = study.primary
+        if not reference.meta.get("sop_instance_uids"):  # a phantom or non-DICOM image: write the CT series the RT objects reference
+            reference = Volume(reference.array, reference.grid, reference.quantity or "HU", {})
+            for f in write_ct_series(reference, d / "CT", patient_id=getattr(study, "patient_id", None) or "anonymous",
+                                     patient_name=getattr(study, "patient_name", None) or "", study_uid=study_uid, frame_of_reference_uid=for_uid):
+                blobs[f.name] = f.read_bytes()  # CT_0001.dcm ...
+        try:
+            write_rtstruct(study.structures, reference, rs, patient_id=getattr(study, "patient_id", None),
+                           patient_name=getattr(study, "patient_name", None), label="rayrt")
+            ssref = StructureSetRef.from_file(rs)
+            blobs["RS.dcm"] = rs.read_bytes()
+        except InputError:  # no structure can be written (e.g. none drawn): plans without a structure-set reference
+            ssref = None
+        for n, (plan, dose3, dvh) in enumerate(plans):
+            m = get_machine(plan.machine)
+            safe = safe_name(m.name)
+            p = plan.model_copy(update={"frame_of_reference_uid": ssref.frame_of_reference_uid if ssref else (plan.frame_of_reference_uid or for_uid)})
+            ds = build_rtplan(p, m, structure_set=ssref, patient_id=getattr(study, "patient_id", None) or None,
+                              patient_name=getattr(study, "patient_name", "") or "", study_uid=None if ssref else study_uid)
+            rp = save_dataset(ds, d / f"RP_{safe}.dcm")
+            rd = write_rtdose(Volume(np.asarray(dose3, np.float32), standard_plan.dose_grid, "dose_gy"), d / f"RD_{safe}.dcm",
+                              frame_of_reference_uid=str(ds.FrameOfReferenceUID), study_uid=str(ds.StudyInstanceUID), patient_id=str(ds.PatientID),
+                              patient_name=str(ds.PatientName), referenced_plan_uid=str(ds.SOPInstanceUID), bits=32)
+            blobs[rp.name] = rp.read_bytes()
+            blobs[rd.name] = rd.read_bytes()
+            rows += _dvh_rows(m.name, dvh)
+            rep = verdicts.get(m.name)
+            summaries.append(MachineSummary(machine=m.name, plan_id=plan.id, total_mu_per_fraction=plan.total_mu,
+                                            segments=sum(len(b.segments) for b in plan.beams), verdict=rep.verdict if rep else None,
+                                            failed_checks=[f"{c.name}: {c.status}" for c in rep.failed()] if rep else [],
+                                            goals=goals_of(order, dvh), files=[rp.name, rd.name]))
+            ctx.progress(n + 1, len(plans))
+    for p in (converted.plans if converted else []):
+        if p.plan is None:  # not released: no plan, no RTPLAN; the summary says why
+            summaries.append(MachineSummary(machine=p.machine, plan_id="", total_mu_per_fraction=0.0, segments=0, verdict="not released",
+                                            failed_checks=list(p.reasons)))
+        elif _qa_failed(p.machine):
+            rep = verdicts[p.machine]
+            summaries.append(MachineSummary(machine=p.machine, plan_id=p.plan.id, total_mu_per_fraction=p.plan.total_mu,
+                                            segments=sum(len(b.segments) for b in p.plan.beams), verdict="not released",
+                                            failed_checks=[f"QA {rep.verdict}"] + [f"{c.name}: {c.status}" for c in rep.failed()],
+                                            goals=goals_of(order, p.dvh)))
+    rank = {name: i for i, name in enumerate([standard_plan.plan.machine] + [p.machine for p in (converted.plans if converted else [])])}
+    summaries.sort(key=lambda m: rank.get(m.machine, len(rank)))  # standard first, then the requested machines in order
+    blobs["dvh.csv"] = csv_bytes(["machine", "structure", "volume_cc", "min_gy", "mean_gy", "max_gy", "d2_gy", "d5_gy", "d10_gy", "d50_gy", "d95_gy", "d98_gy"], rows)
+    return ExportResult(machines=summaries, rtstruct="RS.dcm" if "RS.dcm" in blobs else None, blobs=blobs)
