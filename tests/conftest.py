@@ -27,8 +27,22 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 SHARED = Path(os.environ.get("RAYRT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 
+from helpers.service import wait_job  # noqa: E402,F401  (until every test imports from helpers)
+from helpers.study import SMALL_ORDER, make_small_study, zip_dir  # noqa: E402,F401
+
 
 # ---------------------------------------------------------------------------- Ray + service
+@pytest.fixture(scope="session")
+def fast_planning() -> dict:
+    """The fast planning overrides every planning test uses (helpers.planning.FAST_PLANNING; a
+    copy: spread it into a new mapping rather than changing it)."""
+    import copy
+
+    from helpers.planning import FAST_PLANNING
+
+    return copy.deepcopy(FAST_PLANNING)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray for the whole test session (never attaches to another cluster)."""
@@ -98,55 +112,7 @@ def serve_app(ray_session, serve_settings):
     runtime.stop(serve_settings, shutdown_serve=False)
 
 
-def wait_job(url: str, job_id: str, timeout_s: float = 120.0) -> dict:
-    """Poll ``GET /jobs/{id}`` until the job has finished; returns its JSON."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job = httpx.get(f"{url}/jobs/{job_id}", timeout=10).json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {job['state']} after {timeout_s} s: {job}")
-        time.sleep(0.1)
-
-
 # ---------------------------------------------------------------------------- small studies
-def make_small_study(with_dose: bool = True):
-    """A synthetic study: water cylinder (BODY) with a PTV and a 'Core' organ, optional dose (Gy)."""
-    from rayrt.domain.patient import Structure, StructureKind
-    from rayrt.imaging.study import Study, StructureMask
-    from rayrt.imaging.volume import Grid, Volume
-
-    g = Grid(shape=(12, 32, 32), spacing_mm=(4.0, 4.0, 5.0), origin_mm=(-62.0, -62.0, -27.5))
-    c = g.voxel_centers_mm()
-    r = np.hypot(c[..., 0], c[..., 1])
-    body = r < 55
-    ptv = (np.hypot(c[..., 0] - 10, c[..., 1]) < 15) & (np.abs(c[..., 2]) < 15)
-    core = (np.hypot(c[..., 0] + 15, c[..., 1]) < 8) & (np.abs(c[..., 2]) < 20)
-    ct = Volume(np.where(body, 0, -1000).astype(np.int16), g, "HU", {"modality": "CT"})
-    doses = []
-    if with_dose:
-        d = 50.0 * np.exp(-((c[..., 0] - 10) ** 2 + c[..., 1] ** 2) / 800.0)
-        doses.append(Volume(d.astype(np.float32), g, "dose_gy", {}))
-    return Study(
-        patient_id="RT-TEST-1",
-        patient_name="Test^Small",
-        study_instance_uid=None,
-        frame_of_reference_uid=None,
-        series=[],
-        images={"ct": ct},
-        primary_uid="ct",
-        structures=[
-            StructureMask(Structure(name="BODY", kind=StructureKind.external), body),
-            StructureMask(Structure(name="PTV", kind=StructureKind.target), ptv),
-            StructureMask(Structure(name="Core", kind=StructureKind.organ), core),
-        ],
-        doses=doses,
-    )
-
-
 @pytest.fixture(scope="session")
 def small_study():
     return make_small_study()
@@ -162,27 +128,9 @@ def small_study_dir(tmp_path_factory, small_study):
     return d
 
 
-def zip_dir(folder: Path, zip_path: Path) -> Path:
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                z.write(p, p.relative_to(folder).as_posix())
-    return zip_path
-
-
 @pytest.fixture(scope="session")
 def small_study_zip(tmp_path_factory, small_study_dir):
     return zip_dir(small_study_dir, tmp_path_factory.mktemp("small-zip") / "study.zip")
-
-
-SMALL_ORDER = {
-    "name": "small test order",
-    "prescription": {"target": "PTV", "total_dose_gy": 50.0, "fractions": 25},
-    "objectives": [
-        {"structure": "PTV", "kind": "squared_deviation", "dose_gy": 50.0, "priority": 100},
-        {"structure": "Core", "kind": "max_dose", "dose_gy": 25.0},
-    ],
-}
 
 
 @pytest.fixture

@@ -212,11 +212,13 @@ def test_sequencing_on_the_offset_grid():
 
 def test_offset_survives_the_stage_store_round_trip():
     from rayrt import pipeline
-    from rayrt.stages import BeamletSet, BeamletSpec, PlanningRequest, beamlet_task, restore_output
+    from rayrt.domain.planning import PlanningRequest
+    from rayrt.pipeline import restore_output
+    from rayrt.pipeline.planning import BeamletSet, BeamletSpec, beamlet_task
 
     m = get_machine("standard")
     bg = beamlet_grid_for_field(BEAM, m, (-12.5, 12.5), (-10, 10), W, column_offset_mm=ISO_OFF)
-    st = next(s for s in pipeline.default_stages(["beamlets"]) if s.name == "beamlets")
+    (st,) = pipeline.recipe(["beamlets"])
     files = pipeline.write_result_files(BeamletSet(beams=[BeamletSpec.of(bg)]))
     assert json.loads(files["result.json"])["beams"][0]["column_offset_mm"] == ISO_OFF
     back = restore_output(st, lambda name: files[name]).grids()[0]

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from rayrt.contour.requests import apply_request, parse_request
+from rayrt.contour.requests import parse_request
+from rayrt.contour.structureset import apply_request
 from rayrt.contour.structureset import ContourLog, StructureSet, log_path_for
 from rayrt.contour.synthetic import dice, ellipsoid_mask, thorax_phantom
 from rayrt.domain.errors import InputError

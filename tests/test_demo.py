@@ -15,17 +15,15 @@ import pytest
 
 pytestmark = pytest.mark.ray
 
-FAST = {"num_beams": 5, "dose_grid_mm": 5.0, "bixel_mm": 5.0, "dij_cutoff_mm": 30.0, "dij_threshold": 1e-3, "fmo_iterations": 30, "dao_rounds": 1,
-        "dao_iterations": 6, "max_segments": 4, "qa_bixel_mm": 5.0,
-        "conversion_options": {"max_attempts": 1, "fmo_iterations": 20, "dao_rounds": 1, "dao_iterations": 6, "mu_refit_iterations": 15}}
-PLAN_STAGES = ["geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize", "convert", "qa", "export"]
+from rayrt.pipeline import PLANNING_STAGES as PLAN_STAGES
 
 
-def test_planning_job_over_http(serve_app, small_study_dir, small_order, tmp_path):
-    from rayrt.cli.demo import format_summary, run_demo_job
+def test_planning_job_over_http(serve_app, small_study_dir, small_order, tmp_path, fast_planning):
+    from rayrt.cli.demo import run_demo_job
+    from rayrt.cli.planning_options import format_summary
 
     lines: list[str] = []
-    res = run_demo_job(serve_app, small_study_dir, small_order, ["truebeam_m120", "synergy_mlci2"], FAST, tmp_path / "out",
+    res = run_demo_job(serve_app, small_study_dir, small_order, ["truebeam_m120", "synergy_mlci2"], fast_planning, tmp_path / "out",
                        timeout_s=600, echo=lines.append)
     job = res["job"]
     assert job["state"] == "succeeded", job
@@ -82,7 +80,7 @@ def test_rayrt_demo_end_to_end(tmp_path):
     out = tmp_path / "demo-out"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    p = subprocess.run([str(Path(sys.executable).parent / "rayrt"), "demo", "--out", str(out), "--beams", "5", "--spacing-mm", "5"],
+    p = subprocess.run([str(Path(sys.executable).parent / "rayrt"), "demo", "--out", str(out), "--set", "num_beams=5", "--spacing-mm", "5"],
                        capture_output=True, text=True, timeout=1200, env=env, cwd=Path(__file__).resolve().parents[1])
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

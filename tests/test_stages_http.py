@@ -12,23 +12,21 @@ import pytest
 
 pytestmark = pytest.mark.ray
 
-FAST = {"num_beams": 5, "dose_grid_mm": 5.0, "dij_cutoff_mm": 30.0, "dij_threshold": 1e-3, "fmo_iterations": 30, "dao_rounds": 1,
-        "dao_iterations": 6, "max_segments": 4, "qa_bixel_mm": 5.0,
-        "conversion_options": {"max_attempts": 1, "fmo_iterations": 20, "dao_rounds": 1, "dao_iterations": 6, "mu_refit_iterations": 15}}
 
 
 @pytest.fixture(scope="module")
-def planned_job(serve_app, small_study_zip):
+def planned_job(serve_app, small_study_zip, fast_planning):
     import copy
 
-    from conftest import SMALL_ORDER, wait_job
+    from helpers.service import wait_job
+    from helpers.study import SMALL_ORDER
 
     small_order = copy.deepcopy(SMALL_ORDER)
     from rayrt.cli.service import _client, upload_patient
 
     with _client(serve_app) as c:
         pid = upload_patient(c, small_study_zip)["id"]
-        job = c.post("/jobs", json={"patient_id": pid, "order": small_order, "machines": ["truebeam_m120", "versahd_agility"], "options": FAST}).json()
+        job = c.post("/jobs", json={"patient_id": pid, "order": small_order, "machines": ["truebeam_m120", "versahd_agility"], "options": fast_planning}).json()
     done = wait_job(serve_app, job["id"], timeout_s=600)
     assert done["state"] == "succeeded", done
     return done
@@ -89,7 +87,7 @@ def test_cluster_view(serve_app, planned_job):
 def test_machine_down_replans_the_booked_patient(serve_app, planned_job):
     """Book the plan on truebeam_m120, mark it down: the booking moves to another usable machine
     and the job's convert -> qa -> export run again for it (earlier stages reused)."""
-    from conftest import wait_job
+    from helpers.service import wait_job
 
     jid = planned_job["id"]
 

@@ -1,5 +1,5 @@
-"""The planning stages (rayrt.stages) in one process: the whole recipe on a small phantom,
-resuming from stored results, Dij chunking, goals."""
+"""The planning recipe (rayrt.pipeline) in one process: the whole recipe on a small phantom,
+resuming from stored results, Dij chunking, goals, the request checks."""
 
 from __future__ import annotations
 
@@ -12,24 +12,27 @@ import pytest
 from rayrt import pipeline
 from rayrt.domain.errors import InputError
 from rayrt.domain.order import parse_order
-from rayrt import stages as S
+from rayrt.domain.planning import PlanningRequest
+from rayrt.pipeline import PLANNING_STAGES, check_request, restore_output, run_recipe
+from rayrt.pipeline.conversion import conversion_options
+from rayrt.pipeline.export import goals_of
+from rayrt.pipeline.planning import chunk_plan, dij_chunk_order
 
-FAST = dict(num_beams=5, dose_grid_mm=5.0, bixel_mm=5.0, dij_cutoff_mm=30.0, dij_threshold=1e-3, fmo_iterations=40, dao_rounds=1,
-            dao_iterations=8, max_segments=5,
-            conversion_options=dict(max_attempts=1, fmo_iterations=30, dao_rounds=1, dao_iterations=8, mu_refit_iterations=20))
+from helpers.planning import FAST_PLANNING as FAST
+
 MACHINES = ["standard_twin", "synergy_mlci2"]  # a matching machine (reuse) and a convertible one (re-optimised)
 
 
 @pytest.fixture(scope="module")
 def study():
-    from conftest import make_small_study
+    from helpers.study import make_small_study
 
     return make_small_study(with_dose=False)
 
 
 @pytest.fixture(scope="module")
 def order():
-    from conftest import SMALL_ORDER
+    from helpers.study import SMALL_ORDER
 
     return parse_order(SMALL_ORDER)
 
@@ -38,22 +41,27 @@ def order():
 def planned(study, order, tmp_path_factory):
     out = tmp_path_factory.mktemp("plan-local")
     events = []
-    req = S.PlanningRequest(machines=MACHINES, **FAST)
-    res = S.plan_local(study, order, req, out_dir=out, on_event=events.append)
+    req = PlanningRequest(machines=MACHINES, **FAST)
+    res = run_recipe(study, order, req, out_dir=out, on_event=events.append)
     return res, events, out
 
 
-def test_recipe_order_and_registry():
-    names = [s.name for s in pipeline.default_stages()]
-    assert names[:3] == ["load", "structures", "dvh"]
-    assert [n for n in names if n in S.PLANNING_STAGES] == S.PLANNING_STAGES
+def test_recipe_is_one_ordered_list():
+    names = [s.name for s in pipeline.RECIPE]
+    assert names == ["load", "structures", "dvh", "geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize",
+                     "convert", "qa", "export"]
+    assert PLANNING_STAGES == names[3:]
+    assert [s.name for s in pipeline.recipe(plan=False)] == ["load", "structures", "dvh"]
+    assert [s.name for s in pipeline.recipe(["export", "load"])] == ["load", "export"]
+    with pytest.raises(InputError, match="unknown stage"):
+        pipeline.recipe(["optimise"])
 
 
 def test_all_planning_stages_run_and_store(planned):
     res, events, out = planned
     finished = [e.stage for e in events if e.kind == "finished"]
-    assert finished == ["load", "structures", *S.PLANNING_STAGES]
-    for name in S.PLANNING_STAGES:
+    assert finished == ["load", "structures", *PLANNING_STAGES]
+    for name in PLANNING_STAGES:
         if name != "problem":  # in memory only
             assert (out / name / "result.json").is_file(), name
     assert (out / "dij" / "dij.npz").is_file() and (out / "geometry" / "density.npy").is_file()
@@ -123,14 +131,14 @@ def test_resume_reuses_every_stored_stage(planned, study, order):
         d = out / st.name
         if not (d / "result.json").is_file():
             return None
-        return S.restore_output(st, lambda name: (d / name).read_bytes())
+        return restore_output(st, lambda name: (d / name).read_bytes())
 
     events = []
-    artefacts = {"source": study, "order": order, "planning": S.PlanningRequest(machines=MACHINES, **FAST)}
-    res2 = pipeline.run_stages(pipeline.default_stages(), artefacts, on_event=events.append, previous=previous)
+    artefacts = {"source": study, "order": order, "planning": PlanningRequest(machines=MACHINES, **FAST)}
+    res2 = pipeline.run_stages(pipeline.recipe(), artefacts, on_event=events.append, previous=previous)
     kinds = {e.stage: e.kind for e in events if e.kind in ("finished", "reused", "skipped")}
     assert kinds["problem"] == "finished"  # in memory only: rebuilt
-    assert all(kinds[n] == "reused" for n in S.PLANNING_STAGES if n != "problem")
+    assert all(kinds[n] == "reused" for n in PLANNING_STAGES if n != "problem")
     a, b = res["dij"].matrix, res2["dij"].matrix
     assert np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data)
     assert np.array_equal(res2["standard_plan"].dose, res["standard_plan"].dose)
@@ -138,20 +146,23 @@ def test_resume_reuses_every_stored_stage(planned, study, order):
 
 
 def test_no_planning_request_skips_planning(study, order):
-    res = pipeline.run_stages(pipeline.default_stages(), {"source": study, "order": order})
+    res = run_recipe(study, order, None)
     skipped = [e.stage for e in res.events if e.kind == "skipped"]
-    assert skipped == ["dvh", *S.PLANNING_STAGES]
+    assert skipped == ["dvh", *PLANNING_STAGES]
     assert res["exports"] is None
 
 
 def test_unknown_machine_is_an_input_error(study, order):
+    req = PlanningRequest(machines=["no_such_linac"], **FAST)
     with pytest.raises(InputError, match="unknown machine"):
-        S.plan_local(study, order, S.PlanningRequest(machines=["no_such_linac"], **FAST), stages=["load", "structures", "geometry"])
+        check_request(req)
+    with pytest.raises(InputError, match="unknown machine"):
+        run_recipe(study, order, req, stages=["load", "structures", "geometry"])
 
 
 def test_chunk_plan_never_crosses_beams_and_covers_all():
     counts = [300, 0, 125, 7]
-    chunks = S.chunk_plan(counts, free_cpus=2, chunks_per_cpu=4)
+    chunks = chunk_plan(counts, free_cpus=2, chunks_per_cpu=4)
     for b, n in enumerate(counts):
         mine = [(a, z) for bb, a, z in chunks if bb == b]
         assert sum(z - a for a, z in mine) == n
@@ -160,7 +171,7 @@ def test_chunk_plan_never_crosses_beams_and_covers_all():
             assert mine[0][0] == 0 and mine[-1][1] == n
             assert all(mine[i][1] == mine[i + 1][0] for i in range(len(mine) - 1))
     assert len(chunks) >= 8  # about free_cpus * chunks_per_cpu tasks
-    assert S.chunk_plan([10], 64) == [(0, 0, 10)]  # min chunk keeps tiny beams whole
+    assert chunk_plan([10], 64) == [(0, 0, 10)]  # min chunk keeps tiny beams whole
 
 
 def _lpt_makespan(works, cpus):
@@ -175,16 +186,16 @@ def test_chunk_plan_balances_beams_over_the_cpus():
     splits just enough to balance, and the largest-first order is what RayExecutor submits."""
     counts = [360, 339, 265, 321, 360, 376, 320, 265, 338]
     whole = _lpt_makespan([c + 16 for c in counts], 2)
-    chunks = S.chunk_plan(counts, free_cpus=2, chunks_per_cpu=2)
+    chunks = chunk_plan(counts, free_cpus=2, chunks_per_cpu=2)
     works = [z - a + 16 for _, a, z in chunks]
     ideal = sum(works) / 2
     assert _lpt_makespan(works, 2) <= 1.03 * ideal < whole
     assert len(chunks) <= len(counts) + 3  # balanced with few extra splits (each repeats the depth terms)
     # heavier beams (longer paths) get split first
-    heavy = S.chunk_plan([300, 300, 300], free_cpus=2, chunks_per_cpu=1, work_per_bixel=[1.0, 1.0, 3.0])
+    heavy = chunk_plan([300, 300, 300], free_cpus=2, chunks_per_cpu=1, work_per_bixel=[1.0, 1.0, 3.0])
     assert sum(1 for b, _, _ in heavy if b == 2) > 1
     items = [(None, None, None, None, a, z) for _, a, z in chunks]
-    order = S.dij_chunk_order(items)
+    order = dij_chunk_order(items)
     assert sorted(order) == list(range(len(chunks))) and [items[i][5] - items[i][4] for i in order] == sorted((z - a for _, a, z in chunks), reverse=True)
 
 
@@ -193,16 +204,40 @@ def test_goals_of_reads_dvh_objectives():
 
     order = tg119_order()
     dvh = {"PTV": {"d95_gy": 50.0, "d10_gy": 56.0}, "Core": {"d10_gy": 20.0}}
-    goals = {(g.structure, g.metric): g for g in S.goals_of(order, dvh)}
+    goals = {(g.structure, g.metric): g for g in goals_of(order, dvh)}
     assert goals[("PTV", "D95")].met and not goals[("PTV", "D10")].met and goals[("Core", "D10")].met
 
 
 def test_conversion_options_and_forced_mode_reach_rayrt_convert():
-    req = S.PlanningRequest(conversion_mode="dose_only", conversion_options={"max_attempts": 2, "fmo_iterations": 11})
-    opts = S.conversion_options(req)
+    req = PlanningRequest(conversion_mode="dose_only", conversion_options={"max_attempts": 2, "fmo_iterations": 11})
+    opts = conversion_options(req)
     assert opts.mode == "dose_only" and opts.max_attempts == 2 and opts.fmo_iterations == 11
-    assert S.conversion_options(S.PlanningRequest()).mode is None  # the policy chooses
-    with pytest.raises(Exception, match="no_such_option"):
-        S.PlanningRequest(conversion_options={"no_such_option": 1})
-    with pytest.raises(Exception, match="conversion_mode"):
-        S.PlanningRequest(conversion_options={"mode": "reuse"})
+    assert conversion_options(PlanningRequest()).mode is None  # the policy chooses
+    with pytest.raises(InputError, match="no_such_option") as bad:
+        check_request(PlanningRequest(conversion_options={"no_such_option": 1}))
+    assert bad.value.status == 422 and bad.value.field == "options.conversion_options.no_such_option"
+    with pytest.raises(InputError, match="conversion_mode"):
+        check_request(PlanningRequest(conversion_options={"mode": "reuse"}))
+
+
+def test_planning_defaults_come_from_configs(tmp_path):
+    """Every way in starts from configs/planning.yaml; a job's options override it field by field."""
+    import yaml
+
+    from rayrt.config import config_dir
+    from rayrt.domain.planning import planning_defaults, planning_request
+
+    defaults = yaml.safe_load((config_dir() / "planning.yaml").read_text())["planning"]
+    assert set(defaults) == set(PlanningRequest.model_fields) - {"machines", "standard_machine", "gantry_deg"}
+    assert planning_request() == PlanningRequest.model_validate(defaults)
+    req = planning_request({"num_beams": 7}, ["truebeam_m120"])
+    assert req.num_beams == 7 and req.machines == ["truebeam_m120"] and req.fmo_iterations == defaults["fmo_iterations"]
+    other = tmp_path / "planning.yaml"
+    other.write_text("planning:\n  fmo_iterations: 17\n")
+    assert planning_request(defaults_path=other).fmo_iterations == 17
+    with pytest.raises(InputError) as bad:
+        planning_request({"num_beams": 0})
+    assert bad.value.status == 422 and bad.value.field == "options.num_beams"
+    other.write_text("planning:\n  no_such_field: 1\n")
+    with pytest.raises(InputError, match="no_such_field"):
+        planning_request(defaults_path=other)

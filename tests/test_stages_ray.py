@@ -1,4 +1,4 @@
-"""The planning stages on the session's Ray: the Dij fanned out as tasks (per beam x chunk, density
+"""The planning recipe on the session's Ray: the Dij fanned out as tasks (per beam x chunk, density
 put once) is bit-for-bit the single-process matrix."""
 
 from __future__ import annotations
@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rayrt import stages as S
+from rayrt.domain.planning import PlanningRequest
+from rayrt.pipeline import run_recipe
+from rayrt.pipeline.planning import chunk_plan
 
 pytestmark = pytest.mark.ray
 
@@ -16,14 +18,14 @@ UP_TO_DIJ = ["load", "structures", "geometry", "beamlets", "dij"]
 
 @pytest.fixture(scope="module")
 def study():
-    from conftest import make_small_study
+    from helpers.study import make_small_study
 
     return make_small_study(with_dose=False)
 
 
 @pytest.fixture(scope="module")
 def order():
-    from conftest import SMALL_ORDER
+    from helpers.study import SMALL_ORDER
 
     return SMALL_ORDER
 
@@ -42,7 +44,7 @@ def test_ray_fanout_dij_equals_single_process(ray_session, study, order):
     from rayrt.service.controlled import RayExecutor
 
     ex = RayExecutor()
-    res = S.plan_local(study, order, S.PlanningRequest(**REQ), stages=UP_TO_DIJ, executor=ex)
+    res = run_recipe(study, order, PlanningRequest(**REQ), stages=UP_TO_DIJ, executor=ex)
     shared = res.artefacts["_shared"]
     assert isinstance(shared["density"], ray.ObjectRef)  # the density went through the object store once
     assert isinstance(shared["mask:PTV"], ray.ObjectRef)
@@ -54,7 +56,7 @@ def test_ray_fanout_dij_equals_single_process(ray_session, study, order):
     single = hstack_exact([compute_dij(geo.density_volume(), geo.dose_grid, g, m, cutoff_mm=30.0, threshold=1e-3) for g in bs.grids()])
     assert _same(d.matrix, single)
 
-    local = S.plan_local(study, order, S.PlanningRequest(**REQ), stages=UP_TO_DIJ)
+    local = run_recipe(study, order, PlanningRequest(**REQ), stages=UP_TO_DIJ)
     assert _same(local["dij"].matrix, d.matrix)
 
 
@@ -62,7 +64,7 @@ def test_ray_chunks_use_free_cpus(ray_session):
     from rayrt.service.controlled import RayExecutor
 
     ex = RayExecutor()
-    n = S._free_cpus(ex)
+    n = ex.available_cpus()
     assert 1 <= n <= 2  # the session Ray has 2 CPUs
-    chunks = S.chunk_plan([400, 400], n, chunks_per_cpu=2)
+    chunks = chunk_plan([400, 400], n, chunks_per_cpu=2)
     assert len(chunks) >= 2 * n - 1

@@ -4,7 +4,7 @@
 
     auto | grow | interpolate | margin | boolean | ring | polygons | pet_threshold | edit
 
-:func:`apply_request` applies one request to a :class:`~rayrt.contour.structureset.StructureSet`
+:func:`rayrt.contour.structureset.apply_request` applies one request to a :class:`~rayrt.contour.structureset.StructureSet`
 (or to a loaded :class:`rayrt.imaging.study.Study`) and returns the summaries of the structures it
 created or changed. It is the core API behind ``rayrt contour ...`` and
 ``POST /patients/{id}/structures``. A request either succeeds completely or raises
@@ -491,26 +491,3 @@ def execute(ss: "StructureSet", request: BaseModel) -> Execution:
     if ex.resolved is None:
         ex.resolved = request.model_dump(mode="json")
     return ex
-
-
-def apply_request(target: Any, request: BaseModel | dict[str, Any] | str, *, user: str = "") -> list[StructureSummary]:
-    """Apply one delineation request and return the summaries of the structures it made or changed.
-
-    ``target`` is a :class:`~rayrt.contour.structureset.StructureSet` (kept and updated, with its
-    operations log) or a ``Study`` from :func:`rayrt.imaging.study.load_study` (a structure set is
-    built from it, and ``study.structures`` is replaced by the updated list). ``request`` is a
-    ``ContourRequest`` model, or its JSON text / object. Raises :class:`InputError` on bad input,
-    with nothing changed.
-    """
-    from rayrt.contour.structureset import StructureSet
-
-    req = request if isinstance(request, BaseModel) else parse_request(request)
-    if isinstance(target, StructureSet):
-        return target.apply(req, user=user)
-    ss = StructureSet.from_study(target)
-    out = ss.apply(req, user=user)
-    try:
-        target.structures = ss.to_structure_masks()
-    except (AttributeError, TypeError, ValueError):  # a frozen study: the caller keeps using ss
-        pass
-    return out

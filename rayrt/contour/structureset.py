@@ -20,9 +20,12 @@ import numpy as np
 from pydantic import BaseModel, Field, JsonValue
 
 from rayrt.contour.config import ContourConfig
-from rayrt.contour.requests import CONTOUR_REQUEST_ADAPTER, StructureSummary, execute
+from rayrt.contour.requests import CONTOUR_REQUEST_ADAPTER, StructureSummary, execute, parse_request
 from rayrt.domain.errors import InputError
 from rayrt.domain.patient import Structure
+from rayrt.imaging.dicom_io import read_rtstruct
+from rayrt.imaging.export import write_rtstruct
+from rayrt.imaging.study import StructureMask, structure_masks_from_rtstruct
 from rayrt.imaging.volume import Grid, Volume
 
 IMPORT_METHOD = "import"
@@ -125,9 +128,6 @@ class StructureSet:
         All-or-nothing: a frame of reference other than the image's, or a name that exists
         (without ``overwrite``), raises :class:`InputError` before anything is added.
         """
-        from rayrt.imaging.dicom_io import read_rtstruct
-        from rayrt.imaging.study import structure_masks_from_rtstruct
-
         rs = read_rtstruct(path)
         if rs.frame_of_reference_uid and self.frame_of_reference_uid and rs.frame_of_reference_uid != self.frame_of_reference_uid:
             raise InputError(f"{Path(path).name} is on another frame of reference than the image; it cannot be imported", kind="rtstruct", field=str(path))
@@ -318,16 +318,12 @@ class StructureSet:
         return self.replay(list(reversed(needed))).require(name).copy()
 
     # -------------------------------------------------------------------- export
-    def to_structure_masks(self) -> list[Any]:
-        """The structures as ``rayrt.imaging.study.StructureMask`` items (for ``write_rtstruct``)."""
-        from rayrt.imaging.study import StructureMask
-
+    def to_structure_masks(self) -> list[StructureMask]:
+        """The structures as :class:`rayrt.imaging.study.StructureMask` items (for ``write_rtstruct``)."""
         return [StructureMask(structure=self._structures[n], mask=self._masks[n]) for n in self.names]
 
     def write_rtstruct(self, path: str | Path, **kwargs: Any) -> Path:
         """Write all structures as an RTSTRUCT on the primary image and the log beside it (``*.contour_log.json``)."""
-        from rayrt.imaging.export import write_rtstruct
-
         p = Path(path)
         out = write_rtstruct(self.to_structure_masks(), self.image, p, **kwargs)
         self.save_log(log_path_for(p))
@@ -342,3 +338,24 @@ def log_path_for(rtstruct_path: str | Path) -> Path:
 
 def dumps_summaries(summaries: list[StructureSummary]) -> str:
     return json.dumps([s.model_dump(mode="json") for s in summaries], indent=2)
+
+
+def apply_request(target: Any, request: BaseModel | dict[str, Any] | str, *, user: str = "") -> list[StructureSummary]:
+    """Apply one delineation request and return the summaries of the structures it made or changed.
+
+    ``target`` is a :class:`~rayrt.contour.structureset.StructureSet` (kept and updated, with its
+    operations log) or a ``Study`` from :func:`rayrt.imaging.study.load_study` (a structure set is
+    built from it, and ``study.structures`` is replaced by the updated list). ``request`` is a
+    ``ContourRequest`` model, or its JSON text / object. Raises :class:`InputError` on bad input,
+    with nothing changed.
+    """
+    req = request if isinstance(request, BaseModel) else parse_request(request)
+    if isinstance(target, StructureSet):
+        return target.apply(req, user=user)
+    ss = StructureSet.from_study(target)
+    out = ss.apply(req, user=user)
+    try:
+        target.structures = ss.to_structure_masks()
+    except (AttributeError, TypeError, ValueError):  # a frozen study: the caller keeps using ss
+        pass
+    return out

@@ -28,8 +28,9 @@ from rayrt.optimize.standard import StandardPlan, dose_key
 from rayrt.pipeline.analysis import csv_bytes
 from rayrt.pipeline.conversion import ConvertedPlans, QAStage
 from rayrt.pipeline.runner import StageContext
+from rayrt.qa.checks import GOAL_TOLERANCE_GY
 
-__all__ = ["export", "GoalResult", "MachineSummary", "ExportResult", "goals_of", "GOAL_TOLERANCE_GY"]
+__all__ = ["export", "GoalResult", "MachineSummary", "ExportResult", "goals_of"]
 
 
 class GoalResult(BaseModel):
@@ -41,11 +42,6 @@ class GoalResult(BaseModel):
     value_gy: float | None
     limit_gy: float
     met: bool
-
-
-GOAL_TOLERANCE_GY = 1e-4
-"""A goal compares a float32 dose with its limit: a plan normalised to D95 = 50 Gy stores D95 as
-49.9999988 Gy (float32 rounding is ~4 uGy at 50 Gy). 0.1 mGy absorbs that and is clinically nil."""
 
 
 class MachineSummary(BaseModel):

@@ -18,7 +18,7 @@ scaling) and starts from uniform beamlet weights scaled so the mean target dose 
 prescription (50 Gy); the row subset of the Dij (``problem_from_voxel_groups``, reported as
 ``row_subset_s``) is not timed, as pyRadPlan's own Dij preparation is not.
 
-``--pipeline``: `plan_standard` (what `rayrt plan` runs) on TG119.mat (``mat``) and/or the built-in
+``--pipeline``: the planning recipe (what `rayrt plan` runs, rayrt.pipeline.run_recipe) on TG119.mat (``mat``) and/or the built-in
 TG-119 phantom (``builtin``), standard machine, the TG-119 goal order
 (rayrt.optimize.recipes.tg119_goal_order), max 15 segments per beam; setup A = 5 beams, 5 mm dose
 grid; B = 9 beams, 3 mm; Q = 9 beams, 5 mm (the plan-quality check); H = Q with
@@ -165,9 +165,11 @@ SETUPS = {"A": ([0.0, 72.0, 144.0, 216.0, 288.0], 5.0), "B": ([float(a) for a in
 
 
 def pipeline(setup: str, case: str, sequencer: str) -> dict:
-    from rayrt.machines import get_machine
-    from rayrt.optimize.planner import PlanningOptions, plan_standard
+    """The planning recipe (what `rayrt plan`, a service job and the demo run) up to the standard
+    plan, on the case with the setup's beams and grid, at most 15 segments per beam."""
+    from rayrt.domain.planning import planning_request
     from rayrt.optimize.recipes import tg119_goal_order, tg119_hard_goal_order
+    from rayrt.pipeline import StageEvent, run_recipe
 
     if setup == "H":  # aim at the hard goal: core pushed harder, longer FMO and DAO
         tg119_goal_order = tg119_hard_goal_order  # noqa: F811
@@ -188,30 +190,44 @@ def pipeline(setup: str, case: str, sequencer: str) -> dict:
         order = tg119_goal_order()
         tgt = "PTV"
     angles, grid_mm = SETUPS[setup]
+    req = planning_request({"gantry_deg": angles, "dose_grid_mm": grid_mm, "max_segments": 15, "sequencer": sequencer,
+                            "fmo_iterations": 600 if setup == "H" else 400, "dao_rounds": 8 if setup == "H" else 4, "dao_iterations": 60}, [])
+    seconds: dict[str, float] = {}
+    started: dict[str, float] = {}
+
+    def on_event(ev: StageEvent) -> None:
+        if ev.kind == "started":
+            started[ev.stage] = time.perf_counter()
+        elif ev.kind == "finished" and ev.stage in started:
+            seconds[ev.stage] = time.perf_counter() - started[ev.stage]
+
     t0 = time.perf_counter()
-    res = plan_standard(study, order, get_machine("standard"), angles,
-                        PlanningOptions(dose_grid_mm=grid_mm, max_segments=15, sequencer=sequencer,
-                                        fmo_iterations=600 if setup == "H" else 400, dao_rounds=8 if setup == "H" else 4))
+    res = run_recipe(study, order, req, stages=["load", "geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize"],
+                     on_event=on_event)
     wall = time.perf_counter() - t0
-    rep = res.report
-    st = {s["name"]: s for s in rep["stages"]}
-    dvh = rep["dvh"]
+    std = res["standard_plan"]
+    dvh = std.dvh
+    from rayrt.machines import get_machine
+    from rayrt.qa.deliverability import check_plan
+
+    deliv = check_plan(std.plan, get_machine(std.plan.machine))
     goals = {"target_d95_gy": dvh[tgt]["d95_gy"], "target_d10_gy": dvh[tgt]["d10_gy"], "core_d10_gy": dvh["Core"]["d10_gy"]}
     goals["easy_goals_met"] = bool(goals["target_d95_gy"] >= 50 - 1e-3 and goals["target_d10_gy"] <= 55 and goals["core_d10_gy"] <= 25)
     goals["hard_goal_met"] = bool(goals["easy_goals_met"] and goals["core_d10_gy"] <= 10)
     n = len(angles)
+    fl = res["fluence"]
     out = {
         "setup": setup, "case": case, "sequencer": sequencer, "beams": n, "dose_grid_mm": grid_mm, "wall_s": wall,
-        "stages": {k: {"seconds": v["seconds"], "peak_rss_mib": v["peak_rss_mib"]} for k, v in st.items()},
-        "dij": st["dij"]["detail"], "fmo": {k: st["fmo"]["detail"].get(k) for k in ("objective", "iterations", "evaluations", "max_violation_gy")},
-        "sequencing_plus_dao_per_beam_s": (st["sequencing"]["seconds"] + st["dao"]["seconds"]) / n,
-        "sequencing_per_beam_s": st["sequencing"]["seconds"] / n, "dao_per_beam_s": st["dao"]["seconds"] / n,
-        "segments": rep["num_segments"], "mu_per_fraction": rep["total_mu_per_fraction"],
-        "deliverable": rep["deliverability"]["deliverable"], "goals": goals,
-        "memory_method": rep["memory_method"], "load_avg_1min": machine_info()["load_avg_1min"],
+        "stages": {k: {"seconds": v} for k, v in seconds.items()},
+        "dij": {"nnz": res["dij"].nnz, "bixels": res["dij"].num_bixels, "voxels": res["dij"].num_voxels},
+        "fmo": {"objective": fl.objective, "iterations": fl.iterations, "evaluations": fl.evaluations, "max_violation_gy": fl.max_violation_gy},
+        "sequencing_plus_dao_per_beam_s": (seconds["sequence"] + seconds["dao"]) / n,
+        "sequencing_per_beam_s": seconds["sequence"] / n, "dao_per_beam_s": seconds["dao"] / n,
+        "segments": sum(len(b.segments) for b in std.plan.beams), "mu_per_fraction": std.plan.total_mu,
+        "deliverable": deliv.deliverable, "goals": goals, "load_avg_1min": machine_info()["load_avg_1min"],
     }
-    print_table(["stage", "time (s)", "peak RSS (MiB)"], [[k, v["seconds"], v["peak_rss_mib"]] for k, v in out["stages"].items()],
-                title=f"rayrt plan, setup {setup} ({case}, {n} beams, {grid_mm} mm): {out['segments']} segments, "
+    print_table(["stage", "time (s)"], [[k, v["seconds"]] for k, v in out["stages"].items()],
+                title=f"planning recipe, setup {setup} ({case}, {n} beams, {grid_mm} mm): {out['segments']} segments, "
                       f"target D95 {goals['target_d95_gy']:.2f} D10 {goals['target_d10_gy']:.2f}, core D10 {goals['core_d10_gy']:.2f} Gy, "
                       f"deliverable {out['deliverable']}")
     return out

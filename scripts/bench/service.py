@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench/service.py [--quick] [--skip a,b,c]
 
-(a) the TG-119 demo job (rayrt.cli.demo settings: 9 beams, 5 mm dose grid, 3 target machines)
+(a) the TG-119 demo job (the configured planning defaults, configs/planning.yaml; 3 target machines)
     through HTTP end to end on a fresh local Ray + Serve, with the time of every stage;
 (b) beamlet dose (the ``dij`` stage, TG-119, 9 beams) fanned out as Ray tasks (1 CPU, 1 numba
     thread each, density put once; chunks balanced over the free CPUs by estimated work and
@@ -49,13 +49,13 @@ MACHINES = ["truebeam_m120", "versahd_agility", "synergy_mlci2"]
 
 # ---------------------------------------------------------------------------- (b) Dij
 def _dij_request(**kw):
-    from rayrt.stages import PlanningRequest
+    from rayrt.domain.planning import planning_request
 
-    return PlanningRequest(machines=[], num_beams=9, dose_grid_mm=5.0, bixel_mm=5.0, **kw)
+    return planning_request({"num_beams": 9, "dose_grid_mm": 5.0, "bixel_mm": 5.0, **kw}, [])
 
 
 def _time_dij(study, order, req, executor=None) -> tuple[float, object]:
-    from rayrt.stages import plan_local
+    from rayrt.pipeline import run_recipe
 
     t: dict[str, float] = {}
 
@@ -65,7 +65,7 @@ def _time_dij(study, order, req, executor=None) -> tuple[float, object]:
         if e.stage == "dij" and e.kind == "finished":
             t["b"] = time.perf_counter()
 
-    res = plan_local(study, order, req, stages=["load", "structures", "geometry", "beamlets", "dij"], executor=executor, on_event=ev)
+    res = run_recipe(study, order, req, stages=["load", "structures", "geometry", "beamlets", "dij"], executor=executor, on_event=ev)
     return t["b"] - t["a"], res
 
 
@@ -89,10 +89,11 @@ def single_process_in_task(study, order, req, runs: int = 2) -> float:
 def _dij_items(spacing: float, procs: int):
     """The ``dij`` stage's chunk items for the benchmark case (same chunk plan as the stage on ``procs`` CPUs)."""
     from rayrt.imaging.phantoms import tg119_order, tg119_phantom
-    from rayrt.stages import beam_path_mm, chunk_plan, plan_local
+    from rayrt.pipeline import run_recipe
+    from rayrt.pipeline.planning import beam_path_mm, chunk_plan
 
     req = _dij_request()
-    res = plan_local(tg119_phantom(spacing), tg119_order(), req, stages=["load", "structures", "geometry", "beamlets"])
+    res = run_recipe(tg119_phantom(spacing), tg119_order(), req, stages=["load", "structures", "geometry", "beamlets"])
     geometry, bset = res["geometry"], res["beamlet_set"]
     work = [50.0 + beam_path_mm(geometry, b.beam, geometry.standard_machine) for b in bset.beams]
     chunks = chunk_plan(bset.counts, procs, req.chunks_per_cpu, work_per_bixel=[w / max(work) for w in work])
@@ -106,7 +107,7 @@ def _ceiling_worker(spacing: float, procs: int, rank: int, barrier, queue) -> No
     set-up and a warm-up run first, then all processes start together at the barrier."""
     import numba
 
-    from rayrt.stages import dij_chunk_order, dij_chunk_task
+    from rayrt.pipeline.planning import dij_chunk_order, dij_chunk_task
 
     numba.set_num_threads(1)
     items, dens = _dij_items(spacing, procs)
@@ -278,7 +279,8 @@ def _stop_service(settings) -> float:
 
 
 def bench_demo_job(work: Path) -> dict:
-    from rayrt.cli.demo import DEMO_PLANNING, run_demo_job
+    from rayrt.cli.demo import run_demo_job
+    from rayrt.domain.planning import planning_request
     from rayrt.imaging.phantoms import tg119_order, write_tg119
 
     t0 = time.perf_counter()
@@ -287,11 +289,12 @@ def bench_demo_job(work: Path) -> dict:
         t = time.perf_counter()
         case = write_tg119(work / "tg119", 4.0)
         t_ph = time.perf_counter() - t
-        res = run_demo_job(url, case, tg119_order().model_dump(mode="json"), MACHINES, dict(DEMO_PLANNING), work / "out-a", echo=lambda s: None)
+        res = run_demo_job(url, case, tg119_order().model_dump(mode="json"), MACHINES, {}, work / "out-a", echo=lambda s: None)
         import httpx
 
         rec = httpx.get(f"{url}/jobs/{res['job']['id']}/results/convert/result.json", timeout=30).json()
-        conv = {"options": DEMO_PLANNING.get("conversion_options"), "mode_forced": DEMO_PLANNING.get("conversion_mode"),
+        req = planning_request({}, MACHINES)  # the demo plans with the configured defaults, like every job
+        conv = {"options": req.conversion_options, "mode_forced": req.conversion_mode,
                 "per_machine": [{"machine": p["machine"], "seconds": p["seconds"], "status": p["status"], "mode": p["mode"], "coincidence": p["coincidence"],
                                  "attempts": [(a["mode"], a["verdict"], a["gamma_vs_standard_pct"], a["seconds"]) for a in p["attempts"]]}
                                 for p in rec["plans"]]}
