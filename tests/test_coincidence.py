@@ -16,8 +16,7 @@ from rayrt.convert.coincidence import (
 )
 from rayrt.domain.errors import InputError
 from rayrt.domain.machine import JawModel, MLCModel
-
-from test_rtplan import elekta, halcyon, make_plan, varian  # noqa: E402
+from tests.test_rtplan import elekta, halcyon, make_plan, varian
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = load_conversion_config(ROOT / "configs" / "conversion.yaml")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -15,9 +14,9 @@ import pytest
 from rayrt.domain.plan import Beam, Plan, Segment
 from rayrt.dose.aperture import aperture_beamlet_grid, aperture_dose, aperture_fluence, segment_equivalent_square_mm
 from rayrt.dose.geometry import BeamletGrid, beamlet_grid_for_field
-from rayrt.machines import get_machine
 from rayrt.imaging.rtplan import read_rtplan, write_rtplan
 from rayrt.imaging.volume import Grid, Volume
+from rayrt.machines import get_machine
 from rayrt.optimize.sequencing.base import to_segment
 
 STEP = 0.05  # mm: brute-force sampling step; every edge below is a multiple of it, so the block means are exact
@@ -88,7 +87,8 @@ def _grids(machine, rng):
     g = beamlet_grid_for_field(BEAM, machine, (-35.0, 30.0), (-50.0, 50.0), 2.5)
     fine = np.unique(np.concatenate([[-50.0, 50.0], _q(rng.uniform(-50, 50, 14)), [-35.0, 35.0]]))
     cols = np.arange(-14, 12)
-    g2 = BeamletGrid(BEAM, machine.name, 2.5, fine, np.repeat(np.arange(fine.size - 1), cols.size), np.tile(cols, fine.size - 1))
+    g2 = BeamletGrid(BEAM, machine.name, 2.5, fine, np.repeat(np.arange(fine.size - 1), cols.size),
+                     np.tile(cols, fine.size - 1))
     return [g, g2]
 
 
@@ -96,7 +96,7 @@ def _grids(machine, rng):
 def test_aperture_fluence_is_exact_on_any_rows(name, make):
     """Both Halcyon layers / Y jaws trimming 10 mm pairs: the bixel fluence equals the brute-force
     mean transmission x MU x Sc, on leaf rows and on sub-rows; conversion uses the same function."""
-    from rayrt.convert.convert import segments_fluence_on_bixels
+    from rayrt.convert.fluence import segments_fluence_on_bixels
 
     m = get_machine(name)
     rng = np.random.default_rng(7)
@@ -119,11 +119,13 @@ def test_halcyon_open_only_where_both_layers_are_open():
     f = aperture_fluence(g, [seg], m).reshape(-1, 2) / sc
     rows = {float(y): r for r, y in enumerate(g.row_edges_mm[g.rows[::2]])}
     assert np.allclose(f[rows[-30.0]], 1.0) and np.allclose(f[rows[30.0]], 1.0)  # both layers open
-    assert np.allclose(f[rows[-40.0]], t) and np.allclose(f[rows[35.0]], t)  # distal pair open, proximal closed: one layer
+    # distal pair open, proximal closed: one layer
+    assert np.allclose(f[rows[-40.0]], t) and np.allclose(f[rows[35.0]], t)
     assert np.allclose(f[rows[-50.0]], t * t) and np.allclose(f[rows[45.0]], t * t)  # both closed
     # without the proximal layer the distal field ends at -40 / +40 (what a distal-only RTPLAN delivered)
     distal_only = seg.model_copy(update={"x1_proximal_mm": None, "x2_proximal_mm": None})
-    f0 = aperture_fluence(g, [distal_only], m).reshape(-1, 2) / float(m.beam.head_scatter_at(segment_equivalent_square_mm(distal_only, m)))
+    sc0 = float(m.beam.head_scatter_at(segment_equivalent_square_mm(distal_only, m)))
+    f0 = aperture_fluence(g, [distal_only], m).reshape(-1, 2) / sc0
     assert np.allclose(f0[rows[-40.0]], 1.0) and np.allclose(f0[rows[35.0]], 1.0)
 
 
@@ -135,13 +137,17 @@ def test_aperture_grid_splits_rows_only_where_the_field_ends_inside_one():
     assert -35.0 in g.row_edges_mm and 32.55 in np.round(g.row_edges_mm, 6)  # the trimmed ends are row edges
     assert np.all(np.diff(g.row_edges_mm) > 0)
     on_pairs = seg.model_copy(update={"jaw_y_mm": (-40.0, 40.0)})  # jaws on leaf boundaries: the plain leaf-pair grid
-    g0, g1 = aperture_beamlet_grid(BEAM, [on_pairs], mlci2), beamlet_grid_for_field(BEAM, mlci2, (-37.5, 32.5), (-50.0, 50.0), 2.5)
-    assert np.array_equal(g0.row_edges_mm, g1.row_edges_mm) and np.array_equal(g0.rows, g1.rows) and np.array_equal(g0.cols, g1.cols)
+    g0 = aperture_beamlet_grid(BEAM, [on_pairs], mlci2)
+    g1 = beamlet_grid_for_field(BEAM, mlci2, (-37.5, 32.5), (-50.0, 50.0), 2.5)
+    assert np.array_equal(g0.row_edges_mm, g1.row_edges_mm) and np.array_equal(g0.rows, g1.rows)
+    assert np.array_equal(g0.cols, g1.cols)
     hs = halcyon_segment(rng)  # the proximal boundaries lie on the Halcyon's 5 mm rows: nothing to split
     gh = aperture_beamlet_grid(BEAM, [hs], hal)
     assert np.array_equal(gh.row_edges_mm, beamlet_grid_for_field(BEAM, hal, (0, 1), (0, 1)).row_edges_mm)
-    s = Segment(x1_mm=[-20.0] * std.mlc.num_pairs, x2_mm=[20.0] * std.mlc.num_pairs, jaw_x_mm=(-20.0, 20.0), jaw_y_mm=(-20.0, 20.0), mu=1)
-    assert np.array_equal(aperture_beamlet_grid(BEAM, [s], std).row_edges_mm, beamlet_grid_for_field(BEAM, std, (0, 1), (0, 1)).row_edges_mm)
+    s = Segment(x1_mm=[-20.0] * std.mlc.num_pairs, x2_mm=[20.0] * std.mlc.num_pairs, jaw_x_mm=(-20.0, 20.0),
+                jaw_y_mm=(-20.0, 20.0), mu=1)
+    assert np.array_equal(aperture_beamlet_grid(BEAM, [s], std).row_edges_mm,
+                          beamlet_grid_for_field(BEAM, std, (0, 1), (0, 1)).row_edges_mm)
 
 
 def _half_max_edges(profile: np.ndarray, z: np.ndarray) -> tuple[float, float]:
@@ -170,10 +176,12 @@ def test_aperture_dose_field_ends_follow_the_proximal_layer_and_jaws(name):
     else:
         seg = Segment(x1_mm=x1.tolist(), x2_mm=x2.tolist(), jaw_x_mm=(-20.0, 20.0), jaw_y_mm=(-35.0, 35.0), mu=10.0)
         distal_only = seg.model_copy(update={"jaw_y_mm": (-40.0, 40.0)})
-    line = Grid(shape=(81, 1, 1), spacing_mm=(5.0, 5.0, 1.25), origin_mm=(0.0, 100.0, -50.0))  # along z (IEC Y at gantry 0) at depth 100 mm
+    # along z (IEC Y at gantry 0) at depth 100 mm
+    line = Grid(shape=(81, 1, 1), spacing_mm=(5.0, 5.0, 1.25), origin_mm=(0.0, 100.0, -50.0))
     z = -50.0 + 1.25 * np.arange(81)
     lo, hi = _half_max_edges(aperture_dose(water, line, BEAM, [seg], m).ravel(), z)
-    assert abs(lo + 35.0) < 0.5 and abs(hi - 35.0) < 0.5, (lo, hi)  # leaf-pair rows averaged over the pair: ~0.8 mm off (MLCi2)
+    # leaf-pair rows averaged over the pair would be ~0.8 mm off (MLCi2)
+    assert abs(lo + 35.0) < 0.5 and abs(hi - 35.0) < 0.5, (lo, hi)
     lo0, hi0 = _half_max_edges(aperture_dose(water, line, BEAM, [distal_only], m).ravel(), z)
     assert abs(lo0 + 40.0) < 0.5 and abs(hi0 - 40.0) < 0.5, (lo0, hi0)
 
@@ -195,41 +203,50 @@ def test_rtplan_carries_both_layers_and_round_trips_exactly(tmp_path):
     ds = pydicom.dcmread(path)
     devs = {d.RTBeamLimitingDeviceType: d for d in ds.BeamSequence[0].BeamLimitingDeviceSequence}
     assert list(devs) == ["MLCX1", "MLCX2"]
-    assert int(devs["MLCX1"].NumberOfLeafJawPairs) == 28 and [float(v) for v in devs["MLCX1"].LeafPositionBoundaries][::28] == [-140.0, 140.0]
-    assert int(devs["MLCX2"].NumberOfLeafJawPairs) == 29 and [float(v) for v in devs["MLCX2"].LeafPositionBoundaries][::29] == [-145.0, 145.0]
+    assert int(devs["MLCX1"].NumberOfLeafJawPairs) == 28
+    assert [float(v) for v in devs["MLCX1"].LeafPositionBoundaries][::28] == [-140.0, 140.0]
+    assert int(devs["MLCX2"].NumberOfLeafJawPairs) == 29
+    assert [float(v) for v in devs["MLCX2"].LeafPositionBoundaries][::29] == [-145.0, 145.0]
     for cp in ds.BeamSequence[0].ControlPointSequence:  # both layers in every control point
         assert [p.RTBeamLimitingDeviceType for p in cp.BeamLimitingDevicePositionSequence] == ["MLCX1", "MLCX2"]
-    pos = {p.RTBeamLimitingDeviceType: [float(v) for v in p.LeafJawPositions] for p in ds.BeamSequence[0].ControlPointSequence[0].BeamLimitingDevicePositionSequence}
+    cp0 = ds.BeamSequence[0].ControlPointSequence[0]
+    pos = {p.RTBeamLimitingDeviceType: [float(v) for v in p.LeafJawPositions]
+           for p in cp0.BeamLimitingDevicePositionSequence}
     s0 = plan.beams[0].segments[0]
     assert pos["MLCX2"] == s0.x1_proximal_mm + s0.x2_proximal_mm and pos["MLCX1"] == s0.x1_mm + s0.x2_mm
     imp = read_rtplan(path, [get_machine(n) for n in ("standard", "synergy_mlci2", "halcyon")])
     assert imp.machine.name == m.name
     for b0, b1 in zip(plan.beams, imp.plan.beams):
         for a, c in zip(b0.segments, b1.segments):
-            assert (c.x1_mm, c.x2_mm, c.x1_proximal_mm, c.x2_proximal_mm) == (a.x1_mm, a.x2_mm, a.x1_proximal_mm, a.x2_proximal_mm)
+            assert (c.x1_mm, c.x2_mm) == (a.x1_mm, a.x2_mm)
+            assert (c.x1_proximal_mm, c.x2_proximal_mm) == (a.x1_proximal_mm, a.x2_proximal_mm)
             assert c.mu == pytest.approx(a.mu, abs=1e-4)
         g = aperture_beamlet_grid(b0, b0.segments, m)
         np.testing.assert_allclose(aperture_fluence(g, b1.segments, m), aperture_fluence(g, b0.segments, m), rtol=1e-5)
-    assert imp.plan.beams[0].segments[2].x1_proximal_mm is None  # the parked-open proximal layer reads back as "not used"
+    # the parked-open proximal layer reads back as "not used"
+    assert imp.plan.beams[0].segments[2].x1_proximal_mm is None
     # a single-layer (distal only) RTPLAN of the same machine still imports as before
     ds1 = pydicom.dcmread(path)
     for beam in ds1.BeamSequence:
-        beam.BeamLimitingDeviceSequence = [d for d in beam.BeamLimitingDeviceSequence if d.RTBeamLimitingDeviceType == "MLCX1"]
+        beam.BeamLimitingDeviceSequence = [d for d in beam.BeamLimitingDeviceSequence
+                                           if d.RTBeamLimitingDeviceType == "MLCX1"]
         beam.BeamLimitingDeviceSequence[0].RTBeamLimitingDeviceType = "MLCX"
         for cp in beam.ControlPointSequence:
-            cp.BeamLimitingDevicePositionSequence = [p for p in cp.BeamLimitingDevicePositionSequence if p.RTBeamLimitingDeviceType == "MLCX1"]
+            cp.BeamLimitingDevicePositionSequence = [p for p in cp.BeamLimitingDevicePositionSequence
+                                                     if p.RTBeamLimitingDeviceType == "MLCX1"]
             cp.BeamLimitingDevicePositionSequence[0].RTBeamLimitingDeviceType = "MLCX"
     seg1 = read_rtplan(ds1, [m]).plan.beams[0].segments[0]
     assert seg1.x1_mm == s0.x1_mm and seg1.x1_proximal_mm is None
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (apt-get install -y dicom3tools)")
-def test_dual_layer_rtplan_in_the_output_folder_passes_dciodvfy(tmp_path):
-    """write_plan_folder writes the dual-layer RTPLAN (no side files any more); dciodvfy -new finds
+def test_dual_layer_rtplan_with_its_structure_set_passes_dciodvfy(tmp_path):
+    """The RTPLAN the export stage writes (rayrt.imaging.rtplan.build_rtplan with the structure set it
+    references, saved by rayrt.imaging.export.save_dataset) carries both layers; dciodvfy -new finds
     no error in it but the unknown dual-layer device types MLCX1/MLCX2 (see tests/test_rtplan.py)."""
-    from rayrt.convert.outputs import write_plan_folder
     from rayrt.domain.patient import Structure, StructureKind
-    from rayrt.imaging.export import write_ct_series, write_rtstruct
+    from rayrt.imaging.export import save_dataset, write_ct_series, write_rtstruct
+    from rayrt.imaging.rtplan import StructureSetRef, build_rtplan
     from rayrt.imaging.study import StructureMask
     from tests.test_rtplan import _dciodvfy_errors
 
@@ -238,15 +255,16 @@ def test_dual_layer_rtplan_in_the_output_folder_passes_dciodvfy(tmp_path):
     write_ct_series(ct, tmp_path / "ct", patient_id="P1", patient_name="Dual^Layer")
     body = np.ones(grid.shape, bool)
     body[:, :2] = body[:, -2:] = False
-    rs = write_rtstruct([StructureMask(Structure(name="BODY", kind=StructureKind.external), body)], ct, tmp_path / "rs.dcm")
+    rs = write_rtstruct([StructureMask(Structure(name="BODY", kind=StructureKind.external), body)], ct,
+                        tmp_path / "rs.dcm")
+    ssref = StructureSetRef.from_file(rs)
     plan = halcyon_plan()
-    plan.frame_of_reference_uid = ct.meta["frame_of_reference_uid"]
-    folder = tmp_path / "halcyon"
-    folder.mkdir()
-    (folder / "DUAL_LAYER.txt").write_text("stale")
-    out = write_plan_folder(folder, plan, get_machine("halcyon"), Volume(np.zeros(grid.shape, np.float32), grid, "dose_gy"), rs, png=False)
-    assert not (folder / "DUAL_LAYER.txt").exists() and not (folder / "segments_dual_layer.json").exists()
-    assert "dual_layer_segments" not in out
-    assert _dciodvfy_errors(Path(out["rtplan"]), allow_dual_layer_types=True) == []
-    raw = subprocess.run(["dciodvfy", "-new", out["rtplan"]], capture_output=True, text=True, timeout=120)
+    plan.frame_of_reference_uid = ssref.frame_of_reference_uid
+    ds_plan = build_rtplan(plan, get_machine("halcyon"), structure_set=ssref, patient_id="P1")
+    path = save_dataset(ds_plan, tmp_path / "RP_halcyon.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == ssref.sop_instance_uid
+    assert [d.RTBeamLimitingDeviceType for d in ds.BeamSequence[0].BeamLimitingDeviceSequence] == ["MLCX1", "MLCX2"]
+    assert _dciodvfy_errors(path, allow_dual_layer_types=True) == []
+    raw = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=120)
     assert "MLCX2" in raw.stdout + raw.stderr  # the validator sees both layers (and flags only their type names)

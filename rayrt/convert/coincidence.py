@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rayrt.config import config_dir
 from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.plan import Plan
@@ -77,11 +79,7 @@ class ConversionConfig(BaseModel):
 
 def load_conversion_config(path: str | Path | None = None) -> ConversionConfig:
     """Read ``configs/conversion.yaml`` (or ``path``); defaults when the file is absent."""
-    import yaml
-
     if path is None:
-        from rayrt.config import config_dir
-
         path = config_dir() / "conversion.yaml"
     path = Path(path)
     if not path.is_file():
@@ -107,7 +105,8 @@ class MLCComparison(BaseModel):
     same_pair_count: bool
     same_leaf_widths: bool = Field(description="the same sequence of leaf widths")
     same_boundaries: bool = Field(description="every boundary coincides within the tolerance")
-    max_boundary_diff_mm: float | None = Field(default=None, description="largest boundary difference when the pair counts agree")
+    max_boundary_diff_mm: float | None = Field(default=None,
+                                               description="largest boundary difference when the pair counts agree")
     source_min_width_mm: float
     target_min_width_mm: float
     source_field_mm: tuple[float, float] = Field(description="maximum field (X, Y) the source can open")
@@ -212,11 +211,15 @@ def compare_mlc(
     geometry, r = (1.0, []) if same_b else _geometry_score(sb, tb, tol)
     reasons += r
     sf, tf = max_field_mm(source), max_field_mm(target)
-    need = sf if required_field_mm is None else (max(float(required_field_mm[0]), 1e-6), max(float(required_field_mm[1]), 1e-6))
+    if required_field_mm is None:
+        need = sf
+    else:
+        need = (max(float(required_field_mm[0]), 1e-6), max(float(required_field_mm[1]), 1e-6))
     field = float(min(1.0, (min(need[0], tf[0]) * min(need[1], tf[1])) / (need[0] * need[1])))
     if field < 1.0:
         what = "the plan's field" if required_field_mm is not None else "the source's maximum field"
         reasons.append(f"target field {tf[0]:g} x {tf[1]:g} mm is smaller than {what} {need[0]:g} x {need[1]:g} mm")
+    idig: Literal["same", "lost", "gained"]
     if sm.interdigitation and not tm.interdigitation:
         inter, idig = 0.0, "lost"
         reasons.append(f"{tm.name} forbids interdigitation, which {sm.name} allows")
@@ -231,8 +234,8 @@ def compare_mlc(
     if span < 1.0:
         reasons.append(f"target maximum leaf span {tm.max_leaf_span_mm:g} mm < source {sm.max_leaf_span_mm:g} mm")
 
-    scores = {"geometry": round(geometry, 6), "field": round(field, 6), "interdigitation": inter, "min_gap": round(gap, 6),
-              "span": round(span, 6)}
+    scores = {"geometry": round(geometry, 6), "field": round(field, 6), "interdigitation": inter,
+              "min_gap": round(gap, 6), "span": round(span, 6)}
     w = cfg.weights.model_dump()
     wsum = sum(w.values())
     if wsum <= 0:
@@ -246,7 +249,8 @@ def compare_mlc(
         reasons.append("the plan opens a larger field than the target machine can")
     elif field < cfg.min_field_coverage:
         verdict = "incompatible"
-        reasons.append(f"the target opens only {100 * field:.0f} % of the source's field (minimum {100 * cfg.min_field_coverage:.0f} %)")
+        reasons.append(f"the target opens only {100 * field:.0f} % of the source's field "
+                       f"(minimum {100 * cfg.min_field_coverage:.0f} %)")
     elif score >= cfg.thresholds.compatible:
         verdict = "compatible"
     elif score >= cfg.thresholds.convertible:
@@ -254,8 +258,8 @@ def compare_mlc(
     else:
         verdict = "incompatible"
     return MLCComparison(
-        source=source.name, target=target.name, source_pairs=sm.num_pairs, target_pairs=tm.num_pairs, same_pair_count=same_n,
-        same_leaf_widths=same_w, same_boundaries=same_b, max_boundary_diff_mm=max_diff,
+        source=source.name, target=target.name, source_pairs=sm.num_pairs, target_pairs=tm.num_pairs,
+        same_pair_count=same_n, same_leaf_widths=same_w, same_boundaries=same_b, max_boundary_diff_mm=max_diff,
         source_min_width_mm=float(sm.leaf_widths_mm.min()), target_min_width_mm=float(tm.leaf_widths_mm.min()),
         source_field_mm=sf, target_field_mm=tf, interdigitation=idig, min_gap_diff_mm=gap_diff, span_ratio=span_ratio,
         scores=scores, score=round(score, 6), verdict=verdict, reasons=reasons,

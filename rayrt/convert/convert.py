@@ -1,27 +1,33 @@
 """Standard plan -> plans for specific machines: coincidence, recompute, mimicking re-optimisation, QA, release.
 
-``convert_for_machine(standard, target, options)`` is a pure function of typed, picklable inputs
-(the service's per-machine conversion actors call it as ``fn(payload, machine)``):
+``convert_for_machine(standard, geometry, target, options)`` is a pure function of typed,
+picklable inputs: the one :class:`~rayrt.optimize.standard.StandardPlan` (plan, order, course
+dose) and the :class:`~rayrt.optimize.standard.PlanGeometry` it was computed on (density, dose-grid
+masks, external), as the pipeline's ``normalize`` and ``geometry`` stages made them; the standard
+machine is the library's (:func:`rayrt.machines.get_machine` of ``standard.plan.machine``). The
+pipeline's executors call it once per target machine (in this process, or on each machine's
+conversion actors on Ray). Steps:
 
 1. **coincidence** (:func:`rayrt.convert.policy.machine_coincidence`): commissioning curves of
    both beams by 1-D gamma (:mod:`rayrt.convert.source_match`) and the MLCs
    (:func:`rayrt.convert.coincidence.compare_mlc`, with the field the plan opens); the policy
    lists the recompute mode and mimicking strength of each attempt;
 2. per attempt, a candidate plan that keeps the standard plan's field geometry (isocenter,
-   gantry, collimator and couch angles of every beam):
+   gantry, collimator and couch angles of every beam, each moved to the nearest angle the target
+   reaches by :func:`fit_angles`):
 
    * ``reuse``: the standard plan relabelled, MU / output ratio, dose = the standard dose;
    * ``dose_only``: beamlets rebuilt on the target MLC, the standard plan's segments made
      deliverable (same leaf boundaries, or target leaves that refine every pair the plan opens --
-     copied leaf by leaf) or its fluence re-sequenced, dose from the target beam model's Dij, MU
-     renormalised to the order's normalisation;
+     copied leaf by leaf, :mod:`rayrt.convert.transfer`) or its fluence re-sequenced, dose from
+     the target beam model's Dij, MU renormalised to the order's normalisation;
    * ``mu_refit``: the ``dose_only`` segments, leaves unchanged, every segment's MU refitted on the
-     target's exact segment doses (:func:`refit_segment_mu`: the mimicking terms below, evaluated
-     on the prescription-normalised dose, so coverage is not traded for organ dose that
-     normalisation would add back). The standard's relative segment weights were fitted to
-     another beam model and MLC leakage, so the policy prefers this to plain rescaling; a
-     ``convertible`` target whose leaves refine the plan's open pairs (Millennium 120 centre,
-     HD120) tries it first;
+     target's exact segment doses (:func:`rayrt.convert.refit.refit_segment_mu`: the mimicking
+     terms below, evaluated on the prescription-normalised dose, so coverage is not traded for
+     organ dose that normalisation would add back). The standard's relative segment weights were
+     fitted to another beam model and MLC leakage, so the policy prefers this to plain
+     rescaling; a ``convertible`` target whose leaves refine the plan's open pairs (Millennium
+     120 centre, HD120) tries it first;
    * ``fluence``: fluence-map optimisation of the order *plus* mimicking terms (below), warm
      started from the standard fluence; sequencing; the exact segment-MU refit of ``mu_refit``;
    * ``dao``: fluence-map optimisation, sequencing, direct aperture optimisation, then the exact
@@ -41,196 +47,150 @@ Target beamlets (:func:`_setup`): rows are the target's leaf pairs; with Y jaws 
 than the beamlets (MLCi2, 10 mm) or a dual-layer MLC (Halcyon), each beam's rows end at the
 standard plan's field ends (:func:`standard_field_y_mm`), and the Y jaws (the Halcyon's proximal
 layer, offset half a leaf) trim the end leaf pairs there, so the field ends keep the standard's
-5 mm resolution. Doses of candidate plans use :func:`segments_fluence_on_bixels` (exact
-bixel-averaged transmission of leaves, jaws and both layers of a dual-layer MLC, on any rows).
+5 mm resolution. Doses of candidate plans use :func:`rayrt.convert.fluence.segments_fluence_on_bixels`
+(exact bixel-averaged transmission of leaves, jaws and both layers of a dual-layer MLC, on any rows).
 
-Units: course doses in Gy; Plan segment MU per fraction; optimiser weights in course MU.
-``convert_plan(standard, targets, mode, options, workers)`` converts one plan for several
-machines, in this process or in a process pool.
+Units: course doses in Gy; Plan segment MU per fraction; optimiser weights in course MU. The
+attempts and the result are pydantic models (:mod:`rayrt.convert.results`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, Field
+import scipy.sparse as sp
 
+from rayrt.convert.fluence import plan_fluence
 from rayrt.convert.policy import CoincidenceReport, ConversionOptions, load_conversion_options, machine_coincidence
+from rayrt.convert.refit import refit_segment_mu, segment_dose_matrix
+from rayrt.convert.release import agreement_excess_gy, agreement_metrics, qa_converted_plan, release_decision
+from rayrt.convert.results import (
+    ApertureDetail,
+    AttemptDetail,
+    AttemptRecord,
+    ConversionResult,
+    FluenceDetail,
+    MuRefitDetail,
+    StructureDose,
+)
+from rayrt.convert.transfer import segments_transfer, transfer_segments
 from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
-from rayrt.domain.order import DVHPoint, MedicalOrder, ObjectiveKind, ObjectiveSpec
+from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
 from rayrt.domain.plan import Beam, Plan, Segment
+from rayrt.dose.aperture import segment_head_scatter
+from rayrt.dose.dij import compute_dij, hstack_exact
+from rayrt.dose.geometry import BeamletGrid, beamlet_grid
 from rayrt.imaging.volume import Grid, Volume
+from rayrt.machines import get_machine
+from rayrt.optimize.dao import DAOOptions, optimize_apertures
+from rayrt.optimize.fmo import FluenceOptions, ObjectiveEvaluator, optimize_fluence
+from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
+from rayrt.optimize.normalize import normalize_plan
+from rayrt.optimize.objectives import Objective, make_objective
+from rayrt.optimize.problem import OptimizationProblem, build_problem, target_like
+from rayrt.optimize.sequencing import get_sequencer
+from rayrt.optimize.standard import PlanGeometry, StandardPlan, final_dose
+from rayrt.qa.dvh import dose_at_volume
+from rayrt.qa.report import QAReport, QAResult
 
-__all__ = [
-    "StandardPlanInput",
-    "ConversionResult",
-    "AttemptRecord",
-    "standard_input_from_result",
-    "convert_for_machine",
-    "fit_angles",
-    "convert_plan",
-    "segments_fluence_on_bixels",
-    "plan_fluence",
-    "refit_segment_mu",
-    "normalised_objective",
-]
+__all__ = ["convert_for_machine", "fit_angles", "standard_field_y_mm", "trimmed_beamlet_grid"]
 
 
-# --------------------------------------------------------------------------- inputs / outputs
-@dataclass
-class StandardPlanInput:
-    """Everything a conversion needs about the standard plan (picklable: pydantic models + numpy).
-
-    ``dose_gy``: course dose (Gy) on ``dose_grid`` (array [k, j, i]); ``masks``: structures on the
-    dose grid; ``density``: relative electron density (any grid, usually the CT's) the dose engine
-    traces through; ``dvhs``: the standard plan's cumulative DVH per structure (for reports and
-    the DVH mimicking terms, which use the voxel doses themselves).
-    """
+# --------------------------------------------------------------------------- the standard side of one conversion
+@dataclass(frozen=True)
+class _Standard:
+    """What every step of one conversion reads of the standard plan, derived once from the
+    :class:`StandardPlan` and its :class:`PlanGeometry`: the plan with its angles fitted to the
+    target (:func:`fit_angles`), the standard machine, the order, the course dose (Gy, float32
+    ``[k, j, i]`` on ``dose_grid``), the structure masks on the dose grid, the density the dose
+    engine traces through (relative electron density, CT grid) and the external's name."""
 
     plan: Plan
     machine: MachineModel
+    order: MedicalOrder
     dose_gy: np.ndarray
     dose_grid: Grid
-    density: Volume
     masks: dict[str, np.ndarray]
-    order: MedicalOrder
-    dvhs: dict[str, list[DVHPoint]] = field(default_factory=dict)
-    external: str | None = None
-    patient_position: str = "HFS"
-
-    def __post_init__(self):
-        self.dose_gy = np.asarray(self.dose_gy, dtype=np.float32).reshape(self.dose_grid.shape)
-        for n, m in self.masks.items():
-            if np.asarray(m).shape != tuple(self.dose_grid.shape):
-                raise InputError(f"mask '{n}' has shape {np.shape(m)}, the dose grid {self.dose_grid.shape}", kind="conversion", field="masks")
-        self.masks = {n: np.asarray(m, dtype=bool) for n, m in self.masks.items()}
-        self.order.check_structures(self.masks)
-        if self.plan.machine != self.machine.name:
-            raise InputError(f"the standard plan is for machine '{self.plan.machine}', not '{self.machine.name}'", kind="conversion", field="machine")
+    density: Volume
+    external: str | None
 
 
-class AttemptRecord(BaseModel):
-    """One conversion attempt and its QA outcome."""
-
-    attempt: int
-    mode: str
-    strength: float
-    released: bool
-    verdict: str = Field(description="QA verdict: pass, review or fail")
-    reasons: list[str] = Field(default_factory=list, description="what blocked the release")
-    gamma_vs_standard_pct: float | None = None
-    total_mu_per_fraction: float = 0.0
-    num_segments: int = 0
-    dvh: dict[str, dict[str, float]] = Field(default_factory=dict, description="D95/D10/mean (Gy) per structure")
-    detail: dict = Field(default_factory=dict, description="optimiser / sequencing details")
-    seconds: float = 0.0
-
-
-@dataclass
-class ConversionResult:
-    """The outcome for one target machine. ``plan`` and ``dose_gy`` are set only when released."""
-
-    machine: str
-    status: str  # "released" | "failed"
-    mode: str | None
-    plan: Plan | None
-    dose_gy: np.ndarray | None
-    dose_grid: Grid
-    coincidence: CoincidenceReport | None
-    attempts: list[AttemptRecord]
-    reasons: list[str]
-    qa: object | None = None  # rayrt.qa.report.QAReport of the last attempt
-    qa_result: object | None = None  # rayrt.qa.report.QAResult (arrays for the figure)
-    candidate_plan: Plan | None = None  # the last candidate of a failed conversion: never released
-    seconds: float = 0.0
-
-    @property
-    def released(self) -> bool:
-        return self.status == "released" and self.plan is not None
-
-    def summary(self) -> dict:
-        """JSON-ready summary (no arrays)."""
-        return {
-            "machine": self.machine,
-            "status": self.status,
-            "mode": self.mode,
-            "plan_id": self.plan.id if self.plan is not None else None,
-            "total_mu_per_fraction": self.plan.total_mu if self.plan is not None else None,
-            "coincidence": None if self.coincidence is None else self.coincidence.model_dump(mode="json", exclude={"source": {"curves"}}),
-            "attempts": [a.model_dump(mode="json") for a in self.attempts],
-            "reasons": self.reasons,
-            "qa_verdict": getattr(self.qa, "verdict", None),
-            "seconds": self.seconds,
-        }
-
-
-def standard_input_from_result(result, study, order: MedicalOrder, machine: MachineModel, *, patient_position: str = "HFS",
-                               dvh_bins: int = 200) -> StandardPlanInput:
-    """Bundle a :class:`rayrt.optimize.planner.PlanningResult` (and its study) for conversion.
-
-    The density is rebuilt from the study's CT exactly as the planner does (HU -> density,
-    air outside the external); masks are the result's masks on the dose grid (the order's
-    structures and the external), resampled from the study when missing.
-    """
-    from rayrt.optimize.planner import masks_on_grid, planning_phantom
-    from rayrt.qa.dvh import cumulative_dvh
-
-    ct = study.primary
-    masks_ct, rho, ext = planning_phantom(study, order.structure_names())
-    masks = dict(result.masks)
-    missing = [n for n in masks_ct if n not in masks]
-    if missing:
-        masks.update(masks_on_grid({n: masks_ct[n] for n in missing}, ct.grid, result.dose_grid))
-    density = Volume(np.asarray(rho.array, dtype=np.float32), rho.grid, rho.quantity, {})
-    dose = np.asarray(result.dose_gy, dtype=np.float32).reshape(result.dose_grid.shape)
-    bins = np.linspace(0.0, max(float(dose.max()), 1e-6) * 1.02, dvh_bins)
-    dvhs = {}
+def _standard_side(standard: StandardPlan, geometry: PlanGeometry, target: MachineModel) -> _Standard:
+    """Check that the standard plan and its geometry belong together and derive :class:`_Standard`."""
+    grid = standard.dose_grid
+    if not grid.same_geometry(geometry.dose_grid):
+        raise InputError(f"the standard plan's dose grid {grid.shape} is not the geometry's "
+                         f"{geometry.dose_grid.shape}; pass the geometry the standard plan was computed on",
+                         kind="conversion", field="geometry")
+    n_dose = 0 if standard.dose is None else int(np.size(standard.dose))
+    if n_dose != grid.num_voxels:
+        raise InputError(f"the standard plan's dose has {n_dose} voxels, its dose grid {grid.num_voxels}; re-run the "
+                         "normalize stage", kind="conversion", field="dose")
+    masks = geometry.masks()
     for n, m in masks.items():
-        if m.any():
-            x, y = cumulative_dvh(dose, m, bins)
-            dvhs[n] = [DVHPoint(dose_gy=float(a), volume_pct=float(min(max(b, 0.0), 100.0))) for a, b in zip(x, y)]
-    return StandardPlanInput(plan=result.plan, machine=machine, dose_gy=dose, dose_grid=result.dose_grid, density=density, masks=masks,
-                             order=order, dvhs=dvhs, external=ext, patient_position=patient_position)
+        if np.shape(m) != tuple(grid.shape):
+            raise InputError(f"mask '{n}' has shape {np.shape(m)}, the dose grid {grid.shape}", kind="conversion",
+                             field="masks")
+    standard.order.check_structures(masks)
+    return _Standard(plan=fit_angles(standard.plan, target), machine=get_machine(standard.plan.machine),
+                     order=standard.order, dose_gy=np.asarray(standard.dose, dtype=np.float32).reshape(grid.shape),
+                     dose_grid=grid, masks={n: np.asarray(m, dtype=bool) for n, m in masks.items()},
+                     density=geometry.density_volume(), external=geometry.external)
 
 
-# --------------------------------------------------------------------------- fluence of segments on bixels
-def segments_fluence_on_bixels(segments: list[Segment], machine: MachineModel, beamlets) -> np.ndarray:
-    """Effective fluence (MU x mean collimator transmission x Sc) of ``machine``'s segments on any
-    bixel grid (:class:`rayrt.dose.geometry.BeamletGrid`; its rows need not be ``machine``'s leaf pairs).
-
-    The one aperture fluence of rayrt, :func:`rayrt.dose.aperture.aperture_fluence` (exact
-    bixel-averaged transmission of leaves, jaws and both layers of a dual-layer MLC; rows finer
-    than the leaves or ending part-way across a leaf pair). ``Dij @ this`` is the dose in Gy.
-    """
-    from rayrt.dose.aperture import aperture_fluence
-
-    return aperture_fluence(beamlets, segments, machine)
-
-
-def plan_fluence(plan: Plan, machine: MachineModel, grids: list) -> np.ndarray:
-    """Course fluence (all beams, Dij column order) of a plan's segments on its beams' bixel grids."""
-    return np.concatenate([segments_fluence_on_bixels(b.segments, machine, g) for b, g in zip(plan.beams, grids)]) * plan.fractions
+def fit_angles(plan: Plan, target: MachineModel, max_shift_deg: float = 1.0) -> Plan:
+    """The plan with each beam's gantry, collimator and couch angle (IEC 61217, degrees) moved to
+    the nearest angle ``target`` reaches (at most ``max_shift_deg``, 0.1 deg steps: gantry 180 is
+    delivered at 180.1 on a Varian), each shift noted on the plan; the same plan object when
+    nothing moves; InputError when an angle is further out. The dose of every candidate is
+    computed at the fitted angles."""
+    lim = target.limits
+    beams, notes = [], []
+    for b in plan.beams:
+        upd = {}
+        axes = (("gantry_deg", "gantry", lim.gantry), ("collimator_deg", "collimator", lim.collimator),
+                ("couch_deg", "couch", lim.couch))
+        for field_name, axis, rng in axes:
+            a = float(getattr(b, field_name))
+            f = rng.nearest_reachable(a, max_shift_deg)
+            if f is None:
+                raise InputError(f"beam {b.name}: {axis} angle {a:g} deg is outside {target.name}'s range "
+                                 f"[{rng.min_deg:g}, {rng.max_deg:g}] by more than {max_shift_deg:g} deg; choose "
+                                 "another machine or re-plan the beam", kind="conversion", field=field_name)
+            if f != a:
+                upd[field_name] = f
+                notes.append(f"beam {b.name}: {axis} {a:g} deg is outside {target.name}'s range; "
+                             f"delivered at {f:g} deg")
+        beams.append(b.model_copy(update=upd) if upd else b)
+    if not notes:
+        return plan
+    return plan.model_copy(update={"beams": beams, "notes": list(plan.notes) + notes})
 
 
 # --------------------------------------------------------------------------- target setup (beamlets + Dij)
 @dataclass
 class _TargetSetup:
-    beams: list[Beam]
-    grids: list
-    layouts: list
+    """The target machine's beamlets (one grid and layout per beam, Dij columns ``slices[b]``),
+    its Dij (Gy per course MU through each bixel) and the standard fluence mapped onto them."""
+
+    grids: list[BeamletGrid]
+    layouts: list[BeamletLayout]
     slices: list[slice]
-    dij: object
+    dij: sp.csc_matrix
     w_standard: np.ndarray  # the standard plan's course fluence on the target's bixels
     lost_fraction: float  # share of the standard fluence outside the target's beamlet grid
     seconds: float
 
 
 def _geometry_beams(plan: Plan) -> list[Beam]:
-    return [Beam(name=b.name, number=b.number, gantry_deg=b.gantry_deg, collimator_deg=b.collimator_deg, couch_deg=b.couch_deg,
-                 isocenter_mm=b.isocenter_mm) for b in plan.beams]
+    """The plan's beams without their segments (isocenter and IEC 61217 angles only)."""
+    return [Beam(name=b.name, number=b.number, gantry_deg=b.gantry_deg, collimator_deg=b.collimator_deg,
+                 couch_deg=b.couch_deg, isocenter_mm=b.isocenter_mm) for b in plan.beams]
 
 
 def standard_field_y_mm(beam: Beam, machine: MachineModel, min_fraction: float = 0.0) -> tuple[float, float] | None:
@@ -263,11 +223,10 @@ def standard_field_y_mm(beam: Beam, machine: MachineModel, min_fraction: float =
     return float(lo_j[sel.min()]), float(hi_j[sel.max()])
 
 
-def trimmed_beamlet_grid(bg, y_mm: tuple[float, float]):
-    """The beamlet grid with its rows clipped to ``y_mm``: rows outside are dropped, the end rows
-    end at ``y_mm`` (a Y jaw trims a wide leaf pair there). Rows are renumbered; columns unchanged."""
-    from rayrt.dose.geometry import BeamletGrid
-
+def trimmed_beamlet_grid(bg: BeamletGrid, y_mm: tuple[float, float]) -> BeamletGrid:
+    """The beamlet grid with its rows clipped to ``y_mm`` (mm, isocenter plane): rows outside are
+    dropped, the end rows end at ``y_mm`` (a Y jaw trims a wide leaf pair there). Rows are
+    renumbered; columns unchanged."""
     e = np.asarray(bg.row_edges_mm, float)
     lo, hi = float(y_mm[0]), float(y_mm[1])
     keep_rows = np.flatnonzero((e[1:] > lo + 1e-6) & (e[:-1] < hi - 1e-6))
@@ -278,11 +237,11 @@ def trimmed_beamlet_grid(bg, y_mm: tuple[float, float]):
     new_row = np.searchsorted(keep_rows, bg.rows[sel])
     meta = dict(bg.meta)
     meta["trimmed_y_mm"] = (float(edges[0]), float(edges[-1]))
-    return BeamletGrid(bg.beam, bg.machine_name, bg.bixel_width_mm, edges, new_row.astype(np.int64), np.asarray(bg.cols)[sel],
-                       bg.patient_position, meta, bg.column_offset_mm)
+    return BeamletGrid(bg.beam, bg.machine_name, bg.bixel_width_mm, edges, new_row.astype(np.int64),
+                       np.asarray(bg.cols)[sel], bg.patient_position, meta, bg.column_offset_mm)
 
 
-def _needs_y_trim(target: MachineModel, bg, opts: ConversionOptions) -> bool:
+def _needs_y_trim(target: MachineModel, bg: BeamletGrid, opts: ConversionOptions) -> bool:
     """Y jaws and leaf pairs wider than the beamlets, or a dual-layer MLC: the jaws (the proximal
     layer) shape the field ends below the leaf width."""
     if target.mlc.dual_layer:
@@ -294,7 +253,7 @@ def _needs_y_trim(target: MachineModel, bg, opts: ConversionOptions) -> bool:
     return bool(h.size and h.max() > opts.bixel_mm + 1e-6)
 
 
-def _setup(std: StandardPlanInput, target: MachineModel, opts: ConversionOptions) -> _TargetSetup:
+def _setup(std: _Standard, target: MachineModel, opts: ConversionOptions) -> _TargetSetup:
     """Beamlets and Dij of the target machine for the standard plan's beams.
 
     Beamlet rows are the target's leaf pairs; where the target has Y jaws and wider leaves than the
@@ -302,17 +261,12 @@ def _setup(std: StandardPlanInput, target: MachineModel, opts: ConversionOptions
     (:func:`standard_field_y_mm`) -- the Y jaws trim the end leaf pairs there, so the field
     ends are not quantised to the leaf width. Sequencing and DAO clip the Y jaws to the rows.
     """
-    from rayrt.dose.dij import compute_dij, hstack_exact
-    from rayrt.dose.geometry import beamlet_grid
-    from rayrt.optimize.layout import layout_from_beamlets
-
     t0 = time.perf_counter()
     beams = _geometry_beams(std.plan)
     tgt_mask = std.masks[std.order.prescription.target]
     grids = []
     for b, sb in zip(beams, std.plan.beams):
-        bg = beamlet_grid(b, target, tgt_mask, std.dose_grid, bixel_width_mm=opts.bixel_mm, margin_mm=opts.margin_mm,
-                          patient_position=std.patient_position)
+        bg = beamlet_grid(b, target, tgt_mask, std.dose_grid, bixel_width_mm=opts.bixel_mm, margin_mm=opts.margin_mm)
         if opts.y_jaw_trim and _needs_y_trim(target, bg, opts):
             fy = standard_field_y_mm(sb, std.machine, opts.y_trim_min_fraction)
             if fy is not None:
@@ -326,8 +280,6 @@ def _setup(std: StandardPlanInput, target: MachineModel, opts: ConversionOptions
     w = plan_fluence(std.plan, std.machine, grids)
     # how much of the standard fluence the target grid misses: open area x MU x Sc (the fluence's own
     # units, transmission aside), standard segments vs their fluence mapped onto the target's bixels
-    from rayrt.dose.aperture import segment_head_scatter
-
     bw = opts.bixel_mm
     area_map = float(sum((w[sl] * np.diff(g.row_edges_mm)[g.rows] * bw).sum() for sl, g in zip(slices, grids)))
     area_std = 0.0
@@ -346,7 +298,7 @@ def _setup(std: StandardPlanInput, target: MachineModel, opts: ConversionOptions
                 hy = std.machine.mlc.leaf_widths_mm
             area_std += s.mu * fx * sc * float((wid * hy).sum())
     lost = max(0.0, 1.0 - area_map / area_std) if area_std > 0 else 0.0
-    return _TargetSetup(beams, grids, layouts, slices, dij, w, lost, time.perf_counter() - t0)
+    return _TargetSetup(grids, layouts, slices, dij, w, lost, time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- mimicking terms
@@ -357,32 +309,31 @@ def _rows_of(mask: np.ndarray, voxel_index: np.ndarray) -> np.ndarray:
     return pos[ok]
 
 
-def _mimicking_objectives(problem, std: StandardPlanInput, opts: ConversionOptions, strength: float) -> list:
-    """Dose-mimicking, DVH and isodose terms that pull the target plan towards the standard plan."""
-    from rayrt.optimize.objectives import make_objective
-    from rayrt.optimize.problem import target_like
-    from rayrt.qa.dvh import dose_at_volume
-
+def _mimicking_objectives(problem: OptimizationProblem, std: _Standard, opts: ConversionOptions,
+                          strength: float) -> list[Objective]:
+    """Dose-mimicking, DVH and isodose terms (doses in Gy, weights x ``strength``) that pull the
+    target plan towards the standard plan's course dose."""
     vi = problem.dij.voxel_index
     ref_full = std.dose_gy.ravel().astype(np.float64)
     ref = ref_full[vi]
     rx = std.order.prescription.total_dose_gy
     targets = set(target_like(std.order))
     tol = opts.mimic_tolerance_pct / 100.0 * rx
-    out = []
+    out: list[Objective] = []
     for name, rows in problem.structure_rows.items():
         if rows.size == 0:
             continue
         r = ref[rows]
         if opts.mimic_weight > 0:
-            out.append(make_objective("dose_mimicking", f"{name} (mimic)", rows, tol, weight=opts.mimic_weight * strength,
-                                      reference_gy=r, tolerance_gy=tol))
+            out.append(make_objective("dose_mimicking", f"{name} (mimic)", rows, tol,
+                                      weight=opts.mimic_weight * strength, reference_gy=r, tolerance_gy=tol))
         if opts.dvh_weight > 0:
             if name in targets:
                 for v in opts.dvh_levels_target_pct:
                     dx = float(dose_at_volume(r, v))
                     if v >= 50:
-                        out.append(make_objective("min_dvh", f"{name} (std D{v:g})", rows, max(dx - opts.dvh_tolerance_gy, 0.0),
+                        out.append(make_objective("min_dvh", f"{name} (std D{v:g})", rows,
+                                                  max(dx - opts.dvh_tolerance_gy, 0.0),
                                                   weight=opts.dvh_weight * strength, volume_pct=v))
                     else:
                         out.append(make_objective("max_dvh", f"{name} (std D{v:g})", rows, dx + opts.dvh_tolerance_gy,
@@ -401,186 +352,79 @@ def _mimicking_objectives(problem, std: StandardPlanInput, opts: ConversionOptio
             inner = _rows_of(ref_full >= level * (1 + band), vi)
             outer = _rows_of(inside_body & (ref_full < level * (1 - band)), vi)
             if inner.size:
-                out.append(make_objective("squared_underdose", f"isodose {lv:g}% inside", inner, level, weight=opts.isodose_weight * strength))
+                out.append(make_objective("squared_underdose", f"isodose {lv:g}% inside", inner, level,
+                                          weight=opts.isodose_weight * strength))
             if outer.size:
-                out.append(make_objective("squared_overdose", f"isodose {lv:g}% outside", outer, level, weight=opts.isodose_weight * strength))
+                out.append(make_objective("squared_overdose", f"isodose {lv:g}% outside", outer, level,
+                                          weight=opts.isodose_weight * strength))
     return out
 
 
-def _problem(std: StandardPlanInput, setup: _TargetSetup, opts: ConversionOptions, strength: float, with_dij: bool = True):
+def _problem(std: _Standard, setup: _TargetSetup, opts: ConversionOptions, strength: float,
+             with_dij: bool = True) -> OptimizationProblem:
     """The optimisation problem on the target's Dij: the order (the external kept) plus the mimicking
     terms. ``with_dij=False``: only its voxel rows and structures (an empty Dij, no mimicking terms),
     for the segment-MU refit, which works on its own segment-dose matrix (saves the row-subset copy
     of the Dij, ~0.6 s on the demo)."""
-    import scipy.sparse as sp
-
-    from rayrt.optimize.problem import build_problem
-
     order = std.order
     if std.external and std.external not in order.structure_names():
         # keep the external's voxels in the problem (isodose terms live there): a loose over-dose term
         order = order.model_copy(update={"objectives": list(order.objectives) + [
-            ObjectiveSpec(structure=std.external, kind=ObjectiveKind.squared_overdose, dose_gy=1.1 * order.prescription.total_dose_gy,
-                          priority=1.0)]})
+            ObjectiveSpec(structure=std.external, kind=ObjectiveKind.squared_overdose,
+                          dose_gy=1.1 * order.prescription.total_dose_gy, priority=1.0)]})
     masks = {n: m for n, m in std.masks.items() if n in order.structure_names()}
     dij = setup.dij if with_dij else sp.csc_matrix((setup.dij.shape[0], 0), dtype=np.float32)
-    problem = build_problem(order, masks, dij, beam_slices=setup.slices if with_dij else None, grid_shape=std.dose_grid.shape,
-                            voxel_volume_cc=std.dose_grid.voxel_volume_cc)
+    problem = build_problem(order, masks, dij, beam_slices=setup.slices if with_dij else None,
+                            grid_shape=std.dose_grid.shape, voxel_volume_cc=std.dose_grid.voxel_volume_cc)
     if with_dij:
         problem.objectives.extend(_mimicking_objectives(problem, std, opts, strength))
     return problem
 
 
 # --------------------------------------------------------------------------- candidates
-def _plan_from_course_segments(std: StandardPlanInput, target: MachineModel, segs_course: list[list[Segment]], mode: str) -> Plan:
+def _plan_from_course_segments(std: _Standard, target: MachineModel, segs_course: list[list[Segment]],
+                               mode: str) -> Plan:
+    """A new plan for ``target`` (new id, ``source_plan_id`` = the standard's): the standard plan's
+    beams with these segments, course MU divided by the fractions."""
     fx = std.plan.fractions
     beams = []
     for b, segs in zip(std.plan.beams, segs_course):
         beams.append(b.model_copy(update={"segments": [s.model_copy(update={"mu": float(s.mu) / fx}) for s in segs]}))
-    p = std.plan.model_copy(deep=True, update={"beams": beams, "machine": target.name, "source_plan_id": std.plan.id})
-    p.id = Plan.model_fields["id"].default_factory()
+    p = std.plan.model_copy(deep=True, update={"beams": beams, "machine": target.name, "source_plan_id": std.plan.id,
+                                               "id": uuid.uuid4().hex[:12]})
     p.label = f"{std.plan.label} -> {target.name}"[:64]
-    p.notes = list(std.plan.notes) + [f"converted from plan {std.plan.id} ({std.machine.name}) for {target.name}, mode {mode}"]
+    p.notes = list(std.plan.notes) + [f"converted from plan {std.plan.id} ({std.machine.name}) for {target.name}, "
+                                      f"mode {mode}"]
     return p
 
 
-def _agreement_excess(dose: np.ndarray, std: StandardPlanInput, opts: ConversionOptions) -> float:
-    """Worst excess (Gy) over the release's agreement limits (:func:`rayrt.convert.release.agreement_checks`:
-    target D95 within, other structures' D10 at most ``dvh_agreement_gy`` above the standard plan);
-    <= 0 when every agreement check passes."""
-    from rayrt.convert.release import agreement_excess_gy, agreement_metrics
-    from rayrt.optimize.problem import target_like
-
+def _agreement_excess(dose: np.ndarray, std: _Standard, opts: ConversionOptions) -> float:
+    """Worst excess (Gy) over the release's agreement limits
+    (:func:`rayrt.convert.release.agreement_checks`: target D95 within, other structures' D10 at
+    most ``dvh_agreement_gy`` above the standard plan); <= 0 when every agreement check passes."""
     targets = [t for t in target_like(std.order) if t in std.masks]
     return agreement_excess_gy(agreement_metrics(dose, std.dose_gy, std.masks, targets), opts.dvh_agreement_gy)
 
 
-def _normalise(plan: Plan, setup: _TargetSetup, std: StandardPlanInput, target: MachineModel) -> tuple[Plan, np.ndarray, dict]:
-    """Final course dose through the target Dij, scaled to the order's normalisation; minimum MU honoured."""
-    from rayrt.optimize.normalize import normalize_plan
+def _normalise(plan: Plan, setup: _TargetSetup, std: _Standard,
+               target: MachineModel) -> tuple[Plan, np.ndarray, float, int]:
+    """The plan scaled to the order's normalisation (minimum MU honoured), its final course dose
+    (Gy, float32 on the dose grid) through the target Dij, the MU scale factor and the number of
+    segments raised to the machine's minimum MU."""
 
-    def final_dose(p: Plan) -> np.ndarray:
-        return np.asarray(setup.dij @ plan_fluence(p, target, setup.grids).astype(np.float32), dtype=np.float64)
+    def dose_of(p: Plan) -> np.ndarray:
+        return final_dose(p, setup.grids, setup.dij, target)
 
     # a hair above the goal (1e-6 relative) so that 'D95 >= Rx' criteria do not fail on round-off
-    plan, dose, f, raised = normalize_plan(plan, final_dose, std.masks, std.order, target.limits.min_mu_per_segment, headroom=1e-6)
-    return plan, dose.reshape(std.dose_grid.shape).astype(np.float32), {"normalization_factor": f, "raised_segments": raised}
+    plan, dose, f, raised = normalize_plan(plan, dose_of, std.masks, std.order, target.limits.min_mu_per_segment,
+                                           headroom=1e-6)
+    return plan, dose.reshape(std.dose_grid.shape).astype(np.float32), float(f), int(raised)
 
 
-# --------------------------------------------------------------------------- exact segment-MU refit
-def _segment_dose_matrix(setup: _TargetSetup, target: MachineModel, segs_course: list[list[Segment]], rows: np.ndarray) -> np.ndarray:
-    """Dose (Gy per course MU) of every segment on the problem's voxel rows ``rows`` (dose-grid voxel
-    indices): column s = Dij_beam @ exact fluence of segment s at 1 MU
-    (:func:`segments_fluence_on_bixels`: transmission, jaws, head scatter), beam by beam (each
-    segment's fluence lives on its own beam's bixels only). Shape (rows, segments), float32."""
-    import scipy.sparse as sp
-
-    n = sum(len(s) for s in segs_course)
-    A = np.zeros((rows.size, n), dtype=np.float32)
-    dij = setup.dij if sp.isspmatrix_csc(setup.dij) or isinstance(setup.dij, sp.csc_array) else sp.csc_matrix(setup.dij)
-    k = 0
-    for segs, g, sl in zip(segs_course, setup.grids, setup.slices):  # loop over beams and their segments (tens)
-        if not segs:
-            continue
-        F = np.stack([segments_fluence_on_bixels([s.model_copy(update={"mu": 1.0})], target, g) for s in segs], axis=1).astype(np.float32)
-        A[:, k:k + len(segs)] = np.asarray(dij[:, sl] @ F)[rows]
-        k += len(segs)
-    return A
-
-
-def _metric_weights(d: np.ndarray, volume_pct: float | None) -> tuple[float, np.ndarray, np.ndarray]:
-    """The normalisation metric of doses ``d`` (Gy) and its gradient as (value, voxel positions,
-    weights): ``Dx`` by the mid-rank interpolation of :func:`rayrt.qa.dvh.dose_at_volume` (two
-    voxels), or the mean (``volume_pct`` None)."""
-    n = d.size
-    if volume_pct is None:
-        return float(d.mean()), np.arange(n), np.full(n, 1.0 / n)
-    order = np.argsort(-d, kind="stable")
-    p = volume_pct / 100.0 * n + 0.5 - 1.0  # 0-based fractional rank of the Dx point
-    if p <= 0:
-        return float(d[order[0]]), order[:1], np.ones(1)
-    if p >= n - 1:
-        return float(d[order[-1]]), order[-1:], np.ones(1)
-    r0 = int(np.floor(p))
-    f = p - r0
-    idx = order[[r0, r0 + 1]]
-    wts = np.array([1.0 - f, f])
-    return float(wts @ d[idx]), idx, wts
-
-
-def normalised_objective(m: np.ndarray, A32: np.ndarray, terms: list, rx_gy: float | None, norm_rows: np.ndarray | None,
-                         volume_pct: float | None) -> tuple[float, np.ndarray]:
-    """Value and exact gradient (w.r.t. the segment MU ``m``) of the weighted objective terms
-    ``[(Objective, weight)]`` on the prescription-normalised dose d = s A m, s = rx / metric(A m)
-    (metric: ``Dx`` with ``volume_pct``, else the mean, over ``norm_rows``; ``rx_gy`` None: s = 1):
-    grad = s A^T g - (s / metric) (g . A m) grad(metric), g = dF/dd."""
-    raw = (A32 @ np.asarray(m, np.float32)).astype(np.float64)
-    s, mv, idx, wts = 1.0, 1.0, None, None
-    if rx_gy is not None:
-        mv, idx, wts = _metric_weights(raw[norm_rows], volume_pct)
-        mv = max(mv, 1e-9)
-        s = rx_gy / mv
-    d = s * raw
-    f = 0.0
-    g = np.zeros_like(d)
-    for o, wt in terms:  # loop over the objective terms (tens)
-        v, gr = o.value_and_grad(d[o.voxels])
-        f += wt * v
-        g[o.voxels] += wt * gr
-    grad = s * (A32.T @ g.astype(np.float32)).astype(np.float64)
-    if rx_gy is not None:
-        grad -= (s / mv) * float(g @ raw) * (A32[norm_rows[idx]].T.astype(np.float64) @ wts)
-    return f, grad
-
-
-def refit_segment_mu(problem, A: np.ndarray, mu0: np.ndarray, order: MedicalOrder, min_mu: float, iterations: int,
-                     objectives: list | None = None) -> tuple[np.ndarray, dict]:
-    """Segment MU (course) re-optimised with the leaves fixed, on the *normalised* exact dose.
-
-    ``A`` (problem rows x segments, Gy per MU) from :func:`_segment_dose_matrix`. The objective is
-    the sum of ``objectives`` (default: the problem's; conversions pass the mimicking terms only;
-    hard terms as a stiff penalty, 10x the largest soft weight), evaluated on the dose the plan
-    will have after prescription normalisation, d(m) = s(m) A m with
-    s = Rx x value_pct / metric(A m) (:func:`rayrt.optimize.normalize.normalization_factor`), so the
-    optimiser cannot trade target coverage that normalisation later buys back with organ dose.
-    Exact gradient: grad = s A^T g - (s / metric) (g . A m) grad(metric). L-BFGS-B, MU >= ``min_mu``.
-    Returns (normalised MU, details)."""
-    from scipy.optimize import minimize
-
-    norm = order.prescription.normalization
-    rx = order.prescription.total_dose_gy * norm.value_pct / 100.0
-    nrows = problem.structure_rows.get(norm.structure or order.prescription.target)
-    use_norm = norm.metric != "none" and nrows is not None and nrows.size > 0
-    vol = norm.volume_pct
-    objs = list(problem.objectives if objectives is None else objectives)
-    wmax = max((o.weight for o in objs if not o.hard), default=1.0)
-    terms = [(o, o.weight) for o in objs if not o.hard] + [(o, 10.0 * wmax) for o in objs if o.hard]  # hard terms: a stiff penalty
-    A32 = np.ascontiguousarray(A, dtype=np.float32)  # float32 products on one BLAS thread: ~10x faster than float64 on the pool
-    scale_m = max(float(np.mean(mu0)), 1e-9)
-
-    def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
-        f, grad = normalised_objective(z * scale_m, A32, terms, rx if use_norm else None, nrows, vol)
-        return f, grad * scale_m
-
-    from rayrt.optimize._threads import single_blas_thread
-
-    z0 = np.maximum(np.asarray(mu0, float), min_mu) / scale_m
-    t = time.perf_counter()
-    with single_blas_thread():
-        f0 = fun(z0)[0]
-        res = minimize(fun, z0, jac=True, method="L-BFGS-B", bounds=[(min_mu / scale_m, None)] * z0.size,
-                       options={"maxiter": int(iterations), "maxcor": 20, "ftol": 1e-10})
-    m = res.x * scale_m
-    if use_norm:  # return the normalised MU (the caller's normalisation then moves them by round-off only)
-        mv = _metric_weights((A32 @ m.astype(np.float32))[nrows].astype(np.float64), vol)[0]
-        m = m * rx / max(mv, 1e-9)
-    return m, {"objective_start": float(f0), "objective": float(res.fun), "iterations": int(res.nit), "segments": int(m.size),
-               "seconds": round(time.perf_counter() - t, 3)}
-
-
-def _refit_candidate_segments(std: StandardPlanInput, setup: _TargetSetup, target: MachineModel, problem, segs_course: list[list[Segment]],
-                              opts: ConversionOptions, strength: float, iterations: int) -> tuple[list[list[Segment]], dict]:
-    """The segments with their MU refitted by :func:`refit_segment_mu` (leaves unchanged) to the
+def _refit_candidate_segments(std: _Standard, setup: _TargetSetup, target: MachineModel, problem: OptimizationProblem,
+                              segs_course: list[list[Segment]], opts: ConversionOptions, strength: float,
+                              iterations: int) -> tuple[list[list[Segment]], MuRefitDetail | None]:
+    """The segments with their MU refitted by :func:`rayrt.convert.refit.refit_segment_mu` (leaves unchanged) to the
     *mimicking* terms of the standard plan only (:func:`_mimicking_objectives`: per-voxel dose, DVH
     points, isodose surfaces): the refit reproduces the standard dose, whose order criteria QA then
     checks -- with the normalisation inside the objective, the order's own terms would otherwise
@@ -591,174 +435,85 @@ def _refit_candidate_segments(std: StandardPlanInput, setup: _TargetSetup, targe
     t = time.perf_counter()
     flat = [s for segs in segs_course for s in segs]
     if not flat:
-        return segs_course, {}
+        return segs_course, None
     rows = np.asarray(problem.dij.voxel_index)
-    A = _segment_dose_matrix(setup, target, segs_course, rows)
+    a = segment_dose_matrix(setup.dij, setup.grids, setup.slices, target, segs_course, rows)
     min_mu = target.limits.min_mu_per_segment * std.plan.fractions
     mimic = _mimicking_objectives(problem, std, opts, strength)
-    mu, det = refit_segment_mu(problem, A, np.array([s.mu for s in flat]), std.order, 0.0, iterations, objectives=mimic)
+    mu, det = refit_segment_mu(problem, a, np.array([s.mu for s in flat]), std.order, 0.0, iterations, objectives=mimic)
     keep = mu >= 0.5 * min_mu
     if not keep.any():
         keep[:] = True
     if (min_mu > 0 and (mu[keep] < min_mu).any()) or not keep.all():
-        mu2, det2 = refit_segment_mu(problem, A[:, keep], np.maximum(mu[keep], min_mu), std.order, min_mu, iterations, objectives=mimic)
+        mu2, det2 = refit_segment_mu(problem, a[:, keep], np.maximum(mu[keep], min_mu), std.order, min_mu, iterations,
+                                     objectives=mimic)
         mu = np.zeros_like(mu)
         mu[keep] = mu2
-        det = {**det2, "objective_start": det["objective_start"], "iterations": det["iterations"] + det2["iterations"],
-               "dropped_segments": int((~keep).sum())}
+        det = det2.model_copy(update={"objective_start": det.objective_start,
+                                      "iterations": det.iterations + det2.iterations,
+                                      "dropped_segments": int((~keep).sum())})
     out, k = [], 0
     for segs in segs_course:
         out.append([s.model_copy(update={"mu": float(mu[k + i])}) for i, s in enumerate(segs) if keep[k + i]])
         k += len(segs)
-    det["total_seconds"] = round(time.perf_counter() - t, 3)
+    det.total_seconds = round(time.perf_counter() - t, 3)
     return out, det
 
 
-def _pair_map(source: MachineModel, target: MachineModel, tol_mm: float = 0.05) -> np.ndarray:
-    """For every target leaf pair: the source pair that contains it wholly (-1: none -- it straddles
-    a source boundary or lies beyond the source's leaf bank)."""
-    sb, tb = source.mlc.boundaries, target.mlc.boundaries
-    k = np.searchsorted(sb, tb[:-1] + tol_mm, side="right") - 1
-    ok = (k >= 0) & (k < sb.size - 1)
-    kk = np.clip(k, 0, sb.size - 2)
-    ok &= tb[1:] <= sb[kk + 1] + tol_mm
-    return np.where(ok, kk, -1)
-
-
-def _source_open(s: Segment, source: MachineModel) -> np.ndarray:
-    """Open pairs of a source segment: wider than the minimum gap, inside its Y jaws."""
-    x1, x2 = np.asarray(s.x1_mm, float), np.asarray(s.x2_mm, float)
-    op = x2 - x1 > float(source.mlc.min_gap_mm) + 1e-6
-    if s.jaw_y_mm is not None and source.jaw_y is not None:
-        b = source.mlc.boundaries
-        op &= (b[1:] > s.jaw_y_mm[0] + 1e-6) & (b[:-1] < s.jaw_y_mm[1] - 1e-6)
-    if s.jaw_x_mm is not None and source.jaw_x is not None:
-        op &= (np.minimum(x2, s.jaw_x_mm[1]) - np.maximum(x1, s.jaw_x_mm[0])) > 1e-6
-    return op
-
-
-def segments_transfer(plan: Plan, source: MachineModel, target: MachineModel) -> bool:
-    """Whether every leaf pair the plan opens is, on the target, a whole number of target pairs
-    (the target's boundaries refine the source's where the plan opens leaves: same or finer leaves,
-    e.g. the standard's 5 mm leaves on a Millennium 120's centre or an HD120): the segments then
-    transfer exactly, leaf positions copied, and dose-only recomputation is tried first."""
-    pm = _pair_map(source, target)
-    covered = np.zeros(source.mlc.num_pairs, dtype=bool)
-    covered[pm[pm >= 0]] = True
-    sb, tb = source.mlc.boundaries, target.mlc.boundaries
-    for b in plan.beams:
-        for s in b.segments:
-            if s.mu <= 0:
-                continue
-            op = _source_open(s, source)
-            if (op & ~covered).any():
-                return False
-            # the target's pairs inside each open source pair must fill it (no part of it without a target leaf)
-            for p in np.flatnonzero(op):
-                t = np.flatnonzero(pm == p)
-                if t.size == 0 or abs(tb[t.min()] - sb[p]) > 0.05 or abs(tb[t.max() + 1] - sb[p + 1]) > 0.05:
-                    return False
-    return True
-
-
-def _transfer_segments(segs: list[Segment], source: MachineModel, target: MachineModel, fx: int) -> list[Segment]:
-    """The source's segments on the target's leaves (course MU): each target pair takes the leaf
-    positions of the source pair containing it; jaws hug the open pairs and stay within the source
-    segment's jaws; then made deliverable on the target (:func:`make_deliverable`), closed pairs
-    parked before the leftmost leaf tip of all the beam's source segments (where the source parked
-    its closed pairs, outside its beamlet grid: on a machine without X jaws, such as the Agility,
-    their minimum gap then stays outside the field)."""
-    from rayrt.optimize.sequencing import make_deliverable
-    from rayrt.optimize.sequencing.base import to_segment
-
-    pm = _pair_map(source, target)
-    ok = pm >= 0
-    # where the source parked its closed pairs (its sequencer parks them before its beamlet grid) or the field's edge
-    lefts = [float(np.min(s.x1_mm)) for s in segs if s.mu > 0]
-    park_before = min(lefts) if lefts else None
-    out = []
-    for s in segs:
-        if s.mu <= 0:
-            continue
-        sx1, sx2 = np.asarray(s.x1_mm, float), np.asarray(s.x2_mm, float)
-        if s.jaw_x_mm is not None and source.jaw_x is not None:
-            sx1, sx2 = np.maximum(sx1, s.jaw_x_mm[0]), np.minimum(sx2, s.jaw_x_mm[1])
-        sop = _source_open(s, source)
-        x1 = np.zeros(target.mlc.num_pairs)
-        x2 = np.zeros(target.mlc.num_pairs)
-        op = np.zeros(target.mlc.num_pairs, dtype=bool)
-        x1[ok], x2[ok], op[ok] = sx1[pm[ok]], sx2[pm[ok]], sop[pm[ok]]
-        if s.jaw_y_mm is not None and source.jaw_y is not None:
-            tb = target.mlc.boundaries
-            op &= (tb[1:] > s.jaw_y_mm[0] + 1e-6) & (tb[:-1] < s.jaw_y_mm[1] - 1e-6)
-        if not op.any():
-            continue
-        for a, b_, c in make_deliverable(x1, x2, op, target.mlc, park_before_mm=park_before):
-            seg = to_segment(a, b_, c, s.mu * fx, target)
-            if seg.jaw_y_mm is not None and s.jaw_y_mm is not None and source.jaw_y is not None:
-                lo, hi = max(seg.jaw_y_mm[0], s.jaw_y_mm[0]), min(seg.jaw_y_mm[1], s.jaw_y_mm[1])
-                if hi > lo:
-                    seg.jaw_y_mm = (lo, hi)
-            if seg.jaw_x_mm is not None and s.jaw_x_mm is not None and source.jaw_x is not None:
-                lo, hi = max(seg.jaw_x_mm[0], s.jaw_x_mm[0]), min(seg.jaw_x_mm[1], s.jaw_x_mm[1])
-                if hi > lo:
-                    seg.jaw_x_mm = (lo, hi)
-            out.append(seg)
-    return out
-
-
-def _candidate(mode: str, strength: float, std: StandardPlanInput, target: MachineModel, coin: CoincidenceReport, opts: ConversionOptions,
-               get_setup) -> tuple[Plan, np.ndarray, dict]:
-    """(plan, course dose on the dose grid, details) of one attempt."""
+def _candidate(mode: str, strength: float, std: _Standard, target: MachineModel, coin: CoincidenceReport,
+               opts: ConversionOptions,
+               get_setup: Callable[[], _TargetSetup]) -> tuple[Plan, np.ndarray, AttemptDetail]:
+    """(plan, course dose in Gy on the dose grid, details) of one attempt (see the module docstring)."""
     fx = std.plan.fractions
     if mode == "reuse":
         ratio = coin.output_ratio
         segs = [[s.model_copy(update={"mu": s.mu * fx / ratio}) for s in b.segments] for b in std.plan.beams]
         plan = _plan_from_course_segments(std, target, segs, mode)
         plan.notes.append(f"standard plan reused unchanged on a matching machine; MU / output ratio {ratio:.5f}")
-        return plan, (std.dose_gy * 1.0).astype(np.float32), {"output_ratio": ratio}
+        return plan, std.dose_gy.copy(), AttemptDetail(output_ratio=ratio)
+    if mode not in ("dose_only", "mu_refit", "fluence", "dao"):
+        raise InputError(f"unknown recompute mode {mode!r}", kind="conversion", field="mode")
     setup = get_setup()
-    from rayrt.optimize.sequencing import get_sequencer
-
     seq = get_sequencer(opts.sequencer)
-    det: dict = {"setup_seconds": round(setup.seconds, 3), "bixels": int(setup.dij.shape[1]), "dij_nnz": int(setup.dij.nnz),
-                 "standard_fluence_outside_grid": round(setup.lost_fraction, 4)}
+    det = AttemptDetail(setup_seconds=round(setup.seconds, 3), bixels=int(setup.dij.shape[1]),
+                        dij_nnz=int(setup.dij.nnz), standard_fluence_outside_grid=round(setup.lost_fraction, 4))
     max_seg = min(opts.max_segments if target.mlc.interdigitation else opts.max_segments_no_interdigitation,
                   target.limits.max_segments_per_beam)
     if mode in ("dose_only", "mu_refit"):
         if coin.mlc.same_boundaries or segments_transfer(std.plan, std.machine, target):
-            segs = [_transfer_segments(b.segments, std.machine, target, fx) for b in std.plan.beams]
-            det["segments_from"] = ("standard segments made deliverable (same leaf boundaries)" if coin.mlc.same_boundaries else
-                                    "standard segments transferred leaf by leaf (the target's leaves refine the open pairs)")
+            segs = [transfer_segments(b.segments, std.machine, target, fx) for b in std.plan.beams]
+            det.segments_from = ("standard segments made deliverable (same leaf boundaries)"
+                                 if coin.mlc.same_boundaries else
+                                 "standard segments transferred leaf by leaf "
+                                 "(the target's leaves refine the open pairs)")
         else:
             segs = []
             for lay, sl in zip(setup.layouts, setup.slices):
                 segs.append(seq.sequence_with_info(lay.to_map(setup.w_standard[sl]), lay, target, max_seg).segments)
-            det["segments_from"] = f"standard fluence re-sequenced ({seq.name})"
-        plan, dose, d2 = _normalise(_plan_from_course_segments(std, target, segs, mode), setup, std, target)
-        det.update(d2)
+            det.segments_from = f"standard fluence re-sequenced ({seq.name})"
+        plan, dose, det.normalization_factor, det.raised_segments = _normalise(
+            _plan_from_course_segments(std, target, segs, mode), setup, std, target)
         if mode == "mu_refit":
             # the standard's relative segment weights were fitted to the standard beam model and MLC: refit
             # them on the target's exact segment doses to mimic the standard plan, leaves unchanged
             rows_only = _problem(std, setup, opts, strength, with_dij=False)
-            refit, det["mu_refit"] = _refit_candidate_segments(std, setup, target, rows_only, segs, opts, strength, opts.mu_refit_iterations)
-            plan_r, dose_r, d_r = _normalise(_plan_from_course_segments(std, target, refit, mode), setup, std, target)
+            refitted, det.mu_refit = _refit_candidate_segments(std, setup, target, rows_only, segs, opts, strength,
+                                                               opts.mu_refit_iterations)
+            plan_r, dose_r, f_r, raised_r = _normalise(_plan_from_course_segments(std, target, refitted, mode), setup,
+                                                       std, target)
             # the refit minimises a mimicking objective, not the release agreement itself: keep the
             # transferred MUs when they agree better with the standard plan (a refit never makes it worse)
             worst_t, worst_r = (_agreement_excess(d, std, opts) for d in (dose, dose_r))
-            det["mu_refit"]["agreement_excess_gy"] = {"transferred": round(worst_t, 4), "refitted": round(worst_r, 4)}
+            if det.mu_refit is not None:
+                det.mu_refit.transferred_excess_gy = round(worst_t, 4)
+                det.mu_refit.refitted_excess_gy = round(worst_r, 4)
             if worst_r <= worst_t:
-                plan, dose = plan_r, dose_r
-                det.update(d_r)
+                plan, dose, det.normalization_factor, det.raised_segments = plan_r, dose_r, f_r, raised_r
             else:
-                det["mu_refit"]["kept"] = "transferred MU (the refit agreed worse with the standard plan)"
+                if det.mu_refit is not None:
+                    det.mu_refit.kept = "transferred MU (the refit agreed worse with the standard plan)"
                 plan.notes.append("MU refit discarded: the transferred segment MUs agree better with the standard plan")
         return plan, dose, det
-    if mode not in ("fluence", "dao"):
-        raise InputError(f"unknown recompute mode {mode!r}", kind="conversion", field="mode")
-    from rayrt.optimize.dao import DAOOptions, optimize_apertures
-    from rayrt.optimize.fmo import FluenceOptions, ObjectiveEvaluator, optimize_fluence
-
     t = time.perf_counter()
     problem = _problem(std, setup, opts, strength)
     # warm start: the standard fluence, scaled so the target's mean dose matches
@@ -769,11 +524,11 @@ def _candidate(mode: str, strength: float, std: StandardPlanInput, target: Machi
     if d0.size and float(d0.mean()) > 0:
         w0 *= float(ref_t.mean()) / float(d0.mean())
     fr = optimize_fluence(problem, FluenceOptions(max_iterations=opts.fmo_iterations), w0=w0)
-    det["fmo"] = {"objective": fr.objective, "iterations": fr.iterations, "seconds": round(fr.seconds, 2), "terms": len(problem.objectives)}
-    w = fr.w
+    det.fmo = FluenceDetail(objective=fr.objective, iterations=fr.iterations, seconds=round(fr.seconds, 2),
+                            terms=len(problem.objectives))
     segs = []
     for lay, sl in zip(setup.layouts, setup.slices):
-        segs.append(seq.sequence_with_info(lay.to_map(w[sl]), lay, target, max_seg).segments)
+        segs.append(seq.sequence_with_info(lay.to_map(fr.w[sl]), lay, target, max_seg).segments)
     ev = ObjectiveEvaluator(problem)
     if problem.hard:
         ev.rho = fr.al_rho
@@ -782,72 +537,48 @@ def _candidate(mode: str, strength: float, std: StandardPlanInput, target: Machi
     dao_opts = DAOOptions(outer_rounds=opts.dao_rounds if mode == "dao" else 1,
                           iterations_per_round=opts.dao_iterations if mode == "dao" else opts.mu_refit_iterations,
                           # the exact refit below drops / raises the segments under the machine's minimum MU itself
-                          min_mu_weight=0.0 if refit else target.limits.min_mu_per_segment * fx, optimize_leaves=(mode == "dao"))
-    segs = [s for s in segs]
+                          min_mu_weight=0.0 if refit else target.limits.min_mu_per_segment * fx,
+                          optimize_leaves=(mode == "dao"))
     if any(segs) and (mode == "dao" or problem.hard):
         dres = optimize_apertures(problem, setup.layouts, segs, target, dao_opts, evaluator=ev)
         segs = dres.segments
-        det["aperture_opt"] = {"leaves": mode == "dao", "objective_start": dres.objective_start, "objective": dres.objective,
-                               "iterations": dres.iterations, "dropped_segments": dres.dropped_segments, "seconds": round(dres.seconds, 2)}
+        det.aperture_opt = ApertureDetail(leaves=mode == "dao", objective_start=dres.objective_start,
+                                          objective=dres.objective, iterations=dres.iterations,
+                                          dropped_segments=dres.dropped_segments, seconds=round(dres.seconds, 2))
     if any(segs) and refit:
         # exact segment MU on the normalised dose: after sequencing (fluence) or as DAO's last step -- the
         # optimiser's aperture model and the un-normalised objective otherwise leave the target under-covered
         # and the prescription normalisation then scales the organ doses up with it
-        segs, det["mu_refit"] = _refit_candidate_segments(std, setup, target, problem, segs, opts, strength, opts.mu_refit_iterations)
-    plan = _plan_from_course_segments(std, target, segs, mode)
-    plan, dose, d2 = _normalise(plan, setup, std, target)
-    det.update(d2)
-    det["optimise_seconds"] = round(time.perf_counter() - t, 2)
+        segs, det.mu_refit = _refit_candidate_segments(std, setup, target, problem, segs, opts, strength,
+                                                       opts.mu_refit_iterations)
+    plan, dose, det.normalization_factor, det.raised_segments = _normalise(
+        _plan_from_course_segments(std, target, segs, mode), setup, std, target)
+    det.optimise_seconds = round(time.perf_counter() - t, 2)
     return plan, dose, det
 
 
-def _dvh_summary(dose: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    from rayrt.qa.dvh import dose_at_volume
-
+def _dvh_summary(dose: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, StructureDose]:
+    """D95, D10, mean and maximum (Gy, rounded to 0.1 mGy) of every non-empty structure."""
     out = {}
     for n, m in masks.items():
         if m.any():
             v = dose[m].astype(np.float64)
-            out[n] = {"d95_gy": round(float(dose_at_volume(v, 95.0)), 4), "d10_gy": round(float(dose_at_volume(v, 10.0)), 4),
-                      "mean_gy": round(float(v.mean()), 4), "max_gy": round(float(v.max()), 4)}
+            out[n] = StructureDose(d95_gy=round(float(dose_at_volume(v, 95.0)), 4),
+                                   d10_gy=round(float(dose_at_volume(v, 10.0)), 4), mean_gy=round(float(v.mean()), 4),
+                                   max_gy=round(float(v.max()), 4))
     return out
 
 
-# --------------------------------------------------------------------------- the conversion
-def fit_angles(std: StandardPlanInput, target: MachineModel, max_shift_deg: float = 1.0) -> StandardPlanInput:
-    """The standard plan with each beam's gantry, collimator and couch angle moved to the nearest
-    angle ``target`` reaches (at most ``max_shift_deg``, 0.1 deg steps: gantry 180 is delivered at
-    180.1 on a Varian), each shift noted on the plan; InputError when an angle is further out.
-    The dose of every candidate is computed at the fitted angles."""
-    lim = target.limits
-    beams, notes = [], []
-    for b in std.plan.beams:
-        upd = {}
-        for field_name, axis, rng in (("gantry_deg", "gantry", lim.gantry), ("collimator_deg", "collimator", lim.collimator),
-                                      ("couch_deg", "couch", lim.couch)):
-            a = float(getattr(b, field_name))
-            f = rng.nearest_reachable(a, max_shift_deg)
-            if f is None:
-                raise InputError(f"beam {b.name}: {axis} angle {a:g} deg is outside {target.name}'s range [{rng.min_deg:g}, {rng.max_deg:g}] "
-                                 f"by more than {max_shift_deg:g} deg; choose another machine or re-plan the beam", kind="conversion", field=field_name)
-            if f != a:
-                upd[field_name] = f
-                notes.append(f"beam {b.name}: {axis} {a:g} deg is outside {target.name}'s range; delivered at {f:g} deg")
-        beams.append(b.model_copy(update=upd) if upd else b)
-    if not notes:
-        return std
-    plan = std.plan.model_copy(update={"beams": beams, "notes": list(std.plan.notes) + notes})
-    return replace(std, plan=plan)
-
-
-def convert_for_machine(standard: StandardPlanInput, target: MachineModel, options: ConversionOptions | dict | None = None) -> ConversionResult:
+def convert_for_machine(standard: StandardPlan, geometry: PlanGeometry, target: MachineModel,
+                        options: ConversionOptions | dict | None = None) -> ConversionResult:
     """Convert the standard plan for one target machine: coincidence, attempts, QA, release (see the module doc).
 
-    Pure function of its inputs; ``options`` default to ``configs/conversion.yaml``.
+    ``standard``: the standard plan, its order and course dose (Gy); ``geometry``: the geometry it
+    was computed on (density on the CT grid, structure masks on the dose grid, the external);
+    ``options``: :class:`~rayrt.convert.policy.ConversionOptions` or overrides of
+    ``configs/conversion.yaml`` (None: the file's). Pure function of its inputs. A machine whose
+    angles cannot be fitted, or a geometry that does not belong to the plan, raises InputError.
     """
-    from rayrt.convert.release import qa_converted_plan, release_decision
-    from rayrt.optimize.problem import target_like
-
     t0 = time.perf_counter()
     if options is None:
         opts = load_conversion_options()
@@ -855,33 +586,35 @@ def convert_for_machine(standard: StandardPlanInput, target: MachineModel, optio
         opts = load_conversion_options(**options)
     else:
         opts = options
-    std = fit_angles(standard, target)
+    std = _standard_side(standard, geometry, target)
     coin = machine_coincidence(std.machine, target, std.plan, opts)
     attempts: list[AttemptRecord] = []
-    cache: dict = {}
+    setup: _TargetSetup | None = None
 
-    def get_setup():
-        if "s" not in cache:
-            cache["s"] = _setup(std, target, opts)
-        return cache["s"]
+    def get_setup() -> _TargetSetup:  # the target's beamlets and Dij: built by the first attempt that needs them
+        nonlocal setup
+        if setup is None:
+            setup = _setup(std, target, opts)
+        return setup
 
-    if (coin.verdict == "convertible" and opts.mode is None and coin.modes and coin.modes[0] not in ("dose_only", "mu_refit")
-            and segments_transfer(std.plan, std.machine, target)):
+    if (coin.verdict == "convertible" and opts.mode is None and coin.modes
+            and coin.modes[0] not in ("dose_only", "mu_refit") and segments_transfer(std.plan, std.machine, target)):
         # finer or equal leaves where the plan opens any: the segments carry over exactly, so the
         # cheapest recompute is tried first (segments kept, MU refitted on the target's dose: the MLCs'
         # transmission and leaf ends differ); re-optimisation follows only if it fails QA
         n = len(coin.modes)
-        first = "mu_refit"
-        coin = coin.model_copy(update={"modes": ([first] + list(coin.modes))[:n],
+        coin = coin.model_copy(update={"modes": (["mu_refit"] + list(coin.modes))[:n],
                                        "strengths": ([1.0] + list(coin.strengths))[:n],
-                                       "reasons": list(coin.reasons) + ["the target's leaf boundaries refine every leaf pair the plan "
-                                                                        f"opens: its segments transfer exactly, {first} first"]})
-    targets = [t for t in target_like(std.order) if t in std.masks]
-    last_plan = last_qa = last_qr = None
+                                       "reasons": list(coin.reasons) + [
+                                           "the target's leaf boundaries refine every leaf pair the plan opens: its "
+                                           "segments transfer exactly, mu_refit first"]})
     if not coin.modes:
-        return ConversionResult(machine=target.name, status="failed", mode=None, plan=None, dose_gy=None, dose_grid=std.dose_grid,
-                                coincidence=coin, attempts=[], reasons=["not converted: " + "; ".join(coin.reasons)],
+        return ConversionResult(machine=target.name, status="failed", mode=None, dose_grid=std.dose_grid,
+                                coincidence=coin, reasons=["not converted: " + "; ".join(coin.reasons)],
                                 seconds=time.perf_counter() - t0)
+    targets = [t for t in target_like(std.order) if t in std.masks]
+    last_plan: Plan | None = None
+    last_qr: QAResult | None = None
     for i, (mode, strength) in enumerate(zip(coin.modes, coin.strengths), start=1):
         ta = time.perf_counter()
         try:
@@ -890,75 +623,30 @@ def convert_for_machine(standard: StandardPlanInput, target: MachineModel, optio
             attempts.append(AttemptRecord(attempt=i, mode=mode, strength=strength, released=False, verdict="fail",
                                           reasons=[f"{mode} failed: {exc}"], seconds=time.perf_counter() - ta))
             continue
-        qr = qa_converted_plan(plan, target, dose, std.dose_grid, standard_dose_gy=std.dose_gy, masks=std.masks, order=std.order,
-                               targets=targets, density=std.density, options=opts, attempt=i, standard_plan_id=std.plan.id)
+        qr = qa_converted_plan(plan, target, dose, std.dose_grid, standard_dose_gy=std.dose_gy, masks=std.masks,
+                               order=std.order, targets=targets, density=std.density, options=opts, attempt=i,
+                               standard_plan_id=std.plan.id)
         released, reasons = release_decision(qr)
         g = next((c.value for c in qr.report.checks if c.category == "gamma"), None)
-        attempts.append(AttemptRecord(attempt=i, mode=mode, strength=strength, released=released, verdict=qr.report.verdict, reasons=reasons,
-                                      gamma_vs_standard_pct=g, total_mu_per_fraction=plan.total_mu,
-                                      num_segments=sum(len(b.segments) for b in plan.beams), dvh=_dvh_summary(dose, std.masks),
-                                      detail=det, seconds=time.perf_counter() - ta))
-        last_plan, last_qa, last_qr = plan, qr.report, qr
-        qr.report.notes.append(f"conversion attempt {i} of {len(coin.modes)}: mode {mode}, mimicking strength {strength:g}; "
-                               f"coincidence {coin.verdict}")
+        attempts.append(AttemptRecord(attempt=i, mode=mode, strength=strength, released=released,
+                                      verdict=qr.report.verdict, reasons=reasons, gamma_vs_standard_pct=g,
+                                      total_mu_per_fraction=plan.total_mu,
+                                      num_segments=sum(len(b.segments) for b in plan.beams),
+                                      dvh=_dvh_summary(dose, std.masks), detail=det, seconds=time.perf_counter() - ta))
+        last_plan, last_qr = plan, qr
+        qr.report.notes.append(f"conversion attempt {i} of {len(coin.modes)}: mode {mode}, mimicking strength "
+                               f"{strength:g}; coincidence {coin.verdict}")
         if released:
-            qr.report.notes.append("released" + (" (standard plan reused: the machine matches)" if mode == "reuse" else ""))
+            qr.report.notes.append("released" + (" (standard plan reused: the machine matches)" if mode == "reuse"
+                                                 else ""))
             plan.notes.append(f"QA {qr.report.verdict}; released after attempt {i} ({mode})")
-            return ConversionResult(machine=target.name, status="released", mode=mode, plan=plan, dose_gy=dose, dose_grid=std.dose_grid,
-                                    coincidence=coin, attempts=attempts, reasons=coin.reasons, qa=qr.report, qa_result=qr,
-                                    seconds=time.perf_counter() - t0)
+            return ConversionResult(machine=target.name, status="released", mode=mode, plan=plan, dose_gy=dose,
+                                    dose_grid=std.dose_grid, coincidence=coin, attempts=attempts, reasons=coin.reasons,
+                                    qa=qr.report, qa_result=qr, seconds=time.perf_counter() - t0)
     reasons = [f"not released after {len(attempts)} attempt(s)"] + (attempts[-1].reasons if attempts else [])
+    last_qa: QAReport | None = last_qr.report if last_qr is not None else None
     if last_qa is not None:
         last_qa.notes.append("NOT RELEASED: " + "; ".join(reasons[:4]))
-    return ConversionResult(machine=target.name, status="failed", mode=attempts[-1].mode if attempts else None, plan=None, dose_gy=None,
-                            dose_grid=std.dose_grid, coincidence=coin, attempts=attempts, reasons=reasons, qa=last_qa, qa_result=last_qr,
-                            candidate_plan=last_plan, seconds=time.perf_counter() - t0)
-
-
-def _worker_init():
-    try:
-        import numba
-
-        numba.set_num_threads(1)
-    except Exception:  # noqa: BLE001 - threads are an optimisation only
-        pass
-
-
-def convert_plan(standard: StandardPlanInput, targets: list[MachineModel], mode: str | None = None, *,
-                 options: ConversionOptions | None = None, workers: int = 1) -> list[ConversionResult]:
-    """Convert one standard plan for several machines (results in the order of ``targets``).
-
-    ``mode`` forces the first attempt's recompute mode for every machine (None: the policy).
-    ``workers`` > 1 runs the machines in a process pool (spawned processes, one numba thread
-    each); the service runs the same :func:`convert_for_machine` in its per-machine actors.
-    """
-    opts = options or load_conversion_options()
-    if mode is not None:
-        opts = opts.model_copy(update={"mode": mode})
-    names = [t.name for t in targets]
-    if len(set(names)) != len(names):
-        raise InputError(f"target machines repeat: {names}", kind="conversion", field="machines")
-    if workers <= 1 or len(targets) <= 1:
-        return [convert_for_machine(standard, t, opts) for t in targets]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=min(workers, len(targets)), mp_context=mp.get_context("spawn"), initializer=_worker_init) as ex:
-        futs = [ex.submit(convert_for_machine, standard, t, opts) for t in targets]
-        return [f.result() for f in futs]
-
-
-# The engine a conversion runs, imported with this module rather than on the first conversion: the
-# service's conversion actors import convert_for_machine when they start (before a job's conversions
-# reach them), so their first conversion does not pay ~1.7 s of imports (numba, scipy.optimize, the
-# dose engine, optimiser, sequencers, QA). At the end of the module: those import this one lazily.
-import scipy.optimize  # noqa: E402,F401
-
-import rayrt.convert.release  # noqa: E402,F401
-import rayrt.dose.aperture  # noqa: E402,F401
-import rayrt.dose.dij  # noqa: E402,F401
-import rayrt.optimize.dao  # noqa: E402,F401
-import rayrt.optimize.fmo  # noqa: E402,F401
-import rayrt.optimize.problem  # noqa: E402,F401
-import rayrt.optimize.sequencing  # noqa: E402,F401
-import rayrt.qa.gamma  # noqa: E402,F401
+    return ConversionResult(machine=target.name, status="failed", mode=attempts[-1].mode if attempts else None,
+                            dose_grid=std.dose_grid, coincidence=coin, attempts=attempts, reasons=reasons, qa=last_qa,
+                            qa_result=last_qr, candidate_plan=last_plan, seconds=time.perf_counter() - t0)

@@ -95,6 +95,7 @@ class BeamModel(BaseModel):
         """Relative primary fluence at off-axis radius (mm at the isocenter plane); constant beyond the table."""
         return np.interp(np.abs(radius_mm), self.primary_fluence_radius_mm, self.primary_fluence)
 
-    def head_scatter_at(self, equivalent_square_mm: float | np.ndarray) -> np.ndarray:
-        """Head-scatter factor Sc for an equivalent-square field (mm at isocenter), clamped to the table."""
+    def head_scatter_at(self, equivalent_square_mm: float | np.ndarray) -> np.ndarray | np.float64:
+        """Head-scatter factor Sc for an equivalent-square field (mm at isocenter), clamped to the table
+        (a scalar for a scalar field size, else an array of its shape)."""
         return np.interp(equivalent_square_mm, self.head_scatter_field_mm, self.head_scatter)

@@ -30,8 +30,8 @@ class Segment(BaseModel):
     def _pairs(self) -> "Segment":
         if len(self.x1_mm) != len(self.x2_mm):
             raise ValueError("x1_mm and x2_mm must have one entry per leaf pair")
-        if (self.x1_proximal_mm is None) != (self.x2_proximal_mm is None) or (
-                self.x1_proximal_mm is not None and len(self.x1_proximal_mm) != len(self.x2_proximal_mm)):
+        x1p, x2p = self.x1_proximal_mm, self.x2_proximal_mm
+        if (x1p is None) != (x2p is None) or (x1p is not None and x2p is not None and len(x1p) != len(x2p)):
             raise ValueError("x1_proximal_mm and x2_proximal_mm must both be given, one entry per proximal leaf pair")
         return self
 

@@ -33,6 +33,8 @@ Approximations: transmission outside the beamlet grid (beyond the field + pad in
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from rayrt.domain.errors import InputError
@@ -50,9 +52,10 @@ def _check_segment(seg: Segment, machine: MachineModel) -> None:
     n = machine.mlc.num_pairs
     if len(seg.x1_mm) != n:
         raise InputError(f"segment has {len(seg.x1_mm)} leaf pairs, machine {machine.name}'s MLC has {n}", field="segments")
-    if _uses_proximal(seg, machine) and len(seg.x1_proximal_mm) != machine.mlc.proximal_boundaries.size - 1:
-        raise InputError(f"segment has {len(seg.x1_proximal_mm)} proximal leaf pairs, machine {machine.name}'s proximal layer has "
-                         f"{machine.mlc.proximal_boundaries.size - 1}", field="segments")
+    prox = _proximal_layer(seg, machine)
+    if prox is not None and len(prox.x1_mm) != prox.boundaries_mm.size - 1:
+        raise InputError(f"segment has {len(prox.x1_mm)} proximal leaf pairs, "
+                         f"machine {machine.name}'s proximal layer has {prox.boundaries_mm.size - 1}", field="segments")
 
 
 def segment_equivalent_square_mm(seg: Segment, machine: MachineModel) -> float:
@@ -106,8 +109,21 @@ class _SegmentGeometry:
             self.ty = 1.0
 
 
-def _uses_proximal(seg: Segment, machine: MachineModel) -> bool:
-    return machine.mlc.dual_layer and seg.x1_proximal_mm is not None
+class _ProximalLayer(NamedTuple):
+    """The proximal layer a segment positions: the machine's proximal leaf boundaries (mm) and the
+    segment's proximal-layer tips per pair (mm)."""
+
+    boundaries_mm: np.ndarray
+    x1_mm: list[float]
+    x2_mm: list[float]
+
+
+def _proximal_layer(seg: Segment, machine: MachineModel) -> _ProximalLayer | None:
+    """The proximal layer when the segment positions one on a dual-layer MLC, else None (one layer)."""
+    pb = machine.mlc.proximal_boundaries  # None exactly when the MLC is single-layer
+    if pb is None or seg.x1_proximal_mm is None or seg.x2_proximal_mm is None:
+        return None
+    return _ProximalLayer(pb, seg.x1_proximal_mm, seg.x2_proximal_mm)
 
 
 class _RowPieces:
@@ -153,6 +169,8 @@ class _RowPieces:
     def dual(self) -> dict:
         if "dual" not in self._cache:
             b, pb = self.machine.mlc.boundaries, self.machine.mlc.proximal_boundaries
+            if pb is None:
+                raise ValueError(f"machine {self.machine.name}'s MLC has no proximal layer")
             E = np.unique(np.concatenate([b, pb]))
             mid = 0.5 * (E[:-1] + E[1:])
             d = np.searchsorted(b, mid) - 1
@@ -179,7 +197,7 @@ def _mean_product(c0: np.ndarray, c1: np.ndarray, w: float, factors: list[tuple]
     t_k elsewhere: sum over subsets S of the factors of prod_{k in S} (1 - t_k) prod_{k not in S} t_k
     x overlap(intersection of the [a_k, z_k] in S, column) / w -- exact for piecewise-constant T."""
     n = len(factors)
-    out = 0.0
+    out = np.zeros(np.broadcast(c0, c1).shape)
     for mask in range(1 << n):
         coef = 1.0
         lo, hi = c0, c1
@@ -198,10 +216,12 @@ def _transmission(pieces: _RowPieces, segment: Segment, machine: MachineModel) -
     """Mean transmission T per bixel of one segment (see the module docstring)."""
     hd = 0.5 * machine.mlc.leaf_end_transmission_mm
     t = machine.mlc.transmission
-    if _uses_proximal(segment, machine):
+    prox = _proximal_layer(segment, machine)
+    factors: list[tuple[np.ndarray | float, np.ndarray | float, float]]
+    if prox is not None:
         en = pieces.dual()
         factors = [(*_layer_interval(segment.x1_mm, segment.x2_mm, en["d"], hd), t),
-                   (*_layer_interval(segment.x1_proximal_mm, segment.x2_proximal_mm, en["q"], hd), t)]
+                   (*_layer_interval(prox.x1_mm, prox.x2_mm, en["q"], hd), t)]
     else:
         en = pieces.single()
         factors = [(*_layer_interval(segment.x1_mm, segment.x2_mm, en["d"], hd), t)]
@@ -308,13 +328,14 @@ def aperture_beamlet_grid(beam: Beam, segments: list[Segment], machine: MachineM
     bg = beamlet_grid_for_field(beam, machine, (xa, xb), (ya, yb), bixel_width_mm, column_offset_mm=column_offset_mm)
     e = np.asarray(bg.row_edges_mm, float)
     r0, r1 = int(np.min(bg.rows)), int(np.max(bg.rows)) + 1
-    cuts = []
+    cut_list: list[float] = []
     for s in segments:
         if machine.jaw_y is not None and s.jaw_y_mm is not None:
-            cuts.extend(float(v) for v in s.jaw_y_mm)
-        if _uses_proximal(s, machine):
-            cuts.extend(machine.mlc.proximal_boundaries.tolist())
-    cuts = np.asarray(cuts, float)
+            cut_list.extend(float(v) for v in s.jaw_y_mm)
+        prox = _proximal_layer(s, machine)
+        if prox is not None:
+            cut_list.extend(prox.boundaries_mm.tolist())
+    cuts = np.asarray(cut_list, float)
     cuts = cuts[(cuts > e[r0] + 1e-6) & (cuts < e[r1] - 1e-6)]
     if cuts.size == 0 or np.min(np.abs(cuts[:, None] - e[None, r0:r1 + 1]), axis=1).max() <= 1e-6:
         return bg

@@ -387,7 +387,7 @@ def commissioning_curves(
     # density box: wide enough for the lateral scatter reach of the kernels around the plane
     x_half_box = float(positions[-1]) + 2 * h
     z_half_box = max(fields) / 2 * (SSD_MM + max_depth) / machine.sad_mm + 2 * h
-    phantoms = [("water", None)]
+    phantoms: list[tuple[str, tuple[float, float, float] | None]] = [("water", None)]
     if slab:
         a, b = float(slab_mm[0]), float(slab_mm[1])
         if not (0 <= a < b < max_depth):
@@ -464,10 +464,10 @@ def plot_curves(curves: CommissioningCurves, path: str | Path) -> Path:
     ax.legend()
     ax = axes[1]
     styles = ["-", "--", "-.", ":"]
-    for i, p in enumerate(curves.water.profiles):
-        j = curves.profile_depths.index(p.depth_label) if p.depth_label in curves.profile_depths else 0
-        ax.plot(pos, p.dose_pct, styles[j % len(styles)], color=f"C{curves.fields_mm.index(p.field_mm)}", lw=1,
-                label=f"{p.field_mm / 10:g} cm @ {p.depth_mm / 10:.1f} cm" if i < 40 else None)
+    for i, prof in enumerate(curves.water.profiles):
+        j = curves.profile_depths.index(prof.depth_label) if prof.depth_label in curves.profile_depths else 0
+        ax.plot(pos, prof.dose_pct, styles[j % len(styles)], color=f"C{curves.fields_mm.index(prof.field_mm)}", lw=1,
+                label=f"{prof.field_mm / 10:g} cm @ {prof.depth_mm / 10:.1f} cm" if i < 40 else None)
     ax.set(xlabel="crossline position (cm)", ylabel="dose (% of axis)", title="profiles, water")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
@@ -476,7 +476,8 @@ def plot_curves(curves: CommissioningCurves, path: str | Path) -> Path:
     ax.plot(depths, curves.water.pdd(ref).dose_pct, "k", label="water")
     for s in curves.slabs:
         ax.plot(depths, s.pdd(ref).dose_pct, label=f"{s.phantom} ({s.slab_density:g})")
-        ax.axvspan(s.slab_start_mm / 10, s.slab_end_mm / 10, color="0.9")
+        if s.slab_start_mm is not None and s.slab_end_mm is not None:  # always set on a slab phantom
+            ax.axvspan(s.slab_start_mm / 10, s.slab_end_mm / 10, color="0.9")
     ax.set(xlabel="depth (cm)", ylabel="PDD (%)", title=f"slab phantoms, {ref / 10:g}x{ref / 10:g} cm²")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -52,7 +52,7 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.plan import Beam
 from rayrt.dose import _numba as nb
-from rayrt.dose.geometry import BeamGeometry, BeamletGrid, beamlet_grid
+from rayrt.dose.geometry import BeamGeometry, BeamletGrid, MarginMode, beamlet_grid
 from rayrt.dose.pencil_beam import bixel_kernel_table, calibration_factor
 from rayrt.imaging.volume import Grid, Volume
 
@@ -66,10 +66,14 @@ DEFAULT_MIN_DENSITY = 1e-4
 
 def dose_grid_for(ct_grid: Grid, spacing_mm: float | tuple[float, float, float]) -> Grid:
     """An axis-aligned dose grid covering the CT's extent with the given voxel size (mm)."""
-    sp_ = (float(spacing_mm),) * 3 if np.isscalar(spacing_mm) else tuple(float(s) for s in spacing_mm)
-    if any(s <= 0 for s in sp_):
-        raise InputError(f"dose grid spacing must be > 0 mm, got {spacing_mm}", field="dose_grid_mm")
-    return ct_grid.with_spacing(sp_)
+    if isinstance(spacing_mm, (int, float, np.integer, np.floating)):
+        sp_: tuple[float, ...] = (float(spacing_mm),) * 3
+    else:
+        sp_ = tuple(float(s) for s in spacing_mm)
+    if len(sp_) != 3 or any(s <= 0 for s in sp_):
+        raise InputError(f"dose grid spacing must be one value or three (x, y, z), each > 0 mm, got {spacing_mm}",
+                         field="dose_grid_mm")
+    return ct_grid.with_spacing((sp_[0], sp_[1], sp_[2]))
 
 
 def _ct_transform(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +168,8 @@ class _BeamSetup:
     def __init__(self, density: Volume, dose_grid: Grid, beamlets: BeamletGrid, machine: MachineModel, start: int, stop: int,
                  cutoff_mm: float, threshold: float, min_density: float):
         self.nvox = dose_grid.num_voxels
+        # read-only, always: density arrays that come from Ray's object store are, and numba compiles
+        # a separate specialisation of the kernels for read-only arrays (one is enough)
         self.rho = np.ascontiguousarray(density.array, dtype=np.float32)
         geo = beamlets.geometry(machine)
         self.b = b = _bixel_arrays(beamlets, machine, start, stop, cutoff_mm, threshold)
@@ -249,7 +255,7 @@ def plan_dij(
     mask_grid: Grid | None = None,
     patient_position: str = "HFS",
     column_offset_mm: float = 0.0,
-    margin_mode: str = "projection",
+    margin_mode: MarginMode = "projection",
 ) -> tuple[sp.csc_matrix, list[BeamletGrid]]:
     """Dij of all beams side by side (columns: beam 0's bixels, then beam 1's...) and their beamlet grids.
 

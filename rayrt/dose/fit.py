@@ -448,12 +448,12 @@ def residual_vectors(machine, meas: MeasuredData, resolution_mm: float, min_dept
         model = 100.0 * model / model.max()
         sel = d >= min_depth_mm
         r_pdd.append((model - np.asarray(p.dose_pct))[sel])
-    for p in meas.profiles:
-        prof = curves.water.profile(p.field_mm, p.depth_mm)
-        x = np.asarray(p.positions_mm)
+    for mp in meas.profiles:
+        prof = curves.water.profile(mp.field_mm, mp.depth_mm)
+        x = np.asarray(mp.positions_mm)
         model = np.interp(x, pos, prof.dose_pct)
         model = 100.0 * model / float(np.interp(0.0, pos, prof.dose_pct))
-        r_prof.append(model - np.asarray(p.dose_pct))
+        r_prof.append(model - np.asarray(mp.dose_pct))
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
     return cat(r_pdd), cat(r_prof)
 

@@ -202,6 +202,13 @@ def _interp_table(table: KernelTable, u: np.ndarray, v: np.ndarray) -> np.ndarra
     return out * inside[..., None]
 
 
+def _field_edges_mm(field_mm: tuple[float, float] | float) -> tuple[float, float]:
+    """(min, max) edges (mm at the isocenter plane) of a field given as a centred side length or as edges."""
+    if isinstance(field_mm, (int, float, np.integer, np.floating)):
+        return (-field_mm / 2, field_mm / 2)
+    return (field_mm[0], field_mm[1])
+
+
 def water_dose(
     machine: MachineModel,
     field_x_mm: tuple[float, float] | float,
@@ -226,8 +233,8 @@ def water_dose(
     b = machine.beam
     sad = machine.sad_mm
     ssd = sad if ssd_mm is None else float(ssd_mm)
-    fx = (-field_x_mm / 2, field_x_mm / 2) if np.isscalar(field_x_mm) else tuple(field_x_mm)
-    fy = (-field_y_mm / 2, field_y_mm / 2) if np.isscalar(field_y_mm) else tuple(field_y_mm)
+    fx = _field_edges_mm(field_x_mm)
+    fy = _field_edges_mm(field_y_mm)
     d, x, y = np.broadcast_arrays(np.asarray(depths_mm, float), np.asarray(x_mm, float), np.asarray(y_mm, float))
     s = ssd + d
     u = x * sad / s

@@ -90,6 +90,12 @@ class BeamApertures:
                    0.5 * float(machine.mlc.leaf_end_transmission_mm), np.ones(len(segments)),
                    open_pairs(segments, machine).reshape(len(segments), machine.mlc.num_pairs))
 
+    def open_mask(self) -> np.ndarray:
+        """``open_``, the (S, P) pairs that belong to each aperture (set by :meth:`from_segments`)."""
+        if self.open_ is None:
+            raise ValueError("BeamApertures.open_ is not set; build the apertures with BeamApertures.from_segments")
+        return self.open_
+
     def update_head_scatter(self, machine: MachineModel) -> None:
         """Sc of each segment's equivalent square (rayrt.dose.aperture), 1 when the machine has no beam model."""
         self.sc = np.ones(self.m.size)
@@ -377,7 +383,7 @@ def _optimize_apertures(
                 keep = ba.m >= 0.5 * opt.min_mu_weight
                 if not keep.all() and keep.any():
                     dropped += int((~keep).sum())
-                    ba.x1, ba.x2, ba.m, ba.open_ = ba.x1[keep], ba.x2[keep], ba.m[keep], ba.open_[keep]
+                    ba.x1, ba.x2, ba.m, ba.open_ = ba.x1[keep], ba.x2[keep], ba.m[keep], ba.open_mask()[keep]
                     changed = True
             Js = current_J()
             lo = [np.full(ba.m.size, opt.min_mu_weight) for ba in beams]
@@ -396,7 +402,7 @@ def _optimize_apertures(
     for ba in beams:
         segs = []
         for s in range(ba.m.size):
-            open_ = ba.open_[s] | (ba.x2[s] - ba.x1[s] > g + 1e-6)
+            open_ = ba.open_mask()[s] | (ba.x2[s] - ba.x1[s] > g + 1e-6)
             if not open_.any() or ba.m[s] <= 0:
                 continue
             segs.append(to_segment(ba.x1[s], ba.x2[s], open_, float(ba.m[s]), machine, y_span(ba), float(ba.layout.col_edges_mm[0])))

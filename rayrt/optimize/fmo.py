@@ -124,9 +124,12 @@ def initial_weights(problem: OptimizationProblem) -> np.ndarray:
 class _Screen:
     obj_index: int
     sign: int
-    R: np.ndarray = None  # (term voxels, groups) float32: dose per unit weight of every bixel of a group
-    rowsum: np.ndarray = None  # (term voxels,) float32: R summed over the groups
-    d_ref: np.ndarray = None  # term voxel doses at the last refresh (Gy)
+    # Filled by ObjectiveEvaluator (R and rowsum at set-up, d_ref at every refresh); empty until then.
+    # R: (term voxels, groups) float32, dose per unit weight of every bixel of a group;
+    # rowsum: (term voxels,) float32, R summed over the groups; d_ref: term voxel doses at the last refresh (Gy).
+    R: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    rowsum: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    d_ref: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
 
 @dataclass
@@ -145,7 +148,7 @@ class ObjectiveEvaluator:
     history: list[tuple[float, float]] = field(default_factory=list)
     last_soft: float = np.inf
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         p = self.problem
         n = p.dij.num_rows
         self._screens: list[_Screen] = []
@@ -159,10 +162,10 @@ class ObjectiveEvaluator:
         self._row_nnz = np.diff(p.dij.indptr).astype(np.int32)
         self._full_nnz = float(p.dij.nnz)
         self._excess = 0.0
-        self._base_nnz = None
+        self._base_nnz: float | None = None
         self._screened_ids = {s.obj_index for s in self._screens}
-        self._w_ref = None
-        self._d_ref = None
+        self._w_ref: np.ndarray | None = None
+        self._d_ref: np.ndarray | None = None
         if self._screens:
             nb = p.num_beamlets
             n_scr = sum(p.objectives[s_.obj_index].n for s_ in self._screens)
@@ -346,7 +349,7 @@ def _optimize_fluence(
     worst = 0.0
     prev_worst = np.inf
 
-    def fun(x):
+    def fun_w(x):  # in the weights w
         f, g = ev(x)
         if opt.target_objective is not None and ev.last_soft <= opt.target_objective and not has_hard:
             stop_w[:] = x
@@ -355,10 +358,8 @@ def _optimize_fluence(
 
     stop_w = np.zeros(problem.num_beamlets)
     scale = jacobi_scale(problem) if opt.precondition else np.ones(problem.num_beamlets)
-    inner = fun
-
-    def fun(z):  # noqa: F811 - weights w = scale * z
-        f, g = inner(z * scale)
+    def fun(z):  # in the scaled variables z: weights w = scale * z
+        f, g = fun_w(z * scale)
         return f, g * scale
 
     w = w / scale

@@ -29,7 +29,14 @@ def normalization_factor(target_dose_gy: np.ndarray, order: MedicalOrder) -> flo
     v = np.asarray(target_dose_gy, dtype=float)
     if v.size == 0:
         raise InputError("the normalisation structure has no voxel on the dose grid", kind="order", field="normalization.structure")
-    current = float(np.mean(v)) if norm.metric == "mean" else _dose_at_volume(v, norm.volume_pct)
+    if norm.metric == "mean":
+        current = float(np.mean(v))
+    else:
+        volume_pct = norm.volume_pct
+        if volume_pct is None:
+            raise InputError(f"normalisation metric {norm.metric!r} must be 'D<vol%>', 'mean' or 'none'", kind="order",
+                             field="normalization.metric")
+        current = _dose_at_volume(v, volume_pct)
     if not np.isfinite(current) or current <= 0:
         raise InputError(f"cannot normalise: {norm.metric} of the target is {current} Gy", kind="order", field="normalization")
     return order.prescription.total_dose_gy * norm.value_pct / 100.0 / current

@@ -28,7 +28,7 @@ The DVH terms rank voxels by dose; their gradient is exact wherever the ranking 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -61,8 +61,8 @@ class Objective:
     reference_gy: np.ndarray | None = None
     tolerance_gy: np.ndarray | float | None = None
     screen_sign: int = 0
-    _value_grad: Callable = field(default=None, repr=False)
-    _residual: Callable = field(default=None, repr=False)
+    _value_grad: Callable[..., Any] | None = field(default=None, repr=False)
+    _residual: Callable[..., Any] | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -70,6 +70,9 @@ class Objective:
 
     def value_and_grad(self, d: np.ndarray) -> tuple[float, np.ndarray]:
         """Unweighted value and gradient d f / d d (per voxel of this structure)."""
+        if self._value_grad is None:
+            raise ValueError(f"objective '{self.kind}' on '{self.structure}' has no value function; "
+                             "build it with make_objective")
         return self._value_grad(self, np.asarray(d, dtype=np.float64))
 
     def value(self, d: np.ndarray) -> float:
@@ -77,6 +80,9 @@ class Objective:
 
     def residual(self, d: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
         """Constraint residual r(d) (Gy, constraint r <= 0) and its vector-Jacobian product v -> J^T v."""
+        if self._residual is None:
+            raise ValueError(f"objective '{self.kind}' on '{self.structure}' has no residual function; "
+                             "build it with make_objective")
         return self._residual(self, np.asarray(d, dtype=np.float64))
 
     def max_violation_gy(self, d: np.ndarray) -> float:
@@ -86,6 +92,20 @@ class Objective:
 
 
 # ----------------------------------------------------------------------------- value + gradient
+def _volume_pct(o: Objective) -> float:
+    """The DVH volume V (%) of a min_dvh / max_dvh term (make_objective guarantees it is set)."""
+    if o.volume_pct is None:
+        raise ValueError(f"objective '{o.kind}' on '{o.structure}' needs volume_pct")
+    return o.volume_pct
+
+
+def _exponent(o: Objective) -> float:
+    """The gEUD exponent a of a geud term (make_objective guarantees it is set and non-zero)."""
+    if o.a is None:
+        raise ValueError(f"objective '{o.kind}' on '{o.structure}' needs the gEUD exponent a")
+    return o.a
+
+
 def _sq_dev(o: Objective, d):
     e = d - o.dose_gy
     return float(np.mean(e * e)), (2.0 / d.size) * e
@@ -104,7 +124,7 @@ def _sq_under(o: Objective, d):
 def _top_mask(o: Objective, d) -> np.ndarray:
     """Boolean mask of the hottest ceil(V % n) voxels."""
     n = d.size
-    k = int(np.ceil(o.volume_pct / 100.0 * n - 1e-9))
+    k = int(np.ceil(_volume_pct(o) / 100.0 * n - 1e-9))
     mask = np.zeros(n, dtype=bool)
     if k >= n:
         mask[:] = True
@@ -139,8 +159,9 @@ def _geud_and_grad(a: float, d: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def _geud(o: Objective, d):
-    g, dg = _geud_and_grad(o.a, d)
-    e = max(g - o.dose_gy, 0.0) if o.a >= 1 else min(g - o.dose_gy, 0.0)
+    a = _exponent(o)
+    g, dg = _geud_and_grad(a, d)
+    e = max(g - o.dose_gy, 0.0) if a >= 1 else min(g - o.dose_gy, 0.0)
     return e * e, 2.0 * e * dg
 
 

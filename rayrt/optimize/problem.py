@@ -216,7 +216,8 @@ def problem_from_voxel_groups(
     ``voxels`` (linear dose-grid indices, overlaps already resolved), optional ``volume_pct``, ``a``, ``hard``."""
     all_rows = np.unique(np.concatenate([np.asarray(t["voxels"], dtype=np.int64) for t in terms]))
     sub = SubsetDij(dij, all_rows)
-    objectives, rows = [], {}
+    objectives: list[Objective] = []
+    rows: dict[str, np.ndarray] = {}
     for t in terms:
         pos = np.searchsorted(all_rows, np.unique(np.asarray(t["voxels"], dtype=np.int64)))
         rows[t["structure"]] = np.union1d(rows.get(t["structure"], np.zeros(0, np.int64)), pos)

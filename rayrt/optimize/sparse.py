@@ -8,8 +8,8 @@ Only the voxels that carry objectives are kept (rows of the full Dij selected on
   per thread, summed at the end (the transpose is never stored).
 
 ``rows=None`` means all rows. Products over fewer than ``PARALLEL_MIN_NNZ`` non-zeros (env
-``RAYRT_PARALLEL_MIN_NNZ``, default 2 M, counted exactly over the rows asked for) run on one
-thread: measured on the shared 2-core development machine under load (load average 6), a
+``RAYRT_PARALLEL_MIN_NNZ``, default 2 M, counted exactly over the rows asked for; per matrix
+``SubsetDij.parallel_min_nnz``) run on one thread: measured on the shared 2-core development machine under load (load average 6), a
 2.9 M-nnz row product took 42 ms on two numba threads and 32 ms on one, since a parallel region
 waits for its slowest (descheduled) thread (that measurement had spinning OpenMP workers; see
 :mod:`rayrt.optimize._threads`). Both kernels skip zero entries of ``g``, so a gradient that is
@@ -249,7 +249,9 @@ class SubsetDij:
         self.shape = m.shape
         self.voxel_index = voxel_index
         self.nchunks = max(1, numba.get_num_threads()) * 4
-        self._rowsum = None
+        #: products over fewer non-zeros than this run the serial kernels (default PARALLEL_MIN_NNZ)
+        self.parallel_min_nnz = PARALLEL_MIN_NNZ
+        self._rowsum: np.ndarray | None = None
         self._no_dense()
 
     def _no_dense(self) -> None:
@@ -327,7 +329,7 @@ class SubsetDij:
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         out = np.empty(rows.size, dtype=np.float32)
         args = (self.indptr, self.indices, self.data, self._dpos, self._dense, rows, w32, out)
-        if self._rows_nnz(rows) < PARALLEL_MIN_NNZ:
+        if self._rows_nnz(rows) < self.parallel_min_nnz:
             _hyb_matvec_rows_serial(*args)
         else:
             _hyb_matvec_rows(*args)
@@ -340,7 +342,7 @@ class SubsetDij:
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         g32 = np.ascontiguousarray(g, dtype=np.float32)
         args = (self.indptr, self.indices, self.data, self._dpos, self._dense, rows, g32, self.shape[1])
-        if self._rows_nnz(rows) < PARALLEL_MIN_NNZ:
+        if self._rows_nnz(rows) < self.parallel_min_nnz:
             return _hyb_rmatvec_rows_serial(*args)
         return _hyb_rmatvec_rows(*args, self.nchunks)
 
@@ -351,6 +353,7 @@ class SubsetDij:
         m = sp.csr_matrix(m)
         out.indptr, out.indices, out.data = m.indptr.astype(np.int64), m.indices.astype(self.indices.dtype), m.data.astype(np.float32)
         out.shape, out.voxel_index, out.nchunks, out._rowsum = m.shape, self.voxel_index, self.nchunks, None
+        out.parallel_min_nnz = self.parallel_min_nnz
         out._no_dense()
         return out
 

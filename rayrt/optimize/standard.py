@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Beam, Plan, Segment
@@ -121,9 +122,13 @@ def plan_from_apertures(
 ) -> Plan:
     """A Plan from per-beam segments whose ``mu`` are course MU (divided by the fractions here)."""
     fx = order.prescription.fractions
+    iso = [float(v) for v in isocenter_mm]
+    if len(iso) != 3:
+        raise InputError(f"isocenter_mm must have 3 coordinates (x, y, z, mm), got {len(iso)}", field="isocenter_mm")
+    iso_mm = (iso[0], iso[1], iso[2])
     beams = []
     for i, (segs, g) in enumerate(zip(segments, gantry_deg)):
-        beams.append(Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=float(g), isocenter_mm=tuple(float(v) for v in isocenter_mm),
+        beams.append(Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=float(g), isocenter_mm=iso_mm,
                           segments=[s.model_copy(update={"mu": s.mu / fx}) for s in segs]))
     return Plan(label=label, machine=machine.name, patient_id=patient_id, frame_of_reference_uid=frame_of_reference_uid, fractions=fx,
                 prescription_gy=order.prescription.total_dose_gy, target=order.prescription.target, beams=beams)

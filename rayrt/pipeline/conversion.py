@@ -21,8 +21,8 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from rayrt.convert.convert import AttemptRecord, ConversionResult
-from rayrt.convert.policy import ConversionOptions, load_conversion_options
+from rayrt.convert.results import AttemptRecord, ConversionResult, ConversionStatus
+from rayrt.convert.policy import ConversionOptions, Mode, load_conversion_options
 from rayrt.domain.plan import Plan
 from rayrt.domain.planning import PlanningRequest
 from rayrt.imaging.arrays import from_npy, npy_bytes, safe_name
@@ -45,10 +45,10 @@ class MachinePlan(BaseModel):
 
     machine: str
     plan: Plan | None = Field(default=None, description="None when the conversion was not released")
-    status: str = Field(default="released", description="released | failed (no plan, no RTPLAN)")
+    status: ConversionStatus = Field(default="released", description="released | failed (no plan, no RTPLAN)")
     reasons: list[str] = Field(default_factory=list)
     method: str = Field(description="rayrt.convert:<recompute mode of the released (or last) attempt>")
-    mode: str | None = Field(default=None, description="recompute mode: reuse | dose_only | mu_refit | fluence | dao")
+    mode: Mode | None = Field(default=None, description="recompute mode: reuse | dose_only | mu_refit | fluence | dao")
     coincidence: str | None = Field(default=None, description="coincidence verdict: matches | same_leaves | convertible | incompatible")
     attempts: list[AttemptRecord] = Field(default_factory=list, description="each attempt: mode, strength, QA verdict, gamma vs standard, seconds")
     qa: QAReport | None = Field(default=None, description="QA report of the release loop's last attempt (the qa stage reuses it)")
@@ -69,7 +69,7 @@ def conversion_options(req: PlanningRequest) -> ConversionOptions:
 
 def machine_plan(r: ConversionResult | BaseException, standard: StandardPlan, masks: dict[str, np.ndarray], figure: bool = False,
                  machine: str | None = None) -> MachinePlan:
-    """A :class:`~rayrt.convert.convert.ConversionResult` as the stage's MachinePlan (dose and DVH
+    """A :class:`~rayrt.convert.results.ConversionResult` as the stage's MachinePlan (dose and DVH
     only when released; the release QA report either way). ``r`` may be the exception a
     conversion raised: that machine is then ``failed`` with the error as its reason (the other
     machines and the standard plan go on)."""
@@ -115,7 +115,7 @@ class ConvertedPlans(BaseModel):
         r = cls.model_validate(data)
         for p in r.plans:
             if p.plan is not None:
-                p.dose = _fromnpy_bytes(read(f"dose_{safe_name(p.machine)}.npy"))
+                p.dose = from_npy(read(f"dose_{safe_name(p.machine)}.npy"))
         return r
 
 

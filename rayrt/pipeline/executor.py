@@ -14,7 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 if TYPE_CHECKING:
-    from rayrt.convert.convert import ConversionResult
+    from rayrt.convert.results import ConversionResult
     from rayrt.convert.policy import ConversionOptions
     from rayrt.optimize.standard import PlanGeometry, StandardPlan
 

@@ -19,9 +19,8 @@ from pydicom.uid import generate_uid
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.order import MedicalOrder
-from rayrt.imaging.arrays import safe_name
-from rayrt.imaging.export import save_dataset, write_ct_series, write_rtdose, write_rtstruct
-from rayrt.imaging.rtplan import StructureSetRef, build_rtplan
+from rayrt.imaging.export import write_ct_series, write_rtstruct
+from rayrt.imaging.rtplan import StructureSetRef, export_plan_dicom
 from rayrt.imaging.volume import Volume
 from rayrt.machines import get_machine
 from rayrt.optimize.standard import StandardPlan, dose_key
@@ -144,14 +143,11 @@ def export(study: Any, standard_plan: StandardPlan, ctx: StageContext, converted
             ssref = None
         for n, (plan, dose3, dvh) in enumerate(plans):
             m = get_machine(plan.machine)
-            safe = safe_name(m.name)
             p = plan.model_copy(update={"frame_of_reference_uid": ssref.frame_of_reference_uid if ssref else (plan.frame_of_reference_uid or for_uid)})
-            ds = build_rtplan(p, m, structure_set=ssref, patient_id=getattr(study, "patient_id", None) or None,
-                              patient_name=getattr(study, "patient_name", "") or "", study_uid=None if ssref else study_uid)
-            rp = save_dataset(ds, d / f"RP_{safe}.dcm")
-            rd = write_rtdose(Volume(np.asarray(dose3, np.float32), standard_plan.dose_grid, "dose_gy"), d / f"RD_{safe}.dcm",
-                              frame_of_reference_uid=str(ds.FrameOfReferenceUID), study_uid=str(ds.StudyInstanceUID), patient_id=str(ds.PatientID),
-                              patient_name=str(ds.PatientName), referenced_plan_uid=str(ds.SOPInstanceUID), bits=32)
+            written = export_plan_dicom(p, m, d, dose=Volume(np.asarray(dose3, np.float32), standard_plan.dose_grid, "dose_gy"),
+                                        rtstruct=rs if ssref else None, patient_id=getattr(study, "patient_id", None) or None,
+                                        patient_name=getattr(study, "patient_name", "") or "", study_uid=None if ssref else study_uid)
+            rp, rd = written["rtplan"], written["rtdose"]
             blobs[rp.name] = rp.read_bytes()
             blobs[rd.name] = rd.read_bytes()
             rows += _dvh_rows(m.name, dvh)

@@ -29,7 +29,14 @@ from rayrt.optimize.layout import layout_from_beamlets
 from rayrt.optimize.normalize import normalize_plan
 from rayrt.optimize.problem import OptimizationProblem, build_problem
 from rayrt.optimize.sequencing import get_sequencer
-from rayrt.optimize.standard import PlanGeometry, StandardPlan, dvh_table, final_dose, plan_from_apertures, weight_metrics
+from rayrt.optimize.standard import (
+    PlanGeometry,
+    StandardPlan,
+    dvh_table,
+    final_dose,
+    plan_from_apertures,
+    weight_metrics,
+)
 from rayrt.pipeline.planning import BeamletSet, DijResult
 from rayrt.pipeline.runner import StageContext
 

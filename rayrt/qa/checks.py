@@ -29,7 +29,10 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
 from rayrt.domain.plan import Plan
+from rayrt.dose.aperture import aperture_dose
 from rayrt.imaging.volume import Grid, Volume
+from rayrt.qa.deliverability import check_plan
+from rayrt.qa.dvh import dose_at_volume
 from rayrt.qa.gamma import GammaCriteria, GammaResult, gamma_index
 
 Status = Literal["pass", "warn", "fail"]
@@ -142,7 +145,6 @@ def dvh_criteria_checks(
     hard constraint fails, a violated soft objective warns. A structure missing from ``masks``
     or empty on the dose grid fails with a message.
     """
-    from rayrt.qa.dvh import dose_at_volume
 
     m = masks_on_grid(masks, dose.grid)
     d = np.asarray(dose.array, dtype=np.float64)
@@ -165,7 +167,9 @@ def dvh_criteria_checks(
             checks.append(QACheck(name=label, category="dvh", status="fail", unit="Gy", limit=goal,
                                   detail=f"structure '{nstruct}' missing or empty on the dose grid"))
         else:
-            val = float(v.mean()) if norm.metric == "mean" else float(dose_at_volume(v, norm.volume_pct))
+            # the metric is 'D<vol%>' (volume_pct set) or 'mean' (volume_pct None): Normalization validates it
+            vol_pct = norm.volume_pct
+            val = float(v.mean()) if vol_pct is None else float(dose_at_volume(v, vol_pct))
             dev = (val - goal) / goal * 100.0
             status: Status = "pass" if dev >= -coverage_tolerance_pct else ("warn" if dev >= -2 * coverage_tolerance_pct else "fail")
             checks.append(QACheck(name=label, category="dvh", status=status, value=round(val, 4), limit=round(goal, 4), unit="Gy",
@@ -191,8 +195,9 @@ def _objective_check(obj: ObjectiveSpec, v: np.ndarray | None, tol_pct: float, d
         metric, what = (lambda x: float(dose_at_volume(x, obj.volume_pct))), f"D{obj.volume_pct:g}"
     elif k is ObjectiveKind.mean_dose:
         metric, what = (lambda x: float(x.mean())), "Dmean"
-    elif k is ObjectiveKind.geud:
-        metric, what = (lambda x: _geud(x, float(obj.a))), f"gEUD(a={obj.a:g})"
+    elif k is ObjectiveKind.geud and obj.a is not None:  # ObjectiveSpec requires a for geud
+        a = float(obj.a)
+        metric, what = (lambda x: _geud(x, a)), f"gEUD(a={a:g})"
     else:  # a kind added later: not a criterion this module knows
         return None
     op = ">=" if lower else "<="
@@ -219,8 +224,6 @@ def aperture_recompute(density: Volume, *, total_course: bool = True, **aperture
     are per fraction, so the dose is per fraction; with ``total_course`` it is multiplied by
     ``plan.fractions`` (the convention of the orders' total-course doses).
     """
-    from rayrt.dose.aperture import aperture_dose
-
     def recompute(plan: Plan, machine: MachineModel, grid: Grid) -> Volume:
         total = np.zeros(grid.shape, dtype=np.float64)
         for beam in plan.beams:
@@ -235,10 +238,6 @@ def aperture_recompute(density: Volume, *, total_course: bool = True, **aperture
 def default_recompute(density: Volume | None) -> DoseRecompute | None:
     """The aperture dose engine on ``density`` when both are available, else None."""
     if density is None:
-        return None
-    try:
-        import rayrt.dose.aperture  # noqa: F401
-    except ImportError:
         return None
     return aperture_recompute(density)
 
@@ -267,7 +266,7 @@ def independent_dose_check(
     """
     if grid is None:
         sp = np.maximum(planned.grid.spacing / 2.0, min(min_spacing_mm, float(planned.grid.spacing.min())))
-        grid = planned.grid.with_spacing(tuple(float(s) for s in sp))
+        grid = planned.grid.with_spacing((float(sp[0]), float(sp[1]), float(sp[2])))
     indep = recompute(plan, machine, grid)
     if not isinstance(indep, Volume):
         raise InputError("the independent dose engine must return a Volume of dose in Gy", kind="qa")
@@ -291,8 +290,6 @@ def independent_dose_check(
 # --------------------------------------------------------------------------- deliverability
 def deliverability_check(plan: Plan, machine: MachineModel) -> QACheck:
     """Every mechanical and MU rule of the machine (:func:`rayrt.qa.deliverability.check_plan`)."""
-    from rayrt.qa.deliverability import check_plan
-
     rep = check_plan(plan, machine)
     n = len(rep.violations)
     shown = "; ".join(f"{v.rule}: {v.message}" for v in rep.violations[:5])

@@ -138,7 +138,7 @@ def check_plan(plan: Plan, machine: MachineModel) -> DeliverabilityReport:
                 if (jaw is None) != (pos is None):
                     v.append(Violation(rule="jaw_presence", beam=bi, segment=si, message=f"{name} jaws {'given' if pos is not None else 'missing'} but the machine has {'no' if jaw is None else ''} {name} jaws"))
                     continue
-                if jaw is None:
+                if jaw is None or pos is None:  # both absent (the check above caught one absent)
                     continue
                 j1, j2 = pos
                 if j1 > j2 + TOL_MM or j1 < jaw.min_mm - TOL_MM or j2 > jaw.max_mm + TOL_MM:

@@ -3,7 +3,7 @@
 Method (reported with every :class:`DVHMetrics` in ``method``):
 
 * A structure is the set of voxels whose *centre* lies inside it (see
-  :mod:`rayrt.contour.polygons`); each voxel carries its centre dose and an equal share of
+  :mod:`rayrt.imaging.polygons`); each voxel carries its centre dose and an equal share of
   volume. With ``subvoxel`` > 1 (:func:`structure_dvh_metrics`), each dose voxel is split into
   ``s x s x s`` sub-voxels, the structure is rasterised at the sub-voxel centres and the dose
   is interpolated trilinearly there, which matters for structures of a few cc.
@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel, Field
+
+from rayrt.imaging.polygons import polygon_planes, rasterize_polygons
+from rayrt.imaging.volume import Grid
 
 __all__ = [
     "DVHMetrics",
@@ -182,9 +185,6 @@ def structure_dvh_metrics(
     """
     from scipy.ndimage import map_coordinates
 
-    from rayrt.contour.polygons import polygon_planes, rasterize_polygons
-    from rayrt.imaging.volume import Grid
-
     grid = dose.grid
     if contours:
         ij, ks = polygon_planes(contours, grid)
@@ -210,8 +210,8 @@ def structure_dvh_metrics(
     first = lo - 0.5 + 0.5 / s  # fractional (k, j, i) of the first sub-voxel centre
     origin = grid.index_to_world(first.astype(float))
     sp = grid.spacing / s
-    fine = Grid(shape=(int(n[0]), int(n[1]), int(n[2])), spacing_mm=tuple(float(v) for v in sp),
-                origin_mm=tuple(float(v) for v in origin), direction=grid.direction)
+    fine = Grid(shape=(int(n[0]), int(n[1]), int(n[2])), spacing_mm=(float(sp[0]), float(sp[1]), float(sp[2])),
+                origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])), direction=grid.direction)
     fmask = rasterize_polygons(contours, fine, plane_spacing_mm=plane_spacing_mm)
     kji = np.argwhere(fmask).astype(float)
     if kji.shape[0] == 0:

@@ -43,7 +43,7 @@ from rayrt.qa.checks import (
     independent_dose_check,
     masks_on_grid,
 )
-from rayrt.qa.dvh import DVHMetrics
+from rayrt.qa.dvh import DVHMetrics, cumulative_dvh, dvh_metrics
 from rayrt.qa.gamma import GammaCriteria, GammaResult, GammaSummary
 
 Verdict = Literal["pass", "review", "fail"]
@@ -114,8 +114,6 @@ def qa_plan(
     for :func:`rayrt.dose.aperture.aperture_dose` on ``density`` (total course: x fractions)
     when a density is given, None to skip.
     """
-    from rayrt.qa.dvh import dvh_metrics
-
     checks: list[QACheck] = []
     notes: list[str] = []
     mk = masks_on_grid(masks, dose.grid) if masks else {}
@@ -135,8 +133,9 @@ def qa_plan(
     # 2. gamma against the standard plan
     gres = None
     if standard_dose is not None:
-        c, gres = gamma_check(standard_dose, dose, gamma_criteria, tolerance_pct, action_pct, name=f"gamma vs standard {gamma_criteria.label()}")
-        checks.append(c)
+        gcheck, gres = gamma_check(standard_dose, dose, gamma_criteria, tolerance_pct, action_pct,
+                                   name=f"gamma vs standard {gamma_criteria.label()}")
+        checks.append(gcheck)
     else:
         notes.append("no standard dose given: gamma against the standard plan not run")
 
@@ -197,8 +196,6 @@ def render_qa_figure(result: QAResult, path: str | Path) -> Path:
     """One page (A4 portrait): DVH overlay, dose difference and gamma on central planes, checks table."""
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in workers and threads
-
-    from rayrt.qa.dvh import cumulative_dvh
 
     rep = result.report
     fig = Figure(figsize=(8.27, 11.69), dpi=110)
@@ -265,9 +262,11 @@ def render_qa_figure(result: QAResult, path: str | Path) -> Path:
     # gamma map on the reference (standard) grid
     if result.gamma is not None:
         g = result.gamma.gamma
-        gc = c if result.gamma.grid.same_geometry(dose.grid) else tuple(
-            int(round(v)) for v in np.clip(result.gamma.grid.world_to_index(dose.grid.index_to_world(np.array(c, float))), 0,
-                                           np.array(result.gamma.grid.shape) - 1))
+        gc = c
+        if not result.gamma.grid.same_geometry(dose.grid):
+            gi = np.clip(result.gamma.grid.world_to_index(dose.grid.index_to_world(np.array(c, float))), 0,
+                         np.array(result.gamma.grid.shape) - 1)
+            gc = (int(round(gi[0])), int(round(gi[1])), int(round(gi[2])))
         for col_i, (lab, sl, asp) in enumerate(_planes(g, gc, result.gamma.grid.spacing)):
             a = fig.add_subplot(gs[2, col_i])
             im = a.imshow(np.ma.masked_invalid(sl), cmap="RdYlGn_r", vmin=0, vmax=2, interpolation="nearest", aspect=asp)

@@ -278,6 +278,8 @@ def proximal_layer(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCMo
     interdigitating MLC are), so a distal pair that straddles the span's end is cut there."""
     b = mlc.boundaries
     pb = mlc.proximal_boundaries
+    if pb is None:
+        raise ValueError(f"MLC {mlc.name} has no proximal layer (not dual-layer)")
     g = float(mlc.min_gap_mm)
     op = np.flatnonzero(open_)
     Q = pb.size - 1
@@ -346,7 +348,7 @@ class Sequencer:
         if fmax <= 0:
             return SequencingResult(segments=[], levels=0, num_segments=0, total_mu=0.0, sequencer=self.name)
         choices = (levels,) if levels else self.level_choices
-        best = None
+        best: tuple[int, list[Segment]] | None = None
         for L in choices:
             unit = fmax / L
             I = np.rint(pf / unit).astype(np.int64)
@@ -354,6 +356,8 @@ class Sequencer:
             best = (L, segs)
             if len(segs) <= max_segments:
                 break
+        if best is None:
+            raise ValueError(f"sequencer {self.name} has no level choices")
         L, segs = best
         dropped = 0.0
         if len(segs) > max_segments:
