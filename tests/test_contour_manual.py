@@ -7,9 +7,9 @@ import pytest
 
 from rayrt.contour.automatic import auto_contour
 from rayrt.contour.manual import polygon_self_intersects, rasterize, replace_slices, validate_polygons
-from rayrt.contour.polygons import mask_to_polygons
 from rayrt.contour.synthetic import centred_grid, dice, ellipsoid_mask, thorax_phantom
 from rayrt.domain.errors import InputError
+from rayrt.imaging.polygons import mask_to_polygons
 
 
 def _square(z, x0=-20.0, y0=-20.0, size=40.0):

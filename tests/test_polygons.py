@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rayrt.contour.polygons import mask_to_polygons, rasterize_polygons
 from rayrt.domain.errors import InputError
+from rayrt.imaging.polygons import mask_to_polygons, rasterize_polygons
 from rayrt.imaging.volume import Grid
 
 

@@ -8,3 +8,4 @@ from rayrt.cli import contour  # noqa: F401
 from rayrt.cli import plan  # noqa: F401
 from rayrt.cli import machine  # noqa: F401
 from rayrt.cli import demo  # noqa: F401
+from rayrt.cli import warmup  # noqa: F401

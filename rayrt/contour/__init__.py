@@ -1,6 +1,6 @@
-"""Contours and structures: automatic, semi-automatic and manual delineation, mask <-> polygon.
+"""Contours and structures: automatic, semi-automatic and manual delineation.
 
-``rayrt.contour.polygons`` converts between voxel masks and DICOM-style closed planar polygons
-(LPS mm): :func:`~rayrt.contour.polygons.rasterize_polygons` (even-odd filling at voxel centres)
-and :func:`~rayrt.contour.polygons.mask_to_polygons` (marching squares between voxel centres).
+Masks and DICOM-style closed planar polygons (LPS mm) are converted by :mod:`rayrt.imaging.polygons`
+(:func:`~rayrt.imaging.polygons.rasterize_polygons`, :func:`~rayrt.imaging.polygons.mask_to_polygons`),
+which the imaging package needs too: rayrt.contour builds on rayrt.imaging, never the other way round.
 """

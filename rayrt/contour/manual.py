@@ -4,7 +4,7 @@ Each polygon is a closed planar contour on an axial image slice (first point not
 polygon is refused when it has fewer than 3 distinct points, non-finite coordinates, is not on
 one image plane, lies entirely outside the image, encloses no area, or crosses itself (any two
 non-adjacent edges intersect; checked per polygon with an O(n^2) segment test with bounding-box
-rejection, compiled with numba). Rasterisation is :func:`rayrt.contour.polygons.rasterize_polygons`
+rejection, compiled with numba). Rasterisation is :func:`rayrt.imaging.polygons.rasterize_polygons`
 (even-odd at voxel centres: holes are polygons inside polygons).
 """
 
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from rayrt.contour._kernels import segments_intersect_any
 from rayrt.domain.errors import InputError
+from rayrt.imaging.polygons import rasterize_polygons
 from rayrt.imaging.volume import Grid
 
 
@@ -28,8 +30,6 @@ def _dedupe(xy: np.ndarray, tol: float) -> np.ndarray:
 
 def polygon_self_intersects(xy: np.ndarray, tol_mm: float = 1e-6) -> int:
     """Index of an edge of a closed polygon (n, 2) that crosses another edge, or -1 if simple."""
-    from rayrt.contour._kernels import segments_intersect_any
-
     xy = _dedupe(np.ascontiguousarray(xy, dtype=np.float64), tol_mm)
     if len(xy) < 4:
         return -1
@@ -96,8 +96,6 @@ def validate_polygons(contours: list[np.ndarray], grid: Grid, what: str = "polyg
 
 def rasterize(contours: list[np.ndarray], grid: Grid) -> np.ndarray:
     """Validated polygons -> bool mask on ``grid`` (each polygon on the slice it is drawn on)."""
-    from rayrt.contour.polygons import rasterize_polygons
-
     pts = validate_polygons(contours, grid)
     # A drawn polygon belongs to its own slice only (a person draws slice by slice; the slices in
     # between are empty until interpolated), so each drawn plane is rasterised on a one-slice grid.

@@ -170,7 +170,8 @@ class _BeamSetup:
         self.nvox = dose_grid.num_voxels
         # read-only, always: density arrays that come from Ray's object store are, and numba compiles
         # a separate specialisation of the kernels for read-only arrays (one is enough)
-        self.rho = np.ascontiguousarray(density.array, dtype=np.float32)
+        self.rho = np.ascontiguousarray(density.array, dtype=np.float32).view()
+        self.rho.flags.writeable = False
         geo = beamlets.geometry(machine)
         self.b = b = _bixel_arrays(beamlets, machine, start, stop, cutoff_mm, threshold)
         self.shape = np.array(dose_grid.shape, dtype=np.int64)

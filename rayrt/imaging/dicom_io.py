@@ -11,7 +11,7 @@
   regular spacing). Other non-uniform spacing is resampled linearly onto the finest spacing,
   with a warning.
 * RTSTRUCT: CLOSED_PLANAR contours per ROI (POINT and OPEN contours are skipped with a
-  warning), rasterised with :func:`rayrt.contour.polygons.rasterize_polygons`.
+  warning), rasterised with :func:`rayrt.imaging.polygons.rasterize_polygons`.
 * RTDOSE: stored integers x DoseGridScaling = Gy; frames positioned by GridFrameOffsetVector
   (relative to ImagePositionPatient, or absolute when its first element equals the first
   frame's position); single and multi-frame.

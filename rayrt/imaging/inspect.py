@@ -10,6 +10,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from rayrt.domain.errors import InputError
+from rayrt.imaging.archive import safe_extract_zip
+from rayrt.imaging.dicom_io import IMAGE_MODALITIES, read_rtdose, read_rtstruct, scan_dicom
+from rayrt.imaging.polygons import rasterize_polygons
+from rayrt.imaging.study import load_study
 
 __all__ = ["InspectReport", "SeriesSummary", "StructureSummary", "DoseSummary", "PlanSummary", "inspect_path"]
 
@@ -93,10 +97,6 @@ def _dose_summary(dose, name: str) -> DoseSummary:
 
 def inspect_path(path: str | Path) -> InspectReport:
     """Summarise a DICOM folder, .zip or file. Without an image series, structure volumes are computed on the dose grid."""
-    from rayrt.imaging.archive import safe_extract_zip
-    from rayrt.imaging.dicom_io import IMAGE_MODALITIES, read_rtdose, read_rtstruct, scan_dicom
-    from rayrt.imaging.study import load_study
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"no such file or folder: {path}", kind="dicom", status=404)
@@ -138,8 +138,6 @@ def inspect_path(path: str | Path) -> InspectReport:
             report.warnings = study.warnings
             return report
         # no image: list what is there; structure volumes on the first dose grid if any
-        from rayrt.contour.polygons import rasterize_polygons
-
         h0 = headers[0]
         report.patient_id, report.patient_name = h0.patient_id, h0.patient_name
         report.study_instance_uid, report.frame_of_reference_uid = h0.study_instance_uid or None, h0.frame_of_reference_uid

@@ -25,6 +25,9 @@ import numpy as np
 from rayrt.domain.errors import InputError
 from rayrt.domain.order import MedicalOrder, Normalization, ObjectiveKind, ObjectiveSpec, Prescription
 from rayrt.domain.patient import ImageSeriesInfo, Structure, StructureKind
+from rayrt.imaging.export import write_study
+from rayrt.imaging.hu import red_to_hu
+from rayrt.imaging.polygons import rasterize_polygons
 from rayrt.imaging.study import StructureMask, Study
 from rayrt.imaging.volume import Grid, Volume
 
@@ -70,8 +73,6 @@ def load_mat_phantom(path: str | Path) -> Study:
     """
     import scipy.io as sio
     from pydicom.uid import generate_uid
-
-    from rayrt.imaging.hu import red_to_hu
 
     path = Path(path)
     if not path.is_file():
@@ -202,8 +203,6 @@ def tg119_phantom(spacing_mm: tuple[float, float, float] | float = (3.0, 3.0, 2.
     """
     from pydicom.uid import generate_uid
 
-    from rayrt.contour.polygons import rasterize_polygons
-
     sp = (float(spacing_mm),) * 3 if np.isscalar(spacing_mm) else tuple(float(s) for s in spacing_mm)  # type: ignore[arg-type]
     if len(sp) != 3 or any(s <= 0 or s > 20 for s in sp):
         raise InputError(f"phantom spacing must be three positive values up to 20 mm, got {spacing_mm}", kind="phantom")
@@ -264,8 +263,6 @@ def tg119_order() -> MedicalOrder:
 def write_tg119(out_dir: str | Path, spacing_mm: tuple[float, float, float] | float = (3.0, 3.0, 2.5)) -> Path:
     """Write the TG-119 phantom as DICOM (``CT/`` series + ``RS.dcm``) and its ``order.yaml`` into ``out_dir``."""
     import yaml
-
-    from rayrt.imaging.export import write_study
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -438,7 +438,9 @@ def export_plan_dicom(
     ds = build_rtplan(plan, machine, structure_set=ssref, patient_id=patient_id, patient_name=patient_name, study_uid=study_uid)
     from rayrt.imaging.export import save_dataset
 
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in machine.name)
+    from rayrt.imaging.arrays import safe_name
+
+    safe = safe_name(machine.name)
     out = {"rtplan": save_dataset(ds, out_dir / f"RP_{safe}.dcm")}
     if dose is not None:
         out["rtdose"] = write_rtdose(

@@ -18,7 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from rayrt.domain.errors import InputError
-from rayrt.domain.patient import ImageSeriesInfo, Structure
+from rayrt.domain.patient import ImageSeriesInfo, Structure, StructureKind
+from rayrt.imaging.archive import safe_extract_zip
+from rayrt.imaging.dicom_io import (
+    IMAGE_MODALITIES,
+    check_frame_of_reference,
+    read_image_series,
+    read_rtdose,
+    read_rtstruct,
+    scan_dicom,
+)
+from rayrt.imaging.polygons import rasterize_polygons
 from rayrt.imaging.volume import Volume
 
 __all__ = ["StructureMask", "Study", "load_study", "structure_masks_from_rtstruct"]
@@ -122,8 +132,6 @@ class Study:
     @property
     def external_name(self) -> str | None:
         """The body outline: the structure of kind external, else one named BODY/EXTERNAL/SKIN/OUTLINE."""
-        from rayrt.domain.patient import StructureKind
-
         for s in self.structures:
             if s.structure.kind is StructureKind.external:
                 return s.structure.name
@@ -151,8 +159,6 @@ def _series_info(vol: Volume) -> ImageSeriesInfo:
 
 def structure_masks_from_rtstruct(rtstruct, grid, *, plane_spacing_mm: float | None = None) -> list[StructureMask]:
     """Rasterise every ROI of a parsed RT Structure Set (:class:`~rayrt.imaging.dicom_io.RTStructData`) onto ``grid``."""
-    from rayrt.contour.polygons import rasterize_polygons
-
     out: list[StructureMask] = []
     for roi in rtstruct.rois:
         mask = rasterize_polygons(roi.contours, grid, plane_spacing_mm=plane_spacing_mm)
@@ -174,8 +180,6 @@ def load_study(path: str | Path) -> Study:
     A .zip is extracted safely into a temporary folder, which is removed after loading unless
     the study holds RT plans (``plan_files`` then point into it; ``source`` names it).
     """
-    from rayrt.imaging.archive import safe_extract_zip
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"no such file or folder: {path}", kind="dicom", status=404)
@@ -207,9 +211,6 @@ def load_study(path: str | Path) -> Study:
 
 
 def _load(path: Path, files: list[Path], source: Path) -> Study:
-    from rayrt.imaging.dicom_io import (IMAGE_MODALITIES, check_frame_of_reference, read_image_series, read_rtdose,
-                                        read_rtstruct, scan_dicom)
-
     if not files:
         raise InputError(f"{path} holds no files; give a folder or .zip of DICOM files", kind="dicom")
     warnings: list[str] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rayrt.contour.polygons import mask_to_polygons, rasterize_polygons
+from rayrt.imaging.polygons import mask_to_polygons, rasterize_polygons
 from rayrt.imaging.volume import Grid
 
 
