@@ -28,59 +28,84 @@ class BodySettings(_Section):
     """External (body outline) on CT: threshold, couch/immobilisation removal, hole filling."""
 
     name: str = "External"
-    threshold_hu: float = Field(-350.0, description="voxels above this HU are candidate body")
+    threshold_hu: float = Field(default=-350.0, description="voxels above this HU are candidate body")
     opening_radius_mm: float = Field(
-        6.0, ge=0, description="in-plane opening radius (mm) that cuts thin bridges to the couch and immobilisation"
+        default=6.0, ge=0,
+        description="in-plane opening radius (mm) that cuts thin bridges to the couch and immobilisation"
     )
     work_spacing_mm: float = Field(
-        2.0, gt=0, description="in-plane spacing (mm) of the coarse grid used to find the body; edges are refined at full resolution"
+        default=2.0, gt=0,
+        description=(
+            "in-plane spacing (mm) of the coarse grid used to find the body; edges are refined at full resolution"
+        ),
     )
     fill_holes_per_slice: bool = True
-    min_volume_cc: float = Field(50.0, ge=0, description="refuse a body smaller than this (cc)")
+    min_volume_cc: float = Field(default=50.0, ge=0, description="refuse a body smaller than this (cc)")
 
 
 class LungSettings(_Section):
     name_left: str = "Lung_L"
     name_right: str = "Lung_R"
-    threshold_hu: float = Field(-400.0, description="lung is inside the body and below this HU")
-    min_volume_cc: float = Field(100.0, ge=0, description="an air region inside the body smaller than this is not a lung")
-    max_split_erosions: int = Field(8, ge=0, description="erosion steps (coarse voxels) tried to split joined lungs")
-    fill_holes_per_slice: bool = Field(True, description="include vessels and airways inside the lung outline")
-    closing_radius_mm: float = Field(2.0, ge=0, description="in-plane closing (mm) that smooths the lung outline")
+    threshold_hu: float = Field(default=-400.0, description="lung is inside the body and below this HU")
+    min_volume_cc: float = Field(
+        default=100.0, ge=0, description="an air region inside the body smaller than this is not a lung"
+    )
+    max_split_erosions: int = Field(
+        default=8, ge=0, description="erosion steps (coarse voxels) tried to split joined lungs"
+    )
+    fill_holes_per_slice: bool = Field(default=True, description="include vessels and airways inside the lung outline")
+    closing_radius_mm: float = Field(
+        default=2.0, ge=0, description="in-plane closing (mm) that smooths the lung outline"
+    )
 
 
 class BoneSettings(_Section):
     name: str = "Bones"
-    threshold_hu: float = Field(250.0, description="bone is inside the body and above this HU")
-    min_component_cc: float = Field(0.5, ge=0, description="bone pieces smaller than this are dropped (calcifications, contrast, noise)")
-    fill_holes_per_slice: bool = Field(True, description="include marrow inside cortical shells")
+    threshold_hu: float = Field(default=250.0, description="bone is inside the body and above this HU")
+    min_component_cc: float = Field(
+        default=0.5, ge=0, description="bone pieces smaller than this are dropped (calcifications, contrast, noise)"
+    )
+    fill_holes_per_slice: bool = Field(default=True, description="include marrow inside cortical shells")
 
 
 class CavitySettings(_Section):
     name: str = "Cavity_Air"
-    threshold_hu: float = Field(-400.0, description="air cavity: inside the body, not lung, below this HU")
-    min_component_cc: float = Field(0.2, ge=0)
+    threshold_hu: float = Field(default=-400.0, description="air cavity: inside the body, not lung, below this HU")
+    min_component_cc: float = Field(default=0.2, ge=0)
 
 
 class NonCTBodySettings(_Section):
     """Body outline on MR or PET: Otsu threshold of the (smoothed) intensity histogram."""
 
-    smoothing_sigma_mm: float = Field(2.0, ge=0, description="Gaussian smoothing before the Otsu threshold (mm)")
-    otsu_scale: float = Field(
-        0.5, gt=0, le=1, description="threshold = p1 + otsu_scale x (Otsu - p1), p1 the 1st percentile (background): MR bodies are dim at the edges"
+    smoothing_sigma_mm: float = Field(
+        default=2.0, ge=0, description="Gaussian smoothing before the Otsu threshold (mm)"
     )
-    opening_radius_mm: float = Field(4.0, ge=0)
+    otsu_scale: float = Field(
+        default=0.5, gt=0, le=1,
+        description=(
+            "threshold = p1 + otsu_scale x (Otsu - p1), p1 the 1st percentile (background): "
+            "MR bodies are dim at the edges"
+        ),
+    )
+    opening_radius_mm: float = Field(default=4.0, ge=0)
 
 
 class GrowSettings(_Section):
-    connectivity: int = Field(1, ge=1, le=3, description="1: faces (6-neighbours), 2: +edges (18), 3: +corners (26)")
-    max_fraction_of_body: float = Field(0.5, gt=0, le=1, description="refuse a grown region larger than this fraction of External (or of the image)")
-    max_border_faces: int = Field(3, ge=1, le=6, description="refuse a region touching more than this many of the 6 image faces")
+    connectivity: int = Field(
+        default=1, ge=1, le=3, description="1: faces (6-neighbours), 2: +edges (18), 3: +corners (26)"
+    )
+    max_fraction_of_body: float = Field(
+        default=0.5, gt=0, le=1,
+        description="refuse a grown region larger than this fraction of External (or of the image)"
+    )
+    max_border_faces: int = Field(
+        default=3, ge=1, le=6, description="refuse a region touching more than this many of the 6 image faces"
+    )
 
 
 class PetSettings(_Section):
-    percent_of_max: float = Field(40.0, gt=0, lt=100, description="default threshold, % of local SUVmax")
-    connected_to_max: bool = Field(True, description="keep only the part connected to the SUVmax voxel")
+    percent_of_max: float = Field(default=40.0, gt=0, lt=100, description="default threshold, % of local SUVmax")
+    connected_to_max: bool = Field(default=True, description="keep only the part connected to the SUVmax voxel")
 
 
 class ContourConfig(_Section):

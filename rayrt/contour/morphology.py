@@ -30,6 +30,8 @@ scan limits does not lose its end slices.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
@@ -46,18 +48,18 @@ def connectivity_structure(connectivity: int = 1) -> np.ndarray:
     return ndi.generate_binary_structure(3, connectivity)
 
 
-def bbox(mask: np.ndarray, pad: tuple[int, int, int] = (0, 0, 0)) -> tuple[slice, slice, slice] | None:
+def bbox(mask: np.ndarray, pad: Sequence[int] = (0, 0, 0)) -> tuple[slice, slice, slice] | None:
     """Slices (k, j, i) of the bounding box of ``mask`` grown by ``pad`` voxels (clipped); None if empty."""
     if not mask.any():
         return None
-    out = []
+    out: list[slice] = []
     for ax in range(3):
         other = tuple(a for a in range(3) if a != ax)
         nz = np.flatnonzero(mask.any(axis=other))
         lo = max(0, int(nz[0]) - pad[ax])
         hi = min(mask.shape[ax], int(nz[-1]) + 1 + pad[ax])
         out.append(slice(lo, hi))
-    return tuple(out)  # type: ignore[return-value]
+    return out[0], out[1], out[2]
 
 
 def disk_2d(radius_mm: float, spacing_ji_mm: tuple[float, float]) -> np.ndarray:
@@ -212,7 +214,7 @@ def smooth(mask: np.ndarray, grid: Grid, sigma_mm: float) -> np.ndarray:
         return mask.copy()
     sig = sigma_mm / grid.spacing[::-1]  # (k, j, i) voxels
     pad = tuple(int(np.ceil(3 * s)) + 1 for s in sig)
-    box = bbox(mask, pad)  # type: ignore[arg-type]
+    box = bbox(mask, pad)
     if box is None:
         return mask.copy()
     out = np.zeros_like(mask, dtype=bool)
@@ -229,12 +231,12 @@ class Margins(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    left_mm: float = Field(0.0, ge=0, le=200)
-    right_mm: float = Field(0.0, ge=0, le=200)
-    anterior_mm: float = Field(0.0, ge=0, le=200)
-    posterior_mm: float = Field(0.0, ge=0, le=200)
-    superior_mm: float = Field(0.0, ge=0, le=200)
-    inferior_mm: float = Field(0.0, ge=0, le=200)
+    left_mm: float = Field(default=0.0, ge=0, le=200)
+    right_mm: float = Field(default=0.0, ge=0, le=200)
+    anterior_mm: float = Field(default=0.0, ge=0, le=200)
+    posterior_mm: float = Field(default=0.0, ge=0, le=200)
+    superior_mm: float = Field(default=0.0, ge=0, le=200)
+    inferior_mm: float = Field(default=0.0, ge=0, le=200)
 
     @classmethod
     def isotropic(cls, mm: float) -> "Margins":
@@ -371,7 +373,9 @@ def expand(mask: np.ndarray, grid: Grid, margins: Margins) -> np.ndarray:
     sp = grid.spacing[::-1]
     m = _effective_margins(_array_axis_margins(grid, margins), sp, SURFACE_OFFSET)
     pad = tuple(int(np.ceil(max(m[a]) / sp[a])) + 1 for a in range(3))
-    box = bbox(mask, pad)  # type: ignore[arg-type]
+    box = bbox(mask, pad)
+    if box is None:  # not reached: the mask is not empty
+        return mask.copy()
     crop = mask[box]
     grown = _dilate(crop, sp, m)
     out = np.zeros_like(mask, dtype=bool)
@@ -388,6 +392,8 @@ def contract(mask: np.ndarray, grid: Grid, margins: Margins) -> np.ndarray:
     sp = grid.spacing[::-1]
     m = _effective_margins(_array_axis_margins(grid, margins), sp, CONTRACT_SURFACE_OFFSET)
     box = bbox(mask, (1, 1, 1))
+    if box is None:  # not reached: the mask is not empty
+        return mask.copy()
     crop = mask[box]
     pad = [(int(np.ceil(max(m[a]) / sp[a])) + 1,) * 2 for a in range(3)]
     # replicate the edge only where the mask reaches the image border; elsewhere pad with outside

@@ -16,6 +16,7 @@ z superior. Margins are in mm.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import numpy as np
@@ -56,9 +57,9 @@ class PostProcess(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     fill_holes: Literal["none", "slice", "3d"] = "none"
-    smooth_sigma_mm: float = Field(0.0, ge=0, le=20, description="Gaussian outline smoothing (mm); 0 = off")
-    crop_to: str | None = Field(None, description="cut the structure to this one, e.g. 'External'")
-    crop_inside_mm: float = Field(0.0, ge=0, le=100, description="...and this far inside its surface (mm)")
+    smooth_sigma_mm: float = Field(default=0.0, ge=0, le=20, description="Gaussian outline smoothing (mm); 0 = off")
+    crop_to: str | None = Field(default=None, description="cut the structure to this one, e.g. 'External'")
+    crop_inside_mm: float = Field(default=0.0, ge=0, le=100, description="...and this far inside its surface (mm)")
 
 
 class _Base(BaseModel):
@@ -67,9 +68,11 @@ class _Base(BaseModel):
 
 class _Creates(_Base):
     name: str = Field(min_length=1, max_length=64, description="name of the structure to create (TG-263)")
-    kind: StructureKind | None = Field(None, description="default: from the name (GTV/CTV/PTV... -> target, else organ)")
+    kind: StructureKind | None = Field(
+        default=None, description="default: from the name (GTV/CTV/PTV... -> target, else organ)"
+    )
     colour: Colour | None = None
-    overwrite: bool = Field(False, description="replace an existing structure of that name")
+    overwrite: bool = Field(default=False, description="replace an existing structure of that name")
     post: PostProcess = PostProcess()
 
 
@@ -78,10 +81,13 @@ class AutoRequest(_Base):
 
     method: Literal["auto"] = "auto"
     structures: list[Literal["body", "lungs", "bones", "cavities"]] | None = Field(
-        None, min_length=1, description="default: every structure the image supports (lungs skipped, with a note, when there are none)"
+        default=None, min_length=1,
+        description="default: every structure the image supports (lungs skipped, with a note, when there are none)"
     )
-    image: str | None = Field(None, description="image series key; default the primary image")
-    config: ContourConfig | None = Field(None, description="settings; default the structure set's (logged resolved)")
+    image: str | None = Field(default=None, description="image series key; default the primary image")
+    config: ContourConfig | None = Field(
+        default=None, description="settings; default the structure set's (logged resolved)"
+    )
     overwrite: bool = True
 
 
@@ -93,8 +99,8 @@ class GrowRequest(_Creates):
     window: tuple[float, float] = Field(description="[lo, hi] in the image's unit (HU for CT)")
     box_mm: BoxMM | None = None
     image: str | None = None
-    connectivity: int | None = Field(None, ge=1, le=3)
-    max_fraction_of_body: float | None = Field(None, gt=0, le=1)
+    connectivity: int | None = Field(default=None, ge=1, le=3)
+    max_fraction_of_body: float | None = Field(default=None, gt=0, le=1)
 
 
 class InterpolateRequest(_Creates):
@@ -104,19 +110,21 @@ class InterpolateRequest(_Creates):
     """
 
     method: Literal["interpolate"] = "interpolate"
-    kind: StructureKind | None = Field(None, description="default: the drawn structure's kind, else organ")
+    kind: StructureKind | None = Field(default=None, description="default: the drawn structure's kind, else organ")
     contours: list[Polygon] | None = None
-    key_slices_z_mm: list[float] | None = Field(None, description="which drawn slices are keys; default every drawn slice")
+    key_slices_z_mm: list[float] | None = Field(
+        default=None, description="which drawn slices are keys; default every drawn slice"
+    )
 
 
 class MarginRequest(_Creates):
     """Expansion or contraction of ``source`` into ``name`` (e.g. CTV -> PTV)."""
 
     method: Literal["margin"] = "margin"
-    kind: StructureKind | None = Field(None, description="default: the source's kind")
+    kind: StructureKind | None = Field(default=None, description="default: the source's kind")
     source: str
-    margin_mm: float | None = Field(None, ge=0, le=200, description="isotropic margin (mm)")
-    margins: Margins | None = Field(None, description="per-direction margins (mm)")
+    margin_mm: float | None = Field(default=None, ge=0, le=200, description="isotropic margin (mm)")
+    margins: Margins | None = Field(default=None, description="per-direction margins (mm)")
     contract: bool = False
 
     @model_validator(mode="after")
@@ -126,14 +134,17 @@ class MarginRequest(_Creates):
         return self
 
     def resolved_margins(self) -> Margins:
-        return self.margins if self.margins is not None else Margins.isotropic(float(self.margin_mm))  # type: ignore[arg-type]
+        if self.margins is not None:
+            return self.margins
+        assert self.margin_mm is not None  # exactly one of margin_mm / margins (_one_margin)
+        return Margins.isotropic(float(self.margin_mm))
 
 
 class BooleanRequest(_Creates):
     """union / intersection of a+b, or subtraction (union of a) minus (union of b)."""
 
     method: Literal["boolean"] = "boolean"
-    kind: StructureKind | None = Field(None, description="default: the first input's kind")
+    kind: StructureKind | None = Field(default=None, description="default: the first input's kind")
     operation: Literal["union", "intersection", "subtraction"]
     a: list[str] = Field(min_length=1)
     b: list[str] = Field(default_factory=list)
@@ -145,7 +156,7 @@ class RingRequest(_Creates):
     method: Literal["ring"] = "ring"
     kind: StructureKind = StructureKind.other
     source: str
-    inner_mm: float = Field(0.0, ge=0, le=200)
+    inner_mm: float = Field(default=0.0, ge=0, le=200)
     outer_mm: float = Field(gt=0, le=300)
 
 
@@ -161,10 +172,10 @@ class PetThresholdRequest(_Creates):
 
     method: Literal["pet_threshold"] = "pet_threshold"
     kind: StructureKind = StructureKind.target
-    image: str | None = Field(None, description="PET series key; default the first PET image")
+    image: str | None = Field(default=None, description="PET series key; default the first PET image")
     box_mm: BoxMM | None = None
-    suv: float | None = Field(None, gt=0)
-    percent_of_max: float | None = Field(None, gt=0, lt=100)
+    suv: float | None = Field(default=None, gt=0)
+    percent_of_max: float | None = Field(default=None, gt=0, lt=100)
     connected_to_max: bool | None = None
 
     @model_validator(mode="after")
@@ -182,13 +193,13 @@ class EditRequest(_Base):
     action: Literal["replace_slice", "delete", "rename", "recolour", "set_kind", "fill_holes", "smooth", "crop"]
     contours: list[Polygon] = Field(default_factory=list, description="replace_slice: the new polygons of the slice(s)")
     z_mm: list[float] = Field(default_factory=list, description="replace_slice: slices to clear when no polygon is given")
-    new_name: str | None = Field(None, min_length=1, max_length=64)
+    new_name: str | None = Field(default=None, min_length=1, max_length=64)
     colour: Colour | None = None
     kind: StructureKind | None = None
     fill_holes: Literal["slice", "3d"] = "slice"
-    sigma_mm: float = Field(1.5, gt=0, le=20)
+    sigma_mm: float = Field(default=1.5, gt=0, le=20)
     crop_to: str = "External"
-    crop_inside_mm: float = Field(0.0, ge=0, le=100)
+    crop_inside_mm: float = Field(default=0.0, ge=0, le=100)
 
     @model_validator(mode="after")
     def _needs(self) -> "EditRequest":
@@ -469,7 +480,7 @@ def _exec_edit(ss: "StructureSet", req: EditRequest) -> Execution:
     return Execution(inputs=inputs, outputs=[Output(structure=st.model_copy(update={"source": "edit"}), mask=new_mask, replaces=name, fresh=False)])
 
 
-_EXECUTORS = {
+_EXECUTORS: dict[str, Callable[["StructureSet", Any], Execution]] = {
     "auto": _exec_auto,
     "grow": _exec_grow,
     "interpolate": _exec_interpolate,

@@ -57,7 +57,8 @@ def box_slices(grid: Grid, box_min_mm, box_max_mm) -> tuple[slice, slice, slice]
     kmax = np.minimum(kmax, np.asarray(grid.shape) - 1)
     if np.any(kmax < kmin):
         raise InputError(f"box {_fmt(lo)}..{_fmt(hi)} mm holds no voxel of the image", kind="contour", field="box_mm")
-    return tuple(slice(int(a), int(b) + 1) for a, b in zip(kmin, kmax))  # type: ignore[return-value]
+    sk, sj, si = (slice(int(a), int(b) + 1) for a, b in zip(kmin, kmax))
+    return sk, sj, si
 
 
 def region_grow(
@@ -220,7 +221,11 @@ def pet_threshold(
     suv_max = float(sub.max())
     if not np.isfinite(suv_max) or suv_max <= 0:
         raise InputError("the PET has no positive uptake inside the box", kind="contour", field="box_mm")
-    threshold = float(suv) if suv is not None else float(percent_of_max) / 100.0 * suv_max
+    if suv is not None:
+        threshold = float(suv)
+    else:
+        assert percent_of_max is not None  # exactly one of suv / percent_of_max (checked above)
+        threshold = float(percent_of_max) / 100.0 * suv_max
     if threshold > suv_max:
         raise InputError(
             f"SUV threshold {threshold:.2f} is above the SUVmax {suv_max:.2f} inside the box; lower it or move the box",

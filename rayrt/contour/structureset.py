@@ -227,7 +227,7 @@ class StructureSet:
         resolved = {k: v for k, v in (ex.resolved or {}).items() if k != "method"}
         op = ContourOperation(
             id=template.id if template else uuid.uuid4().hex[:12],
-            method=request.method,  # type: ignore[attr-defined]
+            method=str(getattr(request, "method")),  # execute() checked it is a known method
             parameters=resolved,
             inputs=sorted(set(ex.inputs)),
             outputs=[o.structure.name for o in ex.outputs],

@@ -24,7 +24,7 @@ def from_npy(b: bytes) -> np.ndarray:
 def npz_bytes(**arrays: np.ndarray) -> bytes:
     """Named arrays as ``.npz`` bytes (uncompressed)."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, allow_pickle=False, **arrays)  # plain numeric arrays only, as from_npz reads them
     return buf.getvalue()
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.patient import Structure, StructureKind
-from rayrt.imaging.volume import Grid, Volume
+from rayrt.imaging.volume import Grid, Volume, as_mat3, as_vec3
 
 __all__ = [
     "DicomFile",
@@ -299,8 +299,8 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
     grid = Grid(
         shape=planes.shape,
         spacing_mm=(float(pixel_spacing[1]), float(pixel_spacing[0]), float(spacing_k)),
-        origin_mm=tuple(float(v) for v in ipps[0]),
-        direction=tuple(tuple(float(v) for v in r) for r in np.stack([row, col, normal], axis=1)),
+        origin_mm=as_vec3(ipps[0]),
+        direction=as_mat3(np.stack([row, col, normal], axis=1)),
     )
     warnings.extend(own_warnings)
     meta = dict(
@@ -407,7 +407,7 @@ def read_rtstruct(path: str | Path) -> RTStructData:
                 skipped += 1
                 continue
             polys.append(pts.reshape(-1, 3))
-        contours_by_roi[num] = (colour, polys)  # type: ignore[assignment]
+        contours_by_roi[num] = (colour, polys)
         if skipped:
             warnings.append(f"ROI {num}: skipped {skipped} contour(s) that are not CLOSED_PLANAR polygons")
     rois: list[RoiContours] = []
@@ -498,8 +498,8 @@ def read_rtdose(path: str | Path, warnings: list[str] | None = None) -> Volume:
     grid = Grid(
         shape=arr.shape,
         spacing_mm=(float(ps[1]), float(ps[0]), dz),
-        origin_mm=tuple(float(v) for v in ipp),
-        direction=tuple(tuple(float(v) for v in r) for r in np.stack([row, col, normal], axis=1)),
+        origin_mm=as_vec3(ipp),
+        direction=as_mat3(np.stack([row, col, normal], axis=1)),
     )
     plan_uid = None
     seq = getattr(ds, "ReferencedRTPlanSequence", None)

@@ -156,12 +156,14 @@ def inspect_path(path: str | Path) -> InspectReport:
             rs = read_rtstruct(h.path)
             warnings.extend(rs.warnings)
             for roi in rs.rois:
-                vol = nvox = None
+                volume_cc: float | None = None
+                nvox: int | None = None
                 if doses:
                     m = rasterize_polygons(roi.contours, doses[0].grid)
                     nvox = int(m.sum())
-                    vol = nvox * doses[0].grid.voxel_volume_cc
-                report.structures.append(StructureSummary(name=roi.name, kind=roi.kind.value, roi_number=roi.number, volume_cc=vol,
+                    volume_cc = nvox * doses[0].grid.voxel_volume_cc
+                report.structures.append(StructureSummary(name=roi.name, kind=roi.kind.value, roi_number=roi.number,
+                                                          volume_cc=volume_cc,
                                                           num_voxels=nvox, num_contours=len(roi.contours)))
         report.warnings = warnings
         return report

@@ -29,7 +29,7 @@ from rayrt.imaging.export import write_study
 from rayrt.imaging.hu import red_to_hu
 from rayrt.imaging.polygons import rasterize_polygons
 from rayrt.imaging.study import StructureMask, Study
-from rayrt.imaging.volume import Grid, Volume
+from rayrt.imaging.volume import Grid, Volume, as_vec3
 
 __all__ = [
     "load_mat_phantom",
@@ -88,9 +88,9 @@ def load_mat_phantom(path: str | Path) -> Study:
     warnings: list[str] = []
     cube = np.asarray(ct["cube"].ravel()[0], dtype=np.float32) if "cube" in names else None
     hu = np.asarray(ct["cubeHU"].ravel()[0], dtype=np.float32) if "cubeHU" in names else None
-    if hu is None and cube is None:
-        raise InputError(f"{path.name}: ct has neither cube nor cubeHU", kind="phantom")
     if hu is None:
+        if cube is None:
+            raise InputError(f"{path.name}: ct has neither cube nor cubeHU", kind="phantom")
         hu = red_to_hu(cube)
         warnings.append("no HU cube in the phantom: HU derived from relative electron density with the inverse of the standard "
                         "HU->density curve (rayrt.imaging.hu.STANDARD_HU_TO_RED)")
@@ -104,8 +104,9 @@ def load_mat_phantom(path: str | Path) -> Study:
     grid = Grid(shape=(nz, ny, nx), spacing_mm=spacing, origin_mm=origin)
     hu_kji = np.ascontiguousarray(np.transpose(hu, (2, 0, 1)))
     study_uid, for_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
+    description = f"matRad phantom {path.name}"
     meta = dict(modality="CT", series_instance_uid=series_uid, study_instance_uid=study_uid, frame_of_reference_uid=for_uid,
-                patient_id=path.stem, patient_name=f"{path.stem}^Phantom", series_description=f"matRad phantom {path.name}", num_files=0,
+                patient_id=path.stem, patient_name=f"{path.stem}^Phantom", series_description=description, num_files=0,
                 source=str(path))
     if cube is not None:
         meta["relative_electron_density"] = np.ascontiguousarray(np.transpose(cube, (2, 0, 1)))
@@ -127,7 +128,7 @@ def load_mat_phantom(path: str | Path) -> Study:
                        source="phantom", colour=_COLOURS.get(name, (255, 128, 0)))
         structures.append(StructureMask(structure=st, mask=mask))
     info = ImageSeriesInfo(series_instance_uid=series_uid, study_instance_uid=study_uid, frame_of_reference_uid=for_uid, modality="CT",
-                           description=meta["series_description"], shape=grid.shape, spacing_mm=grid.spacing_mm,
+                           description=description, shape=grid.shape, spacing_mm=grid.spacing_mm,
                            origin_mm=grid.origin_mm, num_files=0, warnings=list(warnings))
     return Study(patient_id=path.stem, patient_name=f"{path.stem}^Phantom", study_instance_uid=study_uid, frame_of_reference_uid=for_uid,
                  series=[info], images={series_uid: image}, primary_uid=series_uid, structures=structures, warnings=warnings,
@@ -203,9 +204,13 @@ def tg119_phantom(spacing_mm: tuple[float, float, float] | float = (3.0, 3.0, 2.
     """
     from pydicom.uid import generate_uid
 
-    sp = (float(spacing_mm),) * 3 if np.isscalar(spacing_mm) else tuple(float(s) for s in spacing_mm)  # type: ignore[arg-type]
-    if len(sp) != 3 or any(s <= 0 or s > 20 for s in sp):
+    if isinstance(spacing_mm, (int, float, np.integer, np.floating)):  # one number: isotropic
+        sp_values = [float(spacing_mm)] * 3
+    else:
+        sp_values = [float(s) for s in spacing_mm]
+    if len(sp_values) != 3 or any(s <= 0 or s > 20 for s in sp_values):
         raise InputError(f"phantom spacing must be three positive values up to 20 mm, got {spacing_mm}", kind="phantom")
+    sp = as_vec3(sp_values)
     g = TG119_GEOMETRY_MM
     half_xy = g["body_radius"] + 10.0
 
@@ -223,8 +228,9 @@ def tg119_phantom(spacing_mm: tuple[float, float, float] | float = (3.0, 3.0, 2.
     body = rasterize_polygons(contours["BODY"], grid, plane_spacing_mm=sp[2])
     hu = np.where(body, 0.0, -1000.0).astype(np.float32)
     study_uid, for_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
+    description = "rayrt TG-119 C-shape phantom"
     meta = dict(modality="CT", series_instance_uid=series_uid, study_instance_uid=study_uid, frame_of_reference_uid=for_uid,
-                patient_id="TG119", patient_name="TG119^CShape", series_description="rayrt TG-119 C-shape phantom", num_files=0)
+                patient_id="TG119", patient_name="TG119^CShape", series_description=description, num_files=0)
     image = Volume(hu, grid, "HU", meta)
     structures = []
     for n, (name, kind, mask) in enumerate(
@@ -235,7 +241,7 @@ def tg119_phantom(spacing_mm: tuple[float, float, float] | float = (3.0, 3.0, 2.
                        volume_cc=float(mask.sum()) * grid.voxel_volume_cc, source="phantom")
         structures.append(StructureMask(structure=st, mask=mask))
     info = ImageSeriesInfo(series_instance_uid=series_uid, study_instance_uid=study_uid, frame_of_reference_uid=for_uid, modality="CT",
-                           description=meta["series_description"], shape=grid.shape, spacing_mm=grid.spacing_mm,
+                           description=description, shape=grid.shape, spacing_mm=grid.spacing_mm,
                            origin_mm=grid.origin_mm, num_files=0)
     return Study(patient_id="TG119", patient_name="TG119^CShape", study_instance_uid=study_uid, frame_of_reference_uid=for_uid,
                  series=[info], images={series_uid: image}, primary_uid=series_uid, structures=structures)

@@ -139,18 +139,24 @@ def _device_types(machine: MachineModel) -> list[str]:
 
 def _mlc_boundaries(t: str, machine: MachineModel) -> np.ndarray:
     """Leaf-pair boundaries (mm) of the MLC device ``t`` of ``machine`` (the proximal layer for MLCX2 of a dual-layer MLC)."""
-    if machine.mlc.dual_layer and t == PROXIMAL_LAYER:
-        return machine.mlc.proximal_boundaries
+    proximal = machine.mlc.proximal_boundaries  # None unless the MLC is dual-layer
+    if proximal is not None and t == PROXIMAL_LAYER:
+        return proximal
     return machine.mlc.boundaries
 
 
 def _proximal_positions(seg: Segment, machine: MachineModel) -> list[float]:
     """Proximal-layer leaf positions (bank A then bank B) of a dual-layer segment; parked fully open
     (``min_position_mm`` / ``max_position_mm``) when the segment does not position that layer."""
-    n = machine.mlc.proximal_boundaries.size - 1
-    if seg.x1_proximal_mm is None:
+    proximal = machine.mlc.proximal_boundaries
+    if proximal is None:
+        raise InputError(f"machine {machine.name!r} has a single-layer MLC: it has no proximal leaf positions",
+                         kind="rtplan")
+    n = proximal.size - 1
+    x1, x2 = seg.x1_proximal_mm, seg.x2_proximal_mm  # both or neither (Segment validates)
+    if x1 is None or x2 is None:
         return [float(machine.mlc.min_position_mm)] * n + [float(machine.mlc.max_position_mm)] * n
-    return list(seg.x1_proximal_mm) + list(seg.x2_proximal_mm)
+    return list(x1) + list(x2)
 
 
 @dataclass
@@ -356,7 +362,7 @@ def _beam_item(b: Beam, machine: MachineModel, types: list[str], energy: str) ->
         it.PrimaryFluenceModeSequence = DSeq([fm])
 
     total = b.mu
-    cps = []
+    cps: list[Dataset] = []
     cum = 0.0
     gantry, coll, couch = (a % 360.0 for a in (b.gantry_deg, b.collimator_deg, b.couch_deg))
     for s_idx, seg in enumerate(b.segments):
@@ -375,9 +381,9 @@ def _beam_item(b: Beam, machine: MachineModel, types: list[str], energy: str) ->
                     p.LeafJawPositions = _ds_list(_proximal_positions(seg, machine), 2)
                 elif t.startswith("MLC"):
                     p.LeafJawPositions = _ds_list(list(seg.x1_mm) + list(seg.x2_mm), 2)
-                elif t in ("ASYMX", "X"):
+                elif t in ("ASYMX", "X") and jx is not None:  # jx (jy) is None only without X (Y) jaws
                     p.LeafJawPositions = _ds_list(jx, 2)
-                else:
+                elif jy is not None:
                     p.LeafJawPositions = _ds_list(jy, 2)
                 pos.append(p)
             cp.BeamLimitingDevicePositionSequence = DSeq(pos)
@@ -603,6 +609,7 @@ def read_rtplan(source: "str | Path | Dataset", machines: Sequence[MachineModel]
     """
     import pydicom
 
+    ds: Dataset
     if isinstance(source, (str, Path)):
         try:
             ds = pydicom.dcmread(str(source))
@@ -682,7 +689,12 @@ def read_rtplan(source: "str | Path | Dataset", machines: Sequence[MachineModel]
             if "PatientSupportAngle" in cp:
                 angles["couch"] = float(cp.PatientSupportAngle)
             if "IsocenterPosition" in cp:
-                iso = tuple(float(v) for v in cp.IsocenterPosition)
+                iso_values = _floats(cp.IsocenterPosition)
+                if iso_values.size != 3:
+                    raise InputError(
+                        f"beam '{bname}': IsocenterPosition has {iso_values.size} values, not 3 (x, y, z mm)",
+                        kind="rtplan")
+                iso = (float(iso_values[0]), float(iso_values[1]), float(iso_values[2]))
             if first:
                 rot = str(getattr(cp, "GantryRotationDirection", "NONE") or "NONE").upper()
                 if rot in ("CW", "CC"):
@@ -694,7 +706,8 @@ def read_rtplan(source: "str | Path | Dataset", machines: Sequence[MachineModel]
             w = float(cp.CumulativeMetersetWeight) if "CumulativeMetersetWeight" in cp and cp.CumulativeMetersetWeight not in (None, "") else prev_w
             if w is None:
                 raise InputError(f"beam '{bname}': control point {cp.ControlPointIndex} has no CumulativeMetersetWeight", kind="rtplan")
-            if prev_w is not None and w - prev_w > _W_TOL:
+            # prev_w, prev_state and prev_gantry are set together, from the second control point on
+            if prev_w is not None and prev_state is not None and prev_gantry is not None and w - prev_w > _W_TOL:
                 if abs(angles["gantry"] - prev_gantry) > 1e-3:
                     raise InputError(f"beam '{bname}' rotates the gantry while irradiating (VMAT/arc); rayrt imports static and "
                                      "step-and-shoot beams only", kind="rtplan", status=422)

@@ -20,11 +20,29 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Vec3 = tuple[float, float, float]
 
 _IDENTITY: tuple[Vec3, Vec3, Vec3] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def as_vec3(values: npt.ArrayLike) -> Vec3:
+    """Three floats from a sequence or array of exactly three numbers (an LPS position or a
+    spacing in mm, a direction cosine vector): the typed form of ``tuple(float(v) for v in values)``."""
+    a = np.asarray(values, dtype=float).ravel()
+    if a.size != 3:
+        raise ValueError(f"expected 3 values (x, y, z), got {a.size}")
+    return float(a[0]), float(a[1]), float(a[2])
+
+
+def as_mat3(rows: npt.ArrayLike) -> tuple[Vec3, Vec3, Vec3]:
+    """A 3x3 matrix (e.g. ``Grid.direction``) as three row tuples of floats."""
+    a = np.asarray(rows, dtype=float)
+    if a.shape != (3, 3):
+        raise ValueError(f"expected a 3x3 matrix, got shape {a.shape}")
+    return as_vec3(a[0]), as_vec3(a[1]), as_vec3(a[2])
 
 
 class Grid(BaseModel):

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from rayrt.domain.errors import InputError
+from rayrt.imaging.volume import as_vec3
 from rayrt.pipeline.runner import Artefacts, StageContext, stage_of
 
 __all__ = ["StudySource", "load_source", "StructureStats", "StructureReport", "DoseDVH", "DVHReport", "csv_bytes", "ANALYSIS_STAGES",
@@ -112,9 +113,9 @@ def structures(study: Any, ctx: StageContext) -> StructureReport:
                     kind=kind,
                     num_voxels=len(idx),
                     volume_cc=len(idx) * vv,
-                    centroid_mm=tuple(float(v) for v in xyz.mean(axis=0)),
-                    bbox_min_mm=tuple(float(v) for v in xyz.min(axis=0)),
-                    bbox_max_mm=tuple(float(v) for v in xyz.max(axis=0)),
+                    centroid_mm=as_vec3(xyz.mean(axis=0)),
+                    bbox_min_mm=as_vec3(xyz.min(axis=0)),
+                    bbox_max_mm=as_vec3(xyz.max(axis=0)),
                 )
             )
         ctx.progress(done, n)

@@ -157,16 +157,18 @@ def export(study: Any, standard_plan: StandardPlan, ctx: StageContext, converted
                                             failed_checks=[f"{c.name}: {c.status}" for c in rep.failed()] if rep else [],
                                             goals=goals_of(order, dvh), files=[rp.name, rd.name]))
             ctx.progress(n + 1, len(plans))
-    for p in (converted.plans if converted else []):
-        if p.plan is None:  # not released: no plan, no RTPLAN; the summary says why
-            summaries.append(MachineSummary(machine=p.machine, plan_id="", total_mu_per_fraction=0.0, segments=0, verdict="not released",
-                                            failed_checks=list(p.reasons)))
-        elif _qa_failed(p.machine):
-            rep = verdicts[p.machine]
-            summaries.append(MachineSummary(machine=p.machine, plan_id=p.plan.id, total_mu_per_fraction=p.plan.total_mu,
-                                            segments=sum(len(b.segments) for b in p.plan.beams), verdict="not released",
+    for mp in (converted.plans if converted else []):  # mp: MachinePlan (p above is a Plan)
+        if mp.plan is None:  # not released: no plan, no RTPLAN; the summary says why
+            summaries.append(MachineSummary(machine=mp.machine, plan_id="", total_mu_per_fraction=0.0, segments=0,
+                                            verdict="not released", failed_checks=list(mp.reasons)))
+        elif _qa_failed(mp.machine):
+            rep = verdicts[mp.machine]
+            summaries.append(MachineSummary(machine=mp.machine, plan_id=mp.plan.id,
+                                            total_mu_per_fraction=mp.plan.total_mu,
+                                            segments=sum(len(b.segments) for b in mp.plan.beams),
+                                            verdict="not released",
                                             failed_checks=[f"QA {rep.verdict}"] + [f"{c.name}: {c.status}" for c in rep.failed()],
-                                            goals=goals_of(order, p.dvh)))
+                                            goals=goals_of(order, mp.dvh)))
     rank = {name: i for i, name in enumerate([standard_plan.plan.machine] + [p.machine for p in (converted.plans if converted else [])])}
     summaries.sort(key=lambda m: rank.get(m.machine, len(rank)))  # standard first, then the requested machines in order
     blobs["dvh.csv"] = csv_bytes(["machine", "structure", "volume_cc", "min_gy", "mean_gy", "max_gy", "d2_gy", "d5_gy", "d10_gy", "d50_gy", "d95_gy", "d98_gy"], rows)

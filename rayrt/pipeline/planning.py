@@ -29,7 +29,7 @@ from rayrt.domain.plan import Beam
 from rayrt.domain.planning import PlanningRequest
 from rayrt.dose.dij import compute_dij, dose_grid_for, hstack_exact
 from rayrt.dose.geometry import BeamGeometry, BeamletGrid, beamlet_grid, column_offset_for
-from rayrt.imaging.volume import Volume
+from rayrt.imaging.volume import Volume, as_vec3
 from rayrt.machines import get_machine, standard_machine_name
 from rayrt.optimize.standard import PlanGeometry, masks_on_grid, planning_phantom
 from rayrt.pipeline.runner import StageContext
@@ -41,7 +41,8 @@ __all__ = ["geometry", "beamlets", "dij", "BeamletSpec", "BeamletSet", "DijResul
 def set_threads(n: int) -> None:
     """numba threads of this process for the next kernels (n <= 0: leave as is)."""
     if n > 0:
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        # numba.config sets NUMBA_NUM_THREADS at import time (from the environment): not visible to type checkers
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -54,15 +55,16 @@ def geometry(study: Any, order: MedicalOrder, planning: PlanningRequest, ctx: St
         get_machine(m)  # unknown target machine: InputError now, not after the optimisation
     order.check_structures(study.structure_names)
     ct = study.primary
-    masks_ct, density, ext = planning_phantom(study, order.structure_names())
+    masks_ct, density, ext = planning_phantom(study, sorted(order.structure_names()))
     dose_grid = dose_grid_for(ct.grid, req.dose_grid_mm)
     target = order.prescription.target
     if not masks_ct[target].any():
         raise InputError(f"the target {target!r} is empty on the image grid", field="order.prescription.target")
-    iso = ct.grid.index_to_world(np.argwhere(masks_ct[target]).mean(axis=0))
-    beams = [Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=a, isocenter_mm=tuple(map(float, iso))) for i, a in enumerate(req.angles())]
+    iso = as_vec3(ct.grid.index_to_world(np.argwhere(masks_ct[target]).mean(axis=0)))  # LPS mm
+    beams = [Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=a, isocenter_mm=iso) for i, a in enumerate(req.angles())]
     ctx.progress(1, 1)
-    return PlanGeometry(standard_machine=std.name, density_grid=ct.grid, dose_grid=dose_grid, isocenter_mm=tuple(map(float, iso)), beams=beams,
+    return PlanGeometry(standard_machine=std.name, density_grid=ct.grid, dose_grid=dose_grid, isocenter_mm=iso,
+                        beams=beams,
                         target=target, targets=[target], external=ext, mask_names=sorted(masks_ct), density=density.array,
                         dose_masks=masks_on_grid(masks_ct, ct.grid, dose_grid))
 
@@ -215,7 +217,9 @@ def dij_chunk_task(item: tuple, density: np.ndarray) -> sp.csc_matrix:
                        cutoff_mm=cutoff_mm, threshold=threshold)
 
 
-dij_chunk_task.task_order = dij_chunk_order  # RayExecutor.map submits in this order (LPT); results stay in column order
+# RayExecutor.map submits in this order (LPT); results stay in column order. A function attribute, set with
+# setattr because a function's type has no such attribute for the type checker.
+setattr(dij_chunk_task, "task_order", dij_chunk_order)
 
 
 def assemble_dij(chunks: list[sp.csc_matrix]) -> sp.csc_matrix:

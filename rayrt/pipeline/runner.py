@@ -66,7 +66,10 @@ class StageContext:
 
     def map(self, fn: Callable[..., Any], items: list, *shared: Any) -> list:
         """``executor.map`` with this stage's progress reported as items finish."""
-        return self.executor.map(fn, items, *shared, progress=lambda done, total, message="": self.progress(done, total, message))
+        def progress(done: int, total: int, message: str = "") -> None:
+            self.progress(done, total, message)
+
+        return self.executor.map(fn, items, *shared, progress=progress)
 
 
 @dataclass(frozen=True)
