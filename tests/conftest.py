@@ -50,7 +50,7 @@ def ray_session():
 
     started = False
     if not ray.is_initialized():
-        from rayrt.service.runtime import ray_env_defaults
+        from rayrt.service.process import ray_env_defaults
 
         ray_env_defaults()  # the product's Ray/Serve environment (e.g. Serve's gRPC proxy path)
         tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Unix socket paths <= 107 bytes
@@ -77,7 +77,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def serve_settings(tmp_path_factory):
-    from rayrt.service.runtime import free_port
+    from rayrt.service.process import free_port
     from rayrt.service.settings import ServiceSettings
 
     return ServiceSettings(

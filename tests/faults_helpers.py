@@ -49,7 +49,11 @@ def mid_slow_stage(job: dict, min_left: int = 5) -> dict | None:
     mark, slow = stage_of(job, "fault_mark"), stage_of(job, "fault_slow")
     if job.get("state") != "running" or not mark or not slow:
         return None
-    if mark["state"] == "succeeded" and slow["state"] == "running" and 1 <= slow["tasks_done"] <= slow["tasks_total"] - min_left:
+    if (
+        mark["state"] == "succeeded"
+        and slow["state"] == "running"
+        and 1 <= slow["tasks_done"] <= slow["tasks_total"] - min_left
+    ):
         return job
     return None
 
@@ -121,13 +125,20 @@ class ServiceProcess:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-        env.update(RAY_TMPDIR=str(self.ray_tmp), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAYRT_CONFIG=str(self.config))
+        env.update(
+            RAY_TMPDIR=str(self.ray_tmp),
+            RAY_AUTH_MODE="disabled",
+            RAY_USAGE_STATS_ENABLED="0",
+            RAYRT_CONFIG=str(self.config),
+        )
         env.pop("RAYRT_DATA_DIR", None)
         exe = Path(sys.executable).with_name("rayrt")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from rayrt.cli import main; main()"]
         cmd += ["serve", "--port", str(self.port), "--data", str(self.data_dir)]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
 
     def wait_healthy(self, timeout_s: float = 180.0) -> None:
@@ -143,7 +154,9 @@ class ServiceProcess:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"rayrt serve on port {self.port} not healthy after {timeout_s} s; log:\n{self.log_tail()}")
+                raise TimeoutError(
+                    f"rayrt serve on port {self.port} not healthy after {timeout_s} s; log:\n{self.log_tail()}"
+                )
             time.sleep(0.5)
 
     def log_tail(self, n: int = 4000) -> str:

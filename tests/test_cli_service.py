@@ -28,8 +28,19 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_submit_status_results(serve_app, small_study_dir, small_order, tmp_path, capsys):
     order = tmp_path / "order.yaml"
     order.write_text(yaml.safe_dump(small_order))
-    code, out, err = _cli(capsys, "submit", str(small_study_dir), "--order", str(order), "--priority", "3",
-                          "--machines", "agility, truebeam", "--server", serve_app)
+    code, out, err = _cli(
+        capsys,
+        "submit",
+        str(small_study_dir),
+        "--order",
+        str(order),
+        "--priority",
+        "3",
+        "--machines",
+        "agility, truebeam",
+        "--server",
+        serve_app,
+    )
     assert code == 0, err
     job_id = out.strip()
     assert len(job_id) == 12
@@ -49,7 +60,8 @@ def test_submit_status_results(serve_app, small_study_dir, small_order, tmp_path
     rep = json.loads((dest / "structures" / "result.json").read_text())
     assert sorted(s["name"] for s in rep["structures"]) == ["BODY", "Core", "PTV"]
     assert sorted(Path(line).relative_to(dest.resolve()).as_posix() for line in out.split()) == sorted(
-        p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+        p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()
+    )
 
 
 def test_submit_zip_with_server_from_env(serve_app, small_study_zip, monkeypatch, capsys):
@@ -62,7 +74,9 @@ def test_submit_zip_with_server_from_env(serve_app, small_study_zip, monkeypatch
 
 def test_cli_errors_are_one_line(serve_app, small_study_dir, small_order, tmp_path, capsys):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({**small_order, "objectives": [{"structure": "Rectum", "kind": "max_dose", "dose_gy": 40}]}))
+    bad.write_text(
+        json.dumps({**small_order, "objectives": [{"structure": "Rectum", "kind": "max_dose", "dose_gy": 40}]})
+    )
     notdicom = tmp_path / "notes"
     notdicom.mkdir()
     (notdicom / "a.txt").write_text("hello")
@@ -84,5 +98,7 @@ def test_cli_subprocess_exit_code(serve_app, tmp_path):
     p = subprocess.run([*RAYRT, "status", "0123456789ab"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and "no job" in p.stderr
-    p = subprocess.run([*RAYRT, "status", "x", "--server", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [*RAYRT, "status", "x", "--server", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 1 and "cannot reach" in p.stderr

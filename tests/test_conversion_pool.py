@@ -12,8 +12,18 @@ from rayrt.service.conversion import ConversionPoolSettings
 
 pytestmark = pytest.mark.ray
 
-FAST = dict(num_beams=5, dose_grid_mm=5.0, bixel_mm=5.0, dij_cutoff_mm=30.0, dij_threshold=1e-3, fmo_iterations=40, dao_rounds=1,
-            dao_iterations=8, max_segments=5)
+STANDARD_STAGES = [
+    "load",
+    "structures",
+    "geometry",
+    "beamlets",
+    "dij",
+    "problem",
+    "fmo",
+    "sequence",
+    "dao",
+    "normalize",
+]
 TWIN = "standard_twin"
 
 
@@ -27,20 +37,25 @@ def test_pool_settings_sizes_and_defaults():
 
 
 @pytest.fixture(scope="module")
-def standard():
-    """A planned small phantom bundled for conversion (StandardPlanInput) and the local result."""
-    from conftest import SMALL_ORDER, make_small_study
+def standard(fast_planning):
+    """A planned small phantom (its StandardPlan and PlanGeometry) and its conversion in this process."""
+    from helpers.study import SMALL_ORDER, make_small_study
 
-    from rayrt import stages as S
     from rayrt.convert.convert import convert_for_machine
     from rayrt.domain.order import parse_order
+    from rayrt.domain.planning import planning_request
+    from rayrt.machines import get_machine
+    from rayrt.pipeline import run_recipe
 
-    order = parse_order(SMALL_ORDER)
-    res = S.plan_local(make_small_study(with_dose=False), order, S.PlanningRequest(machines=[], **FAST),
-                       stages=["load", "structures", "geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize"])
-    std = S.standard_input(res["standard_plan"], res["geometry"], order)
-    local = convert_for_machine(std, S._machine(TWIN), None)
-    return std, local
+    res = run_recipe(
+        make_small_study(with_dose=False),
+        parse_order(SMALL_ORDER),
+        planning_request(fast_planning, []),
+        stages=STANDARD_STAGES,
+    )
+    std, geo = res["standard_plan"], res["geometry"]
+    local = convert_for_machine(std, geo, get_machine(TWIN), None)
+    return std, geo, local
 
 
 def test_pools_convert_grow_with_demand_and_load_model_once(ray_session, standard):
@@ -48,13 +63,20 @@ def test_pools_convert_grow_with_demand_and_load_model_once(ray_session, standar
 
     from rayrt.service.conversion import ConversionPools
 
-    std, local = standard
-    pools = ConversionPools([TWIN, "truebeam_m120"], settings={"default_size": 1, "max_size": 2, "actor_options": {"num_cpus": 0}}, start=False)
+    std, geo, local = standard
+    pools = ConversionPools(
+        [TWIN, "truebeam_m120"],
+        settings={"default_size": 1, "max_size": 2, "actor_options": {"num_cpus": 0}},
+        start=False,
+    )
     try:
         assert pools.stats() == []  # lazy: nothing started yet
         assert pools.ensure([TWIN, "no_such_machine"]) == [TWIN]
-        ref = ray.put(std)  # the standard plan goes into the object store once
-        refs = [pools.submit(TWIN, [ref]), pools.submit(TWIN, ref)]  # 2 queued > 1 actor: the pool grows
+        ref, geo_ref = ray.put(std), ray.put(geo)  # the standard plan and its geometry go into the object store once
+        refs = [
+            pools.submit(TWIN, [ref], [geo_ref]),
+            pools.submit(TWIN, ref, geo_ref),
+        ]  # 2 queued > 1 actor: the pool grows
         outs = ray.get(refs, timeout=300)
         for r in outs:
             assert r.machine == TWIN and r.status == local.status and r.mode == local.mode == "reuse"
@@ -66,7 +88,7 @@ def test_pools_convert_grow_with_demand_and_load_model_once(ray_session, standar
         assert all(i["model_loads_in_process"] == 1 and i["machine"] == TWIN for i in info)  # loaded once per actor
         assert len({i["pid"] for i in info}) == 2
         with pytest.raises(InputError, match="no conversion pool"):
-            pools.submit("no_such_machine", ref)
+            pools.submit("no_such_machine", ref, geo_ref)
     finally:
         pools.shutdown()
 
@@ -80,14 +102,15 @@ def test_named_pools_actor_shared_by_callers(ray_session, standard):
 
     from rayrt.service.conversion import get_or_create_conversion_pools
 
-    std, local = standard
+    std, geo, local = standard
     name = f"pools-{uuid.uuid4().hex[:6]}"
-    pools = get_or_create_conversion_pools(name=name, detached=False, machines=[TWIN], settings={"actor_options": {"num_cpus": 0}}, start=False)
+    pools = get_or_create_conversion_pools(
+        name=name, detached=False, machines=[TWIN], settings={"actor_options": {"num_cpus": 0}}, start=False
+    )
     try:
         same = get_or_create_conversion_pools(name=name, detached=False)
         assert same._actor_id == pools._actor_id
-        ref = ray.put(std)
-        inner = ray.get(pools.submit.remote(TWIN, [ref], None))
+        inner = ray.get(pools.submit.remote(TWIN, [ray.put(std)], [ray.put(geo)], None))
         out = ray.get(inner, timeout=300)
         assert out.status == local.status and out.plan.total_mu == pytest.approx(local.plan.total_mu)
         stats = ray.get(same.stats.remote())
@@ -97,28 +120,32 @@ def test_named_pools_actor_shared_by_callers(ray_session, standard):
         ray.kill(pools)
 
 
-def test_convert_stage_on_ray_uses_the_machine_pools(ray_session):
+def test_convert_stage_on_ray_uses_the_machine_pools(ray_session, fast_planning):
     """The pipeline's convert stage with the RayExecutor: each machine on its pool, the same result
     as in one process; the QA stage reuses the release loop's report."""
     import ray
+    from helpers.study import SMALL_ORDER, make_small_study
 
-    from conftest import SMALL_ORDER, make_small_study
-
-    from rayrt import stages as S
     from rayrt.convert.convert import convert_for_machine
     from rayrt.domain.order import parse_order
-    from rayrt.service.conversion import get_or_create_conversion_pools
+    from rayrt.domain.planning import planning_request
+    from rayrt.machines import get_machine
+    from rayrt.pipeline import run_recipe
     from rayrt.service.controlled import RayExecutor
+    from rayrt.service.conversion import get_or_create_conversion_pools
+
     name = "pools-stage-test"
-    pools = get_or_create_conversion_pools(name=name, detached=False, machines=[TWIN], settings={"actor_options": {"num_cpus": 0}}, start=False)
+    pools = get_or_create_conversion_pools(
+        name=name, detached=False, machines=[TWIN], settings={"actor_options": {"num_cpus": 0}}, start=False
+    )
     counts = []
     try:
         ex = RayExecutor(pools=name, on_tasks=lambda sub, fin: counts.append((sub, fin)))
         order = parse_order(SMALL_ORDER)
-        res = S.plan_local(make_small_study(with_dose=False), order, S.PlanningRequest(machines=[TWIN], **FAST), executor=ex)
+        res = run_recipe(make_small_study(with_dose=False), order, planning_request(fast_planning, [TWIN]), executor=ex)
         (p,) = res["converted"].plans
         # the same engine in this process on the same standard plan gives the same plan
-        mine = convert_for_machine(S.standard_input(res["standard_plan"], res["geometry"], order), S._machine(TWIN), None)
+        mine = convert_for_machine(res["standard_plan"], res["geometry"], get_machine(TWIN), None)
         assert p.machine == TWIN and p.mode == mine.mode == "reuse" and p.status == mine.status
         assert p.plan.total_mu == pytest.approx(mine.plan.total_mu, rel=1e-9) and p.qa.verdict == mine.qa.verdict
         assert [(s.machine, s.submitted) for s in ray.get(pools.stats.remote())] == [(TWIN, 1)]

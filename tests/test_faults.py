@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
-from pathlib import Path
 
 import pytest
-
 from faults_helpers import (
-    FAULT_STAGES,
     STAGES_FILE,
     ServiceProcess,
-    deploy_private_app,
     delete_private_app,
+    deploy_private_app,
     expected_result_files,
     mid_slow_stage,
     snapshot_stage_files,
@@ -34,6 +30,7 @@ from faults_helpers import (
     stored_files,
     wait_for,
 )
+
 from rayrt.domain.job import Job, JobState
 from rayrt.service.settings import ServiceSettings
 from rayrt.service.store import Store
@@ -125,7 +122,7 @@ def test_kill_controlled_computer_mid_job_the_job_finishes(fault_scheduler):
     assert ray.get(sched.wait_idle.remote(240))
     _assert_resumed(store, job.id, before, victim)
     status = ray.get(sched.get_status.remote())
-    assert victim not in status["computers"] and len(status["computers"]) == 1
+    assert victim not in status.computers and len(status.computers) == 1
 
 
 @pytest.mark.slow
@@ -143,18 +140,18 @@ def test_unresponsive_computer_is_replaced(fault_scheduler):
     before = snapshot_stage_files(store.root, job.id, REUSED)
     victim = mid["worker"]
     beat = ray.get(ray.get_actor(victim, namespace=settings.ray_namespace).heartbeat.remote(), timeout=30)
-    assert beat["job"] == job.id and beat["stage"] == "fault_slow"
-    os.kill(beat["pid"], signal.SIGSTOP)
+    assert beat.job == job.id and beat.stage == "fault_slow"
+    os.kill(beat.pid, signal.SIGSTOP)
     try:
         assert ray.get(sched.wait_idle.remote(240))
     finally:
         try:  # the frozen worker of this test: make sure it does not linger
-            os.kill(beat["pid"], signal.SIGKILL)
+            os.kill(beat.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     done = _assert_resumed(store, job.id, before, victim)
     assert any("did not answer heartbeats" in e for e in done.errors), done.errors
-    assert victim in ray.get(sched.get_status.remote())["lost"]
+    assert victim in ray.get(sched.get_status.remote()).lost
 
 
 # ---------------------------------------------------------------------------- cancel over HTTP
@@ -179,12 +176,20 @@ def test_cancel_running_job_over_http(fault_app):
     r = httpx.post(f"{url}/jobs", json={"patient_id": pid}, timeout=30)
     assert r.status_code == 201, r.text
     jid = r.json()["id"]
-    wait_for(lambda: mid_slow_stage(httpx.get(f"{url}/jobs/{jid}", timeout=10).json()), 180, "fault_slow to be half-way")
+    wait_for(
+        lambda: mid_slow_stage(httpx.get(f"{url}/jobs/{jid}", timeout=10).json()), 180, "fault_slow to be half-way"
+    )
 
     r = httpx.post(f"{url}/jobs/{jid}/cancel", timeout=30)
     assert r.status_code == 200, r.text
-    job = wait_for(lambda: (j := httpx.get(f"{url}/jobs/{jid}", timeout=10).json())["state"] in ("succeeded", "failed", "cancelled") and j,
-                   120, "the job to stop")
+    job = wait_for(
+        lambda: (
+            (j := httpx.get(f"{url}/jobs/{jid}", timeout=10).json())["state"] in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        120,
+        "the job to stop",
+    )
     assert job["state"] == "cancelled", job
     slow = stage_of(job, "fault_slow")
     assert slow["state"] == "cancelled" and slow["tasks_done"] < slow["tasks_total"], slow
@@ -203,7 +208,7 @@ def test_kill_whole_service_mid_job_and_restart_resumes(tmp_path, small_study_zi
     duplicated. Runs in subprocesses only: the session's Ray is not touched."""
     import httpx
 
-    from rayrt.service.runtime import free_port
+    from rayrt.service.process import free_port
 
     data = tmp_path / "data"
     cfg = tmp_path / "service.yaml"
@@ -221,19 +226,33 @@ def test_kill_whole_service_mid_job_and_restart_resumes(tmp_path, small_study_zi
         r = httpx.post(f"{svc.url}/jobs", json={"patient_id": r.json()["id"]}, timeout=30)
         assert r.status_code == 201, r.text
         jid = r.json()["id"]
-        mid = wait_for(lambda: mid_slow_stage(httpx.get(f"{svc.url}/jobs/{jid}", timeout=10).json()), 240, "fault_slow to be half-way")
+        mid = wait_for(
+            lambda: mid_slow_stage(httpx.get(f"{svc.url}/jobs/{jid}", timeout=10).json()),
+            240,
+            "fault_slow to be half-way",
+        )
         before = snapshot_stage_files(data, jid, REUSED)
 
         stragglers = svc.kill()
         assert stragglers == 0, "Ray processes outlived the service's process group"
         store = Store(data)
         killed = store.get_job(jid)
-        assert killed.state is JobState.running and stage_of(killed.model_dump(mode="json"), "fault_slow")["state"] == "running"
+        assert (
+            killed.state is JobState.running
+            and stage_of(killed.model_dump(mode="json"), "fault_slow")["state"] == "running"
+        )
 
         svc.start()
         svc.wait_healthy()
-        job = wait_for(lambda: (j := httpx.get(f"{svc.url}/jobs/{jid}", timeout=10).json())["state"] in ("succeeded", "failed", "cancelled") and j,
-                       300, "the resumed job to finish")
+        job = wait_for(
+            lambda: (
+                (j := httpx.get(f"{svc.url}/jobs/{jid}", timeout=10).json())["state"]
+                in ("succeeded", "failed", "cancelled")
+                and j
+            ),
+            300,
+            "the resumed job to finish",
+        )
         assert job["state"] == "succeeded", job
         for name in REUSED:
             assert stage_of(job, name)["message"] == REUSED_MSG, stage_of(job, name)
@@ -261,12 +280,14 @@ def test_scheduler_crash_restarts_and_resumes_the_job(fault_scheduler):
     ray.get(sched.submit.remote(job.id, job.priority, job.created_at.isoformat()))
     mid = wait_for(lambda: mid_slow_stage(_job_json(store, job.id)), 180, "fault_slow to be half-way")
     before = snapshot_stage_files(store.root, job.id, REUSED)
-    old = ray.get(sched.get_status.remote())["computers"]
+    old = ray.get(sched.get_status.remote()).computers
     ray.kill(sched, no_restart=False)  # a crash: Ray restarts the (max_restarts=-1) actor
     # nobody calls the restarted scheduler: it resumes the job by itself
-    wait_for(lambda: store.get_job(job.id).worker not in (None, mid["worker"]), 180, "the job to resume on a new computer")
+    wait_for(
+        lambda: store.get_job(job.id).worker not in (None, mid["worker"]), 180, "the job to resume on a new computer"
+    )
     assert ray.get(sched.wait_idle.remote(240))
-    assert not set(old) & set(ray.get(sched.get_status.remote())["computers"])
+    assert not set(old) & set(ray.get(sched.get_status.remote()).computers)
     done = store.get_job(job.id)
     assert done.state is JobState.succeeded, done.errors
     js = done.model_dump(mode="json")

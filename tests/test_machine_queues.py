@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from rayrt.domain.errors import InputError
+from rayrt.machines import treatment_machine_names
 from rayrt.service.machine_queues import (
     Booking,
     BookingState,
@@ -17,7 +18,6 @@ from rayrt.service.machine_queues import (
     LocalMachineQueue,
     MachineQueueRecord,
     MachineState,
-    machine_names,
 )
 
 # ------------------------------------------------------------------ pure queue logic
@@ -115,27 +115,27 @@ def test_file_store_uri_form(tmp_path):
     assert store.load_json("machines/missing", MachineQueueRecord) is None
 
 
-def test_machine_names_from_the_machine_library_skip_standard():
+def test_machine_queues_are_the_library_treatment_machines():
     from rayrt.machines import get_machine, list_machines
 
-    names = machine_names()
+    names = treatment_machine_names()
     assert names, "configs/machines has no treatment machine"
     assert all(not get_machine(n).standard for n in names)
     assert set(list_machines()) - set(names) == {n for n in list_machines() if get_machine(n).standard}
-    assert machine_names(include_standard=True) == sorted(list_machines())
+    assert treatment_machine_names(include_standard=True) == sorted(list_machines())
 
 
 def test_machine_names_from_yaml_skip_standard(tmp_path):
     (tmp_path / "a.yaml").write_text("name: TrueBeam1\nnominal_energy_mv: 6\n")
     (tmp_path / "b.yaml").write_text("name: Standard\nstandard: true\n")
     (tmp_path / "c.yml").write_text("name: VersaHD1\n")
-    assert machine_names(tmp_path) == ["TrueBeam1", "VersaHD1"]
-    assert machine_names(tmp_path, include_standard=True) == ["Standard", "TrueBeam1", "VersaHD1"]
+    assert treatment_machine_names(tmp_path) == ["TrueBeam1", "VersaHD1"]
+    assert treatment_machine_names(tmp_path, include_standard=True) == ["Standard", "TrueBeam1", "VersaHD1"]
     (tmp_path / "d.yaml").write_text("vendor: x\n")  # no name: the library names it by its file stem
-    assert machine_names(tmp_path) == ["TrueBeam1", "VersaHD1", "d"]
+    assert treatment_machine_names(tmp_path) == ["TrueBeam1", "VersaHD1", "d"]
     (tmp_path / "e.yaml").write_text("- not\n- a mapping\n")
     with pytest.raises(InputError, match="e.yaml"):
-        machine_names(tmp_path)
+        treatment_machine_names(tmp_path)
 
 
 # ------------------------------------------------------------------ real actors

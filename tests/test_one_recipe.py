@@ -31,11 +31,11 @@ def _same_plan(a: Plan, b: Plan) -> None:
 
 
 def test_plan_cli_http_job_and_demo_give_the_same_standard_plan(serve_app, tmp_path, fast_planning):
+    from helpers.service import wait_job
+
     from rayrt.cli.app import run
     from rayrt.cli.service import _client, upload_patient
     from rayrt.imaging.phantoms import tg119_order, write_tg119
-
-    from helpers.service import wait_job
 
     options = {k: v for k, v in fast_planning.items() if k != "conversion_options"}
     opt_file = tmp_path / "options.yaml"

@@ -7,8 +7,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from faults_helpers import STAGES_FILE, delete_private_app, deploy_private_app, wait_for
 
-from faults_helpers import STAGES_FILE, deploy_private_app, delete_private_app, wait_for
 from rayrt.domain.job import Job, JobState
 from rayrt.service.scheduler import JobQueue
 from rayrt.service.settings import ServiceSettings
@@ -30,8 +30,14 @@ def test_job_queue_orders_by_priority_then_age():
 
 
 def _settings(tmp_path, **kw) -> ServiceSettings:
-    base = dict(data_dir=str(tmp_path / "data"), scheduler_name=f"queue-{uuid.uuid4().hex[:6]}", controlled_computer_cpus=0,
-                progress_interval_s=0, heartbeat_interval_s=0.5, stage_modules=[STAGES_FILE])
+    base = dict(
+        data_dir=str(tmp_path / "data"),
+        scheduler_name=f"queue-{uuid.uuid4().hex[:6]}",
+        controlled_computer_cpus=0,
+        progress_interval_s=0,
+        heartbeat_interval_s=0.5,
+        stage_modules=[STAGES_FILE],
+    )
     base.update(kw)
     return ServiceSettings(**base)
 
@@ -88,7 +94,9 @@ def test_queue_positions_priority_order_and_admission_over_http(queue_app):
     wait_for(lambda: running(hi1), 120, f"job {hi1} to run after {a} was cancelled")
     assert [(e["position"], e["job_id"]) for e in queue()["queued"]] == [(0, hi2), (1, b)]
     assert c.get(f"/jobs/{hi2}").json()["queue_position"] == 0
-    assert wait_for(lambda: c.get(f"/jobs/{hi1}").json()["queue_position"] is None, 30, "the running job to drop its position")
+    assert wait_for(
+        lambda: c.get(f"/jobs/{hi1}").json()["queue_position"] is None, 30, "the running job to drop its position"
+    )
 
     # cancelling a queued job takes it out of the queue at once
     assert c.post(f"/jobs/{b}/cancel").status_code == 200
@@ -123,8 +131,8 @@ def test_jobs_run_side_by_side_when_free_cpus_allow(ray_session, tmp_path, small
         for j in jobs:
             ray.get(sched.submit.remote(j.id, j.priority, j.created_at.isoformat()))
         status = ray.get(sched.get_status.remote())
-        assert sorted(status["running"]) == sorted(j.id for j in jobs) and status["queued"] == []
-        assert len(set(status["running"].values())) == 2  # on two computers
+        assert sorted(status.running) == sorted(j.id for j in jobs) and status.queued == []
+        assert len(set(status.running.values())) == 2  # on two computers
         for j in jobs:
             assert ray.get(sched.cancel.remote(j.id))
         assert ray.get(sched.wait_idle.remote(120))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from conftest import wait_job, zip_dir
+from helpers.service import wait_job
+from helpers.study import zip_dir
 
 pytestmark = pytest.mark.ray
 
@@ -43,13 +43,19 @@ def test_upload_job_results(serve_app, serve_settings, patient, small_study, sma
     assert (Path(serve_settings.data_dir) / "patients" / patient["id"] / "patient.json").is_file()
     assert httpx.get(f"{serve_app}/patients/{patient['id']}").json() == patient
 
-    r = httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": small_order, "priority": 2, "machines": ["agility", "truebeam"]})
+    r = httpx.post(
+        f"{serve_app}/jobs",
+        json={"patient_id": patient["id"], "order": small_order, "priority": 2, "machines": ["agility", "truebeam"]},
+    )
     assert r.status_code == 201, r.text
     job = wait_job(serve_app, r.json()["id"])
     assert job["state"] == "succeeded", job
     assert job["machines"] == ["agility", "truebeam"] and job["priority"] == 2
     assert [(s["name"], s["state"], s["percent"]) for s in job["stages"]] == [
-        ("load", "succeeded", 100.0), ("structures", "succeeded", 100.0), ("dvh", "succeeded", 100.0)]
+        ("load", "succeeded", 100.0),
+        ("structures", "succeeded", 100.0),
+        ("dvh", "succeeded", 100.0),
+    ]
     assert job["worker"].startswith("rayrt-cc-") and job["started_at"] <= job["finished_at"]
 
     listing = httpx.get(f"{serve_app}/jobs/{job['id']}/results").json()
@@ -66,7 +72,11 @@ def test_upload_as_separate_dicom_files(serve_app, small_study_dir):
     files = sorted(p for p in small_study_dir.rglob("*") if p.is_file())
     handles = [open(p, "rb") for p in files]
     try:
-        r = httpx.post(f"{serve_app}/patients", files=[("files", (p.name, h, "application/dicom")) for p, h in zip(files, handles)], timeout=120)
+        r = httpx.post(
+            f"{serve_app}/patients",
+            files=[("files", (p.name, h, "application/dicom")) for p, h in zip(files, handles)],
+            timeout=120,
+        )
     finally:
         for h in handles:
             h.close()
@@ -114,8 +124,12 @@ def test_bad_uploads_are_4xx_json_and_change_nothing(serve_app, serve_settings, 
     cases = {
         "no files": httpx.post(f"{serve_app}/patients", data={"note": "nothing"}, timeout=60),
         "not multipart": httpx.post(f"{serve_app}/patients", content=b"hello", timeout=60),
-        "empty file": httpx.post(f"{serve_app}/patients", files=[("files", ("a.dcm", b"", "application/dicom"))], timeout=60),
-        "not dicom": httpx.post(f"{serve_app}/patients", files=[("files", ("notes.txt", b"hello world", "text/plain"))], timeout=60),
+        "empty file": httpx.post(
+            f"{serve_app}/patients", files=[("files", ("a.dcm", b"", "application/dicom"))], timeout=60
+        ),
+        "not dicom": httpx.post(
+            f"{serve_app}/patients", files=[("files", ("notes.txt", b"hello world", "text/plain"))], timeout=60
+        ),
         "zip slip": _upload_zip(serve_app, _zip_slip(tmp_path)),
         "missing slice": _upload_zip(serve_app, _missing_slice(small_study_dir, tmp_path)),
         "foreign frame of reference": _upload_zip(serve_app, _foreign_for(small_study_dir, tmp_path)),
@@ -139,13 +153,58 @@ def test_bad_jobs_are_4xx_json_and_change_nothing(serve_app, serve_settings, pat
     negative = {**small_order, "prescription": {"target": "PTV", "total_dose_gy": -60}}
     neg_obj = {**small_order, "objectives": [{"structure": "PTV", "kind": "min_dose", "dose_gy": -1}]}
     cases = {
-        "unknown structure": (httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": unknown}), 422, "structure"),
-        "negative prescription": (httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": negative}), 422, "prescription.total_dose_gy"),
-        "negative objective dose": (httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": neg_obj}), 422, "objectives.0.dose_gy"),
-        "unknown patient": (httpx.post(f"{serve_app}/jobs", json={"patient_id": "0123456789ab", "order": small_order}), 404, "patient_id"),
+        "unknown structure": (
+            httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": unknown}),
+            422,
+            "structure",
+        ),
+        "negative prescription": (
+            httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": negative}),
+            422,
+            "prescription.total_dose_gy",
+        ),
+        "negative objective dose": (
+            httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": neg_obj}),
+            422,
+            "objectives.0.dose_gy",
+        ),
+        "unknown patient": (
+            httpx.post(f"{serve_app}/jobs", json={"patient_id": "0123456789ab", "order": small_order}),
+            404,
+            "patient_id",
+        ),
         "no patient id": (httpx.post(f"{serve_app}/jobs", json={"order": small_order}), 422, "patient_id"),
-        "not json": (httpx.post(f"{serve_app}/jobs", content=b"{nope", headers={"content-type": "application/json"}), 422, None),
-        "bad priority": (httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "priority": "high"}), 422, "priority"),
+        "not json": (
+            httpx.post(f"{serve_app}/jobs", content=b"{nope", headers={"content-type": "application/json"}),
+            422,
+            None,
+        ),
+        "bad priority": (
+            httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "priority": "high"}),
+            422,
+            "priority",
+        ),
+        "bad planning option": (
+            httpx.post(
+                f"{serve_app}/jobs",
+                json={"patient_id": patient["id"], "order": small_order, "options": {"num_beams": 0}},
+            ),
+            422,
+            "options.num_beams",
+        ),
+        "unknown target machine": (
+            httpx.post(
+                f"{serve_app}/jobs",
+                json={"patient_id": patient["id"], "order": small_order, "options": {}, "machines": ["no_such_linac"]},
+            ),
+            422,
+            "machines",
+        ),
+        "planning without order": (
+            httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "options": {}}),
+            422,
+            "order",
+        ),
     }
     for name, (r, status, field) in cases.items():
         assert r.status_code == status, (name, r.status_code, r.text)
@@ -158,6 +217,48 @@ def test_bad_jobs_are_4xx_json_and_change_nothing(serve_app, serve_settings, pat
     for path in ("/jobs/nope", "/patients/nope", "/jobs/nope/results", "/patients/..%2F..%2Fetc"):
         r = httpx.get(f"{serve_app}{path}")
         assert r.status_code == 404 and r.json()["error"] == "not_found", (path, r.text)
+
+
+def test_job_request_is_validated_once_into_typed_order_and_planning(small_order):
+    """What POST /jobs stores: the order checked against the patient's structures, and the
+    planning request = configs/planning.yaml defaults + the request's options + its machines."""
+    from rayrt.domain.errors import InputError
+    from rayrt.domain.order import MedicalOrder
+    from rayrt.domain.planning import planning_defaults
+    from rayrt.service.app import check_job_request
+    from rayrt.service.models import JobRequest
+
+    names = ["BODY", "PTV", "Core"]
+    req = JobRequest(
+        patient_id="p",
+        order=small_order,
+        machines=["truebeam_m120"],
+        options={"num_beams": 5, "conversion_options": {"max_attempts": 1}},
+    )
+    order, planning = check_job_request(req, names)
+    assert isinstance(order, MedicalOrder) and order.prescription.target == "PTV"
+    assert (
+        planning.num_beams == 5
+        and planning.machines == ["truebeam_m120"]
+        and planning.conversion_options == {"max_attempts": 1}
+    )
+    for key, value in planning_defaults().items():  # every other setting from the one set of defaults
+        if key not in ("num_beams", "conversion_options", "machines"):
+            assert getattr(planning, key) == value, key
+    assert check_job_request(req.model_copy(update={"options": None}), names) == (
+        order,
+        None,
+    )  # analysis only: machines only recorded
+    bad = {
+        "options.conversion_options.nope": {"conversion_options": {"nope": 1}},
+        "options.conversion_options.mode": {"conversion_options": {"mode": "dao"}},
+        "options.num_beams": {"num_beams": 0},
+        "options.extra": {"extra": 1},
+    }
+    for field, options in bad.items():
+        with pytest.raises(InputError) as e:
+            check_job_request(req.model_copy(update={"options": options}), names)
+        assert (e.value.status, e.value.field) == (422, field), (options, e.value.message)
 
 
 def test_result_download_cannot_escape_the_job(serve_app, patient):

@@ -24,12 +24,17 @@ def private_scheduler(ray_session, tmp_path, small_study):
 
     store = Store(tmp_path / "data")
     pid = store.put_study(small_study).id
-    settings = ServiceSettings(data_dir=str(tmp_path / "data"), scheduler_name=f"test-sched-{uuid.uuid4().hex[:6]}",
-                               controlled_computers=1, controlled_computer_cpus=0, progress_interval_s=0)
+    settings = ServiceSettings(
+        data_dir=str(tmp_path / "data"),
+        scheduler_name=f"test-sched-{uuid.uuid4().hex[:6]}",
+        controlled_computers=1,
+        controlled_computer_cpus=0,
+        progress_interval_s=0,
+    )
     handles = []
 
-    def start():
-        h = get_or_create_scheduler(settings)
+    def start(**changes):
+        h = get_or_create_scheduler(settings.model_copy(update=changes))
         handles.append(h)
         return h
 
@@ -64,11 +69,13 @@ def test_dead_computer_is_replaced_and_its_job_requeued(private_scheduler):
     import ray
 
     store, pid, settings, start = private_scheduler
-    sched = start()
+    sched = start(
+        heartbeat_interval_s=30.0
+    )  # the monitor must not replace the dead computer before the job is dispatched to it
     status = ray.get(sched.get_status.remote())
-    [name] = status["computers"]
+    [name] = status.computers
     beats = ray.get(sched.heartbeats.remote())
-    assert beats[name]["job"] is None and beats[name]["pid"] > 0
+    assert beats[name].job is None and beats[name].pid > 0
     ray.kill(ray.get_actor(name, namespace=settings.ray_namespace), no_restart=True)
 
     job = store.create_job(Job(patient_id=pid))
@@ -77,7 +84,7 @@ def test_dead_computer_is_replaced_and_its_job_requeued(private_scheduler):
     done = store.get_job(job.id)
     assert done.state is JobState.succeeded
     assert any("died" in e for e in done.errors)
-    [new] = ray.get(sched.get_status.remote())["computers"]
+    [new] = ray.get(sched.get_status.remote()).computers
     assert new != name and done.worker == new
     assert all(b is not None for b in ray.get(sched.heartbeats.remote()).values())
 
@@ -94,4 +101,14 @@ def test_ray_executor_shares_arrays_through_the_object_store(ray_session):
     image = np.arange(1000, dtype=np.float64)
     ref = ex.put(image)
     assert isinstance(ref, ray.ObjectRef)
-    assert ex.map(_weighted_sum, [1.0, 2.0, 0.5], ref) == [image.sum(), 2 * image.sum(), 0.5 * image.sum()]
+    seen = []
+    out = ex.map(_weighted_sum, [1.0, 2.0, 0.5], ref, progress=lambda done, total, message: seen.append((done, total)))
+    assert out == [image.sum(), 2 * image.sum(), 0.5 * image.sum()]
+    assert seen[-1] == (3, 3) and all(t == 3 for _, t in seen) and [d for d, _ in seen] == sorted({d for d, _ in seen})
+
+    def cancel(done, total, message):  # what a cancelled job's progress report does
+        raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError, match="cancelled"):
+        ex.map(_weighted_sum, [1.0, 2.0], ref, progress=cancel)
+    assert ex.available_cpus() >= 1 and ex.threads_per_task == 1

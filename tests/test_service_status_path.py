@@ -12,12 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from conftest import wait_job
+from helpers.service import wait_job
 
 
 def test_serve_env_defaults_fill_in_but_never_override(monkeypatch):
-    from rayrt.service.runtime import SERVE_ENV_DEFAULTS, ray_env_defaults
+    from rayrt.service.process import SERVE_ENV_DEFAULTS, ray_env_defaults
 
     assert SERVE_ENV_DEFAULTS["RAY_SERVE_PROXY_USE_GRPC"] == "1"
     monkeypatch.delenv("RAY_SERVE_PROXY_USE_GRPC", raising=False)
@@ -35,8 +34,13 @@ def scheduler(ray_session, tmp_path):
     from rayrt.service.scheduler import get_or_create_scheduler
     from rayrt.service.settings import ServiceSettings
 
-    settings = ServiceSettings(data_dir=str(tmp_path / "data"), scheduler_name=f"test-status-{uuid.uuid4().hex[:6]}",
-                               controlled_computers=1, controlled_computer_cpus=0, progress_interval_s=0)
+    settings = ServiceSettings(
+        data_dir=str(tmp_path / "data"),
+        scheduler_name=f"test-status-{uuid.uuid4().hex[:6]}",
+        controlled_computers=1,
+        controlled_computer_cpus=0,
+        progress_interval_s=0,
+    )
     h = get_or_create_scheduler(settings)
     yield h
     ray.kill(h, no_restart=True)
@@ -49,10 +53,10 @@ def test_snapshots_long_poll_waits_then_answers_the_change(scheduler):
     from rayrt.service.scheduler import SNAPSHOT_WAIT_MAX_S
 
     first = ray.get(scheduler.snapshots_since.remote(0, None))
-    inc, v = first["incarnation"], first["version"]
+    inc, v = first.incarnation, first.version
     # nothing changed: a short long poll answers with no jobs and the same version
     quiet = ray.get(scheduler.snapshots_since.remote(v, inc, 0.2))
-    assert quiet == {"incarnation": inc, "version": v, "jobs": {}}
+    assert (quiet.incarnation, quiet.version, quiet.jobs) == (inc, v, {})
     # a long poll waits while nothing changes ...
     pending = scheduler.snapshots_since.remote(v, inc, SNAPSHOT_WAIT_MAX_S)
     ready, _ = ray.wait([pending], timeout=0.5)
@@ -61,16 +65,21 @@ def test_snapshots_long_poll_waits_then_answers_the_change(scheduler):
     data = json.dumps({"id": "job-status-1", "state": "running"}).encode()
     ray.get(scheduler.job_snapshot.remote("job-status-1", data, time.time()))
     out = ray.get(pending, timeout=SNAPSHOT_WAIT_MAX_S - 2.0)  # woken by the change, not by the end of its wait
-    assert out["version"] == v + 1 and out["jobs"] == {"job-status-1": (v + 1, data)}
+    assert out.version == v + 1 and out.jobs == {"job-status-1": (v + 1, data)}
     # a caller that does not know this incarnation (the scheduler restarted) gets everything at once
-    again = ray.get(scheduler.snapshots_since.remote(out["version"], "not-this-one", SNAPSHOT_WAIT_MAX_S), timeout=SNAPSHOT_WAIT_MAX_S - 2.0)
-    assert "job-status-1" in again["jobs"]
+    again = ray.get(
+        scheduler.snapshots_since.remote(out.version, "not-this-one", SNAPSHOT_WAIT_MAX_S),
+        timeout=SNAPSHOT_WAIT_MAX_S - 2.0,
+    )
+    assert "job-status-1" in again.jobs
 
 
 @pytest.mark.ray
 def test_status_route_agrees_with_the_store_when_finished(serve_app, serve_settings, small_study_zip):
     with open(small_study_zip, "rb") as fh:
-        r = httpx.post(f"{serve_app}/patients", files=[("files", (small_study_zip.name, fh, "application/zip"))], timeout=120)
+        r = httpx.post(
+            f"{serve_app}/patients", files=[("files", (small_study_zip.name, fh, "application/zip"))], timeout=120
+        )
     assert r.status_code == 201, r.text
     pid = r.json()["id"]
     ids = []

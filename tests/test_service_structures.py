@@ -18,7 +18,9 @@ def stored(tmp_path):
 
 def test_margin_is_stored_with_its_log_and_survives_restart(stored, tmp_path):
     store, pid = stored
-    res = apply_structure_request(store, pid, {"method": "margin", "source": "Core", "name": "Core_PRV", "margin_mm": 5})
+    res = apply_structure_request(
+        store, pid, {"method": "margin", "source": "Core", "name": "Core_PRV", "margin_mm": 5}
+    )
     assert [c["name"] for c in res.changed] == ["Core_PRV"]
     again = Store(tmp_path / "data")  # a new process reads the same data
     masks = dict((s.name, m) for s, m in again.load_masks(pid))

@@ -20,14 +20,20 @@ def _snapshot(data_dir: str) -> list[tuple[str, int]]:
 @pytest.fixture(scope="module")
 def patient(serve_app, small_study_zip) -> dict:
     with open(small_study_zip, "rb") as fh:
-        r = httpx.post(f"{serve_app}/patients", files=[("files", (small_study_zip.name, fh, "application/zip"))], timeout=120)
+        r = httpx.post(
+            f"{serve_app}/patients", files=[("files", (small_study_zip.name, fh, "application/zip"))], timeout=120
+        )
     assert r.status_code == 201, r.text
     return r.json()
 
 
 def test_margin_then_rtstruct_and_log(serve_app, patient):
     pid = patient["id"]
-    r = httpx.post(f"{serve_app}/patients/{pid}/structures", json={"method": "margin", "source": "PTV", "name": "PTV_5mm", "margin_mm": 5}, timeout=60)
+    r = httpx.post(
+        f"{serve_app}/patients/{pid}/structures",
+        json={"method": "margin", "source": "PTV", "name": "PTV_5mm", "margin_mm": 5},
+        timeout=60,
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     changed = {c["name"]: c for c in body["changed"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from rayrt.domain.errors import InputError
 from rayrt.domain.job import Job, JobState, StageProgress
 from rayrt.domain.order import parse_order
+from rayrt.domain.planning import planning_request
 from rayrt.service.settings import load_settings
 from rayrt.service.store import TMP_PREFIX, Store
 
@@ -30,8 +32,14 @@ def _open(kind: str, root: Path) -> Store:
 def test_patient_and_job_survive_restart(tmp_path, small_study, small_order, kind):
     store = _open(kind, tmp_path / "data")
     summary = store.put_study(small_study)
-    job = Job(patient_id=summary.id, priority=5, order=small_order)
-    store.create_job(job, parse_order(small_order))
+    job = Job(
+        patient_id=summary.id,
+        priority=5,
+        order=parse_order(small_order),
+        machines=["truebeam_m120"],
+        planning=planning_request({"num_beams": 5}, ["truebeam_m120"]),
+    )
+    store.create_job(job)
     job.stages = [StageProgress(name="structures", state=JobState.succeeded, percent=100.0)]
     store.save_job(job)
     store.put_stage_json(job.id, "structures", "result.json", {"n": 3})
@@ -56,10 +64,25 @@ def test_patient_and_job_survive_restart(tmp_path, small_study, small_order, kin
 
     j = again.get_job(job.id)
     assert j.priority == 5 and j.stages[0].state is JobState.succeeded
-    assert again.get_order(job.id).prescription.target == "PTV"
+    assert j.order == parse_order(small_order) and j.planning == job.planning  # typed, whole
+    assert j.planning.num_beams == 5 and j.planning.machines == ["truebeam_m120"]
     assert [r.path for r in again.list_results(job.id)] == ["structures/result.json", "structures/sizes.npy"]
     assert again.get_stage_json(job.id, "structures", "result.json") == {"n": 3}
     np.testing.assert_array_equal(again.read_array(again.stage_path(job.id, "structures", "sizes.npy")), np.arange(3))
+
+
+def test_unreadable_job_files_do_not_break_listing(tmp_path, small_study, small_order, caplog):
+    store = Store(tmp_path)
+    pid = store.put_study(small_study).id
+    good = store.create_job(Job(patient_id=pid, order=parse_order(small_order)))
+    damaged = store.create_job(Job(patient_id=pid))
+    (tmp_path / "jobs" / damaged.id / "job.json").write_text('{"id": "broken"')  # damaged by hand
+    old = store.create_job(Job(patient_id=pid))
+    legacy = old.model_dump(mode="json") | {"options": {"num_beams": 5}}  # written before the typed job contract
+    (tmp_path / "jobs" / old.id / "job.json").write_text(json.dumps(legacy))
+    (tmp_path / "jobs" / "interrupted").mkdir()  # creation interrupted before job.json
+    assert [j.id for j in store.list_jobs()] == [good.id]
+    assert {damaged.id, old.id} <= {w for r in caplog.records for w in r.getMessage().split("/")}
 
 
 def test_masks_are_packed_bits(tmp_path, small_study):
@@ -74,8 +97,13 @@ def test_missing_things_are_404(tmp_path, small_study):
     store = Store(tmp_path)
     pid = store.put_study(small_study).id
     job = store.create_job(Job(patient_id=pid))
-    for call in (lambda: store.get_patient("nope"), lambda: store.get_job("nope"), lambda: store.get_patient("../etc"),
-                 lambda: store.read_result(job.id, "../job.json"), lambda: store.read_result(job.id, "x/none.json")):
+    for call in (
+        lambda: store.get_patient("nope"),
+        lambda: store.get_job("nope"),
+        lambda: store.get_patient("../etc"),
+        lambda: store.read_result(job.id, "../job.json"),
+        lambda: store.read_result(job.id, "x/none.json"),
+    ):
         with pytest.raises(InputError) as e:
             call()
         assert e.value.status == 404
@@ -87,8 +115,17 @@ def test_failed_import_changes_nothing(tmp_path, small_study):
     store = Store(tmp_path)
     pid = store.put_study(small_study).id
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    bad = type(small_study)(**{**small_study.__dict__, "structures": [*small_study.structures,
-                               StructureMask(small_study.structures[0].structure.model_copy(update={"name": "Bad"}), np.zeros((2, 2, 2), bool))]})
+    bad = type(small_study)(
+        **{
+            **small_study.__dict__,
+            "structures": [
+                *small_study.structures,
+                StructureMask(
+                    small_study.structures[0].structure.model_copy(update={"name": "Bad"}), np.zeros((2, 2, 2), bool)
+                ),
+            ],
+        }
+    )
     with pytest.raises(InputError):
         store.put_study(bad)
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))

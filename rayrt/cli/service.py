@@ -37,7 +37,10 @@ def _call(client, method: str, path: str, **kwargs: Any):
     try:
         r = client.request(method, path, **kwargs)
     except httpx.TransportError as exc:
-        raise RayrtError(f"cannot reach the rayrt server at {client.base_url} ({type(exc).__name__}); start it with `rayrt serve` or set --server / RAYRT_SERVER") from None
+        raise RayrtError(
+            f"cannot reach the rayrt server at {client.base_url} ({type(exc).__name__}); "
+            "start it with `rayrt serve` or set --server / RAYRT_SERVER"
+        ) from None
     if r.status_code >= 400:
         try:
             body = r.json()
@@ -68,10 +71,14 @@ def _zip_folder(folder: Path):
 def upload_patient(client, path: Path) -> dict:
     """POST a DICOM folder (zipped on the fly), a zip or a single DICOM file; returns the summary."""
     if not path.exists():
-        raise InputError(f"{path} does not exist: give a DICOM folder or a .zip", kind="upload", field="path", status=404)
+        raise InputError(
+            f"{path} does not exist: give a DICOM folder or a .zip", kind="upload", field="path", status=404
+        )
     if path.is_dir():
         with _zip_folder(path) as fh:
-            return _call(client, "POST", "/patients", files=[("files", (f"{path.name or 'study'}.zip", fh, "application/zip"))]).json()
+            return _call(
+                client, "POST", "/patients", files=[("files", (f"{path.name or 'study'}.zip", fh, "application/zip"))]
+            ).json()
     with open(path, "rb") as fh:
         media = "application/zip" if path.suffix.lower() == ".zip" else "application/dicom"
         return _call(client, "POST", "/patients", files=[("files", (path.name, fh, media))]).json()
@@ -87,8 +94,10 @@ def _wait(client, job_id: str, timeout_s: float) -> dict:
 
 
 def _format_job(job: dict) -> str:
-    lines = [f"job {job['id']}  patient {job['patient_id']}  {job['state']}  {job['progress']:.0f}%  priority {job['priority']}"
-             + (f"  on {job['worker']}" if job.get("worker") else "")]
+    lines = [
+        f"job {job['id']}  patient {job['patient_id']}  {job['state']}  {job['progress']:.0f}%"
+        f"  priority {job['priority']}" + (f"  on {job['worker']}" if job.get("worker") else "")
+    ]
     for s in job.get("stages", []):
         tasks = f" {s['tasks_done']}/{s['tasks_total']}" if s.get("tasks_total") else ""
         msg = f"  {s['message']}" if s.get("message") else ""
@@ -102,10 +111,16 @@ def _format_job(job: dict) -> str:
 @app.command("serve")
 def serve_cmd(
     port: Optional[int] = typer.Option(None, "--port", help="HTTP port (default 8000; 0 = any free port)"),
-    data: Optional[str] = typer.Option(None, "--data", help="store: a directory or URI (file://, s3://, gs://); default $RAYRT_DATA_DIR or ./rayrt-data"),
+    data: Optional[str] = typer.Option(
+        None,
+        "--data",
+        help="store: a directory or URI (file://, s3://, gs://); default $RAYRT_DATA_DIR or ./rayrt-data",
+    ),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: start a local Ray)"),
     host: Optional[str] = typer.Option(None, "--host", help="address to bind (default 127.0.0.1)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="settings file (default $RAYRT_CONFIG or configs/service.yaml)"),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="settings file (default $RAYRT_CONFIG or configs/service.yaml)"
+    ),
 ) -> None:
     """Start the planning service (Ray + Serve ingress) and block until Ctrl-C."""
     import signal
@@ -144,29 +159,39 @@ def submit_cmd(
     machines: Optional[str] = typer.Option(None, "--machines", help="comma-separated treatment machines, e.g. a,b"),
     server: Optional[str] = typer.Option(None, "--server", help=_SERVER_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the created job as JSON"),
-    plan: bool = typer.Option(False, "--plan", help="plan the patient (standard plan, conversion to --machines, QA, export); needs --order"),
-    options: Optional[Path] = typer.Option(None, "--options", help="planning options as JSON (PlanningRequest fields); implies --plan"),
+    plan: bool = typer.Option(
+        False, "--plan", help="plan the patient (standard plan, conversion to --machines, QA, export); needs --order"
+    ),
+    options: Optional[Path] = typer.Option(
+        None, "--options", help="planning options as JSON (PlanningRequest fields); implies --plan"
+    ),
 ) -> None:
     """Upload a patient, create a job for it (analysis only, or planning with --plan), print the job id."""
-    from rayrt.domain.errors import InputError
     from rayrt.domain.order import load_order
+    from rayrt.service.models import JobRequest
 
     order_json = load_order(order).model_dump(mode="json") if order is not None else None  # fail early, locally
     machine_list = [m.strip() for m in (machines or "").split(",") if m.strip()]
-    body = {"patient_id": None, "order": order_json, "priority": priority, "machines": machine_list}
+    planning: dict | None = None
     if plan or options is not None:
         if order_json is None:
             raise InputError("--plan needs a medical order: give --order FILE", field="order")
         try:
-            body["options"] = json.loads(options.read_text(encoding="utf-8")) if options is not None else {}
+            planning = json.loads(options.read_text(encoding="utf-8")) if options is not None else {}
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read the planning options {options}: {exc}", field="options") from None
+        if not isinstance(planning, dict):
+            raise InputError(
+                f"the planning options {options} must be a JSON object of PlanningRequest fields", field="options"
+            )
     with _client(server) as client:
         patient = upload_patient(client, path)
         for w in patient.get("warnings", []):
             typer.echo(f"warning: {w}", err=True)
-        body["patient_id"] = patient["id"]
-        job = _call(client, "POST", "/jobs", json=body).json()
+        body = JobRequest(
+            patient_id=patient["id"], order=order_json, priority=priority, machines=machine_list, options=planning
+        )
+        job = _call(client, "POST", "/jobs", json=body.model_dump(mode="json")).json()
     typer.echo(json.dumps(job, indent=2) if as_json else job["id"])
 
 
@@ -218,12 +243,16 @@ def _bar(percent: float, width: int = 24) -> str:
 
 def render_job(job: dict) -> list[str]:
     """Progress bars: the job, then one per stage (tasks done / total, message)."""
-    lines = [f"job {job['id']}  {job['state']:<9} [{_bar(job.get('progress', 0.0), 30)}] {job.get('progress', 0.0):5.1f}%"
-             + (f"  machines: {', '.join(job['machines'])}" if job.get("machines") else "")]
+    lines = [
+        f"job {job['id']}  {job['state']:<9} [{_bar(job.get('progress', 0.0), 30)}] {job.get('progress', 0.0):5.1f}%"
+        + (f"  machines: {', '.join(job['machines'])}" if job.get("machines") else "")
+    ]
     for s in job.get("stages", []):
         tasks = f" {s['tasks_done']}/{s['tasks_total']}" if s.get("tasks_total", 0) > 1 else ""
         msg = (s.get("message") or "")[:60]
-        lines.append(f"  {s['name']:<11} {s['state']:<9} [{_bar(s['percent'])}] {s['percent']:5.1f}%{tasks:<8} {msg}".rstrip())
+        lines.append(
+            f"  {s['name']:<11} {s['state']:<9} [{_bar(s['percent'])}] {s['percent']:5.1f}%{tasks:<8} {msg}".rstrip()
+        )
     for e in job.get("errors", []):
         lines.append(f"  error: {e}")
     return lines
@@ -253,7 +282,8 @@ def watch_cmd(
     job_id: str = typer.Argument(..., help="job id"),
     server: Optional[str] = typer.Option(None, "--server", help=_SERVER_HELP),
 ) -> None:
-    """Follow a job live (progress bars per stage), then show each machine's plan and QA verdict; exit 1 if it failed."""
+    """Follow a job live (progress bars per stage), then show each machine's plan and QA verdict;
+    exit 1 if it failed."""
     import sys
 
     live = sys.stdout.isatty()
@@ -272,24 +302,38 @@ def watch_cmd(
                 sys.stdout.flush()
                 shown = len(lines)
             else:
-                typer.echo(lines[0] + "  " + "  ".join(f"{s['name']}:{s['percent']:.0f}%" for s in job.get("stages", []) if s["state"] == "running"))
+                typer.echo(
+                    lines[0]
+                    + "  "
+                    + "  ".join(
+                        f"{s['name']}:{s['percent']:.0f}%" for s in job.get("stages", []) if s["state"] == "running"
+                    )
+                )
         if not live and job:
             typer.echo("\n".join(render_job(job)))
-        if job.get("state") == "succeeded" and job.get("options") is not None:
+        if job.get("state") == "succeeded" and job.get("planning") is not None:
             try:
                 plans = _call(client, "GET", f"/jobs/{job_id}/plans").json()
             except InputError:
                 plans = {"machines": []}
             for m in plans["machines"]:
-                goals = "  ".join(f"{g['structure']} {g['metric']} {g['value_gy']:.1f}{'' if g['met'] else '!'}" for g in m.get("goals", []))
-                typer.echo(f"  {m['machine']:<16} QA {str(m.get('verdict')).upper():<7} {m['total_mu_per_fraction']:7.1f} MU/fx  {goals}")
+                goals = "  ".join(
+                    f"{g['structure']} {g['metric']} {g['value_gy']:.1f}{'' if g['met'] else '!'}"
+                    for g in m.get("goals", [])
+                )
+                typer.echo(
+                    f"  {m['machine']:<16} QA {str(m.get('verdict')).upper():<7} "
+                    f"{m['total_mu_per_fraction']:7.1f} MU/fx  {goals}"
+                )
     if job.get("state") in ("failed", "cancelled"):
         raise typer.Exit(1)
 
 
 @app.command("machines")
 def machines_cmd(
-    set_: Optional[str] = typer.Option(None, "--set", help="change a status: NAME=available|busy|down[:malfunction|maintenance]"),
+    set_: Optional[str] = typer.Option(
+        None, "--set", help="change a status: NAME=available|busy|down[:malfunction|maintenance]"
+    ),
     reason: str = typer.Option("", "--reason", help="why (with --set)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     server: Optional[str] = typer.Option(None, "--server", help=_SERVER_HELP),
@@ -309,7 +353,10 @@ def machines_cmd(
             st = res["status"]
             typer.echo(f"{res['machine']}: {st['state']}" + (f" ({st['cause']})" if st.get("cause") else ""))
             for b in res.get("moved", []):
-                typer.echo(f"  moved job {b['job_id']} (patient {b['patient_id']}, {b['fractions']} fx) -> {b.get('moved_to') or 'no usable machine'}: re-planning")
+                typer.echo(
+                    f"  moved job {b['job_id']} (patient {b['patient_id']}, {b['fractions']} fx) -> "
+                    f"{b.get('moved_to') or 'no usable machine'}: re-planning"
+                )
             for b in res.get("placed", []):
                 typer.echo(f"  placed job {b['job_id']} on {b['machine']}")
             return
@@ -321,4 +368,7 @@ def machines_cmd(
     for m in ms:
         st = m["status"]
         wait = m["estimated_wait_min"]
-        typer.echo(f"{m['name']:<16} {st['state']:<10} {st.get('cause') or '':<12} {m['bookings']:>8} {m['pending_fractions']:>9} {wait:>9.0f}")
+        typer.echo(
+            f"{m['name']:<16} {st['state']:<10} {st.get('cause') or '':<12} {m['bookings']:>8} "
+            f"{m['pending_fractions']:>9} {wait:>9.0f}"
+        )

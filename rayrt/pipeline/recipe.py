@@ -98,20 +98,34 @@ def validate_order(order: dict | MedicalOrder, structure_names: Iterable[str]) -
 
 def check_request(req: PlanningRequest) -> ConversionOptions:
     """Check a planning request where it enters (HTTP, CLI), before any work is queued: the
-    standard and target machines exist (InputError 404), the leaf sequencer is known and the
-    conversion overrides are valid ConversionOptions (InputError 422 naming the field).
+    standard and target machines exist, the leaf sequencer is known and the conversion overrides
+    are valid ConversionOptions. Every problem is an InputError 422 naming the field
+    (``machines``, ``options.sequencer``, ``options.conversion_options.<field>`` ...).
     Returns the conversion options the request converts with."""
-    get_machine(req.standard_machine or standard_machine_name())
+
+    def bad(exc: InputError, field: str) -> InputError:
+        return InputError(exc.message, kind="options", field=f"options.{field}", status=422)
+
+    try:
+        get_machine(req.standard_machine or standard_machine_name())
+    except InputError as exc:
+        raise bad(exc, "standard_machine") from None
     for m in req.machines:
-        get_machine(m)
-    get_sequencer(req.sequencer)
+        try:
+            get_machine(m)
+        except InputError as exc:
+            raise InputError(exc.message, kind="options", field="machines", status=422) from None
+    try:
+        get_sequencer(req.sequencer)
+    except InputError as exc:
+        raise bad(exc, "sequencer") from None
     if "mode" in req.conversion_options:
         raise InputError("give the recompute mode as conversion_mode, not conversion_options.mode", kind="options",
                          field="options.conversion_options.mode", status=422)
     try:
         return conversion.conversion_options(req)
     except InputError as exc:
-        raise InputError(exc.message, kind="options", field=f"options.conversion_options.{exc.field}", status=422) from None
+        raise bad(exc, f"conversion_options.{exc.field}") from None
 
 
 def run_recipe(

@@ -27,9 +27,11 @@ Routes::
     POST /machines/{name}/status         {state, cause?, reason?}; down re-plans the booked patients
     GET  /cluster                        nodes, CPUs, controlled computers, queued / running jobs, tasks
 
-A job plans when its request carries ``options`` (rayrt.stages.PlanningRequest fields, ``{}`` for
-the defaults) with an ``order``: the standard plan, one converted plan per ``machines`` entry,
-QA and DICOM export; without ``options`` only the analysis stages run.
+A job plans when its request carries ``options`` (rayrt.domain.planning.PlanningRequest fields
+over the configs/planning.yaml defaults, ``{}`` for the defaults) with an ``order``: the standard
+plan, one converted plan per ``machines`` entry, QA and DICOM export; without ``options`` only
+the analysis stages run. The order and the planning request are validated here, once, and the
+stored Job carries both as models.
 
 Bad input answers 4xx with ``{"error", "message", "field"?}`` (from
 :class:`~rayrt.domain.errors.InputError`); nothing stored changes on a rejected request.
@@ -38,28 +40,51 @@ NOTE: no ``from __future__ import annotations`` in this module: FastAPI must see
 the route signatures of a ``@serve.ingress`` class.
 """
 
+import asyncio
 import json
 import logging
 import mimetypes
+import time
 from typing import Any
 
+import ray
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.util.state import summarize_tasks
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.job import Job
-from rayrt.pipeline import validate_order
+from rayrt.domain.order import MedicalOrder
+from rayrt.domain.planning import PlanningRequest, planning_request
+from rayrt.pipeline import check_request, validate_order
+from rayrt.pipeline.export import ExportResult
 from rayrt.service.intake import import_upload
-from rayrt.service.models import JobList, JobRequest, JobResults, PatientSummary
-from rayrt.service.settings import ServiceSettings
-from rayrt.service.store import Store
+from rayrt.service.machine_queues import get_or_create_registry
+from rayrt.service.models import (
+    Heartbeat,
+    JobList,
+    JobPlans,
+    JobRequest,
+    JobResults,
+    JobSnapshots,
+    PatientSummary,
+    PlanEntry,
+    QueueStatus,
+    SchedulerStatus,
+    TaskCounts,
+)
+from rayrt.service.process import interactive_priority
+from rayrt.service.scheduler import ReplanToScheduler, get_or_create_scheduler, registry_name
+from rayrt.service.settings import ServiceSettings, load_settings
+from rayrt.service.store import Store, check_id
 from rayrt.service.structures import StructuresResponse, apply_structure_request, structure_log, structures_rtstruct
+from rayrt.service.web import router as web_router
 
 log = logging.getLogger("rayrt.service")
 
@@ -86,7 +111,9 @@ async def _request_error(request: Request, exc: RequestValidationError) -> JSONR
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
     message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-    return JSONResponse(status_code=exc.status_code, content={"error": kind, "message": message}, headers=getattr(exc, "headers", None))
+    return JSONResponse(
+        status_code=exc.status_code, content={"error": kind, "message": message}, headers=getattr(exc, "headers", None)
+    )
 
 
 @api.exception_handler(Exception)
@@ -95,30 +122,24 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"error": "internal", "message": f"{type(exc).__name__}: {exc}"})
 
 
-def _check_planning(req: JobRequest, order: Any) -> dict | None:
-    """Validate the planning part of a job request (machines known, options valid, an order given);
-    None when the request asks for no plan (no ``options``: ``machines`` are then only recorded)."""
+def check_job_request(
+    req: JobRequest, structure_names: list[str]
+) -> tuple[MedicalOrder | None, PlanningRequest | None]:
+    """The order and the planning request of a job request, each validated once, here: the order
+    against the patient's structures, the planning request (the configs/planning.yaml defaults
+    with ``options`` and ``machines``) by :func:`rayrt.pipeline.check_request` (conversion
+    options, known machines). The planning request is None when the request asks for no plan
+    (no ``options``: ``machines`` are then only recorded). InputError 4xx naming the field."""
+    order = validate_order(req.order, structure_names) if req.order is not None else None
     if req.options is None:
-        return None
-    from pydantic import ValidationError
-
-    from rayrt.machines import get_machine
-    from rayrt.stages import PlanningRequest
-
+        return order, None
     if order is None:
-        raise InputError("planning ('options') needs a medical order: send 'order' too", kind="request", field="order", status=422)
-    for m in req.machines:
-        try:
-            get_machine(m)
-        except InputError as exc:
-            raise InputError(exc.message, kind="request", field="machines", status=422) from None
-    try:
-        PlanningRequest.model_validate({**(req.options or {}), "machines": list(req.machines)})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"invalid planning option '{loc}': {first['msg']}", kind="request", field=f"options.{loc}", status=422) from None
-    return dict(req.options or {})
+        raise InputError(
+            "planning ('options') needs a medical order: send 'order' too", kind="request", field="order", status=422
+        )
+    planning = planning_request(req.options, list(req.machines))
+    check_request(planning)
+    return order, planning
 
 
 class MachineStatusRequest(BaseModel):
@@ -148,8 +169,7 @@ STATUS_STALE_S = 2.0
 STATUS_REVALIDATE_S = 5.0
 
 
-from rayrt.service.web import router as web_router  # noqa: E402  the web view (/ui); included before @serve.ingress freezes the app
-api.include_router(web_router)
+api.include_router(web_router)  # the web view (/ui); included before @serve.ingress freezes the app
 
 
 @serve.deployment(name="rayrt-ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
@@ -157,12 +177,8 @@ api.include_router(web_router)
 class Ingress:
     """The ingress replica: validates requests, writes the store, hands jobs to the scheduler."""
 
-    def __init__(self, settings: dict):
-        from rayrt.service.scheduler import get_or_create_scheduler
-
-        from rayrt.service.runtime import interactive_priority
-
-        self.settings = ServiceSettings.model_validate(settings)
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
         self.store = Store(self.settings.data_dir)
         self.scheduler = get_or_create_scheduler(self.settings)
         reniced = interactive_priority()  # the HTTP path (this replica, the node's proxy) at niceness 0, compute at 19
@@ -175,6 +191,7 @@ class Ingress:
         self._snap_ok = 0.0  # monotonic time of the last successful refresh
         self._refresher = None
         self._checked: dict[str, tuple[bytes, float]] = {}  # job id -> (cached bytes, when last trusted / checked)
+        self._reg: Any = None  # the machine registry actor, created on first use
 
     # ---------------------------------------------------------------- status cache
     def _ensure_refresher(self) -> None:
@@ -182,13 +199,9 @@ class Ingress:
         poll (``STATUS_LONG_POLL_S``) that answers when a job changes, then at least
         ``STATUS_REFRESH_S`` before the next pull; one actor call at a time for all pollers together."""
         if self._refresher is None or self._refresher.done():
-            import asyncio
-
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
 
     async def _refresh_loop(self) -> None:
-        import asyncio
-
         while True:
             try:
                 await self._sync(wait_s=STATUS_LONG_POLL_S)
@@ -201,18 +214,18 @@ class Ingress:
         for a change when there is none). Also called right after a request that changed jobs
         through the scheduler (submit, cancel, machine status) and by ``GET /queue``: this
         replica's next status answers then include that change (read your writes)."""
-        import time as _time
-
-        out = await self.scheduler.snapshots_since.remote(self._snap_version, self._snap_incarnation, wait_s)
-        if out["incarnation"] != self._snap_incarnation:  # the scheduler restarted: its versions start again
-            self._snap_incarnation = out["incarnation"]
+        out: JobSnapshots = await self.scheduler.snapshots_since.remote(
+            self._snap_version, self._snap_incarnation, wait_s
+        )
+        if out.incarnation != self._snap_incarnation:  # the scheduler restarted: its versions start again
+            self._snap_incarnation = out.incarnation
             self._snap_version, self._jobver = 0, {}
-        for jid, (v, data) in out["jobs"].items():
+        for jid, (v, data) in out.jobs.items():
             if v > self._jobver.get(jid, 0):  # an answer to an earlier, concurrent pull never overwrites a newer one
                 self._jobver[jid] = v
                 self._jobs[jid] = data
-        self._snap_version = max(self._snap_version, out["version"])
-        self._snap_ok = _time.monotonic()
+        self._snap_version = max(self._snap_version, out.version)
+        self._snap_ok = time.monotonic()
 
     async def _sync_quietly(self) -> None:
         try:
@@ -223,9 +236,7 @@ class Ingress:
     async def _revalidate(self, jid: str, data: bytes) -> bytes:
         """Safety net: a cached job that is not finished and has not changed for ``STATUS_REVALIDATE_S``
         is compared with the store once per that interval (bounds the staleness of a lost snapshot)."""
-        import time as _time
-
-        now = _time.monotonic()
+        now = time.monotonic()
         seen = self._checked.get(jid)
         if seen is not None and seen[0] is data and now - seen[1] < STATUS_REVALIDATE_S:
             return data
@@ -238,7 +249,11 @@ class Ingress:
         try:
             disk = await run_in_threadpool(self.store.read_bytes, f"jobs/{jid}/job.json")
             if Job.model_validate_json(disk).state.finished and self._jobs.get(jid) is data:
-                log.warning("status cache: job %s was stale (%s); the store says it finished", jid, "no snapshot of its last save")
+                log.warning(
+                    "status cache: job %s was stale (%s); the store says it finished",
+                    jid,
+                    "no snapshot of its last save",
+                )
                 self._jobs[jid] = data = disk
         except Exception:
             log.debug("status revalidation of %s failed", jid, exc_info=True)
@@ -246,17 +261,15 @@ class Ingress:
         return data
 
     def _cache_fresh(self) -> bool:
-        import time as _time
-
-        return _time.monotonic() - self._snap_ok < STATUS_STALE_S
+        return time.monotonic() - self._snap_ok < STATUS_STALE_S
 
     @api.get("/health")
     async def health(self) -> dict:
-        status = await self.scheduler.get_status.remote()
-        return {"ok": True, "store": self.store.location, "scheduler": status}
+        status: SchedulerStatus = await self.scheduler.get_status.remote()
+        return {"ok": True, "store": self.store.location, "scheduler": status.model_dump(mode="json")}
 
-    @api.get("/queue")
-    async def queue(self) -> dict:
+    @api.get("/queue", response_model=QueueStatus)
+    async def queue(self) -> QueueStatus:
         """The compute queue: ``queued`` in run order with each job's 0-based ``position``
         (priority, then age), the ``running`` jobs with their computers, and ``free_cpus``."""
         out = await self.scheduler.queue_status.remote()
@@ -269,7 +282,12 @@ class Ingress:
         try:
             form = await request.form(max_files=self.settings.max_upload_files, max_fields=1000)
         except Exception as exc:  # malformed multipart, or not multipart at all
-            raise InputError(f"expected a multipart/form-data upload with DICOM files or a zip: {exc}", kind="upload", field="files", status=400) from None
+            raise InputError(
+                f"expected a multipart/form-data upload with DICOM files or a zip: {exc}",
+                kind="upload",
+                field="files",
+                status=400,
+            ) from None
         uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         try:
             files = [(u.filename or "upload", u.file) for u in uploads]
@@ -291,7 +309,13 @@ class Ingress:
         try:
             body = await request.json()
         except Exception:
-            raise InputError("expected a JSON body with a 'method' (auto, grow, interpolate, margin, boolean, ring, polygons, pet_threshold, edit)", kind="request", field="method", status=422) from None
+            raise InputError(
+                "expected a JSON body with a 'method' "
+                "(auto, grow, interpolate, margin, boolean, ring, polygons, pet_threshold, edit)",
+                kind="request",
+                field="method",
+                status=422,
+            ) from None
         return await run_in_threadpool(apply_structure_request, self.store, patient_id, body)
 
     @api.get("/patients/{patient_id}/structures/log")
@@ -301,26 +325,23 @@ class Ingress:
     @api.get("/patients/{patient_id}/rtstruct")
     def get_rtstruct(self, patient_id: str) -> Response:
         data = structures_rtstruct(self.store, patient_id)
-        return Response(content=data, media_type="application/dicom", headers={"Content-Disposition": 'attachment; filename="rtstruct.dcm"'})
+        return Response(
+            content=data,
+            media_type="application/dicom",
+            headers={"Content-Disposition": 'attachment; filename="rtstruct.dcm"'},
+        )
 
     # ---------------------------------------------------------------- jobs
     @api.post("/jobs", status_code=201, response_model=Job)
     async def create_job(self, req: JobRequest) -> Job:
         patient = await run_in_threadpool(self.store.get_patient, req.patient_id)
 
-        def check() -> tuple[Any, dict | None]:  # parsing, machine files: off the event loop that answers status calls
-            order = validate_order(req.order, patient.structure_names) if req.order is not None else None
-            return order, _check_planning(req, order)
-
-        order, options = await run_in_threadpool(check)
+        # parsing, machine files: off the event loop that answers status calls
+        order, planning = await run_in_threadpool(check_job_request, req, patient.structure_names)
         job = Job(
-            patient_id=patient.id,
-            order=order.model_dump(mode="json") if order else None,
-            machines=list(req.machines),
-            priority=req.priority,
-            options=options,
+            patient_id=patient.id, order=order, machines=list(req.machines), priority=req.priority, planning=planning
         )
-        await run_in_threadpool(self.store.create_job, job, order)
+        await run_in_threadpool(self.store.create_job, job)
         await self.scheduler.submit.remote(job.id, job.priority, job.created_at.isoformat())
         await self._sync_quietly()  # the queue positions the submit changed
         return job
@@ -335,8 +356,6 @@ class Ingress:
         the replica's status cache (the Job JSON as last saved, pulled from the scheduler every
         ``STATUS_REFRESH_S``; no store read, no actor call per request). A job the cache does not
         hold, or any job while the cache is stale (scheduler unreachable), is read from the store."""
-        from rayrt.service.store import check_id
-
         jid = check_id(job_id, "job")
         self._ensure_refresher()
         data = self._jobs.get(jid) if self._cache_fresh() else None
@@ -357,7 +376,12 @@ class Ingress:
         cancelled = await self.scheduler.cancel.remote(job.id)
         await self._sync_quietly()
         if not cancelled:
-            raise InputError(f"job {job_id} is {job.state.value}, not queued: only a queued job can be cancelled", kind="conflict", field="job_id", status=409)
+            raise InputError(
+                f"job {job_id} is {job.state.value}, not queued: only a queued job can be cancelled",
+                kind="conflict",
+                field="job_id",
+                status=409,
+            )
         return {"job_id": job_id, "state": "cancelled"}
 
     @api.get("/jobs/{job_id}/results", response_model=JobResults)
@@ -368,17 +392,19 @@ class Ingress:
     @api.get("/jobs/{job_id}/results/{path:path}")
     def get_result(self, job_id: str, path: str) -> Response:
         data = self.store.read_result(job_id, path)
-        media = mimetypes.guess_type(path)[0] or ("application/json" if path.endswith(".json") else "application/octet-stream")
+        media = mimetypes.guess_type(path)[0] or (
+            "application/json" if path.endswith(".json") else "application/octet-stream"
+        )
         name = path.rsplit("/", 1)[-1]
-        return Response(content=data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            content=data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'}
+        )
 
     # ---------------------------------------------------------------- planning results
     @api.get("/jobs/{job_id}/events")
     async def job_events(self, job_id: str, interval_s: float = 0.5) -> StreamingResponse:
         """Server-sent events: one ``job`` event (the Job as JSON) whenever its progress changes,
         until it has finished (last event ``end``). ``rayrt watch`` reads this stream."""
-        import asyncio
-
         job = await run_in_threadpool(self.store.get_job, job_id)
         interval_s = min(max(interval_s, 0.1), 10.0)
 
@@ -388,8 +414,14 @@ class Ingress:
             last = None
             while True:
                 try:
-                    cached = self._jobs.get(job.id) if self._cache_fresh() else None  # the status cache, as GET /jobs/{id}
-                    j = Job.model_validate_json(cached) if cached is not None else await run_in_threadpool(self.store.get_job, job_id)
+                    cached = (
+                        self._jobs.get(job.id) if self._cache_fresh() else None
+                    )  # the status cache, as GET /jobs/{id}
+                    j = (
+                        Job.model_validate_json(cached)
+                        if cached is not None
+                        else await run_in_threadpool(self.store.get_job, job_id)
+                    )
                 except Exception as exc:  # the store hiccupped: tell the client, keep the stream
                     yield f"event: error\ndata: {json.dumps({'message': str(exc)})}\n\n"
                     await asyncio.sleep(interval_s)
@@ -403,32 +435,44 @@ class Ingress:
                     return
                 await asyncio.sleep(interval_s)
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Job-Id": job.id})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Job-Id": job.id}
+        )
 
-    def _summary(self, job_id: str) -> dict:
+    def _summary(self, job_id: str) -> ExportResult:
         job = self.store.get_job(job_id)
         if not self.store.has_stage_file(job.id, "export", "summary.json"):
-            raise InputError(f"job {job_id} is {job.state.value} and has no plans yet (export stage not finished)", kind="conflict", field="job_id", status=409)
-        return self.store.get_stage_json(job.id, "export", "summary.json")
+            raise InputError(
+                f"job {job_id} is {job.state.value} and has no plans yet (export stage not finished)",
+                kind="conflict",
+                field="job_id",
+                status=409,
+            )
+        return self.store.get_stage_model(job.id, "export", "summary.json", ExportResult)
 
-    @api.get("/jobs/{job_id}/plans")
-    def job_plans(self, job_id: str) -> dict:
+    @api.get("/jobs/{job_id}/plans", response_model=JobPlans)
+    def job_plans(self, job_id: str) -> JobPlans:
         """Per machine (standard first): plan id, MU, segments, QA verdict, the order's goals and
         the download routes of its RTPLAN / RTDOSE / QA report."""
         summary = self._summary(job_id)
-        for m in summary["machines"]:
-            base = f"/jobs/{job_id}/plans/{m['machine']}"
-            released = m.get("verdict") != "not released"  # a plan that failed QA has no RTPLAN / RTDOSE
+        entries = []
+        for m in summary.machines:
+            base = f"/jobs/{job_id}/plans/{m.machine}"
+            released = m.verdict != "not released"  # a plan that failed QA has no RTPLAN / RTDOSE
             kinds = ("rtplan", "rtdose", "rtstruct", "qa", "dvh", "plan") if released else ("qa",)
-            m["downloads"] = {k: f"{base}/{k}" for k in kinds}
-        return {"job_id": job_id, "machines": summary["machines"], "rtstruct": summary.get("rtstruct"), "dvh": f"/jobs/{job_id}/results/export/dvh.csv"}
+            entries.append(PlanEntry(**m.model_dump(), downloads={k: f"{base}/{k}" for k in kinds}))
+        return JobPlans(
+            job_id=job_id, machines=entries, rtstruct=summary.rtstruct, dvh=f"/jobs/{job_id}/results/export/dvh.csv"
+        )
 
-    @api.get("/jobs/{job_id}/plans/{machine}")
-    def job_plan(self, job_id: str, machine: str) -> dict:
-        for m in self.job_plans(job_id)["machines"]:
-            if m["machine"] == machine:
+    @api.get("/jobs/{job_id}/plans/{machine}", response_model=PlanEntry)
+    def job_plan(self, job_id: str, machine: str) -> PlanEntry:
+        for m in self.job_plans(job_id).machines:
+            if m.machine == machine:
                 return m
-        raise InputError(f"job {job_id} has no plan for machine {machine!r}", kind="not_found", field="machine", status=404)
+        raise InputError(
+            f"job {job_id} has no plan for machine {machine!r}", kind="not_found", field="machine", status=404
+        )
 
     @api.get("/jobs/{job_id}/plans/{machine}/{kind}")
     def job_plan_file(self, job_id: str, machine: str, kind: str) -> Response:
@@ -439,74 +483,116 @@ class Ingress:
             text = self.store.read_result(job_id, "export/dvh.csv").decode()
             lines = text.splitlines()
             rows = [lines[0]] + [ln for ln in lines[1:] if ln.split(",", 1)[0] == machine]
-            return Response(content="\n".join(rows) + "\n", media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="dvh_{safe}.csv"'})
-        paths = {"rtplan": f"export/RP_{safe}.dcm", "rtdose": f"export/RD_{safe}.dcm", "rtstruct": "export/RS.dcm", "qa": f"qa/qa_{safe}.json",
-                 "plan": "normalize/plan.json" if machine == self._standard_name(job_id) else f"convert/plan_{safe}.json"}
+            return Response(
+                content="\n".join(rows) + "\n",
+                media_type="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="dvh_{safe}.csv"'},
+            )
+        paths = {
+            "rtplan": f"export/RP_{safe}.dcm",
+            "rtdose": f"export/RD_{safe}.dcm",
+            "rtstruct": "export/RS.dcm",
+            "qa": f"qa/qa_{safe}.json",
+            "plan": "normalize/plan.json" if machine == self._standard_name(job_id) else f"convert/plan_{safe}.json",
+        }
         if kind not in paths:
-            raise InputError(f"unknown download {kind!r}; choose one of {', '.join(sorted([*paths, 'dvh']))}", kind="not_found", field="kind", status=404)
+            raise InputError(
+                f"unknown download {kind!r}; choose one of {', '.join(sorted([*paths, 'dvh']))}",
+                kind="not_found",
+                field="kind",
+                status=404,
+            )
         return self.get_result(job_id, paths[kind])
 
     def _standard_name(self, job_id: str) -> str:
-        return self._summary(job_id)["machines"][0]["machine"]
+        return self._summary(job_id).machines[0].machine
 
     # ---------------------------------------------------------------- cluster
     @api.get("/cluster")
     async def cluster(self) -> dict:
         """Nodes (alive, CPUs, memory), CPUs in use, the controlled computers (heartbeats),
         queued and running jobs and the tasks Ray is running / waiting to schedule."""
-        import ray
 
         def facts() -> dict:
-            nodes = [{"node_id": n["NodeID"], "alive": n["Alive"], "address": n.get("NodeManagerAddress"),
-                      "cpus": n.get("Resources", {}).get("CPU", 0.0), "memory_gib": n.get("Resources", {}).get("memory", 0.0) / 2**30,
-                      "object_store_gib": n.get("Resources", {}).get("object_store_memory", 0.0) / 2**30}
-                     for n in ray.nodes()]
+            nodes = [
+                {
+                    "node_id": n["NodeID"],
+                    "alive": n["Alive"],
+                    "address": n.get("NodeManagerAddress"),
+                    "cpus": n.get("Resources", {}).get("CPU", 0.0),
+                    "memory_gib": n.get("Resources", {}).get("memory", 0.0) / 2**30,
+                    "object_store_gib": n.get("Resources", {}).get("object_store_memory", 0.0) / 2**30,
+                }
+                for n in ray.nodes()
+            ]
             total, free = ray.cluster_resources(), ray.available_resources()
             tasks: dict[str, int] = {}
             try:
-                from ray.util.state import summarize_tasks
-
                 summary = summarize_tasks(raise_on_missing_output=False)
                 for entry in (summary.get("cluster", {}).get("summary", {}) or {}).values():
                     for state, n in (entry.get("state_counts") or {}).items():
                         tasks[state] = tasks.get(state, 0) + int(n)
             except Exception as exc:  # the state API needs the dashboard agent; report why it is missing
                 tasks = {"unavailable": 0, "reason": str(exc)[:200]}
-            return {"nodes": nodes, "cpus_total": total.get("CPU", 0.0), "cpus_free": free.get("CPU", 0.0), "tasks": tasks}
+            return {
+                "nodes": nodes,
+                "cpus_total": total.get("CPU", 0.0),
+                "cpus_free": free.get("CPU", 0.0),
+                "tasks": tasks,
+            }
 
         info = await run_in_threadpool(facts)
-        status = await self.scheduler.get_status.remote()
-        beats = await self.scheduler.heartbeats.remote(2.0)
-        counts = await self.scheduler.task_counts.remote()
-        if "unavailable" in info["tasks"]:  # no dashboard agent: rayrt's own accounting (the computers report to the scheduler)
-            info["tasks"] = {"source": "rayrt executor accounting (tasks and conversions submitted / finished per job)",
-                             "running": counts["running"], "queued": counts["queued"], "in_flight": counts["in_flight"],
-                             "dashboard": info["tasks"].get("reason", "")}
-        return {**info, "queued": status["queued"], "running": status["running"], "task_accounting": counts,
-                "computers": [{"name": n, "alive": b is not None, **(b or {})} for n, b in beats.items()]}
+        status: SchedulerStatus = await self.scheduler.get_status.remote()
+        beats: dict[str, Heartbeat | None] = await self.scheduler.heartbeats.remote(2.0)
+        counts: TaskCounts = await self.scheduler.task_counts.remote()
+        if (
+            "unavailable" in info["tasks"]
+        ):  # no dashboard agent: rayrt's own accounting (the computers report to the scheduler)
+            info["tasks"] = {
+                "source": "rayrt executor accounting (tasks and conversions submitted / finished per job)",
+                "running": counts.running,
+                "queued": counts.queued,
+                "in_flight": counts.in_flight,
+                "dashboard": info["tasks"].get("reason", ""),
+            }
+        return {
+            **info,
+            "queued": status.queued,
+            "running": status.running,
+            "task_accounting": counts.model_dump(mode="json"),
+            "computers": [
+                {"name": n, "alive": b is not None, **(b.model_dump(mode="json") if b else {})}
+                for n, b in beats.items()
+            ],
+        }
 
     # ---------------------------------------------------------------- treatment machines
     def _registry(self) -> Any:
         """The machine registry actor (MachineQueue per machine), created on first use."""
-        if getattr(self, "_reg", None) is None:
-            from rayrt.service.machine_queues import get_or_create_registry
-            from rayrt.service.scheduler import ReplanToScheduler, registry_name
-
+        if self._reg is None:
             ns = self.settings.ray_namespace
-            self._reg = get_or_create_registry(name=registry_name(self.settings), namespace=ns, data_dir=self.settings.data_dir,
-                                               replan_callback=ReplanToScheduler(self.settings.scheduler_name, ns),
-                                               settings=self.settings.machine_queues.model_dump())
+            self._reg = get_or_create_registry(
+                name=registry_name(self.settings),
+                namespace=ns,
+                data_dir=self.settings.data_dir,
+                replan_callback=ReplanToScheduler(self.settings.scheduler_name, ns),
+                settings=self.settings.machine_queues,
+            )
         return self._reg
 
     @api.get("/machines")
     async def list_machines(self) -> dict:
-        """Every treatment machine: status (available / busy / down, cause, since), bookings, pending fractions, estimated wait."""
+        """Every treatment machine: status (available / busy / down, cause, since), bookings,
+        pending fractions, estimated wait."""
         snaps = await self._registry().snapshots.remote()
         return {"machines": [s.model_dump(mode="json") for s in snaps]}
 
     @api.get("/machines/{name}/bookings")
     async def machine_bookings(self, name: str) -> dict:
-        return {"machine": name, "bookings": [b.model_dump(mode="json") for b in await self._registry().bookings.remote(name)]}
+        return {
+            "machine": name,
+            "bookings": [b.model_dump(mode="json") for b in await self._registry().bookings.remote(name)],
+        }
 
     @api.post("/machines/{name}/status")
     async def set_machine_status(self, name: str, change: MachineStatusRequest) -> dict:
@@ -524,21 +610,24 @@ class Ingress:
         if machine is None:
             raise InputError("the job names no machine: give 'machine'", kind="request", field="machine", status=422)
         plan = await run_in_threadpool(self.job_plan, job_id, machine)
-        if plan.get("verdict") == "not released":
-            raise InputError(f"the plan for {machine} was not released (QA failed: {'; '.join(plan.get('failed_checks', [])[:3])}); "
-                             "it cannot be booked", kind="conflict", field="machine", status=409)
-        fractions = req.fractions or int((job.order or {}).get("prescription", {}).get("fractions", 1))
-        b = await self._registry().book.remote(machine, job.id, job.patient_id, fractions, plan["plan_id"])
+        if plan.verdict == "not released":
+            raise InputError(
+                f"the plan for {machine} was not released (QA failed: {'; '.join(plan.failed_checks[:3])}); "
+                "it cannot be booked",
+                kind="conflict",
+                field="machine",
+                status=409,
+            )
+        fractions = req.fractions or (job.order.prescription.fractions if job.order is not None else 1)
+        b = await self._registry().book.remote(machine, job.id, job.patient_id, fractions, plan.plan_id)
         return b.model_dump(mode="json")
 
 
 def build_app(settings: ServiceSettings) -> Any:
     """The Serve application (``serve.run(build_app(settings))``)."""
-    return Ingress.bind(settings.model_dump())
+    return Ingress.bind(settings)
 
 
 def app_builder(args: dict) -> Any:
     """Entry for ``serve run rayrt.service.app:app_builder data_dir=...`` and Serve config files."""
-    from rayrt.service.settings import load_settings
-
     return build_app(load_settings(**{k: v for k, v in (args or {}).items()}))

@@ -3,7 +3,9 @@
 A :class:`ControlledComputer` is a long-lived Ray actor. For each job the scheduler hands it,
 it loads the patient from the durable store, puts the large arrays (image, masks, doses) into
 the Ray object store *once* (``ctx.shared`` of :mod:`rayrt.pipeline`: later stages pass these
-references to their remote tasks instead of the arrays), runs the stages in order, writes
+references to their remote tasks instead of the arrays), runs the job's recipe
+(:func:`rayrt.pipeline.recipe`: the analysis stages, and the planning stages when the job
+carries a planning request; then any extra stages of ``settings.stage_modules``), writes
 each stage's result files to ``jobs/<id>/stages/<stage>/`` before the next stage starts, and
 writes the job's state and per-stage progress to ``jobs/<id>/job.json`` as it goes. The actor
 owns the objects it puts, so they live as long as it does; they are dropped when the job ends.
@@ -27,15 +29,32 @@ import threading
 import time
 import traceback
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import ray
 
-from rayrt import pipeline
+from rayrt.convert.convert import ConversionResult
+from rayrt.convert.policy import ConversionOptions
 from rayrt.domain.errors import InputError
 from rayrt.domain.job import Job, JobState, StageProgress
-from rayrt.pipeline import Executor, Stage, StageEvent
-from rayrt.service.store import Store
+from rayrt.imaging.study import Study
+from rayrt.optimize.standard import PlanGeometry, StandardPlan
+from rayrt.pipeline import (
+    Executor,
+    LocalExecutor,
+    Progress,
+    Stage,
+    StageEvent,
+    recipe,
+    restore_output,
+    run_stages,
+    write_result_files,
+)
+from rayrt.service.conversion import POOLS_NAME, get_or_create_conversion_pools, pools_name
+from rayrt.service.models import Heartbeat
+from rayrt.service.policies import ConversionPoolSettings
+from rayrt.service.process import lower_priority
+from rayrt.service.store import Store, check_id
 
 log = logging.getLogger("rayrt.service")
 
@@ -51,7 +70,7 @@ class StoreSource:
         self.store = store
         self.patient_id = patient_id
 
-    def load(self) -> Any:
+    def load(self) -> Study:
         return self.store.load_study(self.patient_id)
 
 
@@ -62,8 +81,6 @@ class JobCancelled(Exception):
 
 
 def _cancel_file(job_id: str) -> str:
-    from rayrt.service.store import check_id
-
     return f"jobs/{check_id(job_id, 'job')}/cancel.json"
 
 
@@ -76,37 +93,49 @@ def cancel_requested(store: Store, job_id: str) -> bool:
     return store.exists(_cancel_file(job_id))
 
 
-def import_stage_modules(names: Iterable[str]) -> list[str]:
-    """Import modules that register extra pipeline stages: dotted names, or paths of .py files
-    (imported under their file stem). Returns the module names imported."""
-    out = []
+def _import_module(name: str) -> Any:
+    """A module by dotted name, or a .py file by path (imported under its file stem)."""
+    if not (name.endswith(".py") or os.sep in name):
+        return importlib.import_module(name)
+    path = os.path.abspath(name)
+    mod_name = os.path.splitext(os.path.basename(path))[0]
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"stage module {name!r} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(mod_name, None)
+        raise
+    return module
+
+
+def load_stage_modules(names: Iterable[str]) -> list[Stage]:
+    """The extra stages of ``settings.stage_modules``: each module (a dotted name, or the path of
+    a .py file) exports ``STAGES``, a list of :class:`rayrt.pipeline.Stage` (built with
+    :func:`rayrt.pipeline.stage_of`); they run after the job's recipe, in the order given."""
+    stages: list[Stage] = []
     for name in names:
-        if name.endswith(".py") or os.sep in name:
-            path = os.path.abspath(name)
-            mod_name = os.path.splitext(os.path.basename(path))[0]
-            if mod_name not in sys.modules:
-                spec = importlib.util.spec_from_file_location(mod_name, path)
-                if spec is None or spec.loader is None:
-                    raise ImportError(f"stage module {name!r} is not a Python file")
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[mod_name] = module
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    sys.modules.pop(mod_name, None)
-                    raise
-        else:
-            mod_name = importlib.import_module(name).__name__
-        out.append(mod_name)
-    return out
+        extra = getattr(_import_module(name), "STAGES", None)
+        if not isinstance(extra, list) or not all(isinstance(st, Stage) for st in extra):
+            raise InputError(
+                f"stage module {name!r} must export STAGES, a list of rayrt.pipeline.Stage "
+                "(made with rayrt.pipeline.stage_of)",
+                kind="settings",
+                field="stage_modules",
+            )
+        stages += extra
+    return stages
 
 
 def run_task(fn: Callable[..., Any], item: Any, *shared: Any) -> Any:
     """Body of every stage task on Ray: ``fn(item, *shared)`` at compute priority
-    (:func:`rayrt.service.runtime.lower_priority`: the HTTP ingress keeps answering while tasks
+    (:func:`rayrt.service.process.lower_priority`: the HTTP ingress keeps answering while tasks
     saturate the CPUs)."""
-    from rayrt.service.runtime import lower_priority
-
     lower_priority()
     return fn(item, *shared)
 
@@ -117,9 +146,9 @@ class RayExecutor:
     Shared handles passed to ``map`` are ObjectRefs; Ray hands each task the stored array
     (zero-copy for numpy) instead of shipping it again. Tasks are submitted in the order of
     ``fn.task_order(items)`` when the function has one (largest work first, so the last task to
-    start is a short one). With ``on_progress`` set (the :class:`JobRunner` sets it), ``map``
-    calls ``on_progress(done, total)`` as tasks finish; if that raises (a cancelled job), the
-    remaining tasks are cancelled and the error propagates.
+    start is a short one). ``map``'s ``progress(done, total, message)`` is called as tasks
+    finish; if it raises (a cancelled job), the remaining tasks are cancelled and the error
+    propagates.
 
     ``convert_machines`` runs the convert stage's conversions on the per-machine conversion
     ActorPools (:mod:`rayrt.service.conversion`, actor ``pools``). ``on_tasks(submitted,
@@ -127,17 +156,19 @@ class RayExecutor:
     ``GET /cluster``).
     """
 
-    on_progress: Callable[[int, int], None] | None = None
-
-    def __init__(self, num_cpus_per_task: float = 1.0, pools: str | None = None, namespace: str | None = None,
-                 pool_settings: dict | None = None, on_tasks: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        num_cpus_per_task: float = 1.0,
+        pools: str = POOLS_NAME,
+        namespace: str | None = None,
+        pool_settings: ConversionPoolSettings | None = None,
+        on_tasks: Callable[[int, int], None] | None = None,
+    ):
         self.num_cpus_per_task = num_cpus_per_task
         #: numba threads inside each task: as many as the CPUs the task reserves (stages read it)
         self.threads_per_task = max(1, int(num_cpus_per_task))
         self._remote: dict[Callable, Any] = {}
-        from rayrt.service.conversion import POOLS_NAME
-
-        self.pools_name = pools or POOLS_NAME
+        self.pools_name = pools
         self.namespace = namespace
         self.pool_settings = pool_settings
         #: ``on_tasks(submitted, finished)``: this executor's task accounting (the scheduler's GET /cluster counts)
@@ -156,24 +187,29 @@ class RayExecutor:
 
     def pools(self) -> Any:
         """The conversion-pools actor (:mod:`rayrt.service.conversion`) of this service, created on first use."""
-        from rayrt.service.conversion import get_or_create_conversion_pools
-
         try:
             return ray.get_actor(self.pools_name, namespace=self.namespace)
         except ValueError:
-            kw = {"settings": self.pool_settings} if self.pool_settings is not None else {}
-            return get_or_create_conversion_pools(name=self.pools_name, namespace=self.namespace, detached=False, start=False, **kw)
+            return get_or_create_conversion_pools(
+                name=self.pools_name, namespace=self.namespace, detached=False, start=False, settings=self.pool_settings
+            )
 
-    def convert_machines(self, standard: Any, machines: list[str], options: Any,
-                         progress: Callable[[int, int, str], None] | None = None) -> list[Any]:
-        """Convert ``standard`` (a StandardPlanInput) for every machine on that machine's conversion
-        ActorPool: the plan is put into the object store once and read by each pool's worker;
-        ``progress(done, total, message)`` as machines finish (it may raise to cancel the rest).
-        Results (:class:`rayrt.convert.convert.ConversionResult`, or the exception a machine's
-        conversion raised: the others go on) in the order of ``machines``."""
+    def convert_machines(
+        self,
+        standard: StandardPlan,
+        geometry: PlanGeometry,
+        machines: list[str],
+        options: ConversionOptions,
+        progress: Progress | None = None,
+    ) -> list[ConversionResult | BaseException]:
+        """Convert ``standard`` (computed on ``geometry``) for every machine on that machine's
+        conversion ActorPool: the plan and the geometry are put into the object store once and
+        read by each pool's worker; ``progress(done, total, message)`` as machines finish (it may
+        raise to cancel the rest). Results (:class:`rayrt.convert.convert.ConversionResult`, or
+        the exception a machine's conversion raised: the others go on) in the order of ``machines``."""
         pools = self.pools()
-        ref = ray.put(standard)
-        inner = ray.get([pools.submit.remote(m, [ref], options) for m in machines])
+        plan_ref, geometry_ref = ray.put(standard), ray.put(geometry)
+        inner = ray.get([pools.submit.remote(m, [plan_ref], [geometry_ref], options) for m in machines])
         self._count(submitted=len(inner))
         index = {r: i for i, r in enumerate(inner)}
         done = 0
@@ -186,12 +222,12 @@ class RayExecutor:
                     progress(done, len(inner), f"{machines[index[r]]} converted ({done}/{len(inner)})")
 
         self._await(inner, finished)
-        out: list[Any] = []
+        out: list[ConversionResult | BaseException] = []
         for r in inner:
             try:
                 out.append(ray.get(r))
             except ray.exceptions.RayTaskError as exc:  # the conversion raised: report its own error
-                cause = getattr(exc, "cause", None)
+                cause = exc.cause
                 out.append(cause if isinstance(cause, BaseException) else exc)
             except ray.exceptions.RayError as exc:  # actor died beyond its restarts, ...
                 out.append(exc)
@@ -204,12 +240,16 @@ class RayExecutor:
     def put(self, value: Any) -> Any:
         return ray.put(value)
 
-    def map(self, fn: Callable[..., Any], items: Iterable[Any], *shared: Any) -> list[Any]:
+    def map(
+        self, fn: Callable[..., Any], items: Iterable[Any], *shared: Any, progress: Progress | None = None
+    ) -> list[Any]:
         rf = self._remote.get(fn)
         if rf is None:  # one remote function per stage function, named after it (run_task wraps it)
-            rf = self._remote[fn] = ray.remote(num_cpus=self.num_cpus_per_task)(run_task).options(name=getattr(fn, "__name__", "task"))
+            rf = self._remote[fn] = ray.remote(num_cpus=self.num_cpus_per_task)(run_task).options(
+                name=getattr(fn, "__name__", "task")
+            )
         items = list(items)
-        order = getattr(fn, "task_order", None)  # e.g. largest work first (rayrt.stages.dij_chunk_task)
+        order = getattr(fn, "task_order", None)  # e.g. largest work first (the dij stage's chunk task)
         seq = order(items) if callable(order) else range(len(items))
         refs: list[Any] = [None] * len(items)
         for i in seq:  # submitted in that order; Ray starts them in submission order as CPUs free up
@@ -222,8 +262,8 @@ class RayExecutor:
         def finished(ready: list) -> None:
             nonlocal done
             done += len(ready)
-            if self.on_progress is not None:
-                self.on_progress(done, len(refs))
+            if progress is not None:
+                progress(done, len(refs), "")
 
         self._await(refs, finished)
         return ray.get(refs)
@@ -250,36 +290,22 @@ class RayExecutor:
             raise
 
 
-def planning_request(job: Job) -> Any:
-    """The job's :class:`rayrt.stages.PlanningRequest` (target machines + options), or None when
-    it asks for no plan (``options`` None; ``machines`` alone are only recorded): then only the analysis stages run."""
-    if job.options is None:
-        return None
-    from pydantic import ValidationError
-
-    from rayrt.stages import PlanningRequest
-
-    try:
-        return PlanningRequest.model_validate({**job.options, "machines": list(job.machines)})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"invalid planning option '{loc}': {first['msg']}", kind="options", field=f"options.{loc}") from None
-
-
-def job_stages(job: Job) -> list[Stage]:
-    """The recipe for ``job``: every registered stage, without the planning ones (rayrt.stages)
-    when the job asks for no plan (``options`` None)."""
-    from rayrt.stages import PLANNING_STAGES
-
-    stages = pipeline.default_stages()
-    if job.options is not None:
-        return stages
-    return [st for st in stages if st.name not in PLANNING_STAGES]
+def job_stages(job: Job, extra: Sequence[Stage] = ()) -> list[Stage]:
+    """The recipe for ``job`` (:func:`rayrt.pipeline.recipe`: the planning stages only when it
+    carries a planning request), then the ``extra`` stages (``settings.stage_modules``)."""
+    stages = recipe(plan=job.planning is not None)
+    clash = {st.name for st in stages} & {st.name for st in extra}
+    if clash:
+        raise InputError(
+            f"extra stage(s) {sorted(clash)} have the names of recipe stages; rename them",
+            kind="settings",
+            field="stage_modules",
+        )
+    return stages + list(extra)
 
 
 class JobRunner:
-    """Runs one stored job through ``stages`` and keeps ``job.json`` up to date."""
+    """Runs one stored job through its stages (:func:`job_stages`) and keeps ``job.json`` up to date."""
 
     def __init__(
         self,
@@ -288,24 +314,22 @@ class JobRunner:
         *,
         worker: str = "local",
         executor: Executor | None = None,
-        stages: list[Stage] | None = None,
+        extra_stages: Sequence[Stage] = (),
         progress_interval_s: float = 0.5,
-        report: Callable[[str, dict], None] | None = None,
+        report: Callable[[str, StageEvent], None] | None = None,
         publish: Callable[[str, bytes], None] | None = None,
     ):
         self.store = store
         self.job = store.get_job(job_id)
         self.worker = worker
-        self.executor = executor or pipeline.LocalExecutor()
-        self.stages = stages if stages is not None else job_stages(self.job)
+        self.executor = executor or LocalExecutor()
+        self.extra_stages = list(extra_stages)
         self.interval = progress_interval_s
         self.report = report
         self.publish = publish
         self._last_save = 0.0
         self._lock = threading.Lock()
         self.cancel_event = threading.Event()
-        if hasattr(self.executor, "on_progress"):
-            self.executor.on_progress = self._task_progress
 
     # ---------------------------------------------------------------- cancellation
     def cancel(self) -> None:
@@ -317,11 +341,6 @@ class JobRunner:
             self.cancel_event.set()
         if self.cancel_event.is_set():
             raise JobCancelled(f"job {self.job.id} was cancelled")
-
-    def _task_progress(self, done: int, total: int) -> None:
-        """Fan-out progress from the executor: tasks done of total for the running stage."""
-        if self.job.stage:
-            self.on_event(StageEvent(self.job.stage, "progress", done, total, f"{done}/{total} tasks"))
 
     # ---------------------------------------------------------------- persistence hooks
     def _save(self, force: bool = False) -> None:
@@ -344,6 +363,8 @@ class JobRunner:
         return sp
 
     def on_event(self, ev: StageEvent) -> None:
+        """A stage event of the run: update the job's stage progress and save it (progress at most
+        every ``progress_interval_s``); the job stops here when it was cancelled."""
         if ev.kind == "started":
             self._check_cancel(durable=True)  # between stages: no further stage starts
         with self._lock:
@@ -360,7 +381,9 @@ class JobRunner:
             elif ev.kind in ("finished", "skipped", "reused"):
                 sp.state, sp.percent, sp.finished_at = JobState.succeeded, 100.0, _now()
                 sp.started_at = sp.started_at or sp.finished_at
-                sp.message = {"skipped": f"skipped: {ev.message}", "reused": "reused the stored result"}.get(ev.kind, sp.message)
+                sp.message = {"skipped": f"skipped: {ev.message}", "reused": "reused the stored result"}.get(
+                    ev.kind, sp.message
+                )
             elif ev.kind == "failed" and self.cancel_event.is_set():
                 sp.state, sp.finished_at, sp.message = JobState.cancelled, _now(), "cancelled"
             elif ev.kind == "failed":
@@ -369,24 +392,21 @@ class JobRunner:
             self._save(force)
         if self.report is not None:
             try:
-                self.report(self.job.id, {"stage": ev.stage, "kind": ev.kind, "done": ev.done, "total": ev.total, "message": ev.message})
+                self.report(self.job.id, ev)
             except Exception:  # progress fan-in is best effort; the store is the record
                 log.debug("progress report failed", exc_info=True)
         if ev.kind == "progress":
             self._check_cancel()  # between tasks / steps of a stage
 
     def sink(self, st: Stage, out: Any) -> None:
-        for name, data in pipeline.write_result_files(out).items():
+        for name, data in write_result_files(out).items():
             self.store.put_stage_bytes(self.job.id, st.name, name, data)
 
     def previous(self, st: Stage) -> Any:
         """A finished stage's stored output (resume), or None. Outputs holding arrays rebuild them
-        from their stored files (``from_files``, see rayrt.stages.restore_output)."""
-        from rayrt.stages import restore_output
-
-        model = pipeline.result_model(st)
+        from their stored files (:func:`rayrt.pipeline.restore_output`)."""
         sp = next((s for s in self.job.stages if s.name == st.name), None)
-        if model is None or sp is None or sp.state is not JobState.succeeded:
+        if sp is None or sp.state is not JobState.succeeded:
             return None
         if not self.store.has_stage_file(self.job.id, st.name, "result.json"):
             return None
@@ -397,19 +417,30 @@ class JobRunner:
         job = self.job
         if job.state.finished:
             return job
-        known = {s.name for s in job.stages}
-        job.stages += [StageProgress(name=st.name) for st in self.stages if st.name not in known]
         job.state, job.worker, job.started_at = JobState.running, self.worker, job.started_at or _now()
         job.queue_position = None
         if cancel_requested(self.store, job.id):
             job.state, job.finished_at = JobState.cancelled, _now()
             self._save(force=True)
             return job
-        self._save(force=True)
-        artefacts: dict[str, Any] = {"source": StoreSource(self.store, job.patient_id), "order": self.store.get_order(job.id)}
+        artefacts: dict[str, Any] = {
+            "source": StoreSource(self.store, job.patient_id),
+            "order": job.order,
+            "planning": job.planning,
+        }
         try:
-            artefacts["planning"] = planning_request(job)
-            pipeline.run_stages(self.stages, artefacts, executor=self.executor, on_event=self.on_event, sink=self.sink, previous=self.previous)
+            stages = job_stages(job, self.extra_stages)
+            known = {s.name for s in job.stages}
+            job.stages += [StageProgress(name=st.name) for st in stages if st.name not in known]
+            self._save(force=True)
+            run_stages(
+                stages,
+                artefacts,
+                executor=self.executor,
+                on_event=self.on_event,
+                sink=self.sink,
+                previous=self.previous,
+            )
         except JobCancelled:
             job.state = JobState.cancelled
         except InputError as exc:
@@ -434,19 +465,26 @@ class JobRunner:
 class ControlledComputer:
     """A worker that runs whole jobs (one at a time) and answers heartbeats while it does."""
 
-    def __init__(self, name: str, store: Store, progress_interval_s: float = 0.5, scheduler_name: str | None = None, namespace: str | None = None,
-                 stage_modules: Iterable[str] = (), pool_settings: dict | None = None):
-        from rayrt.service.runtime import lower_priority
-
+    def __init__(
+        self,
+        name: str,
+        store: Store,
+        progress_interval_s: float = 0.5,
+        scheduler_name: str | None = None,
+        namespace: str | None = None,
+        stage_modules: Iterable[str] = (),
+        pool_settings: ConversionPoolSettings | None = None,
+    ):
         lower_priority()  # jobs are batch work: the HTTP ingress keeps its CPU share
         self.name = name
         self.pool_settings = pool_settings
         self.runner: JobRunner | None = None
         self.stage_error: str | None = None
+        self.extra_stages: list[Stage] = []
         try:
-            import_stage_modules(stage_modules)
+            self.extra_stages = load_stage_modules(stage_modules)
         except BaseException as exc:  # fail its jobs with the reason rather than the actor's start (a retry loop)
-            self.stage_error = f"cannot import stage module(s) {list(stage_modules)}: {type(exc).__name__}: {exc}"
+            self.stage_error = f"cannot load stage module(s) {list(stage_modules)}: {type(exc).__name__}: {exc}"
             log.error("%s", self.stage_error)
         self.store = store
         self.interval = progress_interval_s
@@ -456,19 +494,20 @@ class ControlledComputer:
         self.jobs_done = 0
         self.started = time.time()
 
-    def heartbeat(self) -> dict:
+    def heartbeat(self) -> Heartbeat:
         """Liveness and load: name, host, pid, the job running (if any), jobs done."""
-        return {
-            "name": self.name,
-            "host": socket.gethostname(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "pid": os.getpid(),
-            "job": self.current,
-            "stage": self.runner.job.stage if self.runner is not None and self.current else None,
-            "progress": self.runner.job.progress if self.runner is not None and self.current else None,
-            "jobs_done": self.jobs_done,
-            "uptime_s": time.time() - self.started,
-        }
+        runner = self.runner if self.current else None
+        return Heartbeat(
+            name=self.name,
+            host=socket.gethostname(),
+            node_id=ray.get_runtime_context().get_node_id(),
+            pid=os.getpid(),
+            job=self.current,
+            stage=runner.job.stage if runner is not None else None,
+            progress=runner.job.progress if runner is not None else None,
+            jobs_done=self.jobs_done,
+            uptime_s=time.time() - self.started,
+        )
 
     def cancel(self, job_id: str) -> bool:
         """Ask the running job ``job_id`` to stop at its next check; False if it is not running here."""
@@ -478,10 +517,8 @@ class ControlledComputer:
         runner.cancel()
         return True
 
-    def run_job(self, job_id: str) -> dict:
-        """Run a stored job to its end; returns the final Job as JSON."""
-        from rayrt.service.conversion import pools_name
-
+    def run_job(self, job_id: str) -> Job:
+        """Run a stored job to its end; returns the final Job."""
         report = publish = on_tasks = None
         if self.scheduler_name:
             try:
@@ -502,13 +539,24 @@ class ControlledComputer:
                 self.store.save_job(job)
                 if publish is not None:
                     publish(job.id, job.model_dump_json().encode())
-                return job.model_dump(mode="json")
-            executor = RayExecutor(pools=pools_name(self.scheduler_name or "rayrt"), namespace=self.namespace, pool_settings=self.pool_settings,
-                                   on_tasks=on_tasks)
-            runner = self.runner = JobRunner(self.store, job_id, worker=self.name, executor=executor, progress_interval_s=self.interval,
-                                             report=report, publish=publish)
-            job = runner.run()
+                return job
+            executor = RayExecutor(
+                pools=pools_name(self.scheduler_name or "rayrt"),
+                namespace=self.namespace,
+                pool_settings=self.pool_settings,
+                on_tasks=on_tasks,
+            )
+            runner = self.runner = JobRunner(
+                self.store,
+                job_id,
+                worker=self.name,
+                executor=executor,
+                extra_stages=self.extra_stages,
+                progress_interval_s=self.interval,
+                report=report,
+                publish=publish,
+            )
+            return runner.run()
         finally:
             self.current = None
             self.jobs_done += 1
-        return job.model_dump(mode="json")

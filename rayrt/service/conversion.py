@@ -7,7 +7,7 @@ engine of rayrt, :func:`rayrt.convert.convert.convert_for_machine` (coincidence 
 recompute mode by policy or forced, target beam model and Dij, mimicking re-optimisation,
 QA-gated release loop), on every standard plan it is given::
 
-    worker.run(standard: StandardPlanInput | ObjectRef, options: ConversionOptions | None) -> ConversionResult
+    worker.run(standard: StandardPlan, geometry: PlanGeometry, options: ConversionOptions | None) -> ConversionResult
 
 :class:`ConversionPools` creates the pools (initial size per machine from the service config
 key ``conversion_pool``; by default a pool starts on its machine's first conversion, or earlier
@@ -16,9 +16,10 @@ machine's pool, and grows a pool by one actor when more conversions are queued t
 has actors and the pool is below its maximum. :meth:`ConversionPools.shrink_idle` returns
 idle extra actors.
 
-The pipeline's ``convert`` stage (rayrt.stages) reaches the pools through
-:meth:`rayrt.service.controlled.RayExecutor.convert_machines`; in one process the same stage
-calls ``convert_for_machine`` directly.
+The pipeline's ``convert`` stage reaches the pools through
+:meth:`rayrt.service.controlled.RayExecutor.convert_machines` (the standard plan and its
+geometry go into the object store once for all machines); in one process
+:class:`rayrt.pipeline.LocalExecutor` calls ``convert_for_machine`` directly.
 """
 
 from __future__ import annotations
@@ -27,33 +28,28 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+import numba
 import ray
-from pydantic import BaseModel, Field
 
+from rayrt.convert.convert import ConversionResult, convert_for_machine
+from rayrt.convert.policy import ConversionOptions
 from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
-from rayrt.machines import get_machine
-from rayrt.service.policies import ConversionPoolSettings  # pure module, so settings.py can import it without Ray
+from rayrt.machines import get_machine, treatment_machine_names
+from rayrt.optimize.standard import PlanGeometry, StandardPlan
+from rayrt.service.models import PoolStats
+from rayrt.service.policies import ConversionPoolSettings
+from rayrt.service.process import lower_priority, named_actor_options
 
 __all__ = [
-    "ConversionPoolSettings",
     "ConversionPools",
     "ConversionPoolsActor",
     "ConversionWorker",
-    "PoolStats",
-    "load_machine_model",
     "get_or_create_conversion_pools",
     "pools_name",
 ]
-
-
-def load_machine_model(name: str, config_dir: str | os.PathLike | None = None) -> MachineModel:
-    """The MachineModel called ``name`` from the machine library (:func:`rayrt.machines.get_machine`;
-    ``config_dir`` is a machines folder, default the library's ``configs/machines``)."""
-    return get_machine(name, config_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,38 +61,24 @@ _MODEL_LOADS = 0  # per worker process: how many MachineModels this process has 
 class ConversionWorkerImpl:
     """Body of :data:`ConversionWorker`: holds one machine model, converts standard plans for it."""
 
-    def __init__(self, machine: MachineModel | dict | str, config_dir: str | None = None, threads: int = 1):
+    def __init__(self, machine: MachineModel | str, config_dir: str | None = None, threads: int = 1):
         global _MODEL_LOADS
-        from rayrt.service.runtime import lower_priority
-
         lower_priority()  # conversions are batch work: the HTTP ingress keeps its CPU share
-        if isinstance(machine, MachineModel):
-            self.machine = machine
-        elif isinstance(machine, dict):
-            self.machine = MachineModel.model_validate(machine)
-        else:
-            self.machine = load_machine_model(machine, config_dir)
+        self.machine = machine if isinstance(machine, MachineModel) else get_machine(machine, config_dir)
         _MODEL_LOADS += 1
         self.threads = max(1, int(threads))
-        try:  # one conversion per actor: numba threads = the CPUs it may use (the pool runs machines in parallel)
-            import numba
-
-            numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
-        except Exception:  # noqa: BLE001 - threads are an optimisation only
-            pass
-        from rayrt.convert.convert import convert_for_machine  # the engine (and its kernels) load once per actor
-
-        self._fn = convert_for_machine
+        # one conversion per actor: numba threads = the CPUs it may use (the pool runs machines in parallel)
+        numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
         self.calls = 0
         self.busy_s = 0.0
 
-    def run(self, standard: Any, options: Any = None) -> Any:
-        """``convert_for_machine(standard, <this machine>, options)``; ``standard`` may be an ObjectRef."""
+    def run(
+        self, standard: StandardPlan, geometry: PlanGeometry, options: ConversionOptions | None = None
+    ) -> ConversionResult:
+        """``convert_for_machine(standard, geometry, <this machine>, options)``."""
         t0 = time.perf_counter()
         try:
-            if isinstance(standard, ray.ObjectRef):
-                standard = ray.get(standard)
-            return self._fn(standard, self.machine, options)
+            return convert_for_machine(standard, geometry, self.machine, options)
         finally:
             self.calls += 1
             self.busy_s += time.perf_counter() - t0
@@ -135,13 +117,12 @@ class _Pool:
         self.grown = 0
 
 
-class PoolStats(BaseModel):
-    machine: str
-    size: int
-    max_size: int
-    queued: int = Field(description="conversions submitted and not finished")
-    submitted: int
-    grown: int = Field(description="actors added on demand")
+def _unwrap(value: Any) -> Any:
+    """A one-element list holding an ObjectRef -> that ObjectRef (a top-level argument, which Ray
+    resolves for the worker); anything else as it is."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], ray.ObjectRef):
+        return value[0]
+    return value
 
 
 class ConversionPools:
@@ -149,7 +130,7 @@ class ConversionPools:
 
     Args:
         machines: ``{name: MachineModel}`` (the model is shipped to each actor once), or names
-            (each actor loads its model by name: :func:`load_machine_model`).
+            (each actor loads its model by name: :func:`rayrt.machines.get_machine`).
         settings: :class:`ConversionPoolSettings` or its dict (service config ``conversion_pool``).
         actor_options: Ray options for the actors, e.g. ``{"num_cpus": 1, "resources": {"worker": 0.01}}``
             (default: ``settings.actor_options``).
@@ -167,8 +148,14 @@ class ConversionPools:
         start: bool = True,
         config_dir: str | None = None,
     ):
-        self.settings = settings if isinstance(settings, ConversionPoolSettings) else ConversionPoolSettings.model_validate(settings or {})
-        self._models: dict[str, MachineModel | str] = dict(machines) if isinstance(machines, Mapping) else {m: m for m in machines}
+        self.settings = (
+            settings
+            if isinstance(settings, ConversionPoolSettings)
+            else ConversionPoolSettings.model_validate(settings or {})
+        )
+        self._models: dict[str, MachineModel | str] = (
+            dict(machines) if isinstance(machines, Mapping) else {m: m for m in machines}
+        )
         if not self._models:
             raise InputError("ConversionPools needs at least one machine", kind="machine")
         self._options = dict(actor_options if actor_options is not None else self.settings.actor_options)
@@ -187,7 +174,9 @@ class ConversionPools:
             if machine not in self._models:
                 raise InputError(
                     f"no conversion pool for machine '{machine}'; known: {', '.join(sorted(self._models))}",
-                    kind="machine", field="machine", status=404,
+                    kind="machine",
+                    field="machine",
+                    status=404,
                 )
             pool = _Pool(machine, self.settings.initial(machine), self.settings.maximum(machine))
             self._pools[machine] = pool
@@ -224,18 +213,22 @@ class ConversionPools:
                     out.append(m)
             return out
 
-    def submit(self, machine: str, standard: Any, options: Any = None) -> ray.ObjectRef:
-        """Queue one conversion of ``standard`` (a :class:`~rayrt.convert.convert.StandardPlanInput`,
-        an ObjectRef to one, or a one-element list holding that ObjectRef: how a caller going
-        through :data:`ConversionPoolsActor` keeps Ray from fetching the plan into this actor)
-        for ``machine`` with ``options`` (:class:`~rayrt.convert.policy.ConversionOptions`, None =
-        configs/conversion.yaml). Returns the ConversionResult's ObjectRef.
+    def submit(
+        self, machine: str, standard: Any, geometry: Any, options: ConversionOptions | None = None
+    ) -> ray.ObjectRef:
+        """Queue one conversion of ``standard`` (a :class:`~rayrt.optimize.standard.StandardPlan`)
+        computed on ``geometry`` (its :class:`~rayrt.optimize.standard.PlanGeometry`) for
+        ``machine`` with ``options`` (None = configs/conversion.yaml). Returns the
+        :class:`~rayrt.convert.convert.ConversionResult`'s ObjectRef.
+
+        ``standard`` and ``geometry`` may be the values, their ObjectRefs, or one-element lists
+        holding those ObjectRefs: how a caller going through :data:`ConversionPoolsActor` keeps
+        Ray from fetching them into this actor; the worker reads them from the object store.
 
         The pool grows by one actor first when the conversions queued (including this one)
         outnumber its actors and it is below its maximum size.
         """
-        if isinstance(standard, list) and len(standard) == 1 and isinstance(standard[0], ray.ObjectRef):
-            standard = standard[0]  # a top-level ObjectRef argument: the worker reads it from the object store
+        standard, geometry = _unwrap(standard), _unwrap(geometry)
         with self._lock:
             pool = self._pool(machine)
             self._prune(pool)
@@ -244,15 +237,22 @@ class ConversionPools:
                 self._add_actor(pool)
                 pool.grown += 1
             i = min(range(len(pool.actors)), key=lambda k: (len(pool.inflight[k]), k))
-            ref = pool.actors[i].run.remote(standard, options)
+            ref = pool.actors[i].run.remote(standard, geometry, options)
             pool.inflight[i].append(ref)
             pool.last_used[i] = time.monotonic()
             pool.submitted += 1
             return ref
 
-    def convert(self, machine: str, standard: Any, options: Any = None, timeout_s: float | None = None) -> Any:
+    def convert(
+        self,
+        machine: str,
+        standard: Any,
+        geometry: Any,
+        options: ConversionOptions | None = None,
+        timeout_s: float | None = None,
+    ) -> ConversionResult:
         """Convert one standard plan for ``machine`` and wait for the ConversionResult."""
-        return ray.get(self.submit(machine, standard, options), timeout=timeout_s)
+        return ray.get(self.submit(machine, standard, geometry, options), timeout=timeout_s)
 
     def size(self, machine: str) -> int:
         with self._lock:
@@ -263,8 +263,16 @@ class ConversionPools:
             out = []
             for name, pool in self._pools.items():
                 self._prune(pool)
-                out.append(PoolStats(machine=name, size=len(pool.actors), max_size=pool.maximum,
-                                     queued=sum(len(lst) for lst in pool.inflight), submitted=pool.submitted, grown=pool.grown))
+                out.append(
+                    PoolStats(
+                        machine=name,
+                        size=len(pool.actors),
+                        max_size=pool.maximum,
+                        queued=sum(len(lst) for lst in pool.inflight),
+                        submitted=pool.submitted,
+                        grown=pool.grown,
+                    )
+                )
             return out
 
     def actors(self, machine: str) -> list[Any]:
@@ -301,8 +309,8 @@ class ConversionPools:
 
 ConversionPoolsActor = ray.remote(num_cpus=0, max_concurrency=64, max_restarts=-1)(ConversionPools)
 """``ConversionPools`` as a threaded Ray actor, shared by the scheduler and every controlled
-computer: ``inner = ray.get(pools.submit.remote(machine, [standard_ref], options)); ray.get(inner)``
-(the standard plan travels once through the object store, straight to the worker)."""
+computer: ``inner = ray.get(pools.submit.remote(machine, [standard_ref], [geometry_ref], options)); ray.get(inner)``
+(the standard plan and its geometry travel once through the object store, straight to the worker)."""
 
 POOLS_NAME = "rayrt-conversion-pools"
 
@@ -312,17 +320,19 @@ def pools_name(scheduler_name: str) -> str:
     return f"{scheduler_name}-conversion"
 
 
-def get_or_create_conversion_pools(name: str = POOLS_NAME, namespace: str | None = None, detached: bool = True, actor_options: dict | None = None, **kwargs: Any):
+def get_or_create_conversion_pools(
+    name: str = POOLS_NAME,
+    namespace: str | None = None,
+    detached: bool = True,
+    actor_options: dict | None = None,
+    **kwargs: Any,
+):
     """The named :data:`ConversionPoolsActor` (created on first use; ``kwargs`` go to ConversionPools).
 
     Without ``machines`` in ``kwargs`` it makes a pool for every treatment machine of the
-    library (:func:`rayrt.service.machine_queues.machine_names`); each worker loads its model by name.
+    library (:func:`rayrt.machines.treatment_machine_names`); each worker loads its model by name.
     """
-    from rayrt.service.runtime import named_actor_options
-
     opts = named_actor_options(name, namespace, "detached" if detached else None, actor_options)
     if "machines" not in kwargs:
-        from rayrt.service.machine_queues import machine_names
-
-        kwargs["machines"] = machine_names()
+        kwargs["machines"] = treatment_machine_names()
     return ConversionPoolsActor.options(**opts).remote(**kwargs)

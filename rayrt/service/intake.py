@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from rayrt.domain.errors import InputError
+from rayrt.imaging.archive import safe_extract_zip
+from rayrt.imaging.study import load_study
 from rayrt.service.models import PatientSummary
 from rayrt.service.store import Store, _safe_name
 
@@ -47,7 +49,12 @@ def save_uploads(files: Iterable[tuple[str, BinaryIO]], dest: Path, max_files: i
     count, total = 0, 0
     for n, (name, stream) in enumerate(files):
         if n >= max_files:
-            raise InputError(f"too many files in one upload (more than {max_files}); send a zip instead", kind="upload", field="files", status=413)
+            raise InputError(
+                f"too many files in one upload (more than {max_files}); send a zip instead",
+                kind="upload",
+                field="files",
+                status=413,
+            )
         slot = root / f"{n:05d}"  # one folder per upload keeps the client's base name, never its path
         slot.mkdir()
         target = slot / _safe_name(name or "upload")
@@ -62,22 +69,23 @@ def save_uploads(files: Iterable[tuple[str, BinaryIO]], dest: Path, max_files: i
             target.unlink()
             continue
         if _is_zip(target):
-            from rayrt.imaging.archive import safe_extract_zip
-
             safe_extract_zip(target, slot / "unzipped")
             target.unlink()
     if count == 0 or total == 0 or not any(p.is_file() for p in root.rglob("*")):
         raise InputError(
-            "the upload is empty: send a zip of the patient's DICOM folder or the DICOM files themselves (multipart field 'files')",
-            kind="upload", field="files", status=400,
+            "the upload is empty: send a zip of the patient's DICOM folder or the DICOM files themselves "
+            "(multipart field 'files')",
+            kind="upload",
+            field="files",
+            status=400,
         )
     return root
 
 
-def import_upload(store: Store, files: Iterable[tuple[str, BinaryIO]], max_files: int = 20000, patient_id: str | None = None) -> PatientSummary:
+def import_upload(
+    store: Store, files: Iterable[tuple[str, BinaryIO]], max_files: int = 20000, patient_id: str | None = None
+) -> PatientSummary:
     """Import uploaded DICOM (files or zips) and store it as a new patient; returns its summary."""
-    from rayrt.imaging.study import load_study
-
     tmp = Path(tempfile.mkdtemp(prefix="rayrt-upload-"))
     try:
         folder = save_uploads(files, tmp, max_files)
@@ -89,7 +97,12 @@ def import_upload(store: Store, files: Iterable[tuple[str, BinaryIO]], max_files
             raise
         except Exception as exc:  # a reader that choked on client data: still the client's input
             log.warning("import failed on unexpected error", exc_info=True)
-            raise InputError(f"could not import the upload as a DICOM study: {type(exc).__name__}: {exc}", kind="dicom", field="files", status=422) from None
+            raise InputError(
+                f"could not import the upload as a DICOM study: {type(exc).__name__}: {exc}",
+                kind="dicom",
+                field="files",
+                status=422,
+            ) from None
         return store.put_study(study, patient_id=patient_id)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import pyarrow.fs as pafs
 import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -50,7 +51,7 @@ from rayrt.service.policies import (
     select_machines,
     utcnow,
 )
-from rayrt.service.runtime import named_actor_options
+from rayrt.service.process import named_actor_options
 
 __all__ = [
     "Booking",
@@ -69,7 +70,6 @@ __all__ = [
     "ReplanRequest",
     "StatusChange",
     "get_or_create_registry",
-    "machine_names",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,7 @@ class JsonFileStore:
         root = self.root[len("file://") :] if self.root.startswith("file://") else self.root
         return Path(root) / f"{key}.json"
 
-    def _fs(self):
-        import pyarrow.fs as pafs
-
+    def _fs(self) -> tuple[pafs.FileSystem, str]:
         fs, base = pafs.FileSystem.from_uri(self.root)
         return fs, base.rstrip("/")
 
@@ -139,8 +137,6 @@ class JsonFileStore:
             if not path.is_file():
                 return None
             return model_cls.model_validate_json(path.read_bytes())
-        import pyarrow.fs as pafs
-
         fs, base = self._fs()
         target = f"{base}/{key}.json"
         if fs.get_file_info(target).type == pafs.FileType.NotFound:
@@ -179,16 +175,6 @@ def _store_load(store: Any, key: str, model_cls: type[M]) -> M | None:
     if value is None or isinstance(value, model_cls):
         return value
     return model_cls.model_validate(value)
-
-
-# --------------------------------------------------------------------------------------------
-# machine discovery
-
-
-def machine_names(config_dir: str | os.PathLike | None = None, include_standard: bool = False) -> list[str]:
-    """Names of the configured treatment machines, sorted (:func:`rayrt.machines.treatment_machine_names`
-    of ``config_dir``, a machines folder; default the library's ``configs/machines``)."""
-    return treatment_machine_names(config_dir, include_standard=include_standard)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,12 +248,16 @@ class LocalMachineQueue:
         return {"machine": self.name, "pid": os.getpid(), "node_id": ctx.get_node_id() if ctx else None}
 
     # -- changes
-    def set_status(self, state: MachineState | str, cause: DownCause | str | None = None, reason: str = "") -> MachineStatus:
+    def set_status(
+        self, state: MachineState | str, cause: DownCause | str | None = None, reason: str = ""
+    ) -> MachineStatus:
         """Change the machine state. ``down`` needs a cause (malfunction or maintenance)."""
         state = MachineState(state)
         cause = DownCause(cause) if cause else None
         if state is MachineState.down and cause is None:
-            raise InputError("a machine marked down needs a cause: malfunction or maintenance", kind="machine", field="cause")
+            raise InputError(
+                "a machine marked down needs a cause: malfunction or maintenance", kind="machine", field="cause"
+            )
         if state is not MachineState.down:
             cause = None
         old = self._rec.status
@@ -281,20 +271,25 @@ class LocalMachineQueue:
         for b in self._rec.bookings:
             if b.job_id == job_id:
                 return b
-        raise InputError(f"job {job_id} has no booking on machine {self.name}", kind="booking", field="job_id", status=404)
+        raise InputError(
+            f"job {job_id} has no booking on machine {self.name}", kind="booking", field="job_id", status=404
+        )
 
     def book(self, booking: Booking) -> Booking:
         """Append a booking (one per job per machine). Refused while the machine is down."""
         if not self._rec.status.usable:
             st = self._rec.status
             raise InputError(
-                f"machine {self.name} is down ({st.cause.value if st.cause else 'down'}: {st.reason or 'no reason given'}); book another machine",
+                f"machine {self.name} is down ({st.cause.value if st.cause else 'down'}: "
+                f"{st.reason or 'no reason given'}); book another machine",
                 kind="machine",
                 field="machine",
                 status=409,
             )
         if any(b.job_id == booking.job_id for b in self._rec.bookings):
-            raise InputError(f"job {booking.job_id} is already booked on {self.name}", kind="booking", field="job_id", status=409)
+            raise InputError(
+                f"job {booking.job_id} is already booked on {self.name}", kind="booking", field="job_id", status=409
+            )
         b = booking.model_copy(deep=True)
         b.machine = self.name
         b.state = BookingState.booked if b.plan_id else BookingState.converting
@@ -328,9 +323,18 @@ class LocalMachineQueue:
             raise InputError("delivered fraction count must be >= 1", kind="booking", field="count")
         b = self._find(job_id)
         if b.state is not BookingState.booked:
-            raise InputError(f"job {job_id} on {self.name} has no converted plan yet (state {b.state.value})", kind="booking", status=409)
+            raise InputError(
+                f"job {job_id} on {self.name} has no converted plan yet (state {b.state.value})",
+                kind="booking",
+                status=409,
+            )
         if count > b.pending_fractions:
-            raise InputError(f"job {job_id} has only {b.pending_fractions} fraction(s) left on {self.name}", kind="booking", field="count", status=409)
+            raise InputError(
+                f"job {job_id} has only {b.pending_fractions} fraction(s) left on {self.name}",
+                kind="booking",
+                field="count",
+                status=409,
+            )
         b.fractions_delivered += count
         b.log(f"{count} fraction(s) delivered, {b.pending_fractions} left")
         if b.pending_fractions == 0:
@@ -395,18 +399,26 @@ class ReplanRequest(BaseModel):
     job_id: str
     patient_id: str
     from_machine: str
-    to_machine: str | None = Field(description="new target (already booked, state 'converting'); None when no machine is usable")
+    to_machine: str | None = Field(
+        description="new target (already booked, state 'converting'); None when no machine is usable"
+    )
     fractions: int = Field(ge=0, description="fractions still to deliver")
     source_plan_id: str | None = Field(description="the plan that was booked on the machine that went down")
     reason: str
-    needs_conversion: bool = Field(default=True, description="False when the booking went back to its own machine with its plan")
+    needs_conversion: bool = Field(
+        default=True, description="False when the booking went back to its own machine with its plan"
+    )
 
 
 class StatusChange(BaseModel):
     machine: str
     status: MachineStatus
-    moved: list[Booking] = Field(default_factory=list, description="bookings moved out (each with moved_to and move_reason)")
-    placed: list[Booking] = Field(default_factory=list, description="waiting (unplaced) bookings placed now that a machine is usable")
+    moved: list[Booking] = Field(
+        default_factory=list, description="bookings moved out (each with moved_to and move_reason)"
+    )
+    placed: list[Booking] = Field(
+        default_factory=list, description="waiting (unplaced) bookings placed now that a machine is usable"
+    )
 
 
 class RegistryRecord(BaseModel):
@@ -425,7 +437,7 @@ class MachineRegistry:
     """Owns one :data:`MachineQueue` actor per treatment machine.
 
     Args:
-        machines: machine names (default :func:`machine_names`).
+        machines: machine names (default :func:`rayrt.machines.treatment_machine_names`).
         settings: :class:`MachineQueueSettings` or its dict (service config ``machine_queues``).
         store: the service :class:`~rayrt.service.store.Store`, or any object with
             ``save_json``/``load_json`` (or an actor handle with them); see the module doc.
@@ -453,8 +465,12 @@ class MachineRegistry:
         namespace: str | None = None,
         lifetime: str | None = None,
     ):
-        self.settings = settings if isinstance(settings, MachineQueueSettings) else MachineQueueSettings.model_validate(settings or {})
-        names = list(machines) if machines is not None else machine_names()
+        self.settings = (
+            settings
+            if isinstance(settings, MachineQueueSettings)
+            else MachineQueueSettings.model_validate(settings or {})
+        )
+        names = list(machines) if machines is not None else treatment_machine_names()
         if not names:
             raise InputError("no treatment machines configured (configs/machines/*.yaml)", kind="machine")
         if len(set(names)) != len(names):
@@ -466,7 +482,9 @@ class MachineRegistry:
             opts = dict(actor_options if actor_options is not None else self.settings.actor_options)
             if actor_name_prefix is not None:
                 opts = named_actor_options(f"{actor_name_prefix}{name}", namespace, lifetime, opts)
-            self._queues[name] = MachineQueue.options(**opts).remote(name, self.settings.slot_for(name), store=self._store)
+            self._queues[name] = MachineQueue.options(**opts).remote(
+                name, self.settings.slot_for(name), store=self._store
+            )
         self._rec = _store_load(self._store, "machines/_registry", RegistryRecord) or RegistryRecord()
 
     # -- plumbing
@@ -512,7 +530,13 @@ class MachineRegistry:
     def unplaced(self) -> list[Booking]:
         return list(self._rec.unplaced)
 
-    def select(self, policy: str | None = None, count: int = 1, user_list: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> list[str]:
+    def select(
+        self,
+        policy: str | None = None,
+        count: int = 1,
+        user_list: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+    ) -> list[str]:
         """Target machines for a job by policy (default ``settings.default_policy``)."""
         return select_machines(policy or self.settings.default_policy, self.snapshots(), count, user_list, exclude)
 
@@ -520,7 +544,9 @@ class MachineRegistry:
     def book(self, machine: str, job_id: str, patient_id: str, fractions: int, plan_id: str | None = None) -> Booking:
         """Reserve ``fractions`` on ``machine`` (state ``converting`` until a plan is attached)."""
         try:
-            booking = Booking(job_id=job_id, patient_id=patient_id, plan_id=plan_id, fractions=fractions, machine=machine)
+            booking = Booking(
+                job_id=job_id, patient_id=patient_id, plan_id=plan_id, fractions=fractions, machine=machine
+            )
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
@@ -554,7 +580,9 @@ class MachineRegistry:
         out = ray.get([q.cancel.remote(job_id, reason) for q in self._queues.values()])
         return [b for b in out if b is not None]
 
-    def set_status(self, machine: str, state: MachineState | str, cause: DownCause | str | None = None, reason: str = "") -> StatusChange:
+    def set_status(
+        self, machine: str, state: MachineState | str, cause: DownCause | str | None = None, reason: str = ""
+    ) -> StatusChange:
         """Change a machine's status.
 
         Marking it down moves its pending bookings away (:meth:`on_machine_down`); marking it
@@ -583,11 +611,15 @@ class MachineRegistry:
         status: MachineStatus = ray.get(q.status.remote())
         if status.usable:
             raise InputError(
-                f"machine {name} is {status.state.value}, not down; mark it down (with a cause) before moving its bookings",
-                kind="machine", field="machine", status=409,
+                f"machine {name} is {status.state.value}, not down; "
+                "mark it down (with a cause) before moving its bookings",
+                kind="machine",
+                field="machine",
+                status=409,
             )
         what = status.cause.value if status.cause else status.state.value
-        reason = f"machine {name} {status.state.value} ({what}{': ' + status.reason if status.reason else ''}) since {status.since.isoformat(timespec='seconds')}"
+        detail = f"{what}: {status.reason}" if status.reason else what
+        reason = f"machine {name} {status.state.value} ({detail}) since {status.since.isoformat(timespec='seconds')}"
         taken: list[Booking] = ray.get(q.take_pending.remote(reason))
         moved: list[Booking] = []
         for old in sorted(taken, key=lambda b: b.booked_at):
@@ -662,8 +694,13 @@ class MachineRegistry:
             placed.append(booked)
             self._notify(
                 ReplanRequest(
-                    job_id=old.job_id, patient_id=old.patient_id, from_machine=old.machine, to_machine=target,
-                    fractions=new.fractions, source_plan_id=old.plan_id, reason=old.move_reason or "re-placed",
+                    job_id=old.job_id,
+                    patient_id=old.patient_id,
+                    from_machine=old.machine,
+                    to_machine=target,
+                    fractions=new.fractions,
+                    source_plan_id=old.plan_id,
+                    reason=old.move_reason or "re-placed",
                     needs_conversion=not keep_plan,
                 )
             )
@@ -676,7 +713,10 @@ class MachineRegistry:
         try:
             self._callback(req)
         except Exception as exc:  # the registry must keep working if the scheduler hiccups
-            msg = f"{utcnow().isoformat(timespec='seconds')} replan callback failed for job {req.job_id} ({req.from_machine} -> {req.to_machine}): {exc!r}"
+            msg = (
+                f"{utcnow().isoformat(timespec='seconds')} replan callback failed for job {req.job_id} "
+                f"({req.from_machine} -> {req.to_machine}): {exc!r}"
+            )
             log.warning(msg)
             self._rec.replan_errors = (self._rec.replan_errors + [msg])[-MOVED_LOG_LIMIT:]
             self._save()
@@ -688,7 +728,13 @@ MachineRegistryActor = ray.remote(num_cpus=0, max_restarts=-1)(MachineRegistry)
 REGISTRY_NAME = "rayrt-machines"
 
 
-def get_or_create_registry(name: str = REGISTRY_NAME, namespace: str | None = None, detached: bool = True, actor_options: dict | None = None, **kwargs: Any):
+def get_or_create_registry(
+    name: str = REGISTRY_NAME,
+    namespace: str | None = None,
+    detached: bool = True,
+    actor_options: dict | None = None,
+    **kwargs: Any,
+):
     """A named :data:`MachineRegistryActor` shared by all ingress replicas and the scheduler.
 
     Re-attaches when one with this name is alive (``kwargs`` are then ignored). Queue actors

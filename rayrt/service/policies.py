@@ -83,14 +83,18 @@ class Booking(BaseModel):
 
     job_id: str = Field(min_length=1)
     patient_id: str = Field(min_length=1)
-    plan_id: str | None = Field(default=None, description="the machine-specific plan; None while it is being (re)converted")
+    plan_id: str | None = Field(
+        default=None, description="the machine-specific plan; None while it is being (re)converted"
+    )
     machine: str = Field(default="", description="the machine this booking is (or was) on")
     fractions: int = Field(ge=1, description="fractions booked on this machine")
     fractions_delivered: int = Field(default=0, ge=0)
     booked_at: datetime = Field(default_factory=utcnow)
     state: BookingState = BookingState.booked
     moved_from: str | None = Field(default=None, description="machine this booking was moved from")
-    moved_to: str | None = Field(default=None, description="machine this booking was moved to (set on the moved-out copy)")
+    moved_to: str | None = Field(
+        default=None, description="machine this booking was moved to (set on the moved-out copy)"
+    )
     move_reason: str | None = Field(default=None, description="why the booking was moved")
     history: list[str] = Field(default_factory=list, description="timestamped log of what happened to the booking")
 
@@ -148,16 +152,23 @@ class MachineQueueSettings(BaseModel):
 
     default_slot_minutes: float = Field(default=15.0, gt=0)
     slot_minutes: dict[str, float] = Field(default_factory=dict)
-    default_policy: str = Field(default="prefer_idle", description="policy used when a request names none, and for re-routing")
+    default_policy: str = Field(
+        default="prefer_idle", description="policy used when a request names none, and for re-routing"
+    )
     actor_options: dict = Field(
         default_factory=dict,
-        description="Ray options of the MachineQueue actors; on a cluster {resources: {head: 0.01}} pins them to the head",
+        description="Ray options of the MachineQueue actors; "
+        "on a cluster {resources: {head: 0.01}} pins them to the head",
     )
 
     def slot_for(self, machine: str) -> float:
         value = self.slot_minutes.get(machine, self.default_slot_minutes)
         if value <= 0:
-            raise InputError(f"machine_queues.slot_minutes.{machine} must be > 0 minutes", kind="settings", field=f"machine_queues.slot_minutes.{machine}")
+            raise InputError(
+                f"machine_queues.slot_minutes.{machine} must be > 0 minutes",
+                kind="settings",
+                field=f"machine_queues.slot_minutes.{machine}",
+            )
         return float(value)
 
 
@@ -175,15 +186,20 @@ class ConversionPoolSettings(BaseModel):
     sizes: dict[str, int] = Field(default_factory=dict)
     actor_options: dict = Field(
         default_factory=lambda: {"num_cpus": 0},
-        description="Ray options of the ConversionWorker actors. An actor holds its CPU reservation for its whole life, so the "
-                    "default 0 lets one pool per machine live on a small node beside the Dij/QA tasks (each conversion then runs "
-                    "one numba thread); on a cluster give them CPUs and a node type: {num_cpus: 1, resources: {worker: 0.01}}",
+        description="Ray options of the ConversionWorker actors. "
+        "An actor holds its CPU reservation for its whole life, so the "
+        "default 0 lets one pool per machine live on a small node beside the Dij/QA tasks (each conversion then runs "
+        "one numba thread); on a cluster give them CPUs and a node type: {num_cpus: 1, resources: {worker: 0.01}}",
     )
 
     def initial(self, machine: str) -> int:
         n = self.sizes.get(machine, self.default_size)
         if n < 1:
-            raise InputError(f"conversion_pool.sizes.{machine} must be >= 1", kind="settings", field=f"conversion_pool.sizes.{machine}")
+            raise InputError(
+                f"conversion_pool.sizes.{machine} must be >= 1",
+                kind="settings",
+                field=f"conversion_pool.sizes.{machine}",
+            )
         return n
 
     def maximum(self, machine: str) -> int:
@@ -225,27 +241,43 @@ def prefer_idle(snapshots: Sequence[MachineSnapshot], user_list: Sequence[str] |
     """Idle machines first; then the shortest queue (pending fractions), available before busy."""
     return sorted(
         snapshots,
-        key=lambda s: (not s.idle, s.pending_fractions, s.status.state is MachineState.busy, s.estimated_wait_min, s.name),
+        key=lambda s: (
+            not s.idle,
+            s.pending_fractions,
+            s.status.state is MachineState.busy,
+            s.estimated_wait_min,
+            s.name,
+        ),
     )
 
 
 @register_policy("fewest_pending")
-def fewest_pending(snapshots: Sequence[MachineSnapshot], user_list: Sequence[str] | None = None) -> list[MachineSnapshot]:
+def fewest_pending(
+    snapshots: Sequence[MachineSnapshot], user_list: Sequence[str] | None = None
+) -> list[MachineSnapshot]:
     """Fewest pending fractions first (ties: fewer bookings, then name)."""
     return sorted(snapshots, key=lambda s: (s.pending_fractions, s.bookings, s.name))
 
 
 @register_policy("shortest_wait")
-def shortest_wait(snapshots: Sequence[MachineSnapshot], user_list: Sequence[str] | None = None) -> list[MachineSnapshot]:
+def shortest_wait(
+    snapshots: Sequence[MachineSnapshot], user_list: Sequence[str] | None = None
+) -> list[MachineSnapshot]:
     """Shortest estimated wait in minutes (pending fractions x slot length) first."""
     return sorted(snapshots, key=lambda s: (s.estimated_wait_min, s.pending_fractions, s.name))
 
 
 @register_policy("user_list")
-def user_list_policy(snapshots: Sequence[MachineSnapshot], user_list: Sequence[str] | None = None) -> list[MachineSnapshot]:
+def user_list_policy(
+    snapshots: Sequence[MachineSnapshot], user_list: Sequence[str] | None = None
+) -> list[MachineSnapshot]:
     """The user's ordered list of machines, as given (down machines were already skipped)."""
     if not user_list:
-        raise InputError("policy 'user_list' needs a list of machines, e.g. machines: [TrueBeam1, VersaHD1]", kind="policy", field="machines")
+        raise InputError(
+            "policy 'user_list' needs a list of machines, e.g. machines: [TrueBeam1, VersaHD1]",
+            kind="policy",
+            field="machines",
+        )
     by_name = {s.name: s for s in snapshots}
     return [by_name[n] for n in user_list if n in by_name]
 
@@ -274,7 +306,8 @@ def select_machines(
         unknown = [n for n in user_list if n not in known]
         if unknown:
             raise InputError(
-                f"unknown treatment machine(s) {', '.join(unknown)}; configured: {', '.join(sorted(known)) or '(none)'}",
+                f"unknown treatment machine(s) {', '.join(unknown)}; "
+                f"configured: {', '.join(sorted(known)) or '(none)'}",
                 kind="machine",
                 field="machines",
                 status=404,

@@ -35,6 +35,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -43,8 +44,23 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from rayrt.domain.job import JobState
+from rayrt.domain.job import Job, JobState
+from rayrt.pipeline import StageEvent
+from rayrt.pipeline.export import ExportResult
 from rayrt.service.controlled import ControlledComputer, cancel_requested, request_cancel
+from rayrt.service.conversion import get_or_create_conversion_pools, pools_name
+from rayrt.service.machine_queues import ReplanRequest
+from rayrt.service.models import (
+    Heartbeat,
+    JobSnapshots,
+    JobTasks,
+    PoolStats,
+    QueuedJob,
+    QueueStatus,
+    RunningJob,
+    SchedulerStatus,
+    TaskCounts,
+)
 from rayrt.service.settings import SCHEDULER_NAME, ServiceSettings
 from rayrt.service.store import Store
 
@@ -106,23 +122,25 @@ class JobQueue:
 class Scheduler:
     """Queues jobs and dispatches them to ControlledComputer actors (an async actor)."""
 
-    def __init__(self, settings: dict):
-        self.settings = ServiceSettings.model_validate(settings)
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
         self.store = Store(self.settings.data_dir)
         self.queue = JobQueue()
         self.computers: dict[str, Any] = {}
         self.slots: dict[str, int] = {}
         self.idle: list[str] = []
         self.running: dict[str, str] = {}  # job id -> computer name
-        self.last_event: dict[str, dict] = {}
+        self.last_event: dict[str, StageEvent] = {}  # job id -> its computer's last stage event
         self._tasks: set[asyncio.Task] = set()
         self._ready = False
         self._generation = itertools.count()
-        self.beats: dict[str, dict] = {}  # computer -> its last heartbeat
+        self.beats: dict[str, Heartbeat] = {}  # computer -> its last heartbeat
         self.last_ok: dict[str, float] = {}  # computer -> monotonic time of its last answer (or dispatch)
         self.lost: dict[str, str] = {}  # computer -> why it was killed by the monitor
         self.positions: dict[str, int] = {}  # job id -> queue position last published
-        self.queued_jobs: dict[str, Any] = {}  # job id -> its Job as written when it entered the queue (positions updated in memory)
+        self.queued_jobs: dict[
+            str, Job
+        ] = {}  # job id -> its Job as written when it entered the queue (positions updated in memory)
         self.admitted_at: dict[str, float] = {}  # job id -> monotonic time it was dispatched
         self._monitor_task: asyncio.Task | None = None
         self._incarnation = uuid.uuid4().hex[:4]  # computer names stay unique across restarts of this actor
@@ -130,9 +148,11 @@ class Scheduler:
         self.snap: dict[str, tuple[int, bytes]] = {}
         self.snap_version = 0
         self.snap_time: dict[str, float] = {}  # job id -> Unix time of the save its snapshot shows
-        self._snap_changed = asyncio.Event()  # set (then replaced) on every new snapshot: wakes snapshots_since(wait_s=...)
+        self._snap_changed = (
+            asyncio.Event()
+        )  # set (then replaced) on every new snapshot: wakes snapshots_since(wait_s=...)
         # task accounting reported by the computers' executors: job id -> {computer, submitted, finished}
-        self.tasks: dict[str, dict] = {}
+        self.tasks: dict[str, JobTasks] = {}
         self.tasks_done_total = 0  # tasks of jobs that have ended
         self.pools: Any = None
         self._kick_ready()
@@ -141,8 +161,6 @@ class Scheduler:
     def _kick_ready() -> None:
         """Call ``ready()`` on this actor soon, from outside ``__init__``: after Ray restarts the
         actor (a crash) it resumes the stored jobs without waiting for a caller."""
-        import threading
-
         handle = ray.get_runtime_context().current_actor
 
         def kick() -> None:
@@ -156,7 +174,7 @@ class Scheduler:
         t.start()
 
     # ---------------------------------------------------------------- job snapshots
-    def _save_job(self, job: Any) -> None:
+    def _save_job(self, job: Job) -> None:
         """Write job.json and publish the same state to the ingress' status cache."""
         self.store.save_job(job)
         self._snapshot(job.id, job.model_dump_json().encode())
@@ -180,9 +198,9 @@ class Scheduler:
         JSON): keep it for the ingress, unless a later save of that job is already here."""
         self._snapshot(job_id, data, saved_at)
 
-    async def snapshots_since(self, version: int, incarnation: str | None = None, wait_s: float = 0.0) -> dict:
+    async def snapshots_since(self, version: int, incarnation: str | None = None, wait_s: float = 0.0) -> JobSnapshots:
         """Job snapshots changed after ``version`` (all of them when ``incarnation`` is not this
-        actor's: it restarted): ``{"incarnation", "version", "jobs": {job id: (version, Job JSON bytes)}}``.
+        actor's: it restarted), with this actor's incarnation and its latest version.
 
         ``wait_s`` > 0 makes it a long poll: when nothing changed after ``version`` it answers as soon
         as a job changes, or after ``wait_s`` (at most :data:`SNAPSHOT_WAIT_MAX_S`) with no jobs. An
@@ -195,44 +213,56 @@ class Scheduler:
                 await asyncio.wait_for(self._snap_changed.wait(), min(float(wait_s), SNAPSHOT_WAIT_MAX_S))
             except asyncio.TimeoutError:
                 pass
-        return {"incarnation": self._incarnation, "version": self.snap_version,
-                "jobs": {j: (v, d) for j, (v, d) in self.snap.items() if v > version}}
+        return JobSnapshots(
+            incarnation=self._incarnation,
+            version=self.snap_version,
+            jobs={j: (v, d) for j, (v, d) in self.snap.items() if v > version},
+        )
 
     # ---------------------------------------------------------------- task accounting
     async def report_tasks(self, job_id: str, computer: str, submitted: int, finished: int) -> None:
         """A computer's executor: ``submitted`` / ``finished`` Ray tasks (and conversions) of ``job_id`` so far."""
-        self.tasks[job_id] = {"computer": computer, "submitted": int(submitted), "finished": int(finished)}
+        self.tasks[job_id] = JobTasks(computer=computer, submitted=submitted, finished=finished)
 
-    async def task_counts(self) -> dict:
+    async def task_counts(self) -> TaskCounts:
         """Tasks of the running jobs from rayrt's own accounting (no dashboard needed): per job
         submitted / finished / in flight; ``running`` = in flight up to the CPUs in use, ``queued`` = the rest."""
-        per_job = {j: {**t, "in_flight": t["submitted"] - t["finished"]} for j, t in self.tasks.items()}
-        in_flight = sum(t["in_flight"] for t in per_job.values())
+        in_flight = sum(t.in_flight for t in self.tasks.values())
         try:
             total, free = ray.cluster_resources().get("CPU", 0.0), ray.available_resources().get("CPU", 0.0)
         except Exception:
             total = free = 0.0
         own = self.settings.controlled_computer_cpus * len(self.running)
         busy = max(0, int(round(total - free - own)))
-        pools = []
+        pools: list[PoolStats] = []
         if self.pools is not None:
             try:
-                pools = [p.model_dump() for p in await self.pools.stats.remote()]
-            except Exception:
+                pools = await self.pools.stats.remote()
+            except Exception:  # the pools actor restarting: no pool stats this time
                 pools = []
         running = min(in_flight, max(busy, 0)) if busy else min(in_flight, int(total))
-        return {"in_flight": in_flight, "running": running, "queued": in_flight - running,
-                "submitted": sum(t["submitted"] for t in per_job.values()) , "finished_in_running_jobs": sum(t["finished"] for t in per_job.values()),
-                "finished_in_ended_jobs": self.tasks_done_total, "per_job": per_job, "conversion_pools": pools}
+        return TaskCounts(
+            in_flight=in_flight,
+            running=running,
+            queued=in_flight - running,
+            submitted=sum(t.submitted for t in self.tasks.values()),
+            finished_in_running_jobs=sum(t.finished for t in self.tasks.values()),
+            finished_in_ended_jobs=self.tasks_done_total,
+            per_job=dict(self.tasks),
+            conversion_pools=pools,
+        )
 
     # ---------------------------------------------------------------- start-up
     def _pools_handle(self) -> Any:
         """This service's conversion ActorPools (one pool per machine, started on first use), owned by this actor."""
         if self.pools is None:
-            from rayrt.service.conversion import get_or_create_conversion_pools, pools_name
-
-            self.pools = get_or_create_conversion_pools(name=pools_name(self.settings.scheduler_name), namespace=self.settings.ray_namespace,
-                                                        detached=False, settings=self.settings.conversion_pool.model_dump(), start=False)
+            self.pools = get_or_create_conversion_pools(
+                name=pools_name(self.settings.scheduler_name),
+                namespace=self.settings.ray_namespace,
+                detached=False,
+                settings=self.settings.conversion_pool,
+                start=False,
+            )
         return self.pools
 
     def _new_computer(self, slot: int) -> str:
@@ -244,12 +274,19 @@ class Scheduler:
             namespace=self.settings.ray_namespace,
             num_cpus=self.settings.controlled_computer_cpus,
             max_concurrency=4,  # heartbeats answer while a job runs
-        ).remote(name, self.store, self.settings.progress_interval_s, self.settings.scheduler_name, self.settings.ray_namespace,
-                 stage_modules=list(self.settings.stage_modules), pool_settings=self.settings.conversion_pool.model_dump())
+        ).remote(
+            name,
+            self.store,
+            self.settings.progress_interval_s,
+            self.settings.scheduler_name,
+            self.settings.ray_namespace,
+            stage_modules=list(self.settings.stage_modules),
+            pool_settings=self.settings.conversion_pool,
+        )
         self.last_ok[name] = time.monotonic()
         return name
 
-    async def ready(self) -> dict:
+    async def ready(self) -> SchedulerStatus:
         """Start the computers and re-queue unfinished jobs from the store (idempotent)."""
         if not self._ready:
             self._ready = True
@@ -260,7 +297,11 @@ class Scheduler:
                 if job.state.finished:
                     continue
                 if cancel_requested(self.store, job.id):  # cancelled while the service was down
-                    job.state, job.finished_at, job.queue_position = JobState.cancelled, datetime.now(timezone.utc), None
+                    job.state, job.finished_at, job.queue_position = (
+                        JobState.cancelled,
+                        datetime.now(timezone.utc),
+                        None,
+                    )
                     self._save_job(job)
                     continue
                 self.queue.push(job.id, job.priority, job.created_at)
@@ -307,36 +348,46 @@ class Scheduler:
         self._publish_positions()
         return True
 
-    async def queue_status(self) -> dict:
+    async def queue_status(self) -> QueueStatus:
         """The compute queue in order (position, job id, priority, created_at), the running jobs
         and their computers, and the cluster's free CPUs."""
         if not self._ready:
             await self.ready()
         queued = [
-            {"position": n, "job_id": jid, "priority": prio, "created_at": datetime.fromtimestamp(ts, timezone.utc).isoformat()}
+            QueuedJob(position=n, job_id=jid, priority=prio, created_at=datetime.fromtimestamp(ts, timezone.utc))
             for n, (jid, prio, ts) in enumerate(self.queue.entries())
         ]
         running = []
         for jid, name in self.running.items():
-            ev = self.last_event.get(jid, {})
-            running.append({"job_id": jid, "worker": name, "stage": ev.get("stage"), "tasks_done": ev.get("done", 0), "tasks_total": ev.get("total", 0)})
-        return {"queued": queued, "running": running, "free_cpus": self._free_cpus(), "job_cpus": self.settings.job_cpus}
+            ev = self.last_event.get(jid)
+            running.append(
+                RunningJob(
+                    job_id=jid,
+                    worker=name,
+                    stage=ev.stage if ev else None,
+                    tasks_done=ev.done if ev else 0,
+                    tasks_total=ev.total if ev else 0,
+                )
+            )
+        return QueueStatus(queued=queued, running=running, free_cpus=self._free_cpus(), job_cpus=self.settings.job_cpus)
 
-    async def replan(self, request: dict) -> bool:
-        """A booking moved off a machine that went down (rayrt.service.machine_queues.ReplanRequest as
-        JSON): swap the machine in the job's target list and run its convert -> qa -> export
-        stages again (every earlier stage is reused from the store). False when nothing to do."""
-        to, frm = request.get("to_machine"), request.get("from_machine")
-        if not to or not request.get("needs_conversion", True):
+    async def replan(self, request: ReplanRequest) -> bool:
+        """A booking moved off a machine that went down: swap the machine in the job's target list
+        (its machines and its planning request's) and run its convert -> qa -> export stages
+        again (every earlier stage is reused from the store). False when there is nothing to do:
+        no new machine, the booking kept its plan, or the job never planned."""
+        to, frm = request.to_machine, request.from_machine
+        if not to or not request.needs_conversion:
             return False
-        job = self.store.get_job(request["job_id"])
-        if job.options is None:
-            job.options = {}
+        job = self.store.get_job(request.job_id)
+        if job.planning is None:
+            return False
         job.machines = list(dict.fromkeys([to if m == frm else m for m in job.machines] + [to]))
+        job.planning = job.planning.model_copy(update={"machines": list(job.machines)})
         for sp in job.stages:
             if sp.name in REPLAN_STAGES:
                 sp.state, sp.percent, sp.tasks_done, sp.started_at, sp.finished_at = JobState.queued, 0.0, 0, None, None
-                sp.message = f"re-planning: {frm} -> {to} ({request.get('reason', '')})"[:300]
+                sp.message = f"re-planning: {frm} -> {to} ({request.reason})"[:300]
         job.state, job.finished_at, job.stage = JobState.queued, None, None
         job.progress = sum(s.percent for s in job.stages) / max(1, len(job.stages))
         self._save_job(job)
@@ -354,43 +405,43 @@ class Scheduler:
         except ValueError:
             return  # no machine registry: nothing is booked
         try:
-            summary = self.store.get_stage_json(job_id, "export", "summary.json")
-        except Exception:
-            return
-        by_machine = {m["machine"]: m for m in summary.get("machines", [])}
+            summary = self.store.get_stage_model(job_id, "export", "summary.json", ExportResult)
+        except FileNotFoundError:
+            return  # the job's export was skipped: no plans
+        by_machine = {m.machine: m for m in summary.machines}
         for b in await reg.bookings_of.remote(job_id):
             m = by_machine.get(b.machine)
             if b.plan_id is not None or m is None:
                 continue
-            if m.get("plan_id") and m.get("verdict") != "not released":
-                await reg.attach_plan.remote(b.machine, job_id, m["plan_id"])
+            if m.plan_id and m.verdict != "not released":
+                await reg.attach_plan.remote(b.machine, job_id, m.plan_id)
             else:
-                await reg.plan_not_released.remote(b.machine, job_id, list(m.get("failed_checks") or []))
+                await reg.plan_not_released.remote(b.machine, job_id, list(m.failed_checks))
 
-    async def report(self, job_id: str, event: dict) -> None:
+    async def report(self, job_id: str, event: StageEvent) -> None:
         """Progress fan-in from the computers (the store holds the durable copy)."""
-        self.last_event[job_id] = {**event, "time": time.time()}
+        self.last_event[job_id] = event
 
-    def status(self) -> dict:
-        return {
-            "queued": self.queue.ordered(),
-            "running": dict(self.running),
-            "computers": sorted(self.computers),
-            "idle": list(self.idle),
-            "heartbeats": {n: self.beats.get(n) for n in sorted(self.computers)},
-            "lost": dict(self.lost),
-        }
+    def status(self) -> SchedulerStatus:
+        return SchedulerStatus(
+            queued=self.queue.ordered(),
+            running=dict(self.running),
+            computers=sorted(self.computers),
+            idle=list(self.idle),
+            heartbeats={n: self.beats.get(n) for n in sorted(self.computers)},
+            lost=dict(self.lost),
+        )
 
-    async def get_status(self) -> dict:
+    async def get_status(self) -> SchedulerStatus:
         if not self._ready:  # e.g. after an automatic restart of this actor
             await self.ready()
         return self.status()
 
-    async def heartbeats(self, timeout_s: float = 5.0) -> dict[str, dict | None]:
+    async def heartbeats(self, timeout_s: float = 5.0) -> dict[str, Heartbeat | None]:
         """Ask every computer for a heartbeat; None for one that did not answer in time."""
         names = list(self.computers)
         refs = [self.computers[n].heartbeat.remote() for n in names]
-        out: dict[str, dict | None] = {}
+        out: dict[str, Heartbeat | None] = {}
         for n, ref in zip(names, refs):
             try:
                 out[n] = await asyncio.wait_for(ref, timeout_s)
@@ -413,7 +464,9 @@ class Scheduler:
             try:
                 await self._check_computers()
                 self._dispatch()
-                if self.pools is not None:  # actors a pool grew for demand go back after 5 idle minutes (fire and forget)
+                if (
+                    self.pools is not None
+                ):  # actors a pool grew for demand go back after 5 idle minutes (fire and forget)
                     self.pools.shrink_idle.remote(POOL_IDLE_S)
             except Exception:
                 log.exception("scheduler monitor tick failed")
@@ -428,13 +481,17 @@ class Scheduler:
             if name not in self.computers or name in self.lost:
                 continue
             busy = name in self.running.values()
-            if isinstance(res, dict):
+            if isinstance(res, Heartbeat):
                 self.beats[name], self.last_ok[name] = res, now
             elif isinstance(res, RayActorError):
                 self._lose(name, f"controlled computer {name} died ({type(res).__name__})", busy)
             elif busy and name in self.beats and now - self.last_ok.get(name, now) > self.settings.heartbeat_timeout_s:
                 # (a computer still being created has never answered: killing it would not help)
-                self._lose(name, f"controlled computer {name} did not answer heartbeats for {now - self.last_ok[name]:.0f} s", busy)
+                self._lose(
+                    name,
+                    f"controlled computer {name} did not answer heartbeats for {now - self.last_ok[name]:.0f} s",
+                    busy,
+                )
 
     def _lose(self, name: str, why: str, busy: bool) -> None:
         """Kill a dead or unresponsive computer; a busy one is replaced by its job's ``_run``."""
@@ -487,8 +544,8 @@ class Scheduler:
         models while the standard plan is optimised), fire and forget."""
         try:
             job = self.store.get_job(job_id)
-            if job.options is not None and job.machines:
-                self._pools_handle().ensure.remote(list(job.machines))
+            if job.planning is not None and job.planning.machines:
+                self._pools_handle().ensure.remote(list(job.planning.machines))
         except Exception:
             log.debug("could not warm the conversion pools of job %s", job_id, exc_info=True)
 
@@ -527,8 +584,8 @@ class Scheduler:
     async def _run(self, name: str, job_id: str) -> None:
         replace = False
         try:
-            done = await self.computers[name].run_job.remote(job_id)
-            if done.get("state") == JobState.succeeded.value and done.get("options") is not None:
+            done: Job = await self.computers[name].run_job.remote(job_id)
+            if done.state is JobState.succeeded and done.planning is not None:
                 await self._attach_plans(job_id)
         except RayActorError:
             log.warning("controlled computer %s died running job %s; re-queueing it", name, job_id)
@@ -554,7 +611,7 @@ class Scheduler:
             self.last_event.pop(job_id, None)
             t = self.tasks.pop(job_id, None)
             if t:
-                self.tasks_done_total += t["finished"]
+                self.tasks_done_total += t.finished
             if replace:
                 slot = self.slots.pop(name)
                 self.computers.pop(name, None)
@@ -590,9 +647,8 @@ class ReplanToScheduler:
         self.scheduler_name = scheduler_name
         self.namespace = namespace
 
-    def __call__(self, request: Any) -> None:
-        body = request.model_dump(mode="json") if hasattr(request, "model_dump") else dict(request)
-        ray.get_actor(self.scheduler_name, namespace=self.namespace).replan.remote(body)
+    def __call__(self, request: ReplanRequest) -> None:
+        ray.get_actor(self.scheduler_name, namespace=self.namespace).replan.remote(request)
 
 
 def get_scheduler(settings: ServiceSettings) -> Any:
@@ -607,6 +663,6 @@ def get_or_create_scheduler(settings: ServiceSettings) -> Any:
         namespace=settings.ray_namespace,
         lifetime="detached",
         get_if_exists=True,
-    ).remote(settings.model_dump())
+    ).remote(settings)
     ray.get(handle.ready.remote())
     return handle

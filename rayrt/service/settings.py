@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rayrt.domain.errors import InputError
@@ -36,23 +37,66 @@ class ServiceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data_dir: str = Field(default=DEFAULT_DATA_DIR, description="durable store: local directory or pyarrow.fs URI (file://, s3://, gs://)")
+    data_dir: str = Field(
+        default=DEFAULT_DATA_DIR, description="durable store: local directory or pyarrow.fs URI (file://, s3://, gs://)"
+    )
     host: str = Field(default="127.0.0.1", description="address the HTTP ingress binds to")
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port of the ingress (0 = any free port)")
-    ray_address: str = Field(default="local", description="'local' starts an embedded Ray; 'auto' or ray://host:port joins a cluster")
+    ray_address: str = Field(
+        default="local", description="'local' starts an embedded Ray; 'auto' or ray://host:port joins a cluster"
+    )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the embedded Ray (None = all)")
-    object_store_memory_mb: int | None = Field(default=None, ge=64, description="object store size of the embedded Ray in MiB")
+    object_store_memory_mb: int | None = Field(
+        default=None, ge=64, description="object store size of the embedded Ray in MiB"
+    )
     controlled_computers: int = Field(default=1, ge=1, description="number of ControlledComputer actors that run jobs")
-    controlled_computer_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved by each ControlledComputer actor")
+    controlled_computer_cpus: float = Field(
+        default=1.0, ge=0, description="CPUs reserved by each ControlledComputer actor"
+    )
     max_upload_files: int = Field(default=20000, ge=1, description="most files accepted in one patient upload")
-    progress_interval_s: float = Field(default=0.5, ge=0, description="least time between two progress writes of one job")
-    scheduler_name: str = Field(default=SCHEDULER_NAME, pattern=r"^[A-Za-z0-9_.-]+$", description="name of the scheduler actor (namespace 'rayrt'); its computers are named <scheduler_name>-cc-<slot>-<n><incarnation>")
-    heartbeat_interval_s: float = Field(default=2.0, gt=0, description="how often the scheduler asks every controlled computer for a heartbeat (and re-checks the queue's admission)")
-    heartbeat_timeout_s: float = Field(default=60.0, gt=0, description="a controlled computer that has not answered a heartbeat for this long is killed and replaced; its job is re-queued")
-    job_cpus: float = Field(default=1.0, ge=0, description="free cluster CPUs (ray.available_resources, besides the computers' own) needed to start one more job; one job always runs when none does")
-    machine_queues: MachineQueueSettings = Field(default_factory=MachineQueueSettings, description="treatment-machine queues: slot minutes, default policy, Ray actor options (rayrt.service.machine_queues)")
-    conversion_pool: ConversionPoolSettings = Field(default_factory=ConversionPoolSettings, description="conversion actor pools: initial size per machine, maximum, Ray actor options (rayrt.service.conversion)")
-    stage_modules: list[str] = Field(default_factory=list, description="extra modules that register pipeline stages (dotted names or .py files), imported by every controlled computer before it runs a job")
+    progress_interval_s: float = Field(
+        default=0.5, ge=0, description="least time between two progress writes of one job"
+    )
+    scheduler_name: str = Field(
+        default=SCHEDULER_NAME,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="name of the scheduler actor (namespace 'rayrt'); "
+        "its computers are named <scheduler_name>-cc-<slot>-<n><incarnation>",
+    )
+    heartbeat_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="how often the scheduler asks every controlled computer for a heartbeat "
+        "(and re-checks the queue's admission)",
+    )
+    heartbeat_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a controlled computer that has not answered a heartbeat for this long is killed and replaced; "
+        "its job is re-queued",
+    )
+    job_cpus: float = Field(
+        default=1.0,
+        ge=0,
+        description="free cluster CPUs (ray.available_resources, besides the computers' own) needed to start one more "
+        "job; one job always runs when none does",
+    )
+    machine_queues: MachineQueueSettings = Field(
+        default_factory=MachineQueueSettings,
+        description="treatment-machine queues: slot minutes, default policy, Ray actor options "
+        "(rayrt.service.machine_queues)",
+    )
+    conversion_pool: ConversionPoolSettings = Field(
+        default_factory=ConversionPoolSettings,
+        description="conversion actor pools: initial size per machine, maximum, Ray actor options "
+        "(rayrt.service.conversion)",
+    )
+    stage_modules: list[str] = Field(
+        default_factory=list,
+        description="extra pipeline stages: modules (dotted names or .py files) that each export "
+        "STAGES, a list of rayrt.pipeline.Stage (rayrt.pipeline.stage_of); every "
+        "controlled computer loads them and runs them after each job's recipe",
+    )
 
     @property
     def ray_namespace(self) -> str:
@@ -60,8 +104,6 @@ class ServiceSettings(BaseModel):
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
-
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

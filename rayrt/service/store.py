@@ -14,8 +14,8 @@ Layout under the root::
     patients/<pid>/masks/<n>.npy           np.packbits of the flattened bool mask
     patients/<pid>/doses/<n>.npy|.json     dose arrays (Gy) + Grid
     patients/<pid>/plans/<n>-<name>        RTPLAN files as received
-    jobs/<jid>/order.json                  the validated MedicalOrder
-    jobs/<jid>/job.json                    the Job (state, stage, progress, errors, times)
+    jobs/<jid>/job.json                    the Job: its MedicalOrder and PlanningRequest, state, stage,
+                                           progress, errors, times
     jobs/<jid>/stages/<stage>/...          each stage's results (JSON, .npy, CSV ...)
     staging/<token>/                       new patients being written (renamed into place)
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import posixpath
 import re
@@ -44,14 +45,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow.fs as pafs
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.job import Job
-from rayrt.domain.order import MedicalOrder
 from rayrt.domain.patient import Structure
+from rayrt.imaging.study import StructureMask, Study
 from rayrt.imaging.volume import Grid, Volume
 from rayrt.service.models import DoseInfo, PatientSummary, ResultFile
+from rayrt.service.settings import load_settings
+
+log = logging.getLogger("rayrt.service")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -97,7 +101,12 @@ def new_id() -> str:
 def check_id(value: str, what: str) -> str:
     """Reject ids that could escape their folder (``..``, slashes) with a 404-style error."""
     if not isinstance(value, str) or not _ID_RE.fullmatch(value) or ".." in value:
-        raise InputError(f"{what} id {value!r} is not a valid id (letters, digits, '-', '_', '.')", kind="not_found", field=f"{what}_id", status=404)
+        raise InputError(
+            f"{what} id {value!r} is not a valid id (letters, digits, '-', '_', '.')",
+            kind="not_found",
+            field=f"{what}_id",
+            status=404,
+        )
     return value
 
 
@@ -155,7 +164,9 @@ class Store:
             try:
                 fs, root = pafs.FileSystem.from_uri(location)
             except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for bad or unreachable URIs
-                raise InputError(f"cannot open store URI {location!r}: {exc}", kind="settings", field="data_dir") from None
+                raise InputError(
+                    f"cannot open store URI {location!r}: {exc}", kind="settings", field="data_dir"
+                ) from None
         else:
             fs, root = pafs.LocalFileSystem(), os.path.abspath(location)
         self.location = location
@@ -292,19 +303,35 @@ class Store:
     def _write_study(self, base: str, pid: str, study: Any) -> PatientSummary:
         primary: Volume = study.primary
         grid = primary.grid
-        manifest = StudyManifest(warnings=list(getattr(study, "warnings", []) or []), study_instance_uid=getattr(study, "study_instance_uid", None))
+        manifest = StudyManifest(
+            warnings=list(getattr(study, "warnings", []) or []),
+            study_instance_uid=getattr(study, "study_instance_uid", None),
+        )
         images = dict(getattr(study, "images", {}) or {})
-        primary_uid = getattr(study, "primary_uid", None) or next((uid for uid, v in images.items() if v is primary), None)
+        primary_uid = getattr(study, "primary_uid", None) or next(
+            (uid for uid, v in images.items() if v is primary), None
+        )
         if primary_uid not in images:
             primary_uid = None
         if primary_uid is None:
-            primary_uid = primary.meta.get("series_instance_uid") or (study.series[0].series_instance_uid if study.series else "primary")
+            primary_uid = primary.meta.get("series_instance_uid") or (
+                study.series[0].series_instance_uid if study.series else "primary"
+            )
             images = {primary_uid: primary, **images}
         manifest.primary_series_uid = primary_uid
         for n, (uid, vol) in enumerate(images.items()):
             f = f"images/{n}.npy"
             self.write_array(f"{base}/{f}", vol.array)
-            manifest.images.append(StoredVolume(file=f, key=str(uid), grid=vol.grid, quantity=vol.quantity, dtype=str(vol.array.dtype), meta=_json_safe(vol.meta)))
+            manifest.images.append(
+                StoredVolume(
+                    file=f,
+                    key=str(uid),
+                    grid=vol.grid,
+                    quantity=vol.quantity,
+                    dtype=str(vol.array.dtype),
+                    meta=_json_safe(vol.meta),
+                )
+            )
 
         structures: list[Structure] = []
         masks: list[StoredMask] = []
@@ -312,14 +339,21 @@ class Store:
             mask = np.asarray(sm.mask, dtype=bool)
             if mask.shape != tuple(grid.shape):
                 raise InputError(
-                    f"structure {sm.structure.name!r} mask shape {mask.shape} differs from the primary image {grid.shape}",
-                    kind="dicom", field="structures", status=422,
+                    f"structure {sm.structure.name!r} mask shape {mask.shape} "
+                    f"differs from the primary image {grid.shape}",
+                    kind="dicom",
+                    field="structures",
+                    status=422,
                 )
             nvox = int(np.count_nonzero(mask))
-            s = sm.structure.model_copy(update={
-                "num_voxels": nvox,
-                "volume_cc": sm.structure.volume_cc if sm.structure.volume_cc is not None else nvox * grid.voxel_volume_cc,
-            })
+            s = sm.structure.model_copy(
+                update={
+                    "num_voxels": nvox,
+                    "volume_cc": sm.structure.volume_cc
+                    if sm.structure.volume_cc is not None
+                    else nvox * grid.voxel_volume_cc,
+                }
+            )
             f = f"masks/{n}.npy"
             self.write_array(f"{base}/{f}", np.packbits(mask.ravel()))
             masks.append(StoredMask(structure=s, file=f, shape=mask.shape))
@@ -331,8 +365,24 @@ class Store:
             f = f"doses/{n}.npy"
             arr = np.asarray(dose.array, dtype=np.float32)
             self.write_array(f"{base}/{f}", arr)
-            manifest.doses.append(StoredVolume(file=f, key=str(dose.meta.get("sop_instance_uid", n)), grid=dose.grid, quantity=dose.quantity or "dose_gy", dtype=str(arr.dtype), meta=_json_safe(dose.meta)))
-            doses.append(DoseInfo(index=n, grid=dose.grid, max_dose_gy=float(arr.max()) if arr.size else 0.0, description=str(dose.meta.get("description", ""))))
+            manifest.doses.append(
+                StoredVolume(
+                    file=f,
+                    key=str(dose.meta.get("sop_instance_uid", n)),
+                    grid=dose.grid,
+                    quantity=dose.quantity or "dose_gy",
+                    dtype=str(arr.dtype),
+                    meta=_json_safe(dose.meta),
+                )
+            )
+            doses.append(
+                DoseInfo(
+                    index=n,
+                    grid=dose.grid,
+                    max_dose_gy=float(arr.max()) if arr.size else 0.0,
+                    description=str(dose.meta.get("description", "")),
+                )
+            )
 
         for n, pf in enumerate(getattr(study, "plan_files", []) or []):
             p = Path(pf)
@@ -379,7 +429,12 @@ class Store:
         try:
             return self.read_model(f"patients/{pid}/patient.json", PatientSummary)
         except FileNotFoundError:
-            raise InputError(f"no patient with id {pid!r}; upload it first with POST /patients (rayrt submit)", kind="not_found", field="patient_id", status=404) from None
+            raise InputError(
+                f"no patient with id {pid!r}; upload it first with POST /patients (rayrt submit)",
+                kind="not_found",
+                field="patient_id",
+                status=404,
+            ) from None
 
     def _manifest(self, pid: str) -> StudyManifest:
         self.get_patient(pid)
@@ -413,10 +468,8 @@ class Store:
         m = self._manifest(patient_id)
         return [self._volume(patient_id, sv) for sv in m.doses]
 
-    def load_study(self, patient_id: str) -> Any:
+    def load_study(self, patient_id: str) -> Study:
         """Rebuild the :class:`rayrt.imaging.study.Study` of a stored patient."""
-        from rayrt.imaging.study import Study, StructureMask
-
         summary = self.get_patient(patient_id)
         m = self._manifest(patient_id)
         images = self.load_images(patient_id)
@@ -437,13 +490,11 @@ class Store:
         )
 
     # ------------------------------------------------------------------ jobs
-    def create_job(self, job: Job, order: MedicalOrder | None = None) -> Job:
-        """Store a new job (its order first, ``job.json`` last: the job exists once that does)."""
+    def create_job(self, job: Job) -> Job:
+        """Store a new job: ``job.json`` (with its order and planning request); the job exists once that does."""
         jid = check_id(job.id, "job")
         if self.exists(f"jobs/{jid}/job.json"):
             raise InputError(f"job {jid} already exists", kind="conflict", field="job_id", status=409)
-        if order is not None:
-            self.write_json(f"jobs/{jid}/order.json", order)
         self.write_json(f"jobs/{jid}/job.json", job)
         return job
 
@@ -457,19 +508,18 @@ class Store:
         except FileNotFoundError:
             raise InputError(f"no job with id {jid!r}", kind="not_found", field="job_id", status=404) from None
 
-    def get_order(self, job_id: str) -> MedicalOrder | None:
-        jid = check_id(job_id, "job")
-        if not self.exists(f"jobs/{jid}/order.json"):
-            return None
-        return self.read_model(f"jobs/{jid}/order.json", MedicalOrder)
-
     def list_jobs(self) -> list[Job]:
+        """Every readable job, oldest first. A folder without ``job.json`` (creation interrupted) is
+        skipped; so is a ``job.json`` that is not a valid Job (damaged, or written by a rayrt
+        before the typed job contract), with a warning naming it."""
         jobs = []
         for jid in self.list_dirs("jobs"):
             try:
                 jobs.append(self.get_job(jid))
-            except InputError:  # a folder without job.json: creation was interrupted
+            except InputError:
                 continue
+            except ValidationError as exc:
+                log.warning("store: jobs/%s/job.json is not a readable job, skipped: %s", jid, str(exc).splitlines()[0])
         return sorted(jobs, key=lambda j: j.created_at)
 
     # ------------------------------------------------------------------ stage results
@@ -477,7 +527,11 @@ class Store:
         check_id(job_id, "job")
         if not _ID_RE.fullmatch(stage):
             raise ValueError(f"bad stage name {stage!r}")
-        return posixpath.join("jobs", job_id, "stages", stage, name) if name else posixpath.join("jobs", job_id, "stages", stage)
+        return (
+            posixpath.join("jobs", job_id, "stages", stage, name)
+            if name
+            else posixpath.join("jobs", job_id, "stages", stage)
+        )
 
     def put_stage_json(self, job_id: str, stage: str, name: str, value: BaseModel | dict | list) -> None:
         self.write_json(self.stage_path(job_id, stage, name), value)
@@ -490,6 +544,10 @@ class Store:
 
     def get_stage_json(self, job_id: str, stage: str, name: str) -> Any:
         return self.read_json(self.stage_path(job_id, stage, name))
+
+    def get_stage_model(self, job_id: str, stage: str, name: str, model: type[M]) -> M:
+        """A stage's stored JSON file read back as its pydantic model."""
+        return self.read_model(self.stage_path(job_id, stage, name), model)
 
     def has_stage_file(self, job_id: str, stage: str, name: str) -> bool:
         return self.exists(self.stage_path(job_id, stage, name))
@@ -511,17 +569,20 @@ class Store:
         try:
             return self.read_bytes(posixpath.join("jobs", job_id, "stages", *parts))
         except (FileNotFoundError, IsADirectoryError):
-            raise InputError(f"job {job_id} has no result file {rel!r}; list them with GET /jobs/{job_id}/results", kind="not_found", field="path", status=404) from None
+            raise InputError(
+                f"job {job_id} has no result file {rel!r}; list them with GET /jobs/{job_id}/results",
+                kind="not_found",
+                field="path",
+                status=404,
+            ) from None
         except OSError:
-            raise InputError(f"job {job_id} has no result file {rel!r}", kind="not_found", field="path", status=404) from None
+            raise InputError(
+                f"job {job_id} has no result file {rel!r}", kind="not_found", field="path", status=404
+            ) from None
 
 
 def open_store(location: str | os.PathLike | None = None) -> Store:
     """The store of the current settings (``$RAYRT_DATA_DIR``, configs/service.yaml, ./rayrt-data)."""
     if location is None:
-        from rayrt.service.settings import load_settings
-
         location = load_settings().data_dir
     return Store(location)
-
-

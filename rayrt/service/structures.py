@@ -9,12 +9,17 @@ A request that fails (bad seed, unknown structure, empty result ...) raises
 
 from __future__ import annotations
 
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from rayrt.contour.requests import parse_request
+from rayrt.contour.structureset import ContourLog, StructureSet
+from rayrt.domain.errors import InputError
 from rayrt.service.models import PatientSummary
 from rayrt.service.store import Store, StoredMask, check_id
 
@@ -30,10 +35,8 @@ class StructuresResponse(BaseModel):
     operation_id: str
 
 
-def load_structure_set(store: Store, patient_id: str):
+def load_structure_set(store: Store, patient_id: str) -> StructureSet:
     """The patient's :class:`~rayrt.contour.structureset.StructureSet` with its stored operations log."""
-    from rayrt.contour.structureset import ContourLog, StructureSet
-
     pid = check_id(patient_id, "patient")
     ss = StructureSet.from_study(store.load_study(pid))
     if store.exists(f"patients/{pid}/{LOG_FILE}"):
@@ -41,7 +44,7 @@ def load_structure_set(store: Store, patient_id: str):
     return ss
 
 
-def save_structure_set(store: Store, patient_id: str, ss) -> PatientSummary:
+def save_structure_set(store: Store, patient_id: str, ss: StructureSet) -> PatientSummary:
     """Write every structure of ``ss`` as the patient's structures (commit point: structures.json)."""
     pid = check_id(patient_id, "patient")
     batch = uuid.uuid4().hex[:8]
@@ -67,8 +70,6 @@ def save_structure_set(store: Store, patient_id: str, ss) -> PatientSummary:
 def apply_structure_request(store: Store, patient_id: str, request: Any, user: str = "") -> StructuresResponse:
     """Apply one delineation request (auto, grow, interpolate, margin, boolean, ring, polygons,
     pet_threshold, edit) to a stored patient and store the result."""
-    from rayrt.contour.requests import parse_request
-
     req = request if isinstance(request, BaseModel) else parse_request(request)  # 422 before any load
     ss = load_structure_set(store, patient_id)
     changed = ss.apply(req, user=user)
@@ -88,17 +89,14 @@ def structure_log(store: Store, patient_id: str, name: str | None = None) -> dic
     if name is None:
         return log.model_dump(mode="json")
     if name not in ss:
-        from rayrt.domain.errors import InputError
-
-        raise InputError(f"no structure {name!r}; the patient has: {', '.join(ss.names)}", kind="not_found", field="name", status=404)
+        raise InputError(
+            f"no structure {name!r}; the patient has: {', '.join(ss.names)}", kind="not_found", field="name", status=404
+        )
     return {"structure": name, "operations": [op.model_dump(mode="json") for op in log.operations_of(name)]}
 
 
 def structures_rtstruct(store: Store, patient_id: str) -> bytes:
     """Every structure of the patient as RTSTRUCT bytes on its primary image (log kept in the store)."""
-    import tempfile
-    from pathlib import Path
-
     ss = load_structure_set(store, patient_id)
     with tempfile.TemporaryDirectory(prefix="rayrt-rs-") as tmp:
         path = ss.write_rtstruct(Path(tmp) / "rtstruct.dcm")

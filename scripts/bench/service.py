@@ -79,7 +79,7 @@ def single_process_in_task(study, order, req, runs: int = 2) -> float:
     shared with other people's processes, that alone starves the tasks; this baseline sees the same)."""
     import numba
 
-    from rayrt.service.runtime import lower_priority
+    from rayrt.service.process import lower_priority
 
     lower_priority()
     numba.set_num_threads(1)
@@ -435,7 +435,7 @@ def bench_concurrency(work: Path, jobs: int = 50, pollers: int = 20, poll_s: flo
 
     from rayrt.cli.service import upload_patient
     from rayrt.imaging.phantoms import write_tg119
-    from rayrt.service.runtime import SERVE_ENV_DEFAULTS
+    from rayrt.service.process import SERVE_ENV_DEFAULTS
 
     url, settings, _, _ = _start_service(work / "data-c", computers=2)
     try:

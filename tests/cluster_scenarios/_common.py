@@ -124,7 +124,9 @@ def demo_machine(name: str, boundaries_mm: np.ndarray, jaw_x: bool = True):
         betas_per_mm=(0.3252, 0.016, 0.0051),
         kernel_point_weights=(0.5, 0.1, 0.05),
         kernel_radii_mm=r_mm,
-        kernels_per_mm2=tuple([float(a * np.exp(-r / s)) for r in r_mm] for a, s in ((0.05, 1.0), (0.002, 10.0), (1e-4, 40.0))),
+        kernels_per_mm2=tuple(
+            [float(a * np.exp(-r / s)) for r in r_mm] for a, s in ((0.05, 1.0), (0.002, 10.0), (1e-4, 40.0))
+        ),
         primary_fluence_radius_mm=[0.0, 100.0, 200.0],
         primary_fluence=[1.0, 1.03, 1.05],
         source_sigma_mm=2.0,
@@ -141,7 +143,9 @@ def demo_machine(name: str, boundaries_mm: np.ndarray, jaw_x: bool = True):
     )
 
 
-MILLENNIUM_MM = np.concatenate([np.arange(-200, -100, 10), np.arange(-100, 100, 5), np.arange(100, 201, 10)]).astype(float)
+MILLENNIUM_MM = np.concatenate([np.arange(-200, -100, 10), np.arange(-100, 100, 5), np.arange(100, 201, 10)]).astype(
+    float
+)
 AGILITY_MM = np.arange(-200, 201, 5).astype(float)
 
 

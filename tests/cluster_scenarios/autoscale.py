@@ -23,9 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import cluster_pids, emit, free_port, stop_pids
-
 import ray
+from _common import cluster_pids, emit, free_port, stop_pids
 
 
 def fake_config(gcs_address: str, max_workers: int, idle_timeout_s: float) -> dict:
@@ -85,15 +84,35 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rrtas", dir="/tmp"))
     cfg_path = tmp / "autoscale.yaml"
     cfg_path.write_text(json.dumps(fake_config(gcs, args.max_workers, args.idle_timeout_s)))
-    env = dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env = dict(
+        os.environ,
+        RAY_FAKE_CLUSTER="1",
+        AUTOSCALER_UPDATE_INTERVAL_S="1",
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
     ray_bin = str(Path(sys.executable).with_name("ray"))
     cmd = [
-        ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=0",
-        '--resources={"head": 1}', f"--autoscaling-config={cfg_path}", f"--temp-dir={tmp}",
-        "--include-dashboard=false", f"--object-store-memory={80 * 2**20}", "--disable-usage-stats",
+        ray_bin,
+        "start",
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=0",
+        '--resources={"head": 1}',
+        f"--autoscaling-config={cfg_path}",
+        f"--temp-dir={tmp}",
+        "--include-dashboard=false",
+        f"--object-store-memory={80 * 2**20}",
+        "--disable-usage-stats",
     ]
     timeline: list[tuple[float, int]] = []
-    result: dict = {"tasks": args.tasks, "task_s": args.task_s, "max_workers": args.max_workers, "idle_timeout_s": args.idle_timeout_s}
+    result: dict = {
+        "tasks": args.tasks,
+        "task_s": args.task_s,
+        "max_workers": args.max_workers,
+        "idle_timeout_s": args.idle_timeout_s,
+    }
     t_start = time.perf_counter()
     try:
         subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)

@@ -10,14 +10,12 @@ Prints ``RESULT {json}``. Run: ``python tests/cluster_scenarios/multinode.py``.
 
 from __future__ import annotations
 
-import time
-
 import sys
+import time
 from pathlib import Path
 
-from _common import emit
-
 import ray
+from _common import emit
 from ray.cluster_utils import Cluster
 
 
@@ -25,7 +23,12 @@ def main() -> None:
     t0 = time.perf_counter()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "resources": {"head": 1}, "object_store_memory": 96 * 2**20, "include_dashboard": False},
+        head_node_args={
+            "num_cpus": 1,
+            "resources": {"head": 1},
+            "object_store_memory": 96 * 2**20,
+            "include_dashboard": False,
+        },
     )
     try:
         for _ in range(2):
@@ -36,7 +39,9 @@ def main() -> None:
         kinds = {}
         for n in ray.nodes():
             if n["Alive"]:
-                kinds[n["NodeID"]] = "head" if "head" in n["Resources"] else ("worker" if "worker" in n["Resources"] else "other")
+                kinds[n["NodeID"]] = (
+                    "head" if "head" in n["Resources"] else ("worker" if "worker" in n["Resources"] else "other")
+                )
 
         @ray.remote(num_cpus=1)
         def where(i: int) -> str:
@@ -45,11 +50,13 @@ def main() -> None:
 
         task_nodes = ray.get([where.options(scheduling_strategy="SPREAD").remote(i) for i in range(6)])
 
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the small study of conftest
-        from conftest import SMALL_ORDER, make_small_study
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package
+        from helpers.planning import FAST_PLANNING
+        from helpers.study import SMALL_ORDER, make_small_study
 
-        from rayrt import stages as S
         from rayrt.domain.order import parse_order
+        from rayrt.domain.planning import planning_request
+        from rayrt.pipeline import run_recipe
         from rayrt.service.conversion import ConversionPools
         from rayrt.service.machine_queues import MachineRegistry
 
@@ -61,15 +68,29 @@ def main() -> None:
         moved = reg.set_status("TB1", "down", "maintenance", "scenario").moved
 
         order = parse_order(SMALL_ORDER)
-        fast = dict(machines=[], num_beams=5, dose_grid_mm=5.0, dij_cutoff_mm=30.0, dij_threshold=1e-3, fmo_iterations=40, dao_rounds=1, dao_iterations=8, max_segments=5)
-        res = S.plan_local(make_small_study(with_dose=False), order, S.PlanningRequest(**fast),
-                           stages=["load", "structures", "geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize"])
-        std = ray.put(S.standard_input(res["standard_plan"], res["geometry"], order))
+        res = run_recipe(
+            make_small_study(with_dose=False),
+            order,
+            planning_request(FAST_PLANNING, []),
+            stages=[
+                "load",
+                "structures",
+                "geometry",
+                "beamlets",
+                "dij",
+                "problem",
+                "fmo",
+                "sequence",
+                "dao",
+                "normalize",
+            ],
+        )
+        std, geo = ray.put(res["standard_plan"]), ray.put(res["geometry"])
         pools = ConversionPools(
             ["standard_twin"],
             settings={"default_size": 2, "max_size": 2, "actor_options": {"num_cpus": 0, "resources": {"worker": 0.5}}},
         )
-        results = ray.get([pools.submit("standard_twin", std) for _ in range(4)], timeout=300)
+        results = ray.get([pools.submit("standard_twin", std, geo) for _ in range(4)], timeout=300)
         info = pools.worker_info("standard_twin")
         emit(
             {

@@ -13,10 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, emit, free_port
-
 import ray
 import yaml
+from _common import REPO, emit, free_port
 from ray.cluster_utils import Cluster
 
 
@@ -26,7 +25,12 @@ def main() -> None:
     port = free_port()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "resources": {"head": 1}, "object_store_memory": 96 * 2**20, "include_dashboard": False},
+        head_node_args={
+            "num_cpus": 0,
+            "resources": {"head": 1},
+            "object_store_memory": 96 * 2**20,
+            "include_dashboard": False,
+        },
     )
     try:
         for _ in range(2):

@@ -331,7 +331,8 @@
         ["started", fmt.date(j.started_at)],
         ["finished", fmt.date(j.finished_at)],
         ["run time", j.started_at ? fmt.span(j.started_at, j.finished_at) : "—"],
-        ["planning", j.options ? "plan (" + (Object.keys(j.options).length ? Object.keys(j.options).join(", ") : "defaults") + ")" : "analysis only"],
+        ["planning", j.planning ? "plan: " + (j.planning.gantry_deg ? j.planning.gantry_deg.length : j.planning.num_beams) + " beams, "
+          + j.planning.dose_grid_mm + " mm dose grid, " + j.planning.max_segments + " segments/beam" : "analysis only"],
       ];
       const order = j.order || {};
       if (order.prescription) {
