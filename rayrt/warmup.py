@@ -124,9 +124,19 @@ def _dij(p: _Plan) -> None:
     x, y, z = ct.grid.index_to_world(np.argwhere(masks_ct[target]).mean(axis=0))  # isocenter: target centre of mass
     iso = (float(x), float(y), float(z))
     p.beams = [Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=a, isocenter_mm=iso) for i, a in enumerate(req.angles())]
-    p.dij, p.grids = plan_dij(p.density, p.dose_grid, p.beams, p.machine, masks_ct[target], bixel_width_mm=req.bixel_mm,
-                              margin_mm=req.margin_mm, cutoff_mm=req.dij_cutoff_mm, threshold=req.dij_threshold,
-                              mask_grid=ct.grid, column_offset_mm=column_offset_for(req.bixel_columns, req.bixel_mm))
+    p.dij, p.grids = plan_dij(
+        p.density,
+        p.dose_grid,
+        p.beams,
+        p.machine,
+        masks_ct[target],
+        bixel_width_mm=req.bixel_mm,
+        margin_mm=req.margin_mm,
+        cutoff_mm=req.dij_cutoff_mm,
+        threshold=req.dij_threshold,
+        mask_grid=ct.grid,
+        column_offset_mm=column_offset_for(req.bixel_columns, req.bixel_mm),
+    )
 
 
 def _fmo(p: _Plan) -> None:
@@ -134,8 +144,14 @@ def _fmo(p: _Plan) -> None:
     products (small plans) and then with the parallel ones (plans above the parallel threshold)."""
     n = np.cumsum([0] + [g.num_bixels for g in p.grids])
     p.slices = [slice(int(a), int(b)) for a, b in zip(n[:-1], n[1:])]
-    p.problem = build_problem(p.order, p.masks, p.dij, beam_slices=p.slices, grid_shape=p.dose_grid.shape,
-                              voxel_volume_cc=p.dose_grid.voxel_volume_cc)
+    p.problem = build_problem(
+        p.order,
+        p.masks,
+        p.dij,
+        beam_slices=p.slices,
+        grid_shape=p.dose_grid.shape,
+        voxel_volume_cc=p.dose_grid.voxel_volume_cc,
+    )
     options = FluenceOptions(max_iterations=5, max_outer=2)
     p.weights = optimize_fluence(p.problem, options).w
     p.problem.dij.parallel_min_nnz = 0
@@ -146,8 +162,10 @@ def _apertures(p: _Plan) -> None:
     """Leaf sequencing of the fluence and a few DAO iterations."""
     seq = get_sequencer(p.request.sequencer)
     layouts = [layout_from_beamlets(g) for g in p.grids]
-    p.segments = [seq.sequence_with_info(lay.to_map(p.weights[sl]), lay, p.machine, p.request.max_segments).segments
-                  for lay, sl in zip(layouts, p.slices)]
+    p.segments = [
+        seq.sequence_with_info(lay.to_map(p.weights[sl]), lay, p.machine, p.request.max_segments).segments
+        for lay, sl in zip(layouts, p.slices)
+    ]
     optimize_apertures(p.problem, layouts, p.segments, p.machine, DAOOptions(outer_rounds=1, iterations_per_round=3))
 
 

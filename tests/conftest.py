@@ -16,10 +16,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from dose_helpers import leaf_gradient_vs_finite_differences
 from pydantic import ValidationError
 
 from rayrt.domain.errors import InputError
@@ -23,12 +24,10 @@ from rayrt.dose.geometry import (
     column_alignment_of,
     column_offset_for,
 )
-from rayrt.machines import get_machine
 from rayrt.imaging.volume import Grid, Volume
+from rayrt.machines import get_machine
 from rayrt.optimize.layout import layout_from_beamlets
 from rayrt.optimize.sequencing import get_sequencer
-
-from dose_helpers import leaf_gradient_vs_finite_differences
 
 W = 5.0
 ISO_OFF = column_offset_for("isocenter", W)  # -2.5 mm
@@ -38,15 +37,22 @@ DOSE_GRID = Grid(shape=(5, 9, 13), spacing_mm=(10.0, 20.0, 10.0), origin_mm=(-60
 
 def water(spacing=5.0):
     n = int(300 / spacing)
-    g = Grid(shape=(n, n, n), spacing_mm=(spacing,) * 3, origin_mm=(-150 + spacing / 2, spacing / 2, -150 + spacing / 2))
+    g = Grid(
+        shape=(n, n, n), spacing_mm=(spacing,) * 3, origin_mm=(-150 + spacing / 2, spacing / 2, -150 + spacing / 2)
+    )
     return Volume(np.ones(g.shape, np.float32), g, "relative_electron_density")
 
 
 def rect_segment(machine, x, y, mu=1.0):
     c = machine.mlc.leaf_centers_mm
     inside = (c > y[0]) & (c < y[1])
-    return Segment(x1_mm=np.where(inside, x[0], 0.0).tolist(), x2_mm=np.where(inside, x[1], 0.0).tolist(), mu=mu,
-                   jaw_x_mm=tuple(x) if machine.jaw_x else None, jaw_y_mm=tuple(y) if machine.jaw_y else None)
+    return Segment(
+        x1_mm=np.where(inside, x[0], 0.0).tolist(),
+        x2_mm=np.where(inside, x[1], 0.0).tolist(),
+        mu=mu,
+        jaw_x_mm=tuple(x) if machine.jaw_x else None,
+        jaw_y_mm=tuple(y) if machine.jaw_y else None,
+    )
 
 
 def box_target():
@@ -112,8 +118,16 @@ def test_volume_margin_rule_by_hand():
     |z| <= 10 + 8 = 18 mm -> leaf pairs [-20, -15] ... [15, 20] (8 rows)."""
     m = get_machine("standard")
     g, t = box_target()
-    bg = beamlet_grid(Beam(gantry_deg=0, isocenter_mm=(0, 0, 0)), m, t, g, bixel_width_mm=W, margin_mm=5.0,
-                      column_offset_mm=ISO_OFF, margin_mode="volume")
+    bg = beamlet_grid(
+        Beam(gantry_deg=0, isocenter_mm=(0, 0, 0)),
+        m,
+        t,
+        g,
+        bixel_width_mm=W,
+        margin_mm=5.0,
+        column_offset_mm=ISO_OFF,
+        margin_mode="volume",
+    )
     assert np.array_equal(np.unique(bg.u_mm), np.arange(-20.0, 20.1, 5.0))
     v = np.unique(bg.v_mm)
     assert v.size == 8 and np.isclose(v.min(), -17.5) and np.isclose(v.max(), 17.5)
@@ -194,7 +208,9 @@ def test_sequencing_on_the_offset_grid():
         for x in np.concatenate([x1[op], x2[op]]):
             assert np.min(np.abs(edges - x)) < 1e-9, f"leaf tip {x} mm is not on a column edge of the grid"
     # delivered fluence (transmission x MU, no DLG widening) reproduces the map, plus leakage where closed
-    m0 = m.model_copy(update={"mlc": m.mlc.model_copy(update={"leaf_end_transmission_mm": 0.0}), "jaw_x": None, "jaw_y": None})
+    m0 = m.model_copy(
+        update={"mlc": m.mlc.model_copy(update={"leaf_end_transmission_mm": 0.0}), "jaw_x": None, "jaw_y": None}
+    )
     total_mu = sum(s.mu for s in segs)
     delivered = sum(s.mu * segment_transmission(bg, s, m0) for s in segs)
     w = lay.from_map(fmap)
@@ -236,5 +252,7 @@ def test_offset_survives_the_stage_store_round_trip():
         PlanningRequest(bixel_columns="middle")
     g, t = box_target()
     spec = beamlet_task((Beam(gantry_deg=0, isocenter_mm=(0, 0, 0)), m.name, g, W, 5.0, "isocenter"), t)
-    assert spec.column_offset_mm == ISO_OFF and np.allclose(np.asarray(spec.grid().u_mm) / W, np.rint(np.asarray(spec.grid().u_mm) / W))
+    assert spec.column_offset_mm == ISO_OFF and np.allclose(
+        np.asarray(spec.grid().u_mm) / W, np.rint(np.asarray(spec.grid().u_mm) / W)
+    )
     assert beamlet_task((Beam(gantry_deg=0, isocenter_mm=(0, 0, 0)), m.name, g, W, 5.0), t).column_offset_mm == 0.0

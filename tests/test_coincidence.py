@@ -25,16 +25,30 @@ CFG = load_conversion_config(ROOT / "configs" / "conversion.yaml")
 def standard():
     """A vendor-neutral 80 x 5 mm MLC with X and Y jaws (like configs/machines/standard.yaml)."""
     m = elekta()
-    return m.model_copy(update={"name": "Standard", "standard": True,
-                                "mlc": m.mlc.model_copy(update={"name": "Standard 80x5", "max_leaf_span_mm": 400.0}),
-                                "jaw_x": JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMX")})
+    return m.model_copy(
+        update={
+            "name": "Standard",
+            "standard": True,
+            "mlc": m.mlc.model_copy(update={"name": "Standard 80x5", "max_leaf_span_mm": 400.0}),
+            "jaw_x": JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMX"),
+        }
+    )
 
 
 def mlci2():
     m = elekta()
-    return m.model_copy(update={"name": "Synergy", "mlc": MLCModel(
-        name="MLCi2", leaf_boundaries_mm=list(np.arange(-200, 201, 10.0)), interdigitation=False, min_gap_mm=5.0,
-        max_leaf_span_mm=325.0)})
+    return m.model_copy(
+        update={
+            "name": "Synergy",
+            "mlc": MLCModel(
+                name="MLCi2",
+                leaf_boundaries_mm=list(np.arange(-200, 201, 10.0)),
+                interdigitation=False,
+                min_gap_mm=5.0,
+                max_leaf_span_mm=325.0,
+            ),
+        }
+    )
 
 
 def test_config_file_is_read():

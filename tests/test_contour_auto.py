@@ -119,11 +119,17 @@ def test_couch_in_contact_with_the_back_is_excluded(gap_mm, work_mm):
     body = body_ct(ct.array, ct.grid, cfg)
     assert dice(body, truth["External"]) >= 0.97
     # where shell and skin touch, at most a thin strip of shell within two coarse voxels
-    strip = expand(truth["External"], ct.grid, Margins(left_mm=2 * work_mm, right_mm=2 * work_mm, anterior_mm=2 * work_mm, posterior_mm=2 * work_mm))
+    strip = expand(
+        truth["External"],
+        ct.grid,
+        Margins(left_mm=2 * work_mm, right_mm=2 * work_mm, anterior_mm=2 * work_mm, posterior_mm=2 * work_mm),
+    )
     assert not (body & truth["Couch"] & ~strip).any()
     assert (body & truth["Couch"]).sum() < 0.03 * truth["Couch"].sum()
     if work_mm == 2.0:
         # without the opening the couch shell joins the External
-        no_open = cfg.model_copy(update={"body": cfg.body.model_copy(update={"opening_radius_mm": 0.0, "work_spacing_mm": 2.0})})
+        no_open = cfg.model_copy(
+            update={"body": cfg.body.model_copy(update={"opening_radius_mm": 0.0, "work_spacing_mm": 2.0})}
+        )
         leaky = body_ct(ct.array, ct.grid, no_open)
         assert (leaky & truth["Couch"]).sum() > 0.05 * truth["Couch"].sum()  # the top shell is ~10 % of the couch

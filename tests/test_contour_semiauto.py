@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rayrt.contour.morphology import SURFACE_OFFSET, Margins, _effective_margins, _octant_offsets, _scatter_dilate, contract, expand, fill_holes_per_slice, smooth
+from rayrt.contour.morphology import (
+    SURFACE_OFFSET,
+    Margins,
+    _effective_margins,
+    _octant_offsets,
+    _scatter_dilate,
+    contract,
+    expand,
+    fill_holes_per_slice,
+    smooth,
+)
 from rayrt.contour.semiauto import boolean, interpolate_slices, pet_threshold, region_grow, ring
 from rayrt.contour.synthetic import centred_grid, cylinder_mask, dice, ellipsoid_mask
 from rayrt.domain.errors import InputError
@@ -34,7 +44,9 @@ def test_grow_from_one_seed_matches_ellipsoid():
 
 def test_grow_with_box_limits_region():
     ct, truth, body = _blob_ct()
-    grown = region_grow(ct, (10.0, -5.0, 0.0), (40.0, 200.0), box_mm=((-20.0, -30.0, -10.0), (40.0, 20.0, 10.0)), body=body)
+    grown = region_grow(
+        ct, (10.0, -5.0, 0.0), (40.0, 200.0), box_mm=((-20.0, -30.0, -10.0), (40.0, 20.0, 10.0)), body=body
+    )
     z = ct.grid.axis_mm("z")
     assert not grown[np.abs(z) > 10.0 + 1e-6].any()
     assert grown.sum() < truth.sum()
@@ -123,7 +135,12 @@ def test_anisotropic_per_axis_margin_checked_per_axis():
     dot = np.zeros(grid.shape, bool)
     dot[20, 30, 30] = True
     ell = expand(dot, grid, m)
-    z, y, x = np.meshgrid(grid.axis_mm("z") - grid.axis_mm("z")[20], grid.axis_mm("y") - grid.axis_mm("y")[30], grid.axis_mm("x") - grid.axis_mm("x")[30], indexing="ij")
+    z, y, x = np.meshgrid(
+        grid.axis_mm("z") - grid.axis_mm("z")[20],
+        grid.axis_mm("y") - grid.axis_mm("y")[30],
+        grid.axis_mm("x") - grid.axis_mm("x")[30],
+        indexing="ij",
+    )
     f = SURFACE_OFFSET  # margins are measured from the surface, f voxel beyond the outermost centres
     ax, ay, az = 4.0 + f * grid.spacing[0], 9.0 + f * grid.spacing[1], 15.0 + f * grid.spacing[2]
     expected = (x / ax) ** 2 + (y / ay) ** 2 + (z / az) ** 2 <= 1 + 1e-9
@@ -149,7 +166,9 @@ def test_per_direction_margins_exact_per_direction():
 
     g2 = cg(pad.shape, grid.spacing_mm)
     via_edt = expand(pad, g2, sym)
-    via_scatter = _scatter_dilate(pad, _octant_offsets(g2.spacing[::-1], _effective_margins(m_arr, g2.spacing[::-1], SURFACE_OFFSET)))
+    via_scatter = _scatter_dilate(
+        pad, _octant_offsets(g2.spacing[::-1], _effective_margins(m_arr, g2.spacing[::-1], SURFACE_OFFSET))
+    )
     assert np.array_equal(via_edt, via_scatter)
     # contraction with per-direction margins is the dual of expansion
     shrunk = contract(grown, grid, m)

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from rayrt.contour.requests import parse_request
-from rayrt.contour.structureset import apply_request
-from rayrt.contour.structureset import ContourLog, StructureSet, log_path_for
+from rayrt.contour.structureset import ContourLog, StructureSet, apply_request, log_path_for
 from rayrt.contour.synthetic import dice, ellipsoid_mask, thorax_phantom
 from rayrt.domain.errors import InputError
 from rayrt.domain.patient import Structure, StructureKind
@@ -31,7 +30,11 @@ def _state(s: StructureSet):
 
 def _same(a, b):
     (sa, ha), (sb, hb) = a, b
-    return ha == hb and sa.keys() == sb.keys() and all(sa[n][0] == sb[n][0] and np.array_equal(sa[n][1], sb[n][1]) for n in sa)
+    return (
+        ha == hb
+        and sa.keys() == sb.keys()
+        and all(sa[n][0] == sb[n][0] and np.array_equal(sa[n][1], sb[n][1]) for n in sa)
+    )
 
 
 def test_full_workflow_log_and_replay(ss):
@@ -40,12 +43,39 @@ def test_full_workflow_log_and_replay(ss):
     assert all(s.volume_cc > 0 and s.num_voxels > 0 for s in out)
     apply_request(ss, {"method": "margin", "source": "CTV", "name": "PTV", "margin_mm": 5})
     assert ss.structure("PTV").kind is StructureKind.target
-    apply_request(ss, {"method": "margin", "source": "PTV", "name": "PTV_aniso",
-                       "margins": {"left_mm": 5, "right_mm": 10, "superior_mm": 10, "inferior_mm": 0}})
-    apply_request(ss, {"method": "ring", "source": "PTV", "name": "Ring", "inner_mm": 5, "outer_mm": 20, "post": {"crop_to": "External"}})
-    apply_request(ss, {"method": "boolean", "operation": "subtraction", "a": ["Lung_L"], "b": ["PTV"], "name": "Lung_L-PTV"})
-    apply_request(ss, {"method": "grow", "seed_mm": [-75.0, -25.0, 0.0], "window": [-1000, -400], "name": "LungR_grown",
-                       "post": {"fill_holes": "slice"}})
+    apply_request(
+        ss,
+        {
+            "method": "margin",
+            "source": "PTV",
+            "name": "PTV_aniso",
+            "margins": {"left_mm": 5, "right_mm": 10, "superior_mm": 10, "inferior_mm": 0},
+        },
+    )
+    apply_request(
+        ss,
+        {
+            "method": "ring",
+            "source": "PTV",
+            "name": "Ring",
+            "inner_mm": 5,
+            "outer_mm": 20,
+            "post": {"crop_to": "External"},
+        },
+    )
+    apply_request(
+        ss, {"method": "boolean", "operation": "subtraction", "a": ["Lung_L"], "b": ["PTV"], "name": "Lung_L-PTV"}
+    )
+    apply_request(
+        ss,
+        {
+            "method": "grow",
+            "seed_mm": [-75.0, -25.0, 0.0],
+            "window": [-1000, -400],
+            "name": "LungR_grown",
+            "post": {"fill_holes": "slice"},
+        },
+    )
     z = ss.grid.axis_mm("z")
     contours = [[[-20.0, -20.0, float(z[k])], [20.0, -20.0, float(z[k])], [0.0, 20.0, float(z[k])]] for k in (8, 16)]
     apply_request(ss, {"method": "interpolate", "name": "Wedge", "contours": contours})
@@ -79,12 +109,18 @@ def test_bad_requests_leave_structures_untouched(ss):
         ({"method": "grow", "seed_mm": [0, 0, 900], "window": [-100, 100], "name": "X"}, "outside the image"),
         ({"method": "grow", "seed_mm": [0, 0, 0], "window": [-2000, 4000], "name": "X"}, "leak"),
         ({"method": "grow", "seed_mm": [0, -60, 0], "window": [-100, 100], "name": "X"}, "% of the External"),
-        ({"method": "polygons", "name": "X", "contours": [[[0, 0, 2.5], [10, 10, 2.5], [10, 0, 2.5], [0, 10, 2.5]]]}, "crosses itself"),
+        (
+            {"method": "polygons", "name": "X", "contours": [[[0, 0, 2.5], [10, 10, 2.5], [10, 0, 2.5], [0, 10, 2.5]]]},
+            "crosses itself",
+        ),
         ({"method": "margin", "source": "CTV", "name": "CTV_shrunk", "margin_mm": 40, "contract": True}, "empty"),
         ({"method": "margin", "source": "CTV", "name": "External", "margin_mm": 5}, "already exists"),
         ({"method": "edit", "structure": "CTV", "action": "rename", "new_name": "External"}, "taken"),
         ({"method": "pet_threshold", "name": "X", "suv": 3}, "no PET"),
-        ({"method": "auto", "structures": ["lungs"], "config": {"lungs": {"min_volume_cc": 1e7}}}, "no air-like region"),
+        (
+            {"method": "auto", "structures": ["lungs"], "config": {"lungs": {"min_volume_cc": 1e7}}},
+            "no air-like region",
+        ),
     ]
     for req, msg in bad:
         with pytest.raises(InputError, match=msg):
@@ -102,10 +138,22 @@ def test_pet_threshold_request_and_frame_of_reference():
     ct.meta["frame_of_reference_uid"] = "1.2.3"
     x, y, z = (ct.grid.axis_mm(a) for a in "xyz")
     r = np.sqrt(x[None, None, :] ** 2 + (y[None, :, None] + 20) ** 2 + z[:, None, None] ** 2)
-    pet = Volume((1.0 + 7.0 * (r <= 15.0)).astype(np.float32), ct.grid, "SUV", {"modality": "PT", "frame_of_reference_uid": "1.2.3"})
+    pet = Volume(
+        (1.0 + 7.0 * (r <= 15.0)).astype(np.float32),
+        ct.grid,
+        "SUV",
+        {"modality": "PT", "frame_of_reference_uid": "1.2.3"},
+    )
     s = StructureSet(ct, images={"pet": pet})
-    out = apply_request(s, {"method": "pet_threshold", "name": "GTV_PET", "box_mm": {"min_mm": [-30, -50, -30], "max_mm": [30, 10, 30]},
-                            "percent_of_max": 40})
+    out = apply_request(
+        s,
+        {
+            "method": "pet_threshold",
+            "name": "GTV_PET",
+            "box_mm": {"min_mm": [-30, -50, -30], "max_mm": [30, 10, 30]},
+            "percent_of_max": 40,
+        },
+    )
     assert out[0].kind is StructureKind.target
     assert dice(s.mask("GTV_PET"), r <= 15.0) >= 0.95
     assert "SUVmax 8.00" in s.history[-1].notes[0]
@@ -134,9 +182,9 @@ def patient_dir(tmp_path):
 
 
 def _cli(args):
+    import rayrt.cli.commands  # noqa: F401
     from rayrt.cli import app as _  # noqa: F401  (registers commands)
     from rayrt.cli.app import run
-    import rayrt.cli.commands  # noqa: F401
 
     return run(args)
 
@@ -150,15 +198,54 @@ def test_cli_auto_margin_ring_chain(patient_dir, capsys):
     rt = d / "RTSTRUCT_rayrt.dcm"
     assert rt.is_file() and log_path_for(rt).is_file()
     # chain: grow a target, then expand it, then ring it; each continues from the previous output
-    assert _cli(["contour", "grow", str(d), "--seed", "75,-25,0", "--window", "-1000,-400", "--name", "GTV", "--kind", "target",
-                 "--box", "40,-60,-20,110,10,20"]) == 0
+    assert (
+        _cli(
+            [
+                "contour",
+                "grow",
+                str(d),
+                "--seed",
+                "75,-25,0",
+                "--window",
+                "-1000,-400",
+                "--name",
+                "GTV",
+                "--kind",
+                "target",
+                "--box",
+                "40,-60,-20,110,10,20",
+            ]
+        )
+        == 0
+    )
     assert _cli(["contour", "margin", str(d), "--from", "GTV", "--to", "PTV", "--mm", "5"]) == 0
-    assert _cli(["contour", "margin", str(d), "--from", "GTV", "--to", "PTV_dir", "--mm-dir", "left=10,superior=15"]) == 0
+    assert (
+        _cli(["contour", "margin", str(d), "--from", "GTV", "--to", "PTV_dir", "--mm-dir", "left=10,superior=15"]) == 0
+    )
     assert _cli(["contour", "margin", str(d), "--from", "GTV", "--to", "X", "--mm-dir", "up=3"]) == 2
     assert "unknown direction 'up'" in capsys.readouterr().err
     capsys.readouterr()
-    assert _cli(["contour", "ring", str(d), "--from", "PTV", "--to", "Ring", "--inner", "5", "--outer", "15", "--crop-to", "External",
-                 "--print-json"]) == 0
+    assert (
+        _cli(
+            [
+                "contour",
+                "ring",
+                str(d),
+                "--from",
+                "PTV",
+                "--to",
+                "Ring",
+                "--inner",
+                "5",
+                "--outer",
+                "15",
+                "--crop-to",
+                "External",
+                "--print-json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["rtstruct"].endswith("RTSTRUCT_rayrt.dcm") and [c["name"] for c in res["changed"]] == ["Ring"]
     from rayrt.imaging.study import load_study
@@ -191,7 +278,10 @@ def test_cli_manual_verbs_and_import(patient_dir, tmp_path_factory, capsys):
     from rayrt.imaging.study import load_study
 
     z = load_study(d).primary.grid.axis_mm("z")
-    poly = [[[-30.0, -30.0, float(z[k])], [30.0, -30.0, float(z[k])], [30.0, 30.0, float(z[k])], [-30.0, 30.0, float(z[k])]] for k in (6, 10)]
+    poly = [
+        [[-30.0, -30.0, float(z[k])], [30.0, -30.0, float(z[k])], [30.0, 30.0, float(z[k])], [-30.0, 30.0, float(z[k])]]
+        for k in (6, 10)
+    ]
     pfile = tmp_path_factory.mktemp("in") / "poly.json"
     pfile.write_text(json.dumps(poly))
     assert _cli(["contour", "interpolate", str(d), "--name", "Box", "--polygons", str(pfile)]) == 0
@@ -201,7 +291,12 @@ def test_cli_manual_verbs_and_import(patient_dir, tmp_path_factory, capsys):
     assert _cli(["contour", "interpolate", str(d), "--name", "GTV_drawn"]) == 0
     gtv = load_study(d).mask("GTV_drawn")
     assert np.array_equal(np.flatnonzero(gtv.any(axis=(1, 2))), np.arange(6, 11))
-    assert _cli(["contour", "boolean", str(d), "--op", "intersection", "--a", "Box", "--b", "TwoSlices", "--to", "Between"]) == 0
+    assert (
+        _cli(
+            ["contour", "boolean", str(d), "--op", "intersection", "--a", "Box", "--b", "TwoSlices", "--to", "Between"]
+        )
+        == 0
+    )
     assert _cli(["contour", "edit", str(d), "--structure", "TwoSlices", "--rename", "Drawn"]) == 0
     assert _cli(["contour", "edit", str(d), "--structure", "Drawn", "--colour", "10,20,30"]) == 0
     bow = [[[0.0, 0.0, float(z[8])], [20.0, 20.0, float(z[8])], [20.0, 0.0, float(z[8])], [0.0, 20.0, float(z[8])]]]

@@ -44,9 +44,14 @@ class Case:
 
 def plan_case(dose_grid_mm: float) -> Case:
     """The TG-119 phantom (6 mm CT), 5 beams, planned on the standard machine up to ``normalize``."""
-    req = PlanningRequest(gantry_deg=[0.0, 72.0, 144.0, 216.0, 288.0], dose_grid_mm=dose_grid_mm, fmo_iterations=100,
-                          dao_rounds=2, dao_iterations=30)
-    up_to_normalize = ["load", *PLANNING_STAGES[:PLANNING_STAGES.index("normalize") + 1]]
+    req = PlanningRequest(
+        gantry_deg=[0.0, 72.0, 144.0, 216.0, 288.0],
+        dose_grid_mm=dose_grid_mm,
+        fmo_iterations=100,
+        dao_rounds=2,
+        dao_iterations=30,
+    )
+    up_to_normalize = ["load", *PLANNING_STAGES[: PLANNING_STAGES.index("normalize") + 1]]
     res = run_recipe(tg119_phantom(6.0), tg119_order(), req, stages=up_to_normalize)
     return Case(study=res["study"], standard=res["standard_plan"], geometry=res["geometry"])
 
@@ -67,9 +72,14 @@ def _export(case: Case, results: list[ConversionResult]) -> PipelineResult:
     """The recipe's export stage on the standard plan and these conversions (no QA stage)."""
     masks = case.geometry.masks()
     converted = ConvertedPlans(plans=[machine_plan(r, case.standard, masks, machine=r.machine) for r in results])
-    artefacts = {"study": case.study, "order": case.standard.order,
-                 "planning": PlanningRequest(machines=[r.machine for r in results]), "standard_plan": case.standard,
-                 "geometry": case.geometry, "converted": converted}
+    artefacts = {
+        "study": case.study,
+        "order": case.standard.order,
+        "planning": PlanningRequest(machines=[r.machine for r in results]),
+        "standard_plan": case.standard,
+        "geometry": case.geometry,
+        "converted": converted,
+    }
     return run_stages(recipe(["export"]), artefacts)
 
 
@@ -145,17 +155,27 @@ def test_normalised_objective_gradient_matches_finite_differences():
     A = (rng.random((n_vox, n_seg)) * 0.02).astype(np.float32)
     ptv, oar = np.arange(0, 150), np.arange(150, 400)
     ref = rng.random(n_vox) * 50.0
-    terms = [(make_objective("squared_deviation", "PTV", ptv, 50.0), 10.0),
-             (make_objective("squared_overdose", "OAR", oar, 20.0), 3.0),
-             (make_objective("dose_mimicking", "OAR (mimic)", oar, 1.0, reference_gy=ref[oar], tolerance_gy=1.0), 5.0)]
+    terms = [
+        (make_objective("squared_deviation", "PTV", ptv, 50.0), 10.0),
+        (make_objective("squared_overdose", "OAR", oar, 20.0), 3.0),
+        (make_objective("dose_mimicking", "OAR (mimic)", oar, 1.0, reference_gy=ref[oar], tolerance_gy=1.0), 5.0),
+    ]
     m = rng.random(n_seg) * 100 + 50
     v, idx, w = metric_weights((A.astype(np.float64) @ m)[ptv], 95.0)
     assert v == pytest.approx(float(dose_at_volume((A.astype(np.float64) @ m)[ptv], 95.0)), rel=1e-5)
     f, g = normalised_objective(m, A, terms, 50.0, ptv, 95.0)
     assert normalised_objective(3.0 * m, A, terms, 50.0, ptv, 95.0)[0] == pytest.approx(f, rel=1e-4)
     h = 0.2  # MU ~ 100: float32 products round m at ~1e-5, far below the step
-    fd = np.array([(normalised_objective(m + h * e, A, terms, 50.0, ptv, 95.0)[0]
-                    - normalised_objective(m - h * e, A, terms, 50.0, ptv, 95.0)[0]) / (2 * h) for e in np.eye(n_seg)])
+    fd = np.array(
+        [
+            (
+                normalised_objective(m + h * e, A, terms, 50.0, ptv, 95.0)[0]
+                - normalised_objective(m - h * e, A, terms, 50.0, ptv, 95.0)[0]
+            )
+            / (2 * h)
+            for e in np.eye(n_seg)
+        ]
+    )
     np.testing.assert_allclose(g, fd, rtol=2e-2, atol=1e-3 * np.abs(fd).max())
 
 
@@ -176,8 +196,11 @@ def test_mu_refit_keeps_the_segments_and_normalises(small):
         leaves0 = {(tuple(s.x1_mm), tuple(s.x2_mm)) for s in b0.segments}
         # segments kept (some may be dropped)
         assert all((tuple(s.x1_mm), tuple(s.x2_mm)) in leaves0 for s in b1.segments)
-    assert any(abs(s1.mu - s0.mu) > 1e-3 * s0.mu
-               for b0, b1 in zip(p0.beams, p1.beams) for s0, s1 in zip(b0.segments, b1.segments))
+    assert any(
+        abs(s1.mu - s0.mu) > 1e-3 * s0.mu
+        for b0, b1 in zip(p0.beams, p1.beams)
+        for s0, s1 in zip(b0.segments, b1.segments)
+    )
     assert a1.released == (not a1.reasons)
 
 
@@ -218,8 +241,9 @@ def test_forced_qa_failure_is_regenerated_then_reported_failed(small):
     """An impossible QA criterion: every attempt fails, up to max_attempts; nothing is released, and
     the recipe's export stage writes no RTPLAN / RTDOSE for the machine (its summary says why)."""
     impossible = ObjectiveSpec(structure="Core", kind=ObjectiveKind.max_dose, dose_gy=0.1, hard=True)
-    r = convert_for_machine(small.standard, small.geometry, get_machine("standard_twin"),
-                            _opts(max_attempts=2, qa_criteria=[impossible]))
+    r = convert_for_machine(
+        small.standard, small.geometry, get_machine("standard_twin"), _opts(max_attempts=2, qa_criteria=[impossible])
+    )
     assert r.status == "failed" and not r.released and r.plan is None and r.dose_gy is None
     assert [a.mode for a in r.attempts] == ["reuse", "dose_only"] and not any(a.released for a in r.attempts)
     assert all(any("Core D2 <= 0.1 Gy" in x for x in a.reasons) for a in r.attempts)
@@ -309,21 +333,32 @@ def test_y_jaw_trim_of_wide_leaves_and_exact_fluence():
     beam = Beam(isocenter_mm=(0.0, 0.0, 0.0))
     bs = std.mlc.boundaries
     x1 = np.where((bs[:-1] >= -35) & (bs[1:] <= 40), -20.0, -1.0)  # standard: pairs -35..40 open
-    sseg = Segment(x1_mm=list(x1), x2_mm=list(np.where(x1 < -1, 20.0, -0.5)), jaw_x_mm=(-20.0, 20.0),
-                   jaw_y_mm=(-35.0, 40.0), mu=10.0)
+    sseg = Segment(
+        x1_mm=list(x1),
+        x2_mm=list(np.where(x1 < -1, 20.0, -0.5)),
+        jaw_x_mm=(-20.0, 20.0),
+        jaw_y_mm=(-35.0, 40.0),
+        mu=10.0,
+    )
     assert standard_field_y_mm(Beam(isocenter_mm=(0, 0, 0), segments=[sseg]), std) == (-35.0, 40.0)
     bg = beamlet_grid_for_field(beam, m, (-30.0, 30.0), (-50.0, 50.0), 5.0)
     tg = trimmed_beamlet_grid(bg, (-35.0, 40.0))
     assert tg.row_edges_mm[0] == -35.0 and tg.row_edges_mm[-1] == 40.0 and tg.num_bixels < bg.num_bixels
     b = m.mlc.boundaries
     op = (b[:-1] >= -40) & (b[1:] <= 40)
-    seg = Segment(x1_mm=list(np.where(op, -20.0, -2.5)), x2_mm=list(np.where(op, 20.0, 2.5)), jaw_x_mm=(-20.0, 20.0),
-                  jaw_y_mm=(-35.0, 40.0), mu=1.0)
+    seg = Segment(
+        x1_mm=list(np.where(op, -20.0, -2.5)),
+        x2_mm=list(np.where(op, 20.0, 2.5)),
+        jaw_x_mm=(-20.0, 20.0),
+        jaw_y_mm=(-35.0, 40.0),
+        mu=1.0,
+    )
     assert jaws_trim_leaves(Plan(machine=m.name, beams=[Beam(isocenter_mm=(0, 0, 0), segments=[seg])]), m)
     fine = np.arange(-50.0, 50.1, 5.0)
     cols = np.arange(-6, 6)
-    g5 = BeamletGrid(beam, m.name, 5.0, fine, np.repeat(np.arange(fine.size - 1), cols.size),
-                     np.tile(cols, fine.size - 1))
+    g5 = BeamletGrid(
+        beam, m.name, 5.0, fine, np.repeat(np.arange(fine.size - 1), cols.size), np.tile(cols, fine.size - 1)
+    )
     f = segments_fluence_on_bixels([seg], m, g5).reshape(fine.size - 1, cols.size)
     sc = float(m.beam.head_scatter_at(segment_equivalent_square_mm(seg, m)))
     centre = (cols >= -4) & (cols < 4)  # bixels wholly inside -20..20
@@ -331,8 +366,9 @@ def test_y_jaw_trim_of_wide_leaves_and_exact_fluence():
     assert np.allclose(f[row[-35.0], centre], sc)  # inside the Y jaw, on the trimmed pair: open
     assert np.allclose(f[row[-40.0], centre], sc * m.jaw_y.transmission)  # the same leaf pair, behind the Y jaw
     seg_b = seg.model_copy(update={"jaw_y_mm": (-40.0, 40.0)})  # jaws on leaf boundaries: both paths agree
-    np.testing.assert_allclose(segments_fluence_on_bixels([seg_b], m, bg), aperture_fluence(bg, [seg_b], m), rtol=1e-9,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        segments_fluence_on_bixels([seg_b], m, bg), aperture_fluence(bg, [seg_b], m), rtol=1e-9, atol=1e-12
+    )
 
 
 def test_export_and_rtplan_round_trip(small, tmp_path):
@@ -367,8 +403,13 @@ def test_export_and_rtplan_round_trip(small, tmp_path):
     assert imp.machine.name == "versahd_agility" and imp.plan.fractions == plan.fractions
     assert imp.plan.total_mu == pytest.approx(plan.total_mu, rel=1e-4)
     re = final_dose(imp.plan, setup.grids, setup.dij, agility).reshape(std.dose_grid.shape)
-    g = gamma_index(Volume(np.asarray(dose, np.float32), std.dose_grid), Volume(re.astype(np.float32), std.dose_grid),
-                    dose_pct=2.0, dta_mm=2.0, cutoff_pct=10.0)
+    g = gamma_index(
+        Volume(np.asarray(dose, np.float32), std.dose_grid),
+        Volume(re.astype(np.float32), std.dose_grid),
+        dose_pct=2.0,
+        dta_mm=2.0,
+        cutoff_pct=10.0,
+    )
     assert g.summary.pass_rate_pct >= 99.0
 
 
@@ -376,9 +417,11 @@ def test_conversion_settings_from_yaml(tmp_path):
     from rayrt.convert.policy import load_conversion_options
 
     p = tmp_path / "conversion.yaml"
-    p.write_text("mlc:\n  boundary_tolerance_mm: 0.05\nsource:\n  match_pass_rate_pct: 98.5\n"
-                 "  curves:\n    resolution_mm: 4\n"
-                 "conversion:\n  max_attempts: 5\n  mimic_weight: 50\n")
+    p.write_text(
+        "mlc:\n  boundary_tolerance_mm: 0.05\nsource:\n  match_pass_rate_pct: 98.5\n"
+        "  curves:\n    resolution_mm: 4\n"
+        "conversion:\n  max_attempts: 5\n  mimic_weight: 50\n"
+    )
     o = load_conversion_options(p)
     assert o.max_attempts == 5 and o.mimic_weight == 50
     assert o.source.match_pass_rate_pct == 98.5 and o.source.curves.resolution_mm == 4

@@ -33,7 +33,7 @@ def tg119_standard(tmp_path_factory):
     os.environ.setdefault("RAYRT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     req = PlanningRequest(num_beams=9, dose_grid_mm=5.0, fmo_iterations=200, dao_rounds=3)
     t = time.perf_counter()
-    up_to_normalize = ["load", *PLANNING_STAGES[:PLANNING_STAGES.index("normalize") + 1]]
+    up_to_normalize = ["load", *PLANNING_STAGES[: PLANNING_STAGES.index("normalize") + 1]]
     res = run_recipe(tg119_phantom(), tg119_order(), req, stages=up_to_normalize)
     return res["standard_plan"], res["geometry"], time.perf_counter() - t
 
@@ -47,15 +47,31 @@ def test_tg119_all_machines(tg119_standard):
     total = time.perf_counter() - t
     rows = {"standard_seconds": t_std, "convert_seconds": total, "standard_dvh": std.dvh, "machines": []}
     for r in results:
-        rows["machines"].append({"machine": r.machine, "status": r.status, "mode": r.mode,
-                                 "verdict": r.coincidence.verdict, "source": r.coincidence.source.verdict,
-                                 "source_score_pct": r.coincidence.source.score_pct,
-                                 "mlc": r.coincidence.mlc.verdict,
-                                 "attempts": [(x.mode, x.strength, x.released, x.gamma_vs_standard_pct,
-                                               x.dvh["PTV"].d95_gy if "PTV" in x.dvh else None,
-                                               x.dvh["Core"].d10_gy if "Core" in x.dvh else None, round(x.seconds, 1))
-                                              for x in r.attempts],
-                                 "reasons": r.reasons[:4], "seconds": r.seconds})
+        rows["machines"].append(
+            {
+                "machine": r.machine,
+                "status": r.status,
+                "mode": r.mode,
+                "verdict": r.coincidence.verdict,
+                "source": r.coincidence.source.verdict,
+                "source_score_pct": r.coincidence.source.score_pct,
+                "mlc": r.coincidence.mlc.verdict,
+                "attempts": [
+                    (
+                        x.mode,
+                        x.strength,
+                        x.released,
+                        x.gamma_vs_standard_pct,
+                        x.dvh["PTV"].d95_gy if "PTV" in x.dvh else None,
+                        x.dvh["Core"].d10_gy if "Core" in x.dvh else None,
+                        round(x.seconds, 1),
+                    )
+                    for x in r.attempts
+                ],
+                "reasons": r.reasons[:4],
+                "seconds": r.seconds,
+            }
+        )
     out = os.environ.get("RAYRT_CONVERT_RESULTS") or "/tmp/rayrt_convert_tg119.json"
     with open(out, "w") as f:
         json.dump(rows, f, indent=1, default=float)

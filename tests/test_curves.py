@@ -35,8 +35,9 @@ def machine():
 
 @pytest.fixture(scope="module")
 def curves(machine) -> CommissioningCurves:
-    return commissioning_curves(machine, fields_mm=(30.0, 100.0), depths_mm=("dmax", 100.0), slab=True,
-                                resolution_mm=4.0, max_depth_mm=250.0)
+    return commissioning_curves(
+        machine, fields_mm=(30.0, 100.0), depths_mm=("dmax", 100.0), slab=True, resolution_mm=4.0, max_depth_mm=250.0
+    )
 
 
 def test_refine_maximum_exact_on_parabola():
@@ -127,8 +128,15 @@ def test_beam_quality_in_published_6mv_ranges(curves):
 
 def test_shared_grids_and_json_round_trip(machine, curves):
     other = get_machine("versahd_agility") if "versahd_agility" in list_machines() else machine
-    c2 = commissioning_curves(other, fields_mm=(30.0, 100.0), depths_mm=("dmax", 100.0), slab=False, tpr=False,
-                              resolution_mm=4.0, max_depth_mm=250.0)
+    c2 = commissioning_curves(
+        other,
+        fields_mm=(30.0, 100.0),
+        depths_mm=("dmax", 100.0),
+        slab=False,
+        tpr=False,
+        resolution_mm=4.0,
+        max_depth_mm=250.0,
+    )
     assert c2.depths_mm == curves.depths_mm
     assert c2.positions_mm == curves.positions_mm
     back = CommissioningCurves.model_validate_json(curves.model_dump_json())
@@ -144,8 +152,9 @@ def test_matches_the_analytic_water_model(machine):
     """
     from rayrt.dose.pencil_beam import water_dose
 
-    c = commissioning_curves(machine, fields_mm=(30.0,), depths_mm=(100.0,), slab=False, tpr=False, resolution_mm=4.0,
-                             max_depth_mm=200.0)
+    c = commissioning_curves(
+        machine, fields_mm=(30.0,), depths_mm=(100.0,), slab=False, tpr=False, resolution_mm=4.0, max_depth_mm=200.0
+    )
     d = np.asarray(c.depths_mm)
     ana = water_dose(machine, 30.0, 30.0, d, 0.0, 0.0, ssd_mm=1000.0)
     vox = np.asarray(c.water.pdd(30.0).dose_pct) * c.water.pdd(30.0).dmax_gy_per_mu / 100.0
@@ -153,14 +162,17 @@ def test_matches_the_analytic_water_model(machine):
     assert np.max(np.abs(vox[sel] / ana[sel] - 1.0)) < 0.02
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"fields_mm": (0.0,)}, "outside 5..400"),
-    ({"fields_mm": (500.0,)}, "outside 5..400"),
-    ({"fields_mm": ()}, "at least one field"),
-    ({"resolution_mm": 0.01}, "resolution_mm"),
-    ({"depths_mm": ("deep",)}, "number \\(mm\\) or 'dmax'"),
-    ({"depths_mm": (-5.0,)}, "profile depths"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"fields_mm": (0.0,)}, "outside 5..400"),
+        ({"fields_mm": (500.0,)}, "outside 5..400"),
+        ({"fields_mm": ()}, "at least one field"),
+        ({"resolution_mm": 0.01}, "resolution_mm"),
+        ({"depths_mm": ("deep",)}, "number \\(mm\\) or 'dmax'"),
+        ({"depths_mm": (-5.0,)}, "profile depths"),
+    ],
+)
 def test_bad_arguments_raise_input_error(machine, kwargs, match):
     with pytest.raises(InputError, match=match):
         commissioning_curves(machine, **{"slab": False, "tpr": False, "resolution_mm": 5.0, **kwargs})

@@ -66,18 +66,28 @@ def test_aperture_gradient_matches_finite_differences(setup):
 def test_dao_improves_sequenced_plan_and_stays_deliverable(setup, interdigitation):
     case, p, fr = setup
     m = synthetic_machine(5.0, 60, interdigitation=interdigitation, min_gap_mm=1.0)
-    segs = [get_sequencer("sweep").sequence(lay.to_map(fr.w[sl]), lay, m, 8) for lay, sl in zip(case.layouts, case.beam_slices)]
+    segs = [
+        get_sequencer("sweep").sequence(lay.to_map(fr.w[sl]), lay, m, 8)
+        for lay, sl in zip(case.layouts, case.beam_slices)
+    ]
     start = [len(s) for s in segs]
     min_w = 20.0
-    res = optimize_apertures(p, case.layouts, segs, m, DAOOptions(outer_rounds=2, iterations_per_round=40, min_mu_weight=min_w))
+    res = optimize_apertures(
+        p, case.layouts, segs, m, DAOOptions(outer_rounds=2, iterations_per_round=40, min_mu_weight=min_w)
+    )
     assert res.objective < res.objective_start
     assert res.objective < 3.0 * fr.objective  # close to the fluence optimum despite 8 segments per beam
     assert all(len(a) <= b for a, b in zip(res.segments, start))
     for beam_segs in res.segments:
         for s in beam_segs:
             assert s.mu >= min_w - 1e-6
-    plan = Plan(machine=m.name, beams=[Beam(isocenter_mm=(0, 0, 0), segments=[s.model_copy(update={"mu": s.mu / 20}) for s in bs])
-                                       for bs in res.segments])
+    plan = Plan(
+        machine=m.name,
+        beams=[
+            Beam(isocenter_mm=(0, 0, 0), segments=[s.model_copy(update={"mu": s.mu / 20}) for s in bs])
+            for bs in res.segments
+        ],
+    )
     rep = check_plan(plan, m)
     assert rep.deliverable, [v.message for v in rep.violations]
     # the returned weights are the apertures' fluence (here recomputed without the leaf transmission)

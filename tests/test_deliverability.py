@@ -11,7 +11,9 @@ from rayrt.qa.deliverability import check_plan
 
 def _machine():
     m = synthetic_machine(5.0, 10, interdigitation=False, min_gap_mm=1.0, span_mm=100.0)
-    lim = m.limits.model_copy(update={"gantry": AngleRange(min_deg=0, max_deg=180), "max_segments_per_beam": 3, "max_mu_per_beam": 100.0})
+    lim = m.limits.model_copy(
+        update={"gantry": AngleRange(min_deg=0, max_deg=180), "max_segments_per_beam": 3, "max_mu_per_beam": 100.0}
+    )
     mlc = m.mlc.model_copy(update={"max_overtravel_mm": 50.0, "min_position_mm": -150.0, "max_position_mm": 150.0})
     return m.model_copy(update={"limits": lim, "mlc": mlc})
 

@@ -23,8 +23,16 @@ def test_planning_job_over_http(serve_app, small_study_dir, small_order, tmp_pat
     from rayrt.cli.planning_options import format_summary
 
     lines: list[str] = []
-    res = run_demo_job(serve_app, small_study_dir, small_order, ["truebeam_m120", "synergy_mlci2"], fast_planning, tmp_path / "out",
-                       timeout_s=600, echo=lines.append)
+    res = run_demo_job(
+        serve_app,
+        small_study_dir,
+        small_order,
+        ["truebeam_m120", "synergy_mlci2"],
+        fast_planning,
+        tmp_path / "out",
+        timeout_s=600,
+        echo=lines.append,
+    )
     job = res["job"]
     assert job["state"] == "succeeded", job
     states = {s["name"]: s["state"] for s in job["stages"]}
@@ -66,9 +74,14 @@ def test_planning_options_are_validated(serve_app, small_study_zip, small_order)
 
     with _client(serve_app) as c:
         pid = upload_patient(c, Path(small_study_zip))["id"]
-        r = c.post("/jobs", json={"patient_id": pid, "order": small_order, "machines": ["no_such_linac"], "options": {}})
+        r = c.post(
+            "/jobs", json={"patient_id": pid, "order": small_order, "machines": ["no_such_linac"], "options": {}}
+        )
         assert r.status_code == 422 and "no_such_linac" in r.json()["message"]
-        r = c.post("/jobs", json={"patient_id": pid, "order": small_order, "machines": ["truebeam_m120"], "options": {"num_beams": 0}})
+        r = c.post(
+            "/jobs",
+            json={"patient_id": pid, "order": small_order, "machines": ["truebeam_m120"], "options": {"num_beams": 0}},
+        )
         assert r.status_code == 422 and r.json()["field"] == "options.num_beams"
         r = c.post("/jobs", json={"patient_id": pid, "machines": ["truebeam_m120"], "options": {}})
         assert r.status_code == 422 and r.json()["field"] == "order"
@@ -80,14 +93,36 @@ def test_rayrt_demo_end_to_end(tmp_path):
     out = tmp_path / "demo-out"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    p = subprocess.run([str(Path(sys.executable).parent / "rayrt"), "demo", "--out", str(out), "--set", "num_beams=5", "--spacing-mm", "5"],
-                       capture_output=True, text=True, timeout=1200, env=env, cwd=Path(__file__).resolve().parents[1])
+    p = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "rayrt"),
+            "demo",
+            "--out",
+            str(out),
+            "--set",
+            "num_beams=5",
+            "--spacing-mm",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert [m["machine"] for m in summary["machines"]] == ["standard", "truebeam_m120", "versahd_agility", "synergy_mlci2"]
+    assert [m["machine"] for m in summary["machines"]] == [
+        "standard",
+        "truebeam_m120",
+        "versahd_agility",
+        "synergy_mlci2",
+    ]
     for m in summary["machines"]:  # every conversion ran (rayrt.convert); only released plans have DICOM RT
         released = m["verdict"] != "not released"
-        assert (out / f"RP_{m['machine']}.dcm").is_file() == released and (out / f"RD_{m['machine']}.dcm").is_file() == released
+        assert (out / f"RP_{m['machine']}.dcm").is_file() == released and (
+            out / f"RD_{m['machine']}.dcm"
+        ).is_file() == released
         assert (out / f"qa_{m['machine']}.json").is_file()
     assert (out / "RS.dcm").is_file() and (out / "dvh.csv").is_file()
     assert "plan quality vs the TG-119 goals" in p.stdout and "results in" in p.stdout

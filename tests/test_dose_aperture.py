@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from dose_helpers import leaf_gradient_vs_finite_differences
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.plan import Beam, Segment
@@ -13,15 +14,15 @@ from rayrt.dose.aperture import (
 )
 from rayrt.dose.dij import compute_dij
 from rayrt.dose.geometry import beamlet_grid_for_field
-from rayrt.machines import get_machine
 from rayrt.imaging.volume import Grid, Volume
-
-from dose_helpers import leaf_gradient_vs_finite_differences
+from rayrt.machines import get_machine
 
 
 def water(spacing=5.0):
     n = int(300 / spacing)
-    g = Grid(shape=(n, n, n), spacing_mm=(spacing,) * 3, origin_mm=(-150 + spacing / 2, spacing / 2, -150 + spacing / 2))
+    g = Grid(
+        shape=(n, n, n), spacing_mm=(spacing,) * 3, origin_mm=(-150 + spacing / 2, spacing / 2, -150 + spacing / 2)
+    )
     return Volume(np.ones(g.shape, np.float32), g, "relative_electron_density")
 
 
@@ -30,8 +31,13 @@ def rect_segment(machine, x=(-50.0, 50.0), y=(-50.0, 50.0), mu=1.0, jaws=True):
     inside = (c > y[0]) & (c < y[1])
     x1 = np.where(inside, x[0], 0.0)
     x2 = np.where(inside, x[1], 0.0)
-    return Segment(x1_mm=x1.tolist(), x2_mm=x2.tolist(), mu=mu,
-                   jaw_x_mm=tuple(x) if (jaws and machine.jaw_x) else None, jaw_y_mm=tuple(y) if (jaws and machine.jaw_y) else None)
+    return Segment(
+        x1_mm=x1.tolist(),
+        x2_mm=x2.tolist(),
+        mu=mu,
+        jaw_x_mm=tuple(x) if (jaws and machine.jaw_x) else None,
+        jaw_y_mm=tuple(y) if (jaws and machine.jaw_y) else None,
+    )
 
 
 BEAM = Beam(gantry_deg=0, isocenter_mm=(0.0, 100.0, 0.0))

@@ -7,15 +7,15 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from rayrt.domain.errors import InputError
-from rayrt.domain.plan import Beam
 import rayrt.machines as lib
 from rayrt.config import config_dir
+from rayrt.domain.errors import InputError
+from rayrt.domain.plan import Beam
 from rayrt.dose.dij import chunk_ranges, compute_dij, dose_grid_for, hstack_exact, plan_dij
 from rayrt.dose.geometry import beamlet_grid, beamlet_grid_for_field
-from rayrt.machines import get_machine
 from rayrt.dose.pencil_beam import pdd_metrics, penumbra_80_20
 from rayrt.imaging.volume import Grid, Volume
+from rayrt.machines import get_machine
 
 RHO = "relative_electron_density"
 
@@ -24,7 +24,11 @@ def water_box(surface_y=0.0, depth=300.0, half=150.0, spacing=5.0, slabs=()):
     """Water (density 1) for y in [surface_y, surface_y + depth], |x|, |z| <= half; slabs: (y0, y1, density)."""
     n_xz = int(round(2 * half / spacing))
     n_y = int(round(depth / spacing))
-    g = Grid(shape=(n_xz, n_y, n_xz), spacing_mm=(spacing,) * 3, origin_mm=(-half + spacing / 2, surface_y + spacing / 2, -half + spacing / 2))
+    g = Grid(
+        shape=(n_xz, n_y, n_xz),
+        spacing_mm=(spacing,) * 3,
+        origin_mm=(-half + spacing / 2, surface_y + spacing / 2, -half + spacing / 2),
+    )
     rho = np.ones(g.shape, np.float32)
     y = g.axis_mm("y")
     for y0, y1, d in slabs:
@@ -130,7 +134,10 @@ def test_chunking_is_bitwise_identical():
     tgt = np.zeros(rho.grid.shape, bool)
     xyz = rho.grid.voxel_centers_mm()
     tgt[np.all(np.abs(xyz - [0, 100, 0]) <= [30, 30, 20], axis=-1)] = True
-    for beam in (Beam(gantry_deg=0, isocenter_mm=(0, 100, 0)), Beam(gantry_deg=35, collimator_deg=20, couch_deg=10, isocenter_mm=(5, 90, -3))):
+    for beam in (
+        Beam(gantry_deg=0, isocenter_mm=(0, 100, 0)),
+        Beam(gantry_deg=35, collimator_deg=20, couch_deg=10, isocenter_mm=(5, 90, -3)),
+    ):
         bg = beamlet_grid(beam, m, tgt, rho.grid)
         full = compute_dij(rho, dg, bg, m)
         assert full.dtype == np.float32 and full.shape == (dg.num_voxels, bg.num_bixels) and full.nnz > 0
@@ -207,6 +214,8 @@ def test_pencil_beam_dose_matches_a_dij_column():
     dv = xyz[:, 2] * 1000.0 / s - bg.v_mm[0]
     # radiological depth along the fan line from the source: the oblique path below the surface y = 0
     path = xyz[:, 1] * np.linalg.norm(xyz - [0.0, -1000.0, 0.0], axis=1) / s
-    ref = pencil_beam_dose(m, path, s, du, dv, width_mm=5.0, height_mm=5.0, off_axis_u_mm=bg.u_mm[0], off_axis_v_mm=bg.v_mm[0])
+    ref = pencil_beam_dose(
+        m, path, s, du, dv, width_mm=5.0, height_mm=5.0, off_axis_u_mm=bg.u_mm[0], off_axis_v_mm=bg.v_mm[0]
+    )
     assert col.max() > 0
     assert np.allclose(col, ref, rtol=1e-5, atol=1e-6 * col.max())

@@ -7,9 +7,15 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.plan import Beam
 from rayrt.dose import _numba as nb
 from rayrt.dose.geometry import BeamGeometry, beamlet_grid, beamlet_grid_for_field
-from rayrt.machines import get_machine
-from rayrt.dose.phantom import DEFAULT_HU_DENSITY, bulk_density_phantom, computation_phantom, density_from_hu, load_hu_calibration
+from rayrt.dose.phantom import (
+    DEFAULT_HU_DENSITY,
+    bulk_density_phantom,
+    computation_phantom,
+    density_from_hu,
+    load_hu_calibration,
+)
 from rayrt.imaging.volume import Grid, Volume
+from rayrt.machines import get_machine
 
 
 def geo(g, c=0.0, t=0.0, iso=(0.0, 0.0, 0.0)):
@@ -59,7 +65,12 @@ def _box_target(grid, lo, hi):
 def test_beamlet_rows_are_leaf_pairs_and_cover_target():
     g = Grid(shape=(40, 40, 40), spacing_mm=(2.5, 2.5, 2.5), origin_mm=(-48.75, -48.75, -48.75))
     tgt = _box_target(g, (-20, -20, -12), (20, 20, 12))
-    for name, heights in [("truebeam_m120", {5.0}), ("truebeam_hd120", {2.5}), ("synergy_mlci2", {10.0}), ("halcyon", {5.0})]:
+    for name, heights in [
+        ("truebeam_m120", {5.0}),
+        ("truebeam_hd120", {2.5}),
+        ("synergy_mlci2", {10.0}),
+        ("halcyon", {5.0}),
+    ]:
         m = get_machine(name)
         bg = beamlet_grid(Beam(gantry_deg=0, isocenter_mm=(0, 0, 0)), m, tgt, g, bixel_width_mm=5.0, margin_mm=5.0)
         assert set(np.round(bg.height_mm, 6)) == heights
@@ -81,13 +92,17 @@ def test_beamlet_grid_refuses_unreachable_angles_and_empty_targets():
         beamlet_grid(Beam(gantry_deg=0, couch_deg=30, isocenter_mm=(0, 0, 0)), get_machine("halcyon"), tgt, g)
     with pytest.raises(InputError, match="empty"):
         beamlet_grid(Beam(gantry_deg=0, isocenter_mm=(0, 0, 0)), get_machine("standard"), np.zeros(g.shape, bool), g)
-    bg = beamlet_grid_for_field(Beam(gantry_deg=0, isocenter_mm=(0, 0, 0)), get_machine("standard"), (-50, 50), (-50, 50), 5.0)
+    bg = beamlet_grid_for_field(
+        Beam(gantry_deg=0, isocenter_mm=(0, 0, 0)), get_machine("standard"), (-50, 50), (-50, 50), 5.0
+    )
     assert bg.num_bixels == 400
 
 
 def _siddon(rho, grid, src, pts):
     axes = grid.direction_matrix * grid.spacing[None, :]
-    return nb.radiological_depths(rho.astype(np.float32), grid.origin, np.linalg.inv(axes), np.asarray(src, float), np.asarray(pts, float))
+    return nb.radiological_depths(
+        rho.astype(np.float32), grid.origin, np.linalg.inv(axes), np.asarray(src, float), np.asarray(pts, float)
+    )
 
 
 def test_siddon_exact_path_lengths():
@@ -123,7 +138,9 @@ def test_hu_density_and_overrides(tmp_path):
     ext[0, 0, 0] = False
     couch = np.zeros(g.shape, bool)
     couch[1, 1, 1] = True
-    ph = computation_phantom(hu, {"couch": couch}, {"couch": 0.5}, external_mask=ext, calibration=DEFAULT_HU_DENSITY).array
+    ph = computation_phantom(
+        hu, {"couch": couch}, {"couch": 0.5}, external_mask=ext, calibration=DEFAULT_HU_DENSITY
+    ).array
     assert ph[0, 0, 0] == 0 and ph[1, 1, 1] == pytest.approx(0.5) and ph[0, 0, 1] == pytest.approx(0.19)
     with pytest.raises(InputError, match="liver"):
         computation_phantom(hu, {"couch": couch}, {"liver": 1.05})

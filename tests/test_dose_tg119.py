@@ -8,9 +8,9 @@ import pytest
 
 from rayrt.domain.plan import Beam
 from rayrt.dose.dij import dose_grid_for, plan_dij
-from rayrt.machines import get_machine
 from rayrt.dose.phantom import computation_phantom
 from rayrt.imaging.volume import Volume
+from rayrt.machines import get_machine
 
 SHARED = Path(os.environ.get("RAYRT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 TG119 = SHARED / "data" / "phantoms" / "TG119.mat"
@@ -27,7 +27,9 @@ def tg119():
     st = load_mat_phantom(TG119)
     ct = st.images[st.primary_uid]
     masks = {s.structure.name: s.mask for s in st.structures}
-    rho = computation_phantom(Volume(ct.meta["relative_electron_density"], ct.grid, "relative_electron_density"), external_mask=masks["BODY"])
+    rho = computation_phantom(
+        Volume(ct.meta["relative_electron_density"], ct.grid, "relative_electron_density"), external_mask=masks["BODY"]
+    )
     return rho, masks
 
 

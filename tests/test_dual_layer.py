@@ -87,8 +87,9 @@ def _grids(machine, rng):
     g = beamlet_grid_for_field(BEAM, machine, (-35.0, 30.0), (-50.0, 50.0), 2.5)
     fine = np.unique(np.concatenate([[-50.0, 50.0], _q(rng.uniform(-50, 50, 14)), [-35.0, 35.0]]))
     cols = np.arange(-14, 12)
-    g2 = BeamletGrid(BEAM, machine.name, 2.5, fine, np.repeat(np.arange(fine.size - 1), cols.size),
-                     np.tile(cols, fine.size - 1))
+    g2 = BeamletGrid(
+        BEAM, machine.name, 2.5, fine, np.repeat(np.arange(fine.size - 1), cols.size), np.tile(cols, fine.size - 1)
+    )
     return [g, g2]
 
 
@@ -144,10 +145,17 @@ def test_aperture_grid_splits_rows_only_where_the_field_ends_inside_one():
     hs = halcyon_segment(rng)  # the proximal boundaries lie on the Halcyon's 5 mm rows: nothing to split
     gh = aperture_beamlet_grid(BEAM, [hs], hal)
     assert np.array_equal(gh.row_edges_mm, beamlet_grid_for_field(BEAM, hal, (0, 1), (0, 1)).row_edges_mm)
-    s = Segment(x1_mm=[-20.0] * std.mlc.num_pairs, x2_mm=[20.0] * std.mlc.num_pairs, jaw_x_mm=(-20.0, 20.0),
-                jaw_y_mm=(-20.0, 20.0), mu=1)
-    assert np.array_equal(aperture_beamlet_grid(BEAM, [s], std).row_edges_mm,
-                          beamlet_grid_for_field(BEAM, std, (0, 1), (0, 1)).row_edges_mm)
+    s = Segment(
+        x1_mm=[-20.0] * std.mlc.num_pairs,
+        x2_mm=[20.0] * std.mlc.num_pairs,
+        jaw_x_mm=(-20.0, 20.0),
+        jaw_y_mm=(-20.0, 20.0),
+        mu=1,
+    )
+    assert np.array_equal(
+        aperture_beamlet_grid(BEAM, [s], std).row_edges_mm,
+        beamlet_grid_for_field(BEAM, std, (0, 1), (0, 1)).row_edges_mm,
+    )
 
 
 def _half_max_edges(profile: np.ndarray, z: np.ndarray) -> tuple[float, float]:
@@ -191,9 +199,18 @@ def halcyon_plan() -> Plan:
     m = get_machine("halcyon")
     segs = [halcyon_segment(rng, mu=float(mu)) for mu in (12.5, 4.25)]
     segs.append(Segment(x1_mm=segs[0].x1_mm, x2_mm=segs[0].x2_mm, mu=3.0))  # distal layer only: proximal parked open
-    return Plan(machine=m.name, label="dual", patient_id="P1", fractions=5, prescription_gy=10.0, target="PTV",
-                beams=[Beam(name="G0", number=1, isocenter_mm=(0.0, 100.0, 0.0), segments=segs),
-                       Beam(name="G90", number=2, gantry_deg=90.0, isocenter_mm=(0.0, 100.0, 0.0), segments=segs[:1])])
+    return Plan(
+        machine=m.name,
+        label="dual",
+        patient_id="P1",
+        fractions=5,
+        prescription_gy=10.0,
+        target="PTV",
+        beams=[
+            Beam(name="G0", number=1, isocenter_mm=(0.0, 100.0, 0.0), segments=segs),
+            Beam(name="G90", number=2, gantry_deg=90.0, isocenter_mm=(0.0, 100.0, 0.0), segments=segs[:1]),
+        ],
+    )
 
 
 def test_rtplan_carries_both_layers_and_round_trips_exactly(tmp_path):
@@ -210,8 +227,10 @@ def test_rtplan_carries_both_layers_and_round_trips_exactly(tmp_path):
     for cp in ds.BeamSequence[0].ControlPointSequence:  # both layers in every control point
         assert [p.RTBeamLimitingDeviceType for p in cp.BeamLimitingDevicePositionSequence] == ["MLCX1", "MLCX2"]
     cp0 = ds.BeamSequence[0].ControlPointSequence[0]
-    pos = {p.RTBeamLimitingDeviceType: [float(v) for v in p.LeafJawPositions]
-           for p in cp0.BeamLimitingDevicePositionSequence}
+    pos = {
+        p.RTBeamLimitingDeviceType: [float(v) for v in p.LeafJawPositions]
+        for p in cp0.BeamLimitingDevicePositionSequence
+    }
     s0 = plan.beams[0].segments[0]
     assert pos["MLCX2"] == s0.x1_proximal_mm + s0.x2_proximal_mm and pos["MLCX1"] == s0.x1_mm + s0.x2_mm
     imp = read_rtplan(path, [get_machine(n) for n in ("standard", "synergy_mlci2", "halcyon")])
@@ -228,12 +247,14 @@ def test_rtplan_carries_both_layers_and_round_trips_exactly(tmp_path):
     # a single-layer (distal only) RTPLAN of the same machine still imports as before
     ds1 = pydicom.dcmread(path)
     for beam in ds1.BeamSequence:
-        beam.BeamLimitingDeviceSequence = [d for d in beam.BeamLimitingDeviceSequence
-                                           if d.RTBeamLimitingDeviceType == "MLCX1"]
+        beam.BeamLimitingDeviceSequence = [
+            d for d in beam.BeamLimitingDeviceSequence if d.RTBeamLimitingDeviceType == "MLCX1"
+        ]
         beam.BeamLimitingDeviceSequence[0].RTBeamLimitingDeviceType = "MLCX"
         for cp in beam.ControlPointSequence:
-            cp.BeamLimitingDevicePositionSequence = [p for p in cp.BeamLimitingDevicePositionSequence
-                                                     if p.RTBeamLimitingDeviceType == "MLCX1"]
+            cp.BeamLimitingDevicePositionSequence = [
+                p for p in cp.BeamLimitingDevicePositionSequence if p.RTBeamLimitingDeviceType == "MLCX1"
+            ]
             cp.BeamLimitingDevicePositionSequence[0].RTBeamLimitingDeviceType = "MLCX"
     seg1 = read_rtplan(ds1, [m]).plan.beams[0].segments[0]
     assert seg1.x1_mm == s0.x1_mm and seg1.x1_proximal_mm is None
@@ -255,8 +276,9 @@ def test_dual_layer_rtplan_with_its_structure_set_passes_dciodvfy(tmp_path):
     write_ct_series(ct, tmp_path / "ct", patient_id="P1", patient_name="Dual^Layer")
     body = np.ones(grid.shape, bool)
     body[:, :2] = body[:, -2:] = False
-    rs = write_rtstruct([StructureMask(Structure(name="BODY", kind=StructureKind.external), body)], ct,
-                        tmp_path / "rs.dcm")
+    rs = write_rtstruct(
+        [StructureMask(Structure(name="BODY", kind=StructureKind.external), body)], ct, tmp_path / "rs.dcm"
+    )
     ssref = StructureSetRef.from_file(rs)
     plan = halcyon_plan()
     plan.frame_of_reference_uid = ssref.frame_of_reference_uid

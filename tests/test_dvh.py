@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rayrt.imaging.volume import Grid, Volume
-from rayrt.qa.dvh import (cumulative_dvh, dose_at_volume, dvh_metrics, structure_dvh_metrics, volume_at_dose)
+from rayrt.qa.dvh import cumulative_dvh, dose_at_volume, dvh_metrics, structure_dvh_metrics, volume_at_dose
 
 
 def test_uniform_dose():

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from rayrt.domain.errors import InputError
-from rayrt.machines import load_machine
 from rayrt.dose.fit import (
     FIT_PARAMETERS,
     MeasuredData,
@@ -23,7 +22,7 @@ from rayrt.dose.fit import (
     write_pdd_csv,
     write_profiles_csv,
 )
-from rayrt.machines import get_machine, list_machines
+from rayrt.machines import get_machine, list_machines, load_machine
 
 MACHINE = "truebeam_m120"
 RES_MM = 5.0
@@ -51,7 +50,9 @@ def test_pdd_csv_header_variants_units_and_normalisation(tmp_path):
     assert pdd.depths_mm == pytest.approx([5, 15, 50, 100, 200])
     assert max(pdd.dose_pct) == pytest.approx(100.0)
     # whitespace-separated, readings in nC, field in cm, two fields in one file
-    text = "depth_mm  reading  field_cm\n" + "\n".join(f"{d} {2 * v} {f}" for f in (5, 10) for d, v in [(5, 40), (15, 50), (50, 45), (100, 33), (200, 19)])
+    text = "depth_mm  reading  field_cm\n" + "\n".join(
+        f"{d} {2 * v} {f}" for f in (5, 10) for d, v in [(5, 40), (15, 50), (50, 45), (100, 33), (200, 19)]
+    )
     pdds = read_pdd_csv(_write(tmp_path, "pdd2.txt", text))
     assert [p.field_mm for p in pdds] == [50.0, 100.0]
     assert pdds[0].dose_pct[1] == pytest.approx(100.0)
@@ -70,18 +71,21 @@ def test_profile_csv_normalised_on_the_axis(tmp_path):
     assert prof.positions_mm[0] == -80.0
 
 
-@pytest.mark.parametrize("name, text, match", [
-    ("empty.csv", "# nothing\n", "empty"),
-    ("nohdr.csv", "depth_mm,dose\n", "no data rows"),
-    ("cols.csv", "depth_mm,foo\n5,1\n10,2\n", "no column for dose"),
-    ("nan.csv", "depth_mm,dose\n5,1\n10,x\n15,3\n20,2\n25,1\n", "not a number"),
-    ("neg.csv", "depth_mm,dose\n5,1\n10,-2\n15,3\n20,2\n25,1\n", "negative dose"),
-    ("few.csv", "depth_mm,dose\n5,1\n10,2\n15,3\n", "at least 5"),
-    ("dup.csv", "depth_mm,dose\n5,1\n5,2\n15,3\n20,2\n25,1\n", "repeats a depth"),
-    ("deep.csv", "depth_mm,dose\n5,1\n10,2\n15,3\n20,2\n2500,1\n", "0..400 mm"),
-    ("inf.csv", "depth_mm,dose\n5,1\n10,inf\n15,3\n20,2\n25,1\n", "non-finite"),
-    ("short.csv", "depth_mm,dose\n5,1\n10\n15,3\n20,2\n25,1\n", "missing"),
-])
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("empty.csv", "# nothing\n", "empty"),
+        ("nohdr.csv", "depth_mm,dose\n", "no data rows"),
+        ("cols.csv", "depth_mm,foo\n5,1\n10,2\n", "no column for dose"),
+        ("nan.csv", "depth_mm,dose\n5,1\n10,x\n15,3\n20,2\n25,1\n", "not a number"),
+        ("neg.csv", "depth_mm,dose\n5,1\n10,-2\n15,3\n20,2\n25,1\n", "negative dose"),
+        ("few.csv", "depth_mm,dose\n5,1\n10,2\n15,3\n", "at least 5"),
+        ("dup.csv", "depth_mm,dose\n5,1\n5,2\n15,3\n20,2\n25,1\n", "repeats a depth"),
+        ("deep.csv", "depth_mm,dose\n5,1\n10,2\n15,3\n20,2\n2500,1\n", "0..400 mm"),
+        ("inf.csv", "depth_mm,dose\n5,1\n10,inf\n15,3\n20,2\n25,1\n", "non-finite"),
+        ("short.csv", "depth_mm,dose\n5,1\n10\n15,3\n20,2\n25,1\n", "missing"),
+    ],
+)
 def test_bad_pdd_files_raise_input_error(tmp_path, name, text, match):
     with pytest.raises(InputError, match=match):
         read_pdd_csv(_write(tmp_path, name, text))
@@ -114,17 +118,36 @@ def test_machine_with_scales_the_named_parameters(base):
     assert m.beam.betas_per_mm == base.beam.betas_per_mm
     with pytest.raises(InputError, match="unknown fit parameter"):
         machine_with(base, {"colour": 2.0})
-    assert set(FIT_PARAMETERS) == {"attenuation_per_mm", "betas_per_mm", "source_sigma_mm", "horn_scale", "scatter_scale"}
+    assert set(FIT_PARAMETERS) == {
+        "attenuation_per_mm",
+        "betas_per_mm",
+        "source_sigma_mm",
+        "horn_scale",
+        "scatter_scale",
+    }
 
 
 def test_fit_recovers_perturbed_parameters(base, tmp_path):
     """Curves of a machine with perturbed parameters, written as CSV, fitted from the base machine."""
-    truth = {"attenuation_per_mm": 1.06, "betas_per_mm": 0.85, "source_sigma_mm": 1.4, "horn_scale": 1.5, "scatter_scale": 1.1}
+    truth = {
+        "attenuation_per_mm": 1.06,
+        "betas_per_mm": 0.85,
+        "source_sigma_mm": 1.4,
+        "horn_scale": 1.5,
+        "scatter_scale": 1.1,
+    }
     perturbed = machine_with(base, truth, name="perturbed")
     from rayrt.dose.curves import commissioning_curves
 
-    c = commissioning_curves(perturbed, fields_mm=(40.0, 100.0), depths_mm=(50.0, 150.0), slab=False, tpr=False,
-                             resolution_mm=RES_MM, max_depth_mm=250.0)
+    c = commissioning_curves(
+        perturbed,
+        fields_mm=(40.0, 100.0),
+        depths_mm=(50.0, 150.0),
+        slab=False,
+        tpr=False,
+        resolution_mm=RES_MM,
+        max_depth_mm=250.0,
+    )
     meas = curves_as_measurements(c)
     pdd_csv = write_pdd_csv(tmp_path / "pdd.csv", meas.pdds)
     prof_csv = write_profiles_csv(tmp_path / "prof.csv", meas.profiles)
@@ -155,8 +178,15 @@ def test_fit_pdd_only_keeps_profile_parameters(base):
     from rayrt.dose.curves import commissioning_curves
 
     perturbed = machine_with(base, {"attenuation_per_mm": 0.95})
-    c = commissioning_curves(perturbed, fields_mm=(100.0,), depths_mm=(100.0,), slab=False, tpr=False, resolution_mm=RES_MM,
-                             max_depth_mm=250.0)
+    c = commissioning_curves(
+        perturbed,
+        fields_mm=(100.0,),
+        depths_mm=(100.0,),
+        slab=False,
+        tpr=False,
+        resolution_mm=RES_MM,
+        max_depth_mm=250.0,
+    )
     meas = MeasuredData(pdds=curves_as_measurements(c).pdds)
     result = fit_machine(base, meas, resolution_mm=RES_MM, max_evaluations=30)
     assert {p.name for p in result.report.parameters}.isdisjoint({"source_sigma_mm", "horn_scale"})

@@ -161,8 +161,8 @@ def _write_rtdose(path, dose_gy: np.ndarray, grid: Grid) -> None:
 
 
 def test_cli_gamma_npy_and_rtdose(tmp_path, capsys):
-    from rayrt.cli.app import run
     import rayrt.cli  # noqa: F401  (registers commands)
+    from rayrt.cli.app import run
 
     g = Grid(shape=(4, 12, 16), spacing_mm=(2.0, 2.0, 3.0), origin_mm=(-15.0, -11.0, -4.5))
     ref = _ramp(g, 0.05, 2.0)
@@ -179,7 +179,9 @@ def test_cli_gamma_npy_and_rtdose(tmp_path, capsys):
     direct = gamma_index(Volume(ref, g), Volume(ev, g)).summary
     assert out["pass_rate_pct"] == pytest.approx(direct.pass_rate_pct, abs=0.5)
     assert 0 < out["pass_rate_pct"] < 100
-    assert run(["gamma", str(tmp_path / "ref.npy"), str(tmp_path / "dose.npy"), "--local", "--dd", "3", "--dta", "2"]) == 0
+    assert (
+        run(["gamma", str(tmp_path / "ref.npy"), str(tmp_path / "dose.npy"), "--local", "--dd", "3", "--dta", "2"]) == 0
+    )
     text = capsys.readouterr().out
     local = gamma_index(Volume(ref, g), Volume(ev, g), local=True).summary
     assert f"pass rate        : {local.pass_rate_pct:.2f} %" in text
@@ -194,8 +196,9 @@ def test_cli_gamma_npy_and_rtdose(tmp_path, capsys):
 def test_shifted_grid_fast_path_agrees_with_the_general_kernel(monkeypatch):
     """The evaluated grid = the reference grid shifted by a fraction of a voxel: one shared
     interpolation table (fast path) gives the same gamma as locating every point on the fly."""
-    import rayrt.qa.gamma as gm
     from scipy.ndimage import gaussian_filter
+
+    import rayrt.qa.gamma as gm
 
     rng = np.random.default_rng(5)
     gr = Grid(shape=(8, 16, 16), spacing_mm=(2.5, 2.5, 2.5), origin_mm=(-18.75, -18.75, -8.75))
@@ -213,6 +216,8 @@ def test_shifted_grid_fast_path_agrees_with_the_general_kernel(monkeypatch):
     off_kji = np.ascontiguousarray(((off * 2.0) @ ge.direction_matrix / ge.spacing)[:, ::-1])
     out = np.empty(base.shape[0])
     inv = np.full(base.shape[0], 1.0 / (0.02 * ref.max()))
-    shifted_general(np.ascontiguousarray(base), np.ascontiguousarray(ref.ravel()), inv, np.ascontiguousarray(ev), off_kji, d2, out)
+    shifted_general(
+        np.ascontiguousarray(base), np.ascontiguousarray(ref.ravel()), inv, np.ascontiguousarray(ev), off_kji, d2, out
+    )
     assert np.allclose(fast.gamma.ravel(), out, atol=1e-5)
     assert 0 < fast.summary.pass_rate_pct < 100

@@ -40,8 +40,22 @@ def _save(ds: Dataset, path: Path, sop_class: str) -> Path:
     return path
 
 
-def hand_image(path: Path, modality: str, pixels: np.ndarray, ipp, *, iop=(1, 0, 0, 0, 1, 0), ps=(1.0, 1.0), slope=1.0,
-               intercept=0.0, series_uid: str, study_uid: str, for_uid: str, patient_id="P1", **extra) -> Path:
+def hand_image(
+    path: Path,
+    modality: str,
+    pixels: np.ndarray,
+    ipp,
+    *,
+    iop=(1, 0, 0, 0, 1, 0),
+    ps=(1.0, 1.0),
+    slope=1.0,
+    intercept=0.0,
+    series_uid: str,
+    study_uid: str,
+    for_uid: str,
+    patient_id="P1",
+    **extra,
+) -> Path:
     ds = Dataset()
     ds.SOPInstanceUID = generate_uid()
     ds.PatientID = patient_id
@@ -70,16 +84,38 @@ def hand_image(path: Path, modality: str, pixels: np.ndarray, ipp, *, iop=(1, 0,
     return _save(ds, path, sop)
 
 
-def hand_series(folder: Path, modality="CT", n=4, shape=(6, 7), dz=2.0, *, z_list=None, iop=(1, 0, 0, 0, 1, 0), for_uid=None,
-                tilt_mm_per_slice=0.0, **kw) -> tuple[list[Path], str]:
+def hand_series(
+    folder: Path,
+    modality="CT",
+    n=4,
+    shape=(6, 7),
+    dz=2.0,
+    *,
+    z_list=None,
+    iop=(1, 0, 0, 0, 1, 0),
+    for_uid=None,
+    tilt_mm_per_slice=0.0,
+    **kw,
+) -> tuple[list[Path], str]:
     series_uid, study_uid = generate_uid(), generate_uid()
     for_uid = for_uid or generate_uid()
     zs = z_list if z_list is not None else [k * dz for k in range(n)]
     paths = []
     for k, z in enumerate(zs):
         px = (np.arange(shape[0] * shape[1]).reshape(shape) + 100 * k).astype(np.int16)
-        paths.append(hand_image(folder / f"{modality}_{generate_uid()[-8:]}.dcm", modality, px, (-3.0 + tilt_mm_per_slice * k, -2.0, z),
-                                iop=iop, series_uid=series_uid, study_uid=study_uid, for_uid=for_uid, **kw))
+        paths.append(
+            hand_image(
+                folder / f"{modality}_{generate_uid()[-8:]}.dcm",
+                modality,
+                px,
+                (-3.0 + tilt_mm_per_slice * k, -2.0, z),
+                iop=iop,
+                series_uid=series_uid,
+                study_uid=study_uid,
+                for_uid=for_uid,
+                **kw,
+            )
+        )
     return paths, for_uid
 
 
@@ -87,7 +123,9 @@ def _square(x0, y0, x1, y1, z):
     return [x0, y0, z, x1, y0, z, x1, y1, z, x0, y1, z]
 
 
-def hand_rtstruct(path: Path, for_uid: str, rois: dict[str, list[list[float]]], *, study_uid=None, patient_id="P1") -> Path:
+def hand_rtstruct(
+    path: Path, for_uid: str, rois: dict[str, list[list[float]]], *, study_uid=None, patient_id="P1"
+) -> Path:
     ds = Dataset()
     ds.SOPInstanceUID = generate_uid()
     ds.PatientID = patient_id
@@ -209,8 +247,16 @@ def test_sagittal_mr_orientation(tmp_path):
     series_uid, study_uid, for_uid = generate_uid(), generate_uid(), generate_uid()
     for x in (0.0, 2.0, 4.0):
         px = np.full((5, 6), int(x), np.int16)
-        hand_image(tmp_path / f"mr{x:.0f}.dcm", "MR", px, (x, -10.0, 50.0), iop=(0, 1, 0, 0, 0, -1), series_uid=series_uid,
-                   study_uid=study_uid, for_uid=for_uid)
+        hand_image(
+            tmp_path / f"mr{x:.0f}.dcm",
+            "MR",
+            px,
+            (x, -10.0, 50.0),
+            iop=(0, 1, 0, 0, 0, -1),
+            series_uid=series_uid,
+            study_uid=study_uid,
+            for_uid=for_uid,
+        )
     v = load_study(tmp_path).primary
     assert np.allclose(v.grid.direction_matrix, [[0, 0, -1], [1, 0, 0], [0, -1, 0]])
     assert v.grid.origin_mm == pytest.approx((4.0, -10.0, 50.0))
@@ -235,8 +281,15 @@ def test_pet_series_in_suv(tmp_path):
     info.RadionuclideTotalDose = 370e6
     info.RadionuclideHalfLife = 6586.2
     info.RadiopharmaceuticalStartTime = "100000"
-    hand_series(tmp_path, "PT", n=3, Units="BQML", PatientWeight=70.0, SeriesTime="110000",
-                RadiopharmaceuticalInformationSequence=Sequence([info]))
+    hand_series(
+        tmp_path,
+        "PT",
+        n=3,
+        Units="BQML",
+        PatientWeight=70.0,
+        SeriesTime="110000",
+        RadiopharmaceuticalInformationSequence=Sequence([info]),
+    )
     st = load_study(tmp_path)
     v = st.primary
     assert v.quantity == "SUV"
@@ -267,7 +320,16 @@ def test_mixed_orientations_are_refused(tmp_path):
     series_uid, study_uid, for_uid = generate_uid(), generate_uid(), generate_uid()
     px = np.zeros((4, 4), np.int16)
     hand_image(tmp_path / "a.dcm", "CT", px, (0, 0, 0), series_uid=series_uid, study_uid=study_uid, for_uid=for_uid)
-    hand_image(tmp_path / "b.dcm", "CT", px, (0, 0, 2), iop=(0, 1, 0, 1, 0, 0), series_uid=series_uid, study_uid=study_uid, for_uid=for_uid)
+    hand_image(
+        tmp_path / "b.dcm",
+        "CT",
+        px,
+        (0, 0, 2),
+        iop=(0, 1, 0, 1, 0, 0),
+        series_uid=series_uid,
+        study_uid=study_uid,
+        for_uid=for_uid,
+    )
     with pytest.raises(InputError, match="mixes 2 slice orientations"):
         load_study(tmp_path)
 
@@ -296,7 +358,8 @@ def test_hand_built_rtstruct_hole_two_contours_and_between_planes(tmp_path):
     for_uid = vol.meta["frame_of_reference_uid"]
     rois = {
         # ring: outer 18 x 18 with a 4 x 4 hole on slices z = 2 and 4 mm (k = 1, 2)
-        "Ring": [_square(2.5, 2.5, 20.5, 20.5, z) for z in (2.0, 4.0)] + [_square(6.5, 6.5, 10.5, 10.5, z) for z in (2.0, 4.0)],
+        "Ring": [_square(2.5, 2.5, 20.5, 20.5, z) for z in (2.0, 4.0)]
+        + [_square(6.5, 6.5, 10.5, 10.5, z) for z in (2.0, 4.0)],
         # two islands on the same slice z = 6 mm (k = 3)
         "Two": [_square(22.5, 22.5, 25.5, 25.5, 6.0), _square(30.5, 30.5, 35.5, 32.5, 6.0)],
         # contours between image planes at z = 5 and 7 mm: slab [4, 8) -> slices k = 2, 3
@@ -322,8 +385,10 @@ def test_rtstruct_round_trip_dice(tmp_path):
     c = vol.grid.voxel_centers_mm()
     r = np.hypot(c[..., 0], c[..., 1])
     ring[(r < 18) & (r > 8) & (np.abs(c[..., 2]) < 8)] = True
-    structs = [StructureMask(Structure(name="Blob", kind=StructureKind.organ), blob),
-               StructureMask(Structure(name="PTV ring", kind=StructureKind.target, colour=(1, 2, 3)), ring)]
+    structs = [
+        StructureMask(Structure(name="Blob", kind=StructureKind.organ), blob),
+        StructureMask(Structure(name="PTV ring", kind=StructureKind.target, colour=(1, 2, 3)), ring),
+    ]
     write_rtstruct(structs, vol, tmp_path / "RS.dcm")
     st = load_study(tmp_path)
     assert st.primary.grid.same_geometry(vol.grid)
@@ -385,7 +450,9 @@ def test_hand_built_multiframe_rtdose(tmp_path, layout):
         gfov, ipp, expect = [z0, z0 + 2.5, z0 + 5.0], (10.0, 20.0, z0), frames
     else:  # frames stored from superior to inferior
         gfov, ipp, expect = [0.0, -2.5, -5.0], (10.0, 20.0, z0 + 5.0), frames[::-1]
-    d = read_rtdose(_hand_rtdose(tmp_path / "RD.dcm", frames, gfov=gfov, ipp=ipp, scaling=0.002, for_uid=generate_uid()))
+    d = read_rtdose(
+        _hand_rtdose(tmp_path / "RD.dcm", frames, gfov=gfov, ipp=ipp, scaling=0.002, for_uid=generate_uid())
+    )
     assert d.quantity == "dose_gy" and d.grid.shape == (3, 4, 5)
     assert d.grid.spacing_mm == pytest.approx((3.0, 2.0, 2.5))
     assert d.grid.origin_mm == pytest.approx((10.0, 20.0, z0))
@@ -398,8 +465,15 @@ def test_write_rtdose_round_trip(tmp_path, bits):
     rng = np.random.default_rng(2)
     dose = Volume(rng.uniform(0, 62.0, g.shape).astype(np.float32), g, "dose_gy")
     plan_uid = generate_uid()
-    p = write_rtdose(dose, tmp_path / "RD.dcm", frame_of_reference_uid="1.2.3", study_uid="1.2.4", patient_id="P1",
-                     referenced_plan_uid=plan_uid, bits=bits)
+    p = write_rtdose(
+        dose,
+        tmp_path / "RD.dcm",
+        frame_of_reference_uid="1.2.3",
+        study_uid="1.2.4",
+        patient_id="P1",
+        referenced_plan_uid=plan_uid,
+        bits=bits,
+    )
     back = read_rtdose(p)
     assert back.grid.same_geometry(g)
     tol = 62.0 / (2**bits - 1)
@@ -410,8 +484,13 @@ def test_write_rtdose_round_trip(tmp_path, bits):
 def test_rtdose_on_another_frame_of_reference_is_refused(tmp_path):
     vol = _written_ct(tmp_path)
     dose = Volume(np.ones(vol.grid.shape, np.float32), vol.grid, "dose_gy")
-    write_rtdose(dose, tmp_path / "RD.dcm", frame_of_reference_uid=generate_uid(), study_uid=vol.meta["study_instance_uid"],
-                 patient_id="P1")
+    write_rtdose(
+        dose,
+        tmp_path / "RD.dcm",
+        frame_of_reference_uid=generate_uid(),
+        study_uid=vol.meta["study_instance_uid"],
+        patient_id="P1",
+    )
     with pytest.raises(InputError, match="frame of reference"):
         load_study(tmp_path)
 
@@ -420,9 +499,17 @@ def test_write_study_round_trip_with_dose(tmp_path):
     vol = _written_ct(tmp_path / "src")
     mask = np.zeros(vol.grid.shape, bool)
     mask[1:4, 5:20, 8:30] = True
-    study = Study(patient_id="P1", patient_name="X", study_instance_uid=None, frame_of_reference_uid=None, series=[],
-                  images={"s": vol}, primary_uid="s", structures=[StructureMask(Structure(name="Box"), mask)],
-                  doses=[Volume(np.full(vol.grid.shape, 2.0, np.float32), vol.grid, "dose_gy")])
+    study = Study(
+        patient_id="P1",
+        patient_name="X",
+        study_instance_uid=None,
+        frame_of_reference_uid=None,
+        series=[],
+        images={"s": vol},
+        primary_uid="s",
+        structures=[StructureMask(Structure(name="Box"), mask)],
+        doses=[Volume(np.full(vol.grid.shape, 2.0, np.float32), vol.grid, "dose_gy")],
+    )
     out = write_study(study, tmp_path / "out")
     assert len(out["ct"]) == 6 and len(out["rtstruct"]) == 1 and len(out["rtdose"]) == 1
     back = load_study(tmp_path / "out")
@@ -465,7 +552,7 @@ def test_zip_symlink_and_bomb_are_refused(tmp_path):
     zp = tmp_path / "link.zip"
     with zipfile.ZipFile(zp, "w") as zf:
         info = zipfile.ZipInfo("link")
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(InputError, match="symbolic link"):
         safe_extract_zip(zp, tmp_path / "o1")
@@ -515,8 +602,13 @@ def test_cli_inspect_and_dvh(tmp_path, capsys):
     write_rtstruct([StructureMask(Structure(name="Box", kind=StructureKind.target), mask)], vol, tmp_path / "RS.dcm")
     x = vol.grid.voxel_centers_mm()[..., 0]
     dose = Volume((1.0 + 0.1 * x).astype(np.float32), vol.grid, "dose_gy")
-    write_rtdose(dose, tmp_path / "RD.dcm", frame_of_reference_uid=vol.meta["frame_of_reference_uid"],
-                 study_uid=vol.meta["study_instance_uid"], patient_id="P1")
+    write_rtdose(
+        dose,
+        tmp_path / "RD.dcm",
+        frame_of_reference_uid=vol.meta["frame_of_reference_uid"],
+        study_uid=vol.meta["study_instance_uid"],
+        patient_id="P1",
+    )
     code, out, err = _run_cli(["inspect", str(tmp_path), "--json"], capsys)
     assert code == 0, err
     rep = json.loads(out)
@@ -539,11 +631,15 @@ def test_cli_inspect_and_dvh(tmp_path, capsys):
     assert rows[0]["mean_gy"] == pytest.approx(2.45, abs=1e-3) and rows[0]["d50_gy"] == pytest.approx(2.45, abs=1e-3)
     for key in ("d2_gy", "d5_gy", "d95_gy", "d98_gy"):
         assert key in rows[0]
-    code, out, err = _run_cli(["dvh", "--rtstruct", str(tmp_path / "RS.dcm"), "--rtdose", str(tmp_path / "RD.dcm")], capsys)
+    code, out, err = _run_cli(
+        ["dvh", "--rtstruct", str(tmp_path / "RS.dcm"), "--rtdose", str(tmp_path / "RD.dcm")], capsys
+    )
     assert code == 0 and "Box" in out
     # mismatched frame of reference between the RTSTRUCT and the RTDOSE
     write_rtdose(dose, tmp_path / "RD2.dcm", frame_of_reference_uid=generate_uid(), study_uid="1.2.3")
-    code, out, err = _run_cli(["dvh", "--rtstruct", str(tmp_path / "RS.dcm"), "--rtdose", str(tmp_path / "RD2.dcm")], capsys)
+    code, out, err = _run_cli(
+        ["dvh", "--rtstruct", str(tmp_path / "RS.dcm"), "--rtdose", str(tmp_path / "RD2.dcm")], capsys
+    )
     assert code == 2 and "frame of reference" in err
 
 
@@ -576,8 +672,16 @@ def test_inspect_lists_plans_and_contours_and_zip_keeps_plan_files(tmp_path, cap
     code, out, err = _run_cli(["inspect", str(tmp_path / "d"), "--json"], capsys)
     assert code == 0, err
     rep = json.loads(out)
-    assert rep["plans"] == [{"file": "RP.dcm", "label": "TEST", "num_beams": 2, "fractions": 25, "machines": ["TrueBeam1"],
-                             "sop_instance_uid": ds.SOPInstanceUID}]
+    assert rep["plans"] == [
+        {
+            "file": "RP.dcm",
+            "label": "TEST",
+            "num_beams": 2,
+            "fractions": 25,
+            "machines": ["TrueBeam1"],
+            "sop_instance_uid": ds.SOPInstanceUID,
+        }
+    ]
     assert rep["structures"][0]["num_contours"] == 4
     code, out, err = _run_cli(["inspect", str(tmp_path / "d")], capsys)
     assert code == 0 and "TrueBeam1" in out and "Box" in out
@@ -596,8 +700,14 @@ def test_files_pass_dciodvfy(tmp_path):
     mask[1:5, 10:30, 5:25] = True
     write_rtstruct([StructureMask(Structure(name="Box"), mask)], vol, tmp_path / "RS.dcm")
     dose = Volume(np.ones(vol.grid.shape, np.float32), vol.grid, "dose_gy")
-    write_rtdose(dose, tmp_path / "RD.dcm", frame_of_reference_uid=vol.meta["frame_of_reference_uid"],
-                 study_uid=vol.meta["study_instance_uid"], bits=16, referenced_plan_uid=generate_uid())
+    write_rtdose(
+        dose,
+        tmp_path / "RD.dcm",
+        frame_of_reference_uid=vol.meta["frame_of_reference_uid"],
+        study_uid=vol.meta["study_instance_uid"],
+        bits=16,
+        referenced_plan_uid=generate_uid(),
+    )
     for f in (sorted((tmp_path / "ct").glob("*.dcm"))[0], tmp_path / "RS.dcm", tmp_path / "RD.dcm"):
         res = subprocess.run(["dciodvfy", "-new", str(f)], capture_output=True, text=True, timeout=60)
         errors = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]

@@ -86,7 +86,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state and (found := visit(m)):
                 return found
         stack.pop()
@@ -106,7 +106,10 @@ def test_graph_is_read_from_every_module():
 
 def test_no_cycle_between_modules():
     # a package's __init__ re-exporting its modules is not a cycle of the code: leave those edges out
-    graph = {m: {t for t in ts if not (MODULES[t].name == "__init__.py" and m.startswith(t + "."))} for m, ts in GRAPH.items()}
+    graph = {
+        m: {t for t in ts if not (MODULES[t].name == "__init__.py" and m.startswith(t + "."))}
+        for m, ts in GRAPH.items()
+    }
     cycle = _cycle(graph)
     assert cycle is None, "import cycle between modules: " + " -> ".join(cycle or [])
 

@@ -8,8 +8,7 @@ import pytest
 
 import rayrt.cli  # noqa: F401  (registers every command)
 from rayrt.cli.app import run
-from rayrt.machines import load_machine
-from rayrt.machines import list_machines
+from rayrt.machines import list_machines, load_machine
 
 MACHINE = "truebeam_m120"
 
@@ -45,7 +44,18 @@ def test_unknown_machine_is_one_line_and_exit_2(capsys):
 def test_curves_text_json_and_plot(tmp_path, capsys):
     png = tmp_path / "curves.png"
     out_json = tmp_path / "curves.json"
-    args = ["machine", "curves", MACHINE, "--fields", "50,100", "--depths", "dmax,100", "--resolution", "5", "--no-slab"]
+    args = [
+        "machine",
+        "curves",
+        MACHINE,
+        "--fields",
+        "50,100",
+        "--depths",
+        "dmax,100",
+        "--resolution",
+        "5",
+        "--no-slab",
+    ]
     assert run(args + ["--json", "--plot", str(png), "--out", str(out_json)]) == 0
     data = json.loads(capsys.readouterr().out)
     q = data["beam_quality"]
@@ -67,13 +77,33 @@ def test_fit_writes_a_machine_and_reports_residuals(tmp_path, capsys):
 
     base = get_machine(MACHINE)
     pert = machine_with(base, {"attenuation_per_mm": 1.05, "source_sigma_mm": 1.3})
-    c = commissioning_curves(pert, fields_mm=(100.0,), depths_mm=(100.0,), slab=False, tpr=False, resolution_mm=5.0, max_depth_mm=250.0)
+    c = commissioning_curves(
+        pert, fields_mm=(100.0,), depths_mm=(100.0,), slab=False, tpr=False, resolution_mm=5.0, max_depth_mm=250.0
+    )
     meas = curves_as_measurements(c)
     pdd = write_pdd_csv(tmp_path / "pdd.csv", meas.pdds)
     prof = write_profiles_csv(tmp_path / "prof.csv", meas.profiles)
     out = tmp_path / "fitted.yaml"
-    rc = run(["machine", "fit", "--pdd", str(pdd), "--profiles", str(prof), "--base", MACHINE, "--out", str(out),
-              "--resolution", "5", "--max-evaluations", "40", "--name", "tb_fitted"])
+    rc = run(
+        [
+            "machine",
+            "fit",
+            "--pdd",
+            str(pdd),
+            "--profiles",
+            str(prof),
+            "--base",
+            MACHINE,
+            "--out",
+            str(out),
+            "--resolution",
+            "5",
+            "--max-evaluations",
+            "40",
+            "--name",
+            "tb_fitted",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "before" in text and "after" in text and "attenuation_per_mm" in text

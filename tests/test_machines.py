@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from rayrt.domain.errors import InputError
 import rayrt.machines as lib
 from rayrt.config import config_dir
+from rayrt.domain.errors import InputError
 from rayrt.dose.geometry import row_edges_mm
 from rayrt.dose.pencil_beam import pdd_metrics, penumbra_80_20, water_dose
 
@@ -45,7 +45,9 @@ def test_mlc_geometry_matches_reference():
     assert hd.mlc.boundaries[-1] - hd.mlc.boundaries[0] == pytest.approx(220)
 
     ag = lib.get_machine("versahd_agility")
-    assert ag.mlc.num_pairs == 80 and np.allclose(ag.mlc.leaf_widths_mm, 5) and ag.jaw_x is None and ag.jaw_y is not None
+    assert (
+        ag.mlc.num_pairs == 80 and np.allclose(ag.mlc.leaf_widths_mm, 5) and ag.jaw_x is None and ag.jaw_y is not None
+    )
     assert ag.mlc.transmission < 0.006
 
     i2 = lib.get_machine("synergy_mlci2")

@@ -25,7 +25,12 @@ def _same_plan(a: Plan, b: Plan) -> None:
     for ba, bb in zip(a.beams, b.beams):
         assert len(ba.segments) == len(bb.segments)
         for sa, sb in zip(ba.segments, bb.segments):
-            assert sa.x1_mm == sb.x1_mm and sa.x2_mm == sb.x2_mm and sa.jaw_x_mm == sb.jaw_x_mm and sa.jaw_y_mm == sb.jaw_y_mm
+            assert (
+                sa.x1_mm == sb.x1_mm
+                and sa.x2_mm == sb.x2_mm
+                and sa.jaw_x_mm == sb.jaw_x_mm
+                and sa.jaw_y_mm == sb.jaw_y_mm
+            )
             assert sa.mu == pytest.approx(sb.mu, rel=1e-6)
     assert a.total_mu == pytest.approx(b.total_mu, rel=1e-6)
 
@@ -49,7 +54,15 @@ def test_plan_cli_http_job_and_demo_give_the_same_standard_plan(serve_app, tmp_p
     # 2. POST /jobs on the service
     with _client(serve_app) as c:
         pid = upload_patient(c, case)["id"]
-        job = c.post("/jobs", json={"patient_id": pid, "order": tg119_order().model_dump(mode="json"), "machines": [], "options": options}).json()
+        job = c.post(
+            "/jobs",
+            json={
+                "patient_id": pid,
+                "order": tg119_order().model_dump(mode="json"),
+                "machines": [],
+                "options": options,
+            },
+        ).json()
         done = wait_job(serve_app, job["id"], timeout_s=600)
         assert done["state"] == "succeeded", done
         http = Plan.model_validate(c.get(f"/jobs/{job['id']}/results/normalize/plan.json").json())
@@ -58,9 +71,27 @@ def test_plan_cli_http_job_and_demo_give_the_same_standard_plan(serve_app, tmp_p
     data = tmp_path / "demo-data"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    p = subprocess.run([str(Path(sys.executable).parent / "rayrt"), "demo", "--machines", "", "--out", str(tmp_path / "demo-out"),
-                        "--options", str(opt_file), "--spacing-mm", str(SPACING_MM), "--data", str(data)],
-                       capture_output=True, text=True, timeout=900, env=env, cwd=Path(__file__).resolve().parents[1])
+    p = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "rayrt"),
+            "demo",
+            "--machines",
+            "",
+            "--out",
+            str(tmp_path / "demo-out"),
+            "--options",
+            str(opt_file),
+            "--spacing-mm",
+            str(SPACING_MM),
+            "--data",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (plan_file,) = data.glob("jobs/*/stages/normalize/plan.json")
     demo = Plan.model_validate_json(plan_file.read_text())

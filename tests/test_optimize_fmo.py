@@ -135,7 +135,9 @@ def test_fmo_meets_c_shape_goals(case):
 def test_hard_max_dose_is_honoured(case):
     order = tg119_like_order(core_gy=15, hard_core_max_gy=12.0)
     p = build_problem(order, case.masks, case.dij, beam_slices=case.beam_slices)
-    soft = optimize_fluence(build_problem(tg119_like_order(core_gy=15), case.masks, case.dij), FluenceOptions(max_iterations=200))
+    soft = optimize_fluence(
+        build_problem(tg119_like_order(core_gy=15), case.masks, case.dij), FluenceOptions(max_iterations=200)
+    )
     d_soft = build_problem(tg119_like_order(core_gy=15), case.masks, case.dij).dose(soft.w)
     assert d_soft[p.structure_rows["Core"]].max() > 12.5  # the constraint is active
     r = optimize_fluence(p, FluenceOptions(max_iterations=200))
@@ -174,7 +176,9 @@ def test_problem_construction(case):
     ptv_rows = set(p.structure_rows["PTV"].tolist())
     assert not ptv_rows & set(body.voxels.tolist())  # overlap: target voxels leave the external's term
     assert p.dij.num_rows == int(case.masks["BODY"].sum())  # only objective voxels kept
-    bad = order.model_copy(update={"objectives": [ObjectiveSpec(structure="Liver", kind=ObjectiveKind.mean_dose, dose_gy=5)]})
+    bad = order.model_copy(
+        update={"objectives": [ObjectiveSpec(structure="Liver", kind=ObjectiveKind.mean_dose, dose_gy=5)]}
+    )
     with pytest.raises(InputError):
         build_problem(bad, case.masks, case.dij)
     only_rx = MedicalOrder(prescription=Prescription(target="PTV", total_dose_gy=60.0))

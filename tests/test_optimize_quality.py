@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(os.environ["RAYRT_SHARED"]) if os.environ.get("RAYRT_SHARED") else Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = (
+    Path(os.environ["RAYRT_SHARED"])
+    if os.environ.get("RAYRT_SHARED")
+    else Path(__file__).resolve().parents[1].parent / "shared"
+)
 TG119_MAT = SHARED / "data" / "phantoms" / "TG119.mat"
 
 
@@ -16,8 +20,13 @@ def _plan(study, target):
     from rayrt.optimize.planner import PlanningOptions, plan_standard
     from rayrt.optimize.recipes import tg119_goal_order
 
-    res = plan_standard(study, tg119_goal_order(target=target), get_machine("standard"), [float(a) for a in range(0, 360, 40)],
-                        PlanningOptions(dose_grid_mm=5.0, max_segments=15))
+    res = plan_standard(
+        study,
+        tg119_goal_order(target=target),
+        get_machine("standard"),
+        [float(a) for a in range(0, 360, 40)],
+        PlanningOptions(dose_grid_mm=5.0, max_segments=15),
+    )
     return res.report
 
 

@@ -10,8 +10,15 @@ import pytest
 
 from rayrt.domain.order import ObjectiveKind, load_order
 from rayrt.domain.patient import StructureKind
-from rayrt.imaging.phantoms import (TG119_GEOMETRY_MM, load_mat_phantom, tg119_analytic_volumes_cc, tg119_contours, tg119_order,
-                                    tg119_phantom, write_tg119)
+from rayrt.imaging.phantoms import (
+    TG119_GEOMETRY_MM,
+    load_mat_phantom,
+    tg119_analytic_volumes_cc,
+    tg119_contours,
+    tg119_order,
+    tg119_phantom,
+    write_tg119,
+)
 from rayrt.imaging.study import load_study
 
 SHARED = Path(os.environ.get("RAYRT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
@@ -92,8 +99,11 @@ def test_write_tg119_round_trip_and_order(tmp_path):
     assert order.prescription.total_dose_gy == 50 and order.prescription.fractions == 25
     assert order.prescription.normalization.metric == "D95"
     kinds = {(o.structure, o.kind) for o in order.objectives}
-    assert (("PTV", ObjectiveKind.min_dvh) in kinds and ("Core", ObjectiveKind.max_dvh) in kinds
-            and ("BODY", ObjectiveKind.squared_overdose) in kinds)
+    assert (
+        ("PTV", ObjectiveKind.min_dvh) in kinds
+        and ("Core", ObjectiveKind.max_dvh) in kinds
+        and ("BODY", ObjectiveKind.squared_overdose) in kinds
+    )
     core_dvh = [o for o in order.objectives if o.structure == "Core" and o.kind == ObjectiveKind.max_dvh][0]
     assert core_dvh.dose_gy == 25 and core_dvh.volume_pct == 10
     assert "10 Gy" in order.notes

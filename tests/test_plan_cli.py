@@ -20,8 +20,22 @@ def planned(tmp_path_factory, fast_planning):
     options = d / "options.yaml"
     options.write_text(yaml.safe_dump({k: v for k, v in fast_planning.items() if k != "num_beams"}))
     out = d / "out"
-    rc = run(["plan", "tg119", "--out", str(out), "--beams", "0,72,144,216,288", "--options", str(options), "--set", "sequencer=xia_verhey",
-              "--machines", "versahd_agility"])
+    rc = run(
+        [
+            "plan",
+            "tg119",
+            "--out",
+            str(out),
+            "--beams",
+            "0,72,144,216,288",
+            "--options",
+            str(options),
+            "--set",
+            "sequencer=xia_verhey",
+            "--machines",
+            "versahd_agility",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -33,7 +47,9 @@ def test_recipe_files_written(planned):
     assert dose.shape == Grid.model_validate(std["dose_grid"]).shape and dose.dtype == np.float32
     assert len(plan.beams) == 5 and [b.gantry_deg for b in plan.beams] == [0, 72, 144, 216, 288]
     assert plan.machine == "standard" and plan.fractions == 25 and plan.total_mu > 0
-    assert json.loads((planned / "sequence" / "result.json").read_text())["sequencer"] == "xia_verhey"  # --set reached the recipe
+    assert (
+        json.loads((planned / "sequence" / "result.json").read_text())["sequencer"] == "xia_verhey"
+    )  # --set reached the recipe
     for stage in ("geometry", "beamlets", "dij", "fmo", "dao", "convert", "qa", "export"):
         assert (planned / stage / "result.json").is_file(), stage
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
+from test_rtplan import varian  # noqa: E402  (machine model built in code, no config files needed)
 
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder, parse_order
@@ -14,8 +15,6 @@ from rayrt.domain.plan import Beam, Plan, Segment
 from rayrt.imaging.volume import Grid, Volume
 from rayrt.qa.checks import QACheck, deliverability_check, dvh_criteria_checks, gamma_check, independent_dose_check
 from rayrt.qa.report import QAReport, load_qa_report, qa_plan, write_qa_report
-
-from test_rtplan import varian  # noqa: E402  (machine model built in code, no config files needed)
 
 MACHINE: MachineModel = varian()
 
@@ -61,10 +60,22 @@ def box_plan(mu_scale: float = 1.0, leaf_shift_mm: float = 0.0) -> Plan:
     for s, (half, mu) in enumerate([(20.0, 120.0), (10.0, 60.0)]):
         x1 = np.where(inside, -half + leaf_shift_mm, -1.0)
         x2 = np.where(inside, half + leaf_shift_mm, 0.0)
-        segs.append(Segment(x1_mm=x1.tolist(), x2_mm=x2.tolist(), jaw_x_mm=(-half - 2 + leaf_shift_mm, half + 2 + leaf_shift_mm),
-                            jaw_y_mm=(-20.0, 20.0), mu=mu * mu_scale))
-    return Plan(machine=MACHINE.name, fractions=1, prescription_gy=2.0, target="PTV",
-                beams=[Beam(name="AP", number=1, gantry_deg=0.0, isocenter_mm=(0.0, 0.0, 0.0), segments=segs)])
+        segs.append(
+            Segment(
+                x1_mm=x1.tolist(),
+                x2_mm=x2.tolist(),
+                jaw_x_mm=(-half - 2 + leaf_shift_mm, half + 2 + leaf_shift_mm),
+                jaw_y_mm=(-20.0, 20.0),
+                mu=mu * mu_scale,
+            )
+        )
+    return Plan(
+        machine=MACHINE.name,
+        fractions=1,
+        prescription_gy=2.0,
+        target="PTV",
+        beams=[Beam(name="AP", number=1, gantry_deg=0.0, isocenter_mm=(0.0, 0.0, 0.0), segments=segs)],
+    )
 
 
 GRID = Grid(shape=(20, 20, 24), spacing_mm=(4.0, 4.0, 4.0), origin_mm=(-46.0, -38.0, -38.0))
@@ -94,18 +105,25 @@ def test_gamma_check_tg218_statuses():
 
 
 def _order(hard_cord: bool) -> MedicalOrder:
-    return parse_order({
-        "prescription": {"target": "PTV", "total_dose_gy": 2.0, "fractions": 1, "normalization": {"metric": "D95", "value_pct": 100}},
-        "objectives": [
-            {"structure": "PTV", "kind": "min_dose", "dose_gy": 1.8, "hard": True},
-            {"structure": "PTV", "kind": "max_dvh", "dose_gy": 2.2, "volume_pct": 5},
-            {"structure": "Cord", "kind": "max_dose", "dose_gy": 0.5, "hard": hard_cord},
-            {"structure": "Cord", "kind": "mean_dose", "dose_gy": 1.0},
-            {"structure": "Cord", "kind": "geud", "dose_gy": 1.0, "a": 8},
-            {"structure": "PTV", "kind": "squared_deviation", "dose_gy": 2.0},
-            {"structure": "Lung", "kind": "mean_dose", "dose_gy": 1.0},
-        ],
-    })
+    return parse_order(
+        {
+            "prescription": {
+                "target": "PTV",
+                "total_dose_gy": 2.0,
+                "fractions": 1,
+                "normalization": {"metric": "D95", "value_pct": 100},
+            },
+            "objectives": [
+                {"structure": "PTV", "kind": "min_dose", "dose_gy": 1.8, "hard": True},
+                {"structure": "PTV", "kind": "max_dvh", "dose_gy": 2.2, "volume_pct": 5},
+                {"structure": "Cord", "kind": "max_dose", "dose_gy": 0.5, "hard": hard_cord},
+                {"structure": "Cord", "kind": "mean_dose", "dose_gy": 1.0},
+                {"structure": "Cord", "kind": "geud", "dose_gy": 1.0, "a": 8},
+                {"structure": "PTV", "kind": "squared_deviation", "dose_gy": 2.0},
+                {"structure": "Lung", "kind": "mean_dose", "dose_gy": 1.0},
+            ],
+        }
+    )
 
 
 def test_dvh_criteria_on_a_known_dose():
@@ -115,7 +133,9 @@ def test_dvh_criteria_on_a_known_dose():
     d[m["PTV"]] = 2.0
     d[m["Cord"]] = np.linspace(0.2, 0.9, int(m["Cord"].sum()))
     checks = {c.name: c for c in dvh_criteria_checks(Volume(d, g), m, _order(hard_cord=True))}
-    assert checks["PTV D95 = 100 % of 2 Gy"].status == "pass" and checks["PTV D95 = 100 % of 2 Gy"].value == pytest.approx(2.0)
+    assert checks["PTV D95 = 100 % of 2 Gy"].status == "pass" and checks[
+        "PTV D95 = 100 % of 2 Gy"
+    ].value == pytest.approx(2.0)
     assert checks["PTV D98 >= 1.8 Gy"].status == "pass"
     assert checks["PTV D5 <= 2.2 Gy"].status == "pass"
     cord_max = checks["Cord D2 <= 0.5 Gy"]
@@ -126,7 +146,9 @@ def test_dvh_criteria_on_a_known_dose():
     assert checks["Lung Dmean <= 1 Gy"].status == "fail" and "missing" in checks["Lung Dmean <= 1 Gy"].detail
     assert not any("squared" in n or "deviation" in n for n in checks)
     # masks given as Volumes on a finer grid are resampled (nearest) onto the dose grid
-    fine = Grid(shape=(40, 40, 48), spacing_mm=(2.0, 2.0, 2.0), origin_mm=(-46.0, -38.0, -38.0))  # dose voxel centres on fine nodes
+    fine = Grid(
+        shape=(40, 40, 48), spacing_mm=(2.0, 2.0, 2.0), origin_mm=(-46.0, -38.0, -38.0)
+    )  # dose voxel centres on fine nodes
     fm = {k: Volume(v, fine) for k, v in masks(fine).items()}
     again = {c.name: c for c in dvh_criteria_checks(Volume(d, g), fm, _order(hard_cord=True))}
     assert again["PTV D95 = 100 % of 2 Gy"].value == pytest.approx(2.0)
@@ -134,8 +156,12 @@ def test_dvh_criteria_on_a_known_dose():
     soft = {c.name: c for c in dvh_criteria_checks(Volume(d, g), m, _order(hard_cord=False))}
     assert soft["Cord D2 <= 0.5 Gy"].status == "warn"  # a violated soft objective asks for review
     # 5 % under-coverage of the prescription: beyond the 2 % tolerance and twice it -> fail; 3 % -> warn
-    assert {c.name: c for c in dvh_criteria_checks(Volume(d * 0.95, g), m, _order(True))}["PTV D95 = 100 % of 2 Gy"].status == "fail"
-    assert {c.name: c for c in dvh_criteria_checks(Volume(d * 0.97, g), m, _order(True))}["PTV D95 = 100 % of 2 Gy"].status == "warn"
+    assert {c.name: c for c in dvh_criteria_checks(Volume(d * 0.95, g), m, _order(True))}[
+        "PTV D95 = 100 % of 2 Gy"
+    ].status == "fail"
+    assert {c.name: c for c in dvh_criteria_checks(Volume(d * 0.97, g), m, _order(True))}[
+        "PTV D95 = 100 % of 2 Gy"
+    ].status == "warn"
 
 
 def test_independent_dose_check_detects_a_mu_error():
@@ -165,13 +191,22 @@ def test_qa_plan_verdicts_and_report_files(tmp_path):
     standard = box_plan()
     std_dose = water_box_dose(standard, MACHINE, GRID)
     m = masks(GRID)
-    order = parse_order({"prescription": {"target": "PTV", "total_dose_gy": float(np.percentile(std_dose.array[m["PTV"]], 5)),
-                                          "normalization": {"metric": "D95", "value_pct": 100}},
-                         "objectives": [{"structure": "Cord", "kind": "max_dose", "dose_gy": 5.0, "hard": True}]})
+    order = parse_order(
+        {
+            "prescription": {
+                "target": "PTV",
+                "total_dose_gy": float(np.percentile(std_dose.array[m["PTV"]], 5)),
+                "normalization": {"metric": "D95", "value_pct": 100},
+            },
+            "objectives": [{"structure": "Cord", "kind": "max_dose", "dose_gy": 5.0, "hard": True}],
+        }
+    )
     converted = box_plan(leaf_shift_mm=0.5)
     converted.source_plan_id = standard.id
     dose = water_box_dose(converted, MACHINE, GRID)
-    res = qa_plan(converted, MACHINE, dose, standard_dose=std_dose, masks=m, order=order, recompute=water_box_dose, attempts=2)
+    res = qa_plan(
+        converted, MACHINE, dose, standard_dose=std_dose, masks=m, order=order, recompute=water_box_dose, attempts=2
+    )
     rep = res.report
     assert rep.verdict == "pass", [c for c in rep.checks if not c.passed]
     assert rep.attempts == 2 and rep.standard_plan_id == standard.id
@@ -188,14 +223,22 @@ def test_qa_plan_verdicts_and_report_files(tmp_path):
 
     # a badly converted plan (MU 15 % high): gamma against the standard fails -> verdict fail
     bad = box_plan(mu_scale=1.15)
-    res_bad = qa_plan(bad, MACHINE, water_box_dose(bad, MACHINE, GRID), standard_dose=std_dose, masks=m, order=order, recompute=None)
+    res_bad = qa_plan(
+        bad, MACHINE, water_box_dose(bad, MACHINE, GRID), standard_dose=std_dose, masks=m, order=order, recompute=None
+    )
     assert res_bad.report.verdict == "fail"
     assert any(c.category == "gamma" and c.status == "fail" for c in res_bad.report.checks)
     assert any("skipped" in n for n in res_bad.report.notes)
     # the standard dose on another (coarser, smaller) grid, masks as Volumes: resampled, still a report
     g2 = Grid(shape=(16, 16, 20), spacing_mm=(5.0, 5.0, 5.0), origin_mm=(-47.5, -37.5, -37.5))
-    other = qa_plan(converted, MACHINE, dose, standard_dose=water_box_dose(standard, MACHINE, g2),
-                    masks={k: Volume(v, GRID) for k, v in m.items()}, recompute=None)
+    other = qa_plan(
+        converted,
+        MACHINE,
+        dose,
+        standard_dose=water_box_dose(standard, MACHINE, g2),
+        masks={k: Volume(v, GRID) for k, v in m.items()},
+        recompute=None,
+    )
     assert other.report.gamma.pass_rate_pct >= 95 and len(other.report.dvh_standard) == 3
     assert write_qa_report(other, tmp_path, stem="other", formats=("png",))["png"].is_file()
     # no standard dose, no masks: still a report

@@ -13,9 +13,9 @@ import pytest
 from rayrt.domain.beam_model import BeamModel
 from rayrt.domain.errors import InputError
 from rayrt.domain.machine import JawModel, MachineLimits, MachineModel, MLCModel
-from rayrt.machines import load_machine
 from rayrt.domain.plan import Beam, Plan, Segment
 from rayrt.imaging.rtplan import build_rtplan, export_plan_dicom, match_machine, read_rtplan, write_rtplan
+from rayrt.machines import load_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,11 +23,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def _beam_model() -> BeamModel:
     r = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0]
     return BeamModel(
-        attenuation_per_mm=0.005, betas_per_mm=(0.3, 0.016, 0.0051), kernel_point_weights=(0.1, 0.0, 0.0),
-        kernel_radii_mm=r, kernels_per_mm2=([0.01 * np.exp(-x / 3) for x in r], [0.001 * np.exp(-x / 10) for x in r],
-                                            [0.0001 * np.exp(-x / 30) for x in r]),
-        primary_fluence_radius_mm=[0.0, 200.0], primary_fluence=[1.0, 1.0], source_sigma_mm=2.0,
-        head_scatter_field_mm=[40.0, 100.0, 400.0], head_scatter=[0.95, 1.0, 1.05],
+        attenuation_per_mm=0.005,
+        betas_per_mm=(0.3, 0.016, 0.0051),
+        kernel_point_weights=(0.1, 0.0, 0.0),
+        kernel_radii_mm=r,
+        kernels_per_mm2=(
+            [0.01 * np.exp(-x / 3) for x in r],
+            [0.001 * np.exp(-x / 10) for x in r],
+            [0.0001 * np.exp(-x / 30) for x in r],
+        ),
+        primary_fluence_radius_mm=[0.0, 200.0],
+        primary_fluence=[1.0, 1.0],
+        source_sigma_mm=2.0,
+        head_scatter_field_mm=[40.0, 100.0, 400.0],
+        head_scatter=[0.95, 1.0, 1.05],
     )
 
 
@@ -37,26 +46,50 @@ def millennium_boundaries() -> list[float]:
 
 def varian() -> MachineModel:
     return MachineModel(
-        name="TrueBeam1", vendor="Varian Medical Systems", model="TrueBeam", nominal_energy_mv=6, beam=_beam_model(),
+        name="TrueBeam1",
+        vendor="Varian Medical Systems",
+        model="TrueBeam",
+        nominal_energy_mv=6,
+        beam=_beam_model(),
         mlc=MLCModel(name="Millennium 120", leaf_boundaries_mm=millennium_boundaries(), interdigitation=True),
-        jaw_x=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMX"), jaw_y=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMY"),
+        jaw_x=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMX"),
+        jaw_y=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMY"),
     )
 
 
 def elekta() -> MachineModel:
     return MachineModel(
-        name="VersaHD1", vendor="Elekta", model="Versa HD", nominal_energy_mv=6, beam=_beam_model(),
-        mlc=MLCModel(name="Agility", leaf_boundaries_mm=list(np.arange(-200, 201, 5.0)), interdigitation=True, transmission=0.004),
-        jaw_x=None, jaw_y=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMY"),
+        name="VersaHD1",
+        vendor="Elekta",
+        model="Versa HD",
+        nominal_energy_mv=6,
+        beam=_beam_model(),
+        mlc=MLCModel(
+            name="Agility", leaf_boundaries_mm=list(np.arange(-200, 201, 5.0)), interdigitation=True, transmission=0.004
+        ),
+        jaw_x=None,
+        jaw_y=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMY"),
     )
 
 
 def halcyon() -> MachineModel:
     return MachineModel(
-        name="Halcyon1", vendor="Varian Medical Systems", model="Halcyon", nominal_energy_mv=6, fff=True, beam=_beam_model(),
-        mlc=MLCModel(name="Halcyon dual layer", leaf_boundaries_mm=list(np.arange(-140, 141, 10.0)), interdigitation=True,
-                     dual_layer=True, transmission=0.004),
-        jaw_x=None, jaw_y=None, limits=MachineLimits(max_field_x_mm=280.0, max_field_y_mm=280.0),
+        name="Halcyon1",
+        vendor="Varian Medical Systems",
+        model="Halcyon",
+        nominal_energy_mv=6,
+        fff=True,
+        beam=_beam_model(),
+        mlc=MLCModel(
+            name="Halcyon dual layer",
+            leaf_boundaries_mm=list(np.arange(-140, 141, 10.0)),
+            interdigitation=True,
+            dual_layer=True,
+            transmission=0.004,
+        ),
+        jaw_x=None,
+        jaw_y=None,
+        limits=MachineLimits(max_field_x_mm=280.0, max_field_y_mm=280.0),
     )
 
 
@@ -76,13 +109,31 @@ def make_plan(machine: MachineModel, n_beams: int = 2, n_segments: int = 3, seed
             x1 = np.where(inside, -30 + rng.uniform(-5, 5, n), -park).round(2)
             x2 = np.where(inside, 30 + rng.uniform(-5, 5, n) - 5 * s, park).round(2)
             segs.append(Segment(x1_mm=x1.tolist(), x2_mm=x2.tolist(), mu=float(round(rng.uniform(5, 40), 2))))
-        beams.append(Beam(name=f"G{360 // n_beams * b}", number=b + 1, gantry_deg=360.0 / n_beams * b, collimator_deg=0 if b else 10,
-                          isocenter_mm=(1.5, -20.0, 12.25), segments=segs))
-    return Plan(machine=machine.name, label="test", patient_id="P1", fractions=25, prescription_gy=50.0, target="PTV", beams=beams)
+        beams.append(
+            Beam(
+                name=f"G{360 // n_beams * b}",
+                number=b + 1,
+                gantry_deg=360.0 / n_beams * b,
+                collimator_deg=0 if b else 10,
+                isocenter_mm=(1.5, -20.0, 12.25),
+                segments=segs,
+            )
+        )
+    return Plan(
+        machine=machine.name,
+        label="test",
+        patient_id="P1",
+        fractions=25,
+        prescription_gy=50.0,
+        target="PTV",
+        beams=beams,
+    )
 
 
-@pytest.mark.parametrize("machine,types", [(MACHINES[0], ["ASYMX", "ASYMY", "MLCX"]), (MACHINES[1], ["ASYMY", "MLCX"]),
-                                           (MACHINES[2], ["MLCX1", "MLCX2"])])
+@pytest.mark.parametrize(
+    "machine,types",
+    [(MACHINES[0], ["ASYMX", "ASYMY", "MLCX"]), (MACHINES[1], ["ASYMY", "MLCX"]), (MACHINES[2], ["MLCX1", "MLCX2"])],
+)
 def test_export_devices_control_points_and_mu(machine, types):
     plan = make_plan(machine)
     ds = build_rtplan(plan, machine)
@@ -102,7 +153,9 @@ def test_export_devices_control_points_and_mu(machine, types):
         cps = beam.ControlPointSequence
         assert beam.NumberOfControlPoints == len(cps) == 2 * len(pb.segments)
         w = np.array([float(cp.CumulativeMetersetWeight) for cp in cps])
-        assert w[0] == 0 and w[-1] == pytest.approx(float(beam.FinalCumulativeMetersetWeight)) and np.all(np.diff(w) >= 0)
+        assert (
+            w[0] == 0 and w[-1] == pytest.approx(float(beam.FinalCumulativeMetersetWeight)) and np.all(np.diff(w) >= 0)
+        )
         # the weight rise of each control-point pair is the segment's MU share, positions unchanged within the pair
         for s, seg in enumerate(pb.segments):
             assert (w[2 * s + 1] - w[2 * s]) * pb.mu == pytest.approx(seg.mu, abs=1e-4)
@@ -120,10 +173,16 @@ def test_jaws_follow_the_open_leaves():
     plan = make_plan(m, n_beams=1, n_segments=1)
     seg = plan.beams[0].segments[0]
     ds = build_rtplan(plan, m)
-    pos = {p.RTBeamLimitingDeviceType: [float(v) for v in p.LeafJawPositions]
-           for p in ds.BeamSequence[0].ControlPointSequence[0].BeamLimitingDevicePositionSequence}
-    open_ = np.asarray(seg.x2_mm) - np.asarray(seg.x1_mm) > m.mlc.min_gap_mm + 0.01  # closed pairs sit at the minimum gap
-    assert pos["ASYMX"] == pytest.approx([min(np.asarray(seg.x1_mm)[open_]), max(np.asarray(seg.x2_mm)[open_])], abs=0.006)
+    pos = {
+        p.RTBeamLimitingDeviceType: [float(v) for v in p.LeafJawPositions]
+        for p in ds.BeamSequence[0].ControlPointSequence[0].BeamLimitingDevicePositionSequence
+    }
+    open_ = (
+        np.asarray(seg.x2_mm) - np.asarray(seg.x1_mm) > m.mlc.min_gap_mm + 0.01
+    )  # closed pairs sit at the minimum gap
+    assert pos["ASYMX"] == pytest.approx(
+        [min(np.asarray(seg.x1_mm)[open_]), max(np.asarray(seg.x2_mm)[open_])], abs=0.006
+    )
     idx = np.nonzero(open_)[0]
     assert pos["ASYMY"] == pytest.approx([m.mlc.leaf_boundaries_mm[idx[0]], m.mlc.leaf_boundaries_mm[idx[-1] + 1]])
 
@@ -244,7 +303,12 @@ def test_two_layer_halcyon_plan_keeps_both_layers_or_is_combined():
     seg = read_rtplan(ds, [m1]).plan.beams[0].segments[0]
     assert np.allclose(seg.x1_mm, -15.0) and np.allclose(seg.x2_mm, 30.0) and seg.x1_proximal_mm is None
     # a model with the union boundaries (58 x 5 mm effective pairs) gets the 5 mm detail
-    m58 = m.model_copy(update={"name": "Halcyon5", "mlc": m.mlc.model_copy(update={"leaf_boundaries_mm": list(np.arange(-145, 146, 5.0))})})
+    m58 = m.model_copy(
+        update={
+            "name": "Halcyon5",
+            "mlc": m.mlc.model_copy(update={"leaf_boundaries_mm": list(np.arange(-145, 146, 5.0))}),
+        }
+    )
     imp = read_rtplan(ds, [m58])
     x1, x2 = np.asarray(imp.plan.beams[0].segments[0].x1_mm), np.asarray(imp.plan.beams[0].segments[0].x2_mm)
     assert np.allclose(x1, np.repeat(p1, 2)) and np.allclose(x2[1:-1], 30.0)
@@ -300,7 +364,9 @@ def _dciodvfy_errors(path: Path, *, allow_dual_layer_types: bool = False) -> lis
     lines = (proc.stdout + proc.stderr).splitlines()
     errors = [ln for ln in lines if ln.startswith("Error")]
     if allow_dual_layer_types:
-        errors = [ln for ln in errors if not (ln.endswith(_DUAL_LAYER_ENUM) and "RTBeamLimitingDeviceType(300a,00b8)" in ln)]
+        errors = [
+            ln for ln in errors if not (ln.endswith(_DUAL_LAYER_ENUM) and "RTBeamLimitingDeviceType(300a,00b8)" in ln)
+        ]
     return errors
 
 
@@ -320,14 +386,22 @@ def exported(tmp_path_factory):
     ptv &= (z > 1) & (z < 6)
     ct.array[body] = 0.0
     write_ct_series(ct, out / "CT", patient_id="P1", patient_name="Test^Patient")
-    rs = write_rtstruct([StructureMask(Structure(name="BODY", kind=StructureKind.external), body),
-                         StructureMask(Structure(name="PTV", kind=StructureKind.target, colour=(255, 0, 0)), ptv)], ct, out / "RS.dcm")
+    rs = write_rtstruct(
+        [
+            StructureMask(Structure(name="BODY", kind=StructureKind.external), body),
+            StructureMask(Structure(name="PTV", kind=StructureKind.target, colour=(255, 0, 0)), ptv),
+        ],
+        ct,
+        out / "RS.dcm",
+    )
     m = MACHINES[0]
     plan = make_plan(m)
     plan.frame_of_reference_uid = ct.meta["frame_of_reference_uid"]
     dose = Volume((2.0 * np.exp(-((x - 15.5) ** 2 + (y - 15.5) ** 2) / 60.0)).astype(np.float32), grid, "dose_gy")
     paths = export_plan_dicom(plan, m, out, dose=dose, rtstruct=rs, dose_bits=32)
-    paths16 = export_plan_dicom(make_plan(MACHINES[1]), MACHINES[1], out / "elekta", dose=dose, rtstruct=rs, dose_bits=16)
+    paths16 = export_plan_dicom(
+        make_plan(MACHINES[1]), MACHINES[1], out / "elekta", dose=dose, rtstruct=rs, dose_bits=16
+    )
     paths_h = export_plan_dicom(make_plan(MACHINES[2]), MACHINES[2], out / "halcyon", rtstruct=rs)
     return {"rs": rs, "varian": paths, "elekta": paths16, "halcyon": paths_h, "plan": plan, "ct": ct}
 
@@ -350,14 +424,22 @@ def test_export_references(exported):
 def test_dciodvfy_reports_no_errors(exported, tmp_path):
     bare = make_plan(MACHINES[0], n_segments=1)  # static, no RTSTRUCT, no prescription
     bare.prescription_gy = None
-    files = [exported["varian"]["rtplan"], exported["elekta"]["rtplan"], exported["rs"],
-             exported["elekta"]["rtdose"], write_rtplan(bare, MACHINES[0], tmp_path / "bare.dcm")]
+    files = [
+        exported["varian"]["rtplan"],
+        exported["elekta"]["rtplan"],
+        exported["rs"],
+        exported["elekta"]["rtdose"],
+        write_rtplan(bare, MACHINES[0], tmp_path / "bare.dcm"),
+    ]
     for f in files:
         errors = _dciodvfy_errors(Path(f))
         assert errors == [], f"{Path(f).name}: {errors}"
     # the dual-layer (Halcyon) RTPLAN: MLCX1 + MLCX2, no error but the validator's unknown device types
     rp = Path(exported["halcyon"]["rtplan"])
-    assert [d.RTBeamLimitingDeviceType for d in pydicom.dcmread(rp).BeamSequence[0].BeamLimitingDeviceSequence] == ["MLCX1", "MLCX2"]
+    assert [d.RTBeamLimitingDeviceType for d in pydicom.dcmread(rp).BeamSequence[0].BeamLimitingDeviceSequence] == [
+        "MLCX1",
+        "MLCX2",
+    ]
     errors = _dciodvfy_errors(rp, allow_dual_layer_types=True)
     assert errors == [], f"{rp.name}: {errors}"
 
@@ -369,7 +451,21 @@ def test_gamma_cli_on_exported_rtdose(exported, capsys):
     import rayrt.cli  # noqa: F401  (registers the commands)
     from rayrt.cli.app import run
 
-    assert run(["gamma", str(exported["varian"]["rtdose"]), str(exported["elekta"]["rtdose"]), "--json", "--dd", "1", "--dta", "1"]) == 0
+    assert (
+        run(
+            [
+                "gamma",
+                str(exported["varian"]["rtdose"]),
+                str(exported["elekta"]["rtdose"]),
+                "--json",
+                "--dd",
+                "1",
+                "--dta",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["pass_rate_pct"] == 100.0 and out["max_gamma"] < 0.05
 
@@ -378,8 +474,8 @@ def test_imported_plan_recomputes_to_the_same_dose(tmp_path):
     """An exported and re-imported plan gives the same aperture dose (rayrt.dose.aperture)."""
     pytest.importorskip("rayrt.dose.aperture")
     from rayrt.dose.aperture import aperture_dose
-    from rayrt.machines import get_machine, list_machines
     from rayrt.imaging.volume import Grid, Volume
+    from rayrt.machines import get_machine, list_machines
 
     if "versahd_agility" not in list_machines():
         pytest.skip("configs/machines/versahd_agility.yaml not present")

@@ -23,7 +23,9 @@ def _machines():
 
     out = [load_machine(p) for p in MACHINE_FILES]
     out.append(synthetic_machine(10.0, 40, interdigitation=False, min_gap_mm=2.0, name="synthetic-mlci2-like"))
-    out.append(synthetic_machine(2.5, 64, interdigitation=False, min_gap_mm=0.5, span_mm=60.0, name="synthetic-narrow-span"))
+    out.append(
+        synthetic_machine(2.5, 64, interdigitation=False, min_gap_mm=0.5, span_mm=60.0, name="synthetic-narrow-span")
+    )
     return out
 
 
@@ -52,7 +54,9 @@ def test_sweep_uses_minimum_mu():
 
 def _fluence_case(row_mm=5.0, rows=16, cols=22):
     R, C = rows, cols
-    lay = BeamletLayout(np.arange(-R / 2, R / 2 + 1) * row_mm, np.arange(-C / 2, C / 2 + 1) * 5.0, np.arange(R * C).reshape(R, C))
+    lay = BeamletLayout(
+        np.arange(-R / 2, R / 2 + 1) * row_mm, np.arange(-C / 2, C / 2 + 1) * 5.0, np.arange(R * C).reshape(R, C)
+    )
     yy, xx = np.mgrid[0:R, 0:C]
     r2 = (yy - R / 2 + 0.5) ** 2 + (xx - C / 2 + 0.5) ** 2
     f = 10 * np.exp(-r2 / 40.0)
@@ -126,16 +130,16 @@ def test_closed_pairs_parked_outside_the_field():
     x2 = np.zeros(8)
     op = np.zeros(8, bool)
     x1[[2, 5]], x2[[2, 5]], op[[2, 5]] = [-20.0, -10.0], [10.0, 30.0], True  # pairs 3, 4 closed inside the field
-    (a, b, o), = make_deliverable(x1, x2, op, m.mlc)
+    ((a, b, o),) = make_deliverable(x1, x2, op, m.mlc)
     seg = to_segment(a, b, o, 1.0, m)
     closed = ~o
     np.testing.assert_allclose(b[closed] - a[closed], m.mlc.min_gap_mm)
     assert np.all(b[closed] + hd <= seg.jaw_x_mm[0] + 1e-9)
-    (a2, b2, o2), = make_deliverable(x1, x2, op, m.mlc, park_before_mm=-40.0)
+    ((a2, b2, o2),) = make_deliverable(x1, x2, op, m.mlc, park_before_mm=-40.0)
     assert np.all(b2[~o2] + hd <= -40.0 + 1e-9)
     # jawless machine: the gap is outside the open field as well
     mj = synthetic_machine(5.0, 8, interdigitation=True, min_gap_mm=1.0, jaws=False)
-    (a3, b3, o3), = make_deliverable(x1, x2, op, mj.mlc)
+    ((a3, b3, o3),) = make_deliverable(x1, x2, op, mj.mlc)
     assert np.all(b3[~o3] + hd <= a3[o3].min() + 1e-9)
     seg.mu = max(seg.mu, m.limits.min_mu_per_segment)
     rep = check_plan(Plan(machine=m.name, beams=[Beam(isocenter_mm=(0, 0, 0), segments=[seg])]), m)
@@ -206,4 +210,9 @@ def test_dual_layer_proximal_layer_cuts_the_field_end_at_half_a_leaf():
     assert seg.jaw_y_mm is None and len(seg.x1_proximal_mm) == pb.size - 1
     assert check_plan(Plan(machine=hal.name, beams=[Beam(isocenter_mm=(0, 0, 0), segments=[seg])]), hal).deliverable
     bad = seg.model_copy(update={"x2_proximal_mm": list(np.asarray(seg.x1_proximal_mm) + 0.1)})
-    assert "min_gap" in check_plan(Plan(machine=hal.name, beams=[Beam(isocenter_mm=(0, 0, 0), segments=[bad])]), hal).rules_violated()
+    assert (
+        "min_gap"
+        in check_plan(
+            Plan(machine=hal.name, beams=[Beam(isocenter_mm=(0, 0, 0), segments=[bad])]), hal
+        ).rules_violated()
+    )

@@ -13,7 +13,6 @@ import pytest
 pytestmark = pytest.mark.ray
 
 
-
 @pytest.fixture(scope="module")
 def planned_job(serve_app, small_study_zip, fast_planning):
     import copy
@@ -26,7 +25,15 @@ def planned_job(serve_app, small_study_zip, fast_planning):
 
     with _client(serve_app) as c:
         pid = upload_patient(c, small_study_zip)["id"]
-        job = c.post("/jobs", json={"patient_id": pid, "order": small_order, "machines": ["truebeam_m120", "versahd_agility"], "options": fast_planning}).json()
+        job = c.post(
+            "/jobs",
+            json={
+                "patient_id": pid,
+                "order": small_order,
+                "machines": ["truebeam_m120", "versahd_agility"],
+                "options": fast_planning,
+            },
+        ).json()
     done = wait_job(serve_app, job["id"], timeout_s=600)
     assert done["state"] == "succeeded", done
     return done
@@ -40,7 +47,10 @@ def test_plans_per_machine_and_downloads(serve_app, planned_job):
     for m in plans["machines"]:
         if m["verdict"] == "not released":  # failed QA: only its QA report is offered, and it cannot be booked
             assert set(m["downloads"]) == {"qa"}
-            assert httpx.post(f"{serve_app}/jobs/{jid}/book", json={"machine": m["machine"]}, timeout=30).status_code == 409
+            assert (
+                httpx.post(f"{serve_app}/jobs/{jid}/book", json={"machine": m["machine"]}, timeout=30).status_code
+                == 409
+            )
     m = next(x for x in released if x["machine"] != "standard") if len(released) > 1 else released[0]
     assert m["verdict"] in ("pass", "review") and m["total_mu_per_fraction"] > 0
     r = httpx.get(f"{serve_app}{m['downloads']['rtplan']}", timeout=30)
@@ -50,7 +60,11 @@ def test_plans_per_machine_and_downloads(serve_app, planned_job):
     ds = pydicom.dcmread(io.BytesIO(r.content))
     assert ds.Modality == "RTPLAN" and ds.BeamSequence[0].TreatmentMachineName
     dvh = httpx.get(f"{serve_app}{m['downloads']['dvh']}", timeout=30).text.splitlines()
-    assert dvh[0].startswith("machine,structure") and len(dvh) > 1 and all(l.startswith(m["machine"] + ",") for l in dvh[1:])
+    assert (
+        dvh[0].startswith("machine,structure")
+        and len(dvh) > 1
+        and all(l.startswith(m["machine"] + ",") for l in dvh[1:])
+    )
     qa = httpx.get(f"{serve_app}{m['downloads']['qa']}", timeout=30).json()
     assert qa["machine"] == m["machine"] and qa["checks"]
     assert httpx.get(f"{serve_app}/jobs/{jid}/plans/halcyon", timeout=30).status_code == 404
@@ -102,7 +116,11 @@ def test_machine_down_replans_the_booked_patient(serve_app, planned_job):
     assert b.json()["machine"] == "truebeam_m120" and b.json()["plan_id"]
     machines = {m["name"]: m for m in httpx.get(f"{serve_app}/machines", timeout=120).json()["machines"]}
     assert machines["truebeam_m120"]["bookings"] == 1
-    r = httpx.post(f"{serve_app}/machines/truebeam_m120/status", json={"state": "down", "cause": "malfunction", "reason": "MLC fault"}, timeout=120)
+    r = httpx.post(
+        f"{serve_app}/machines/truebeam_m120/status",
+        json={"state": "down", "cause": "malfunction", "reason": "MLC fault"},
+        timeout=120,
+    )
     assert r.status_code == 200, r.text
     moved = r.json()["moved"]
     assert len(moved) == 1 and moved[0]["job_id"] == jid
@@ -124,11 +142,17 @@ def test_machine_down_replans_the_booked_patient(serve_app, planned_job):
     bookings = httpx.get(f"{serve_app}/machines/{target}/bookings", timeout=60).json()["bookings"]
     mine = [x for x in bookings if x["job_id"] == jid]
     assert mine and mine[0]["moved_from"] == "truebeam_m120"
-    summary = next(x for x in httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"] if x["machine"] == target)
+    summary = next(
+        x for x in httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"] if x["machine"] == target
+    )
     deadline = time.monotonic() + 60
     while mine[0]["state"] == "converting" and time.monotonic() < deadline:  # settled after the re-planned job finished
         time.sleep(0.5)
-        mine = [x for x in httpx.get(f"{serve_app}/machines/{target}/bookings", timeout=60).json()["bookings"] if x["job_id"] == jid]
+        mine = [
+            x
+            for x in httpx.get(f"{serve_app}/machines/{target}/bookings", timeout=60).json()["bookings"]
+            if x["job_id"] == jid
+        ]
     if summary["verdict"] == "not released":  # QA refused the new machine's plan: never attached, the booking says why
         assert mine[0]["state"] == "not_released" and mine[0]["plan_id"] is None
         assert "not released by QA" in mine[0]["history"][-1]

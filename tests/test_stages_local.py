@@ -47,8 +47,22 @@ def planned(study, order, tmp_path_factory):
 
 def test_recipe_is_one_ordered_list():
     names = [s.name for s in pipeline.RECIPE]
-    assert names == ["load", "structures", "dvh", "geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize",
-                     "convert", "qa", "export"]
+    assert names == [
+        "load",
+        "structures",
+        "dvh",
+        "geometry",
+        "beamlets",
+        "dij",
+        "problem",
+        "fmo",
+        "sequence",
+        "dao",
+        "normalize",
+        "convert",
+        "qa",
+        "export",
+    ]
     assert PLANNING_STAGES == names[3:]
     assert [s.name for s in pipeline.recipe(plan=False)] == ["load", "structures", "dvh"]
     assert [s.name for s in pipeline.recipe(["export", "load"])] == ["load", "export"]
@@ -107,15 +121,24 @@ def test_qa_and_export(planned):
     qa_fail = {r.machine for r in qa.reports if r.verdict == "fail"} - {"standard"}
     not_released = {p.machine for p in conv.plans if p.status != "released"}
     for m in ex.machines:
-        if m.machine in qa_fail | not_released:  # a plan that failed QA or its release is never exported: no RTPLAN / RTDOSE
+        if (
+            m.machine in qa_fail | not_released
+        ):  # a plan that failed QA or its release is never exported: no RTPLAN / RTDOSE
             assert m.verdict == "not released" and m.failed_checks
-            assert not (out / "export" / f"RP_{m.machine}.dcm").exists() and not (out / "export" / f"RD_{m.machine}.dcm").exists()
+            assert (
+                not (out / "export" / f"RP_{m.machine}.dcm").exists()
+                and not (out / "export" / f"RD_{m.machine}.dcm").exists()
+            )
             continue
         rp = pydicom.dcmread(out / "export" / f"RP_{m.machine}.dcm")
         rd = pydicom.dcmread(out / "export" / f"RD_{m.machine}.dcm")
         assert rp.Modality == "RTPLAN" and rd.Modality == "RTDOSE"
         assert rd.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == rp.SOPInstanceUID
-        mu = sum(float(fg.ReferencedBeamSequence[i].BeamMeterset) for fg in rp.FractionGroupSequence for i in range(len(fg.ReferencedBeamSequence)))
+        mu = sum(
+            float(fg.ReferencedBeamSequence[i].BeamMeterset)
+            for fg in rp.FractionGroupSequence
+            for i in range(len(fg.ReferencedBeamSequence))
+        )
         assert mu == pytest.approx(m.total_mu_per_fraction, rel=1e-3)
         assert {g.structure for g in m.goals} == {"Core"}  # SMALL_ORDER: Core max_dose 25 Gy
     summary = json.loads((out / "export" / "summary.json").read_text())
@@ -140,7 +163,9 @@ def test_resume_reuses_every_stored_stage(planned, study, order):
     assert kinds["problem"] == "finished"  # in memory only: rebuilt
     assert all(kinds[n] == "reused" for n in PLANNING_STAGES if n != "problem")
     a, b = res["dij"].matrix, res2["dij"].matrix
-    assert np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data)
+    assert (
+        np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data)
+    )
     assert np.array_equal(res2["standard_plan"].dose, res["standard_plan"].dose)
     assert res2["exports"].machines[1].plan_id == res["exports"].machines[1].plan_id
 
@@ -196,7 +221,9 @@ def test_chunk_plan_balances_beams_over_the_cpus():
     assert sum(1 for b, _, _ in heavy if b == 2) > 1
     items = [(None, None, None, None, a, z) for _, a, z in chunks]
     order = dij_chunk_order(items)
-    assert sorted(order) == list(range(len(chunks))) and [items[i][5] - items[i][4] for i in order] == sorted((z - a for _, a, z in chunks), reverse=True)
+    assert sorted(order) == list(range(len(chunks))) and [items[i][5] - items[i][4] for i in order] == sorted(
+        (z - a for _, a, z in chunks), reverse=True
+    )
 
 
 def test_goals_of_reads_dvh_objectives():

@@ -12,7 +12,9 @@ from rayrt.pipeline.planning import chunk_plan
 
 pytestmark = pytest.mark.ray
 
-REQ = dict(machines=[], num_beams=3, dose_grid_mm=5.0, bixel_mm=5.0, dij_cutoff_mm=30.0, dij_threshold=1e-3, chunks_per_cpu=6)
+REQ = dict(
+    machines=[], num_beams=3, dose_grid_mm=5.0, bixel_mm=5.0, dij_cutoff_mm=30.0, dij_threshold=1e-3, chunks_per_cpu=6
+)
 UP_TO_DIJ = ["load", "structures", "geometry", "beamlets", "dij"]
 
 
@@ -32,8 +34,13 @@ def order():
 
 def _same(a, b) -> bool:
     a, b = a.tocsc(), b.tocsc()
-    return (a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
-            and np.array_equal(a.data, b.data))
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and np.array_equal(a.indptr, b.indptr)
+        and np.array_equal(a.indices, b.indices)
+        and np.array_equal(a.data, b.data)
+    )
 
 
 def test_ray_fanout_dij_equals_single_process(ray_session, study, order):
@@ -53,7 +60,9 @@ def test_ray_fanout_dij_equals_single_process(ray_session, study, order):
 
     geo, bs = res["geometry"], res["beamlet_set"]
     m = get_machine(geo.standard_machine)
-    single = hstack_exact([compute_dij(geo.density_volume(), geo.dose_grid, g, m, cutoff_mm=30.0, threshold=1e-3) for g in bs.grids()])
+    single = hstack_exact(
+        [compute_dij(geo.density_volume(), geo.dose_grid, g, m, cutoff_mm=30.0, threshold=1e-3) for g in bs.grids()]
+    )
     assert _same(d.matrix, single)
 
     local = run_recipe(study, order, PlanningRequest(**REQ), stages=UP_TO_DIJ)

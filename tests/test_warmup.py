@@ -36,8 +36,11 @@ def _entry_kernels() -> dict[str, CPUDispatcher]:
     kernels["rayrt.qa.gamma.kernel"] = general
     kernels["rayrt.qa.gamma.kernel_aligned"] = aligned
     sources = {k: inspect.getsource(d.py_func) for k, d in kernels.items()}
-    return {k: d for k, d in kernels.items()
-            if not any(f"{d.py_func.__name__}(" in src for other, src in sources.items() if other != k)}
+    return {
+        k: d
+        for k, d in kernels.items()
+        if not any(f"{d.py_func.__name__}(" in src for other, src in sources.items() if other != k)
+    }
 
 
 def _unreached_after_warm_up() -> list[str]:

@@ -56,7 +56,7 @@ def _template_regex(template: str) -> re.Pattern:
     """A route or page template -> regex over concrete paths ('{x:path}' may hold slashes)."""
     out, pos = [], 0
     for m in _PARAM.finditer(template):
-        out.append(re.escape(template[pos:m.start()]))
+        out.append(re.escape(template[pos : m.start()]))
         out.append(".+" if m.group(2) == "path" else "[^/]+")
         pos = m.end()
     out.append(re.escape(template[pos:]))
@@ -150,7 +150,9 @@ def test_no_external_resources_in_static_files() -> None:
     for name, path in static_files().items():
         if path.suffix in (".html", ".js", ".css"):
             text = path.read_text(encoding="utf-8")
-            assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), f"{name} loads something from outside"
+            assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), (
+                f"{name} loads something from outside"
+            )
             assert not re.search(r"@import\s+url\(\s*[\"']?https?:", text), name
             assert "https://" not in text and "http://" not in text.replace("http://www.w3.org/2000/svg", ""), name
 
@@ -165,7 +167,14 @@ def test_every_api_path_the_script_calls_is_a_service_route(service_routes) -> N
     js = JS.read_text(encoding="utf-8")
     table = api_table(js)
     assert len(table) >= 12, table  # the page uses jobs, events, plans, results, machines, queue, cluster ...
-    for needed in ("/jobs", "/jobs/{job_id}/events", "/jobs/{job_id}/plans", "/machines/{name}/status", "/queue", "/cluster"):
+    for needed in (
+        "/jobs",
+        "/jobs/{job_id}/events",
+        "/jobs/{job_id}/plans",
+        "/machines/{name}/status",
+        "/queue",
+        "/cluster",
+    ):
         assert needed in {p for _, p in table.values()}, needed
     assert unmatched(table, service_routes) == []
     # no request bypasses the table: every quoted server path in the script is a table entry
@@ -186,7 +195,9 @@ def test_route_check_catches_a_wrong_path(service_routes) -> None:
     right = {"file": ("GET", "/jobs/{job_id}/results/{path}"), "status": ("POST", "/machines/{name}/status")}
     assert unmatched(right, service_routes) == []
     assert api_table('x = { a: ["GET", "/jobs/{job_id}"], b: ["POST", "/jobs/{job_id}/cancel"] };') == {
-        "a": ("GET", "/jobs/{job_id}"), "b": ("POST", "/jobs/{job_id}/cancel")}
+        "a": ("GET", "/jobs/{job_id}"),
+        "b": ("POST", "/jobs/{job_id}/cancel"),
+    }
 
 
 def test_web_router_is_part_of_the_service(service_routes) -> None:
@@ -196,18 +207,21 @@ def test_web_router_is_part_of_the_service(service_routes) -> None:
     assert clash == []
 
 
-@pytest.mark.parametrize("path", [
-    "/ui/static/../../service/web.py",
-    "/ui/static/%2e%2e/%2e%2e/service/web.py",
-    "/ui/static/..%2f..%2fservice%2fweb.py",
-    "/ui/static/%2e%2e%2f%2e%2e%2f__init__.py",
-    "/ui/static//etc/passwd",
-    "/ui/static/%2fetc%2fpasswd",
-    "/ui/static/rayrt.js/../../../__init__.py",
-    "/ui/static/..\\..\\__init__.py",
-    "/ui/static/missing.js",
-    "/ui/static/",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/static/../../service/web.py",
+        "/ui/static/%2e%2e/%2e%2e/service/web.py",
+        "/ui/static/..%2f..%2fservice%2fweb.py",
+        "/ui/static/%2e%2e%2f%2e%2e%2f__init__.py",
+        "/ui/static//etc/passwd",
+        "/ui/static/%2fetc%2fpasswd",
+        "/ui/static/rayrt.js/../../../__init__.py",
+        "/ui/static/..\\..\\__init__.py",
+        "/ui/static/missing.js",
+        "/ui/static/",
+    ],
+)
 def test_static_path_traversal_is_refused(client: TestClient, path: str) -> None:
     r = client.get(path)
     assert r.status_code == 404, (path, r.status_code)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from rayrt.cli.app import app
 from rayrt.cli import commands as _commands  # noqa: F401  (registers every command)
+from rayrt.cli.app import app
 
 
 def main() -> None:

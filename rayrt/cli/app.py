@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from rayrt.domain.errors import RayrtError, InputError
+from rayrt.domain.errors import InputError, RayrtError
 
 app = typer.Typer(
     name="rayrt",

@@ -66,7 +66,12 @@ def _box(text: str | None) -> dict | None:
 
 
 def _post(crop_to: str | None, crop_inside_mm: float, smooth_mm: float, fill_holes: str) -> dict:
-    return {"crop_to": crop_to, "crop_inside_mm": crop_inside_mm, "smooth_sigma_mm": smooth_mm, "fill_holes": fill_holes}
+    return {
+        "crop_to": crop_to,
+        "crop_inside_mm": crop_inside_mm,
+        "smooth_sigma_mm": smooth_mm,
+        "fill_holes": fill_holes,
+    }
 
 
 def _is_rayrt_output(path: Path) -> bool:
@@ -91,8 +96,16 @@ def _raw_contours(folder: Path, name: str, previous: Path | None) -> list[list[t
     return None
 
 
-def run_contour(folder: Path, request: dict | None, out: Path | None, user: str, config: Path | None, as_json: bool,
-                rtstruct: Path | None = None, overwrite: bool = False) -> None:
+def run_contour(
+    folder: Path,
+    request: dict | None,
+    out: Path | None,
+    user: str,
+    config: Path | None,
+    as_json: bool,
+    rtstruct: Path | None = None,
+    overwrite: bool = False,
+) -> None:
     """Load, apply one request (or import an RTSTRUCT), write the RTSTRUCT + log, print the summary."""
     from rayrt.contour.config import load_contour_config
     from rayrt.contour.requests import parse_request
@@ -110,7 +123,9 @@ def run_contour(folder: Path, request: dict | None, out: Path | None, user: str,
         from rayrt.imaging.dicom_io import read_rtstruct
 
         rs = read_rtstruct(previous)
-        study.structures = structure_masks_from_rtstruct(rs, study.primary.grid, plane_spacing_mm=float(study.primary.grid.spacing[2]))
+        study.structures = structure_masks_from_rtstruct(
+            rs, study.primary.grid, plane_spacing_mm=float(study.primary.grid.spacing[2])
+        )
     if req is not None and req.method == "interpolate" and not req.contours and folder.is_dir():  # type: ignore[attr-defined]
         # RTSTRUCT import fills the gaps between sparse contour planes (slab semantics); interpolate
         # from the drawn polygons themselves instead
@@ -140,8 +155,16 @@ def run_contour(folder: Path, request: dict | None, out: Path | None, user: str,
 
     changed_names = {s.name for s in changed}
     if as_json:
-        typer.echo(json.dumps({"rtstruct": str(out_path), "changed": [s.model_dump(mode="json") for s in changed],
-                               "structures": [s.model_dump(mode="json") for s in ss.summaries()]}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "rtstruct": str(out_path),
+                    "changed": [s.model_dump(mode="json") for s in changed],
+                    "structures": [s.model_dump(mode="json") for s in ss.summaries()],
+                },
+                indent=2,
+            )
+        )
         return
     typer.echo(f"{'':1} {'name':<20} {'kind':<9} {'volume cc':>11} {'voxels':>10}  source")
     for s in ss.summaries():
@@ -159,7 +182,9 @@ def run_contour(folder: Path, request: dict | None, out: Path | None, user: str,
 @contour_app.command("auto")
 def auto(
     folder: Path = _DIR,
-    structures: Optional[str] = typer.Option(None, "--structures", help="any of body, lungs, bones, cavities (default: all the image supports)"),
+    structures: Optional[str] = typer.Option(
+        None, "--structures", help="any of body, lungs, bones, cavities (default: all the image supports)"
+    ),
     image: Optional[str] = typer.Option(None, "--image", help="image series key (default the primary image)"),
     out: Optional[Path] = _OUT,
     user: str = _USER,
@@ -167,7 +192,14 @@ def auto(
     as_json: bool = _JSON,
 ) -> None:
     """Automatic External, Lung_L/Lung_R, Bones and air cavities (CT; External only on MR/PET)."""
-    run_contour(folder, {"method": "auto", "structures": _names(structures) if structures else None, "image": image}, out, user, config, as_json)
+    run_contour(
+        folder,
+        {"method": "auto", "structures": _names(structures) if structures else None, "image": image},
+        out,
+        user,
+        config,
+        as_json,
+    )
 
 
 @contour_app.command("grow")
@@ -176,7 +208,9 @@ def grow(
     seed: str = typer.Option(..., "--seed", help="seed point x,y,z (LPS mm)"),
     window: str = typer.Option(..., "--window", help="intensity window LO,HI (HU on CT)"),
     name: str = typer.Option("GTV", "--name", help="structure to create"),
-    kind: Optional[str] = typer.Option(None, "--kind", help="target, organ, external, support or other (default from the name)"),
+    kind: Optional[str] = typer.Option(
+        None, "--kind", help="target, organ, external, support or other (default from the name)"
+    ),
     box: Optional[str] = typer.Option(None, "--box", help="bounding box x0,y0,z0,x1,y1,z1 (LPS mm)"),
     connectivity: Optional[int] = typer.Option(None, "--connectivity", help="1 = 6, 2 = 18, 3 = 26 neighbours"),
     image: Optional[str] = typer.Option(None, "--image", help="image series key (default the primary image)"),
@@ -190,9 +224,18 @@ def grow(
 ) -> None:
     """Seeded region growing from a point in an intensity window."""
     win = _floats(window, 2, "--window")
-    req = {"method": "grow", "name": name, "kind": kind, "seed_mm": _floats(seed, 3, "--seed"), "window": win,
-           "box_mm": _box(box), "connectivity": connectivity, "image": image, "overwrite": overwrite,
-           "post": _post(None, 0.0, smooth_mm, fill_holes)}
+    req = {
+        "method": "grow",
+        "name": name,
+        "kind": kind,
+        "seed_mm": _floats(seed, 3, "--seed"),
+        "window": win,
+        "box_mm": _box(box),
+        "connectivity": connectivity,
+        "image": image,
+        "overwrite": overwrite,
+        "post": _post(None, 0.0, smooth_mm, fill_holes),
+    }
     run_contour(folder, req, out, user, config, as_json)
 
 
@@ -203,11 +246,17 @@ def _parse_directions(text: str) -> dict:
         if not part.strip():
             continue
         if "=" not in part:
-            raise InputError(f"--mm-dir: expected direction=mm pairs like left=5,superior=10, got {part!r}", kind="cli", field="--mm-dir")
+            raise InputError(
+                f"--mm-dir: expected direction=mm pairs like left=5,superior=10, got {part!r}",
+                kind="cli",
+                field="--mm-dir",
+            )
         k, v = part.split("=", 1)
         k = k.strip().lower()
         if k not in keys:
-            raise InputError(f"--mm-dir: unknown direction {k!r}; use {', '.join(sorted(keys))}", kind="cli", field="--mm-dir")
+            raise InputError(
+                f"--mm-dir: unknown direction {k!r}; use {', '.join(sorted(keys))}", kind="cli", field="--mm-dir"
+            )
         out[f"{k}_mm"] = _floats(v, 1, "--mm-dir")[0]
     return out
 
@@ -218,8 +267,14 @@ def margin(
     source: str = typer.Option(..., "--from", help="structure to expand, e.g. CTV"),
     name: str = typer.Option(..., "--to", help="structure to create, e.g. PTV"),
     mm: Optional[float] = typer.Option(None, "--mm", help="isotropic margin (mm)"),
-    mm_axis: Optional[str] = typer.Option(None, "--mm-axis", help="per-axis margins x,y,z (mm): left-right, ant-post, sup-inf"),
-    mm_dir: Optional[str] = typer.Option(None, "--mm-dir", help="per-direction margins, e.g. left=5,right=5,anterior=7,posterior=7,superior=10,inferior=10"),
+    mm_axis: Optional[str] = typer.Option(
+        None, "--mm-axis", help="per-axis margins x,y,z (mm): left-right, ant-post, sup-inf"
+    ),
+    mm_dir: Optional[str] = typer.Option(
+        None,
+        "--mm-dir",
+        help="per-direction margins, e.g. left=5,right=5,anterior=7,posterior=7,superior=10,inferior=10",
+    ),
     contract: bool = typer.Option(False, "--contract", help="contract instead of expand"),
     crop_to: Optional[str] = typer.Option(None, "--crop-to", help="cut the result to this structure, e.g. External"),
     crop_inside_mm: float = typer.Option(0.0, "--crop-inside-mm", help="...this far inside its surface (mm)"),
@@ -233,13 +288,26 @@ def margin(
     given = [x is not None for x in (mm, mm_axis, mm_dir)]
     if sum(given) != 1:
         raise InputError("give exactly one of --mm, --mm-axis or --mm-dir", kind="cli", field="--mm")
-    req: dict[str, Any] = {"method": "margin", "source": source, "name": name, "contract": contract, "overwrite": overwrite,
-                           "post": _post(crop_to, crop_inside_mm, 0.0, "none")}
+    req: dict[str, Any] = {
+        "method": "margin",
+        "source": source,
+        "name": name,
+        "contract": contract,
+        "overwrite": overwrite,
+        "post": _post(crop_to, crop_inside_mm, 0.0, "none"),
+    }
     if mm is not None:
         req["margin_mm"] = mm
     elif mm_axis is not None:
         x, y, z = _floats(mm_axis, 3, "--mm-axis")
-        req["margins"] = {"left_mm": x, "right_mm": x, "anterior_mm": y, "posterior_mm": y, "superior_mm": z, "inferior_mm": z}
+        req["margins"] = {
+            "left_mm": x,
+            "right_mm": x,
+            "anterior_mm": y,
+            "posterior_mm": y,
+            "superior_mm": z,
+            "inferior_mm": z,
+        }
     else:
         req["margins"] = _parse_directions(mm_dir or "")
     run_contour(folder, req, out, user, config, as_json)
@@ -249,8 +317,12 @@ def margin(
 def interpolate(
     folder: Path = _DIR,
     name: str = typer.Option(..., "--name", help="structure drawn on a few slices (or to create from --polygons)"),
-    polygons: Optional[Path] = typer.Option(None, "--polygons", help="JSON list of polygons [[x,y,z],...] on a few slices"),
-    kind: Optional[str] = typer.Option(None, "--kind", help="target, organ, external, support or other (default from the name)"),
+    polygons: Optional[Path] = typer.Option(
+        None, "--polygons", help="JSON list of polygons [[x,y,z],...] on a few slices"
+    ),
+    kind: Optional[str] = typer.Option(
+        None, "--kind", help="target, organ, external, support or other (default from the name)"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite"),
     out: Optional[Path] = _OUT,
     user: str = _USER,
@@ -280,7 +352,15 @@ def boolean(
     as_json: bool = _JSON,
 ) -> None:
     """Union, intersection or subtraction of structures."""
-    req = {"method": "boolean", "operation": operation, "a": _names(a), "b": _names(b), "name": name, "kind": kind, "overwrite": overwrite}
+    req = {
+        "method": "boolean",
+        "operation": operation,
+        "a": _names(a),
+        "b": _names(b),
+        "name": name,
+        "kind": kind,
+        "overwrite": overwrite,
+    }
     run_contour(folder, req, out, user, config, as_json)
 
 
@@ -299,17 +379,28 @@ def ring(
     as_json: bool = _JSON,
 ) -> None:
     """Ring structure between an inner and an outer margin around a structure."""
-    req = {"method": "ring", "source": source, "name": name, "inner_mm": inner, "outer_mm": outer, "overwrite": overwrite,
-           "post": _post(crop_to, 0.0, 0.0, "none")}
+    req = {
+        "method": "ring",
+        "source": source,
+        "name": name,
+        "inner_mm": inner,
+        "outer_mm": outer,
+        "overwrite": overwrite,
+        "post": _post(crop_to, 0.0, 0.0, "none"),
+    }
     run_contour(folder, req, out, user, config, as_json)
 
 
 @contour_app.command("polygons")
 def polygons(
     folder: Path = _DIR,
-    json_file: Path = typer.Option(..., "--json", help="JSON: a list of polygons [[x,y,z],...] (LPS mm) or {\"contours\": [...]}"),
+    json_file: Path = typer.Option(
+        ..., "--json", help='JSON: a list of polygons [[x,y,z],...] (LPS mm) or {"contours": [...]}'
+    ),
     name: str = typer.Option(..., "--name", help="structure to create"),
-    kind: Optional[str] = typer.Option(None, "--kind", help="target, organ, external, support or other (default from the name)"),
+    kind: Optional[str] = typer.Option(
+        None, "--kind", help="target, organ, external, support or other (default from the name)"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite"),
     out: Optional[Path] = _OUT,
     user: str = _USER,
@@ -329,7 +420,9 @@ def pet(
     name: str = typer.Option("GTV_PET", "--name"),
     box: Optional[str] = typer.Option(None, "--box", help="box around the lesion x0,y0,z0,x1,y1,z1 (LPS mm)"),
     suv: Optional[float] = typer.Option(None, "--suv", help="absolute SUV threshold"),
-    percent: Optional[float] = typer.Option(None, "--percent", help="threshold in % of the SUVmax in the box (default 40)"),
+    percent: Optional[float] = typer.Option(
+        None, "--percent", help="threshold in % of the SUVmax in the box (default 40)"
+    ),
     image: Optional[str] = typer.Option(None, "--image", help="PET series key (default the first PET series)"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     out: Optional[Path] = _OUT,
@@ -338,8 +431,15 @@ def pet(
     as_json: bool = _JSON,
 ) -> None:
     """PET-avid target: SUV threshold (absolute or % of local SUVmax) mapped onto the CT grid."""
-    req = {"method": "pet_threshold", "name": name, "box_mm": _box(box), "suv": suv, "percent_of_max": percent, "image": image,
-           "overwrite": overwrite}
+    req = {
+        "method": "pet_threshold",
+        "name": name,
+        "box_mm": _box(box),
+        "suv": suv,
+        "percent_of_max": percent,
+        "image": image,
+        "overwrite": overwrite,
+    }
     run_contour(folder, req, out, user, config, as_json)
 
 
@@ -350,7 +450,9 @@ def edit(
     delete: bool = typer.Option(False, "--delete"),
     rename: Optional[str] = typer.Option(None, "--rename", help="new name"),
     colour: Optional[str] = typer.Option(None, "--colour", help="r,g,b (0-255)"),
-    slice_json: Optional[Path] = typer.Option(None, "--slice-json", help="JSON polygons replacing the contours of their slice(s)"),
+    slice_json: Optional[Path] = typer.Option(
+        None, "--slice-json", help="JSON polygons replacing the contours of their slice(s)"
+    ),
     clear_z: Optional[str] = typer.Option(None, "--clear-z", help="z positions (mm) of slices to clear"),
     out: Optional[Path] = _OUT,
     user: str = _USER,
@@ -370,15 +472,20 @@ def edit(
         req.update(action="recolour", colour=[int(v) for v in _floats(colour, 3, "--colour")])
     else:
         data = _read_json(slice_json, "polygons file") if slice_json is not None else []
-        req.update(action="replace_slice", contours=data.get("contours") if isinstance(data, dict) else data,
-                   z_mm=_floats(clear_z, None, "--clear-z") if clear_z else [])
+        req.update(
+            action="replace_slice",
+            contours=data.get("contours") if isinstance(data, dict) else data,
+            z_mm=_floats(clear_z, None, "--clear-z") if clear_z else [],
+        )
     run_contour(folder, req, out, user, config, as_json)
 
 
 @contour_app.command("apply")
 def apply(
     folder: Path = _DIR,
-    request: Path = typer.Option(..., "--request", help="a ContourRequest as JSON (the body of POST /patients/{id}/structures)"),
+    request: Path = typer.Option(
+        ..., "--request", help="a ContourRequest as JSON (the body of POST /patients/{id}/structures)"
+    ),
     out: Optional[Path] = _OUT,
     user: str = _USER,
     config: Optional[Path] = _CONFIG,
@@ -391,7 +498,9 @@ def apply(
 @contour_app.command("import")
 def import_rtstruct(
     folder: Path = _DIR,
-    rtstruct: Path = typer.Option(..., "--rtstruct", help="an RTSTRUCT on the same frame of reference as the folder's image"),
+    rtstruct: Path = typer.Option(
+        ..., "--rtstruct", help="an RTSTRUCT on the same frame of reference as the folder's image"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace structures of the same name"),
     out: Optional[Path] = _OUT,
     user: str = _USER,

@@ -37,6 +37,7 @@ from rayrt.domain.errors import InputError, RayrtError
 
 DEFAULT_MACHINES = "truebeam_m120,versahd_agility,synergy_mlci2"
 
+
 def _warm_worker() -> int:
     """Import the planning core (numba kernels from cache) in a Ray worker; returns its pid."""
     import os
@@ -124,7 +125,9 @@ def run_demo_job(
     t0 = time.perf_counter()
     with _client(url) as client:
         patient = upload_patient(client, case_dir)
-        echo(f"uploaded patient {patient['id']}: {len(patient.get('structures', []))} structures ({time.perf_counter() - t0:.1f} s)")
+        echo(
+            f"uploaded patient {patient['id']}: {len(patient.get('structures', []))} structures ({time.perf_counter() - t0:.1f} s)"
+        )
         body = {"patient_id": patient["id"], "order": order, "machines": machines, "options": planning}
         job = _call(client, "POST", "/jobs", json=body).json()
         echo(f"job {job['id']} submitted: plan on the standard machine, convert for {', '.join(machines) or '(none)'}")
@@ -137,12 +140,16 @@ def run_demo_job(
                 if job["state"] in ("succeeded", "failed", "cancelled"):
                     break
                 if time.monotonic() > deadline:
-                    raise RayrtError(f"job {job['id']} still {job['state']} (stage {job.get('stage')}) after {timeout_s:.0f} s")
+                    raise RayrtError(
+                        f"job {job['id']} still {job['state']} (stage {job.get('stage')}) after {timeout_s:.0f} s"
+                    )
                 time.sleep(0.25)
         finally:
             printer.close()
         if job["state"] != "succeeded":
-            raise RayrtError(f"job {job['id']} {job['state']}: " + ("; ".join(job.get("errors", [])) or "no reason recorded"))
+            raise RayrtError(
+                f"job {job['id']} {job['state']}: " + ("; ".join(job.get("errors", [])) or "no reason recorded")
+            )
         listing = _call(client, "GET", f"/jobs/{job['id']}/results").json()
         out_dir = out_dir.resolve()
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,27 +166,56 @@ def run_demo_job(
             files.append(target)
         summary_path = out_dir / "summary.json"
         if not summary_path.is_file():
-            raise RayrtError(f"job {job['id']} finished without export/summary.json; its files: {[f['path'] for f in listing['files']]}")
+            raise RayrtError(
+                f"job {job['id']} finished without export/summary.json; its files: {[f['path'] for f in listing['files']]}"
+            )
         summary = json.loads(summary_path.read_text())
         conversion = []
         if machines:  # how rayrt.convert converted each machine (mode, attempts, seconds): the convert stage's record
             rec = _call(client, "GET", f"/jobs/{job['id']}/results/convert/result.json").json()
-            conversion = [{"machine": p["machine"], "status": p["status"], "mode": p.get("mode"), "coincidence": p.get("coincidence"),
-                           "seconds": p["seconds"], "attempts": len(p.get("attempts", [])), "reasons": p.get("reasons", [])[:2]} for p in rec["plans"]]
-    return {"job": job, "patient": patient, "stage_seconds": stage_seconds(job), "files": files, "summary": summary,
-            "conversion": conversion, "http_seconds": time.perf_counter() - t0}
+            conversion = [
+                {
+                    "machine": p["machine"],
+                    "status": p["status"],
+                    "mode": p.get("mode"),
+                    "coincidence": p.get("coincidence"),
+                    "seconds": p["seconds"],
+                    "attempts": len(p.get("attempts", [])),
+                    "reasons": p.get("reasons", [])[:2],
+                }
+                for p in rec["plans"]
+            ]
+    return {
+        "job": job,
+        "patient": patient,
+        "stage_seconds": stage_seconds(job),
+        "files": files,
+        "summary": summary,
+        "conversion": conversion,
+        "http_seconds": time.perf_counter() - t0,
+    }
 
 
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", help="folder for the downloaded results"),
-    machines: str = typer.Option(DEFAULT_MACHINES, "--machines", help="comma-separated target machines (configs/machines)"),
-    options: Optional[Path] = typer.Option(None, "--options", help="planning options, JSON or YAML (PlanningRequest fields); default: configs/planning.yaml"),
-    settings: Optional[list[str]] = typer.Option(None, "--set", help="one planning option, KEY=VALUE (repeatable), e.g. --set num_beams=7"),
+    machines: str = typer.Option(
+        DEFAULT_MACHINES, "--machines", help="comma-separated target machines (configs/machines)"
+    ),
+    options: Optional[Path] = typer.Option(
+        None,
+        "--options",
+        help="planning options, JSON or YAML (PlanningRequest fields); default: configs/planning.yaml",
+    ),
+    settings: Optional[list[str]] = typer.Option(
+        None, "--set", help="one planning option, KEY=VALUE (repeatable), e.g. --set num_beams=7"
+    ),
     spacing_mm: float = typer.Option(4.0, "--spacing-mm", help="CT voxel size of the generated TG-119 phantom (mm)"),
     num_cpus: Optional[int] = typer.Option(None, "--cpus", help="CPUs of the embedded Ray (default: all)"),
     timeout: float = typer.Option(600.0, "--timeout", help="seconds to wait for the job"),
-    data: Optional[Path] = typer.Option(None, "--data", help="store folder (default: a temporary folder, removed at the end)"),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="store folder (default: a temporary folder, removed at the end)"
+    ),
 ) -> None:
     """Start a local Ray + the HTTP service, plan the TG-119 phantom for three machines, download and summarise."""
     import logging
@@ -209,20 +245,38 @@ def demo_cmd(
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         for name in ("ray", "ray.serve", "rayrt.service"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        echo(f"rayrt demo: TG-119 C-shape, {len(req.angles())} beams, {req.dose_grid_mm:g} mm dose grid, machines {', '.join(machine_list)}")
+        echo(
+            f"rayrt demo: TG-119 C-shape, {len(req.angles())} beams, {req.dose_grid_mm:g} mm dose grid, machines {', '.join(machine_list)}"
+        )
         t = time.perf_counter()
         import ray
 
         from rayrt.service import runtime
         from rayrt.service.settings import ServiceSettings
 
-        settings = ServiceSettings(data_dir=str(data_dir), host="127.0.0.1", port=0, num_cpus=num_cpus, object_store_memory_mb=1024,
-                                   controlled_computers=1, controlled_computer_cpus=0.0, progress_interval_s=0.2,
-                                   scheduler_name=f"rayrt-demo-{os.getpid()}")
+        settings = ServiceSettings(
+            data_dir=str(data_dir),
+            host="127.0.0.1",
+            port=0,
+            num_cpus=num_cpus,
+            object_store_memory_mb=1024,
+            controlled_computers=1,
+            controlled_computer_cpus=0.0,
+            progress_interval_s=0.2,
+            scheduler_name=f"rayrt-demo-{os.getpid()}",
+        )
         if not ray.is_initialized():
             tmp = tempfile.mkdtemp(prefix="rd", dir="/tmp")  # short: Unix socket paths <= 107 bytes
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, object_store_memory=1024 * 2**20, log_to_driver=False,
-                     namespace=settings.ray_namespace, _temp_dir=tmp, logging_level=logging.WARNING)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                object_store_memory=1024 * 2**20,
+                log_to_driver=False,
+                namespace=settings.ray_namespace,
+                _temp_dir=tmp,
+                logging_level=logging.WARNING,
+            )
             ray_started = True
             # import rayrt + numba in one worker per CPU while Serve starts (the first Dij tasks then start warm)
             warm = ray.remote(num_cpus=1)(_warm_worker)
@@ -234,7 +288,9 @@ def demo_cmd(
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve configures its logger on start
         timings["serve start"] = time.perf_counter() - t
         cpus = int(ray.cluster_resources().get("CPU", 0))
-        echo(f"service up at {url} ({cpus} CPUs; Ray {timings['ray start']:.1f} s, Serve {timings['serve start']:.1f} s)")
+        echo(
+            f"service up at {url} ({cpus} CPUs; Ray {timings['ray start']:.1f} s, Serve {timings['serve start']:.1f} s)"
+        )
 
         t = time.perf_counter()
         from rayrt.imaging.phantoms import tg119_order, write_tg119
@@ -242,7 +298,9 @@ def demo_cmd(
         case = write_tg119(work / "tg119", spacing_mm)
         order = tg119_order().model_dump(mode="json")
         timings["phantom"] = time.perf_counter() - t
-        res = run_demo_job(url, case, order, machine_list, planning, out, timeout_s=timeout, echo=echo, live=sys.stderr.isatty())
+        res = run_demo_job(
+            url, case, order, machine_list, planning, out, timeout_s=timeout, echo=echo, live=sys.stderr.isatty()
+        )
         timings["job (HTTP)"] = res["http_seconds"]
     except (InputError, RayrtError):
         raise
@@ -273,9 +331,15 @@ def demo_cmd(
         echo("")
         echo("conversions (rayrt.convert on each machine's conversion actor pool):")
         for c in res["conversion"]:
-            echo(f"  {c['machine']:<16} {c['status']:<9} mode {c['mode'] or '-':<9} coincidence {c['coincidence'] or '-':<12} "
-                 f"{c['attempts']} attempt(s) {c['seconds']:6.1f} s")
+            echo(
+                f"  {c['machine']:<16} {c['status']:<9} mode {c['mode'] or '-':<9} coincidence {c['coincidence'] or '-':<12} "
+                f"{c['attempts']} attempt(s) {c['seconds']:6.1f} s"
+            )
     echo("")
     echo("time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in res["stage_seconds"].items()))
-    echo("time overall (s):   " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f", total {time.perf_counter() - t_start:.1f}")
+    echo(
+        "time overall (s):   "
+        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+        + f", total {time.perf_counter() - t_start:.1f}"
+    )
     echo(f"results in {out.resolve()}: " + ", ".join(sorted(p.name for p in res["files"])))

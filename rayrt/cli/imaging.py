@@ -54,16 +54,33 @@ def inspect_cmd(
         for col in ("", "modality", "description", "columns x rows x slices", "spacing mm", "files", "values"):
             t.add_column(col, no_wrap=col != "description")
         for s in report.series:
-            t.add_row("*" if s.primary else "", s.modality, s.description or "-", "x".join(str(n) for n in s.dims_ijk),
-                      "x".join(f"{v:g}" for v in s.spacing_mm), str(s.num_files), f"{s.min_value:g}..{s.max_value:g} {s.quantity}")
+            t.add_row(
+                "*" if s.primary else "",
+                s.modality,
+                s.description or "-",
+                "x".join(str(n) for n in s.dims_ijk),
+                "x".join(f"{v:g}" for v in s.spacing_mm),
+                str(s.num_files),
+                f"{s.min_value:g}..{s.max_value:g} {s.quantity}",
+            )
         con.print(t)
     if report.structures:
         t = Table(title=f"structures ({report.structures_on})", title_justify="left")
         for col in ("ROI", "name", "kind", "volume cc", "voxels", "contours"):
-            t.add_column(col, justify="right" if col in ("ROI", "volume cc", "voxels", "contours") else "left", no_wrap=col != "name")
+            t.add_column(
+                col,
+                justify="right" if col in ("ROI", "volume cc", "voxels", "contours") else "left",
+                no_wrap=col != "name",
+            )
         for s in report.structures:
-            t.add_row(str(s.roi_number or "-"), s.name, s.kind, _fmt(s.volume_cc, 2), str(s.num_voxels if s.num_voxels is not None else "-"),
-                      str(s.num_contours if s.num_contours is not None else "-"))
+            t.add_row(
+                str(s.roi_number or "-"),
+                s.name,
+                s.kind,
+                _fmt(s.volume_cc, 2),
+                str(s.num_voxels if s.num_voxels is not None else "-"),
+                str(s.num_contours if s.num_contours is not None else "-"),
+            )
         con.print(t)
     if report.plans:
         t = Table(title="plans", title_justify="left")
@@ -77,8 +94,14 @@ def inspect_cmd(
         for col in ("file", "columns x rows x frames", "spacing mm", "max Gy", "summation", "plan"):
             t.add_column(col, no_wrap=col != "file")
         for d in report.doses:
-            t.add_row(d.file, "x".join(str(n) for n in d.dims_ijk), "x".join(f"{v:g}" for v in d.spacing_mm), _fmt(d.max_gy, 2),
-                      d.summation_type or "-", "..." + d.referenced_plan_uid[-12:] if d.referenced_plan_uid else "-")
+            t.add_row(
+                d.file,
+                "x".join(str(n) for n in d.dims_ijk),
+                "x".join(f"{v:g}" for v in d.spacing_mm),
+                _fmt(d.max_gy, 2),
+                d.summation_type or "-",
+                "..." + d.referenced_plan_uid[-12:] if d.referenced_plan_uid else "-",
+            )
         con.print(t)
     for w in report.warnings:
         con.print(f"[yellow]warning:[/yellow] {w}")
@@ -90,8 +113,12 @@ def dvh_cmd(
     rtdose: Path = typer.Option(..., "--rtdose", help="RT Dose file (grid dose in Gy)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list, one object per ROI"),
     roi: Optional[list[str]] = typer.Option(None, "--roi", help="only these ROI names (repeatable)"),
-    subvoxel: int = typer.Option(4, "--subvoxel", min=1, max=8, help="sub-voxels per dose voxel and axis for small structures"),
-    small_cc: float = typer.Option(5.0, "--small-cc", min=0.0, help="structures below this volume (cc) are supersampled; 0 = never"),
+    subvoxel: int = typer.Option(
+        4, "--subvoxel", min=1, max=8, help="sub-voxels per dose voxel and axis for small structures"
+    ),
+    small_cc: float = typer.Option(
+        5.0, "--small-cc", min=0.0, help="structures below this volume (cc) are supersampled; 0 = never"
+    ),
 ) -> None:
     """Dose-volume metrics of every ROI of an RTSTRUCT on an RTDOSE (structures rasterised on the dose grid)."""
     import json
@@ -105,15 +132,21 @@ def dvh_cmd(
             raise InputError(f"{what} file not found: {p}", kind="dicom", status=404)
     rs = read_rtstruct(rtstruct)
     dose = read_rtdose(rtdose)
-    check_frame_of_reference(f"structure set {rtstruct.name}", rs.frame_of_reference_uid, dose.meta.get("frame_of_reference_uid"),
-                             f"dose {rtdose.name}")
+    check_frame_of_reference(
+        f"structure set {rtstruct.name}",
+        rs.frame_of_reference_uid,
+        dose.meta.get("frame_of_reference_uid"),
+        f"dose {rtdose.name}",
+    )
     rois = rs.rois
     if roi:
         names = {r.name for r in rois}
         missing = [n for n in roi if n not in names]
         if missing:
-            raise InputError(f"no ROI named {', '.join(repr(m) for m in missing)} in {rtstruct.name}; it has: {', '.join(sorted(names))}",
-                             kind="rtstruct")
+            raise InputError(
+                f"no ROI named {', '.join(repr(m) for m in missing)} in {rtstruct.name}; it has: {', '.join(sorted(names))}",
+                kind="rtstruct",
+            )
         rois = [r for r in rois if r.name in set(roi)]
     results = [
         structure_dvh_metrics(dose, r.contours, r.name, subvoxel=subvoxel if small_cc > 0 else 1, small_cc=small_cc)
@@ -125,12 +158,26 @@ def dvh_cmd(
     from rich.table import Table
 
     con = _console()
-    t = Table(title=f"DVH metrics: {rtstruct.name} on {rtdose.name} (dose max {float(dose.array.max()):.2f} Gy)", title_justify="left")
+    t = Table(
+        title=f"DVH metrics: {rtstruct.name} on {rtdose.name} (dose max {float(dose.array.max()):.2f} Gy)",
+        title_justify="left",
+    )
     for col in ("ROI", "volume cc", "min", "mean", "max", "D2", "D5", "D50", "D95", "D98", "method"):
         t.add_column(col, justify="left" if col in ("ROI", "method") else "right")
     for m in results:
-        t.add_row(m.name, _fmt(m.volume_cc), _fmt(m.min_gy), _fmt(m.mean_gy), _fmt(m.max_gy), _fmt(m.d2_gy), _fmt(m.d5_gy),
-                  _fmt(m.d50_gy), _fmt(m.d95_gy), _fmt(m.d98_gy), m.method.split(":")[0])
+        t.add_row(
+            m.name,
+            _fmt(m.volume_cc),
+            _fmt(m.min_gy),
+            _fmt(m.mean_gy),
+            _fmt(m.max_gy),
+            _fmt(m.d2_gy),
+            _fmt(m.d5_gy),
+            _fmt(m.d50_gy),
+            _fmt(m.d95_gy),
+            _fmt(m.d98_gy),
+            m.method.split(":")[0],
+        )
     con.print(t)
     if not results:
         con.print("no ROI in the structure set")
@@ -153,8 +200,10 @@ def phantom_tg119(
     path = write_tg119(out, (spacing_mm, spacing_mm, slice_mm))
     n = len(list((path / "CT").glob("*.dcm")))
     vols = tg119_analytic_volumes_cc()
-    typer.echo(f"wrote {n} CT slices, RS.dcm (PTV {vols['PTV']:.1f} cc, Core {vols['Core']:.1f} cc, BODY {vols['BODY']:.0f} cc analytic) "
-               f"and order.yaml to {path}")
+    typer.echo(
+        f"wrote {n} CT slices, RS.dcm (PTV {vols['PTV']:.1f} cc, Core {vols['Core']:.1f} cc, BODY {vols['BODY']:.0f} cc analytic) "
+        f"and order.yaml to {path}"
+    )
 
 
 @phantom_app.command("mat")
@@ -168,7 +217,9 @@ def phantom_mat(
 
     study = load_mat_phantom(path)
     written = write_study(study, out)
-    typer.echo(f"wrote {len(written['ct'])} CT slices and {len(study.structures)} structures "
-               f"({', '.join(study.structure_names)}) to {out}")
+    typer.echo(
+        f"wrote {len(written['ct'])} CT slices and {len(study.structures)} structures "
+        f"({', '.join(study.structure_names)}) to {out}"
+    )
     for w in study.warnings:
         typer.echo(f"note: {w}")

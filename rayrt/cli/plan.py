@@ -30,7 +30,9 @@ def _angles(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError:
-        raise InputError(f"--beams must be comma-separated gantry angles in degrees, got {text!r}", field="beams") from None
+        raise InputError(
+            f"--beams must be comma-separated gantry angles in degrees, got {text!r}", field="beams"
+        ) from None
     if not vals:
         raise InputError("--beams is empty", field="beams")
     return vals
@@ -82,12 +84,24 @@ def plan_cmd(
     data: str = typer.Argument(..., help="DICOM folder/.zip, a .mat phantom, or 'tg119'"),
     out: Path = typer.Option(..., "--out", help="output folder: OUT/<stage>/ files, as the service stores them"),
     order: Optional[str] = typer.Option(None, "--order", help="medical order (.yaml/.json)"),
-    machines: Optional[str] = typer.Option(None, "--machines", help="convert the standard plan to these treatment machines (comma list)"),
-    machine: Optional[str] = typer.Option(None, "--machine", help="machine the standard plan is optimised on (default: the library's standard machine)"),
-    beams: Optional[str] = typer.Option(None, "--beams", help="gantry angles in degrees, e.g. 0,40,80 (default: num_beams equispaced)"),
-    mode: Optional[str] = typer.Option(None, "--mode", help="force a conversion mode: reuse, dose_only, mu_refit, fluence or dao (default: policy)"),
-    options: Optional[Path] = typer.Option(None, "--options", help="planning options, JSON or YAML (PlanningRequest fields; see rayrt schema planning)"),
-    settings: Optional[list[str]] = typer.Option(None, "--set", help="one planning option, KEY=VALUE (repeatable), e.g. --set num_beams=7"),
+    machines: Optional[str] = typer.Option(
+        None, "--machines", help="convert the standard plan to these treatment machines (comma list)"
+    ),
+    machine: Optional[str] = typer.Option(
+        None, "--machine", help="machine the standard plan is optimised on (default: the library's standard machine)"
+    ),
+    beams: Optional[str] = typer.Option(
+        None, "--beams", help="gantry angles in degrees, e.g. 0,40,80 (default: num_beams equispaced)"
+    ),
+    mode: Optional[str] = typer.Option(
+        None, "--mode", help="force a conversion mode: reuse, dose_only, mu_refit, fluence or dao (default: policy)"
+    ),
+    options: Optional[Path] = typer.Option(
+        None, "--options", help="planning options, JSON or YAML (PlanningRequest fields; see rayrt schema planning)"
+    ),
+    settings: Optional[list[str]] = typer.Option(
+        None, "--set", help="one planning option, KEY=VALUE (repeatable), e.g. --set num_beams=7"
+    ),
 ) -> None:
     """Plan a case with the planning recipe: standard plan, conversions, QA and DICOM RT export."""
     from rayrt.cli.planning_options import format_summary, read_options
@@ -119,4 +133,6 @@ def plan_cmd(
     typer.echo(f"planned in {time.perf_counter() - t0:.1f} s; plan quality (course doses) and QA verdicts:")
     for line in format_summary(res["exports"]):
         typer.echo(line)
-    typer.echo(f"wrote {out}/<stage>/ (export/: RS.dcm, RP_<machine>.dcm, RD_<machine>.dcm, dvh.csv, summary.json; qa/: QA reports)")
+    typer.echo(
+        f"wrote {out}/<stage>/ (export/: RS.dcm, RP_<machine>.dcm, RD_<machine>.dcm, dvh.csv, summary.json; qa/: QA reports)"
+    )

@@ -27,7 +27,9 @@ def read_options(options_file: Path | None, settings: list[str] | None) -> dict[
         try:
             data = yaml.safe_load(options_file.read_text(encoding="utf-8"))  # JSON is YAML
         except yaml.YAMLError as exc:
-            raise InputError(f"--options {options_file.name} is neither JSON nor YAML: {exc}", field="options") from None
+            raise InputError(
+                f"--options {options_file.name} is neither JSON nor YAML: {exc}", field="options"
+            ) from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -51,11 +53,16 @@ def format_summary(summary: Any) -> list[str]:
     lines = []
     for m in data.get("machines", []):
         verdict = m.get("verdict") or "-"
-        lines.append(f"  {m['machine']:<16} {m['total_mu_per_fraction']:7.1f} MU/fx  {m['segments']:3d} segments  QA {verdict.upper()}")
+        lines.append(
+            f"  {m['machine']:<16} {m['total_mu_per_fraction']:7.1f} MU/fx  {m['segments']:3d} segments  QA {verdict.upper()}"
+        )
         for g in m.get("goals", []):
             v = g.get("value_gy")
-            lines.append(f"      {'met ' if g['met'] else 'MISS'}  {g['structure']:<8} {g['goal']:<18} {v:7.2f} Gy" if v is not None
-                         else f"      ----  {g['structure']} {g['goal']}")
+            lines.append(
+                f"      {'met ' if g['met'] else 'MISS'}  {g['structure']:<8} {g['goal']:<18} {v:7.2f} Gy"
+                if v is not None
+                else f"      ----  {g['structure']} {g['goal']}"
+            )
         for c in m.get("failed_checks", []):
             lines.append(f"      qa: {c}")
     return lines

@@ -12,13 +12,17 @@ from rayrt.cli.app import app
 
 @app.command("gamma")
 def gamma_cmd(
-    reference: Path = typer.Argument(..., help="reference dose: RTDOSE file or .npy with <name>.grid.json / <name>_grid.json"),
+    reference: Path = typer.Argument(
+        ..., help="reference dose: RTDOSE file or .npy with <name>.grid.json / <name>_grid.json"
+    ),
     evaluated: Path = typer.Argument(..., help="evaluated dose (may be on another grid; it is interpolated)"),
     dd: float = typer.Option(3.0, "--dd", help="dose-difference criterion in %"),
     dta: float = typer.Option(2.0, "--dta", help="distance-to-agreement criterion in mm"),
     cutoff: float = typer.Option(10.0, "--cutoff", help="low-dose cutoff in % of the normalisation dose"),
     local: bool = typer.Option(False, "--local", help="local dose difference (default: global)"),
-    norm: Optional[float] = typer.Option(None, "--norm", help="global normalisation dose in Gy (default: reference maximum)"),
+    norm: Optional[float] = typer.Option(
+        None, "--norm", help="global normalisation dose in Gy (default: reference maximum)"
+    ),
     max_gamma: float = typer.Option(3.0, "--max-gamma", help="search radius in units of DTA"),
     interp_fraction: int = typer.Option(10, "--interp-fraction", help="search step = DTA / this"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the gamma map as .npy (+ .grid.json)"),
@@ -31,8 +35,15 @@ def gamma_cmd(
     from rayrt.qa.gamma import GammaCriteria, gamma_index, load_dose, save_dose_npy
 
     try:
-        crit = GammaCriteria(dose_pct=dd, dta_mm=dta, cutoff_pct=cutoff, local=local, normalization_gy=norm,
-                             max_gamma=max_gamma, interp_fraction=interp_fraction)
+        crit = GammaCriteria(
+            dose_pct=dd,
+            dta_mm=dta,
+            cutoff_pct=cutoff,
+            local=local,
+            normalization_gy=norm,
+            max_gamma=max_gamma,
+            interp_fraction=interp_fraction,
+        )
     except ValueError as exc:
         raise InputError(f"invalid gamma criteria: {str(exc).splitlines()[-2:]}", kind="gamma") from None
     ref = load_dose(reference)

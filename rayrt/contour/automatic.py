@@ -35,11 +35,11 @@ from rayrt.contour.morphology import (
     bbox,
     close_2d,
     dilate_2d,
-    erode_2d,
-    open_2d,
     disk_2d,
+    erode_2d,
     fill_holes_per_slice,
     largest_component,
+    open_2d,
     remove_small_components,
 )
 from rayrt.domain.errors import InputError
@@ -100,7 +100,9 @@ def _restore_thin_parts(low: np.ndarray, opened: np.ndarray, core: np.ndarray, s
     return out
 
 
-def _body_from_candidate(cand: np.ndarray, grid: Grid, opening_radius_mm: float, work_spacing_mm: float, fill_holes: bool) -> np.ndarray:
+def _body_from_candidate(
+    cand: np.ndarray, grid: Grid, opening_radius_mm: float, work_spacing_mm: float, fill_holes: bool
+) -> np.ndarray:
     """Body outline from a full-resolution candidate mask (see module docstring)."""
     fj, fi = _coarse_factors(grid, work_spacing_mm)
     low = np.ascontiguousarray(cand[:, ::fj, ::fi])
@@ -124,7 +126,9 @@ def _body_from_candidate(cand: np.ndarray, grid: Grid, opening_radius_mm: float,
 def body_ct(hu: np.ndarray, grid: Grid, config: ContourConfig | None = None) -> np.ndarray:
     """External outline (bool mask) of a CT in HU."""
     cfg = (config or ContourConfig()).body
-    body = _body_from_candidate(hu > cfg.threshold_hu, grid, cfg.opening_radius_mm, cfg.work_spacing_mm, cfg.fill_holes_per_slice)
+    body = _body_from_candidate(
+        hu > cfg.threshold_hu, grid, cfg.opening_radius_mm, cfg.work_spacing_mm, cfg.fill_holes_per_slice
+    )
     _check_body(body, grid, cfg.min_volume_cc, f"no body above {cfg.threshold_hu:g} HU")
     return body
 
@@ -213,7 +217,9 @@ def _split_joined_lung(comp: np.ndarray, max_erosions: int) -> tuple[np.ndarray,
     return out_a, out_b
 
 
-def lungs_ct(hu: np.ndarray, grid: Grid, body: np.ndarray, config: ContourConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+def lungs_ct(
+    hu: np.ndarray, grid: Grid, body: np.ndarray, config: ContourConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(left, right) lung masks of a CT in HU inside a body mask; left = patient's left (+x LPS)."""
     cfg = config or ContourConfig()
     lc = cfg.lungs
@@ -223,7 +229,11 @@ def lungs_ct(hu: np.ndarray, grid: Grid, body: np.ndarray, config: ContourConfig
         raise InputError("automatic lungs need a non-empty External", kind="contour")
     # coarse candidate straight from the subsampled CT; full resolution only inside each lung's box
     low = np.zeros((hu.shape[0], -(-hu.shape[1] // fj), -(-hu.shape[2] // fi)), dtype=bool)
-    lbox = (box[0], slice(-(-box[1].start // fj), -(-box[1].stop // fj)), slice(-(-box[2].start // fi), -(-box[2].stop // fi)))
+    lbox = (
+        box[0],
+        slice(-(-box[1].start // fj), -(-box[1].stop // fj)),
+        slice(-(-box[2].start // fi), -(-box[2].stop // fi)),
+    )
     sub = (box[0], slice(lbox[1].start * fj, box[1].stop, fj), slice(lbox[2].start * fi, box[2].stop, fi))
     low[lbox] = (hu[sub] < lc.threshold_hu) & body[sub]
     lab, n = ndi.label(low)
@@ -251,7 +261,11 @@ def lungs_ct(hu: np.ndarray, grid: Grid, body: np.ndarray, config: ContourConfig
     for part in parts:
         lb = bbox(part, (0, pad_j, pad_i))
         assert lb is not None
-        fb = (lb[0], slice(lb[1].start * fj, min(lb[1].stop * fj, nj)), slice(lb[2].start * fi, min(lb[2].stop * fi, ni)))
+        fb = (
+            lb[0],
+            slice(lb[1].start * fj, min(lb[1].stop * fj, nj)),
+            slice(lb[2].start * fi, min(lb[2].stop * fi, ni)),
+        )
         crop_shape = tuple(s_.stop - s_.start for s_ in fb)
         lpart = part[lb]
         cand = (hu[fb] < lc.threshold_hu) & body[fb]
@@ -298,7 +312,9 @@ def bones_ct(hu: np.ndarray, grid: Grid, body: np.ndarray, config: ContourConfig
     return bones
 
 
-def cavities_ct(hu: np.ndarray, grid: Grid, body: np.ndarray, lungs: np.ndarray | None, config: ContourConfig | None = None) -> np.ndarray:
+def cavities_ct(
+    hu: np.ndarray, grid: Grid, body: np.ndarray, lungs: np.ndarray | None, config: ContourConfig | None = None
+) -> np.ndarray:
     """Air cavities inside the body that are not lung."""
     cc = (config or ContourConfig()).cavities
     box = bbox(body)
@@ -332,7 +348,9 @@ def auto_contour(
     cfg = config or ContourConfig()
     unknown = set(targets) - set(AUTO_TARGETS)
     if unknown:
-        raise InputError(f"unknown automatic structure(s) {sorted(unknown)}; choose from {list(AUTO_TARGETS)}", kind="contour")
+        raise InputError(
+            f"unknown automatic structure(s) {sorted(unknown)}; choose from {list(AUTO_TARGETS)}", kind="contour"
+        )
     mod = (modality or "CT").upper()
     if mod not in {"CT", "MR", "PT", "PET"}:
         raise InputError(f"automatic delineation supports CT, MR and PET images, not {modality!r}", kind="contour")
@@ -376,5 +394,7 @@ def auto_contour(
                 lungs_union = l | r
             except InputError:
                 lungs_union = None
-        out.append((cfg.cavities.name, StructureKind.other, (120, 120, 255), cavities_ct(arr, grid, body, lungs_union, cfg)))
+        out.append(
+            (cfg.cavities.name, StructureKind.other, (120, 120, 255), cavities_ct(arr, grid, body, lungs_union, cfg))
+        )
     return out

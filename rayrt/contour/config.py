@@ -30,11 +30,13 @@ class BodySettings(_Section):
     name: str = "External"
     threshold_hu: float = Field(default=-350.0, description="voxels above this HU are candidate body")
     opening_radius_mm: float = Field(
-        default=6.0, ge=0,
-        description="in-plane opening radius (mm) that cuts thin bridges to the couch and immobilisation"
+        default=6.0,
+        ge=0,
+        description="in-plane opening radius (mm) that cuts thin bridges to the couch and immobilisation",
     )
     work_spacing_mm: float = Field(
-        default=2.0, gt=0,
+        default=2.0,
+        gt=0,
         description=(
             "in-plane spacing (mm) of the coarse grid used to find the body; edges are refined at full resolution"
         ),
@@ -81,7 +83,9 @@ class NonCTBodySettings(_Section):
         default=2.0, ge=0, description="Gaussian smoothing before the Otsu threshold (mm)"
     )
     otsu_scale: float = Field(
-        default=0.5, gt=0, le=1,
+        default=0.5,
+        gt=0,
+        le=1,
         description=(
             "threshold = p1 + otsu_scale x (Otsu - p1), p1 the 1st percentile (background): "
             "MR bodies are dim at the edges"
@@ -95,8 +99,10 @@ class GrowSettings(_Section):
         default=1, ge=1, le=3, description="1: faces (6-neighbours), 2: +edges (18), 3: +corners (26)"
     )
     max_fraction_of_body: float = Field(
-        default=0.5, gt=0, le=1,
-        description="refuse a grown region larger than this fraction of External (or of the image)"
+        default=0.5,
+        gt=0,
+        le=1,
+        description="refuse a grown region larger than this fraction of External (or of the image)",
     )
     max_border_faces: int = Field(
         default=3, ge=1, le=6, description="refuse a region touching more than this many of the 6 image faces"
@@ -140,7 +146,11 @@ def load_contour_config(path: str | Path | None = None) -> ContourConfig:
     if p is None:
         return ContourConfig()
     if not p.is_file():
-        raise InputError(f"contour config {p} does not exist; give an existing YAML file or none for the defaults", kind="config", field=str(p))
+        raise InputError(
+            f"contour config {p} does not exist; give an existing YAML file or none for the defaults",
+            kind="config",
+            field=str(p),
+        )
     try:
         data = yaml.safe_load(p.read_text()) or {}
         return ContourConfig.model_validate(data)

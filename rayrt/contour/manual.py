@@ -42,13 +42,21 @@ def validate_polygons(contours: list[np.ndarray], grid: Grid, what: str = "polyg
     Raises :class:`InputError` naming the first bad polygon and what to fix.
     """
     if not contours:
-        raise InputError(f"no {what}s given; send at least one closed polygon of (x, y, z) points in mm", kind="contour", field="contours")
+        raise InputError(
+            f"no {what}s given; send at least one closed polygon of (x, y, z) points in mm",
+            kind="contour",
+            field="contours",
+        )
     lo, hi = grid.bounds_mm()
     out = []
     for n, c in enumerate(contours):
         pts = np.asarray(c, dtype=float)
         if pts.ndim != 2 or pts.shape[1] != 3:
-            raise InputError(f"{what} {n}: expected a list of (x, y, z) points, got shape {pts.shape}", kind="contour", field="contours")
+            raise InputError(
+                f"{what} {n}: expected a list of (x, y, z) points, got shape {pts.shape}",
+                kind="contour",
+                field="contours",
+            )
         if not np.all(np.isfinite(pts)):
             raise InputError(f"{what} {n}: coordinates must be finite numbers (mm)", kind="contour", field="contours")
         kji = grid.world_to_index(pts)
@@ -87,8 +95,15 @@ def validate_polygons(contours: list[np.ndarray], grid: Grid, what: str = "polyg
             )
         area = 0.5 * abs(np.dot(xy[:, 0], np.roll(xy[:, 1], -1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], -1)))
         if area < 1e-6:
-            raise InputError(f"{what} {n} encloses no area (its points are collinear)", kind="contour", field="contours")
-        if np.all(pts[:, 0] < lo[0]) or np.all(pts[:, 0] > hi[0]) or np.all(pts[:, 1] < lo[1]) or np.all(pts[:, 1] > hi[1]):
+            raise InputError(
+                f"{what} {n} encloses no area (its points are collinear)", kind="contour", field="contours"
+            )
+        if (
+            np.all(pts[:, 0] < lo[0])
+            or np.all(pts[:, 0] > hi[0])
+            or np.all(pts[:, 1] < lo[1])
+            or np.all(pts[:, 1] > hi[1])
+        ):
             raise InputError(f"{what} {n} lies entirely outside the image", kind="contour", field="contours")
         out.append(pts)
     return out
@@ -103,8 +118,15 @@ def rasterize(contours: list[np.ndarray], grid: Grid) -> np.ndarray:
     out = np.zeros(grid.shape, dtype=bool)
     for k in np.unique(ks):
         origin = grid.index_to_world(np.array([float(k), 0.0, 0.0]))
-        plane = Grid(shape=(1, grid.shape[1], grid.shape[2]), spacing_mm=grid.spacing_mm, origin_mm=tuple(origin), direction=grid.direction)
-        out[k] = rasterize_polygons([pts[n] for n in np.flatnonzero(ks == k)], plane, plane_spacing_mm=grid.spacing[2])[0]
+        plane = Grid(
+            shape=(1, grid.shape[1], grid.shape[2]),
+            spacing_mm=grid.spacing_mm,
+            origin_mm=tuple(origin),
+            direction=grid.direction,
+        )
+        out[k] = rasterize_polygons([pts[n] for n in np.flatnonzero(ks == k)], plane, plane_spacing_mm=grid.spacing[2])[
+            0
+        ]
     return out
 
 
@@ -113,7 +135,9 @@ def polygon_slices(contours: list[np.ndarray], grid: Grid) -> list[int]:
     return sorted({int(round(float(grid.world_to_index(np.asarray(c, dtype=float))[:, 0].mean()))) for c in contours})
 
 
-def replace_slices(mask: np.ndarray, contours: list[np.ndarray], grid: Grid, z_mm: list[float] | None = None) -> np.ndarray:
+def replace_slices(
+    mask: np.ndarray, contours: list[np.ndarray], grid: Grid, z_mm: list[float] | None = None
+) -> np.ndarray:
     """A copy of ``mask`` whose slices carrying ``contours`` (and the slices at ``z_mm``) are redrawn from them.
 
     Slices named in ``z_mm`` with no polygon are cleared (deleting a slice's contours).

@@ -31,8 +31,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from rayrt.contour.structureset import StructureSet
 
 Vec3 = tuple[float, float, float]
-Colour = tuple[Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)]]
-Polygon = Annotated[list[Vec3], Field(min_length=3, description="closed planar polygon, (x, y, z) LPS mm, first point not repeated")]
+Colour = tuple[
+    Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)]
+]
+Polygon = Annotated[
+    list[Vec3], Field(min_length=3, description="closed planar polygon, (x, y, z) LPS mm, first point not repeated")
+]
 
 
 class BoxMM(BaseModel):
@@ -81,8 +85,9 @@ class AutoRequest(_Base):
 
     method: Literal["auto"] = "auto"
     structures: list[Literal["body", "lungs", "bones", "cavities"]] | None = Field(
-        default=None, min_length=1,
-        description="default: every structure the image supports (lungs skipped, with a note, when there are none)"
+        default=None,
+        min_length=1,
+        description="default: every structure the image supports (lungs skipped, with a note, when there are none)",
     )
     image: str | None = Field(default=None, description="image series key; default the primary image")
     config: ContourConfig | None = Field(
@@ -192,7 +197,9 @@ class EditRequest(_Base):
     structure: str
     action: Literal["replace_slice", "delete", "rename", "recolour", "set_kind", "fill_holes", "smooth", "crop"]
     contours: list[Polygon] = Field(default_factory=list, description="replace_slice: the new polygons of the slice(s)")
-    z_mm: list[float] = Field(default_factory=list, description="replace_slice: slices to clear when no polygon is given")
+    z_mm: list[float] = Field(
+        default_factory=list, description="replace_slice: slices to clear when no polygon is given"
+    )
     new_name: str | None = Field(default=None, min_length=1, max_length=64)
     colour: Colour | None = None
     kind: StructureKind | None = None
@@ -213,7 +220,17 @@ class EditRequest(_Base):
 
 
 ContourRequest = Annotated[
-    Union[AutoRequest, GrowRequest, InterpolateRequest, MarginRequest, BooleanRequest, RingRequest, PolygonsRequest, PetThresholdRequest, EditRequest],
+    Union[
+        AutoRequest,
+        GrowRequest,
+        InterpolateRequest,
+        MarginRequest,
+        BooleanRequest,
+        RingRequest,
+        PolygonsRequest,
+        PetThresholdRequest,
+        EditRequest,
+    ],
     Field(discriminator="method"),
 ]
 CONTOUR_REQUEST_ADAPTER: TypeAdapter = TypeAdapter(ContourRequest)
@@ -230,7 +247,9 @@ def parse_request(data: dict[str, Any] | str | bytes) -> BaseModel:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ()))
-        raise InputError(f"invalid contour request: {loc}: {first.get('msg')}", kind="contour", field=loc or None, status=422) from exc
+        raise InputError(
+            f"invalid contour request: {loc}: {first.get('msg')}", kind="contour", field=loc or None, status=422
+        ) from exc
 
 
 class StructureSummary(BaseModel):
@@ -293,7 +312,14 @@ def _post(ss: "StructureSet", mask: np.ndarray, post: PostProcess) -> tuple[np.n
     return mask, used
 
 
-def _created(ss: "StructureSet", req: _Creates, mask: np.ndarray, method: str, inputs: list[str], kind: StructureKind | None = None) -> Execution:
+def _created(
+    ss: "StructureSet",
+    req: _Creates,
+    mask: np.ndarray,
+    method: str,
+    inputs: list[str],
+    kind: StructureKind | None = None,
+) -> Execution:
     mask, used = _post(ss, mask, req.post)
     if not mask.any():
         raise InputError(
@@ -301,7 +327,12 @@ def _created(ss: "StructureSet", req: _Creates, mask: np.ndarray, method: str, i
             kind="contour",
         )
     if req.name in ss and not req.overwrite:
-        raise InputError(f"structure {req.name!r} already exists; choose another name or set overwrite", kind="contour", field="name", status=409)
+        raise InputError(
+            f"structure {req.name!r} already exists; choose another name or set overwrite",
+            kind="contour",
+            field="name",
+            status=409,
+        )
     kind = kind or req.kind or StructureKind.from_dicom(None, req.name)
     colour = req.colour or (ss.structure(req.name).colour if req.name in ss else _DEFAULT_COLOURS[kind])
     st = Structure(name=req.name, kind=kind, colour=colour, source=method)
@@ -328,7 +359,12 @@ def _exec_auto(ss: "StructureSet", req: AutoRequest) -> Execution:
         if image.grid is not ss.grid and not image.grid.same_geometry(ss.grid):
             mask = ss.to_primary_grid(mask, image)
         if name in ss and not req.overwrite:
-            raise InputError(f"structure {name!r} already exists; set overwrite to replace it", kind="contour", field="name", status=409)
+            raise InputError(
+                f"structure {name!r} already exists; set overwrite to replace it",
+                kind="contour",
+                field="name",
+                status=409,
+            )
         if not mask.any():
             notes.append(f"{name}: nothing found, not created")  # e.g. no air cavity, no bone
             continue
@@ -359,7 +395,10 @@ def _exec_grow(ss: "StructureSet", req: GrowRequest) -> Execution:
         mask = ss.to_primary_grid(mask, image)
     ex = _created(ss, req, mask, "grow", [])
     resolved = req.model_dump(mode="json")
-    resolved.update(connectivity=req.connectivity or g.connectivity, max_fraction_of_body=req.max_fraction_of_body or g.max_fraction_of_body)
+    resolved.update(
+        connectivity=req.connectivity or g.connectivity,
+        max_fraction_of_body=req.max_fraction_of_body or g.max_fraction_of_body,
+    )
     ex.resolved = resolved
     return ex
 
@@ -385,7 +424,12 @@ def _exec_interpolate(ss: "StructureSet", req: InterpolateRequest) -> Execution:
         keys = None
         inputs.append(req.name)
     if req.key_slices_z_mm:
-        keys = sorted({int(round(float(ss.grid.world_to_index(np.array([ss.grid.origin[0], ss.grid.origin[1], z]))[0]))) for z in req.key_slices_z_mm})
+        keys = sorted(
+            {
+                int(round(float(ss.grid.world_to_index(np.array([ss.grid.origin[0], ss.grid.origin[1], z]))[0])))
+                for z in req.key_slices_z_mm
+            }
+        )
     mask = interpolate_slices(sparse, ss.grid, keys)
     req2 = req if req.contours else req.model_copy(update={"overwrite": True})
     kind = req.kind or (ss.structure(req.name).kind if req.name in ss else StructureKind.from_dicom(None, req.name))
@@ -411,7 +455,14 @@ def _exec_boolean(ss: "StructureSet", req: BooleanRequest) -> Execution:
 
     a = [ss.require(n) for n in req.a]
     b = [ss.require(n) for n in req.b]
-    ex = _created(ss, req, boolean(req.operation, a, b), "boolean", list(req.a) + list(req.b), kind=req.kind or ss.structure(req.a[0]).kind)
+    ex = _created(
+        ss,
+        req,
+        boolean(req.operation, a, b),
+        "boolean",
+        list(req.a) + list(req.b),
+        kind=req.kind or ss.structure(req.a[0]).kind,
+    )
     ex.resolved = req.model_dump(mode="json") | {"kind": ex.outputs[0].structure.kind.value}
     return ex
 
@@ -437,7 +488,14 @@ def _exec_pet(ss: "StructureSet", req: PetThresholdRequest) -> Execution:
     pc = ss.config.pet
     percent = req.percent_of_max if (req.percent_of_max is not None or req.suv is not None) else pc.percent_of_max
     connected = pc.connected_to_max if req.connected_to_max is None else req.connected_to_max
-    mask, thr, suvmax = pet_threshold(pet, ss.grid, req.box_mm.as_tuple() if req.box_mm else None, req.suv, percent if req.suv is None else None, connected)
+    mask, thr, suvmax = pet_threshold(
+        pet,
+        ss.grid,
+        req.box_mm.as_tuple() if req.box_mm else None,
+        req.suv,
+        percent if req.suv is None else None,
+        connected,
+    )
     ex = _created(ss, req, mask, "pet_threshold", [])
     resolved = req.model_dump(mode="json")
     resolved.update(percent_of_max=percent if req.suv is None else None, connected_to_max=connected)
@@ -459,12 +517,25 @@ def _exec_edit(ss: "StructureSet", req: EditRequest) -> Execution:
     if req.action == "rename":
         new = req.new_name or name
         if new != name and new in ss:
-            raise InputError(f"cannot rename {name!r} to {new!r}: that name is taken", kind="contour", field="new_name", status=409)
-        return Execution(inputs=[name], outputs=[Output(structure=st.model_copy(update={"name": new}), mask=mask, replaces=name, fresh=False)])
+            raise InputError(
+                f"cannot rename {name!r} to {new!r}: that name is taken", kind="contour", field="new_name", status=409
+            )
+        return Execution(
+            inputs=[name],
+            outputs=[Output(structure=st.model_copy(update={"name": new}), mask=mask, replaces=name, fresh=False)],
+        )
     if req.action == "recolour":
-        return Execution(inputs=[name], outputs=[Output(structure=st.model_copy(update={"colour": req.colour}), mask=mask, replaces=name, fresh=False)])
+        return Execution(
+            inputs=[name],
+            outputs=[
+                Output(structure=st.model_copy(update={"colour": req.colour}), mask=mask, replaces=name, fresh=False)
+            ],
+        )
     if req.action == "set_kind":
-        return Execution(inputs=[name], outputs=[Output(structure=st.model_copy(update={"kind": req.kind}), mask=mask, replaces=name, fresh=False)])
+        return Execution(
+            inputs=[name],
+            outputs=[Output(structure=st.model_copy(update={"kind": req.kind}), mask=mask, replaces=name, fresh=False)],
+        )
     inputs = [name]
     if req.action == "replace_slice":
         new_mask = replace_slices(mask, [np.asarray(c, dtype=float) for c in req.contours], ss.grid, req.z_mm)
@@ -477,7 +548,10 @@ def _exec_edit(ss: "StructureSet", req: EditRequest) -> Execution:
         inputs.append(req.crop_to)
     if not new_mask.any():
         raise InputError(f"the edit would leave {name!r} empty; delete the structure instead", kind="contour")
-    return Execution(inputs=inputs, outputs=[Output(structure=st.model_copy(update={"source": "edit"}), mask=new_mask, replaces=name, fresh=False)])
+    return Execution(
+        inputs=inputs,
+        outputs=[Output(structure=st.model_copy(update={"source": "edit"}), mask=new_mask, replaces=name, fresh=False)],
+    )
 
 
 _EXECUTORS: dict[str, Callable[["StructureSet", Any], Execution]] = {
@@ -497,7 +571,9 @@ def execute(ss: "StructureSet", request: BaseModel) -> Execution:
     """Run a request against a structure set without changing it."""
     method = getattr(request, "method", None)
     if method not in _EXECUTORS:
-        raise InputError(f"unknown contour method {method!r}; use one of {sorted(_EXECUTORS)}", kind="contour", field="method")
+        raise InputError(
+            f"unknown contour method {method!r}; use one of {sorted(_EXECUTORS)}", kind="contour", field="method"
+        )
     ex = _EXECUTORS[method](ss, request)
     if ex.resolved is None:
         ex.resolved = request.model_dump(mode="json")

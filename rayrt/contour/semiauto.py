@@ -77,9 +77,17 @@ def region_grow(
         raise InputError(f"intensity window [{lo:g}, {hi:g}] is empty; give LO <= HI", kind="contour", field="window")
     grid = image.grid
     seed = seed_index(grid, seed_mm)
-    box = box_slices(grid, *box_mm) if box_mm is not None else (slice(0, grid.shape[0]), slice(0, grid.shape[1]), slice(0, grid.shape[2]))
+    box = (
+        box_slices(grid, *box_mm)
+        if box_mm is not None
+        else (slice(0, grid.shape[0]), slice(0, grid.shape[1]), slice(0, grid.shape[2]))
+    )
     if not all(b.start <= s < b.stop for b, s in zip(box, seed)):
-        raise InputError(f"seed {_fmt(seed_mm)} mm lies outside the box; put the seed inside the box", kind="contour", field="seed_mm")
+        raise InputError(
+            f"seed {_fmt(seed_mm)} mm lies outside the box; put the seed inside the box",
+            kind="contour",
+            field="seed_mm",
+        )
     value = float(image.array[seed])
     if not lo <= value <= hi:
         raise InputError(
@@ -136,7 +144,9 @@ def interpolate_slices(mask: np.ndarray, grid: Grid, key_slices: list[int] | Non
     z-linear blend of the two key slices' signed distance maps; key slices and slices outside the
     first..last key slice are unchanged.
     """
-    keys = sorted(set(int(k) for k in (key_slices if key_slices is not None else np.flatnonzero(mask.any(axis=(1, 2))))))
+    keys = sorted(
+        set(int(k) for k in (key_slices if key_slices is not None else np.flatnonzero(mask.any(axis=(1, 2)))))
+    )
     if len(keys) < 2:
         raise InputError(
             f"interpolation needs contours on at least two slices (found {len(keys)}); draw the structure on more slices",
@@ -182,7 +192,9 @@ def boolean(op: BooleanOp, a: list[np.ndarray], b: list[np.ndarray] | None = Non
 def ring(mask: np.ndarray, grid: Grid, inner_mm: float, outer_mm: float) -> np.ndarray:
     """Shell between an inner and an outer isotropic expansion of a structure (mm; inner may be 0)."""
     if not 0 <= inner_mm < outer_mm:
-        raise InputError(f"ring needs 0 <= inner < outer margin (got inner {inner_mm:g} mm, outer {outer_mm:g} mm)", kind="contour")
+        raise InputError(
+            f"ring needs 0 <= inner < outer margin (got inner {inner_mm:g} mm, outer {outer_mm:g} mm)", kind="contour"
+        )
     outer = expand(mask, grid, Margins.isotropic(outer_mm))
     inner = expand(mask, grid, Margins.isotropic(inner_mm)) if inner_mm > 0 else mask
     return outer & ~inner
@@ -212,7 +224,9 @@ def pet_threshold(
     if (suv is None) == (percent_of_max is None):
         raise InputError("give exactly one of an absolute SUV threshold or a percentage of SUVmax", kind="contour")
     if percent_of_max is not None and box_mm is None:
-        raise InputError("a percentage-of-SUVmax threshold needs a box around the lesion (box_mm)", kind="contour", field="box_mm")
+        raise InputError(
+            "a percentage-of-SUVmax threshold needs a box around the lesion (box_mm)", kind="contour", field="box_mm"
+        )
     if box_mm is None:
         lo, hi = pet.grid.bounds_mm()
         box_mm = (tuple(lo), tuple(hi))

@@ -44,8 +44,12 @@ class ContourOperation(BaseModel):
     """One delineation step, enough to reproduce it: method + parameters applied to the inputs."""
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
-    method: str = Field(description="auto, grow, interpolate, margin, boolean, ring, polygons, pet_threshold, edit or import")
-    parameters: dict[str, JsonValue] = Field(default_factory=dict, description="the request as applied, defaults resolved")
+    method: str = Field(
+        description="auto, grow, interpolate, margin, boolean, ring, polygons, pet_threshold, edit or import"
+    )
+    parameters: dict[str, JsonValue] = Field(
+        default_factory=dict, description="the request as applied, defaults resolved"
+    )
     inputs: list[str] = Field(default_factory=list, description="structures read")
     outputs: list[str] = Field(default_factory=list, description="structures written (after the operation)")
     deleted: list[str] = Field(default_factory=list)
@@ -57,7 +61,9 @@ class ContourOperation(BaseModel):
     def request(self) -> BaseModel:
         """The request this operation applies (InputError for an 'import')."""
         if self.method == IMPORT_METHOD:
-            raise InputError("an import operation has no request: its masks come from the imported file", kind="contour")
+            raise InputError(
+                "an import operation has no request: its masks come from the imported file", kind="contour"
+            )
         return CONTOUR_REQUEST_ADAPTER.validate_python({**self.parameters, "method": self.method})
 
 
@@ -66,7 +72,9 @@ class ContourLog(BaseModel):
 
     frame_of_reference_uid: str | None = None
     history: list[ContourOperation] = Field(default_factory=list)
-    structures: dict[str, list[str]] = Field(default_factory=dict, description="structure name -> ids of its operations, in order")
+    structures: dict[str, list[str]] = Field(
+        default_factory=dict, description="structure name -> ids of its operations, in order"
+    )
 
     def operations_of(self, name: str) -> list[ContourOperation]:
         by_id = {op.id: op for op in self.history}
@@ -86,7 +94,9 @@ class StructureSet:
     ):
         self.image = image
         self.grid: Grid = image.grid
-        self.modality = (modality or image.meta.get("modality") or ("CT" if image.quantity == "HU" else "")).upper() or "CT"
+        self.modality = (
+            modality or image.meta.get("modality") or ("CT" if image.quantity == "HU" else "")
+        ).upper() or "CT"
         self.images: dict[str, Volume] = dict(images or {})
         self.frame_of_reference_uid = frame_of_reference_uid or image.meta.get("frame_of_reference_uid")
         self.config = config or ContourConfig()
@@ -102,9 +112,13 @@ class StructureSet:
         """A structure set on a loaded study's primary image, with its structures as imports."""
         primary = getattr(study, "primary", None)
         if primary is None:
-            raise InputError("the study has no primary image series; load a folder with a CT (or MR/PET) series", kind="contour")
+            raise InputError(
+                "the study has no primary image series; load a folder with a CT (or MR/PET) series", kind="contour"
+            )
         images = dict(getattr(study, "images", None) or {})
-        ss = cls(primary, images=images, frame_of_reference_uid=getattr(study, "frame_of_reference_uid", None), config=config)
+        ss = cls(
+            primary, images=images, frame_of_reference_uid=getattr(study, "frame_of_reference_uid", None), config=config
+        )
         for sm in getattr(study, "structures", None) or []:
             ss.add_imported(sm.structure, np.asarray(sm.mask, dtype=bool))
         return ss
@@ -113,7 +127,10 @@ class StructureSet:
         """Add a structure that comes from outside (an RTSTRUCT); logged as an 'import' operation."""
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != tuple(self.grid.shape):
-            raise InputError(f"structure {structure.name!r}: mask shape {mask.shape} is not the image grid {self.grid.shape}", kind="contour")
+            raise InputError(
+                f"structure {structure.name!r}: mask shape {mask.shape} is not the image grid {self.grid.shape}",
+                kind="contour",
+            )
         st = self._with_stats(structure.model_copy(update={"source": structure.source or source}), mask)
         op = ContourOperation(method=IMPORT_METHOD, parameters={"source": source}, outputs=[st.name], user=user)
         self._structures[st.name] = st
@@ -129,12 +146,24 @@ class StructureSet:
         (without ``overwrite``), raises :class:`InputError` before anything is added.
         """
         rs = read_rtstruct(path)
-        if rs.frame_of_reference_uid and self.frame_of_reference_uid and rs.frame_of_reference_uid != self.frame_of_reference_uid:
-            raise InputError(f"{Path(path).name} is on another frame of reference than the image; it cannot be imported", kind="rtstruct", field=str(path))
+        if (
+            rs.frame_of_reference_uid
+            and self.frame_of_reference_uid
+            and rs.frame_of_reference_uid != self.frame_of_reference_uid
+        ):
+            raise InputError(
+                f"{Path(path).name} is on another frame of reference than the image; it cannot be imported",
+                kind="rtstruct",
+                field=str(path),
+            )
         items = structure_masks_from_rtstruct(rs, self.grid, plane_spacing_mm=float(self.grid.spacing[2]))
         clash = [sm.structure.name for sm in items if sm.structure.name in self]
         if clash and not overwrite:
-            raise InputError(f"structures already exist: {', '.join(clash)}; set overwrite to replace them", kind="contour", status=409)
+            raise InputError(
+                f"structures already exist: {', '.join(clash)}; set overwrite to replace them",
+                kind="contour",
+                status=409,
+            )
         for sm in items:
             self.add_imported(sm.structure, sm.mask, source=f"rtstruct:{Path(path).name}", user=user)
         return [self.summary(sm.structure.name) for sm in items]
@@ -160,7 +189,9 @@ class StructureSet:
         """The mask of a structure, InputError (404) naming the known structures if unknown."""
         if name not in self._structures:
             known = ", ".join(self.names) or "none"
-            raise InputError(f"unknown structure {name!r} (known: {known})", kind="contour", field="structure", status=404)
+            raise InputError(
+                f"unknown structure {name!r} (known: {known})", kind="contour", field="structure", status=404
+            )
         return self.mask(name)
 
     def image_for(self, key: str | None) -> tuple[Volume, str]:
@@ -177,16 +208,30 @@ class StructureSet:
             m = vol.meta
             if key in (m.get("series_instance_uid"), m.get("modality"), m.get("series_description")):
                 return vol
-        raise InputError(f"no image series {key!r} in this study (known: {', '.join(self.images) or 'none'})", kind="contour", field="image", status=404)
+        raise InputError(
+            f"no image series {key!r} in this study (known: {', '.join(self.images) or 'none'})",
+            kind="contour",
+            field="image",
+            status=404,
+        )
 
     def pet_image(self, key: str | None) -> Volume:
         """The PET volume (SUV) to threshold; checks it is in the structure set's frame of reference."""
         if key is not None:
             pet = self._find_image(key)
         else:
-            pets = [v for v in list(self.images.values()) + [self.image] if str(v.meta.get("modality", "")).upper() in {"PT", "PET"} or v.quantity in {"SUV", "PET"}]
+            pets = [
+                v
+                for v in list(self.images.values()) + [self.image]
+                if str(v.meta.get("modality", "")).upper() in {"PT", "PET"} or v.quantity in {"SUV", "PET"}
+            ]
             if not pets:
-                raise InputError("no PET series in this study; load a PET series with the CT", kind="contour", field="image", status=404)
+                raise InputError(
+                    "no PET series in this study; load a PET series with the CT",
+                    kind="contour",
+                    field="image",
+                    status=404,
+                )
             pet = pets[0]
         for_pet = pet.meta.get("frame_of_reference_uid")
         if for_pet and self.frame_of_reference_uid and for_pet != self.frame_of_reference_uid:
@@ -207,7 +252,14 @@ class StructureSet:
 
     def summary(self, name: str) -> StructureSummary:
         st = self._structures[name]
-        return StructureSummary(name=st.name, kind=st.kind, volume_cc=float(st.volume_cc or 0.0), num_voxels=int(st.num_voxels or 0), colour=st.colour, source=st.source)
+        return StructureSummary(
+            name=st.name,
+            kind=st.kind,
+            volume_cc=float(st.volume_cc or 0.0),
+            num_voxels=int(st.num_voxels or 0),
+            colour=st.colour,
+            source=st.source,
+        )
 
     def summaries(self) -> list[StructureSummary]:
         return [self.summary(n) for n in self.names]
@@ -242,7 +294,11 @@ class StructureSet:
             st = self._structures.pop(name)
             self._masks.pop(name)
             self.logs.pop(name, None)
-            changed.append(StructureSummary(name=name, kind=st.kind, volume_cc=0.0, num_voxels=0, colour=st.colour, source="edit", deleted=True))
+            changed.append(
+                StructureSummary(
+                    name=name, kind=st.kind, volume_cc=0.0, num_voxels=0, colour=st.colour, source="edit", deleted=True
+                )
+            )
         for out in ex.outputs:
             st = self._with_stats(out.structure, np.asarray(out.mask, dtype=bool))
             old_log: list[ContourOperation] = []
@@ -285,14 +341,20 @@ class StructureSet:
         by_id = {op.id: op for op in log.history}
         known = set(log.structures)
         # this session's import of a structure the log already explains is not a new step
-        new_ops = [op for op in self.history if op.id not in by_id and not (op.method == IMPORT_METHOD and set(op.outputs) <= known)]
+        new_ops = [
+            op
+            for op in self.history
+            if op.id not in by_id and not (op.method == IMPORT_METHOD and set(op.outputs) <= known)
+        ]
         self.history = list(log.history) + new_ops
         for name in self.names:
             ids = log.structures.get(name)
             if ids:
                 self.logs[name] = [by_id[i] for i in ids if i in by_id]
                 if self.logs[name]:  # how it was made survives the RTSTRUCT round trip through the log
-                    self._structures[name] = self._structures[name].model_copy(update={"source": self.logs[name][-1].method})
+                    self._structures[name] = self._structures[name].model_copy(
+                        update={"source": self.logs[name][-1].method}
+                    )
 
     def replay(self, history: list[ContourOperation] | None = None) -> "StructureSet":
         """A new structure set rebuilt from the images, the imported masks and an operations history."""

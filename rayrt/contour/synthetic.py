@@ -32,7 +32,9 @@ def _axes(grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return z, y, x
 
 
-def ellipsoid_mask(grid: Grid, centre_mm: tuple[float, float, float], semi_axes_mm: tuple[float, float, float]) -> np.ndarray:
+def ellipsoid_mask(
+    grid: Grid, centre_mm: tuple[float, float, float], semi_axes_mm: tuple[float, float, float]
+) -> np.ndarray:
     """Voxels whose centre lies in the axis-aligned ellipsoid (centre and semi-axes in x, y, z mm)."""
     z, y, x = _axes(grid)
     cx, cy, cz = centre_mm
@@ -40,7 +42,12 @@ def ellipsoid_mask(grid: Grid, centre_mm: tuple[float, float, float], semi_axes_
     return ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 + ((z - cz) / az) ** 2 <= 1.0
 
 
-def cylinder_mask(grid: Grid, centre_xy_mm: tuple[float, float], semi_axes_xy_mm: tuple[float, float], z_range_mm: tuple[float, float] | None = None) -> np.ndarray:
+def cylinder_mask(
+    grid: Grid,
+    centre_xy_mm: tuple[float, float],
+    semi_axes_xy_mm: tuple[float, float],
+    z_range_mm: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Elliptic cylinder along z (LPS), optionally limited to z_range."""
     z, y, x = _axes(grid)
     cx, cy = centre_xy_mm

@@ -105,8 +105,9 @@ class MLCComparison(BaseModel):
     same_pair_count: bool
     same_leaf_widths: bool = Field(description="the same sequence of leaf widths")
     same_boundaries: bool = Field(description="every boundary coincides within the tolerance")
-    max_boundary_diff_mm: float | None = Field(default=None,
-                                               description="largest boundary difference when the pair counts agree")
+    max_boundary_diff_mm: float | None = Field(
+        default=None, description="largest boundary difference when the pair counts agree"
+    )
     source_min_width_mm: float
     target_min_width_mm: float
     source_field_mm: tuple[float, float] = Field(description="maximum field (X, Y) the source can open")
@@ -155,8 +156,10 @@ def _geometry_score(src: np.ndarray, tgt: np.ndarray, tol: float) -> tuple[float
         reasons.append(f"{int((~has).sum())} source leaf pair(s) lie outside the target's leaf bank")
     coarser = has & (widths < tw - tol)
     if coarser.any():
-        reasons.append(f"{int(coarser.sum())} source leaf pair(s) fall on wider target leaves "
-                       f"(up to {float(tw[coarser].max()):g} mm vs {float(widths[coarser].min()):g} mm)")
+        reasons.append(
+            f"{int(coarser.sum())} source leaf pair(s) fall on wider target leaves "
+            f"(up to {float(tw[coarser].max()):g} mm vs {float(widths[coarser].min()):g} mm)"
+        )
     return 0.5 * coincide + 0.5 * resolution, reasons
 
 
@@ -234,8 +237,13 @@ def compare_mlc(
     if span < 1.0:
         reasons.append(f"target maximum leaf span {tm.max_leaf_span_mm:g} mm < source {sm.max_leaf_span_mm:g} mm")
 
-    scores = {"geometry": round(geometry, 6), "field": round(field, 6), "interdigitation": inter,
-              "min_gap": round(gap, 6), "span": round(span, 6)}
+    scores = {
+        "geometry": round(geometry, 6),
+        "field": round(field, 6),
+        "interdigitation": inter,
+        "min_gap": round(gap, 6),
+        "span": round(span, 6),
+    }
     w = cfg.weights.model_dump()
     wsum = sum(w.values())
     if wsum <= 0:
@@ -249,8 +257,10 @@ def compare_mlc(
         reasons.append("the plan opens a larger field than the target machine can")
     elif field < cfg.min_field_coverage:
         verdict = "incompatible"
-        reasons.append(f"the target opens only {100 * field:.0f} % of the source's field "
-                       f"(minimum {100 * cfg.min_field_coverage:.0f} %)")
+        reasons.append(
+            f"the target opens only {100 * field:.0f} % of the source's field "
+            f"(minimum {100 * cfg.min_field_coverage:.0f} %)"
+        )
     elif score >= cfg.thresholds.compatible:
         verdict = "compatible"
     elif score >= cfg.thresholds.convertible:
@@ -258,9 +268,23 @@ def compare_mlc(
     else:
         verdict = "incompatible"
     return MLCComparison(
-        source=source.name, target=target.name, source_pairs=sm.num_pairs, target_pairs=tm.num_pairs,
-        same_pair_count=same_n, same_leaf_widths=same_w, same_boundaries=same_b, max_boundary_diff_mm=max_diff,
-        source_min_width_mm=float(sm.leaf_widths_mm.min()), target_min_width_mm=float(tm.leaf_widths_mm.min()),
-        source_field_mm=sf, target_field_mm=tf, interdigitation=idig, min_gap_diff_mm=gap_diff, span_ratio=span_ratio,
-        scores=scores, score=round(score, 6), verdict=verdict, reasons=reasons,
+        source=source.name,
+        target=target.name,
+        source_pairs=sm.num_pairs,
+        target_pairs=tm.num_pairs,
+        same_pair_count=same_n,
+        same_leaf_widths=same_w,
+        same_boundaries=same_b,
+        max_boundary_diff_mm=max_diff,
+        source_min_width_mm=float(sm.leaf_widths_mm.min()),
+        target_min_width_mm=float(tm.leaf_widths_mm.min()),
+        source_field_mm=sf,
+        target_field_mm=tf,
+        interdigitation=idig,
+        min_gap_diff_mm=gap_diff,
+        span_ratio=span_ratio,
+        scores=scores,
+        score=round(score, 6),
+        verdict=verdict,
+        reasons=reasons,
     )

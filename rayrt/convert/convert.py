@@ -124,23 +124,37 @@ def _standard_side(standard: StandardPlan, geometry: PlanGeometry, target: Machi
     """Check that the standard plan and its geometry belong together and derive :class:`_Standard`."""
     grid = standard.dose_grid
     if not grid.same_geometry(geometry.dose_grid):
-        raise InputError(f"the standard plan's dose grid {grid.shape} is not the geometry's "
-                         f"{geometry.dose_grid.shape}; pass the geometry the standard plan was computed on",
-                         kind="conversion", field="geometry")
+        raise InputError(
+            f"the standard plan's dose grid {grid.shape} is not the geometry's "
+            f"{geometry.dose_grid.shape}; pass the geometry the standard plan was computed on",
+            kind="conversion",
+            field="geometry",
+        )
     n_dose = 0 if standard.dose is None else int(np.size(standard.dose))
     if n_dose != grid.num_voxels:
-        raise InputError(f"the standard plan's dose has {n_dose} voxels, its dose grid {grid.num_voxels}; re-run the "
-                         "normalize stage", kind="conversion", field="dose")
+        raise InputError(
+            f"the standard plan's dose has {n_dose} voxels, its dose grid {grid.num_voxels}; re-run the "
+            "normalize stage",
+            kind="conversion",
+            field="dose",
+        )
     masks = geometry.masks()
     for n, m in masks.items():
         if np.shape(m) != tuple(grid.shape):
-            raise InputError(f"mask '{n}' has shape {np.shape(m)}, the dose grid {grid.shape}", kind="conversion",
-                             field="masks")
+            raise InputError(
+                f"mask '{n}' has shape {np.shape(m)}, the dose grid {grid.shape}", kind="conversion", field="masks"
+            )
     standard.order.check_structures(masks)
-    return _Standard(plan=fit_angles(standard.plan, target), machine=get_machine(standard.plan.machine),
-                     order=standard.order, dose_gy=np.asarray(standard.dose, dtype=np.float32).reshape(grid.shape),
-                     dose_grid=grid, masks={n: np.asarray(m, dtype=bool) for n, m in masks.items()},
-                     density=geometry.density_volume(), external=geometry.external)
+    return _Standard(
+        plan=fit_angles(standard.plan, target),
+        machine=get_machine(standard.plan.machine),
+        order=standard.order,
+        dose_gy=np.asarray(standard.dose, dtype=np.float32).reshape(grid.shape),
+        dose_grid=grid,
+        masks={n: np.asarray(m, dtype=bool) for n, m in masks.items()},
+        density=geometry.density_volume(),
+        external=geometry.external,
+    )
 
 
 def fit_angles(plan: Plan, target: MachineModel, max_shift_deg: float = 1.0) -> Plan:
@@ -153,19 +167,27 @@ def fit_angles(plan: Plan, target: MachineModel, max_shift_deg: float = 1.0) -> 
     beams, notes = [], []
     for b in plan.beams:
         upd = {}
-        axes = (("gantry_deg", "gantry", lim.gantry), ("collimator_deg", "collimator", lim.collimator),
-                ("couch_deg", "couch", lim.couch))
+        axes = (
+            ("gantry_deg", "gantry", lim.gantry),
+            ("collimator_deg", "collimator", lim.collimator),
+            ("couch_deg", "couch", lim.couch),
+        )
         for field_name, axis, rng in axes:
             a = float(getattr(b, field_name))
             f = rng.nearest_reachable(a, max_shift_deg)
             if f is None:
-                raise InputError(f"beam {b.name}: {axis} angle {a:g} deg is outside {target.name}'s range "
-                                 f"[{rng.min_deg:g}, {rng.max_deg:g}] by more than {max_shift_deg:g} deg; choose "
-                                 "another machine or re-plan the beam", kind="conversion", field=field_name)
+                raise InputError(
+                    f"beam {b.name}: {axis} angle {a:g} deg is outside {target.name}'s range "
+                    f"[{rng.min_deg:g}, {rng.max_deg:g}] by more than {max_shift_deg:g} deg; choose "
+                    "another machine or re-plan the beam",
+                    kind="conversion",
+                    field=field_name,
+                )
             if f != a:
                 upd[field_name] = f
-                notes.append(f"beam {b.name}: {axis} {a:g} deg is outside {target.name}'s range; "
-                             f"delivered at {f:g} deg")
+                notes.append(
+                    f"beam {b.name}: {axis} {a:g} deg is outside {target.name}'s range; delivered at {f:g} deg"
+                )
         beams.append(b.model_copy(update=upd) if upd else b)
     if not notes:
         return plan
@@ -189,8 +211,17 @@ class _TargetSetup:
 
 def _geometry_beams(plan: Plan) -> list[Beam]:
     """The plan's beams without their segments (isocenter and IEC 61217 angles only)."""
-    return [Beam(name=b.name, number=b.number, gantry_deg=b.gantry_deg, collimator_deg=b.collimator_deg,
-                 couch_deg=b.couch_deg, isocenter_mm=b.isocenter_mm) for b in plan.beams]
+    return [
+        Beam(
+            name=b.name,
+            number=b.number,
+            gantry_deg=b.gantry_deg,
+            collimator_deg=b.collimator_deg,
+            couch_deg=b.couch_deg,
+            isocenter_mm=b.isocenter_mm,
+        )
+        for b in plan.beams
+    ]
 
 
 def standard_field_y_mm(beam: Beam, machine: MachineModel, min_fraction: float = 0.0) -> tuple[float, float] | None:
@@ -237,8 +268,17 @@ def trimmed_beamlet_grid(bg: BeamletGrid, y_mm: tuple[float, float]) -> BeamletG
     new_row = np.searchsorted(keep_rows, bg.rows[sel])
     meta = dict(bg.meta)
     meta["trimmed_y_mm"] = (float(edges[0]), float(edges[-1]))
-    return BeamletGrid(bg.beam, bg.machine_name, bg.bixel_width_mm, edges, new_row.astype(np.int64),
-                       np.asarray(bg.cols)[sel], bg.patient_position, meta, bg.column_offset_mm)
+    return BeamletGrid(
+        bg.beam,
+        bg.machine_name,
+        bg.bixel_width_mm,
+        edges,
+        new_row.astype(np.int64),
+        np.asarray(bg.cols)[sel],
+        bg.patient_position,
+        meta,
+        bg.column_offset_mm,
+    )
 
 
 def _needs_y_trim(target: MachineModel, bg: BeamletGrid, opts: ConversionOptions) -> bool:
@@ -309,8 +349,9 @@ def _rows_of(mask: np.ndarray, voxel_index: np.ndarray) -> np.ndarray:
     return pos[ok]
 
 
-def _mimicking_objectives(problem: OptimizationProblem, std: _Standard, opts: ConversionOptions,
-                          strength: float) -> list[Objective]:
+def _mimicking_objectives(
+    problem: OptimizationProblem, std: _Standard, opts: ConversionOptions, strength: float
+) -> list[Objective]:
     """Dose-mimicking, DVH and isodose terms (doses in Gy, weights x ``strength``) that pull the
     target plan towards the standard plan's course dose."""
     vi = problem.dij.voxel_index
@@ -325,24 +366,56 @@ def _mimicking_objectives(problem: OptimizationProblem, std: _Standard, opts: Co
             continue
         r = ref[rows]
         if opts.mimic_weight > 0:
-            out.append(make_objective("dose_mimicking", f"{name} (mimic)", rows, tol,
-                                      weight=opts.mimic_weight * strength, reference_gy=r, tolerance_gy=tol))
+            out.append(
+                make_objective(
+                    "dose_mimicking",
+                    f"{name} (mimic)",
+                    rows,
+                    tol,
+                    weight=opts.mimic_weight * strength,
+                    reference_gy=r,
+                    tolerance_gy=tol,
+                )
+            )
         if opts.dvh_weight > 0:
             if name in targets:
                 for v in opts.dvh_levels_target_pct:
                     dx = float(dose_at_volume(r, v))
                     if v >= 50:
-                        out.append(make_objective("min_dvh", f"{name} (std D{v:g})", rows,
-                                                  max(dx - opts.dvh_tolerance_gy, 0.0),
-                                                  weight=opts.dvh_weight * strength, volume_pct=v))
+                        out.append(
+                            make_objective(
+                                "min_dvh",
+                                f"{name} (std D{v:g})",
+                                rows,
+                                max(dx - opts.dvh_tolerance_gy, 0.0),
+                                weight=opts.dvh_weight * strength,
+                                volume_pct=v,
+                            )
+                        )
                     else:
-                        out.append(make_objective("max_dvh", f"{name} (std D{v:g})", rows, dx + opts.dvh_tolerance_gy,
-                                                  weight=opts.dvh_weight * strength, volume_pct=v))
+                        out.append(
+                            make_objective(
+                                "max_dvh",
+                                f"{name} (std D{v:g})",
+                                rows,
+                                dx + opts.dvh_tolerance_gy,
+                                weight=opts.dvh_weight * strength,
+                                volume_pct=v,
+                            )
+                        )
             else:
                 for v in opts.dvh_levels_organ_pct:
                     dx = float(dose_at_volume(r, v))
-                    out.append(make_objective("max_dvh", f"{name} (std D{v:g})", rows, dx + opts.dvh_tolerance_gy,
-                                              weight=opts.dvh_weight * strength, volume_pct=v))
+                    out.append(
+                        make_objective(
+                            "max_dvh",
+                            f"{name} (std D{v:g})",
+                            rows,
+                            dx + opts.dvh_tolerance_gy,
+                            weight=opts.dvh_weight * strength,
+                            volume_pct=v,
+                        )
+                    )
     if opts.isodose_weight > 0 and opts.isodose_levels_pct:
         ext = std.masks.get(std.external) if std.external else None
         inside_body = ext.ravel() if ext is not None else (ref_full > 0)
@@ -352,16 +425,31 @@ def _mimicking_objectives(problem: OptimizationProblem, std: _Standard, opts: Co
             inner = _rows_of(ref_full >= level * (1 + band), vi)
             outer = _rows_of(inside_body & (ref_full < level * (1 - band)), vi)
             if inner.size:
-                out.append(make_objective("squared_underdose", f"isodose {lv:g}% inside", inner, level,
-                                          weight=opts.isodose_weight * strength))
+                out.append(
+                    make_objective(
+                        "squared_underdose",
+                        f"isodose {lv:g}% inside",
+                        inner,
+                        level,
+                        weight=opts.isodose_weight * strength,
+                    )
+                )
             if outer.size:
-                out.append(make_objective("squared_overdose", f"isodose {lv:g}% outside", outer, level,
-                                          weight=opts.isodose_weight * strength))
+                out.append(
+                    make_objective(
+                        "squared_overdose",
+                        f"isodose {lv:g}% outside",
+                        outer,
+                        level,
+                        weight=opts.isodose_weight * strength,
+                    )
+                )
     return out
 
 
-def _problem(std: _Standard, setup: _TargetSetup, opts: ConversionOptions, strength: float,
-             with_dij: bool = True) -> OptimizationProblem:
+def _problem(
+    std: _Standard, setup: _TargetSetup, opts: ConversionOptions, strength: float, with_dij: bool = True
+) -> OptimizationProblem:
     """The optimisation problem on the target's Dij: the order (the external kept) plus the mimicking
     terms. ``with_dij=False``: only its voxel rows and structures (an empty Dij, no mimicking terms),
     for the segment-MU refit, which works on its own segment-dose matrix (saves the row-subset copy
@@ -369,32 +457,52 @@ def _problem(std: _Standard, setup: _TargetSetup, opts: ConversionOptions, stren
     order = std.order
     if std.external and std.external not in order.structure_names():
         # keep the external's voxels in the problem (isodose terms live there): a loose over-dose term
-        order = order.model_copy(update={"objectives": list(order.objectives) + [
-            ObjectiveSpec(structure=std.external, kind=ObjectiveKind.squared_overdose,
-                          dose_gy=1.1 * order.prescription.total_dose_gy, priority=1.0)]})
+        order = order.model_copy(
+            update={
+                "objectives": list(order.objectives)
+                + [
+                    ObjectiveSpec(
+                        structure=std.external,
+                        kind=ObjectiveKind.squared_overdose,
+                        dose_gy=1.1 * order.prescription.total_dose_gy,
+                        priority=1.0,
+                    )
+                ]
+            }
+        )
     masks = {n: m for n, m in std.masks.items() if n in order.structure_names()}
     dij = setup.dij if with_dij else sp.csc_matrix((setup.dij.shape[0], 0), dtype=np.float32)
-    problem = build_problem(order, masks, dij, beam_slices=setup.slices if with_dij else None,
-                            grid_shape=std.dose_grid.shape, voxel_volume_cc=std.dose_grid.voxel_volume_cc)
+    problem = build_problem(
+        order,
+        masks,
+        dij,
+        beam_slices=setup.slices if with_dij else None,
+        grid_shape=std.dose_grid.shape,
+        voxel_volume_cc=std.dose_grid.voxel_volume_cc,
+    )
     if with_dij:
         problem.objectives.extend(_mimicking_objectives(problem, std, opts, strength))
     return problem
 
 
 # --------------------------------------------------------------------------- candidates
-def _plan_from_course_segments(std: _Standard, target: MachineModel, segs_course: list[list[Segment]],
-                               mode: str) -> Plan:
+def _plan_from_course_segments(
+    std: _Standard, target: MachineModel, segs_course: list[list[Segment]], mode: str
+) -> Plan:
     """A new plan for ``target`` (new id, ``source_plan_id`` = the standard's): the standard plan's
     beams with these segments, course MU divided by the fractions."""
     fx = std.plan.fractions
     beams = []
     for b, segs in zip(std.plan.beams, segs_course):
         beams.append(b.model_copy(update={"segments": [s.model_copy(update={"mu": float(s.mu) / fx}) for s in segs]}))
-    p = std.plan.model_copy(deep=True, update={"beams": beams, "machine": target.name, "source_plan_id": std.plan.id,
-                                               "id": uuid.uuid4().hex[:12]})
+    p = std.plan.model_copy(
+        deep=True,
+        update={"beams": beams, "machine": target.name, "source_plan_id": std.plan.id, "id": uuid.uuid4().hex[:12]},
+    )
     p.label = f"{std.plan.label} -> {target.name}"[:64]
-    p.notes = list(std.plan.notes) + [f"converted from plan {std.plan.id} ({std.machine.name}) for {target.name}, "
-                                      f"mode {mode}"]
+    p.notes = list(std.plan.notes) + [
+        f"converted from plan {std.plan.id} ({std.machine.name}) for {target.name}, mode {mode}"
+    ]
     return p
 
 
@@ -406,8 +514,9 @@ def _agreement_excess(dose: np.ndarray, std: _Standard, opts: ConversionOptions)
     return agreement_excess_gy(agreement_metrics(dose, std.dose_gy, std.masks, targets), opts.dvh_agreement_gy)
 
 
-def _normalise(plan: Plan, setup: _TargetSetup, std: _Standard,
-               target: MachineModel) -> tuple[Plan, np.ndarray, float, int]:
+def _normalise(
+    plan: Plan, setup: _TargetSetup, std: _Standard, target: MachineModel
+) -> tuple[Plan, np.ndarray, float, int]:
     """The plan scaled to the order's normalisation (minimum MU honoured), its final course dose
     (Gy, float32 on the dose grid) through the target Dij, the MU scale factor and the number of
     segments raised to the machine's minimum MU."""
@@ -416,14 +525,22 @@ def _normalise(plan: Plan, setup: _TargetSetup, std: _Standard,
         return final_dose(p, setup.grids, setup.dij, target)
 
     # a hair above the goal (1e-6 relative) so that 'D95 >= Rx' criteria do not fail on round-off
-    plan, dose, f, raised = normalize_plan(plan, dose_of, std.masks, std.order, target.limits.min_mu_per_segment,
-                                           headroom=1e-6)
+    plan, dose, f, raised = normalize_plan(
+        plan, dose_of, std.masks, std.order, target.limits.min_mu_per_segment, headroom=1e-6
+    )
     return plan, dose.reshape(std.dose_grid.shape).astype(np.float32), float(f), int(raised)
 
 
-def _refit_candidate_segments(std: _Standard, setup: _TargetSetup, target: MachineModel, problem: OptimizationProblem,
-                              segs_course: list[list[Segment]], opts: ConversionOptions, strength: float,
-                              iterations: int) -> tuple[list[list[Segment]], MuRefitDetail | None]:
+def _refit_candidate_segments(
+    std: _Standard,
+    setup: _TargetSetup,
+    target: MachineModel,
+    problem: OptimizationProblem,
+    segs_course: list[list[Segment]],
+    opts: ConversionOptions,
+    strength: float,
+    iterations: int,
+) -> tuple[list[list[Segment]], MuRefitDetail | None]:
     """The segments with their MU refitted by :func:`rayrt.convert.refit.refit_segment_mu` (leaves unchanged) to the
     *mimicking* terms of the standard plan only (:func:`_mimicking_objectives`: per-voxel dose, DVH
     points, isodose surfaces): the refit reproduces the standard dose, whose order criteria QA then
@@ -445,13 +562,18 @@ def _refit_candidate_segments(std: _Standard, setup: _TargetSetup, target: Machi
     if not keep.any():
         keep[:] = True
     if (min_mu > 0 and (mu[keep] < min_mu).any()) or not keep.all():
-        mu2, det2 = refit_segment_mu(problem, a[:, keep], np.maximum(mu[keep], min_mu), std.order, min_mu, iterations,
-                                     objectives=mimic)
+        mu2, det2 = refit_segment_mu(
+            problem, a[:, keep], np.maximum(mu[keep], min_mu), std.order, min_mu, iterations, objectives=mimic
+        )
         mu = np.zeros_like(mu)
         mu[keep] = mu2
-        det = det2.model_copy(update={"objective_start": det.objective_start,
-                                      "iterations": det.iterations + det2.iterations,
-                                      "dropped_segments": int((~keep).sum())})
+        det = det2.model_copy(
+            update={
+                "objective_start": det.objective_start,
+                "iterations": det.iterations + det2.iterations,
+                "dropped_segments": int((~keep).sum()),
+            }
+        )
     out, k = [], 0
     for segs in segs_course:
         out.append([s.model_copy(update={"mu": float(mu[k + i])}) for i, s in enumerate(segs) if keep[k + i]])
@@ -460,9 +582,15 @@ def _refit_candidate_segments(std: _Standard, setup: _TargetSetup, target: Machi
     return out, det
 
 
-def _candidate(mode: str, strength: float, std: _Standard, target: MachineModel, coin: CoincidenceReport,
-               opts: ConversionOptions,
-               get_setup: Callable[[], _TargetSetup]) -> tuple[Plan, np.ndarray, AttemptDetail]:
+def _candidate(
+    mode: str,
+    strength: float,
+    std: _Standard,
+    target: MachineModel,
+    coin: CoincidenceReport,
+    opts: ConversionOptions,
+    get_setup: Callable[[], _TargetSetup],
+) -> tuple[Plan, np.ndarray, AttemptDetail]:
     """(plan, course dose in Gy on the dose grid, details) of one attempt (see the module docstring)."""
     fx = std.plan.fractions
     if mode == "reuse":
@@ -475,32 +603,42 @@ def _candidate(mode: str, strength: float, std: _Standard, target: MachineModel,
         raise InputError(f"unknown recompute mode {mode!r}", kind="conversion", field="mode")
     setup = get_setup()
     seq = get_sequencer(opts.sequencer)
-    det = AttemptDetail(setup_seconds=round(setup.seconds, 3), bixels=int(setup.dij.shape[1]),
-                        dij_nnz=int(setup.dij.nnz), standard_fluence_outside_grid=round(setup.lost_fraction, 4))
-    max_seg = min(opts.max_segments if target.mlc.interdigitation else opts.max_segments_no_interdigitation,
-                  target.limits.max_segments_per_beam)
+    det = AttemptDetail(
+        setup_seconds=round(setup.seconds, 3),
+        bixels=int(setup.dij.shape[1]),
+        dij_nnz=int(setup.dij.nnz),
+        standard_fluence_outside_grid=round(setup.lost_fraction, 4),
+    )
+    max_seg = min(
+        opts.max_segments if target.mlc.interdigitation else opts.max_segments_no_interdigitation,
+        target.limits.max_segments_per_beam,
+    )
     if mode in ("dose_only", "mu_refit"):
         if coin.mlc.same_boundaries or segments_transfer(std.plan, std.machine, target):
             segs = [transfer_segments(b.segments, std.machine, target, fx) for b in std.plan.beams]
-            det.segments_from = ("standard segments made deliverable (same leaf boundaries)"
-                                 if coin.mlc.same_boundaries else
-                                 "standard segments transferred leaf by leaf "
-                                 "(the target's leaves refine the open pairs)")
+            det.segments_from = (
+                "standard segments made deliverable (same leaf boundaries)"
+                if coin.mlc.same_boundaries
+                else "standard segments transferred leaf by leaf (the target's leaves refine the open pairs)"
+            )
         else:
             segs = []
             for lay, sl in zip(setup.layouts, setup.slices):
                 segs.append(seq.sequence_with_info(lay.to_map(setup.w_standard[sl]), lay, target, max_seg).segments)
             det.segments_from = f"standard fluence re-sequenced ({seq.name})"
         plan, dose, det.normalization_factor, det.raised_segments = _normalise(
-            _plan_from_course_segments(std, target, segs, mode), setup, std, target)
+            _plan_from_course_segments(std, target, segs, mode), setup, std, target
+        )
         if mode == "mu_refit":
             # the standard's relative segment weights were fitted to the standard beam model and MLC: refit
             # them on the target's exact segment doses to mimic the standard plan, leaves unchanged
             rows_only = _problem(std, setup, opts, strength, with_dij=False)
-            refitted, det.mu_refit = _refit_candidate_segments(std, setup, target, rows_only, segs, opts, strength,
-                                                               opts.mu_refit_iterations)
-            plan_r, dose_r, f_r, raised_r = _normalise(_plan_from_course_segments(std, target, refitted, mode), setup,
-                                                       std, target)
+            refitted, det.mu_refit = _refit_candidate_segments(
+                std, setup, target, rows_only, segs, opts, strength, opts.mu_refit_iterations
+            )
+            plan_r, dose_r, f_r, raised_r = _normalise(
+                _plan_from_course_segments(std, target, refitted, mode), setup, std, target
+            )
             # the refit minimises a mimicking objective, not the release agreement itself: keep the
             # transferred MUs when they agree better with the standard plan (a refit never makes it worse)
             worst_t, worst_r = (_agreement_excess(d, std, opts) for d in (dose, dose_r))
@@ -524,8 +662,9 @@ def _candidate(mode: str, strength: float, std: _Standard, target: MachineModel,
     if d0.size and float(d0.mean()) > 0:
         w0 *= float(ref_t.mean()) / float(d0.mean())
     fr = optimize_fluence(problem, FluenceOptions(max_iterations=opts.fmo_iterations), w0=w0)
-    det.fmo = FluenceDetail(objective=fr.objective, iterations=fr.iterations, seconds=round(fr.seconds, 2),
-                            terms=len(problem.objectives))
+    det.fmo = FluenceDetail(
+        objective=fr.objective, iterations=fr.iterations, seconds=round(fr.seconds, 2), terms=len(problem.objectives)
+    )
     segs = []
     for lay, sl in zip(setup.layouts, setup.slices):
         segs.append(seq.sequence_with_info(lay.to_map(fr.w[sl]), lay, target, max_seg).segments)
@@ -534,25 +673,34 @@ def _candidate(mode: str, strength: float, std: _Standard, target: MachineModel,
         ev.rho = fr.al_rho
         ev.lambdas = fr.al_lambdas or ev.lambdas
     refit = not problem.hard and (mode == "fluence" or opts.dao_mu_refit)
-    dao_opts = DAOOptions(outer_rounds=opts.dao_rounds if mode == "dao" else 1,
-                          iterations_per_round=opts.dao_iterations if mode == "dao" else opts.mu_refit_iterations,
-                          # the exact refit below drops / raises the segments under the machine's minimum MU itself
-                          min_mu_weight=0.0 if refit else target.limits.min_mu_per_segment * fx,
-                          optimize_leaves=(mode == "dao"))
+    dao_opts = DAOOptions(
+        outer_rounds=opts.dao_rounds if mode == "dao" else 1,
+        iterations_per_round=opts.dao_iterations if mode == "dao" else opts.mu_refit_iterations,
+        # the exact refit below drops / raises the segments under the machine's minimum MU itself
+        min_mu_weight=0.0 if refit else target.limits.min_mu_per_segment * fx,
+        optimize_leaves=(mode == "dao"),
+    )
     if any(segs) and (mode == "dao" or problem.hard):
         dres = optimize_apertures(problem, setup.layouts, segs, target, dao_opts, evaluator=ev)
         segs = dres.segments
-        det.aperture_opt = ApertureDetail(leaves=mode == "dao", objective_start=dres.objective_start,
-                                          objective=dres.objective, iterations=dres.iterations,
-                                          dropped_segments=dres.dropped_segments, seconds=round(dres.seconds, 2))
+        det.aperture_opt = ApertureDetail(
+            leaves=mode == "dao",
+            objective_start=dres.objective_start,
+            objective=dres.objective,
+            iterations=dres.iterations,
+            dropped_segments=dres.dropped_segments,
+            seconds=round(dres.seconds, 2),
+        )
     if any(segs) and refit:
         # exact segment MU on the normalised dose: after sequencing (fluence) or as DAO's last step -- the
         # optimiser's aperture model and the un-normalised objective otherwise leave the target under-covered
         # and the prescription normalisation then scales the organ doses up with it
-        segs, det.mu_refit = _refit_candidate_segments(std, setup, target, problem, segs, opts, strength,
-                                                       opts.mu_refit_iterations)
+        segs, det.mu_refit = _refit_candidate_segments(
+            std, setup, target, problem, segs, opts, strength, opts.mu_refit_iterations
+        )
     plan, dose, det.normalization_factor, det.raised_segments = _normalise(
-        _plan_from_course_segments(std, target, segs, mode), setup, std, target)
+        _plan_from_course_segments(std, target, segs, mode), setup, std, target
+    )
     det.optimise_seconds = round(time.perf_counter() - t, 2)
     return plan, dose, det
 
@@ -563,14 +711,21 @@ def _dvh_summary(dose: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, St
     for n, m in masks.items():
         if m.any():
             v = dose[m].astype(np.float64)
-            out[n] = StructureDose(d95_gy=round(float(dose_at_volume(v, 95.0)), 4),
-                                   d10_gy=round(float(dose_at_volume(v, 10.0)), 4), mean_gy=round(float(v.mean()), 4),
-                                   max_gy=round(float(v.max()), 4))
+            out[n] = StructureDose(
+                d95_gy=round(float(dose_at_volume(v, 95.0)), 4),
+                d10_gy=round(float(dose_at_volume(v, 10.0)), 4),
+                mean_gy=round(float(v.mean()), 4),
+                max_gy=round(float(v.max()), 4),
+            )
     return out
 
 
-def convert_for_machine(standard: StandardPlan, geometry: PlanGeometry, target: MachineModel,
-                        options: ConversionOptions | dict | None = None) -> ConversionResult:
+def convert_for_machine(
+    standard: StandardPlan,
+    geometry: PlanGeometry,
+    target: MachineModel,
+    options: ConversionOptions | dict | None = None,
+) -> ConversionResult:
     """Convert the standard plan for one target machine: coincidence, attempts, QA, release (see the module doc).
 
     ``standard``: the standard plan, its order and course dose (Gy); ``geometry``: the geometry it
@@ -597,21 +752,38 @@ def convert_for_machine(standard: StandardPlan, geometry: PlanGeometry, target: 
             setup = _setup(std, target, opts)
         return setup
 
-    if (coin.verdict == "convertible" and opts.mode is None and coin.modes
-            and coin.modes[0] not in ("dose_only", "mu_refit") and segments_transfer(std.plan, std.machine, target)):
+    if (
+        coin.verdict == "convertible"
+        and opts.mode is None
+        and coin.modes
+        and coin.modes[0] not in ("dose_only", "mu_refit")
+        and segments_transfer(std.plan, std.machine, target)
+    ):
         # finer or equal leaves where the plan opens any: the segments carry over exactly, so the
         # cheapest recompute is tried first (segments kept, MU refitted on the target's dose: the MLCs'
         # transmission and leaf ends differ); re-optimisation follows only if it fails QA
         n = len(coin.modes)
-        coin = coin.model_copy(update={"modes": (["mu_refit"] + list(coin.modes))[:n],
-                                       "strengths": ([1.0] + list(coin.strengths))[:n],
-                                       "reasons": list(coin.reasons) + [
-                                           "the target's leaf boundaries refine every leaf pair the plan opens: its "
-                                           "segments transfer exactly, mu_refit first"]})
+        coin = coin.model_copy(
+            update={
+                "modes": (["mu_refit"] + list(coin.modes))[:n],
+                "strengths": ([1.0] + list(coin.strengths))[:n],
+                "reasons": list(coin.reasons)
+                + [
+                    "the target's leaf boundaries refine every leaf pair the plan opens: its "
+                    "segments transfer exactly, mu_refit first"
+                ],
+            }
+        )
     if not coin.modes:
-        return ConversionResult(machine=target.name, status="failed", mode=None, dose_grid=std.dose_grid,
-                                coincidence=coin, reasons=["not converted: " + "; ".join(coin.reasons)],
-                                seconds=time.perf_counter() - t0)
+        return ConversionResult(
+            machine=target.name,
+            status="failed",
+            mode=None,
+            dose_grid=std.dose_grid,
+            coincidence=coin,
+            reasons=["not converted: " + "; ".join(coin.reasons)],
+            seconds=time.perf_counter() - t0,
+        )
     targets = [t for t in target_like(std.order) if t in std.masks]
     last_plan: Plan | None = None
     last_qr: QAResult | None = None
@@ -620,33 +792,88 @@ def convert_for_machine(standard: StandardPlan, geometry: PlanGeometry, target: 
         try:
             plan, dose, det = _candidate(mode, strength, std, target, coin, opts, get_setup)
         except InputError as exc:
-            attempts.append(AttemptRecord(attempt=i, mode=mode, strength=strength, released=False, verdict="fail",
-                                          reasons=[f"{mode} failed: {exc}"], seconds=time.perf_counter() - ta))
+            attempts.append(
+                AttemptRecord(
+                    attempt=i,
+                    mode=mode,
+                    strength=strength,
+                    released=False,
+                    verdict="fail",
+                    reasons=[f"{mode} failed: {exc}"],
+                    seconds=time.perf_counter() - ta,
+                )
+            )
             continue
-        qr = qa_converted_plan(plan, target, dose, std.dose_grid, standard_dose_gy=std.dose_gy, masks=std.masks,
-                               order=std.order, targets=targets, density=std.density, options=opts, attempt=i,
-                               standard_plan_id=std.plan.id)
+        qr = qa_converted_plan(
+            plan,
+            target,
+            dose,
+            std.dose_grid,
+            standard_dose_gy=std.dose_gy,
+            masks=std.masks,
+            order=std.order,
+            targets=targets,
+            density=std.density,
+            options=opts,
+            attempt=i,
+            standard_plan_id=std.plan.id,
+        )
         released, reasons = release_decision(qr)
         g = next((c.value for c in qr.report.checks if c.category == "gamma"), None)
-        attempts.append(AttemptRecord(attempt=i, mode=mode, strength=strength, released=released,
-                                      verdict=qr.report.verdict, reasons=reasons, gamma_vs_standard_pct=g,
-                                      total_mu_per_fraction=plan.total_mu,
-                                      num_segments=sum(len(b.segments) for b in plan.beams),
-                                      dvh=_dvh_summary(dose, std.masks), detail=det, seconds=time.perf_counter() - ta))
+        attempts.append(
+            AttemptRecord(
+                attempt=i,
+                mode=mode,
+                strength=strength,
+                released=released,
+                verdict=qr.report.verdict,
+                reasons=reasons,
+                gamma_vs_standard_pct=g,
+                total_mu_per_fraction=plan.total_mu,
+                num_segments=sum(len(b.segments) for b in plan.beams),
+                dvh=_dvh_summary(dose, std.masks),
+                detail=det,
+                seconds=time.perf_counter() - ta,
+            )
+        )
         last_plan, last_qr = plan, qr
-        qr.report.notes.append(f"conversion attempt {i} of {len(coin.modes)}: mode {mode}, mimicking strength "
-                               f"{strength:g}; coincidence {coin.verdict}")
+        qr.report.notes.append(
+            f"conversion attempt {i} of {len(coin.modes)}: mode {mode}, mimicking strength "
+            f"{strength:g}; coincidence {coin.verdict}"
+        )
         if released:
-            qr.report.notes.append("released" + (" (standard plan reused: the machine matches)" if mode == "reuse"
-                                                 else ""))
+            qr.report.notes.append(
+                "released" + (" (standard plan reused: the machine matches)" if mode == "reuse" else "")
+            )
             plan.notes.append(f"QA {qr.report.verdict}; released after attempt {i} ({mode})")
-            return ConversionResult(machine=target.name, status="released", mode=mode, plan=plan, dose_gy=dose,
-                                    dose_grid=std.dose_grid, coincidence=coin, attempts=attempts, reasons=coin.reasons,
-                                    qa=qr.report, qa_result=qr, seconds=time.perf_counter() - t0)
+            return ConversionResult(
+                machine=target.name,
+                status="released",
+                mode=mode,
+                plan=plan,
+                dose_gy=dose,
+                dose_grid=std.dose_grid,
+                coincidence=coin,
+                attempts=attempts,
+                reasons=coin.reasons,
+                qa=qr.report,
+                qa_result=qr,
+                seconds=time.perf_counter() - t0,
+            )
     reasons = [f"not released after {len(attempts)} attempt(s)"] + (attempts[-1].reasons if attempts else [])
     last_qa: QAReport | None = last_qr.report if last_qr is not None else None
     if last_qa is not None:
         last_qa.notes.append("NOT RELEASED: " + "; ".join(reasons[:4]))
-    return ConversionResult(machine=target.name, status="failed", mode=attempts[-1].mode if attempts else None,
-                            dose_grid=std.dose_grid, coincidence=coin, attempts=attempts, reasons=reasons, qa=last_qa,
-                            qa_result=last_qr, candidate_plan=last_plan, seconds=time.perf_counter() - t0)
+    return ConversionResult(
+        machine=target.name,
+        status="failed",
+        mode=attempts[-1].mode if attempts else None,
+        dose_grid=std.dose_grid,
+        coincidence=coin,
+        attempts=attempts,
+        reasons=reasons,
+        qa=last_qa,
+        qa_result=last_qr,
+        candidate_plan=last_plan,
+        seconds=time.perf_counter() - t0,
+    )

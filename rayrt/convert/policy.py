@@ -68,8 +68,15 @@ from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import ObjectiveSpec
 from rayrt.domain.plan import Plan
 
-__all__ = ["Mode", "MODES", "ConversionOptions", "CoincidenceReport", "load_conversion_options", "machine_coincidence",
-           "choose_modes"]
+__all__ = [
+    "Mode",
+    "MODES",
+    "ConversionOptions",
+    "CoincidenceReport",
+    "load_conversion_options",
+    "machine_coincidence",
+    "choose_modes",
+]
 
 Mode = Literal["reuse", "dose_only", "mu_refit", "fluence", "dao"]
 MODES: tuple[Mode, ...] = ("reuse", "dose_only", "mu_refit", "fluence", "dao")
@@ -81,64 +88,95 @@ class ConversionOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Mode | None = Field(default=None,
-                              description="force a recompute mode for the first attempt (None: the policy chooses)")
-    max_attempts: int = Field(default=3, ge=1, le=10,
-                              description="conversion attempts before the plan is reported failed")
+    mode: Mode | None = Field(
+        default=None, description="force a recompute mode for the first attempt (None: the policy chooses)"
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=10, description="conversion attempts before the plan is reported failed"
+    )
     strength_factor: float = Field(default=4.0, ge=1.0, description="mimicking weights grow by this factor per attempt")
     # beamlets / optimisation on the target machine
     bixel_mm: float = Field(default=5.0, gt=0, description="beamlet width along leaf travel (mm)")
     margin_mm: float = Field(default=5.0, ge=0, description="beamlets reach this far beyond the target projection (mm)")
     max_segments: int = Field(default=15, ge=1, description="segments per beam (capped by the machine's limit)")
     max_segments_no_interdigitation: int = Field(
-        default=30, ge=1, description="segments per beam on MLCs without interdigitation (capped by the machine's "
+        default=30,
+        ge=1,
+        description="segments per beam on MLCs without interdigitation (capped by the machine's "
         "limit): apertures are split into runs of consecutive open pairs there, so the same fluence needs more "
-        "segments")
+        "segments",
+    )
     sequencer: str = "sweep"
-    y_jaw_trim: bool = Field(default=True, description="Y jaws trim the end leaf pairs to the standard plan's field "
-                             "ends when the target's leaves are wider than the beamlets (MLCi2)")
-    y_trim_min_fraction: float = Field(default=0.2, ge=0, le=1, description="field ends for the Y-jaw trim: the "
-                                       "outermost standard leaf pairs with at least this share of the beam's largest "
-                                       "MU-weighted open width")
+    y_jaw_trim: bool = Field(
+        default=True,
+        description="Y jaws trim the end leaf pairs to the standard plan's field "
+        "ends when the target's leaves are wider than the beamlets (MLCi2)",
+    )
+    y_trim_min_fraction: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="field ends for the Y-jaw trim: the "
+        "outermost standard leaf pairs with at least this share of the beam's largest "
+        "MU-weighted open width",
+    )
     fmo_iterations: int = Field(default=150, ge=1)
     dao_rounds: int = Field(default=2, ge=1)
     dao_iterations: int = Field(default=40, ge=1)
-    mu_refit_iterations: int = Field(default=60, ge=1, description="exact segment-MU refit (mu_refit mode; after "
-                                     "sequencing in fluence mode; after DAO when dao_mu_refit)")
-    dao_mu_refit: bool = Field(default=True,
-                               description="dao mode: finish with the exact segment-MU refit on the normalised dose")
+    mu_refit_iterations: int = Field(
+        default=60,
+        ge=1,
+        description="exact segment-MU refit (mu_refit mode; after "
+        "sequencing in fluence mode; after DAO when dao_mu_refit)",
+    )
+    dao_mu_refit: bool = Field(
+        default=True, description="dao mode: finish with the exact segment-MU refit on the normalised dose"
+    )
     # mimicking of the standard plan
-    mimic_tolerance_pct: float = Field(default=2.0, ge=0,
-                                       description="dose-mimicking tolerance per voxel, % of the prescription")
+    mimic_tolerance_pct: float = Field(
+        default=2.0, ge=0, description="dose-mimicking tolerance per voxel, % of the prescription"
+    )
     mimic_weight: float = Field(default=1000.0, ge=0, description="priority of the per-structure dose-mimicking terms")
-    dvh_levels_target_pct: list[float] = Field(default_factory=lambda: [2.0, 10.0, 95.0, 98.0],
-                                               description="volume levels of target DVH terms")
-    dvh_levels_organ_pct: list[float] = Field(default_factory=lambda: [2.0, 10.0, 50.0],
-                                              description="volume levels of organ DVH terms")
-    dvh_tolerance_gy: float = Field(default=0.3, ge=0,
-                                    description="DVH terms: Dx within this of the standard plan's Dx")
+    dvh_levels_target_pct: list[float] = Field(
+        default_factory=lambda: [2.0, 10.0, 95.0, 98.0], description="volume levels of target DVH terms"
+    )
+    dvh_levels_organ_pct: list[float] = Field(
+        default_factory=lambda: [2.0, 10.0, 50.0], description="volume levels of organ DVH terms"
+    )
+    dvh_tolerance_gy: float = Field(
+        default=0.3, ge=0, description="DVH terms: Dx within this of the standard plan's Dx"
+    )
     dvh_weight: float = Field(default=300.0, ge=0)
-    isodose_levels_pct: list[float] = Field(default_factory=lambda: [95.0, 80.0, 50.0, 20.0],
-                                            description="isodose surfaces kept (% of Rx)")
-    isodose_tolerance_pct: float = Field(default=3.0, ge=0,
-                                         description="band (relative, %) around each isodose surface left free")
+    isodose_levels_pct: list[float] = Field(
+        default_factory=lambda: [95.0, 80.0, 50.0, 20.0], description="isodose surfaces kept (% of Rx)"
+    )
+    isodose_tolerance_pct: float = Field(
+        default=3.0, ge=0, description="band (relative, %) around each isodose surface left free"
+    )
     isodose_weight: float = Field(default=300.0, ge=0)
     # QA before release
-    gamma_tolerance_pct: float = Field(default=95.0, ge=0, le=100,
-                                       description="TG-218 tolerance: gamma 3%/2mm vs standard >= this")
+    gamma_tolerance_pct: float = Field(
+        default=95.0, ge=0, le=100, description="TG-218 tolerance: gamma 3%/2mm vs standard >= this"
+    )
     gamma_action_pct: float = Field(default=90.0, ge=0, le=100)
-    dvh_agreement_gy: float = Field(default=1.0, gt=0,
-                                    description="targets: D95 within, organs: D10 at most this above the standard's")
-    independent_check: bool = Field(default=True,
-                                    description="recompute the segments with the aperture-dose path on a finer grid")
-    independent_spacing_factor: float = Field(default=0.5, gt=0, le=1,
-                                              description="independent grid spacing = this x the dose grid's")
+    dvh_agreement_gy: float = Field(
+        default=1.0, gt=0, description="targets: D95 within, organs: D10 at most this above the standard's"
+    )
+    independent_check: bool = Field(
+        default=True, description="recompute the segments with the aperture-dose path on a finer grid"
+    )
+    independent_spacing_factor: float = Field(
+        default=0.5, gt=0, le=1, description="independent grid spacing = this x the dose grid's"
+    )
     independent_min_spacing_mm: float = Field(default=2.0, gt=0)
     independent_check_only_if_passing: bool = Field(
-        default=True, description="skip the (costly) independent dose check for a candidate that already fails another "
-        "release check (it is regenerated or reported failed)")
-    qa_criteria: list[ObjectiveSpec] = Field(default_factory=list,
-                                             description="extra DVH criteria checked in QA only (not optimised)")
+        default=True,
+        description="skip the (costly) independent dose check for a candidate that already fails another "
+        "release check (it is regenerated or reported failed)",
+    )
+    qa_criteria: list[ObjectiveSpec] = Field(
+        default_factory=list, description="extra DVH criteria checked in QA only (not optimised)"
+    )
     source: SourceMatchConfig = Field(default_factory=SourceMatchConfig)
 
 
@@ -171,19 +209,22 @@ def load_conversion_options(path: str | Path | None = None, **overrides) -> Conv
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"invalid conversion settings: field '{loc}': {first['msg']}", kind="config",
-                         field=loc) from None
+        raise InputError(
+            f"invalid conversion settings: field '{loc}': {first['msg']}", kind="config", field=loc
+        ) from None
 
 
-def choose_modes(verdict: Verdict, options: ConversionOptions,
-                 forced: str | None = None) -> tuple[list[Mode], list[float]]:
+def choose_modes(
+    verdict: Verdict, options: ConversionOptions, forced: str | None = None
+) -> tuple[list[Mode], list[float]]:
     """Recompute mode and mimicking strength of every attempt (see the module docstring)."""
     n = options.max_attempts
     k = options.strength_factor
     if forced is not None:
         if forced not in MODES:
-            raise InputError(f"unknown recompute mode {forced!r}; use one of {', '.join(MODES)}", kind="conversion",
-                             field="mode")
+            raise InputError(
+                f"unknown recompute mode {forced!r}; use one of {', '.join(MODES)}", kind="conversion", field="mode"
+            )
         start = MODES.index(forced)
         chain = list(MODES[start:])
         modes = [chain[min(i, len(chain) - 1)] for i in range(n)]
@@ -208,10 +249,14 @@ def choose_modes(verdict: Verdict, options: ConversionOptions,
     return modes, strengths
 
 
-def machine_coincidence(source: MachineModel, target: MachineModel, plan: Plan | None = None,
-                        options: ConversionOptions | None = None,
-                        mlc_config: ConversionConfig | MLCCoincidenceConfig | None = None,
-                        forced: str | None = None) -> CoincidenceReport:
+def machine_coincidence(
+    source: MachineModel,
+    target: MachineModel,
+    plan: Plan | None = None,
+    options: ConversionOptions | None = None,
+    mlc_config: ConversionConfig | MLCCoincidenceConfig | None = None,
+    forced: str | None = None,
+) -> CoincidenceReport:
     """Compare the target with the source machine (beam curves and MLC) and plan the attempts.
 
     With ``plan`` (made for ``source``) the MLC comparison also checks that the target can open
@@ -227,12 +272,15 @@ def machine_coincidence(source: MachineModel, target: MachineModel, plan: Plan |
         reasons += [r for r in mlc.reasons if "field" in r]
     elif src.verdict == "matches" and mlc.verdict == "identical":
         verdict = "matches"
-        reasons.append(f"beam matches ({src.criteria}: {src.score_pct:.2f} %, max deviation "
-                       f"{src.max_deviation_pct:.2f} %) and the MLC is identical: the standard plan is reused")
+        reasons.append(
+            f"beam matches ({src.criteria}: {src.score_pct:.2f} %, max deviation "
+            f"{src.max_deviation_pct:.2f} %) and the MLC is identical: the standard plan is reused"
+        )
     elif mlc.verdict in ("identical", "compatible"):
         verdict = "same_leaves"
-        reasons.append(f"MLC {mlc.verdict} (score {mlc.score:.3f}); beam {src.verdict} "
-                       f"({src.score_pct:.2f} % at {src.criteria})")
+        reasons.append(
+            f"MLC {mlc.verdict} (score {mlc.score:.3f}); beam {src.verdict} ({src.score_pct:.2f} % at {src.criteria})"
+        )
     else:
         verdict = "convertible"
         reasons.append(f"MLC {mlc.verdict} (score {mlc.score:.3f}): re-optimise on the target's leaves")
@@ -244,7 +292,14 @@ def machine_coincidence(source: MachineModel, target: MachineModel, plan: Plan |
         reasons.append("a forced mode cannot deliver a field the machine cannot open: not attempted")
         modes, strengths = [], []
     return CoincidenceReport(
-        source_machine=source.name, target_machine=target.name, source=src, mlc=mlc, verdict=verdict,
-        output_ratio=src.output_ratio, plan_field_mm=field or (0.0, 0.0), modes=modes, strengths=strengths,
+        source_machine=source.name,
+        target_machine=target.name,
+        source=src,
+        mlc=mlc,
+        verdict=verdict,
+        output_ratio=src.output_ratio,
+        plan_field_mm=field or (0.0, 0.0),
+        modes=modes,
+        strengths=strengths,
         reasons=reasons,
     )

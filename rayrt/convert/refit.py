@@ -27,8 +27,14 @@ from rayrt.optimize.problem import OptimizationProblem
 __all__ = ["segment_dose_matrix", "metric_weights", "normalised_objective", "refit_segment_mu"]
 
 
-def segment_dose_matrix(dij: sp.spmatrix, grids: list[BeamletGrid], slices: list[slice], machine: MachineModel,
-                        segs_course: list[list[Segment]], rows: np.ndarray) -> np.ndarray:
+def segment_dose_matrix(
+    dij: sp.spmatrix,
+    grids: list[BeamletGrid],
+    slices: list[slice],
+    machine: MachineModel,
+    segs_course: list[list[Segment]],
+    rows: np.ndarray,
+) -> np.ndarray:
     """Dose (Gy per course MU) of every segment on the voxel rows ``rows`` (dose-grid voxel indices):
     column s = Dij_beam @ exact fluence of segment s at 1 MU (:func:`segments_fluence_on_bixels`:
     transmission, jaws, head scatter), beam by beam (``grids[b]`` and Dij columns ``slices[b]``
@@ -41,9 +47,10 @@ def segment_dose_matrix(dij: sp.spmatrix, grids: list[BeamletGrid], slices: list
     for segs, g, sl in zip(segs_course, grids, slices):  # loop over beams and their segments (tens)
         if not segs:
             continue
-        f = np.stack([segments_fluence_on_bixels([s.model_copy(update={"mu": 1.0})], machine, g) for s in segs],
-                     axis=1).astype(np.float32)
-        a[:, k:k + len(segs)] = np.asarray(csc[:, sl] @ f)[rows]
+        f = np.stack(
+            [segments_fluence_on_bixels([s.model_copy(update={"mu": 1.0})], machine, g) for s in segs], axis=1
+        ).astype(np.float32)
+        a[:, k : k + len(segs)] = np.asarray(csc[:, sl] @ f)[rows]
         k += len(segs)
     return a
 
@@ -68,8 +75,14 @@ def metric_weights(d: np.ndarray, volume_pct: float | None) -> tuple[float, np.n
     return float(wts @ d[idx]), idx, wts
 
 
-def normalised_objective(m: np.ndarray, a32: np.ndarray, terms: list[tuple[Objective, float]], rx_gy: float | None,
-                         norm_rows: np.ndarray | None, volume_pct: float | None) -> tuple[float, np.ndarray]:
+def normalised_objective(
+    m: np.ndarray,
+    a32: np.ndarray,
+    terms: list[tuple[Objective, float]],
+    rx_gy: float | None,
+    norm_rows: np.ndarray | None,
+    volume_pct: float | None,
+) -> tuple[float, np.ndarray]:
     """Value and exact gradient (w.r.t. the segment MU ``m``) of the weighted objective terms
     ``[(Objective, weight)]`` on the prescription-normalised dose d = s A m, s = rx / metric(A m)
     (metric: ``Dx`` with ``volume_pct``, else the mean, over ``norm_rows``; ``rx_gy`` or
@@ -94,8 +107,15 @@ def normalised_objective(m: np.ndarray, a32: np.ndarray, terms: list[tuple[Objec
     return f, grad
 
 
-def refit_segment_mu(problem: OptimizationProblem, a: np.ndarray, mu0: np.ndarray, order: MedicalOrder, min_mu: float,
-                     iterations: int, objectives: list[Objective] | None = None) -> tuple[np.ndarray, MuRefitDetail]:
+def refit_segment_mu(
+    problem: OptimizationProblem,
+    a: np.ndarray,
+    mu0: np.ndarray,
+    order: MedicalOrder,
+    min_mu: float,
+    iterations: int,
+    objectives: list[Objective] | None = None,
+) -> tuple[np.ndarray, MuRefitDetail]:
     """Segment MU (course) re-optimised with the leaves fixed, on the *normalised* exact dose.
 
     ``a`` (problem rows x segments, Gy per MU) from :func:`segment_dose_matrix`. The objective is
@@ -127,11 +147,22 @@ def refit_segment_mu(problem: OptimizationProblem, a: np.ndarray, mu0: np.ndarra
     t = time.perf_counter()
     with single_blas_thread():
         f0 = fun(z0)[0]
-        res = minimize(fun, z0, jac=True, method="L-BFGS-B", bounds=[(min_mu / scale_m, None)] * z0.size,
-                       options={"maxiter": int(iterations), "maxcor": 20, "ftol": 1e-10})
+        res = minimize(
+            fun,
+            z0,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(min_mu / scale_m, None)] * z0.size,
+            options={"maxiter": int(iterations), "maxcor": 20, "ftol": 1e-10},
+        )
     m = res.x * scale_m
     if use_norm:  # return the normalised MU (the caller's normalisation then moves them by round-off only)
         mv = metric_weights((a32 @ m.astype(np.float32))[nrows].astype(np.float64), vol)[0]
         m = m * rx / max(mv, 1e-9)
-    return m, MuRefitDetail(objective_start=float(f0), objective=float(res.fun), iterations=int(res.nit),
-                            segments=int(m.size), seconds=round(time.perf_counter() - t, 3))
+    return m, MuRefitDetail(
+        objective_start=float(f0),
+        objective=float(res.fun),
+        iterations=int(res.nit),
+        segments=int(m.size),
+        seconds=round(time.perf_counter() - t, 3),
+    )

@@ -41,12 +41,27 @@ from rayrt.qa.checks import QACheck, aperture_recompute, dvh_criteria_checks, in
 from rayrt.qa.dvh import dose_at_volume
 from rayrt.qa.report import QAResult, qa_plan
 
-__all__ = ["qa_converted_plan", "release_decision", "release_blocking", "independent_grid", "agreement_checks",
-           "agreement_metrics", "agreement_excess_gy", "subrow_recompute", "jaws_trim_leaves"]
+__all__ = [
+    "qa_converted_plan",
+    "release_decision",
+    "release_blocking",
+    "independent_grid",
+    "agreement_checks",
+    "agreement_metrics",
+    "agreement_excess_gy",
+    "subrow_recompute",
+    "jaws_trim_leaves",
+]
 
 
-def independent_grid(dose_gy: np.ndarray, grid: Grid, factor: float = 0.5, min_spacing_mm: float = 2.0,
-                     cutoff_pct: float = 10.0, margin_mm: float = 10.0) -> Grid:
+def independent_grid(
+    dose_gy: np.ndarray,
+    grid: Grid,
+    factor: float = 0.5,
+    min_spacing_mm: float = 2.0,
+    cutoff_pct: float = 10.0,
+    margin_mm: float = 10.0,
+) -> Grid:
     """A finer grid (spacing x ``factor``, not below ``min_spacing_mm``) over the bounding box of
     the dose above ``cutoff_pct`` % of its maximum plus ``margin_mm``."""
     d = np.asarray(dose_gy)
@@ -61,13 +76,21 @@ def independent_grid(dose_gy: np.ndarray, grid: Grid, factor: float = 0.5, min_s
     origin = grid.index_to_world(lo)
     ext_mm = (hi - lo) * sp_kji  # (k, j, i)
     n_kji = np.floor(ext_mm / new_sp[::-1] + 1e-9).astype(int) + 1
-    return Grid(shape=(int(n_kji[0]), int(n_kji[1]), int(n_kji[2])),
-                spacing_mm=(float(new_sp[0]), float(new_sp[1]), float(new_sp[2])),
-                origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])), direction=grid.direction)
+    return Grid(
+        shape=(int(n_kji[0]), int(n_kji[1]), int(n_kji[2])),
+        spacing_mm=(float(new_sp[0]), float(new_sp[1]), float(new_sp[2])),
+        origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+        direction=grid.direction,
+    )
 
 
-def agreement_metrics(dose: np.ndarray, standard_dose: np.ndarray, masks: dict[str, np.ndarray], targets: list[str],
-                      skip: set[str] | None = None) -> list[tuple[str, bool, float, float]]:
+def agreement_metrics(
+    dose: np.ndarray,
+    standard_dose: np.ndarray,
+    masks: dict[str, np.ndarray],
+    targets: list[str],
+    skip: set[str] | None = None,
+) -> list[tuple[str, bool, float, float]]:
     """(structure, is target, converted Gy, standard Gy) of the agreement with the standard plan:
     D95 for targets, D10 for the other structures (empty and ``skip`` structures left out)."""
     out = []
@@ -88,20 +111,42 @@ def agreement_excess_gy(metrics: list[tuple[str, bool, float, float]], tol_gy: f
     return max(((abs(va - vb) if is_target else va - vb) - tol_gy for _, is_target, va, vb in metrics), default=0.0)
 
 
-def agreement_checks(dose: np.ndarray, standard_dose: np.ndarray, masks: dict[str, np.ndarray], targets: list[str],
-                     tol_gy: float, skip: set[str] | None = None) -> list[QACheck]:
+def agreement_checks(
+    dose: np.ndarray,
+    standard_dose: np.ndarray,
+    masks: dict[str, np.ndarray],
+    targets: list[str],
+    tol_gy: float,
+    skip: set[str] | None = None,
+) -> list[QACheck]:
     """Targets: |D95 - D95_standard| <= tol; other structures: D10 <= D10_standard + tol (Gy)."""
     out = []
     for name, is_target, va, vb in agreement_metrics(dose, standard_dose, masks, targets, skip):
         diff = va - vb
         if is_target:
-            out.append(QACheck(name=f"{name} D95 within {tol_gy:g} Gy of the standard plan", category="conversion",
-                               status="pass" if abs(diff) <= tol_gy else "fail", value=round(diff, 4), limit=tol_gy,
-                               unit="Gy", detail=f"converted {va:.3f} Gy, standard {vb:.3f} Gy"))
+            out.append(
+                QACheck(
+                    name=f"{name} D95 within {tol_gy:g} Gy of the standard plan",
+                    category="conversion",
+                    status="pass" if abs(diff) <= tol_gy else "fail",
+                    value=round(diff, 4),
+                    limit=tol_gy,
+                    unit="Gy",
+                    detail=f"converted {va:.3f} Gy, standard {vb:.3f} Gy",
+                )
+            )
         else:
-            out.append(QACheck(name=f"{name} D10 at most {tol_gy:g} Gy above the standard plan", category="conversion",
-                               status="pass" if diff <= tol_gy else "fail", value=round(diff, 4), limit=tol_gy,
-                               unit="Gy", detail=f"converted {va:.3f} Gy, standard {vb:.3f} Gy"))
+            out.append(
+                QACheck(
+                    name=f"{name} D10 at most {tol_gy:g} Gy above the standard plan",
+                    category="conversion",
+                    status="pass" if diff <= tol_gy else "fail",
+                    value=round(diff, 4),
+                    limit=tol_gy,
+                    unit="Gy",
+                    detail=f"converted {va:.3f} Gy, standard {vb:.3f} Gy",
+                )
+            )
     return out
 
 
@@ -127,14 +172,26 @@ def qa_converted_plan(
     qa_order = order
     if options.qa_criteria:
         qa_order = order.model_copy(update={"objectives": list(order.objectives) + list(options.qa_criteria)})
-    res = qa_plan(plan, machine, dose_vol, standard_dose=std_vol, masks=masks, order=qa_order, density=None,
-                  recompute=None, tolerance_pct=options.gamma_tolerance_pct, action_pct=options.gamma_action_pct,
-                  attempts=attempt, standard_plan_id=standard_plan_id)
+    res = qa_plan(
+        plan,
+        machine,
+        dose_vol,
+        standard_dose=std_vol,
+        masks=masks,
+        order=qa_order,
+        density=None,
+        recompute=None,
+        tolerance_pct=options.gamma_tolerance_pct,
+        action_pct=options.gamma_action_pct,
+        attempts=attempt,
+        standard_plan_id=standard_plan_id,
+    )
     rep = res.report
     rep.notes = [n for n in rep.notes if "independent dose check skipped" not in n]
     # agreement with the standard plan
-    rep.checks += agreement_checks(dose_vol.array, std_vol.array, masks, targets, options.dvh_agreement_gy,
-                                   skip=derived_masks)
+    rep.checks += agreement_checks(
+        dose_vol.array, std_vol.array, masks, targets, options.dvh_agreement_gy, skip=derived_masks
+    )
     # soft criteria the standard plan misses as well
     std_status = {c.name: c for c in dvh_criteria_checks(std_vol, masks, qa_order)}
     for c in rep.checks:
@@ -149,17 +206,22 @@ def qa_converted_plan(
         failing = "; ".join(b.split(":")[0] for b in blocking[:3])
         rep.notes.append(f"independent dose check not run: the candidate already fails {failing}")
     elif options.independent_check and density is not None:
-        g = independent_grid(std_vol.array, dose_grid, options.independent_spacing_factor,
-                             options.independent_min_spacing_mm)
+        g = independent_grid(
+            std_vol.array, dose_grid, options.independent_spacing_factor, options.independent_min_spacing_mm
+        )
         tm = masks.get(qa_order.prescription.target)
-        trims = jaws_trim_leaves(plan, machine) or any(sg.x1_proximal_mm is not None
-                                                       for b in plan.beams for sg in b.segments)
+        trims = jaws_trim_leaves(plan, machine) or any(
+            sg.x1_proximal_mm is not None for b in plan.beams for sg in b.segments
+        )
         recompute = subrow_recompute(density) if trims else aperture_recompute(density)
         checks, indep = independent_dose_check(plan, machine, dose_vol, recompute, grid=g, target_mask=tm)
         rep.checks = checks + rep.checks
         res.independent_dose = indep
-        how = ("sub-leaf rows at the Y-jaw / proximal-layer edges (they trim wide leaf pairs), rows <= 5 mm, "
-               "2.5 mm bixels" if trims else "aperture_dose")
+        how = (
+            "sub-leaf rows at the Y-jaw / proximal-layer edges (they trim wide leaf pairs), rows <= 5 mm, 2.5 mm bixels"
+            if trims
+            else "aperture_dose"
+        )
         rep.notes.append(f"independent dose: {how}, {g.shape} grid, {float(g.spacing.min()):g} mm")
     else:
         rep.notes.append("independent dose check not run")
@@ -182,13 +244,15 @@ def jaws_trim_leaves(plan: Plan, machine: MachineModel) -> bool:
     return False
 
 
-def subrow_recompute(density: Volume, bixel_width_mm: float = 2.5, max_row_mm: float = 5.0,
-                     pad_mm: float = 10.0) -> Callable[[Plan, MachineModel, Grid], Volume]:
+def subrow_recompute(
+    density: Volume, bixel_width_mm: float = 2.5, max_row_mm: float = 5.0, pad_mm: float = 10.0
+) -> Callable[[Plan, MachineModel, Grid], Volume]:
     """Independent dose engine for plans whose Y jaws trim leaf pairs part-way: per beam, bixels of
     ``bixel_width_mm`` over the field (:func:`rayrt.dose.aperture.field_extent_mm`) in rows that
     split every leaf pair at each Y-jaw edge and into rows of at most ``max_row_mm``, their own Dij
     (:func:`rayrt.dose.dij.compute_dij`) and the exact bixel-averaged collimator transmission
     (:func:`rayrt.convert.fluence.segments_fluence_on_bixels`). Course dose in Gy."""
+
     def recompute(plan: Plan, machine: MachineModel, grid: Grid) -> Volume:
         total = np.zeros(grid.num_voxels, dtype=np.float64)
         for beam in plan.beams:
@@ -199,7 +263,7 @@ def subrow_recompute(density: Volume, bixel_width_mm: float = 2.5, max_row_mm: f
             bg = beamlet_grid_for_field(beam, machine, (xa, xb), (ya, yb), bixel_width_mm)
             e = np.asarray(bg.row_edges_mm, float)
             r0, r1 = int(bg.rows.min()), int(bg.rows.max()) + 1
-            cuts = [e[r0:r1 + 1]] + [np.asarray(s.jaw_y_mm, float) for s in segs if s.jaw_y_mm is not None]
+            cuts = [e[r0 : r1 + 1]] + [np.asarray(s.jaw_y_mm, float) for s in segs if s.jaw_y_mm is not None]
             edges = np.unique(np.round(np.concatenate(cuts), 6))
             edges = edges[(edges >= e[r0] - 1e-9) & (edges <= e[r1] + 1e-9)]
             pieces = [edges[:1]]
@@ -211,8 +275,16 @@ def subrow_recompute(density: Volume, bixel_width_mm: float = 2.5, max_row_mm: f
             R, Cn = fine.size - 1, cols.size
             rows = np.repeat(np.arange(R), Cn)
             cc = np.tile(cols, R)
-            g2 = BeamletGrid(beam, machine.name, bg.bixel_width_mm, fine, rows.astype(np.int64), cc.astype(np.int64),
-                             bg.patient_position, column_offset_mm=bg.column_offset_mm)
+            g2 = BeamletGrid(
+                beam,
+                machine.name,
+                bg.bixel_width_mm,
+                fine,
+                rows.astype(np.int64),
+                cc.astype(np.int64),
+                bg.patient_position,
+                column_offset_mm=bg.column_offset_mm,
+            )
             flu = segments_fluence_on_bixels(segs, machine, g2)
             dij = compute_dij(density, grid, g2, machine)
             total += dij @ flu
@@ -226,8 +298,10 @@ def release_blocking(checks: list[QACheck]) -> list[str]:
     reasons = []
     for c in checks:
         blocking = c.status == "fail"
-        if c.status == "warn" and (c.category in ("gamma", "dose_check", "conversion", "deliverability")
-                                   or (c.category == "dvh" and "not blocking" not in c.detail)):
+        if c.status == "warn" and (
+            c.category in ("gamma", "dose_check", "conversion", "deliverability")
+            or (c.category == "dvh" and "not blocking" not in c.detail)
+        ):
             blocking = True
         if blocking:
             value = c.value if c.value is not None else "-"

@@ -18,8 +18,16 @@ from rayrt.domain.plan import Plan
 from rayrt.imaging.volume import Grid
 from rayrt.qa.report import QAReport, Verdict
 
-__all__ = ["StructureDose", "MuRefitDetail", "FluenceDetail", "ApertureDetail", "AttemptDetail", "AttemptRecord",
-           "ConversionStatus", "ConversionResult"]
+__all__ = [
+    "StructureDose",
+    "MuRefitDetail",
+    "FluenceDetail",
+    "ApertureDetail",
+    "AttemptDetail",
+    "AttemptRecord",
+    "ConversionStatus",
+    "ConversionResult",
+]
 
 ConversionStatus = Literal["released", "failed"]
 
@@ -46,11 +54,12 @@ class MuRefitDetail(BaseModel):
     dropped_segments: int = Field(default=0, description="segments whose MU fell below half the machine's minimum")
     total_seconds: float | None = Field(default=None, description="segment doses plus every pass")
     transferred_excess_gy: float | None = Field(
-        default=None, description="mu_refit mode: worst excess (Gy) over the release's agreement limits, "
-                                  "transferred MU")
+        default=None, description="mu_refit mode: worst excess (Gy) over the release's agreement limits, transferred MU"
+    )
     refitted_excess_gy: float | None = Field(default=None, description="the same with the refitted MU")
-    kept: str | None = Field(default=None,
-                             description="set when the refit was discarded (the transferred MU agreed better)")
+    kept: str | None = Field(
+        default=None, description="set when the refit was discarded (the transferred MU agreed better)"
+    )
 
 
 class FluenceDetail(BaseModel):
@@ -76,22 +85,26 @@ class ApertureDetail(BaseModel):
 class AttemptDetail(BaseModel):
     """How an attempt's candidate plan was made; a field is None where the mode has no such step."""
 
-    output_ratio: float | None = Field(default=None,
-                                       description="reuse: target / source dose per MU (MU divided by it)")
+    output_ratio: float | None = Field(
+        default=None, description="reuse: target / source dose per MU (MU divided by it)"
+    )
     setup_seconds: float | None = Field(default=None, description="target beamlets and Dij")
     bixels: int | None = Field(default=None, description="beamlets of the target machine (all beams)")
     dij_nnz: int | None = Field(default=None, description="non-zeros of the target Dij")
     standard_fluence_outside_grid: float | None = Field(
-        default=None, description="share of the standard plan's fluence outside the target's beamlet grid")
+        default=None, description="share of the standard plan's fluence outside the target's beamlet grid"
+    )
     segments_from: str | None = Field(default=None, description="dose_only / mu_refit: where the segments came from")
-    normalization_factor: float | None = Field(default=None,
-                                               description="MU scale of the final prescription normalisation")
+    normalization_factor: float | None = Field(
+        default=None, description="MU scale of the final prescription normalisation"
+    )
     raised_segments: int | None = Field(default=None, description="segments raised to the machine's minimum MU")
     fmo: FluenceDetail | None = None
     aperture_opt: ApertureDetail | None = None
     mu_refit: MuRefitDetail | None = None
-    optimise_seconds: float | None = Field(default=None,
-                                           description="fluence / dao: optimisation, sequencing and refit")
+    optimise_seconds: float | None = Field(
+        default=None, description="fluence / dao: optimisation, sequencing and refit"
+    )
 
 
 class AttemptRecord(BaseModel):
@@ -132,10 +145,12 @@ class ConversionResult(BaseModel):
     reasons: list[str] = Field(default_factory=list)
     qa: QAReport | None = None
     seconds: float = 0.0
-    dose_gy: Any = Field(default=None, exclude=True,
-                         description="course dose (Gy) [k, j, i] on dose_grid, float32; released only")
-    qa_result: Any = Field(default=None, exclude=True,
-                           description="rayrt.qa.report.QAResult of the last attempt (figure arrays)")
+    dose_gy: Any = Field(
+        default=None, exclude=True, description="course dose (Gy) [k, j, i] on dose_grid, float32; released only"
+    )
+    qa_result: Any = Field(
+        default=None, exclude=True, description="rayrt.qa.report.QAResult of the last attempt (figure arrays)"
+    )
 
     @property
     def released(self) -> bool:

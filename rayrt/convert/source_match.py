@@ -68,10 +68,12 @@ class CurveSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fields_mm: list[float] = Field(default_factory=lambda: [30.0, 50.0, 100.0, 200.0],
-                                   description="square field sides (mm at SSD 100 cm)")
-    depths_mm: list[float | str] = Field(default_factory=lambda: list(_DEFAULT_DEPTHS_MM),
-                                         description="profile depths (mm or 'dmax')")
+    fields_mm: list[float] = Field(
+        default_factory=lambda: [30.0, 50.0, 100.0, 200.0], description="square field sides (mm at SSD 100 cm)"
+    )
+    depths_mm: list[float | str] = Field(
+        default_factory=lambda: list(_DEFAULT_DEPTHS_MM), description="profile depths (mm or 'dmax')"
+    )
     slab: bool = Field(default=True, description="also the lung and bone slab phantoms")
     resolution_mm: float = Field(default=2.0, gt=0, description="depth / position spacing of the curves (mm)")
     max_depth_mm: float = Field(default=300.0, gt=0)
@@ -83,17 +85,20 @@ class SourceMatchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     curves: CurveSettings = Field(default_factory=CurveSettings)
-    match_dose_pct: float = Field(default=1.0, gt=0,
-                                  description="gamma dose criterion for 'matches' (% of the curve's 100 %)")
+    match_dose_pct: float = Field(
+        default=1.0, gt=0, description="gamma dose criterion for 'matches' (% of the curve's 100 %)"
+    )
     match_dta_mm: float = Field(default=1.0, gt=0, description="gamma distance criterion for 'matches' (mm)")
     match_pass_rate_pct: float = Field(default=99.0, ge=0, le=100)
-    match_max_deviation_pct: float = Field(default=3.0, gt=0,
-                                           description="largest point difference (percentage points) for 'matches'")
+    match_max_deviation_pct: float = Field(
+        default=3.0, gt=0, description="largest point difference (percentage points) for 'matches'"
+    )
     similar_dose_pct: float = Field(default=2.0, gt=0)
     similar_dta_mm: float = Field(default=2.0, gt=0)
     similar_pass_rate_pct: float = Field(default=95.0, ge=0, le=100)
-    cutoff_pct: float = Field(default=10.0, ge=0, lt=100,
-                              description="curve points below this % of the reference are not compared")
+    cutoff_pct: float = Field(
+        default=10.0, ge=0, lt=100, description="curve points below this % of the reference are not compared"
+    )
 
 
 class CurveComparison(BaseModel):
@@ -108,7 +113,8 @@ class CurveComparison(BaseModel):
     pass_rate_similar_pct: float = Field(description="1-D gamma pass rate at the 'similar' criteria")
     max_gamma: float
     max_deviation_pct: float = Field(
-        description="largest |target - source| (percentage points) over the compared points")
+        description="largest |target - source| (percentage points) over the compared points"
+    )
 
 
 class SourceComparison(BaseModel):
@@ -162,8 +168,9 @@ def _fields_for(machine: MachineModel, settings: CurveSettings) -> list[float]:
     return [f for f in settings.fields_mm if f <= min(fx, fy) + 1e-6]
 
 
-def cached_curves(machine: MachineModel, settings: CurveSettings | None = None, *,
-                  use_disk: bool = True) -> CommissioningCurves:
+def cached_curves(
+    machine: MachineModel, settings: CurveSettings | None = None, *, use_disk: bool = True
+) -> CommissioningCurves:
     """The machine's :class:`~rayrt.dose.curves.CommissioningCurves`, computed once per beam model.
 
     Fields the machine cannot open are left out. The curves carry the machine's own name even when
@@ -183,8 +190,14 @@ def cached_curves(machine: MachineModel, settings: CurveSettings | None = None, 
             except (ValueError, OSError):
                 hit = None
     if hit is None:
-        hit = commissioning_curves(machine, fields_mm=fields, depths_mm=st.depths_mm, slab=st.slab,
-                                   resolution_mm=st.resolution_mm, max_depth_mm=st.max_depth_mm)
+        hit = commissioning_curves(
+            machine,
+            fields_mm=fields,
+            depths_mm=st.depths_mm,
+            slab=st.slab,
+            resolution_mm=st.resolution_mm,
+            max_depth_mm=st.max_depth_mm,
+        )
         if use_disk:
             try:
                 d = curves_cache_dir()
@@ -206,8 +219,14 @@ def output_factor_gy_per_mu(curves: CommissioningCurves, field_mm: float = 100.0
 
 
 # --------------------------------------------------------------------------- comparison
-def _gamma_1d_batch(pairs: list[tuple[np.ndarray, np.ndarray]], spacing_mm: float, dose_pct: float, dta_mm: float,
-                    cutoff_pct: float, norm: float) -> list[np.ndarray]:
+def _gamma_1d_batch(
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    spacing_mm: float,
+    dose_pct: float,
+    dta_mm: float,
+    cutoff_pct: float,
+    norm: float,
+) -> list[np.ndarray]:
     """Gamma values (NaN below the cutoff) of each evaluated curve against its reference curve.
 
     All curves go through one :func:`rayrt.qa.gamma.gamma_index` call on a one-row grid: they are
@@ -227,15 +246,22 @@ def _gamma_1d_batch(pairs: list[tuple[np.ndarray, np.ndarray]], spacing_mm: floa
     ev = np.concatenate(ev_parts)
     n = ref.size
     grid = Grid(shape=(1, 1, n), spacing_mm=(spacing_mm, spacing_mm, spacing_mm), origin_mm=(0.0, 0.0, 0.0))
-    crit = GammaCriteria(dose_pct=dose_pct, dta_mm=dta_mm, cutoff_pct=cutoff_pct, normalization_gy=norm,
-                         interp_fraction=10, max_gamma=max_gamma)
+    crit = GammaCriteria(
+        dose_pct=dose_pct,
+        dta_mm=dta_mm,
+        cutoff_pct=cutoff_pct,
+        normalization_gy=norm,
+        interp_fraction=10,
+        max_gamma=max_gamma,
+    )
     res = gamma_index(Volume(ref.reshape(1, 1, n), grid, "pct"), Volume(ev.reshape(1, 1, n), grid, "pct"), crit)
     g = res.gamma.ravel().astype(np.float64)
     return [g[a:b] for a, b in spans]
 
 
-def compare_sources(source: MachineModel, target: MachineModel,
-                    config: SourceMatchConfig | None = None) -> SourceComparison:
+def compare_sources(
+    source: MachineModel, target: MachineModel, config: SourceMatchConfig | None = None
+) -> SourceComparison:
     """Compare the target machine's commissioning curves with the source's (see the module docstring)."""
     t0 = time.perf_counter()
     cfg = config or SourceMatchConfig()
@@ -245,8 +271,9 @@ def compare_sources(source: MachineModel, target: MachineModel,
     out: list[CurveComparison] = []
     tot_n = tot_p1 = tot_p2 = 0.0
     if cs.depths_mm != ct.depths_mm or cs.positions_mm != ct.positions_mm:
-        reasons.append("the two machines' curves lie on different grids (different settings); compared on the common "
-                       "part")
+        reasons.append(
+            "the two machines' curves lie on different grids (different settings); compared on the common part"
+        )
     h = cs.resolution_mm
     nd = min(len(cs.depths_mm), len(ct.depths_mm))
     common_fields = [f for f in cs.fields_mm if f in ct.fields_mm]
@@ -282,10 +309,19 @@ def compare_sources(source: MachineModel, target: MachineModel,
             p1 = float((x1[ok] <= 1.0).sum())
             p2 = float((x2[np.isfinite(x2)] <= 1.0).sum())
             dev = float(np.abs(a[ok] - b[ok]).max()) if n else 0.0
-            out.append(CurveComparison(phantom=ph, kind=kind, field_mm=f, depth=depth, points=n,
-                                       pass_rate_pct=100.0 * p1 / max(n, 1),
-                                       pass_rate_similar_pct=100.0 * p2 / max(n, 1),
-                                       max_gamma=float(x1[ok].max()) if n else 0.0, max_deviation_pct=dev))
+            out.append(
+                CurveComparison(
+                    phantom=ph,
+                    kind=kind,
+                    field_mm=f,
+                    depth=depth,
+                    points=n,
+                    pass_rate_pct=100.0 * p1 / max(n, 1),
+                    pass_rate_similar_pct=100.0 * p2 / max(n, 1),
+                    max_gamma=float(x1[ok].max()) if n else 0.0,
+                    max_deviation_pct=dev,
+                )
+            )
             tot_n += n
             tot_p1 += p1
             tot_p2 += p2
@@ -305,16 +341,32 @@ def compare_sources(source: MachineModel, target: MachineModel,
         verdict = "different"
     if verdict != "matches" and out:
         worst = sorted(out, key=lambda c: c.pass_rate_pct)[:3]
-        reasons.append(f"gamma {cfg.match_dose_pct:g}%/{cfg.match_dta_mm:g}mm pass rate {score:.2f} % "
-                       f"(needs >= {cfg.match_pass_rate_pct:g} %), max deviation {max_dev:.2f} % "
-                       f"(needs <= {cfg.match_max_deviation_pct:g} %)")
-        reasons.append("worst curves: " + "; ".join(
-            f"{c.phantom} {c.kind} {c.field_mm:g} mm{'' if c.depth is None else ' @ ' + c.depth} "
-            f"{c.pass_rate_pct:.1f} %" for c in worst))
+        reasons.append(
+            f"gamma {cfg.match_dose_pct:g}%/{cfg.match_dta_mm:g}mm pass rate {score:.2f} % "
+            f"(needs >= {cfg.match_pass_rate_pct:g} %), max deviation {max_dev:.2f} % "
+            f"(needs <= {cfg.match_max_deviation_pct:g} %)"
+        )
+        reasons.append(
+            "worst curves: "
+            + "; ".join(
+                f"{c.phantom} {c.kind} {c.field_mm:g} mm{'' if c.depth is None else ' @ ' + c.depth} "
+                f"{c.pass_rate_pct:.1f} %"
+                for c in worst
+            )
+        )
     return SourceComparison(
-        source=source.name, target=target.name,
+        source=source.name,
+        target=target.name,
         criteria=f"{cfg.match_dose_pct:g}%/{cfg.match_dta_mm:g}mm global, cutoff {cfg.cutoff_pct:g}%",
-        score_pct=round(score, 4), score_similar_pct=round(score2, 4), min_curve_pass_rate_pct=round(min_rate, 4),
-        max_deviation_pct=round(max_dev, 4), output_ratio=out_ratio, tpr2010_source=cs.tpr2010,
-        tpr2010_target=ct.tpr2010, verdict=verdict, reasons=reasons, curves=out, seconds=time.perf_counter() - t0,
+        score_pct=round(score, 4),
+        score_similar_pct=round(score2, 4),
+        min_curve_pass_rate_pct=round(min_rate, 4),
+        max_deviation_pct=round(max_dev, 4),
+        output_ratio=out_ratio,
+        tpr2010_source=cs.tpr2010,
+        tpr2010_target=ct.tpr2010,
+        verdict=verdict,
+        reasons=reasons,
+        curves=out,
+        seconds=time.perf_counter() - t0,
     )

@@ -1,9 +1,9 @@
 """Typed data at every boundary: pydantic v2 models for patients, orders, machines, plans, jobs."""
 
-from rayrt.domain.errors import RayrtError, InputError
-from rayrt.domain.patient import ImageSeriesInfo, Patient, Structure, StructureKind
-from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec, Prescription, Normalization, load_order
+from rayrt.domain.errors import InputError, RayrtError
 from rayrt.domain.job import Job, JobState, StageProgress
+from rayrt.domain.order import MedicalOrder, Normalization, ObjectiveKind, ObjectiveSpec, Prescription, load_order
+from rayrt.domain.patient import ImageSeriesInfo, Patient, Structure, StructureKind
 
 __all__ = [
     "RayrtError",

@@ -43,24 +43,38 @@ class BeamModel(BaseModel):
     kind: Literal["svd_pencil_beam"] = "svd_pencil_beam"
     attribution: str = Field(default="", description="where the kernel data come from (licence, reference)")
     attenuation_per_mm: float = Field(gt=0, lt=0.1, description="m: effective primary attenuation coefficient (1/mm)")
-    betas_per_mm: tuple[float, float, float] = Field(description="build-up constants beta_1..3 of the three kernels (1/mm)")
+    betas_per_mm: tuple[float, float, float] = Field(
+        description="build-up constants beta_1..3 of the three kernels (1/mm)"
+    )
     kernel_point_weights: tuple[float, float, float] = Field(
         description="weight of each kernel concentrated on the pencil axis (dimensionless, a delta at r = 0)"
     )
-    kernel_radii_mm: list[float] = Field(description="radii (mm, > 0, increasing, at the isocenter plane) of the kernel tails")
+    kernel_radii_mm: list[float] = Field(
+        description="radii (mm, > 0, increasing, at the isocenter plane) of the kernel tails"
+    )
     kernels_per_mm2: tuple[list[float], list[float], list[float]] = Field(
         description="the three kernel tails K_i(r) in 1/mm², one value per kernel radius"
     )
     primary_fluence_radius_mm: list[float] = Field(
         description="off-axis radii (mm at the isocenter plane) of the relative primary fluence; first is 0"
     )
-    primary_fluence: list[float] = Field(description="relative primary fluence (1 on the axis): horn of flattened, cone of FFF beams")
-    source_sigma_mm: float = Field(ge=0, le=10, description="focal-spot (penumbra) Gaussian sigma at the isocenter plane (mm)")
-    head_scatter_field_mm: list[float] = Field(description="equivalent-square field sizes (mm at isocenter) of the head-scatter table")
+    primary_fluence: list[float] = Field(
+        description="relative primary fluence (1 on the axis): horn of flattened, cone of FFF beams"
+    )
+    source_sigma_mm: float = Field(
+        ge=0, le=10, description="focal-spot (penumbra) Gaussian sigma at the isocenter plane (mm)"
+    )
+    head_scatter_field_mm: list[float] = Field(
+        description="equivalent-square field sizes (mm at isocenter) of the head-scatter table"
+    )
     head_scatter: list[float] = Field(description="collimator (head) scatter factor Sc, 1 at the calibration field")
     calibration_gy_per_mu: float = Field(default=0.01, gt=0, description="Gy per MU at dmax, reference field and SSD")
-    calibration_field_mm: float = Field(default=100.0, gt=0, description="side of the square calibration field (mm at SSD)")
-    calibration_ssd_mm: float = Field(default=1000.0, gt=0, description="source-surface distance of the calibration (mm)")
+    calibration_field_mm: float = Field(
+        default=100.0, gt=0, description="side of the square calibration field (mm at SSD)"
+    )
+    calibration_ssd_mm: float = Field(
+        default=1000.0, gt=0, description="source-surface distance of the calibration (mm)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "BeamModel":

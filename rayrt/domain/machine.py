@@ -8,8 +8,6 @@ Jaw/leaf positions follow DICOM order: the X1 / "minus" side first, then the X2 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -70,22 +68,32 @@ class MLCModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="e.g. 'Millennium 120', 'HD120', 'Agility', 'MLCi2'")
-    leaf_boundaries_mm: list[float] = Field(description="N+1 leaf-pair boundaries along Y at the isocenter (mm), increasing")
+    leaf_boundaries_mm: list[float] = Field(
+        description="N+1 leaf-pair boundaries along Y at the isocenter (mm), increasing"
+    )
     interdigitation: bool = Field(description="whether opposing leaves of adjacent pairs may cross")
     min_gap_mm: float = Field(default=0.5, ge=0, description="minimum gap between the two leaves of a pair (mm)")
-    max_leaf_span_mm: float = Field(default=150.0, gt=0, description="maximum distance between leaf tips of one bank (mm)")
-    max_overtravel_mm: float = Field(default=200.0, ge=0, description="how far a leaf tip may cross the central axis (mm)")
+    max_leaf_span_mm: float = Field(
+        default=150.0, gt=0, description="maximum distance between leaf tips of one bank (mm)"
+    )
+    max_overtravel_mm: float = Field(
+        default=200.0, ge=0, description="how far a leaf tip may cross the central axis (mm)"
+    )
     min_position_mm: float = Field(default=-200.0, description="most negative leaf tip position (mm)")
     max_position_mm: float = Field(default=200.0, description="most positive leaf tip position (mm)")
     leaf_speed_mm_s: float = Field(default=25.0, gt=0)
-    transmission: float = Field(default=0.015, ge=0, le=1, description="average leaf transmission (inter- and intra-leaf)")
+    transmission: float = Field(
+        default=0.015, ge=0, le=1, description="average leaf transmission (inter- and intra-leaf)"
+    )
     leaf_end_transmission_mm: float = Field(
         default=0.0, ge=0, description="dosimetric leaf gap: extra effective opening at the rounded leaf ends (mm)"
     )
     dual_layer: bool = Field(default=False, description="two stacked banks (Halcyon-like); effective leaf width halves")
     proximal_leaf_boundaries_mm: list[float] | None = Field(
-        default=None, description="dual-layer MLCs: the proximal layer's leaf-pair boundaries along Y at the isocenter (mm, increasing); "
-        "default: the distal boundaries offset by half a leaf, one pair more (Halcyon: 29 x 10 mm offset 5 mm)")
+        default=None,
+        description="dual-layer MLCs: the proximal layer's leaf-pair boundaries along Y at the isocenter (mm, increasing); "
+        "default: the distal boundaries offset by half a leaf, one pair more (Halcyon: 29 x 10 mm offset 5 mm)",
+    )
     dicom_type: str = Field(default="MLCX")
 
     @field_validator("leaf_boundaries_mm")

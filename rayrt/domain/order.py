@@ -28,7 +28,9 @@ class ObjectiveKind(str, Enum):
     squared_deviation = "squared_deviation"  # mean (d - dose_gy)^2
     squared_overdose = "squared_overdose"  # mean max(d - dose_gy, 0)^2
     squared_underdose = "squared_underdose"  # mean max(dose_gy - d, 0)^2
-    dose_mimicking = "dose_mimicking"  # mean max(|d - d_ref| - dose_gy, 0)^2: follow a reference dose per voxel within dose_gy
+    dose_mimicking = (
+        "dose_mimicking"  # mean max(|d - d_ref| - dose_gy, 0)^2: follow a reference dose per voxel within dose_gy
+    )
 
 
 _NEEDS_VOLUME = {ObjectiveKind.min_dvh, ObjectiveKind.max_dvh}
@@ -132,7 +134,9 @@ def _format_validation_error(exc: ValidationError, source: str) -> InputError:
 def parse_order(data: object, source: str = "") -> MedicalOrder:
     """Validate an already-parsed order (a mapping), raising :class:`InputError` with the field path."""
     if not isinstance(data, dict):
-        raise InputError(f"invalid order {source}: expected a mapping with 'prescription' and 'objectives'", kind="order")
+        raise InputError(
+            f"invalid order {source}: expected a mapping with 'prescription' and 'objectives'", kind="order"
+        )
     try:
         return MedicalOrder.model_validate(data)
     except ValidationError as exc:
@@ -150,5 +154,8 @@ def load_order(path: str | Path) -> MedicalOrder:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"order file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}", kind="order") from None
+        raise InputError(
+            f"order file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}",
+            kind="order",
+        ) from None
     return parse_order(data, f"in {path.name}")

@@ -19,12 +19,21 @@ class Segment(BaseModel):
 
     x1_mm: list[float] = Field(description="minus-side leaf tips per pair (mm)")
     x2_mm: list[float] = Field(description="plus-side leaf tips per pair (mm)")
-    jaw_x_mm: tuple[float, float] | None = Field(default=None, description="(X1, X2) jaw positions, None when the machine has no X jaws")
-    jaw_y_mm: tuple[float, float] | None = Field(default=None, description="(Y1, Y2) jaw positions, None when the machine has no Y jaws")
+    jaw_x_mm: tuple[float, float] | None = Field(
+        default=None, description="(X1, X2) jaw positions, None when the machine has no X jaws"
+    )
+    jaw_y_mm: tuple[float, float] | None = Field(
+        default=None, description="(Y1, Y2) jaw positions, None when the machine has no Y jaws"
+    )
     mu: float = Field(ge=0, description="monitor units of this segment")
-    x1_proximal_mm: list[float] | None = Field(default=None, description="dual-layer MLCs: proximal-layer minus-side tips per pair (mm); "
-                                               "None: the proximal layer is not used (x1_mm/x2_mm are the distal layer)")
-    x2_proximal_mm: list[float] | None = Field(default=None, description="dual-layer MLCs: proximal-layer plus-side tips per pair (mm)")
+    x1_proximal_mm: list[float] | None = Field(
+        default=None,
+        description="dual-layer MLCs: proximal-layer minus-side tips per pair (mm); "
+        "None: the proximal layer is not used (x1_mm/x2_mm are the distal layer)",
+    )
+    x2_proximal_mm: list[float] | None = Field(
+        default=None, description="dual-layer MLCs: proximal-layer plus-side tips per pair (mm)"
+    )
 
     @model_validator(mode="after")
     def _pairs(self) -> "Segment":

@@ -33,34 +33,56 @@ class PlanningRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    machines: list[str] = Field(default_factory=list, description="target treatment machines (configs/machines names); empty = standard plan only")
-    standard_machine: str | None = Field(default=None, description="machine the standard plan is optimised on (default: the library's standard machine)")
-    gantry_deg: list[float] | None = Field(default=None, description="IEC 61217 gantry angles; default num_beams equispaced from 0")
+    machines: list[str] = Field(
+        default_factory=list,
+        description="target treatment machines (configs/machines names); empty = standard plan only",
+    )
+    standard_machine: str | None = Field(
+        default=None, description="machine the standard plan is optimised on (default: the library's standard machine)"
+    )
+    gantry_deg: list[float] | None = Field(
+        default=None, description="IEC 61217 gantry angles; default num_beams equispaced from 0"
+    )
     num_beams: int = Field(default=9, ge=1, le=72)
     dose_grid_mm: float = Field(default=5.0, gt=0, le=20)
     bixel_mm: float = Field(default=5.0, gt=0, le=20)
     margin_mm: float = Field(default=5.0, ge=0, le=30)
     bixel_columns: Literal["edge", "isocenter"] = Field(
-        default="edge", description="alignment of the bixel columns along the leaf-travel direction (rows are always the leaf pairs): "
-                                    "'edge' = column edges at multiples of bixel_mm from the central axis; 'isocenter' = bixels centred "
-                                    "on it (centres at multiples of bixel_mm, as matRad/pyRadPlan)")
+        default="edge",
+        description="alignment of the bixel columns along the leaf-travel direction (rows are always the leaf pairs): "
+        "'edge' = column edges at multiples of bixel_mm from the central axis; 'isocenter' = bixels centred "
+        "on it (centres at multiples of bixel_mm, as matRad/pyRadPlan)",
+    )
     dij_cutoff_mm: float = Field(default=50.0, gt=0, description="lateral kernel cut-off of the pencil beams")
     dij_threshold: float = Field(default=1e-4, ge=0, lt=1, description="relative Dij entries below this are dropped")
-    chunks_per_cpu: int = Field(default=2, ge=1, le=64, description="Dij tasks per free CPU (load balance vs per-chunk depth overhead)")
+    chunks_per_cpu: int = Field(
+        default=2, ge=1, le=64, description="Dij tasks per free CPU (load balance vs per-chunk depth overhead)"
+    )
     max_segments: int = Field(default=10, ge=1, le=100, description="segments per beam of the standard plan")
-    sequencer: str = Field(default="sweep", description="leaf sequencer (rayrt.optimize.sequencing registry: sweep, xia_verhey)")
+    sequencer: str = Field(
+        default="sweep", description="leaf sequencer (rayrt.optimize.sequencing registry: sweep, xia_verhey)"
+    )
     fmo_iterations: int = Field(default=200, ge=1, description="L-BFGS-B iterations of the fluence-map optimisation")
     dao_rounds: int = Field(default=2, ge=1, description="direct-aperture-optimisation rounds")
     dao_iterations: int = Field(default=30, ge=1, description="iterations per DAO round")
     conversion_mode: ConversionMode | None = Field(
-        default=None, description="force the recompute mode of each conversion's first attempt (None: rayrt.convert's policy from the coincidence verdict)")
+        default=None,
+        description="force the recompute mode of each conversion's first attempt (None: rayrt.convert's policy from the coincidence verdict)",
+    )
     conversion_options: dict[str, Any] = Field(
         default_factory=dict,
         description="overrides of rayrt.convert.policy.ConversionOptions (configs/conversion.yaml, section conversion), e.g. "
-                    "{max_attempts: 1, fmo_iterations: 60}; checked where the request enters (rayrt.pipeline.check_request)")
-    qa_independent_dose: bool = Field(default=True, description="recompute each plan's dose with the aperture engine (rayrt.dose.aperture)")
-    qa_grid_mm: float | None = Field(default=None, gt=0, description="grid of the independent dose (default: the dose grid)")
-    qa_bixel_mm: float = Field(default=2.5, gt=0, le=20, description="bixel width of the independent aperture dose engine")
+        "{max_attempts: 1, fmo_iterations: 60}; checked where the request enters (rayrt.pipeline.check_request)",
+    )
+    qa_independent_dose: bool = Field(
+        default=True, description="recompute each plan's dose with the aperture engine (rayrt.dose.aperture)"
+    )
+    qa_grid_mm: float | None = Field(
+        default=None, gt=0, description="grid of the independent dose (default: the dose grid)"
+    )
+    qa_bixel_mm: float = Field(
+        default=2.5, gt=0, le=20, description="bixel width of the independent aperture dose engine"
+    )
     qa_figures: bool = Field(default=False, description="also render qa_<machine>.png (matplotlib, ~1 s per machine)")
 
     def angles(self) -> list[float]:
@@ -84,7 +106,11 @@ def _defaults(path: str, mtime: float) -> dict[str, Any]:
         raise InputError(f"{PLANNING_CONFIG} is not valid YAML: {exc}", kind="config", field=PLANNING_CONFIG) from None
     section = data.get("planning", {}) if isinstance(data, dict) else None
     if not isinstance(section, dict):
-        raise InputError(f"{PLANNING_CONFIG}: 'planning' must be a mapping of PlanningRequest fields", kind="config", field="planning")
+        raise InputError(
+            f"{PLANNING_CONFIG}: 'planning' must be a mapping of PlanningRequest fields",
+            kind="config",
+            field="planning",
+        )
     try:
         PlanningRequest.model_validate(section)
     except ValidationError as exc:
@@ -101,8 +127,13 @@ def planning_defaults(path: str | Path | None = None) -> dict[str, Any]:
     return dict(_defaults(str(p), p.stat().st_mtime))
 
 
-def planning_request(options: Mapping[str, Any] | None = None, machines: list[str] | None = None, *,
-                     defaults_path: str | Path | None = None, field_prefix: str = "options.") -> PlanningRequest:
+def planning_request(
+    options: Mapping[str, Any] | None = None,
+    machines: list[str] | None = None,
+    *,
+    defaults_path: str | Path | None = None,
+    field_prefix: str = "options.",
+) -> PlanningRequest:
     """A PlanningRequest: the configured defaults, then ``options`` (a job's or the CLI's overrides),
     then ``machines`` when given. InputError 422 naming the first bad field."""
     data = {**planning_defaults(defaults_path), **dict(options or {})}

@@ -121,7 +121,11 @@ def radiological_depths(rho, ct_origin, ct_axes_inv, source_mm, points_mm):
     out = np.empty(n)
     s = np.empty(3)
     for c in range(3):
-        s[c] = ct_axes_inv[c, 0] * (source_mm[0] - ct_origin[0]) + ct_axes_inv[c, 1] * (source_mm[1] - ct_origin[1]) + ct_axes_inv[c, 2] * (source_mm[2] - ct_origin[2])
+        s[c] = (
+            ct_axes_inv[c, 0] * (source_mm[0] - ct_origin[0])
+            + ct_axes_inv[c, 1] * (source_mm[1] - ct_origin[1])
+            + ct_axes_inv[c, 2] * (source_mm[2] - ct_origin[2])
+        )
     for p in prange(n):
         x = points_mm[p, 0] - ct_origin[0]
         y = points_mm[p, 1] - ct_origin[1]
@@ -157,8 +161,27 @@ def _voxel_bld(i, j, k, origin, axes, rot, iso):
 
 
 @njit(cache=True, parallel=True)
-def voxel_terms(shape, origin, axes, rot, iso, sad, rho, ct_origin, ct_axes_inv, min_density, env,
-                m, betas, calib, W, first, last, box, with_terms):
+def voxel_terms(
+    shape,
+    origin,
+    axes,
+    rot,
+    iso,
+    sad,
+    rho,
+    ct_origin,
+    ct_axes_inv,
+    min_density,
+    env,
+    m,
+    betas,
+    calib,
+    W,
+    first,
+    last,
+    box,
+    with_terms,
+):
     """One pass over the dose grid: which voxels are scored, their depth terms, and per-row ranges.
 
     A voxel is scored when it lies in front of the source, its isocenter-plane projection (u, v)
@@ -282,9 +305,21 @@ def _disc_interval(p0, p1, q0, q1, c0, c1, cc, ilo, ihi):
 
 @njit(cache=True)
 def _bixel_bound(
-    b, bu, bv, bhw, bhh, cutoff,
-    shape, row_b0, row_bj, row_bk, row_bi, sad,
-    row_first, row_last, row_box,
+    b,
+    bu,
+    bv,
+    bhw,
+    bhh,
+    cutoff,
+    shape,
+    row_b0,
+    row_bj,
+    row_bk,
+    row_bi,
+    sad,
+    row_first,
+    row_last,
+    row_box,
 ):
     """Number of candidate voxels of bixel ``b`` (no kernel evaluation): an upper bound of its
     entries, used to size the output before :func:`_group_columns` fills it.
@@ -324,8 +359,9 @@ def _bixel_bound(
             ay0 = row_b0[1] + j * row_bj[1] + k * row_bk[1]
             az0 = row_b0[2] + j * row_bj[2] + k * row_bk[2]
             c0 = sad - az0
-            ilo, ihi = _disc_interval(sad * ax0 - ub * c0, sad * bi0 - ub * c1, sad * ay0 - vb * c0, sad * bi1 - vb * c1,
-                                      c0, c1, cc, ilo, ihi)
+            ilo, ihi = _disc_interval(
+                sad * ax0 - ub * c0, sad * bi0 - ub * c1, sad * ay0 - vb * c0, sad * bi1 - vb * c1, c0, c1, cc, ilo, ihi
+            )
             if ilo <= ihi:
                 count += ihi - ilo + 1
     return count
@@ -333,17 +369,39 @@ def _bixel_bound(
 
 @njit(cache=True, parallel=True)
 def bound_columns(
-    bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
-    tables, tx0, ty0, tnx, tny, inv_h,
-    shape, row_b0, row_bj, row_bk, row_bi, sad,
-    row_first, row_last, row_box, W,
+    bu,
+    bv,
+    bhw,
+    bhh,
+    cutoff,
+    btab,
+    bscale,
+    bthr,
+    tables,
+    tx0,
+    ty0,
+    tnx,
+    tny,
+    inv_h,
+    shape,
+    row_b0,
+    row_bj,
+    row_bk,
+    row_bi,
+    sad,
+    row_first,
+    row_last,
+    row_box,
+    W,
 ):
     """Upper bound of each bixel's number of entries (candidate voxels, no kernel evaluation).
     Takes the fill's argument list (one ``common`` tuple in rayrt.dose.dij) and uses its geometry part."""
     n = bu.shape[0]
     counts = np.zeros(n, dtype=np.int64)
     for b in prange(n):
-        counts[b] = _bixel_bound(b, bu, bv, bhw, bhh, cutoff, shape, row_b0, row_bj, row_bk, row_bi, sad, row_first, row_last, row_box)
+        counts[b] = _bixel_bound(
+            b, bu, bv, bhw, bhh, cutoff, shape, row_b0, row_bj, row_bk, row_bi, sad, row_first, row_last, row_box
+        )
     return counts
 
 
@@ -363,11 +421,36 @@ def _table_cell(d, t0, inv_h, tmax, n):
 
 @njit(cache=True)
 def _group_columns(
-    g0, g1, indptr, out_idx, out_val, counts,
-    bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
-    tables, tx0, ty0, tnx, tny, inv_h,
-    shape, row_b0, row_bj, row_bk, row_bi, sad,
-    row_first, row_last, row_box, W,
+    g0,
+    g1,
+    indptr,
+    out_idx,
+    out_val,
+    counts,
+    bu,
+    bv,
+    bhw,
+    bhh,
+    cutoff,
+    btab,
+    bscale,
+    bthr,
+    tables,
+    tx0,
+    ty0,
+    tnx,
+    tny,
+    inv_h,
+    shape,
+    row_b0,
+    row_bj,
+    row_bk,
+    row_bi,
+    sad,
+    row_first,
+    row_last,
+    row_box,
+    W,
 ):
     """Entries of bixels g0..g1-1, which share their row centre, height and kernel table (a piece
     of one bixel row), evaluated voxel by voxel: a voxel's position, depth terms and row-direction
@@ -428,8 +511,17 @@ def _group_columns(
                     hi[q] = 0
                     continue
                 rad = cutoff + math.sqrt(hw * hw + hh * hh)
-                l, h = _disc_interval(sad * ax0 - ub * c0, sad * bi0 - ub * c1, sad * ay0 - vb * c0, sad * bi1 - vb * c1,
-                                      c0, c1, rad * rad, row_first[r], row_last[r])
+                l, h = _disc_interval(
+                    sad * ax0 - ub * c0,
+                    sad * bi0 - ub * c1,
+                    sad * ay0 - vb * c0,
+                    sad * bi1 - vb * c1,
+                    c0,
+                    c1,
+                    rad * rad,
+                    row_first[r],
+                    row_last[r],
+                )
                 lo[q] = l
                 hi[q] = h
                 if l <= h:
@@ -475,9 +567,24 @@ def _group_columns(
                     w01 = tx * (1.0 - ty)
                     w10 = (1.0 - tx) * ty
                     w11 = tx * ty
-                    k0 = w00 * tab[iy, ix, 0] + w01 * tab[iy, ix + 1, 0] + w10 * tab[iy + 1, ix, 0] + w11 * tab[iy + 1, ix + 1, 0]
-                    k1 = w00 * tab[iy, ix, 1] + w01 * tab[iy, ix + 1, 1] + w10 * tab[iy + 1, ix, 1] + w11 * tab[iy + 1, ix + 1, 1]
-                    k2 = w00 * tab[iy, ix, 2] + w01 * tab[iy, ix + 1, 2] + w10 * tab[iy + 1, ix, 2] + w11 * tab[iy + 1, ix + 1, 2]
+                    k0 = (
+                        w00 * tab[iy, ix, 0]
+                        + w01 * tab[iy, ix + 1, 0]
+                        + w10 * tab[iy + 1, ix, 0]
+                        + w11 * tab[iy + 1, ix + 1, 0]
+                    )
+                    k1 = (
+                        w00 * tab[iy, ix, 1]
+                        + w01 * tab[iy, ix + 1, 1]
+                        + w10 * tab[iy + 1, ix, 1]
+                        + w11 * tab[iy + 1, ix + 1, 1]
+                    )
+                    k2 = (
+                        w00 * tab[iy, ix, 2]
+                        + w01 * tab[iy, ix + 1, 2]
+                        + w10 * tab[iy + 1, ix, 2]
+                        + w11 * tab[iy + 1, ix + 1, 2]
+                    )
                     val = bscale[b] * (w0 * k0 + w1 * k1 + w2 * k2)
                     if val > bthr[b] and val > 0.0:
                         c = cur[q]
@@ -490,11 +597,34 @@ def _group_columns(
 
 @njit(cache=True, parallel=True)
 def fill_columns(
-    indptr, groups, out_idx, out_val,
-    bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
-    tables, tx0, ty0, tnx, tny, inv_h,
-    shape, row_b0, row_bj, row_bk, row_bi, sad,
-    row_first, row_last, row_box, W,
+    indptr,
+    groups,
+    out_idx,
+    out_val,
+    bu,
+    bv,
+    bhw,
+    bhh,
+    cutoff,
+    btab,
+    bscale,
+    bthr,
+    tables,
+    tx0,
+    ty0,
+    tnx,
+    tny,
+    inv_h,
+    shape,
+    row_b0,
+    row_bj,
+    row_bk,
+    row_bi,
+    sad,
+    row_first,
+    row_last,
+    row_box,
+    W,
 ):
     """Evaluate every bixel's entries into its slot starting at ``indptr[b]``; returns the counts.
 
@@ -508,8 +638,36 @@ def fill_columns(
     ng = groups.shape[0] - 1
     for g in prange(ng):
         _group_columns(
-            groups[g], groups[g + 1], indptr, out_idx, out_val, counts, bu, bv, bhw, bhh, cutoff, btab, bscale, bthr,
-            tables, tx0, ty0, tnx, tny, inv_h, shape, row_b0, row_bj, row_bk, row_bi, sad, row_first, row_last, row_box, W,
+            groups[g],
+            groups[g + 1],
+            indptr,
+            out_idx,
+            out_val,
+            counts,
+            bu,
+            bv,
+            bhw,
+            bhh,
+            cutoff,
+            btab,
+            bscale,
+            bthr,
+            tables,
+            tx0,
+            ty0,
+            tnx,
+            tny,
+            inv_h,
+            shape,
+            row_b0,
+            row_bj,
+            row_bk,
+            row_bi,
+            sad,
+            row_first,
+            row_last,
+            row_box,
+            W,
         )
     return counts
 

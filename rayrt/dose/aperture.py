@@ -51,11 +51,16 @@ def _overlap(a0: np.ndarray, a1: np.ndarray, b0, b1) -> np.ndarray:
 def _check_segment(seg: Segment, machine: MachineModel) -> None:
     n = machine.mlc.num_pairs
     if len(seg.x1_mm) != n:
-        raise InputError(f"segment has {len(seg.x1_mm)} leaf pairs, machine {machine.name}'s MLC has {n}", field="segments")
+        raise InputError(
+            f"segment has {len(seg.x1_mm)} leaf pairs, machine {machine.name}'s MLC has {n}", field="segments"
+        )
     prox = _proximal_layer(seg, machine)
     if prox is not None and len(prox.x1_mm) != prox.boundaries_mm.size - 1:
-        raise InputError(f"segment has {len(prox.x1_mm)} proximal leaf pairs, "
-                         f"machine {machine.name}'s proximal layer has {prox.boundaries_mm.size - 1}", field="segments")
+        raise InputError(
+            f"segment has {len(prox.x1_mm)} proximal leaf pairs, "
+            f"machine {machine.name}'s proximal layer has {prox.boundaries_mm.size - 1}",
+            field="segments",
+        )
 
 
 def segment_equivalent_square_mm(seg: Segment, machine: MachineModel) -> float:
@@ -220,8 +225,10 @@ def _transmission(pieces: _RowPieces, segment: Segment, machine: MachineModel) -
     factors: list[tuple[np.ndarray | float, np.ndarray | float, float]]
     if prox is not None:
         en = pieces.dual()
-        factors = [(*_layer_interval(segment.x1_mm, segment.x2_mm, en["d"], hd), t),
-                   (*_layer_interval(prox.x1_mm, prox.x2_mm, en["q"], hd), t)]
+        factors = [
+            (*_layer_interval(segment.x1_mm, segment.x2_mm, en["d"], hd), t),
+            (*_layer_interval(prox.x1_mm, prox.x2_mm, en["q"], hd), t),
+        ]
     else:
         en = pieces.single()
         factors = [(*_layer_interval(segment.x1_mm, segment.x2_mm, en["d"], hd), t)]
@@ -247,7 +254,9 @@ def segment_transmission(beamlets: BeamletGrid, segment: Segment, machine: Machi
     return _transmission(_RowPieces(beamlets, machine), segment, machine)
 
 
-def segment_transmission_gradient(beamlets: BeamletGrid, segment: Segment, machine: MachineModel) -> tuple[np.ndarray, np.ndarray]:
+def segment_transmission_gradient(
+    beamlets: BeamletGrid, segment: Segment, machine: MachineModel
+) -> tuple[np.ndarray, np.ndarray]:
     """d T / d x1 and d T / d x2 per bixel (1/mm): how each bixel's transmission changes with its row's leaf tips.
 
     For direct aperture optimisation: the gradient of ``Dij @ (mu * Sc * T)`` with respect to
@@ -294,7 +303,9 @@ def aperture_fluence(beamlets: BeamletGrid, segments: list[Segment], machine: Ma
     return out
 
 
-def field_extent_mm(segments: list[Segment], machine: MachineModel, pad_mm: float = 10.0) -> tuple[tuple[float, float], tuple[float, float]]:
+def field_extent_mm(
+    segments: list[Segment], machine: MachineModel, pad_mm: float = 10.0
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Isocenter-plane rectangle (x, y) covering all segments' openings (jaws when present) plus a pad."""
     xs0, xs1, ys0, ys1 = [], [], [], []
     b = machine.mlc.boundaries
@@ -309,14 +320,24 @@ def field_extent_mm(segments: list[Segment], machine: MachineModel, pad_mm: floa
             xa, xb = max(xa, s.jaw_x_mm[0]), min(xb, s.jaw_x_mm[1])
         if machine.jaw_y is not None and s.jaw_y_mm is not None:
             ya, yb = max(ya, s.jaw_y_mm[0]), min(yb, s.jaw_y_mm[1])
-        xs0.append(xa); xs1.append(xb); ys0.append(ya); ys1.append(yb)
+        xs0.append(xa)
+        xs1.append(xb)
+        ys0.append(ya)
+        ys1.append(yb)
     if not xs0:
         raise InputError("no segment has an open leaf pair: nothing to compute", field="segments")
     return (min(xs0) - pad_mm, max(xs1) + pad_mm), (min(ys0) - pad_mm, max(ys1) + pad_mm)
 
 
-def aperture_beamlet_grid(beam: Beam, segments: list[Segment], machine: MachineModel, *, bixel_width_mm: float = 2.5,
-                          pad_mm: float = 10.0, column_offset_mm: float = 0.0) -> BeamletGrid:
+def aperture_beamlet_grid(
+    beam: Beam,
+    segments: list[Segment],
+    machine: MachineModel,
+    *,
+    bixel_width_mm: float = 2.5,
+    pad_mm: float = 10.0,
+    column_offset_mm: float = 0.0,
+) -> BeamletGrid:
     """Bixel grid for the dose of ``segments``: columns ``bixel_width_mm`` (offset by
     ``column_offset_mm``, :class:`rayrt.dose.geometry.BeamletGrid`) and the machine's rows
     (leaf pairs; half pairs of a dual-layer MLC) over the openings plus ``pad_mm``
@@ -337,16 +358,18 @@ def aperture_beamlet_grid(beam: Beam, segments: list[Segment], machine: MachineM
             cut_list.extend(prox.boundaries_mm.tolist())
     cuts = np.asarray(cut_list, float)
     cuts = cuts[(cuts > e[r0] + 1e-6) & (cuts < e[r1] - 1e-6)]
-    if cuts.size == 0 or np.min(np.abs(cuts[:, None] - e[None, r0:r1 + 1]), axis=1).max() <= 1e-6:
+    if cuts.size == 0 or np.min(np.abs(cuts[:, None] - e[None, r0 : r1 + 1]), axis=1).max() <= 1e-6:
         return bg
-    edges = np.unique(np.round(np.concatenate([e[r0:r1 + 1], cuts]), 6))
+    edges = np.unique(np.round(np.concatenate([e[r0 : r1 + 1], cuts]), 6))
     cols = np.unique(np.asarray(bg.cols))
     R = edges.size - 1
     rows = np.repeat(np.arange(R, dtype=np.int64), cols.size)
     cc = np.tile(cols, R).astype(np.int64)
     meta = dict(bg.meta)
     meta["subrows"] = "split at Y-jaw / proximal-layer edges"
-    return BeamletGrid(beam, bg.machine_name, bg.bixel_width_mm, edges, rows, cc, bg.patient_position, meta, bg.column_offset_mm)
+    return BeamletGrid(
+        beam, bg.machine_name, bg.bixel_width_mm, edges, rows, cc, bg.patient_position, meta, bg.column_offset_mm
+    )
 
 
 def aperture_dose(
@@ -374,7 +397,9 @@ def aperture_dose(
     segs = beam.segments if segments is None else segments
     if not any(s.mu > 0 for s in segs):
         return np.zeros(dose_grid.shape)
-    grid = aperture_beamlet_grid(beam, segs, machine, bixel_width_mm=bixel_width_mm, pad_mm=pad_mm, column_offset_mm=column_offset_mm)
+    grid = aperture_beamlet_grid(
+        beam, segs, machine, bixel_width_mm=bixel_width_mm, pad_mm=pad_mm, column_offset_mm=column_offset_mm
+    )
     dij = compute_dij(density, dose_grid, grid, machine, **dij_kwargs)
     flu = aperture_fluence(grid, segs, machine)
     return (dij @ flu.astype(np.float64)).reshape(dose_grid.shape)

@@ -73,7 +73,9 @@ class LateralProfile(BaseModel):
     field_mm: float
     depth_label: str = Field(description="the requested depth: 'dmax' or the depth in mm as text")
     depth_mm: float = Field(description="the actual depth of the profile (mm)")
-    dose_pct: list[float] = Field(description="dose in % of the central-axis dose, one value per CommissioningCurves.positions_mm")
+    dose_pct: list[float] = Field(
+        description="dose in % of the central-axis dose, one value per CommissioningCurves.positions_mm"
+    )
     cax_gy_per_mu: float = Field(description="absolute central-axis dose at this depth (Gy per MU)")
 
 
@@ -92,7 +94,9 @@ class PhantomCurves(BaseModel):
         for p in self.pdds:
             if abs(p.field_mm - field_mm) < 1e-6:
                 return p
-        raise KeyError(f"no PDD for a {field_mm:g} mm field in {self.phantom}; fields: {[p.field_mm for p in self.pdds]}")
+        raise KeyError(
+            f"no PDD for a {field_mm:g} mm field in {self.phantom}; fields: {[p.field_mm for p in self.pdds]}"
+        )
 
     def profile(self, field_mm: float, depth: float | str) -> LateralProfile:
         label = _depth_label(depth)
@@ -112,7 +116,9 @@ class CommissioningCurves(BaseModel):
     ssd_mm: float = SSD_MM
     resolution_mm: float
     depths_mm: list[float] = Field(description="depths (mm) of every PDD value: k * resolution_mm, k = 1, 2, ...")
-    positions_mm: list[float] = Field(description="crossline positions (mm at the profile depth) of every profile value")
+    positions_mm: list[float] = Field(
+        description="crossline positions (mm at the profile depth) of every profile value"
+    )
     fields_mm: list[float]
     profile_depths: list[str] = Field(description="requested profile depths: 'dmax' or mm as text")
     water: PhantomCurves
@@ -152,7 +158,9 @@ def _depth_label(depth: float | str) -> str:
             try:
                 return f"{float(depth):g}"
             except ValueError:
-                raise InputError(f"profile depth must be a number (mm) or 'dmax', got {depth!r}", field="depths_mm") from None
+                raise InputError(
+                    f"profile depth must be a number (mm) or 'dmax', got {depth!r}", field="depths_mm"
+                ) from None
         return "dmax"
     return f"{float(depth):g}"
 
@@ -184,7 +192,7 @@ def penumbra_80_20(positions_mm: Sequence[float], profile_pct: Sequence[float]) 
     widths = []
     for side in (1, -1):
         sel = (x * side) >= 0
-        xs = (x[sel] * side)
+        xs = x[sel] * side
         order = np.argsort(xs)
         xs, ps = xs[order], p[sel][order]
         w = []
@@ -205,7 +213,9 @@ def _fields(fields_mm: Sequence[float]) -> list[float]:
         raise InputError("give at least one field size", field="fields_mm")
     for f in out:
         if not (5.0 <= f <= 400.0) or not math.isfinite(f):
-            raise InputError(f"field size {f:g} mm is outside 5..400 mm (square side at the surface)", field="fields_mm")
+            raise InputError(
+                f"field size {f:g} mm is outside 5..400 mm (square side at the surface)", field="fields_mm"
+            )
     return out
 
 
@@ -220,8 +230,14 @@ def _check_machine_field(machine: MachineModel, field_mm: float) -> None:
 
 
 # --------------------------------------------------------------------------- the engine call
-def _water_box(resolution_mm: float, x_half_mm: float, depth_mm: float, z_half_mm: float, surface_y_mm: float,
-               slab: tuple[float, float, float] | None):
+def _water_box(
+    resolution_mm: float,
+    x_half_mm: float,
+    depth_mm: float,
+    z_half_mm: float,
+    surface_y_mm: float,
+    slab: tuple[float, float, float] | None,
+):
     """Relative-electron-density box: air (0) above the surface y = surface_y_mm, water below.
 
     Voxel edges (not centres) lie on the surface and on the slab faces, so the density steps are
@@ -274,8 +290,15 @@ def _field_beam(machine: MachineModel, field_mm: float, isocenter_mm: tuple[floa
         mu=1.0,
     )
     assert len(seg.x1_mm) == n
-    return Beam(name=f"{field_mm:g}mm", number=1, gantry_deg=0.0, collimator_deg=0.0, couch_deg=0.0,
-                isocenter_mm=isocenter_mm, segments=[seg])
+    return Beam(
+        name=f"{field_mm:g}mm",
+        number=1,
+        gantry_deg=0.0,
+        collimator_deg=0.0,
+        couch_deg=0.0,
+        isocenter_mm=isocenter_mm,
+        segments=[seg],
+    )
 
 
 def _plane_dose(machine: MachineModel, density, beam, dose_grid, engine_options: dict | None = None) -> np.ndarray:
@@ -288,14 +311,28 @@ def _plane_dose(machine: MachineModel, density, beam, dose_grid, engine_options:
     return np.asarray(arr, dtype=np.float64).reshape(dose_grid.shape)
 
 
-def _phantom_curves(machine: MachineModel, name: str, slab: tuple[float, float, float] | None, fields: list[float],
-                    depth_labels: list[str], resolution_mm: float, depths: np.ndarray, positions: np.ndarray,
-                    x_half_box: float, z_half_box: float, engine_options: dict | None = None) -> PhantomCurves:
+def _phantom_curves(
+    machine: MachineModel,
+    name: str,
+    slab: tuple[float, float, float] | None,
+    fields: list[float],
+    depth_labels: list[str],
+    resolution_mm: float,
+    depths: np.ndarray,
+    positions: np.ndarray,
+    x_half_box: float,
+    z_half_box: float,
+    engine_options: dict | None = None,
+) -> PhantomCurves:
     from rayrt.imaging.volume import Grid
 
     h = resolution_mm
     max_depth = float(depths[-1])
-    plane = Grid(shape=(1, depths.size, positions.size), spacing_mm=(h, h, h), origin_mm=(float(positions[0]), float(depths[0]), 0.0))
+    plane = Grid(
+        shape=(1, depths.size, positions.size),
+        spacing_mm=(h, h, h),
+        origin_mm=(float(positions[0]), float(depths[0]), 0.0),
+    )
     density = _water_box(h, x_half_box, max_depth + 2 * h, z_half_box, 0.0, slab)
     pdds, profiles = [], []
     for f in fields:
@@ -306,7 +343,9 @@ def _phantom_curves(machine: MachineModel, name: str, slab: tuple[float, float, 
         dmax, dmax_val = refine_maximum(depths, cax)
         if dmax_val <= 0:
             raise InputError(f"machine {machine.name}: the {f:g} mm field gives no dose on the axis", field="machine")
-        pdds.append(DepthDose(field_mm=f, dose_pct=(100.0 * cax / dmax_val).tolist(), dmax_mm=dmax, dmax_gy_per_mu=dmax_val))
+        pdds.append(
+            DepthDose(field_mm=f, dose_pct=(100.0 * cax / dmax_val).tolist(), dmax_mm=dmax, dmax_gy_per_mu=dmax_val)
+        )
         for label in depth_labels:
             d = dmax if label == "dmax" else float(label)
             # linear interpolation between the two depth rows around d
@@ -317,14 +356,24 @@ def _phantom_curves(machine: MachineModel, name: str, slab: tuple[float, float, 
             c = float((1 - w) * cax[k0] + w * cax[k0 + 1])
             if c <= 0:
                 raise InputError(f"no dose on the axis of the {f:g} mm field at {d:g} mm", field="depths_mm")
-            profiles.append(LateralProfile(field_mm=f, depth_label=label, depth_mm=d, dose_pct=(100.0 * row / c).tolist(), cax_gy_per_mu=c))
+            profiles.append(
+                LateralProfile(
+                    field_mm=f, depth_label=label, depth_mm=d, dose_pct=(100.0 * row / c).tolist(), cax_gy_per_mu=c
+                )
+            )
     if slab is None:
         return PhantomCurves(phantom=name, pdds=pdds, profiles=profiles)
-    return PhantomCurves(phantom=name, slab_density=slab[0], slab_start_mm=slab[1], slab_end_mm=slab[2], pdds=pdds, profiles=profiles)
+    return PhantomCurves(
+        phantom=name, slab_density=slab[0], slab_start_mm=slab[1], slab_end_mm=slab[2], pdds=pdds, profiles=profiles
+    )
 
 
-def tpr20_10(machine: MachineModel, resolution_mm: float = 2.0, field_mm: float = REFERENCE_FIELD_MM,
-             engine_options: dict | None = None) -> float:
+def tpr20_10(
+    machine: MachineModel,
+    resolution_mm: float = 2.0,
+    field_mm: float = REFERENCE_FIELD_MM,
+    engine_options: dict | None = None,
+) -> float:
     """TPR20,10 in the SAD setup: D(isocenter at 20 cm depth) / D(isocenter at 10 cm depth), field at the isocenter."""
     from rayrt.imaging.volume import Grid
 
@@ -391,7 +440,9 @@ def commissioning_curves(
     if slab:
         a, b = float(slab_mm[0]), float(slab_mm[1])
         if not (0 <= a < b < max_depth):
-            raise InputError(f"slab_mm must satisfy 0 <= start < end < {max_depth:g} mm, got {slab_mm}", field="slab_mm")
+            raise InputError(
+                f"slab_mm must satisfy 0 <= start < end < {max_depth:g} mm, got {slab_mm}", field="slab_mm"
+            )
         phantoms += [("lung_slab", (LUNG_DENSITY, a, b)), ("bone_slab", (BONE_DENSITY, a, b))]
     results = [
         _phantom_curves(machine, name, sl, fields, labels, h, depths, positions, x_half_box, z_half_box, engine_options)
@@ -466,8 +517,14 @@ def plot_curves(curves: CommissioningCurves, path: str | Path) -> Path:
     styles = ["-", "--", "-.", ":"]
     for i, prof in enumerate(curves.water.profiles):
         j = curves.profile_depths.index(prof.depth_label) if prof.depth_label in curves.profile_depths else 0
-        ax.plot(pos, prof.dose_pct, styles[j % len(styles)], color=f"C{curves.fields_mm.index(prof.field_mm)}", lw=1,
-                label=f"{prof.field_mm / 10:g} cm @ {prof.depth_mm / 10:.1f} cm" if i < 40 else None)
+        ax.plot(
+            pos,
+            prof.dose_pct,
+            styles[j % len(styles)],
+            color=f"C{curves.fields_mm.index(prof.field_mm)}",
+            lw=1,
+            label=f"{prof.field_mm / 10:g} cm @ {prof.depth_mm / 10:.1f} cm" if i < 40 else None,
+        )
     ax.set(xlabel="crossline position (cm)", ylabel="dose (% of axis)", title="profiles, water")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)

@@ -71,8 +71,10 @@ def dose_grid_for(ct_grid: Grid, spacing_mm: float | tuple[float, float, float])
     else:
         sp_ = tuple(float(s) for s in spacing_mm)
     if len(sp_) != 3 or any(s <= 0 for s in sp_):
-        raise InputError(f"dose grid spacing must be one value or three (x, y, z), each > 0 mm, got {spacing_mm}",
-                         field="dose_grid_mm")
+        raise InputError(
+            f"dose grid spacing must be one value or three (x, y, z), each > 0 mm, got {spacing_mm}",
+            field="dose_grid_mm",
+        )
     return ct_grid.with_spacing((sp_[0], sp_[1], sp_[2]))
 
 
@@ -86,13 +88,17 @@ def _axes(grid: Grid) -> np.ndarray:
     return np.ascontiguousarray(grid.direction_matrix * grid.spacing[None, :])
 
 
-def _bixel_arrays(beamlets: BeamletGrid, machine: MachineModel, start: int, stop: int, cutoff_mm: float, threshold: float):
+def _bixel_arrays(
+    beamlets: BeamletGrid, machine: MachineModel, start: int, stop: int, cutoff_mm: float, threshold: float
+):
     """Per-bixel parameters and the packed float32 kernel tables for bixels [start, stop)."""
     beam = machine.beam
     u = beamlets.u_mm[start:stop].astype(float)
     v = beamlets.v_mm[start:stop].astype(float)
     h = beamlets.height_mm[start:stop].astype(float)
-    sizes = sorted(set(np.round(beamlets.height_mm, 6).tolist()))  # all sizes of the beam: table ids stable across chunks
+    sizes = sorted(
+        set(np.round(beamlets.height_mm, 6).tolist())
+    )  # all sizes of the beam: table ids stable across chunks
     tabs = [bixel_kernel_table(beam, beamlets.bixel_width_mm, hh, cutoff_mm) for hh in sizes]
     ny = max(t.values.shape[0] for t in tabs)
     nx = max(t.values.shape[1] for t in tabs)
@@ -109,10 +115,35 @@ def _bixel_arrays(beamlets: BeamletGrid, machine: MachineModel, start: int, stop
     depths = np.arange(0.0, 60.0, 0.5)
     wd = beam.depth_components(depths)
     calib = calibration_factor(machine)
-    ref = np.array([calib * float(((machine.sad_mm / (machine.sad_mm + depths)) ** 2 * (t.values[t.values.shape[0] // 2, t.values.shape[1] // 2][:, None] * wd).sum(0)).max()) for t in tabs])
+    ref = np.array(
+        [
+            calib
+            * float(
+                (
+                    (machine.sad_mm / (machine.sad_mm + depths)) ** 2
+                    * (t.values[t.values.shape[0] // 2, t.values.shape[1] // 2][:, None] * wd).sum(0)
+                ).max()
+            )
+            for t in tabs
+        ]
+    )
     thr = threshold * prim * ref[tid]
-    return dict(bu=u, bv=v, bhw=0.5 * beamlets.bixel_width_mm + np.zeros_like(u), bhh=0.5 * h, cutoff=float(cutoff_mm), btab=tid, bscale=prim, bthr=thr,
-                tables=packed, tx0=tx0, ty0=ty0, tnx=tnx, tny=tny, inv_h=1.0 / tabs[0].spacing_mm)
+    return dict(
+        bu=u,
+        bv=v,
+        bhw=0.5 * beamlets.bixel_width_mm + np.zeros_like(u),
+        bhh=0.5 * h,
+        cutoff=float(cutoff_mm),
+        btab=tid,
+        bscale=prim,
+        bthr=thr,
+        tables=packed,
+        tx0=tx0,
+        ty0=ty0,
+        tnx=tnx,
+        tny=tny,
+        inv_h=1.0 / tabs[0].spacing_mm,
+    )
 
 
 #: bixels evaluated together (voxel by voxel) in one piece of a bixel row, see rayrt.dose._numba._group_columns
@@ -152,21 +183,37 @@ def compute_dij(
     if not (0 <= start <= stop <= n_all):
         raise InputError(f"beamlet range [{start}, {stop}) is outside 0..{n_all}", field="beamlets")
     if cutoff_mm <= 0 or not (0 <= threshold < 1):
-        raise InputError(f"cutoff_mm must be > 0 and 0 <= threshold < 1 (got {cutoff_mm}, {threshold})", field="cutoff_mm")
+        raise InputError(
+            f"cutoff_mm must be > 0 and 0 <= threshold < 1 (got {cutoff_mm}, {threshold})", field="cutoff_mm"
+        )
     if beamlets.machine_name != machine.name:
-        raise InputError(f"beamlets were made for machine {beamlets.machine_name!r}, not {machine.name!r}", field="machine")
+        raise InputError(
+            f"beamlets were made for machine {beamlets.machine_name!r}, not {machine.name!r}", field="machine"
+        )
     nvox = dose_grid.num_voxels
     acc = _ColumnAccumulator(nvox)
     if stop > start:
-        _dij_into(acc, _BeamSetup(density, dose_grid, beamlets, machine, start, stop, cutoff_mm, threshold, min_density))
+        _dij_into(
+            acc, _BeamSetup(density, dose_grid, beamlets, machine, start, stop, cutoff_mm, threshold, min_density)
+        )
     return acc.matrix()
 
 
 class _BeamSetup:
     """Everything of one beam (bixels [start, stop)) that the numba kernels need, and its per-row ranges."""
 
-    def __init__(self, density: Volume, dose_grid: Grid, beamlets: BeamletGrid, machine: MachineModel, start: int, stop: int,
-                 cutoff_mm: float, threshold: float, min_density: float):
+    def __init__(
+        self,
+        density: Volume,
+        dose_grid: Grid,
+        beamlets: BeamletGrid,
+        machine: MachineModel,
+        start: int,
+        stop: int,
+        cutoff_mm: float,
+        threshold: float,
+        min_density: float,
+    ):
         self.nvox = dose_grid.num_voxels
         # read-only, always: density arrays that come from Ray's object store are, and numba compiles
         # a separate specialisation of the kernels for read-only arrays (one is enough)
@@ -188,8 +235,14 @@ class _BeamSetup:
         self.calib = float(calibration_factor(machine))
         # lateral envelope of the requested bixels (+1 mm so that rounding never loses a voxel of a
         # bixel's cut-off region: a voxel's terms must not depend on which chunk computes it)
-        self.env = np.array([(b["bu"] - b["bhw"]).min() - cutoff_mm - 1.0, (b["bu"] + b["bhw"]).max() + cutoff_mm + 1.0,
-                             (b["bv"] - b["bhh"]).min() - cutoff_mm - 1.0, (b["bv"] + b["bhh"]).max() + cutoff_mm + 1.0])
+        self.env = np.array(
+            [
+                (b["bu"] - b["bhw"]).min() - cutoff_mm - 1.0,
+                (b["bu"] + b["bhw"]).max() + cutoff_mm + 1.0,
+                (b["bv"] - b["bhh"]).min() - cutoff_mm - 1.0,
+                (b["bv"] + b["bhh"]).max() + cutoff_mm + 1.0,
+            ]
+        )
         nk, nj, _ = dose_grid.shape
         self.first = np.empty(nk * nj, dtype=np.int64)
         self.last = np.empty(nk * nj, dtype=np.int64)
@@ -199,13 +252,56 @@ class _BeamSetup:
         self.row_bi, self.row_bj, self.row_bk = (self.rot @ self.axes[:, c] for c in range(3))
 
     def terms(self, W: np.ndarray, with_terms: bool) -> None:
-        nb.voxel_terms(self.shape, self.origin, self.axes, self.rot, self.iso, self.sad, self.rho, self.ct_origin, self.ct_inv,
-                       self.min_density, self.env, self.m, self.betas, self.calib, W, self.first, self.last, self.box, with_terms)
+        nb.voxel_terms(
+            self.shape,
+            self.origin,
+            self.axes,
+            self.rot,
+            self.iso,
+            self.sad,
+            self.rho,
+            self.ct_origin,
+            self.ct_inv,
+            self.min_density,
+            self.env,
+            self.m,
+            self.betas,
+            self.calib,
+            W,
+            self.first,
+            self.last,
+            self.box,
+            with_terms,
+        )
 
     def common(self, W: np.ndarray) -> tuple:
         b = self.b
-        return (b["bu"], b["bv"], b["bhw"], b["bhh"], b["cutoff"], b["btab"], b["bscale"], b["bthr"], b["tables"], b["tx0"], b["ty0"], b["tnx"],
-                b["tny"], b["inv_h"], self.shape, self.row_b0, self.row_bj, self.row_bk, self.row_bi, self.sad, self.first, self.last, self.box, W)
+        return (
+            b["bu"],
+            b["bv"],
+            b["bhw"],
+            b["bhh"],
+            b["cutoff"],
+            b["btab"],
+            b["bscale"],
+            b["bthr"],
+            b["tables"],
+            b["tx0"],
+            b["ty0"],
+            b["tnx"],
+            b["tny"],
+            b["inv_h"],
+            self.shape,
+            self.row_b0,
+            self.row_bj,
+            self.row_bk,
+            self.row_bi,
+            self.sad,
+            self.first,
+            self.last,
+            self.box,
+            W,
+        )
 
     def column_bounds(self) -> np.ndarray:
         """Upper bound of each bixel's number of entries (no radiological depths needed: the row
@@ -234,7 +330,9 @@ def _dij_into(acc: "_ColumnAccumulator", bs: _BeamSetup, bound: np.ndarray | Non
         np.cumsum(bound, out=ptr_bound[1:])
         ptr_bound[1:] += acc.nnz
         out_idx, out_val = acc.reserve(int(ptr_bound[-1]) - acc.nnz)
-        counts = nb.fill_columns(ptr_bound, _bixel_groups(bs.b["bv"], bs.b["btab"], GROUP_SIZE), out_idx, out_val, *common)
+        counts = nb.fill_columns(
+            ptr_bound, _bixel_groups(bs.b["bv"], bs.b["btab"], GROUP_SIZE), out_idx, out_val, *common
+        )
     finally:
         numba.set_parallel_chunksize(old_chunk)
     del W
@@ -268,17 +366,36 @@ def plan_dij(
     if not beams:
         raise InputError("a plan needs at least one beam", field="beams")
     g = mask_grid if mask_grid is not None else density.grid
-    grids = [beamlet_grid(b, machine, target_mask, g, bixel_width_mm=bixel_width_mm, margin_mm=margin_mm, patient_position=patient_position,
-                           column_offset_mm=column_offset_mm, margin_mode=margin_mode) for b in beams]
+    grids = [
+        beamlet_grid(
+            b,
+            machine,
+            target_mask,
+            g,
+            bixel_width_mm=bixel_width_mm,
+            margin_mm=margin_mm,
+            patient_position=patient_position,
+            column_offset_mm=column_offset_mm,
+            margin_mode=margin_mode,
+        )
+        for b in beams
+    ]
     if cutoff_mm <= 0 or not (0 <= threshold < 1):
-        raise InputError(f"cutoff_mm must be > 0 and 0 <= threshold < 1 (got {cutoff_mm}, {threshold})", field="cutoff_mm")
+        raise InputError(
+            f"cutoff_mm must be > 0 and 0 <= threshold < 1 (got {cutoff_mm}, {threshold})", field="cutoff_mm"
+        )
     acc = _ColumnAccumulator(dose_grid.num_voxels)
     # size the plan's arrays once from cheap geometric bounds (no radiological depths), so that no
     # beam's columns are ever copied: pages of the bound that are never written cost no memory
-    setups = [_BeamSetup(density, dose_grid, bg, machine, 0, bg.num_bixels, cutoff_mm, threshold, DEFAULT_MIN_DENSITY) for bg in grids]
+    setups = [
+        _BeamSetup(density, dose_grid, bg, machine, 0, bg.num_bixels, cutoff_mm, threshold, DEFAULT_MIN_DENSITY)
+        for bg in grids
+    ]
     bounds = [bs.column_bounds() for bs in setups]
     acc.reserve(int(sum(int(b.sum()) for b in bounds)))
-    for bs, bound in zip(setups, bounds):  # each beam's columns are written straight into the plan's arrays (same values as compute_dij)
+    for bs, bound in zip(
+        setups, bounds
+    ):  # each beam's columns are written straight into the plan's arrays (same values as compute_dij)
         _dij_into(acc, bs, bound)
     return acc.matrix(), grids
 
@@ -367,4 +484,13 @@ def hstack_exact(mats: list[sp.csc_matrix]) -> sp.csc_matrix:
     return acc.matrix()
 
 
-__all__ = ["compute_dij", "plan_dij", "dose_grid_for", "hstack_exact", "chunk_ranges", "DEFAULT_CUTOFF_MM", "DEFAULT_THRESHOLD", "BeamGeometry"]
+__all__ = [
+    "compute_dij",
+    "plan_dij",
+    "dose_grid_for",
+    "hstack_exact",
+    "chunk_ranges",
+    "DEFAULT_CUTOFF_MM",
+    "DEFAULT_THRESHOLD",
+    "BeamGeometry",
+]

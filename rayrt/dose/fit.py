@@ -65,18 +65,57 @@ _ALIASES: dict[str, dict[str, float]] = {
     # canonical column -> {normalised header: factor to mm (or 1 for dose)}
     "depth": {"depth": 1, "depthmm": 1, "d": 1, "dmm": 1, "z": 1, "zmm": 1, "depthcm": 10, "dcm": 10, "zcm": 10},
     "dose": {
-        "dose": 1, "dosepct": 1, "dosepercent": 1, "dose%": 1, "relativedose": 1, "reldose": 1, "pdd": 1,
-        "pddpct": 1, "pdd%": 1, "value": 1, "reading": 1, "signal": 1, "relativedosepct": 1, "relativedose%": 1,
-        "dosegy": 1, "dosecgy": 1, "percentdepthdose": 1, "oar": 1, "profile": 1,
+        "dose": 1,
+        "dosepct": 1,
+        "dosepercent": 1,
+        "dose%": 1,
+        "relativedose": 1,
+        "reldose": 1,
+        "pdd": 1,
+        "pddpct": 1,
+        "pdd%": 1,
+        "value": 1,
+        "reading": 1,
+        "signal": 1,
+        "relativedosepct": 1,
+        "relativedose%": 1,
+        "dosegy": 1,
+        "dosecgy": 1,
+        "percentdepthdose": 1,
+        "oar": 1,
+        "profile": 1,
     },
     "field": {
-        "field": 1, "fieldmm": 1, "fieldsize": 1, "fieldsizemm": 1, "fs": 1, "fsmm": 1, "field_mm": 1,
-        "fieldcm": 10, "fieldsizecm": 10, "fscm": 10,
+        "field": 1,
+        "fieldmm": 1,
+        "fieldsize": 1,
+        "fieldsizemm": 1,
+        "fs": 1,
+        "fsmm": 1,
+        "field_mm": 1,
+        "fieldcm": 10,
+        "fieldsizecm": 10,
+        "fscm": 10,
     },
     "position": {
-        "position": 1, "positionmm": 1, "pos": 1, "posmm": 1, "x": 1, "xmm": 1, "offaxis": 1, "offaxismm": 1,
-        "offaxisdistance": 1, "offaxisdistancemm": 1, "r": 1, "rmm": 1, "positioncm": 10, "poscm": 10, "xcm": 10,
-        "offaxiscm": 10, "offaxisdistancecm": 10, "rcm": 10,
+        "position": 1,
+        "positionmm": 1,
+        "pos": 1,
+        "posmm": 1,
+        "x": 1,
+        "xmm": 1,
+        "offaxis": 1,
+        "offaxismm": 1,
+        "offaxisdistance": 1,
+        "offaxisdistancemm": 1,
+        "r": 1,
+        "rmm": 1,
+        "positioncm": 10,
+        "poscm": 10,
+        "xcm": 10,
+        "offaxiscm": 10,
+        "offaxisdistancecm": 10,
+        "rcm": 10,
     },
 }
 
@@ -112,7 +151,9 @@ def _is_number(s: str) -> bool:
 def _read_rows(path: str | Path) -> tuple[Path, list[str] | None, list[list[str]]]:
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"measurement file {path} does not exist; give the path of a CSV file", kind="fit", field=str(path))
+        raise InputError(
+            f"measurement file {path} does not exist; give the path of a CSV file", kind="fit", field=str(path)
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -142,15 +183,22 @@ def _read_rows(path: str | Path) -> tuple[Path, list[str] | None, list[list[str]
     return path, header, rows
 
 
-def _columns(path: Path, header: list[str] | None, rows: list[list[str]], wanted: list[str], optional: list[str],
-             default_order: list[str]) -> dict[str, np.ndarray]:
+def _columns(
+    path: Path,
+    header: list[str] | None,
+    rows: list[list[str]],
+    wanted: list[str],
+    optional: list[str],
+    default_order: list[str],
+) -> dict[str, np.ndarray]:
     if header is None:
         ncol = len(rows[0])
         if ncol < len(default_order):
             raise InputError(
                 f"{path.name} has no header and {ncol} columns; expected {len(default_order)} columns "
                 f"({', '.join(default_order)}) or a header naming them",
-                kind="fit", field=path.name,
+                kind="fit",
+                field=path.name,
             )
         cols = {c: (i, 1.0) for i, c in enumerate(default_order)}
     else:
@@ -160,7 +208,8 @@ def _columns(path: Path, header: list[str] | None, rows: list[list[str]], wanted
             raise InputError(
                 f"{path.name}: no column for {', '.join(missing)} among the headers {header}; "
                 f"name them e.g. {', '.join(c + ('_mm' if c != 'dose' else '') for c in wanted)}",
-                kind="fit", field=path.name,
+                kind="fit",
+                field=path.name,
             )
     out: dict[str, np.ndarray] = {}
     for c, (idx, factor) in cols.items():
@@ -173,7 +222,8 @@ def _columns(path: Path, header: list[str] | None, rows: list[list[str]], wanted
             except ValueError:
                 raise InputError(
                     f"{path.name} row {ln}: '{r[idx]}' in column '{c}' is not a number (use '.' as the decimal point)",
-                    kind="fit", field=path.name,
+                    kind="fit",
+                    field=path.name,
                 ) from None
         a = np.asarray(vals, dtype=float)
         if not np.all(np.isfinite(a)):
@@ -184,15 +234,19 @@ def _columns(path: Path, header: list[str] | None, rows: list[list[str]], wanted
     if "depth" in out and (np.any(out["depth"] < 0) or np.any(out["depth"] > MAX_DEPTH_MM)):
         raise InputError(
             f"{path.name}: depths must lie in 0..{MAX_DEPTH_MM:.0f} mm (are they in cm? name the column depth_cm)",
-            kind="fit", field=path.name,
+            kind="fit",
+            field=path.name,
         )
     if "field" in out and (np.any(out["field"] < 5) or np.any(out["field"] > 400)):
         raise InputError(
             f"{path.name}: field sizes must be 5..400 mm (square side at SSD; in cm? name the column field_cm)",
-            kind="fit", field=path.name,
+            kind="fit",
+            field=path.name,
         )
     if "position" in out and np.any(np.abs(out["position"]) > MAX_OFF_AXIS_MM):
-        raise InputError(f"{path.name}: off-axis positions beyond ±{MAX_OFF_AXIS_MM:.0f} mm", kind="fit", field=path.name)
+        raise InputError(
+            f"{path.name}: off-axis positions beyond ±{MAX_OFF_AXIS_MM:.0f} mm", kind="fit", field=path.name
+        )
     return out
 
 
@@ -249,9 +303,13 @@ def read_pdd_csv(path: str | Path) -> list[MeasuredPDD]:
         order = np.argsort(d)
         d, v = d[order], v[order]
         if d.size < 5:
-            raise InputError(f"{p.name}: the {f:g} mm field has {d.size} points; a PDD needs at least 5", kind="fit", field=p.name)
+            raise InputError(
+                f"{p.name}: the {f:g} mm field has {d.size} points; a PDD needs at least 5", kind="fit", field=p.name
+            )
         if np.any(np.diff(d) <= 0):
-            raise InputError(f"{p.name}: the {f:g} mm field repeats a depth; give each depth once", kind="fit", field=p.name)
+            raise InputError(
+                f"{p.name}: the {f:g} mm field repeats a depth; give each depth once", kind="fit", field=p.name
+            )
         if v.max() <= 0:
             raise InputError(f"{p.name}: the {f:g} mm field has no positive dose", kind="fit", field=p.name)
         out.append(MeasuredPDD(field_mm=float(f), depths_mm=d.tolist(), dose_pct=(100.0 * v / v.max()).tolist()))
@@ -271,15 +329,23 @@ def read_profiles_csv(path: str | Path) -> list[MeasuredProfile]:
         x, v = x[order], v[order]
         label = f"the {f:g} mm field at {dep:g} mm"
         if x.size < 5:
-            raise InputError(f"{p.name}: {label} has {x.size} points; a profile needs at least 5", kind="fit", field=p.name)
+            raise InputError(
+                f"{p.name}: {label} has {x.size} points; a profile needs at least 5", kind="fit", field=p.name
+            )
         if np.any(np.diff(x) <= 0):
             raise InputError(f"{p.name}: {label} repeats a position; give each position once", kind="fit", field=p.name)
         if not (x[0] <= 0.0 <= x[-1]):
-            raise InputError(f"{p.name}: {label} does not cross the central axis (position 0)", kind="fit", field=p.name)
+            raise InputError(
+                f"{p.name}: {label} does not cross the central axis (position 0)", kind="fit", field=p.name
+            )
         cax = float(np.interp(0.0, x, v))
         if cax <= 0:
             raise InputError(f"{p.name}: {label} has no dose on the central axis", kind="fit", field=p.name)
-        out.append(MeasuredProfile(field_mm=float(f), depth_mm=float(dep), positions_mm=x.tolist(), dose_pct=(100.0 * v / cax).tolist()))
+        out.append(
+            MeasuredProfile(
+                field_mm=float(f), depth_mm=float(dep), positions_mm=x.tolist(), dose_pct=(100.0 * v / cax).tolist()
+            )
+        )
     return out
 
 
@@ -395,8 +461,12 @@ def _apply_scatter(d: dict, base, x: float) -> None:
 #: * ``scatter_scale`` — kernel tails relative to the on-axis point weights: the phantom-scatter
 #:   fraction, i.e. the field-size dependence of PDDs and the profile tails.
 FIT_PARAMETERS: dict[str, dict] = {
-    "attenuation_per_mm": _spec("attenuation_per_mm", "1/mm", 0.6, 1.6, lambda b: b.attenuation_per_mm, _apply_attenuation),
-    "betas_per_mm": _spec("beta_1 (betas scaled together)", "1/mm", 0.4, 2.5, lambda b: b.betas_per_mm[0], _apply_betas),
+    "attenuation_per_mm": _spec(
+        "attenuation_per_mm", "1/mm", 0.6, 1.6, lambda b: b.attenuation_per_mm, _apply_attenuation
+    ),
+    "betas_per_mm": _spec(
+        "beta_1 (betas scaled together)", "1/mm", 0.4, 2.5, lambda b: b.betas_per_mm[0], _apply_betas
+    ),
     "source_sigma_mm": _spec("source_sigma_mm", "mm", 0.2, 5.0, lambda b: max(b.source_sigma_mm, 0.05), _apply_sigma),
     "horn_scale": _spec("horn_scale", "x base horn", 0.0, 4.0, lambda b: 1.0, _apply_horn),
     "scatter_scale": _spec("scatter_scale", "x base kernel tails", 0.5, 2.0, lambda b: 1.0, _apply_scatter),
@@ -426,12 +496,20 @@ def _model_curves(machine, meas: MeasuredData, resolution_mm: float):
     x_edge = max(fields) / 2 * (SSD_MM + deepest) / machine.sad_mm
     margin = max(20.0, meas.max_off_axis_mm - x_edge + 2 * resolution_mm)
     return commissioning_curves(
-        machine, fields_mm=fields, depths_mm=depths or [100.0], slab=False, tpr=False, resolution_mm=resolution_mm,
-        max_depth_mm=max(meas.max_depth_mm + 2 * resolution_mm, 60.0), lateral_margin_mm=margin,
+        machine,
+        fields_mm=fields,
+        depths_mm=depths or [100.0],
+        slab=False,
+        tpr=False,
+        resolution_mm=resolution_mm,
+        max_depth_mm=max(meas.max_depth_mm + 2 * resolution_mm, 60.0),
+        lateral_margin_mm=margin,
     )
 
 
-def residual_vectors(machine, meas: MeasuredData, resolution_mm: float, min_depth_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def residual_vectors(
+    machine, meas: MeasuredData, resolution_mm: float, min_depth_mm: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(PDD residuals, profile residuals) of the machine's model curves vs the measurement, in %.
 
     Both sides are normalised the same way on the *measured* sample points: PDDs to their maximum
@@ -461,9 +539,12 @@ def residual_vectors(machine, meas: MeasuredData, resolution_mm: float, min_dept
 def _stats(r_pdd: np.ndarray, r_prof: np.ndarray) -> Residuals:
     f = lambda r, fn: float(fn(r)) if r.size else 0.0  # noqa: E731
     return Residuals(
-        pdd_rms_pct=f(r_pdd, lambda r: np.sqrt(np.mean(r**2))), pdd_max_pct=f(r_pdd, lambda r: np.abs(r).max()),
-        profile_rms_pct=f(r_prof, lambda r: np.sqrt(np.mean(r**2))), profile_max_pct=f(r_prof, lambda r: np.abs(r).max()),
-        num_pdd_points=int(r_pdd.size), num_profile_points=int(r_prof.size),
+        pdd_rms_pct=f(r_pdd, lambda r: np.sqrt(np.mean(r**2))),
+        pdd_max_pct=f(r_pdd, lambda r: np.abs(r).max()),
+        profile_rms_pct=f(r_prof, lambda r: np.sqrt(np.mean(r**2))),
+        profile_max_pct=f(r_prof, lambda r: np.abs(r).max()),
+        num_pdd_points=int(r_pdd.size),
+        num_profile_points=int(r_prof.size),
     )
 
 
@@ -518,8 +599,17 @@ def fit_machine(
     r0_pdd, r0_prof = residual_vectors(base_machine, meas, resolution_mm, min_depth_mm)
     n_res = r0_pdd.size + r0_prof.size
     x0 = np.ones(len(parameters))
-    res = least_squares(resid, x0, bounds=(lo, hi), method="trf", diff_step=1e-2, x_scale=1.0,
-                        max_nfev=max(int(max_evaluations) // (len(parameters) + 1), 2), xtol=1e-4, ftol=1e-6)
+    res = least_squares(
+        resid,
+        x0,
+        bounds=(lo, hi),
+        method="trf",
+        diff_step=1e-2,
+        x_scale=1.0,
+        max_nfev=max(int(max_evaluations) // (len(parameters) + 1), 2),
+        xtol=1e-4,
+        ftol=1e-6,
+    )
     x = res.x
     fitted = machine_with(base_machine, dict(zip(parameters, x)), name=name or f"{base_machine.name}-fit")
     r1_pdd, r1_prof = residual_vectors(fitted, meas, resolution_mm, min_depth_mm)
@@ -529,11 +619,19 @@ def fit_machine(
         spec = FIT_PARAMETERS[p]
         v0 = float(spec["get"](base_machine.beam))
         after = float(spec["get"](fitted.beam)) if p not in ("horn_scale", "scatter_scale") else float(xi)
-        params.append(FitParameter(name=spec["name"], unit=spec["unit"], before=v0, after=after, lower=v0 * l_, upper=v0 * h_))
+        params.append(
+            FitParameter(name=spec["name"], unit=spec["unit"], before=v0, after=after, lower=v0 * l_, upper=v0 * h_)
+        )
     report = FitReport(
-        base_machine=base_machine.name, fitted_machine=fitted.name, parameters=params,
-        before=_stats(r0_pdd, r0_prof), after=_stats(r1_pdd, r1_prof), evaluations=n_eval + 1,
-        seconds=time.perf_counter() - t0, resolution_mm=resolution_mm, status=str(res.message),
+        base_machine=base_machine.name,
+        fitted_machine=fitted.name,
+        parameters=params,
+        before=_stats(r0_pdd, r0_prof),
+        after=_stats(r1_pdd, r1_prof),
+        evaluations=n_eval + 1,
+        seconds=time.perf_counter() - t0,
+        resolution_mm=resolution_mm,
+        status=str(res.message),
     )
     return FitResult(fitted, report)
 
@@ -546,24 +644,45 @@ def write_machine_yaml(machine, path: str | Path) -> Path:
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise InputError(f"--out must name a .yaml file, got {path.name}", field="out")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(machine.model_dump(mode="json"), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump(machine.model_dump(mode="json"), sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
     return path
 
 
-def curves_as_measurements(curves, *, pdd_step_mm: float | None = None, profile_step_mm: float | None = None) -> MeasuredData:
+def curves_as_measurements(
+    curves, *, pdd_step_mm: float | None = None, profile_step_mm: float | None = None
+) -> MeasuredData:
     """Turn computed CommissioningCurves (water) into MeasuredData (e.g. to write test CSVs).
 
     Optionally subsample PDD depths / profile positions to the given steps (mm).
     """
     depths = np.asarray(curves.depths_mm)
     pos = np.asarray(curves.positions_mm)
-    dsel = np.ones(depths.size, bool) if not pdd_step_mm else np.isclose(np.mod(depths + 1e-9, pdd_step_mm), 0, atol=1e-6)
+    dsel = (
+        np.ones(depths.size, bool) if not pdd_step_mm else np.isclose(np.mod(depths + 1e-9, pdd_step_mm), 0, atol=1e-6)
+    )
     dsel &= depths > 0
-    psel = np.ones(pos.size, bool) if not profile_step_mm else np.isclose(np.mod(pos + 1e-9, profile_step_mm), 0, atol=1e-6)
-    pdds = [MeasuredPDD(field_mm=p.field_mm, depths_mm=depths[dsel].tolist(),
-                        dose_pct=(100 * np.asarray(p.dose_pct)[dsel] / np.asarray(p.dose_pct)[dsel].max()).tolist())
-            for p in curves.water.pdds]
-    profs = [MeasuredProfile(field_mm=p.field_mm, depth_mm=p.depth_mm, positions_mm=pos[psel].tolist(),
-                             dose_pct=np.asarray(p.dose_pct)[psel].tolist())
-             for p in curves.water.profiles]
+    psel = (
+        np.ones(pos.size, bool)
+        if not profile_step_mm
+        else np.isclose(np.mod(pos + 1e-9, profile_step_mm), 0, atol=1e-6)
+    )
+    pdds = [
+        MeasuredPDD(
+            field_mm=p.field_mm,
+            depths_mm=depths[dsel].tolist(),
+            dose_pct=(100 * np.asarray(p.dose_pct)[dsel] / np.asarray(p.dose_pct)[dsel].max()).tolist(),
+        )
+        for p in curves.water.pdds
+    ]
+    profs = [
+        MeasuredProfile(
+            field_mm=p.field_mm,
+            depth_mm=p.depth_mm,
+            positions_mm=pos[psel].tolist(),
+            dose_pct=np.asarray(p.dose_pct)[psel].tolist(),
+        )
+        for p in curves.water.profiles
+    ]
     return MeasuredData(pdds=pdds, profiles=profs)

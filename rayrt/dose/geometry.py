@@ -86,13 +86,18 @@ class BeamGeometry:
     ) -> "BeamGeometry":
         pos = patient_position.upper()
         if pos not in PATIENT_TO_FIXED:
-            raise InputError(f"patient position {patient_position!r} is not supported; use one of {sorted(PATIENT_TO_FIXED)}", field="patient_position")
+            raise InputError(
+                f"patient position {patient_position!r} is not supported; use one of {sorted(PATIENT_TO_FIXED)}",
+                field="patient_position",
+            )
         rot = _rz(collimator_deg).T @ _ry(gantry_deg).T @ _rz(couch_deg) @ PATIENT_TO_FIXED[pos]
         return cls(np.asarray(isocenter_mm, dtype=float), rot, float(sad_mm))
 
     @classmethod
     def of(cls, beam: Beam, machine: MachineModel, patient_position: str = "HFS") -> "BeamGeometry":
-        return cls.from_angles(beam.isocenter_mm, beam.gantry_deg, beam.collimator_deg, beam.couch_deg, machine.sad_mm, patient_position)
+        return cls.from_angles(
+            beam.isocenter_mm, beam.gantry_deg, beam.collimator_deg, beam.couch_deg, machine.sad_mm, patient_position
+        )
 
     @property
     def source_mm(self) -> np.ndarray:
@@ -117,7 +122,9 @@ class BeamGeometry:
 
     def point_at_iso_plane(self, u_mm: np.ndarray, v_mm: np.ndarray) -> np.ndarray:
         """LPS position of isocenter-plane points (u, v)."""
-        b = np.stack(np.broadcast_arrays(np.asarray(u_mm, float), np.asarray(v_mm, float), np.zeros(np.shape(u_mm))), axis=-1)
+        b = np.stack(
+            np.broadcast_arrays(np.asarray(u_mm, float), np.asarray(v_mm, float), np.zeros(np.shape(u_mm))), axis=-1
+        )
         return self.isocenter_mm + b @ self.rotation
 
 
@@ -154,7 +161,9 @@ def column_offset_for(alignment: str, bixel_width_mm: float) -> float:
         return 0.0
     if alignment == "isocenter":
         return -0.5 * float(bixel_width_mm)
-    raise InputError(f"unknown bixel column alignment {alignment!r}; use one of {list(BIXEL_COLUMNS)}", field="bixel_columns")
+    raise InputError(
+        f"unknown bixel column alignment {alignment!r}; use one of {list(BIXEL_COLUMNS)}", field="bixel_columns"
+    )
 
 
 def column_alignment_of(column_offset_mm: float, bixel_width_mm: float) -> str:
@@ -171,7 +180,9 @@ def column_alignment_of(column_offset_mm: float, bixel_width_mm: float) -> str:
 def _check_offset(column_offset_mm: float) -> float:
     o = float(column_offset_mm)
     if not np.isfinite(o):
-        raise InputError(f"column_offset_mm must be a finite number of mm, got {column_offset_mm}", field="column_offset_mm")
+        raise InputError(
+            f"column_offset_mm must be a finite number of mm, got {column_offset_mm}", field="column_offset_mm"
+        )
     return o
 
 
@@ -258,13 +269,26 @@ class BeamletGrid:
         return BeamGeometry.of(self.beam, machine, self.patient_position)
 
     def subset(self, start: int, stop: int) -> "BeamletGrid":
-        return BeamletGrid(self.beam, self.machine_name, self.bixel_width_mm, self.row_edges_mm, self.rows[start:stop], self.cols[start:stop], self.patient_position,
-                           dict(self.meta), self.column_offset_mm)
+        return BeamletGrid(
+            self.beam,
+            self.machine_name,
+            self.bixel_width_mm,
+            self.row_edges_mm,
+            self.rows[start:stop],
+            self.cols[start:stop],
+            self.patient_position,
+            dict(self.meta),
+            self.column_offset_mm,
+        )
 
 
 def _check_beam(beam: Beam, machine: MachineModel) -> None:
     lim = machine.limits
-    for what, angle, rng in (("gantry", beam.gantry_deg, lim.gantry), ("collimator", beam.collimator_deg, lim.collimator), ("couch", beam.couch_deg, lim.couch)):
+    for what, angle, rng in (
+        ("gantry", beam.gantry_deg, lim.gantry),
+        ("collimator", beam.collimator_deg, lim.collimator),
+        ("couch", beam.couch_deg, lim.couch),
+    ):
         if not rng.contains(angle):
             raise InputError(
                 f"beam {beam.name or beam.number}: {what} angle {angle} deg is outside machine {machine.name}'s range [{rng.min_deg}, {rng.max_deg}]",
@@ -273,14 +297,27 @@ def _check_beam(beam: Beam, machine: MachineModel) -> None:
 
 
 def beamlet_grid_from_columns(
-    beam: Beam, machine: MachineModel, active: np.ndarray, col0: int, bixel_width_mm: float, patient_position: str = "HFS",
+    beam: Beam,
+    machine: MachineModel,
+    active: np.ndarray,
+    col0: int,
+    bixel_width_mm: float,
+    patient_position: str = "HFS",
     column_offset_mm: float = 0.0,
 ) -> BeamletGrid:
     """A grid from a boolean (rows x columns) activity map whose first column is number ``col0``
     (column c spans [column_offset_mm + c*w, column_offset_mm + (c+1)*w])."""
     r, c = np.nonzero(active)
-    return BeamletGrid(beam, machine.name, float(bixel_width_mm), row_edges_mm(machine), r.astype(np.int64), (c + col0).astype(np.int64), patient_position,
-                       column_offset_mm=_check_offset(column_offset_mm))
+    return BeamletGrid(
+        beam,
+        machine.name,
+        float(bixel_width_mm),
+        row_edges_mm(machine),
+        r.astype(np.int64),
+        (c + col0).astype(np.int64),
+        patient_position,
+        column_offset_mm=_check_offset(column_offset_mm),
+    )
 
 
 def _column_limits(machine: MachineModel, w: float, column_offset_mm: float = 0.0) -> tuple[int, int]:
@@ -327,7 +364,9 @@ def beamlet_grid(
     if margin_mode not in MARGIN_MODES:
         raise InputError(f"unknown margin_mode {margin_mode!r}; use one of {list(MARGIN_MODES)}", field="margin_mode")
     if margin_mode == "volume" and not (np.isfinite(margin_mm) and margin_mm >= 0):
-        raise InputError(f"margin_mm must be a finite number >= 0 with margin_mode='volume', got {margin_mm}", field="margin_mm")
+        raise InputError(
+            f"margin_mm must be a finite number >= 0 with margin_mode='volume', got {margin_mm}", field="margin_mm"
+        )
     off = _check_offset(column_offset_mm)
     mask = np.asarray(target_mask, dtype=bool)
     if mask.shape != tuple(grid.shape):
@@ -337,7 +376,9 @@ def beamlet_grid(
     _check_beam(beam, machine)
     geo = BeamGeometry.of(beam, machine, patient_position)
     if margin_mode == "volume":
-        return _beamlet_grid_volume_margin(beam, machine, mask, grid, geo, float(bixel_width_mm), float(margin_mm), patient_position, off)
+        return _beamlet_grid_volume_margin(
+            beam, machine, mask, grid, geo, float(bixel_width_mm), float(margin_mm), patient_position, off
+        )
     kji = np.argwhere(mask)
     u, v, s = geo.project(grid.index_to_world(kji.astype(float)))
     if np.any(s <= 0):
@@ -383,22 +424,33 @@ def _box_dilate(mask: np.ndarray, radius_kji: np.ndarray) -> tuple[np.ndarray, n
     nz = np.argwhere(mask)
     lo = np.maximum(nz.min(axis=0) - radius_kji, 0)
     hi = np.minimum(nz.max(axis=0) + radius_kji + 1, np.asarray(mask.shape))
-    crop = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.uint8)
+    crop = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.uint8)
     for ax, r in enumerate(radius_kji):
         if r > 0:
             crop = ndimage.maximum_filter1d(crop, size=2 * int(r) + 1, axis=ax, mode="constant", cval=0)
     return crop.astype(bool), lo
 
 
-def _beamlet_grid_volume_margin(beam: Beam, machine: MachineModel, mask: np.ndarray, grid: Grid, geo: BeamGeometry, w: float,
-                                margin_mm: float, patient_position: str, off: float) -> BeamletGrid:
+def _beamlet_grid_volume_margin(
+    beam: Beam,
+    machine: MachineModel,
+    mask: np.ndarray,
+    grid: Grid,
+    geo: BeamGeometry,
+    w: float,
+    margin_mm: float,
+    patient_position: str,
+    off: float,
+) -> BeamletGrid:
     """``beamlet_grid(margin_mode="volume")``: 3-D box margin, bixels hit by projected voxel centres."""
     radius = np.ceil(margin_mm / grid.spacing[::-1] - 1e-9).astype(np.int64)  # voxels along (k, j, i)
     dil, lo = _box_dilate(mask, radius)
     kji = np.argwhere(dil) + lo
     u, v, s = geo.project(grid.index_to_world(kji.astype(float)))
     if np.any(s <= 0):
-        raise InputError("part of the target (with its margin) lies behind the source; check the isocenter", field="isocenter_mm")
+        raise InputError(
+            "part of the target (with its margin) lies behind the source; check the isocenter", field="isocenter_mm"
+        )
     edges = row_edges_mm(machine)
     c_lo, c_hi = _column_limits(machine, w, off)
     row = np.searchsorted(edges, v, side="right") - 1

@@ -55,7 +55,9 @@ def kernel_tail(beam: BeamModel, radius_mm: np.ndarray) -> np.ndarray:
     return out
 
 
-def opening_fluence(x_mm: np.ndarray, y_mm: np.ndarray, x1: float, x2: float, y1: float, y2: float, sigma_mm: float) -> np.ndarray:
+def opening_fluence(
+    x_mm: np.ndarray, y_mm: np.ndarray, x1: float, x2: float, y1: float, y2: float, sigma_mm: float
+) -> np.ndarray:
     """Fluence (0..1) of the rectangle [x1,x2] x [y1,y2] blurred by a Gaussian focal spot of sigma (mm)."""
     x = np.asarray(x_mm, dtype=float)
     y = np.asarray(y_mm, dtype=float)
@@ -85,7 +87,9 @@ class KernelTable:
 
 def _convolve_kernels(beam: BeamModel, fluence: np.ndarray, spacing: float) -> np.ndarray:
     """(fluence ** K_i) on the fluence's own centred grid (odd shape), shape (3, ny, nx)."""
-    from scipy.signal import fftconvolve  # imported here: scipy.signal costs ~0.8 s at import, and most callers never convolve
+    from scipy.signal import (
+        fftconvolve,
+    )  # imported here: scipy.signal costs ~0.8 s at import, and most callers never convolve
 
     ny, nx = fluence.shape
     y = (np.arange(ny) - ny // 2) * spacing
@@ -122,7 +126,13 @@ def _bixel_table_cached(key: str, width_mm: float, height_mm: float, cutoff_mm: 
 
 def bixel_kernel_table(beam: BeamModel, width_mm: float, height_mm: float, cutoff_mm: float) -> KernelTable:
     """Convolved kernels of a ``width x height`` bixel (mm at isocenter) out to ``cutoff_mm`` beyond its edges (cached)."""
-    return _bixel_table_cached(_remember(beam), round(float(width_mm), 6), round(float(height_mm), 6), round(float(cutoff_mm), 6), TABLE_SPACING_MM)
+    return _bixel_table_cached(
+        _remember(beam),
+        round(float(width_mm), 6),
+        round(float(height_mm), 6),
+        round(float(cutoff_mm), 6),
+        TABLE_SPACING_MM,
+    )
 
 
 @lru_cache(maxsize=64)
@@ -139,7 +149,9 @@ def _calibration_cached(key: str, sad_mm: float) -> float:
     r = np.hypot(x[None, :], x[:, None])
     flu = flu * beam.primary_fluence_at(r)
     tails = kernel_tail(beam, r) * h * h
-    centre = np.array([beam.kernel_point_weights[i] * flu[half, half] + float((flu * tails[i]).sum()) for i in range(3)])
+    centre = np.array(
+        [beam.kernel_point_weights[i] * flu[half, half] + float((flu * tails[i]).sum()) for i in range(3)]
+    )
     depths = np.arange(0.0, 60.0, 0.05)
     # the axis point at depth d is at distance ssd + d from the source; at the isocenter plane it is on axis
     d = beam.depth_components(depths)
@@ -195,9 +207,8 @@ def _interp_table(table: KernelTable, u: np.ndarray, v: np.ndarray) -> np.ndarra
     iy = np.floor(fy).astype(int)
     tx = (fx - ix)[..., None]
     ty = (fy - iy)[..., None]
-    out = (
-        (1 - ty) * ((1 - tx) * vals[iy, ix] + tx * vals[iy, ix + 1])
-        + ty * ((1 - tx) * vals[iy + 1, ix] + tx * vals[iy + 1, ix + 1])
+    out = (1 - ty) * ((1 - tx) * vals[iy, ix] + tx * vals[iy, ix + 1]) + ty * (
+        (1 - tx) * vals[iy + 1, ix] + tx * vals[iy + 1, ix + 1]
     )
     return out * inside[..., None]
 
@@ -240,7 +251,10 @@ def water_dose(
     u = x * sad / s
     v = y * sad / s
     pad = 5 * b.source_sigma_mm + 2.0
-    reach = max(np.abs(u).max(initial=0.0), np.abs(v).max(initial=0.0), abs(fx[0]), abs(fx[1]), abs(fy[0]), abs(fy[1])) + pad
+    reach = (
+        max(np.abs(u).max(initial=0.0), np.abs(v).max(initial=0.0), abs(fx[0]), abs(fx[1]), abs(fy[0]), abs(fy[1]))
+        + pad
+    )
     reach = min(reach + 60.0, reach + b.kernel_radii_mm[-1])
     n = int(np.ceil(reach / spacing_mm))
     g = np.arange(-n, n + 1) * spacing_mm

@@ -29,7 +29,9 @@ class HUCalibration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "generic"
-    points: list[tuple[float, float]] = Field(description="(HU, relative electron density) pairs, HU strictly increasing")
+    points: list[tuple[float, float]] = Field(
+        description="(HU, relative electron density) pairs, HU strictly increasing"
+    )
 
     @field_validator("points")
     @classmethod
@@ -82,7 +84,10 @@ def load_hu_calibration(path: str | Path | None = None) -> HUCalibration:
         return HUCalibration.model_validate(yaml.safe_load(p.read_text(encoding="utf-8")))
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise InputError(f"invalid HU calibration {p.name}: {'.'.join(map(str, first['loc']))}: {first['msg']}", field="hu_calibration") from None
+        raise InputError(
+            f"invalid HU calibration {p.name}: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+            field="hu_calibration",
+        ) from None
 
 
 def density_from_hu(hu: Volume, calibration: HUCalibration | None = None) -> Volume:
@@ -94,11 +99,17 @@ def density_from_hu(hu: Volume, calibration: HUCalibration | None = None) -> Vol
 def _resolve_override(name: str, value: float | str) -> float:
     if isinstance(value, str):
         if value not in BULK_DENSITIES:
-            raise InputError(f"unknown bulk density {value!r} for {name!r}; use a number or one of {sorted(BULK_DENSITIES)}", field="overrides")
+            raise InputError(
+                f"unknown bulk density {value!r} for {name!r}; use a number or one of {sorted(BULK_DENSITIES)}",
+                field="overrides",
+            )
         return BULK_DENSITIES[value]
     v = float(value)
     if not np.isfinite(v) or v < 0 or v > 20:
-        raise InputError(f"density override for {name!r} must be a relative electron density in [0, 20], got {value}", field="overrides")
+        raise InputError(
+            f"density override for {name!r} must be a relative electron density in [0, 20], got {value}",
+            field="overrides",
+        )
     return v
 
 
@@ -124,7 +135,10 @@ def computation_phantom(
     masks = masks or {}
     for name, value in (overrides or {}).items():
         if name not in masks:
-            raise InputError(f"density override names structure {name!r}, which has no mask; available: {sorted(masks)}", field="overrides")
+            raise InputError(
+                f"density override names structure {name!r}, which has no mask; available: {sorted(masks)}",
+                field="overrides",
+            )
         m = np.asarray(masks[name], dtype=bool)
         if m.shape != rho.shape:
             raise InputError(f"mask {name!r} has shape {m.shape}, the CT {rho.shape}", field="overrides")
@@ -137,7 +151,9 @@ def computation_phantom(
     return Volume(rho, ct.grid, DENSITY, dict(ct.meta))
 
 
-def bulk_density_phantom(grid: Grid, masks: dict[str, np.ndarray], densities: dict[str, float | str], external: str) -> Volume:
+def bulk_density_phantom(
+    grid: Grid, masks: dict[str, np.ndarray], densities: dict[str, float | str], external: str
+) -> Volume:
     """A density volume without CT (MR-only): water-equivalent ``external`` plus per-structure bulk densities."""
     if external not in masks:
         raise InputError(f"external structure {external!r} has no mask; available: {sorted(masks)}", field="external")

@@ -30,21 +30,28 @@ def _check_member(info: zipfile.ZipInfo, zip_name: str) -> PurePosixPath | None:
     name = info.filename.replace("\\", "/")
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
-        raise InputError(f"{zip_name}: member '{info.filename}' is a symbolic link; links are refused in uploads", kind="zip")
+        raise InputError(
+            f"{zip_name}: member '{info.filename}' is a symbolic link; links are refused in uploads", kind="zip"
+        )
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise InputError(f"{zip_name}: member '{info.filename}' has an absolute path; refusing to extract outside the target folder",
-                         kind="zip")
+        raise InputError(
+            f"{zip_name}: member '{info.filename}' has an absolute path; refusing to extract outside the target folder",
+            kind="zip",
+        )
     parts = PurePosixPath(name).parts
     if ".." in parts:
-        raise InputError(f"{zip_name}: member '{info.filename}' escapes the target folder ('..' in its path); refusing the archive",
-                         kind="zip")
+        raise InputError(
+            f"{zip_name}: member '{info.filename}' escapes the target folder ('..' in its path); refusing the archive",
+            kind="zip",
+        )
     if info.is_dir() or not parts:
         return None
     return PurePosixPath(*parts)
 
 
-def safe_extract_zip(zip_path: str | Path, dest_dir: str | Path, *, max_bytes: int | None = None,
-                     max_files: int | None = None) -> list[Path]:
+def safe_extract_zip(
+    zip_path: str | Path, dest_dir: str | Path, *, max_bytes: int | None = None, max_files: int | None = None
+) -> list[Path]:
     """Extract ``zip_path`` into ``dest_dir`` and return the extracted file paths.
 
     Every member is checked *before* anything is written: absolute paths, ``..`` components,
@@ -65,7 +72,9 @@ def safe_extract_zip(zip_path: str | Path, dest_dir: str | Path, *, max_bytes: i
     with zf:
         infos = zf.infolist()
         if len(infos) > max_files:
-            raise InputError(f"{zip_path.name} holds {len(infos)} members, more than the limit of {max_files}", kind="zip")
+            raise InputError(
+                f"{zip_path.name} holds {len(infos)} members, more than the limit of {max_files}", kind="zip"
+            )
         plan: list[tuple[zipfile.ZipInfo, Path]] = []
         total = 0
         for info in infos:
@@ -74,15 +83,25 @@ def safe_extract_zip(zip_path: str | Path, dest_dir: str | Path, *, max_bytes: i
                 continue
             target = (dest / Path(*rel.parts)).resolve()
             if dest != target and dest not in target.parents:
-                raise InputError(f"{zip_path.name}: member '{info.filename}' escapes the target folder; refusing the archive", kind="zip")
+                raise InputError(
+                    f"{zip_path.name}: member '{info.filename}' escapes the target folder; refusing the archive",
+                    kind="zip",
+                )
             total += info.file_size
             if info.compress_size > 0 and info.file_size / info.compress_size > MAX_RATIO and info.file_size > 2**20:
-                raise InputError(f"{zip_path.name}: member '{info.filename}' expands {info.file_size / info.compress_size:.0f}-fold "
-                                 "(a zip bomb?); refusing the archive", kind="zip")
+                raise InputError(
+                    f"{zip_path.name}: member '{info.filename}' expands {info.file_size / info.compress_size:.0f}-fold "
+                    "(a zip bomb?); refusing the archive",
+                    kind="zip",
+                )
             plan.append((info, target))
         if total > max_bytes:
-            raise InputError(f"{zip_path.name} expands to {total / 2**20:.0f} MiB, more than the limit of {max_bytes / 2**20:.0f} MiB "
-                             "(RAYRT_ZIP_MAX_BYTES)", kind="zip", status=413)
+            raise InputError(
+                f"{zip_path.name} expands to {total / 2**20:.0f} MiB, more than the limit of {max_bytes / 2**20:.0f} MiB "
+                "(RAYRT_ZIP_MAX_BYTES)",
+                kind="zip",
+                status=413,
+            )
         written = 0
         out: list[Path] = []
         for info, target in plan:
@@ -94,8 +113,11 @@ def safe_extract_zip(zip_path: str | Path, dest_dir: str | Path, *, max_bytes: i
                         break
                     written += len(chunk)
                     if written > max_bytes:
-                        raise InputError(f"{zip_path.name} expands beyond the limit of {max_bytes / 2**20:.0f} MiB; refusing the archive",
-                                         kind="zip", status=413)
+                        raise InputError(
+                            f"{zip_path.name} expands beyond the limit of {max_bytes / 2**20:.0f} MiB; refusing the archive",
+                            kind="zip",
+                            status=413,
+                        )
                     dst.write(chunk)
             out.append(target)
     return out

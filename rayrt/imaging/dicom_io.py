@@ -69,9 +69,15 @@ def _dcmread(path: Path, stop_before_pixels: bool = False):
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as exc:
-        raise InputError(f"{path.name} is not a DICOM file ({exc}); remove it or point rayrt at the DICOM folder", kind="dicom", field=str(path)) from None
+        raise InputError(
+            f"{path.name} is not a DICOM file ({exc}); remove it or point rayrt at the DICOM folder",
+            kind="dicom",
+            field=str(path),
+        ) from None
     except Exception as exc:  # truncated or corrupt file
-        raise InputError(f"{path.name} is a damaged DICOM file: {type(exc).__name__}: {exc}", kind="dicom", field=str(path)) from None
+        raise InputError(
+            f"{path.name} is a damaged DICOM file: {type(exc).__name__}: {exc}", kind="dicom", field=str(path)
+        ) from None
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -114,7 +120,9 @@ def scan_dicom(files: Iterable[Path], warnings: list[str] | None = None) -> list
         if f.name.startswith("._") or f.name in _JUNK_NAMES or "__MACOSX" in f.parts:
             continue  # macOS resource forks and folder metadata inside archives
         if f.stat().st_size == 0:
-            raise InputError(f"{f.name} is an empty file (0 bytes); remove it or re-export the data", kind="dicom", field=str(f))
+            raise InputError(
+                f"{f.name} is an empty file (0 bytes); remove it or re-export the data", kind="dicom", field=str(f)
+            )
         if not _looks_like_dicom(f):
             # DICOM without preamble is rare; try to parse only files named like DICOM
             if f.suffix.lower() not in (".dcm", ".dicom", ".ima"):
@@ -140,7 +148,9 @@ def scan_dicom(files: Iterable[Path], warnings: list[str] | None = None) -> list
             )
         )
     if skipped:
-        warnings.append(f"skipped {len(skipped)} non-DICOM file(s): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+        warnings.append(
+            f"skipped {len(skipped)} non-DICOM file(s): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"
+        )
     if not found:
         raise InputError(
             f"no DICOM files found ({len(files)} file(s) looked at{', none of them DICOM' if files else ''}); "
@@ -184,8 +194,10 @@ def _pet_scale(ds, warnings: list[str]) -> tuple[float, str]:
         decayed = dose_bq * 2.0 ** (-decay_s / half_life_s)
         return weight_kg * 1000.0 / decayed, "SUV"
     except Exception:
-        warnings.append("PET series: SUV could not be computed (needs Units BQML, PatientWeight, radiopharmaceutical dose, "
-                        "half-life and start time); values kept as stored (quantity 'PET')")
+        warnings.append(
+            "PET series: SUV could not be computed (needs Units BQML, PatientWeight, radiopharmaceutical dose, "
+            "half-life and start time); values kept as stored (quantity 'PET')"
+        )
         return 1.0, "PET"
 
 
@@ -206,14 +218,23 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
     label = f"{getattr(first, 'Modality', '?')} series {series_uid[-12:] or '?'}"
     multi = [ds for ds in datasets if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1]
     if multi:
-        raise InputError(f"{label}: multi-frame (enhanced) image objects are not supported; export the series as single-frame images",
-                         kind="dicom")
-    iops = np.array([_float_list(getattr(ds, "ImageOrientationPatient", []), 6, "ImageOrientationPatient", Path(f))
-                     for ds, f in zip(datasets, files)])
+        raise InputError(
+            f"{label}: multi-frame (enhanced) image objects are not supported; export the series as single-frame images",
+            kind="dicom",
+        )
+    iops = np.array(
+        [
+            _float_list(getattr(ds, "ImageOrientationPatient", []), 6, "ImageOrientationPatient", Path(f))
+            for ds, f in zip(datasets, files)
+        ]
+    )
     if np.abs(iops - iops[0]).max() > _ORIENT_TOL:
         n_orient = len(np.unique(np.round(iops, 3), axis=0))
-        raise InputError(f"{label} mixes {n_orient} slice orientations (ImageOrientationPatient differs between files); "
-                         "split the series or re-export it with one orientation", kind="dicom")
+        raise InputError(
+            f"{label} mixes {n_orient} slice orientations (ImageOrientationPatient differs between files); "
+            "split the series or re-export it with one orientation",
+            kind="dicom",
+        )
     row = iops[0, :3] / np.linalg.norm(iops[0, :3])
     col = iops[0, 3:] / np.linalg.norm(iops[0, 3:])
     if abs(row @ col) > 1e-3:
@@ -221,8 +242,12 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
     col = col - (col @ row) * row
     col /= np.linalg.norm(col)
     normal = np.cross(row, col)
-    ipps = np.array([_float_list(getattr(ds, "ImagePositionPatient", []), 3, "ImagePositionPatient", Path(f))
-                     for ds, f in zip(datasets, files)])
+    ipps = np.array(
+        [
+            _float_list(getattr(ds, "ImagePositionPatient", []), 3, "ImagePositionPatient", Path(f))
+            for ds, f in zip(datasets, files)
+        ]
+    )
     d = ipps @ normal
     order = np.argsort(d, kind="stable")
     datasets = [datasets[i] for i in order]
@@ -231,8 +256,13 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
     rows = {int(ds.Rows) for ds in datasets}
     cols = {int(ds.Columns) for ds in datasets}
     if len(rows) > 1 or len(cols) > 1:
-        raise InputError(f"{label}: slices have different sizes (rows {sorted(rows)}, columns {sorted(cols)})", kind="dicom")
-    ps = {tuple(np.round(_float_list(getattr(ds, "PixelSpacing", []), 2, "PixelSpacing", Path(files[0])), 6)) for ds in datasets}
+        raise InputError(
+            f"{label}: slices have different sizes (rows {sorted(rows)}, columns {sorted(cols)})", kind="dicom"
+        )
+    ps = {
+        tuple(np.round(_float_list(getattr(ds, "PixelSpacing", []), 2, "PixelSpacing", Path(files[0])), 6))
+        for ds in datasets
+    }
     if len(ps) > 1:
         raise InputError(f"{label}: slices have different PixelSpacing {sorted(ps)}", kind="dicom")
     pixel_spacing = np.array(next(iter(ps)))
@@ -241,8 +271,11 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
         diffs = np.diff(d)
         if np.any(diffs < 1e-3):
             dup = d[1:][diffs < 1e-3][0]
-            raise InputError(f"{label} has two slices at the same position ({dup:.2f} mm along the slice normal); "
-                             "it may hold several acquisitions: split them into separate series", kind="dicom")
+            raise InputError(
+                f"{label} has two slices at the same position ({dup:.2f} mm along the slice normal); "
+                "it may hold several acquisitions: split them into separate series",
+                kind="dicom",
+            )
         steps = np.diff(ipps, axis=0)
         inplane = np.linalg.norm(steps - np.outer(steps @ normal, normal), axis=1)
         tilt_deg = np.degrees(np.arctan2(inplane, diffs))
@@ -283,7 +316,9 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
         try:
             px = ds.pixel_array
         except Exception as exc:
-            raise InputError(f"{label}: cannot decode the pixel data of slice {k + 1} ({type(exc).__name__}: {exc})", kind="dicom") from None
+            raise InputError(
+                f"{label}: cannot decode the pixel data of slice {k + 1} ({type(exc).__name__}: {exc})", kind="dicom"
+            ) from None
         slope = float(getattr(ds, "RescaleSlope", 1) or 1)
         intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
         planes[k] = (px.astype(np.float64) * slope + intercept) * scale
@@ -377,7 +412,11 @@ def read_rtstruct(path: str | Path) -> RTStructData:
     path = Path(path)
     ds = _dcmread(path)
     if str(getattr(ds, "Modality", "")).upper() != "RTSTRUCT":
-        raise InputError(f"{path.name} is not an RTSTRUCT (Modality {getattr(ds, 'Modality', '?')})", kind="rtstruct", field=str(path))
+        raise InputError(
+            f"{path.name} is not an RTSTRUCT (Modality {getattr(ds, 'Modality', '?')})",
+            kind="rtstruct",
+            field=str(path),
+        )
     warnings: list[str] = []
     ref_series: list[str] = []
     for fr in getattr(ds, "ReferencedFrameOfReferenceSequence", []) or []:
@@ -427,9 +466,15 @@ def read_rtstruct(path: str | Path) -> RTStructData:
                 interpreted_type=itype,
             )
         )
-    return RTStructData(path=path, frame_of_reference_uid=set_for, referenced_series_uids=ref_series, rois=rois,
-                        study_instance_uid=str(getattr(ds, "StudyInstanceUID", "") or ""),
-                        label=str(getattr(ds, "StructureSetLabel", "") or ""), warnings=warnings)
+    return RTStructData(
+        path=path,
+        frame_of_reference_uid=set_for,
+        referenced_series_uids=ref_series,
+        rois=rois,
+        study_instance_uid=str(getattr(ds, "StudyInstanceUID", "") or ""),
+        label=str(getattr(ds, "StructureSetLabel", "") or ""),
+        warnings=warnings,
+    )
 
 
 def check_frame_of_reference(what: str, uid: str | None, expected: str | None, expected_what: str) -> None:
@@ -450,13 +495,19 @@ def read_rtdose(path: str | Path, warnings: list[str] | None = None) -> Volume:
     warnings = warnings if warnings is not None else []
     ds = _dcmread(path)
     if str(getattr(ds, "Modality", "")).upper() != "RTDOSE":
-        raise InputError(f"{path.name} is not an RTDOSE (Modality {getattr(ds, 'Modality', '?')})", kind="rtdose", field=str(path))
+        raise InputError(
+            f"{path.name} is not an RTDOSE (Modality {getattr(ds, 'Modality', '?')})", kind="rtdose", field=str(path)
+        )
     if "PixelData" not in ds:
-        raise InputError(f"{path.name}: RTDOSE without a dose grid (no PixelData); only grid doses are supported", kind="rtdose")
+        raise InputError(
+            f"{path.name}: RTDOSE without a dose grid (no PixelData); only grid doses are supported", kind="rtdose"
+        )
     try:
         px = ds.pixel_array
     except Exception as exc:
-        raise InputError(f"{path.name}: cannot decode the dose pixel data ({type(exc).__name__}: {exc})", kind="rtdose") from None
+        raise InputError(
+            f"{path.name}: cannot decode the dose pixel data ({type(exc).__name__}: {exc})", kind="rtdose"
+        ) from None
     nf = int(getattr(ds, "NumberOfFrames", 1) or 1)
     arr = np.asarray(px, dtype=np.float64).reshape(nf, int(ds.Rows), int(ds.Columns))
     scaling = float(getattr(ds, "DoseGridScaling", 1.0) or 1.0)
@@ -475,7 +526,9 @@ def read_rtdose(path: str | Path, warnings: list[str] | None = None) -> Volume:
             raise InputError(f"{path.name}: multi-frame RTDOSE without GridFrameOffsetVector", kind="rtdose")
         offsets = np.asarray([float(v) for v in gfov], dtype=float)
         if offsets.size != nf:
-            raise InputError(f"{path.name}: GridFrameOffsetVector has {offsets.size} values for {nf} frames", kind="rtdose")
+            raise InputError(
+                f"{path.name}: GridFrameOffsetVector has {offsets.size} values for {nf} frames", kind="rtdose"
+            )
         if abs(offsets[0]) > 1e-6 and abs(offsets[0] - ipp @ normal) < 1e-3:
             offsets = offsets - offsets[0]  # absolute positions (older convention)
         steps = np.diff(offsets)
@@ -489,7 +542,10 @@ def read_rtdose(path: str | Path, warnings: list[str] | None = None) -> Volume:
             offsets = offsets[::-1] - offsets[-1]
             steps = np.diff(offsets)
         if np.abs(steps - steps[0]).max() > max(0.01, 0.01 * abs(steps[0])):
-            raise InputError(f"{path.name}: dose frames are not evenly spaced ({steps.min():.2f}-{steps.max():.2f} mm)", kind="rtdose")
+            raise InputError(
+                f"{path.name}: dose frames are not evenly spaced ({steps.min():.2f}-{steps.max():.2f} mm)",
+                kind="rtdose",
+            )
         ipp = ipp + normal * offsets[0]
         dz = float(steps.mean())
     else:

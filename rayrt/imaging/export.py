@@ -113,8 +113,17 @@ def _new_dataset(sop_class_uid: str, sop_instance_uid: str):
     return ds
 
 
-def _patient_study(ds, *, patient_id: str, patient_name: str, study_uid: str, date: str, time: str,
-                   study_id: str = "1", study_description: str = "") -> None:
+def _patient_study(
+    ds,
+    *,
+    patient_id: str,
+    patient_name: str,
+    study_uid: str,
+    date: str,
+    time: str,
+    study_id: str = "1",
+    study_description: str = "",
+) -> None:
     ds.PatientName = patient_name or "ANONYMOUS"
     ds.PatientID = patient_id or "ANON"
     ds.PatientBirthDate = ""
@@ -172,13 +181,26 @@ class CTReference:
     def from_volume(cls, volume: Volume, *, patient_id: str = "", patient_name: str = "") -> "CTReference":
         """Reference info of an imported (or just written) series carried in ``volume.meta``."""
         m = volume.meta
-        missing = [k for k in ("series_instance_uid", "sop_instance_uids", "study_instance_uid", "frame_of_reference_uid") if not m.get(k)]
+        missing = [
+            k
+            for k in ("series_instance_uid", "sop_instance_uids", "study_instance_uid", "frame_of_reference_uid")
+            if not m.get(k)
+        ]
         if missing:
-            raise InputError(f"the image volume carries no DICOM reference ({', '.join(missing)}); write the CT series first", kind="dicom")
-        return cls(grid=volume.grid, series_instance_uid=m["series_instance_uid"], sop_instance_uids=list(m["sop_instance_uids"]),
-                   study_instance_uid=m["study_instance_uid"], frame_of_reference_uid=m["frame_of_reference_uid"],
-                   patient_id=patient_id or m.get("patient_id", ""), patient_name=patient_name or m.get("patient_name", ""),
-                   sop_class_uid=m.get("sop_class_uid", CT_IMAGE_STORAGE))
+            raise InputError(
+                f"the image volume carries no DICOM reference ({', '.join(missing)}); write the CT series first",
+                kind="dicom",
+            )
+        return cls(
+            grid=volume.grid,
+            series_instance_uid=m["series_instance_uid"],
+            sop_instance_uids=list(m["sop_instance_uids"]),
+            study_instance_uid=m["study_instance_uid"],
+            frame_of_reference_uid=m["frame_of_reference_uid"],
+            patient_id=patient_id or m.get("patient_id", ""),
+            patient_name=patient_name or m.get("patient_name", ""),
+            sop_class_uid=m.get("sop_class_uid", CT_IMAGE_STORAGE),
+        )
 
     @classmethod
     def from_files(cls, files: Sequence[str | Path]) -> "CTReference":
@@ -212,9 +234,14 @@ def write_ct_series(
     if volume.array.ndim != 3:
         raise InputError("write_ct_series needs a 3-D volume", kind="dicom")
     if volume.quantity.upper() not in ("HU", ""):
-        raise InputError(f"write_ct_series writes Hounsfield units, but the volume holds '{volume.quantity}'", kind="dicom")
+        raise InputError(
+            f"write_ct_series writes Hounsfield units, but the volume holds '{volume.quantity}'", kind="dicom"
+        )
     if not np.all(np.isfinite(volume.array)):
-        raise InputError("the CT volume contains NaN or infinite values; replace them (e.g. with -1000 HU) before export", kind="dicom")
+        raise InputError(
+            "the CT volume contains NaN or infinite values; replace them (e.g. with -1000 HU) before export",
+            kind="dicom",
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
@@ -315,8 +342,14 @@ def write_rtstruct(
     date, time = _now()
     sop_uid = generate_uid()
     ds = _new_dataset(RT_STRUCTURE_SET_STORAGE, sop_uid)
-    _patient_study(ds, patient_id=patient_id or ref.patient_id, patient_name=patient_name or ref.patient_name,
-                   study_uid=ref.study_instance_uid, date=date, time=time)
+    _patient_study(
+        ds,
+        patient_id=patient_id or ref.patient_id,
+        patient_name=patient_name or ref.patient_name,
+        study_uid=ref.study_instance_uid,
+        date=date,
+        time=time,
+    )
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.SeriesNumber = 2
@@ -340,7 +373,9 @@ def write_rtstruct(
     series_item.SeriesInstanceUID = ref.series_instance_uid
     series_item.ContourImageSequence = DSequence(contour_images)
     study_item = Dataset()
-    study_item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (retired, conventional here)
+    study_item.ReferencedSOPClassUID = (
+        "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (retired, conventional here)
+    )
     study_item.ReferencedSOPInstanceUID = ref.study_instance_uid
     study_item.RTReferencedSeriesSequence = DSequence([series_item])
     for_item = Dataset()
@@ -353,7 +388,9 @@ def write_rtstruct(
         st = sm.structure
         mask = np.asarray(sm.mask, dtype=bool)
         if mask.shape != tuple(grid.shape):
-            raise InputError(f"mask of '{st.name}' has shape {mask.shape}, the image grid {grid.shape}", kind="rtstruct")
+            raise InputError(
+                f"mask of '{st.name}' has shape {mask.shape}, the image grid {grid.shape}", kind="rtstruct"
+            )
         roi_number = st.roi_number or n
         roi = Dataset()
         roi.ROINumber = roi_number
@@ -476,7 +513,9 @@ def write_rtdose(
     return save_dataset(ds, Path(path))
 
 
-def write_study(study: "Study", out_dir: str | Path, *, contours: dict[str, list[np.ndarray]] | None = None) -> dict[str, list[Path]]:
+def write_study(
+    study: "Study", out_dir: str | Path, *, contours: dict[str, list[np.ndarray]] | None = None
+) -> dict[str, list[Path]]:
     """Write the study's primary image as a CT series (``CT/``), its structures (``RS.dcm``) and doses (``RD_<n>.dcm``).
 
     Keeps the study's StudyInstanceUID and FrameOfReferenceUID when it has them. Returns the
@@ -489,12 +528,26 @@ def write_study(study: "Study", out_dir: str | Path, *, contours: dict[str, list
     for_uid = study.frame_of_reference_uid or generate_uid()
     primary = study.primary
     image = Volume(primary.array, primary.grid, primary.quantity, {})
-    ct = write_ct_series(image, out_dir / "CT", patient_id=study.patient_id, patient_name=study.patient_name,
-                         study_uid=study_uid, frame_of_reference_uid=for_uid)
+    ct = write_ct_series(
+        image,
+        out_dir / "CT",
+        patient_id=study.patient_id,
+        patient_name=study.patient_name,
+        study_uid=study_uid,
+        frame_of_reference_uid=for_uid,
+    )
     out: dict[str, list[Path]] = {"ct": ct, "rtstruct": [], "rtdose": []}
     if study.structures:
         out["rtstruct"].append(write_rtstruct(study.structures, image, out_dir / "RS.dcm", contours=contours))
     for n, dose in enumerate(study.doses, start=1):
-        out["rtdose"].append(write_rtdose(dose, out_dir / f"RD_{n}.dcm", frame_of_reference_uid=for_uid, study_uid=study_uid,
-                                          patient_id=study.patient_id, patient_name=study.patient_name))
+        out["rtdose"].append(
+            write_rtdose(
+                dose,
+                out_dir / f"RD_{n}.dcm",
+                frame_of_reference_uid=for_uid,
+                study_uid=study_uid,
+                patient_id=study.patient_id,
+                patient_name=study.patient_name,
+            )
+        )
     return out

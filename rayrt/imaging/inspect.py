@@ -37,7 +37,9 @@ class StructureSummary(BaseModel):
     name: str
     kind: str
     roi_number: int | None = None
-    volume_cc: float | None = Field(default=None, description="voxel-centre volume on the grid named in InspectReport.structures_on")
+    volume_cc: float | None = Field(
+        default=None, description="voxel-centre volume on the grid named in InspectReport.structures_on"
+    )
     num_voxels: int | None = None
     num_contours: int | None = None
 
@@ -69,10 +71,20 @@ def _plan_summary(path: Path) -> PlanSummary:
         raise InputError(f"{path.name}: damaged RTPLAN ({type(exc).__name__}: {exc})", kind="dicom") from None
     beams = list(getattr(ds, "BeamSequence", []) or getattr(ds, "IonBeamSequence", []) or [])
     fg = getattr(ds, "FractionGroupSequence", None)
-    fractions = int(fg[0].NumberOfFractionsPlanned) if fg and getattr(fg[0], "NumberOfFractionsPlanned", None) is not None else None
+    fractions = (
+        int(fg[0].NumberOfFractionsPlanned)
+        if fg and getattr(fg[0], "NumberOfFractionsPlanned", None) is not None
+        else None
+    )
     machines = sorted({str(getattr(b, "TreatmentMachineName", "")) for b in beams} - {""})
-    return PlanSummary(file=path.name, label=str(getattr(ds, "RTPlanLabel", "") or ""), num_beams=len(beams), fractions=fractions,
-                       machines=machines, sop_instance_uid=str(getattr(ds, "SOPInstanceUID", "")))
+    return PlanSummary(
+        file=path.name,
+        label=str(getattr(ds, "RTPlanLabel", "") or ""),
+        num_beams=len(beams),
+        fractions=fractions,
+        machines=machines,
+        sop_instance_uid=str(getattr(ds, "SOPInstanceUID", "")),
+    )
 
 
 class InspectReport(BaseModel):
@@ -91,8 +103,14 @@ class InspectReport(BaseModel):
 
 def _dose_summary(dose, name: str) -> DoseSummary:
     g = dose.grid
-    return DoseSummary(file=name, dims_ijk=g.size_ijk, spacing_mm=g.spacing_mm, max_gy=float(np.max(dose.array)) if dose.array.size else 0.0,
-                       summation_type=dose.meta.get("dose_summation_type", ""), referenced_plan_uid=dose.meta.get("referenced_plan_uid"))
+    return DoseSummary(
+        file=name,
+        dims_ijk=g.size_ijk,
+        spacing_mm=g.spacing_mm,
+        max_gy=float(np.max(dose.array)) if dose.array.size else 0.0,
+        summation_type=dose.meta.get("dose_summation_type", ""),
+        referenced_plan_uid=dose.meta.get("referenced_plan_uid"),
+    )
 
 
 def inspect_path(path: str | Path) -> InspectReport:
@@ -116,14 +134,28 @@ def inspect_path(path: str | Path) -> InspectReport:
         if any(h.modality in IMAGE_MODALITIES for h in headers):
             study = load_study(folder)
             report.patient_id, report.patient_name = study.patient_id, study.patient_name
-            report.study_instance_uid, report.frame_of_reference_uid = study.study_instance_uid, study.frame_of_reference_uid
+            report.study_instance_uid, report.frame_of_reference_uid = (
+                study.study_instance_uid,
+                study.frame_of_reference_uid,
+            )
             for uid, vol in study.images.items():
                 g = vol.grid
-                report.series.append(SeriesSummary(
-                    series_instance_uid=uid, modality=vol.meta.get("modality", ""), description=vol.meta.get("series_description", ""),
-                    dims_ijk=g.size_ijk, spacing_mm=g.spacing_mm, origin_mm=g.origin_mm, num_files=int(vol.meta.get("num_files", 0)),
-                    quantity=vol.quantity, min_value=float(vol.array.min()), max_value=float(vol.array.max()), primary=uid == study.primary_uid,
-                    warnings=list(vol.meta.get("warnings", []))))
+                report.series.append(
+                    SeriesSummary(
+                        series_instance_uid=uid,
+                        modality=vol.meta.get("modality", ""),
+                        description=vol.meta.get("series_description", ""),
+                        dims_ijk=g.size_ijk,
+                        spacing_mm=g.spacing_mm,
+                        origin_mm=g.origin_mm,
+                        num_files=int(vol.meta.get("num_files", 0)),
+                        quantity=vol.quantity,
+                        min_value=float(vol.array.min()),
+                        max_value=float(vol.array.max()),
+                        primary=uid == study.primary_uid,
+                        warnings=list(vol.meta.get("warnings", [])),
+                    )
+                )
             n_contours: dict[str, int] = {}
             for h in headers:
                 if h.modality == "RTSTRUCT":
@@ -131,8 +163,16 @@ def inspect_path(path: str | Path) -> InspectReport:
                         n_contours.setdefault(roi.name, len(roi.contours))
             for sm in study.structures:
                 st = sm.structure
-                report.structures.append(StructureSummary(name=st.name, kind=st.kind.value, roi_number=st.roi_number, volume_cc=st.volume_cc,
-                                                          num_voxels=st.num_voxels, num_contours=n_contours.get(st.name)))
+                report.structures.append(
+                    StructureSummary(
+                        name=st.name,
+                        kind=st.kind.value,
+                        roi_number=st.roi_number,
+                        volume_cc=st.volume_cc,
+                        num_voxels=st.num_voxels,
+                        num_contours=n_contours.get(st.name),
+                    )
+                )
             report.plans = [_plan_summary(p) for p in study.plan_files]
             report.doses = [_dose_summary(d, Path(d.meta.get("path", "dose")).name) for d in study.doses]
             report.warnings = study.warnings
@@ -140,7 +180,10 @@ def inspect_path(path: str | Path) -> InspectReport:
         # no image: list what is there; structure volumes on the first dose grid if any
         h0 = headers[0]
         report.patient_id, report.patient_name = h0.patient_id, h0.patient_name
-        report.study_instance_uid, report.frame_of_reference_uid = h0.study_instance_uid or None, h0.frame_of_reference_uid
+        report.study_instance_uid, report.frame_of_reference_uid = (
+            h0.study_instance_uid or None,
+            h0.frame_of_reference_uid,
+        )
         doses = []
         for h in headers:
             if h.modality == "RTDOSE":
@@ -162,9 +205,16 @@ def inspect_path(path: str | Path) -> InspectReport:
                     m = rasterize_polygons(roi.contours, doses[0].grid)
                     nvox = int(m.sum())
                     volume_cc = nvox * doses[0].grid.voxel_volume_cc
-                report.structures.append(StructureSummary(name=roi.name, kind=roi.kind.value, roi_number=roi.number,
-                                                          volume_cc=volume_cc,
-                                                          num_voxels=nvox, num_contours=len(roi.contours)))
+                report.structures.append(
+                    StructureSummary(
+                        name=roi.name,
+                        kind=roi.kind.value,
+                        roi_number=roi.number,
+                        volume_cc=volume_cc,
+                        num_voxels=nvox,
+                        num_contours=len(roi.contours),
+                    )
+                )
         report.warnings = warnings
         return report
     finally:

@@ -92,8 +92,10 @@ def load_mat_phantom(path: str | Path) -> Study:
         if cube is None:
             raise InputError(f"{path.name}: ct has neither cube nor cubeHU", kind="phantom")
         hu = red_to_hu(cube)
-        warnings.append("no HU cube in the phantom: HU derived from relative electron density with the inverse of the standard "
-                        "HU->density curve (rayrt.imaging.hu.STANDARD_HU_TO_RED)")
+        warnings.append(
+            "no HU cube in the phantom: HU derived from relative electron density with the inverse of the standard "
+            "HU->density curve (rayrt.imaging.hu.STANDARD_HU_TO_RED)"
+        )
     res = ct["resolution"][0, 0]
     spacing = (_mat_scalar(res["x"]), _mat_scalar(res["y"]), _mat_scalar(res["z"]))
     ny, nx, nz = hu.shape
@@ -105,9 +107,17 @@ def load_mat_phantom(path: str | Path) -> Study:
     hu_kji = np.ascontiguousarray(np.transpose(hu, (2, 0, 1)))
     study_uid, for_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
     description = f"matRad phantom {path.name}"
-    meta = dict(modality="CT", series_instance_uid=series_uid, study_instance_uid=study_uid, frame_of_reference_uid=for_uid,
-                patient_id=path.stem, patient_name=f"{path.stem}^Phantom", series_description=description, num_files=0,
-                source=str(path))
+    meta = dict(
+        modality="CT",
+        series_instance_uid=series_uid,
+        study_instance_uid=study_uid,
+        frame_of_reference_uid=for_uid,
+        patient_id=path.stem,
+        patient_name=f"{path.stem}^Phantom",
+        series_description=description,
+        num_files=0,
+        source=str(path),
+    )
     if cube is not None:
         meta["relative_electron_density"] = np.ascontiguousarray(np.transpose(cube, (2, 0, 1)))
     image = Volume(hu_kji, grid, "HU", meta)
@@ -124,15 +134,40 @@ def load_mat_phantom(path: str | Path) -> Study:
         kind = StructureKind.target if typ == "TARGET" else StructureKind.from_dicom("", name)
         if kind is not StructureKind.target and name.upper() not in ("BODY", "EXTERNAL", "SKIN"):
             kind = StructureKind.organ
-        st = Structure(name=name, kind=kind, roi_number=n, num_voxels=int(idx.size), volume_cc=idx.size * grid.voxel_volume_cc,
-                       source="phantom", colour=_COLOURS.get(name, (255, 128, 0)))
+        st = Structure(
+            name=name,
+            kind=kind,
+            roi_number=n,
+            num_voxels=int(idx.size),
+            volume_cc=idx.size * grid.voxel_volume_cc,
+            source="phantom",
+            colour=_COLOURS.get(name, (255, 128, 0)),
+        )
         structures.append(StructureMask(structure=st, mask=mask))
-    info = ImageSeriesInfo(series_instance_uid=series_uid, study_instance_uid=study_uid, frame_of_reference_uid=for_uid, modality="CT",
-                           description=description, shape=grid.shape, spacing_mm=grid.spacing_mm,
-                           origin_mm=grid.origin_mm, num_files=0, warnings=list(warnings))
-    return Study(patient_id=path.stem, patient_name=f"{path.stem}^Phantom", study_instance_uid=study_uid, frame_of_reference_uid=for_uid,
-                 series=[info], images={series_uid: image}, primary_uid=series_uid, structures=structures, warnings=warnings,
-                 source=path.parent)
+    info = ImageSeriesInfo(
+        series_instance_uid=series_uid,
+        study_instance_uid=study_uid,
+        frame_of_reference_uid=for_uid,
+        modality="CT",
+        description=description,
+        shape=grid.shape,
+        spacing_mm=grid.spacing_mm,
+        origin_mm=grid.origin_mm,
+        num_files=0,
+        warnings=list(warnings),
+    )
+    return Study(
+        patient_id=path.stem,
+        patient_name=f"{path.stem}^Phantom",
+        study_instance_uid=study_uid,
+        frame_of_reference_uid=for_uid,
+        series=[info],
+        images={series_uid: image},
+        primary_uid=series_uid,
+        structures=structures,
+        warnings=warnings,
+        source=path.parent,
+    )
 
 
 def _disc_area_below(r: float, h: float) -> float:
@@ -147,7 +182,9 @@ def _disc_area_below(r: float, h: float) -> float:
 def tg119_analytic_volumes_cc() -> dict[str, float]:
     """Exact volumes (cm³) of the analytic TG-119 structures (``PTV``, ``Core``, ``BODY``)."""
     g = TG119_GEOMETRY_MM
-    ptv_area = _disc_area_below(g["ptv_outer_radius"], g["ptv_y_max"]) - _disc_area_below(g["ptv_inner_radius"], g["ptv_y_max"])
+    ptv_area = _disc_area_below(g["ptv_outer_radius"], g["ptv_y_max"]) - _disc_area_below(
+        g["ptv_inner_radius"], g["ptv_y_max"]
+    )
     return {
         "PTV": ptv_area * 2 * g["ptv_half_length"] / 1000.0,
         "Core": math.pi * g["core_radius"] ** 2 * 2 * g["core_half_length"] / 1000.0,
@@ -229,30 +266,70 @@ def tg119_phantom(spacing_mm: tuple[float, float, float] | float = (3.0, 3.0, 2.
     hu = np.where(body, 0.0, -1000.0).astype(np.float32)
     study_uid, for_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
     description = "rayrt TG-119 C-shape phantom"
-    meta = dict(modality="CT", series_instance_uid=series_uid, study_instance_uid=study_uid, frame_of_reference_uid=for_uid,
-                patient_id="TG119", patient_name="TG119^CShape", series_description=description, num_files=0)
+    meta = dict(
+        modality="CT",
+        series_instance_uid=series_uid,
+        study_instance_uid=study_uid,
+        frame_of_reference_uid=for_uid,
+        patient_id="TG119",
+        patient_name="TG119^CShape",
+        series_description=description,
+        num_files=0,
+    )
     image = Volume(hu, grid, "HU", meta)
     structures = []
     for n, (name, kind, mask) in enumerate(
-        [("PTV", StructureKind.target, ptv), ("Core", StructureKind.organ, core), ("BODY", StructureKind.external, body)], start=1
+        [
+            ("PTV", StructureKind.target, ptv),
+            ("Core", StructureKind.organ, core),
+            ("BODY", StructureKind.external, body),
+        ],
+        start=1,
     ):
         mask = np.ascontiguousarray(np.broadcast_to(mask, grid.shape))
-        st = Structure(name=name, kind=kind, colour=_COLOURS[name], roi_number=n, num_voxels=int(mask.sum()),
-                       volume_cc=float(mask.sum()) * grid.voxel_volume_cc, source="phantom")
+        st = Structure(
+            name=name,
+            kind=kind,
+            colour=_COLOURS[name],
+            roi_number=n,
+            num_voxels=int(mask.sum()),
+            volume_cc=float(mask.sum()) * grid.voxel_volume_cc,
+            source="phantom",
+        )
         structures.append(StructureMask(structure=st, mask=mask))
-    info = ImageSeriesInfo(series_instance_uid=series_uid, study_instance_uid=study_uid, frame_of_reference_uid=for_uid, modality="CT",
-                           description=description, shape=grid.shape, spacing_mm=grid.spacing_mm,
-                           origin_mm=grid.origin_mm, num_files=0)
-    return Study(patient_id="TG119", patient_name="TG119^CShape", study_instance_uid=study_uid, frame_of_reference_uid=for_uid,
-                 series=[info], images={series_uid: image}, primary_uid=series_uid, structures=structures)
+    info = ImageSeriesInfo(
+        series_instance_uid=series_uid,
+        study_instance_uid=study_uid,
+        frame_of_reference_uid=for_uid,
+        modality="CT",
+        description=description,
+        shape=grid.shape,
+        spacing_mm=grid.spacing_mm,
+        origin_mm=grid.origin_mm,
+        num_files=0,
+    )
+    return Study(
+        patient_id="TG119",
+        patient_name="TG119^CShape",
+        study_instance_uid=study_uid,
+        frame_of_reference_uid=for_uid,
+        series=[info],
+        images={series_uid: image},
+        primary_uid=series_uid,
+        structures=structures,
+    )
 
 
 def tg119_order() -> MedicalOrder:
     """The TG-119 C-shape planning goals as a medical order (50 Gy in 25 fractions, D95 normalisation)."""
     return MedicalOrder(
         name="TG-119 C-shape",
-        prescription=Prescription(target="PTV", total_dose_gy=50.0, fractions=25,
-                                  normalization=Normalization(metric="D95", structure="PTV", value_pct=100.0)),
+        prescription=Prescription(
+            target="PTV",
+            total_dose_gy=50.0,
+            fractions=25,
+            normalization=Normalization(metric="D95", structure="PTV", value_pct=100.0),
+        ),
         objectives=[
             ObjectiveSpec(structure="PTV", kind=ObjectiveKind.squared_deviation, dose_gy=50.0, priority=1000.0),
             ObjectiveSpec(structure="PTV", kind=ObjectiveKind.min_dvh, dose_gy=50.0, volume_pct=95.0, priority=100.0),
@@ -262,7 +339,7 @@ def tg119_order() -> MedicalOrder:
             ObjectiveSpec(structure="BODY", kind=ObjectiveKind.squared_overdose, dose_gy=30.0, priority=100.0),
         ],
         notes="AAPM TG-119 C-shape (Ezzell et al., Med Phys 36, 2009). Goals: PTV D95 >= 50 Gy, PTV D10 <= 55 Gy, "
-              "core D10 <= 25 Gy (easy); the hard variant asks core D10 <= 10 Gy.",
+        "core D10 <= 25 Gy (easy); the hard variant asks core D10 <= 10 Gy.",
     )
 
 

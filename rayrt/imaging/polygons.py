@@ -84,7 +84,9 @@ def _fill_even_odd(vi, vj, starts, counts, pair_poly, pair_k, nk, nj, ni):  # pr
     return out
 
 
-def polygon_planes(contours: list[np.ndarray], grid: Grid, *, planarity_tol: float = 0.05) -> tuple[list[np.ndarray], np.ndarray]:
+def polygon_planes(
+    contours: list[np.ndarray], grid: Grid, *, planarity_tol: float = 0.05
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Index coordinates of each contour on ``grid``: ([(n, 2) arrays of (i, j)], plane k per contour).
 
     Raises :class:`InputError` when a contour is not parallel to the grid's slices (spread of its
@@ -111,7 +113,9 @@ def polygon_planes(contours: list[np.ndarray], grid: Grid, *, planarity_tol: flo
 _PLANE_TOL = 0.05  # slices: contour planes closer than this (or than 0.05 mm) are the same plane
 
 
-def _assign_slices(ks: np.ndarray, nk: int, plane_spacing: float | None, plane_tol: float = _PLANE_TOL) -> tuple[np.ndarray, np.ndarray]:
+def _assign_slices(
+    ks: np.ndarray, nk: int, plane_spacing: float | None, plane_tol: float = _PLANE_TOL
+) -> tuple[np.ndarray, np.ndarray]:
     """(contour index, slice k) pairs: each grid slice takes the contours of the plane whose slab holds it."""
     valid = np.isfinite(ks)
     if not valid.any():

@@ -98,7 +98,9 @@ def _ds_list(values: Iterable[float], decimals: int = 4) -> list[str]:
     return [_ds(v, decimals) for v in values]
 
 
-def _jaws_for_segment(seg: Segment, machine: MachineModel) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+def _jaws_for_segment(
+    seg: Segment, machine: MachineModel
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
     """(X1, X2), (Y1, Y2) jaw positions (mm) of one segment on ``machine``.
 
     The segment's own jaws are used when given; otherwise the jaws are set to the bounding box of
@@ -150,8 +152,9 @@ def _proximal_positions(seg: Segment, machine: MachineModel) -> list[float]:
     (``min_position_mm`` / ``max_position_mm``) when the segment does not position that layer."""
     proximal = machine.mlc.proximal_boundaries
     if proximal is None:
-        raise InputError(f"machine {machine.name!r} has a single-layer MLC: it has no proximal leaf positions",
-                         kind="rtplan")
+        raise InputError(
+            f"machine {machine.name!r} has a single-layer MLC: it has no proximal leaf positions", kind="rtplan"
+        )
     n = proximal.size - 1
     x1, x2 = seg.x1_proximal_mm, seg.x2_proximal_mm  # both or neither (Segment validates)
     if x1 is None or x2 is None:
@@ -173,14 +176,22 @@ class StructureSetRef:
     @classmethod
     def from_dataset(cls, ds: "Dataset") -> "StructureSetRef":
         if str(getattr(ds, "Modality", "")).upper() != "RTSTRUCT":
-            raise InputError(f"expected an RTSTRUCT to reference, got Modality {getattr(ds, 'Modality', '?')}", kind="rtplan")
+            raise InputError(
+                f"expected an RTSTRUCT to reference, got Modality {getattr(ds, 'Modality', '?')}", kind="rtplan"
+            )
         rois = {str(r.ROIName): int(r.ROINumber) for r in getattr(ds, "StructureSetROISequence", [])}
         for_uid = str(getattr(ds, "FrameOfReferenceUID", "") or "")
         if not for_uid:
             refs = getattr(ds, "ReferencedFrameOfReferenceSequence", [])
             for_uid = str(refs[0].FrameOfReferenceUID) if refs else ""
-        return cls(str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), for_uid, str(getattr(ds, "PatientID", "")),
-                   str(getattr(ds, "PatientName", "")), rois)
+        return cls(
+            str(ds.SOPInstanceUID),
+            str(ds.StudyInstanceUID),
+            for_uid,
+            str(getattr(ds, "PatientID", "")),
+            str(getattr(ds, "PatientName", "")),
+            rois,
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> "StructureSetRef":
@@ -224,16 +235,23 @@ def build_rtplan(
         for s in b.segments:
             if len(s.x1_mm) != n_pairs:
                 raise InputError(
-                    f"beam '{b.name or b.number}' has {len(s.x1_mm)} leaf pairs, machine {machine.name} has {n_pairs}", kind="rtplan"
+                    f"beam '{b.name or b.number}' has {len(s.x1_mm)} leaf pairs, machine {machine.name} has {n_pairs}",
+                    kind="rtplan",
                 )
             if s.x1_proximal_mm is not None:
                 pb = machine.mlc.proximal_boundaries
                 if pb is None:
-                    raise InputError(f"beam '{b.name or b.number}' positions a proximal MLC layer but machine {machine.name}'s MLC "
-                                     "has one layer; export it for a dual-layer machine or drop x1_proximal_mm/x2_proximal_mm", kind="rtplan")
+                    raise InputError(
+                        f"beam '{b.name or b.number}' positions a proximal MLC layer but machine {machine.name}'s MLC "
+                        "has one layer; export it for a dual-layer machine or drop x1_proximal_mm/x2_proximal_mm",
+                        kind="rtplan",
+                    )
                 if len(s.x1_proximal_mm) != pb.size - 1:
-                    raise InputError(f"beam '{b.name or b.number}' has {len(s.x1_proximal_mm)} proximal leaf pairs, machine "
-                                     f"{machine.name}'s proximal layer has {pb.size - 1}", kind="rtplan")
+                    raise InputError(
+                        f"beam '{b.name or b.number}' has {len(s.x1_proximal_mm)} proximal leaf pairs, machine "
+                        f"{machine.name}'s proximal layer has {pb.size - 1}",
+                        kind="rtplan",
+                    )
         if b.mu <= 0:
             raise InputError(f"beam '{b.name or b.number}' has no monitor units", kind="rtplan")
 
@@ -242,12 +260,25 @@ def build_rtplan(
     sop_uid = sop_instance_uid or generate_uid()
     ds = _new_dataset(RT_PLAN_STORAGE, sop_uid)
     study_uid = study_uid or (ssref.study_instance_uid if ssref else None) or generate_uid()
-    for_uid = frame_of_reference_uid or plan.frame_of_reference_uid or (ssref.frame_of_reference_uid if ssref else None) or generate_uid()
+    for_uid = (
+        frame_of_reference_uid
+        or plan.frame_of_reference_uid
+        or (ssref.frame_of_reference_uid if ssref else None)
+        or generate_uid()
+    )
     if ssref and ssref.frame_of_reference_uid and for_uid != ssref.frame_of_reference_uid:
-        raise InputError("the plan's frame of reference differs from the RTSTRUCT's; export them on one frame of reference", kind="rtplan")
-    _patient_study(ds, patient_id=patient_id or plan.patient_id or (ssref.patient_id if ssref else ""),
-                   patient_name=patient_name or (ssref.patient_name if ssref else "") or "Anonymous^", study_uid=study_uid, date=date,
-                   time=time)
+        raise InputError(
+            "the plan's frame of reference differs from the RTSTRUCT's; export them on one frame of reference",
+            kind="rtplan",
+        )
+    _patient_study(
+        ds,
+        patient_id=patient_id or plan.patient_id or (ssref.patient_id if ssref else ""),
+        patient_name=patient_name or (ssref.patient_name if ssref else "") or "Anonymous^",
+        study_uid=study_uid,
+        date=date,
+        time=time,
+    )
     ds.Modality = "RTPLAN"
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.SeriesNumber = 4
@@ -258,7 +289,9 @@ def build_rtplan(
     ds.InstanceNumber = 1
     ds.RTPlanLabel = (plan.label or "rayrt")[:16]
     ds.RTPlanName = f"{plan.label or 'rayrt'} {machine.name}"[:64]
-    ds.RTPlanDescription = f"rayrt plan {plan.id} for {machine.name}" + (f" (converted from {plan.source_plan_id})" if plan.source_plan_id else "")
+    ds.RTPlanDescription = f"rayrt plan {plan.id} for {machine.name}" + (
+        f" (converted from {plan.source_plan_id})" if plan.source_plan_id else ""
+    )
     ds.RTPlanDate = date
     ds.RTPlanTime = time
     ds.ApprovalStatus = "UNAPPROVED"
@@ -441,17 +474,24 @@ def export_plan_dicom(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ssref = StructureSetRef.from_file(rtstruct) if rtstruct is not None else None
-    ds = build_rtplan(plan, machine, structure_set=ssref, patient_id=patient_id, patient_name=patient_name, study_uid=study_uid)
-    from rayrt.imaging.export import save_dataset
-
+    ds = build_rtplan(
+        plan, machine, structure_set=ssref, patient_id=patient_id, patient_name=patient_name, study_uid=study_uid
+    )
     from rayrt.imaging.arrays import safe_name
+    from rayrt.imaging.export import save_dataset
 
     safe = safe_name(machine.name)
     out = {"rtplan": save_dataset(ds, out_dir / f"RP_{safe}.dcm")}
     if dose is not None:
         out["rtdose"] = write_rtdose(
-            dose, out_dir / f"RD_{safe}.dcm", frame_of_reference_uid=str(ds.FrameOfReferenceUID), study_uid=str(ds.StudyInstanceUID),
-            patient_id=str(ds.PatientID), patient_name=str(ds.PatientName), referenced_plan_uid=str(ds.SOPInstanceUID), bits=dose_bits,
+            dose,
+            out_dir / f"RD_{safe}.dcm",
+            frame_of_reference_uid=str(ds.FrameOfReferenceUID),
+            study_uid=str(ds.StudyInstanceUID),
+            patient_id=str(ds.PatientID),
+            patient_name=str(ds.PatientName),
+            referenced_plan_uid=str(ds.SOPInstanceUID),
+            bits=dose_bits,
         )
     return out
 
@@ -541,8 +581,12 @@ def match_machine(ds: "Dataset", machines: Sequence[MachineModel] | dict[str, Ma
             )
         return m
     if not layers:
-        raise InputError(f"RTPLAN machine '{name or '?'}' is not a known model and the plan has no MLC to match by; known: "
-                         f"{', '.join(m.name for m in models)}", kind="rtplan", status=422)
+        raise InputError(
+            f"RTPLAN machine '{name or '?'}' is not a known model and the plan has no MLC to match by; known: "
+            f"{', '.join(m.name for m in models)}",
+            kind="rtplan",
+            status=422,
+        )
     cands = [m for m in models if geometry_fits(m)]
     if not cands:
         raise InputError(
@@ -559,7 +603,11 @@ def match_machine(ds: "Dataset", machines: Sequence[MachineModel] | dict[str, Ma
         pass
 
     def rank(m: MachineModel) -> tuple:
-        return ((m.jaw_x is not None) != has_x, energy is not None and abs(m.nominal_energy_mv - energy) > 0.01, m.standard)
+        return (
+            (m.jaw_x is not None) != has_x,
+            energy is not None and abs(m.nominal_energy_mv - energy) > 0.01,
+            m.standard,
+        )
 
     return sorted(cands, key=rank)[0]
 
@@ -575,8 +623,12 @@ class ImportedPlan:
     warnings: list[str] = field(default_factory=list)
 
 
-def _effective_leaves(layers: dict[str, tuple[np.ndarray, np.ndarray]], bounds: dict[str, np.ndarray], target: np.ndarray,
-                      tol: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def _effective_leaves(
+    layers: dict[str, tuple[np.ndarray, np.ndarray]],
+    bounds: dict[str, np.ndarray],
+    target: np.ndarray,
+    tol: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
     """Leaf tips on the ``target`` pairs from one or two MLC layers.
 
     Every leaf of every layer that overlaps a target pair (by more than ``tol``) limits its
@@ -589,7 +641,9 @@ def _effective_leaves(layers: dict[str, tuple[np.ndarray, np.ndarray]], bounds: 
     x2 = np.full(lo_t.size, np.inf)
     for t, (a, b) in layers.items():
         bb = bounds[t]
-        overlap = (np.minimum(hi_t[:, None], bb[None, 1:]) - np.maximum(lo_t[:, None], bb[None, :-1])) > tol  # (target, layer)
+        overlap = (
+            np.minimum(hi_t[:, None], bb[None, 1:]) - np.maximum(lo_t[:, None], bb[None, :-1])
+        ) > tol  # (target, layer)
         x1 = np.maximum(x1, np.where(overlap, a[None, :], -np.inf).max(axis=1))
         x2 = np.minimum(x2, np.where(overlap, b[None, :], np.inf).min(axis=1))
     x1 = np.where(np.isfinite(x1), x1, 0.0)
@@ -598,7 +652,9 @@ def _effective_leaves(layers: dict[str, tuple[np.ndarray, np.ndarray]], bounds: 
     return x1, x2
 
 
-def read_rtplan(source: "str | Path | Dataset", machines: Sequence[MachineModel] | dict[str, MachineModel]) -> ImportedPlan:
+def read_rtplan(
+    source: "str | Path | Dataset", machines: Sequence[MachineModel] | dict[str, MachineModel]
+) -> ImportedPlan:
     """Read a photon RTPLAN (static / step-and-shoot) into a :class:`Plan` for the matched machine.
 
     Segment MU = BeamMeterset × (weight increase of the control-point pair) / final weight.
@@ -656,9 +712,13 @@ def read_rtplan(source: "str | Path | Dataset", machines: Sequence[MachineModel]
             continue
         rtype = str(getattr(bi, "RadiationType", "PHOTON")).upper()
         if rtype != "PHOTON":
-            raise InputError(f"beam '{bname}' is a {rtype} beam; rayrt imports photon plans only", kind="rtplan", status=422)
+            raise InputError(
+                f"beam '{bname}' is a {rtype} beam; rayrt imports photon plans only", kind="rtplan", status=422
+            )
         if bnum not in meterset:
-            raise InputError(f"beam '{bname}' has no BeamMeterset in the fraction group; cannot derive MU", kind="rtplan", status=422)
+            raise InputError(
+                f"beam '{bname}' has no BeamMeterset in the fraction group; cannot derive MU", kind="rtplan", status=422
+            )
         if int(getattr(bi, "NumberOfWedges", 0) or 0) > 0:
             warnings.append(f"beam '{bname}' has a wedge, which rayrt does not model; ignored")
         final_w = float(getattr(bi, "FinalCumulativeMetersetWeight", 1.0) or 1.0)
@@ -668,7 +728,9 @@ def read_rtplan(source: "str | Path | Dataset", machines: Sequence[MachineModel]
             t = str(d.RTBeamLimitingDeviceType).upper()
             if t.startswith("MLC"):
                 if t == "MLCY":
-                    raise InputError(f"beam '{bname}': MLCY (leaves moving along Y) is not supported", kind="rtplan", status=422)
+                    raise InputError(
+                        f"beam '{bname}': MLCY (leaves moving along Y) is not supported", kind="rtplan", status=422
+                    )
                 bounds[t] = _floats(d.LeafPositionBoundaries)
         # walk the control points
         state: dict[str, np.ndarray] = {}
@@ -693,38 +755,73 @@ def read_rtplan(source: "str | Path | Dataset", machines: Sequence[MachineModel]
                 if iso_values.size != 3:
                     raise InputError(
                         f"beam '{bname}': IsocenterPosition has {iso_values.size} values, not 3 (x, y, z mm)",
-                        kind="rtplan")
+                        kind="rtplan",
+                    )
                 iso = (float(iso_values[0]), float(iso_values[1]), float(iso_values[2]))
             if first:
                 rot = str(getattr(cp, "GantryRotationDirection", "NONE") or "NONE").upper()
                 if rot in ("CW", "CC"):
                     raise InputError(
                         f"beam '{bname}' is an arc (GantryRotationDirection {rot}: VMAT or conformal arc); rayrt imports static "
-                        "and step-and-shoot beams only", kind="rtplan", status=422)
+                        "and step-and-shoot beams only",
+                        kind="rtplan",
+                        status=422,
+                    )
                 b_angles = dict(angles)
                 first = False
-            w = float(cp.CumulativeMetersetWeight) if "CumulativeMetersetWeight" in cp and cp.CumulativeMetersetWeight not in (None, "") else prev_w
+            w = (
+                float(cp.CumulativeMetersetWeight)
+                if "CumulativeMetersetWeight" in cp and cp.CumulativeMetersetWeight not in (None, "")
+                else prev_w
+            )
             if w is None:
-                raise InputError(f"beam '{bname}': control point {cp.ControlPointIndex} has no CumulativeMetersetWeight", kind="rtplan")
+                raise InputError(
+                    f"beam '{bname}': control point {cp.ControlPointIndex} has no CumulativeMetersetWeight",
+                    kind="rtplan",
+                )
             # prev_w, prev_state and prev_gantry are set together, from the second control point on
             if prev_w is not None and prev_state is not None and prev_gantry is not None and w - prev_w > _W_TOL:
                 if abs(angles["gantry"] - prev_gantry) > 1e-3:
-                    raise InputError(f"beam '{bname}' rotates the gantry while irradiating (VMAT/arc); rayrt imports static and "
-                                     "step-and-shoot beams only", kind="rtplan", status=422)
-                moved = [t for t in state if t in prev_state and (state[t].shape != prev_state[t].shape
-                                                                  or np.abs(state[t] - prev_state[t]).max() > _POS_TOL_MM)]
+                    raise InputError(
+                        f"beam '{bname}' rotates the gantry while irradiating (VMAT/arc); rayrt imports static and "
+                        "step-and-shoot beams only",
+                        kind="rtplan",
+                        status=422,
+                    )
+                moved = [
+                    t
+                    for t in state
+                    if t in prev_state
+                    and (state[t].shape != prev_state[t].shape or np.abs(state[t] - prev_state[t]).max() > _POS_TOL_MM)
+                ]
                 if moved:
                     raise InputError(
                         f"beam '{bname}' moves {', '.join(moved)} while irradiating (dynamic MLC / sliding window); rayrt imports "
-                        "static and step-and-shoot beams only", kind="rtplan", status=422)
-                segments.append(_segment_from_state(prev_state, bounds, target_bounds, machine, mu_total * (w - prev_w) / final_w, bname))
+                        "static and step-and-shoot beams only",
+                        kind="rtplan",
+                        status=422,
+                    )
+                segments.append(
+                    _segment_from_state(
+                        prev_state, bounds, target_bounds, machine, mu_total * (w - prev_w) / final_w, bname
+                    )
+                )
             prev_w, prev_state, prev_gantry = w, {k: v.copy() for k, v in state.items()}, angles["gantry"]
         if not segments:
             warnings.append(f"beam '{bname}' delivers no meterset; skipped")
             continue
         techniques.add("static" if len(segments) == 1 else "step_and_shoot")
-        beams.append(Beam(name=bname, number=bnum, gantry_deg=b_angles["gantry"], collimator_deg=b_angles["coll"],
-                          couch_deg=b_angles["couch"], isocenter_mm=iso, segments=segments))
+        beams.append(
+            Beam(
+                name=bname,
+                number=bnum,
+                gantry_deg=b_angles["gantry"],
+                collimator_deg=b_angles["coll"],
+                couch_deg=b_angles["couch"],
+                isocenter_mm=iso,
+                segments=segments,
+            )
+        )
     if not beams:
         raise InputError("the RTPLAN has no treatment beam with meterset", kind="rtplan", status=422)
     plan = Plan(
@@ -739,7 +836,13 @@ def read_rtplan(source: "str | Path | Dataset", machines: Sequence[MachineModel]
         notes=[f"imported from RTPLAN {getattr(ds, 'SOPInstanceUID', '')}"] + warnings,
     )
     tech = "step_and_shoot" if "step_and_shoot" in techniques else "static"
-    return ImportedPlan(plan=plan, machine=machine, technique=tech, sop_instance_uid=str(getattr(ds, "SOPInstanceUID", "")), warnings=warnings)
+    return ImportedPlan(
+        plan=plan,
+        machine=machine,
+        technique=tech,
+        sop_instance_uid=str(getattr(ds, "SOPInstanceUID", "")),
+        warnings=warnings,
+    )
 
 
 def _dual_layers(bounds: dict[str, np.ndarray], machine: MachineModel, tol: float = 0.05) -> tuple[str, str] | None:
@@ -759,8 +862,14 @@ def _dual_layers(bounds: dict[str, np.ndarray], machine: MachineModel, tol: floa
     return None
 
 
-def _segment_from_state(state: dict[str, np.ndarray], bounds: dict[str, np.ndarray], target: np.ndarray, machine: MachineModel,
-                        mu: float, bname: str) -> Segment:
+def _segment_from_state(
+    state: dict[str, np.ndarray],
+    bounds: dict[str, np.ndarray],
+    target: np.ndarray,
+    machine: MachineModel,
+    mu: float,
+    bname: str,
+) -> Segment:
     layers = {}
     for t, b in bounds.items():
         if t not in state:
@@ -775,7 +884,10 @@ def _segment_from_state(state: dict[str, np.ndarray], bounds: dict[str, np.ndarr
     if dual is not None:  # both layers of the model's dual-layer MLC: kept as they are
         x1, x2 = (v.copy() for v in layers[dual[0]])
         p1, p2 = layers[dual[1]]
-        parked_open = bool(np.all(p1 <= machine.mlc.min_position_mm + _POS_TOL_MM) and np.all(p2 >= machine.mlc.max_position_mm - _POS_TOL_MM))
+        parked_open = bool(
+            np.all(p1 <= machine.mlc.min_position_mm + _POS_TOL_MM)
+            and np.all(p2 >= machine.mlc.max_position_mm - _POS_TOL_MM)
+        )
         if not parked_open:
             proximal = (p1.tolist(), p2.tolist())
     elif layers:
@@ -796,6 +908,12 @@ def _segment_from_state(state: dict[str, np.ndarray], bounds: dict[str, np.ndarr
             c = machine.mlc.leaf_centers_mm
             closed = (c < jy[0]) | (c > jy[1])
             x1[closed] = x2[closed] = 0.5 * (x1[closed] + x2[closed])
-    return Segment(x1_mm=x1.tolist(), x2_mm=x2.tolist(), jaw_x_mm=jx if machine.jaw_x is not None else None,
-                   jaw_y_mm=jy if machine.jaw_y is not None else None, mu=max(0.0, float(mu)),
-                   x1_proximal_mm=proximal[0] if proximal else None, x2_proximal_mm=proximal[1] if proximal else None)
+    return Segment(
+        x1_mm=x1.tolist(),
+        x2_mm=x2.tolist(),
+        jaw_x_mm=jx if machine.jaw_x is not None else None,
+        jaw_y_mm=jy if machine.jaw_y is not None else None,
+        mu=max(0.0, float(mu)),
+        x1_proximal_mm=proximal[0] if proximal else None,
+        x2_proximal_mm=proximal[1] if proximal else None,
+    )

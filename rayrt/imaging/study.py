@@ -122,8 +122,12 @@ class Study:
         for s in self.structures:
             if s.structure.name == name:
                 return s
-        raise InputError(f"no structure named '{name}'; the study has: {', '.join(self.structure_names) or 'none'}",
-                         kind="structure", field="structure", status=404)
+        raise InputError(
+            f"no structure named '{name}'; the study has: {', '.join(self.structure_names) or 'none'}",
+            kind="structure",
+            field="structure",
+            status=404,
+        )
 
     def mask(self, name: str) -> np.ndarray:
         """The bool mask of structure ``name`` on the primary grid (InputError if unknown)."""
@@ -218,8 +222,11 @@ def _load(path: Path, files: list[Path], source: Path) -> Study:
 
     patients = {(h.patient_id or "") for h in headers if h.patient_id}
     if len(patients) > 1:
-        raise InputError(f"{path} holds files of {len(patients)} patients (PatientID {', '.join(sorted(patients))}); "
-                         "give one patient's files at a time", kind="dicom")
+        raise InputError(
+            f"{path} holds files of {len(patients)} patients (PatientID {', '.join(sorted(patients))}); "
+            "give one patient's files at a time",
+            kind="dicom",
+        )
 
     by_series: dict[str, list] = defaultdict(list)
     rtstructs, rtdoses, plans = [], [], []
@@ -253,23 +260,37 @@ def _load(path: Path, files: list[Path], source: Path) -> Study:
         primary_uid = next(iter(images))
 
     if not images and parsed_structs:
-        raise InputError(f"{path} holds an RTSTRUCT but no image series to put its structures on; add the CT series "
-                         "(or use `rayrt dvh --rtstruct --rtdose` for a dose-only evaluation)", kind="dicom")
+        raise InputError(
+            f"{path} holds an RTSTRUCT but no image series to put its structures on; add the CT series "
+            "(or use `rayrt dvh --rtstruct --rtdose` for a dose-only evaluation)",
+            kind="dicom",
+        )
 
     primary = images.get(primary_uid)
     p_for = primary.meta.get("frame_of_reference_uid") if primary is not None else None
     for uid, vol in images.items():
-        if uid != primary_uid and p_for and vol.meta.get("frame_of_reference_uid") and vol.meta["frame_of_reference_uid"] != p_for:
-            warnings.append(f"{vol.meta.get('modality')} series {uid[-12:]} is on another frame of reference than the primary image "
-                            "(not registered; not used for planning)")
+        if (
+            uid != primary_uid
+            and p_for
+            and vol.meta.get("frame_of_reference_uid")
+            and vol.meta["frame_of_reference_uid"] != p_for
+        ):
+            warnings.append(
+                f"{vol.meta.get('modality')} series {uid[-12:]} is on another frame of reference than the primary image "
+                "(not registered; not used for planning)"
+            )
 
     structures: list[StructureMask] = []
     names: set[str] = set()
     for rs in parsed_structs:
         warnings.extend(rs.warnings)
-        check_frame_of_reference(f"structure set {rs.path.name}", rs.frame_of_reference_uid, p_for, "the primary image series")
+        check_frame_of_reference(
+            f"structure set {rs.path.name}", rs.frame_of_reference_uid, p_for, "the primary image series"
+        )
         for roi in rs.rois:
-            check_frame_of_reference(f"ROI '{roi.name}' in {rs.path.name}", roi.frame_of_reference_uid, p_for, "the primary image series")
+            check_frame_of_reference(
+                f"ROI '{roi.name}' in {rs.path.name}", roi.frame_of_reference_uid, p_for, "the primary image series"
+            )
         assert primary is not None
         for sm in structure_masks_from_rtstruct(rs, primary.grid, plane_spacing_mm=float(primary.grid.spacing[2])):
             name = sm.structure.name
@@ -285,7 +306,9 @@ def _load(path: Path, files: list[Path], source: Path) -> Study:
     doses: list[Volume] = []
     for h in rtdoses:
         dose = read_rtdose(h.path, warnings)
-        check_frame_of_reference(f"dose {h.path.name}", dose.meta.get("frame_of_reference_uid"), p_for, "the primary image series")
+        check_frame_of_reference(
+            f"dose {h.path.name}", dose.meta.get("frame_of_reference_uid"), p_for, "the primary image series"
+        )
         doses.append(dose)
 
     first = primary.meta if primary is not None else {}

@@ -144,7 +144,12 @@ class Grid(BaseModel):
     def bounds_mm(self) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned LPS bounding box (min, max) of the voxel *edges*."""
         corners = np.array(
-            [[k, j, i] for k in (-0.5, self.shape[0] - 0.5) for j in (-0.5, self.shape[1] - 0.5) for i in (-0.5, self.shape[2] - 0.5)]
+            [
+                [k, j, i]
+                for k in (-0.5, self.shape[0] - 0.5)
+                for j in (-0.5, self.shape[1] - 0.5)
+                for i in (-0.5, self.shape[2] - 0.5)
+            ]
         )
         w = self.index_to_world(corners)
         return w.min(axis=0), w.max(axis=0)

@@ -17,7 +17,15 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
 from rayrt.machines.loader import load_machine, read_machine_name
 
-__all__ = ["config_dir", "machines_dir", "machine_files", "list_machines", "get_machine", "standard_machine_name", "treatment_machine_names"]
+__all__ = [
+    "config_dir",
+    "machines_dir",
+    "machine_files",
+    "list_machines",
+    "get_machine",
+    "standard_machine_name",
+    "treatment_machine_names",
+]
 
 
 def machines_dir() -> Path:
@@ -82,5 +90,8 @@ def standard_machine_name(folder: str | os.PathLike | None = None) -> str:
     for n, (_, standard) in sorted(_headers(folder).items()):
         if standard:
             return n
-    raise InputError("no standard machine in configs/machines (a MachineModel with standard: true); name one in standard_machine",
-                     kind="machine", field="standard_machine")
+    raise InputError(
+        "no standard machine in configs/machines (a MachineModel with standard: true); name one in standard_machine",
+        kind="machine",
+        field="standard_machine",
+    )

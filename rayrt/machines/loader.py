@@ -19,13 +19,17 @@ def load_machine(path: str | Path) -> MachineModel:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise InputError(f"machine file {path.name} is not valid YAML: {exc}", kind="machine", field=path.name) from None
+        raise InputError(
+            f"machine file {path.name} is not valid YAML: {exc}", kind="machine", field=path.name
+        ) from None
     try:
         return MachineModel.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"invalid machine file {path.name}: field '{loc}': {first['msg']}", kind="machine", field=loc) from None
+        raise InputError(
+            f"invalid machine file {path.name}: field '{loc}': {first['msg']}", kind="machine", field=loc
+        ) from None
 
 
 def read_machine_name(path: str | Path) -> tuple[str, bool]:

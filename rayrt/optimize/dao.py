@@ -34,9 +34,9 @@ from scipy.optimize import minimize
 
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.plan import Segment
+from rayrt.optimize._threads import single_blas_thread
 from rayrt.optimize.fmo import ObjectiveEvaluator
 from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
-from rayrt.optimize._threads import single_blas_thread
 from rayrt.optimize.problem import OptimizationProblem
 from rayrt.optimize.sequencing.base import _limits, jaws_for, to_segment
 
@@ -46,7 +46,9 @@ __all__ = ["DAOOptions", "DAOResult", "optimize_apertures", "BeamApertures", "ap
 class DAOOptions(BaseModel):
     outer_rounds: int = Field(default=4, ge=1)
     iterations_per_round: int = Field(default=60, ge=1)
-    min_mu_weight: float = Field(default=0.0, ge=0, description="minimum segment weight (fluence units) = min MU/segment x fractions")
+    min_mu_weight: float = Field(
+        default=0.0, ge=0, description="minimum segment weight (fluence units) = min MU/segment x fractions"
+    )
     optimize_leaves: bool = True
 
 
@@ -54,7 +56,9 @@ class DAOResult(BaseModel):
     model_config = {"arbitrary_types_allowed": True}
 
     segments: list[list[Segment]] = Field(description="per beam; mu in fluence units")
-    weights: list[float] | None = Field(default=None, exclude=True, description="beamlet-equivalent fluence of the apertures")
+    weights: list[float] | None = Field(
+        default=None, exclude=True, description="beamlet-equivalent fluence of the apertures"
+    )
     objective_start: float
     objective: float
     iterations: int
@@ -86,9 +90,18 @@ class BeamApertures:
         m = np.array([s.mu for s in segments], dtype=float)
         # dual-layer MLC: outside the aperture both layers block (proximal_layer keeps its openings to the distal hull)
         t = float(machine.mlc.transmission) ** (2 if machine.mlc.dual_layer else 1)
-        return cls(layout, pairs, Yall[pairs], x1, x2, m, t,
-                   0.5 * float(machine.mlc.leaf_end_transmission_mm), np.ones(len(segments)),
-                   open_pairs(segments, machine).reshape(len(segments), machine.mlc.num_pairs))
+        return cls(
+            layout,
+            pairs,
+            Yall[pairs],
+            x1,
+            x2,
+            m,
+            t,
+            0.5 * float(machine.mlc.leaf_end_transmission_mm),
+            np.ones(len(segments)),
+            open_pairs(segments, machine).reshape(len(segments), machine.mlc.num_pairs),
+        )
 
     def open_mask(self) -> np.ndarray:
         """``open_``, the (S, P) pairs that belong to each aperture (set by :meth:`from_segments`)."""
@@ -186,7 +199,9 @@ def aperture_gradient(ba: "BeamApertures", G: np.ndarray, J: np.ndarray) -> tupl
     weights (S,) and the tips x1, x2 (S, Pa) of the active pairs (jaw fractions J held fixed)."""
     T = ba.transmission
     jlo, jhi, fyr = ba._jaws(ba.m.size)
-    GP = np.einsum("pr,sr,rc->spc", ba.Y, fyr, G, optimize=True)  # (S, Pa, C): row gradient seen by each pair, Y jaws applied
+    GP = np.einsum(
+        "pr,sr,rc->spc", ba.Y, fyr, G, optimize=True
+    )  # (S, Pa, C): row gradient seen by each pair, Y jaws applied
     O, act, _, _ = ba._open_frac(ba.x1[:, ba.pairs], ba.x2[:, ba.pairs])
     A = (1 - T) * O + T * J
     gm = np.einsum("spc,spc->s", A, GP) * ba.sc
@@ -273,8 +288,17 @@ def _optimize_apertures(
     n = problem.num_beamlets
     ev = evaluator or ObjectiveEvaluator(problem)
     if problem.hard and ev.rho <= 0:
-        ev.rho = max(ev.soft_value(aperture_weights([BeamApertures.from_segments(s_, l_, machine) for s_, l_ in zip(segments, layouts)], slices, n)), 1e-6) / max(
-            0.01 * problem.prescription_gy, 1e-3) ** 2
+        ev.rho = (
+            max(
+                ev.soft_value(
+                    aperture_weights(
+                        [BeamApertures.from_segments(s_, l_, machine) for s_, l_ in zip(segments, layouts)], slices, n
+                    )
+                ),
+                1e-6,
+            )
+            / max(0.01 * problem.prescription_gy, 1e-3) ** 2
+        )
     beams = [BeamApertures.from_segments(segs, lay, machine) for segs, lay in zip(segments, layouts)]
     bnd = machine.mlc.boundaries
     g = float(machine.mlc.min_gap_mm)
@@ -299,6 +323,7 @@ def _optimize_apertures(
                 jy = (lo, hi) if hi > lo else (float(bnd[op.min()]), float(bnd[op.max() + 1]))
             jy = jy or (bnd[0], bnd[-1])
             return jx, jy, bnd
+
         return f
 
     def current_J():
@@ -364,8 +389,15 @@ def _optimize_apertures(
     rounds = opt.outer_rounds if opt.optimize_leaves else 1
     for _ in range(rounds):
         leaves = opt.optimize_leaves
-        res = minimize(fun, pack(leaves), args=(leaves,), jac=True, method="L-BFGS-B", bounds=bounds(leaves),
-                       options={"maxiter": opt.iterations_per_round, "maxcor": 20, "ftol": 1e-9})
+        res = minimize(
+            fun,
+            pack(leaves),
+            args=(leaves,),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds(leaves),
+            options={"maxiter": opt.iterations_per_round, "maxcor": 20, "ftol": 1e-9},
+        )
         unpack(res.x, leaves)
         iters += int(res.nit)
         Js = current_J()
@@ -389,8 +421,15 @@ def _optimize_apertures(
             lo = [np.full(ba.m.size, opt.min_mu_weight) for ba in beams]
             for ba, l in zip(beams, lo):
                 ba.m = np.maximum(ba.m, l)
-            res = minimize(fun, pack(False), args=(False,), jac=True, method="L-BFGS-B", bounds=bounds(False, lo),
-                           options={"maxiter": 100, "maxcor": 20, "ftol": 1e-10})
+            res = minimize(
+                fun,
+                pack(False),
+                args=(False,),
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds(False, lo),
+                options={"maxiter": 100, "maxcor": 20, "ftol": 1e-10},
+            )
             unpack(res.x, False)
             iters += int(res.nit)
             if not changed:
@@ -405,11 +444,20 @@ def _optimize_apertures(
             open_ = ba.open_mask()[s] | (ba.x2[s] - ba.x1[s] > g + 1e-6)
             if not open_.any() or ba.m[s] <= 0:
                 continue
-            segs.append(to_segment(ba.x1[s], ba.x2[s], open_, float(ba.m[s]), machine, y_span(ba), float(ba.layout.col_edges_mm[0])))
+            segs.append(
+                to_segment(
+                    ba.x1[s], ba.x2[s], open_, float(ba.m[s]), machine, y_span(ba), float(ba.layout.col_edges_mm[0])
+                )
+            )
         out_segments.append(segs)
     return DAOResult(
-        segments=out_segments, weights=w.tolist(), objective_start=f_start, objective=f_end,
-        iterations=iters, seconds=time.perf_counter() - t0, dropped_segments=dropped,
+        segments=out_segments,
+        weights=w.tolist(),
+        objective_start=f_start,
+        objective=f_end,
+        iterations=iters,
+        seconds=time.perf_counter() - t0,
+        dropped_segments=dropped,
     )
 
 

@@ -81,10 +81,16 @@ class FluenceOptions(BaseModel):
     max_outer: int = Field(default=8, ge=1, description="augmented-Lagrangian outer iterations")
     rho0: float = Field(default=1.0, gt=0, description="initial penalty factor relative to the soft objective scale")
     screening: bool = True
-    precondition: bool = Field(default=True, description="diagonal (Jacobi) scaling of the weights by the Gauss-Newton Hessian diagonal")
-    target_objective: float | None = Field(default=None, description="stop as soon as the soft objective is <= this (benchmarks)")
+    precondition: bool = Field(
+        default=True, description="diagonal (Jacobi) scaling of the weights by the Gauss-Newton Hessian diagonal"
+    )
+    target_objective: float | None = Field(
+        default=None, description="stop as soon as the soft objective is <= this (benchmarks)"
+    )
     lbfgs_memory: int = Field(default=100, ge=3, le=500, description="L-BFGS-B correction pairs (maxcor)")
-    dense_rows: bool = Field(default=True, description="dense copy of the fullest Dij rows for faster products (SubsetDij.enable_dense)")
+    dense_rows: bool = Field(
+        default=True, description="dense copy of the fullest Dij rows for faster products (SubsetDij.enable_dense)"
+    )
 
 
 class FluenceResult(BaseModel):
@@ -102,7 +108,9 @@ class FluenceResult(BaseModel):
     message: str
     max_violation_gy: float = 0.0
     constraint_violations: list[dict] = Field(default_factory=list)
-    history: list[tuple[float, float]] = Field(default_factory=list, description="(seconds, soft objective) per evaluation")
+    history: list[tuple[float, float]] = Field(
+        default_factory=list, description="(seconds, soft objective) per evaluation"
+    )
     al_rho: float = Field(default=0.0, exclude=True, description="final augmented-Lagrangian penalty factor")
     al_lambdas: list | None = Field(default=None, exclude=True, description="final multipliers per objective")
 
@@ -319,7 +327,14 @@ def jacobi_scale(problem: OptimizationProblem) -> np.ndarray:
     d2 = problem.dij.data.astype(np.float32) ** 2
     from rayrt.optimize.sparse import _csr_rmatvec_rows_serial
 
-    h = _csr_rmatvec_rows_serial(problem.dij.indptr, problem.dij.indices, d2, rows.astype(np.int64), rw[rows].astype(np.float32), problem.num_beamlets)
+    h = _csr_rmatvec_rows_serial(
+        problem.dij.indptr,
+        problem.dij.indices,
+        d2,
+        rows.astype(np.int64),
+        rw[rows].astype(np.float32),
+        problem.num_beamlets,
+    )
     h = np.maximum(h, 1e-3 * max(float(np.median(h[h > 0])) if (h > 0).any() else 1.0, 1e-30))
     s = 1.0 / np.sqrt(h)
     return s / s.mean()
@@ -358,6 +373,7 @@ def _optimize_fluence(
 
     stop_w = np.zeros(problem.num_beamlets)
     scale = jacobi_scale(problem) if opt.precondition else np.ones(problem.num_beamlets)
+
     def fun(z):  # in the scaled variables z: weights w = scale * z
         f, g = fun_w(z * scale)
         return f, g * scale
@@ -372,7 +388,12 @@ def _optimize_fluence(
         try:
             nit[0] = 0
             res = minimize(
-                fun, w, jac=True, method="L-BFGS-B", bounds=bounds, callback=_count,
+                fun,
+                w,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds,
+                callback=_count,
                 options={"maxiter": opt.max_iterations, "ftol": opt.ftol, "gtol": opt.gtol, "maxcor": opt.lbfgs_memory},
             )
             w = np.maximum(res.x, 0.0)
@@ -404,7 +425,9 @@ def _optimize_fluence(
         outer_iterations=outer,
         seconds=time.perf_counter() - t0,
         converged=converged and worst <= opt.constraint_tol_gy,
-        message=message if worst <= opt.constraint_tol_gy else f"{message}; hard constraints violated by up to {worst:.3f} Gy",
+        message=message
+        if worst <= opt.constraint_tol_gy
+        else f"{message}; hard constraints violated by up to {worst:.3f} Gy",
         max_violation_gy=worst,
         constraint_violations=viol,
         history=ev.history,

@@ -28,17 +28,24 @@ def normalization_factor(target_dose_gy: np.ndarray, order: MedicalOrder) -> flo
         return 1.0
     v = np.asarray(target_dose_gy, dtype=float)
     if v.size == 0:
-        raise InputError("the normalisation structure has no voxel on the dose grid", kind="order", field="normalization.structure")
+        raise InputError(
+            "the normalisation structure has no voxel on the dose grid", kind="order", field="normalization.structure"
+        )
     if norm.metric == "mean":
         current = float(np.mean(v))
     else:
         volume_pct = norm.volume_pct
         if volume_pct is None:
-            raise InputError(f"normalisation metric {norm.metric!r} must be 'D<vol%>', 'mean' or 'none'", kind="order",
-                             field="normalization.metric")
+            raise InputError(
+                f"normalisation metric {norm.metric!r} must be 'D<vol%>', 'mean' or 'none'",
+                kind="order",
+                field="normalization.metric",
+            )
         current = _dose_at_volume(v, volume_pct)
     if not np.isfinite(current) or current <= 0:
-        raise InputError(f"cannot normalise: {norm.metric} of the target is {current} Gy", kind="order", field="normalization")
+        raise InputError(
+            f"cannot normalise: {norm.metric} of the target is {current} Gy", kind="order", field="normalization"
+        )
     return order.prescription.total_dose_gy * norm.value_pct / 100.0 / current
 
 
@@ -51,8 +58,14 @@ def scale_plan(plan: Plan, factor: float) -> Plan:
     return p
 
 
-def normalize_plan(plan: Plan, dose_fn: Callable[[Plan], np.ndarray], masks: dict[str, np.ndarray], order: MedicalOrder,
-                   min_mu_per_segment: float, headroom: float = 0.0) -> tuple[Plan, np.ndarray, float, int]:
+def normalize_plan(
+    plan: Plan,
+    dose_fn: Callable[[Plan], np.ndarray],
+    masks: dict[str, np.ndarray],
+    order: MedicalOrder,
+    min_mu_per_segment: float,
+    headroom: float = 0.0,
+) -> tuple[Plan, np.ndarray, float, int]:
     """Scale ``plan`` so the order's normalisation metric equals the prescription, then raise every
     segment below ``min_mu_per_segment`` (MU per fraction) to it and recompute the dose.
 

@@ -71,8 +71,9 @@ class Objective:
     def value_and_grad(self, d: np.ndarray) -> tuple[float, np.ndarray]:
         """Unweighted value and gradient d f / d d (per voxel of this structure)."""
         if self._value_grad is None:
-            raise ValueError(f"objective '{self.kind}' on '{self.structure}' has no value function; "
-                             "build it with make_objective")
+            raise ValueError(
+                f"objective '{self.kind}' on '{self.structure}' has no value function; build it with make_objective"
+            )
         return self._value_grad(self, np.asarray(d, dtype=np.float64))
 
     def value(self, d: np.ndarray) -> float:
@@ -81,8 +82,9 @@ class Objective:
     def residual(self, d: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
         """Constraint residual r(d) (Gy, constraint r <= 0) and its vector-Jacobian product v -> J^T v."""
         if self._residual is None:
-            raise ValueError(f"objective '{self.kind}' on '{self.structure}' has no residual function; "
-                             "build it with make_objective")
+            raise ValueError(
+                f"objective '{self.kind}' on '{self.structure}' has no residual function; build it with make_objective"
+            )
         return self._residual(self, np.asarray(d, dtype=np.float64))
 
     def max_violation_gy(self, d: np.ndarray) -> float:
@@ -268,13 +270,21 @@ def make_objective(
     """Build one registered objective; raises :class:`InputError` for unknown kinds / missing parameters."""
     kind = getattr(kind, "value", kind)
     if kind not in OBJECTIVES:
-        raise InputError(f"unknown objective kind '{kind}'; known kinds: {', '.join(objective_kinds())}", kind="order", field="objectives.kind")
+        raise InputError(
+            f"unknown objective kind '{kind}'; known kinds: {', '.join(objective_kinds())}",
+            kind="order",
+            field="objectives.kind",
+        )
     vg, res, screen = OBJECTIVES[kind]
     voxels = np.asarray(voxels, dtype=np.int64)
     if kind in ("min_dvh", "max_dvh") and volume_pct is None:
-        raise InputError(f"objective '{kind}' on '{structure}' needs volume_pct", kind="order", field="objectives.volume_pct")
+        raise InputError(
+            f"objective '{kind}' on '{structure}' needs volume_pct", kind="order", field="objectives.volume_pct"
+        )
     if kind == "geud" and not a:
-        raise InputError(f"objective 'geud' on '{structure}' needs a non-zero exponent a", kind="order", field="objectives.a")
+        raise InputError(
+            f"objective 'geud' on '{structure}' needs a non-zero exponent a", kind="order", field="objectives.a"
+        )
     if kind == "dose_mimicking":
         if reference_gy is None:
             raise InputError(
@@ -302,5 +312,7 @@ def make_objective(
     o._value_grad = vg
     o._residual = res
     if hard:
-        o.residual(np.full(max(o.n, 1), dose_gy, dtype=float)[: o.n] if o.reference_gy is None else o.reference_gy.copy())
+        o.residual(
+            np.full(max(o.n, 1), dose_gy, dtype=float)[: o.n] if o.reference_gy is None else o.reference_gy.copy()
+        )
     return o

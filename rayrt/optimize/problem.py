@@ -104,7 +104,9 @@ def _as_indices(mask, n_vox: int, name: str) -> np.ndarray:
     a = np.asarray(mask)
     if a.dtype == bool:
         if a.size != n_vox:
-            raise InputError(f"mask of '{name}' has {a.size} voxels but the Dij has {n_vox} rows (dose-grid voxels)", kind="input")
+            raise InputError(
+                f"mask of '{name}' has {a.size} voxels but the Dij has {n_vox} rows (dose-grid voxels)", kind="input"
+            )
         return np.flatnonzero(a.ravel())
     return np.unique(a.astype(np.int64).ravel())
 
@@ -137,7 +139,11 @@ def build_problem(
     idx = {n: _as_indices(masks[n], n_vox, n) for n in names}
     for n in names:
         if idx[n].size == 0:
-            raise InputError(f"structure '{n}' has no voxel on the dose grid; use a finer --dose-grid-mm or check the contour", kind="input", field=n)
+            raise InputError(
+                f"structure '{n}' has no voxel on the dose grid; use a finer --dose-grid-mm or check the contour",
+                kind="input",
+                field=n,
+            )
     specs: list[ObjectiveSpec] = list(order.objectives)
     rx = order.prescription.total_dose_gy
     tgt = order.prescription.target
@@ -166,7 +172,9 @@ def build_problem(
     if reference_dose_gy is not None:
         ref = np.asarray(reference_dose_gy, dtype=np.float64).ravel()
         if ref.size != n_vox:
-            raise InputError(f"reference dose has {ref.size} voxels, the Dij {n_vox}", kind="input", field="reference_dose")
+            raise InputError(
+                f"reference dose has {ref.size} voxels, the Dij {n_vox}", kind="input", field="reference_dose"
+            )
         ref_sub = ref[all_rows]
 
     objectives = []
@@ -185,7 +193,17 @@ def build_problem(
             kw["reference_gy"] = ref_sub[rows]
             kw["tolerance_gy"] = s.dose_gy
         objectives.append(
-            make_objective(s.kind, s.structure, rows, s.dose_gy, weight=s.priority, hard=s.hard, volume_pct=s.volume_pct, a=s.a, **kw)
+            make_objective(
+                s.kind,
+                s.structure,
+                rows,
+                s.dose_gy,
+                weight=s.priority,
+                hard=s.hard,
+                volume_pct=s.volume_pct,
+                a=s.a,
+                **kw,
+            )
         )
     norm = order.prescription.normalization
     return OptimizationProblem(
@@ -221,9 +239,26 @@ def problem_from_voxel_groups(
     for t in terms:
         pos = np.searchsorted(all_rows, np.unique(np.asarray(t["voxels"], dtype=np.int64)))
         rows[t["structure"]] = np.union1d(rows.get(t["structure"], np.zeros(0, np.int64)), pos)
-        objectives.append(make_objective(t["kind"], t["structure"], pos, t["dose_gy"], weight=t.get("weight", 1.0), hard=t.get("hard", False),
-                                         volume_pct=t.get("volume_pct"), a=t.get("a")))
+        objectives.append(
+            make_objective(
+                t["kind"],
+                t["structure"],
+                pos,
+                t["dose_gy"],
+                weight=t.get("weight", 1.0),
+                hard=t.get("hard", False),
+                volume_pct=t.get("volume_pct"),
+                a=t.get("a"),
+            )
+        )
     if target not in rows:
         raise InputError(f"target '{target}' has no objective group", kind="input")
-    return OptimizationProblem(dij=sub, objectives=objectives, structure_rows=rows, prescription_gy=prescription_gy, target=target,
-                               normalization_structure=target, beam_slices=beam_slices or [slice(0, dij.shape[1])])
+    return OptimizationProblem(
+        dij=sub,
+        objectives=objectives,
+        structure_rows=rows,
+        prescription_gy=prescription_gy,
+        target=target,
+        normalization_structure=target,
+        beam_slices=beam_slices or [slice(0, dij.shape[1])],
+    )

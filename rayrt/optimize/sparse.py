@@ -234,7 +234,9 @@ class SubsetDij:
                 # select rows without converting the whole (large) matrix to CSR first
                 rmap = np.full(dij.shape[0], -1, dtype=np.int64)
                 rmap[voxel_index] = np.arange(voxel_index.size)
-                ip, ix, dv = _csc_rows_to_csr(np.asarray(dij.indptr, np.int64), dij.indices, dij.data, rmap, voxel_index.size)
+                ip, ix, dv = _csc_rows_to_csr(
+                    np.asarray(dij.indptr, np.int64), dij.indices, dij.data, rmap, voxel_index.size
+                )
                 m = sp.csr_matrix((dv, ix, ip), shape=(voxel_index.size, dij.shape[1]))
                 del rmap
             else:
@@ -351,7 +353,11 @@ class SubsetDij:
         m = self.to_scipy()[:, np.asarray(cols)]
         out = SubsetDij.__new__(SubsetDij)
         m = sp.csr_matrix(m)
-        out.indptr, out.indices, out.data = m.indptr.astype(np.int64), m.indices.astype(self.indices.dtype), m.data.astype(np.float32)
+        out.indptr, out.indices, out.data = (
+            m.indptr.astype(np.int64),
+            m.indices.astype(self.indices.dtype),
+            m.data.astype(np.float32),
+        )
         out.shape, out.voxel_index, out.nchunks, out._rowsum = m.shape, self.voxel_index, self.nchunks, None
         out.parallel_min_nnz = self.parallel_min_nnz
         out._no_dense()
@@ -360,7 +366,9 @@ class SubsetDij:
     def group_rowsums(self, rows: np.ndarray, gsize: int) -> np.ndarray:
         """(len(rows), ceil(ncols / gsize)) float32: each row's sum over consecutive column groups."""
         ng = int(np.ceil(self.shape[1] / gsize))
-        return _group_rowsums(self.indptr, self.indices, self.data, np.ascontiguousarray(rows, dtype=np.int64), int(gsize), ng)
+        return _group_rowsums(
+            self.indptr, self.indices, self.data, np.ascontiguousarray(rows, dtype=np.int64), int(gsize), ng
+        )
 
     def to_scipy(self) -> sp.csr_matrix:
         return sp.csr_matrix((self.data, self.indices.astype(np.int32), self.indptr), shape=self.shape)

@@ -22,8 +22,17 @@ from rayrt.domain.plan import Beam, Plan, Segment
 from rayrt.imaging.arrays import from_npy, from_npz, npy_bytes, npz_bytes
 from rayrt.imaging.volume import Grid, Volume
 
-__all__ = ["PlanGeometry", "StandardPlan", "masks_on_grid", "planning_phantom", "plan_from_apertures", "final_dose", "dvh_table",
-           "dose_key", "weight_metrics"]
+__all__ = [
+    "PlanGeometry",
+    "StandardPlan",
+    "masks_on_grid",
+    "planning_phantom",
+    "plan_from_apertures",
+    "final_dose",
+    "dvh_table",
+    "dose_key",
+    "weight_metrics",
+]
 
 
 class PlanGeometry(BaseModel):
@@ -39,14 +48,18 @@ class PlanGeometry(BaseModel):
     isocenter_mm: tuple[float, float, float]
     beams: list[Beam]
     target: str
-    targets: list[str] = Field(default_factory=list, description="every structure the beamlets cover (the order's targets)")
+    targets: list[str] = Field(
+        default_factory=list, description="every structure the beamlets cover (the order's targets)"
+    )
     external: str | None = None
     mask_names: list[str] = Field(default_factory=list, description="structures with masks on the dose grid")
     density: Any = Field(default=None, exclude=True, description="relative electron density [k, j, i] on density_grid")
     dose_masks: Any = Field(default=None, exclude=True, description="name -> bool mask on dose_grid")
 
     def density_volume(self) -> Volume:
-        return Volume(np.ascontiguousarray(self.density, dtype=np.float32), self.density_grid, "relative_electron_density")
+        return Volume(
+            np.ascontiguousarray(self.density, dtype=np.float32), self.density_grid, "relative_electron_density"
+        )
 
     def masks(self) -> dict[str, np.ndarray]:
         """Every structure's mask on the dose grid."""
@@ -61,7 +74,10 @@ class PlanGeometry(BaseModel):
         g = cls.model_validate(data)
         g.density = from_npy(read("density.npy"))
         n = g.dose_grid.num_voxels
-        g.dose_masks = {k: np.unpackbits(v)[:n].astype(bool).reshape(g.dose_grid.shape) for k, v in from_npz(read("dose_masks.npz")).items()}
+        g.dose_masks = {
+            k: np.unpackbits(v)[:n].astype(bool).reshape(g.dose_grid.shape)
+            for k, v in from_npz(read("dose_masks.npz")).items()
+        }
         return g
 
 
@@ -80,7 +96,10 @@ class StandardPlan(BaseModel):
     dose: Any = Field(default=None, exclude=True, description="course dose (Gy) [k, j, i] on dose_grid, float32")
 
     def files(self) -> dict[str, bytes]:
-        return {"plan.json": self.plan.model_dump_json(indent=1).encode(), "dose.npy": npy_bytes(np.asarray(self.dose, np.float32))}
+        return {
+            "plan.json": self.plan.model_dump_json(indent=1).encode(),
+            "dose.npy": npy_bytes(np.asarray(self.dose, np.float32)),
+        }
 
     @classmethod
     def from_files(cls, data: dict, read: Callable[[str], bytes]) -> "StandardPlan":
@@ -117,8 +136,14 @@ def planning_phantom(study: Any, names: list[str]) -> tuple[dict[str, np.ndarray
 
 
 def plan_from_apertures(
-    segments: list[list[Segment]], gantry_deg: list[float], isocenter_mm: Any, machine: MachineModel, order: MedicalOrder,
-    label: str = "rayrt standard plan", patient_id: str = "", frame_of_reference_uid: str | None = None,
+    segments: list[list[Segment]],
+    gantry_deg: list[float],
+    isocenter_mm: Any,
+    machine: MachineModel,
+    order: MedicalOrder,
+    label: str = "rayrt standard plan",
+    patient_id: str = "",
+    frame_of_reference_uid: str | None = None,
 ) -> Plan:
     """A Plan from per-beam segments whose ``mu`` are course MU (divided by the fractions here)."""
     fx = order.prescription.fractions
@@ -128,10 +153,25 @@ def plan_from_apertures(
     iso_mm = (iso[0], iso[1], iso[2])
     beams = []
     for i, (segs, g) in enumerate(zip(segments, gantry_deg)):
-        beams.append(Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=float(g), isocenter_mm=iso_mm,
-                          segments=[s.model_copy(update={"mu": s.mu / fx}) for s in segs]))
-    return Plan(label=label, machine=machine.name, patient_id=patient_id, frame_of_reference_uid=frame_of_reference_uid, fractions=fx,
-                prescription_gy=order.prescription.total_dose_gy, target=order.prescription.target, beams=beams)
+        beams.append(
+            Beam(
+                name=f"B{i + 1}",
+                number=i + 1,
+                gantry_deg=float(g),
+                isocenter_mm=iso_mm,
+                segments=[s.model_copy(update={"mu": s.mu / fx}) for s in segs],
+            )
+        )
+    return Plan(
+        label=label,
+        machine=machine.name,
+        patient_id=patient_id,
+        frame_of_reference_uid=frame_of_reference_uid,
+        fractions=fx,
+        prescription_gy=order.prescription.total_dose_gy,
+        target=order.prescription.target,
+        beams=beams,
+    )
 
 
 def final_dose(plan: Plan, beamlets: list, dij: Any, machine: MachineModel) -> np.ndarray:
@@ -139,7 +179,10 @@ def final_dose(plan: Plan, beamlets: list, dij: Any, machine: MachineModel) -> n
     (rayrt.dose.aperture.aperture_fluence: transmission, dosimetric leaf gap, head scatter)."""
     from rayrt.dose.aperture import aperture_fluence
 
-    w = np.concatenate([aperture_fluence(bg, b.segments, machine) for bg, b in zip(beamlets, plan.beams)]) * plan.fractions
+    w = (
+        np.concatenate([aperture_fluence(bg, b.segments, machine) for bg, b in zip(beamlets, plan.beams)])
+        * plan.fractions
+    )
     return np.asarray(dij @ w.astype(np.float32), dtype=np.float64)
 
 
@@ -148,7 +191,9 @@ def dose_key(volume_pct: float) -> str:
     return f"d{volume_pct:g}_gy".replace(".", "_")
 
 
-def dvh_table(dose: np.ndarray, masks: dict[str, np.ndarray], voxel_cc: float, order: MedicalOrder | None = None) -> dict[str, dict]:
+def dvh_table(
+    dose: np.ndarray, masks: dict[str, np.ndarray], voxel_cc: float, order: MedicalOrder | None = None
+) -> dict[str, dict]:
     """Per structure: DVH metrics (Gy; rayrt.qa.dvh, voxel centres on the dose grid) plus D10 and
     every D_v the order's DVH objectives name."""
     from rayrt.qa.dvh import dose_at_volume, dvh_metrics
@@ -175,5 +220,9 @@ def weight_metrics(problem: Any, w: np.ndarray) -> dict:
     for n, rows in problem.structure_rows.items():
         v = d[rows]
         if v.size:
-            out[n] = {"d95_gy": float(dose_at_volume(v, 95.0)), "d10_gy": float(dose_at_volume(v, 10.0)), "max_gy": float(v.max())}
+            out[n] = {
+                "d95_gy": float(dose_at_volume(v, 95.0)),
+                "d10_gy": float(dose_at_volume(v, 10.0)),
+                "max_gy": float(v.max()),
+            }
     return out

@@ -74,7 +74,11 @@ def c_shape_case(
         x0 = np.floor((tx.min() - 5.0) / bixel_mm) * bixel_mm
         x1 = np.ceil((tx.max() + 5.0) / bixel_mm) * bixel_mm
         col_e = np.arange(x0, x1 + 1e-6, bixel_mm)
-        row_e = np.arange(np.floor(tz.min() / bixel_mm - 0.5) * bixel_mm, np.ceil(tz.max() / bixel_mm + 0.5) * bixel_mm + 1e-6, bixel_mm)
+        row_e = np.arange(
+            np.floor(tz.min() / bixel_mm - 0.5) * bixel_mm,
+            np.ceil(tz.max() / bixel_mm + 0.5) * bixel_mm + 1e-6,
+            bixel_mm,
+        )
         R, C = row_e.size - 1, col_e.size - 1
         idx = np.arange(R * C).reshape(R, C)
         layouts.append(BeamletLayout(row_e, col_e, idx))
@@ -106,19 +110,42 @@ def tg119_like_order(rx_gy: float = 50.0, core_gy: float = 25.0, hard_core_max_g
     ]
     if hard_core_max_gy is not None:
         objs.append(ObjectiveSpec(structure="Core", kind=ObjectiveKind.max_dose, dose_gy=hard_core_max_gy, hard=True))
-    return MedicalOrder(name="c-shape", prescription=Prescription(target="PTV", total_dose_gy=rx_gy, fractions=25), objectives=objs)
+    return MedicalOrder(
+        name="c-shape", prescription=Prescription(target="PTV", total_dose_gy=rx_gy, fractions=25), objectives=objs
+    )
 
 
-def synthetic_machine(leaf_width_mm: float = 5.0, num_pairs: int = 60, interdigitation: bool = True, min_gap_mm: float = 1.0,
-                      span_mm: float = 150.0, jaws: bool = True, name: str | None = None) -> MachineModel:
+def synthetic_machine(
+    leaf_width_mm: float = 5.0,
+    num_pairs: int = 60,
+    interdigitation: bool = True,
+    min_gap_mm: float = 1.0,
+    span_mm: float = 150.0,
+    jaws: bool = True,
+    name: str | None = None,
+) -> MachineModel:
     """A machine with a uniform MLC (no beam model: for sequencing / DAO / deliverability tests)."""
     b = list((np.arange(num_pairs + 1) - num_pairs / 2) * leaf_width_mm)
-    mlc = MLCModel(name=f"uniform {leaf_width_mm} mm", leaf_boundaries_mm=b, interdigitation=interdigitation,
-                   min_gap_mm=min_gap_mm, max_leaf_span_mm=span_mm)
+    mlc = MLCModel(
+        name=f"uniform {leaf_width_mm} mm",
+        leaf_boundaries_mm=b,
+        interdigitation=interdigitation,
+        min_gap_mm=min_gap_mm,
+        max_leaf_span_mm=span_mm,
+    )
     return MachineModel.model_construct(
-        name=name or f"synthetic-{leaf_width_mm:g}mm{'' if interdigitation else '-noid'}", vendor="", model="", description="",
-        radiation_type="PHOTON", nominal_energy_mv=6.0, fff=False, sad_mm=1000.0, beam=None, mlc=mlc,
+        name=name or f"synthetic-{leaf_width_mm:g}mm{'' if interdigitation else '-noid'}",
+        vendor="",
+        model="",
+        description="",
+        radiation_type="PHOTON",
+        nominal_energy_mv=6.0,
+        fff=False,
+        sad_mm=1000.0,
+        beam=None,
+        mlc=mlc,
         jaw_x=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMX") if jaws else None,
         jaw_y=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMY"),
-        limits=MachineLimits(min_mu_per_segment=1.0, max_segments_per_beam=20), standard=False,
+        limits=MachineLimits(min_mu_per_segment=1.0, max_segments_per_beam=20),
+        standard=False,
     )

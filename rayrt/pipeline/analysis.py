@@ -21,8 +21,19 @@ from rayrt.domain.errors import InputError
 from rayrt.imaging.volume import as_vec3
 from rayrt.pipeline.runner import Artefacts, StageContext, stage_of
 
-__all__ = ["StudySource", "load_source", "StructureStats", "StructureReport", "DoseDVH", "DVHReport", "csv_bytes", "ANALYSIS_STAGES",
-           "load", "structures", "dvh"]
+__all__ = [
+    "StudySource",
+    "load_source",
+    "StructureStats",
+    "StructureReport",
+    "DoseDVH",
+    "DVHReport",
+    "csv_bytes",
+    "ANALYSIS_STAGES",
+    "load",
+    "structures",
+    "dvh",
+]
 
 
 def csv_bytes(header: list[str], rows: list[list[Any]]) -> bytes:
@@ -74,7 +85,9 @@ class StructureStats(BaseModel):
     kind: str
     num_voxels: int = Field(ge=0)
     volume_cc: float = Field(ge=0, description="voxel count x voxel volume, cm³")
-    centroid_mm: tuple[float, float, float] | None = Field(default=None, description="LPS centre of mass of the voxel centres")
+    centroid_mm: tuple[float, float, float] | None = Field(
+        default=None, description="LPS centre of mass of the voxel centres"
+    )
     bbox_min_mm: tuple[float, float, float] | None = None
     bbox_max_mm: tuple[float, float, float] | None = None
 
@@ -89,8 +102,12 @@ class StructureReport(BaseModel):
     empty: list[str] = Field(default_factory=list, description="structures with no voxel on the grid")
 
     def files(self) -> dict[str, bytes]:
-        return {"structures.csv": csv_bytes(["name", "kind", "num_voxels", "volume_cc"],
-                                       [[s.name, s.kind, s.num_voxels, f"{s.volume_cc:.4f}"] for s in self.structures])}
+        return {
+            "structures.csv": csv_bytes(
+                ["name", "kind", "num_voxels", "volume_cc"],
+                [[s.name, s.kind, s.num_voxels, f"{s.volume_cc:.4f}"] for s in self.structures],
+            )
+        }
 
 
 def structures(study: Any, ctx: StageContext) -> StructureReport:
@@ -119,7 +136,9 @@ def structures(study: Any, ctx: StageContext) -> StructureReport:
                 )
             )
         ctx.progress(done, n)
-    return StructureReport(grid_shape=grid.shape, spacing_mm=grid.spacing_mm, voxel_volume_cc=vv, structures=stats, empty=empty)
+    return StructureReport(
+        grid_shape=grid.shape, spacing_mm=grid.spacing_mm, voxel_volume_cc=vv, structures=stats, empty=empty
+    )
 
 
 class DoseDVH(BaseModel):

@@ -21,8 +21,8 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from rayrt.convert.results import AttemptRecord, ConversionResult, ConversionStatus
 from rayrt.convert.policy import ConversionOptions, Mode, load_conversion_options
+from rayrt.convert.results import AttemptRecord, ConversionResult, ConversionStatus
 from rayrt.domain.plan import Plan
 from rayrt.domain.planning import PlanningRequest
 from rayrt.imaging.arrays import from_npy, npy_bytes, safe_name
@@ -49,13 +49,21 @@ class MachinePlan(BaseModel):
     reasons: list[str] = Field(default_factory=list)
     method: str = Field(description="rayrt.convert:<recompute mode of the released (or last) attempt>")
     mode: Mode | None = Field(default=None, description="recompute mode: reuse | dose_only | mu_refit | fluence | dao")
-    coincidence: str | None = Field(default=None, description="coincidence verdict: matches | same_leaves | convertible | incompatible")
-    attempts: list[AttemptRecord] = Field(default_factory=list, description="each attempt: mode, strength, QA verdict, gamma vs standard, seconds")
-    qa: QAReport | None = Field(default=None, description="QA report of the release loop's last attempt (the qa stage reuses it)")
+    coincidence: str | None = Field(
+        default=None, description="coincidence verdict: matches | same_leaves | convertible | incompatible"
+    )
+    attempts: list[AttemptRecord] = Field(
+        default_factory=list, description="each attempt: mode, strength, QA verdict, gamma vs standard, seconds"
+    )
+    qa: QAReport | None = Field(
+        default=None, description="QA report of the release loop's last attempt (the qa stage reuses it)"
+    )
     seconds: float
     dvh: dict = Field(default_factory=dict)
     dose: Any = Field(default=None, exclude=True, description="course dose (Gy) [k, j, i] on the dose grid, float32")
-    qa_png: bytes | None = Field(default=None, exclude=True, description="QA figure of the release QA (PlanningRequest.qa_figures)")
+    qa_png: bytes | None = Field(
+        default=None, exclude=True, description="QA figure of the release QA (PlanningRequest.qa_figures)"
+    )
 
 
 def conversion_options(req: PlanningRequest) -> ConversionOptions:
@@ -67,8 +75,13 @@ def conversion_options(req: PlanningRequest) -> ConversionOptions:
     return load_conversion_options(**over)
 
 
-def machine_plan(r: ConversionResult | BaseException, standard: StandardPlan, masks: dict[str, np.ndarray], figure: bool = False,
-                 machine: str | None = None) -> MachinePlan:
+def machine_plan(
+    r: ConversionResult | BaseException,
+    standard: StandardPlan,
+    masks: dict[str, np.ndarray],
+    figure: bool = False,
+    machine: str | None = None,
+) -> MachinePlan:
     """A :class:`~rayrt.convert.results.ConversionResult` as the stage's MachinePlan (dose and DVH
     only when released; the release QA report either way). ``r`` may be the exception a
     conversion raised: that machine is then ``failed`` with the error as its reason (the other
@@ -76,18 +89,37 @@ def machine_plan(r: ConversionResult | BaseException, standard: StandardPlan, ma
     if isinstance(r, BaseException):
         msg = getattr(r, "message", None) or str(r).strip().splitlines()[-1:] or [type(r).__name__]
         msg = msg if isinstance(msg, str) else msg[0]
-        return MachinePlan(machine=machine or "?", status="failed", reasons=[f"conversion error: {type(r).__name__}: {msg}"[:500]],
-                           method="rayrt.convert:error", seconds=0.0)
-    dose3 = None if r.dose_gy is None or not r.released else np.asarray(r.dose_gy, np.float32).reshape(standard.dose_grid.shape)
+        return MachinePlan(
+            machine=machine or "?",
+            status="failed",
+            reasons=[f"conversion error: {type(r).__name__}: {msg}"[:500]],
+            method="rayrt.convert:error",
+            seconds=0.0,
+        )
+    dose3 = (
+        None
+        if r.dose_gy is None or not r.released
+        else np.asarray(r.dose_gy, np.float32).reshape(standard.dose_grid.shape)
+    )
     png = None
     if figure and r.qa_result is not None:
         with tempfile.TemporaryDirectory(prefix="rayrt-qa-") as d:
             png = render_qa_figure(r.qa_result, Path(d) / "qa.png").read_bytes()
-    return MachinePlan(machine=r.machine, plan=r.plan if r.released else None, status=r.status, reasons=list(r.reasons),
-                       method=f"rayrt.convert:{r.mode}", mode=r.mode, coincidence=r.coincidence.verdict if r.coincidence is not None else None,
-                       attempts=list(r.attempts),
-                       qa=r.qa, seconds=float(r.seconds),
-                       dvh=dvh_table(dose3, masks, standard.dose_grid.voxel_volume_cc, standard.order) if dose3 is not None else {}, dose=dose3, qa_png=png)
+    return MachinePlan(
+        machine=r.machine,
+        plan=r.plan if r.released else None,
+        status=r.status,
+        reasons=list(r.reasons),
+        method=f"rayrt.convert:{r.mode}",
+        mode=r.mode,
+        coincidence=r.coincidence.verdict if r.coincidence is not None else None,
+        attempts=list(r.attempts),
+        qa=r.qa,
+        seconds=float(r.seconds),
+        dvh=dvh_table(dose3, masks, standard.dose_grid.voxel_volume_cc, standard.order) if dose3 is not None else {},
+        dose=dose3,
+        qa_png=png,
+    )
 
 
 class ConvertedPlans(BaseModel):
@@ -119,7 +151,9 @@ class ConvertedPlans(BaseModel):
         return r
 
 
-def convert(standard_plan: StandardPlan, geometry: PlanGeometry, planning: PlanningRequest, ctx: StageContext) -> ConvertedPlans:
+def convert(
+    standard_plan: StandardPlan, geometry: PlanGeometry, planning: PlanningRequest, ctx: StageContext
+) -> ConvertedPlans:
     """Standard plan -> each target machine with :func:`rayrt.convert.convert.convert_for_machine`
     (coincidence, recompute mode by policy or forced, target beam model, QA-gated release), through
     ``ctx.executor.convert_machines``: on Ray each machine's conversion runs on that machine's
@@ -128,9 +162,14 @@ def convert(standard_plan: StandardPlan, geometry: PlanGeometry, planning: Plann
         return ConvertedPlans()
     opts = conversion_options(planning)
     ctx.progress(0, len(planning.machines), "converting on " + ", ".join(planning.machines))
-    results = ctx.executor.convert_machines(standard_plan, geometry, list(planning.machines), opts, progress=ctx.progress)
+    results = ctx.executor.convert_machines(
+        standard_plan, geometry, list(planning.machines), opts, progress=ctx.progress
+    )
     masks = geometry.masks()
-    plans = [machine_plan(r, standard_plan, masks, figure=planning.qa_figures, machine=m) for r, m in zip(results, planning.machines)]
+    plans = [
+        machine_plan(r, standard_plan, masks, figure=planning.qa_figures, machine=m)
+        for r, m in zip(results, planning.machines)
+    ]
     ctx.progress(len(plans), len(plans), "; ".join(f"{p.machine} {p.status}" for p in plans))
     return ConvertedPlans(plans=plans)
 
@@ -162,17 +201,33 @@ def qa_task(item: tuple, density: np.ndarray) -> tuple[Any, bytes | None]:
     dose = Volume(np.asarray(dose3, np.float32), standard.dose_grid, "dose_gy")
     recompute = None
     if req.qa_independent_dose:
-        engine = aperture_recompute(Volume(density, density_grid, "relative_electron_density"), bixel_width_mm=req.qa_bixel_mm,
-                                    cutoff_mm=req.dij_cutoff_mm, threshold=req.dij_threshold)
-        qa_grid = standard.dose_grid if req.qa_grid_mm is None else standard.dose_grid.with_spacing((req.qa_grid_mm,) * 3)
+        engine = aperture_recompute(
+            Volume(density, density_grid, "relative_electron_density"),
+            bixel_width_mm=req.qa_bixel_mm,
+            cutoff_mm=req.dij_cutoff_mm,
+            threshold=req.dij_threshold,
+        )
+        qa_grid = (
+            standard.dose_grid if req.qa_grid_mm is None else standard.dose_grid.with_spacing((req.qa_grid_mm,) * 3)
+        )
 
         def recompute(p: Plan, mach, grid: Grid) -> Volume:  # on the QA grid, then onto the requested one
             v = engine(p, mach, qa_grid)
             return v if v.grid.same_geometry(grid) else v.resample(grid, order=1, fill=0.0)
 
     is_standard = plan.id == standard.plan.id
-    res = qa_plan(plan, m, dose, standard_dose=None if is_standard else Volume(np.asarray(standard.dose, np.float32), standard.dose_grid, "dose_gy"),
-                  masks=masks, order=standard.order, recompute=recompute, standard_plan_id=standard.plan.id)
+    res = qa_plan(
+        plan,
+        m,
+        dose,
+        standard_dose=None
+        if is_standard
+        else Volume(np.asarray(standard.dose, np.float32), standard.dose_grid, "dose_gy"),
+        masks=masks,
+        order=standard.order,
+        recompute=recompute,
+        standard_plan_id=standard.plan.id,
+    )
     png = None
     if req.qa_figures:
         with tempfile.TemporaryDirectory(prefix="rayrt-qa-") as d:
@@ -180,8 +235,13 @@ def qa_task(item: tuple, density: np.ndarray) -> tuple[Any, bytes | None]:
     return res.report, png
 
 
-def qa(standard_plan: StandardPlan, geometry: PlanGeometry, planning: PlanningRequest, ctx: StageContext,
-       converted: ConvertedPlans | None = None) -> QAStage:
+def qa(
+    standard_plan: StandardPlan,
+    geometry: PlanGeometry,
+    planning: PlanningRequest,
+    ctx: StageContext,
+    converted: ConvertedPlans | None = None,
+) -> QAStage:
     """Per plan: independent dose (aperture engine), gamma vs the standard dose (3 %/2 mm), the
     order's DVH criteria and deliverability; verdict pass / review / fail (one task per plan).
     A converted plan's QA was already done by the conversion's release loop
@@ -192,9 +252,13 @@ def qa(standard_plan: StandardPlan, geometry: PlanGeometry, planning: PlanningRe
     masks = geometry.masks()
     threads = ctx.executor.threads_per_task
     conv = converted.plans if converted else []
-    todo = [(standard_plan.plan, standard_plan.dose)] + [(p.plan, p.dose) for p in conv if p.plan is not None and p.qa is None]
+    todo = [(standard_plan.plan, standard_plan.dose)] + [
+        (p.plan, p.dose) for p in conv if p.plan is not None and p.qa is None
+    ]
     items = [(p, d, standard_plan, masks, geometry.density_grid, planning, threads) for p, d in todo]
-    ctx.progress(0, len(items), f"{len(items)} QA task(s); {sum(p.qa is not None for p in conv)} release QA report(s) reused")
+    ctx.progress(
+        0, len(items), f"{len(items)} QA task(s); {sum(p.qa is not None for p in conv)} release QA report(s) reused"
+    )
     out = ctx.map(qa_task, items, dens)
     ctx.progress(len(items), len(items))
     done = {r.machine: (r, b) for r, b in out}

@@ -14,14 +14,15 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 if TYPE_CHECKING:
-    from rayrt.convert.results import ConversionResult
     from rayrt.convert.policy import ConversionOptions
+    from rayrt.convert.results import ConversionResult
     from rayrt.optimize.standard import PlanGeometry, StandardPlan
 
 __all__ = ["Executor", "LocalExecutor", "Progress"]
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, message)``: units of a stage's work finished (it may raise to cancel)."""
+
 
 class Executor(Protocol):
     """The interface every stage runs against."""
@@ -33,7 +34,9 @@ class Executor(Protocol):
         """Share a large value once; the handle is passed to ``map``."""
         ...
 
-    def map(self, fn: Callable[..., Any], items: Iterable[Any], *shared: Any, progress: Progress | None = None) -> list[Any]:
+    def map(
+        self, fn: Callable[..., Any], items: Iterable[Any], *shared: Any, progress: Progress | None = None
+    ) -> list[Any]:
         """``[fn(item, *shared) for item in items]``, in item order; ``progress(done, total, "")`` as items finish."""
         ...
 
@@ -41,8 +44,14 @@ class Executor(Protocol):
         """CPUs the executor can run tasks on now (at least 1)."""
         ...
 
-    def convert_machines(self, standard: StandardPlan, geometry: PlanGeometry, machines: list[str], options: ConversionOptions,
-                         progress: Progress | None = None) -> list[ConversionResult | BaseException]:
+    def convert_machines(
+        self,
+        standard: StandardPlan,
+        geometry: PlanGeometry,
+        machines: list[str],
+        options: ConversionOptions,
+        progress: Progress | None = None,
+    ) -> list[ConversionResult | BaseException]:
         """Each machine's :func:`rayrt.convert.convert.convert_for_machine` result (or the
         exception it raised), in the order of ``machines``."""
         ...
@@ -57,7 +66,9 @@ class LocalExecutor:
     def put(self, value: Any) -> Any:
         return value
 
-    def map(self, fn: Callable[..., Any], items: Iterable[Any], *shared: Any, progress: Progress | None = None) -> list[Any]:
+    def map(
+        self, fn: Callable[..., Any], items: Iterable[Any], *shared: Any, progress: Progress | None = None
+    ) -> list[Any]:
         items = list(items)
         out = []
         for n, item in enumerate(items, 1):
@@ -69,8 +80,14 @@ class LocalExecutor:
     def available_cpus(self) -> int:
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
-    def convert_machines(self, standard: StandardPlan, geometry: PlanGeometry, machines: list[str], options: ConversionOptions,
-                         progress: Progress | None = None) -> list[ConversionResult | BaseException]:
+    def convert_machines(
+        self,
+        standard: StandardPlan,
+        geometry: PlanGeometry,
+        machines: list[str],
+        options: ConversionOptions,
+        progress: Progress | None = None,
+    ) -> list[ConversionResult | BaseException]:
         from rayrt.convert.convert import convert_for_machine
         from rayrt.machines import get_machine
 

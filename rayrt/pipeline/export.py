@@ -97,8 +97,16 @@ def goals_of(order: MedicalOrder, dvh: dict[str, dict]) -> list[GoalResult]:
         if v is None:
             continue
         ok = v >= o.dose_gy - GOAL_TOLERANCE_GY if lower else v <= o.dose_gy + GOAL_TOLERANCE_GY
-        out.append(GoalResult(structure=o.structure, metric=metric, goal=f"{metric} {'>=' if lower else '<='} {o.dose_gy:g} Gy",
-                              value_gy=float(v), limit_gy=o.dose_gy, met=bool(ok)))
+        out.append(
+            GoalResult(
+                structure=o.structure,
+                metric=metric,
+                goal=f"{metric} {'>=' if lower else '<='} {o.dose_gy:g} Gy",
+                value_gy=float(v),
+                limit_gy=o.dose_gy,
+                met=bool(ok),
+            )
+        )
     return out
 
 
@@ -107,8 +115,13 @@ def _dvh_rows(label: str, dvh: dict[str, dict]) -> list[list]:
     return [[label, n, *(f"{met.get(k, float('nan')):.4f}" for k in keys)] for n, met in dvh.items()]
 
 
-def export(study: Any, standard_plan: StandardPlan, ctx: StageContext, converted: ConvertedPlans | None = None,
-           qa: QAStage | None = None) -> ExportResult:
+def export(
+    study: Any,
+    standard_plan: StandardPlan,
+    ctx: StageContext,
+    converted: ConvertedPlans | None = None,
+    qa: QAStage | None = None,
+) -> ExportResult:
     """RTSTRUCT (once), RTPLAN + RTDOSE per machine (standard included), dvh.csv, summary.json."""
     order = standard_plan.order
     verdicts = {r.machine: r for r in (qa.reports if qa else [])}
@@ -118,8 +131,11 @@ def export(study: Any, standard_plan: StandardPlan, ctx: StageContext, converted
         return rep is not None and rep.verdict == "fail"
 
     # a converted plan that failed QA is never released: no RTPLAN / RTDOSE, the summary says why
-    plans = [(standard_plan.plan, standard_plan.dose, standard_plan.dvh)] + [(p.plan, p.dose, p.dvh) for p in (converted.plans if converted else [])
-                                                                              if p.plan is not None and not _qa_failed(p.machine)]
+    plans = [(standard_plan.plan, standard_plan.dose, standard_plan.dvh)] + [
+        (p.plan, p.dose, p.dvh)
+        for p in (converted.plans if converted else [])
+        if p.plan is not None and not _qa_failed(p.machine)
+    ]
     blobs: dict[str, bytes] = {}
     summaries = []
     rows: list[list] = []
@@ -129,47 +145,116 @@ def export(study: Any, standard_plan: StandardPlan, ctx: StageContext, converted
         study_uid = getattr(study, "study_instance_uid", None) or generate_uid()
         for_uid = getattr(study, "frame_of_reference_uid", None)
         reference = study.primary
-        if not reference.meta.get("sop_instance_uids"):  # a phantom or non-DICOM image: write the CT series the RT objects reference
+        if not reference.meta.get(
+            "sop_instance_uids"
+        ):  # a phantom or non-DICOM image: write the CT series the RT objects reference
             reference = Volume(reference.array, reference.grid, reference.quantity or "HU", {})
-            for f in write_ct_series(reference, d / "CT", patient_id=getattr(study, "patient_id", None) or "anonymous",
-                                     patient_name=getattr(study, "patient_name", None) or "", study_uid=study_uid, frame_of_reference_uid=for_uid):
+            for f in write_ct_series(
+                reference,
+                d / "CT",
+                patient_id=getattr(study, "patient_id", None) or "anonymous",
+                patient_name=getattr(study, "patient_name", None) or "",
+                study_uid=study_uid,
+                frame_of_reference_uid=for_uid,
+            ):
                 blobs[f.name] = f.read_bytes()  # CT_0001.dcm ...
         try:
-            write_rtstruct(study.structures, reference, rs, patient_id=getattr(study, "patient_id", None),
-                           patient_name=getattr(study, "patient_name", None), label="rayrt")
+            write_rtstruct(
+                study.structures,
+                reference,
+                rs,
+                patient_id=getattr(study, "patient_id", None),
+                patient_name=getattr(study, "patient_name", None),
+                label="rayrt",
+            )
             ssref = StructureSetRef.from_file(rs)
             blobs["RS.dcm"] = rs.read_bytes()
         except InputError:  # no structure can be written (e.g. none drawn): plans without a structure-set reference
             ssref = None
         for n, (plan, dose3, dvh) in enumerate(plans):
             m = get_machine(plan.machine)
-            p = plan.model_copy(update={"frame_of_reference_uid": ssref.frame_of_reference_uid if ssref else (plan.frame_of_reference_uid or for_uid)})
-            written = export_plan_dicom(p, m, d, dose=Volume(np.asarray(dose3, np.float32), standard_plan.dose_grid, "dose_gy"),
-                                        rtstruct=rs if ssref else None, patient_id=getattr(study, "patient_id", None) or None,
-                                        patient_name=getattr(study, "patient_name", "") or "", study_uid=None if ssref else study_uid)
+            p = plan.model_copy(
+                update={
+                    "frame_of_reference_uid": ssref.frame_of_reference_uid
+                    if ssref
+                    else (plan.frame_of_reference_uid or for_uid)
+                }
+            )
+            written = export_plan_dicom(
+                p,
+                m,
+                d,
+                dose=Volume(np.asarray(dose3, np.float32), standard_plan.dose_grid, "dose_gy"),
+                rtstruct=rs if ssref else None,
+                patient_id=getattr(study, "patient_id", None) or None,
+                patient_name=getattr(study, "patient_name", "") or "",
+                study_uid=None if ssref else study_uid,
+            )
             rp, rd = written["rtplan"], written["rtdose"]
             blobs[rp.name] = rp.read_bytes()
             blobs[rd.name] = rd.read_bytes()
             rows += _dvh_rows(m.name, dvh)
             rep = verdicts.get(m.name)
-            summaries.append(MachineSummary(machine=m.name, plan_id=plan.id, total_mu_per_fraction=plan.total_mu,
-                                            segments=sum(len(b.segments) for b in plan.beams), verdict=rep.verdict if rep else None,
-                                            failed_checks=[f"{c.name}: {c.status}" for c in rep.failed()] if rep else [],
-                                            goals=goals_of(order, dvh), files=[rp.name, rd.name]))
+            summaries.append(
+                MachineSummary(
+                    machine=m.name,
+                    plan_id=plan.id,
+                    total_mu_per_fraction=plan.total_mu,
+                    segments=sum(len(b.segments) for b in plan.beams),
+                    verdict=rep.verdict if rep else None,
+                    failed_checks=[f"{c.name}: {c.status}" for c in rep.failed()] if rep else [],
+                    goals=goals_of(order, dvh),
+                    files=[rp.name, rd.name],
+                )
+            )
             ctx.progress(n + 1, len(plans))
-    for mp in (converted.plans if converted else []):  # mp: MachinePlan (p above is a Plan)
+    for mp in converted.plans if converted else []:  # mp: MachinePlan (p above is a Plan)
         if mp.plan is None:  # not released: no plan, no RTPLAN; the summary says why
-            summaries.append(MachineSummary(machine=mp.machine, plan_id="", total_mu_per_fraction=0.0, segments=0,
-                                            verdict="not released", failed_checks=list(mp.reasons)))
+            summaries.append(
+                MachineSummary(
+                    machine=mp.machine,
+                    plan_id="",
+                    total_mu_per_fraction=0.0,
+                    segments=0,
+                    verdict="not released",
+                    failed_checks=list(mp.reasons),
+                )
+            )
         elif _qa_failed(mp.machine):
             rep = verdicts[mp.machine]
-            summaries.append(MachineSummary(machine=mp.machine, plan_id=mp.plan.id,
-                                            total_mu_per_fraction=mp.plan.total_mu,
-                                            segments=sum(len(b.segments) for b in mp.plan.beams),
-                                            verdict="not released",
-                                            failed_checks=[f"QA {rep.verdict}"] + [f"{c.name}: {c.status}" for c in rep.failed()],
-                                            goals=goals_of(order, mp.dvh)))
-    rank = {name: i for i, name in enumerate([standard_plan.plan.machine] + [p.machine for p in (converted.plans if converted else [])])}
+            summaries.append(
+                MachineSummary(
+                    machine=mp.machine,
+                    plan_id=mp.plan.id,
+                    total_mu_per_fraction=mp.plan.total_mu,
+                    segments=sum(len(b.segments) for b in mp.plan.beams),
+                    verdict="not released",
+                    failed_checks=[f"QA {rep.verdict}"] + [f"{c.name}: {c.status}" for c in rep.failed()],
+                    goals=goals_of(order, mp.dvh),
+                )
+            )
+    rank = {
+        name: i
+        for i, name in enumerate(
+            [standard_plan.plan.machine] + [p.machine for p in (converted.plans if converted else [])]
+        )
+    }
     summaries.sort(key=lambda m: rank.get(m.machine, len(rank)))  # standard first, then the requested machines in order
-    blobs["dvh.csv"] = csv_bytes(["machine", "structure", "volume_cc", "min_gy", "mean_gy", "max_gy", "d2_gy", "d5_gy", "d10_gy", "d50_gy", "d95_gy", "d98_gy"], rows)
+    blobs["dvh.csv"] = csv_bytes(
+        [
+            "machine",
+            "structure",
+            "volume_cc",
+            "min_gy",
+            "mean_gy",
+            "max_gy",
+            "d2_gy",
+            "d5_gy",
+            "d10_gy",
+            "d50_gy",
+            "d95_gy",
+            "d98_gy",
+        ],
+        rows,
+    )
     return ExportResult(machines=summaries, rtstruct="RS.dcm" if "RS.dcm" in blobs else None, blobs=blobs)

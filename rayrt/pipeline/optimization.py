@@ -43,11 +43,19 @@ from rayrt.pipeline.runner import StageContext
 __all__ = ["problem", "fmo", "sequence", "dao", "normalize", "FluenceStage", "SequencedPlan", "ApertureStage"]
 
 
-def problem(order: MedicalOrder, geometry: PlanGeometry, beamlet_set: BeamletSet, dij: DijResult) -> OptimizationProblem:
+def problem(
+    order: MedicalOrder, geometry: PlanGeometry, beamlet_set: BeamletSet, dij: DijResult
+) -> OptimizationProblem:
     """The order's objectives on the Dij rows inside the structures (in memory; rebuilt on resume)."""
     masks = {n: geometry.dose_masks[n] for n in order.structure_names()}
-    return build_problem(order, masks, dij.matrix, beam_slices=beamlet_set.slices(), grid_shape=geometry.dose_grid.shape,
-                         voxel_volume_cc=geometry.dose_grid.voxel_volume_cc)
+    return build_problem(
+        order,
+        masks,
+        dij.matrix,
+        beam_slices=beamlet_set.slices(),
+        grid_shape=geometry.dose_grid.shape,
+        voxel_volume_cc=geometry.dose_grid.voxel_volume_cc,
+    )
 
 
 class FluenceStage(BaseModel):
@@ -62,7 +70,9 @@ class FluenceStage(BaseModel):
     message: str
     max_violation_gy: float = 0.0
     al_rho: float = 0.0
-    al_lambdas: list[list[float]] | None = Field(default=None, description="augmented-Lagrangian multipliers per objective (DAO continues from them)")
+    al_lambdas: list[list[float]] | None = Field(
+        default=None, description="augmented-Lagrangian multipliers per objective (DAO continues from them)"
+    )
     metrics: dict = Field(default_factory=dict, description="D95/D10/max (Gy) per structure before normalisation")
 
 
@@ -70,9 +80,19 @@ def fmo(problem: OptimizationProblem, planning: PlanningRequest, ctx: StageConte
     """Fluence-map optimisation (L-BFGS-B, augmented Lagrangian for hard constraints)."""
     fr = optimize_fluence(problem, FluenceOptions(max_iterations=planning.fmo_iterations))
     ctx.progress(1, 1, f"objective {fr.objective:.4g} after {fr.iterations} iterations")
-    return FluenceStage(weights=list(map(float, fr.w)), objective=fr.objective, iterations=fr.iterations, evaluations=fr.evaluations, seconds=fr.seconds,
-                        converged=fr.converged, message=fr.message, max_violation_gy=fr.max_violation_gy, al_rho=fr.al_rho,
-                        al_lambdas=[np.asarray(v, dtype=float).tolist() for v in fr.al_lambdas] if fr.al_lambdas else None, metrics=weight_metrics(problem, fr.w))
+    return FluenceStage(
+        weights=list(map(float, fr.w)),
+        objective=fr.objective,
+        iterations=fr.iterations,
+        evaluations=fr.evaluations,
+        seconds=fr.seconds,
+        converged=fr.converged,
+        message=fr.message,
+        max_violation_gy=fr.max_violation_gy,
+        al_rho=fr.al_rho,
+        al_lambdas=[np.asarray(v, dtype=float).tolist() for v in fr.al_lambdas] if fr.al_lambdas else None,
+        metrics=weight_metrics(problem, fr.w),
+    )
 
 
 class SequencedPlan(BaseModel):
@@ -92,11 +112,20 @@ def _sequence(w: np.ndarray, beamlet_set: BeamletSet, machine: MachineModel, req
         lay = layout_from_beamlets(bg)
         r = seq.sequence_with_info(lay.to_map(w[sl]), lay, machine, req.max_segments)
         segs.append(r.segments)
-        info.append({"segments": r.num_segments, "levels": r.levels, "total_course_mu": r.total_mu, "dropped_course_mu": r.dropped_mu})
+        info.append(
+            {
+                "segments": r.num_segments,
+                "levels": r.levels,
+                "total_course_mu": r.total_mu,
+                "dropped_course_mu": r.dropped_mu,
+            }
+        )
     return SequencedPlan(machine=machine.name, sequencer=seq.name, segments=segs, per_beam=info)
 
 
-def sequence(fluence: FluenceStage, beamlet_set: BeamletSet, geometry: PlanGeometry, planning: PlanningRequest, ctx: StageContext) -> SequencedPlan:
+def sequence(
+    fluence: FluenceStage, beamlet_set: BeamletSet, geometry: PlanGeometry, planning: PlanningRequest, ctx: StageContext
+) -> SequencedPlan:
     """Leaf sequencing of the optimal fluence onto the standard machine's MLC."""
     out = _sequence(np.asarray(fluence.weights), beamlet_set, get_machine(geometry.standard_machine), planning)
     ctx.progress(1, 1, f"{sum(len(s) for s in out.segments)} segments")
@@ -125,34 +154,82 @@ def _evaluator(problem: OptimizationProblem, fluence: FluenceStage) -> Objective
     return ev
 
 
-def _dao(problem: OptimizationProblem, beamlet_set: BeamletSet, segments: list[list[Segment]], machine: MachineModel, req: PlanningRequest,
-         fluence: FluenceStage, fractions: int) -> DAOResult:
+def _dao(
+    problem: OptimizationProblem,
+    beamlet_set: BeamletSet,
+    segments: list[list[Segment]],
+    machine: MachineModel,
+    req: PlanningRequest,
+    fluence: FluenceStage,
+    fractions: int,
+) -> DAOResult:
     layouts = [layout_from_beamlets(bg) for bg in beamlet_set.grids()]
-    opts = DAOOptions(outer_rounds=req.dao_rounds, iterations_per_round=req.dao_iterations, min_mu_weight=machine.limits.min_mu_per_segment * fractions)
+    opts = DAOOptions(
+        outer_rounds=req.dao_rounds,
+        iterations_per_round=req.dao_iterations,
+        min_mu_weight=machine.limits.min_mu_per_segment * fractions,
+    )
     return optimize_apertures(problem, layouts, segments, machine, opts, evaluator=_evaluator(problem, fluence))
 
 
-def dao(problem: OptimizationProblem, order: MedicalOrder, beamlet_set: BeamletSet, sequenced: SequencedPlan, fluence: FluenceStage,
-        planning: PlanningRequest, ctx: StageContext) -> ApertureStage:
+def dao(
+    problem: OptimizationProblem,
+    order: MedicalOrder,
+    beamlet_set: BeamletSet,
+    sequenced: SequencedPlan,
+    fluence: FluenceStage,
+    planning: PlanningRequest,
+    ctx: StageContext,
+) -> ApertureStage:
     """Direct aperture optimisation of the sequenced segments (weights and leaf tips)."""
     m = get_machine(sequenced.machine)
     r = _dao(problem, beamlet_set, sequenced.segments, m, planning, fluence, order.prescription.fractions)
     ctx.progress(1, 1, f"objective {r.objective_start:.4g} -> {r.objective:.4g}")
-    return ApertureStage(machine=m.name, segments=r.segments, objective_start=r.objective_start, objective=r.objective, iterations=r.iterations,
-                         seconds=r.seconds, dropped_segments=r.dropped_segments, metrics=weight_metrics(problem, np.asarray(r.weights)))
+    return ApertureStage(
+        machine=m.name,
+        segments=r.segments,
+        objective_start=r.objective_start,
+        objective=r.objective,
+        iterations=r.iterations,
+        seconds=r.seconds,
+        dropped_segments=r.dropped_segments,
+        metrics=weight_metrics(problem, np.asarray(r.weights)),
+    )
 
 
-def normalize(apertures: ApertureStage, geometry: PlanGeometry, beamlet_set: BeamletSet, dij: DijResult, order: MedicalOrder, study: Any,
-              ctx: StageContext) -> StandardPlan:
+def normalize(
+    apertures: ApertureStage,
+    geometry: PlanGeometry,
+    beamlet_set: BeamletSet,
+    dij: DijResult,
+    order: MedicalOrder,
+    study: Any,
+    ctx: StageContext,
+) -> StandardPlan:
     """Standard plan: MU per fraction normalised to the prescription, final dose through the Dij
     (aperture fluence with transmission, leaf gap and head scatter)."""
     m = get_machine(apertures.machine)
     grids = beamlet_set.grids()
-    plan = plan_from_apertures(apertures.segments, [b.gantry_deg for b in geometry.beams], geometry.isocenter_mm, m, order,
-                               patient_id=getattr(study, "patient_id", ""), frame_of_reference_uid=getattr(study, "frame_of_reference_uid", None))
-    plan, dose, f, raised = normalize_plan(plan, lambda p: final_dose(p, grids, dij.matrix, m), geometry.dose_masks, order,
-                                           m.limits.min_mu_per_segment)
+    plan = plan_from_apertures(
+        apertures.segments,
+        [b.gantry_deg for b in geometry.beams],
+        geometry.isocenter_mm,
+        m,
+        order,
+        patient_id=getattr(study, "patient_id", ""),
+        frame_of_reference_uid=getattr(study, "frame_of_reference_uid", None),
+    )
+    plan, dose, f, raised = normalize_plan(
+        plan, lambda p: final_dose(p, grids, dij.matrix, m), geometry.dose_masks, order, m.limits.min_mu_per_segment
+    )
     dose3 = dose.reshape(geometry.dose_grid.shape).astype(np.float32)
     ctx.progress(1, 1, f"{plan.total_mu:.1f} MU/fraction")
-    return StandardPlan(plan=plan, order=order, dose_grid=geometry.dose_grid, normalization_factor=f, raised_segments=raised,
-                        dvh=dvh_table(dose3, geometry.dose_masks, geometry.dose_grid.voxel_volume_cc, order), dose=dose3)
+    return StandardPlan(
+        plan=plan,
+        order=order,
+        dose_grid=geometry.dose_grid,
+        normalization_factor=f,
+        raised_segments=raised,
+        dvh=dvh_table(dose3, geometry.dose_masks, geometry.dose_grid.voxel_volume_cc, order),
+        dose=dose3,
+    )

@@ -34,8 +34,21 @@ from rayrt.machines import get_machine, standard_machine_name
 from rayrt.optimize.standard import PlanGeometry, masks_on_grid, planning_phantom
 from rayrt.pipeline.runner import StageContext
 
-__all__ = ["geometry", "beamlets", "dij", "BeamletSpec", "BeamletSet", "DijResult", "beamlet_task", "chunk_plan", "beam_path_mm",
-           "dij_chunk_order", "dij_chunk_task", "assemble_dij", "set_threads"]
+__all__ = [
+    "geometry",
+    "beamlets",
+    "dij",
+    "BeamletSpec",
+    "BeamletSet",
+    "DijResult",
+    "beamlet_task",
+    "chunk_plan",
+    "beam_path_mm",
+    "dij_chunk_order",
+    "dij_chunk_task",
+    "assemble_dij",
+    "set_threads",
+]
 
 
 def set_threads(n: int) -> None:
@@ -63,10 +76,19 @@ def geometry(study: Any, order: MedicalOrder, planning: PlanningRequest, ctx: St
     iso = as_vec3(ct.grid.index_to_world(np.argwhere(masks_ct[target]).mean(axis=0)))  # LPS mm
     beams = [Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=a, isocenter_mm=iso) for i, a in enumerate(req.angles())]
     ctx.progress(1, 1)
-    return PlanGeometry(standard_machine=std.name, density_grid=ct.grid, dose_grid=dose_grid, isocenter_mm=iso,
-                        beams=beams,
-                        target=target, targets=[target], external=ext, mask_names=sorted(masks_ct), density=density.array,
-                        dose_masks=masks_on_grid(masks_ct, ct.grid, dose_grid))
+    return PlanGeometry(
+        standard_machine=std.name,
+        density_grid=ct.grid,
+        dose_grid=dose_grid,
+        isocenter_mm=iso,
+        beams=beams,
+        target=target,
+        targets=[target],
+        external=ext,
+        mask_names=sorted(masks_ct),
+        density=density.array,
+        dose_masks=masks_on_grid(masks_ct, ct.grid, dose_grid),
+    )
 
 
 # ---------------------------------------------------------------------------- beamlets
@@ -84,14 +106,28 @@ class BeamletSpec(BaseModel):
 
     @classmethod
     def of(cls, bg) -> "BeamletSpec":
-        return cls(beam=bg.beam, machine_name=bg.machine_name, bixel_width_mm=bg.bixel_width_mm, row_edges_mm=np.asarray(bg.row_edges_mm).tolist(),
-                   rows=np.asarray(bg.rows).tolist(), cols=np.asarray(bg.cols).tolist(), patient_position=bg.patient_position,
-                   column_offset_mm=float(bg.column_offset_mm))
+        return cls(
+            beam=bg.beam,
+            machine_name=bg.machine_name,
+            bixel_width_mm=bg.bixel_width_mm,
+            row_edges_mm=np.asarray(bg.row_edges_mm).tolist(),
+            rows=np.asarray(bg.rows).tolist(),
+            cols=np.asarray(bg.cols).tolist(),
+            patient_position=bg.patient_position,
+            column_offset_mm=float(bg.column_offset_mm),
+        )
 
     def grid(self):
-            return BeamletGrid(self.beam, self.machine_name, self.bixel_width_mm, np.asarray(self.row_edges_mm, float),
-                           np.asarray(self.rows, np.int64), np.asarray(self.cols, np.int64), self.patient_position,
-                           column_offset_mm=self.column_offset_mm)
+        return BeamletGrid(
+            self.beam,
+            self.machine_name,
+            self.bixel_width_mm,
+            np.asarray(self.row_edges_mm, float),
+            np.asarray(self.rows, np.int64),
+            np.asarray(self.cols, np.int64),
+            self.patient_position,
+            column_offset_mm=self.column_offset_mm,
+        )
 
 
 class BeamletSet(BaseModel):
@@ -115,8 +151,17 @@ def beamlet_task(item: tuple, target_mask: np.ndarray) -> BeamletSpec:
     """Task: the bixel grid of one beam (``item`` = beam, machine, mask grid, bixel mm, margin mm[, column alignment])."""
     beam, machine_name, grid, bixel_mm, margin_mm, *rest = item
     off = column_offset_for(rest[0], bixel_mm) if rest else 0.0
-    return BeamletSpec.of(beamlet_grid(beam, get_machine(machine_name), target_mask, grid, bixel_width_mm=bixel_mm, margin_mm=margin_mm,
-                                       column_offset_mm=off))
+    return BeamletSpec.of(
+        beamlet_grid(
+            beam,
+            get_machine(machine_name),
+            target_mask,
+            grid,
+            bixel_width_mm=bixel_mm,
+            margin_mm=margin_mm,
+            column_offset_mm=off,
+        )
+    )
 
 
 def beamlets(geometry: PlanGeometry, planning: PlanningRequest, ctx: StageContext) -> BeamletSet:
@@ -124,16 +169,32 @@ def beamlets(geometry: PlanGeometry, planning: PlanningRequest, ctx: StageContex
     mask_ref = ctx.shared.get(f"mask:{geometry.target}")
     if mask_ref is None:  # a study whose structures were not shared by load
         raise InputError(f"no mask for the target {geometry.target!r}", field="order.prescription.target")
-    items = [(b, geometry.standard_machine, geometry.density_grid, planning.bixel_mm, planning.margin_mm, planning.bixel_columns)
-             for b in geometry.beams]
+    items = [
+        (
+            b,
+            geometry.standard_machine,
+            geometry.density_grid,
+            planning.bixel_mm,
+            planning.margin_mm,
+            planning.bixel_columns,
+        )
+        for b in geometry.beams
+    ]
     specs = ctx.map(beamlet_task, items, mask_ref)
     ctx.progress(len(specs), len(specs), f"{sum(len(s.rows) for s in specs)} bixels")
     return BeamletSet(beams=specs)
 
 
 # ---------------------------------------------------------------------------- Dij
-def chunk_plan(counts: list[int], free_cpus: int, chunks_per_cpu: int = 2, min_chunk: int = 16, work_per_bixel: list[float] | None = None,
-               task_overhead_bixels: float = 16.0, tolerance: float = 0.03) -> list[tuple[int, int, int]]:
+def chunk_plan(
+    counts: list[int],
+    free_cpus: int,
+    chunks_per_cpu: int = 2,
+    min_chunk: int = 16,
+    work_per_bixel: list[float] | None = None,
+    task_overhead_bixels: float = 16.0,
+    tolerance: float = 0.03,
+) -> list[tuple[int, int, int]]:
     """(beam, start, stop) beamlet chunks balanced over ``free_cpus``, in column order.
 
     Each chunk traces one beam's geometry (never crosses a beam). The estimated work of a chunk
@@ -185,14 +246,18 @@ def chunk_plan(counts: list[int], free_cpus: int, chunks_per_cpu: int = 2, min_c
     return out
 
 
-def beam_path_mm(geometry: PlanGeometry, beam: Beam, machine_name: str, min_density: float = 0.05, step_mm: float = 2.0) -> float:
+def beam_path_mm(
+    geometry: PlanGeometry, beam: Beam, machine_name: str, min_density: float = 0.05, step_mm: float = 2.0
+) -> float:
     """Length (mm) of the central axis of ``beam`` inside the patient (density >= ``min_density``):
     the depth every pencil beam of that beam traverses, i.e. its Dij work per bixel (to balance chunks)."""
     g = BeamGeometry.of(beam, get_machine(machine_name))
     src = g.source_mm
     axis = (g.isocenter_mm - src) / np.linalg.norm(g.isocenter_mm - src)
     t = np.arange(-600.0, 600.0, step_mm)
-    kji = np.rint(geometry.density_grid.world_to_index(g.isocenter_mm[None, :] + t[:, None] * axis[None, :])).astype(np.int64)
+    kji = np.rint(geometry.density_grid.world_to_index(g.isocenter_mm[None, :] + t[:, None] * axis[None, :])).astype(
+        np.int64
+    )
     dens = np.asarray(geometry.density)
     inside = np.all((kji >= 0) & (kji < np.asarray(dens.shape)), axis=1)
     k, j, i = kji[inside].T
@@ -213,8 +278,16 @@ def dij_chunk_task(item: tuple, density: np.ndarray) -> sp.csc_matrix:
     """
     spec, machine_name, density_grid, dose_grid, start, stop, cutoff_mm, threshold, threads = item
     set_threads(threads)
-    return compute_dij(Volume(density, density_grid, "relative_electron_density"), dose_grid, spec.grid(), get_machine(machine_name), start, stop,
-                       cutoff_mm=cutoff_mm, threshold=threshold)
+    return compute_dij(
+        Volume(density, density_grid, "relative_electron_density"),
+        dose_grid,
+        spec.grid(),
+        get_machine(machine_name),
+        start,
+        stop,
+        cutoff_mm=cutoff_mm,
+        threshold=threshold,
+    )
 
 
 # RayExecutor.map submits in this order (LPT); results stay in column order. A function attribute, set with
@@ -259,14 +332,38 @@ def dij(geometry: PlanGeometry, beamlet_set: BeamletSet, planning: PlanningReque
     dens = ctx.share("density", lambda: np.ascontiguousarray(geometry.density, dtype=np.float32))
     # work per bixel of each beam ~ its path through the patient (+ a floor for the lateral envelope)
     work = [50.0 + beam_path_mm(geometry, b.beam, geometry.standard_machine) for b in beamlet_set.beams]
-    chunks = chunk_plan(beamlet_set.counts, ctx.executor.available_cpus(), planning.chunks_per_cpu, work_per_bixel=[w / max(work) for w in work])
+    chunks = chunk_plan(
+        beamlet_set.counts,
+        ctx.executor.available_cpus(),
+        planning.chunks_per_cpu,
+        work_per_bixel=[w / max(work) for w in work],
+    )
     threads = ctx.executor.threads_per_task
-    items = [(beamlet_set.beams[b], geometry.standard_machine, geometry.density_grid, geometry.dose_grid, a, z,
-              planning.dij_cutoff_mm, planning.dij_threshold, threads) for b, a, z in chunks]
+    items = [
+        (
+            beamlet_set.beams[b],
+            geometry.standard_machine,
+            geometry.density_grid,
+            geometry.dose_grid,
+            a,
+            z,
+            planning.dij_cutoff_mm,
+            planning.dij_threshold,
+            threads,
+        )
+        for b, a, z in chunks
+    ]
     ctx.progress(0, len(items), f"{len(items)} Dij tasks")
     mats = ctx.map(dij_chunk_task, items, dens)
     m = assemble_dij(mats)
     del mats
     ctx.progress(len(items), len(items), f"{m.nnz} non-zeros")
-    return DijResult(num_voxels=m.shape[0], num_bixels=m.shape[1], nnz=int(m.nnz), tasks=len(items), chunk_bixels=[z - a for _, a, z in chunks],
-                     seconds=time.perf_counter() - t0, matrix=m)
+    return DijResult(
+        num_voxels=m.shape[0],
+        num_bixels=m.shape[1],
+        nnz=int(m.nnz),
+        tasks=len(items),
+        chunk_bixels=[z - a for _, a, z in chunks],
+        seconds=time.perf_counter() - t0,
+        matrix=m,
+    )

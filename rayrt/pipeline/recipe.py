@@ -120,8 +120,12 @@ def check_request(req: PlanningRequest) -> ConversionOptions:
     except InputError as exc:
         raise bad(exc, "sequencer") from None
     if "mode" in req.conversion_options:
-        raise InputError("give the recompute mode as conversion_mode, not conversion_options.mode", kind="options",
-                         field="options.conversion_options.mode", status=422)
+        raise InputError(
+            "give the recompute mode as conversion_mode, not conversion_options.mode",
+            kind="options",
+            field="options.conversion_options.mode",
+            status=422,
+        )
     try:
         return conversion.conversion_options(req)
     except InputError as exc:

@@ -26,8 +26,18 @@ from pydantic import BaseModel
 
 from rayrt.pipeline.executor import Executor, LocalExecutor
 
-__all__ = ["Stage", "StageContext", "StageEvent", "PipelineResult", "stage_of", "run_stages", "write_result_files", "restore_output",
-           "result_model", "Artefacts"]
+__all__ = [
+    "Stage",
+    "StageContext",
+    "StageEvent",
+    "PipelineResult",
+    "stage_of",
+    "run_stages",
+    "write_result_files",
+    "restore_output",
+    "result_model",
+    "Artefacts",
+]
 
 Artefacts = dict[str, Any]
 """The named values of one run: ``source``, ``order``, ``planning`` and every stage's output."""
@@ -66,6 +76,7 @@ class StageContext:
 
     def map(self, fn: Callable[..., Any], items: list, *shared: Any) -> list:
         """``executor.map`` with this stage's progress reported as items finish."""
+
         def progress(done: int, total: int, message: str = "") -> None:
             self.progress(done, total, message)
 

@@ -92,8 +92,10 @@ def gamma_check(
         value=round(s.pass_rate_pct, 3),
         limit=tolerance_pct,
         unit="%",
-        detail=(f"{s.n_passed}/{s.n_evaluated} voxels pass; mean gamma {s.mean_gamma:.3f}, 95th percentile {s.p95_gamma:.3f}; "
-                f"tolerance >= {tolerance_pct:g} %, action <= {action_pct:g} %"),
+        detail=(
+            f"{s.n_passed}/{s.n_evaluated} voxels pass; mean gamma {s.mean_gamma:.3f}, 95th percentile {s.p95_gamma:.3f}; "
+            f"tolerance >= {tolerance_pct:g} %, action <= {action_pct:g} %"
+        ),
     )
     return check, res
 
@@ -108,8 +110,10 @@ def masks_on_grid(masks: Mapping[str, "np.ndarray | Volume"], grid: Grid) -> dic
         else:
             arr = np.asarray(m)
             if arr.shape != tuple(grid.shape):
-                raise InputError(f"mask of '{name}' has shape {arr.shape}, the dose grid {grid.shape}; pass it as a Volume to resample",
-                                 kind="qa")
+                raise InputError(
+                    f"mask of '{name}' has shape {arr.shape}, the dose grid {grid.shape}; pass it as a Volume to resample",
+                    kind="qa",
+                )
         out[name] = np.asarray(arr, dtype=bool)
     return out
 
@@ -164,16 +168,35 @@ def dvh_criteria_checks(
     if norm.metric != "none":
         label = f"{nstruct} {norm.metric} = {norm.value_pct:g} % of {rx.total_dose_gy:g} Gy"
         if v is None:
-            checks.append(QACheck(name=label, category="dvh", status="fail", unit="Gy", limit=goal,
-                                  detail=f"structure '{nstruct}' missing or empty on the dose grid"))
+            checks.append(
+                QACheck(
+                    name=label,
+                    category="dvh",
+                    status="fail",
+                    unit="Gy",
+                    limit=goal,
+                    detail=f"structure '{nstruct}' missing or empty on the dose grid",
+                )
+            )
         else:
             # the metric is 'D<vol%>' (volume_pct set) or 'mean' (volume_pct None): Normalization validates it
             vol_pct = norm.volume_pct
             val = float(v.mean()) if vol_pct is None else float(dose_at_volume(v, vol_pct))
             dev = (val - goal) / goal * 100.0
-            status: Status = "pass" if dev >= -coverage_tolerance_pct else ("warn" if dev >= -2 * coverage_tolerance_pct else "fail")
-            checks.append(QACheck(name=label, category="dvh", status=status, value=round(val, 4), limit=round(goal, 4), unit="Gy",
-                                  detail=f"{dev:+.2f} % from the prescription goal (tolerance -{coverage_tolerance_pct:g} %)"))
+            status: Status = (
+                "pass" if dev >= -coverage_tolerance_pct else ("warn" if dev >= -2 * coverage_tolerance_pct else "fail")
+            )
+            checks.append(
+                QACheck(
+                    name=label,
+                    category="dvh",
+                    status=status,
+                    value=round(val, 4),
+                    limit=round(goal, 4),
+                    unit="Gy",
+                    detail=f"{dev:+.2f} % from the prescription goal (tolerance -{coverage_tolerance_pct:g} %)",
+                )
+            )
 
     for obj in order.objectives:
         c = _objective_check(obj, values_of(obj.structure), dose_tolerance_pct, dose_at_volume)
@@ -204,13 +227,26 @@ def _objective_check(obj: ObjectiveSpec, v: np.ndarray | None, tol_pct: float, d
     name = f"{obj.structure} {what} {op} {obj.dose_gy:g} Gy"
     limit = obj.dose_gy * (1 - tol_pct / 100.0) if lower else obj.dose_gy * (1 + tol_pct / 100.0)
     if v is None:
-        return QACheck(name=name, category="dvh", status="fail", limit=limit, unit="Gy",
-                       detail=f"structure '{obj.structure}' missing or empty on the dose grid")
+        return QACheck(
+            name=name,
+            category="dvh",
+            status="fail",
+            limit=limit,
+            unit="Gy",
+            detail=f"structure '{obj.structure}' missing or empty on the dose grid",
+        )
     val = metric(v)
     ok = val >= limit - GOAL_TOLERANCE_GY if lower else val <= limit + GOAL_TOLERANCE_GY
     status: Status = "pass" if ok else ("fail" if obj.hard else "warn")
-    return QACheck(name=name, category="dvh", status=status, value=round(val, 4), limit=round(limit, 4), unit="Gy",
-                   detail=f"{'hard constraint' if obj.hard else 'objective'} (priority {obj.priority:g}); {len(v)} voxels")
+    return QACheck(
+        name=name,
+        category="dvh",
+        status=status,
+        value=round(val, 4),
+        limit=round(limit, 4),
+        unit="Gy",
+        detail=f"{'hard constraint' if obj.hard else 'objective'} (priority {obj.priority:g}); {len(v)} voxels",
+    )
 
 
 # --------------------------------------------------------------------------- independent dose
@@ -224,6 +260,7 @@ def aperture_recompute(density: Volume, *, total_course: bool = True, **aperture
     are per fraction, so the dose is per fraction; with ``total_course`` it is multiplied by
     ``plan.fractions`` (the convention of the orders' total-course doses).
     """
+
     def recompute(plan: Plan, machine: MachineModel, grid: Grid) -> Volume:
         total = np.zeros(grid.shape, dtype=np.float64)
         for beam in plan.beams:
@@ -270,8 +307,15 @@ def independent_dose_check(
     indep = recompute(plan, machine, grid)
     if not isinstance(indep, Volume):
         raise InputError("the independent dose engine must return a Volume of dose in Gy", kind="qa")
-    gcheck, _ = gamma_check(planned, indep, criteria, tolerance_pct, action_pct,
-                            name=f"independent dose gamma {criteria.label()}", category="dose_check")
+    gcheck, _ = gamma_check(
+        planned,
+        indep,
+        criteria,
+        tolerance_pct,
+        action_pct,
+        name=f"independent dose gamma {criteria.label()}",
+        category="dose_check",
+    )
     checks = [gcheck]
     if target_mask is not None:
         tm = masks_on_grid({"target": target_mask}, planned.grid)["target"]
@@ -280,10 +324,20 @@ def independent_dose_check(
             b_on = indep.resample(planned.grid) if not indep.grid.same_geometry(planned.grid) else indep
             b = float(np.asarray(b_on.array, dtype=np.float64)[tm].mean())
             diff = (b - a) / a * 100.0 if a > 0 else float("inf")
-            st: Status = "pass" if abs(diff) <= mean_tolerance_pct else ("warn" if abs(diff) <= mean_action_pct else "fail")
-            checks.append(QACheck(name="independent dose: target mean", category="dose_check", status=st, value=round(diff, 3),
-                                  limit=mean_tolerance_pct, unit="%",
-                                  detail=f"planned {a:.3f} Gy, recomputed {b:.3f} Gy (action at {mean_action_pct:g} %)"))
+            st: Status = (
+                "pass" if abs(diff) <= mean_tolerance_pct else ("warn" if abs(diff) <= mean_action_pct else "fail")
+            )
+            checks.append(
+                QACheck(
+                    name="independent dose: target mean",
+                    category="dose_check",
+                    status=st,
+                    value=round(diff, 3),
+                    limit=mean_tolerance_pct,
+                    unit="%",
+                    detail=f"planned {a:.3f} Gy, recomputed {b:.3f} Gy (action at {mean_action_pct:g} %)",
+                )
+            )
     return checks, indep
 
 
@@ -300,6 +354,8 @@ def deliverability_check(plan: Plan, machine: MachineModel) -> QACheck:
         value=float(n),
         limit=0.0,
         unit="violations",
-        detail=(f"{rep.num_beams} beams, {rep.num_segments} segments, {rep.total_mu:.1f} MU"
-                + (f"; {shown}" + (f" (+{n - 5} more)" if n > 5 else "") if n else "")),
+        detail=(
+            f"{rep.num_beams} beams, {rep.num_segments} segments, {rep.total_mu:.1f} MU"
+            + (f"; {shown}" + (f" (+{n - 5} more)" if n > 5 else "") if n else "")
+        ),
     )

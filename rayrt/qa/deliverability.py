@@ -64,24 +64,74 @@ def _proximal_violations(s, mlc, bi: int, si: int) -> list[Violation]:
     """The proximal layer of a dual-layer MLC: pair count, leaf range, over-travel, minimum gap, span."""
     pb = mlc.proximal_boundaries
     if pb is None:
-        return [Violation(rule="leaf_count", beam=bi, segment=si, message=f"proximal-layer leaves given but MLC {mlc.name} has one layer")]
+        return [
+            Violation(
+                rule="leaf_count",
+                beam=bi,
+                segment=si,
+                message=f"proximal-layer leaves given but MLC {mlc.name} has one layer",
+            )
+        ]
     px1, px2 = np.asarray(s.x1_proximal_mm, float), np.asarray(s.x2_proximal_mm, float)
     if px1.size != pb.size - 1:
-        return [Violation(rule="leaf_count", beam=bi, segment=si, message=f"{px1.size} proximal leaf pairs given, MLC {mlc.name} has {pb.size - 1}")]
+        return [
+            Violation(
+                rule="leaf_count",
+                beam=bi,
+                segment=si,
+                message=f"{px1.size} proximal leaf pairs given, MLC {mlc.name} has {pb.size - 1}",
+            )
+        ]
     out = []
-    bad = (px1 < mlc.min_position_mm - TOL_MM) | (px2 > mlc.max_position_mm + TOL_MM) | (px1 > mlc.max_position_mm + TOL_MM) | (px2 < mlc.min_position_mm - TOL_MM)
+    bad = (
+        (px1 < mlc.min_position_mm - TOL_MM)
+        | (px2 > mlc.max_position_mm + TOL_MM)
+        | (px1 > mlc.max_position_mm + TOL_MM)
+        | (px2 < mlc.min_position_mm - TOL_MM)
+    )
     if bad.any():
-        out.append(Violation(rule="leaf_range", beam=bi, segment=si, leaf_pair=_first(bad), message=f"{int(bad.sum())} proximal leaf pair(s) outside [{mlc.min_position_mm}, {mlc.max_position_mm}] mm"))
+        out.append(
+            Violation(
+                rule="leaf_range",
+                beam=bi,
+                segment=si,
+                leaf_pair=_first(bad),
+                message=f"{int(bad.sum())} proximal leaf pair(s) outside [{mlc.min_position_mm}, {mlc.max_position_mm}] mm",
+            )
+        )
     bad = (px1 > mlc.max_overtravel_mm + TOL_MM) | (px2 < -mlc.max_overtravel_mm - TOL_MM)
     if bad.any():
-        out.append(Violation(rule="overtravel", beam=bi, segment=si, leaf_pair=_first(bad), message=f"{int(bad.sum())} proximal leaf tip(s) cross the axis by more than {mlc.max_overtravel_mm} mm"))
+        out.append(
+            Violation(
+                rule="overtravel",
+                beam=bi,
+                segment=si,
+                leaf_pair=_first(bad),
+                message=f"{int(bad.sum())} proximal leaf tip(s) cross the axis by more than {mlc.max_overtravel_mm} mm",
+            )
+        )
     bad = px2 - px1 < mlc.min_gap_mm - TOL_MM
     if bad.any():
-        out.append(Violation(rule="min_gap", beam=bi, segment=si, leaf_pair=_first(bad), message=f"{int(bad.sum())} proximal pair(s) with gap below {mlc.min_gap_mm} mm"))
+        out.append(
+            Violation(
+                rule="min_gap",
+                beam=bi,
+                segment=si,
+                leaf_pair=_first(bad),
+                message=f"{int(bad.sum())} proximal pair(s) with gap below {mlc.min_gap_mm} mm",
+            )
+        )
     for bank, x in (("proximal X1", px1), ("proximal X2", px2)):
         span = float(x.max() - x.min())
         if span > mlc.max_leaf_span_mm + TOL_MM:
-            out.append(Violation(rule="leaf_span", beam=bi, segment=si, message=f"bank {bank} spans {span:.1f} mm > max_leaf_span_mm {mlc.max_leaf_span_mm}"))
+            out.append(
+                Violation(
+                    rule="leaf_span",
+                    beam=bi,
+                    segment=si,
+                    message=f"bank {bank} spans {span:.1f} mm > max_leaf_span_mm {mlc.max_leaf_span_mm}",
+                )
+            )
     return out
 
 
@@ -91,60 +141,152 @@ def check_plan(plan: Plan, machine: MachineModel) -> DeliverabilityReport:
     mlc, lim = machine.mlc, machine.limits
     P = mlc.num_pairs
     if plan.machine != machine.name:
-        v.append(Violation(rule="machine", message=f"plan is for machine '{plan.machine}', checked against '{machine.name}'"))
+        v.append(
+            Violation(rule="machine", message=f"plan is for machine '{plan.machine}', checked against '{machine.name}'")
+        )
     nseg_total = 0
     for bi, beam in enumerate(plan.beams):
         for ax, rng in (("gantry", lim.gantry), ("collimator", lim.collimator), ("couch", lim.couch)):
             ang = getattr(beam, f"{ax}_deg")
             if not rng.contains(ang):
-                v.append(Violation(rule="angles", beam=bi, message=f"{ax} angle {ang} deg outside [{rng.min_deg}, {rng.max_deg}]"))
+                v.append(
+                    Violation(
+                        rule="angles", beam=bi, message=f"{ax} angle {ang} deg outside [{rng.min_deg}, {rng.max_deg}]"
+                    )
+                )
         n = len(beam.segments)
         nseg_total += n
         if n == 0 or n > lim.max_segments_per_beam:
-            v.append(Violation(rule="segments", beam=bi, message=f"{n} segments; allowed 1..{lim.max_segments_per_beam}"))
+            v.append(
+                Violation(rule="segments", beam=bi, message=f"{n} segments; allowed 1..{lim.max_segments_per_beam}")
+            )
         if beam.mu > lim.max_mu_per_beam + TOL_MU:
-            v.append(Violation(rule="mu", beam=bi, message=f"beam MU {beam.mu:.2f} > max_mu_per_beam {lim.max_mu_per_beam}"))
+            v.append(
+                Violation(rule="mu", beam=bi, message=f"beam MU {beam.mu:.2f} > max_mu_per_beam {lim.max_mu_per_beam}")
+            )
         for si, s in enumerate(beam.segments):
             if s.mu < lim.min_mu_per_segment - TOL_MU or s.mu <= 0:
-                v.append(Violation(rule="mu", beam=bi, segment=si, message=f"segment MU {s.mu:.4f} < min_mu_per_segment {lim.min_mu_per_segment}"))
+                v.append(
+                    Violation(
+                        rule="mu",
+                        beam=bi,
+                        segment=si,
+                        message=f"segment MU {s.mu:.4f} < min_mu_per_segment {lim.min_mu_per_segment}",
+                    )
+                )
             x1, x2 = np.asarray(s.x1_mm, float), np.asarray(s.x2_mm, float)
             if x1.size != P:
-                v.append(Violation(rule="leaf_count", beam=bi, segment=si, message=f"{x1.size} leaf pairs given, MLC {mlc.name} has {P}"))
+                v.append(
+                    Violation(
+                        rule="leaf_count",
+                        beam=bi,
+                        segment=si,
+                        message=f"{x1.size} leaf pairs given, MLC {mlc.name} has {P}",
+                    )
+                )
                 continue
-            bad = (x1 < mlc.min_position_mm - TOL_MM) | (x2 > mlc.max_position_mm + TOL_MM) | (x1 > mlc.max_position_mm + TOL_MM) | (x2 < mlc.min_position_mm - TOL_MM)
+            bad = (
+                (x1 < mlc.min_position_mm - TOL_MM)
+                | (x2 > mlc.max_position_mm + TOL_MM)
+                | (x1 > mlc.max_position_mm + TOL_MM)
+                | (x2 < mlc.min_position_mm - TOL_MM)
+            )
             if bad.any():
                 p = _first(bad)
-                v.append(Violation(rule="leaf_range", beam=bi, segment=si, leaf_pair=p, message=f"{int(bad.sum())} leaf pair(s) outside [{mlc.min_position_mm}, {mlc.max_position_mm}] mm, e.g. pair {p}: ({x1[p]:.2f}, {x2[p]:.2f})"))
+                v.append(
+                    Violation(
+                        rule="leaf_range",
+                        beam=bi,
+                        segment=si,
+                        leaf_pair=p,
+                        message=f"{int(bad.sum())} leaf pair(s) outside [{mlc.min_position_mm}, {mlc.max_position_mm}] mm, e.g. pair {p}: ({x1[p]:.2f}, {x2[p]:.2f})",
+                    )
+                )
             bad = (x1 > mlc.max_overtravel_mm + TOL_MM) | (x2 < -mlc.max_overtravel_mm - TOL_MM)
             if bad.any():
                 p = _first(bad)
-                v.append(Violation(rule="overtravel", beam=bi, segment=si, leaf_pair=p, message=f"{int(bad.sum())} leaf tip(s) cross the axis by more than {mlc.max_overtravel_mm} mm, e.g. pair {p}: ({x1[p]:.2f}, {x2[p]:.2f})"))
+                v.append(
+                    Violation(
+                        rule="overtravel",
+                        beam=bi,
+                        segment=si,
+                        leaf_pair=p,
+                        message=f"{int(bad.sum())} leaf tip(s) cross the axis by more than {mlc.max_overtravel_mm} mm, e.g. pair {p}: ({x1[p]:.2f}, {x2[p]:.2f})",
+                    )
+                )
             bad = x2 - x1 < mlc.min_gap_mm - TOL_MM
             if bad.any():
                 p = _first(bad)
-                v.append(Violation(rule="min_gap", beam=bi, segment=si, leaf_pair=p, message=f"{int(bad.sum())} pair(s) with gap below {mlc.min_gap_mm} mm, e.g. pair {p}: gap {x2[p] - x1[p]:.3f} mm"))
+                v.append(
+                    Violation(
+                        rule="min_gap",
+                        beam=bi,
+                        segment=si,
+                        leaf_pair=p,
+                        message=f"{int(bad.sum())} pair(s) with gap below {mlc.min_gap_mm} mm, e.g. pair {p}: gap {x2[p] - x1[p]:.3f} mm",
+                    )
+                )
             if not mlc.interdigitation and P > 1:
                 bad = np.minimum(x2[1:] - x1[:-1], x2[:-1] - x1[1:]) < mlc.min_gap_mm - TOL_MM
                 if bad.any():
                     p = _first(bad)
-                    v.append(Violation(rule="interdigitation", beam=bi, segment=si, leaf_pair=p, message=f"{int(bad.sum())} adjacent pair(s) interdigitate on {mlc.name} (no interdigitation), e.g. pairs {p},{p + 1}: ({x1[p]:.2f}, {x2[p]:.2f}) vs ({x1[p + 1]:.2f}, {x2[p + 1]:.2f})"))
+                    v.append(
+                        Violation(
+                            rule="interdigitation",
+                            beam=bi,
+                            segment=si,
+                            leaf_pair=p,
+                            message=f"{int(bad.sum())} adjacent pair(s) interdigitate on {mlc.name} (no interdigitation), e.g. pairs {p},{p + 1}: ({x1[p]:.2f}, {x2[p]:.2f}) vs ({x1[p + 1]:.2f}, {x2[p + 1]:.2f})",
+                        )
+                    )
             for bank, x in (("X1", x1), ("X2", x2)):
                 span = float(x.max() - x.min())
                 if span > mlc.max_leaf_span_mm + TOL_MM:
-                    v.append(Violation(rule="leaf_span", beam=bi, segment=si, message=f"bank {bank} spans {span:.1f} mm > max_leaf_span_mm {mlc.max_leaf_span_mm}"))
+                    v.append(
+                        Violation(
+                            rule="leaf_span",
+                            beam=bi,
+                            segment=si,
+                            message=f"bank {bank} spans {span:.1f} mm > max_leaf_span_mm {mlc.max_leaf_span_mm}",
+                        )
+                    )
             if getattr(s, "x1_proximal_mm", None) is not None:
                 v.extend(_proximal_violations(s, mlc, bi, si))
-            for name, jaw, pos, fmax in (("X", machine.jaw_x, s.jaw_x_mm, lim.max_field_x_mm), ("Y", machine.jaw_y, s.jaw_y_mm, lim.max_field_y_mm)):
+            for name, jaw, pos, fmax in (
+                ("X", machine.jaw_x, s.jaw_x_mm, lim.max_field_x_mm),
+                ("Y", machine.jaw_y, s.jaw_y_mm, lim.max_field_y_mm),
+            ):
                 if (jaw is None) != (pos is None):
-                    v.append(Violation(rule="jaw_presence", beam=bi, segment=si, message=f"{name} jaws {'given' if pos is not None else 'missing'} but the machine has {'no' if jaw is None else ''} {name} jaws"))
+                    v.append(
+                        Violation(
+                            rule="jaw_presence",
+                            beam=bi,
+                            segment=si,
+                            message=f"{name} jaws {'given' if pos is not None else 'missing'} but the machine has {'no' if jaw is None else ''} {name} jaws",
+                        )
+                    )
                     continue
                 if jaw is None or pos is None:  # both absent (the check above caught one absent)
                     continue
                 j1, j2 = pos
                 if j1 > j2 + TOL_MM or j1 < jaw.min_mm - TOL_MM or j2 > jaw.max_mm + TOL_MM:
-                    v.append(Violation(rule="jaw_range", beam=bi, segment=si, message=f"{name} jaws ({j1:.1f}, {j2:.1f}) outside [{jaw.min_mm}, {jaw.max_mm}] or crossed"))
+                    v.append(
+                        Violation(
+                            rule="jaw_range",
+                            beam=bi,
+                            segment=si,
+                            message=f"{name} jaws ({j1:.1f}, {j2:.1f}) outside [{jaw.min_mm}, {jaw.max_mm}] or crossed",
+                        )
+                    )
                 if j2 - j1 > fmax + TOL_MM:
-                    v.append(Violation(rule="jaw_range", beam=bi, segment=si, message=f"{name} field {j2 - j1:.1f} mm > max {fmax} mm"))
+                    v.append(
+                        Violation(
+                            rule="jaw_range",
+                            beam=bi,
+                            segment=si,
+                            message=f"{name} field {j2 - j1:.1f} mm > max {fmax} mm",
+                        )
+                    )
     return DeliverabilityReport(
         machine=machine.name,
         deliverable=not v,

@@ -107,7 +107,9 @@ def volume_at_dose(dose_gy_values: np.ndarray, dose_gy: float | np.ndarray) -> f
     return (v.size - idx) * 100.0 / v.size
 
 
-def cumulative_dvh(dose_gy: np.ndarray, mask: np.ndarray, bins_gy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cumulative_dvh(
+    dose_gy: np.ndarray, mask: np.ndarray, bins_gy: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative DVH of the voxels in ``mask``: (dose axis in Gy, percent of volume with dose >= axis).
 
     Default axis: 0 to the maximum dose in 0.01 Gy steps (at most 2001 points).
@@ -141,8 +143,20 @@ def _metrics_from_values(values: np.ndarray, voxel_volume_cc: float, name: str, 
     n = values.size
     if n == 0:
         nan = float("nan")
-        return DVHMetrics(name=name, volume_cc=0.0, num_voxels=0, min_gy=nan, mean_gy=nan, max_gy=nan,
-                          d2_gy=nan, d5_gy=nan, d50_gy=nan, d95_gy=nan, d98_gy=nan, method=method)
+        return DVHMetrics(
+            name=name,
+            volume_cc=0.0,
+            num_voxels=0,
+            min_gy=nan,
+            mean_gy=nan,
+            max_gy=nan,
+            d2_gy=nan,
+            d5_gy=nan,
+            d50_gy=nan,
+            d95_gy=nan,
+            d98_gy=nan,
+            method=method,
+        )
     values = np.asarray(values, dtype=np.float64).ravel()
     d2, d5, d50, d95, d98 = _dx_partition(values, np.array([2.0, 5.0, 50.0, 95.0, 98.0]))
     return DVHMetrics(
@@ -152,7 +166,11 @@ def _metrics_from_values(values: np.ndarray, voxel_volume_cc: float, name: str, 
         min_gy=float(values.min()),
         mean_gy=float(values.mean(dtype=np.float64)),
         max_gy=float(values.max()),
-        d2_gy=float(d2), d5_gy=float(d5), d50_gy=float(d50), d95_gy=float(d95), d98_gy=float(d98),
+        d2_gy=float(d2),
+        d5_gy=float(d5),
+        d50_gy=float(d50),
+        d95_gy=float(d95),
+        d98_gy=float(d98),
         method=method,
     )
 
@@ -170,7 +188,12 @@ def dvh_metrics(dose_gy: np.ndarray, mask: np.ndarray, voxel_volume_cc: float, n
 
 
 def structure_dvh_metrics(
-    dose, contours: list[np.ndarray], name: str, *, subvoxel: int = 1, small_cc: float | None = None,
+    dose,
+    contours: list[np.ndarray],
+    name: str,
+    *,
+    subvoxel: int = 1,
+    small_cc: float | None = None,
     plane_spacing_mm: float | None = None,
 ) -> DVHMetrics:
     """Metrics of a structure given as polygons (LPS mm) on a dose :class:`~rayrt.imaging.volume.Volume`.
@@ -210,8 +233,12 @@ def structure_dvh_metrics(
     first = lo - 0.5 + 0.5 / s  # fractional (k, j, i) of the first sub-voxel centre
     origin = grid.index_to_world(first.astype(float))
     sp = grid.spacing / s
-    fine = Grid(shape=(int(n[0]), int(n[1]), int(n[2])), spacing_mm=(float(sp[0]), float(sp[1]), float(sp[2])),
-                origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])), direction=grid.direction)
+    fine = Grid(
+        shape=(int(n[0]), int(n[1]), int(n[2])),
+        spacing_mm=(float(sp[0]), float(sp[1]), float(sp[2])),
+        origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+        direction=grid.direction,
+    )
     fmask = rasterize_polygons(contours, fine, plane_spacing_mm=plane_spacing_mm)
     kji = np.argwhere(fmask).astype(float)
     if kji.shape[0] == 0:
@@ -220,6 +247,8 @@ def structure_dvh_metrics(
     coarse = first + kji / s
     coarse = np.clip(coarse, 0.0, shape - 1.0)
     values = map_coordinates(np.asarray(dose.array, dtype=np.float64), coarse.T, order=1, mode="nearest")
-    method = (f"sub-voxel: {s}x{s}x{s} sub-voxels per dose voxel, structure at sub-voxel centres, trilinear dose; "
-              "Dx by mid-rank linear interpolation")
+    method = (
+        f"sub-voxel: {s}x{s}x{s} sub-voxels per dose voxel, structure at sub-voxel centres, trilinear dose; "
+        "Dx by mid-rank linear interpolation"
+    )
     return _metrics_from_values(values, fine.voxel_volume_cc, name, method)

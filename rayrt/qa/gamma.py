@@ -51,16 +51,24 @@ class GammaCriteria(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dose_pct: float = Field(default=3.0, gt=0, description="dose-difference criterion in % (of D_norm global, of the local dose local)")
+    dose_pct: float = Field(
+        default=3.0, gt=0, description="dose-difference criterion in % (of D_norm global, of the local dose local)"
+    )
     dta_mm: float = Field(default=2.0, gt=0, description="distance-to-agreement criterion in mm")
-    cutoff_pct: float = Field(default=10.0, ge=0, lt=100, description="reference voxels below this % of D_norm are not evaluated")
+    cutoff_pct: float = Field(
+        default=10.0, ge=0, lt=100, description="reference voxels below this % of D_norm are not evaluated"
+    )
     local: bool = Field(default=False, description="local (True) or global (False) dose difference")
-    normalization_gy: float | None = Field(default=None, gt=0, description="global D_norm; default: maximum reference dose")
+    normalization_gy: float | None = Field(
+        default=None, gt=0, description="global D_norm; default: maximum reference dose"
+    )
     interp_fraction: int = Field(default=10, ge=1, le=50, description="search lattice step = dta_mm / interp_fraction")
     max_gamma: float = Field(default=3.0, gt=0, le=10, description="search radius = max_gamma * dta_mm")
 
     def label(self) -> str:
-        return f"{self.dose_pct:g}%/{self.dta_mm:g}mm {'local' if self.local else 'global'}, cutoff {self.cutoff_pct:g}%"
+        return (
+            f"{self.dose_pct:g}%/{self.dta_mm:g}mm {'local' if self.local else 'global'}, cutoff {self.cutoff_pct:g}%"
+        )
 
 
 class GammaSummary(BaseModel):
@@ -379,10 +387,14 @@ def load_dose(path: str | Path) -> Volume:
         try:
             grid = Grid.model_validate_json(side.read_text(encoding="utf-8"))
         except Exception as exc:  # pydantic ValidationError or JSON error
-            raise InputError(f"invalid grid file {side.name}: {exc}".splitlines()[0], kind="dose", field=str(side)) from None
+            raise InputError(
+                f"invalid grid file {side.name}: {exc}".splitlines()[0], kind="dose", field=str(side)
+            ) from None
         arr = np.load(path, allow_pickle=False)
         if arr.shape != tuple(grid.shape):
-            raise InputError(f"{path.name} has shape {arr.shape} but {side.name} says {grid.shape}", kind="dose", field=str(path))
+            raise InputError(
+                f"{path.name} has shape {arr.shape} but {side.name} says {grid.shape}", kind="dose", field=str(path)
+            )
         return Volume(arr.astype(np.float32, copy=False), grid, "dose_gy")
     return read_rtdose_volume(path)
 

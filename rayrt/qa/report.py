@@ -133,8 +133,14 @@ def qa_plan(
     # 2. gamma against the standard plan
     gres = None
     if standard_dose is not None:
-        gcheck, gres = gamma_check(standard_dose, dose, gamma_criteria, tolerance_pct, action_pct,
-                                   name=f"gamma vs standard {gamma_criteria.label()}")
+        gcheck, gres = gamma_check(
+            standard_dose,
+            dose,
+            gamma_criteria,
+            tolerance_pct,
+            action_pct,
+            name=f"gamma vs standard {gamma_criteria.label()}",
+        )
         checks.append(gcheck)
     else:
         notes.append("no standard dose given: gamma against the standard plan not run")
@@ -151,7 +157,11 @@ def qa_plan(
     dvh_std: list[DVHMetrics] = []
     if standard_dose is not None and masks:
         smk = masks_on_grid(masks, standard_dose.grid) if not standard_dose.grid.same_geometry(dose.grid) else mk
-        dvh_std = [dvh_metrics(standard_dose.array, m, standard_dose.grid.voxel_volume_cc, n) for n, m in smk.items() if m.any()]
+        dvh_std = [
+            dvh_metrics(standard_dose.array, m, standard_dose.grid.voxel_volume_cc, n)
+            for n, m in smk.items()
+            if m.any()
+        ]
 
     report = QAReport(
         plan_id=plan.id,
@@ -165,7 +175,9 @@ def qa_plan(
         dvh_plan=dvh_plan,
         notes=notes,
     )
-    return QAResult(report=report, dose=dose, standard_dose=standard_dose, gamma=gres, independent_dose=indep, masks=mk or None)
+    return QAResult(
+        report=report, dose=dose, standard_dose=standard_dose, gamma=gres, independent_dose=indep, masks=mk or None
+    )
 
 
 # --------------------------------------------------------------------------- figure
@@ -174,7 +186,9 @@ def _centre_index(result: QAResult) -> tuple[int, int, int]:
     d = np.asarray(result.dose.array, dtype=np.float64)
     region = None
     if result.masks:
-        names = sorted(result.masks, key=lambda n: (not n.upper().startswith(("PTV", "CTV", "GTV", "TARGET", "OUTERTARGET")), n))
+        names = sorted(
+            result.masks, key=lambda n: (not n.upper().startswith(("PTV", "CTV", "GTV", "TARGET", "OUTERTARGET")), n)
+        )
         for n in names:
             if result.masks[n].any():
                 region = result.masks[n]
@@ -185,11 +199,17 @@ def _centre_index(result: QAResult) -> tuple[int, int, int]:
     return tuple(int(round(v)) for v in idx)  # type: ignore[return-value]
 
 
-def _planes(arr: np.ndarray, c: tuple[int, int, int], spacing: np.ndarray | None = None) -> list[tuple[str, np.ndarray, float]]:
+def _planes(
+    arr: np.ndarray, c: tuple[int, int, int], spacing: np.ndarray | None = None
+) -> list[tuple[str, np.ndarray, float]]:
     """(label, 2-D plane, display aspect = row spacing / column spacing) of the three central planes."""
     k, j, i = (int(np.clip(v, 0, n - 1)) for v, n in zip(c, arr.shape))
     sx, sy, sz = (1.0, 1.0, 1.0) if spacing is None else (float(v) for v in spacing)
-    return [("axial", arr[k], sy / sx), ("coronal", arr[:, j, :][::-1], sz / sx), ("sagittal", arr[:, :, i][::-1], sz / sy)]
+    return [
+        ("axial", arr[k], sy / sx),
+        ("coronal", arr[:, j, :][::-1], sz / sx),
+        ("sagittal", arr[:, :, i][::-1], sz / sy),
+    ]
 
 
 def render_qa_figure(result: QAResult, path: str | Path) -> Path:
@@ -201,7 +221,12 @@ def render_qa_figure(result: QAResult, path: str | Path) -> Path:
     fig = Figure(figsize=(8.27, 11.69), dpi=110)
     gs = fig.add_gridspec(4, 3, height_ratios=[1.25, 1.0, 1.0, 1.35], hspace=0.45, wspace=0.3)
     colour = {"pass": "#1a7f37", "review": "#b58100", "fail": "#c62828"}[rep.verdict]
-    fig.suptitle(f"rayrt QA - plan {rep.plan_id} on {rep.machine}: {rep.verdict.upper()}", color=colour, fontsize=13, weight="bold")
+    fig.suptitle(
+        f"rayrt QA - plan {rep.plan_id} on {rep.machine}: {rep.verdict.upper()}",
+        color=colour,
+        fontsize=13,
+        weight="bold",
+    )
 
     # DVH overlay
     ax = fig.add_subplot(gs[0, :])
@@ -264,13 +289,21 @@ def render_qa_figure(result: QAResult, path: str | Path) -> Path:
         g = result.gamma.gamma
         gc = c
         if not result.gamma.grid.same_geometry(dose.grid):
-            gi = np.clip(result.gamma.grid.world_to_index(dose.grid.index_to_world(np.array(c, float))), 0,
-                         np.array(result.gamma.grid.shape) - 1)
+            gi = np.clip(
+                result.gamma.grid.world_to_index(dose.grid.index_to_world(np.array(c, float))),
+                0,
+                np.array(result.gamma.grid.shape) - 1,
+            )
             gc = (int(round(gi[0])), int(round(gi[1])), int(round(gi[2])))
         for col_i, (lab, sl, asp) in enumerate(_planes(g, gc, result.gamma.grid.spacing)):
             a = fig.add_subplot(gs[2, col_i])
-            im = a.imshow(np.ma.masked_invalid(sl), cmap="RdYlGn_r", vmin=0, vmax=2, interpolation="nearest", aspect=asp)
-            a.set_title(f"gamma {result.gamma.summary.criteria.dose_pct:g}%/{result.gamma.summary.criteria.dta_mm:g}mm, {lab}", fontsize=8)
+            im = a.imshow(
+                np.ma.masked_invalid(sl), cmap="RdYlGn_r", vmin=0, vmax=2, interpolation="nearest", aspect=asp
+            )
+            a.set_title(
+                f"gamma {result.gamma.summary.criteria.dose_pct:g}%/{result.gamma.summary.criteria.dta_mm:g}mm, {lab}",
+                fontsize=8,
+            )
             a.set_xticks([])
             a.set_yticks([])
         fig.colorbar(im, ax=fig.axes[-3:], shrink=0.8, label="gamma")
@@ -291,8 +324,13 @@ def render_qa_figure(result: QAResult, path: str | Path) -> Path:
         cc = {"pass": "#d8f0dc", "warn": "#fff1c2", "fail": "#f8d0d0"}[chk.status]
         cell_colours.append(["white", cc, "white", "white"])
     if rows:
-        t = a.table(cellText=rows, colLabels=["check", "status", "value", "limit"], cellColours=cell_colours, loc="upper center",
-                    colWidths=[0.55, 0.1, 0.17, 0.17])
+        t = a.table(
+            cellText=rows,
+            colLabels=["check", "status", "value", "limit"],
+            cellColours=cell_colours,
+            loc="upper center",
+            colWidths=[0.55, 0.1, 0.17, 0.17],
+        )
         t.auto_set_font_size(False)
         t.set_fontsize(7)
         t.scale(1, 1.15)
@@ -308,7 +346,9 @@ def render_qa_figure(result: QAResult, path: str | Path) -> Path:
     return path
 
 
-def write_qa_report(result: QAResult, out_dir: str | Path, stem: str = "qa", formats: tuple[str, ...] = ("png", "pdf")) -> dict[str, Path]:
+def write_qa_report(
+    result: QAResult, out_dir: str | Path, stem: str = "qa", formats: tuple[str, ...] = ("png", "pdf")
+) -> dict[str, Path]:
     """Write ``<stem>.json`` and the figure in each of ``formats``; returns the paths by format."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,18 @@ def main() -> int:
     runs = []
     for i in range(args.repeats):
         m = run_measured(
-            [sys.executable, str(SCENARIO), "--tasks", str(args.tasks), "--task-s", str(args.task_s),
-             "--max-workers", str(args.max_workers), "--idle-timeout-s", str(args.idle_timeout_s)],
+            [
+                sys.executable,
+                str(SCENARIO),
+                "--tasks",
+                str(args.tasks),
+                "--task-s",
+                str(args.task_s),
+                "--max-workers",
+                str(args.max_workers),
+                "--idle-timeout-s",
+                str(args.idle_timeout_s),
+            ],
             env={"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"},
             cwd=REPO_ROOT,
             timeout_s=600,
@@ -65,7 +75,13 @@ def main() -> int:
 
     rows = [[f"run {i + 1}"] + [r.get(k) for k, _ in COLUMNS] for i, r in enumerate(runs)]
     if len(runs) > 1:
-        rows.append(["median"] + [statistics.median(r[k] for r in runs) if all(r.get(k) is not None for r in runs) else None for k, _ in COLUMNS])
+        rows.append(
+            ["median"]
+            + [
+                statistics.median(r[k] for r in runs) if all(r.get(k) is not None for r in runs) else None
+                for k, _ in COLUMNS
+            ]
+        )
     print_table(
         ["run"] + [h for _, h in COLUMNS],
         rows,
@@ -77,7 +93,12 @@ def main() -> int:
         {
             "benchmark": "autoscale",
             "scenario": "tests/cluster_scenarios/autoscale.py (fake_multinode provider, head 0 CPU, cpu_worker 1 CPU + {worker: 1})",
-            "params": {"tasks": args.tasks, "task_s": args.task_s, "max_workers": args.max_workers, "idle_timeout_s": args.idle_timeout_s},
+            "params": {
+                "tasks": args.tasks,
+                "task_s": args.task_s,
+                "max_workers": args.max_workers,
+                "idle_timeout_s": args.idle_timeout_s,
+            },
             "machine_before": before,
             "machine_after": machine_info(),
             "runs": runs,

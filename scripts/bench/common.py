@@ -71,8 +71,13 @@ class Measured:
         self.stderr = stderr
 
 
-def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = None,
-                 timeout_s: float | None = None) -> Measured:
+def run_measured(
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout_s: float | None = None,
+) -> Measured:
     """Run ``cmd`` in its own process; return exit code, wall time and the child's peak RSS (MiB).
 
     The peak RSS is the child's own ``ru_maxrss`` from ``os.wait4`` (not RUSAGE_CHILDREN, which

@@ -52,8 +52,12 @@ def main() -> None:
 
     best, times, res = _best(lambda: auto_contour(ct, "CT", targets=("body", "lungs", "bones")), args.repeat)
     masks = {n: m for n, _, _, m in res}
-    record("auto: External + lungs + bones", best, times,
-           {f"dice_{n}": round(dice(masks[n], truth[n]), 4) for n in ("External", "Lung_L", "Lung_R", "Bones")})
+    record(
+        "auto: External + lungs + bones",
+        best,
+        times,
+        {f"dice_{n}": round(dice(masks[n], truth[n]), 4) for n in ("External", "Lung_L", "Lung_R", "Bones")},
+    )
     best, times, body = _best(lambda: body_ct(hu, grid), args.repeat)
     record("  External only", best, times, {"couch_voxels_in_external": int((body & truth["Couch"]).sum())})
     best, times, _ = _best(lambda: lungs_ct(hu, grid, body), args.repeat)
@@ -83,7 +87,9 @@ def main() -> None:
     best, times, filled = _best(lambda: interpolate_slices(sparse, grid), args.repeat)
     record("interpolate CTV from every 4th slice", best, times, {"dice": round(dice(filled, ctv), 4)})
 
-    print(f"synthetic CT {shape[2]} x {shape[1]} x {shape[0]} voxels, spacing {spacing} mm, phantom built in {t_phantom:.1f} s")
+    print(
+        f"synthetic CT {shape[2]} x {shape[1]} x {shape[0]} voxels, spacing {spacing} mm, phantom built in {t_phantom:.1f} s"
+    )
     print(f"{'step':<42} {'best s':>8}  runs / checks")
     for r in rows:
         extra = {k: v for k, v in r.items() if k not in {"step", "best_s", "runs_s"}}

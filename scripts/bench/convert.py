@@ -58,16 +58,27 @@ def plan_case(case: str, work: Path) -> tuple[Any, Any, Any, float, dict]:
         info = {"ct": "DICOM, 4 mm", "planning": "configs/planning.yaml defaults (as rayrt demo)"}
     else:
         source = tg119_phantom(6.0)
-        req = PlanningRequest(gantry_deg=[0.0, 72.0, 144.0, 216.0, 288.0], dose_grid_mm=8.0, fmo_iterations=100,
-                              dao_rounds=2, dao_iterations=30)
+        req = PlanningRequest(
+            gantry_deg=[0.0, 72.0, 144.0, 216.0, 288.0],
+            dose_grid_mm=8.0,
+            fmo_iterations=100,
+            dao_rounds=2,
+            dao_iterations=30,
+        )
         info = {"ct": "6 mm"}
     names = [st.name for st in RECIPE]
     t = time.perf_counter()
-    res = run_recipe(source, order, req, stages=names[:names.index("normalize") + 1])  # load ... normalize
+    res = run_recipe(source, order, req, stages=names[: names.index("normalize") + 1])  # load ... normalize
     t_plan = time.perf_counter() - t
     std = res["standard_plan"]
-    info.update({"case": case, "beams": len(req.angles()), "dose_grid_mm": req.dose_grid_mm,
-                 "standard_mu_per_fraction": std.plan.total_mu})
+    info.update(
+        {
+            "case": case,
+            "beams": len(req.angles()),
+            "dose_grid_mm": req.dose_grid_mm,
+            "standard_mu_per_fraction": std.plan.total_mu,
+        }
+    )
     return std, res["geometry"], req, t_plan, info
 
 
@@ -94,18 +105,28 @@ def run_gamma_bench(kind: str, no_pymedphys: bool) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", choices=["small", "tg119", "demo"], default="tg119",
-                    help="demo: the service demo's case and planning defaults, its 3 machines by default")
+    ap.add_argument(
+        "--case",
+        choices=["small", "tg119", "demo"],
+        default="tg119",
+        help="demo: the service demo's case and planning defaults, its 3 machines by default",
+    )
     ap.add_argument("--machines", default=None)
     ap.add_argument("--gamma", choices=["full", "small", "none"], default="full")
     ap.add_argument("--no-pymedphys", action="store_true")
-    ap.add_argument("--out", default=None,
-                    help="JSON output (default results/convert.json; --case demo: results/convert_demo.json)")
-    ap.add_argument("--standard-cache", default=None, help="pickle of the standard plan and its geometry: read when "
-                    "present, else written (iterate on conversions without re-planning; delete it after changing the "
-                    "planner)")
-    ap.add_argument("--baseline", default=None,
-                    help="an earlier result JSON of this script to embed as 'baseline' (before/after)")
+    ap.add_argument(
+        "--out", default=None, help="JSON output (default results/convert.json; --case demo: results/convert_demo.json)"
+    )
+    ap.add_argument(
+        "--standard-cache",
+        default=None,
+        help="pickle of the standard plan and its geometry: read when "
+        "present, else written (iterate on conversions without re-planning; delete it after changing the "
+        "planner)",
+    )
+    ap.add_argument(
+        "--baseline", default=None, help="an earlier result JSON of this script to embed as 'baseline' (before/after)"
+    )
     args = ap.parse_args()
     if args.out is None:
         args.out = str(RESULTS_DIR / ("convert_demo.json" if args.case == "demo" else "convert.json"))
@@ -149,27 +170,47 @@ def main() -> None:
     rows, per_machine = [], []
     for a in results:
         last = a.attempts[-1] if a.attempts else None
-        per_machine.append({
-            "machine": a.machine, "verdict": a.coincidence.verdict if a.coincidence else None, "status": a.status,
-            "mode": a.mode,
-            "attempts": len(a.attempts), "seconds": a.seconds,
-            "gamma_vs_standard_pct": last.gamma_vs_standard_pct if last else None,
-            "dvh": last.model_dump(mode="json")["dvh"] if last else None, "reasons": a.reasons[:3],
-            "attempt_log": [r.model_dump(mode="json") for r in a.attempts],
-        })
+        per_machine.append(
+            {
+                "machine": a.machine,
+                "verdict": a.coincidence.verdict if a.coincidence else None,
+                "status": a.status,
+                "mode": a.mode,
+                "attempts": len(a.attempts),
+                "seconds": a.seconds,
+                "gamma_vs_standard_pct": last.gamma_vs_standard_pct if last else None,
+                "dvh": last.model_dump(mode="json")["dvh"] if last else None,
+                "reasons": a.reasons[:3],
+                "attempt_log": [r.model_dump(mode="json") for r in a.attempts],
+            }
+        )
         for r in a.attempts:
             released = " RELEASED" if r.released else ""
-            print(f"  {a.machine} attempt {r.attempt} {r.mode} x{r.strength:g}: {r.verdict}{released}, gamma "
-                  f"{r.gamma_vs_standard_pct}, {r.total_mu_per_fraction:.0f} MU/fx, {r.num_segments} segments, "
-                  f"{r.seconds:.1f} s")
+            print(
+                f"  {a.machine} attempt {r.attempt} {r.mode} x{r.strength:g}: {r.verdict}{released}, gamma "
+                f"{r.gamma_vs_standard_pct}, {r.total_mu_per_fraction:.0f} MU/fx, {r.num_segments} segments, "
+                f"{r.seconds:.1f} s"
+            )
             for why in r.reasons:
                 print(f"      - {why}")
         gamma = f"{last.gamma_vs_standard_pct:.1f}" if last and last.gamma_vs_standard_pct is not None else "-"
-        rows.append([a.machine, a.coincidence.verdict if a.coincidence else "-", a.mode or "-", len(a.attempts),
-                     a.status, gamma, f"{a.seconds:.1f}"])
-    print_table(["machine", "coincidence", "mode", "attempts", "status", "gamma %", "s"], rows,
-                title=f"{args.case}: standard plan {t_plan:.1f} s; curves (cold cache) {t_curves:.1f} s; "
-                      f"{len(targets)} conversions one after the other {t_serial:.1f} s")
+        rows.append(
+            [
+                a.machine,
+                a.coincidence.verdict if a.coincidence else "-",
+                a.mode or "-",
+                len(a.attempts),
+                a.status,
+                gamma,
+                f"{a.seconds:.1f}",
+            ]
+        )
+    print_table(
+        ["machine", "coincidence", "mode", "attempts", "status", "gamma %", "s"],
+        rows,
+        title=f"{args.case}: standard plan {t_plan:.1f} s; curves (cold cache) {t_curves:.1f} s; "
+        f"{len(targets)} conversions one after the other {t_serial:.1f} s",
+    )
     gamma = run_gamma_bench(args.gamma, args.no_pymedphys)
     out = {
         "benchmark": "convert",
@@ -184,7 +225,7 @@ def main() -> None:
         "machine_start": info_start,
         "machine_end": machine_info(),
         "note": "timed on the shared 2-core developer machine under load from other developers; rerun on a quiet "
-                "machine",
+        "machine",
     }
     if args.baseline:
         out["baseline"] = json.loads(Path(args.baseline).read_text(encoding="utf-8"))

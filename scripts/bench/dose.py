@@ -58,8 +58,17 @@ if TYPE_CHECKING:  # annotations only: numpy is imported where it is used
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BENCH_PYTHON, REPO_ROOT, RESULTS_DIR, WORK_DIR, machine_info, peak_rss_mib, print_table, read_json,
-    run_measured, shared_data_dir, write_json,
+    BENCH_PYTHON,
+    REPO_ROOT,
+    RESULTS_DIR,
+    WORK_DIR,
+    machine_info,
+    peak_rss_mib,
+    print_table,
+    read_json,
+    run_measured,
+    shared_data_dir,
+    write_json,
 )
 
 SETUPS = {
@@ -114,7 +123,10 @@ def matched_weights(grids, peer_npz: Path) -> tuple[np.ndarray, list[dict]]:
     weights, info = [], []
     for b, g in enumerate(grids):
         xz = pos[bnum == b][:, [0, 2]]
-        lo = np.minimum(np.minimum(g.u_mm - g.width_mm / 2, g.v_mm - g.height_mm / 2).min(), -np.abs(xz).max() - w) - 2 * h
+        lo = (
+            np.minimum(np.minimum(g.u_mm - g.width_mm / 2, g.v_mm - g.height_mm / 2).min(), -np.abs(xz).max() - w)
+            - 2 * h
+        )
         n = int(np.ceil(-2 * lo / h)) + 1
         ax = lo + h * (np.arange(n) + 0.5)  # raster cell centres, same for u and v
 
@@ -153,14 +165,30 @@ def matched_weights(grids, peer_npz: Path) -> tuple[np.ndarray, list[dict]]:
                     best = (iou, su, sv, c, float(f.sum()) * h * h)
         iou, su, sv, c, area = best
         weights.append(c)
-        info.append({"beam": b, "sign_u": su, "sign_v": sv, "footprint_iou_all_weights_1": iou,
-                     "peer_area_mm2": area, "matched_area_mm2": float((c * g.width_mm * g.height_mm).sum())})
+        info.append(
+            {
+                "beam": b,
+                "sign_u": su,
+                "sign_v": sv,
+                "footprint_iou_all_weights_1": iou,
+                "peer_area_mm2": area,
+                "matched_area_mm2": float((c * g.width_mm * g.height_mm).sum()),
+            }
+        )
     return np.concatenate(weights), info
 
 
-def rayrt_dij(setup: str, out_npz: Path, out_json: Path, machine_name: str | None, margin_mm: float,
-              grid_spec: str | None = None, peer_npz: str | None = None, bixel_columns: str = "edge",
-              margin_mode: str = "projection") -> int:
+def rayrt_dij(
+    setup: str,
+    out_npz: Path,
+    out_json: Path,
+    machine_name: str | None,
+    margin_mm: float,
+    grid_spec: str | None = None,
+    peer_npz: str | None = None,
+    bixel_columns: str = "edge",
+    margin_mode: str = "projection",
+) -> int:
     """Load TG119, compute rayrt's Dij for a setup, save the uniform-fluence dose; one process."""
     import numpy as np
 
@@ -189,9 +217,16 @@ def rayrt_dij(setup: str, out_npz: Path, out_json: Path, machine_name: str | Non
         dose_grid = Grid(shape=(int(v[2]), int(v[1]), int(v[0])), spacing_mm=tuple(v[3:6]), origin_mm=tuple(v[6:9]))
     else:
         dose_grid = dose_grid_for(ct.grid, s["dose_grid_mm"])
-    beams = [Beam(name=f"G{int(a)}", number=i + 1, gantry_deg=a, isocenter_mm=iso) for i, a in enumerate(s["gantry_angles_deg"])]
-    placement = dict(bixel_width_mm=s["bixel_width_mm"], margin_mm=margin_mm, margin_mode=margin_mode,
-                     column_offset_mm=column_offset_for(bixel_columns, s["bixel_width_mm"]))
+    beams = [
+        Beam(name=f"G{int(a)}", number=i + 1, gantry_deg=a, isocenter_mm=iso)
+        for i, a in enumerate(s["gantry_angles_deg"])
+    ]
+    placement = dict(
+        bixel_width_mm=s["bixel_width_mm"],
+        margin_mm=margin_mm,
+        margin_mode=margin_mode,
+        column_offset_mm=column_offset_for(bixel_columns, s["bixel_width_mm"]),
+    )
 
     # warm-up: compile / load the numba kernels on a tiny problem (not timed as Dij)
     t0 = time.perf_counter()
@@ -216,7 +251,11 @@ def rayrt_dij(setup: str, out_npz: Path, out_json: Path, machine_name: str | Non
         "bixel_columns": bixel_columns,
         "column_offset_mm": placement["column_offset_mm"],
         "iso_center_mm": list(iso),
-        "dose_grid": {"shape_kji": list(dose_grid.shape), "spacing_mm": list(dose_grid.spacing_mm), "origin_mm": list(dose_grid.origin_mm)},
+        "dose_grid": {
+            "shape_kji": list(dose_grid.shape),
+            "spacing_mm": list(dose_grid.spacing_mm),
+            "origin_mm": list(dose_grid.origin_mm),
+        },
         "num_bixels": int(dij.shape[1]),
         "bixels_per_beam": [g.num_bixels for g in grids],
         "num_voxels": int(dij.shape[0]),
@@ -237,8 +276,14 @@ def rayrt_dij(setup: str, out_npz: Path, out_json: Path, machine_name: str | Non
         extra["matched_dose"] = np.asarray(dij @ wm.astype(np.float32), dtype=np.float32).reshape(dose_grid.shape)
         summary["matched_footprint"] = minfo
     out_npz.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out_npz, **extra, uniform_dose=uniform.reshape(dose_grid.shape), shape=np.asarray(dose_grid.shape),
-             spacing_mm=np.asarray(dose_grid.spacing_mm), origin_mm=np.asarray(dose_grid.origin_mm))
+    np.savez(
+        out_npz,
+        **extra,
+        uniform_dose=uniform.reshape(dose_grid.shape),
+        shape=np.asarray(dose_grid.shape),
+        spacing_mm=np.asarray(dose_grid.spacing_mm),
+        origin_mm=np.asarray(dose_grid.origin_mm),
+    )
     summary["peak_rss_end_mib"] = peak_rss_mib()
     write_json(out_json, summary)
     print(json.dumps({k: summary[k] for k in ("setup", "num_bixels", "nnz", "time_dij_s", "peak_rss_after_dij_mib")}))
@@ -262,16 +307,22 @@ def agreement(setup: str, prp_npz: Path, rayrt_npz: Path) -> dict:
 
     p = np.load(prp_npz)
     nx, ny, nz = (int(v) for v in p["dose_grid_dims"])
-    pgrid = Grid(shape=(nz, ny, nx), spacing_mm=tuple(float(v) for v in p["dose_grid_resolution_mm"]),
-                 origin_mm=tuple(float(v) for v in p["dose_grid_origin_mm"]))
+    pgrid = Grid(
+        shape=(nz, ny, nx),
+        spacing_mm=tuple(float(v) for v in p["dose_grid_resolution_mm"]),
+        origin_mm=tuple(float(v) for v in p["dose_grid_origin_mm"]),
+    )
     pd = np.asarray(p["uniform_dose"], dtype=np.float64).reshape(nz, ny, nx)
     body = np.zeros(pd.size, dtype=bool)
     body[p["voi_BODY"]] = True
     body = body.reshape(pd.shape)
     tgt_idx = p["voi_OuterTarget"]
     r = np.load(rayrt_npz)
-    rgrid = Grid(shape=tuple(int(v) for v in r["shape"]), spacing_mm=tuple(float(v) for v in r["spacing_mm"]),
-                 origin_mm=tuple(float(v) for v in r["origin_mm"]))
+    rgrid = Grid(
+        shape=tuple(int(v) for v in r["shape"]),
+        spacing_mm=tuple(float(v) for v in r["spacing_mm"]),
+        origin_mm=tuple(float(v) for v in r["origin_mm"]),
+    )
     p_mean = float(pd.ravel()[tgt_idx].mean())
     pn = pd / p_mean
     kji_t = np.stack(np.unravel_index(tgt_idx, pd.shape), axis=1).astype(float)
@@ -279,8 +330,8 @@ def agreement(setup: str, prp_npz: Path, rayrt_npz: Path) -> dict:
     rk_b = rgrid.world_to_index(pgrid.index_to_world(np.argwhere(body).astype(float)))
     out: dict = {
         "method": "rayrt.qa.gamma.gamma_index: global 3 %/3 mm, 10 % cutoff of the max reference dose, reference = "
-                  "pyRadPlan (its grid), evaluated = rayrt (trilinear on its grid), both normalised to mean 1 in "
-                  "OuterTarget; pass rate over the evaluated voxels inside BODY",
+        "pyRadPlan (its grid), evaluated = rayrt (trilinear on its grid), both normalised to mean 1 in "
+        "OuterTarget; pass rate over the evaluated voxels inside BODY",
         "pyradplan_target_mean": p_mean,
     }
     crit = GammaCriteria(dose_pct=3.0, dta_mm=3.0, cutoff_pct=10.0, local=False)
@@ -303,7 +354,9 @@ def agreement(setup: str, prp_npz: Path, rayrt_npz: Path) -> dict:
             "gamma_p95": float(np.percentile(gb, 95)) if gb.size else None,
             "n_evaluated": int(gb.size),
             "max_dose_ratio_normalised": float(rn.max() / pn.max()),
-            "mean_abs_diff_pct_where_ref_ge_50pct": float(100 * np.mean(np.abs(r_body[hi] - p_body[hi]))) if hi.any() else None,
+            "mean_abs_diff_pct_where_ref_ge_50pct": float(100 * np.mean(np.abs(r_body[hi] - p_body[hi])))
+            if hi.any()
+            else None,
         }
     # headline numbers: the plain definition (own bixels, all weights 1)
     out["gamma_pass_rate_pct"] = out["own_bixels"]["gamma_pass_rate_pct"]
@@ -324,8 +377,20 @@ def _run_pyradplan(setup: str, reuse: bool) -> dict:
         return d
     if not BENCH_PYTHON.is_file():
         raise SystemExit("the pyRadPlan venv is missing: run `bash scripts/bench/setup_pyradplan.sh` first")
-    m = run_measured([str(BENCH_PYTHON), str(Path(__file__).parent / "pyradplan_runner.py"), "dij", "--setup", setup,
-                      "--out", str(npz), "--json", str(js)], cwd=REPO_ROOT)
+    m = run_measured(
+        [
+            str(BENCH_PYTHON),
+            str(Path(__file__).parent / "pyradplan_runner.py"),
+            "dij",
+            "--setup",
+            setup,
+            "--out",
+            str(npz),
+            "--json",
+            str(js),
+        ],
+        cwd=REPO_ROOT,
+    )
     if m.returncode != 0:
         raise SystemExit(f"pyRadPlan setup {setup} failed (exit {m.returncode}):\n{m.stderr[-3000:]}")
     d = read_json(js)
@@ -334,16 +399,41 @@ def _run_pyradplan(setup: str, reuse: bool) -> dict:
     return d
 
 
-def _run_rayrt(setup: str, machine: str | None, margin_mm: float, peer_grid: dict | None = None, peer_npz: Path | None = None,
-               bixel_columns: str = "edge", margin_mode: str = "projection") -> dict:
+def _run_rayrt(
+    setup: str,
+    machine: str | None,
+    margin_mm: float,
+    peer_grid: dict | None = None,
+    peer_npz: Path | None = None,
+    bixel_columns: str = "edge",
+    margin_mode: str = "projection",
+) -> dict:
     npz = WORK_DIR / f"rayrt_{setup}.npz"
     js = WORK_DIR / f"rayrt_{setup}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_rayrt", "--setup", setup, "--out", str(npz), "--json", str(js),
-           "--margin-mm", str(margin_mm), "--bixel-columns", bixel_columns, "--margin-mode", margin_mode]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "_rayrt",
+        "--setup",
+        setup,
+        "--out",
+        str(npz),
+        "--json",
+        str(js),
+        "--margin-mm",
+        str(margin_mm),
+        "--bixel-columns",
+        bixel_columns,
+        "--margin-mode",
+        margin_mode,
+    ]
     if machine:
         cmd += ["--machine", machine]
     if peer_grid:
-        cmd += ["--grid", ",".join(str(v) for v in [*peer_grid["dims_xyz"], *peer_grid["resolution_mm"], *peer_grid["origin_mm"]])]
+        cmd += [
+            "--grid",
+            ",".join(str(v) for v in [*peer_grid["dims_xyz"], *peer_grid["resolution_mm"], *peer_grid["origin_mm"]]),
+        ]
     if peer_npz:
         cmd += ["--peer-npz", str(peer_npz)]
     m = run_measured(cmd, cwd=REPO_ROOT)
@@ -369,28 +459,61 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--margin-mode", choices=["projection", "volume"], default="projection")
     ap.add_argument("--vs", choices=["pyradplan"], default=None, help="also run the peer engine")
     ap.add_argument("--setups", default="A,B", help="comma-separated: A, B")
-    ap.add_argument("--machine", default=None, help=f"rayrt machine (default {DEFAULT_MACHINE} or the first generic one)")
-    ap.add_argument("--margin-mm", type=float, default=5.0, help="rayrt bixel margin around the target (mm; pyRadPlan: the bixel width)")
-    ap.add_argument("--bixel-columns", choices=["edge", "isocenter"], default="isocenter",
-                    help="rayrt bixel column alignment (default isocenter = pyRadPlan's: bixel centres at multiples of the width)")
-    ap.add_argument("--margin-mode", choices=["projection", "volume"], default="volume",
-                    help="rayrt bixel selection (default volume = pyRadPlan's: target grown in 3-D, bixels hit by projected voxel centres)")
-    ap.add_argument("--reuse-pyradplan", nargs="?", const="A,B", default="",
-                    help="reuse work/pyradplan_<setup>.json/.npz from an earlier run (all setups, or e.g. =B)")
+    ap.add_argument(
+        "--machine", default=None, help=f"rayrt machine (default {DEFAULT_MACHINE} or the first generic one)"
+    )
+    ap.add_argument(
+        "--margin-mm",
+        type=float,
+        default=5.0,
+        help="rayrt bixel margin around the target (mm; pyRadPlan: the bixel width)",
+    )
+    ap.add_argument(
+        "--bixel-columns",
+        choices=["edge", "isocenter"],
+        default="isocenter",
+        help="rayrt bixel column alignment (default isocenter = pyRadPlan's: bixel centres at multiples of the width)",
+    )
+    ap.add_argument(
+        "--margin-mode",
+        choices=["projection", "volume"],
+        default="volume",
+        help="rayrt bixel selection (default volume = pyRadPlan's: target grown in 3-D, bixels hit by projected voxel centres)",
+    )
+    ap.add_argument(
+        "--reuse-pyradplan",
+        nargs="?",
+        const="A,B",
+        default="",
+        help="reuse work/pyradplan_<setup>.json/.npz from an earlier run (all setups, or e.g. =B)",
+    )
     ap.add_argument("--out", default=str(RESULTS_DIR / "dose.json"))
     args = ap.parse_args(argv)
     if args.cmd == "_rayrt":
-        return rayrt_dij(args.setup, Path(args.out), Path(args.json), args.machine, args.margin_mm, args.grid, args.peer_npz,
-                         args.bixel_columns, args.margin_mode)
+        return rayrt_dij(
+            args.setup,
+            Path(args.out),
+            Path(args.json),
+            args.machine,
+            args.margin_mm,
+            args.grid,
+            args.peer_npz,
+            args.bixel_columns,
+            args.margin_mode,
+        )
 
     setups = [s.strip().upper() for s in args.setups.split(",") if s.strip()]
     for s in setups:
         if s not in SETUPS:
             raise SystemExit(f"unknown setup {s!r}; choose from {sorted(SETUPS)}")
     info_start = machine_info()
-    results: dict = {"benchmark": "dose (Dij) rayrt vs pyRadPlan 0.5.0, TG119", "setups": {}, "machine_info_start": info_start,
-                     "note": "timings under load from other developers on a shared 2-core machine unless load_avg is low; "
-                             "the lead reruns on a quiet machine"}
+    results: dict = {
+        "benchmark": "dose (Dij) rayrt vs pyRadPlan 0.5.0, TG119",
+        "setups": {},
+        "machine_info_start": info_start,
+        "note": "timings under load from other developers on a shared 2-core machine unless load_avg is low; "
+        "the lead reruns on a quiet machine",
+    }
     rows = []
     for s in setups:
         entry: dict = {"definition": SETUPS[s]}
@@ -399,19 +522,53 @@ def main(argv: list[str] | None = None) -> int:
             reuse = s in [v.strip().upper() for v in args.reuse_pyradplan.split(",") if v.strip()]
             pr = _run_pyradplan(s, reuse)
             entry["pyradplan"] = pr
-        ry = _run_rayrt(s, args.machine, args.margin_mm, pr["dose_grid"] if pr else None,
-                        WORK_DIR / f"pyradplan_{s}.npz" if pr else None, args.bixel_columns, args.margin_mode)
+        ry = _run_rayrt(
+            s,
+            args.machine,
+            args.margin_mm,
+            pr["dose_grid"] if pr else None,
+            WORK_DIR / f"pyradplan_{s}.npz" if pr else None,
+            args.bixel_columns,
+            args.margin_mode,
+        )
         entry["rayrt"] = ry
-        entry["bixel_placement"] = {"bixel_columns": args.bixel_columns, "column_offset_mm": ry["column_offset_mm"],
-                                    "margin_mode": args.margin_mode, "margin_mm": args.margin_mm,
-                                    "rows": "the machine's leaf pairs (edges at the MLC leaf boundaries)"}
-        rows.append([f"{s} rayrt", ry["time_dij_s"], ry["num_bixels"], ry["num_voxels"], ry["nnz"], ry["peak_rss_after_dij_mib"],
-                     ry["subprocess_peak_rss_mib"], ry["machine_info"]["load_avg_1min"]])
+        entry["bixel_placement"] = {
+            "bixel_columns": args.bixel_columns,
+            "column_offset_mm": ry["column_offset_mm"],
+            "margin_mode": args.margin_mode,
+            "margin_mm": args.margin_mm,
+            "rows": "the machine's leaf pairs (edges at the MLC leaf boundaries)",
+        }
+        rows.append(
+            [
+                f"{s} rayrt",
+                ry["time_dij_s"],
+                ry["num_bixels"],
+                ry["num_voxels"],
+                ry["nnz"],
+                ry["peak_rss_after_dij_mib"],
+                ry["subprocess_peak_rss_mib"],
+                ry["machine_info"]["load_avg_1min"],
+            ]
+        )
         if pr is not None:
-            rows.append([f"{s} pyRadPlan" + (" (reused)" if pr.get("reused") else ""), pr["time_dij_s"], pr["num_bixels"], pr["num_voxels"],
-                         pr["nnz"], pr["peak_rss_after_dij_mib"], pr.get("subprocess_peak_rss_mib"), pr["machine"]["load_avg_1min"]])
+            rows.append(
+                [
+                    f"{s} pyRadPlan" + (" (reused)" if pr.get("reused") else ""),
+                    pr["time_dij_s"],
+                    pr["num_bixels"],
+                    pr["num_voxels"],
+                    pr["nnz"],
+                    pr["peak_rss_after_dij_mib"],
+                    pr.get("subprocess_peak_rss_mib"),
+                    pr["machine"]["load_avg_1min"],
+                ]
+            )
             entry["speedup_dij_pyradplan_over_rayrt"] = pr["time_dij_s"] / ry["time_dij_s"]
-            entry["load_avg_1min_at_dij_end"] = {"rayrt": ry["machine_info"]["load_avg_1min"], "pyradplan": pr["machine"]["load_avg_1min"]}
+            entry["load_avg_1min_at_dij_end"] = {
+                "rayrt": ry["machine_info"]["load_avg_1min"],
+                "pyradplan": pr["machine"]["load_avg_1min"],
+            }
             entry["peak_rss_ratio_rayrt_over_pyradplan"] = ry["peak_rss_after_dij_mib"] / pr["peak_rss_after_dij_mib"]
             entry["same_dose_grid"] = ry["dose_grid"]["shape_kji"] == pr["dose_grid"]["dims_xyz"][::-1]
             entry["agreement"] = agreement(s, WORK_DIR / f"pyradplan_{s}.npz", WORK_DIR / f"rayrt_{s}.npz")
@@ -428,16 +585,21 @@ def main(argv: list[str] | None = None) -> int:
     results["machine_info_end"] = machine_info()
     write_json(args.out, results)
 
-    print_table(["engine / setup", "Dij s", "bixels", "voxels", "nnz", "RSS@Dij MiB", "proc peak MiB", "load1"], rows,
-                title=f"Dij on TG119 (load avg {info_start['load_avg_1min']} at start; shared machine: timings under load)")
+    print_table(
+        ["engine / setup", "Dij s", "bixels", "voxels", "nnz", "RSS@Dij MiB", "proc peak MiB", "load1"],
+        rows,
+        title=f"Dij on TG119 (load avg {info_start['load_avg_1min']} at start; shared machine: timings under load)",
+    )
     for s in setups:
         e = results["setups"][s]
         if "agreement" in e:
             a = e["agreement"]
-            print(f"setup {s}: speed-up x{e['speedup_dij_pyradplan_over_rayrt']:.1f}, peak RSS ratio {e['peak_rss_ratio_rayrt_over_pyradplan']:.2f}, "
-                  f"gamma 3%/3mm in BODY {a['gamma_pass_rate_pct']:.1f} % own bixels ({a['bixel_columns']} columns, {a['margin_mode']} margin), "
-                  f"{a.get('gamma_pass_rate_matched_pct', float('nan')):.1f} % matched footprint (n={a['n_evaluated']}), "
-                  f"raw target-mean ratio rayrt/pyRadPlan {a['raw_target_mean_ratio_rayrt_over_pyradplan']:.4g}; targets {e['targets_met']}")
+            print(
+                f"setup {s}: speed-up x{e['speedup_dij_pyradplan_over_rayrt']:.1f}, peak RSS ratio {e['peak_rss_ratio_rayrt_over_pyradplan']:.2f}, "
+                f"gamma 3%/3mm in BODY {a['gamma_pass_rate_pct']:.1f} % own bixels ({a['bixel_columns']} columns, {a['margin_mode']} margin), "
+                f"{a.get('gamma_pass_rate_matched_pct', float('nan')):.1f} % matched footprint (n={a['n_evaluated']}), "
+                f"raw target-mean ratio rayrt/pyRadPlan {a['raw_target_mean_ratio_rayrt_over_pyradplan']:.4g}; targets {e['targets_met']}"
+            )
     print(f"wrote {args.out}")
     return 0
 

@@ -88,7 +88,9 @@ def imrt_like_dose(grid: Grid, seed: int = 1, n_beams: int = 7) -> np.ndarray:
     return (dose / dose.max() * 2.0).astype(np.float64)
 
 
-def perturbed(dose: np.ndarray, grid: Grid, shift_mm: float = 1.5, scale: float = 1.02, noise: float = 0.05, seed: int = 7) -> np.ndarray:
+def perturbed(
+    dose: np.ndarray, grid: Grid, shift_mm: float = 1.5, scale: float = 1.02, noise: float = 0.05, seed: int = 7
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     from scipy.ndimage import shift as ndshift
 
@@ -123,40 +125,68 @@ def main() -> None:
         dict(dose_pct=2.0, dta_mm=2.0, cutoff_pct=10.0, local=False, interp_fraction=10, max_gamma=3.0),
         dict(dose_pct=3.0, dta_mm=3.0, cutoff_pct=10.0, local=True, interp_fraction=10, max_gamma=3.0),
         # the evaluated dose on another grid (2 mm, shifted origin): interpolated by both tools
-        dict(dose_pct=3.0, dta_mm=2.0, cutoff_pct=10.0, local=False, interp_fraction=10, max_gamma=3.0, eval_grid="other"),
+        dict(
+            dose_pct=3.0, dta_mm=2.0, cutoff_pct=10.0, local=False, interp_fraction=10, max_gamma=3.0, eval_grid="other"
+        ),
     ]
     lo, hi = grid.bounds_mm()
     sp2 = 2.0 if not args.small else 4.0
     n2 = np.floor((hi - lo - sp2) / sp2).astype(int)
-    grid2 = Grid(shape=(int(n2[2]), int(n2[1]), int(n2[0])), spacing_mm=(sp2, sp2, sp2), origin_mm=tuple(lo + sp2 * 0.8))
+    grid2 = Grid(
+        shape=(int(n2[2]), int(n2[1]), int(n2[0])), spacing_mm=(sp2, sp2, sp2), origin_mm=tuple(lo + sp2 * 0.8)
+    )
     ev2 = Volume(ev, grid).resample(grid2).array.astype(np.float64)
 
     # warm-up: numba compilation (cached on disk after the first run) is not part of the timing
     wg = Grid(shape=(4, 8, 8), spacing_mm=grid.spacing_mm, origin_mm=grid.origin_mm)
-    gamma_index(Volume(np.linspace(1, 2, 256).reshape(4, 8, 8), wg), Volume(np.linspace(1, 2.1, 256).reshape(4, 8, 8), wg))
+    gamma_index(
+        Volume(np.linspace(1, 2, 256).reshape(4, 8, 8), wg), Volume(np.linspace(1, 2.1, 256).reshape(4, 8, 8), wg)
+    )
     rows = []
     for c in cases:
         kw = {k: v for k, v in c.items() if k != "eval_grid"}
         evaluated = Volume(ev2, grid2) if c.get("eval_grid") == "other" else Volume(ev, grid)
         r = gamma_index(Volume(ref, grid), evaluated, **kw)
-        rows.append({"case": c, "rayrt": r.summary.model_dump(mode="json") | {"mean_gamma_capped": float(np.nanmean(np.minimum(r.gamma, c["max_gamma"])))}})
+        rows.append(
+            {
+                "case": c,
+                "rayrt": r.summary.model_dump(mode="json")
+                | {"mean_gamma_capped": float(np.nanmean(np.minimum(r.gamma, c["max_gamma"])))},
+            }
+        )
 
     pmp = None
     py = None
     if not args.no_pymedphys:
         py = pymedphys_python()
         if py is None:
-            print("pymedphys not found in .venv-bench or .venv-gamma: install it with\n"
-                  "  .venv-bench/bin/pip install pymedphys==0.41.0 numba   (after scripts/bench/setup_pyradplan.sh), or\n"
-                  "  python3 -m venv .venv-gamma && .venv-gamma/bin/pip install pymedphys==0.41.0 numpy scipy numba",
-                  file=sys.stderr)
+            print(
+                "pymedphys not found in .venv-bench or .venv-gamma: install it with\n"
+                "  .venv-bench/bin/pip install pymedphys==0.41.0 numba   (after scripts/bench/setup_pyradplan.sh), or\n"
+                "  python3 -m venv .venv-gamma && .venv-gamma/bin/pip install pymedphys==0.41.0 numpy scipy numba",
+                file=sys.stderr,
+            )
         else:
             WORK.mkdir(parents=True, exist_ok=True)
             npz = WORK / "doses.npz"
-            np.savez(npz, ref=ref, ev=ev, ax_x=grid.axis_mm("x"), ax_y=grid.axis_mm("y"), ax_z=grid.axis_mm("z"),
-                     ev2=ev2, ax2_x=grid2.axis_mm("x"), ax2_y=grid2.axis_mm("y"), ax2_z=grid2.axis_mm("z"))
-            proc = subprocess.run([py, "-c", PYMEDPHYS_RUNNER, str(npz), json.dumps(cases)], capture_output=True, text=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": "2"})
+            np.savez(
+                npz,
+                ref=ref,
+                ev=ev,
+                ax_x=grid.axis_mm("x"),
+                ax_y=grid.axis_mm("y"),
+                ax_z=grid.axis_mm("z"),
+                ev2=ev2,
+                ax2_x=grid2.axis_mm("x"),
+                ax2_y=grid2.axis_mm("y"),
+                ax2_z=grid2.axis_mm("z"),
+            )
+            proc = subprocess.run(
+                [py, "-c", PYMEDPHYS_RUNNER, str(npz), json.dumps(cases)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "2"},
+            )
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 raise SystemExit("pymedphys run failed")
@@ -166,21 +196,29 @@ def main() -> None:
                 row["pass_rate_diff_pp"] = row["rayrt"]["pass_rate_pct"] - p["pass_rate_pct"]
                 row["speedup"] = p["seconds"] / max(row["rayrt"]["seconds"], 1e-9)
 
-    print(f"grid {grid.shape} (k,j,i) at {grid.spacing_mm} mm, {int(np.count_nonzero(ref >= 0.1 * ref.max()))} voxels >= 10 %")
-    print(f"{'criteria':34s} {'rayrt pass%':>11s} {'pmp pass%':>10s} {'diff pp':>8s} {'rayrt mean':>10s} {'pmp mean':>9s} "
-          f"{'rayrt p95':>9s} {'pmp p95':>8s} {'rayrt s':>8s} {'pmp s':>8s} {'speedup':>8s}")
+    print(
+        f"grid {grid.shape} (k,j,i) at {grid.spacing_mm} mm, {int(np.count_nonzero(ref >= 0.1 * ref.max()))} voxels >= 10 %"
+    )
+    print(
+        f"{'criteria':34s} {'rayrt pass%':>11s} {'pmp pass%':>10s} {'diff pp':>8s} {'rayrt mean':>10s} {'pmp mean':>9s} "
+        f"{'rayrt p95':>9s} {'pmp p95':>8s} {'rayrt s':>8s} {'pmp s':>8s} {'speedup':>8s}"
+    )
     for row in rows:
         c, r, p = row["case"], row["rayrt"], row.get("pymedphys")
         lab = f"{c['dose_pct']:g}%/{c['dta_mm']:g}mm {'local' if c['local'] else 'global'} cut {c['cutoff_pct']:g}%"
         if c.get("eval_grid") == "other":
             lab += " 2mm eval"
         if p:
-            print(f"{lab:34s} {r['pass_rate_pct']:11.2f} {p['pass_rate_pct']:10.2f} {row['pass_rate_diff_pp']:8.2f} "
-                  f"{r['mean_gamma_capped']:10.3f} {p['mean_gamma']:9.3f} {r['p95_gamma']:9.3f} {p['p95_gamma']:8.3f} "
-                  f"{r['seconds']:8.2f} {p['seconds']:8.1f} {row['speedup']:7.1f}x")
+            print(
+                f"{lab:34s} {r['pass_rate_pct']:11.2f} {p['pass_rate_pct']:10.2f} {row['pass_rate_diff_pp']:8.2f} "
+                f"{r['mean_gamma_capped']:10.3f} {p['mean_gamma']:9.3f} {r['p95_gamma']:9.3f} {p['p95_gamma']:8.3f} "
+                f"{r['seconds']:8.2f} {p['seconds']:8.1f} {row['speedup']:7.1f}x"
+            )
         else:
-            print(f"{lab:34s} {r['pass_rate_pct']:11.2f} {'-':>10s} {'-':>8s} {r['mean_gamma_capped']:10.3f} {'-':>9s} "
-                  f"{r['p95_gamma']:9.3f} {'-':>8s} {r['seconds']:8.2f}")
+            print(
+                f"{lab:34s} {r['pass_rate_pct']:11.2f} {'-':>10s} {'-':>8s} {r['mean_gamma_capped']:10.3f} {'-':>9s} "
+                f"{r['p95_gamma']:9.3f} {'-':>8s} {r['seconds']:8.2f}"
+            )
     out = {
         "benchmark": "gamma",
         "grid_shape_kji": list(grid.shape),
@@ -188,8 +226,11 @@ def main() -> None:
         "other_eval_grid": grid2.model_dump(mode="json"),
         "pymedphys_version": pmp["version"] if pmp else None,
         "pymedphys_python": str(Path(py).relative_to(ROOT)) if (pmp and py) else None,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "note": "shared 2-core developer machine under load from other developers; rerun on a quiet machine"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "note": "shared 2-core developer machine under load from other developers; rerun on a quiet machine",
+        },
         "rows": rows,
     }
     dest = RESULTS.with_name("gamma_small.json") if args.small else RESULTS

@@ -36,9 +36,13 @@ def main() -> None:
     rasterize_polygons([np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0.0]])], g)  # compile / load numba cache
     for name, m in (("body", body), ("ring", ring)):
         polys = timed(f"mask_to_polygons {name} ({int(m.sum())} voxels)", lambda: mask_to_polygons(m, g))
-        back = timed(f"rasterize_polygons {name} ({len(polys)} polygons, {sum(len(p) for p in polys)} vertices)",
-                     lambda: rasterize_polygons(polys, g))
-        rows.append({"step": f"{name}: voxels differing after round trip", "seconds": None, "value": int((back != m).sum())})
+        back = timed(
+            f"rasterize_polygons {name} ({len(polys)} polygons, {sum(len(p) for p in polys)} vertices)",
+            lambda: rasterize_polygons(polys, g),
+        )
+        rows.append(
+            {"step": f"{name}: voxels differing after round trip", "seconds": None, "value": int((back != m).sum())}
+        )
 
     from rayrt.domain.patient import Structure, StructureKind
     from rayrt.imaging.export import write_ct_series, write_rtstruct
@@ -48,12 +52,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="rayrt_bench_") as tmp:
         ct = Volume(np.where(body, 0, -1000).astype(np.float32), g, "HU")
-        timed("write_ct_series (200 slices)", lambda: write_ct_series(ct, Path(tmp) / "ct", patient_id="B", patient_name="Bench"))
-        sms = [StructureMask(Structure(name="BODY", kind=StructureKind.external), body),
-               StructureMask(Structure(name="PTV", kind=StructureKind.target), ring)]
+        timed(
+            "write_ct_series (200 slices)",
+            lambda: write_ct_series(ct, Path(tmp) / "ct", patient_id="B", patient_name="Bench"),
+        )
+        sms = [
+            StructureMask(Structure(name="BODY", kind=StructureKind.external), body),
+            StructureMask(Structure(name="PTV", kind=StructureKind.target), ring),
+        ]
         timed("write_rtstruct (2 ROIs)", lambda: write_rtstruct(sms, ct, Path(tmp) / "RS.dcm"))
         st = timed("load_study (CT + RTSTRUCT)", lambda: load_study(tmp))
-        dose = (60.0 * np.exp(-(r / 150.0) ** 2) * np.ones_like(z)).astype(np.float32)
+        dose = (60.0 * np.exp(-((r / 150.0) ** 2)) * np.ones_like(z)).astype(np.float32)
         timed("dvh_metrics BODY (voxel centre)", lambda: dvh_metrics(dose, st.mask("BODY"), g.voxel_volume_cc, "BODY"))
     width = max(len(r["step"]) for r in rows)
     for r in rows:
@@ -61,7 +70,9 @@ def main() -> None:
         print(f"{r['step']:<{width}}  {val}")
     out = Path(__file__).resolve().parent / "results" / "imaging_polygons.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"grid": list(g.shape), "rows": rows, "note": "timed on a shared, loaded 2-core machine"}, indent=2))
+    out.write_text(
+        json.dumps({"grid": list(g.shape), "rows": rows, "note": "timed on a shared, loaded 2-core machine"}, indent=2)
+    )
     print(f"wrote {out}")
 
 

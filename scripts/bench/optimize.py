@@ -40,13 +40,26 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BENCH_PYTHON, REPO_ROOT, RESULTS_DIR, WORK_DIR, machine_info, print_table, read_json, run_measured,  # noqa: E402
-                    shared_data_dir, write_json)
+from common import (
+    BENCH_PYTHON,
+    REPO_ROOT,
+    RESULTS_DIR,
+    WORK_DIR,
+    machine_info,
+    print_table,
+    read_json,
+    run_measured,  # noqa: E402
+    shared_data_dir,
+    write_json,
+)
 
 sys.path.insert(0, str(REPO_ROOT))
 OUT = RESULTS_DIR / "optimize.json"
-KIND = {"SquaredDeviation": ("squared_deviation", "d_ref"), "SquaredOverdosing": ("squared_overdose", "d_max"),
-        "SquaredUnderdosing": ("squared_underdose", "d_min")}
+KIND = {
+    "SquaredDeviation": ("squared_deviation", "d_ref"),
+    "SquaredOverdosing": ("squared_overdose", "d_max"),
+    "SquaredUnderdosing": ("squared_underdose", "d_min"),
+}
 
 
 def _merge(key: str, value) -> None:
@@ -65,8 +78,19 @@ def ensure_pyradplan(setup: str, rerun: bool) -> tuple[dict, Path]:
     if rerun or not js.exists() or not npz.exists():
         if not BENCH_PYTHON.exists():
             raise SystemExit("pyRadPlan venv missing: run `bash scripts/bench/setup_pyradplan.sh` first")
-        m = run_measured([str(BENCH_PYTHON), str(REPO_ROOT / "scripts/bench/pyradplan_runner.py"), "optimize", "--setup", setup,
-                          "--out", str(js), "--dij-out", str(npz)])
+        m = run_measured(
+            [
+                str(BENCH_PYTHON),
+                str(REPO_ROOT / "scripts/bench/pyradplan_runner.py"),
+                "optimize",
+                "--setup",
+                setup,
+                "--out",
+                str(js),
+                "--dij-out",
+                str(npz),
+            ]
+        )
         if m.returncode != 0:
             raise SystemExit(f"pyRadPlan run failed:\n{m.stderr[-3000:]}")
         d = read_json(js)
@@ -86,13 +110,17 @@ def _warm_up_jit() -> None:
     from rayrt.optimize.problem import problem_from_voxel_groups
 
     a = sp.random(3000, 40, density=0.5, format="csc", dtype=np.float32, random_state=0)
-    terms = [dict(structure="T", kind="squared_deviation", dose_gy=1.0, weight=1.0, voxels=np.arange(100)),
-             dict(structure="B", kind="squared_overdose", dose_gy=1.0, weight=1.0, voxels=np.arange(100, 3000))]
+    terms = [
+        dict(structure="T", kind="squared_deviation", dose_gy=1.0, weight=1.0, voxels=np.arange(100)),
+        dict(structure="B", kind="squared_overdose", dose_gy=1.0, weight=1.0, voxels=np.arange(100, 3000)),
+    ]
     old = sparse_mod.PARALLEL_MIN_NNZ
     try:
         for limit in (0, 10**12):
             sparse_mod.PARALLEL_MIN_NNZ = limit
-            optimize_fluence(problem_from_voxel_groups(a, terms, target="T", prescription_gy=1.0), FluenceOptions(max_iterations=5))
+            optimize_fluence(
+                problem_from_voxel_groups(a, terms, target="T", prescription_gy=1.0), FluenceOptions(max_iterations=5)
+            )
     finally:
         sparse_mod.PARALLEL_MIN_NNZ = old
 
@@ -110,8 +138,16 @@ def vs_pyradplan(setup: str, rerun: bool) -> dict:
     z = np.load(npz)
     dij = sp.csc_matrix((z["dij_data"], z["dij_indices"], z["dij_indptr"]), shape=tuple(int(v) for v in z["dij_shape"]))
     desc = json.loads(str(z["objectives_json"]))
-    terms = [dict(structure=o["structure"], kind=KIND[o["type"]][0], dose_gy=o["parameters"][KIND[o["type"]][1]], weight=o["priority"],
-                  voxels=z[f"obj_voxels_{o['group']}"]) for o in desc]
+    terms = [
+        dict(
+            structure=o["structure"],
+            kind=KIND[o["type"]][0],
+            dose_gy=o["parameters"][KIND[o["type"]][1]],
+            weight=o["priority"],
+            voxels=z[f"obj_voxels_{o['group']}"],
+        )
+        for o in desc
+    ]
     target = next(o["structure"] for o in desc if o["voi_type"] == "TARGET")
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -132,36 +168,69 @@ def vs_pyradplan(setup: str, rerun: bool) -> dict:
     reached = r_eq.objective <= f_prp * (1 + 1e-9)
     res = {
         "setup": setup,
-        "dij": {"voxels": int(z["dij_shape"][0]), "bixels": int(z["dij_shape"][1]), "nnz": int(z["dij_data"].size),
-                "objective_rows": problem.dij.num_rows, "load_npz_s": t_load, "row_subset_s": t_setup},
-        "pyradplan": {"time_optimization_s": prp["time_optimization_s"], "iterations": prp["num_iter"],
-                      "objective_own": prp["objective_final"], "objective_rayrt_function": f_prp,
-                      "load_avg_1min": prp.get("machine", {}).get("load_avg_1min")},
-        "rayrt_to_equal": {"time_s": r_eq.seconds, "cpu_s": cpu_eq, "iterations": r_eq.iterations, "evaluations": r_eq.evaluations,
-                           "objective": r_eq.objective, "reached": bool(reached)},
-        "rayrt_converged": {"time_s": r_cv.seconds, "cpu_s": cpu_cv, "iterations": r_cv.iterations, "evaluations": r_cv.evaluations,
-                            "objective": r_cv.objective, "message": r_cv.message},
-        "rayrt_settings": {"options": FluenceOptions().model_dump(), "dense_rows": int(dense_rows),
-                           "start": "uniform weights scaled to mean target dose = prescription",
-                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                           "timed": "whole optimize_fluence call incl. dense-row copy, screening group sums, Jacobi scaling"},
+        "dij": {
+            "voxels": int(z["dij_shape"][0]),
+            "bixels": int(z["dij_shape"][1]),
+            "nnz": int(z["dij_data"].size),
+            "objective_rows": problem.dij.num_rows,
+            "load_npz_s": t_load,
+            "row_subset_s": t_setup,
+        },
+        "pyradplan": {
+            "time_optimization_s": prp["time_optimization_s"],
+            "iterations": prp["num_iter"],
+            "objective_own": prp["objective_final"],
+            "objective_rayrt_function": f_prp,
+            "load_avg_1min": prp.get("machine", {}).get("load_avg_1min"),
+        },
+        "rayrt_to_equal": {
+            "time_s": r_eq.seconds,
+            "cpu_s": cpu_eq,
+            "iterations": r_eq.iterations,
+            "evaluations": r_eq.evaluations,
+            "objective": r_eq.objective,
+            "reached": bool(reached),
+        },
+        "rayrt_converged": {
+            "time_s": r_cv.seconds,
+            "cpu_s": cpu_cv,
+            "iterations": r_cv.iterations,
+            "evaluations": r_cv.evaluations,
+            "objective": r_cv.objective,
+            "message": r_cv.message,
+        },
+        "rayrt_settings": {
+            "options": FluenceOptions().model_dump(),
+            "dense_rows": int(dense_rows),
+            "start": "uniform weights scaled to mean target dose = prescription",
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "timed": "whole optimize_fluence call incl. dense-row copy, screening group sums, Jacobi scaling",
+        },
         "speedup_to_equal_objective": prp["time_optimization_s"] / r_eq.seconds if reached else None,
         "speedup_converged": prp["time_optimization_s"] / r_cv.seconds,
         "load_avg_1min": [load0, load1],
         "note": "same Dij and objective voxel groups for both; both weight vectors evaluated with rayrt's objective; "
-                "pyRadPlan ran in its own process earlier (see its load average); timings under load on the shared machine",
+        "pyRadPlan ran in its own process earlier (see its load average); timings under load on the shared machine",
     }
-    print_table(["engine", "time (s)", "iterations", "objective"], [
-        ["pyRadPlan 0.5.0", prp["time_optimization_s"], prp["num_iter"], f_prp],
-        ["rayrt (to equal)", r_eq.seconds, r_eq.iterations, r_eq.objective],
-        ["rayrt (converged)", r_cv.seconds, r_cv.iterations, r_cv.objective],
-    ], title=f"fluence optimisation, setup {setup}: nnz {res['dij']['nnz']:,}, speed-up to equal objective "
-             f"{res['speedup_to_equal_objective'] and round(res['speedup_to_equal_objective'], 2)}x")
+    print_table(
+        ["engine", "time (s)", "iterations", "objective"],
+        [
+            ["pyRadPlan 0.5.0", prp["time_optimization_s"], prp["num_iter"], f_prp],
+            ["rayrt (to equal)", r_eq.seconds, r_eq.iterations, r_eq.objective],
+            ["rayrt (converged)", r_cv.seconds, r_cv.iterations, r_cv.objective],
+        ],
+        title=f"fluence optimisation, setup {setup}: nnz {res['dij']['nnz']:,}, speed-up to equal objective "
+        f"{res['speedup_to_equal_objective'] and round(res['speedup_to_equal_objective'], 2)}x",
+    )
     return res
 
 
-SETUPS = {"A": ([0.0, 72.0, 144.0, 216.0, 288.0], 5.0), "B": ([float(a) for a in range(0, 360, 40)], 3.0),
-          "Q": ([float(a) for a in range(0, 360, 40)], 5.0), "H": ([float(a) for a in range(0, 360, 40)], 5.0)}
+SETUPS = {
+    "A": ([0.0, 72.0, 144.0, 216.0, 288.0], 5.0),
+    "B": ([float(a) for a in range(0, 360, 40)], 3.0),
+    "Q": ([float(a) for a in range(0, 360, 40)], 5.0),
+    "H": ([float(a) for a in range(0, 360, 40)], 5.0),
+}
 
 
 def pipeline(setup: str, case: str, sequencer: str) -> dict:
@@ -190,8 +259,18 @@ def pipeline(setup: str, case: str, sequencer: str) -> dict:
         order = tg119_goal_order()
         tgt = "PTV"
     angles, grid_mm = SETUPS[setup]
-    req = planning_request({"gantry_deg": angles, "dose_grid_mm": grid_mm, "max_segments": 15, "sequencer": sequencer,
-                            "fmo_iterations": 600 if setup == "H" else 400, "dao_rounds": 8 if setup == "H" else 4, "dao_iterations": 60}, [])
+    req = planning_request(
+        {
+            "gantry_deg": angles,
+            "dose_grid_mm": grid_mm,
+            "max_segments": 15,
+            "sequencer": sequencer,
+            "fmo_iterations": 600 if setup == "H" else 400,
+            "dao_rounds": 8 if setup == "H" else 4,
+            "dao_iterations": 60,
+        },
+        [],
+    )
     seconds: dict[str, float] = {}
     started: dict[str, float] = {}
 
@@ -202,8 +281,13 @@ def pipeline(setup: str, case: str, sequencer: str) -> dict:
             seconds[ev.stage] = time.perf_counter() - started[ev.stage]
 
     t0 = time.perf_counter()
-    res = run_recipe(study, order, req, stages=["load", "geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize"],
-                     on_event=on_event)
+    res = run_recipe(
+        study,
+        order,
+        req,
+        stages=["load", "geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize"],
+        on_event=on_event,
+    )
     wall = time.perf_counter() - t0
     std = res["standard_plan"]
     dvh = std.dvh
@@ -211,25 +295,48 @@ def pipeline(setup: str, case: str, sequencer: str) -> dict:
     from rayrt.qa.deliverability import check_plan
 
     deliv = check_plan(std.plan, get_machine(std.plan.machine))
-    goals = {"target_d95_gy": dvh[tgt]["d95_gy"], "target_d10_gy": dvh[tgt]["d10_gy"], "core_d10_gy": dvh["Core"]["d10_gy"]}
-    goals["easy_goals_met"] = bool(goals["target_d95_gy"] >= 50 - 1e-3 and goals["target_d10_gy"] <= 55 and goals["core_d10_gy"] <= 25)
+    goals = {
+        "target_d95_gy": dvh[tgt]["d95_gy"],
+        "target_d10_gy": dvh[tgt]["d10_gy"],
+        "core_d10_gy": dvh["Core"]["d10_gy"],
+    }
+    goals["easy_goals_met"] = bool(
+        goals["target_d95_gy"] >= 50 - 1e-3 and goals["target_d10_gy"] <= 55 and goals["core_d10_gy"] <= 25
+    )
     goals["hard_goal_met"] = bool(goals["easy_goals_met"] and goals["core_d10_gy"] <= 10)
     n = len(angles)
     fl = res["fluence"]
     out = {
-        "setup": setup, "case": case, "sequencer": sequencer, "beams": n, "dose_grid_mm": grid_mm, "wall_s": wall,
+        "setup": setup,
+        "case": case,
+        "sequencer": sequencer,
+        "beams": n,
+        "dose_grid_mm": grid_mm,
+        "wall_s": wall,
         "stages": {k: {"seconds": v} for k, v in seconds.items()},
         "dij": {"nnz": res["dij"].nnz, "bixels": res["dij"].num_bixels, "voxels": res["dij"].num_voxels},
-        "fmo": {"objective": fl.objective, "iterations": fl.iterations, "evaluations": fl.evaluations, "max_violation_gy": fl.max_violation_gy},
+        "fmo": {
+            "objective": fl.objective,
+            "iterations": fl.iterations,
+            "evaluations": fl.evaluations,
+            "max_violation_gy": fl.max_violation_gy,
+        },
         "sequencing_plus_dao_per_beam_s": (seconds["sequence"] + seconds["dao"]) / n,
-        "sequencing_per_beam_s": seconds["sequence"] / n, "dao_per_beam_s": seconds["dao"] / n,
-        "segments": sum(len(b.segments) for b in std.plan.beams), "mu_per_fraction": std.plan.total_mu,
-        "deliverable": deliv.deliverable, "goals": goals, "load_avg_1min": machine_info()["load_avg_1min"],
+        "sequencing_per_beam_s": seconds["sequence"] / n,
+        "dao_per_beam_s": seconds["dao"] / n,
+        "segments": sum(len(b.segments) for b in std.plan.beams),
+        "mu_per_fraction": std.plan.total_mu,
+        "deliverable": deliv.deliverable,
+        "goals": goals,
+        "load_avg_1min": machine_info()["load_avg_1min"],
     }
-    print_table(["stage", "time (s)"], [[k, v["seconds"]] for k, v in out["stages"].items()],
-                title=f"planning recipe, setup {setup} ({case}, {n} beams, {grid_mm} mm): {out['segments']} segments, "
-                      f"target D95 {goals['target_d95_gy']:.2f} D10 {goals['target_d10_gy']:.2f}, core D10 {goals['core_d10_gy']:.2f} Gy, "
-                      f"deliverable {out['deliverable']}")
+    print_table(
+        ["stage", "time (s)"],
+        [[k, v["seconds"]] for k, v in out["stages"].items()],
+        title=f"planning recipe, setup {setup} ({case}, {n} beams, {grid_mm} mm): {out['segments']} segments, "
+        f"target D95 {goals['target_d95_gy']:.2f} D10 {goals['target_d10_gy']:.2f}, core D10 {goals['core_d10_gy']:.2f} Gy, "
+        f"deliverable {out['deliverable']}",
+    )
     return out
 
 

@@ -67,8 +67,9 @@ def _quiet() -> None:
     logging.basicConfig(level=logging.WARNING)
     # pyRadPlan draws tqdm progress bars on stderr; disable them for clean logs
     try:
-        import tqdm
         import functools
+
+        import tqdm
 
         tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
     except Exception:  # pragma: no cover - tqdm missing is fine
@@ -117,8 +118,16 @@ def compute_dij(setup: str) -> dict:
     rss_after_dij = peak_rss_mib()
     mat = dij.physical_dose.flat[0]
     return {
-        "ct": ct, "cst": cst, "pln": pln, "stf": stf, "dij": dij, "mat": mat,
-        "t_load_s": t_load, "t_stf_s": t_stf, "t_dij_s": t_dij, "peak_rss_after_dij_mib": rss_after_dij,
+        "ct": ct,
+        "cst": cst,
+        "pln": pln,
+        "stf": stf,
+        "dij": dij,
+        "mat": mat,
+        "t_load_s": t_load,
+        "t_stf_s": t_stf,
+        "t_dij_s": t_dij,
+        "peak_rss_after_dij_mib": rss_after_dij,
     }
 
 
@@ -133,7 +142,6 @@ def _grid_dict(grid) -> dict:
 
 
 def _summary(setup: str, r: dict) -> dict:
-    import numpy as np
 
     stf, mat, dij = r["stf"], r["mat"], r["dij"]
     iso = [list(map(float, b.iso_center)) for b in stf.beams]
@@ -184,9 +192,17 @@ def _objective_groups(r: dict) -> tuple[list[dict], list]:
         idx.append(np.asarray(voi.indices_numpy, dtype=np.int64))
         for o in objs:
             params = dict(zip(o.parameter_names, [float(p) for p in o.parameters]))
-            desc.append({"group": g, "structure": voi.name, "voi_type": voi.voi_type,
-                         "type": type(o).__name__, "priority": float(o.priority), "parameters": params,
-                         "num_voxels": int(idx[-1].size)})
+            desc.append(
+                {
+                    "group": g,
+                    "structure": voi.name,
+                    "voi_type": voi.voi_type,
+                    "type": type(o).__name__,
+                    "priority": float(o.priority),
+                    "parameters": params,
+                    "num_voxels": int(idx[-1].size),
+                }
+            )
     return desc, idx
 
 
@@ -233,9 +249,13 @@ def save_npz(path: Path, setup: str, r: dict) -> dict:
         arrays[f"obj_voxels_{i}"] = g
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
-    return {"objectives": desc, "uniform_dose_max": float(uniform.max()),
-            "uniform_dose_target_mean": float(uniform[arrays.get("voi_OuterTarget", np.arange(0))].mean())
-            if "voi_OuterTarget" in arrays else None}
+    return {
+        "objectives": desc,
+        "uniform_dose_max": float(uniform.max()),
+        "uniform_dose_target_mean": float(uniform[arrays.get("voi_OuterTarget", np.arange(0))].mean())
+        if "voi_OuterTarget" in arrays
+        else None,
+    }
 
 
 def _dvh_metrics(dose, idx: dict) -> dict:
@@ -266,7 +286,14 @@ def cmd_dij(args: argparse.Namespace) -> int:
     summary["peak_rss_end_mib"] = peak_rss_mib()
     jpath = Path(args.json) if args.json else out.with_suffix(".json")
     write_json(jpath, summary)
-    print(json.dumps({k: summary[k] for k in ("setup", "num_bixels", "num_voxels", "nnz", "time_dij_s", "peak_rss_after_dij_mib")}))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("setup", "num_bixels", "num_voxels", "nnz", "time_dij_s", "peak_rss_after_dij_mib")
+            }
+        )
+    )
     return 0
 
 
@@ -301,20 +328,23 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     cst_raw = r["cst"].resample_on_new_ct(ct_d)
     raw_idx = {v.name: np.asarray(v.indices_numpy, dtype=np.int64) for v in cst_raw.vois}
     res_info = opt_info.get("result_info") or {}
-    summary.update({
-        "solver": "scipy L-BFGS-B (pyRadPlan OptimizerSciPy)",
-        "time_optimization_s": t_opt,
-        "num_iter": opt_info.get("num_iter"),
-        "num_objective_evaluations": len(opt_info.get("obj_history") or []) or None,
-        "objective_final": fval,
-        "objective_history": [float(v) for v in (opt_info.get("obj_history") or [])][:2000],
-        "result_info": {k: v for k, v in res_info.items() if isinstance(v, (int, float, str, bool))}
-        if isinstance(res_info, dict) else str(res_info),
-        "objectives": desc,
-        "dvh": _dvh_metrics(dose, raw_idx),
-        "weights": [float(v) for v in w],
-        "peak_rss_end_mib": peak_rss_mib(),
-    })
+    summary.update(
+        {
+            "solver": "scipy L-BFGS-B (pyRadPlan OptimizerSciPy)",
+            "time_optimization_s": t_opt,
+            "num_iter": opt_info.get("num_iter"),
+            "num_objective_evaluations": len(opt_info.get("obj_history") or []) or None,
+            "objective_final": fval,
+            "objective_history": [float(v) for v in (opt_info.get("obj_history") or [])][:2000],
+            "result_info": {k: v for k, v in res_info.items() if isinstance(v, (int, float, str, bool))}
+            if isinstance(res_info, dict)
+            else str(res_info),
+            "objectives": desc,
+            "dvh": _dvh_metrics(dose, raw_idx),
+            "weights": [float(v) for v in w],
+            "peak_rss_end_mib": peak_rss_mib(),
+        }
+    )
     if args.dij_out:
         # also the Dij export + the same JSON summary `dij` writes (so dose.py --reuse-pyradplan can use it)
         dij_summary = _summary(args.setup, r)
@@ -324,12 +354,18 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         write_json(Path(args.dij_out).with_suffix(".json"), dij_summary)
         summary["npz"] = str(args.dij_out)
     write_json(args.out, summary)
-    print(json.dumps({k: summary[k] for k in ("setup", "time_dij_s", "time_optimization_s", "num_iter", "objective_final")}))
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("setup", "time_dij_s", "time_optimization_s", "num_iter", "objective_final")}
+        )
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("dij", help="compute the Dij, export it (.npz) and a JSON summary")
     a.add_argument("--setup", choices=sorted(SETUPS), required=True)
@@ -339,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     o = sub.add_parser("optimize", help="compute the Dij, run pyRadPlan's fluence optimization, write JSON")
     o.add_argument("--setup", choices=sorted(SETUPS), required=True)
     o.add_argument("--out", required=True, help="the JSON to write")
-    o.add_argument("--dij-out", default=None, help="also export the Dij .npz and its JSON summary (.json next to it): saves a second Dij run")
+    o.add_argument(
+        "--dij-out",
+        default=None,
+        help="also export the Dij .npz and its JSON summary (.json next to it): saves a second Dij run",
+    )
     o.set_defaults(func=cmd_optimize)
     args = ap.parse_args(argv)
     return int(args.func(args))

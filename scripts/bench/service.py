@@ -65,12 +65,16 @@ def _time_dij(study, order, req, executor=None) -> tuple[float, object]:
         if e.stage == "dij" and e.kind == "finished":
             t["b"] = time.perf_counter()
 
-    res = run_recipe(study, order, req, stages=["load", "structures", "geometry", "beamlets", "dij"], executor=executor, on_event=ev)
+    res = run_recipe(
+        study, order, req, stages=["load", "structures", "geometry", "beamlets", "dij"], executor=executor, on_event=ev
+    )
     return t["b"] - t["a"], res
 
 
 def _same(a, b) -> bool:
-    return np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data)
+    return (
+        np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data)
+    )
 
 
 def single_process_in_task(study, order, req, runs: int = 2) -> float:
@@ -97,8 +101,20 @@ def _dij_items(spacing: float, procs: int):
     geometry, bset = res["geometry"], res["beamlet_set"]
     work = [50.0 + beam_path_mm(geometry, b.beam, geometry.standard_machine) for b in bset.beams]
     chunks = chunk_plan(bset.counts, procs, req.chunks_per_cpu, work_per_bixel=[w / max(work) for w in work])
-    items = [(bset.beams[b], geometry.standard_machine, geometry.density_grid, geometry.dose_grid, a, z, req.dij_cutoff_mm, req.dij_threshold, 1)
-             for b, a, z in chunks]
+    items = [
+        (
+            bset.beams[b],
+            geometry.standard_machine,
+            geometry.density_grid,
+            geometry.dose_grid,
+            a,
+            z,
+            req.dij_cutoff_mm,
+            req.dij_threshold,
+            1,
+        )
+        for b, a, z in chunks
+    ]
     return items, np.ascontiguousarray(geometry.density, dtype=np.float32)
 
 
@@ -142,7 +158,12 @@ def parallel_ceiling(spacing: float, procs: int) -> dict:
 def hold_density(i: int, density: np.ndarray, seconds: float) -> dict:
     """A task that holds the shared density for ``seconds`` and reports whether it is a zero-copy view."""
     time.sleep(seconds)
-    return {"task": i, "readonly_view": not density.flags.writeable, "owns_data": bool(density.flags.owndata), "nbytes": int(density.nbytes)}
+    return {
+        "task": i,
+        "readonly_view": not density.flags.writeable,
+        "owns_data": bool(density.flags.owndata),
+        "nbytes": int(density.nbytes),
+    }
 
 
 def _plasma_used_mib() -> float:
@@ -169,13 +190,22 @@ def bench_dij(quick: bool) -> dict:
     study, order = tg119_phantom(spacing), tg119_order()
     req = _dij_request()  # production physics: 50 mm cut-off, 1e-4 threshold
     ncpu = os.cpu_count() or 1
-    out: dict = {"case": f"TG-119 phantom {spacing:g} mm, 9 beams, 5 mm bixels, 5 mm dose grid, cutoff {req.dij_cutoff_mm:g} mm, threshold {req.dij_threshold:g}"}
+    out: dict = {
+        "case": f"TG-119 phantom {spacing:g} mm, 9 beams, 5 mm bixels, 5 mm dose grid, cutoff {req.dij_cutoff_mm:g} mm, threshold {req.dij_threshold:g}"
+    }
 
     # The single process (driver, numba 1 thread and all threads) and the Ray fan-out are timed in
     # interleaved rounds, so that a slow phase of this shared VM (its host, page faults on memory it
     # never touched) hits both sides alike; the headline is the median of the per-round ratios.
     tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
-    ray.init(address="local", num_cpus=ncpu, include_dashboard=False, object_store_memory=1536 * 2**20, log_to_driver=False, _temp_dir=tmp)
+    ray.init(
+        address="local",
+        num_cpus=ncpu,
+        include_dashboard=False,
+        object_store_memory=1536 * 2**20,
+        log_to_driver=False,
+        _temp_dir=tmp,
+    )
     try:
         ex = RayExecutor(num_cpus_per_task=1)
         ex.threads_per_task = 1
@@ -204,15 +234,34 @@ def bench_dij(quick: bool) -> dict:
         ratios = [r["threads_1_s"] / r[f"ray_k{k_best}_s"] for r in rounds]
         t1, tn, best = med["threads_1_s"], med[f"threads_{ncpu}_s"], med[f"ray_k{k_best}_s"]
         out["rounds"] = rounds
-        out["single_process"] = {"threads_1_s": t1, f"threads_{ncpu}_s": tn, "nnz": int(ref.nnz), "bixels": int(ref.shape[1]), "voxels": int(ref.shape[0]),
-                                 "statistic": f"median of {ROUNDS} interleaved rounds"}
+        out["single_process"] = {
+            "threads_1_s": t1,
+            f"threads_{ncpu}_s": tn,
+            "nnz": int(ref.nnz),
+            "bixels": int(ref.shape[1]),
+            "voxels": int(ref.shape[0]),
+            "statistic": f"median of {ROUNDS} interleaved rounds",
+        }
         out["plain_processes"] = parallel_ceiling(spacing, ncpu)
         out["plain_processes"]["speedup_vs_1_thread"] = t1 / out["plain_processes"]["wall_s"]
-        out["ray"] = {"cpus": ncpu, "threads_per_task": 1, "cold_s": cold,
-                      "by_chunks_per_cpu": {k: {"tasks": tasks[k][0], "chunk_bixels": tasks[k][1], "median_s": med[f"ray_k{k}_s"],
-                                                "identical_to_single_process": identical[k]} for k in reqs},
-                      "best_chunks_per_cpu": k_best, "tasks": tasks[k_best][0], "warm_s": best,
-                      "identical_to_single_process": all(identical.values())}
+        out["ray"] = {
+            "cpus": ncpu,
+            "threads_per_task": 1,
+            "cold_s": cold,
+            "by_chunks_per_cpu": {
+                k: {
+                    "tasks": tasks[k][0],
+                    "chunk_bixels": tasks[k][1],
+                    "median_s": med[f"ray_k{k}_s"],
+                    "identical_to_single_process": identical[k],
+                }
+                for k in reqs
+            },
+            "best_chunks_per_cpu": k_best,
+            "tasks": tasks[k_best][0],
+            "warm_s": best,
+            "identical_to_single_process": all(identical.values()),
+        }
         out["speedup_vs_1_thread"] = float(np.median(ratios))
         out["speedup_vs_1_thread_per_round"] = ratios
         best_1 = min(r["threads_1_s"] for r in rounds)
@@ -232,7 +281,11 @@ def bench_dij(quick: bool) -> dict:
         vol = np.ones((128, 256, 512), np.float32)  # 64 MiB, a 512 x 256 x 128 CT-sized density
         base = _plasma_used_mib()
         ref_v = ray.put(vol)
-        mem = {"volume_mib": vol.nbytes / 2**20, "plasma_before_put_mib": base, "plasma_after_put_mib": _plasma_used_mib()}
+        mem = {
+            "volume_mib": vol.nbytes / 2**20,
+            "plasma_before_put_mib": base,
+            "plasma_after_put_mib": _plasma_used_mib(),
+        }
         rf = ray.remote(num_cpus=0)(hold_density)
         for n in (2, 8):
             refs = [rf.remote(i, ref_v, 5.0) for i in range(n)]
@@ -254,13 +307,26 @@ def _start_service(data_dir: Path, computers: int = 1):
     from rayrt.service import runtime
     from rayrt.service.settings import ServiceSettings
 
-    settings = ServiceSettings(data_dir=str(data_dir), port=0, object_store_memory_mb=1024, controlled_computers=computers,
-                               controlled_computer_cpus=0.0, progress_interval_s=0.2)
+    settings = ServiceSettings(
+        data_dir=str(data_dir),
+        port=0,
+        object_store_memory_mb=1024,
+        controlled_computers=computers,
+        controlled_computer_cpus=0.0,
+        progress_interval_s=0.2,
+    )
     t = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     runtime.ray_env_defaults()  # the Ray / Serve environment `rayrt serve` starts its Ray with (runtime.init_ray)
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=1024 * 2**20, log_to_driver=False,
-             namespace=settings.ray_namespace, _temp_dir=tmp)
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        object_store_memory=1024 * 2**20,
+        log_to_driver=False,
+        namespace=settings.ray_namespace,
+        _temp_dir=tmp,
+    )
     t_ray = time.perf_counter() - t
     url = runtime.start(settings)
     settings = settings.model_copy(update={"port": int(url.rsplit(":", 1)[1])})
@@ -289,22 +355,50 @@ def bench_demo_job(work: Path) -> dict:
         t = time.perf_counter()
         case = write_tg119(work / "tg119", 4.0)
         t_ph = time.perf_counter() - t
-        res = run_demo_job(url, case, tg119_order().model_dump(mode="json"), MACHINES, {}, work / "out-a", echo=lambda s: None)
+        res = run_demo_job(
+            url, case, tg119_order().model_dump(mode="json"), MACHINES, {}, work / "out-a", echo=lambda s: None
+        )
         import httpx
 
         rec = httpx.get(f"{url}/jobs/{res['job']['id']}/results/convert/result.json", timeout=30).json()
         req = planning_request({}, MACHINES)  # the demo plans with the configured defaults, like every job
-        conv = {"options": req.conversion_options, "mode_forced": req.conversion_mode,
-                "per_machine": [{"machine": p["machine"], "seconds": p["seconds"], "status": p["status"], "mode": p["mode"], "coincidence": p["coincidence"],
-                                 "attempts": [(a["mode"], a["verdict"], a["gamma_vs_standard_pct"], a["seconds"]) for a in p["attempts"]]}
-                                for p in rec["plans"]]}
+        conv = {
+            "options": req.conversion_options,
+            "mode_forced": req.conversion_mode,
+            "per_machine": [
+                {
+                    "machine": p["machine"],
+                    "seconds": p["seconds"],
+                    "status": p["status"],
+                    "mode": p["mode"],
+                    "coincidence": p["coincidence"],
+                    "attempts": [
+                        (a["mode"], a["verdict"], a["gamma_vs_standard_pct"], a["seconds"]) for a in p["attempts"]
+                    ],
+                }
+                for p in rec["plans"]
+            ],
+        }
     finally:
         t_stop = _stop_service(settings)
     return {
-        "ray_start_s": t_ray, "serve_start_s": t_serve, "phantom_s": t_ph, "job_http_s": res["http_seconds"], "shutdown_s": t_stop,
-        "end_to_end_s": time.perf_counter() - t0, "stages_s": res["stage_seconds"], "conversion": conv,
-        "machines": [{"machine": m["machine"], "verdict": m["verdict"], "mu_per_fraction": m["total_mu_per_fraction"],
-                      "goals": {f"{g['structure']} {g['goal']}": [g["value_gy"], g["met"]] for g in m["goals"]}} for m in res["summary"]["machines"]],
+        "ray_start_s": t_ray,
+        "serve_start_s": t_serve,
+        "phantom_s": t_ph,
+        "job_http_s": res["http_seconds"],
+        "shutdown_s": t_stop,
+        "end_to_end_s": time.perf_counter() - t0,
+        "stages_s": res["stage_seconds"],
+        "conversion": conv,
+        "machines": [
+            {
+                "machine": m["machine"],
+                "verdict": m["verdict"],
+                "mu_per_fraction": m["total_mu_per_fraction"],
+                "goals": {f"{g['structure']} {g['goal']}": [g["value_gy"], g["met"]] for g in m["goals"]},
+            }
+            for m in res["summary"]["machines"]
+        ],
     }
 
 
@@ -316,7 +410,10 @@ def _serve_pids() -> dict[str, int]:
         if not e.name.isdigit():
             continue
         try:
-            procs[int(e.name)] = (int((e / "stat").read_text().rsplit(")", 1)[1].split()[1]), (e / "cmdline").read_bytes())
+            procs[int(e.name)] = (
+                int((e / "stat").read_text().rsplit(")", 1)[1].split()[1]),
+                (e / "cmdline").read_bytes(),
+            )
         except (OSError, ValueError, IndexError):
             continue
     raylets = {p for p, (pp, cmd) in procs.items() if pp == os.getpid() and cmd.split(b"\0")[0].endswith(b"raylet")}
@@ -377,8 +474,13 @@ def _poll_worker() -> None:
             cpu0, own0, load0 = {k: _cpu_s(p) for k, p in pids.items()}, time.process_time(), os.getloadavg()[0]
             await asyncio.gather(*(one(k, c) for k, c in enumerate(clients)))
             cpu1, own1, load1 = {k: _cpu_s(p) for k, p in pids.items()}, time.process_time(), os.getloadavg()[0]
-            return {"latencies_s": out, "connect_s": connect, "server_cpu_s": {k: cpu1[k] - cpu0[k] for k in pids},
-                    "client_cpu_s": own1 - own0, "load_avg_1min": [load0, load1]}
+            return {
+                "latencies_s": out,
+                "connect_s": connect,
+                "server_cpu_s": {k: cpu1[k] - cpu0[k] for k in pids},
+                "client_cpu_s": own1 - own0,
+                "load_avg_1min": [load0, load1],
+            }
         finally:
             for c in clients:
                 await c.aclose()
@@ -410,7 +512,9 @@ def _poll_latencies(url: str, ids: list[str], pollers: int, seconds: float, rate
 
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import service; service._poll_worker()"
     args = {"url": url, "ids": ids, "pollers": pollers, "seconds": seconds, "rate_hz": rate_hz, "pids": _serve_pids()}
-    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(args), capture_output=True, text=True, timeout=seconds + 300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(args), capture_output=True, text=True, timeout=seconds + 300
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"poller process failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout)
@@ -418,9 +522,15 @@ def _poll_latencies(url: str, ids: list[str], pollers: int, seconds: float, rate
 
 def _lat(prefix: str, res: dict, seconds: float) -> dict:
     ms = np.array(res["latencies_s"]) * 1000.0
-    out = {f"{prefix}_calls": int(ms.size), f"{prefix}_req_per_s": float(ms.size / seconds), f"{prefix}_p50_ms": float(np.percentile(ms, 50)),
-           f"{prefix}_p99_ms": float(np.percentile(ms, 99)), f"{prefix}_max_ms": float(ms.max()),
-           f"{prefix}_connect_max_ms": 1000.0 * max(res["connect_s"]), f"{prefix}_load_avg_1min": max(res["load_avg_1min"])}
+    out = {
+        f"{prefix}_calls": int(ms.size),
+        f"{prefix}_req_per_s": float(ms.size / seconds),
+        f"{prefix}_p50_ms": float(np.percentile(ms, 50)),
+        f"{prefix}_p99_ms": float(np.percentile(ms, 99)),
+        f"{prefix}_max_ms": float(ms.max()),
+        f"{prefix}_connect_max_ms": 1000.0 * max(res["connect_s"]),
+        f"{prefix}_load_avg_1min": max(res["load_avg_1min"]),
+    }
     server = res.get("server_cpu_s") or {}
     for k, v in server.items():  # CPU per call: robust to other load on the machine, unlike latency
         out[f"{prefix}_{k}_cpu_ms_per_call"] = 1000.0 * v / max(ms.size, 1)
@@ -459,16 +569,27 @@ def bench_concurrency(work: Path, jobs: int = 50, pollers: int = 20, poll_s: flo
         with httpx.Client(base_url=url, timeout=30) as c:
             while True:
                 states = [c.get(f"/jobs/{j}").json() for j in ids]
-                if all(s["state"] in ("succeeded", "failed", "cancelled") for s in states) or time.monotonic() > deadline:
+                if (
+                    all(s["state"] in ("succeeded", "failed", "cancelled") for s in states)
+                    or time.monotonic() > deadline
+                ):
                     break
                 time.sleep(0.5)
             listed = {j["id"] for j in c.get("/jobs").json()["jobs"]}
             cluster = c.get("/cluster").json()
             import json as _json
 
-            unfinished = {s["id"]: {"status_route": s["state"], "store": _json.loads((Path(settings.data_dir) / "jobs" / s["id"] / "job.json").read_text())["state"],
-                                    "queue": c.get("/queue").json()}
-                          for s in states if s["state"] not in ("succeeded", "failed", "cancelled")}
+            unfinished = {
+                s["id"]: {
+                    "status_route": s["state"],
+                    "store": _json.loads((Path(settings.data_dir) / "jobs" / s["id"] / "job.json").read_text())[
+                        "state"
+                    ],
+                    "queue": c.get("/queue").json(),
+                }
+                for s in states
+                if s["state"] not in ("succeeded", "failed", "cancelled")
+            }
         t_all = time.perf_counter() - t
         lat_idle = _poll_latencies(url, ids, pollers, poll_s, rate_hz)  # the same pollers once every job has finished
         lat_sat = _poll_latencies(url, ids, pollers, poll_s, None)  # tight loops: saturated throughput
@@ -478,17 +599,28 @@ def bench_concurrency(work: Path, jobs: int = 50, pollers: int = 20, poll_s: flo
     for s in states:
         by_state[s["state"]] = by_state.get(s["state"], 0) + 1
     return {
-        "jobs": jobs, "accepted": len(ids), "http_codes": sorted({a[0] for a in answers}), "submit_all_s": t_submit,
-        "all_finished_s": t_all, "states": by_state, "lost": len(set(ids) - listed),
-        "failed_without_reason": sum(1 for s in states if s["state"] == "failed" and not s["errors"]), "unfinished": unfinished,
-        "pollers": pollers, "poller_rate_hz": rate_hz,
+        "jobs": jobs,
+        "accepted": len(ids),
+        "http_codes": sorted({a[0] for a in answers}),
+        "submit_all_s": t_submit,
+        "all_finished_s": t_all,
+        "states": by_state,
+        "lost": len(set(ids) - listed),
+        "failed_without_reason": sum(1 for s in states if s["state"] == "failed" and not s["errors"]),
+        "unfinished": unfinished,
+        "pollers": pollers,
+        "poller_rate_hz": rate_hz,
         "poller": f"{pollers} clients in a process of their own, one persistent connection each (opened before the window), each GET /jobs/{{id}} "
-                  f"every {1 / rate_hz:.2f} s (fixed rate, like rayrt submit --wait / rayrt demo at 4 Hz); p99 over all calls of a {poll_s:g} s window",
+        f"every {1 / rate_hz:.2f} s (fixed rate, like rayrt submit --wait / rayrt demo at 4 Hz); p99 over all calls of a {poll_s:g} s window",
         "serve_env": {k: os.environ.get(k) for k in SERVE_ENV_DEFAULTS},
-        **_lat("status_busy", lat_busy, poll_s), **_lat("status_idle", lat_idle, poll_s),
+        **_lat("status_busy", lat_busy, poll_s),
+        **_lat("status_idle", lat_idle, poll_s),
         "saturated": f"{pollers} clients in tight loops (next request as soon as the last answered): throughput, latency = queueing",
         **_lat("saturated", lat_sat, poll_s),
-        "cluster_tasks_after": cluster.get("tasks"), "cluster_task_accounting_after": {k: v for k, v in cluster.get("task_accounting", {}).items() if k != "per_job"},
+        "cluster_tasks_after": cluster.get("tasks"),
+        "cluster_task_accounting_after": {
+            k: v for k, v in cluster.get("task_accounting", {}).items() if k != "per_job"
+        },
     }
 
 
@@ -504,33 +636,69 @@ def main() -> None:
         import json
 
         result = json.loads(prev.read_text())
-    result.update({"machine": machine_info(), "note": "timings under load from other developers on a shared 2-core machine unless the load average says otherwise"})
+    result.update(
+        {
+            "machine": machine_info(),
+            "note": "timings under load from other developers on a shared 2-core machine unless the load average says otherwise",
+        }
+    )
     work = Path(tempfile.mkdtemp(prefix="rayrt-bench-service-"))
     if "b" not in skip:
         result["dij"] = b = bench_dij(args.quick)
         sp1 = b["single_process"]
-        rows = [["single process, 1 numba thread (median of the rounds)", sp1["threads_1_s"], "", ""],
-                *[[f"single process, {k.split('_')[1]} numba threads (median)", v, "", ""] for k, v in sp1.items() if k.startswith("threads_") and k.endswith("_s") and not k.endswith("runs_s") and k != "threads_1_s"],
-                ["single process, 1 thread, in a Ray task (same niceness as the tasks)", b["single_process_at_task_niceness_1_thread_s"], "", ""],
-                [f"{b['plain_processes']['processes']} plain processes x 1 thread, no Ray, compute only (the CPUs' ceiling)", b["plain_processes"]["wall_s"],
-                 f"{b['plain_processes']['speedup_vs_1_thread']:.2f}x vs 1 thread", ""],
-                [f"Ray: {b['ray']['tasks']} tasks x 1 thread on {b['ray']['cpus']} CPUs (warm, median)", b["ray"]["warm_s"],
-                 f"{b['speedup_vs_1_thread']:.2f}x vs 1 thread (median ratio) ({b['speedup_vs_1_thread_same_niceness']:.2f}x at the same niceness)",
-                 "bit-identical" if b["ray"]["identical_to_single_process"] else "DIFFERENT"],
-                ["best of the rounds: 1 thread vs Ray", f"{b['best_of_rounds']['threads_1_s']:.3f} / {b['best_of_rounds']['ray_s']:.3f}",
-                 f"{b['best_of_rounds']['speedup_vs_1_thread']:.2f}x", ""],
-                ["Ray (cold: first tasks start workers)", b["ray"]["cold_s"], "", ""]]
+        rows = [
+            ["single process, 1 numba thread (median of the rounds)", sp1["threads_1_s"], "", ""],
+            *[
+                [f"single process, {k.split('_')[1]} numba threads (median)", v, "", ""]
+                for k, v in sp1.items()
+                if k.startswith("threads_") and k.endswith("_s") and not k.endswith("runs_s") and k != "threads_1_s"
+            ],
+            [
+                "single process, 1 thread, in a Ray task (same niceness as the tasks)",
+                b["single_process_at_task_niceness_1_thread_s"],
+                "",
+                "",
+            ],
+            [
+                f"{b['plain_processes']['processes']} plain processes x 1 thread, no Ray, compute only (the CPUs' ceiling)",
+                b["plain_processes"]["wall_s"],
+                f"{b['plain_processes']['speedup_vs_1_thread']:.2f}x vs 1 thread",
+                "",
+            ],
+            [
+                f"Ray: {b['ray']['tasks']} tasks x 1 thread on {b['ray']['cpus']} CPUs (warm, median)",
+                b["ray"]["warm_s"],
+                f"{b['speedup_vs_1_thread']:.2f}x vs 1 thread (median ratio) ({b['speedup_vs_1_thread_same_niceness']:.2f}x at the same niceness)",
+                "bit-identical" if b["ray"]["identical_to_single_process"] else "DIFFERENT",
+            ],
+            [
+                "best of the rounds: 1 thread vs Ray",
+                f"{b['best_of_rounds']['threads_1_s']:.3f} / {b['best_of_rounds']['ray_s']:.3f}",
+                f"{b['best_of_rounds']['speedup_vs_1_thread']:.2f}x",
+                "",
+            ],
+            ["Ray (cold: first tasks start workers)", b["ray"]["cold_s"], "", ""],
+        ]
         print_table(["Dij (" + b["case"] + ")", "seconds", "speed-up", "matrix"], rows)
         mem = b["object_store"]
         print_table(["object store", "MiB / count"], [[k, v] for k, v in mem.items()])
     if "a" not in skip:
         result["demo_job"] = a = bench_demo_job(work)
-        print_table(["demo job over HTTP", "seconds"], [[k, v] for k, v in a.items() if k.endswith("_s") and k != "stages_s"] + [[f"  stage {k}", v] for k, v in a["stages_s"].items()])
-        print_table(["machine", "QA verdict", "MU/fx"], [[m["machine"], m["verdict"], m["mu_per_fraction"]] for m in a["machines"]])
+        print_table(
+            ["demo job over HTTP", "seconds"],
+            [[k, v] for k, v in a.items() if k.endswith("_s") and k != "stages_s"]
+            + [[f"  stage {k}", v] for k, v in a["stages_s"].items()],
+        )
+        print_table(
+            ["machine", "QA verdict", "MU/fx"],
+            [[m["machine"], m["verdict"], m["mu_per_fraction"]] for m in a["machines"]],
+        )
     if "c" not in skip:
         result["concurrency"] = c = bench_concurrency(work)
         print_table(["50 concurrent jobs, 20 pollers", "value"], [[k, v] for k, v in c.items()])
-    result.setdefault("load_avg_1min_per_part", {}).update({p: machine_info()["load_avg_1min"] for p in "abc" if p not in skip})
+    result.setdefault("load_avg_1min_per_part", {}).update(
+        {p: machine_info()["load_avg_1min"] for p in "abc" if p not in skip}
+    )
     result["machine_end"] = machine_info()
     path = write_json(RESULTS_DIR / "service.json", result)
     print(f"wrote {path}")

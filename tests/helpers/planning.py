@@ -15,5 +15,11 @@ FAST_PLANNING: dict[str, Any] = {
     "dao_iterations": 8,
     "max_segments": 5,
     "qa_bixel_mm": 5.0,
-    "conversion_options": {"max_attempts": 1, "fmo_iterations": 30, "dao_rounds": 1, "dao_iterations": 8, "mu_refit_iterations": 20},
+    "conversion_options": {
+        "max_attempts": 1,
+        "fmo_iterations": 30,
+        "dao_rounds": 1,
+        "dao_iterations": 8,
+        "mu_refit_iterations": 20,
+    },
 }

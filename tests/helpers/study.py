@@ -14,7 +14,7 @@ __all__ = ["make_small_study", "SMALL_ORDER", "zip_dir"]
 def make_small_study(with_dose: bool = True):
     """A synthetic study: water cylinder (BODY) with a PTV and a 'Core' organ, optional dose (Gy)."""
     from rayrt.domain.patient import Structure, StructureKind
-    from rayrt.imaging.study import Study, StructureMask
+    from rayrt.imaging.study import StructureMask, Study
     from rayrt.imaging.volume import Grid, Volume
 
     g = Grid(shape=(12, 32, 32), spacing_mm=(4.0, 4.0, 5.0), origin_mm=(-62.0, -62.0, -27.5))

@@ -10,4 +10,12 @@ from rayrt.optimize.sequencing.base import (
     register_sequencer,
 )
 
-__all__ = ["Sequencer", "SequencingResult", "get_sequencer", "list_sequencers", "register_sequencer", "make_deliverable", "jaws_for"]
+__all__ = [
+    "Sequencer",
+    "SequencingResult",
+    "get_sequencer",
+    "list_sequencers",
+    "register_sequencer",
+    "make_deliverable",
+    "jaws_for",
+]

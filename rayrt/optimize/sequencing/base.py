@@ -35,8 +35,17 @@ from rayrt.domain.plan import Segment
 from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
 from rayrt.optimize.sequencing.decompose import DECOMPOSITIONS, Aperture
 
-__all__ = ["Sequencer", "SequencingResult", "get_sequencer", "list_sequencers", "register_sequencer", "make_deliverable", "jaws_for",
-           "proximal_layer", "to_segment"]
+__all__ = [
+    "Sequencer",
+    "SequencingResult",
+    "get_sequencer",
+    "list_sequencers",
+    "register_sequencer",
+    "make_deliverable",
+    "jaws_for",
+    "proximal_layer",
+    "to_segment",
+]
 
 _TOL = 1e-6
 
@@ -183,8 +192,9 @@ def _split_span(s: _Seg, span: float) -> list[_Seg] | None:
     return None
 
 
-def make_deliverable(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCModel,
-                     park_before_mm: float | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def make_deliverable(
+    x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCModel, park_before_mm: float | None = None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Turn one aperture (leaf tips x1 < x2 on open pairs, all machine pairs) into one or more
     apertures that obey the MLC's rules; their union of open areas equals the input's.
 
@@ -237,8 +247,13 @@ def _within_span(lo: float, hi: float, span_mm: tuple[float, float] | None) -> t
     return lo, hi
 
 
-def jaws_for(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, machine: MachineModel,
-             y_span_mm: tuple[float, float] | None = None) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+def jaws_for(
+    x1: np.ndarray,
+    x2: np.ndarray,
+    open_: np.ndarray,
+    machine: MachineModel,
+    y_span_mm: tuple[float, float] | None = None,
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
     """Jaw positions (mm) hugging the open area, within the jaws' range and the maximum field size.
 
     ``y_span_mm``: the Y jaws stay within it (the beamlet rows' extent): a Y jaw may then end
@@ -265,8 +280,14 @@ def jaws_for(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, machine: Machine
     return jx, jy
 
 
-def proximal_layer(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCModel, y_span_mm: tuple[float, float] | None = None,
-                   park_before_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def proximal_layer(
+    x1: np.ndarray,
+    x2: np.ndarray,
+    open_: np.ndarray,
+    mlc: MLCModel,
+    y_span_mm: tuple[float, float] | None = None,
+    park_before_mm: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Proximal-layer leaf tips (mm) of a dual-layer MLC for one distal aperture: the proximal layer
     shapes the field ends along Y at the half-leaf offset.
 
@@ -308,8 +329,15 @@ def proximal_layer(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCMo
     return px1, px2
 
 
-def to_segment(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mu: float, machine: MachineModel,
-               y_span_mm: tuple[float, float] | None = None, park_before_mm: float | None = None) -> Segment:
+def to_segment(
+    x1: np.ndarray,
+    x2: np.ndarray,
+    open_: np.ndarray,
+    mu: float,
+    machine: MachineModel,
+    y_span_mm: tuple[float, float] | None = None,
+    park_before_mm: float | None = None,
+) -> Segment:
     jx, jy = jaws_for(x1, x2, open_, machine, y_span_mm)
     seg = Segment(x1_mm=[float(v) for v in x1], x2_mm=[float(v) for v in x2], jaw_x_mm=jx, jaw_y_mm=jy, mu=float(mu))
     if machine.mlc.dual_layer:
@@ -328,17 +356,26 @@ class Sequencer:
     description: str = ""
     level_choices: tuple[int, ...] = field(default=(12, 10, 8, 7, 6, 5, 4, 3, 2, 1))
 
-    def sequence(self, fluence_map: np.ndarray, beamlets, machine: MachineModel, max_segments: int | None = None) -> list[Segment]:
+    def sequence(
+        self, fluence_map: np.ndarray, beamlets, machine: MachineModel, max_segments: int | None = None
+    ) -> list[Segment]:
         """Segments (MU in fluence units) delivering ``fluence_map`` (beamlet rows x columns)."""
         return self.sequence_with_info(fluence_map, beamlets, machine, max_segments).segments
 
     def sequence_with_info(
-        self, fluence_map: np.ndarray, beamlets, machine: MachineModel, max_segments: int | None = None, levels: int | None = None
+        self,
+        fluence_map: np.ndarray,
+        beamlets,
+        machine: MachineModel,
+        max_segments: int | None = None,
+        levels: int | None = None,
     ) -> SequencingResult:
         layout: BeamletLayout = layout_from_beamlets(beamlets)
         fmap = np.asarray(fluence_map, dtype=float)
         if fmap.shape != layout.shape:
-            raise InputError(f"fluence map shape {fmap.shape} does not match the beamlet grid {layout.shape}", kind="input")
+            raise InputError(
+                f"fluence map shape {fmap.shape} does not match the beamlet grid {layout.shape}", kind="input"
+            )
         if not np.all(np.isfinite(fmap)) or (fmap < 0).any():
             raise InputError("fluence map must be finite and non-negative", kind="input")
         max_segments = int(max_segments or machine.limits.max_segments_per_beam)
@@ -352,7 +389,14 @@ class Sequencer:
         for L in choices:
             unit = fmax / L
             I = np.rint(pf / unit).astype(np.int64)
-            segs = self._segments(I, unit, pair_ids, layout.col_edges_mm, machine, (float(layout.row_edges_mm[0]), float(layout.row_edges_mm[-1])))
+            segs = self._segments(
+                I,
+                unit,
+                pair_ids,
+                layout.col_edges_mm,
+                machine,
+                (float(layout.row_edges_mm[0]), float(layout.row_edges_mm[-1])),
+            )
             best = (L, segs)
             if len(segs) <= max_segments:
                 break
@@ -365,7 +409,12 @@ class Sequencer:
             dropped = float(sum(s.mu for s in segs[max_segments:]))
             segs = segs[:max_segments]
         return SequencingResult(
-            segments=segs, levels=L, num_segments=len(segs), total_mu=float(sum(s.mu for s in segs)), sequencer=self.name, dropped_mu=dropped
+            segments=segs,
+            levels=L,
+            num_segments=len(segs),
+            total_mu=float(sum(s.mu for s in segs)),
+            sequencer=self.name,
+            dropped_mu=dropped,
         )
 
     def _segments(self, I, unit, pair_ids, col_edges, machine, y_span_mm=None) -> list[Segment]:
@@ -393,7 +442,9 @@ def register_sequencer(seq: Sequencer) -> None:
 
 def get_sequencer(name: str) -> Sequencer:
     if name not in _REGISTRY:
-        raise InputError(f"unknown sequencer '{name}'; available: {', '.join(sorted(_REGISTRY))}", kind="input", field="sequencer")
+        raise InputError(
+            f"unknown sequencer '{name}'; available: {', '.join(sorted(_REGISTRY))}", kind="input", field="sequencer"
+        )
     return _REGISTRY[name]
 
 
@@ -401,5 +452,7 @@ def list_sequencers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-register_sequencer(Sequencer("sweep", DECOMPOSITIONS["sweep"], "unidirectional sliding-window step-and-shoot (minimum MU)"))
+register_sequencer(
+    Sequencer("sweep", DECOMPOSITIONS["sweep"], "unidirectional sliding-window step-and-shoot (minimum MU)")
+)
 register_sequencer(Sequencer("xia_verhey", DECOMPOSITIONS["xia_verhey"], "Xia-Verhey reducing levels (few segments)"))
