@@ -8,7 +8,13 @@
   (``http://127.0.0.1:<port>``), ``serve_settings.data_dir`` the store.
 * ``small_study`` / ``small_study_dir`` / ``small_study_zip`` (session): a 12 x 32 x 32 synthetic CT
   (4 x 4 x 5 mm) with BODY, PTV, Core and one RTDOSE, in memory / as DICOM files / as a zip.
-* ``SHARED``: ../shared (or $RAYRT_SHARED); tests using it skip when it is absent.
+* ``fast_planning`` (session): a copy of helpers.planning.FAST_PLANNING, the one set of fast
+  planning settings every planning test uses.
+
+Shared non-fixture code lives in the ``helpers`` package (tests/helpers/, importable because this
+rootdir conftest puts tests/ on sys.path): ``helpers.paths`` (REPO, SHARED), ``helpers.study``,
+``helpers.service``, ``helpers.planning``, ``helpers.machines``, ``helpers.dicom``, ``helpers.dose``,
+``helpers.faults``.
 """
 
 from __future__ import annotations
@@ -16,17 +22,11 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-SHARED = Path(os.environ.get("RAYRT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
-
-from helpers.service import wait_job  # noqa: E402,F401  (until every test imports from helpers)
-from helpers.study import SMALL_ORDER, make_small_study, zip_dir  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------- Ray + service
@@ -113,6 +113,8 @@ def serve_app(ray_session, serve_settings):
 # ---------------------------------------------------------------------------- small studies
 @pytest.fixture(scope="session")
 def small_study():
+    from helpers.study import make_small_study
+
     return make_small_study()
 
 
@@ -128,11 +130,15 @@ def small_study_dir(tmp_path_factory, small_study):
 
 @pytest.fixture(scope="session")
 def small_study_zip(tmp_path_factory, small_study_dir):
+    from helpers.study import zip_dir
+
     return zip_dir(small_study_dir, tmp_path_factory.mktemp("small-zip") / "study.zip")
 
 
 @pytest.fixture
 def small_order() -> dict:
     import copy
+
+    from helpers.study import SMALL_ORDER
 
     return copy.deepcopy(SMALL_ORDER)

@@ -13,6 +13,8 @@ import sys
 from rayrt.cli import commands as _commands  # noqa: F401  (registers every command)
 from rayrt.cli.app import app
 
+__all__ = ["app", "main"]
+
 
 def main() -> None:
     from rayrt.cli.app import run

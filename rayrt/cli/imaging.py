@@ -144,7 +144,8 @@ def dvh_cmd(
         missing = [n for n in roi if n not in names]
         if missing:
             raise InputError(
-                f"no ROI named {', '.join(repr(m) for m in missing)} in {rtstruct.name}; it has: {', '.join(sorted(names))}",
+                f"no ROI named {', '.join(repr(m) for m in missing)} in {rtstruct.name}; "
+                f"it has: {', '.join(sorted(names))}",
                 kind="rtstruct",
             )
         rois = [r for r in rois if r.name in set(roi)]
@@ -201,7 +202,8 @@ def phantom_tg119(
     n = len(list((path / "CT").glob("*.dcm")))
     vols = tg119_analytic_volumes_cc()
     typer.echo(
-        f"wrote {n} CT slices, RS.dcm (PTV {vols['PTV']:.1f} cc, Core {vols['Core']:.1f} cc, BODY {vols['BODY']:.0f} cc analytic) "
+        f"wrote {n} CT slices, RS.dcm (PTV {vols['PTV']:.1f} cc, Core {vols['Core']:.1f} cc, "
+        f"BODY {vols['BODY']:.0f} cc analytic) "
         f"and order.yaml to {path}"
     )
 

@@ -118,7 +118,8 @@ def show_cmd(
         f"name:        {m.name}",
         f"vendor:      {m.vendor} {m.model}".rstrip(),
         f"beam:        {m.radiation_type} {m.nominal_energy_mv:g} MV{' FFF' if m.fff else ''}, SAD {m.sad_mm:g} mm",
-        f"MLC:         {m.mlc.name}: {m.mlc.num_pairs} pairs, widths {sorted(set(round(float(w), 2) for w in m.mlc.leaf_widths_mm))} mm, "
+        f"MLC:         {m.mlc.name}: {m.mlc.num_pairs} pairs, "
+        f"widths {sorted(set(round(float(w), 2) for w in m.mlc.leaf_widths_mm))} mm, "
         f"interdigitation {'yes' if m.mlc.interdigitation else 'no'}, transmission {100 * m.mlc.transmission:.2g} %"
         + (", dual layer" if m.mlc.dual_layer else ""),
         f"jaws:        X {'none' if m.jaw_x is None else f'[{m.jaw_x.min_mm:g}, {m.jaw_x.max_mm:g}] mm'}, "
@@ -172,7 +173,8 @@ def curves_cmd(
         return
     typer.echo(
         f"machine {m.name}: {m.nominal_energy_mv:g} MV{' FFF' if m.fff else ''}, SSD {curves.ssd_mm / 10:g} cm, water, "
-        f"{curves.resolution_mm:g} mm grid, reference field {q.reference_field_mm / 10:g} x {q.reference_field_mm / 10:g} cm²"
+        f"{curves.resolution_mm:g} mm grid, "
+        f"reference field {q.reference_field_mm / 10:g} x {q.reference_field_mm / 10:g} cm²"
     )
     typer.echo(f"  dmax            {q.dmax_mm:6.1f} mm")
     typer.echo(f"  PDD(10 cm)      {q.pdd10_pct:6.1f} %")
@@ -188,7 +190,8 @@ def curves_cmd(
         ref = s.pdd(q.reference_field_mm)
         typer.echo(
             f"  {s.phantom} (density {s.slab_density:g}, {s.slab_start_mm:g}-{s.slab_end_mm:g} mm): "
-            f"dose at 10 cm {ref.pdd_at(100.0):.1f} % of its max (water {curves.water.pdd(q.reference_field_mm).pdd_at(100.0):.1f} %)"
+            f"dose at 10 cm {ref.pdd_at(100.0):.1f} % of its max "
+            f"(water {curves.water.pdd(q.reference_field_mm).pdd_at(100.0):.1f} %)"
         )
     if plot is not None:
         typer.echo(f"  plot: {plot}")

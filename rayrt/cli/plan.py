@@ -134,5 +134,6 @@ def plan_cmd(
     for line in format_summary(res["exports"]):
         typer.echo(line)
     typer.echo(
-        f"wrote {out}/<stage>/ (export/: RS.dcm, RP_<machine>.dcm, RD_<machine>.dcm, dvh.csv, summary.json; qa/: QA reports)"
+        f"wrote {out}/<stage>/ (export/: RS.dcm, RP_<machine>.dcm, RD_<machine>.dcm, dvh.csv, summary.json; "
+        "qa/: QA reports)"
     )

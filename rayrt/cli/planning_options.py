@@ -54,7 +54,8 @@ def format_summary(summary: Any) -> list[str]:
     for m in data.get("machines", []):
         verdict = m.get("verdict") or "-"
         lines.append(
-            f"  {m['machine']:<16} {m['total_mu_per_fraction']:7.1f} MU/fx  {m['segments']:3d} segments  QA {verdict.upper()}"
+            f"  {m['machine']:<16} {m['total_mu_per_fraction']:7.1f} MU/fx  {m['segments']:3d} segments  "
+            f"QA {verdict.upper()}"
         )
         for g in m.get("goals", []):
             v = g.get("value_gy")

@@ -21,8 +21,8 @@ CT (Hounsfield units):
   ``cavities.min_component_cc``.
 
 MR and PET: the body outline only, from Otsu's threshold of the smoothed intensity histogram
-(moved towards the background level by ``non_ct_body.otsu_scale``), then the same cleanup. Lungs, bones and cavities on MR or
-PET raise :class:`InputError` (there is no calibrated intensity scale to threshold).
+(moved towards the background level by ``non_ct_body.otsu_scale``), then the same cleanup. Lungs,
+bones and cavities on MR or PET raise :class:`InputError` (there is no calibrated intensity scale to threshold).
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def _check_body(body: np.ndarray, grid: Grid, min_cc: float, what: str) -> None:
     if vol < min_cc:
         raise InputError(
             f"automatic External failed: {what} larger than {min_cc:g} cc was found (got {vol:.1f} cc); "
-            "check the image (is it a CT in HU?) or lower body.threshold_hu / body.min_volume_cc in configs/contour.yaml",
+            "check the image (is it a CT in HU?) or lower body.threshold_hu / body.min_volume_cc "
+            "in configs/contour.yaml",
             kind="contour",
         )
 
@@ -243,7 +244,8 @@ def lungs_ct(
     big = [int(x) for x in np.argsort(counts)[::-1] if counts[x] >= min_vox][:2]
     if not big:
         raise InputError(
-            f"automatic lungs: no air-like region (< {lc.threshold_hu:g} HU) of at least {lc.min_volume_cc:g} cc inside the body; "
+            f"automatic lungs: no air-like region (< {lc.threshold_hu:g} HU) of at least {lc.min_volume_cc:g} cc "
+            "inside the body; "
             "is this a thoracic CT? (set lungs.min_volume_cc in configs/contour.yaml for small patients)",
             kind="contour",
         )
@@ -362,8 +364,9 @@ def auto_contour(
             others = []
         if others:
             raise InputError(
-                f"automatic {', '.join(others)} not supported for {'MR' if mod == 'MR' else 'PET'}: only the body outline "
-                "(External) is delineated automatically on this modality; use a CT, or draw these structures semi-automatically",
+                f"automatic {', '.join(others)} not supported for {'MR' if mod == 'MR' else 'PET'}: "
+                "only the body outline (External) is delineated automatically on this modality; "
+                "use a CT, or draw these structures semi-automatically",
                 kind="contour",
             )
     arr = image.array
@@ -390,8 +393,8 @@ def auto_contour(
     if "cavities" in targets:
         if lungs_union is None and "lungs" not in targets:
             try:
-                l, r = lungs_ct(arr, grid, body, cfg)
-                lungs_union = l | r
+                left, right = lungs_ct(arr, grid, body, cfg)
+                lungs_union = left | right
             except InputError:
                 lungs_union = None
         out.append(

@@ -62,7 +62,8 @@ def validate_polygons(contours: list[np.ndarray], grid: Grid, what: str = "polyg
         kji = grid.world_to_index(pts)
         if kji[:, 0].max() - kji[:, 0].min() > 0.05:
             raise InputError(
-                f"{what} {n} is not on one axial slice (its points span {np.ptp(kji[:, 0]) * grid.spacing[2]:.2f} mm along z); "
+                f"{what} {n} is not on one axial slice "
+                f"(its points span {np.ptp(kji[:, 0]) * grid.spacing[2]:.2f} mm along z); "
                 "draw each polygon on one image plane",
                 kind="contour",
                 field="contours",
@@ -70,7 +71,8 @@ def validate_polygons(contours: list[np.ndarray], grid: Grid, what: str = "polyg
         k = float(kji[:, 0].mean())
         if k < -0.5 or k > grid.shape[0] - 0.5:
             raise InputError(
-                f"{what} {n} lies at z = {pts[:, 2].mean():.2f} mm, outside the image's slices ({lo[2]:.1f}..{hi[2]:.1f} mm)",
+                f"{what} {n} lies at z = {pts[:, 2].mean():.2f} mm, "
+                f"outside the image's slices ({lo[2]:.1f}..{hi[2]:.1f} mm)",
                 kind="contour",
                 field="contours",
             )
@@ -88,8 +90,8 @@ def validate_polygons(contours: list[np.ndarray], grid: Grid, what: str = "polyg
         bad = polygon_self_intersects(xy)
         if bad >= 0:
             raise InputError(
-                f"{what} {n} crosses itself (edge {bad} intersects a non-adjacent edge); redraw it as a simple closed outline "
-                "(use separate polygons for separate pieces and for holes)",
+                f"{what} {n} crosses itself (edge {bad} intersects a non-adjacent edge); "
+                "redraw it as a simple closed outline (use separate polygons for separate pieces and for holes)",
                 kind="contour",
                 field="contours",
             )

@@ -272,7 +272,8 @@ def _array_axis_margins(grid: Grid, margins: Margins) -> np.ndarray:
         if abs(col[lps]) < 0.999:
             if not np.allclose(pm[:, 0], pm[0, 0]) or not np.allclose(pm, pm[0, 0]):
                 raise InputError(
-                    "direction-dependent margins need an axis-aligned image grid (oblique grid found); use an isotropic margin or resample the image",
+                    "direction-dependent margins need an axis-aligned image grid (oblique grid found); "
+                    "use an isotropic margin or resample the image",
                     kind="contour",
                 )
             out[2 - c] = pm[0, 0]

@@ -4,9 +4,10 @@
 
     auto | grow | interpolate | margin | boolean | ring | polygons | pet_threshold | edit
 
-:func:`rayrt.contour.structureset.apply_request` applies one request to a :class:`~rayrt.contour.structureset.StructureSet`
-(or to a loaded :class:`rayrt.imaging.study.Study`) and returns the summaries of the structures it
-created or changed. It is the core API behind ``rayrt contour ...`` and
+:func:`rayrt.contour.structureset.apply_request` applies one request to a
+:class:`~rayrt.contour.structureset.StructureSet` (or to a loaded :class:`rayrt.imaging.study.Study`)
+and returns the summaries of the structures it created or changed. It is the core API behind
+``rayrt contour ...`` and
 ``POST /patients/{id}/structures``. A request either succeeds completely or raises
 :class:`~rayrt.domain.errors.InputError` and leaves every existing structure untouched.
 

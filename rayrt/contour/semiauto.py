@@ -91,7 +91,8 @@ def region_grow(
     value = float(image.array[seed])
     if not lo <= value <= hi:
         raise InputError(
-            f"the seed voxel's value is {value:g}, outside the window [{lo:g}, {hi:g}]; widen the window or move the seed",
+            f"the seed voxel's value is {value:g}, outside the window [{lo:g}, {hi:g}]; "
+            "widen the window or move the seed",
             kind="contour",
             field="window",
         )
@@ -120,7 +121,8 @@ def region_grow(
     what = "External" if body is not None and body.any() else "image"
     if n > max_fraction_of_body * ref:
         raise InputError(
-            f"the grown region has {n} voxels, {100.0 * n / ref:.0f} % of the {what} (limit {100 * max_fraction_of_body:.0f} %): "
+            f"the grown region has {n} voxels, {100.0 * n / ref:.0f} % of the {what} "
+            f"(limit {100 * max_fraction_of_body:.0f} %): "
             "the window leaks; narrow the window or give a bounding box",
             kind="contour",
             field="window",
@@ -149,7 +151,8 @@ def interpolate_slices(mask: np.ndarray, grid: Grid, key_slices: list[int] | Non
     )
     if len(keys) < 2:
         raise InputError(
-            f"interpolation needs contours on at least two slices (found {len(keys)}); draw the structure on more slices",
+            f"interpolation needs contours on at least two slices (found {len(keys)}); "
+            "draw the structure on more slices",
             kind="contour",
         )
     if keys[0] < 0 or keys[-1] >= mask.shape[0]:

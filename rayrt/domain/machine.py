@@ -91,8 +91,9 @@ class MLCModel(BaseModel):
     dual_layer: bool = Field(default=False, description="two stacked banks (Halcyon-like); effective leaf width halves")
     proximal_leaf_boundaries_mm: list[float] | None = Field(
         default=None,
-        description="dual-layer MLCs: the proximal layer's leaf-pair boundaries along Y at the isocenter (mm, increasing); "
-        "default: the distal boundaries offset by half a leaf, one pair more (Halcyon: 29 x 10 mm offset 5 mm)",
+        description="dual-layer MLCs: the proximal layer's leaf-pair boundaries along Y at the isocenter "
+        "(mm, increasing); default: the distal boundaries offset by half a leaf, one pair more "
+        "(Halcyon: 29 x 10 mm offset 5 mm)",
     )
     dicom_type: str = Field(default="MLCX")
 

@@ -67,12 +67,14 @@ class PlanningRequest(BaseModel):
     dao_iterations: int = Field(default=30, ge=1, description="iterations per DAO round")
     conversion_mode: ConversionMode | None = Field(
         default=None,
-        description="force the recompute mode of each conversion's first attempt (None: rayrt.convert's policy from the coincidence verdict)",
+        description="force the recompute mode of each conversion's first attempt "
+        "(None: rayrt.convert's policy from the coincidence verdict)",
     )
     conversion_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="overrides of rayrt.convert.policy.ConversionOptions (configs/conversion.yaml, section conversion), e.g. "
-        "{max_attempts: 1, fmo_iterations: 60}; checked where the request enters (rayrt.pipeline.check_request)",
+        description="overrides of rayrt.convert.policy.ConversionOptions "
+        "(configs/conversion.yaml, section conversion), e.g. {max_attempts: 1, fmo_iterations: 60}; "
+        "checked where the request enters (rayrt.pipeline.check_request)",
     )
     qa_independent_dose: bool = Field(
         default=True, description="recompute each plan's dose with the aperture engine (rayrt.dose.aperture)"

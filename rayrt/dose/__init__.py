@@ -1,4 +1,5 @@
-"""Photon dose engine: machines as data, IEC 61217 beam geometry, radiological depth, SVD pencil-beam Dij, aperture dose.
+"""Photon dose engine: machines as data, IEC 61217 beam geometry, radiological depth, SVD pencil-beam Dij,
+aperture dose.
 
 Main entry points (see each module for the physics and units):
 

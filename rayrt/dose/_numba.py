@@ -511,7 +511,7 @@ def _group_columns(
                     hi[q] = 0
                     continue
                 rad = cutoff + math.sqrt(hw * hw + hh * hh)
-                l, h = _disc_interval(
+                i_lo, i_hi = _disc_interval(
                     sad * ax0 - ub * c0,
                     sad * bi0 - ub * c1,
                     sad * ay0 - vb * c0,
@@ -522,11 +522,11 @@ def _group_columns(
                     row_first[r],
                     row_last[r],
                 )
-                lo[q] = l
-                hi[q] = h
-                if l <= h:
-                    lo_all = min(lo_all, l)
-                    hi_all = max(hi_all, h)
+                lo[q] = i_lo
+                hi[q] = i_hi
+                if i_lo <= i_hi:
+                    lo_all = min(lo_all, i_lo)
+                    hi_all = max(hi_all, i_hi)
             if lo_all > hi_all:
                 continue
             base = r * ni

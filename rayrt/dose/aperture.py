@@ -388,9 +388,10 @@ def aperture_dose(
 
     Builds a bixel grid (:func:`aperture_beamlet_grid`: rows = the machine's rows, split at Y-jaw
     and proximal-layer edges inside a row; columns ``bixel_width_mm``) over the union of the
-    openings plus ``pad_mm`` (columns offset by ``column_offset_mm``), computes its Dij and applies :func:`aperture_fluence`. A beam with
-    no segment carrying MU (e.g. every segment removed by DAO) delivers no dose: zeros. MU through
-    a fully closed MLC is refused (InputError), not silently reduced to leakage.
+    openings plus ``pad_mm`` (columns offset by ``column_offset_mm``), computes its Dij and applies
+    :func:`aperture_fluence`. A beam with no segment carrying MU (e.g. every segment removed by DAO)
+    delivers no dose: zeros. MU through a fully closed MLC is refused (InputError), not silently
+    reduced to leakage.
     """
     from rayrt.dose.dij import compute_dij
 

@@ -56,7 +56,8 @@ from rayrt.dose.geometry import BeamGeometry, BeamletGrid, MarginMode, beamlet_g
 from rayrt.dose.pencil_beam import bixel_kernel_table, calibration_factor
 from rayrt.imaging.volume import Grid, Volume
 
-#: default lateral cut-off: kernel contributions further than this from a bixel's edge (mm at the isocenter plane) are ignored
+#: default lateral cut-off: kernel contributions further than this from a bixel's edge (mm at the
+#: isocenter plane) are ignored
 DEFAULT_CUTOFF_MM = 50.0
 #: default relative dose threshold: entries below this fraction of the bixel's maximum dose in water are dropped
 DEFAULT_THRESHOLD = 1e-4
@@ -151,7 +152,8 @@ GROUP_SIZE = 8
 
 
 def _bixel_groups(bv: np.ndarray, btab: np.ndarray, size: int = GROUP_SIZE) -> np.ndarray:
-    """Group boundaries [g0, g1, ...]: runs of consecutive bixels with the same row centre and kernel table, at most ``size`` long."""
+    """Group boundaries [g0, g1, ...]: runs of consecutive bixels with the same row centre and kernel
+    table, at most ``size`` long."""
     n = bv.size
     change = np.flatnonzero((bv[1:] != bv[:-1]) | (btab[1:] != btab[:-1])) + 1
     starts = np.concatenate([[0], change, [n]])
@@ -472,7 +474,8 @@ def chunk_ranges(num_bixels: int, chunk_size: int) -> list[tuple[int, int]]:
 
 
 def hstack_exact(mats: list[sp.csc_matrix]) -> sp.csc_matrix:
-    """Concatenate CSC column blocks (e.g. chunks of ``compute_dij``) without re-sorting or converting values (bitwise)."""
+    """Concatenate CSC column blocks (e.g. chunks of ``compute_dij``) without re-sorting or converting
+    values (bitwise)."""
     if not mats:
         raise InputError("nothing to concatenate", field="mats")
     acc = _ColumnAccumulator(mats[0].shape[0])

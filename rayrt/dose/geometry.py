@@ -220,11 +220,13 @@ class BeamletGrid:
         return column_alignment_of(self.column_offset_mm, self.bixel_width_mm)
 
     def column_edge_mm(self, c) -> np.ndarray:
-        """Xb position (mm, isocenter plane) of the lower edge of column number(s) ``c``; ``c + 1`` gives the upper edge."""
+        """Xb position (mm, isocenter plane) of the lower edge of column number(s) ``c``; ``c + 1`` gives
+        the upper edge."""
         return self.column_offset_mm + np.asarray(c, dtype=float) * self.bixel_width_mm
 
     def column_of(self, u_mm) -> np.ndarray:
-        """Column number(s) containing the isocenter-plane Xb position(s) ``u_mm`` (edges belong to the upper column)."""
+        """Column number(s) containing the isocenter-plane Xb position(s) ``u_mm`` (edges belong to the
+        upper column)."""
         return np.floor((np.asarray(u_mm, dtype=float) - self.column_offset_mm) / self.bixel_width_mm).astype(np.int64)
 
     @property
@@ -291,7 +293,8 @@ def _check_beam(beam: Beam, machine: MachineModel) -> None:
     ):
         if not rng.contains(angle):
             raise InputError(
-                f"beam {beam.name or beam.number}: {what} angle {angle} deg is outside machine {machine.name}'s range [{rng.min_deg}, {rng.max_deg}]",
+                f"beam {beam.name or beam.number}: {what} angle {angle} deg is outside machine {machine.name}'s "
+                f"range [{rng.min_deg}, {rng.max_deg}]",
                 field=f"{what}_deg",
             )
 
@@ -350,8 +353,9 @@ def beamlet_grid(
 
     ``margin_mode="volume"``: the target mask is first dilated in 3-D by a box of
     ceil(margin_mm / spacing) voxels along each axis (the margin rounded up to whole voxels, per
-    axis; matRad grows by at least one voxel, which equals this whenever margin_mm >= the spacing), then the centre of every dilated voxel is projected onto the isocenter plane and each
-    bixel containing such a point is active (no further reach). This is matRad's / pyRadPlan's
+    axis; matRad grows by at least one voxel, which equals this whenever margin_mm >= the spacing),
+    then the centre of every dilated voxel is projected onto the isocenter plane and each bixel
+    containing such a point is active (no further reach). This is matRad's / pyRadPlan's
     photon IMRT rule (target grown by ``pbMargin`` = the bixel width, rays at the projected voxel
     centres rounded to the bixel lattice), e.g. for benchmarks against them with
     ``column_offset_mm = column_offset_for("isocenter", w)``.

@@ -125,7 +125,8 @@ def _bixel_table_cached(key: str, width_mm: float, height_mm: float, cutoff_mm: 
 
 
 def bixel_kernel_table(beam: BeamModel, width_mm: float, height_mm: float, cutoff_mm: float) -> KernelTable:
-    """Convolved kernels of a ``width x height`` bixel (mm at isocenter) out to ``cutoff_mm`` beyond its edges (cached)."""
+    """Convolved kernels of a ``width x height`` bixel (mm at isocenter) out to ``cutoff_mm`` beyond its
+    edges (cached)."""
     return _bixel_table_cached(
         _remember(beam),
         round(float(width_mm), 6),

@@ -97,8 +97,8 @@ def safe_extract_zip(
             plan.append((info, target))
         if total > max_bytes:
             raise InputError(
-                f"{zip_path.name} expands to {total / 2**20:.0f} MiB, more than the limit of {max_bytes / 2**20:.0f} MiB "
-                "(RAYRT_ZIP_MAX_BYTES)",
+                f"{zip_path.name} expands to {total / 2**20:.0f} MiB, "
+                f"more than the limit of {max_bytes / 2**20:.0f} MiB (RAYRT_ZIP_MAX_BYTES)",
                 kind="zip",
                 status=413,
             )
@@ -114,7 +114,8 @@ def safe_extract_zip(
                     written += len(chunk)
                     if written > max_bytes:
                         raise InputError(
-                            f"{zip_path.name} expands beyond the limit of {max_bytes / 2**20:.0f} MiB; refusing the archive",
+                            f"{zip_path.name} expands beyond the limit of {max_bytes / 2**20:.0f} MiB; "
+                            "refusing the archive",
                             kind="zip",
                             status=413,
                         )

@@ -219,7 +219,8 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
     multi = [ds for ds in datasets if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1]
     if multi:
         raise InputError(
-            f"{label}: multi-frame (enhanced) image objects are not supported; export the series as single-frame images",
+            f"{label}: multi-frame (enhanced) image objects are not supported; "
+            "export the series as single-frame images",
             kind="dicom",
         )
     iops = np.array(
@@ -281,8 +282,9 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
         tilt_deg = np.degrees(np.arctan2(inplane, diffs))
         if tilt_deg.max() > _TILT_TOL_DEG:
             raise InputError(
-                f"{label} is acquired with a gantry tilt of {tilt_deg.max():.2f} deg (slice positions shift within the slice plane); "
-                "rayrt needs an untilted series: reconstruct without tilt or resample it to an orthogonal grid first",
+                f"{label} is acquired with a gantry tilt of {tilt_deg.max():.2f} deg "
+                "(slice positions shift within the slice plane); rayrt needs an untilted series: "
+                "reconstruct without tilt or resample it to an orthogonal grid first",
                 kind="dicom",
             )
         h0 = float(diffs.min())
@@ -295,7 +297,8 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
                 g = gaps[0]
                 missing = int(np.sum(np.round(ratios[gaps]) - 1))
                 raise InputError(
-                    f"{label} is missing {missing} slice(s): a gap of {diffs[g]:.2f} mm after the slice at {d[g]:.2f} mm "
+                    f"{label} is missing {missing} slice(s): "
+                    f"a gap of {diffs[g]:.2f} mm after the slice at {d[g]:.2f} mm "
                     f"(regular spacing {h0:.2f} mm); add the missing files or re-export the complete series",
                     kind="dicom",
                 )

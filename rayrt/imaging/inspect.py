@@ -114,7 +114,8 @@ def _dose_summary(dose, name: str) -> DoseSummary:
 
 
 def inspect_path(path: str | Path) -> InspectReport:
-    """Summarise a DICOM folder, .zip or file. Without an image series, structure volumes are computed on the dose grid."""
+    """Summarise a DICOM folder, .zip or file. Without an image series, structure volumes are computed on
+    the dose grid."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"no such file or folder: {path}", kind="dicom", status=404)

@@ -8,7 +8,8 @@ One RTPLAN per :class:`~rayrt.domain.plan.Plan` and :class:`~rayrt.domain.machin
 * Beam-limiting devices follow the machine: Varian-like machines (X and Y jaws) get
   ``ASYMX`` + ``ASYMY`` + ``MLCX``; Elekta-like machines without X jaws (``jaw_x is None``) get
   ``ASYMY`` + ``MLCX`` (the MLC defines the field in X); jawless machines get the MLC only
-  (Halcyon: its two layers, below). The jaw device types come from ``JawModel.dicom_type`` (``ASYMX``/``ASYMY`` or ``X``/``Y``).
+  (Halcyon: its two layers, below). The jaw device types come from ``JawModel.dicom_type``
+  (``ASYMX``/``ASYMY`` or ``X``/``Y``).
   ``LeafPositionBoundaries`` are the machine's N+1 leaf-pair boundaries (mm at the isocenter).
 * **Dual-layer MLCs (Halcyon)**: a machine with ``mlc.dual_layer`` gets two MLC devices instead
   of ``MLCX``: ``MLCX1`` = the *distal* layer (the model's ``leaf_boundaries_mm``, Halcyon 28 x
@@ -140,7 +141,8 @@ def _device_types(machine: MachineModel) -> list[str]:
 
 
 def _mlc_boundaries(t: str, machine: MachineModel) -> np.ndarray:
-    """Leaf-pair boundaries (mm) of the MLC device ``t`` of ``machine`` (the proximal layer for MLCX2 of a dual-layer MLC)."""
+    """Leaf-pair boundaries (mm) of the MLC device ``t`` of ``machine`` (the proximal layer for MLCX2 of
+    a dual-layer MLC)."""
     proximal = machine.mlc.proximal_boundaries  # None unless the MLC is dual-layer
     if proximal is not None and t == PROXIMAL_LAYER:
         return proximal
@@ -573,8 +575,9 @@ def match_machine(ds: "Dataset", machines: Sequence[MachineModel] | dict[str, Ma
         m = by_name[0]
         if not geometry_fits(m):
             raise InputError(
-                f"RTPLAN machine '{name}' matches model {m.name} by name but its MLC ({_describe_layers(layers)}) differs from "
-                f"the model's {m.mlc.num_pairs} pairs {m.mlc.leaf_boundaries_mm[0]:g}..{m.mlc.leaf_boundaries_mm[-1]:g} mm; "
+                f"RTPLAN machine '{name}' matches model {m.name} by name "
+                f"but its MLC ({_describe_layers(layers)}) differs from the model's {m.mlc.num_pairs} pairs "
+                f"{m.mlc.leaf_boundaries_mm[0]:g}..{m.mlc.leaf_boundaries_mm[-1]:g} mm; "
                 "fix the machine file or the plan",
                 kind="rtplan",
                 status=422,
@@ -762,8 +765,8 @@ def read_rtplan(
                 rot = str(getattr(cp, "GantryRotationDirection", "NONE") or "NONE").upper()
                 if rot in ("CW", "CC"):
                     raise InputError(
-                        f"beam '{bname}' is an arc (GantryRotationDirection {rot}: VMAT or conformal arc); rayrt imports static "
-                        "and step-and-shoot beams only",
+                        f"beam '{bname}' is an arc (GantryRotationDirection {rot}: VMAT or conformal arc); "
+                        "rayrt imports static and step-and-shoot beams only",
                         kind="rtplan",
                         status=422,
                     )
@@ -796,8 +799,8 @@ def read_rtplan(
                 ]
                 if moved:
                     raise InputError(
-                        f"beam '{bname}' moves {', '.join(moved)} while irradiating (dynamic MLC / sliding window); rayrt imports "
-                        "static and step-and-shoot beams only",
+                        f"beam '{bname}' moves {', '.join(moved)} while irradiating (dynamic MLC / sliding window); "
+                        "rayrt imports static and step-and-shoot beams only",
                         kind="rtplan",
                         status=422,
                     )

@@ -162,7 +162,8 @@ def _series_info(vol: Volume) -> ImageSeriesInfo:
 
 
 def structure_masks_from_rtstruct(rtstruct, grid, *, plane_spacing_mm: float | None = None) -> list[StructureMask]:
-    """Rasterise every ROI of a parsed RT Structure Set (:class:`~rayrt.imaging.dicom_io.RTStructData`) onto ``grid``."""
+    """Rasterise every ROI of a parsed RT Structure Set (:class:`~rayrt.imaging.dicom_io.RTStructData`)
+    onto ``grid``."""
     out: list[StructureMask] = []
     for roi in rtstruct.rois:
         mask = rasterize_polygons(roi.contours, grid, plane_spacing_mm=plane_spacing_mm)
@@ -276,8 +277,8 @@ def _load(path: Path, files: list[Path], source: Path) -> Study:
             and vol.meta["frame_of_reference_uid"] != p_for
         ):
             warnings.append(
-                f"{vol.meta.get('modality')} series {uid[-12:]} is on another frame of reference than the primary image "
-                "(not registered; not used for planning)"
+                f"{vol.meta.get('modality')} series {uid[-12:]} is on another frame of reference "
+                "than the primary image (not registered; not used for planning)"
             )
 
     structures: list[StructureMask] = []

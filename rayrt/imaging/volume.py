@@ -191,7 +191,10 @@ class Volume:
         self.meta = dict(meta or {})
 
     def __repr__(self) -> str:
-        return f"Volume({self.quantity or 'values'}, shape={self.grid.shape}, spacing_mm={self.grid.spacing_mm}, dtype={self.array.dtype})"
+        return (
+            f"Volume({self.quantity or 'values'}, shape={self.grid.shape}, "
+            f"spacing_mm={self.grid.spacing_mm}, dtype={self.array.dtype})"
+        )
 
     def with_array(self, array: np.ndarray, quantity: str | None = None) -> "Volume":
         return Volume(array, self.grid, self.quantity if quantity is None else quantity, self.meta)

@@ -76,7 +76,8 @@ def get_machine(name: str, folder: str | os.PathLike | None = None) -> MachineMo
     files = machine_files(folder)
     if name not in files:
         raise InputError(
-            f"unknown machine {name!r}; available machines: {', '.join(sorted(files)) or '(none: no configs/machines/*.yaml)'}",
+            f"unknown machine {name!r}; "
+            f"available machines: {', '.join(sorted(files)) or '(none: no configs/machines/*.yaml)'}",
             kind="machine",
             field="machine",
             status=404,

@@ -12,8 +12,9 @@ block), J the part of the bixel inside the X jaws and fy[s, r] the part of row r
 segment's Y jaws (a dual-layer MLC's proximal layer acts as such a Y limit) -- per row, so a jaw
 may end part-way across a wide leaf pair when the rows end there (held fixed within an inner
 solve). Which pairs belong to an aperture is tracked explicitly (:func:`open_pairs`): a pair
-exactly at the minimum gap inside the jaws is a real opening (MLCi2: 5 mm gap = one bixel). Dose = Dij_beam @ F (the row-subset Dij of :mod:`rayrt.optimize.problem`). The
-gradient with respect to m and to each leaf tip is analytic (chain rule through O).
+exactly at the minimum gap inside the jaws is a real opening (MLCi2: 5 mm gap = one bixel).
+Dose = Dij_beam @ F (the row-subset Dij of :mod:`rayrt.optimize.problem`). The gradient with
+respect to m and to each leaf tip is analytic (chain rule through O).
 
 Machine rules are kept *exactly* feasible with box bounds for L-BFGS-B: every pairwise linear rule
 (x1[p] + g <= x2[p]; no interdigitation x1[p] + g <= x2[p +- 1]) is split at the midpoint of its
@@ -122,7 +123,8 @@ class BeamApertures:
             self.sc[s] = float(hs(segment_equivalent_square_mm(seg, machine)))
 
     def _jaws(self, S: int):
-        """(X-jaw lower, upper (S, 1, 1) mm; Y-jaw coverage of each beamlet row (S, R)) of the last jaw update (open when none)."""
+        """(X-jaw lower, upper (S, 1, 1) mm; Y-jaw coverage of each beamlet row (S, R)) of the last jaw
+        update (open when none)."""
         jx = getattr(self, "_jx", None)
         if jx is None or jx.shape[0] != S:
             return np.full((S, 1, 1), -np.inf), np.full((S, 1, 1), np.inf), np.ones((S, self.Y.shape[1]))
@@ -161,9 +163,9 @@ class BeamApertures:
 
     def fluence(self, J: np.ndarray | None = None) -> np.ndarray:
         """F (R, C) in fluence units."""
-        O, _, _, _ = self._open_frac(self.x1[:, self.pairs], self.x2[:, self.pairs])
+        open_frac, _, _, _ = self._open_frac(self.x1[:, self.pairs], self.x2[:, self.pairs])
         T = self.transmission
-        A = (1 - T) * O + (T * J if J is not None else 0.0)
+        A = (1 - T) * open_frac + (T * J if J is not None else 0.0)
         _, _, fyr = self._jaws(self.m.size)
         return np.einsum("s,spc,pr,sr->rc", self.m * self.sc, A, self.Y, fyr, optimize=True)
 
@@ -202,8 +204,8 @@ def aperture_gradient(ba: "BeamApertures", G: np.ndarray, J: np.ndarray) -> tupl
     GP = np.einsum(
         "pr,sr,rc->spc", ba.Y, fyr, G, optimize=True
     )  # (S, Pa, C): row gradient seen by each pair, Y jaws applied
-    O, act, _, _ = ba._open_frac(ba.x1[:, ba.pairs], ba.x2[:, ba.pairs])
-    A = (1 - T) * O + T * J
+    open_frac, act, _, _ = ba._open_frac(ba.x1[:, ba.pairs], ba.x2[:, ba.pairs])
+    A = (1 - T) * open_frac + T * J
     gm = np.einsum("spc,spc->s", A, GP) * ba.sc
     wcol = ba.layout.col_widths_mm
     x1 = ba.x1[:, ba.pairs][..., None]
@@ -419,8 +421,8 @@ def _optimize_apertures(
                     changed = True
             Js = current_J()
             lo = [np.full(ba.m.size, opt.min_mu_weight) for ba in beams]
-            for ba, l in zip(beams, lo):
-                ba.m = np.maximum(ba.m, l)
+            for ba, min_weight in zip(beams, lo):
+                ba.m = np.maximum(ba.m, min_weight)
             res = minimize(
                 fun,
                 pack(False),

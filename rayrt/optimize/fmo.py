@@ -212,7 +212,8 @@ class ObjectiveEvaluator:
         return _screen_candidates(s.d_ref, s.rowsum, s.R, dg_down, np.float32(o.dose_gy + margin), -1)
 
     def _screened_dose(self, w: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """Dose on the needed rows (array over all rows, valid where needed) and candidate voxel positions per screened term.
+        """Dose on the needed rows (array over all rows, valid where needed) and candidate voxel positions
+        per screened term.
 
         Refresh policy (ski rental): the candidate sets grow as w moves away from the reference
         weights w0; the non-zeros computed beyond those of the first evaluation after the last

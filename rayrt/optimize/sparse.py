@@ -9,9 +9,10 @@ Only the voxels that carry objectives are kept (rows of the full Dij selected on
 
 ``rows=None`` means all rows. Products over fewer than ``PARALLEL_MIN_NNZ`` non-zeros (env
 ``RAYRT_PARALLEL_MIN_NNZ``, default 2 M, counted exactly over the rows asked for; per matrix
-``SubsetDij.parallel_min_nnz``) run on one thread: measured on the shared 2-core development machine under load (load average 6), a
-2.9 M-nnz row product took 42 ms on two numba threads and 32 ms on one, since a parallel region
-waits for its slowest (descheduled) thread (that measurement had spinning OpenMP workers; see
+``SubsetDij.parallel_min_nnz``) run on one thread: measured on the shared 2-core development
+machine under load (load average 6), a 2.9 M-nnz row product took 42 ms on two numba threads and
+32 ms on one, since a parallel region waits for its slowest (descheduled) thread (that
+measurement had spinning OpenMP workers; see
 :mod:`rayrt.optimize._threads`). Both kernels skip zero entries of ``g``, so a gradient that is
 zero on most voxels (one-sided objectives) costs only its non-zero rows.
 

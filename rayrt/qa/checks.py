@@ -93,7 +93,8 @@ def gamma_check(
         limit=tolerance_pct,
         unit="%",
         detail=(
-            f"{s.n_passed}/{s.n_evaluated} voxels pass; mean gamma {s.mean_gamma:.3f}, 95th percentile {s.p95_gamma:.3f}; "
+            f"{s.n_passed}/{s.n_evaluated} voxels pass; "
+            f"mean gamma {s.mean_gamma:.3f}, 95th percentile {s.p95_gamma:.3f}; "
             f"tolerance >= {tolerance_pct:g} %, action <= {action_pct:g} %"
         ),
     )
@@ -111,7 +112,8 @@ def masks_on_grid(masks: Mapping[str, "np.ndarray | Volume"], grid: Grid) -> dic
             arr = np.asarray(m)
             if arr.shape != tuple(grid.shape):
                 raise InputError(
-                    f"mask of '{name}' has shape {arr.shape}, the dose grid {grid.shape}; pass it as a Volume to resample",
+                    f"mask of '{name}' has shape {arr.shape}, the dose grid {grid.shape}; "
+                    "pass it as a Volume to resample",
                     kind="qa",
                 )
         out[name] = np.asarray(arr, dtype=bool)

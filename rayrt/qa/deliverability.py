@@ -96,7 +96,8 @@ def _proximal_violations(s, mlc, bi: int, si: int) -> list[Violation]:
                 beam=bi,
                 segment=si,
                 leaf_pair=_first(bad),
-                message=f"{int(bad.sum())} proximal leaf pair(s) outside [{mlc.min_position_mm}, {mlc.max_position_mm}] mm",
+                message=f"{int(bad.sum())} proximal leaf pair(s) "
+                f"outside [{mlc.min_position_mm}, {mlc.max_position_mm}] mm",
             )
         )
     bad = (px1 > mlc.max_overtravel_mm + TOL_MM) | (px2 < -mlc.max_overtravel_mm - TOL_MM)
@@ -199,7 +200,9 @@ def check_plan(plan: Plan, machine: MachineModel) -> DeliverabilityReport:
                         beam=bi,
                         segment=si,
                         leaf_pair=p,
-                        message=f"{int(bad.sum())} leaf pair(s) outside [{mlc.min_position_mm}, {mlc.max_position_mm}] mm, e.g. pair {p}: ({x1[p]:.2f}, {x2[p]:.2f})",
+                        message=f"{int(bad.sum())} leaf pair(s) "
+                        f"outside [{mlc.min_position_mm}, {mlc.max_position_mm}] mm, "
+                        f"e.g. pair {p}: ({x1[p]:.2f}, {x2[p]:.2f})",
                     )
                 )
             bad = (x1 > mlc.max_overtravel_mm + TOL_MM) | (x2 < -mlc.max_overtravel_mm - TOL_MM)
@@ -211,7 +214,8 @@ def check_plan(plan: Plan, machine: MachineModel) -> DeliverabilityReport:
                         beam=bi,
                         segment=si,
                         leaf_pair=p,
-                        message=f"{int(bad.sum())} leaf tip(s) cross the axis by more than {mlc.max_overtravel_mm} mm, e.g. pair {p}: ({x1[p]:.2f}, {x2[p]:.2f})",
+                        message=f"{int(bad.sum())} leaf tip(s) cross the axis by more than {mlc.max_overtravel_mm} mm, "
+                        f"e.g. pair {p}: ({x1[p]:.2f}, {x2[p]:.2f})",
                     )
                 )
             bad = x2 - x1 < mlc.min_gap_mm - TOL_MM
@@ -223,7 +227,8 @@ def check_plan(plan: Plan, machine: MachineModel) -> DeliverabilityReport:
                         beam=bi,
                         segment=si,
                         leaf_pair=p,
-                        message=f"{int(bad.sum())} pair(s) with gap below {mlc.min_gap_mm} mm, e.g. pair {p}: gap {x2[p] - x1[p]:.3f} mm",
+                        message=f"{int(bad.sum())} pair(s) with gap below {mlc.min_gap_mm} mm, "
+                        f"e.g. pair {p}: gap {x2[p] - x1[p]:.3f} mm",
                     )
                 )
             if not mlc.interdigitation and P > 1:
@@ -236,7 +241,9 @@ def check_plan(plan: Plan, machine: MachineModel) -> DeliverabilityReport:
                             beam=bi,
                             segment=si,
                             leaf_pair=p,
-                            message=f"{int(bad.sum())} adjacent pair(s) interdigitate on {mlc.name} (no interdigitation), e.g. pairs {p},{p + 1}: ({x1[p]:.2f}, {x2[p]:.2f}) vs ({x1[p + 1]:.2f}, {x2[p + 1]:.2f})",
+                            message=f"{int(bad.sum())} adjacent pair(s) interdigitate on {mlc.name} "
+                            f"(no interdigitation), e.g. pairs {p},{p + 1}: ({x1[p]:.2f}, {x2[p]:.2f}) "
+                            f"vs ({x1[p + 1]:.2f}, {x2[p + 1]:.2f})",
                         )
                     )
             for bank, x in (("X1", x1), ("X2", x2)):
@@ -262,7 +269,8 @@ def check_plan(plan: Plan, machine: MachineModel) -> DeliverabilityReport:
                             rule="jaw_presence",
                             beam=bi,
                             segment=si,
-                            message=f"{name} jaws {'given' if pos is not None else 'missing'} but the machine has {'no' if jaw is None else ''} {name} jaws",
+                            message=f"{name} jaws {'given' if pos is not None else 'missing'} "
+                            f"but the machine has {'no' if jaw is None else ''} {name} jaws",
                         )
                     )
                     continue

@@ -35,7 +35,10 @@ __all__ = [
     "structure_dvh_metrics",
 ]
 
-METHOD_VOXEL_CENTRE = "voxel-centre: voxels whose centre is inside the structure, centre dose, equal volume per voxel; Dx by mid-rank linear interpolation"
+METHOD_VOXEL_CENTRE = (
+    "voxel-centre: voxels whose centre is inside the structure, centre dose, equal volume per voxel; "
+    "Dx by mid-rank linear interpolation"
+)
 
 
 class DVHMetrics(BaseModel):

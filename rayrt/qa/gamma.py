@@ -101,7 +101,10 @@ class GammaResult:
 
     def __repr__(self) -> str:
         s = self.summary
-        return f"GammaResult({s.criteria.label()}: pass {s.pass_rate_pct:.2f} %, mean {s.mean_gamma:.3f}, p95 {s.p95_gamma:.3f}, n={s.n_evaluated})"
+        return (
+            f"GammaResult({s.criteria.label()}: pass {s.pass_rate_pct:.2f} %, mean {s.mean_gamma:.3f}, "
+            f"p95 {s.p95_gamma:.3f}, n={s.n_evaluated})"
+        )
 
 
 # --------------------------------------------------------------------------- search offsets

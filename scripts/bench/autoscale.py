@@ -85,14 +85,16 @@ def main() -> int:
     print_table(
         ["run"] + [h for _, h in COLUMNS],
         rows,
-        title=f"fake multi-node autoscaling: {args.tasks} x {args.task_s:g} s one-CPU tasks, 0..{args.max_workers} one-CPU workers"
-        " (times from task submission; taken under load from other developers unless the machine was quiet)",
+        title=f"fake multi-node autoscaling: {args.tasks} x {args.task_s:g} s one-CPU tasks, "
+        f"0..{args.max_workers} one-CPU workers "
+        "(times from task submission; taken under load from other developers unless the machine was quiet)",
     )
     out = write_json(
         args.out,
         {
             "benchmark": "autoscale",
-            "scenario": "tests/cluster_scenarios/autoscale.py (fake_multinode provider, head 0 CPU, cpu_worker 1 CPU + {worker: 1})",
+            "scenario": "tests/cluster_scenarios/autoscale.py "
+            "(fake_multinode provider, head 0 CPU, cpu_worker 1 CPU + {worker: 1})",
             "params": {
                 "tasks": args.tasks,
                 "task_s": args.task_s,

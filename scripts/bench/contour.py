@@ -88,7 +88,8 @@ def main() -> None:
     record("interpolate CTV from every 4th slice", best, times, {"dice": round(dice(filled, ctv), 4)})
 
     print(
-        f"synthetic CT {shape[2]} x {shape[1]} x {shape[0]} voxels, spacing {spacing} mm, phantom built in {t_phantom:.1f} s"
+        f"synthetic CT {shape[2]} x {shape[1]} x {shape[0]} voxels, spacing {spacing} mm, "
+        f"phantom built in {t_phantom:.1f} s"
     )
     print(f"{'step':<42} {'best s':>8}  runs / checks")
     for r in rows:

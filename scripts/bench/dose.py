@@ -1,11 +1,12 @@
-"""Dose-engine benchmark: rayrt's Dij vs pyRadPlan 0.5.0 on TG119, same beams, bixels and dose grid.
+r"""Dose-engine benchmark: rayrt's Dij vs pyRadPlan 0.5.0 on TG119, same beams, bixels and dose grid.
 
     .venv/bin/python scripts/bench/dose.py --vs pyradplan            # setups A and B
     .venv/bin/python scripts/bench/dose.py --vs pyradplan --setups A  # only A
     .venv/bin/python scripts/bench/dose.py --setups A                 # rayrt only
-    .venv/bin/python scripts/bench/dose.py --vs pyradplan --reuse-pyradplan=B # reuse work/pyradplan_B.json/.npz
-    .venv/bin/python scripts/bench/dose.py --vs pyradplan --reuse-pyradplan --bixel-columns edge --margin-mode projection
-                                                                      # rayrt's default bixel placement instead
+    .venv/bin/python scripts/bench/dose.py --vs pyradplan --reuse-pyradplan=B
+                                                                      # reuse work/pyradplan_B.json/.npz
+    .venv/bin/python scripts/bench/dose.py --vs pyradplan --reuse-pyradplan \
+        --bixel-columns edge --margin-mode projection                 # rayrt's default bixel placement instead
 
 Setups (docs REFERENCE.md): A = 5 beams 0, 72, 144, 216, 288 deg, 5 mm bixels, 5 mm dose grid;
 B = 9 beams 0:40:320 deg, 5 mm bixels, 3 mm dose grid. Isocenter at the target (OuterTarget)
@@ -17,8 +18,8 @@ Each engine runs in its OWN subprocess, so its peak memory is its own:
 * rayrt: this script re-invoked with the hidden ``_rayrt`` subcommand in rayrt's venv. It loads
   TG119.mat with rayrt's loader (rayrt.imaging.phantoms.load_mat_phantom; density = the .mat's
   relative electron density cube, external = BODY), places bixels over the target's projection
-  (rayrt.dose.geometry.beamlet_grid, margin --margin-mm, --margin-mode, --bixel-columns), warms the numba kernels up on a tiny
-  problem (compile time reported separately), then times rayrt.dose.dij.plan_dij on exactly
+  (rayrt.dose.geometry.beamlet_grid, margin --margin-mm, --margin-mode, --bixel-columns), warms the
+  numba kernels up on a tiny problem (compile time reported separately), then times rayrt.dose.dij.plan_dij on exactly
   pyRadPlan's dose grid (read from its JSON; pyRadPlan runs first), or rayrt's own
   ``dose_grid_for(ct_grid, spacing)`` when run alone.
 
@@ -109,8 +110,9 @@ def matched_weights(grids, peer_npz: Path) -> tuple[np.ndarray, list[dict]]:
     The peer (matRad/pyRadPlan) puts square bixels of width w centred on a lattice k*w around the
     isocenter (``ray_pos_bev_mm``: x and z at the isocenter plane); rayrt's bixel rows are the
     machine's leaf pairs and its columns are the grid's own (``u_mm`` +- w/2: edges at c*w, or
-    centred on the isocenter), so the two footprints can differ by up to w/2 at each edge. Each rayrt bixel gets the fraction of its rectangle covered by the peer's
-    footprint (0.25 mm raster, summed-area table). The BEV axis signs (peer x -> +-u, z -> +-v) are
+    centred on the isocenter), so the two footprints can differ by up to w/2 at each edge. Each rayrt
+    bixel gets the fraction of its rectangle covered by the peer's footprint (0.25 mm raster,
+    summed-area table). The BEV axis signs (peer x -> +-u, z -> +-v) are
     chosen per beam as the combination whose footprint overlaps rayrt's best (reported).
     """
     import numpy as np
@@ -478,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         "--margin-mode",
         choices=["projection", "volume"],
         default="volume",
-        help="rayrt bixel selection (default volume = pyRadPlan's: target grown in 3-D, bixels hit by projected voxel centres)",
+        help="rayrt bixel selection "
+        "(default volume = pyRadPlan's: target grown in 3-D, bixels hit by projected voxel centres)",
     )
     ap.add_argument(
         "--reuse-pyradplan",
@@ -595,10 +598,13 @@ def main(argv: list[str] | None = None) -> int:
         if "agreement" in e:
             a = e["agreement"]
             print(
-                f"setup {s}: speed-up x{e['speedup_dij_pyradplan_over_rayrt']:.1f}, peak RSS ratio {e['peak_rss_ratio_rayrt_over_pyradplan']:.2f}, "
-                f"gamma 3%/3mm in BODY {a['gamma_pass_rate_pct']:.1f} % own bixels ({a['bixel_columns']} columns, {a['margin_mode']} margin), "
+                f"setup {s}: speed-up x{e['speedup_dij_pyradplan_over_rayrt']:.1f}, "
+                f"peak RSS ratio {e['peak_rss_ratio_rayrt_over_pyradplan']:.2f}, "
+                f"gamma 3%/3mm in BODY {a['gamma_pass_rate_pct']:.1f} % own bixels "
+                f"({a['bixel_columns']} columns, {a['margin_mode']} margin), "
                 f"{a.get('gamma_pass_rate_matched_pct', float('nan')):.1f} % matched footprint (n={a['n_evaluated']}), "
-                f"raw target-mean ratio rayrt/pyRadPlan {a['raw_target_mean_ratio_rayrt_over_pyradplan']:.4g}; targets {e['targets_met']}"
+                f"raw target-mean ratio rayrt/pyRadPlan {a['raw_target_mean_ratio_rayrt_over_pyradplan']:.4g}; "
+                f"targets {e['targets_met']}"
             )
     print(f"wrote {args.out}")
     return 0

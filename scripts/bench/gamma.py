@@ -197,10 +197,12 @@ def main() -> None:
                 row["speedup"] = p["seconds"] / max(row["rayrt"]["seconds"], 1e-9)
 
     print(
-        f"grid {grid.shape} (k,j,i) at {grid.spacing_mm} mm, {int(np.count_nonzero(ref >= 0.1 * ref.max()))} voxels >= 10 %"
+        f"grid {grid.shape} (k,j,i) at {grid.spacing_mm} mm, "
+        f"{int(np.count_nonzero(ref >= 0.1 * ref.max()))} voxels >= 10 %"
     )
     print(
-        f"{'criteria':34s} {'rayrt pass%':>11s} {'pmp pass%':>10s} {'diff pp':>8s} {'rayrt mean':>10s} {'pmp mean':>9s} "
+        f"{'criteria':34s} {'rayrt pass%':>11s} {'pmp pass%':>10s} {'diff pp':>8s} "
+        f"{'rayrt mean':>10s} {'pmp mean':>9s} "
         f"{'rayrt p95':>9s} {'pmp p95':>8s} {'rayrt s':>8s} {'pmp s':>8s} {'speedup':>8s}"
     )
     for row in rows:

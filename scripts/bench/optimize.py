@@ -18,8 +18,8 @@ scaling) and starts from uniform beamlet weights scaled so the mean target dose 
 prescription (50 Gy); the row subset of the Dij (``problem_from_voxel_groups``, reported as
 ``row_subset_s``) is not timed, as pyRadPlan's own Dij preparation is not.
 
-``--pipeline``: the planning recipe (what `rayrt plan` runs, rayrt.pipeline.run_recipe) on TG119.mat (``mat``) and/or the built-in
-TG-119 phantom (``builtin``), standard machine, the TG-119 goal order
+``--pipeline``: the planning recipe (what `rayrt plan` runs, rayrt.pipeline.run_recipe) on TG119.mat
+(``mat``) and/or the built-in TG-119 phantom (``builtin``), standard machine, the TG-119 goal order
 (rayrt.optimize.recipes.tg119_goal_order), max 15 segments per beam; setup A = 5 beams, 5 mm dose
 grid; B = 9 beams, 3 mm; Q = 9 beams, 5 mm (the plan-quality check); H = Q with
 tg119_hard_goal_order, 600 FMO iterations and 8 DAO rounds (aims at core D10 <= 10 Gy). Reports each stage's time and
@@ -334,7 +334,8 @@ def pipeline(setup: str, case: str, sequencer: str) -> dict:
         ["stage", "time (s)"],
         [[k, v["seconds"]] for k, v in out["stages"].items()],
         title=f"planning recipe, setup {setup} ({case}, {n} beams, {grid_mm} mm): {out['segments']} segments, "
-        f"target D95 {goals['target_d95_gy']:.2f} D10 {goals['target_d10_gy']:.2f}, core D10 {goals['core_d10_gy']:.2f} Gy, "
+        f"target D95 {goals['target_d95_gy']:.2f} D10 {goals['target_d10_gy']:.2f}, "
+        f"core D10 {goals['core_d10_gy']:.2f} Gy, "
         f"deliverable {out['deliverable']}",
     )
     return out

@@ -191,7 +191,8 @@ def bench_dij(quick: bool) -> dict:
     req = _dij_request()  # production physics: 50 mm cut-off, 1e-4 threshold
     ncpu = os.cpu_count() or 1
     out: dict = {
-        "case": f"TG-119 phantom {spacing:g} mm, 9 beams, 5 mm bixels, 5 mm dose grid, cutoff {req.dij_cutoff_mm:g} mm, threshold {req.dij_threshold:g}"
+        "case": f"TG-119 phantom {spacing:g} mm, 9 beams, 5 mm bixels, 5 mm dose grid, "
+        f"cutoff {req.dij_cutoff_mm:g} mm, threshold {req.dij_threshold:g}"
     }
 
     # The single process (driver, numba 1 thread and all threads) and the Ray fan-out are timed in
@@ -510,7 +511,10 @@ def _poll_latencies(url: str, ids: list[str], pollers: int, seconds: float, rate
     import json
     import subprocess
 
-    code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import service; service._poll_worker()"
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+        "import service; service._poll_worker()"
+    )
     args = {"url": url, "ids": ids, "pollers": pollers, "seconds": seconds, "rate_hz": rate_hz, "pids": _serve_pids()}
     proc = subprocess.run(
         [sys.executable, "-c", code], input=json.dumps(args), capture_output=True, text=True, timeout=seconds + 300
@@ -610,12 +614,15 @@ def bench_concurrency(work: Path, jobs: int = 50, pollers: int = 20, poll_s: flo
         "unfinished": unfinished,
         "pollers": pollers,
         "poller_rate_hz": rate_hz,
-        "poller": f"{pollers} clients in a process of their own, one persistent connection each (opened before the window), each GET /jobs/{{id}} "
-        f"every {1 / rate_hz:.2f} s (fixed rate, like rayrt submit --wait / rayrt demo at 4 Hz); p99 over all calls of a {poll_s:g} s window",
+        "poller": f"{pollers} clients in a process of their own, one persistent connection each "
+        "(opened before the window), each GET /jobs/{id} "
+        f"every {1 / rate_hz:.2f} s (fixed rate, like rayrt submit --wait / rayrt demo at 4 Hz); "
+        f"p99 over all calls of a {poll_s:g} s window",
         "serve_env": {k: os.environ.get(k) for k in SERVE_ENV_DEFAULTS},
         **_lat("status_busy", lat_busy, poll_s),
         **_lat("status_idle", lat_idle, poll_s),
-        "saturated": f"{pollers} clients in tight loops (next request as soon as the last answered): throughput, latency = queueing",
+        "saturated": f"{pollers} clients in tight loops (next request as soon as the last answered): "
+        "throughput, latency = queueing",
         **_lat("saturated", lat_sat, poll_s),
         "cluster_tasks_after": cluster.get("tasks"),
         "cluster_task_accounting_after": {
@@ -639,7 +646,8 @@ def main() -> None:
     result.update(
         {
             "machine": machine_info(),
-            "note": "timings under load from other developers on a shared 2-core machine unless the load average says otherwise",
+            "note": "timings under load from other developers on a shared 2-core machine "
+            "unless the load average says otherwise",
         }
     )
     work = Path(tempfile.mkdtemp(prefix="rayrt-bench-service-"))
@@ -660,7 +668,8 @@ def main() -> None:
                 "",
             ],
             [
-                f"{b['plain_processes']['processes']} plain processes x 1 thread, no Ray, compute only (the CPUs' ceiling)",
+                f"{b['plain_processes']['processes']} plain processes x 1 thread, no Ray, "
+                "compute only (the CPUs' ceiling)",
                 b["plain_processes"]["wall_s"],
                 f"{b['plain_processes']['speedup_vs_1_thread']:.2f}x vs 1 thread",
                 "",
@@ -668,7 +677,8 @@ def main() -> None:
             [
                 f"Ray: {b['ray']['tasks']} tasks x 1 thread on {b['ray']['cpus']} CPUs (warm, median)",
                 b["ray"]["warm_s"],
-                f"{b['speedup_vs_1_thread']:.2f}x vs 1 thread (median ratio) ({b['speedup_vs_1_thread_same_niceness']:.2f}x at the same niceness)",
+                f"{b['speedup_vs_1_thread']:.2f}x vs 1 thread (median ratio) "
+                f"({b['speedup_vs_1_thread_same_niceness']:.2f}x at the same niceness)",
                 "bit-identical" if b["ray"]["identical_to_single_process"] else "DIFFERENT",
             ],
             [

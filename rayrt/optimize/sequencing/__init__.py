@@ -1,4 +1,5 @@
-"""Leaf sequencers behind one registry: ``get_sequencer(name).sequence(fluence_map, beamlets, machine, max_segments)``."""
+"""Leaf sequencers behind one registry:
+``get_sequencer(name).sequence(fluence_map, beamlets, machine, max_segments)``."""
 
 from rayrt.optimize.sequencing.base import (
     Sequencer,

@@ -388,9 +388,9 @@ class Sequencer:
         best: tuple[int, list[Segment]] | None = None
         for L in choices:
             unit = fmax / L
-            I = np.rint(pf / unit).astype(np.int64)
+            intensity = np.rint(pf / unit).astype(np.int64)
             segs = self._segments(
-                I,
+                intensity,
                 unit,
                 pair_ids,
                 layout.col_edges_mm,
@@ -417,10 +417,10 @@ class Sequencer:
             dropped_mu=dropped,
         )
 
-    def _segments(self, I, unit, pair_ids, col_edges, machine, y_span_mm=None) -> list[Segment]:
+    def _segments(self, intensity, unit, pair_ids, col_edges, machine, y_span_mm=None) -> list[Segment]:
         P = machine.mlc.num_pairs
         out = []
-        for k, lo, hi in self.decompose(I):
+        for k, lo, hi in self.decompose(intensity):
             x1 = np.zeros(P)
             x2 = np.zeros(P)
             op = np.zeros(P, dtype=bool)

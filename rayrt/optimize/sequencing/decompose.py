@@ -12,20 +12,20 @@ import numpy as np
 Aperture = tuple[int, np.ndarray, np.ndarray]
 
 
-def sweep(I: np.ndarray) -> list[Aperture]:
+def sweep(intensity: np.ndarray) -> list[Aperture]:
     """Unidirectional sliding-window step-and-shoot (Bortfeld 1994 / Siochi 1999 "sweep"):
     both leaves of every row move only in +X; per row the left leaf follows the cumulative positive
     increments P(c) and the right leaf the cumulative negative ones N(c). Unit step u opens
     ``{c : N(c) < u <= P(c)}`` -- a single interval because P and N are non-decreasing. The total
     MU is the minimum possible (max over rows of the positive increments); consecutive equal unit
     apertures merge into one segment."""
-    I = np.asarray(I, dtype=np.int64)
-    R, C = I.shape
-    pad = np.concatenate([np.zeros((R, 1), np.int64), I, np.zeros((R, 1), np.int64)], axis=1)
-    dI = np.diff(pad, axis=1)[:, :C]  # increment entering column c
-    P = np.cumsum(np.maximum(dI, 0), axis=1)
-    N = np.cumsum(np.maximum(-dI, 0), axis=1)
-    T = int(P[:, -1].max()) if I.size else 0
+    intensity = np.asarray(intensity, dtype=np.int64)
+    R, C = intensity.shape
+    pad = np.concatenate([np.zeros((R, 1), np.int64), intensity, np.zeros((R, 1), np.int64)], axis=1)
+    d_intensity = np.diff(pad, axis=1)[:, :C]  # increment entering column c
+    P = np.cumsum(np.maximum(d_intensity, 0), axis=1)
+    N = np.cumsum(np.maximum(-d_intensity, 0), axis=1)
+    T = int(P[:, -1].max()) if intensity.size else 0
     if T == 0:
         return []
     # left leaf at unit u: first c with P(c) >= u ; right leaf: first c with N(c) >= u (exclusive end)
@@ -48,25 +48,25 @@ def _first_ge(M: np.ndarray, u: int) -> np.ndarray:
     return np.where(ok.any(axis=1), ok.argmax(axis=1), M.shape[1])
 
 
-def xia_verhey(I: np.ndarray) -> list[Aperture]:
+def xia_verhey(intensity: np.ndarray) -> list[Aperture]:
     """Xia & Verhey (Med Phys 25, 1998) reducing-level decomposition: at level Delta (powers of two
-    from the largest below max I), every bixel with I >= Delta is open; a row with several runs
-    needs several apertures, so the level yields max-runs apertures (run m of each row in the m-th).
-    Subtracting Delta leaves every bixel below Delta; halve Delta and repeat. Few segments for
-    smooth maps at the price of more MU than the sweep."""
-    I = np.asarray(I, dtype=np.int64).copy()
+    from the largest below the maximum intensity), every bixel with intensity >= Delta is open; a
+    row with several runs needs several apertures, so the level yields max-runs apertures (run m of
+    each row in the m-th). Subtracting Delta leaves every bixel below Delta; halve Delta and repeat.
+    Few segments for smooth maps at the price of more MU than the sweep."""
+    intensity = np.asarray(intensity, dtype=np.int64).copy()
     out: list[Aperture] = []
-    if I.size == 0 or I.max() <= 0:
+    if intensity.size == 0 or intensity.max() <= 0:
         return out
-    delta = 1 << int(np.floor(np.log2(I.max())))
+    delta = 1 << int(np.floor(np.log2(intensity.max())))
     while delta >= 1:
         while True:
-            mask = I >= delta
+            mask = intensity >= delta
             if not mask.any():
                 break
             for lo, hi in _runs_apertures(mask):
                 out.append((delta, lo, hi))
-            I[mask] -= delta
+            intensity[mask] -= delta
         delta >>= 1
     return _merge(out)
 

@@ -11,7 +11,7 @@
 
   // ------------------------------------------------------------------ API
   // Every HTTP route the page calls: [method, path template in the service's route syntax].
-  // tests/test_web.py checks each entry against the routes of rayrt.service.app.
+  // tests/service/test_web.py checks each entry against the routes of rayrt.service.app.
   const API = {
     health: ["GET", "/health"],
     queue: ["GET", "/queue"],

@@ -63,7 +63,7 @@ def test_plans_per_machine_and_downloads(serve_app, planned_job):
     assert (
         dvh[0].startswith("machine,structure")
         and len(dvh) > 1
-        and all(l.startswith(m["machine"] + ",") for l in dvh[1:])
+        and all(row.startswith(m["machine"] + ",") for row in dvh[1:])
     )
     qa = httpx.get(f"{serve_app}{m['downloads']['qa']}", timeout=30).json()
     assert qa["machine"] == m["machine"] and qa["checks"]

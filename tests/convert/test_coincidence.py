@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers.machines import elekta, halcyon, make_plan, varian
+from helpers.paths import REPO
 
 from rayrt.convert.coincidence import (
     ConversionConfig,
@@ -16,10 +16,8 @@ from rayrt.convert.coincidence import (
 )
 from rayrt.domain.errors import InputError
 from rayrt.domain.machine import JawModel, MLCModel
-from tests.test_rtplan import elekta, halcyon, make_plan, varian
 
-ROOT = Path(__file__).resolve().parents[1]
-CFG = load_conversion_config(ROOT / "configs" / "conversion.yaml")
+CFG = load_conversion_config(REPO / "configs" / "conversion.yaml")
 
 
 def standard():
@@ -53,7 +51,7 @@ def mlci2():
 
 def test_config_file_is_read():
     assert CFG.mlc.thresholds.compatible == 0.85 and CFG.mlc.weights.geometry == 0.40
-    assert load_conversion_config(ROOT / "does-not-exist.yaml") == ConversionConfig()
+    assert load_conversion_config(REPO / "does-not-exist.yaml") == ConversionConfig()
 
 
 def test_bad_config(tmp_path):
@@ -122,7 +120,7 @@ def test_repository_machine_files():
     """Every pair of configs/machines files compares; same-file pairs are identical."""
     from rayrt.machines import load_machine
 
-    files = sorted((ROOT / "configs" / "machines").glob("*.yaml"))
+    files = sorted((REPO / "configs" / "machines").glob("*.yaml"))
     if not files:
         pytest.skip("no configs/machines/*.yaml")
     ms = [load_machine(f) for f in files]

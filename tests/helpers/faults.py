@@ -1,6 +1,6 @@
 """Helpers of the fault-tolerance and queue tests (imported by the test modules, not by Ray).
 
-The slow test stages live in :data:`STAGES_FILE` (``tests/faults_stages.py``); a private
+The slow test stages live in :data:`STAGES_FILE` (``tests/helpers/faults_stages.py``); a private
 scheduler or service imports them in its computers through ``settings.stage_modules``.
 """
 
@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-STAGES_FILE = str(TESTS / "faults_stages.py")
+from helpers.paths import REPO
+
+STAGES_FILE = str(Path(__file__).resolve().parent / "faults_stages.py")
 FAULT_STAGES = ("fault_mark", "fault_slow")
 
 

@@ -77,7 +77,8 @@ def test_beamlet_rows_are_leaf_pairs_and_cover_target():
         edges = m.mlc.boundaries
         if not m.mlc.dual_layer:
             assert np.all(np.isin(np.round(bg.v_mm - bg.height_mm / 2, 6), np.round(edges, 6)))
-        # the projection (|x| <= 20 at depth up to 20 mm -> <= 20*1000/980) plus 5 mm margin is covered, nothing far beyond
+        # the projection (|x| <= 20 at depth up to 20 mm -> <= 20*1000/980) plus 5 mm margin is covered,
+        # nothing far beyond
         assert bg.u_mm.min() - 2.5 <= -25 and bg.u_mm.max() + 2.5 >= 25
         assert bg.u_mm.min() - 2.5 >= -37.5 and bg.u_mm.max() + 2.5 <= 37.5
         assert (bg.v_mm - bg.height_mm / 2).min() <= -17 and (bg.v_mm + bg.height_mm / 2).max() >= 17

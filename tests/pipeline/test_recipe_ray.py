@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.planning import FAST_PLANNING
 
 from rayrt.domain.planning import PlanningRequest
 from rayrt.pipeline import run_recipe
@@ -12,9 +13,16 @@ from rayrt.pipeline.planning import chunk_plan
 
 pytestmark = pytest.mark.ray
 
-REQ = dict(
-    machines=[], num_beams=3, dose_grid_mm=5.0, bixel_mm=5.0, dij_cutoff_mm=30.0, dij_threshold=1e-3, chunks_per_cpu=6
-)
+# the one fast planning settings, with fewer beams and a coarser Dij (cut-off, threshold) and more
+# chunks per CPU: this test compares the Dij itself, fanned out against computed in one process
+REQ = {
+    **FAST_PLANNING,
+    "machines": [],
+    "num_beams": 3,
+    "dij_cutoff_mm": 30.0,
+    "dij_threshold": 1e-3,
+    "chunks_per_cpu": 6,
+}
 UP_TO_DIJ = ["load", "structures", "geometry", "beamlets", "dij"]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from helpers.paths import REPO
 
 from rayrt.service.web import CONTENT_TYPES, STATIC_DIR, router, static_files
 
@@ -253,7 +254,7 @@ def test_static_files_ship_with_the_package() -> None:
     """pyproject's package-data must cover every served file (wheel and sdist)."""
     import tomllib
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     data = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     patterns = data["tool"]["setuptools"]["package-data"]["rayrt"]
     pkg = root / "rayrt"

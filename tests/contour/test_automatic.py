@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers.paths import REPO, SHARED
 
 from rayrt.contour.automatic import auto_contour, body_ct, lungs_ct, otsu_threshold
 from rayrt.contour.config import ContourConfig, load_contour_config
@@ -15,7 +13,6 @@ from rayrt.contour.synthetic import centred_grid, dice, ellipsoid_mask, thorax_p
 from rayrt.domain.errors import InputError
 from rayrt.imaging.volume import Volume
 
-SHARED = Path(os.environ.get("RAYRT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 TG119 = SHARED / "data" / "phantoms" / "TG119.mat"
 
 
@@ -93,7 +90,7 @@ def test_config_file_overrides_defaults(tmp_path):
     p.write_text("body:\n  treshold: 1\n")
     with pytest.raises(InputError, match="invalid"):
         load_contour_config(p)
-    repo_cfg = Path(__file__).resolve().parents[1] / "configs" / "contour.yaml"
+    repo_cfg = REPO / "configs" / "contour.yaml"
     assert load_contour_config(repo_cfg) == ContourConfig()  # the shipped file documents the code defaults
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers.paths import SHARED
 
 from rayrt.domain.order import ObjectiveKind, load_order
 from rayrt.domain.patient import StructureKind
@@ -21,7 +19,6 @@ from rayrt.imaging.phantoms import (
 )
 from rayrt.imaging.study import load_study
 
-SHARED = Path(os.environ.get("RAYRT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 PHANTOMS = SHARED / "data" / "phantoms"
 
 

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from helpers.machines import varian  # machine model built in code, no config files needed
 from scipy.ndimage import gaussian_filter
-from test_rtplan import varian  # noqa: E402  (machine model built in code, no config files needed)
 
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder, parse_order

@@ -8,7 +8,7 @@
 * (slow) the whole service (``rayrt serve`` in a subprocess: its driver, its Ray, its workers)
   SIGKILLed mid-job and started again on the same store: the job resumes from its last stage.
 
-The slow stages come from ``tests/faults_stages.py`` (``settings.stage_modules``); see there.
+The slow stages come from ``tests/helpers/faults_stages.py`` (``settings.stage_modules``); see there.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import signal
 import uuid
 
 import pytest
-from faults_helpers import (
+from helpers.faults import (
     STAGES_FILE,
     ServiceProcess,
     delete_private_app,

@@ -1,10 +1,8 @@
 """The TG119.mat phantom (CORT, via matRad/pyRadPlan) through compute_dij: slow, needs ../shared/data."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers.paths import SHARED
 
 from rayrt.domain.plan import Beam
 from rayrt.dose.dij import dose_grid_for, plan_dij
@@ -12,7 +10,6 @@ from rayrt.dose.phantom import computation_phantom
 from rayrt.imaging.volume import Volume
 from rayrt.machines import get_machine
 
-SHARED = Path(os.environ.get("RAYRT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 TG119 = SHARED / "data" / "phantoms" / "TG119.mat"
 
 pytestmark = pytest.mark.slow

@@ -12,15 +12,14 @@ cluster, and the other tests share a session-wide local Ray).
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers.paths import REPO, TESTS
 
-HERE = Path(__file__).resolve().parent
-SCENARIOS = HERE / "cluster_scenarios"
+SCENARIOS = TESTS / "cluster_scenarios"
 sys.path.insert(0, str(SCENARIOS))
 
-from _common import parse_result  # noqa: E402
+from _common import parse_result  # noqa: E402  (the scenarios' own module: importable only after the insert)
 
 
 def run_scenario(name: str, *args: str, timeout_s: float = 400) -> dict:
@@ -28,7 +27,7 @@ def run_scenario(name: str, *args: str, timeout_s: float = 400) -> dict:
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
         [sys.executable, str(SCENARIOS / f"{name}.py"), *args],
-        cwd=HERE.parent,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,

@@ -3,131 +3,20 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from helpers.dicom import dciodvfy_errors
+from helpers.machines import elekta, halcyon, make_plan, varian
+from helpers.paths import REPO
 
-from rayrt.domain.beam_model import BeamModel
 from rayrt.domain.errors import InputError
-from rayrt.domain.machine import JawModel, MachineLimits, MachineModel, MLCModel
-from rayrt.domain.plan import Beam, Plan, Segment
 from rayrt.imaging.rtplan import build_rtplan, export_plan_dicom, match_machine, read_rtplan, write_rtplan
 from rayrt.machines import load_machine
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _beam_model() -> BeamModel:
-    r = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0]
-    return BeamModel(
-        attenuation_per_mm=0.005,
-        betas_per_mm=(0.3, 0.016, 0.0051),
-        kernel_point_weights=(0.1, 0.0, 0.0),
-        kernel_radii_mm=r,
-        kernels_per_mm2=(
-            [0.01 * np.exp(-x / 3) for x in r],
-            [0.001 * np.exp(-x / 10) for x in r],
-            [0.0001 * np.exp(-x / 30) for x in r],
-        ),
-        primary_fluence_radius_mm=[0.0, 200.0],
-        primary_fluence=[1.0, 1.0],
-        source_sigma_mm=2.0,
-        head_scatter_field_mm=[40.0, 100.0, 400.0],
-        head_scatter=[0.95, 1.0, 1.05],
-    )
-
-
-def millennium_boundaries() -> list[float]:
-    return list(np.concatenate([np.arange(-200, -100, 10.0), np.arange(-100, 100, 5.0), np.arange(100, 201, 10.0)]))
-
-
-def varian() -> MachineModel:
-    return MachineModel(
-        name="TrueBeam1",
-        vendor="Varian Medical Systems",
-        model="TrueBeam",
-        nominal_energy_mv=6,
-        beam=_beam_model(),
-        mlc=MLCModel(name="Millennium 120", leaf_boundaries_mm=millennium_boundaries(), interdigitation=True),
-        jaw_x=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMX"),
-        jaw_y=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMY"),
-    )
-
-
-def elekta() -> MachineModel:
-    return MachineModel(
-        name="VersaHD1",
-        vendor="Elekta",
-        model="Versa HD",
-        nominal_energy_mv=6,
-        beam=_beam_model(),
-        mlc=MLCModel(
-            name="Agility", leaf_boundaries_mm=list(np.arange(-200, 201, 5.0)), interdigitation=True, transmission=0.004
-        ),
-        jaw_x=None,
-        jaw_y=JawModel(min_mm=-200, max_mm=200, dicom_type="ASYMY"),
-    )
-
-
-def halcyon() -> MachineModel:
-    return MachineModel(
-        name="Halcyon1",
-        vendor="Varian Medical Systems",
-        model="Halcyon",
-        nominal_energy_mv=6,
-        fff=True,
-        beam=_beam_model(),
-        mlc=MLCModel(
-            name="Halcyon dual layer",
-            leaf_boundaries_mm=list(np.arange(-140, 141, 10.0)),
-            interdigitation=True,
-            dual_layer=True,
-            transmission=0.004,
-        ),
-        jaw_x=None,
-        jaw_y=None,
-        limits=MachineLimits(max_field_x_mm=280.0, max_field_y_mm=280.0),
-    )
-
-
 MACHINES = [varian(), elekta(), halcyon()]
-
-
-def make_plan(machine: MachineModel, n_beams: int = 2, n_segments: int = 3, seed: int = 0) -> Plan:
-    rng = np.random.default_rng(seed)
-    n = machine.mlc.num_pairs
-    c = machine.mlc.leaf_centers_mm
-    beams = []
-    for b in range(n_beams):
-        segs = []
-        for s in range(n_segments):
-            inside = np.abs(c) < 40 - 8 * s
-            park = machine.mlc.min_gap_mm / 2  # closed pairs parked at the minimum gap
-            x1 = np.where(inside, -30 + rng.uniform(-5, 5, n), -park).round(2)
-            x2 = np.where(inside, 30 + rng.uniform(-5, 5, n) - 5 * s, park).round(2)
-            segs.append(Segment(x1_mm=x1.tolist(), x2_mm=x2.tolist(), mu=float(round(rng.uniform(5, 40), 2))))
-        beams.append(
-            Beam(
-                name=f"G{360 // n_beams * b}",
-                number=b + 1,
-                gantry_deg=360.0 / n_beams * b,
-                collimator_deg=0 if b else 10,
-                isocenter_mm=(1.5, -20.0, 12.25),
-                segments=segs,
-            )
-        )
-    return Plan(
-        machine=machine.name,
-        label="test",
-        patient_id="P1",
-        fractions=25,
-        prescription_gy=50.0,
-        target="PTV",
-        beams=beams,
-    )
 
 
 @pytest.mark.parametrize(
@@ -336,7 +225,7 @@ def test_bad_plans_refused():
 
 def test_yaml_machines_round_trip(tmp_path):
     """Every machine file in configs/machines exports and re-imports (when the files exist)."""
-    files = sorted((ROOT / "configs" / "machines").glob("*.yaml"))
+    files = sorted((REPO / "configs" / "machines").glob("*.yaml"))
     if not files:
         pytest.skip("no configs/machines/*.yaml yet")
     from rayrt.qa.deliverability import check_plan
@@ -353,23 +242,6 @@ def test_yaml_machines_round_trip(tmp_path):
 
 
 # ----------------------------------------------------------------------------- dciodvfy
-# dicom3tools (Debian 1.00~20220618) does not know the dual-layer MLC device types that Varian
-# Halcyon RTPLANs use (MLCX1 distal, MLCX2 proximal); its only complaint about them is this one,
-# exactly for those two values (see rayrt.imaging.rtplan). Every other error still fails.
-_DUAL_LAYER_ENUM = ("Unrecognized enumerated value = <MLCX1>", "Unrecognized enumerated value = <MLCX2>")
-
-
-def _dciodvfy_errors(path: Path, *, allow_dual_layer_types: bool = False) -> list[str]:
-    proc = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=120)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    errors = [ln for ln in lines if ln.startswith("Error")]
-    if allow_dual_layer_types:
-        errors = [
-            ln for ln in errors if not (ln.endswith(_DUAL_LAYER_ENUM) and "RTBeamLimitingDeviceType(300a,00b8)" in ln)
-        ]
-    return errors
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from rayrt.domain.patient import Structure, StructureKind
@@ -432,7 +304,7 @@ def test_dciodvfy_reports_no_errors(exported, tmp_path):
         write_rtplan(bare, MACHINES[0], tmp_path / "bare.dcm"),
     ]
     for f in files:
-        errors = _dciodvfy_errors(Path(f))
+        errors = dciodvfy_errors(Path(f))
         assert errors == [], f"{Path(f).name}: {errors}"
     # the dual-layer (Halcyon) RTPLAN: MLCX1 + MLCX2, no error but the validator's unknown device types
     rp = Path(exported["halcyon"]["rtplan"])
@@ -440,7 +312,7 @@ def test_dciodvfy_reports_no_errors(exported, tmp_path):
         "MLCX1",
         "MLCX2",
     ]
-    errors = _dciodvfy_errors(rp, allow_dual_layer_types=True)
+    errors = dciodvfy_errors(rp, allow_dual_layer_types=True)
     assert errors == [], f"{rp.name}: {errors}"
 
 

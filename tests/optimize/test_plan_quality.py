@@ -1,17 +1,10 @@
 """Plan quality on TG-119 (slow): 9 equispaced beams, standard machine, 5 mm dose grid, at most
 15 segments per beam; the final deliverable plan (sequencing + DAO + normalisation) meets the
-TG-119 C-shape goals. Run with ``pytest -m slow tests/test_optimize_quality.py``."""
-
-import os
-from pathlib import Path
+TG-119 C-shape goals. Run with ``pytest -m slow tests/optimize/test_plan_quality.py``."""
 
 import pytest
+from helpers.paths import SHARED
 
-SHARED = (
-    Path(os.environ["RAYRT_SHARED"])
-    if os.environ.get("RAYRT_SHARED")
-    else Path(__file__).resolve().parents[1].parent / "shared"
-)
 TG119_MAT = SHARED / "data" / "phantoms" / "TG119.mat"
 
 

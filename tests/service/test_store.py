@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.paths import REPO
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.job import Job, JobState, StageProgress
@@ -20,8 +21,6 @@ from rayrt.domain.order import parse_order
 from rayrt.domain.planning import planning_request
 from rayrt.service.settings import load_settings
 from rayrt.service.store import TMP_PREFIX, Store
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _open(kind: str, root: Path) -> Store:
@@ -159,7 +158,7 @@ def test_killed_writer_never_leaves_a_half_written_file(tmp_path):
     """SIGKILL a process that keeps rewriting a 16 MB array; every read afterwards is complete."""
     script = textwrap.dedent(f"""
         import sys, numpy as np
-        sys.path.insert(0, {str(ROOT)!r})
+        sys.path.insert(0, {str(REPO)!r})
         from rayrt.service.store import Store
         s = Store({str(tmp_path)!r})
         i = 0
@@ -199,4 +198,4 @@ def test_settings_precedence(tmp_path, monkeypatch):
     (cfg / "service.yaml").write_text("port: -3\n")
     with pytest.raises(InputError, match="port"):
         load_settings()
-    assert load_settings(ROOT / "configs" / "service.yaml").port == 8000  # the shipped file is valid
+    assert load_settings(REPO / "configs" / "service.yaml").port == 8000  # the shipped file is valid

@@ -1,10 +1,9 @@
 """Leaf sequencing: exact decompositions, leaf-pair resampling, and deliverable segments on every
 shipped machine (configs/machines/*.yaml) and on a synthetic no-interdigitation MLC."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers.paths import REPO
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.plan import Beam, Plan
@@ -15,7 +14,7 @@ from rayrt.optimize.sequencing.decompose import reconstruct, sweep, xia_verhey
 from rayrt.optimize.synthetic import synthetic_machine
 from rayrt.qa.deliverability import check_plan
 
-MACHINE_FILES = sorted((Path(__file__).resolve().parents[1] / "configs" / "machines").glob("*.yaml"))
+MACHINE_FILES = sorted((REPO / "configs" / "machines").glob("*.yaml"))
 
 
 def _machines():
@@ -37,18 +36,18 @@ def test_shipped_machines_exist():
 def test_decompositions_are_exact(fn):
     rng = np.random.default_rng(3)
     for _ in range(30):
-        I = rng.integers(0, 7, (6, 11))
-        I[rng.random(I.shape) < 0.25] = 0
-        aps = fn(I)
-        assert np.array_equal(reconstruct(aps, I.shape), I)
+        intensity = rng.integers(0, 7, (6, 11))
+        intensity[rng.random(intensity.shape) < 0.25] = 0
+        aps = fn(intensity)
+        assert np.array_equal(reconstruct(aps, intensity.shape), intensity)
         for k, lo, hi in aps:
             assert k > 0 and np.all(hi >= lo)
 
 
 def test_sweep_uses_minimum_mu():
-    I = np.array([[1, 3, 2, 4, 0], [2, 2, 0, 1, 1]])
-    total = sum(k for k, _, _ in sweep(I))
-    pos = np.maximum(np.diff(np.concatenate([np.zeros((2, 1), int), I], axis=1), axis=1), 0).sum(axis=1)
+    intensity = np.array([[1, 3, 2, 4, 0], [2, 2, 0, 1, 1]])
+    total = sum(k for k, _, _ in sweep(intensity))
+    pos = np.maximum(np.diff(np.concatenate([np.zeros((2, 1), int), intensity], axis=1), axis=1), 0).sum(axis=1)
     assert total == pos.max()  # = 5: the unidirectional minimum
 
 

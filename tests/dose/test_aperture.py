@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from dose_helpers import leaf_gradient_vs_finite_differences
+from helpers.dose import leaf_gradient_vs_finite_differences
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.plan import Beam, Segment

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.paths import REPO
 
 from rayrt.domain.plan import Plan
 
@@ -90,7 +91,7 @@ def test_plan_cli_http_job_and_demo_give_the_same_standard_plan(serve_app, tmp_p
         text=True,
         timeout=900,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (plan_file,) = data.glob("jobs/*/stages/normalize/plan.json")

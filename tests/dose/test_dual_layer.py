@@ -264,12 +264,13 @@ def test_rtplan_carries_both_layers_and_round_trips_exactly(tmp_path):
 def test_dual_layer_rtplan_with_its_structure_set_passes_dciodvfy(tmp_path):
     """The RTPLAN the export stage writes (rayrt.imaging.rtplan.build_rtplan with the structure set it
     references, saved by rayrt.imaging.export.save_dataset) carries both layers; dciodvfy -new finds
-    no error in it but the unknown dual-layer device types MLCX1/MLCX2 (see tests/test_rtplan.py)."""
+    no error in it but the unknown dual-layer device types MLCX1/MLCX2 (see tests/helpers/dicom.py)."""
+    from helpers.dicom import dciodvfy_errors
+
     from rayrt.domain.patient import Structure, StructureKind
     from rayrt.imaging.export import save_dataset, write_ct_series, write_rtstruct
     from rayrt.imaging.rtplan import StructureSetRef, build_rtplan
     from rayrt.imaging.study import StructureMask
-    from tests.test_rtplan import _dciodvfy_errors
 
     grid = Grid(shape=(6, 24, 24), spacing_mm=(5.0, 5.0, 5.0), origin_mm=(-57.5, 42.5, -12.5))
     ct = Volume(np.zeros(grid.shape), grid, "HU")
@@ -287,6 +288,6 @@ def test_dual_layer_rtplan_with_its_structure_set_passes_dciodvfy(tmp_path):
     ds = pydicom.dcmread(path)
     assert ds.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == ssref.sop_instance_uid
     assert [d.RTBeamLimitingDeviceType for d in ds.BeamSequence[0].BeamLimitingDeviceSequence] == ["MLCX1", "MLCX2"]
-    assert _dciodvfy_errors(path, allow_dual_layer_types=True) == []
+    assert dciodvfy_errors(path, allow_dual_layer_types=True) == []
     raw = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=120)
     assert "MLCX2" in raw.stdout + raw.stderr  # the validator sees both layers (and flags only their type names)

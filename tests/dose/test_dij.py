@@ -163,7 +163,8 @@ def test_plan_dij_concatenates_beams_and_dose_grid_is_independent():
     assert D.shape == (dg.num_voxels, sum(g.num_bixels for g in grids))
     first = compute_dij(rho, dg, grids[0], m)
     assert np.array_equal(D[:, : grids[0].num_bixels].toarray(), first.toarray())
-    # the dose grid is independent of the CT grid: a 5 mm grid sharing the 10 mm grid's voxel centres gives the same dose there
+    # the dose grid is independent of the CT grid: a 5 mm grid sharing the 10 mm grid's voxel centres
+    # gives the same dose there
     fine = Grid(shape=(59, 59, 59), spacing_mm=(5.0, 5.0, 5.0), origin_mm=dg.origin_mm)
     w = np.ones(grids[0].num_bixels)
     dc = (first @ w).reshape(dg.shape)

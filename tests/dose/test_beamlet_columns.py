@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from dose_helpers import leaf_gradient_vs_finite_differences
+from helpers.dose import leaf_gradient_vs_finite_differences
 from pydantic import ValidationError
 
 from rayrt.domain.errors import InputError

@@ -4,18 +4,17 @@ the KubeRay RayService, the same way `ray up` / `serve deploy` / the KubeRay ope
 import copy
 import importlib
 import importlib.util
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 APP_IMPORT_PATH = "rayrt.service.app:app_builder"
 
 
 @pytest.fixture(scope="module")
 def cluster_cfg():
-    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    return yaml.safe_load((REPO / "cluster.yaml").read_text())
 
 
 def test_cluster_yaml_passes_ray_up_validation(cluster_cfg):
@@ -61,20 +60,20 @@ def _serve_schema(data):
 
 
 def test_serve_config_validates():
-    schema = _serve_schema(yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text()))
+    schema = _serve_schema(yaml.safe_load((REPO / "deploy" / "serve_config.yaml").read_text()))
     (app,) = schema.applications
     assert app.import_path == APP_IMPORT_PATH and app.route_prefix == "/"
     assert app.runtime_env["env_vars"]["RAYRT_DATA_URI"].startswith("s3://")
 
 
 def test_kuberay_rayservice_validates_and_matches_serve_config():
-    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text()))
+    docs = list(yaml.safe_load_all((REPO / "deploy" / "kuberay" / "rayservice.yaml").read_text()))
     (svc,) = [d for d in docs if d["kind"] == "RayService"]
     assert svc["apiVersion"] == "ray.io/v1"
     serve_cfg = yaml.safe_load(svc["spec"]["serveConfigV2"])
     schema = _serve_schema(serve_cfg)
     assert schema.applications[0].import_path == APP_IMPORT_PATH
-    plain = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())
+    plain = yaml.safe_load((REPO / "deploy" / "serve_config.yaml").read_text())
     assert serve_cfg["applications"] == plain["applications"], "keep serveConfigV2 and deploy/serve_config.yaml in step"
     rc = svc["spec"]["rayClusterConfig"]
     assert rc["rayVersion"] == "2.60.0" and rc["enableInTreeAutoscaling"] is True
@@ -103,6 +102,6 @@ def test_app_builder_exists_when_the_app_module_does():
     from ray.serve import Deployment
 
     defined = {v.name for v in vars(mod).values() if isinstance(v, Deployment)}
-    cfg = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "deploy" / "serve_config.yaml").read_text())
     named = {d["name"] for app in cfg["applications"] for d in app.get("deployments", [])}
     assert named <= defined, f"serve_config.yaml overrides {named - defined}, the app defines {defined}"

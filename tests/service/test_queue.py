@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from faults_helpers import STAGES_FILE, delete_private_app, deploy_private_app, wait_for
+from helpers.faults import STAGES_FILE, delete_private_app, deploy_private_app, wait_for
 
 from rayrt.domain.job import Job, JobState
 from rayrt.service.scheduler import JobQueue
