@@ -126,7 +126,8 @@ def run_demo_job(
     with _client(url) as client:
         patient = upload_patient(client, case_dir)
         echo(
-            f"uploaded patient {patient['id']}: {len(patient.get('structures', []))} structures ({time.perf_counter() - t0:.1f} s)"
+            f"uploaded patient {patient['id']}: {len(patient.get('structures', []))} structures "
+            f"({time.perf_counter() - t0:.1f} s)"
         )
         body = {"patient_id": patient["id"], "order": order, "machines": machines, "options": planning}
         job = _call(client, "POST", "/jobs", json=body).json()
@@ -167,7 +168,8 @@ def run_demo_job(
         summary_path = out_dir / "summary.json"
         if not summary_path.is_file():
             raise RayrtError(
-                f"job {job['id']} finished without export/summary.json; its files: {[f['path'] for f in listing['files']]}"
+                f"job {job['id']} finished without export/summary.json; "
+                f"its files: {[f['path'] for f in listing['files']]}"
             )
         summary = json.loads(summary_path.read_text())
         conversion = []
@@ -246,7 +248,8 @@ def demo_cmd(
         for name in ("ray", "ray.serve", "rayrt.service"):
             logging.getLogger(name).setLevel(logging.WARNING)
         echo(
-            f"rayrt demo: TG-119 C-shape, {len(req.angles())} beams, {req.dose_grid_mm:g} mm dose grid, machines {', '.join(machine_list)}"
+            f"rayrt demo: TG-119 C-shape, {len(req.angles())} beams, {req.dose_grid_mm:g} mm dose grid, "
+            f"machines {', '.join(machine_list)}"
         )
         t = time.perf_counter()
         import ray
@@ -332,7 +335,8 @@ def demo_cmd(
         echo("conversions (rayrt.convert on each machine's conversion actor pool):")
         for c in res["conversion"]:
             echo(
-                f"  {c['machine']:<16} {c['status']:<9} mode {c['mode'] or '-':<9} coincidence {c['coincidence'] or '-':<12} "
+                f"  {c['machine']:<16} {c['status']:<9} mode {c['mode'] or '-':<9} "
+                f"coincidence {c['coincidence'] or '-':<12} "
                 f"{c['attempts']} attempt(s) {c['seconds']:6.1f} s"
             )
     echo("")

@@ -148,7 +148,8 @@ class BeamletSet(BaseModel):
 
 
 def beamlet_task(item: tuple, target_mask: np.ndarray) -> BeamletSpec:
-    """Task: the bixel grid of one beam (``item`` = beam, machine, mask grid, bixel mm, margin mm[, column alignment])."""
+    """Task: the bixel grid of one beam (``item`` = beam, machine, mask grid, bixel mm, margin mm
+    [, column alignment])."""
     beam, machine_name, grid, bixel_mm, margin_mm, *rest = item
     off = column_offset_for(rest[0], bixel_mm) if rest else 0.0
     return BeamletSpec.of(
