@@ -349,6 +349,19 @@ def _rows_of(mask: np.ndarray, voxel_index: np.ndarray) -> np.ndarray:
     return pos[ok]
 
 
+def _max_dvh_caps(order: MedicalOrder, margin_gy: float | None) -> dict[tuple[str, float], float]:
+    """(structure, volume %) -> the highest dose (Gy) a max-DVH mimicking term may aim at: the
+    order's soft max-DVH goal there minus ``margin_gy`` (never below 0); none when ``margin_gy`` is None."""
+    caps: dict[tuple[str, float], float] = {}
+    if margin_gy is None:
+        return caps
+    for o in order.objectives:
+        if not o.hard and o.kind is ObjectiveKind.max_dvh and o.volume_pct is not None:
+            key = (o.structure, float(o.volume_pct))
+            caps[key] = min(caps.get(key, np.inf), max(o.dose_gy - margin_gy, 0.0))
+    return caps
+
+
 def _mimicking_objectives(
     problem: OptimizationProblem, std: _Standard, opts: ConversionOptions, strength: float
 ) -> list[Objective]:
@@ -360,6 +373,7 @@ def _mimicking_objectives(
     rx = std.order.prescription.total_dose_gy
     targets = set(target_like(std.order))
     tol = opts.mimic_tolerance_pct / 100.0 * rx
+    caps = _max_dvh_caps(std.order, opts.mimic_goal_margin_gy)
     out: list[Objective] = []
     for name, rows in problem.structure_rows.items():
         if rows.size == 0:
@@ -398,7 +412,7 @@ def _mimicking_objectives(
                                 "max_dvh",
                                 f"{name} (std D{v:g})",
                                 rows,
-                                dx + opts.dvh_tolerance_gy,
+                                min(dx + opts.dvh_tolerance_gy, caps.get((name, v), np.inf)),
                                 weight=opts.dvh_weight * strength,
                                 volume_pct=v,
                             )
@@ -411,7 +425,7 @@ def _mimicking_objectives(
                             "max_dvh",
                             f"{name} (std D{v:g})",
                             rows,
-                            dx + opts.dvh_tolerance_gy,
+                            min(dx + opts.dvh_tolerance_gy, caps.get((name, v), np.inf)),
                             weight=opts.dvh_weight * strength,
                             volume_pct=v,
                         )
@@ -525,9 +539,7 @@ def _normalise(
         return final_dose(p, setup.grids, setup.dij, target)
 
     # a hair above the goal (1e-6 relative) so that 'D95 >= Rx' criteria do not fail on round-off
-    plan, dose, f, raised = normalize_plan(
-        plan, dose_of, std.masks, std.order, target.limits.min_mu_per_segment, headroom=1e-6
-    )
+    plan, dose, f, raised = normalize_plan(plan, dose_of, std.masks, std.order, target.limits.min_mu_per_segment)
     return plan, dose.reshape(std.dose_grid.shape).astype(np.float32), float(f), int(raised)
 
 

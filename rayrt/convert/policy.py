@@ -147,6 +147,13 @@ class ConversionOptions(BaseModel):
         default=0.3, ge=0, description="DVH terms: Dx within this of the standard plan's Dx"
     )
     dvh_weight: float = Field(default=300.0, ge=0)
+    mimic_goal_margin_gy: float | None = Field(
+        default=1.0,
+        ge=0,
+        description="a max-DVH mimicking term never aims above the order's soft max-DVH goal of the same structure "
+        "and volume minus this (Gy): the converted plan keeps the margin the standard plan was planned with "
+        "(None: no cap)",
+    )
     isodose_levels_pct: list[float] = Field(
         default_factory=lambda: [95.0, 80.0, 50.0, 20.0], description="isodose surfaces kept (% of Rx)"
     )

@@ -63,6 +63,21 @@ class PlanningRequest(BaseModel):
         default="sweep", description="leaf sequencer (rayrt.optimize.sequencing registry: sweep, xia_verhey)"
     )
     fmo_iterations: int = Field(default=200, ge=1, description="L-BFGS-B iterations of the fluence-map optimisation")
+    fmo_normalization_passes: int = Field(
+        default=2,
+        ge=1,
+        le=5,
+        description="the fluence optimisation runs in this many passes; after each but the last, the prescription "
+        "target's aims are raised by the factor the final normalisation would apply (at most x1.25), so the organ "
+        "objectives act on the dose scale of the normalised plan (1: one pass, no re-aiming)",
+    )
+    organ_aim_margin_pct: float = Field(
+        default=10.0,
+        ge=0,
+        le=50,
+        description="soft upper-bound objectives of every organ with a clinical goal are aimed this % of the "
+        "prescription below the goal (rayrt.optimize.problem.organ_aims); QA and the export still judge the goal",
+    )
     dao_rounds: int = Field(default=2, ge=1, description="direct-aperture-optimisation rounds")
     dao_iterations: int = Field(default=30, ge=1, description="iterations per DAO round")
     conversion_mode: ConversionMode | None = Field(

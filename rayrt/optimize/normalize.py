@@ -11,7 +11,11 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Plan
 
-__all__ = ["normalization_factor", "scale_plan", "normalize_plan"]
+__all__ = ["normalization_factor", "scale_plan", "normalize_plan", "NORMALISATION_HEADROOM"]
+
+NORMALISATION_HEADROOM = 1e-6
+"""The normalisation lifts its factor by this hair so that 'D95 >= Rx' criteria of a normalised
+plan do not fail on round-off (standard and converted plans alike)."""
 
 
 def _dose_at_volume(values: np.ndarray, volume_pct: float) -> float:
@@ -64,13 +68,13 @@ def normalize_plan(
     masks: dict[str, np.ndarray],
     order: MedicalOrder,
     min_mu_per_segment: float,
-    headroom: float = 0.0,
+    headroom: float = NORMALISATION_HEADROOM,
 ) -> tuple[Plan, np.ndarray, float, int]:
     """Scale ``plan`` so the order's normalisation metric equals the prescription, then raise every
     segment below ``min_mu_per_segment`` (MU per fraction) to it and recompute the dose.
 
     ``dose_fn(plan)`` is the flat course dose (Gy) on the grid of ``masks``; ``headroom`` lifts the
-    factor a hair (e.g. 1e-6) so that 'D95 >= Rx' criteria do not fail on round-off. Returns
+    factor a hair (:data:`NORMALISATION_HEADROOM`) so that 'D95 >= Rx' criteria do not fail on round-off. Returns
     (plan, flat dose Gy, factor, number of segments raised)."""
     dose = dose_fn(plan)
     nstruct = order.prescription.normalization.structure or order.prescription.target

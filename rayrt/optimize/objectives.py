@@ -46,6 +46,8 @@ class Objective:
 
     ``dose_gy`` is the dose level D; ``volume_pct`` the DVH volume; ``a`` the gEUD exponent;
     ``reference_gy`` / ``tolerance_gy`` the per-voxel reference dose and tolerance of dose mimicking.
+    ``goal_gy`` is the order's dose the term stands for when the optimiser aims elsewhere
+    (organ aims below the goal, target aims following the normalisation; None: ``dose_gy``).
     ``upper_bound_only`` tells the optimiser which one-sided screening is exact for this term:
     +1 = only voxels whose dose exceeds ``dose_gy`` contribute, -1 = only voxels below it, 0 = all.
     """
@@ -60,6 +62,7 @@ class Objective:
     a: float | None = None
     reference_gy: np.ndarray | None = None
     tolerance_gy: np.ndarray | float | None = None
+    goal_gy: float | None = None
     screen_sign: int = 0
     _value_grad: Callable[..., Any] | None = field(default=None, repr=False)
     _residual: Callable[..., Any] | None = field(default=None, repr=False)
@@ -266,6 +269,7 @@ def make_objective(
     a: float | None = None,
     reference_gy: np.ndarray | None = None,
     tolerance_gy: np.ndarray | float | None = None,
+    goal_gy: float | None = None,
 ) -> Objective:
     """Build one registered objective; raises :class:`InputError` for unknown kinds / missing parameters."""
     kind = getattr(kind, "value", kind)
@@ -307,6 +311,7 @@ def make_objective(
         a=a,
         reference_gy=reference_gy,
         tolerance_gy=tolerance_gy,
+        goal_gy=None if goal_gy is None else float(goal_gy),
         screen_sign=screen,
     )
     o._value_grad = vg

@@ -43,6 +43,48 @@ def target_like(order: MedicalOrder) -> list[str]:
     return out
 
 
+#: the normalisation target's terms whose aim follows the normalisation (:meth:`OptimizationProblem.set_target_aims`)
+_NORMALISATION_AIM_KINDS = frozenset({"squared_deviation", "min_dvh", "squared_underdose", "min_dose"})
+
+#: organ terms that bound the dose from above: aimed below the clinical goal (:func:`organ_aims`)
+_UPPER_KINDS = frozenset(
+    {
+        ObjectiveKind.max_dvh,
+        ObjectiveKind.max_dose,
+        ObjectiveKind.squared_overdose,
+        ObjectiveKind.mean_dose,
+        ObjectiveKind.geud,
+    }
+)
+#: kinds that state a clinical goal of an organ (a dose-volume limit a plan meets or misses)
+_GOAL_KINDS = frozenset({ObjectiveKind.max_dvh, ObjectiveKind.max_dose, ObjectiveKind.mean_dose})
+
+
+def organ_aims(specs: list[ObjectiveSpec], order: MedicalOrder, margin_pct: float) -> list[ObjectiveSpec]:
+    """The order's objectives with every soft upper-bound term of an organ aimed ``margin_pct`` %
+    of the prescription below its clinical dose (never below 0 Gy).
+
+    An optimiser that aims exactly at a goal meets it only half of the time: sequencing, direct
+    aperture optimisation and the final normalisation each move the dose by a few per cent. A
+    clinic's planner therefore sets the internal objectives below the goals. The rule applies to
+    the max-DVH, max-dose, squared-over-dose, mean-dose and gEUD (a >= 1) terms of every
+    structure that is not a target and has at least one clinical goal (max DVH, max dose or mean
+    dose) in the order; targets, hard constraints and structures without a goal (e.g. a body
+    fall-off term) keep their doses. The clinical doses stay the goals that QA and the export judge."""
+    if margin_pct <= 0:
+        return list(specs)
+    rx = order.prescription.total_dose_gy
+    targets = set(target_like(order))
+    with_goal = {s.structure for s in specs if s.kind in _GOAL_KINDS and not s.hard}
+    out = []
+    for s in specs:
+        sparing = s.kind in _UPPER_KINDS and not (s.kind is ObjectiveKind.geud and (s.a or 0.0) < 1.0)
+        if sparing and not s.hard and s.structure not in targets and s.structure in with_goal:
+            s = s.model_copy(update={"dose_gy": max(0.0, s.dose_gy - margin_pct / 100.0 * rx)})
+        out.append(s)
+    return out
+
+
 @dataclass
 class OptimizationProblem:
     """Objectives on a row-subset Dij; beamlet columns grouped per beam by ``beam_slices``."""
@@ -95,6 +137,21 @@ class OptimizationProblem:
             out.append(row)
         return out
 
+    def set_target_aims(self, factor: float) -> None:
+        """Aim the normalisation target's soft lower and deviation terms (squared deviation, min
+        DVH, squared under-dose, min dose) at ``factor`` x their order dose (``goal_gy``).
+
+        Normalisation-aware optimisation: the final plan is scaled so that the normalisation
+        metric (e.g. PTV D95) equals the prescription; a fluence whose target dose sits a few per
+        cent low is scaled up by that much, and every organ dose with it. Aiming the target terms
+        at the level the normalisation will bring (``factor`` = what it would apply to the current
+        dose) makes the organ objectives act on the dose scale the normalised plan will have.
+        Idempotent: the aim is always ``factor`` x the order's dose, never compounded."""
+        tgt = self.normalization_structure or self.target
+        for o in self.objectives:
+            if not o.hard and o.structure == tgt and o.kind in _NORMALISATION_AIM_KINDS:
+                o.dose_gy = (o.dose_gy if o.goal_gy is None else o.goal_gy) * float(factor)
+
     def total_objective(self, d_subset: np.ndarray, include_hard: bool = False) -> float:
         """Weighted sum of the soft terms (and of the hard ones as penalties when asked)."""
         return float(sum(o.weight * o.value(d_subset[o.voxels]) for o in self.objectives if include_hard or not o.hard))
@@ -122,6 +179,7 @@ def build_problem(
     grid_shape: tuple[int, int, int] | None = None,
     voxel_volume_cc: float | None = None,
     default_target_objective: bool = True,
+    organ_aim_margin_pct: float = 0.0,
 ) -> OptimizationProblem:
     """Translate a medical order into an :class:`OptimizationProblem`.
 
@@ -130,6 +188,8 @@ def build_problem(
     ``reference_dose_gy``: the reference dose on the dose grid (flattened or not) used by
     ``dose_mimicking`` terms (their ``dose_gy`` is the tolerance of that region, Gy).
     When the prescription target has no objective, a squared deviation to the prescription dose is added.
+    ``organ_aim_margin_pct``: organ terms aimed that % of the prescription below their goals
+    (:func:`organ_aims`); each objective keeps its order dose as ``goal_gy``.
     """
     if isinstance(dij, SubsetDij):
         raise InputError("build_problem needs the full Dij (scipy sparse, one row per dose-grid voxel)", kind="input")
@@ -149,6 +209,7 @@ def build_problem(
     tgt = order.prescription.target
     if default_target_objective and not any(s.structure == tgt and not s.hard for s in specs):
         specs.append(ObjectiveSpec(structure=tgt, kind=ObjectiveKind.squared_deviation, dose_gy=rx, priority=1.0))
+    aims = organ_aims(specs, order, organ_aim_margin_pct)
 
     # overlap priority: targets first, then organs from small to large
     if overlap_priority is None:
@@ -178,7 +239,7 @@ def build_problem(
         ref_sub = ref[all_rows]
 
     objectives = []
-    for s in specs:
+    for goal, s in zip(specs, aims):
         rows = pos[s.structure] if s.hard else pos_ex[s.structure]
         if rows.size == 0:
             continue
@@ -202,6 +263,7 @@ def build_problem(
                 hard=s.hard,
                 volume_pct=s.volume_pct,
                 a=s.a,
+                goal_gy=goal.dose_gy,
                 **kw,
             )
         )

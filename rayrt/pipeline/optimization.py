@@ -26,7 +26,7 @@ from rayrt.machines import get_machine
 from rayrt.optimize.dao import DAOOptions, DAOResult, optimize_apertures
 from rayrt.optimize.fmo import FluenceOptions, ObjectiveEvaluator, optimize_fluence
 from rayrt.optimize.layout import layout_from_beamlets
-from rayrt.optimize.normalize import normalize_plan
+from rayrt.optimize.normalize import normalization_factor, normalize_plan
 from rayrt.optimize.problem import OptimizationProblem, build_problem
 from rayrt.optimize.sequencing import get_sequencer
 from rayrt.optimize.standard import (
@@ -44,9 +44,11 @@ __all__ = ["problem", "fmo", "sequence", "dao", "normalize", "FluenceStage", "Se
 
 
 def problem(
-    order: MedicalOrder, geometry: PlanGeometry, beamlet_set: BeamletSet, dij: DijResult
+    order: MedicalOrder, geometry: PlanGeometry, beamlet_set: BeamletSet, dij: DijResult, planning: PlanningRequest
 ) -> OptimizationProblem:
-    """The order's objectives on the Dij rows inside the structures (in memory; rebuilt on resume)."""
+    """The order's objectives on the Dij rows inside the structures, organ terms aimed
+    ``planning.organ_aim_margin_pct`` % of the prescription below their goals (in memory; rebuilt
+    on resume)."""
     masks = {n: geometry.dose_masks[n] for n in order.structure_names()}
     return build_problem(
         order,
@@ -55,6 +57,7 @@ def problem(
         beam_slices=beamlet_set.slices(),
         grid_shape=geometry.dose_grid.shape,
         voxel_volume_cc=geometry.dose_grid.voxel_volume_cc,
+        organ_aim_margin_pct=planning.organ_aim_margin_pct,
     )
 
 
@@ -62,6 +65,9 @@ class FluenceStage(BaseModel):
     """Result of ``fmo``: optimal beamlet weights (course MU-weights) and the optimiser's record."""
 
     weights: list[float]
+    target_aim_factor: float = Field(
+        default=1.0, description="the prescription target's aims relative to the order (normalisation-aware passes)"
+    )
     objective: float
     iterations: int
     evaluations: int
@@ -76,16 +82,50 @@ class FluenceStage(BaseModel):
     metrics: dict = Field(default_factory=dict, description="D95/D10/max (Gy) per structure before normalisation")
 
 
-def fmo(problem: OptimizationProblem, planning: PlanningRequest, ctx: StageContext) -> FluenceStage:
-    """Fluence-map optimisation (L-BFGS-B, augmented Lagrangian for hard constraints)."""
-    fr = optimize_fluence(problem, FluenceOptions(max_iterations=planning.fmo_iterations))
-    ctx.progress(1, 1, f"objective {fr.objective:.4g} after {fr.iterations} iterations")
+#: the largest factor the normalisation-aware passes raise the target's aims by
+MAX_TARGET_AIM_FACTOR = 1.25
+
+
+def fmo(
+    problem: OptimizationProblem, order: MedicalOrder, planning: PlanningRequest, ctx: StageContext
+) -> FluenceStage:
+    """Fluence-map optimisation (L-BFGS-B, augmented Lagrangian for hard constraints), normalisation
+    aware: ``planning.fmo_normalization_passes`` passes share the iterations; after each but the
+    last the prescription target's aims are set to the factor the final normalisation would apply
+    to the current dose (:meth:`~rayrt.optimize.problem.OptimizationProblem.set_target_aims`,
+    between 1 and 1.25) and the next pass starts from the weights scaled by it."""
+    passes = planning.fmo_normalization_passes
+    per_pass = [
+        planning.fmo_iterations // passes + (1 if i < planning.fmo_iterations % passes else 0) for i in range(passes)
+    ]
+    nstruct = order.prescription.normalization.structure or order.prescription.target
+    factor = 1.0
+    w0 = None
+    iterations = evaluations = 0
+    seconds = 0.0
+    for n, iters in enumerate(per_pass):
+        fr = optimize_fluence(problem, FluenceOptions(max_iterations=max(1, iters)), w0=w0)
+        iterations, evaluations, seconds = (
+            iterations + fr.iterations,
+            evaluations + fr.evaluations,
+            seconds + fr.seconds,
+        )
+        if n == passes - 1:
+            break
+        gap = normalization_factor(problem.dose(fr.w)[problem.structure_rows[nstruct]], order)
+        step = float(np.clip(gap, 1.0, MAX_TARGET_AIM_FACTOR / factor))
+        factor *= step
+        problem.set_target_aims(factor)
+        w0 = fr.w * step
+        ctx.progress(n + 1, passes, f"target aims x{factor:.3f} (normalisation)")
+    ctx.progress(passes, passes, f"objective {fr.objective:.4g} after {iterations} iterations")
     return FluenceStage(
         weights=list(map(float, fr.w)),
+        target_aim_factor=factor,
         objective=fr.objective,
-        iterations=fr.iterations,
-        evaluations=fr.evaluations,
-        seconds=fr.seconds,
+        iterations=iterations,
+        evaluations=evaluations,
+        seconds=seconds,
         converged=fr.converged,
         message=fr.message,
         max_violation_gy=fr.max_violation_gy,
@@ -181,7 +221,9 @@ def dao(
     planning: PlanningRequest,
     ctx: StageContext,
 ) -> ApertureStage:
-    """Direct aperture optimisation of the sequenced segments (weights and leaf tips)."""
+    """Direct aperture optimisation of the sequenced segments (weights and leaf tips), on the
+    fluence stage's target aims (also when the problem was rebuilt on resume)."""
+    problem.set_target_aims(fluence.target_aim_factor)
     m = get_machine(sequenced.machine)
     r = _dao(problem, beamlet_set, sequenced.segments, m, planning, fluence, order.prescription.fractions)
     ctx.progress(1, 1, f"objective {r.objective_start:.4g} -> {r.objective:.4g}")
@@ -220,7 +262,11 @@ def normalize(
         frame_of_reference_uid=getattr(study, "frame_of_reference_uid", None),
     )
     plan, dose, f, raised = normalize_plan(
-        plan, lambda p: final_dose(p, grids, dij.matrix, m), geometry.dose_masks, order, m.limits.min_mu_per_segment
+        plan,
+        lambda p: final_dose(p, grids, dij.matrix, m),
+        geometry.dose_masks,
+        order,
+        m.limits.min_mu_per_segment,
     )
     dose3 = dose.reshape(geometry.dose_grid.shape).astype(np.float32)
     ctx.progress(1, 1, f"{plan.total_mu:.1f} MU/fraction")
