@@ -349,7 +349,7 @@ def _rows_of(mask: np.ndarray, voxel_index: np.ndarray) -> np.ndarray:
     return pos[ok]
 
 
-def _max_dvh_caps(order: MedicalOrder, margin_gy: float | None) -> dict[tuple[str, float], float]:
+def max_dvh_caps(order: MedicalOrder, margin_gy: float | None) -> dict[tuple[str, float], float]:
     """(structure, volume %) -> the highest dose (Gy) a max-DVH mimicking term may aim at: the
     order's soft max-DVH goal there minus ``margin_gy`` (never below 0); none when ``margin_gy`` is None."""
     caps: dict[tuple[str, float], float] = {}
@@ -373,7 +373,7 @@ def _mimicking_objectives(
     rx = std.order.prescription.total_dose_gy
     targets = set(target_like(std.order))
     tol = opts.mimic_tolerance_pct / 100.0 * rx
-    caps = _max_dvh_caps(std.order, opts.mimic_goal_margin_gy)
+    caps = max_dvh_caps(std.order, opts.mimic_goal_margin_gy)
     out: list[Objective] = []
     for name, rows in problem.structure_rows.items():
         if rows.size == 0:

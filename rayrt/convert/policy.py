@@ -176,6 +176,9 @@ class ConversionOptions(BaseModel):
         default=0.5, gt=0, le=1, description="independent grid spacing = this x the dose grid's"
     )
     independent_min_spacing_mm: float = Field(default=2.0, gt=0)
+    independent_max_spacing_mm: float = Field(
+        default=4.0, gt=0, description="the independent grid is never coarser than this (mm)"
+    )
     independent_check_only_if_passing: bool = Field(
         default=True,
         description="skip the (costly) independent dose check for a candidate that already fails another "

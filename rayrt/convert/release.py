@@ -61,9 +61,10 @@ def independent_grid(
     min_spacing_mm: float = 2.0,
     cutoff_pct: float = 10.0,
     margin_mm: float = 10.0,
+    max_spacing_mm: float = 4.0,
 ) -> Grid:
-    """A finer grid (spacing x ``factor``, not below ``min_spacing_mm``) over the bounding box of
-    the dose above ``cutoff_pct`` % of its maximum plus ``margin_mm``."""
+    """A finer grid (spacing x ``factor``, between ``min_spacing_mm`` and ``max_spacing_mm``) over
+    the bounding box of the dose above ``cutoff_pct`` % of its maximum plus ``margin_mm``."""
     d = np.asarray(dose_gy)
     sel = np.argwhere(d >= cutoff_pct / 100.0 * float(d.max())) if d.max() > 0 else np.argwhere(np.ones_like(d, bool))
     lo = sel.min(axis=0).astype(float)
@@ -72,7 +73,8 @@ def independent_grid(
     pad = margin_mm / sp_kji
     lo = np.maximum(lo - pad, 0.0)
     hi = np.minimum(hi + pad, np.asarray(grid.shape, float) - 1)
-    new_sp = np.maximum(grid.spacing * factor, min(min_spacing_mm, float(grid.spacing.min())))  # (x, y, z)
+    fine = np.minimum(grid.spacing * factor, max_spacing_mm)
+    new_sp = np.maximum(fine, min(min_spacing_mm, float(grid.spacing.min())))  # (x, y, z)
     origin = grid.index_to_world(lo)
     ext_mm = (hi - lo) * sp_kji  # (k, j, i)
     n_kji = np.floor(ext_mm / new_sp[::-1] + 1e-9).astype(int) + 1
@@ -207,7 +209,11 @@ def qa_converted_plan(
         rep.notes.append(f"independent dose check not run: the candidate already fails {failing}")
     elif options.independent_check and density is not None:
         g = independent_grid(
-            std_vol.array, dose_grid, options.independent_spacing_factor, options.independent_min_spacing_mm
+            std_vol.array,
+            dose_grid,
+            options.independent_spacing_factor,
+            options.independent_min_spacing_mm,
+            max_spacing_mm=options.independent_max_spacing_mm,
         )
         tm = masks.get(qa_order.prescription.target)
         trims = jaws_trim_leaves(plan, machine) or any(

@@ -20,7 +20,7 @@ import pytest
 
 from rayrt.convert import convert as C
 from rayrt.convert.convert import convert_for_machine, fit_angles
-from rayrt.convert.policy import ConversionOptions
+from rayrt.convert.policy import ConversionOptions, load_conversion_options
 from rayrt.convert.results import AttemptRecord, ConversionResult
 from rayrt.domain.errors import InputError
 from rayrt.domain.order import ObjectiveKind, ObjectiveSpec
@@ -63,9 +63,8 @@ def small(tmp_path_factory) -> Case:
 
 
 def _opts(**kw) -> ConversionOptions:
-    base = dict(fmo_iterations=100, dao_rounds=2, dao_iterations=30)
-    base.update(kw)
-    return ConversionOptions(**base)
+    """The configured conversion options (configs/conversion.yaml), as every job converts, with ``kw``."""
+    return load_conversion_options(**kw)
 
 
 def _export(case: Case, results: list[ConversionResult]) -> PipelineResult:
