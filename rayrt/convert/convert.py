@@ -349,17 +349,28 @@ def _rows_of(mask: np.ndarray, voxel_index: np.ndarray) -> np.ndarray:
     return pos[ok]
 
 
-def max_dvh_caps(order: MedicalOrder, margin_gy: float | None) -> dict[tuple[str, float], float]:
-    """(structure, volume %) -> the highest dose (Gy) a max-DVH mimicking term may aim at: the
-    order's soft max-DVH goal there minus ``margin_gy`` (never below 0); none when ``margin_gy`` is None."""
-    caps: dict[tuple[str, float], float] = {}
-    if margin_gy is None:
-        return caps
+def max_dvh_goals(order: MedicalOrder) -> dict[tuple[str, float], float]:
+    """(structure, volume %) -> the order's lowest soft max-DVH goal there (Gy)."""
+    goals: dict[tuple[str, float], float] = {}
     for o in order.objectives:
         if not o.hard and o.kind is ObjectiveKind.max_dvh and o.volume_pct is not None:
             key = (o.structure, float(o.volume_pct))
-            caps[key] = min(caps.get(key, np.inf), max(o.dose_gy - margin_gy, 0.0))
-    return caps
+            goals[key] = min(goals.get(key, np.inf), o.dose_gy)
+    return goals
+
+
+def mimic_dvh_level(
+    standard_dx_gy: float, tolerance_gy: float, goal_gy: float | None, margin_gy: float | None
+) -> float:
+    """The dose (Gy) a max-DVH mimicking term aims at: the standard plan's D_v plus the tolerance,
+    capped at the order's goal minus ``margin_gy`` where the standard plan meets that goal (a
+    converted plan keeps the margin the standard plan was planned with; where the standard plan
+    misses the goal, it is mimicked as it is: pushing the copy past its original only costs
+    agreement). No cap without a goal or with ``margin_gy`` None."""
+    level = standard_dx_gy + tolerance_gy
+    if goal_gy is None or margin_gy is None or standard_dx_gy > goal_gy:
+        return level
+    return min(level, max(goal_gy - margin_gy, 0.0))
 
 
 def _mimicking_objectives(
@@ -373,7 +384,7 @@ def _mimicking_objectives(
     rx = std.order.prescription.total_dose_gy
     targets = set(target_like(std.order))
     tol = opts.mimic_tolerance_pct / 100.0 * rx
-    caps = max_dvh_caps(std.order, opts.mimic_goal_margin_gy)
+    goals = max_dvh_goals(std.order)
     out: list[Objective] = []
     for name, rows in problem.structure_rows.items():
         if rows.size == 0:
@@ -412,7 +423,9 @@ def _mimicking_objectives(
                                 "max_dvh",
                                 f"{name} (std D{v:g})",
                                 rows,
-                                min(dx + opts.dvh_tolerance_gy, caps.get((name, v), np.inf)),
+                                mimic_dvh_level(
+                                    dx, opts.dvh_tolerance_gy, goals.get((name, v)), opts.mimic_goal_margin_gy
+                                ),
                                 weight=opts.dvh_weight * strength,
                                 volume_pct=v,
                             )
@@ -425,7 +438,7 @@ def _mimicking_objectives(
                             "max_dvh",
                             f"{name} (std D{v:g})",
                             rows,
-                            min(dx + opts.dvh_tolerance_gy, caps.get((name, v), np.inf)),
+                            mimic_dvh_level(dx, opts.dvh_tolerance_gy, goals.get((name, v)), opts.mimic_goal_margin_gy),
                             weight=opts.dvh_weight * strength,
                             volume_pct=v,
                         )

@@ -152,7 +152,7 @@ class ConversionOptions(BaseModel):
         ge=0,
         description="a max-DVH mimicking term never aims above the order's soft max-DVH goal of the same structure "
         "and volume minus this (Gy): the converted plan keeps the margin the standard plan was planned with "
-        "(None: no cap)",
+        "where the standard plan meets that goal (None: no cap)",
     )
     isodose_levels_pct: list[float] = Field(
         default_factory=lambda: [95.0, 80.0, 50.0, 20.0], description="isodose surfaces kept (% of Rx)"

@@ -1,14 +1,24 @@
-"""Dose mimicking of a conversion: the standard plan's DVH, capped below the order's goals."""
+"""Dose mimicking of a conversion: the standard plan's DVH, capped below the order's goals where
+the standard plan meets them."""
 
 from __future__ import annotations
 
+import pytest
 
-def test_dvh_mimicking_is_capped_below_the_orders_goals():
-    """A converted plan mimics the standard plan's DVH, but never aims a DVH point above the
-    order's soft max-DVH goal minus the margin (so it keeps the margin the standard plan had)."""
-    from rayrt.convert.convert import max_dvh_caps
-    from rayrt.imaging.phantoms import tg119_order
+from rayrt.convert.convert import max_dvh_goals, mimic_dvh_level
+from rayrt.imaging.phantoms import tg119_order
 
-    caps = max_dvh_caps(tg119_order(), 1.0)
-    assert caps == {("PTV", 10.0): 54.0, ("Core", 10.0): 24.0}
-    assert max_dvh_caps(tg119_order(), None) == {}
+
+def test_the_orders_max_dvh_goals():
+    assert max_dvh_goals(tg119_order()) == {("PTV", 10.0): 55.0, ("Core", 10.0): 25.0}
+
+
+def test_dvh_mimicking_keeps_the_standard_plans_margin():
+    # the standard plan meets the goal: the copy never aims above goal - margin (even below the standard's own D_v)
+    assert mimic_dvh_level(54.54, 0.3, 55.0, 1.0) == pytest.approx(54.0)
+    assert mimic_dvh_level(20.0, 0.3, 25.0, 1.0) == pytest.approx(20.3)  # far below: the standard's D_v + tolerance
+    # the standard plan misses the goal: mimicked as it is (pushing the copy past it would only cost agreement)
+    assert mimic_dvh_level(57.0, 0.3, 55.0, 1.0) == pytest.approx(57.3)
+    # no goal there, or no margin asked: the standard's D_v + tolerance
+    assert mimic_dvh_level(54.54, 0.3, None, 1.0) == pytest.approx(54.84)
+    assert mimic_dvh_level(54.54, 0.3, 55.0, None) == pytest.approx(54.84)
