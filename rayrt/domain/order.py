@@ -102,10 +102,15 @@ class MedicalOrder(BaseModel):
     reference_dvh: dict[str, list[DVHPoint]] = Field(
         default_factory=dict, description="optional reference cumulative DVH curve per structure"
     )
+    cover: list[str] = Field(
+        default_factory=list,
+        description="structures every beam's beamlets must cover besides the targets (the prescription target and "
+        "every structure with a minimum-dose-type objective are covered anyway), e.g. an elective CTV",
+    )
     notes: str = ""
 
     def structure_names(self) -> set[str]:
-        names = {self.prescription.target, *(o.structure for o in self.objectives), *self.reference_dvh}
+        names = {self.prescription.target, *(o.structure for o in self.objectives), *self.reference_dvh, *self.cover}
         if self.prescription.normalization.structure:
             names.add(self.prescription.normalization.structure)
         return names

@@ -31,6 +31,7 @@ from rayrt.dose.dij import compute_dij, dose_grid_for, hstack_exact
 from rayrt.dose.geometry import BeamGeometry, BeamletGrid, beamlet_grid, column_offset_for
 from rayrt.imaging.volume import Volume, as_vec3
 from rayrt.machines import get_machine, standard_machine_name
+from rayrt.optimize.problem import target_like
 from rayrt.optimize.standard import PlanGeometry, masks_on_grid, planning_phantom
 from rayrt.pipeline.runner import StageContext
 
@@ -61,7 +62,8 @@ def set_threads(n: int) -> None:
 # ---------------------------------------------------------------------------- geometry
 def geometry(study: Any, order: MedicalOrder, planning: PlanningRequest, ctx: StageContext) -> PlanGeometry:
     """Density volume from the CT (HU -> relative electron density, 0 outside the external), the
-    dose grid, structure masks on it, the isocenter (target centre of mass) and the beams."""
+    dose grid, structure masks on it, the structures the beamlets cover (every target of the order
+    and its ``cover`` list), the isocenter (their common centre of mass) and the beams."""
     req = planning
     std = get_machine(req.standard_machine or standard_machine_name())
     for m in req.machines:
@@ -73,7 +75,9 @@ def geometry(study: Any, order: MedicalOrder, planning: PlanningRequest, ctx: St
     target = order.prescription.target
     if not masks_ct[target].any():
         raise InputError(f"the target {target!r} is empty on the image grid", field="order.prescription.target")
-    iso = as_vec3(ct.grid.index_to_world(np.argwhere(masks_ct[target]).mean(axis=0)))  # LPS mm
+    covered = [*target_like(order), *(c for c in order.cover if c not in target_like(order))]
+    union = np.logical_or.reduce([masks_ct[n] for n in covered])
+    iso = as_vec3(ct.grid.index_to_world(np.argwhere(union).mean(axis=0)))  # LPS mm
     beams = [Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=a, isocenter_mm=iso) for i, a in enumerate(req.angles())]
     ctx.progress(1, 1)
     return PlanGeometry(
@@ -83,7 +87,7 @@ def geometry(study: Any, order: MedicalOrder, planning: PlanningRequest, ctx: St
         isocenter_mm=iso,
         beams=beams,
         target=target,
-        targets=[target],
+        targets=covered,
         external=ext,
         mask_names=sorted(masks_ct),
         density=density.array,
@@ -165,11 +169,19 @@ def beamlet_task(item: tuple, target_mask: np.ndarray) -> BeamletSpec:
     )
 
 
-def beamlets(geometry: PlanGeometry, planning: PlanningRequest, ctx: StageContext) -> BeamletSet:
-    """Bixels covering each beam's-eye view of the target plus a margin (one task per beam)."""
-    mask_ref = ctx.shared.get(f"mask:{geometry.target}")
-    if mask_ref is None:  # a study whose structures were not shared by load
-        raise InputError(f"no mask for the target {geometry.target!r}", field="order.prescription.target")
+def beamlets(study: Any, geometry: PlanGeometry, planning: PlanningRequest, ctx: StageContext) -> BeamletSet:
+    """Bixels covering each beam's-eye view of every covered structure (all targets of the order
+    and its ``cover`` list, united) plus a margin (one task per beam; the united mask shared once)."""
+    covered = geometry.targets or [geometry.target]
+    if len(covered) == 1:
+        mask_ref = ctx.shared.get(f"mask:{covered[0]}")
+        if mask_ref is None:  # a study whose structures were not shared by load
+            mask_ref = ctx.share(f"mask:{covered[0]}", lambda: np.asarray(study.mask(covered[0]), dtype=bool))
+    else:
+        mask_ref = ctx.share(
+            "mask:covered:" + "+".join(covered),
+            lambda: np.logical_or.reduce([np.asarray(study.mask(n), dtype=bool) for n in covered]),
+        )
     items = [
         (
             b,
