@@ -24,7 +24,7 @@ from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
 from rayrt.optimize.objectives import Objective, make_objective
 from rayrt.optimize.sparse import SubsetDij
 
-__all__ = ["OptimizationProblem", "build_problem", "target_like"]
+__all__ = ["OptimizationProblem", "build_problem", "target_like", "target_dose_level", "organ_aims"]
 
 _TARGET_KINDS = {
     ObjectiveKind.min_dose,
@@ -32,6 +32,15 @@ _TARGET_KINDS = {
     ObjectiveKind.squared_underdose,
     ObjectiveKind.squared_deviation,
 }
+
+
+def target_dose_level(order: MedicalOrder, target: str) -> float:
+    """The dose level (Gy) the order gives a target: the prescription dose for the prescription
+    target, else the highest dose of its minimum-dose-type and deviation objectives."""
+    if target == order.prescription.target:
+        return order.prescription.total_dose_gy
+    levels = [o.dose_gy for o in order.objectives if o.structure == target and o.kind in _TARGET_KINDS and not o.hard]
+    return max(levels, default=0.0)
 
 
 def target_like(order: MedicalOrder) -> list[str]:
@@ -211,9 +220,10 @@ def build_problem(
         specs.append(ObjectiveSpec(structure=tgt, kind=ObjectiveKind.squared_deviation, dose_gy=rx, priority=1.0))
     aims = organ_aims(specs, order, organ_aim_margin_pct)
 
-    # overlap priority: targets first, then organs from small to large
+    # overlap priority: targets first, the highest dose level first (a voxel in two targets belongs
+    # to the higher level), then organs from small to large
     if overlap_priority is None:
-        tl = [t for t in target_like(order) if t in idx]
+        tl = sorted((t for t in target_like(order) if t in idx), key=lambda t: -target_dose_level(order, t))
         rest = sorted((n for n in names if n not in tl), key=lambda n: idx[n].size)
         overlap_priority = tl + rest
     exclusive: dict[str, np.ndarray] = {}

@@ -74,3 +74,24 @@ def test_target_aims_follow_the_normalisation_idempotently():
     assert cord.dose_gy == pytest.approx(39.0)
     p.set_target_aims(1.0)
     assert ptv["squared_deviation"].dose_gy == 60.0 and ptv["min_dvh"].dose_gy == 57.0
+
+
+def test_a_voxel_in_two_targets_belongs_to_the_higher_dose_level():
+    """Simultaneous boost: PTV56 overlaps PTV70; its soft terms skip the overlap, which PTV70's own."""
+    order = parse_order(
+        {
+            "name": "sib",
+            "prescription": {"target": "PTV56", "total_dose_gy": 56.0, "fractions": 28},
+            "objectives": [
+                {"structure": "PTV56", "kind": "squared_deviation", "dose_gy": 56.0, "priority": 100},
+                {"structure": "PTV70", "kind": "squared_deviation", "dose_gy": 70.0, "priority": 100},
+            ],
+        }
+    )
+    n = 20
+    dij = sp.csc_matrix(np.ones((n, 3), np.float32))
+    masks = {"PTV56": np.arange(n) < 12, "PTV70": (np.arange(n) >= 8) & (np.arange(n) < 16)}
+    p = build_problem(order, masks, dij)
+    rows = {o.structure: set(p.dij.voxel_index[o.voxels].tolist()) for o in p.objectives}
+    assert rows["PTV70"] == set(range(8, 16))
+    assert rows["PTV56"] == set(range(0, 8))  # the overlap 8..11 goes to the higher level
