@@ -97,13 +97,32 @@ def test_cluster_view(serve_app, planned_job):
     assert {p["machine"] for p in acc["conversion_pools"]} >= {"truebeam_m120", "versahd_agility"}
 
 
+@pytest.fixture(scope="module")
+def tg119_job(serve_app, tmp_path_factory):
+    """The demo's case (TG-119 at 4 mm) planned with the configured defaults for two machines: both
+    plans are released (tests/pipeline/test_demo_case_quality.py), so one can be booked."""
+    from helpers.service import wait_job
+
+    from rayrt.cli.service import _client, upload_patient
+    from rayrt.imaging.phantoms import tg119_order, write_tg119
+
+    case = write_tg119(tmp_path_factory.mktemp("tg119"), 4.0)
+    with _client(serve_app) as c:
+        pid = upload_patient(c, case)["id"]
+        body = {"patient_id": pid, "order": tg119_order().model_dump(mode="json"), "options": {}}
+        job = c.post("/jobs", json={**body, "machines": ["truebeam_m120", "versahd_agility"]}).json()
+    done = wait_job(serve_app, job["id"], timeout_s=900)
+    assert done["state"] == "succeeded", done
+    return done
+
+
 @pytest.mark.slow
-def test_machine_down_replans_the_booked_patient(serve_app, planned_job):
+def test_machine_down_replans_the_booked_patient(serve_app, tg119_job):
     """Book the plan on truebeam_m120, mark it down: the booking moves to another usable machine
     and the job's convert -> qa -> export run again for it (earlier stages reused)."""
     from helpers.service import wait_job
 
-    jid = planned_job["id"]
+    jid = tg119_job["id"]
 
     def standard_qa():
         std = httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"][0]
