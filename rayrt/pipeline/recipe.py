@@ -70,14 +70,21 @@ RECIPE: list[Stage] = [*analysis.ANALYSIS_STAGES, *PLANNING_RECIPE]
 PLANNING_STAGES: list[str] = [st.name for st in PLANNING_RECIPE]
 
 
-def recipe(names: Iterable[str] | None = None, plan: bool = True) -> list[Stage]:
-    """The recipe's stages in order: all of them, or only ``names``; ``plan=False`` leaves the
+def recipe(names: Iterable[str] | None = None, plan: bool = True, until: str | None = None) -> list[Stage]:
+    """The recipe's stages in order: all of them, or only ``names``, or those up to and including
+    ``until`` (e.g. ``"normalize"``: the standard plan, no conversion); ``plan=False`` leaves the
     planning stages out (an analysis-only job)."""
     wanted = None if names is None else set(names)
     known = [st.name for st in RECIPE]
-    if wanted is not None and (unknown := wanted - set(known)):
+    asked = (wanted or set()) | ({until} if until is not None else set())
+    if unknown := asked - set(known):
         raise InputError(f"unknown stage(s) {sorted(unknown)}; known: {known}", kind="pipeline", field="stages")
-    return [st for st in RECIPE if (wanted is None or st.name in wanted) and (plan or st.name not in PLANNING_STAGES)]
+    last = known.index(until) if until is not None else len(known) - 1
+    return [
+        st
+        for i, st in enumerate(RECIPE)
+        if i <= last and (wanted is None or st.name in wanted) and (plan or st.name not in PLANNING_STAGES)
+    ]
 
 
 def as_order(order: MedicalOrder | dict | str | Path | None) -> MedicalOrder | None:
@@ -139,14 +146,16 @@ def run_recipe(
     *,
     executor: Executor | None = None,
     stages: Iterable[str] | None = None,
+    until: str | None = None,
     extra: list[Stage] | None = None,
     out_dir: str | Path | None = None,
     on_event: Callable[[StageEvent], None] | None = None,
 ) -> PipelineResult:
     """Run the recipe on ``source`` (a DICOM folder or zip, a Study, or an object with ``load()``)
     in this process or on ``executor``. ``stages`` restricts it to those stages (still in recipe
-    order), ``extra`` appends stages. With ``out_dir`` each persistent stage's files are written
-    to ``out_dir/<stage>/`` under the names the service stores them with."""
+    order), ``until`` stops after that stage, ``extra`` appends stages. With ``out_dir`` each
+    persistent stage's files are written to ``out_dir/<stage>/`` under the names the service
+    stores them with."""
     sink = None
     if out_dir is not None:
         root = Path(out_dir)
@@ -158,4 +167,6 @@ def run_recipe(
                 (d / name).write_bytes(data)
 
     artefacts: Artefacts = {"source": source, "order": as_order(order), "planning": planning_request}
-    return run_stages(recipe(stages) + list(extra or []), artefacts, executor=executor, on_event=on_event, sink=sink)
+    return run_stages(
+        recipe(stages, until=until) + list(extra or []), artefacts, executor=executor, on_event=on_event, sink=sink
+    )

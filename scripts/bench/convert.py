@@ -45,7 +45,7 @@ def plan_case(case: str, work: Path) -> tuple[Any, Any, Any, float, dict]:
     """(standard plan, its geometry, the planning request, planning seconds, case description)."""
     from rayrt.domain.planning import PlanningRequest, planning_request
     from rayrt.imaging.phantoms import tg119_order, tg119_phantom, write_tg119
-    from rayrt.pipeline import RECIPE, run_recipe
+    from rayrt.pipeline import run_recipe
 
     order = tg119_order()
     if case == "tg119":
@@ -66,9 +66,8 @@ def plan_case(case: str, work: Path) -> tuple[Any, Any, Any, float, dict]:
             dao_iterations=30,
         )
         info = {"ct": "6 mm"}
-    names = [st.name for st in RECIPE]
     t = time.perf_counter()
-    res = run_recipe(source, order, req, stages=names[: names.index("normalize") + 1])  # load ... normalize
+    res = run_recipe(source, order, req, until="normalize")
     t_plan = time.perf_counter() - t
     std = res["standard_plan"]
     info.update(

@@ -285,7 +285,7 @@ def pipeline(setup: str, case: str, sequencer: str) -> dict:
         study,
         order,
         req,
-        stages=["load", "geometry", "beamlets", "dij", "problem", "fmo", "sequence", "dao", "normalize"],
+        until="normalize",
         on_event=on_event,
     )
     wall = time.perf_counter() - t0

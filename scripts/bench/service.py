@@ -65,9 +65,7 @@ def _time_dij(study, order, req, executor=None) -> tuple[float, object]:
         if e.stage == "dij" and e.kind == "finished":
             t["b"] = time.perf_counter()
 
-    res = run_recipe(
-        study, order, req, stages=["load", "structures", "geometry", "beamlets", "dij"], executor=executor, on_event=ev
-    )
+    res = run_recipe(study, order, req, until="dij", executor=executor, on_event=ev)
     return t["b"] - t["a"], res
 
 
@@ -97,7 +95,7 @@ def _dij_items(spacing: float, procs: int):
     from rayrt.pipeline.planning import beam_path_mm, chunk_plan
 
     req = _dij_request()
-    res = run_recipe(tg119_phantom(spacing), tg119_order(), req, stages=["load", "structures", "geometry", "beamlets"])
+    res = run_recipe(tg119_phantom(spacing), tg119_order(), req, until="beamlets")
     geometry, bset = res["geometry"], res["beamlet_set"]
     work = [50.0 + beam_path_mm(geometry, b.beam, geometry.standard_machine) for b in bset.beams]
     chunks = chunk_plan(bset.counts, procs, req.chunks_per_cpu, work_per_bixel=[w / max(work) for w in work])

@@ -72,18 +72,7 @@ def main() -> None:
             make_small_study(with_dose=False),
             order,
             planning_request(FAST_PLANNING, []),
-            stages=[
-                "load",
-                "structures",
-                "geometry",
-                "beamlets",
-                "dij",
-                "problem",
-                "fmo",
-                "sequence",
-                "dao",
-                "normalize",
-            ],
+            until="normalize",
         )
         std, geo = ray.put(res["standard_plan"]), ray.put(res["geometry"])
         pools = ConversionPools(

@@ -29,7 +29,7 @@ from rayrt.imaging.phantoms import tg119_order, tg119_phantom
 from rayrt.imaging.study import Study
 from rayrt.machines import get_machine
 from rayrt.optimize.standard import PlanGeometry, StandardPlan
-from rayrt.pipeline import PLANNING_STAGES, PipelineResult, recipe, run_recipe, run_stages
+from rayrt.pipeline import PipelineResult, recipe, run_recipe, run_stages
 from rayrt.pipeline.conversion import ConvertedPlans, machine_plan
 
 
@@ -51,8 +51,7 @@ def plan_case(dose_grid_mm: float) -> Case:
         dao_rounds=2,
         dao_iterations=30,
     )
-    up_to_normalize = ["load", *PLANNING_STAGES[: PLANNING_STAGES.index("normalize") + 1]]
-    res = run_recipe(tg119_phantom(6.0), tg119_order(), req, stages=up_to_normalize)
+    res = run_recipe(tg119_phantom(6.0), tg119_order(), req, until="normalize")
     return Case(study=res["study"], standard=res["standard_plan"], geometry=res["geometry"])
 
 

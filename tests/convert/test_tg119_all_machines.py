@@ -22,7 +22,7 @@ from rayrt.convert.policy import load_conversion_options
 from rayrt.domain.planning import PlanningRequest
 from rayrt.imaging.phantoms import tg119_order, tg119_phantom
 from rayrt.machines import get_machine, treatment_machine_names
-from rayrt.pipeline import PLANNING_STAGES, run_recipe
+from rayrt.pipeline import run_recipe
 from rayrt.qa.dvh import dose_at_volume
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(7200)]
@@ -33,8 +33,7 @@ def tg119_standard(tmp_path_factory):
     os.environ.setdefault("RAYRT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     req = PlanningRequest(num_beams=9, dose_grid_mm=5.0, fmo_iterations=200, dao_rounds=3)
     t = time.perf_counter()
-    up_to_normalize = ["load", *PLANNING_STAGES[: PLANNING_STAGES.index("normalize") + 1]]
-    res = run_recipe(tg119_phantom(), tg119_order(), req, stages=up_to_normalize)
+    res = run_recipe(tg119_phantom(), tg119_order(), req, until="normalize")
     return res["standard_plan"], res["geometry"], time.perf_counter() - t
 
 

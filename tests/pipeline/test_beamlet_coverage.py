@@ -13,7 +13,6 @@ from rayrt.domain.order import parse_order
 from rayrt.domain.planning import PlanningRequest
 from rayrt.pipeline import run_recipe
 
-UP_TO_DIJ = ["load", "geometry", "beamlets", "dij"]
 REQ = PlanningRequest(num_beams=5, dose_grid_mm=5.0, bixel_mm=5.0)
 
 
@@ -43,12 +42,12 @@ def _coverage(res, mask: np.ndarray) -> float:
 
 
 def test_a_second_target_gets_beamlets(study):
-    only_ptv = run_recipe(study, parse_order(_order()), REQ, stages=UP_TO_DIJ)
+    only_ptv = run_recipe(study, parse_order(_order()), REQ, until="dij")
     second = _order()
     second["objectives"].append(
         {"structure": "Core", "kind": "min_dvh", "dose_gy": 50.0, "volume_pct": 98, "priority": 100}
     )
-    both = run_recipe(study, parse_order(second), REQ, stages=UP_TO_DIJ)
+    both = run_recipe(study, parse_order(second), REQ, until="dij")
     assert both["geometry"].targets == ["PTV", "Core"] and only_ptv["geometry"].targets == ["PTV"]
     core, ptv = both["geometry"].dose_masks["Core"], both["geometry"].dose_masks["PTV"]
     assert _coverage(only_ptv, core) < 0.9
@@ -59,8 +58,8 @@ def test_a_second_target_gets_beamlets(study):
 
 
 def test_the_order_can_ask_to_cover_a_structure(study):
-    covered = run_recipe(study, parse_order(_order(cover=["Core"])), REQ, stages=UP_TO_DIJ)
+    covered = run_recipe(study, parse_order(_order(cover=["Core"])), REQ, until="dij")
     assert covered["geometry"].targets == ["PTV", "Core"]
     assert _coverage(covered, covered["geometry"].dose_masks["Core"]) == pytest.approx(1.0)
     with pytest.raises(InputError, match="Nodes"):
-        run_recipe(study, parse_order(_order(cover=["Nodes"])), REQ, stages=UP_TO_DIJ)
+        run_recipe(study, parse_order(_order(cover=["Nodes"])), REQ, until="dij")

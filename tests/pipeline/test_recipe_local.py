@@ -68,6 +68,10 @@ def test_recipe_is_one_ordered_list():
     assert [s.name for s in pipeline.recipe(["export", "load"])] == ["load", "export"]
     with pytest.raises(InputError, match="unknown stage"):
         pipeline.recipe(["optimise"])
+    assert [s.name for s in pipeline.recipe(until="geometry")] == ["load", "structures", "dvh", "geometry"]
+    assert [s.name for s in pipeline.recipe(["load", "dij", "qa"], until="dij")] == ["load", "dij"]
+    with pytest.raises(InputError, match="unknown stage"):
+        pipeline.recipe(until="optimise")
 
 
 def test_all_planning_stages_run_and_store(planned):

@@ -23,7 +23,6 @@ REQ = {
     "dij_threshold": 1e-3,
     "chunks_per_cpu": 6,
 }
-UP_TO_DIJ = ["load", "structures", "geometry", "beamlets", "dij"]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,7 @@ def test_ray_fanout_dij_equals_single_process(ray_session, study, order):
     from rayrt.service.controlled import RayExecutor
 
     ex = RayExecutor()
-    res = run_recipe(study, order, PlanningRequest(**REQ), stages=UP_TO_DIJ, executor=ex)
+    res = run_recipe(study, order, PlanningRequest(**REQ), until="dij", executor=ex)
     shared = res.artefacts["_shared"]
     assert isinstance(shared["density"], ray.ObjectRef)  # the density went through the object store once
     assert isinstance(shared["mask:PTV"], ray.ObjectRef)
@@ -73,7 +72,7 @@ def test_ray_fanout_dij_equals_single_process(ray_session, study, order):
     )
     assert _same(d.matrix, single)
 
-    local = run_recipe(study, order, PlanningRequest(**REQ), stages=UP_TO_DIJ)
+    local = run_recipe(study, order, PlanningRequest(**REQ), until="dij")
     assert _same(local["dij"].matrix, d.matrix)
 
 

@@ -12,18 +12,6 @@ from rayrt.service.conversion import ConversionPoolSettings
 
 pytestmark = pytest.mark.ray
 
-STANDARD_STAGES = [
-    "load",
-    "structures",
-    "geometry",
-    "beamlets",
-    "dij",
-    "problem",
-    "fmo",
-    "sequence",
-    "dao",
-    "normalize",
-]
 TWIN = "standard_twin"
 
 
@@ -51,7 +39,7 @@ def standard(fast_planning):
         make_small_study(with_dose=False),
         parse_order(SMALL_ORDER),
         planning_request(fast_planning, []),
-        stages=STANDARD_STAGES,
+        until="normalize",
     )
     std, geo = res["standard_plan"], res["geometry"]
     local = convert_for_machine(std, geo, get_machine(TWIN), None)
