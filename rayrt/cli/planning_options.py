@@ -22,18 +22,18 @@ def read_options(options_file: Path | None, settings: list[str] | None) -> dict[
 
     out: dict[str, Any] = {}
     if options_file is not None:
-        if not options_file.is_file():
-            raise InputError(f"--options: no file {options_file}", field="options")
         try:
             data = yaml.safe_load(options_file.read_text(encoding="utf-8"))  # JSON is YAML
-        except yaml.YAMLError as exc:
-            raise InputError(
-                f"--options {options_file.name} is neither JSON nor YAML: {exc}", field="options"
-            ) from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise InputError(f"cannot read the planning options {options_file}: {exc}", field="options") from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise InputError(f"--options {options_file.name} must hold a mapping of planning options", field="options")
+            raise InputError(
+                f"the planning options {options_file} must be a JSON object (or YAML mapping) "
+                "of PlanningRequest fields",
+                field="options",
+            )
         out.update(data)
     for item in settings or []:
         key, sep, value = item.partition("=")

@@ -163,27 +163,24 @@ def submit_cmd(
         False, "--plan", help="plan the patient (standard plan, conversion to --machines, QA, export); needs --order"
     ),
     options: Optional[Path] = typer.Option(
-        None, "--options", help="planning options as JSON (PlanningRequest fields); implies --plan"
+        None, "--options", help="planning options, JSON or YAML (PlanningRequest fields); implies --plan"
+    ),
+    settings: Optional[list[str]] = typer.Option(
+        None, "--set", help="one planning option, KEY=VALUE (repeatable), e.g. --set num_beams=7; implies --plan"
     ),
 ) -> None:
     """Upload a patient, create a job for it (analysis only, or planning with --plan), print the job id."""
+    from rayrt.cli.planning_options import read_options
     from rayrt.domain.order import load_order
     from rayrt.service.models import JobRequest
 
     order_json = load_order(order).model_dump(mode="json") if order is not None else None  # fail early, locally
     machine_list = [m.strip() for m in (machines or "").split(",") if m.strip()]
     planning: dict | None = None
-    if plan or options is not None:
+    if plan or options is not None or settings:
         if order_json is None:
             raise InputError("--plan needs a medical order: give --order FILE", field="order")
-        try:
-            planning = json.loads(options.read_text(encoding="utf-8")) if options is not None else {}
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read the planning options {options}: {exc}", field="options") from None
-        if not isinstance(planning, dict):
-            raise InputError(
-                f"the planning options {options} must be a JSON object of PlanningRequest fields", field="options"
-            )
+        planning = read_options(options, settings)
     with _client(server) as client:
         patient = upload_patient(client, path)
         for w in patient.get("warnings", []):
