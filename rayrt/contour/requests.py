@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from rayrt.contour.config import ContourConfig
 from rayrt.contour.morphology import Margins
-from rayrt.domain.errors import InputError
+from rayrt.domain.errors import InputError, first_error
 from rayrt.domain.patient import Structure, StructureKind
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -246,10 +246,9 @@ def parse_request(data: dict[str, Any] | str | bytes) -> BaseModel:
             return CONTOUR_REQUEST_ADAPTER.validate_json(data)
         return CONTOUR_REQUEST_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ()))
+        loc, msg = first_error(exc)
         raise InputError(
-            f"invalid contour request: {loc}: {first.get('msg')}", kind="contour", field=loc or None, status=422
+            f"invalid contour request: {loc}: {msg}", kind="contour", field=loc or None, status=422
         ) from exc
 
 

@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rayrt.config import config_dir
-from rayrt.domain.errors import InputError
+from rayrt.domain.errors import InputError, first_error
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.plan import Plan
 
@@ -90,9 +90,8 @@ def load_conversion_config(path: str | Path | None = None) -> ConversionConfig:
     except yaml.YAMLError as exc:
         raise InputError(f"{path.name} is not valid YAML: {exc}", kind="config", field=path.name) from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"invalid {path.name}: field '{loc}': {first['msg']}", kind="config", field=loc) from None
+        loc, msg = first_error(exc)
+        raise InputError(f"invalid {path.name}: field '{loc}': {msg}", kind="config", field=loc) from None
 
 
 class MLCComparison(BaseModel):

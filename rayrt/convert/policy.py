@@ -63,7 +63,7 @@ from rayrt.convert.coincidence import (
     plan_field_mm,
 )
 from rayrt.convert.source_match import SourceComparison, SourceMatchConfig, compare_sources
-from rayrt.domain.errors import InputError
+from rayrt.domain.errors import InputError, first_error
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import ObjectiveSpec
 from rayrt.domain.plan import Plan
@@ -217,11 +217,8 @@ def load_conversion_options(path: str | Path | None = None, **overrides) -> Conv
     try:
         return ConversionOptions.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InputError(
-            f"invalid conversion settings: field '{loc}': {first['msg']}", kind="config", field=loc
-        ) from None
+        loc, msg = first_error(exc)
+        raise InputError(f"invalid conversion settings: field '{loc}': {msg}", kind="config", field=loc) from None
 
 
 def choose_modes(

@@ -7,6 +7,8 @@ CLI prints its message on one line and exits non-zero; the HTTP API answers 4xx 
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class RayrtError(Exception):
     """Base class of rayrt's own errors."""
@@ -32,3 +34,13 @@ class InputError(RayrtError, ValueError):
         if self.field is not None:
             body["field"] = self.field
         return body
+
+
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """``(location, message)`` of the first error of a pydantic validation: the field path joined
+    with dots ("" at the root) and pydantic's message, for one readable InputError line."""
+    errors = exc.errors()
+    if not errors:
+        return "", str(exc)
+    first = errors[0]
+    return ".".join(str(p) for p in first.get("loc", ())), str(first.get("msg", ""))

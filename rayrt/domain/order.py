@@ -13,7 +13,7 @@ from typing import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rayrt.domain.errors import InputError
+from rayrt.domain.errors import InputError, first_error
 
 
 class ObjectiveKind(str, Enum):
@@ -130,9 +130,8 @@ class MedicalOrder(BaseModel):
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> InputError:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
-    msg = first["msg"]
+    loc, msg = first_error(exc)
+    loc = loc or "(root)"
     return InputError(f"invalid order {source}: field '{loc}': {msg}", kind="order", field=loc, status=422)
 
 

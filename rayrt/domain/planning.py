@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rayrt.config import config_dir
-from rayrt.domain.errors import InputError
+from rayrt.domain.errors import InputError, first_error
 
 __all__ = ["PlanningRequest", "ConversionMode", "planning_defaults", "planning_request", "PLANNING_CONFIG"]
 
@@ -110,9 +110,8 @@ class PlanningRequest(BaseModel):
 
 
 def _first_error(exc: ValidationError, prefix: str, kind: str) -> InputError:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    return InputError(f"invalid planning option '{loc}': {first['msg']}", kind=kind, field=f"{prefix}{loc}", status=422)
+    loc, msg = first_error(exc)
+    return InputError(f"invalid planning option '{loc}': {msg}", kind=kind, field=f"{prefix}{loc}", status=422)
 
 
 @lru_cache(maxsize=8)

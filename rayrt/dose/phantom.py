@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rayrt.domain.errors import InputError
+from rayrt.domain.errors import InputError, first_error
 from rayrt.imaging.volume import Grid, Volume
 
 #: quantity name of relative-electron-density volumes
@@ -83,9 +83,9 @@ def load_hu_calibration(path: str | Path | None = None) -> HUCalibration:
     try:
         return HUCalibration.model_validate(yaml.safe_load(p.read_text(encoding="utf-8")))
     except ValidationError as exc:
-        first = exc.errors()[0]
+        loc, msg = first_error(exc)
         raise InputError(
-            f"invalid HU calibration {p.name}: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+            f"invalid HU calibration {p.name}: {loc}: {msg}",
             field="hu_calibration",
         ) from None
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from rayrt.domain.errors import InputError
+from rayrt.domain.errors import InputError, first_error
 from rayrt.domain.machine import MachineModel
 
 __all__ = ["load_machine", "read_machine_name"]
@@ -25,11 +25,8 @@ def load_machine(path: str | Path) -> MachineModel:
     try:
         return MachineModel.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InputError(
-            f"invalid machine file {path.name}: field '{loc}': {first['msg']}", kind="machine", field=loc
-        ) from None
+        loc, msg = first_error(exc)
+        raise InputError(f"invalid machine file {path.name}: field '{loc}': {msg}", kind="machine", field=loc) from None
 
 
 def read_machine_name(path: str | Path) -> tuple[str, bool]:

@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rayrt.domain.errors import InputError
+from rayrt.domain.errors import InputError, first_error
 from rayrt.machines import treatment_machine_names
 from rayrt.service.policies import (
     Booking,
@@ -548,9 +548,8 @@ class MachineRegistry:
                 job_id=job_id, patient_id=patient_id, plan_id=plan_id, fractions=fractions, machine=machine
             )
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise InputError(f"invalid booking: field '{loc}': {first['msg']}", kind="booking", field=loc) from None
+            loc, msg = first_error(exc)
+            raise InputError(f"invalid booking: field '{loc}': {msg}", kind="booking", field=loc) from None
         return ray.get(self._queue(machine).book.remote(booking))
 
     def select_and_book(

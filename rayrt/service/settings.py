@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rayrt.domain.errors import InputError
+from rayrt.domain.errors import InputError, first_error
 from rayrt.service.policies import ConversionPoolSettings, MachineQueueSettings
 
 DEFAULT_DATA_DIR = "./rayrt-data"
@@ -142,9 +142,9 @@ def load_settings(path: str | Path | None = None, **overrides: object) -> Servic
     try:
         return ServiceSettings.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise InputError(f"invalid service setting '{loc}': {first['msg']}", kind="settings", field=loc) from None
+        loc, msg = first_error(exc)
+        loc = loc or "(root)"
+        raise InputError(f"invalid service setting '{loc}': {msg}", kind="settings", field=loc) from None
 
 
 def server_url(explicit: str | None = None) -> str:
