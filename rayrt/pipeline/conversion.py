@@ -32,7 +32,7 @@ from rayrt.optimize.standard import PlanGeometry, StandardPlan, dvh_table
 from rayrt.pipeline.planning import set_threads
 from rayrt.pipeline.runner import StageContext
 from rayrt.qa.checks import aperture_recompute
-from rayrt.qa.report import QAReport, qa_plan, render_qa_figure
+from rayrt.qa.report import QAReport, QAResult, qa_plan, render_qa_figure
 
 __all__ = ["convert", "qa", "MachinePlan", "ConvertedPlans", "QAStage", "conversion_options", "machine_plan", "qa_task"]
 
@@ -75,6 +75,12 @@ def conversion_options(req: PlanningRequest) -> ConversionOptions:
     return load_conversion_options(**over)
 
 
+def qa_figure_png(result: QAResult) -> bytes:
+    """The QA report page of ``result`` (:func:`rayrt.qa.report.render_qa_figure`) as PNG bytes."""
+    with tempfile.TemporaryDirectory(prefix="rayrt-qa-") as d:
+        return render_qa_figure(result, Path(d) / "qa.png").read_bytes()
+
+
 def machine_plan(
     r: ConversionResult | BaseException,
     standard: StandardPlan,
@@ -101,10 +107,7 @@ def machine_plan(
         if r.dose_gy is None or not r.released
         else np.asarray(r.dose_gy, np.float32).reshape(standard.dose_grid.shape)
     )
-    png = None
-    if figure and r.qa_result is not None:
-        with tempfile.TemporaryDirectory(prefix="rayrt-qa-") as d:
-            png = render_qa_figure(r.qa_result, Path(d) / "qa.png").read_bytes()
+    png = qa_figure_png(r.qa_result) if figure and r.qa_result is not None else None
     return MachinePlan(
         machine=r.machine,
         plan=r.plan if r.released else None,
@@ -228,11 +231,7 @@ def qa_task(item: tuple, density: np.ndarray) -> tuple[Any, bytes | None]:
         recompute=recompute,
         standard_plan_id=standard.plan.id,
     )
-    png = None
-    if req.qa_figures:
-        with tempfile.TemporaryDirectory(prefix="rayrt-qa-") as d:
-            png = render_qa_figure(res, Path(d) / "qa.png").read_bytes()
-    return res.report, png
+    return res.report, qa_figure_png(res) if req.qa_figures else None
 
 
 def qa(

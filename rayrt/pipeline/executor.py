@@ -11,12 +11,13 @@ per item, shared arrays through the object store, conversions on each machine's 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
-if TYPE_CHECKING:
-    from rayrt.convert.policy import ConversionOptions
-    from rayrt.convert.results import ConversionResult
-    from rayrt.optimize.standard import PlanGeometry, StandardPlan
+from rayrt.convert.convert import convert_for_machine
+from rayrt.convert.policy import ConversionOptions
+from rayrt.convert.results import ConversionResult
+from rayrt.machines import get_machine
+from rayrt.optimize.standard import PlanGeometry, StandardPlan
 
 __all__ = ["Executor", "LocalExecutor", "Progress"]
 
@@ -88,9 +89,6 @@ class LocalExecutor:
         options: ConversionOptions,
         progress: Progress | None = None,
     ) -> list[ConversionResult | BaseException]:
-        from rayrt.convert.convert import convert_for_machine
-        from rayrt.machines import get_machine
-
         out: list[ConversionResult | BaseException] = []
         for n, name in enumerate(machines, 1):
             try:

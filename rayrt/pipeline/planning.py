@@ -75,7 +75,8 @@ def geometry(study: Any, order: MedicalOrder, planning: PlanningRequest, ctx: St
     target = order.prescription.target
     if not masks_ct[target].any():
         raise InputError(f"the target {target!r} is empty on the image grid", field="order.prescription.target")
-    covered = [*target_like(order), *(c for c in order.cover if c not in target_like(order))]
+    targets = target_like(order)
+    covered = [*targets, *(c for c in order.cover if c not in targets)]
     union = np.logical_or.reduce([masks_ct[n] for n in covered])
     iso = as_vec3(ct.grid.index_to_world(np.argwhere(union).mean(axis=0)))  # LPS mm
     beams = [Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=a, isocenter_mm=iso) for i, a in enumerate(req.angles())]
