@@ -194,10 +194,21 @@ def phantom_tg119(
     out: Path = typer.Option(..., "--out", help="folder to write CT/, RS.dcm and order.yaml into"),
     spacing_mm: float = typer.Option(3.0, "--spacing-mm", min=0.5, max=10.0, help="in-plane voxel size (mm)"),
     slice_mm: float = typer.Option(2.5, "--slice-mm", min=0.5, max=10.0, help="slice spacing (mm)"),
+    case: str = typer.Option(
+        "cshape", "--case", help="TG-119 test: cshape (default), cshape_hard, multitarget, prostate or headneck"
+    ),
 ) -> None:
-    """Write the AAPM TG-119 C-shape phantom (DICOM CT + RTSTRUCT) and its planning order."""
+    """Write an AAPM TG-119 phantom (DICOM CT + RTSTRUCT) and its planning order (default: the C-shape)."""
     from rayrt.imaging.phantoms import tg119_analytic_volumes_cc, write_tg119
 
+    if case != "cshape":  # the other tests write their clinical-goal order (rayrt.imaging.tg119_cases)
+        from rayrt.imaging.tg119_cases import TG119_CASES, write_tg119_case
+
+        path = write_tg119_case(case, out, (spacing_mm, spacing_mm, slice_mm))
+        analytic = ", ".join(f"{k} {v:.1f} cc" for k, v in TG119_CASES[case].analytic_volumes_cc().items())
+        n = len(list((path / "CT").glob("*.dcm")))
+        typer.echo(f"wrote {n} CT slices, RS.dcm ({analytic} analytic) and order.yaml to {path}")
+        return
     path = write_tg119(out, (spacing_mm, spacing_mm, slice_mm))
     n = len(list((path / "CT").glob("*.dcm")))
     vols = tg119_analytic_volumes_cc()

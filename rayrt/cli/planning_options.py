@@ -16,7 +16,8 @@ __all__ = ["read_options", "format_summary"]
 def read_options(options_file: Path | None, settings: list[str] | None) -> dict[str, Any]:
     """Planning overrides (PlanningRequest fields): ``options_file`` (JSON or YAML mapping), then
     each ``KEY=VALUE`` of ``settings`` (the value read as YAML: ``num_beams=7``,
-    ``gantry_deg=[0,72,144]``, ``conversion_mode=dao``). Validation happens where the request is
+    ``gantry_deg=[0,72,144]``, ``conversion_mode=dao``; a dotted key sets one field of a nested
+    section: ``autoplan.rounds=3``). Validation happens where the request is
     built (:func:`rayrt.domain.planning.planning_request`)."""
     import yaml
 
@@ -40,9 +41,17 @@ def read_options(options_file: Path | None, settings: list[str] | None) -> dict[
         if not sep or not key.strip():
             raise InputError(f"--set takes KEY=VALUE, got {item!r}", field="set")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise InputError(f"--set {key.strip()}: cannot read the value {value!r}", field="set") from None
+        *parents, leaf = key.strip().split(".")  # autoplan.rounds=3 sets one field of a nested section
+        node = out
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[leaf] = parsed
     return out
 
 

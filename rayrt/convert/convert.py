@@ -82,6 +82,8 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
 from rayrt.domain.plan import Beam, Plan, Segment
+from rayrt.domain.planning import PlanningRequest, planning_defaults
+from rayrt.domain.segments import SegmentLimits, segment_limits
 from rayrt.dose.aperture import segment_head_scatter
 from rayrt.dose.dij import compute_dij, hstack_exact
 from rayrt.dose.geometry import BeamletGrid, beamlet_grid
@@ -98,7 +100,13 @@ from rayrt.optimize.standard import PlanGeometry, StandardPlan, final_dose
 from rayrt.qa.dvh import dose_at_volume
 from rayrt.qa.report import QAReport, QAResult
 
-__all__ = ["convert_for_machine", "fit_angles", "standard_field_y_mm", "trimmed_beamlet_grid"]
+__all__ = [
+    "convert_for_machine",
+    "fit_angles",
+    "standard_field_y_mm",
+    "trimmed_beamlet_grid",
+    "conversion_segment_limits",
+]
 
 
 # --------------------------------------------------------------------------- the standard side of one conversion
@@ -533,6 +541,19 @@ def _plan_from_course_segments(
     return p
 
 
+def conversion_segment_limits(target: MachineModel, opts: ConversionOptions, max_segments: int) -> SegmentLimits:
+    """The segment limits a conversion to ``target`` obeys: each the stricter of the target
+    machine's limit and the planning policy (``opts.min_segment_area_cm2`` / ``opts.min_segment_mu``;
+    None: the planning defaults of configs/planning.yaml, as the standard plan had), at most
+    ``max_segments`` per beam."""
+    area, mu = opts.min_segment_area_cm2, opts.min_segment_mu
+    if area is None or mu is None:
+        d = PlanningRequest.model_validate(planning_defaults())
+        area = d.min_segment_area_cm2 if area is None else area
+        mu = d.min_segment_mu if mu is None else mu
+    return segment_limits(target, min_area_cm2=area, min_mu=mu, max_segments=max_segments)
+
+
 def _agreement_excess(dose: np.ndarray, std: _Standard, opts: ConversionOptions) -> float:
     """Worst excess (Gy) over the release's agreement limits
     (:func:`rayrt.convert.release.agreement_checks`: target D95 within, other structures' D10 at
@@ -542,17 +563,19 @@ def _agreement_excess(dose: np.ndarray, std: _Standard, opts: ConversionOptions)
 
 
 def _normalise(
-    plan: Plan, setup: _TargetSetup, std: _Standard, target: MachineModel
+    plan: Plan, setup: _TargetSetup, std: _Standard, target: MachineModel, min_mu_per_segment: float | None = None
 ) -> tuple[Plan, np.ndarray, float, int]:
     """The plan scaled to the order's normalisation (minimum MU honoured), its final course dose
     (Gy, float32 on the dose grid) through the target Dij, the MU scale factor and the number of
-    segments raised to the machine's minimum MU."""
+    segments raised to the minimum MU per fraction (``min_mu_per_segment``; None: the machine's)."""
+    if min_mu_per_segment is None:
+        min_mu_per_segment = target.limits.min_mu_per_segment
 
     def dose_of(p: Plan) -> np.ndarray:
         return final_dose(p, setup.grids, setup.dij, target)
 
     # a hair above the goal (1e-6 relative) so that 'D95 >= Rx' criteria do not fail on round-off
-    plan, dose, f, raised = normalize_plan(plan, dose_of, std.masks, std.order, target.limits.min_mu_per_segment)
+    plan, dose, f, raised = normalize_plan(plan, dose_of, std.masks, std.order, min_mu_per_segment)
     return plan, dose.reshape(std.dose_grid.shape).astype(np.float32), float(f), int(raised)
 
 
@@ -565,6 +588,7 @@ def _refit_candidate_segments(
     opts: ConversionOptions,
     strength: float,
     iterations: int,
+    min_mu_per_segment: float | None = None,
 ) -> tuple[list[list[Segment]], MuRefitDetail | None]:
     """The segments with their MU refitted by :func:`rayrt.convert.refit.refit_segment_mu` (leaves unchanged) to the
     *mimicking* terms of the standard plan only (:func:`_mimicking_objectives`: per-voxel dose, DVH
@@ -580,7 +604,9 @@ def _refit_candidate_segments(
         return segs_course, None
     rows = np.asarray(problem.dij.voxel_index)
     a = segment_dose_matrix(setup.dij, setup.grids, setup.slices, target, segs_course, rows)
-    min_mu = target.limits.min_mu_per_segment * std.plan.fractions
+    if min_mu_per_segment is None:
+        min_mu_per_segment = target.limits.min_mu_per_segment
+    min_mu = min_mu_per_segment * std.plan.fractions
     mimic = _mimicking_objectives(problem, std, opts, strength)
     mu, det = refit_segment_mu(problem, a, np.array([s.mu for s in flat]), std.order, 0.0, iterations, objectives=mimic)
     keep = mu >= 0.5 * min_mu
@@ -638,6 +664,9 @@ def _candidate(
         opts.max_segments if target.mlc.interdigitation else opts.max_segments_no_interdigitation,
         target.limits.max_segments_per_beam,
     )
+    # the same segment limits as the standard plan's: the stricter of the target machine's and the policy's
+    limits = conversion_segment_limits(target, opts, max_seg)
+    min_mu_fx = limits.min_mu
     if mode in ("dose_only", "mu_refit"):
         if coin.mlc.same_boundaries or segments_transfer(std.plan, std.machine, target):
             segs = [transfer_segments(b.segments, std.machine, target, fx) for b in std.plan.beams]
@@ -649,20 +678,24 @@ def _candidate(
         else:
             segs = []
             for lay, sl in zip(setup.layouts, setup.slices):
-                segs.append(seq.sequence_with_info(lay.to_map(setup.w_standard[sl]), lay, target, max_seg).segments)
+                segs.append(
+                    seq.sequence_with_info(
+                        lay.to_map(setup.w_standard[sl]), lay, target, max_seg, limits=limits
+                    ).segments
+                )
             det.segments_from = f"standard fluence re-sequenced ({seq.name})"
         plan, dose, det.normalization_factor, det.raised_segments = _normalise(
-            _plan_from_course_segments(std, target, segs, mode), setup, std, target
+            _plan_from_course_segments(std, target, segs, mode), setup, std, target, min_mu_fx
         )
         if mode == "mu_refit":
             # the standard's relative segment weights were fitted to the standard beam model and MLC: refit
             # them on the target's exact segment doses to mimic the standard plan, leaves unchanged
             rows_only = _problem(std, setup, opts, strength, with_dij=False)
             refitted, det.mu_refit = _refit_candidate_segments(
-                std, setup, target, rows_only, segs, opts, strength, opts.mu_refit_iterations
+                std, setup, target, rows_only, segs, opts, strength, opts.mu_refit_iterations, min_mu_fx
             )
             plan_r, dose_r, f_r, raised_r = _normalise(
-                _plan_from_course_segments(std, target, refitted, mode), setup, std, target
+                _plan_from_course_segments(std, target, refitted, mode), setup, std, target, min_mu_fx
             )
             # the refit minimises a mimicking objective, not the release agreement itself: keep the
             # transferred MUs when they agree better with the standard plan (a refit never makes it worse)
@@ -692,7 +725,7 @@ def _candidate(
     )
     segs = []
     for lay, sl in zip(setup.layouts, setup.slices):
-        segs.append(seq.sequence_with_info(lay.to_map(fr.w[sl]), lay, target, max_seg).segments)
+        segs.append(seq.sequence_with_info(lay.to_map(fr.w[sl]), lay, target, max_seg, limits=limits).segments)
     ev = ObjectiveEvaluator(problem)
     if problem.hard:
         ev.rho = fr.al_rho
@@ -702,7 +735,9 @@ def _candidate(
         outer_rounds=opts.dao_rounds if mode == "dao" else 1,
         iterations_per_round=opts.dao_iterations if mode == "dao" else opts.mu_refit_iterations,
         # the exact refit below drops / raises the segments under the machine's minimum MU itself
-        min_mu_weight=0.0 if refit else target.limits.min_mu_per_segment * fx,
+        min_mu_weight=0.0 if refit else limits.min_weight(fx),
+        min_area_cm2=limits.min_area_cm2,
+        min_width_mm=limits.min_width_mm,
         optimize_leaves=(mode == "dao"),
     )
     if any(segs) and (mode == "dao" or problem.hard):
@@ -721,10 +756,10 @@ def _candidate(
         # optimiser's aperture model and the un-normalised objective otherwise leave the target under-covered
         # and the prescription normalisation then scales the organ doses up with it
         segs, det.mu_refit = _refit_candidate_segments(
-            std, setup, target, problem, segs, opts, strength, opts.mu_refit_iterations
+            std, setup, target, problem, segs, opts, strength, opts.mu_refit_iterations, min_mu_fx
         )
     plan, dose, det.normalization_factor, det.raised_segments = _normalise(
-        _plan_from_course_segments(std, target, segs, mode), setup, std, target
+        _plan_from_course_segments(std, target, segs, mode), setup, std, target, min_mu_fx
     )
     det.optimise_seconds = round(time.perf_counter() - t, 2)
     return plan, dose, det

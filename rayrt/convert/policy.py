@@ -107,6 +107,19 @@ class ConversionOptions(BaseModel):
         "segments",
     )
     sequencer: str = "sweep"
+    min_segment_area_cm2: float | None = Field(
+        default=None,
+        ge=0,
+        description="planning policy: smallest segment open area at the isocenter (cm²) on the target machine; "
+        "the stricter of this and the machine's min_segment_area_cm2 binds (None: the planning default, "
+        "configs/planning.yaml)",
+    )
+    min_segment_mu: float | None = Field(
+        default=None,
+        ge=0,
+        description="planning policy: smallest segment MU per fraction on the target machine; the stricter of "
+        "this and the machine's min_mu_per_segment binds (None: the planning default, configs/planning.yaml)",
+    )
     y_jaw_trim: bool = Field(
         default=True,
         description="Y jaws trim the end leaf pairs to the standard plan's field "

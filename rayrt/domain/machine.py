@@ -136,6 +136,8 @@ class MLCModel(BaseModel):
 
 
 class MachineLimits(BaseModel):
+    """Mechanical and delivery limits of a machine (MU per fraction, mm and cm² at the isocenter plane)."""
+
     model_config = ConfigDict(extra="forbid")
 
     gantry: AngleRange = Field(default_factory=lambda: AngleRange(min_deg=0, max_deg=360))
@@ -147,6 +149,19 @@ class MachineLimits(BaseModel):
     max_field_x_mm: float = Field(default=400.0, gt=0, description="maximum field size along X at the isocenter")
     max_field_y_mm: float = Field(default=400.0, gt=0, description="maximum field size along Y at the isocenter")
     dose_rate_mu_min: float = Field(default=600.0, gt=0)
+    min_segment_area_cm2: float = Field(
+        default=0.0,
+        ge=0,
+        description="smallest open area of a step-and-shoot segment at the isocenter plane (cm², leaf opening x "
+        "leaf width over the open pairs, inside the jaws): below a few cm² output factor, leaf-end and "
+        "source-occlusion uncertainties make the dose unreliable (0: no limit)",
+    )
+    min_segment_width_mm: float = Field(
+        default=0.0,
+        ge=0,
+        description="narrowest leaf opening (mm at the isocenter) for a leaf pair to count as open in a segment: "
+        "open pairs are kept at least this wide (0: only the MLC's min_gap_mm)",
+    )
 
 
 class MachineModel(BaseModel):

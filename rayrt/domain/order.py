@@ -11,9 +11,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from rayrt.domain.errors import InputError, first_error
+from rayrt.domain.goals import ClinicalGoal
 
 
 class ObjectiveKind(str, Enum):
@@ -107,10 +108,56 @@ class MedicalOrder(BaseModel):
         description="structures every beam's beamlets must cover besides the targets (the prescription target and "
         "every structure with a minimum-dose-type objective are covered anyway), e.g. an elective CTV",
     )
+    dose_levels: dict[str, float] = Field(
+        default_factory=dict,
+        description="dose level (Gy, course) of each target of a simultaneous integrated boost, e.g. "
+        "{PTV70: 70, PTV63: 63, PTV56: 56}; the prescription target's level is the prescription dose. A voxel in "
+        "two targets belongs to the higher level",
+    )
+    goals: list[ClinicalGoal] = Field(
+        default_factory=list,
+        description="clinical goals with priority ranks (rayrt.domain.goals). An order with goals and no "
+        "objectives is planned automatically from its goals (rayrt.optimize.autoplan); with objectives, the "
+        "objectives drive the optimiser and the goals are reported",
+    )
     notes: str = ""
 
+    @field_validator("dose_levels")
+    @classmethod
+    def _check_levels(cls, levels: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        rx = info.data.get("prescription")
+        if rx is None:
+            return levels
+        for name, level in levels.items():
+            if not level > 0:
+                raise ValueError(f"dose_levels: {name} has level {level} Gy; a target's level must be > 0 Gy")
+            if level > rx.total_dose_gy * (1 + 1e-9):
+                raise ValueError(
+                    f"dose_levels: {name} at {level:g} Gy is above the prescription ({rx.total_dose_gy:g} Gy to "
+                    f"{rx.target}); the prescription is the highest level"
+                )
+            if name == rx.target and abs(level - rx.total_dose_gy) > 1e-6:
+                raise ValueError(
+                    f"dose_levels: the prescription target {name} is at {level:g} Gy but prescribed "
+                    f"{rx.total_dose_gy:g} Gy"
+                )
+        return levels
+
+    def target_levels(self) -> dict[str, float]:
+        """Every target with its dose level (Gy), highest first: the prescription target at the
+        prescription dose, then ``dose_levels``."""
+        levels = {self.prescription.target: self.prescription.total_dose_gy, **self.dose_levels}
+        return dict(sorted(levels.items(), key=lambda kv: -kv[1]))
+
     def structure_names(self) -> set[str]:
-        names = {self.prescription.target, *(o.structure for o in self.objectives), *self.reference_dvh, *self.cover}
+        names = {
+            self.prescription.target,
+            *(o.structure for o in self.objectives),
+            *self.reference_dvh,
+            *self.cover,
+            *self.dose_levels,
+            *(g.structure for g in self.goals),
+        }
         if self.prescription.normalization.structure:
             names.add(self.prescription.normalization.structure)
         return names

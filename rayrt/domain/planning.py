@@ -20,12 +20,66 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rayrt.config import config_dir
 from rayrt.domain.errors import InputError, first_error
 
-__all__ = ["PlanningRequest", "ConversionMode", "planning_defaults", "planning_request", "PLANNING_CONFIG"]
+__all__ = [
+    "PlanningRequest",
+    "AutoPlanOptions",
+    "ConversionMode",
+    "planning_defaults",
+    "planning_request",
+    "PLANNING_CONFIG",
+]
 
 ConversionMode = Literal["reuse", "dose_only", "mu_refit", "fluence", "dao"]
 
 PLANNING_CONFIG = "planning.yaml"
 """File in the config dir whose ``planning`` section holds the defaults of every field."""
+
+
+class AutoPlanOptions(BaseModel):
+    """How an order's clinical goals become an optimisation (rayrt.optimize.autoplan). Doses in Gy,
+    lengths in mm, shares in % of a target's dose level."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(default=6, ge=1, le=30, description="re-weighting rounds (one warm-started solve each)")
+    iterations_per_round: int = Field(default=40, ge=5, le=1000, description="L-BFGS-B iterations per round")
+    sib_gap_mm: float = Field(
+        default=5.0, ge=0, le=30, description="a lower-level target is optimised this far away from higher ones"
+    )
+    organ_gap_mm: float = Field(
+        default=5.0, ge=0, le=30, description="organ objectives act on the organ minus the targets grown by this"
+    )
+    skin_crop_mm: float = Field(
+        default=5.0, ge=0, le=20, description="targets are optimised this far inside the external contour"
+    )
+    target_hot_pct: float = Field(
+        default=104.0, ge=100, le=130, description="squared over-dose of each target above this % of its level"
+    )
+    falloff_end_pct: float = Field(
+        default=30.0, ge=0, le=100, description="normal-tissue fall-off: the limit far from the targets, % of level"
+    )
+    falloff_length_mm: float = Field(default=10.0, gt=0, le=100, description="normal-tissue fall-off length (1/e)")
+    falloff_weight: float = Field(default=5.0, ge=0, description="weight of the normal-tissue fall-off")
+    coverage_weight: float = Field(default=100.0, gt=0, description="initial weight of each target's coverage terms")
+    hot_weight: float = Field(default=30.0, ge=0, description="initial weight of each target's hot-spot terms")
+    organ_weight: float = Field(default=10.0, gt=0, description="initial weight of an organ goal's term")
+    push_pct: float = Field(
+        default=4.0,
+        ge=0,
+        le=50,
+        description="a met organ goal's aim is lowered to its achieved value minus this % of the prescription "
+        "each round, while no higher-ranked goal is lost",
+    )
+    hard_ranks: int = Field(
+        default=0, ge=0, le=10, description="organ goals of this rank or higher priority are also hard constraints"
+    )
+    hard_margin_pct: float = Field(
+        default=1.0, ge=0, le=20, description="hard constraints sit this % of the prescription inside their goal"
+    )
+    weight_step: float = Field(default=2.0, gt=1, le=10, description="factor on an unmet goal's weights per round")
+    max_weight_factor: float = Field(
+        default=64.0, ge=1, description="an unmet goal's weights grow at most this factor over their start"
+    )
 
 
 class PlanningRequest(BaseModel):
@@ -58,7 +112,26 @@ class PlanningRequest(BaseModel):
     chunks_per_cpu: int = Field(
         default=2, ge=1, le=64, description="Dij tasks per free CPU (load balance vs per-chunk depth overhead)"
     )
-    max_segments: int = Field(default=10, ge=1, le=100, description="segments per beam of the standard plan")
+    max_segments: int = Field(
+        default=12,
+        ge=1,
+        le=100,
+        description="segments per beam of the standard plan (the machine's max_segments_per_beam caps it)",
+    )
+    min_segment_area_cm2: float = Field(
+        default=2.0,
+        ge=0,
+        le=100,
+        description="planning policy: smallest open area of a segment at the isocenter plane (cm²); the effective "
+        "limit is the stricter of this and the machine's min_segment_area_cm2 (standard plan and conversions)",
+    )
+    min_segment_mu: float = Field(
+        default=2.0,
+        ge=0,
+        le=100,
+        description="planning policy: smallest MU of a segment, MU per fraction; the effective limit is the "
+        "stricter of this and the machine's min_mu_per_segment",
+    )
     sequencer: str = Field(
         default="sweep", description="leaf sequencer (rayrt.optimize.sequencing registry: sweep, xia_verhey)"
     )
@@ -77,6 +150,33 @@ class PlanningRequest(BaseModel):
         le=50,
         description="soft upper-bound objectives of every organ with a clinical goal are aimed this % of the "
         "prescription below the goal (rayrt.optimize.problem.organ_aims); QA and the export still judge the goal",
+    )
+    fluence_smoothing: float = Field(
+        default=0.05,
+        ge=0,
+        description="smoothing of each beam's fluence (rayrt.optimize.regularize): weight of the mean squared "
+        "relative difference of neighbouring beamlets, in units of the prescription squared",
+    )
+    max_beamlet_weight: float | None = Field(
+        default=4.0,
+        gt=0,
+        description="no beamlet above this multiple of the open-field weight (the uniform weight giving the "
+        "prescription as mean target dose); None: unbounded",
+    )
+    fluence_mu_cap: float | None = Field(
+        default=3.0,
+        gt=0,
+        description="the fluence's MU as a unidirectional sweep would deliver it, above this multiple of the "
+        "open-field MU, is penalised (rayrt.optimize.regularize.SweepMU); None: no MU term",
+    )
+    fluence_mu_weight: float = Field(
+        default=0.01,
+        ge=0,
+        description="weight of the MU term: an excess of one open-field MU above the cap costs this x Rx^2 "
+        "(commensurate with the dose objectives, mean squared Gy)",
+    )
+    autoplan: AutoPlanOptions = Field(
+        default_factory=AutoPlanOptions, description="automatic planning from clinical goals (orders with goals)"
     )
     dao_rounds: int = Field(default=2, ge=1, description="direct-aperture-optimisation rounds")
     dao_iterations: int = Field(default=30, ge=1, description="iterations per DAO round")
@@ -143,6 +243,14 @@ def planning_defaults(path: str | Path | None = None) -> dict[str, Any]:
     return dict(_defaults(str(p), p.stat().st_mtime))
 
 
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``; nested sections (e.g. ``autoplan``) merged field by field."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
 def planning_request(
     options: Mapping[str, Any] | None = None,
     machines: list[str] | None = None,
@@ -152,7 +260,7 @@ def planning_request(
 ) -> PlanningRequest:
     """A PlanningRequest: the configured defaults, then ``options`` (a job's or the CLI's overrides),
     then ``machines`` when given. InputError 422 naming the first bad field."""
-    data = {**planning_defaults(defaults_path), **dict(options or {})}
+    data = _merged(planning_defaults(defaults_path), dict(options or {}))
     if machines is not None:
         data["machines"] = list(machines)
     try:

@@ -20,8 +20,22 @@ Machine rules are kept *exactly* feasible with box bounds for L-BFGS-B: every pa
 (x1[p] + g <= x2[p]; no interdigitation x1[p] + g <= x2[p +- 1]) is split at the midpoint of its
 current slack into two bounds, the leaf span into a window of max_leaf_span_mm centred on the
 bank, plus the leaf range / over-travel; the boxes are recomputed every outer round so leaves can
-travel further. Segments whose MU falls below the machine's minimum are dropped or raised to it by
-a final MU-only solve. Segment count never grows.
+travel further. Segment count never grows.
+
+Segment limits (the effective :class:`~rayrt.domain.segments.SegmentLimits` of the plan):
+
+* minimum MU (``min_mu_weight``, course MU-weights = MU per fraction x fractions): segments below
+  half of it are dropped, the others held at >= it by a final MU-only solve;
+* minimum width (``min_width_mm``): the leaf boxes keep every open pair at least this wide
+  (closed pairs keep the MLC's minimum gap);
+* minimum area (``min_area_cm2``): after every outer round, a segment whose open area (leaf
+  opening x leaf width over the open pairs, inside its jaws) the leaf optimisation has shrunk
+  below the minimum is *removed*, and the weights of the others are re-optimised by the next
+  round (after the last round: by the final MU-only solve). Removal rather than re-opening: a
+  re-opened aperture would deliver fluence where the optimiser had just taken it away, whereas the
+  remaining segments' weights absorb a small segment's contribution at the cost of one solve.
+  Only when every segment of a beam is below the minimum is the largest one re-opened to it
+  (every open pair widened equally), so no beam is left empty.
 """
 
 from __future__ import annotations
@@ -35,11 +49,12 @@ from scipy.optimize import minimize
 
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.plan import Segment
+from rayrt.domain.segments import open_pair_mask, segment_open_area_cm2
 from rayrt.optimize._threads import single_blas_thread
 from rayrt.optimize.fmo import ObjectiveEvaluator
 from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
 from rayrt.optimize.problem import OptimizationProblem
-from rayrt.optimize.sequencing.base import _limits, jaws_for, to_segment
+from rayrt.optimize.sequencing.base import _grow_to_area, _limits, jaws_for, to_segment
 
 __all__ = ["DAOOptions", "DAOResult", "optimize_apertures", "BeamApertures", "aperture_weights", "open_pairs"]
 
@@ -49,6 +64,12 @@ class DAOOptions(BaseModel):
     iterations_per_round: int = Field(default=60, ge=1)
     min_mu_weight: float = Field(
         default=0.0, ge=0, description="minimum segment weight (fluence units) = min MU/segment x fractions"
+    )
+    min_area_cm2: float = Field(
+        default=0.0, ge=0, description="minimum open area of a segment at the isocenter plane (cm²); 0: none"
+    )
+    min_width_mm: float = Field(
+        default=0.0, ge=0, description="narrowest opening of an open leaf pair (mm at the isocenter); 0: min gap only"
     )
     optimize_leaves: bool = True
 
@@ -65,6 +86,9 @@ class DAOResult(BaseModel):
     iterations: int
     seconds: float
     dropped_segments: int
+    small_area_segments: int = Field(
+        default=0, description="of dropped_segments: removed because their open area fell below min_area_cm2"
+    )
 
 
 @dataclass
@@ -171,28 +195,16 @@ class BeamApertures:
 
 
 def open_pairs(segments: list[Segment], machine: MachineModel) -> np.ndarray:
-    """(S, P) bool: the leaf pairs each segment opens.
+    """(S, P) bool: the leaf pairs each segment opens (:func:`rayrt.domain.segments.open_pair_mask`).
 
     A pair wider than the minimum gap is open. A pair exactly at the minimum gap is open when it
     lies inside the segment's jaws (Y and X, when the machine has them): on an MLC whose minimum gap
     equals the bixel width (MLCi2: 5 mm) a one-bixel strip is a real opening, while closed pairs are
     parked with the same gap under a jaw (sequencing.base._park_closed). Without jaws only the width
     decides."""
-    g = float(machine.mlc.min_gap_mm)
-    b = machine.mlc.boundaries
     out = np.zeros((len(segments), machine.mlc.num_pairs), dtype=bool)
     for i, s in enumerate(segments):  # loop over segments of one beam
-        x1, x2 = np.asarray(s.x1_mm, float), np.asarray(s.x2_mm, float)
-        wide = x2 - x1 > g + 1e-6
-        at_gap = (x2 - x1 > 1e-6) & ~wide
-        inside = np.ones_like(wide)
-        if machine.jaw_y is not None and s.jaw_y_mm is not None:
-            inside &= np.minimum(b[1:], s.jaw_y_mm[1]) - np.maximum(b[:-1], s.jaw_y_mm[0]) > 1e-6
-        elif machine.jaw_y is None:
-            inside[:] = False
-        if machine.jaw_x is not None and s.jaw_x_mm is not None:
-            inside &= np.minimum(x2, s.jaw_x_mm[1]) - np.maximum(x1, s.jaw_x_mm[0]) > 1e-6
-        out[i] = wide | (at_gap & inside)
+        out[i] = open_pair_mask(np.asarray(s.x1_mm, float), np.asarray(s.x2_mm, float), machine, s.jaw_x_mm, s.jaw_y_mm)
     return out
 
 
@@ -228,8 +240,9 @@ def aperture_weights(beams: list[BeamApertures], slices: list[slice], n: int, Js
     return w
 
 
-def _boxes(ba: BeamApertures, machine: MachineModel):
-    """Lower/upper bounds for x1 and x2 of the active pairs of every segment of one beam."""
+def _boxes(ba: BeamApertures, machine: MachineModel, min_width_mm: float = 0.0):
+    """Lower/upper bounds for x1 and x2 of the active pairs of every segment of one beam; the pairs
+    of an aperture keep at least ``min_width_mm`` open (closed pairs the minimum gap)."""
     mlc = machine.mlc
     g = float(mlc.min_gap_mm)
     x1min, x1max, x2min, x2max = _limits(mlc)
@@ -245,14 +258,17 @@ def _boxes(ba: BeamApertures, machine: MachineModel):
     act = np.zeros(P, bool)
     act[ba.pairs] = True
 
-    def split(a_pos, b_pos, a_is_active, b_is_active):
-        # constraint a + g <= b; returns (upper bound for a, lower bound for b)
+    def split(a_pos, b_pos, a_is_active, b_is_active, gap=g):
+        # constraint a + gap <= b; returns (upper bound for a, lower bound for b)
         mid = 0.5 * (a_pos + b_pos)
-        ua = np.where(b_is_active, mid - 0.5 * g, b_pos - g)
-        lb = np.where(a_is_active, mid + 0.5 * g, a_pos + g)
+        ua = np.where(b_is_active, mid - 0.5 * gap, b_pos - gap)
+        lb = np.where(a_is_active, mid + 0.5 * gap, a_pos + gap)
         return ua, lb
 
-    ua, lb = split(x1, x2, act[None, :], act[None, :])
+    own: float | np.ndarray = g
+    if min_width_mm > g and ba.open_ is not None:
+        own = np.where(ba.open_, float(min_width_mm), g)
+    ua, lb = split(x1, x2, act[None, :], act[None, :], own)
     hi1 = np.minimum(hi1, ua)
     lo2 = np.maximum(lo2, lb)
     if not mlc.interdigitation and P > 1:
@@ -382,12 +398,57 @@ def _optimize_apertures(
             lo_m = np.zeros(ba.m.size) if mu_lo is None else mu_lo[k]
             bl += list(zip(lo_m / m_scale, [None] * ba.m.size))
             if leaves:
-                lo1, hi1, lo2, hi2 = _boxes(ba, machine)
+                lo1, hi1, lo2, hi2 = _boxes(ba, machine, opt.min_width_mm)
                 p = ba.pairs
                 bl += list(zip(lo1[:, p].ravel() / x_scale, hi1[:, p].ravel() / x_scale))
                 bl += list(zip(lo2[:, p].ravel() / x_scale, hi2[:, p].ravel() / x_scale))
         return bl
 
+    def segment_of(ba: BeamApertures, s: int) -> Segment | None:
+        open_ = ba.open_mask()[s] | (ba.x2[s] - ba.x1[s] > g + 1e-6)
+        if not open_.any():
+            return None
+        return to_segment(
+            ba.x1[s], ba.x2[s], open_, float(ba.m[s]), machine, y_span(ba), float(ba.layout.col_edges_mm[0])
+        )
+
+    def areas(ba: BeamApertures) -> np.ndarray:
+        out = np.zeros(ba.m.size)
+        for s in range(ba.m.size):  # loop over segments of one beam
+            seg = segment_of(ba, s)
+            out[s] = 0.0 if seg is None else segment_open_area_cm2(seg, machine)
+        return out
+
+    def enforce_min_area() -> int:
+        """Remove segments below the minimum area (the largest of an all-small beam is re-opened)."""
+        if opt.min_area_cm2 <= 0:
+            return 0
+        removed = 0
+        for ba in beams:
+            if ba.m.size == 0:
+                continue
+            a = areas(ba)
+            small = a < opt.min_area_cm2 - 1e-9
+            if not small.any():
+                continue
+            if small.all():
+                k = int(np.argmax(a))
+                op = ba.open_mask()[k] | (ba.x2[k] - ba.x1[k] > g + 1e-6)
+                if not op.any():
+                    op = np.zeros_like(op)
+                    op[ba.pairs] = True
+                    ba.x1[k, ba.pairs] = ba.layout.col_edges_mm[0]
+                    ba.x2[k, ba.pairs] = ba.layout.col_edges_mm[0] + g
+                _grow_to_area(ba.x1[k], ba.x2[k], op, machine.mlc, 100.0 * opt.min_area_cm2 * 1.02)
+                ba.open_mask()[k] = op
+                small[k] = False
+            keep = ~small
+            removed += int(small.sum())
+            ba.x1, ba.x2, ba.m, ba.open_ = ba.x1[keep], ba.x2[keep], ba.m[keep], ba.open_mask()[keep]
+        return removed
+
+    small_removed = 0
+    last_removed = 0
     rounds = opt.outer_rounds if opt.optimize_leaves else 1
     for _ in range(rounds):
         leaves = opt.optimize_leaves
@@ -402,15 +463,33 @@ def _optimize_apertures(
         )
         unpack(res.x, leaves)
         iters += int(res.nit)
+        # minimum area: the next round (or the final MU solve) re-optimises the others' weights
+        last_removed = enforce_min_area()
+        small_removed += last_removed
         Js = current_J()
         if problem.hard and ev.rho > 0:
             # augmented Lagrangian: update the multipliers of the hard constraints on the aperture dose
             worst = ev.update_multipliers(aperture_weights(beams, slices, n, Js))
             if worst > 0.05:
                 ev.rho *= 2.0
+    # minimum width: pairs the last round opened narrower than it are widened about their centre
+    # (moving x1 down and x2 up never breaks a pairwise leaf rule); the MU solve below follows
+    widened = 0
+    if opt.min_width_mm > g and opt.optimize_leaves:
+        x1min, x1max, x2min, x2max = _limits(machine.mlc)
+        wmin = float(opt.min_width_mm)
+        for ba in beams:
+            w = ba.x2 - ba.x1
+            narrow = (ba.open_mask() | (w > g + 1e-6)) & (w < wmin - 1e-6)
+            if narrow.any():
+                c = np.clip(0.5 * (ba.x1 + ba.x2), x1min + 0.5 * wmin, x2max - 0.5 * wmin)
+                ba.x1 = np.where(narrow, np.minimum(ba.x1, c - 0.5 * wmin), ba.x1)
+                ba.x2 = np.where(narrow, np.maximum(ba.x2, c + 0.5 * wmin), ba.x2)
+                ba.open_mask()[narrow] = True
+                widened += int(narrow.sum())
     # minimum MU: drop segments far below it, hold the others at >= min
-    dropped = 0
-    if opt.min_mu_weight > 0:
+    dropped = small_removed
+    if opt.min_mu_weight > 0 or last_removed > 0 or widened > 0:
         for _ in range(3):
             changed = False
             for ba in beams:
@@ -443,14 +522,10 @@ def _optimize_apertures(
     for ba in beams:
         segs = []
         for s in range(ba.m.size):
-            open_ = ba.open_mask()[s] | (ba.x2[s] - ba.x1[s] > g + 1e-6)
-            if not open_.any() or ba.m[s] <= 0:
+            seg = segment_of(ba, s)
+            if seg is None or ba.m[s] <= 0:
                 continue
-            segs.append(
-                to_segment(
-                    ba.x1[s], ba.x2[s], open_, float(ba.m[s]), machine, y_span(ba), float(ba.layout.col_edges_mm[0])
-                )
-            )
+            segs.append(seg)
         out_segments.append(segs)
     return DAOResult(
         segments=out_segments,
@@ -460,6 +535,7 @@ def _optimize_apertures(
         iterations=iters,
         seconds=time.perf_counter() - t0,
         dropped_segments=dropped,
+        small_area_segments=small_removed,
     )
 
 

@@ -264,7 +264,7 @@ class ObjectiveEvaluator:
                 if pos.size == 0:
                     continue
                 vox = o.voxels[pos]
-                f, gr = o.value_and_grad(d[vox])
+                f, gr = (o if o.reference_gy is None else o.restricted(pos)).value_and_grad(d[vox])
                 scale = pos.size / o.n
                 soft += o.weight * f * scale
                 g[vox] += o.weight * scale * gr
@@ -284,6 +284,10 @@ class ObjectiveEvaluator:
                 g[o.voxels] += vjp(self.rho * t / nn)
         rows = np.flatnonzero(g)
         gw = p.dij.grad(g[rows], rows) if rows.size else np.zeros(p.num_beamlets)
+        if p.regularizer is not None:
+            fr, gr_w = p.regularizer.value_and_grad(np.asarray(w, dtype=np.float64))
+            soft += fr
+            gw = gw + gr_w
         self.n_eval += 1
         self.last_soft = soft
         self.history.append((time.perf_counter() - self.t0, soft))
@@ -291,7 +295,8 @@ class ObjectiveEvaluator:
 
     def soft_value(self, w: np.ndarray) -> float:
         d = self.problem.dose(w)
-        return self.problem.total_objective(d)
+        reg = self.problem.regularizer
+        return self.problem.total_objective(d) + (0.0 if reg is None else reg.value_and_grad(w)[0])
 
     def update_multipliers(self, w: np.ndarray) -> float:
         """lambda <- max(0, lambda + rho r); returns the worst violation (Gy)."""
@@ -353,7 +358,9 @@ def _optimize_fluence(
         problem.dij.enable_dense()  # inside the timed region: part of the optimiser's set-up
     ev = ObjectiveEvaluator(problem, screening=opt.screening)
     w = initial_weights(problem) if w0 is None else np.maximum(np.asarray(w0, dtype=np.float64), 0.0)
-    bounds = [(0.0, None)] * problem.num_beamlets
+    upper = problem.regularizer.upper_bound if problem.regularizer is not None else None
+    if upper is not None:
+        w = np.minimum(w, upper)
     has_hard = bool(problem.hard)
     if has_hard:
         f_soft = max(ev.soft_value(w), 1e-6)
@@ -380,6 +387,7 @@ def _optimize_fluence(
         return f, g * scale
 
     w = w / scale
+    bounds = [(0.0, None)] * problem.num_beamlets if upper is None else [(0.0, upper / s) for s in scale]
     nit = [0]
 
     def _count(*_):

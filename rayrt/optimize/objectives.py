@@ -17,6 +17,9 @@ geud                 max(gEUD - D, 0)^2 for a >= 1 (organs); max(D - gEUD, 0)^2 
                      gEUD = (mean d^a)^(1/a)
 dose_mimicking       mean max(|d - d_ref| - tol, 0)^2, d_ref a reference dose per voxel and
                      tol the tolerance (Gy) of the voxel's region
+falloff              mean max(d - L, 0)^2, L a dose limit per voxel (Gy): the normal-tissue
+                     fall-off of automatic planning (:mod:`rayrt.optimize.helper_structures`);
+                     ``dose_gy`` is the smallest limit (the screening level)
 ==================== ==============================================================
 
 As *hard constraints* every kind also defines a residual vector ``r(d)`` in Gy with the
@@ -27,7 +30,7 @@ The DVH terms rank voxels by dose; their gradient is exact wherever the ranking 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -81,6 +84,16 @@ class Objective:
 
     def value(self, d: np.ndarray) -> float:
         return self.value_and_grad(d)[0]
+
+    def restricted(self, positions: np.ndarray) -> "Objective":
+        """This term on a subset of its voxels (positions into ``voxels``), per-voxel references
+        sliced alike: what the screened evaluation of :mod:`rayrt.optimize.fmo` evaluates."""
+        if self.reference_gy is None:
+            return replace(self, voxels=self.voxels[positions])
+        tol = self.tolerance_gy
+        if isinstance(tol, np.ndarray) and tol.ndim:
+            tol = tol[positions]
+        return replace(self, voxels=self.voxels[positions], reference_gy=self.reference_gy[positions], tolerance_gy=tol)
 
     def residual(self, d: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
         """Constraint residual r(d) (Gy, constraint r <= 0) and its vector-Jacobian product v -> J^T v."""
@@ -176,6 +189,11 @@ def _mimic(o: Objective, d):
     return float(np.mean(e * e)), (2.0 / d.size) * e * np.sign(diff)
 
 
+def _falloff(o: Objective, d):
+    e = np.maximum(d - o.reference_gy, 0.0)
+    return float(np.mean(e * e)), (2.0 / d.size) * e
+
+
 # ----------------------------------------------------------------------------- residuals (r <= 0)
 def _ident(v):
     return v
@@ -222,6 +240,10 @@ def _r_mimic(o, d):
     return np.abs(diff) - o.tolerance_gy, lambda v: v * sgn
 
 
+def _r_falloff(o, d):
+    return d - o.reference_gy, _ident
+
+
 def _r_sq_dev(o, d):
     raise InputError(
         f"a squared_deviation objective on '{o.structure}' cannot be a hard constraint (it can never be "
@@ -251,6 +273,7 @@ register_objective("min_dvh", _min_dvh, _r_min_dvh, 0)
 register_objective("mean_dose", _mean_dose, _r_mean, 0)
 register_objective("geud", _geud, _r_geud, 0)
 register_objective("dose_mimicking", _mimic, _r_mimic, 0)
+register_objective("falloff", _falloff, _r_falloff, +1)
 
 
 def objective_kinds() -> list[str]:
@@ -300,6 +323,11 @@ def make_objective(
         if reference_gy.shape != voxels.shape:
             raise ValueError("reference_gy must have one value per voxel of the structure")
         tolerance_gy = np.asarray(dose_gy if tolerance_gy is None else tolerance_gy, dtype=np.float64)
+    if kind == "falloff":
+        if reference_gy is None or np.shape(reference_gy) != voxels.shape:
+            raise ValueError("a falloff objective needs reference_gy: one dose limit (Gy) per voxel")
+        reference_gy = np.asarray(reference_gy, dtype=np.float64)
+        dose_gy = float(reference_gy.min()) if reference_gy.size else float(dose_gy)
     o = Objective(
         kind=kind,
         structure=structure,

@@ -21,7 +21,9 @@ import scipy.sparse as sp
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
+from rayrt.optimize.goal_terms import AutoPlan
 from rayrt.optimize.objectives import Objective, make_objective
+from rayrt.optimize.regularize import FluenceRegularizer
 from rayrt.optimize.sparse import SubsetDij
 
 __all__ = ["OptimizationProblem", "build_problem", "target_like", "target_dose_level", "organ_aims"]
@@ -39,16 +41,21 @@ def target_dose_level(order: MedicalOrder, target: str) -> float:
     target, else the highest dose of its minimum-dose-type and deviation objectives."""
     if target == order.prescription.target:
         return order.prescription.total_dose_gy
+    if target in order.dose_levels:
+        return order.dose_levels[target]
     levels = [o.dose_gy for o in order.objectives if o.structure == target and o.kind in _TARGET_KINDS and not o.hard]
     return max(levels, default=0.0)
 
 
 def target_like(order: MedicalOrder) -> list[str]:
-    """Structures treated as targets: the prescription target, then any with under-dose-type objectives."""
-    out = [order.prescription.target]
-    for o in order.objectives:
-        if o.kind in _TARGET_KINDS and o.structure not in out:
-            out.append(o.structure)
+    """Structures treated as targets: the prescription target, the order's other dose levels
+    (highest first), then any structure with under-dose-type objectives or coverage goals."""
+    out = list(order.target_levels())
+    for name in [o.structure for o in order.objectives if o.kind in _TARGET_KINDS] + [
+        g.structure for g in order.goals if g.op == ">=" and g.is_dose
+    ]:
+        if name not in out:
+            out.append(name)
     return out
 
 
@@ -109,6 +116,8 @@ class OptimizationProblem:
     beam_slices: list[slice] = field(default_factory=list)
     grid_shape: tuple[int, int, int] | None = None
     voxel_volume_cc: float | None = None
+    regularizer: FluenceRegularizer | None = None  # fluence smoothing and weight bound (treatable plans)
+    goal_plan: AutoPlan | None = None  # automatic planning: the objectives of each clinical goal
 
     @property
     def num_beamlets(self) -> int:

@@ -21,6 +21,8 @@ from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Beam, Plan, Segment
 from rayrt.imaging.arrays import from_npy, from_npz, npy_bytes, npz_bytes
 from rayrt.imaging.volume import Grid, Volume
+from rayrt.optimize.goal_terms import GoalPlanReport
+from rayrt.qa.goals import GoalEvaluation
 
 __all__ = [
     "PlanGeometry",
@@ -93,7 +95,22 @@ class StandardPlan(BaseModel):
     normalization_factor: float
     raised_segments: int = 0
     dvh: dict = Field(default_factory=dict)
+    goals: list[GoalEvaluation] = Field(default_factory=list, description="the order's clinical goals on this plan")
+    goal_limits: dict[str, str] = Field(
+        default_factory=dict, description="missed goal (label) -> what limited it (automatic planning)"
+    )
+    goal_report: GoalPlanReport | None = Field(default=None, description="automatic planning's rounds and terms")
+    open_field_mu: float = Field(
+        default=0.0,
+        description="MU per fraction of the open-field plan (one open segment per beam over its beamlet grid, mean "
+        "target dose = prescription): the reference of the modulation measure mu / open_field_mu",
+    )
     dose: Any = Field(default=None, exclude=True, description="course dose (Gy) [k, j, i] on dose_grid, float32")
+
+    @property
+    def modulation(self) -> float:
+        """Total MU over the open-field plan's MU (0 when unknown)."""
+        return self.plan.total_mu / self.open_field_mu if self.open_field_mu > 0 else 0.0
 
     def files(self) -> dict[str, bytes]:
         return {

@@ -68,8 +68,11 @@ class MachinePlan(BaseModel):
 
 def conversion_options(req: PlanningRequest) -> ConversionOptions:
     """:class:`~rayrt.convert.policy.ConversionOptions` of a request: configs/conversion.yaml, then
-    ``req.conversion_options``, then the forced ``req.conversion_mode`` (None: the policy chooses)."""
-    over = dict(req.conversion_options)
+    the request's segment limits, then ``req.conversion_options``, then the forced
+    ``req.conversion_mode`` (None: the policy chooses). The same segment limits bind the standard
+    plan and every conversion."""
+    over: dict[str, Any] = {"min_segment_area_cm2": req.min_segment_area_cm2, "min_segment_mu": req.min_segment_mu}
+    over.update(req.conversion_options)
     if req.conversion_mode is not None:
         over["mode"] = req.conversion_mode
     return load_conversion_options(**over)

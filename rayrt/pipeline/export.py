@@ -23,24 +23,29 @@ from rayrt.imaging.export import write_ct_series, write_rtstruct
 from rayrt.imaging.rtplan import StructureSetRef, export_plan_dicom
 from rayrt.imaging.volume import Volume
 from rayrt.machines import get_machine
-from rayrt.optimize.standard import StandardPlan, dose_key
+from rayrt.optimize.standard import PlanGeometry, StandardPlan, dose_key
 from rayrt.pipeline.analysis import csv_bytes
 from rayrt.pipeline.conversion import ConvertedPlans, QAStage
 from rayrt.pipeline.runner import StageContext
 from rayrt.qa.checks import GOAL_TOLERANCE_GY
+from rayrt.qa.goals import GoalEvaluation, evaluate_goals
 
-__all__ = ["export", "GoalResult", "MachineSummary", "ExportResult", "goals_of"]
+__all__ = ["export", "GoalResult", "MachineSummary", "ExportResult", "goals_of", "clinical_goal_results"]
 
 
 class GoalResult(BaseModel):
-    """One DVH goal of the order on one plan."""
+    """One goal of the order on one plan: a clinical goal (with its rank) or an expert DVH objective."""
 
     structure: str
     metric: str
     goal: str
-    value_gy: float | None
-    limit_gy: float
+    value_gy: float | None = Field(description="the plan's value when the metric is a dose (Gy)")
+    limit_gy: float = Field(description="the goal's value (Gy; % or cc for a V<x>Gy goal)")
     met: bool
+    value: float | None = Field(default=None, description="the plan's value in the goal's unit")
+    unit: str = "Gy"
+    rank: int | None = Field(default=None, description="the clinical goal's priority rank (1 = most important)")
+    limited_by: str = Field(default="", description="for a missed goal of automatic planning: what limited it")
 
 
 class MachineSummary(BaseModel):
@@ -72,6 +77,28 @@ class ExportResult(BaseModel):
     @classmethod
     def from_files(cls, data: dict, read: Callable[[str], bytes]) -> "ExportResult":
         return cls.model_validate(data)  # the DICOM files stay in the store; nothing later needs them in memory
+
+
+def clinical_goal_results(evaluations: list[GoalEvaluation], limits: dict[str, str]) -> list[GoalResult]:
+    """The order's clinical goals judged on a plan (:func:`rayrt.qa.goals.evaluate_goals`)."""
+    out = []
+    for e in evaluations:
+        unit = "Gy" if not e.metric.startswith("V") else ("cc" if e.label.endswith(" cc") else "%")
+        out.append(
+            GoalResult(
+                structure=e.structure,
+                metric=e.metric,
+                goal=e.label,
+                value_gy=e.value if unit == "Gy" else None,
+                limit_gy=e.goal,
+                met=e.met,
+                value=e.value,
+                unit=unit,
+                rank=e.rank,
+                limited_by="" if e.met else limits.get(e.label, ""),
+            )
+        )
+    return out
 
 
 def goals_of(order: MedicalOrder, dvh: dict[str, dict]) -> list[GoalResult]:
@@ -118,13 +145,23 @@ def _dvh_rows(label: str, dvh: dict[str, dict]) -> list[list]:
 def export(
     study: Any,
     standard_plan: StandardPlan,
+    geometry: PlanGeometry,
     ctx: StageContext,
     converted: ConvertedPlans | None = None,
     qa: QAStage | None = None,
 ) -> ExportResult:
-    """RTSTRUCT (once), RTPLAN + RTDOSE per machine (standard included), dvh.csv, summary.json."""
+    """RTSTRUCT (once), RTPLAN + RTDOSE per machine (standard included), dvh.csv, summary.json
+    (per plan: MU, segments, QA verdict and the order's goals met or missed)."""
     order = standard_plan.order
     verdicts = {r.machine: r for r in (qa.reports if qa else [])}
+
+    def plan_goals(dose3: Any, dvh: dict[str, dict], standard: bool) -> list[GoalResult]:
+        if not order.goals:
+            return goals_of(order, dvh)
+        if standard and standard_plan.goals:
+            return clinical_goal_results(standard_plan.goals, standard_plan.goal_limits)
+        evals = evaluate_goals(order.goals, np.asarray(dose3), geometry.dose_masks, geometry.dose_grid.voxel_volume_cc)
+        return clinical_goal_results(evals, {})
 
     def _qa_failed(machine: str) -> bool:
         rep = verdicts.get(machine)
@@ -203,7 +240,7 @@ def export(
                     segments=sum(len(b.segments) for b in plan.beams),
                     verdict=rep.verdict if rep else None,
                     failed_checks=[f"{c.name}: {c.status}" for c in rep.failed()] if rep else [],
-                    goals=goals_of(order, dvh),
+                    goals=plan_goals(dose3, dvh, n == 0),
                     files=[rp.name, rd.name],
                 )
             )
@@ -230,7 +267,7 @@ def export(
                     segments=sum(len(b.segments) for b in mp.plan.beams),
                     verdict="not released",
                     failed_checks=[f"QA {rep.verdict}"] + [f"{c.name}: {c.status}" for c in rep.failed()],
-                    goals=goals_of(order, mp.dvh),
+                    goals=plan_goals(mp.dose, mp.dvh, False),
                 )
             )
     rank = {

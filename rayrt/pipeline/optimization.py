@@ -23,11 +23,14 @@ from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Segment
 from rayrt.domain.planning import PlanningRequest
 from rayrt.machines import get_machine
+from rayrt.optimize.autoplan import autoplan_fluence, build_goal_problem, is_goal_order, limiting_factors
 from rayrt.optimize.dao import DAOOptions, DAOResult, optimize_apertures
-from rayrt.optimize.fmo import FluenceOptions, ObjectiveEvaluator, optimize_fluence
+from rayrt.optimize.fmo import FluenceOptions, FluenceResult, ObjectiveEvaluator, initial_weights, optimize_fluence
+from rayrt.optimize.goal_terms import GoalPlanReport
 from rayrt.optimize.layout import layout_from_beamlets
 from rayrt.optimize.normalize import normalization_factor, normalize_plan
 from rayrt.optimize.problem import OptimizationProblem, build_problem
+from rayrt.optimize.regularize import FluenceRegularizer, neighbour_differences, sweep_mu_operator
 from rayrt.optimize.sequencing import get_sequencer
 from rayrt.optimize.standard import (
     PlanGeometry,
@@ -39,6 +42,7 @@ from rayrt.optimize.standard import (
 )
 from rayrt.pipeline.planning import BeamletSet, DijResult
 from rayrt.pipeline.runner import StageContext
+from rayrt.qa.goals import evaluate_goals
 
 __all__ = ["problem", "fmo", "sequence", "dao", "normalize", "FluenceStage", "SequencedPlan", "ApertureStage"]
 
@@ -46,19 +50,52 @@ __all__ = ["problem", "fmo", "sequence", "dao", "normalize", "FluenceStage", "Se
 def problem(
     order: MedicalOrder, geometry: PlanGeometry, beamlet_set: BeamletSet, dij: DijResult, planning: PlanningRequest
 ) -> OptimizationProblem:
-    """The order's objectives on the Dij rows inside the structures, organ terms aimed
-    ``planning.organ_aim_margin_pct`` % of the prescription below their goals (in memory; rebuilt
-    on resume)."""
+    """The optimisation problem on the Dij rows that matter (in memory; rebuilt on resume).
+
+    An order with clinical goals and no objectives is planned from its goals
+    (:func:`rayrt.optimize.autoplan.build_goal_problem`: helper structures, objectives set below
+    the goals); an expert objective list is taken as written, organ terms aimed
+    ``planning.organ_aim_margin_pct`` % of the prescription below their goals. Both carry the
+    fluence regulariser (smoothing, weight bound) of ``planning``."""
     masks = {n: geometry.dose_masks[n] for n in order.structure_names()}
-    return build_problem(
-        order,
-        masks,
-        dij.matrix,
-        beam_slices=beamlet_set.slices(),
-        grid_shape=geometry.dose_grid.shape,
-        voxel_volume_cc=geometry.dose_grid.voxel_volume_cc,
-        organ_aim_margin_pct=planning.organ_aim_margin_pct,
+    grid = geometry.dose_grid
+    if is_goal_order(order):
+        sx, sy, sz = grid.spacing
+        external = geometry.dose_masks.get(geometry.external) if geometry.external else None
+        prob, _ = build_goal_problem(
+            order,
+            masks,
+            dij.matrix,
+            spacing_zyx_mm=(sz, sy, sx),
+            voxel_volume_cc=grid.voxel_volume_cc,
+            external=external,
+            options=planning.autoplan,
+            organ_aim_margin_pct=planning.organ_aim_margin_pct,
+            beam_slices=beamlet_set.slices(),
+        )
+    else:
+        prob = build_problem(
+            order,
+            masks,
+            dij.matrix,
+            beam_slices=beamlet_set.slices(),
+            grid_shape=grid.shape,
+            voxel_volume_cc=grid.voxel_volume_cc,
+            organ_aim_margin_pct=planning.organ_aim_margin_pct,
+        )
+    layouts = [layout_from_beamlets(bg) for bg in beamlet_set.grids()]
+    w_open = initial_weights(prob)
+    prob.regularizer = FluenceRegularizer(
+        differences=neighbour_differences(layouts, beamlet_set.slices(), prob.num_beamlets),
+        open_weight=float(w_open.mean()) if w_open.size else 1.0,
+        prescription_gy=order.prescription.total_dose_gy,
+        smooth_weight=planning.fluence_smoothing,
+        max_factor=planning.max_beamlet_weight,
+        sweep=sweep_mu_operator(layouts, beamlet_set.slices(), prob.num_beamlets),
+        mu_cap=planning.fluence_mu_cap,
+        mu_weight=planning.fluence_mu_weight,
     )
+    return prob
 
 
 class FluenceStage(BaseModel):
@@ -80,6 +117,12 @@ class FluenceStage(BaseModel):
         default=None, description="augmented-Lagrangian multipliers per objective (DAO continues from them)"
     )
     metrics: dict = Field(default_factory=dict, description="D95/D10/max (Gy) per structure before normalisation")
+    objective_settings: list[tuple[float, float]] | None = Field(
+        default=None,
+        description="automatic planning: each objective's (aim Gy, weight) at the chosen round (DAO continues there)",
+    )
+    goal_report: GoalPlanReport | None = Field(default=None, description="automatic planning's rounds and terms")
+    open_field_weight: float = Field(default=0.0, description="the open-field beamlet weight (course MU-weight)")
 
 
 #: the largest factor the normalisation-aware passes raise the target's aims by
@@ -94,6 +137,9 @@ def fmo(
     last the prescription target's aims are set to the factor the final normalisation would apply
     to the current dose (:meth:`~rayrt.optimize.problem.OptimizationProblem.set_target_aims`,
     between 1 and 1.25) and the next pass starts from the weights scaled by it."""
+    if problem.goal_plan is not None:
+        fr, factor, report = autoplan_fluence(problem, problem.goal_plan, order, planning.autoplan, ctx.progress)
+        return _fluence_stage(problem, fr, factor, report)
     passes = planning.fmo_normalization_passes
     per_pass = [
         planning.fmo_iterations // passes + (1 if i < planning.fmo_iterations % passes else 0) for i in range(passes)
@@ -119,19 +165,30 @@ def fmo(
         w0 = fr.w * step
         ctx.progress(n + 1, passes, f"target aims x{factor:.3f} (normalisation)")
     ctx.progress(passes, passes, f"objective {fr.objective:.4g} after {iterations} iterations")
+    fr.iterations, fr.evaluations, fr.seconds = iterations, evaluations, seconds
+    return _fluence_stage(problem, fr, factor, None)
+
+
+def _fluence_stage(
+    problem: OptimizationProblem, fr: FluenceResult, factor: float, report: GoalPlanReport | None
+) -> FluenceStage:
+    reg = problem.regularizer
     return FluenceStage(
         weights=list(map(float, fr.w)),
         target_aim_factor=factor,
         objective=fr.objective,
-        iterations=iterations,
-        evaluations=evaluations,
-        seconds=seconds,
+        iterations=fr.iterations,
+        evaluations=fr.evaluations,
+        seconds=fr.seconds,
         converged=fr.converged,
         message=fr.message,
         max_violation_gy=fr.max_violation_gy,
         al_rho=fr.al_rho,
         al_lambdas=[np.asarray(v, dtype=float).tolist() for v in fr.al_lambdas] if fr.al_lambdas else None,
         metrics=weight_metrics(problem, fr.w),
+        objective_settings=[(o.dose_gy, o.weight) for o in problem.objectives] if report is not None else None,
+        goal_report=report,
+        open_field_weight=reg.open_weight if reg is not None else 0.0,
     )
 
 
@@ -146,11 +203,19 @@ class SequencedPlan(BaseModel):
 
 
 def _sequence(w: np.ndarray, beamlet_set: BeamletSet, machine: MachineModel, req: PlanningRequest) -> SequencedPlan:
+    """Leaf sequencing under the effective segment limits (minimum area and width, maximum
+    segments; the minimum MU is DAO's: the sequencer's weights are not final)."""
+    from rayrt.domain.segments import segment_limits
+
     seq = get_sequencer(req.sequencer)
+    # the effective segment limits: the stricter of the machine's and the planning request's
+    limits = segment_limits(
+        machine, min_area_cm2=req.min_segment_area_cm2, min_mu=req.min_segment_mu, max_segments=req.max_segments
+    )
     segs, info = [], []
     for bg, sl in zip(beamlet_set.grids(), beamlet_set.slices()):
         lay = layout_from_beamlets(bg)
-        r = seq.sequence_with_info(lay.to_map(w[sl]), lay, machine, req.max_segments)
+        r = seq.sequence_with_info(lay.to_map(w[sl]), lay, machine, limits.max_segments, limits=limits)
         segs.append(r.segments)
         info.append(
             {
@@ -158,6 +223,9 @@ def _sequence(w: np.ndarray, beamlet_set: BeamletSet, machine: MachineModel, req
                 "levels": r.levels,
                 "total_course_mu": r.total_mu,
                 "dropped_course_mu": r.dropped_mu,
+                "removed_small_segments": r.removed_small,
+                "fluence_error": r.fluence_error,
+                "fluence_ratio": r.fluence_ratio,
             }
         )
     return SequencedPlan(machine=machine.name, sequencer=seq.name, segments=segs, per_beam=info)
@@ -204,10 +272,18 @@ def _dao(
     fractions: int,
 ) -> DAOResult:
     layouts = [layout_from_beamlets(bg) for bg in beamlet_set.grids()]
+    from rayrt.domain.segments import segment_limits
+
+    # the effective segment limits: the stricter of the machine's and the planning request's
+    limits = segment_limits(
+        machine, min_area_cm2=req.min_segment_area_cm2, min_mu=req.min_segment_mu, max_segments=req.max_segments
+    )
     opts = DAOOptions(
         outer_rounds=req.dao_rounds,
         iterations_per_round=req.dao_iterations,
-        min_mu_weight=machine.limits.min_mu_per_segment * fractions,
+        min_mu_weight=limits.min_weight(fractions),
+        min_area_cm2=limits.min_area_cm2,
+        min_width_mm=limits.min_width_mm,
     )
     return optimize_apertures(problem, layouts, segments, machine, opts, evaluator=_evaluator(problem, fluence))
 
@@ -223,6 +299,9 @@ def dao(
 ) -> ApertureStage:
     """Direct aperture optimisation of the sequenced segments (weights and leaf tips), on the
     fluence stage's target aims (also when the problem was rebuilt on resume)."""
+    if fluence.objective_settings is not None and len(fluence.objective_settings) == len(problem.objectives):
+        for o, (dose_gy, weight) in zip(problem.objectives, fluence.objective_settings):
+            o.dose_gy, o.weight = dose_gy, weight
     problem.set_target_aims(fluence.target_aim_factor)
     m = get_machine(sequenced.machine)
     r = _dao(problem, beamlet_set, sequenced.segments, m, planning, fluence, order.prescription.fractions)
@@ -241,15 +320,18 @@ def dao(
 
 def normalize(
     apertures: ApertureStage,
+    fluence: FluenceStage,
     geometry: PlanGeometry,
     beamlet_set: BeamletSet,
     dij: DijResult,
     order: MedicalOrder,
+    planning: PlanningRequest,
     study: Any,
     ctx: StageContext,
 ) -> StandardPlan:
     """Standard plan: MU per fraction normalised to the prescription, final dose through the Dij
-    (aperture fluence with transmission, leaf gap and head scatter)."""
+    (aperture fluence with transmission, leaf gap and head scatter), the order's clinical goals
+    judged on it (and, from automatic planning, what limited each missed goal)."""
     m = get_machine(apertures.machine)
     grids = beamlet_set.grids()
     plan = plan_from_apertures(
@@ -266,9 +348,13 @@ def normalize(
         lambda p: final_dose(p, grids, dij.matrix, m),
         geometry.dose_masks,
         order,
-        m.limits.min_mu_per_segment,
+        max(m.limits.min_mu_per_segment, planning.min_segment_mu),
     )
     dose3 = dose.reshape(geometry.dose_grid.shape).astype(np.float32)
+    vcc = geometry.dose_grid.voxel_volume_cc
+    goals = evaluate_goals(order.goals, dose3, geometry.dose_masks, vcc)
+    report = fluence.goal_report
+    limits = limiting_factors(report.terms, goals, report.conflicts) if report is not None else {}
     ctx.progress(1, 1, f"{plan.total_mu:.1f} MU/fraction")
     return StandardPlan(
         plan=plan,
@@ -276,6 +362,10 @@ def normalize(
         dose_grid=geometry.dose_grid,
         normalization_factor=f,
         raised_segments=raised,
-        dvh=dvh_table(dose3, geometry.dose_masks, geometry.dose_grid.voxel_volume_cc, order),
+        dvh=dvh_table(dose3, geometry.dose_masks, vcc, order),
+        goals=goals,
+        goal_limits=limits,
+        goal_report=report,
+        open_field_mu=len(geometry.beams) * fluence.open_field_weight / order.prescription.fractions,
         dose=dose3,
     )

@@ -14,12 +14,16 @@
 * ``jaw_presence``   -- jaw positions given exactly for the jaws the machine has;
 * ``jaw_range``      -- jaws within their limits, jaw 1 <= jaw 2, field size <= max_field_{x,y}_mm;
 * ``mu``             -- each segment >= min_mu_per_segment, each beam <= max_mu_per_beam, > 0;
+* ``segment_area``   -- each segment's open area at the isocenter plane (leaf opening x leaf width
+  over the open pairs, inside the jaws; :func:`rayrt.domain.segments.segment_open_area_cm2`)
+  >= min_segment_area_cm2;
+* ``segment_width``  -- no pair opened beyond the minimum gap but narrower than min_segment_width_mm;
 * ``angles``         -- gantry, collimator, couch within the machine's ranges;
 * ``segments``       -- 1 <= segments per beam <= max_segments_per_beam;
 * ``machine``        -- the plan names this machine.
 
-Positions in mm at the isocenter, MU per fraction. A tolerance of 1e-3 mm / 1e-6 MU absorbs
-floating-point round-off.
+Positions in mm at the isocenter, MU per fraction, areas in cm². A tolerance of 1e-3 mm / 1e-6 MU /
+1e-4 cm² absorbs floating-point round-off.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from pydantic import BaseModel, Field
 
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.plan import Plan
+from rayrt.domain.segments import narrow_open_pairs, segment_open_area_cm2
 
 __all__ = ["Violation", "DeliverabilityReport", "check_plan"]
 
 TOL_MM = 1e-3
 TOL_MU = 1e-6
+TOL_CM2 = 1e-4
 
 
 class Violation(BaseModel):
@@ -186,6 +192,32 @@ def check_plan(plan: Plan, machine: MachineModel) -> DeliverabilityReport:
                     )
                 )
                 continue
+            if lim.min_segment_area_cm2 > 0:
+                area = segment_open_area_cm2(s, machine)
+                if area < lim.min_segment_area_cm2 - TOL_CM2:
+                    v.append(
+                        Violation(
+                            rule="segment_area",
+                            beam=bi,
+                            segment=si,
+                            message=f"segment open area {area:.2f} cm² < min_segment_area_cm2 "
+                            f"{lim.min_segment_area_cm2}",
+                        )
+                    )
+            if lim.min_segment_width_mm > mlc.min_gap_mm:
+                bad = narrow_open_pairs(s, machine, lim.min_segment_width_mm, TOL_MM)
+                if bad.any():
+                    p = _first(bad)
+                    v.append(
+                        Violation(
+                            rule="segment_width",
+                            beam=bi,
+                            segment=si,
+                            leaf_pair=p,
+                            message=f"{int(bad.sum())} open pair(s) narrower than min_segment_width_mm "
+                            f"{lim.min_segment_width_mm}, e.g. pair {p}: {x2[p] - x1[p]:.2f} mm",
+                        )
+                    )
             bad = (
                 (x1 < mlc.min_position_mm - TOL_MM)
                 | (x2 > mlc.max_position_mm + TOL_MM)

@@ -26,28 +26,29 @@ from common import RESULTS_DIR, machine_info, print_table, shared_data_dir, writ
 
 
 def order_from_goals(goals: dict):
-    """The medical order of an OpenKBP patient, written from its criteria."""
+    """The medical order of an OpenKBP patient, written from its criteria as clinical goals with
+    ranks by the usual clinical rule (PLANNING.md): organ maxima (D0.1cc) rank 1, target coverage
+    (D99) rank 2, organ means rank 3; the PTVs' dose levels from ``dose_levels``. No objectives:
+    rayrt plans from the goals."""
     from rayrt.domain.order import parse_order
 
-    objectives = [
-        {"structure": s, "kind": "squared_deviation", "dose_gy": d, "priority": 100}
-        for s, d in goals["dose_levels"].items()
-    ]
-    for c in goals["goals"]:
-        if c["metric"] == "D99":
-            objectives.append(
-                {"structure": c["structure"], "kind": "min_dvh", "dose_gy": c["gy"], "volume_pct": 99, "priority": 100}
-            )
-        elif c["metric"] == "mean":
-            objectives.append({"structure": c["structure"], "kind": "mean_dose", "dose_gy": c["gy"], "priority": 10})
-        else:
-            objectives.append({"structure": c["structure"], "kind": "max_dose", "dose_gy": c["gy"], "priority": 50})
+    rank = {"D0.1cc": 1, "D99": 2, "mean": 3}
     rx = goals["prescription"]
     return parse_order(
         {
             "name": goals["case"],
             "prescription": {"target": rx["target"], "total_dose_gy": rx["dose_gy"], "fractions": rx["fractions"]},
-            "objectives": objectives,
+            "dose_levels": dict(goals["dose_levels"]),
+            "goals": [
+                {
+                    "structure": c["structure"],
+                    "metric": c["metric"],
+                    "op": c["op"],
+                    "value": c["gy"],
+                    "rank": rank[c["metric"]],
+                }
+                for c in goals["goals"]
+            ],
         }
     )
 
@@ -91,53 +92,133 @@ def plan_patient(folder: Path, overrides: dict) -> dict:
         "rayrt_met": sum(c["rayrt_met"] for c in criteria),
         "clinical_met": sum(c["clinical_met"] for c in criteria),
         "dose_score_gy": float(np.abs(plan_dose - clinical)[body].mean()),
-        "mu_per_fraction": std.plan.total_mu,
-        "segments": sum(len(b.segments) for b in std.plan.beams),
+        **_complexity(std),
         "seconds": seconds,
+    }
+
+
+def plan_tg119(case: str, overrides: dict, spacing_mm: float) -> dict:
+    """One TG-119 geometry (rayrt.imaging.tg119_cases) planned from its goal order alone."""
+    import tempfile
+
+    from rayrt.domain.planning import planning_request
+    from rayrt.imaging.tg119_cases import tg119_case, write_tg119_case
+    from rayrt.pipeline import run_recipe
+
+    _, order = tg119_case(case, spacing_mm)
+    with tempfile.TemporaryDirectory(prefix="rayrt-pq-") as tmp:
+        folder = write_tg119_case(case, Path(tmp) / case, spacing_mm)
+        t = time.perf_counter()
+        res = run_recipe(str(folder), order, planning_request(overrides, []), until="normalize")
+        seconds = time.perf_counter() - t
+    std = res["standard_plan"]
+    return {
+        "case": f"tg119_{case}",
+        "criteria": [
+            {
+                "goal": g.label,
+                "rank": g.rank,
+                "rayrt": g.value,
+                "rayrt_met": g.met,
+                "limited_by": std.goal_limits.get(g.label, ""),
+            }
+            for g in std.goals
+        ],
+        "rayrt_met": sum(g.met for g in std.goals),
+        "clinical_met": None,
+        "dose_score_gy": None,
+        **_complexity(std),
+        "seconds": seconds,
+    }
+
+
+def _complexity(std) -> dict:
+    segs = [len(b.segments) for b in std.plan.beams]
+    areas = (
+        [s.area_cm2 for b in std.plan.beams for s in b.segments]
+        if hasattr(std.plan.beams[0].segments[0], "area_cm2")
+        else []
+    )
+    return {
+        "mu_per_fraction": std.plan.total_mu,
+        "open_field_mu": std.open_field_mu,
+        "mu_ratio": std.modulation,
+        "segments": sum(segs),
+        "max_segments_per_beam": max(segs),
+        "min_segment_mu": min(s.mu for b in std.plan.beams for s in b.segments),
+        "min_segment_area_cm2": min(areas) if areas else None,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--patients", default=None, help="comma list (default: all)")
+    ap.add_argument("--patients", default=None, help="comma list of OpenKBP patients (default: all; 'none' for none)")
+    ap.add_argument(
+        "--tg119", default="cshape,cshape_hard,multitarget,prostate,headneck", help="TG-119 cases ('none' for none)"
+    )
+    ap.add_argument("--tg119-spacing-mm", type=float, default=4.0)
     ap.add_argument("--set", dest="settings", action="append", default=[], help="planning option KEY=VALUE")
     a = ap.parse_args(argv)
     data = shared_data_dir()
-    if data is None or not (data / "openkbp").is_dir():
-        raise SystemExit("shared data (openkbp) not found; set RAYRT_SHARED")
     from rayrt.cli.planning_options import read_options
 
     overrides = read_options(None, a.settings)
-    wanted = set(a.patients.split(",")) if a.patients else None
-    cases = [p for p in sorted((data / "openkbp").iterdir()) if p.is_dir() and (wanted is None or p.name in wanted)]
-    rows = [plan_patient(p, overrides) for p in cases]
+    rows = []
+    if a.patients != "none":
+        if data is None or not (data / "openkbp").is_dir():
+            raise SystemExit("shared data (openkbp) not found; set RAYRT_SHARED")
+        wanted = set(a.patients.split(",")) if a.patients else None
+        cases = [p for p in sorted((data / "openkbp").iterdir()) if p.is_dir() and (wanted is None or p.name in wanted)]
+        rows += [plan_patient(p, overrides) for p in cases]
+    if a.tg119 != "none":
+        rows += [plan_tg119(c, overrides, a.tg119_spacing_mm) for c in a.tg119.split(",")]
     print_table(
-        ["case", "criteria", "rayrt met", "clinical met", "dose score (Gy)", "MU/fx", "segments", "seconds"],
+        [
+            "case",
+            "goals",
+            "rayrt met",
+            "clinical met",
+            "dose score (Gy)",
+            "MU/fx",
+            "MU/open",
+            "segments",
+            "max/beam",
+            "min MU",
+            "seconds",
+        ],
         [
             [
                 r["case"],
                 len(r["criteria"]),
                 r["rayrt_met"],
-                r["clinical_met"],
-                r["dose_score_gy"],
+                "-" if r["clinical_met"] is None else r["clinical_met"],
+                "-" if r["dose_score_gy"] is None else r["dose_score_gy"],
                 r["mu_per_fraction"],
+                r["mu_ratio"],
                 r["segments"],
+                r["max_segments_per_beam"],
+                r["min_segment_mu"],
                 r["seconds"],
             ]
             for r in rows
         ],
-        title="OpenKBP: the recipe's standard plan from each patient's goals (configured defaults)",
+        title="Plan quality: the recipe's standard plan from each case's clinical goals (configured defaults)",
     )
+    kbp = [r for r in rows if r["clinical_met"] is not None]
     total = {
-        k: sum(r[k] if k != "criteria" else len(r[k]) for r in rows) for k in ("criteria", "rayrt_met", "clinical_met")
+        "criteria": sum(len(r["criteria"]) for r in kbp),
+        "rayrt_met": sum(r["rayrt_met"] for r in kbp),
+        "clinical_met": sum(r["clinical_met"] for r in kbp),
+        "tg119_goals": sum(len(r["criteria"]) for r in rows if r["clinical_met"] is None),
+        "tg119_met": sum(r["rayrt_met"] for r in rows if r["clinical_met"] is None),
     }
     print(
-        f"total: rayrt met {total['rayrt_met']} of {total['criteria']} criteria, "
-        f"the clinical plans {total['clinical_met']}"
+        f"OpenKBP: rayrt met {total['rayrt_met']} of {total['criteria']} criteria, the clinical plans "
+        f"{total['clinical_met']}; TG-119: {total['tg119_met']} of {total['tg119_goals']} goals"
     )
     write_json(
         RESULTS_DIR / "plan_quality.json",
-        {"overrides": overrides, "patients": rows, "total": total, "machine": machine_info()},
+        {"overrides": overrides, "cases": rows, "total": total, "machine": machine_info()},
     )
     return 0
 

@@ -180,25 +180,29 @@ def test_normalised_objective_gradient_matches_finite_differences():
 def test_mu_refit_keeps_the_segments_and_normalises(small):
     """mu_refit on the Agility (same 5 mm leaf boundaries): the dose_only segments' leaves exactly,
     only the MU changed, the refit objective not above its start, and the refit already normalised
-    (the final normalisation moves the MU by round-off only); QA-gated like every mode."""
+    (the final normalisation moves the MU by under 1 %, the share the minimum-MU segments add); QA-gated
+    like every mode."""
     agility = get_machine("versahd_agility")
     r0 = convert_for_machine(small.standard, small.geometry, agility, _opts(mode="dose_only", max_attempts=1))
     r1 = convert_for_machine(small.standard, small.geometry, agility, _opts(mode="mu_refit", max_attempts=1))
     a1 = r1.attempts[0]
     assert a1.mode == "mu_refit" and a1.detail.mu_refit is not None
     assert a1.detail.mu_refit.objective <= a1.detail.mu_refit.objective_start
-    assert a1.detail.normalization_factor == pytest.approx(1.0, abs=1e-3)
+    # segments held at the minimum MU (2 MU per fraction) lift the dose a little: within 1 %
+    assert a1.detail.normalization_factor == pytest.approx(1.0, abs=1e-2)
     p0 = r0.plan or r0.candidate_plan
     p1 = r1.plan or r1.candidate_plan
     for b0, b1 in zip(p0.beams, p1.beams):
         leaves0 = {(tuple(s.x1_mm), tuple(s.x2_mm)) for s in b0.segments}
         # segments kept (some may be dropped)
         assert all((tuple(s.x1_mm), tuple(s.x2_mm)) in leaves0 for s in b1.segments)
-    assert any(
+    changed = any(
         abs(s1.mu - s0.mu) > 1e-3 * s0.mu
         for b0, b1 in zip(p0.beams, p1.beams)
         for s0, s1 in zip(b0.segments, b1.segments)
     )
+    # the refit's MU unless it agreed worse with the standard plan (then the transferred MU, said so)
+    assert changed == (not (a1.detail.mu_refit.kept or "").startswith("transferred"))
     assert a1.released == (not a1.reasons)
 
 

@@ -108,3 +108,71 @@ def test_open_pairs_keeps_one_bixel_strips_at_the_minimum_gap():
     seg = Segment(x1_mm=x1, x2_mm=x2, jaw_x_mm=(10.0, 20.0), jaw_y_mm=(-20.0, 10.0), mu=5.0)
     op = open_pairs([seg], m)[0]
     assert op.tolist() == [False, False, True, True, True, False, False, False]
+
+
+def test_dao_keeps_segment_area_width_and_mu(setup):
+    """DAO with segment limits: every returned segment has at least the minimum area and MU, no
+    open pair narrower than the minimum width, and segments never multiply."""
+    from rayrt.domain.segments import SegmentLimits, narrow_open_pairs, segment_open_area_cm2
+
+    case, p, fr = setup
+    m = synthetic_machine(5.0, 60, interdigitation=True, min_gap_mm=0.5)
+    lim = SegmentLimits(min_area_cm2=3.0, min_width_mm=6.0, max_segments=8)
+    segs = [
+        get_sequencer("sweep").sequence(lay.to_map(fr.w[sl]), lay, m, 8, limits=lim)
+        for lay, sl in zip(case.layouts, case.beam_slices)
+    ]
+    min_w = 20.0
+    res = optimize_apertures(
+        p,
+        case.layouts,
+        segs,
+        m,
+        DAOOptions(
+            outer_rounds=2,
+            iterations_per_round=30,
+            min_mu_weight=min_w,
+            min_area_cm2=lim.min_area_cm2,
+            min_width_mm=lim.min_width_mm,
+        ),
+    )
+    assert res.objective < res.objective_start
+    assert all(len(a) <= len(b) for a, b in zip(res.segments, segs))
+    for beam_segs in res.segments:
+        assert beam_segs
+        for s in beam_segs:
+            assert s.mu >= min_w - 1e-6
+            assert segment_open_area_cm2(s, m) >= lim.min_area_cm2 - 1e-6
+            assert not narrow_open_pairs(s, m, lim.min_width_mm).any()
+
+
+def test_dao_removes_a_segment_below_the_minimum_area(setup):
+    """A segment under the minimum area is removed and the others' weights re-optimised (its dose
+    re-distributed): the count drops by one, the objective does not end above its start."""
+    from rayrt.domain.segments import segment_open_area_cm2
+    from rayrt.optimize.sequencing.base import to_segment
+
+    case, p, fr = setup
+    m = synthetic_machine(5.0, 60, interdigitation=True, min_gap_mm=0.5)
+    lays = case.layouts
+    segs = [get_sequencer("sweep").sequence(lay.to_map(fr.w[sl]), lay, m, 6) for lay, sl in zip(lays, case.beam_slices)]
+    # a 1 cm x 1 cm segment added to beam 0 inside its beamlet grid
+    lay = lays[0]
+    P = m.mlc.num_pairs
+    b = m.mlc.boundaries
+    x1, x2 = np.full(P, -100.0), np.full(P, -99.5)
+    yc = 0.5 * (lay.row_edges_mm[0] + lay.row_edges_mm[-1])
+    sel = (b[:-1] >= yc - 5.0 - 1e-6) & (b[1:] <= yc + 5.0 + 1e-6)
+    xc = float(lay.col_edges_mm[lay.col_edges_mm.size // 2])
+    x1[sel], x2[sel] = xc - 5.0, xc + 5.0
+    tiny = to_segment(x1, x2, sel, 30.0, m)
+    assert segment_open_area_cm2(tiny, m) == pytest.approx(1.0)
+    segs[0] = segs[0] + [tiny]
+    n_in = sum(len(s) for s in segs)
+    res = optimize_apertures(
+        p, lays, segs, m, DAOOptions(outer_rounds=1, iterations_per_round=20, min_area_cm2=2.0, optimize_leaves=False)
+    )
+    assert res.small_area_segments >= 1
+    assert sum(len(s) for s in res.segments) <= n_in - 1
+    assert all(segment_open_area_cm2(s, m) >= 2.0 - 1e-6 for bs in res.segments for s in bs)
+    assert res.objective <= res.objective_start * 1.05

@@ -30,6 +30,7 @@ CASES = [
     ("geud", {"a": 8.0}),
     ("geud", {"a": -10.0}),
     ("dose_mimicking", {"reference_gy": RNG.uniform(40, 60, 40), "tolerance_gy": np.full(40, 1.5)}),
+    ("falloff", {"reference_gy": RNG.uniform(35, 55, 40)}),
 ]
 
 
@@ -86,3 +87,18 @@ def test_bad_input_raises_input_error():
         make_objective("squared_deviation", "S", np.arange(3), 1.0, hard=True)
     with pytest.raises(InputError):
         make_objective("dose_mimicking", "S", np.arange(3), 1.0)
+
+
+def test_falloff_restricted_to_candidates_equals_the_full_term():
+    """The screened evaluation sees only the voxels above the smallest limit: on them, with the
+    references sliced alike, the term's sum equals the full term's."""
+    limit = RNG.uniform(20, 60, 200)
+    d = RNG.uniform(10, 70, 200)
+    full = make_objective("falloff", "NT", np.arange(200), 0.0, reference_gy=limit)
+    assert full.dose_gy == pytest.approx(limit.min())
+    pos = np.flatnonzero(d > full.dose_gy)
+    part = full.restricted(pos)
+    f_full, g_full = full.value_and_grad(d)
+    f_part, g_part = part.value_and_grad(d[pos])
+    assert f_part * pos.size / 200 == pytest.approx(f_full)
+    np.testing.assert_allclose(g_part * pos.size / 200, g_full[pos])

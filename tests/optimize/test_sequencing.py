@@ -72,9 +72,10 @@ def test_sequencing_is_deliverable_on_every_machine(machine, name):
     res = get_sequencer(name).sequence_with_info(f, lay, machine, max_seg)
     assert 1 <= res.num_segments <= max_seg
     assert res.total_mu == pytest.approx(sum(s.mu for s in res.segments))
-    for s in res.segments:  # course MU here; give each segment at least the machine minimum for the check
-        s.mu = max(s.mu, machine.limits.min_mu_per_segment)
-    plan = Plan(machine=machine.name, beams=[Beam(isocenter_mm=(0, 0, 0), segments=res.segments)])
+    # course MU here; give each segment at least the machine minimum for the check (copies: the
+    # fluence check below uses the sequenced MU)
+    segs = [s.model_copy(update={"mu": max(s.mu, machine.limits.min_mu_per_segment)}) for s in res.segments]
+    plan = Plan(machine=machine.name, beams=[Beam(isocenter_mm=(0, 0, 0), segments=segs)])
     rep = check_plan(plan, machine)
     assert rep.deliverable, [v.message for v in rep.violations]
     # the segments reproduce the fluence (leaf-pair resampled) within the quantisation error

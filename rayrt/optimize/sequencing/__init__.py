@@ -1,5 +1,6 @@
 """Leaf sequencers behind one registry:
-``get_sequencer(name).sequence(fluence_map, beamlets, machine, max_segments)``."""
+``get_sequencer(name).sequence(fluence_map, beamlets, machine, max_segments, limits=SegmentLimits, min_weight=0)``
+(segment limits: :mod:`rayrt.domain.segments`)."""
 
 from rayrt.optimize.sequencing.base import (
     Sequencer,

@@ -15,8 +15,12 @@ Steps (the same for every sequencer; only the integer-matrix decomposition diffe
    over-travel, jaws on the open area within their limits and the beamlet rows' extent (a Y jaw
    may trim a wide end leaf pair part-way); on a dual-layer MLC the proximal layer
    (:func:`proximal_layer`) closes beyond that extent, at its half-leaf offset;
-5. if there are more segments than allowed, retry with fewer levels; at one level keep the
-   ``max_segments`` segments with most MU (direct aperture optimisation recovers the dose).
+5. segment limits (:class:`~rayrt.domain.segments.SegmentLimits`): segments below the minimum
+   open area are removed, a level with more than ``max_segments`` keeps those with most MU x area,
+   and the weights of the kept segments are refitted (non-negative least squares, minimum weight)
+   to the fluence map, so the removed segments' fluence is re-distributed, not lost; every level is
+   tried and the one reproducing the fluence best is emitted (:class:`Sequencer`; direct aperture
+   optimisation then recovers the dose).
 
 Segment MU here are in the fluence map's units (the optimiser's beamlet weights).
 """
@@ -27,11 +31,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel, MLCModel
 from rayrt.domain.plan import Segment
+from rayrt.domain.segments import SegmentLimits, segment_limits, segment_open_area_cm2
 from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
 from rayrt.optimize.sequencing.decompose import DECOMPOSITIONS, Aperture
 
@@ -58,7 +63,17 @@ class SequencingResult(BaseModel):
     num_segments: int
     total_mu: float
     sequencer: str
-    dropped_mu: float = 0.0  # MU of segments dropped to honour max_segments (0 when none)
+    dropped_mu: float = 0.0  # decomposition MU of segments removed (min area / max segments / min MU), re-distributed
+    fluence_error: float = Field(
+        default=0.0, description="relative cell-area-weighted L2 error of the segments' fluence vs the fluence map"
+    )
+    fluence_ratio: float = Field(
+        default=1.0, description="delivered / requested fluence integral (leaf-pair resampled map, MU x area)"
+    )
+    removed_small: int = Field(default=0, description="segments removed for an open area below the minimum")
+    reopened: bool = Field(
+        default=False, description="the whole field was below the minimum area: one segment opened to it"
+    )
 
 
 # ----------------------------------------------------------------------------- machine rules
@@ -193,14 +208,24 @@ def _split_span(s: _Seg, span: float) -> list[_Seg] | None:
 
 
 def make_deliverable(
-    x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCModel, park_before_mm: float | None = None
+    x1: np.ndarray,
+    x2: np.ndarray,
+    open_: np.ndarray,
+    mlc: MLCModel,
+    park_before_mm: float | None = None,
+    min_width_mm: float = 0.0,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Turn one aperture (leaf tips x1 < x2 on open pairs, all machine pairs) into one or more
-    apertures that obey the MLC's rules; their union of open areas equals the input's.
+    apertures that obey the MLC's rules; their union of open areas equals the input's (up to the
+    widening of narrow open pairs).
 
     ``park_before_mm``: closed pairs of an interdigitating MLC are parked with their gap before
-    this position (mm, along leaf travel) as well as before the open field (see :func:`_park_closed`)."""
+    this position (mm, along leaf travel) as well as before the open field (see :func:`_park_closed`).
+    ``min_width_mm``: open pairs narrower than this (and than the minimum gap) are widened about
+    their centre to it (the narrowest opening a segment may have, :class:`~rayrt.domain.segments.SegmentLimits`);
+    widening never breaks the pairwise leaf rules (it only moves x1 down and x2 up)."""
     g = _closed_gap(mlc)
+    gw = max(g, float(min_width_mm))
     x1min, x1max, x2min, x2max = _limits(mlc)
     queue = [_Seg(np.asarray(x1, float).copy(), np.asarray(x2, float).copy(), np.asarray(open_, bool).copy())]
     out = []
@@ -217,12 +242,12 @@ def make_deliverable(
         s.x1[o] = np.clip(s.x1[o], x1min, x1max)
         s.x2[o] = np.clip(s.x2[o], x2min, x2max)
         w = s.x2[o] - s.x1[o]
-        short = w < g
+        short = w < gw
         if short.any():
             c = 0.5 * (s.x1[o] + s.x2[o])
-            c = np.clip(c, x1min + 0.5 * g, x2max - 0.5 * g)
-            s.x1[o] = np.where(short, c - 0.5 * g, s.x1[o])
-            s.x2[o] = np.where(short, c + 0.5 * g, s.x2[o])
+            c = np.clip(c, x1min + 0.5 * gw, x2max - 0.5 * gw)
+            s.x1[o] = np.where(short, np.minimum(s.x1[o], c - 0.5 * gw), s.x1[o])
+            s.x2[o] = np.where(short, np.maximum(s.x2[o], c + 0.5 * gw), s.x2[o])
         s.open_ = o & (s.x2 - s.x1 > _TOL)
         if not s.open_.any():
             continue
@@ -348,8 +373,160 @@ def to_segment(
 
 # ----------------------------------------------------------------------------- sequencer
 @dataclass
+class _Candidate:
+    """One deliverable segment of a level's decomposition and what the weight refit needs."""
+
+    segment: Segment
+    mu: float  # decomposition weight (fluence units)
+    area_cm2: float
+    cover: np.ndarray  # (Pa, C) open fraction of each (leaf pair of the beam, bixel column)
+    reopened: bool = False  # a decomposition segment below the minimum area, opened to it
+
+
+@dataclass
+class _LevelResult:
+    level: int
+    cands: list[_Candidate]
+    weights: np.ndarray
+    dropped_mu: float
+    error: float
+    fluence_ratio: float
+    removed_small: int
+
+
+def _refit(A: np.ndarray, b: np.ndarray, min_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Segment weights m >= 0 minimising ||A m - b||² (cell-area weighted rows), then -- with a
+    minimum weight -- segments below half of it dropped and the rest refitted with m >= it.
+    Returns (weights, keep mask); dropped segments have weight 0."""
+    from scipy.optimize import lsq_linear, nnls
+
+    S = A.shape[1]
+    keep = np.ones(S, bool)
+    if S == 0:
+        return np.zeros(0), keep
+    m, _ = nnls(A, b, maxiter=50 * S + 100)
+    keep = m > 1e-12 * max(float(m.max()), 1e-30)
+    if min_weight > 0:
+        keep &= m >= 0.5 * min_weight
+        if not keep.any():  # nothing reaches half the minimum: keep the strongest at the minimum
+            keep[int(np.argmax(m))] = True
+        res = lsq_linear(A[:, keep], b, bounds=(min_weight, np.inf), method="bvls", max_iter=200)
+        m = np.zeros(S)
+        m[keep] = np.maximum(res.x, min_weight)
+    m[~keep] = 0.0
+    return m, keep
+
+
+def _grow_to_area(x1: np.ndarray, x2: np.ndarray, open_: np.ndarray, mlc: MLCModel, area_mm2: float) -> None:
+    """Widen every open pair by the same amount on both sides (in place) until the leaf-opening x
+    leaf-width area reaches ``area_mm2`` (the re-opening of a field smaller than the minimum area)."""
+    x1min, x1max, x2min, x2max = _limits(mlc)
+    h = mlc.leaf_widths_mm
+    for _ in range(4):  # the leaf range may clip the first widening
+        a = float(((x2 - x1) * h)[open_].sum())
+        if a >= area_mm2 - 1e-6:
+            return
+        d = (area_mm2 - a) / (2.0 * float(h[open_].sum()))
+        x1[open_] = np.clip(x1[open_] - d, x1min, x1max)
+        x2[open_] = np.clip(x2[open_] + d, x2min, x2max)
+
+
+def _grow_on_grid(
+    x1: np.ndarray,
+    x2: np.ndarray,
+    open_: np.ndarray,
+    pf: np.ndarray,
+    pair_ids: np.ndarray,
+    e: np.ndarray,
+    mlc: MLCModel,
+    area_mm2: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Grow an aperture on the (leaf pair x bixel column) grid until its area reaches ``area_mm2``:
+    each step adds the neighbouring strip -- one column on the left or right of every open pair,
+    or the next leaf pair above or below with the end pair's interval -- whose mean fluence
+    ``pf`` is highest, so a small segment merges into the fluence most like its own. The grown
+    aperture is one interval per pair and adds pairs only at its ends (no new interdigitation
+    conflict). None when the grid is exhausted first."""
+    rows = np.flatnonzero(open_[pair_ids])
+    if rows.size == 0:
+        return None
+    C = e.size - 1
+    lo = np.zeros(pair_ids.size, np.int64)
+    hi = np.zeros(pair_ids.size, np.int64)
+    lo[rows] = np.clip(np.searchsorted(e, x1[pair_ids][rows] + 1e-6, side="right") - 1, 0, C - 1)
+    hi[rows] = np.clip(np.searchsorted(e, x2[pair_ids][rows] - 1e-6, side="left"), lo[rows] + 1, C)
+    op = np.zeros(pair_ids.size, bool)
+    op[rows] = True
+    h = mlc.leaf_widths_mm[pair_ids]
+    w = np.diff(e)
+    cols = np.arange(C)
+
+    def area() -> float:
+        return float(sum(h[r] * (e[hi[r]] - e[lo[r]]) for r in np.flatnonzero(op)))
+
+    for _ in range(4 * (C + pair_ids.size)):
+        if area() >= area_mm2:
+            break
+        r_open = np.flatnonzero(op)
+        options: list[tuple[float, str]] = []
+        left = lo[r_open] > 0
+        if left.all():
+            options.append((float(np.mean(pf[r_open, lo[r_open] - 1])), "left"))
+        right = hi[r_open] < C
+        if right.all():
+            options.append((float(np.mean(pf[r_open, hi[r_open]])), "right"))
+        top, bot = int(r_open.max()), int(r_open.min())
+        if top + 1 < pair_ids.size and pair_ids[top + 1] == pair_ids[top] + 1:
+            sel = (cols >= lo[top]) & (cols < hi[top])
+            options.append((float(np.mean(pf[top + 1, sel])), "up"))
+        if bot - 1 >= 0 and pair_ids[bot - 1] == pair_ids[bot] - 1:
+            sel = (cols >= lo[bot]) & (cols < hi[bot])
+            options.append((float(np.mean(pf[bot - 1, sel])), "down"))
+        if not options:
+            return None
+        _, move = max(options, key=lambda o: o[0])
+        if move == "left":
+            lo[r_open] -= 1
+        elif move == "right":
+            hi[r_open] += 1
+        elif move == "up":
+            op[top + 1], lo[top + 1], hi[top + 1] = True, lo[top], hi[top]
+        else:
+            op[bot - 1], lo[bot - 1], hi[bot - 1] = True, lo[bot], hi[bot]
+    if area() < area_mm2:
+        return None
+    del w
+    a, z, c = x1.copy(), x2.copy(), open_.copy()
+    r = np.flatnonzero(op)
+    a[pair_ids[r]] = np.minimum(e[lo[r]], np.where(open_[pair_ids[r]], x1[pair_ids[r]], np.inf))
+    z[pair_ids[r]] = np.maximum(e[hi[r]], np.where(open_[pair_ids[r]], x2[pair_ids[r]], -np.inf))
+    c[pair_ids[r]] = True
+    return a, z, c
+
+
+@dataclass
 class Sequencer:
-    """A leaf sequencer: an integer-matrix decomposition plus the shared machine handling."""
+    """A leaf sequencer: an integer-matrix decomposition plus the shared machine handling.
+
+    Segment limits (:class:`~rayrt.domain.segments.SegmentLimits`, effective = the stricter of the
+    machine's and the planning request's) hold for every emitted segment:
+
+    * **minimum area** -- segments whose open area (leaf opening x leaf width over the open pairs,
+      inside the jaws, at the isocenter plane) is below ``min_area_cm2`` are removed; their fluence
+      is re-distributed over the kept segments by a non-negative, cell-area-weighted least-squares
+      refit of all segment weights to the (leaf-pair resampled) fluence map. A fluence map whose
+      whole field is smaller than the minimum gets one segment opened to the minimum area;
+    * **minimum width** -- open pairs are widened about their centre to ``min_width_mm``
+      (:func:`make_deliverable`);
+    * **maximum segments** -- every quantisation level is tried; a level with too many segments
+      keeps those with the largest MU x area and refits their weights. The level whose refitted
+      segments reproduce the fluence best (relative L2 error) is emitted;
+    * **minimum MU** (``min_weight``, fluence units = MU per fraction x fractions; 0: none) -- the
+      refit drops segments below half of it and holds the others at >= it.
+
+    ``dropped_mu`` reports the decomposition MU of the removed segments (re-distributed, not lost);
+    ``fluence_ratio`` the delivered / requested fluence integral (MU·cm²).
+    """
 
     name: str
     decompose: Callable[[np.ndarray], list[Aperture]]
@@ -357,10 +534,19 @@ class Sequencer:
     level_choices: tuple[int, ...] = field(default=(12, 10, 8, 7, 6, 5, 4, 3, 2, 1))
 
     def sequence(
-        self, fluence_map: np.ndarray, beamlets, machine: MachineModel, max_segments: int | None = None
+        self,
+        fluence_map: np.ndarray,
+        beamlets,
+        machine: MachineModel,
+        max_segments: int | None = None,
+        *,
+        limits: SegmentLimits | None = None,
+        min_weight: float = 0.0,
     ) -> list[Segment]:
         """Segments (MU in fluence units) delivering ``fluence_map`` (beamlet rows x columns)."""
-        return self.sequence_with_info(fluence_map, beamlets, machine, max_segments).segments
+        return self.sequence_with_info(
+            fluence_map, beamlets, machine, max_segments, limits=limits, min_weight=min_weight
+        ).segments
 
     def sequence_with_info(
         self,
@@ -369,7 +555,16 @@ class Sequencer:
         machine: MachineModel,
         max_segments: int | None = None,
         levels: int | None = None,
+        *,
+        limits: SegmentLimits | None = None,
+        min_weight: float = 0.0,
     ) -> SequencingResult:
+        """Segments of one beam and how they were obtained.
+
+        ``max_segments``: per beam (capped by ``limits.max_segments`` and the machine's limit);
+        ``limits``: the effective segment limits (None: the machine's own,
+        :func:`~rayrt.domain.segments.segment_limits`); ``min_weight``: minimum segment weight in
+        the fluence map's units (0: none; DAO enforces the MU minimum in any case)."""
         layout: BeamletLayout = layout_from_beamlets(beamlets)
         fmap = np.asarray(fluence_map, dtype=float)
         if fmap.shape != layout.shape:
@@ -378,59 +573,208 @@ class Sequencer:
             )
         if not np.all(np.isfinite(fmap)) or (fmap < 0).any():
             raise InputError("fluence map must be finite and non-negative", kind="input")
-        max_segments = int(max_segments or machine.limits.max_segments_per_beam)
-        max_segments = min(max_segments, machine.limits.max_segments_per_beam)
+        lim = limits or segment_limits(machine)
+        caps = [machine.limits.max_segments_per_beam, int(max_segments or machine.limits.max_segments_per_beam)]
+        if lim.max_segments is not None:
+            caps.append(int(lim.max_segments))
+        max_segments = min(caps)
         pf, pair_ids = layout.rows_to_pairs(fmap, machine.mlc)
         fmax = float(pf.max()) if pf.size else 0.0
         if fmax <= 0:
             return SequencingResult(segments=[], levels=0, num_segments=0, total_mu=0.0, sequencer=self.name)
-        choices = (levels,) if levels else self.level_choices
-        best: tuple[int, list[Segment]] | None = None
-        for L in choices:
+        y_span = (float(layout.row_edges_mm[0]), float(layout.row_edges_mm[-1]))
+        e = np.asarray(layout.col_edges_mm, dtype=float)
+        cell = np.sqrt(machine.mlc.leaf_widths_mm[pair_ids][:, None] * np.diff(e)[None, :])  # sqrt(mm²)
+        b = (pf * cell).ravel()
+        total = float(np.sum(pf * cell**2))  # fluence integral (fluence units x mm²)
+        best: _LevelResult | None = None
+        for L in (levels,) if levels else self.level_choices:
             unit = fmax / L
             intensity = np.rint(pf / unit).astype(np.int64)
-            segs = self._segments(
-                intensity,
-                unit,
-                pair_ids,
-                layout.col_edges_mm,
-                machine,
-                (float(layout.row_edges_mm[0]), float(layout.row_edges_mm[-1])),
-            )
-            best = (L, segs)
-            if len(segs) <= max_segments:
+            cands, small, lost = self._candidates(intensity, unit, pair_ids, e, machine, y_span, lim, pf)
+            if not cands:
+                continue
+            A = np.stack([(c.cover * cell).ravel() for c in cands], axis=1)
+            mu = np.array([c.mu for c in cands])
+            # weights of the kept segments refitted to the (unquantised) map: the fluence of removed
+            # segments and the quantisation error are re-distributed over them
+            w, keep = _refit(A, b, 0.0)
+            fits = int(keep.sum()) <= max_segments
+            if not fits:
+                # the segments contributing most fluence (weight x area) after a free refit
+                score = np.where(keep, w * np.array([c.area_cm2 for c in cands]), -1.0)
+                keep = np.zeros(len(cands), bool)
+                keep[np.argsort(-score, kind="stable")[:max_segments]] = True
+            idx = np.flatnonzero(keep)
+            w2, keep2 = _refit(A[:, idx], b, float(min_weight))
+            weights = np.zeros(len(cands))
+            weights[idx[keep2]] = w2[keep2]
+            dropped = lost + float(mu[weights <= 0].sum())
+            fit = A @ weights
+            err = float(np.linalg.norm(fit - b) / max(float(np.linalg.norm(b)), 1e-30))
+            ratio = float(np.sum(fit * cell.ravel()) / max(total, 1e-30))
+            cur = _LevelResult(L, cands, weights, dropped, err, ratio, small)
+            if fits:  # the finest level within the segment count (as many segments as allowed: DAO's freedom)
+                best = cur
                 break
+            if best is None or cur.error < best.error - 1e-9:
+                best = cur
         if best is None:
-            raise ValueError(f"sequencer {self.name} has no level choices")
-        L, segs = best
-        dropped = 0.0
-        if len(segs) > max_segments:
-            segs = sorted(segs, key=lambda s: -s.mu)
-            dropped = float(sum(s.mu for s in segs[max_segments:]))
-            segs = segs[:max_segments]
+            return self._reopened(pf, pair_ids, e, machine, y_span, lim, cell, b, total, float(min_weight))
+        segs = []
+        for c, w_ in zip(best.cands, best.weights):
+            if w_ > 0:
+                segs.append(c.segment.model_copy(update={"mu": float(w_)}))
         return SequencingResult(
             segments=segs,
-            levels=L,
+            levels=best.level,
             num_segments=len(segs),
             total_mu=float(sum(s.mu for s in segs)),
             sequencer=self.name,
-            dropped_mu=dropped,
+            dropped_mu=best.dropped_mu,
+            fluence_error=round(best.error, 6),
+            fluence_ratio=round(best.fluence_ratio, 6),
+            removed_small=best.removed_small,
         )
 
-    def _segments(self, intensity, unit, pair_ids, col_edges, machine, y_span_mm=None) -> list[Segment]:
+    def _candidates(
+        self, intensity, unit, pair_ids, col_edges, machine, y_span_mm, lim, pf=None
+    ) -> tuple[list[_Candidate], int, float]:
+        """Deliverable segments of one level's decomposition; a segment below the minimum area is
+        replaced by itself opened to the minimum (every open pair widened equally, :func:`_grow_to_area`).
+        Returns (candidates, number of segments below the minimum area, MU of those that could
+        not be re-opened)."""
         P = machine.mlc.num_pairs
+        e = col_edges
+        wcol = np.diff(e)
         out = []
+        small = 0
+        lost = 0.0
         for k, lo, hi in self.decompose(intensity):
             x1 = np.zeros(P)
             x2 = np.zeros(P)
             op = np.zeros(P, dtype=bool)
             o = hi > lo
-            x1[pair_ids] = col_edges[lo]
-            x2[pair_ids] = col_edges[hi]
+            x1[pair_ids] = e[lo]
+            x2[pair_ids] = e[hi]
             op[pair_ids] = o
-            for a, b, c in make_deliverable(x1, x2, op, machine.mlc, park_before_mm=float(col_edges[0])):
-                out.append(to_segment(a, b, c, k * unit, machine, y_span_mm, float(col_edges[0])))
-        return out
+            for a, z, c in make_deliverable(
+                x1, x2, op, machine.mlc, park_before_mm=float(e[0]), min_width_mm=lim.min_width_mm
+            ):
+                seg = to_segment(a, z, c, k * unit, machine, y_span_mm, float(e[0]))
+                cand = self._candidate(seg, a, z, c, float(k * unit), pair_ids, e, wcol, machine)
+                if cand.area_cm2 >= lim.min_area_cm2 - 1e-9:
+                    out.append(cand)
+                    continue
+                small += 1
+                grown = self._grown(a, z, c, float(k * unit), machine, y_span_mm, lim, pair_ids, e, wcol, pf)
+                if grown:
+                    out.extend(grown)
+                else:
+                    lost += float(k * unit)
+        return out, small, lost
+
+    def _grown(self, a, z, c, mu, machine, y_span_mm, lim, pair_ids, e, wcol, pf=None) -> list[_Candidate]:
+        """Segment (a, z, c) opened to the minimum area; [] when the MLC cannot (leaf range).
+
+        First grown over the beamlet grid towards the most similar fluence (:func:`_grow_on_grid`:
+        one bixel column or one leaf pair at a time, where the fluence map is highest), else
+        every open pair widened equally."""
+        if pf is not None:
+            g = _grow_on_grid(a, z, c, pf, pair_ids, e, machine.mlc, 100.0 * lim.min_area_cm2 * 1.02)
+            if g is not None:
+                a2, z2, c2 = g
+                park = float(e[0])
+                out = []
+                for a3, z3, c3 in make_deliverable(
+                    a2, z2, c2, machine.mlc, park_before_mm=park, min_width_mm=lim.min_width_mm
+                ):
+                    seg = to_segment(a3, z3, c3, mu, machine, y_span_mm, park)
+                    cand = self._candidate(seg, a3, z3, c3, mu, pair_ids, e, wcol, machine)
+                    cand.reopened = True
+                    if cand.area_cm2 >= lim.min_area_cm2 - 1e-9:
+                        out.append(cand)
+                if out:
+                    return out
+        a, z = a.copy(), z.copy()
+        target = 100.0 * lim.min_area_cm2
+        for factor in (1.02, 1.2, 1.5):  # the jaws (Y trim of wide end pairs) may cut the widened field
+            _grow_to_area(a, z, c, machine.mlc, target * factor)
+            park = float(min(e[0], a[c].min()))
+            out = []
+            for a2, z2, c2 in make_deliverable(
+                a, z, c, machine.mlc, park_before_mm=park, min_width_mm=lim.min_width_mm
+            ):
+                seg = to_segment(a2, z2, c2, mu, machine, y_span_mm, park)
+                cand = self._candidate(seg, a2, z2, c2, mu, pair_ids, e, wcol, machine)
+                cand.reopened = True
+                if cand.area_cm2 >= lim.min_area_cm2 - 1e-9:
+                    out.append(cand)
+            if out:
+                return out
+        return []
+
+    @staticmethod
+    def _candidate(seg, a, z, c, mu, pair_ids, e, wcol, machine) -> _Candidate:
+        ov = np.clip(np.minimum(z[pair_ids, None], e[None, 1:]) - np.maximum(a[pair_ids, None], e[None, :-1]), 0, None)
+        if seg.jaw_x_mm is not None:
+            jx = seg.jaw_x_mm
+            ov = np.minimum(ov, np.clip(np.minimum(jx[1], e[None, 1:]) - np.maximum(jx[0], e[None, :-1]), 0, None))
+        cover = ov / wcol[None, :] * c[pair_ids, None]
+        if seg.jaw_y_mm is not None:  # a Y jaw may end part-way across a wide end pair
+            b = machine.mlc.boundaries
+            lo, hi = b[pair_ids], b[pair_ids + 1]
+            cover = (
+                cover
+                * (np.clip(np.minimum(hi, seg.jaw_y_mm[1]) - np.maximum(lo, seg.jaw_y_mm[0]), 0, None) / (hi - lo))[
+                    :, None
+                ]
+            )
+        return _Candidate(seg, mu, segment_open_area_cm2(seg, machine), cover)
+
+    def _reopened(self, pf, pair_ids, e, machine, y_span, lim, cell, b, total, min_weight) -> SequencingResult:
+        """Every segment of every level is below the minimum area: one segment over the whole field
+        (bixels above half the maximum, else every non-zero bixel), opened to the minimum area."""
+        P = machine.mlc.num_pairs
+        wcol = np.diff(e)
+        mask = pf >= 0.5 * float(pf.max())
+        cols = np.arange(pf.shape[1])
+        x1 = np.zeros(P)
+        x2 = np.zeros(P)
+        op = np.zeros(P, dtype=bool)
+        has = mask.any(axis=1)
+        lo = np.where(has, np.where(mask, cols[None, :], pf.shape[1]).min(axis=1), 0)
+        hi = np.where(has, np.where(mask, cols[None, :] + 1, 0).max(axis=1), 0)
+        x1[pair_ids], x2[pair_ids], op[pair_ids] = e[lo], e[hi], has
+        _grow_to_area(x1, x2, op, machine.mlc, 100.0 * lim.min_area_cm2 * 1.02)
+        cands = []
+        for a, z, c in make_deliverable(
+            x1, x2, op, machine.mlc, park_before_mm=float(min(e[0], x1[op].min())), min_width_mm=lim.min_width_mm
+        ):
+            seg = to_segment(a, z, c, 0.0, machine, None, float(min(e[0], a[c].min())))
+            cand = self._candidate(seg, a, z, c, 0.0, pair_ids, e, wcol, machine)
+            if cand.area_cm2 >= lim.min_area_cm2 - 1e-9:
+                cands.append(cand)
+        if not cands:
+            return SequencingResult(segments=[], levels=0, num_segments=0, total_mu=0.0, sequencer=self.name)
+        A = np.stack([(c.cover * cell).ravel() for c in cands], axis=1)
+        w, _ = _refit(A, b, min_weight)
+        if not (w > 0).any():
+            # the refit found no use for the opened field: deliver the fluence integral through it
+            w = np.zeros(len(cands))
+            w[0] = max(total / max(float(np.sum(cands[0].cover * cell**2)), 1e-30), min_weight)
+        segs = [c.segment.model_copy(update={"mu": float(x)}) for c, x in zip(cands, w) if x > 0]
+        fit = A @ w
+        return SequencingResult(
+            segments=segs,
+            levels=1,
+            num_segments=len(segs),
+            total_mu=float(sum(s.mu for s in segs)),
+            sequencer=self.name,
+            fluence_error=round(float(np.linalg.norm(fit - b) / max(float(np.linalg.norm(b)), 1e-30)), 6),
+            fluence_ratio=round(float(np.sum(fit * cell.ravel()) / max(total, 1e-30)), 6),
+            reopened=True,
+        )
 
 
 _REGISTRY: dict[str, Sequencer] = {}
