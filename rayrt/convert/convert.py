@@ -82,19 +82,21 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
 from rayrt.domain.plan import Beam, Plan, Segment
-from rayrt.domain.planning import PlanningRequest, planning_defaults
+from rayrt.domain.planning import AutoPlanOptions, PlanningRequest, planning_defaults
 from rayrt.domain.segments import SegmentLimits, segment_limits
 from rayrt.dose.aperture import segment_head_scatter
 from rayrt.dose.dij import compute_dij, hstack_exact
 from rayrt.dose.geometry import BeamletGrid, beamlet_grid
 from rayrt.imaging.volume import Grid, Volume
 from rayrt.machines import get_machine
+from rayrt.optimize.autoplan import goal_objectives, is_goal_order
 from rayrt.optimize.dao import DAOOptions, optimize_apertures
-from rayrt.optimize.fmo import FluenceOptions, ObjectiveEvaluator, optimize_fluence
+from rayrt.optimize.fmo import FluenceOptions, ObjectiveEvaluator, initial_weights, optimize_fluence
 from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
 from rayrt.optimize.normalize import normalize_plan
 from rayrt.optimize.objectives import Objective, make_objective
 from rayrt.optimize.problem import OptimizationProblem, build_problem, target_like
+from rayrt.optimize.regularize import FluenceRegularizer, neighbour_differences, sweep_mu_operator
 from rayrt.optimize.sequencing import get_sequencer
 from rayrt.optimize.standard import PlanGeometry, StandardPlan, final_dose
 from rayrt.qa.dvh import dose_at_volume
@@ -106,6 +108,7 @@ __all__ = [
     "standard_field_y_mm",
     "trimmed_beamlet_grid",
     "conversion_segment_limits",
+    "conversion_regularizer",
 ]
 
 
@@ -126,6 +129,7 @@ class _Standard:
     masks: dict[str, np.ndarray]
     density: Volume
     external: str | None
+    covered: tuple[str, ...] = ()  # the structures the standard plan's beamlets covered (every target)
 
 
 def _standard_side(standard: StandardPlan, geometry: PlanGeometry, target: MachineModel) -> _Standard:
@@ -162,6 +166,7 @@ def _standard_side(standard: StandardPlan, geometry: PlanGeometry, target: Machi
         masks={n: np.asarray(m, dtype=bool) for n, m in masks.items()},
         density=geometry.density_volume(),
         external=geometry.external,
+        covered=tuple(n for n in (geometry.targets or [geometry.target]) if n in masks),
     )
 
 
@@ -301,17 +306,27 @@ def _needs_y_trim(target: MachineModel, bg: BeamletGrid, opts: ConversionOptions
     return bool(h.size and h.max() > opts.bixel_mm + 1e-6)
 
 
+def _covered_mask(std: _Standard) -> np.ndarray:
+    """The union (dose grid) of every structure the standard plan's beamlets covered (all targets of
+    the order, as the pipeline's ``beamlets`` stage), else the prescription target's mask: the
+    target's beamlets must reach every target the standard fluence treats (a simultaneous boost's
+    lower dose levels lie outside the prescription target's projection)."""
+    names = list(std.covered) or [std.order.prescription.target]
+    return np.logical_or.reduce([np.asarray(std.masks[n], bool) for n in names])
+
+
 def _setup(std: _Standard, target: MachineModel, opts: ConversionOptions) -> _TargetSetup:
     """Beamlets and Dij of the target machine for the standard plan's beams.
 
-    Beamlet rows are the target's leaf pairs; where the target has Y jaws and wider leaves than the
+    Beamlets cover the projection of every target of the order (:func:`_covered_mask`) plus
+    ``opts.margin_mm``. Beamlet rows are the target's leaf pairs; where the target has Y jaws and wider leaves than the
     beamlets (MLCi2: 10 mm), the rows of each beam end at the standard plan's field ends
     (:func:`standard_field_y_mm`) -- the Y jaws trim the end leaf pairs there, so the field
     ends are not quantised to the leaf width. Sequencing and DAO clip the Y jaws to the rows.
     """
     t0 = time.perf_counter()
     beams = _geometry_beams(std.plan)
-    tgt_mask = std.masks[std.order.prescription.target]
+    tgt_mask = _covered_mask(std)
     grids = []
     for b, sb in zip(beams, std.plan.beams):
         bg = beamlet_grid(b, target, tgt_mask, std.dose_grid, bixel_width_mm=opts.bixel_mm, margin_mm=opts.margin_mm)
@@ -490,6 +505,9 @@ def _problem(
     for the segment-MU refit, which works on its own segment-dose matrix (saves the row-subset copy
     of the Dij, ~0.6 s on the demo)."""
     order = std.order
+    if is_goal_order(order):  # a goal order's dose levels and goals as plain objectives
+        auto = AutoPlanOptions.model_validate(planning_defaults().get("autoplan", {}))
+        order = order.model_copy(update={"objectives": goal_objectives(order, auto)})
     if std.external and std.external not in order.structure_names():
         # keep the external's voxels in the problem (isodose terms live there): a loose over-dose term
         order = order.model_copy(
@@ -517,7 +535,40 @@ def _problem(
     )
     if with_dij:
         problem.objectives.extend(_mimicking_objectives(problem, std, opts, strength))
+        problem.regularizer = conversion_regularizer(problem, setup.layouts, setup.slices, opts)
     return problem
+
+
+def conversion_regularizer(
+    problem: OptimizationProblem, layouts: list[BeamletLayout], slices: list[slice], opts: ConversionOptions
+) -> FluenceRegularizer:
+    """The fluence regulariser of a conversion's fluence-map optimisation, as the standard plan's
+    (:func:`rayrt.pipeline.optimization.problem`): smoothing of neighbouring beamlets, a bound of
+    ``max_beamlet_weight`` x the open-field weight per beamlet and the sweep-MU penalty above
+    ``fluence_mu_cap`` x the open-field MU, on the target machine's beamlets (``layouts``, Dij
+    columns ``slices``). Settings from ``opts`` where set, else the planning defaults
+    (configs/planning.yaml). The open-field weight (course MU-weight) is the uniform weight whose
+    mean prescription-target dose is the prescription (:func:`rayrt.optimize.fmo.initial_weights`).
+
+    Without it the mimicking terms are met by a jagged fluence (beamlets at up to ~170 x the
+    open-field weight next to closed ones on the OpenKBP head-and-neck cases), which no set of
+    15 deliverable segments reproduces (sequencing error 50-90 %)."""
+    d = PlanningRequest.model_validate(planning_defaults())
+
+    def pick(v: float | None, default: float | None) -> float | None:
+        return default if v is None else v
+
+    w_open = initial_weights(problem)
+    return FluenceRegularizer(
+        differences=neighbour_differences(layouts, slices, problem.num_beamlets),
+        open_weight=float(w_open.mean()) if w_open.size else 1.0,
+        prescription_gy=problem.prescription_gy,
+        smooth_weight=float(pick(opts.fluence_smoothing, d.fluence_smoothing) or 0.0),
+        max_factor=pick(opts.max_beamlet_weight, d.max_beamlet_weight),
+        sweep=sweep_mu_operator(layouts, slices, problem.num_beamlets),
+        mu_cap=pick(opts.fluence_mu_cap, d.fluence_mu_cap),
+        mu_weight=float(pick(opts.fluence_mu_weight, d.fluence_mu_weight) or 0.0),
+    )
 
 
 # --------------------------------------------------------------------------- candidates

@@ -134,6 +134,24 @@ class ConversionOptions(BaseModel):
         "MU-weighted open width",
     )
     fmo_iterations: int = Field(default=150, ge=1)
+    # fluence regularisation of the target machine's fluence-map optimisation (rayrt.optimize.regularize);
+    # None: the planning default (configs/planning.yaml), as the standard plan had
+    fluence_smoothing: float | None = Field(
+        default=None, ge=0, description="smoothing weight of the conversion's fluence (None: the planning default)"
+    )
+    max_beamlet_weight: float | None = Field(
+        default=None,
+        gt=0,
+        description="no beamlet above this x the open-field weight (None: the planning default)",
+    )
+    fluence_mu_cap: float | None = Field(
+        default=None,
+        gt=0,
+        description="the fluence's sweep MU above this x the open-field MU is penalised (None: the planning default)",
+    )
+    fluence_mu_weight: float | None = Field(
+        default=None, ge=0, description="weight of the sweep-MU penalty (None: the planning default)"
+    )
     dao_rounds: int = Field(default=2, ge=1)
     dao_iterations: int = Field(default=40, ge=1)
     mu_refit_iterations: int = Field(

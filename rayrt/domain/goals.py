@@ -35,9 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["ClinicalGoal", "GoalKind", "parse_metric"]
 
-_D_PCT = re.compile(r"^D(\d+(?:\.\d+)?)%?$")
-_D_CC = re.compile(r"^D(\d+(?:\.\d+)?)cc$")
-_V_GY = re.compile(r"^V(\d+(?:\.\d+)?)Gy$")
+_D_PCT = re.compile(r"^D(\d+(?:\.\d+)?)%?$", re.IGNORECASE)
+_D_CC = re.compile(r"^D(\d+(?:\.\d+)?)cc$", re.IGNORECASE)
+_V_GY = re.compile(r"^V(\d+(?:\.\d+)?)Gy$", re.IGNORECASE)
 
 
 class GoalKind(str, Enum):

@@ -140,6 +140,48 @@ def radiological_depths(rho, ct_origin, ct_axes_inv, source_mm, points_mm):
     return out
 
 
+#: a point within this many CT voxels of a voxel face counts as lying on it (see :func:`_inside_at`)
+_FACE_TOL = 1e-6
+
+
+@njit(cache=True, inline="always")
+def _touching(t, n):
+    """Indices [lo, hi] of the CT voxels along one axis (n of them, voxel c spans [c - 0.5, c + 0.5])
+    whose closed extent contains the continuous index ``t``: one voxel, or two when ``t`` lies on the
+    face between them (within ``_FACE_TOL``); clipped to the volume (lo > hi when outside it)."""
+    lo = int(math.ceil(t - 0.5 - _FACE_TOL))
+    hi = int(math.floor(t + 0.5 + _FACE_TOL))
+    if lo < 0:
+        lo = 0
+    if hi > n - 1:
+        hi = n - 1
+    return lo, hi
+
+
+@njit(cache=True, inline="always")
+def _inside_at(rho, ti, tj, tk, min_density):
+    """Whether the point at continuous CT index (ti, tj, tk) is inside the patient: some CT voxel
+    whose closed extent contains it has density > ``min_density``.
+
+    Usually that is the one nearest voxel. A point on a face, edge or corner between voxels (every
+    dose-voxel centre is, along an axis where the dose spacing is an even multiple of the CT's,
+    e.g. 5 mm dose on 2.5 mm slices) touches 2, 4 or 8 voxels, and on the external contour
+    some of them are tissue and some air (density 0): the point is on the patient's surface and is
+    scored, whichever side the air is on (a tie broken towards one side would drop every dose voxel
+    on the surfaces facing that side; structure masks resampled to the dose grid count it inside).
+    """
+    cnk, cnj, cni = rho.shape
+    i0, i1 = _touching(ti, cni)
+    j0, j1 = _touching(tj, cnj)
+    k0, k1 = _touching(tk, cnk)
+    for ck in range(k0, k1 + 1):
+        for cj in range(j0, j1 + 1):
+            for ci in range(i0, i1 + 1):
+                if rho[ck, cj, ci] > min_density:
+                    return True
+    return False
+
+
 #: the rows of the dose grid are processed in this many blocks of consecutive rows (handed to the
 #: threads one at a time under numba.set_parallel_chunksize(1): balanced for body-shaped work)
 _BLOCKS = 256
@@ -186,7 +228,8 @@ def voxel_terms(
 
     A voxel is scored when it lies in front of the source, its isocenter-plane projection (u, v)
     is inside ``env`` = (u_lo, u_hi, v_lo, v_hi) (the lateral reach of the requested bixels) and
-    the density at its centre (nearest CT voxel) exceeds ``min_density``. For a scored voxel
+    its centre is inside the patient (:func:`_inside_at`: the nearest CT voxel, or any of the CT
+    voxels whose face, edge or corner the centre lies on, has density > ``min_density``). For a scored voxel
     ``W[f, 0:3] = calib (SAD/s)^2 w_i(d)`` with d its radiological depth (exact traversal of the
     ray from the source to its centre) and w_i the SVD depth components; ``W[f] = 0`` otherwise.
     Per grid row r = k*nj + j: ``first[r]``/``last[r]`` (scored column range, -1/-2 when none)
@@ -194,7 +237,6 @@ def voxel_terms(
     the row ranges (no radiological depths; ``W`` is not touched), for sizing the output.
     """
     nk, nj, ni = shape[0], shape[1], shape[2]
-    cnk, cnj, cni = rho.shape
     srcx = iso[0] + rot[2, 0] * sad
     srcy = iso[1] + rot[2, 1] * sad
     srcz = iso[2] + rot[2, 2] * sad
@@ -243,12 +285,7 @@ def voxel_terms(
                 ti = ct_axes_inv[0, 0] * xx + ct_axes_inv[0, 1] * yy + ct_axes_inv[0, 2] * zz
                 tj = ct_axes_inv[1, 0] * xx + ct_axes_inv[1, 1] * yy + ct_axes_inv[1, 2] * zz
                 tk = ct_axes_inv[2, 0] * xx + ct_axes_inv[2, 1] * yy + ct_axes_inv[2, 2] * zz
-                ci = int(math.floor(ti + 0.5))
-                cj = int(math.floor(tj + 0.5))
-                ck = int(math.floor(tk + 0.5))
-                if ci < 0 or cj < 0 or ck < 0 or ci >= cni or cj >= cnj or ck >= cnk:
-                    continue
-                if not rho[ck, cj, ci] > min_density:
+                if not _inside_at(rho, ti, tj, tk, min_density):
                     continue
                 if with_terms:
                     dx = px - srcx

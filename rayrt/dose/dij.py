@@ -10,7 +10,9 @@ open 10 x 10 cm² field of 1 MU made of bixels gives about 0.01 Gy at dmax.
 Algorithm per beam (all hot loops in numba, rayrt.dose._numba):
 
 1. One pass over the dose grid (``voxel_terms``): a voxel is scored when the density at its
-   centre is > ``min_density`` (i.e. inside the external), it lies in front of the source and its
+   centre is > ``min_density`` (i.e. inside the external; a centre on a face between CT voxels,
+   as every centre of a 5 mm dose grid on 2.5 mm CT slices is, takes the densest voxel it
+   touches, so the patient's surface is scored on all sides), it lies in front of the source and its
    isocenter-plane projection (u, v) is within the lateral envelope of the requested bixels. For a
    scored voxel: radiological depth by exact voxel traversal (Siddon) of the ray from the source
    to its centre through the density volume (its own grid; the dose grid is independent), and the

@@ -48,7 +48,7 @@ import scipy.sparse as sp
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.goals import ClinicalGoal, GoalKind
-from rayrt.domain.order import MedicalOrder
+from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
 from rayrt.domain.planning import AutoPlanOptions
 from rayrt.optimize.fmo import FluenceOptions, FluenceResult, optimize_fluence
 from rayrt.optimize.goal_terms import AutoPlan, AutoPlanRound, GoalPlanReport, GoalTerm
@@ -70,6 +70,8 @@ __all__ = [
     "goal_conflicts",
     "is_goal_order",
     "limiting_factors",
+    "goal_objectives",
+    "air_limits",
 ]
 
 #: the largest factor the normalisation-aware re-aiming raises the target's aims by
@@ -533,6 +535,43 @@ def autoplan_fluence(
     return fr, factor, report
 
 
+def goal_objectives(order: MedicalOrder, options: AutoPlanOptions) -> list[ObjectiveSpec]:
+    """The goals of an order as a plain objective list on whole structures (no helper structures):
+    each target's level terms (squared under-dose at its level, squared over-dose above
+    ``target_hot_pct`` %), then one term per goal at its value (min/max DVH, min/max dose, mean).
+    What a plan conversion (:mod:`rayrt.convert`) optimises beside its mimicking terms, so that a
+    converted plan keeps every dose level of a goal order."""
+    out: list[ObjectiveSpec] = []
+    for t, level in order.target_levels().items():
+        out.append(
+            ObjectiveSpec(
+                structure=t, kind=ObjectiveKind.squared_underdose, dose_gy=level, priority=options.coverage_weight
+            )
+        )
+        out.append(
+            ObjectiveSpec(
+                structure=t,
+                kind=ObjectiveKind.squared_overdose,
+                dose_gy=level * options.target_hot_pct / 100.0,
+                priority=max(options.hot_weight, 1e-6),
+            )
+        )
+    for g in order.goals:
+        w = (options.coverage_weight if g.op == ">=" else options.organ_weight) * 2.0 ** (2 - g.rank)
+        lower = g.op == ">="
+        if g.kind is GoalKind.dose_at_volume_pct:
+            kind = ObjectiveKind.min_dvh if lower else ObjectiveKind.max_dvh
+            out.append(
+                ObjectiveSpec(structure=g.structure, kind=kind, dose_gy=g.value, volume_pct=g.parameter, priority=w)
+            )
+        elif g.kind in (GoalKind.max, GoalKind.min, GoalKind.dose_at_volume_cc):
+            kind = ObjectiveKind.min_dose if lower else ObjectiveKind.max_dose
+            out.append(ObjectiveSpec(structure=g.structure, kind=kind, dose_gy=g.value, priority=w))
+        elif g.kind is GoalKind.mean and not lower:
+            out.append(ObjectiveSpec(structure=g.structure, kind=ObjectiveKind.mean_dose, dose_gy=g.value, priority=w))
+    return out
+
+
 def limiting_factors(plan_terms: list[dict], evals: list[GoalEvaluation], conflicts: list[str]) -> dict[str, str]:
     """For each missed goal (by label), what limited it, in words: a contradiction with another
     goal, an overlap that makes it unreachable, a higher-ranked goal it was traded against, or the
@@ -554,4 +593,25 @@ def limiting_factors(plan_terms: list[dict], evals: list[GoalEvaluation], confli
                 "traded against " + ", ".join(held) if held else "the fluence could not reach it within the rounds"
             )
         out[e.label] = "; ".join(reasons)
+    return out
+
+
+def air_limits(
+    order: MedicalOrder, evals: list[GoalEvaluation], air: dict[str, float], voxel_cc: float
+) -> dict[str, str]:
+    """Missed coverage goals explained by target voxels outside the patient's tissue: ``air`` maps
+    a structure to the number of its dose-grid voxels whose relative electron density is below 0.05
+    (they receive no dose from the pencil-beam engine). A ``D<x> >= v`` goal lets (100 - x) % go."""
+    out: dict[str, str] = {}
+    for g, e in zip(order.goals, evals):
+        n_air = air.get(g.structure, 0.0)
+        if e.met or g.op != ">=" or not n_air:
+            continue
+        spare = (100.0 - (g.parameter or 100.0)) if g.kind is GoalKind.dose_at_volume_pct else 0.0
+        n = n_air / max(air.get(f"{g.structure}#voxels", 1.0), 1.0) * 100.0
+        if n > spare:
+            out[e.label] = (
+                f"{n_air * voxel_cc:.1f} cc ({n:.1f} %) of {g.structure} lie in air (relative electron density < 0.05) "
+                f"on the dose grid and receive no dose; the goal lets {spare:g} % go"
+            )
     return out

@@ -110,7 +110,12 @@ def build_helpers(
         near_higher = np.zeros(shape, bool)
         if higher.any():
             near_higher = distance_mm(higher, spacing_zyx_mm) <= sib_gap_mm
-        coverage[t] = exclusive[t] & ~near_higher if (exclusive[t] & ~near_higher).any() else exclusive[t]
+        coverage[t] = exclusive[t] & ~near_higher
+        if not coverage[t].any():
+            coverage[t] = exclusive[t]
+            notes.append(
+                f"{t}: every voxel lies within {sib_gap_mm:g} mm of a higher level; optimised on all its voxels"
+            )
         region = coverage[t] & ~skin
         if not region.any():  # a target entirely in the gap or the skin keeps its own voxels
             region = exclusive[t]

@@ -23,7 +23,13 @@ from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Segment
 from rayrt.domain.planning import PlanningRequest
 from rayrt.machines import get_machine
-from rayrt.optimize.autoplan import autoplan_fluence, build_goal_problem, is_goal_order, limiting_factors
+from rayrt.optimize.autoplan import (
+    air_limits,
+    autoplan_fluence,
+    build_goal_problem,
+    is_goal_order,
+    limiting_factors,
+)
 from rayrt.optimize.dao import DAOOptions, DAOResult, optimize_apertures
 from rayrt.optimize.fmo import FluenceOptions, FluenceResult, ObjectiveEvaluator, initial_weights, optimize_fluence
 from rayrt.optimize.goal_terms import GoalPlanReport
@@ -355,6 +361,15 @@ def normalize(
     goals = evaluate_goals(order.goals, dose3, geometry.dose_masks, vcc)
     report = fluence.goal_report
     limits = limiting_factors(report.terms, goals, report.conflicts) if report is not None else {}
+    if order.goals and not all(g.met for g in goals):
+        rho = geometry.density_volume().resample(geometry.dose_grid, order=1, fill=0.0).array
+        air: dict[str, float] = {}
+        for g in order.goals:
+            mask = np.asarray(geometry.dose_masks[g.structure], bool)
+            air[g.structure] = float(np.count_nonzero(mask & (rho < 0.05)))
+            air[f"{g.structure}#voxels"] = float(mask.sum())
+        for label, why in air_limits(order, goals, air, vcc).items():
+            limits[label] = why if not limits.get(label) else f"{why}; {limits[label]}"
     ctx.progress(1, 1, f"{plan.total_mu:.1f} MU/fraction")
     return StandardPlan(
         plan=plan,
