@@ -92,10 +92,41 @@ class DVHPoint(BaseModel):
     volume_pct: float = Field(ge=0, le=100)
 
 
-class MedicalOrder(BaseModel):
-    """What the physician orders for one patient."""
+HEAD_AND_NECK_EXAMPLE: dict = {
+    "name": "oropharynx SIB 70/63/56 Gy in 35 fractions",
+    "prescription": {
+        "target": "PTV70",
+        "total_dose_gy": 70.0,
+        "fractions": 35,
+        "normalization": {"metric": "D95", "value_pct": 100.0},
+    },
+    "dose_levels": {"PTV63": 63.0, "PTV56": 56.0},
+    "goals": [
+        {"structure": "SpinalCord", "metric": "D0.1cc", "op": "<=", "value": 45.0, "rank": 1},
+        {"structure": "Brainstem", "metric": "D0.1cc", "op": "<=", "value": 50.0, "rank": 1},
+        {"structure": "Mandible", "metric": "D0.1cc", "op": "<=", "value": 73.5, "rank": 1},
+        {"structure": "PTV70", "metric": "D99", "op": ">=", "value": 66.5, "rank": 2},
+        {"structure": "PTV63", "metric": "D99", "op": ">=", "value": 59.9, "rank": 2},
+        {"structure": "PTV56", "metric": "D99", "op": ">=", "value": 53.2, "rank": 2},
+        {"structure": "PTV70", "metric": "D2", "op": "<=", "value": 75.0, "rank": 3},
+        {"structure": "LeftParotid", "metric": "mean", "op": "<=", "value": 26.0, "rank": 3},
+        {"structure": "RightParotid", "metric": "mean", "op": "<=", "value": 26.0, "rank": 3},
+        {"structure": "Larynx", "metric": "mean", "op": "<=", "value": 45.0, "rank": 3},
+        {"structure": "Esophagus", "metric": "V45Gy", "op": "<=", "value": 33.0, "rank": 4},
+    ],
+    "notes": "Simultaneous integrated boost: each PTV at its level (a voxel in two PTVs belongs to the higher "
+    "level); organ maxima rank 1, coverage rank 2, hot spot and parallel organs rank 3-4. rayrt builds the "
+    "helper structures (organ minus PTVs, normal-tissue fall-off, PTVs cropped from the skin) and the objectives.",
+}
+"""A worked head-and-neck order written as clinical goals (the schema's example: ``rayrt schema order``)."""
 
-    model_config = ConfigDict(extra="forbid")
+
+class MedicalOrder(BaseModel):
+    """What the physician orders for one patient: a prescription, and either clinical goals with
+    priority ranks (planned automatically) or an expert objective list (or both: the objectives
+    drive the optimiser, the goals are judged and reported)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [HEAD_AND_NECK_EXAMPLE]})
 
     name: str = Field(default="order", description="a label for the order")
     prescription: Prescription

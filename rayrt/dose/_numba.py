@@ -163,9 +163,9 @@ def _inside_at(rho, ti, tj, tk, min_density):
     """Whether the point at continuous CT index (ti, tj, tk) is inside the patient: some CT voxel
     whose closed extent contains it has density > ``min_density``.
 
-    Usually that is the one nearest voxel. A point on a face, edge or corner between voxels (every
-    dose-voxel centre is, along an axis where the dose spacing is an even multiple of the CT's,
-    e.g. 5 mm dose on 2.5 mm slices) touches 2, 4 or 8 voxels, and on the external contour
+    Usually that is the one nearest voxel. A point on a face, edge or corner between voxels touches
+    2, 4 or 8 of them (every centre of OpenKBP pt_203's 5 mm dose grid from ``dose_grid_for`` lies
+    on a face between its 2.5 mm CT slices, so does TG-119's on pyRadPlan's grid), and on the external contour
     some of them are tissue and some air (density 0): the point is on the patient's surface and is
     scored, whichever side the air is on (a tie broken towards one side would drop every dose voxel
     on the surfaces facing that side; structure masks resampled to the dose grid count it inside).

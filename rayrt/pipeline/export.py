@@ -53,6 +53,11 @@ class MachineSummary(BaseModel):
     plan_id: str
     total_mu_per_fraction: float
     segments: int
+    open_field_mu: float | None = Field(
+        default=None,
+        description="MU per fraction of the open-field plan of the same beams and prescription (the modulation "
+        "measure is total_mu_per_fraction / open_field_mu)",
+    )
     verdict: str | None = None
     failed_checks: list[str] = Field(default_factory=list)
     goals: list[GoalResult] = Field(default_factory=list)
@@ -238,6 +243,7 @@ def export(
                     plan_id=plan.id,
                     total_mu_per_fraction=plan.total_mu,
                     segments=sum(len(b.segments) for b in plan.beams),
+                    open_field_mu=standard_plan.open_field_mu or None,
                     verdict=rep.verdict if rep else None,
                     failed_checks=[f"{c.name}: {c.status}" for c in rep.failed()] if rep else [],
                     goals=plan_goals(dose3, dvh, n == 0),

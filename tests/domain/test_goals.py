@@ -252,3 +252,14 @@ def test_check_structures_names_missing_level_target():
     order = MedicalOrder.model_validate(_order())
     with pytest.raises(InputError, match=r"unknown structure\(s\) 'PTV63'; "):
         order.check_structures(["PTV70", "PTV56", "SpinalCord", "Lung"])
+
+
+def test_the_schema_carries_the_worked_head_and_neck_example():
+    """`rayrt schema order` shows a worked head-and-neck goal order, and it is a valid order."""
+    from rayrt.domain.order import HEAD_AND_NECK_EXAMPLE, MedicalOrder
+
+    schema = MedicalOrder.model_json_schema()
+    assert schema["examples"] == [HEAD_AND_NECK_EXAMPLE]
+    order = parse_order(HEAD_AND_NECK_EXAMPLE)
+    assert list(order.target_levels()) == ["PTV70", "PTV63", "PTV56"]
+    assert {g.rank for g in order.goals} == {1, 2, 3, 4} and not order.objectives

@@ -190,3 +190,42 @@ def test_cli_watch_and_machines(serve_app, planned_job, capsys):
     out = capsys.readouterr().out
     assert "truebeam_m120" in out and "synergy_mlci2" in out
     assert run(["machines", "--set", "nonsense", "--server", serve_app]) == 2
+
+
+GOAL_ORDER = {
+    "name": "small goal order",
+    "prescription": {"target": "PTV", "total_dose_gy": 50.0, "fractions": 25},
+    "goals": [
+        {"structure": "Core", "metric": "D0.1cc", "op": "<=", "value": 25.0, "rank": 1},
+        {"structure": "PTV", "metric": "D95", "op": ">=", "value": 47.5, "rank": 2},
+        {"structure": "PTV", "metric": "D5", "op": "<=", "value": 55.0, "rank": 3},
+    ],
+}
+
+
+def test_a_goal_order_over_http(serve_app, small_study_zip, fast_planning):
+    """An order written as clinical goals (no objectives) is planned automatically by the service
+    like by `rayrt plan`: the standard plan's summary judges every goal with its rank, and a goal
+    on a structure the patient lacks is refused at POST /jobs (422 naming it)."""
+    from helpers.service import wait_job
+
+    from rayrt.cli.service import _client, upload_patient
+
+    with _client(serve_app) as c:
+        pid = upload_patient(c, small_study_zip)["id"]
+        bad = {
+            **GOAL_ORDER,
+            "goals": [*GOAL_ORDER["goals"], {"structure": "Lung", "metric": "V20Gy", "op": "<=", "value": 30}],
+        }
+        r = c.post("/jobs", json={"patient_id": pid, "order": bad, "options": fast_planning})
+        assert r.status_code == 422 and "Lung" in r.json()["message"]
+        job = c.post("/jobs", json={"patient_id": pid, "order": GOAL_ORDER, "options": fast_planning}).json()
+    done = wait_job(serve_app, job["id"], timeout_s=600)
+    assert done["state"] == "succeeded", done
+    plans = httpx.get(f"{serve_app}/jobs/{job['id']}/plans", timeout=30).json()
+    std = plans["machines"][0]
+    assert std["machine"] == "standard"
+    goals = std["goals"]
+    assert [(g["structure"], g["rank"]) for g in goals] == [("Core", 1), ("PTV", 2), ("PTV", 3)]
+    assert all(g["value"] is not None for g in goals)
+    assert next(g for g in goals if g["metric"] == "D95")["met"]  # the normalisation gives D95 = 50 Gy
