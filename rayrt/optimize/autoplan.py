@@ -13,9 +13,11 @@ with a lexicographic safeguard (PLANNING.md, "Published ways to plan automatical
   target hot-spot goal (``D<x> <= v``) a max-DVH term at v - 2 % of L;
 * each organ goal on the organ minus the grown targets (the voxels inside receive the target's
   dose whatever the plan does, and the report says so): ``max`` / ``D<x>cc <= u`` a squared
-  over-dose above u - m; ``mean <= g`` a mean-dose term whose aim accounts for the voxels inside
+  over-dose above u - m (and, where the organ lies inside targets of a lower level, a squared
+  over-dose there above u - 1 % of Rx: those hot spots are the targets'); ``mean <= g`` a mean-dose term whose aim accounts for the voxels inside
   (``(g n - sum of their expected dose) / n_region``); ``D<x> <= u`` and ``V<y>Gy <= v`` max-DVH
-  terms whose volume is corrected the same way, each with a convex companion (squared over-dose of
+  terms whose volume is corrected the same way (a mean aim never below half the goal; a goal the
+  overlap makes unreachable keeps a tenth of its weight), each with a convex companion (squared over-dose of
   the region above u: DVH terms alone have little gradient once the hottest voxels are exempt).
   An organ goal of rank r starts at ``organ_weight * 2^(2 - r)``; the organ goals of rank up to
   ``hard_ranks`` (not made unreachable by an overlap) are also hard constraints ``hard_margin_pct``
@@ -32,6 +34,8 @@ dose scaled by the normalisation factor (what the normalised plan will receive):
   is pushed as low as it goes;
 * if a goal that was met is now missed, every change made in the previous round to goals of a
   lower rank is undone and those goals are frozen (a higher rank is never paid for by a lower one);
+  while any goal of rank r is missed, the goals ranked below r are neither re-weighted nor pushed
+  (they wait at their starting aims and weights);
 * the prescription target's aims follow the normalisation (as in the expert path).
 
 The round with the best lexicographic record (most goals met at rank 1, then rank 2, ...; then the
@@ -76,6 +80,9 @@ __all__ = [
 
 #: the largest factor the normalisation-aware re-aiming raises the target's aims by
 _MAX_AIM_FACTOR = 1.25
+
+#: share of its weight an organ goal keeps when the overlap with the targets makes it unreachable
+_UNREACHABLE_WEIGHT = 0.1
 
 
 def is_goal_order(order: MedicalOrder) -> bool:
@@ -193,12 +200,14 @@ def _organ_goal_spec(
         return _Spec(g.structure, "mean_dose", organ, 0.0, w, goal_gy=g.value), g.structure, why
     if g.kind is GoalKind.mean:
         aim = (g.value * n - float(expected.sum())) / n_r
-        why = ""
-        if aim <= 0:
+        floor = 0.5 * g.value  # never asked below half the goal: a mean term far below reach outweighs the targets
+        if aim <= 0:  # unreachable: the rest of the organ kept low, without outweighing the targets
             why = (
                 f"{n_in * voxel_cc:.1f} cc of {g.structure} near the targets alone bring its mean above {g.value:g} Gy"
             )
-        return _Spec(g.structure, "mean_dose", region, max(aim - margin_gy, 0.0), w, goal_gy=g.value), where, why
+            spec = _Spec(g.structure, "mean_dose", region, floor, w * _UNREACHABLE_WEIGHT, goal_gy=g.value)
+            return spec, where, why
+        return _Spec(g.structure, "mean_dose", region, max(aim - margin_gy, floor), w, goal_gy=g.value), where, ""
     if g.kind in (GoalKind.max, GoalKind.dose_at_volume_cc):
         why = ""
         if n_in and float(expected.max()) > g.value:
@@ -214,7 +223,7 @@ def _organ_goal_spec(
     x_r = (x_pct / 100.0 * n - hot_in) / n_r * 100.0
     if x_r <= 0:
         why = f"{hot_in * voxel_cc:.1f} cc of {g.structure} inside the targets already exceed {u:g} Gy"
-        return _Spec(g.structure, "max_dose", region, max(u - margin_gy, 0.0), w, goal_gy=u), where, why
+        return _Spec(g.structure, "max_dose", region, u, w * _UNREACHABLE_WEIGHT, goal_gy=u), where, why
     return _Spec(g.structure, "max_dvh", region, max(u - margin_gy, 0.0), w, min(x_r, 100.0), goal_gy=u), where, ""
 
 
@@ -297,6 +306,16 @@ def build_goal_problem(
                     _Spec(spec.structure, "squared_overdose", spec.mask, spec.goal_gy or spec.dose_gy, spec.weight)
                 )
                 owners.append(i)
+            inside = np.asarray(masks[g.structure], bool) & (helpers.level_map_gy > 0)
+            if (
+                g.structure not in targets
+                and g.op == "<="
+                and g.kind in (GoalKind.max, GoalKind.dose_at_volume_cc)
+                and inside.any()
+                and float(helpers.level_map_gy[inside].max()) < g.value
+            ):  # the organ's part inside targets below its limit: its hot spots are the targets' to avoid
+                specs.append(_Spec(g.structure, "max_dose", inside, g.value - 0.01 * rx, spec.weight, goal_gy=g.value))
+                owners.append(i)
             if (
                 g.rank <= options.hard_ranks
                 and g.structure not in targets
@@ -362,6 +381,7 @@ def build_goal_problem(
                 objectives=objs,
                 region=regions.get(i, g.structure),
                 start_weights=[objectives[k].weight for k in objs],
+                start_aims=[objectives[k].dose_gy for k in objs],
                 unreachable=unreachable.get(i, ""),
             )
         )
@@ -432,8 +452,9 @@ def _adapt(
 ) -> None:
     """One round's changes. When a goal that was met is now missed, the previous round's pushes
     are undone and every goal's push is halved (twice: pushing stops), and the weight increases of
-    goals ranked below the lost one are undone and frozen. Then the unmet goals are re-weighted and
-    the met organ goals pushed lower."""
+    goals ranked below the lost one are undone and frozen. While a goal of rank r is missed, goals
+    ranked below r stay at their starting aims and weights. Then the unmet goals are re-weighted
+    and the met organ goals pushed lower."""
     if previous is not None:
         lost = [e for e, p in zip(evals, previous) if p.met and not e.met]
         if lost:
@@ -448,9 +469,16 @@ def _adapt(
                     t.push_scale *= 0.5
                 elif t.goal.rank > worst.rank:
                     t.frozen, t.frozen_by = True, worst.label
+    unmet_ranks = [e.rank for e in evals if not e.met]
+    first_unmet = min(unmet_ranks) if unmet_ranks else None
     for t, e in zip(plan.terms, evals):
         t.last_change = [(k, problem.objectives[k].dose_gy, problem.objectives[k].weight) for k in t.objectives]
         t.pushed = False
+        if first_unmet is not None and t.goal.rank > first_unmet:
+            # a higher rank is still missed: this goal waits at its starting aims and weights
+            for k, aim, w0 in zip(t.objectives, t.start_aims, t.start_weights):
+                problem.objectives[k].dose_gy, problem.objectives[k].weight = aim, w0
+            continue
         if t.frozen:
             t.last_change = []
             continue

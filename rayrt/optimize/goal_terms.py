@@ -22,6 +22,7 @@ class GoalTerm:
     objectives: list[int]  # indices into the problem's objectives
     region: str  # what the objectives act on, in words
     start_weights: list[float] = field(default_factory=list)
+    start_aims: list[float] = field(default_factory=list)
     frozen: bool = False  # its weights no longer grow (a higher-ranked goal was lost when they did)
     pushed: bool = False  # its aim was lowered in the last round
     push_scale: float = 1.0  # share of the push step still applied (halved each time a push cost a goal)

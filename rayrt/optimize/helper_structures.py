@@ -3,9 +3,10 @@
 A planner never asks the user to draw these (PLANNING.md, "Helper structures"):
 
 * **Target dose levels** (simultaneous integrated boost): a voxel in two targets belongs to the
-  higher level. A lower-level target is *optimised* on itself minus the higher-level targets grown
-  by ``sib_gap_mm``, so that no voxel is asked for two doses; the gap in between is left to the
-  dose gradient. Its goals are still judged on the whole target.
+  higher level. A lower-level target's level terms (under- and over-dose at its level) act on it
+  minus the higher-level targets grown by ``sib_gap_mm``, so that no voxel is asked for two doses;
+  its coverage goals (a minimum, compatible with the higher dose next to a higher level) act on all
+  its voxels not in a higher level. Its goals are judged on the whole target.
 * **Skin crop**: targets' level terms leave out the voxels within ``skin_crop_mm`` of the outside
   of the external contour (the build-up region, where no beam arrangement gives full dose without
   hot spots beneath); the coverage goals' terms keep them, so a D99 goal still sees every voxel
@@ -49,7 +50,7 @@ class HelperStructures:
     levels: dict[str, float]  # target -> dose level (Gy), highest first
     exclusive: dict[str, np.ndarray]  # target -> its voxels not in a higher-level target
     optimise: dict[str, np.ndarray]  # target -> exclusive minus higher targets + gap, minus the skin
-    coverage: dict[str, np.ndarray]  # target -> exclusive minus higher targets + gap (skin kept): coverage goals
+    coverage: dict[str, np.ndarray]  # target -> its exclusive voxels (gap and skin kept): coverage goals
     level_map_gy: np.ndarray  # per voxel: the level of the target it belongs to (0 outside)
     grown_targets: np.ndarray  # every target grown by organ_gap_mm
     falloff_region: np.ndarray  # external minus the targets
@@ -110,13 +111,8 @@ def build_helpers(
         near_higher = np.zeros(shape, bool)
         if higher.any():
             near_higher = distance_mm(higher, spacing_zyx_mm) <= sib_gap_mm
-        coverage[t] = exclusive[t] & ~near_higher
-        if not coverage[t].any():
-            coverage[t] = exclusive[t]
-            notes.append(
-                f"{t}: every voxel lies within {sib_gap_mm:g} mm of a higher level; optimised on all its voxels"
-            )
-        region = coverage[t] & ~skin
+        coverage[t] = exclusive[t]  # a minimum is compatible with the higher dose next to a higher level
+        region = exclusive[t] & ~near_higher & ~skin
         if not region.any():  # a target entirely in the gap or the skin keeps its own voxels
             region = exclusive[t]
             notes.append(f"{t}: no voxel left after the SIB gap and skin crop; optimised on all its voxels")
