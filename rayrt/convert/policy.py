@@ -171,6 +171,25 @@ class ConversionOptions(BaseModel):
     dvh_levels_target_pct: list[float] = Field(
         default_factory=lambda: [2.0, 10.0, 95.0, 98.0], description="volume levels of target DVH terms"
     )
+    agreement_boost: float = Field(
+        default=4.0,
+        ge=1.0,
+        description="a structure whose agreement with the standard plan (target D95, organ D10) comes within half "
+        "of dvh_agreement_gy of failing, or fails, gets its DVH-mimicking weights multiplied by this in every "
+        "later attempt (1: off); the global strength_factor leaves the balance of the mimicking terms unchanged",
+    )
+    agreement_refits: int = Field(
+        default=3,
+        ge=0,
+        description="after a candidate's exact segment-MU refit, at most this many further refits while its DVH "
+        "agreement with the standard plan fails, each with the DVH terms of the structures near or past the limit "
+        "boosted by agreement_boost (the candidate agreeing best is kept)",
+    )
+    dvh_two_sided_target_pct: list[float] = Field(
+        default_factory=lambda: [95.0],
+        description="target DVH levels kept within the tolerance from above too (the release compares target "
+        "D95 with the standard plan's both ways: a converted plan covering a lower dose level better fails it)",
+    )
     dvh_levels_organ_pct: list[float] = Field(
         default_factory=lambda: [2.0, 10.0, 50.0], description="volume levels of organ DVH terms"
     )

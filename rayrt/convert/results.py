@@ -105,6 +105,15 @@ class AttemptDetail(BaseModel):
     optimise_seconds: float | None = Field(
         default=None, description="fluence / dao: optimisation, sequencing and refit"
     )
+    agreement_refits: int | None = Field(
+        default=None,
+        description="further exact segment-MU refits towards the release's DVH agreement (boosted DVH terms)",
+    )
+    dvh_boost: dict[str, float] = Field(
+        default_factory=dict,
+        description="structures whose DVH-mimicking weights this attempt multiplied (their agreement with the "
+        "standard plan came near or past the release limit in an earlier attempt) -> factor",
+    )
 
 
 class AttemptRecord(BaseModel):

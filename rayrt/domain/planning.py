@@ -76,6 +76,13 @@ class AutoPlanOptions(BaseModel):
     hard_margin_pct: float = Field(
         default=1.0, ge=0, le=20, description="hard constraints sit this % of the prescription inside their goal"
     )
+    robust_pct: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="during the rounds a goal counts as met only this % of the prescription inside it (percentage "
+        "points for a V<x>Gy goal): the margin leaf sequencing and DAO take back",
+    )
     weight_step: float = Field(default=2.0, gt=1, le=10, description="factor on an unmet goal's weights per round")
     max_weight_factor: float = Field(
         default=64.0, ge=1, description="an unmet goal's weights grow at most this factor over their start"

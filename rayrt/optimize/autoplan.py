@@ -11,23 +11,24 @@ with a lexicographic safeguard (PLANNING.md, "Published ways to plan automatical
   ``target_hot_pct`` % of L on its optimisation region (SIB gap and skin crop removed);
   each coverage goal (``D<x> >= v``, ``min >= v``) a min-DVH / min-dose term at v + 2 % of L; each
   target hot-spot goal (``D<x> <= v``) a max-DVH term at v - 2 % of L;
-* each organ goal on the organ minus the grown targets (the voxels inside receive the target's
-  dose whatever the plan does, and the report says so): ``max`` / ``D<x>cc <= u`` a squared
-  over-dose above u - m (and, where the organ lies inside targets of a lower level, a squared
-  over-dose there above u - 1 % of Rx: those hot spots are the targets'); ``mean <= g`` a mean-dose term whose aim accounts for the voxels inside
-  (``(g n - sum of their expected dose) / n_region``); ``D<x> <= u`` and ``V<y>Gy <= v`` max-DVH
-  terms whose volume is corrected the same way (a mean aim never below half the goal; a goal the
-  overlap makes unreachable keeps a tenth of its weight), each with a convex companion (squared over-dose of
-  the region above u: DVH terms alone have little gradient once the hottest voxels are exempt).
-  An organ goal of rank r starts at ``organ_weight * 2^(2 - r)``; the organ goals of rank up to
-  ``hard_ranks`` (not made unreachable by an overlap) are also hard constraints ``hard_margin_pct``
-  % of Rx inside the goal (augmented Lagrangian, :mod:`rayrt.optimize.fmo`): the wish list's
-  constraints, which the targets' terms cannot trade away. A goal the overlap alone makes unreachable is
-  reported as such (and its region still pushed as low as it goes);
+* each organ goal on the organ minus the grown targets where it overlaps one (the voxels inside
+  receive the target's dose whatever the plan does, and the report says so): ``max`` /
+  ``D<x>cc <= u`` a squared over-dose above u - m (and, where the organ lies inside targets of a
+  lower level, a squared over-dose there above u - 1 % of Rx: those hot spots are the targets');
+  ``mean <= g`` a mean-dose term whose aim accounts for the voxels inside
+  (``(g n - sum of their expected dose) / n_region``, never below half the goal); ``D<x> <= u``
+  and ``V<y>Gy <= v`` max-DVH terms whose volume is corrected the same way, each with a convex
+  companion (squared over-dose of the region above u: DVH terms alone have little gradient once the
+  hottest voxels are exempt). A goal the overlap alone makes unreachable is reported as such and
+  keeps a tenth of its weight. An organ goal of rank r starts at ``organ_weight * 2^(2 - r)``; the
+  organ goals of rank up to ``hard_ranks`` (not unreachable) are also hard constraints
+  ``hard_margin_pct`` % of Rx inside the goal (augmented Lagrangian, :mod:`rayrt.optimize.fmo`):
+  the wish list's constraints, which the targets' terms cannot trade away;
 * the normal-tissue fall-off over the external contour outside the targets.
 
 **Rounds.** Each round is a warm-started fluence optimisation, then every goal is judged on the
-dose scaled by the normalisation factor (what the normalised plan will receive):
+dose scaled by the normalisation factor (what the normalised plan will receive), met only with a
+margin of ``robust_pct`` % of Rx (what sequencing and DAO typically take back):
 
 * an unmet goal's weights grow by ``weight_step`` (at most ``max_weight_factor`` x their start);
 * a met organ goal's aim is lowered to its achieved value minus ``push_pct`` % of Rx: each organ
@@ -414,8 +415,18 @@ def build_goal_problem(
 
 
 # ----------------------------------------------------------------------------- rounds
-def _judge(problem: OptimizationProblem, plan: AutoPlan, d: np.ndarray) -> list[GoalEvaluation]:
-    return [evaluate_goal(t.goal, d[problem.structure_rows[t.goal.structure]], plan.voxel_cc) for t in plan.terms]
+def _judge(problem: OptimizationProblem, plan: AutoPlan, d: np.ndarray, robust_pct: float) -> list[GoalEvaluation]:
+    """Every goal on the fluence dose, met only with a margin that survives leaf sequencing, DAO
+    and the normalisation: ``robust_pct`` % of the prescription for a dose goal, that many
+    percentage points for a volume goal."""
+    out = []
+    for t in plan.terms:
+        e = evaluate_goal(t.goal, d[problem.structure_rows[t.goal.structure]], plan.voxel_cc)
+        need = robust_pct / 100.0 * (problem.prescription_gy if t.goal.is_dose else 100.0)
+        if t.goal.is_dose is False and t.goal.unit == "cc":
+            need = 0.0
+        out.append(e.model_copy(update={"met": e.met and e.margin >= need}))
+    return out
 
 
 def _record(evals: list[GoalEvaluation]) -> tuple[tuple[int, ...], float, float]:
@@ -516,7 +527,7 @@ def autoplan_fluence(
         w = fr.w
         d = problem.dose(w)
         f = normalization_factor(d[problem.structure_rows[nstruct]], order)
-        evals = _judge(problem, plan, d * f)
+        evals = _judge(problem, plan, d * f, opts.robust_pct)
         met, shortfall, slack = _record(evals)
         report.rounds.append(
             AutoPlanRound(

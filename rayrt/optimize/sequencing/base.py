@@ -518,8 +518,9 @@ class Sequencer:
       whole field is smaller than the minimum gets one segment opened to the minimum area;
     * **minimum width** -- open pairs are widened about their centre to ``min_width_mm``
       (:func:`make_deliverable`);
-    * **maximum segments** -- every quantisation level is tried; a level with too many segments
-      keeps those with the largest MU x area and refits their weights. The level whose refitted
+    * **maximum segments** -- quantisation levels are tried from the finest down to the first
+      whose segments fit the count; a finer level with too many segments keeps those with the
+      largest MU x area and refits their weights. Of the levels tried, the one whose refitted
       segments reproduce the fluence best (relative L2 error) is emitted;
     * **minimum MU** (``min_weight``, fluence units = MU per fraction x fractions; 0: none) -- the
       refit drops segments below half of it and holds the others at >= it.
@@ -614,8 +615,12 @@ class Sequencer:
             err = float(np.linalg.norm(fit - b) / max(float(np.linalg.norm(b)), 1e-30))
             ratio = float(np.sum(fit * cell.ravel()) / max(total, 1e-30))
             cur = _LevelResult(L, cands, weights, dropped, err, ratio, small)
-            if fits:  # the finest level within the segment count (as many segments as allowed: DAO's freedom)
-                best = cur
+            if fits:
+                # the finest level within the segment count (as many segments as allowed: DAO's freedom),
+                # unless a finer level cut to the count reproduced the map better (coarser levels rarely do:
+                # the search stops here)
+                if best is None or cur.error <= best.error + 1e-9:
+                    best = cur
                 break
             if best is None or cur.error < best.error - 1e-9:
                 best = cur
