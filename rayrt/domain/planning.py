@@ -77,7 +77,7 @@ class AutoPlanOptions(BaseModel):
         default=1.0, ge=0, le=20, description="hard constraints sit this % of the prescription inside their goal"
     )
     robust_pct: float = Field(
-        default=1.0,
+        default=0.0,
         ge=0,
         le=10,
         description="during the rounds a goal counts as met only this % of the prescription inside it (percentage "

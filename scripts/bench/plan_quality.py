@@ -1,14 +1,17 @@
 """Plan quality on the OpenKBP head-and-neck patients (../shared/data/openkbp): each patient's
-order is written mechanically from its ``goals.json`` (one squared deviation per dose level, a D99
-minimum per PTV, D0.1cc criteria as max dose, mean criteria as mean dose; the same code for every
+order is written mechanically from its ``goals.json`` as clinical goals with ranks (organ maxima
+1, PTV D99 2, organ means 3) and the PTVs' dose levels, no objectives (the same code for every
 patient, no per-patient settings), planned by the recipe with the configured defaults up to the
 standard plan. Per patient: criteria met by rayrt and by the clinical plan (both judged on the
 dose grid), dose score (mean |dose - clinical dose| over BODY, Gy), MU per fraction, segments,
 seconds. Prints a table and writes scripts/bench/results/plan_quality.json.
 
-    .venv/bin/python scripts/bench/plan_quality.py [--patients pt_201,pt_202] [--set KEY=VALUE ...]
+    .venv/bin/python scripts/bench/plan_quality.py [--patients pt_201,pt_202|none] [--tg119 cshape,...|none]
+        [--machines truebeam_m120,versahd_agility] [--set KEY=VALUE ...]
 
-This is the start of issue 13's benchmark: the TG-119 geometries and the conversions are not in it yet.
+The TG-119 geometries (rayrt.imaging.tg119_cases: C-shape easy and hard, multitarget, mock
+prostate, mock head and neck) are planned from their goal orders alone; ``--machines`` also
+converts each OpenKBP standard plan (QA-gated) and reports the release per machine.
 """
 
 from __future__ import annotations
@@ -65,13 +68,18 @@ def criterion_value(dose: np.ndarray, mask: np.ndarray, metric: str, voxel_cc: f
     return float(dose_at_volume(v, min(100.0, 0.1 / (v.size * voxel_cc) * 100.0)))  # D0.1cc
 
 
-def plan_patient(folder: Path, overrides: dict) -> dict:
+def plan_patient(folder: Path, overrides: dict, machines: list[str]) -> dict:
     from rayrt.domain.planning import planning_request
     from rayrt.pipeline import run_recipe
 
     goals = json.loads((folder / "goals.json").read_text())
     t = time.perf_counter()
-    res = run_recipe(str(folder), order_from_goals(goals), planning_request(overrides, []), until="normalize")
+    res = run_recipe(
+        str(folder),
+        order_from_goals(goals),
+        planning_request(overrides, machines),
+        until="qa" if machines else "normalize",
+    )
     seconds = time.perf_counter() - t
     std, geo, study = res["standard_plan"], res["geometry"], res["study"]
     plan_dose = np.asarray(std.dose, np.float64)
@@ -93,8 +101,34 @@ def plan_patient(folder: Path, overrides: dict) -> dict:
         "clinical_met": sum(c["clinical_met"] for c in criteria),
         "dose_score_gy": float(np.abs(plan_dose - clinical)[body].mean()),
         **_complexity(std),
+        "conversions": _conversions(res, machines),
         "seconds": seconds,
     }
+
+
+def _conversions(res, machines: list[str]) -> list[dict]:
+    """Per target machine: released or not, QA verdict, mode, gamma vs the standard plan, MU, segments."""
+    if not machines:
+        return []
+    verdicts = {r.machine: r.verdict for r in res["qa"].reports}
+    out = []
+    for mp in res["converted"].plans:
+        last = mp.attempts[-1] if mp.attempts else None
+        out.append(
+            {
+                "machine": mp.machine,
+                "released": mp.plan is not None and verdicts.get(mp.machine) != "fail",
+                "verdict": verdicts.get(mp.machine, mp.status),
+                "mode": mp.mode,
+                "attempts": len(mp.attempts),
+                "gamma_pct": None if last is None else last.gamma_vs_standard_pct,
+                "mu_per_fraction": None if mp.plan is None else mp.plan.total_mu,
+                "segments": None if mp.plan is None else sum(len(b.segments) for b in mp.plan.beams),
+                "max_segments_per_beam": None if mp.plan is None else max(len(b.segments) for b in mp.plan.beams),
+                "min_segment_mu": None if mp.plan is None else min(sg.mu for b in mp.plan.beams for sg in b.segments),
+            }
+        )
+    return out
 
 
 def plan_tg119(case: str, overrides: dict, spacing_mm: float) -> dict:
@@ -157,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         "--tg119", default="cshape,cshape_hard,multitarget,prostate,headneck", help="TG-119 cases ('none' for none)"
     )
     ap.add_argument("--tg119-spacing-mm", type=float, default=4.0)
+    ap.add_argument(
+        "--machines",
+        default="",
+        help="also convert each OpenKBP standard plan to these machines (QA-gated), e.g. truebeam_m120,versahd_agility",
+    )
     ap.add_argument("--set", dest="settings", action="append", default=[], help="planning option KEY=VALUE")
     a = ap.parse_args(argv)
     data = shared_data_dir()
@@ -169,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("shared data (openkbp) not found; set RAYRT_SHARED")
         wanted = set(a.patients.split(",")) if a.patients else None
         cases = [p for p in sorted((data / "openkbp").iterdir()) if p.is_dir() and (wanted is None or p.name in wanted)]
-        rows += [plan_patient(p, overrides) for p in cases]
+        machines = [m for m in a.machines.split(",") if m]
+        rows += [plan_patient(p, overrides, machines) for p in cases]
     if a.tg119 != "none":
         rows += [plan_tg119(c, overrides, a.tg119_spacing_mm) for c in a.tg119.split(",")]
     print_table(
@@ -204,6 +244,40 @@ def main(argv: list[str] | None = None) -> int:
         ],
         title="Plan quality: the recipe's standard plan from each case's clinical goals (configured defaults)",
     )
+    conv = [(r["case"], c) for r in rows for c in r.get("conversions", [])]
+    if conv:
+        print_table(
+            [
+                "case",
+                "machine",
+                "released",
+                "verdict",
+                "mode",
+                "attempts",
+                "gamma %",
+                "MU/fx",
+                "segments",
+                "max/beam",
+                "min MU",
+            ],
+            [
+                [
+                    case,
+                    c["machine"],
+                    c["released"],
+                    c["verdict"],
+                    c["mode"],
+                    c["attempts"],
+                    c["gamma_pct"],
+                    c["mu_per_fraction"],
+                    c["segments"],
+                    c["max_segments_per_beam"],
+                    c["min_segment_mu"],
+                ]
+                for case, c in conv
+            ],
+            title="Conversions of the OpenKBP standard plans (QA-gated)",
+        )
     kbp = [r for r in rows if r["clinical_met"] is not None]
     total = {
         "criteria": sum(len(r["criteria"]) for r in kbp),
