@@ -57,7 +57,8 @@ def read_options(options_file: Path | None, settings: list[str] | None) -> dict[
 
 def format_summary(summary: Any) -> list[str]:
     """Lines of an export summary (:class:`rayrt.pipeline.export.ExportResult` or its JSON):
-    per machine MU, segments and QA verdict, then each goal of the order with its value."""
+    per machine MU, segments and QA verdict, then each goal of the order with its value (and, for
+    a clinical goal, its rank and, when missed, what limited it)."""
     data = summary.model_dump(mode="json") if hasattr(summary, "model_dump") else json.loads(json.dumps(summary))
     lines = []
     for m in data.get("machines", []):
@@ -68,11 +69,19 @@ def format_summary(summary: Any) -> list[str]:
         )
         for g in m.get("goals", []):
             v = g.get("value_gy")
-            lines.append(
-                f"      {'met ' if g['met'] else 'MISS'}  {g['structure']:<8} {g['goal']:<18} {v:7.2f} Gy"
-                if v is not None
-                else f"      ----  {g['structure']} {g['goal']}"
-            )
+            if v is None and g.get("value") is not None:  # a volume goal (V<x>Gy): % or cc
+                v_text = f"{g['value']:7.2f} {g.get('unit') or '%'}"
+            else:
+                v_text = f"{v:7.2f} Gy" if v is not None else ""
+            mark = "met " if g["met"] else "MISS"
+            if not v_text:
+                lines.append(f"      ----  {g['structure']} {g['goal']}")
+            elif g.get("rank") is not None:  # a clinical goal: its label names the structure
+                lines.append(f"      {mark}  {g['goal']:<34} {v_text}  rank {g['rank']}")
+            else:
+                lines.append(f"      {mark}  {g['structure']:<8} {g['goal']:<18} {v_text}")
+            if not g["met"] and g.get("limited_by"):
+                lines.append(f"            limited by: {g['limited_by']}")
         for c in m.get("failed_checks", []):
             lines.append(f"      qa: {c}")
     return lines
