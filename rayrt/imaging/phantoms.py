@@ -39,6 +39,8 @@ __all__ = [
     "tg119_analytic_volumes_cc",
     "tg119_contours",
     "TG119_GEOMETRY_MM",
+    "phantom_grid",
+    "water_study",
 ]
 
 TG119_GEOMETRY_MM = {
@@ -232,65 +234,70 @@ def tg119_contours(grid: Grid) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def tg119_phantom(spacing_mm: tuple[float, float, float] | float = (3.0, 3.0, 2.5)) -> Study:
-    """The TG-119 C-shape phantom (water cylinder, C-shaped PTV around a core), no external data needed.
-
-    ``spacing_mm`` is (x, y, z) in mm, or one number for an isotropic grid. The grid is centred
-    on the phantom with an even number of voxels per axis, covers the body plus 10 mm in-plane
-    and exactly its length along z; voxel membership is decided at voxel centres.
-    """
-    from pydicom.uid import generate_uid
-
+def phantom_grid(
+    half_x_mm: float, half_y_mm: float, half_z_mm: float, spacing_mm: tuple[float, float, float] | float
+) -> Grid:
+    """A grid centred on a phantom whose body spans +-half_x/y/z mm: an even number of voxels
+    in-plane covering the body plus 10 mm, slices spanning exactly the body length. ``spacing_mm``
+    is (x, y, z) in mm, or one number for an isotropic grid (each positive, at most 20 mm)."""
     if isinstance(spacing_mm, (int, float, np.integer, np.floating)):  # one number: isotropic
-        sp_values = [float(spacing_mm)] * 3
+        values = [float(spacing_mm)] * 3
     else:
-        sp_values = [float(s) for s in spacing_mm]
-    if len(sp_values) != 3 or any(s <= 0 or s > 20 for s in sp_values):
+        values = [float(s) for s in spacing_mm]
+    if len(values) != 3 or any(not s > 0 or s > 20 for s in values):
         raise InputError(f"phantom spacing must be three positive values up to 20 mm, got {spacing_mm}", kind="phantom")
-    sp = as_vec3(sp_values)
-    g = TG119_GEOMETRY_MM
-    half_xy = g["body_radius"] + 10.0
+    sp = as_vec3(values)
 
     def n_even(extent: float, s: float) -> int:
         n = int(math.ceil(extent / s - 1e-9))
         return max(2, n + (n % 2))
 
-    nx, ny = n_even(2 * half_xy, sp[0]), n_even(2 * half_xy, sp[1])
-    nz = max(1, int(round(2 * g["body_half_length"] / sp[2])))
+    nx, ny = n_even(2 * (half_x_mm + 10.0), sp[0]), n_even(2 * (half_y_mm + 10.0), sp[1])
+    nz = max(1, int(round(2 * half_z_mm / sp[2])))
     origin = (-(nx - 1) / 2 * sp[0], -(ny - 1) / 2 * sp[1], -(nz - 1) / 2 * sp[2])
-    grid = Grid(shape=(nz, ny, nx), spacing_mm=sp, origin_mm=origin)
-    contours = tg119_contours(grid)
-    ptv = rasterize_polygons(contours["PTV"], grid, plane_spacing_mm=sp[2])
-    core = rasterize_polygons(contours["Core"], grid, plane_spacing_mm=sp[2])
-    body = rasterize_polygons(contours["BODY"], grid, plane_spacing_mm=sp[2])
-    hu = np.where(body, 0.0, -1000.0).astype(np.float32)
+    return Grid(shape=(nz, ny, nx), spacing_mm=sp, origin_mm=origin)
+
+
+def water_study(
+    grid: Grid,
+    contours: dict[str, list[np.ndarray]],
+    kinds: dict[str, StructureKind],
+    colours: dict[str, tuple[int, int, int]],
+    patient_id: str,
+    patient_name: str,
+    description: str,
+) -> Study:
+    """A phantom :class:`Study`: a water CT (0 HU inside BODY, -1000 HU outside) and one structure
+    per entry of ``kinds`` (in that order), rasterised from ``contours`` at voxel centres."""
+    from pydicom.uid import generate_uid
+
+    masks = {
+        name: np.ascontiguousarray(
+            np.broadcast_to(
+                rasterize_polygons(contours[name], grid, plane_spacing_mm=float(grid.spacing[2])), grid.shape
+            )
+        )
+        for name in kinds
+    }
+    hu = np.where(masks["BODY"], 0.0, -1000.0).astype(np.float32)
     study_uid, for_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
-    description = "rayrt TG-119 C-shape phantom"
     meta = dict(
         modality="CT",
         series_instance_uid=series_uid,
         study_instance_uid=study_uid,
         frame_of_reference_uid=for_uid,
-        patient_id="TG119",
-        patient_name="TG119^CShape",
+        patient_id=patient_id,
+        patient_name=patient_name,
         series_description=description,
         num_files=0,
     )
-    image = Volume(hu, grid, "HU", meta)
     structures = []
-    for n, (name, kind, mask) in enumerate(
-        [
-            ("PTV", StructureKind.target, ptv),
-            ("Core", StructureKind.organ, core),
-            ("BODY", StructureKind.external, body),
-        ],
-        start=1,
-    ):
-        mask = np.ascontiguousarray(np.broadcast_to(mask, grid.shape))
+    for n, (name, kind) in enumerate(kinds.items(), start=1):
+        mask = masks[name]
         st = Structure(
             name=name,
             kind=kind,
-            colour=_COLOURS[name],
+            colour=colours.get(name, (255, 128, 0)),
             roi_number=n,
             num_voxels=int(mask.sum()),
             volume_cc=float(mask.sum()) * grid.voxel_volume_cc,
@@ -309,14 +316,34 @@ def tg119_phantom(spacing_mm: tuple[float, float, float] | float = (3.0, 3.0, 2.
         num_files=0,
     )
     return Study(
-        patient_id="TG119",
-        patient_name="TG119^CShape",
+        patient_id=patient_id,
+        patient_name=patient_name,
         study_instance_uid=study_uid,
         frame_of_reference_uid=for_uid,
         series=[info],
-        images={series_uid: image},
+        images={series_uid: Volume(hu, grid, "HU", meta)},
         primary_uid=series_uid,
         structures=structures,
+    )
+
+
+def tg119_phantom(spacing_mm: tuple[float, float, float] | float = (3.0, 3.0, 2.5)) -> Study:
+    """The TG-119 C-shape phantom (water cylinder, C-shaped PTV around a core), no external data needed.
+
+    ``spacing_mm`` is (x, y, z) in mm, or one number for an isotropic grid. The grid is centred
+    on the phantom with an even number of voxels per axis, covers the body plus 10 mm in-plane
+    and exactly its length along z; voxel membership is decided at voxel centres.
+    """
+    g = TG119_GEOMETRY_MM
+    grid = phantom_grid(g["body_radius"], g["body_radius"], g["body_half_length"], spacing_mm)
+    return water_study(
+        grid,
+        tg119_contours(grid),
+        {"PTV": StructureKind.target, "Core": StructureKind.organ, "BODY": StructureKind.external},
+        _COLOURS,
+        "TG119",
+        "TG119^CShape",
+        "rayrt TG-119 C-shape phantom",
     )
 
 

@@ -63,17 +63,18 @@ import numpy as np
 from rayrt.domain.errors import InputError
 from rayrt.domain.goals import ClinicalGoal
 from rayrt.domain.order import MedicalOrder, Normalization, Prescription
-from rayrt.domain.patient import ImageSeriesInfo, Structure, StructureKind
+from rayrt.domain.patient import StructureKind
 from rayrt.imaging.export import write_study
 from rayrt.imaging.phantoms import (
     _disc_area_below,
+    phantom_grid,
     tg119_analytic_volumes_cc,
     tg119_contours,
     tg119_phantom,
+    water_study,
 )
-from rayrt.imaging.polygons import rasterize_polygons
-from rayrt.imaging.study import StructureMask, Study
-from rayrt.imaging.volume import Grid, Volume, as_vec3
+from rayrt.imaging.study import Study
+from rayrt.imaging.volume import Grid
 
 __all__ = [
     "TG119Case",
@@ -246,92 +247,6 @@ def _horseshoe(a: float, b: float, h: float, yc: float, r: float, n: int = _N_VE
 
 
 # ------------------------------------------------------------------------------ study build
-def _spacing_vec(spacing_mm: Spacing) -> tuple[float, float, float]:
-    if isinstance(spacing_mm, (int, float, np.integer, np.floating)):
-        values = [float(spacing_mm)] * 3
-    else:
-        values = [float(s) for s in spacing_mm]
-    if len(values) != 3 or any(not s > 0 or s > 20 for s in values):
-        raise InputError(f"phantom spacing must be three positive values up to 20 mm, got {spacing_mm}", kind="phantom")
-    return as_vec3(values)
-
-
-def _phantom_grid(half_x: float, half_y: float, half_z: float, spacing_mm: Spacing) -> Grid:
-    """Grid centred on the phantom as :func:`tg119_phantom`'s: an even number of voxels in-plane
-    covering the body plus 10 mm, slices spanning exactly the body length."""
-    sp = _spacing_vec(spacing_mm)
-
-    def n_even(extent: float, s: float) -> int:
-        n = int(math.ceil(extent / s - 1e-9))
-        return max(2, n + (n % 2))
-
-    nx, ny = n_even(2 * (half_x + 10.0), sp[0]), n_even(2 * (half_y + 10.0), sp[1])
-    nz = max(1, int(round(2 * half_z / sp[2])))
-    origin = (-(nx - 1) / 2 * sp[0], -(ny - 1) / 2 * sp[1], -(nz - 1) / 2 * sp[2])
-    return Grid(shape=(nz, ny, nx), spacing_mm=sp, origin_mm=origin)
-
-
-def _water_study(
-    grid: Grid,
-    contours: dict[str, list[np.ndarray]],
-    kinds: dict[str, StructureKind],
-    patient_id: str,
-    patient_name: str,
-    description: str,
-) -> Study:
-    """A :class:`Study` with a water CT (0 HU inside BODY, -1000 HU outside) and one structure per
-    entry of ``kinds``, rasterised from ``contours`` at voxel centres."""
-    from pydicom.uid import generate_uid
-
-    masks = {name: rasterize_polygons(contours[name], grid, plane_spacing_mm=float(grid.spacing[2])) for name in kinds}
-    hu = np.where(masks["BODY"], 0.0, -1000.0).astype(np.float32)
-    study_uid, for_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
-    meta = dict(
-        modality="CT",
-        series_instance_uid=series_uid,
-        study_instance_uid=study_uid,
-        frame_of_reference_uid=for_uid,
-        patient_id=patient_id,
-        patient_name=patient_name,
-        series_description=description,
-        num_files=0,
-    )
-    structures = []
-    for n, (name, kind) in enumerate(kinds.items(), start=1):
-        mask = masks[name]
-        st = Structure(
-            name=name,
-            kind=kind,
-            colour=_COLOURS.get(name, (255, 128, 0)),
-            roi_number=n,
-            num_voxels=int(mask.sum()),
-            volume_cc=float(mask.sum()) * grid.voxel_volume_cc,
-            source="phantom",
-        )
-        structures.append(StructureMask(structure=st, mask=mask))
-    info = ImageSeriesInfo(
-        series_instance_uid=series_uid,
-        study_instance_uid=study_uid,
-        frame_of_reference_uid=for_uid,
-        modality="CT",
-        description=description,
-        shape=grid.shape,
-        spacing_mm=grid.spacing_mm,
-        origin_mm=grid.origin_mm,
-        num_files=0,
-    )
-    return Study(
-        patient_id=patient_id,
-        patient_name=patient_name,
-        study_instance_uid=study_uid,
-        frame_of_reference_uid=for_uid,
-        series=[info],
-        images={series_uid: Volume(hu, grid, "HU", meta)},
-        primary_uid=series_uid,
-        structures=structures,
-    )
-
-
 def _goal(structure: str, metric: str, op: str, value: float, rank: int) -> ClinicalGoal:
     return ClinicalGoal.model_validate(dict(structure=structure, metric=metric, op=op, value=value, rank=rank))
 
@@ -413,17 +328,18 @@ def multitarget_phantom(
     """The TG-119 multitarget phantom: three 4 cm x 4 cm cylindrical targets stacked on the axis
     of a water cylinder (see the module docstring); ``gap_mm`` between neighbouring targets."""
     g = TG119_MULTITARGET_MM
-    grid = _phantom_grid(g["body_radius"], g["body_radius"], g["body_half_length"], spacing_mm)
+    grid = phantom_grid(g["body_radius"], g["body_radius"], g["body_half_length"], spacing_mm)
     kinds = {
         "CentralTarget": StructureKind.target,
         "SuperiorTarget": StructureKind.target,
         "InferiorTarget": StructureKind.target,
         "BODY": StructureKind.external,
     }
-    return _water_study(
+    return water_study(
         grid,
         multitarget_contours(grid, gap_mm),
         kinds,
+        _COLOURS,
         "TG119MT",
         "TG119^Multitarget",
         "rayrt TG-119 multitarget phantom",
@@ -502,7 +418,7 @@ def prostate_phantom(spacing_mm: Spacing = DEFAULT_SPACING_MM) -> Study:
     """The TG-119 mock prostate: CTV/PTV ellipsoids, rectum cylinder behind them, bladder above
     and in front, in an elliptical water pelvis (see the module docstring)."""
     g = TG119_PROSTATE_MM
-    grid = _phantom_grid(g["body_semi_x"], g["body_semi_y"], g["body_half_length"], spacing_mm)
+    grid = phantom_grid(g["body_semi_x"], g["body_semi_y"], g["body_half_length"], spacing_mm)
     kinds = {
         "PTV": StructureKind.target,
         "CTV": StructureKind.target,
@@ -510,8 +426,14 @@ def prostate_phantom(spacing_mm: Spacing = DEFAULT_SPACING_MM) -> Study:
         "Bladder": StructureKind.organ,
         "BODY": StructureKind.external,
     }
-    return _water_study(
-        grid, prostate_contours(grid), kinds, "TG119PR", "TG119^Prostate", "rayrt TG-119 mock prostate phantom"
+    return water_study(
+        grid,
+        prostate_contours(grid),
+        kinds,
+        _COLOURS,
+        "TG119PR",
+        "TG119^Prostate",
+        "rayrt TG-119 mock prostate phantom",
     )
 
 
@@ -582,7 +504,7 @@ def headneck_phantom(spacing_mm: Spacing = DEFAULT_SPACING_MM) -> Study:
     """The TG-119 mock head and neck: a horseshoe PTV round the spinal cord and two parotids in
     an elliptical water neck (see the module docstring)."""
     g = TG119_HEADNECK_MM
-    grid = _phantom_grid(g["body_semi_x"], g["body_semi_y"], g["body_half_length"], spacing_mm)
+    grid = phantom_grid(g["body_semi_x"], g["body_semi_y"], g["body_half_length"], spacing_mm)
     kinds = {
         "PTV": StructureKind.target,
         "SpinalCord": StructureKind.organ,
@@ -590,8 +512,14 @@ def headneck_phantom(spacing_mm: Spacing = DEFAULT_SPACING_MM) -> Study:
         "Parotid_R": StructureKind.organ,
         "BODY": StructureKind.external,
     }
-    return _water_study(
-        grid, headneck_contours(grid), kinds, "TG119HN", "TG119^HeadNeck", "rayrt TG-119 mock head-and-neck phantom"
+    return water_study(
+        grid,
+        headneck_contours(grid),
+        kinds,
+        _COLOURS,
+        "TG119HN",
+        "TG119^HeadNeck",
+        "rayrt TG-119 mock head-and-neck phantom",
     )
 
 

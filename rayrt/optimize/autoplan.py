@@ -636,21 +636,22 @@ def limiting_factors(plan_terms: list[dict], evals: list[GoalEvaluation], confli
 
 
 def air_limits(
-    order: MedicalOrder, evals: list[GoalEvaluation], air: dict[str, float], voxel_cc: float
+    order: MedicalOrder, evals: list[GoalEvaluation], air: dict[str, tuple[int, int]], voxel_cc: float
 ) -> dict[str, str]:
     """Missed coverage goals explained by target voxels outside the patient's tissue: ``air`` maps
-    a structure to the number of its dose-grid voxels whose relative electron density is below 0.05
-    (they receive no dose from the pencil-beam engine). A ``D<x> >= v`` goal lets (100 - x) % go."""
+    a structure to (its dose-grid voxels whose relative electron density is below 0.05, all its
+    voxels); those voxels receive no dose from the pencil-beam engine. A ``D<x> >= v`` goal lets
+    (100 - x) % go."""
     out: dict[str, str] = {}
     for g, e in zip(order.goals, evals):
-        n_air = air.get(g.structure, 0.0)
+        n_air, n_all = air.get(g.structure, (0, 0))
         if e.met or g.op != ">=" or not n_air:
             continue
         spare = (100.0 - (g.parameter or 100.0)) if g.kind is GoalKind.dose_at_volume_pct else 0.0
-        n = n_air / max(air.get(f"{g.structure}#voxels", 1.0), 1.0) * 100.0
-        if n > spare:
+        share = n_air / max(n_all, 1) * 100.0
+        if share > spare:
             out[e.label] = (
-                f"{n_air * voxel_cc:.1f} cc ({n:.1f} %) of {g.structure} lie in air (relative electron density < 0.05) "
-                f"on the dose grid and receive no dose; the goal lets {spare:g} % go"
+                f"{n_air * voxel_cc:.1f} cc ({share:.1f} %) of {g.structure} lie in air (relative electron density "
+                f"< 0.05) on the dose grid and receive no dose; the goal lets {spare:g} % go"
             )
     return out

@@ -144,6 +144,11 @@ class FluenceRegularizer:
     mu_weight: float = 1.0
 
     @property
+    def _sweep_eps(self) -> float:
+        """Smoothing width of the rising steps' positive part: 0.1 % of the open-field weight."""
+        return 1e-3 * self.open_weight
+
+    @property
     def upper_bound(self) -> float | None:
         """The largest weight a beamlet may take (course MU-weight), None = unbounded."""
         return None if self.max_factor is None else self.max_factor * self.open_weight
@@ -158,7 +163,7 @@ class FluenceRegularizer:
             value, grad = float(c * np.dot(r, r)), 2.0 * c * (self.differences.T @ r)
         if self.sweep is not None and self.mu_cap is not None:
             open_mu = self.sweep.num_beams * self.open_weight
-            mu, g = self.sweep.value_and_grad(w, 1e-3 * self.open_weight)
+            mu, g = self.sweep.value_and_grad(w, self._sweep_eps)
             excess = mu / open_mu - self.mu_cap
             if excess > 0:
                 c = self.mu_weight * self.prescription_gy**2
@@ -170,10 +175,4 @@ class FluenceRegularizer:
         """The estimated sweep MU over the open-field MU (0 without the sweep operator)."""
         if self.sweep is None:
             return 0.0
-        return self.sweep.value_and_grad(w, 1e-3 * self.open_weight)[0] / (self.sweep.num_beams * self.open_weight)
-
-    def modulation(self, w: np.ndarray, slices: list[slice]) -> float:
-        """Sum over beams of the largest beamlet weight, relative to the open-field sum (>= 1 when
-        some beamlet of every beam is at least open-field): a cheap, sequencer-free lower bound of
-        the MU ratio to the open-field plan."""
-        return float(sum(np.max(w[s], initial=0.0) for s in slices) / (len(slices) * self.open_weight))
+        return self.sweep.value_and_grad(w, self._sweep_eps)[0] / (self.sweep.num_beams * self.open_weight)

@@ -88,7 +88,7 @@ def clinical_goal_results(evaluations: list[GoalEvaluation], limits: dict[str, s
     """The order's clinical goals judged on a plan (:func:`rayrt.qa.goals.evaluate_goals`)."""
     out = []
     for e in evaluations:
-        unit = "Gy" if not e.metric.startswith("V") else ("cc" if e.label.endswith(" cc") else "%")
+        unit = e.unit
         out.append(
             GoalResult(
                 structure=e.structure,

@@ -363,11 +363,10 @@ def normalize(
     limits = limiting_factors(report.terms, goals, report.conflicts) if report is not None else {}
     if order.goals and not all(g.met for g in goals):
         rho = geometry.density_volume().resample(geometry.dose_grid, order=1, fill=0.0).array
-        air: dict[str, float] = {}
+        air: dict[str, tuple[int, int]] = {}
         for g in order.goals:
             mask = np.asarray(geometry.dose_masks[g.structure], bool)
-            air[g.structure] = float(np.count_nonzero(mask & (rho < 0.05)))
-            air[f"{g.structure}#voxels"] = float(mask.sum())
+            air[g.structure] = (int(np.count_nonzero(mask & (rho < 0.05))), int(mask.sum()))
         for label, why in air_limits(order, goals, air, vcc).items():
             limits[label] = why if not limits.get(label) else f"{why}; {limits[label]}"
     ctx.progress(1, 1, f"{plan.total_mu:.1f} MU/fraction")

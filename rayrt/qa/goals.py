@@ -24,6 +24,7 @@ class GoalEvaluation(BaseModel):
     metric: str
     op: str
     goal: float = Field(description="the goal's value (Gy, or % / cc for V<x>Gy)")
+    unit: str = Field(default="Gy", description="unit of goal, value and margin: Gy, % or cc")
     rank: int
     value: float = Field(description="the plan's value of the metric (same unit as the goal)")
     met: bool
@@ -62,6 +63,7 @@ def evaluate_goal(goal: ClinicalGoal, dose_gy: np.ndarray, voxel_cc: float) -> G
         metric=goal.metric,
         op=goal.op,
         goal=goal.value,
+        unit="Gy" if goal.is_dose else (goal.unit or "%"),
         rank=goal.rank,
         value=float(val),
         met=met,

@@ -167,12 +167,13 @@ def plan_tg119(case: str, overrides: dict, spacing_mm: float) -> dict:
 
 
 def _complexity(std) -> dict:
+    """MU, the open-field ratio, segments, and the smallest segment's MU and open area (cm²)."""
+    from rayrt.domain.segments import segment_open_area_cm2
+    from rayrt.machines import get_machine
+
     segs = [len(b.segments) for b in std.plan.beams]
-    areas = (
-        [s.area_cm2 for b in std.plan.beams for s in b.segments]
-        if hasattr(std.plan.beams[0].segments[0], "area_cm2")
-        else []
-    )
+    machine = get_machine(std.plan.machine)
+    areas = [segment_open_area_cm2(s, machine) for b in std.plan.beams for s in b.segments]
     return {
         "mu_per_fraction": std.plan.total_mu,
         "open_field_mu": std.open_field_mu,
@@ -180,7 +181,7 @@ def _complexity(std) -> dict:
         "segments": sum(segs),
         "max_segments_per_beam": max(segs),
         "min_segment_mu": min(s.mu for b in std.plan.beams for s in b.segments),
-        "min_segment_area_cm2": min(areas) if areas else None,
+        "min_segment_area_cm2": min(areas),
     }
 
 

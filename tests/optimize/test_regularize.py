@@ -128,12 +128,6 @@ def test_upper_bound():
     assert _regularizer().upper_bound is None
 
 
-def test_modulation(w):
-    reg = _regularizer()
-    expected = (w[:11].max() + w[11:].max()) / (2 * 2.0)
-    assert reg.modulation(w, SLICES) == pytest.approx(expected, rel=1e-15)
-
-
 # ---------------------------------------------------------------------------- sweep MU
 def test_sweep_operator_shapes():
     s = sweep_mu_operator(LAYOUTS, SLICES, NB)
