@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rayrt.config import config_dir
 from rayrt.domain.errors import InputError, first_error
@@ -87,6 +87,21 @@ class AutoPlanOptions(BaseModel):
     max_weight_factor: float = Field(
         default=64.0, ge=1, description="an unmet goal's weights grow at most this factor over their start"
     )
+    candidate_steps: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0],
+        min_length=1,
+        max_length=8,
+        description="each round's candidate re-weightings, solved independently (one Ray task each in the "
+        "service): the candidate with step s pushes met organ goals s x push_pct and multiplies unmet goals' "
+        "weights by weight_step^s; the round goes on from the candidate that meets the goals best",
+    )
+
+    @field_validator("candidate_steps")
+    @classmethod
+    def _positive_steps(cls, v: list[float]) -> list[float]:
+        if any(not (0.0 < s <= 4.0) for s in v):
+            raise ValueError("every candidate step must be > 0 and <= 4")
+        return v
 
 
 class PlanningRequest(BaseModel):

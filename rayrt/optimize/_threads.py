@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-__all__ = ["single_blas_thread"]
+import numba
+
+__all__ = ["single_blas_thread", "set_threads"]
 
 
 @contextmanager
@@ -29,3 +31,10 @@ def single_blas_thread():
         return
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+def set_threads(n: int) -> None:
+    """numba threads of this process for the next kernels (n <= 0: leave as is)."""
+    if n > 0:
+        # numba.config sets NUMBA_NUM_THREADS at import time (from the environment): not visible to type checkers
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]

@@ -39,9 +39,20 @@ margin of ``robust_pct`` % of Rx (what sequencing and DAO typically take back):
   (they wait at their starting aims and weights);
 * the prescription target's aims follow the normalisation (as in the expert path).
 
+**Candidates.** Every round after the first proposes one re-weighting per
+``candidate_steps`` entry s (pushes of s x ``push_pct``, weight steps of ``weight_step`` ^ s),
+solves them independently (:mod:`rayrt.optimize.candidates`: one Ray task each in the service)
+and goes on from the one with the best record.
+
 The round with the best lexicographic record (most goals met at rank 1, then rank 2, ...; then the
 smallest total shortfall; then the largest smallest margin) is kept. The report lists each goal's
 region, aim, weight and, for a missed goal, what limited it.
+
+**After the apertures.** Leaf sequencing and DAO can lose a goal the fluence met (the plan's dose
+sees transmission, leaf gap and head scatter): the DAO stage (:mod:`rayrt.pipeline.optimization`)
+judges the goals on the delivered aperture fluence, re-weights the lost ones
+(:func:`reweight_lost_goals`) and runs DAO again from its segments, at most twice, keeping a pass
+only when it meets the goals better.
 """
 
 from __future__ import annotations
@@ -55,7 +66,8 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.goals import ClinicalGoal, GoalKind
 from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
 from rayrt.domain.planning import AutoPlanOptions
-from rayrt.optimize.fmo import FluenceOptions, FluenceResult, optimize_fluence
+from rayrt.optimize.candidates import CandidateSolve, SolveMap, solve_in_order
+from rayrt.optimize.fmo import FluenceResult
 from rayrt.optimize.goal_terms import AutoPlan, AutoPlanRound, GoalPlanReport, GoalTerm
 from rayrt.optimize.helper_structures import HelperStructures, build_helpers
 from rayrt.optimize.normalize import normalization_factor
@@ -77,6 +89,9 @@ __all__ = [
     "limiting_factors",
     "goal_objectives",
     "air_limits",
+    "Standing",
+    "goal_standing",
+    "reweight_lost_goals",
 ]
 
 #: the largest factor the normalisation-aware re-aiming raises the target's aims by
@@ -460,12 +475,14 @@ def _adapt(
     previous: list[GoalEvaluation] | None,
     d: np.ndarray,
     opts: AutoPlanOptions,
+    step: float = 1.0,
 ) -> None:
-    """One round's changes. When a goal that was met is now missed, the previous round's pushes
-    are undone and every goal's push is halved (twice: pushing stops), and the weight increases of
-    goals ranked below the lost one are undone and frozen. While a goal of rank r is missed, goals
-    ranked below r stay at their starting aims and weights. Then the unmet goals are re-weighted
-    and the met organ goals pushed lower."""
+    """One round's changes (``step``: the candidate's scale of the push and of the weight step).
+    When a goal that was met is now missed, the previous round's pushes are undone and every
+    goal's push is halved (twice: pushing stops), and the weight increases of goals ranked below
+    the lost one are undone and frozen. While a goal of rank r is missed, goals ranked below r
+    stay at their starting aims and weights. Then the unmet goals are re-weighted and the met
+    organ goals pushed lower."""
     if previous is not None:
         lost = [e for e, p in zip(evals, previous) if p.met and not e.met]
         if lost:
@@ -496,9 +513,9 @@ def _adapt(
         if not e.met:
             for k, w0 in zip(t.objectives, t.start_weights):
                 o = problem.objectives[k]
-                o.weight = min(o.weight * opts.weight_step, w0 * opts.max_weight_factor)
+                o.weight = min(o.weight * opts.weight_step**step, w0 * opts.max_weight_factor)
         elif t.role == "organ" and t.push_scale > 0.3:
-            push = t.push_scale * opts.push_pct / 100.0 * problem.prescription_gy
+            push = t.push_scale * step * opts.push_pct / 100.0 * problem.prescription_gy
             for k in t.objectives:
                 o = problem.objectives[k]
                 m = None if o.hard else _term_metric(o, d)
@@ -507,56 +524,138 @@ def _adapt(
                     t.pushed = True
 
 
+@dataclass
+class Standing:
+    """How a dose meets the goals: the lexicographic key (goals met per rank, minus the total
+    relative shortfall, the smallest relative margin), each goal's evaluation, the dose (Gy, on the
+    problem's rows, before normalisation) and the normalisation factor the evaluations include."""
+
+    key: tuple
+    evals: list[GoalEvaluation]
+    dose: np.ndarray
+    factor: float
+
+
+def goal_standing(
+    problem: OptimizationProblem, plan: AutoPlan, order: MedicalOrder, w: np.ndarray, robust_pct: float = 0.0
+) -> Standing:
+    """The goals judged on the dose of beamlet weights ``w`` scaled as the normalisation will scale it."""
+    nstruct = problem.normalization_structure or problem.target
+    d = problem.dose(np.asarray(w, dtype=np.float64))
+    f = normalization_factor(d[problem.structure_rows[nstruct]], order)
+    evals = _judge(problem, plan, d * f, robust_pct)
+    met, shortfall, slack = _record(evals)
+    return Standing((met, -round(shortfall, 4), slack), evals, d, f)
+
+
+def reweight_lost_goals(
+    problem: OptimizationProblem, plan: AutoPlan, before: Standing, after: Standing, opts: AutoPlanOptions
+) -> list[str]:
+    """The goals ``before`` met and ``after`` misses (e.g. lost by leaf sequencing and DAO): their
+    objectives' weights grow by ``weight_step`` squared (at most ``max_weight_factor`` x their
+    start). Returns their labels."""
+    lost = []
+    for t, b, a in zip(plan.terms, before.evals, after.evals):
+        if b.met and not a.met:
+            lost.append(t.goal.label())
+            for k, w0 in zip(t.objectives, t.start_weights):
+                o = problem.objectives[k]
+                o.weight = min(o.weight * opts.weight_step**2, w0 * opts.max_weight_factor)
+    return lost
+
+
+def _term_states(plan: AutoPlan) -> list[tuple]:
+    """What the rounds changed in each goal term (restored with :func:`_set_term_states`)."""
+    return [(t.frozen, t.pushed, t.push_scale, t.frozen_by, list(t.last_change)) for t in plan.terms]
+
+
+def _set_term_states(plan: AutoPlan, states: list[tuple]) -> None:
+    for t, (frozen, pushed, push_scale, frozen_by, last_change) in zip(plan.terms, states):
+        t.frozen, t.pushed, t.push_scale, t.frozen_by, t.last_change = (
+            frozen,
+            pushed,
+            push_scale,
+            frozen_by,
+            last_change,
+        )
+
+
+def _settings(problem: OptimizationProblem) -> tuple[tuple[float, float], ...]:
+    return tuple((o.dose_gy, o.weight) for o in problem.objectives)
+
+
+def _set_settings(problem: OptimizationProblem, settings: tuple[tuple[float, float], ...]) -> None:
+    for o, (dose_gy, weight) in zip(problem.objectives, settings):
+        o.dose_gy, o.weight = dose_gy, weight
+
+
 def autoplan_fluence(
     problem: OptimizationProblem,
     plan: AutoPlan,
     order: MedicalOrder,
     opts: AutoPlanOptions,
     progress=None,
+    solve: SolveMap | None = None,
+    threads: int = 0,
 ) -> tuple[FluenceResult, float, GoalPlanReport]:
-    """The rounds (module docstring). Returns the chosen round's fluence result, the target aim
-    factor it ran with, and the report. The problem is left with the chosen round's aims and weights."""
-    nstruct = problem.normalization_structure or problem.target
+    """The rounds (module docstring). The first round solves the problem as built; every later
+    round proposes one candidate re-weighting per ``opts.candidate_steps`` from the round kept
+    before it, solves them all through ``solve`` (:mod:`rayrt.optimize.candidates`: one after the
+    other here by default, one Ray task each in the service, ``threads`` numba threads each) and
+    goes on from the candidate with the best lexicographic record. Returns the chosen round's
+    fluence result, the target aim factor it ran with, and the report. The problem is left with the
+    chosen round's aims and weights."""
+    solve = solve or solve_in_order(problem)
     factor = 1.0
     w0: np.ndarray | None = None
     previous: list[GoalEvaluation] | None = None
     report = GoalPlanReport(conflicts=list(plan.conflicts), notes=list(plan.notes))
     best: tuple | None = None
+    proposals: list[tuple[tuple[tuple[float, float], ...], list[tuple]]] = [(_settings(problem), _term_states(plan))]
     for r in range(opts.rounds):
-        fr = optimize_fluence(problem, FluenceOptions(max_iterations=opts.iterations_per_round), w0=w0)
-        w = fr.w
-        d = problem.dose(w)
-        f = normalization_factor(d[problem.structure_rows[nstruct]], order)
-        evals = _judge(problem, plan, d * f, opts.robust_pct)
-        met, shortfall, slack = _record(evals)
+        results = solve([CandidateSolve(p[0], w0, opts.iterations_per_round, threads) for p in proposals])
+        judged = [
+            (goal_standing(problem, plan, order, fr.w, opts.robust_pct), settings, terms, fr)
+            for (settings, terms), fr in zip(proposals, results)
+        ]
+        pick = max(range(len(judged)), key=lambda i: judged[i][0].key)
+        standing, settings, terms, fr = judged[pick]
+        key, evals, d, f = standing.key, standing.evals, standing.dose, standing.factor
+        _set_settings(problem, settings)
+        _set_term_states(plan, terms)
         report.rounds.append(
             AutoPlanRound(
                 round=r + 1,
-                met_per_rank={i + 1: n for i, n in enumerate(met)},
-                goals_met=sum(met),
-                shortfall=shortfall,
+                met_per_rank={i + 1: n for i, n in enumerate(key[0])},
+                goals_met=sum(key[0]),
+                shortfall=-key[1],
                 normalization_factor=f,
                 objective=fr.objective,
+                candidate=pick + 1,
+                candidates_met=[sum(j[0].key[0]) for j in judged],
             )
         )
-        key = (met, -round(shortfall, 4), slack)
         if best is None or key > best[0]:
-            state = [(o.dose_gy, o.weight) for o in problem.objectives]
-            best = (key, fr, factor, state, r + 1)
+            best = (key, fr, factor, settings, r + 1)
         if progress is not None:
-            progress(r + 1, opts.rounds, f"round {r + 1}: {sum(met)}/{len(evals)} goals met")
+            progress(r + 1, opts.rounds, f"round {r + 1}: {sum(key[0])}/{len(evals)} goals met")
         if r == opts.rounds - 1:
             break
-        _adapt(problem, plan, evals, previous, d, opts)
-        previous = evals
         step = float(np.clip(f, 1.0, _MAX_AIM_FACTOR / factor))
         factor *= step
-        problem.set_target_aims(factor)
-        w0 = w * step
+        w0 = fr.w * step
+        start_settings, start_terms = settings, _term_states(plan)
+        proposals = []
+        for s in opts.candidate_steps:
+            _set_settings(problem, start_settings)
+            _set_term_states(plan, [(a, b, c, e, list(g)) for a, b, c, e, g in start_terms])
+            _adapt(problem, plan, evals, previous, d, opts, step=s)
+            problem.set_target_aims(factor)
+            proposals.append((_settings(problem), _term_states(plan)))
+        previous = evals
     assert best is not None
-    _, fr, factor, state, chosen = best
-    for o, (dose_gy, weight) in zip(problem.objectives, state):
-        o.dose_gy, o.weight = dose_gy, weight
+    _, fr, factor, settings, chosen = best
+    _set_settings(problem, settings)
     report.chosen_round = chosen
     report.terms = [
         {

@@ -50,6 +50,10 @@ class AutoPlanRound(BaseModel):
     shortfall: float = Field(description="sum over missed goals of the shortfall relative to the goal value")
     normalization_factor: float
     objective: float
+    candidate: int = Field(
+        default=1, description="the candidate re-weighting kept (1-based, AutoPlanOptions.candidate_steps)"
+    )
+    candidates_met: list[int] = Field(default_factory=list, description="goals met by each candidate of the round")
 
 
 class GoalPlanReport(BaseModel):

@@ -292,7 +292,9 @@ class SubsetDij:
         if sel.size == 0:
             return 0
         self._dense = _densify_rows(self.indptr, self.indices, self.data, sel.astype(np.int64), ncols)
-        self._dpos[sel] = np.arange(sel.size, dtype=np.int64)
+        dpos = np.full(self.shape[0], -1, dtype=np.int64)  # a new array: a shared copy's may be read-only
+        dpos[sel] = np.arange(sel.size, dtype=np.int64)
+        self._dpos = dpos
         self.dense_rows = int(sel.size)
         return self.dense_rows
 

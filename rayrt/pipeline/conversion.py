@@ -28,8 +28,8 @@ from rayrt.domain.planning import PlanningRequest
 from rayrt.imaging.arrays import from_npy, npy_bytes, safe_name
 from rayrt.imaging.volume import Grid, Volume
 from rayrt.machines import get_machine
+from rayrt.optimize._threads import set_threads
 from rayrt.optimize.standard import PlanGeometry, StandardPlan, dvh_table
-from rayrt.pipeline.planning import set_threads
 from rayrt.pipeline.runner import StageContext
 from rayrt.qa.checks import aperture_recompute
 from rayrt.qa.report import QAReport, QAResult, qa_plan, render_qa_figure

@@ -22,14 +22,18 @@ from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Segment
 from rayrt.domain.planning import PlanningRequest
+from rayrt.dose.aperture import aperture_fluence
 from rayrt.machines import get_machine
 from rayrt.optimize.autoplan import (
     air_limits,
     autoplan_fluence,
     build_goal_problem,
+    goal_standing,
     is_goal_order,
     limiting_factors,
+    reweight_lost_goals,
 )
+from rayrt.optimize.candidates import solve_candidate
 from rayrt.optimize.dao import DAOOptions, DAOResult, optimize_apertures
 from rayrt.optimize.fmo import FluenceOptions, FluenceResult, ObjectiveEvaluator, initial_weights, optimize_fluence
 from rayrt.optimize.goal_terms import GoalPlanReport
@@ -131,6 +135,9 @@ class FluenceStage(BaseModel):
     open_field_weight: float = Field(default=0.0, description="the open-field beamlet weight (course MU-weight)")
 
 
+#: DAO passes after the first when the apertures lost goals the fluence met (automatic planning)
+_DAO_REPAIRS = 2
+
 #: the largest factor the normalisation-aware passes raise the target's aims by
 MAX_TARGET_AIM_FACTOR = 1.25
 
@@ -144,7 +151,17 @@ def fmo(
     to the current dose (:meth:`~rayrt.optimize.problem.OptimizationProblem.set_target_aims`,
     between 1 and 1.25) and the next pass starts from the weights scaled by it."""
     if problem.goal_plan is not None:
-        fr, factor, report = autoplan_fluence(problem, problem.goal_plan, order, planning.autoplan, ctx.progress)
+        # the rounds' candidate solves: one task each, the problem (Dij, rows, regulariser) shared once
+        shared = ctx.executor.put(problem)
+        fr, factor, report = autoplan_fluence(
+            problem,
+            problem.goal_plan,
+            order,
+            planning.autoplan,
+            ctx.progress,
+            solve=lambda items: ctx.executor.map(solve_candidate, items, shared),
+            threads=ctx.executor.threads_per_task,
+        )
         return _fluence_stage(problem, fr, factor, report)
     passes = planning.fmo_normalization_passes
     per_pass = [
@@ -311,6 +328,29 @@ def dao(
     problem.set_target_aims(fluence.target_aim_factor)
     m = get_machine(sequenced.machine)
     r = _dao(problem, beamlet_set, sequenced.segments, m, planning, fluence, order.prescription.fractions)
+    plan = problem.goal_plan
+    if plan is not None:  # goals the fluence met and the apertures lost: re-weighted, DAO again (twice at most)
+        grids = beamlet_set.grids()
+
+        def delivered(segments: list[list[Segment]]) -> np.ndarray:
+            """Beamlet weights of the apertures as the plan's dose sees them (transmission, leaf gap, head scatter)."""
+            return np.concatenate([aperture_fluence(bg, segs, m) for bg, segs in zip(grids, segments)])
+
+        before = goal_standing(problem, plan, order, np.asarray(fluence.weights))
+        now = goal_standing(problem, plan, order, delivered(r.segments))
+        for _ in range(_DAO_REPAIRS):
+            lost = reweight_lost_goals(problem, plan, before, now, planning.autoplan)
+            if not lost:
+                break
+            ctx.progress(0, 1, f"apertures lost {', '.join(lost)}: re-weighted")
+            again = _dao(problem, beamlet_set, r.segments, m, planning, fluence, order.prescription.fractions)
+            standing = goal_standing(problem, plan, order, delivered(again.segments))
+            if standing.key <= now.key:
+                break
+            again.iterations += r.iterations
+            again.seconds += r.seconds
+            again.objective_start = r.objective_start
+            r, now = again, standing
     ctx.progress(1, 1, f"objective {r.objective_start:.4g} -> {r.objective:.4g}")
     return ApertureStage(
         machine=m.name,

@@ -18,7 +18,6 @@ import io
 import time
 from typing import Any, Callable
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +30,7 @@ from rayrt.dose.dij import compute_dij, dose_grid_for, hstack_exact
 from rayrt.dose.geometry import BeamGeometry, BeamletGrid, beamlet_grid, column_offset_for
 from rayrt.imaging.volume import Volume, as_vec3
 from rayrt.machines import get_machine, standard_machine_name
+from rayrt.optimize._threads import set_threads
 from rayrt.optimize.problem import target_like
 from rayrt.optimize.standard import PlanGeometry, masks_on_grid, planning_phantom
 from rayrt.pipeline.runner import StageContext
@@ -48,15 +48,7 @@ __all__ = [
     "dij_chunk_order",
     "dij_chunk_task",
     "assemble_dij",
-    "set_threads",
 ]
-
-
-def set_threads(n: int) -> None:
-    """numba threads of this process for the next kernels (n <= 0: leave as is)."""
-    if n > 0:
-        # numba.config sets NUMBA_NUM_THREADS at import time (from the environment): not visible to type checkers
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------- geometry

@@ -38,6 +38,73 @@ def test_a_goal_order_is_planned_from_its_goals(multitarget):
     assert all(t["aims_gy"] and t["region"] for t in report.terms)
 
 
+def test_each_round_weighs_its_candidates(multitarget):
+    """After the first round every round solves one candidate per configured step and goes on from
+    the one that meets the goals best (the default steps: 1 and 2)."""
+    _, res = multitarget
+    rounds = res["fluence"].goal_report.rounds
+    steps = planning_request({}, []).autoplan.candidate_steps
+    assert len(steps) >= 2
+    assert len(rounds[0].candidates_met) == 1 and rounds[0].candidate == 1
+    for r in rounds[1:]:
+        assert len(r.candidates_met) == len(steps)
+        assert r.goals_met == r.candidates_met[r.candidate - 1] == max(r.candidates_met)
+
+
+def test_a_candidate_solve_uses_its_own_settings(multitarget):
+    """solve_candidate sets every objective's aim and weight from the candidate before it solves:
+    the same candidate gives the same weights whatever the problem held before."""
+    from rayrt.optimize.candidates import CandidateSolve, solve_candidate
+
+    _, res = multitarget
+    prob = res["problem"]
+    settings = tuple((o.dose_gy, o.weight) for o in prob.objectives)
+    item = CandidateSolve(settings, None, 10)
+    first = solve_candidate(item, prob)
+    for o in prob.objectives:  # disturb the problem: the candidate's settings must win
+        o.weight *= 3.0
+    again = solve_candidate(item, prob)
+    assert tuple((o.dose_gy, o.weight) for o in prob.objectives) == settings
+    np.testing.assert_allclose(again.w, first.w, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="objective settings"):
+        solve_candidate(CandidateSolve(settings[:-1], None, 10), prob)
+
+
+def test_goals_lost_by_the_apertures_are_reweighted(multitarget):
+    """What the DAO stage does when the apertures lose goals the fluence met: exactly those goals'
+    objectives grow by weight_step squared (capped at max_weight_factor x their start)."""
+    from rayrt.optimize.autoplan import goal_standing, reweight_lost_goals
+
+    order, res = multitarget
+    prob, opts = res["problem"], planning_request({}, []).autoplan
+    plan = prob.goal_plan
+    w = np.asarray(res["fluence"].weights)
+    before = goal_standing(prob, plan, order, w)
+    # the same shape of dose, each target's lower half of the beamlets taken away: coverage lost
+    after = goal_standing(prob, plan, order, w * (np.arange(w.size) % 2))
+    weights = [o.weight for o in prob.objectives]
+    try:
+        lost = reweight_lost_goals(prob, plan, before, after, opts)
+        expected = [t.goal.label() for t, b, a in zip(plan.terms, before.evals, after.evals) if b.met and not a.met]
+        assert lost == expected and lost
+        for t in plan.terms:
+            for k, w0 in zip(t.objectives, t.start_weights):
+                want = min(weights[k] * opts.weight_step**2, w0 * opts.max_weight_factor)
+                got = prob.objectives[k].weight
+                assert got == pytest.approx(want if t.goal.label() in lost else weights[k]), t.goal.label()
+    finally:
+        for o, wt in zip(prob.objectives, weights):
+            o.weight = wt
+
+
+def test_candidate_steps_are_validated():
+    with pytest.raises(InputError) as e:
+        planning_request({"autoplan": {"candidate_steps": [1.0, 0.0]}}, [])
+    assert "candidate_steps" in (e.value.field or "")
+    with pytest.raises(InputError):
+        planning_request({"autoplan": {"candidate_steps": []}}, [])
+
+
 def test_every_dose_level_receives_its_dose(multitarget):
     """Beamlets cover every target and each target is driven to its own level (50, 25, 12.5 Gy):
     D98 at least 70 % of the level (with the tests' 5 beams and 5 segments per beam; the benchmark's
