@@ -19,7 +19,10 @@ Release rule (:func:`release_decision`): a plan is released when no check fails,
 against the standard plan and the independent dose check pass, and every conversion check
 passes. A *soft* order criterion that only warns blocks release when the standard plan meets it
 (the conversion made it worse); when the standard plan misses it as well, it stays a warning
-(verdict ``review``) and is noted.
+(verdict ``review``) and is noted. A clinical goal of the order (:func:`rayrt.qa.checks.dvh_criteria_checks`
+judges it against the standard dose) blocks release when the standard plan meets it and the
+conversion misses it by more than ``GOAL_LOSS_TOLERANCE_PCT`` % of the prescription; a smaller
+loss warns (``review``) without blocking.
 """
 
 from __future__ import annotations
@@ -197,7 +200,7 @@ def qa_converted_plan(
     # soft criteria the standard plan misses as well
     std_status = {c.name: c for c in dvh_criteria_checks(std_vol, masks, qa_order)}
     for c in rep.checks:
-        if c.category == "dvh" and c.status == "warn":
+        if c.category == "dvh" and c.status == "warn" and "not blocking" not in c.detail:
             s = std_status.get(c.name)
             if s is not None and s.status != "pass":
                 c.detail += f"; the standard plan misses it too ({s.value} Gy): not blocking"

@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from rayrt.domain.errors import InputError
+from rayrt.domain.goals import ClinicalGoal
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
 from rayrt.domain.plan import Plan
@@ -34,6 +35,7 @@ from rayrt.imaging.volume import Grid, Volume
 from rayrt.qa.deliverability import check_plan
 from rayrt.qa.dvh import dose_at_volume
 from rayrt.qa.gamma import GammaCriteria, GammaResult, gamma_index
+from rayrt.qa.goals import evaluate_goal
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -132,6 +134,7 @@ def dvh_criteria_checks(
     *,
     dose_tolerance_pct: float = 0.0,
     coverage_tolerance_pct: float = 2.0,
+    reference: Volume | None = None,
 ) -> list[QACheck]:
     """Check the dose against the order's criteria (doses in Gy, total course).
 
@@ -147,8 +150,12 @@ def dvh_criteria_checks(
       ``coverage_tolerance_pct`` % below ``value_pct`` % of the prescribed dose (warn beyond it,
       fail beyond twice it).
 
-    ``dose_tolerance_pct`` widens every limit by that percentage of its dose level. A violated
-    hard constraint fails, a violated soft objective warns. A structure missing from ``masks``
+    * each clinical goal (``order.goals``, :mod:`rayrt.qa.goals`): met passes; missed fails when
+      the ``reference`` dose (the standard plan's) meets it and this dose misses it by more than
+      :data:`GOAL_LOSS_TOLERANCE_PCT` % of the prescription, else warns.
+
+    ``dose_tolerance_pct`` widens every objective's limit by that percentage of its dose level. A
+    violated hard constraint fails, a violated soft objective warns. A structure missing from ``masks``
     or empty on the dose grid fails with a message.
     """
 
@@ -204,7 +211,86 @@ def dvh_criteria_checks(
         c = _objective_check(obj, values_of(obj.structure), dose_tolerance_pct, dose_at_volume)
         if c is not None:
             checks.append(c)
+    if order.goals:
+        ref = None
+        if reference is not None:  # on this dose's grid, judged on the same voxels
+            ra = np.asarray(reference.resample(dose.grid, order=1, fill=0.0).array, dtype=np.float64)
+            ref = {n: ra[k] for n, k in m.items() if k.any()}
+        for g in order.goals:
+            checks.append(
+                _goal_check(
+                    g,
+                    values_of(g.structure),
+                    None if ref is None else ref.get(g.structure),
+                    dose.grid.voxel_volume_cc,
+                    rx.total_dose_gy,
+                )
+            )
     return checks
+
+
+#: a clinical goal the reference (standard) plan meets may be missed by this % of the prescription
+#: (percentage points of volume, or 1 % of the structure for a volume in cc) before QA fails the plan
+GOAL_LOSS_TOLERANCE_PCT = 1.0
+
+
+def _goal_check(
+    goal: ClinicalGoal,
+    v: np.ndarray | None,
+    ref: np.ndarray | None,
+    voxel_cc: float,
+    prescription_gy: float,
+) -> QACheck:
+    """A clinical goal of the order on the plan's dose: met passes; missed fails when the
+    reference plan meets it and this plan misses it by more than :data:`GOAL_LOSS_TOLERANCE_PCT`
+    (a conversion lost it), else warns (the reference misses it too, or there is none: the goal
+    report of the planning says what limited it)."""
+    label = goal.label()
+    if v is None:
+        return QACheck(
+            name=label,
+            category="dvh",
+            status="fail",
+            limit=goal.value,
+            unit=goal.unit if not goal.is_dose else "Gy",
+            detail=f"structure '{goal.structure}' missing or empty on the dose grid",
+        )
+    e = evaluate_goal(goal, v, voxel_cc)
+    if e.met:
+        status: Status = "pass"
+        detail = f"clinical goal (rank {goal.rank}) met, margin {e.margin:+.3g} {e.unit}"
+    else:
+        r = None if ref is None else evaluate_goal(goal, ref, voxel_cc)
+        if goal.is_dose:
+            tol = GOAL_LOSS_TOLERANCE_PCT / 100.0 * prescription_gy
+        elif goal.unit == "cc":
+            tol = GOAL_LOSS_TOLERANCE_PCT / 100.0 * v.size * voxel_cc
+        else:
+            tol = GOAL_LOSS_TOLERANCE_PCT
+        if r is not None and r.met and -e.margin > tol:
+            status = "fail"
+            detail = (
+                f"clinical goal (rank {goal.rank}) lost: the standard plan meets it ({r.value:.4g} {e.unit}), "
+                f"this plan misses it by {-e.margin:.3g} {e.unit} (tolerance {tol:.3g})"
+            )
+        else:
+            status = "warn"
+            if r is None:
+                why = "see the planning's goal report"
+            elif r.met:  # within the tolerance: the physicist reviews it, the release does not wait on it
+                why = f"the standard plan meets it ({r.value:.4g} {e.unit}); within tolerance {tol:.3g}: not blocking"
+            else:
+                why = f"the standard plan misses it too ({r.value:.4g} {e.unit}): not blocking"
+            detail = f"clinical goal (rank {goal.rank}) missed by {-e.margin:.3g} {e.unit}; {why}"
+    return QACheck(
+        name=label,
+        category="dvh",
+        status=status,
+        value=round(e.value, 4),
+        limit=goal.value,
+        unit=e.unit,
+        detail=detail,
+    )
 
 
 def _objective_check(obj: ObjectiveSpec, v: np.ndarray | None, tol_pct: float, dose_at_volume) -> QACheck | None:

@@ -147,7 +147,7 @@ def qa_plan(
 
     # 3. DVH criteria
     if order is not None:
-        checks.extend(dvh_criteria_checks(dose, mk, order))
+        checks.extend(dvh_criteria_checks(dose, mk, order, reference=standard_dose))
 
     # 4. deliverability
     if check_deliverability:

@@ -134,3 +134,54 @@ def test_evaluate_goals_uses_each_structures_mask():
     assert [e.value for e in evs] == [50.0, 51.0, pytest.approx(26 * 0.5)]
     assert [e.met for e in evs] == [True, False, True]
     assert [e.margin for e in evs] == [0.0, -1.0, pytest.approx(0.0)]
+
+
+def test_qa_fails_a_plan_that_loses_a_goal_the_standard_plan_meets():
+    """QA judges an order's clinical goals: met passes; missed by a converted plan while the
+    standard plan meets it fails beyond 1 % of Rx (warns within); missed by both warns."""
+    from rayrt.convert.release import release_blocking
+    from rayrt.domain.order import parse_order
+    from rayrt.imaging.volume import Grid, Volume
+    from rayrt.qa.checks import dvh_criteria_checks
+
+    grid = Grid(shape=(4, 5, 5), spacing_mm=(2.0, 2.0, 2.0), origin_mm=(0.0, 0.0, 0.0))
+    ptv = np.zeros(grid.shape, bool)
+    ptv[1:3] = True
+    cord = np.zeros(grid.shape, bool)
+    cord[3] = True
+    order = parse_order(
+        {
+            "name": "qa goals",
+            "prescription": {"target": "PTV", "total_dose_gy": 60.0, "fractions": 30},
+            "goals": [
+                {"structure": "PTV", "metric": "D99", "op": ">=", "value": 57.0, "rank": 2},
+                {"structure": "Cord", "metric": "max", "op": "<=", "value": 10.0, "rank": 1},
+            ],
+        }
+    )
+
+    def dose(ptv_gy: float, cord_gy: float) -> Volume:
+        a = np.zeros(grid.shape, np.float32)
+        a[ptv] = ptv_gy
+        a[cord] = cord_gy
+        return Volume(a, grid, "dose_gy")
+
+    masks = {"PTV": ptv, "Cord": cord}
+
+    def status(plan: Volume, reference: Volume | None) -> dict[str, str]:
+        checks = dvh_criteria_checks(plan, masks, order, reference=reference)
+        return {c.name: c.status for c in checks if "clinical goal" in c.detail}
+
+    standard = dose(60.0, 12.0)  # meets the PTV goal, misses the cord goal
+    assert status(standard, None) == {"PTV D99 >= 57 Gy": "pass", "Cord max <= 10 Gy": "warn"}
+    # converted: PTV 56.0 Gy loses the goal by 1 Gy > 0.6 Gy (1 % of 60): fail; cord missed by both: warn
+    assert status(dose(56.0, 12.5), standard) == {"PTV D99 >= 57 Gy": "fail", "Cord max <= 10 Gy": "warn"}
+    # within the tolerance: warn, which the release of a conversion does not wait on; a loss beyond it blocks
+    assert status(dose(56.5, 12.5), standard)["PTV D99 >= 57 Gy"] == "warn"
+    def blocking(plan: Volume) -> list[str]:  # the goals' blocking reasons (the order's own D95 criterion aside)
+        reasons = release_blocking(dvh_criteria_checks(plan, masks, order, reference=standard))
+        return [r for r in reasons if r.startswith(("PTV D99", "Cord"))]
+
+    assert blocking(dose(56.5, 12.5)) == []
+    assert [r.split(":")[1].split()[0] for r in blocking(dose(56.0, 12.5))] == ["fail"]
+    assert status(dose(58.0, 9.0), standard) == {"PTV D99 >= 57 Gy": "pass", "Cord max <= 10 Gy": "pass"}
