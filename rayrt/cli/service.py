@@ -314,16 +314,23 @@ def watch_cmd(
             except InputError:
                 plans = {"machines": []}
             for m in plans["machines"]:
-                goals = "  ".join(
-                    f"{g['structure']} {g['metric']} {g['value_gy']:.1f}{'' if g['met'] else '!'}"
-                    for g in m.get("goals", [])
-                )
-                typer.echo(
-                    f"  {m['machine']:<16} QA {str(m.get('verdict')).upper():<7} "
-                    f"{m['total_mu_per_fraction']:7.1f} MU/fx  {goals}"
-                )
+                typer.echo(plan_line(m))
     if job.get("state") in ("failed", "cancelled"):
         raise typer.Exit(1)
+
+
+def plan_line(m: dict) -> str:
+    """One machine's line of ``rayrt watch``'s summary (an entry of ``GET /jobs/{id}/plans``): QA
+    verdict, MU per fraction and every goal's value ('!' where missed); a plan not released says why
+    instead."""
+    if m.get("verdict") == "not released":
+        why = "; ".join(m.get("failed_checks", [])[:2]) or "no plan"
+        return f"  {m['machine']:<16} NOT RELEASED  {why[:240]}"
+    goals = "  ".join(
+        f"{g['structure']} {g['metric']} {g['value_gy']:.1f}{'' if g['met'] else '!'}" for g in m.get("goals", [])
+    )
+    verdict = str(m.get("verdict")).upper()
+    return f"  {m['machine']:<16} QA {verdict:<7} {m['total_mu_per_fraction']:7.1f} MU/fx  {goals}"
 
 
 @app.command("machines")

@@ -85,6 +85,7 @@ from rayrt.convert.results import (
 )
 from rayrt.convert.transfer import segments_transfer, transfer_segments
 from rayrt.domain.errors import InputError
+from rayrt.domain.goals import GoalKind
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
 from rayrt.domain.plan import Beam, Plan, Segment
@@ -106,6 +107,7 @@ from rayrt.optimize.regularize import FluenceRegularizer, neighbour_differences,
 from rayrt.optimize.sequencing import get_sequencer
 from rayrt.optimize.standard import PlanGeometry, StandardPlan, final_dose
 from rayrt.qa.dvh import dose_at_volume
+from rayrt.qa.goals import evaluate_goal
 from rayrt.qa.report import QAReport, QAResult
 
 __all__ = [
@@ -114,8 +116,10 @@ __all__ = [
     "standard_field_y_mm",
     "trimmed_beamlet_grid",
     "conversion_segment_limits",
+    "conversion_max_segments",
     "conversion_regularizer",
     "order_within_standard",
+    "goal_guard_objectives",
 ]
 
 
@@ -405,6 +409,58 @@ def mimic_dvh_level(
     return min(level, max(goal_gy - margin_gy, 0.0))
 
 
+def goal_guard_objectives(
+    order: MedicalOrder,
+    structure_rows: dict[str, np.ndarray],
+    standard_dose_rows_gy: np.ndarray,
+    voxel_cc: float,
+    margin_gy: float | None,
+    weight: float,
+    boost: dict[str, float] | None = None,
+) -> list[Objective]:
+    """DVH terms that keep the clinical goals of the order the standard plan meets: one per
+    ``D<x>`` / ``D<x>cc`` goal, at the goal's own volume, aiming at the standard plan's value but
+    never further from the goal than ``margin_gy`` (``>=``: ``min(standard, goal + margin)``,
+    ``<=``: ``max(standard, goal - margin)``). ``standard_dose_rows_gy`` is the standard course
+    dose on the problem's voxel rows, ``structure_rows`` the rows of each structure.
+
+    The general DVH levels mimic the standard plan within ``dvh_tolerance_gy`` either way, which
+    crosses a goal the standard plan meets by less (a PTV D99 0.1 Gy above its goal came out 0.8 Gy
+    below it on a converted plan, which QA then refuses: :func:`rayrt.qa.checks.dvh_criteria_checks`).
+    A goal the standard plan misses is mimicked as it is; ``max``, ``min``, ``mean`` and ``V<x>Gy``
+    goals are left to the per-voxel mimicking. Weights ``weight`` x the structure's ``boost``."""
+    if margin_gy is None or weight <= 0:
+        return []
+    boost = boost or {}
+    out: list[Objective] = []
+    for g in order.goals:
+        if g.kind not in (GoalKind.dose_at_volume_pct, GoalKind.dose_at_volume_cc):
+            continue
+        rows = structure_rows.get(g.structure)
+        if rows is None or rows.size == 0:
+            continue
+        e = evaluate_goal(g, standard_dose_rows_gy[rows], voxel_cc)
+        if not e.met:
+            continue
+        x = float(g.parameter or 0.0)
+        pct = x if g.kind is GoalKind.dose_at_volume_pct else min(100.0, x / (rows.size * voxel_cc) * 100.0)
+        if g.op == ">=":
+            kind, aim = "min_dvh", min(e.value, g.value + margin_gy)
+        else:
+            kind, aim = "max_dvh", max(e.value, g.value - margin_gy)
+        out.append(
+            make_objective(
+                kind,
+                f"{g.structure} (goal {g.metric})",
+                rows,
+                aim,
+                weight=weight * boost.get(g.structure, 1.0),
+                volume_pct=pct,
+            )
+        )
+    return out
+
+
 def _mimicking_objectives(
     problem: OptimizationProblem, std: _Standard, opts: ConversionOptions, strength: float
 ) -> list[Objective]:
@@ -489,6 +545,15 @@ def _mimicking_objectives(
                             volume_pct=v,
                         )
                     )
+    out += goal_guard_objectives(
+        std.order,
+        problem.structure_rows,
+        ref,
+        std.dose_grid.voxel_volume_cc,
+        opts.mimic_goal_margin_gy,
+        opts.dvh_weight * strength,
+        boost,
+    )
     if opts.isodose_weight > 0 and opts.isodose_levels_pct:
         ext = std.masks.get(std.external) if std.external else None
         inside_body = ext.ravel() if ext is not None else (ref_full > 0)
@@ -652,6 +717,18 @@ def _plan_from_course_segments(
         f"converted from plan {std.plan.id} ({std.machine.name}) for {target.name}, mode {mode}"
     ]
     return p
+
+
+def conversion_max_segments(target: MachineModel, opts: ConversionOptions) -> int:
+    """Segments per beam a conversion to ``target`` may use: ``opts.max_segments`` (None: the
+    planning default, the standard plan's own limit) on an MLC with interdigitation,
+    ``opts.max_segments_no_interdigitation`` on one without (its apertures split into runs of
+    consecutive open pairs), never above the machine's ``max_segments_per_beam``."""
+    per_beam = opts.max_segments
+    if per_beam is None:
+        per_beam = PlanningRequest.model_validate(planning_defaults()).max_segments
+    n = per_beam if target.mlc.interdigitation else opts.max_segments_no_interdigitation
+    return min(n, target.limits.max_segments_per_beam)
 
 
 def conversion_segment_limits(target: MachineModel, opts: ConversionOptions, max_segments: int) -> SegmentLimits:
@@ -847,11 +924,8 @@ def _candidate(
         dij_nnz=int(setup.dij.nnz),
         standard_fluence_outside_grid=round(setup.lost_fraction, 4),
     )
-    max_seg = min(
-        opts.max_segments if target.mlc.interdigitation else opts.max_segments_no_interdigitation,
-        target.limits.max_segments_per_beam,
-    )
     # the same segment limits as the standard plan's: the stricter of the target machine's and the policy's
+    max_seg = conversion_max_segments(target, opts)
     limits = conversion_segment_limits(target, opts, max_seg)
     min_mu_fx = limits.min_mu
     if mode in ("dose_only", "mu_refit"):

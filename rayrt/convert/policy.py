@@ -31,7 +31,7 @@ mimicking:
 verdict            when                                        attempts
 =================  ==========================================  =====================================
 ``matches``        source ``matches`` and MLC ``identical``    reuse, dose_only, mu_refit, fluence, dao
-``same_leaves``    MLC ``identical`` / ``compatible``          mu_refit, mu_refit, fluence, dao
+``same_leaves``    MLC ``identical`` / ``compatible``          mu_refit, dao, dao...
 ``convertible``    MLC ``convertible`` (or an ``incompatible``  dao, dao, dao...
                    score while the plan's field still fits)
 ``incompatible``   the target cannot open the plan's field     none: reported failed
@@ -98,7 +98,12 @@ class ConversionOptions(BaseModel):
     # beamlets / optimisation on the target machine
     bixel_mm: float = Field(default=5.0, gt=0, description="beamlet width along leaf travel (mm)")
     margin_mm: float = Field(default=5.0, ge=0, description="beamlets reach this far beyond the target projection (mm)")
-    max_segments: int = Field(default=15, ge=1, description="segments per beam (capped by the machine's limit)")
+    max_segments: int | None = Field(
+        default=None,
+        ge=1,
+        description="segments per beam on MLCs with interdigitation (capped by the machine's limit); None: the "
+        "planning default (configs/planning.yaml max_segments), the standard plan's own limit",
+    )
     max_segments_no_interdigitation: int = Field(
         default=30,
         ge=1,
@@ -293,7 +298,10 @@ def choose_modes(
     if verdict == "matches":
         seq = ["reuse", "dose_only", "mu_refit", "fluence", "dao"]
     elif verdict == "same_leaves":
-        seq = ["mu_refit", "mu_refit", "fluence", "dao"]
+        # the kept segments' MU refitted first; then leaves and MU re-optimised (dao = fluence + DAO:
+        # a fluence attempt alone failed the organ agreement where the wider outer leaves of a
+        # compatible MLC (TrueBeam M120's 10 mm) spread dose that only moving the leaves takes back)
+        seq = ["mu_refit", "dao"]
     else:
         seq = ["dao"]
     modes = [seq[min(i, len(seq) - 1)] for i in range(n)]

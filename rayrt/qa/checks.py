@@ -252,7 +252,7 @@ def _goal_check(
             category="dvh",
             status="fail",
             limit=goal.value,
-            unit=goal.unit if not goal.is_dose else "Gy",
+            unit="Gy" if goal.is_dose else (goal.unit or "%"),
             detail=f"structure '{goal.structure}' missing or empty on the dose grid",
         )
     e = evaluate_goal(goal, v, voxel_cc)

@@ -102,3 +102,23 @@ def test_cli_subprocess_exit_code(serve_app, tmp_path):
         [*RAYRT, "status", "x", "--server", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=120
     )
     assert p.returncode == 1 and "cannot reach" in p.stderr
+
+
+def test_watch_summary_says_why_a_plan_was_not_released():
+    from rayrt.cli.service import plan_line
+
+    released = {
+        "machine": "truebeam_m120",
+        "verdict": "review",
+        "total_mu_per_fraction": 845.25,
+        "goals": [{"structure": "PTV70", "metric": "D99", "value_gy": 66.4, "met": False}],
+    }
+    assert plan_line(released) == "  truebeam_m120    QA REVIEW    845.2 MU/fx  PTV70 D99 66.4!"
+    refused = {
+        "machine": "versahd_agility",
+        "verdict": "not released",
+        "total_mu_per_fraction": 0.0,
+        "failed_checks": ["not released after 3 attempt(s)", "PTV56 D95 within 1 Gy of the standard plan: fail"],
+    }
+    line = plan_line(refused)
+    assert "NOT RELEASED" in line and "PTV56 D95 within 1 Gy" in line and "MU/fx" not in line

@@ -63,3 +63,66 @@ def test_the_orders_underdose_aims_are_capped_at_what_the_standard_plan_achieved
     # an order the standard plan meets everywhere comes back as it is
     met = order.model_copy(update={"objectives": order.objectives[4:]})
     assert order_within_standard(met, dose, masks) is met
+
+
+def test_goal_guards_keep_the_goals_the_standard_plan_meets():
+    """A conversion keeps each D<x> / D<x>cc goal the standard plan meets with a DVH term at the
+    goal's volume aimed at the standard's value, never further from the goal than the margin; goals
+    the standard plan misses, and mean / V<x>Gy goals, get none."""
+    import numpy as np
+
+    from rayrt.convert.convert import goal_guard_objectives
+    from rayrt.domain.order import parse_order
+
+    order = parse_order(
+        {
+            "name": "guards",
+            "prescription": {"target": "PTV", "total_dose_gy": 60.0, "fractions": 30},
+            "goals": [
+                {"structure": "PTV", "metric": "D99", "op": ">=", "value": 57.0},  # met by 0.3 Gy
+                {"structure": "PTV", "metric": "D50", "op": ">=", "value": 55.0},  # met by 5 Gy
+                {"structure": "Cord", "metric": "D1cc", "op": "<=", "value": 45.0, "rank": 1},  # met by 15 Gy
+                {"structure": "Cord", "metric": "mean", "op": "<=", "value": 10.0},  # a mean: none
+                {"structure": "Gland", "metric": "D50", "op": "<=", "value": 20.0},  # missed: none
+            ],
+        }
+    )
+    ptv = np.arange(0, 100)
+    cord = np.arange(100, 140)
+    gland = np.arange(140, 160)
+    dose = np.zeros(160)
+    dose[ptv] = np.linspace(57.3, 63.0, 100)  # D99 ~ 57.35, D50 ~ 60.2
+    dose[cord] = 30.0
+    dose[gland] = 25.0
+    rows = {"PTV": ptv, "Cord": cord, "Gland": gland}
+    guards = goal_guard_objectives(order, rows, dose, 0.1, 1.0, 300.0, {"Cord": 2.0})
+    by = {o.structure: o for o in guards}
+    assert [(o.structure, o.kind, o.volume_pct) for o in guards] == [
+        ("PTV (goal D99)", "min_dvh", 99.0),
+        ("PTV (goal D50)", "min_dvh", 50.0),
+        ("Cord (goal D1cc)", "max_dvh", 25.0),  # 1 cc of a 4 cc cord
+    ]
+    g99 = by["PTV (goal D99)"]
+    assert 57.0 < g99.dose_gy < 57.5  # the standard's D99, inside goal + margin
+    assert by["PTV (goal D50)"].dose_gy == 56.0  # goal + margin, not the standard's 60 Gy
+    assert by["Cord (goal D1cc)"].dose_gy == 44.0 and by["Cord (goal D1cc)"].weight == 600.0  # goal - margin, boosted
+    assert goal_guard_objectives(order, rows, dose, 0.1, None, 300.0) == []
+
+
+def test_conversions_obey_the_standard_plans_segment_limit():
+    """A conversion sequences at most the planning's max_segments (12) per beam on an interdigitating
+    MLC, like the standard plan; 30 on an MLC without interdigitation; never above the machine's limit."""
+    from rayrt.convert.convert import conversion_max_segments
+    from rayrt.convert.policy import ConversionOptions
+    from rayrt.domain.planning import PlanningRequest, planning_defaults
+    from rayrt.machines import get_machine
+
+    opts = ConversionOptions()
+    per_beam = PlanningRequest.model_validate(planning_defaults()).max_segments
+    assert per_beam == 12
+    assert conversion_max_segments(get_machine("truebeam_m120"), opts) == 12
+    assert conversion_max_segments(get_machine("versahd_agility"), opts) == 12
+    mlci2 = get_machine("synergy_mlci2")
+    assert not mlci2.mlc.interdigitation
+    assert conversion_max_segments(mlci2, opts) == 30
+    assert conversion_max_segments(get_machine("truebeam_m120"), ConversionOptions(max_segments=60)) == 50

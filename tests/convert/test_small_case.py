@@ -133,7 +133,7 @@ def test_policy_modes():
 
     o = ConversionOptions(max_attempts=3, strength_factor=4.0)
     assert choose_modes("matches", o) == (["reuse", "dose_only", "mu_refit"], [1.0, 1.0, 1.0])
-    assert choose_modes("same_leaves", o) == (["mu_refit", "mu_refit", "fluence"], [1.0, 4.0, 4.0])
+    assert choose_modes("same_leaves", o) == (["mu_refit", "dao", "dao"], [1.0, 1.0, 4.0])
     assert choose_modes("convertible", o) == (["dao", "dao", "dao"], [1.0, 4.0, 16.0])
     assert choose_modes("incompatible", o) == ([], [])
     assert choose_modes("convertible", o, forced="dose_only")[0] == ["dose_only", "mu_refit", "fluence"]

@@ -1,6 +1,6 @@
 """The standard machine is no looser than the strictest shipped machine: a plan optimised on it is
 treatable on every machine it may be converted to (segment MU, MU per beam, segments per beam,
-segment area and width). Adding a machine with a stricter limit fails here until the standard
+segment area and width, the span of one leaf bank's tips). Adding a machine with a stricter limit fails here until the standard
 machine (and its twin) follow."""
 
 import pytest
@@ -21,6 +21,11 @@ RULES = {
     "max_mu_per_beam": False,
     "max_segments_per_beam": False,
 }
+# MLC rule -> True when a larger value is stricter (interdigitation and the minimum gap differ by
+# design: a conversion to an MLC without interdigitation re-sequences with more segments)
+MLC_RULES = {
+    "max_leaf_span_mm": False,
+}
 
 
 def test_there_are_standard_and_real_machines():
@@ -37,6 +42,12 @@ def looser_limits(std, machines) -> list[str]:
             other = getattr(m.limits, limit)
             if (mine < other) if larger_is_stricter else (mine > other):
                 out.append(f"{std.name}.{limit} = {mine} is looser than {m.name}'s {other}")
+    for rule, larger_is_stricter in MLC_RULES.items():
+        mine = getattr(std.mlc, rule)
+        for m in machines:
+            other = getattr(m.mlc, rule)
+            if (mine < other) if larger_is_stricter else (mine > other):
+                out.append(f"{std.name}.mlc.{rule} = {mine} is looser than {m.name}'s {other}")
     return out
 
 
@@ -51,8 +62,9 @@ def test_a_stricter_new_machine_is_caught():
     stricter = REAL[0].model_copy(deep=True)
     stricter.limits.min_segment_area_cm2 = std.limits.min_segment_area_cm2 + 1.0
     stricter.limits.max_segments_per_beam = std.limits.max_segments_per_beam - 1
+    stricter.mlc.max_leaf_span_mm = std.mlc.max_leaf_span_mm - 10.0
     bad = looser_limits(std, [stricter])
-    assert len(bad) == 2 and "min_segment_area_cm2" in bad[0] + bad[1]
+    assert len(bad) == 3 and "min_segment_area_cm2" in " ".join(bad) and "mlc.max_leaf_span_mm" in bad[2]
 
 
 @pytest.mark.parametrize("m", REAL, ids=lambda m: m.name)

@@ -178,6 +178,7 @@ def test_qa_fails_a_plan_that_loses_a_goal_the_standard_plan_meets():
     assert status(dose(56.0, 12.5), standard) == {"PTV D99 >= 57 Gy": "fail", "Cord max <= 10 Gy": "warn"}
     # within the tolerance: warn, which the release of a conversion does not wait on; a loss beyond it blocks
     assert status(dose(56.5, 12.5), standard)["PTV D99 >= 57 Gy"] == "warn"
+
     def blocking(plan: Volume) -> list[str]:  # the goals' blocking reasons (the order's own D95 criterion aside)
         reasons = release_blocking(dvh_criteria_checks(plan, masks, order, reference=standard))
         return [r for r in reasons if r.startswith(("PTV D99", "Cord"))]
