@@ -1,7 +1,7 @@
 """The standard machine is no looser than the strictest shipped machine: a plan optimised on it is
 treatable on every machine it may be converted to (segment MU, MU per beam, segments per beam,
-segment area and width, the span of one leaf bank's tips). Adding a machine with a stricter limit fails here until the standard
-machine (and its twin) follow."""
+segment area and width, the span of one leaf bank's tips). Adding a machine with a stricter limit
+fails here until the standard machine (and its twin) follow."""
 
 import pytest
 from helpers.paths import REPO
@@ -36,18 +36,13 @@ def test_there_are_standard_and_real_machines():
 def looser_limits(std, machines) -> list[str]:
     """Every limit in which ``std`` is looser than one of ``machines``."""
     out = []
-    for limit, larger_is_stricter in RULES.items():
-        mine = getattr(std.limits, limit)
-        for m in machines:
-            other = getattr(m.limits, limit)
-            if (mine < other) if larger_is_stricter else (mine > other):
-                out.append(f"{std.name}.{limit} = {mine} is looser than {m.name}'s {other}")
-    for rule, larger_is_stricter in MLC_RULES.items():
-        mine = getattr(std.mlc, rule)
-        for m in machines:
-            other = getattr(m.mlc, rule)
-            if (mine < other) if larger_is_stricter else (mine > other):
-                out.append(f"{std.name}.mlc.{rule} = {mine} is looser than {m.name}'s {other}")
+    for part, prefix, rules in (("limits", "", RULES), ("mlc", "mlc.", MLC_RULES)):
+        for limit, larger_is_stricter in rules.items():
+            mine = getattr(getattr(std, part), limit)
+            for m in machines:
+                other = getattr(getattr(m, part), limit)
+                if (mine < other) if larger_is_stricter else (mine > other):
+                    out.append(f"{std.name}.{prefix}{limit} = {mine} is looser than {m.name}'s {other}")
     return out
 
 
