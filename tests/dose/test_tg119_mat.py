@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from helpers.paths import SHARED
+from scipy.ndimage import binary_dilation
 
 from rayrt.domain.plan import Beam
 from rayrt.dose.dij import dose_grid_for, plan_dij
@@ -42,6 +43,8 @@ def test_tg119_setup_a_dij(tg119):
     # uniform weights: the target gets more dose than the core's surroundings average, nothing outside the body
     dose = D @ np.ones(D.shape[1], np.float32)
     body = rho.resample(dg, order=0).array > 0
-    assert dose.reshape(dg.shape)[~body].max() == 0
+    # a dose voxel whose centre lies on a face between CT voxels takes the densest one it touches
+    # (rayrt.dose.dij), so the surface shell one dose voxel beyond the nearest-neighbour body is scored too
+    assert dose.reshape(dg.shape)[~binary_dilation(body)].max() == 0
     tgt_d = Volume(tgt.astype(np.uint8), rho.grid).resample(dg, order=0).array > 0
     assert dose.reshape(dg.shape)[tgt_d].mean() > 2 * dose.reshape(dg.shape)[body & ~tgt_d].mean()
