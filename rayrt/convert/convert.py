@@ -107,7 +107,7 @@ from rayrt.optimize.regularize import FluenceRegularizer, neighbour_differences,
 from rayrt.optimize.sequencing import get_sequencer
 from rayrt.optimize.standard import PlanGeometry, StandardPlan, final_dose
 from rayrt.qa.dvh import dose_at_volume
-from rayrt.qa.goals import evaluate_goal
+from rayrt.qa.goals import dose_volume_pct, evaluate_goal
 from rayrt.qa.report import QAReport, QAResult
 
 __all__ = [
@@ -116,7 +116,6 @@ __all__ = [
     "standard_field_y_mm",
     "trimmed_beamlet_grid",
     "conversion_segment_limits",
-    "conversion_max_segments",
     "conversion_regularizer",
     "order_within_standard",
     "goal_guard_objectives",
@@ -442,8 +441,7 @@ def goal_guard_objectives(
         e = evaluate_goal(g, standard_dose_rows_gy[rows], voxel_cc)
         if not e.met:
             continue
-        x = float(g.parameter or 0.0)
-        pct = x if g.kind is GoalKind.dose_at_volume_pct else min(100.0, x / (rows.size * voxel_cc) * 100.0)
+        pct = dose_volume_pct(g, rows.size, voxel_cc)
         if g.op == ">=":
             kind, aim = "min_dvh", min(e.value, g.value + margin_gy)
         else:
@@ -719,29 +717,22 @@ def _plan_from_course_segments(
     return p
 
 
-def conversion_max_segments(target: MachineModel, opts: ConversionOptions) -> int:
-    """Segments per beam a conversion to ``target`` may use: ``opts.max_segments`` (None: the
-    planning default, the standard plan's own limit) on an MLC with interdigitation,
-    ``opts.max_segments_no_interdigitation`` on one without (its apertures split into runs of
-    consecutive open pairs), never above the machine's ``max_segments_per_beam``."""
-    per_beam = opts.max_segments
-    if per_beam is None:
-        per_beam = PlanningRequest.model_validate(planning_defaults()).max_segments
-    n = per_beam if target.mlc.interdigitation else opts.max_segments_no_interdigitation
-    return min(n, target.limits.max_segments_per_beam)
-
-
-def conversion_segment_limits(target: MachineModel, opts: ConversionOptions, max_segments: int) -> SegmentLimits:
+def conversion_segment_limits(target: MachineModel, opts: ConversionOptions) -> SegmentLimits:
     """The segment limits a conversion to ``target`` obeys: each the stricter of the target
     machine's limit and the planning policy (``opts.min_segment_area_cm2`` / ``opts.min_segment_mu``;
-    None: the planning defaults of configs/planning.yaml, as the standard plan had), at most
-    ``max_segments`` per beam."""
-    area, mu = opts.min_segment_area_cm2, opts.min_segment_mu
-    if area is None or mu is None:
+    None: the planning defaults of configs/planning.yaml, as the standard plan had). Segments per
+    beam: ``opts.max_segments`` (None: the planning default, the standard plan's own limit) on an
+    MLC with interdigitation, ``opts.max_segments_no_interdigitation`` on one without (its
+    apertures split into runs of consecutive open pairs), never above the machine's
+    ``max_segments_per_beam``."""
+    area, mu, per_beam = opts.min_segment_area_cm2, opts.min_segment_mu, opts.max_segments
+    if area is None or mu is None or per_beam is None:
         d = PlanningRequest.model_validate(planning_defaults())
         area = d.min_segment_area_cm2 if area is None else area
         mu = d.min_segment_mu if mu is None else mu
-    return segment_limits(target, min_area_cm2=area, min_mu=mu, max_segments=max_segments)
+        per_beam = d.max_segments if per_beam is None else per_beam
+    n = per_beam if target.mlc.interdigitation else opts.max_segments_no_interdigitation
+    return segment_limits(target, min_area_cm2=area, min_mu=mu, max_segments=n)
 
 
 def agreement_boost(
@@ -925,8 +916,8 @@ def _candidate(
         standard_fluence_outside_grid=round(setup.lost_fraction, 4),
     )
     # the same segment limits as the standard plan's: the stricter of the target machine's and the policy's
-    max_seg = conversion_max_segments(target, opts)
-    limits = conversion_segment_limits(target, opts, max_seg)
+    limits = conversion_segment_limits(target, opts)
+    max_seg = limits.max_segments
     min_mu_fx = limits.min_mu
     if mode in ("dose_only", "mu_refit"):
         if coin.mlc.same_boundaries or segments_transfer(std.plan, std.machine, target):

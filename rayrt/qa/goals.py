@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from rayrt.domain.goals import ClinicalGoal, GoalKind
 from rayrt.qa.dvh import dose_at_volume
 
-__all__ = ["GoalEvaluation", "goal_value", "evaluate_goal", "evaluate_goals"]
+__all__ = ["GoalEvaluation", "dose_volume_pct", "goal_value", "evaluate_goal", "evaluate_goals"]
 
 
 class GoalEvaluation(BaseModel):
@@ -32,6 +32,15 @@ class GoalEvaluation(BaseModel):
     label: str
 
 
+def dose_volume_pct(goal: ClinicalGoal, n_voxels: int, voxel_cc: float) -> float:
+    """The volume (% of a structure of ``n_voxels`` voxels of ``voxel_cc`` cm³) at which a ``D<x>``
+    or ``D<x>cc`` goal reads its dose: x itself, or x cc as a share of the structure (at most 100 %)."""
+    x = float(goal.parameter or 0.0)
+    if goal.kind is GoalKind.dose_at_volume_cc:
+        return min(100.0, x / (n_voxels * voxel_cc) * 100.0)
+    return x
+
+
 def goal_value(goal: ClinicalGoal, dose_gy: np.ndarray, voxel_cc: float) -> float:
     """The goal's metric on the doses (Gy) of a structure's voxels, each ``voxel_cc`` cm³."""
     v = np.asarray(dose_gy, dtype=np.float64).ravel()
@@ -47,8 +56,7 @@ def goal_value(goal: ClinicalGoal, dose_gy: np.ndarray, voxel_cc: float) -> floa
     if kind is GoalKind.dose_at_volume_pct:
         return float(dose_at_volume(v, float(x or 0.0)))
     if kind is GoalKind.dose_at_volume_cc:
-        pct = min(100.0, float(x or 0.0) / (v.size * voxel_cc) * 100.0)
-        return float(dose_at_volume(v, pct))
+        return float(dose_at_volume(v, dose_volume_pct(goal, v.size, voxel_cc)))
     share = float(np.count_nonzero(v >= float(x or 0.0))) / v.size
     return share * v.size * voxel_cc if goal.unit == "cc" else 100.0 * share
 

@@ -112,17 +112,18 @@ def test_goal_guards_keep_the_goals_the_standard_plan_meets():
 def test_conversions_obey_the_standard_plans_segment_limit():
     """A conversion sequences at most the planning's max_segments (12) per beam on an interdigitating
     MLC, like the standard plan; 30 on an MLC without interdigitation; never above the machine's limit."""
-    from rayrt.convert.convert import conversion_max_segments
+    from rayrt.convert.convert import conversion_segment_limits
     from rayrt.convert.policy import ConversionOptions
     from rayrt.domain.planning import PlanningRequest, planning_defaults
     from rayrt.machines import get_machine
 
+    def per_beam(name: str, opts: ConversionOptions) -> int | None:
+        return conversion_segment_limits(get_machine(name), opts).max_segments
+
     opts = ConversionOptions()
-    per_beam = PlanningRequest.model_validate(planning_defaults()).max_segments
-    assert per_beam == 12
-    assert conversion_max_segments(get_machine("truebeam_m120"), opts) == 12
-    assert conversion_max_segments(get_machine("versahd_agility"), opts) == 12
-    mlci2 = get_machine("synergy_mlci2")
-    assert not mlci2.mlc.interdigitation
-    assert conversion_max_segments(mlci2, opts) == 30
-    assert conversion_max_segments(get_machine("truebeam_m120"), ConversionOptions(max_segments=60)) == 50
+    assert PlanningRequest.model_validate(planning_defaults()).max_segments == 12
+    assert per_beam("truebeam_m120", opts) == 12
+    assert per_beam("versahd_agility", opts) == 12
+    assert not get_machine("synergy_mlci2").mlc.interdigitation
+    assert per_beam("synergy_mlci2", opts) == 30
+    assert per_beam("truebeam_m120", ConversionOptions(max_segments=60)) == 50
