@@ -7,7 +7,7 @@
 * :mod:`~rayrt.convert.coincidence`, :mod:`~rayrt.convert.source_match` -- MLC and beam comparison
 * :mod:`~rayrt.convert.fluence` -- segment fluence on any bixel grid (conversion and release QA)
 * :mod:`~rayrt.convert.transfer` -- segments copied leaf by leaf onto finer target leaves
-* :mod:`~rayrt.convert.refit` -- exact segment-MU refit on the prescription-normalised dose
+* :mod:`~rayrt.optimize.mu_refit` (core optimiser) -- the exact segment-MU refit on the prescription-normalised dose
 * :mod:`~rayrt.convert.release` -- QA before release
 
 Core: no Ray, no HTTP; imports nothing of rayrt.pipeline or rayrt.service.

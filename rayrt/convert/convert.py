@@ -22,7 +22,7 @@ conversion actors on Ray). Steps:
      copied leaf by leaf, :mod:`rayrt.convert.transfer`) or its fluence re-sequenced, dose from
      the target beam model's Dij, MU renormalised to the order's normalisation;
    * ``mu_refit``: the ``dose_only`` segments, leaves unchanged, every segment's MU refitted on the
-     target's exact segment doses (:func:`rayrt.convert.refit.refit_segment_mu`: the mimicking
+     target's exact segment doses (:func:`rayrt.optimize.mu_refit.refit_segment_mu`: the mimicking
      terms below, evaluated on the prescription-normalised dose, so coverage is not traded for
      organ dose that normalisation would add back). The standard's relative segment weights were
      fitted to another beam model and MLC leakage, so the policy prefers this to plain
@@ -72,7 +72,6 @@ import scipy.sparse as sp
 
 from rayrt.convert.fluence import plan_fluence
 from rayrt.convert.policy import CoincidenceReport, ConversionOptions, load_conversion_options, machine_coincidence
-from rayrt.convert.refit import refit_segment_mu, segment_dose_matrix
 from rayrt.convert.release import agreement_excess_gy, agreement_metrics, qa_converted_plan, release_decision
 from rayrt.convert.results import (
     ApertureDetail,
@@ -85,7 +84,6 @@ from rayrt.convert.results import (
 )
 from rayrt.convert.transfer import segments_transfer, transfer_segments
 from rayrt.domain.errors import InputError
-from rayrt.domain.goals import GoalKind
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
 from rayrt.domain.plan import Beam, Plan, Segment
@@ -99,7 +97,10 @@ from rayrt.machines import get_machine
 from rayrt.optimize.autoplan import goal_objectives, is_goal_order
 from rayrt.optimize.dao import DAOOptions, optimize_apertures
 from rayrt.optimize.fmo import FluenceOptions, ObjectiveEvaluator, initial_weights, optimize_fluence
+from rayrt.optimize.goal_guards import goal_guard_objectives
 from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
+from rayrt.optimize.mu_bound import NormalisedMU, normalised_mu_bound
+from rayrt.optimize.mu_refit import refit_dropping_small, segment_dose_matrix
 from rayrt.optimize.normalize import normalize_plan
 from rayrt.optimize.objectives import Objective, make_objective
 from rayrt.optimize.problem import OptimizationProblem, build_problem, target_like
@@ -107,7 +108,6 @@ from rayrt.optimize.regularize import FluenceRegularizer, neighbour_differences,
 from rayrt.optimize.sequencing import get_sequencer
 from rayrt.optimize.standard import PlanGeometry, StandardPlan, final_dose
 from rayrt.qa.dvh import dose_at_volume
-from rayrt.qa.goals import dose_volume_pct, evaluate_goal
 from rayrt.qa.report import QAReport, QAResult
 
 __all__ = [
@@ -118,7 +118,6 @@ __all__ = [
     "conversion_segment_limits",
     "conversion_regularizer",
     "order_within_standard",
-    "goal_guard_objectives",
 ]
 
 
@@ -140,6 +139,7 @@ class _Standard:
     density: Volume
     external: str | None
     covered: tuple[str, ...] = ()  # the structures the standard plan's beamlets covered (every target)
+    open_field_mu: float = 0.0  # MU per fraction of the standard plan's open-field plan (the MU bound's reference)
     # per attempt: structure -> factor on its DVH-mimicking weights (agreement near / past the limit before)
     dvh_boost: tuple[tuple[str, float], ...] = ()
 
@@ -179,6 +179,7 @@ def _standard_side(standard: StandardPlan, geometry: PlanGeometry, target: Machi
         density=geometry.density_volume(),
         external=geometry.external,
         covered=tuple(n for n in (geometry.targets or target_like(standard.order)) if n in masks),
+        open_field_mu=float(standard.open_field_mu),
     )
 
 
@@ -406,57 +407,6 @@ def mimic_dvh_level(
     if goal_gy is None or margin_gy is None or standard_dx_gy > goal_gy:
         return level
     return min(level, max(goal_gy - margin_gy, 0.0))
-
-
-def goal_guard_objectives(
-    order: MedicalOrder,
-    structure_rows: dict[str, np.ndarray],
-    standard_dose_rows_gy: np.ndarray,
-    voxel_cc: float,
-    margin_gy: float | None,
-    weight: float,
-    boost: dict[str, float] | None = None,
-) -> list[Objective]:
-    """DVH terms that keep the clinical goals of the order the standard plan meets: one per
-    ``D<x>`` / ``D<x>cc`` goal, at the goal's own volume, aiming at the standard plan's value but
-    never further from the goal than ``margin_gy`` (``>=``: ``min(standard, goal + margin)``,
-    ``<=``: ``max(standard, goal - margin)``). ``standard_dose_rows_gy`` is the standard course
-    dose on the problem's voxel rows, ``structure_rows`` the rows of each structure.
-
-    The general DVH levels mimic the standard plan within ``dvh_tolerance_gy`` either way, which
-    crosses a goal the standard plan meets by less (a PTV D99 0.1 Gy above its goal came out 0.8 Gy
-    below it on a converted plan, which QA then refuses: :func:`rayrt.qa.checks.dvh_criteria_checks`).
-    A goal the standard plan misses is mimicked as it is; ``max``, ``min``, ``mean`` and ``V<x>Gy``
-    goals are left to the per-voxel mimicking. Weights ``weight`` x the structure's ``boost``."""
-    if margin_gy is None or weight <= 0:
-        return []
-    boost = boost or {}
-    out: list[Objective] = []
-    for g in order.goals:
-        if g.kind not in (GoalKind.dose_at_volume_pct, GoalKind.dose_at_volume_cc):
-            continue
-        rows = structure_rows.get(g.structure)
-        if rows is None or rows.size == 0:
-            continue
-        e = evaluate_goal(g, standard_dose_rows_gy[rows], voxel_cc)
-        if not e.met:
-            continue
-        pct = dose_volume_pct(g, rows.size, voxel_cc)
-        if g.op == ">=":
-            kind, aim = "min_dvh", min(e.value, g.value + margin_gy)
-        else:
-            kind, aim = "max_dvh", max(e.value, g.value - margin_gy)
-        out.append(
-            make_objective(
-                kind,
-                f"{g.structure} (goal {g.metric})",
-                rows,
-                aim,
-                weight=weight * boost.get(g.structure, 1.0),
-                volume_pct=pct,
-            )
-        )
-    return out
 
 
 def _mimicking_objectives(
@@ -735,6 +685,16 @@ def conversion_segment_limits(target: MachineModel, opts: ConversionOptions) -> 
     return segment_limits(target, min_area_cm2=area, min_mu=mu, max_segments=n)
 
 
+def conversion_mu_bound(problem: OptimizationProblem, std: _Standard, opts: ConversionOptions) -> NormalisedMU | None:
+    """The converted plan's MU bound: ``opts.max_mu_factor`` (None: the planning default) x the
+    standard plan's open-field MU (same beams, same prescription), after normalisation on the
+    conversion problem's rows (:func:`rayrt.optimize.mu_bound.normalised_mu_bound`)."""
+    factor = opts.max_mu_factor
+    if factor is None:
+        factor = PlanningRequest.model_validate(planning_defaults()).max_mu_factor
+    return normalised_mu_bound(problem.structure_rows, std.order, factor, std.open_field_mu * std.plan.fractions)
+
+
 def agreement_boost(
     dose: np.ndarray, std: _Standard, targets: list[str], opts: ConversionOptions, boost: dict[str, float]
 ) -> dict[str, float]:
@@ -795,7 +755,7 @@ def _refit_candidate_segments(
     iterations: int,
     min_mu_per_segment: float | None = None,
 ) -> tuple[list[list[Segment]], MuRefitDetail | None]:
-    """The segments with their MU refitted by :func:`rayrt.convert.refit.refit_segment_mu` (leaves unchanged) to the
+    """The segments with their MU refitted by :func:`rayrt.optimize.mu_refit.refit_segment_mu` (leaves unchanged) to the
     *mimicking* terms of the standard plan only (:func:`_mimicking_objectives`: per-voxel dose, DVH
     points, isodose surfaces): the refit reproduces the standard dose, whose order criteria QA then
     checks -- with the normalisation inside the objective, the order's own terms would otherwise
@@ -813,23 +773,17 @@ def _refit_candidate_segments(
         min_mu_per_segment = target.limits.min_mu_per_segment
     min_mu = min_mu_per_segment * std.plan.fractions
     mimic = _mimicking_objectives(problem, std, opts, strength)
-    mu, det = refit_segment_mu(problem, a, np.array([s.mu for s in flat]), std.order, 0.0, iterations, objectives=mimic)
-    keep = mu >= 0.5 * min_mu
-    if not keep.any():
-        keep[:] = True
-    if (min_mu > 0 and (mu[keep] < min_mu).any()) or not keep.all():
-        mu2, det2 = refit_segment_mu(
-            problem, a[:, keep], np.maximum(mu[keep], min_mu), std.order, min_mu, iterations, objectives=mimic
-        )
-        mu = np.zeros_like(mu)
-        mu[keep] = mu2
-        det = det2.model_copy(
-            update={
-                "objective_start": det.objective_start,
-                "iterations": det.iterations + det2.iterations,
-                "dropped_segments": int((~keep).sum()),
-            }
-        )
+    mu, keep, det = refit_dropping_small(
+        problem,
+        a,
+        np.array([s.mu for s in flat]),
+        std.order,
+        min_mu,
+        iterations,
+        objectives=mimic,
+        mu_bound=conversion_mu_bound(problem, std, opts),
+        beam_of=np.repeat(np.arange(len(segs_course)), [len(segs) for segs in segs_course]),
+    )
     out, k = [], 0
     for segs in segs_course:
         out.append([s.model_copy(update={"mu": float(mu[k + i])}) for i, s in enumerate(segs) if keep[k + i]])
@@ -1008,7 +962,15 @@ def _candidate(
         optimize_leaves=(mode == "dao"),
     )
     if any(segs) and (mode == "dao" or problem.hard):
-        dres = optimize_apertures(problem, setup.layouts, segs, target, dao_opts, evaluator=ev)
+        dres = optimize_apertures(
+            problem,
+            setup.layouts,
+            segs,
+            target,
+            dao_opts,
+            evaluator=ev,
+            mu_bound=conversion_mu_bound(problem, std, opts),
+        )
         segs = dres.segments
         det.aperture_opt = ApertureDetail(
             leaves=mode == "dao",

@@ -15,7 +15,7 @@ Recompute modes (:data:`Mode`), from cheapest to most thorough:
   recomputed with the target beam model, MU renormalised.
 * ``mu_refit``  -- the ``dose_only`` segments (leaves unchanged) with every segment's MU refitted
   on the target's exact segment doses to the terms that mimic the standard plan, evaluated on the
-  prescription-normalised dose (:func:`rayrt.convert.refit.refit_segment_mu`): the standard
+  prescription-normalised dose (:func:`rayrt.optimize.mu_refit.refit_segment_mu`): the standard
   plan's relative segment weights were fitted to the *standard* beam model, so a target whose
   beam differs (penumbra, scatter tails, transmission) needs them refitted, not just rescaled.
 * ``fluence``   -- fluence-map re-optimisation on the target's beamlets with the medical order
@@ -156,6 +156,12 @@ class ConversionOptions(BaseModel):
     )
     fluence_mu_weight: float | None = Field(
         default=None, ge=0, description="weight of the sweep-MU penalty (None: the planning default)"
+    )
+    max_mu_factor: float | None = Field(
+        default=None,
+        gt=1,
+        description="no converted plan above this x the standard plan's open-field MU, after normalisation "
+        "(DAO and the MU refit hold it, rayrt.optimize.mu_bound; None: the planning default)",
     )
     dao_rounds: int = Field(default=2, ge=1)
     dao_iterations: int = Field(default=40, ge=1)

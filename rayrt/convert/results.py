@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rayrt.convert.policy import CoincidenceReport, Mode
 from rayrt.domain.plan import Plan
 from rayrt.imaging.volume import Grid
+from rayrt.optimize.mu_refit import MuRefitDetail
 from rayrt.qa.report import QAReport, Verdict
 
 __all__ = [
@@ -40,26 +41,6 @@ class StructureDose(BaseModel):
     d10_gy: float
     mean_gy: float
     max_gy: float
-
-
-class MuRefitDetail(BaseModel):
-    """The exact segment-MU refit (:func:`rayrt.convert.refit.refit_segment_mu`): leaves fixed, MU
-    re-optimised on the prescription-normalised dose."""
-
-    objective_start: float = Field(description="objective at the starting MU")
-    objective: float = Field(description="objective at the refitted MU")
-    iterations: int = Field(description="L-BFGS-B iterations (both passes when segments were dropped)")
-    segments: int = Field(description="segments refitted in the last pass")
-    seconds: float = Field(description="optimiser time of the last pass")
-    dropped_segments: int = Field(default=0, description="segments whose MU fell below half the machine's minimum")
-    total_seconds: float | None = Field(default=None, description="segment doses plus every pass")
-    transferred_excess_gy: float | None = Field(
-        default=None, description="mu_refit mode: worst excess (Gy) over the release's agreement limits, transferred MU"
-    )
-    refitted_excess_gy: float | None = Field(default=None, description="the same with the refitted MU")
-    kept: str | None = Field(
-        default=None, description="set when the refit was discarded (the transferred MU agreed better)"
-    )
 
 
 class FluenceDetail(BaseModel):

@@ -191,6 +191,12 @@ class PlanningRequest(BaseModel):
         description="the fluence's MU as a unidirectional sweep would deliver it, above this multiple of the "
         "open-field MU, is penalised (rayrt.optimize.regularize.SweepMU); None: no MU term",
     )
+    max_mu_factor: float | None = Field(
+        default=4.0,
+        gt=1,
+        description="no plan above this multiple of the open-field MU (the plan's MU after prescription "
+        "normalisation; DAO and the conversions' MU refit hold it, rayrt.optimize.mu_bound); None: unbounded",
+    )
     fluence_mu_weight: float = Field(
         default=0.01,
         ge=0,

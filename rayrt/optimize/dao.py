@@ -36,12 +36,21 @@ Segment limits (the effective :class:`~rayrt.domain.segments.SegmentLimits` of t
   remaining segments' weights absorb a small segment's contribution at the cost of one solve.
   Only when every segment of a beam is below the minimum is the largest one re-opened to it
   (every open pair widened equally), so no beam is left empty.
+
+Total MU (``mu_bound``, :mod:`rayrt.optimize.mu_bound`): the normalised MU ``f x sum m`` is
+steered under the bound by its penalty, with the normalisation factor ``f`` *frozen* within each
+solve at its exact value for the apertures the solve starts from (refreshed between rounds): a
+factor differentiated inside the solve would let the optimiser lower its MU measure by heating the
+target's normalisation metric. The penalty is stiffened after every round while the bound is exceeded,
+up to ``MU_BOUND_EXTRA_ROUNDS`` leaf rounds are added for it, and the final MU-only solve is
+repeated with stiffer penalties while it still is. The plan's exact
+MU refit on the normalised dose enforces the bound (:func:`rayrt.optimize.mu_refit.refit_segment_mu`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -53,6 +62,7 @@ from rayrt.domain.segments import open_pair_mask, segment_open_area_cm2
 from rayrt.optimize._threads import single_blas_thread
 from rayrt.optimize.fmo import ObjectiveEvaluator
 from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
+from rayrt.optimize.mu_bound import MU_BOUND_EXTRA_ROUNDS, NormalisedMU
 from rayrt.optimize.problem import OptimizationProblem
 from rayrt.optimize.sequencing.base import _grow_to_area, _limits, jaws_for, to_segment
 
@@ -89,6 +99,7 @@ class DAOResult(BaseModel):
     small_area_segments: int = Field(
         default=0, description="of dropped_segments: removed because their open area fell below min_area_cm2"
     )
+    total_mu: float = Field(default=0.0, description="the segments' total weight (course MU, before normalisation)")
 
 
 @dataclass
@@ -297,9 +308,12 @@ def _optimize_apertures(
     machine: MachineModel,
     options: DAOOptions | None = None,
     evaluator: ObjectiveEvaluator | None = None,
+    mu_bound: NormalisedMU | None = None,
 ) -> DAOResult:
     """Optimise segment weights and leaf positions of sequenced segments (weights in fluence units)."""
     opt = options or DAOOptions()
+    if mu_bound is not None:  # the stiffness steps below belong to this solve
+        mu_bound = replace(mu_bound, bound=replace(mu_bound.bound))
     t0 = time.perf_counter()
     layouts = [layout_from_beamlets(b) for b in beamlets]
     slices = problem.beam_slices
@@ -380,13 +394,18 @@ def _optimize_apertures(
         unpack(z, leaves)
         w = aperture_weights(beams, slices, n, Js)
         f, gw = ev(w)
+        dm = 0.0  # d(MU penalty)/d(each segment weight)
+        if mu_bound is not None:  # the normalisation factor frozen for this solve (see the module docstring)
+            pen, dn = mu_bound.bound.penalty(norm_scale[0] * float(sum(ba.m.sum() for ba in beams)))
+            f += pen
+            dm = dn * norm_scale[0]
         grads = []
         for b, (ba, sl) in enumerate(zip(beams, slices)):
             G = np.zeros(ba.layout.shape)
             ok = ba.layout.beamlet_index >= 0
             G[ok] = gw[sl.start + ba.layout.beamlet_index[ok]]
             gm, g1, g2 = aperture_gradient(ba, G, Js[b])
-            grads.append(gm * m_scale)
+            grads.append((gm + dm) * m_scale)
             if leaves:
                 grads.append(g1.ravel() * x_scale)
                 grads.append(g2.ravel() * x_scale)
@@ -447,22 +466,40 @@ def _optimize_apertures(
             ba.x1, ba.x2, ba.m, ba.open_ = ba.x1[keep], ba.x2[keep], ba.m[keep], ba.open_mask()[keep]
         return removed
 
-    small_removed = 0
-    last_removed = 0
-    rounds = opt.outer_rounds if opt.optimize_leaves else 1
-    for _ in range(rounds):
-        leaves = opt.optimize_leaves
+    norm_scale = [1.0]
+
+    def over_bound() -> bool:
+        """Whether the apertures' normalised MU exceeds the bound; refreshes the frozen normalisation factor."""
+        if mu_bound is None:
+            return False
+        d = problem.dij.dose(aperture_weights(beams, slices, n, Js), mu_bound.rows)
+        total = float(sum(ba.m.sum() for ba in beams))
+        norm_scale[0] = mu_bound.value(total, d) / max(total, 1e-12)
+        return mu_bound.bound.excess(norm_scale[0] * total) > 0
+
+    def solve(leaves: bool, maxiter: int, ftol: float, mu_lo=None) -> int:
+        """One L-BFGS-B solve from the current apertures (the MU bound's normalisation factor frozen at
+        their value); returns the iterations."""
+        over_bound()
         res = minimize(
             fun,
             pack(leaves),
             args=(leaves,),
             jac=True,
             method="L-BFGS-B",
-            bounds=bounds(leaves),
-            options={"maxiter": opt.iterations_per_round, "maxcor": 20, "ftol": 1e-9},
+            bounds=bounds(leaves, mu_lo),
+            options={"maxiter": maxiter, "maxcor": 20, "ftol": ftol},
         )
         unpack(res.x, leaves)
-        iters += int(res.nit)
+        return int(res.nit)
+
+    small_removed = 0
+    last_removed = 0
+    rounds = opt.outer_rounds if opt.optimize_leaves else 1
+    done = extra = 0
+    while True:
+        leaves = opt.optimize_leaves
+        iters += solve(leaves, opt.iterations_per_round, 1e-9)
         # minimum area: the next round (or the final MU solve) re-optimises the others' weights
         last_removed = enforce_min_area()
         small_removed += last_removed
@@ -472,6 +509,16 @@ def _optimize_apertures(
             worst = ev.update_multipliers(aperture_weights(beams, slices, n, Js))
             if worst > 0.05:
                 ev.rho *= 2.0
+        done += 1
+        over = mu_bound is not None and over_bound()
+        if mu_bound is not None and over:
+            mu_bound.bound.stiffer()
+        if done < rounds:
+            continue
+        if over and leaves and extra < MU_BOUND_EXTRA_ROUNDS:  # the apertures reshaped for the MU bound
+            extra += 1
+            continue
+        break
     # minimum width: pairs the last round opened narrower than it are widened about their centre
     # (moving x1 down and x2 up never breaks a pairwise leaf rule); the MU solve below follows
     widened = 0
@@ -487,6 +534,14 @@ def _optimize_apertures(
                 ba.x2 = np.where(narrow, np.maximum(ba.x2, c + 0.5 * wmin), ba.x2)
                 ba.open_mask()[narrow] = True
                 widened += int(narrow.sum())
+
+    def mu_solve() -> int:
+        """Segment weights only (leaves fixed), each held at >= the minimum MU; returns the iterations."""
+        lo = [np.full(ba.m.size, opt.min_mu_weight) for ba in beams]
+        for ba, min_weight in zip(beams, lo):
+            ba.m = np.maximum(ba.m, min_weight)
+        return solve(False, 100, 1e-10, lo)
+
     # minimum MU: drop segments far below it, hold the others at >= min
     dropped = small_removed
     if opt.min_mu_weight > 0 or last_removed > 0 or widened > 0:
@@ -499,24 +554,15 @@ def _optimize_apertures(
                     ba.x1, ba.x2, ba.m, ba.open_ = ba.x1[keep], ba.x2[keep], ba.m[keep], ba.open_mask()[keep]
                     changed = True
             Js = current_J()
-            lo = [np.full(ba.m.size, opt.min_mu_weight) for ba in beams]
-            for ba, min_weight in zip(beams, lo):
-                ba.m = np.maximum(ba.m, min_weight)
-            res = minimize(
-                fun,
-                pack(False),
-                args=(False,),
-                jac=True,
-                method="L-BFGS-B",
-                bounds=bounds(False, lo),
-                options={"maxiter": 100, "maxcor": 20, "ftol": 1e-10},
-            )
-            unpack(res.x, False)
-            iters += int(res.nit)
+            iters += mu_solve()
             if not changed:
                 break
+    while mu_bound is not None and over_bound() and mu_bound.bound.stiffer():
+        Js = current_J()
+        iters += mu_solve()
     Js = current_J()
     w = aperture_weights(beams, slices, n, Js)
+    total = float(sum(ba.m.sum() for ba in beams))
     f_end = float(problem.total_objective(problem.dose(w)))
     out_segments = []
     for ba in beams:
@@ -536,6 +582,7 @@ def _optimize_apertures(
         seconds=time.perf_counter() - t0,
         dropped_segments=dropped,
         small_area_segments=small_removed,
+        total_mu=total,
     )
 
 
@@ -546,7 +593,9 @@ def optimize_apertures(
     machine: MachineModel,
     options: DAOOptions | None = None,
     evaluator: ObjectiveEvaluator | None = None,
+    mu_bound: NormalisedMU | None = None,
 ) -> DAOResult:
-    """Optimise segment weights and leaf positions of sequenced segments (weights in fluence units)."""
+    """Optimise segment weights and leaf positions of sequenced segments (weights in fluence units),
+    their total weight steered under ``mu_bound`` when given."""
     with single_blas_thread():
-        return _optimize_apertures(problem, beamlets, segments, machine, options, evaluator)
+        return _optimize_apertures(problem, beamlets, segments, machine, options, evaluator, mu_bound)

@@ -11,7 +11,7 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Plan
 
-__all__ = ["normalization_factor", "scale_plan", "normalize_plan", "NORMALISATION_HEADROOM"]
+__all__ = ["metric_weights", "normalization_factor", "scale_plan", "normalize_plan", "NORMALISATION_HEADROOM"]
 
 NORMALISATION_HEADROOM = 1e-6
 """The normalisation lifts its factor by this hair so that 'D95 >= Rx' criteria of a normalised
@@ -22,6 +22,26 @@ def _dose_at_volume(values: np.ndarray, volume_pct: float) -> float:
     from rayrt.qa.dvh import dose_at_volume
 
     return float(dose_at_volume(values, volume_pct))
+
+
+def metric_weights(d: np.ndarray, volume_pct: float | None) -> tuple[float, np.ndarray, np.ndarray]:
+    """The normalisation metric of doses ``d`` (Gy) and its gradient as (value, voxel positions,
+    weights): ``Dx`` by the mid-rank interpolation of :func:`rayrt.qa.dvh.dose_at_volume` (two
+    voxels), or the mean (``volume_pct`` None)."""
+    n = d.size
+    if volume_pct is None:
+        return float(d.mean()), np.arange(n), np.full(n, 1.0 / n)
+    order = np.argsort(-d, kind="stable")
+    p = volume_pct / 100.0 * n + 0.5 - 1.0  # 0-based fractional rank of the Dx point
+    if p <= 0:
+        return float(d[order[0]]), order[:1], np.ones(1)
+    if p >= n - 1:
+        return float(d[order[-1]]), order[-1:], np.ones(1)
+    r0 = int(np.floor(p))
+    f = p - r0
+    idx = order[[r0, r0 + 1]]
+    wts = np.array([1.0 - f, f])
+    return float(wts @ d[idx]), idx, wts
 
 
 def normalization_factor(target_dose_gy: np.ndarray, order: MedicalOrder) -> float:

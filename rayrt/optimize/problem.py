@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from rayrt.domain.errors import InputError
 from rayrt.domain.order import MedicalOrder, ObjectiveKind, ObjectiveSpec
 from rayrt.optimize.goal_terms import AutoPlan
+from rayrt.optimize.mu_bound import NormalisedMU
 from rayrt.optimize.objectives import Objective, make_objective
 from rayrt.optimize.regularize import FluenceRegularizer
 from rayrt.optimize.sparse import SubsetDij
@@ -118,6 +119,7 @@ class OptimizationProblem:
     voxel_volume_cc: float | None = None
     regularizer: FluenceRegularizer | None = None  # fluence smoothing and weight bound (treatable plans)
     goal_plan: AutoPlan | None = None  # automatic planning: the objectives of each clinical goal
+    mu_bound: NormalisedMU | None = None  # the plan's MU bound, on the fluence's sweep MU after normalisation
 
     @property
     def num_beamlets(self) -> int:

@@ -22,6 +22,7 @@ from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Segment
 from rayrt.domain.planning import PlanningRequest
+from rayrt.domain.segments import segment_limits
 from rayrt.dose.aperture import aperture_fluence
 from rayrt.machines import get_machine
 from rayrt.optimize.autoplan import (
@@ -36,8 +37,11 @@ from rayrt.optimize.autoplan import (
 from rayrt.optimize.candidates import solve_candidate
 from rayrt.optimize.dao import DAOOptions, DAOResult, optimize_apertures
 from rayrt.optimize.fmo import FluenceOptions, FluenceResult, ObjectiveEvaluator, initial_weights, optimize_fluence
+from rayrt.optimize.goal_guards import goal_guard_objectives
 from rayrt.optimize.goal_terms import GoalPlanReport
 from rayrt.optimize.layout import layout_from_beamlets
+from rayrt.optimize.mu_bound import normalised_mu_bound
+from rayrt.optimize.mu_refit import MuRefitDetail, problem_segment_doses, refit_dropping_small
 from rayrt.optimize.normalize import normalization_factor, normalize_plan
 from rayrt.optimize.problem import OptimizationProblem, build_problem
 from rayrt.optimize.regularize import FluenceRegularizer, neighbour_differences, sweep_mu_operator
@@ -105,6 +109,9 @@ def problem(
         mu_cap=planning.fluence_mu_cap,
         mu_weight=planning.fluence_mu_weight,
     )
+    prob.mu_bound = normalised_mu_bound(
+        prob.structure_rows, order, planning.max_mu_factor, len(layouts) * prob.regularizer.open_weight
+    )
     return prob
 
 
@@ -134,6 +141,15 @@ class FluenceStage(BaseModel):
     goal_report: GoalPlanReport | None = Field(default=None, description="automatic planning's rounds and terms")
     open_field_weight: float = Field(default=0.0, description="the open-field beamlet weight (course MU-weight)")
 
+
+#: L-BFGS-B iterations of each pass of the standard plan's MU refit (a few seconds at most: the
+#: refit works on the segments' dose matrix)
+MU_REFIT_ITERATIONS = 300
+
+#: the MU refit's goal guards (rayrt.optimize.goal_guards): aimed no further than this from each goal (Gy) ...
+GOAL_GUARD_MARGIN_GY = 1.0
+#: ... with this multiple of the largest soft objective weight
+GOAL_GUARD_WEIGHT = 10.0
 
 #: DAO passes after the first when the apertures lost goals the fluence met (automatic planning)
 _DAO_REPAIRS = 2
@@ -228,8 +244,6 @@ class SequencedPlan(BaseModel):
 def _sequence(w: np.ndarray, beamlet_set: BeamletSet, machine: MachineModel, req: PlanningRequest) -> SequencedPlan:
     """Leaf sequencing under the effective segment limits (minimum area and width, maximum
     segments; the minimum MU is DAO's: the sequencer's weights are not final)."""
-    from rayrt.domain.segments import segment_limits
-
     seq = get_sequencer(req.sequencer)
     # the effective segment limits: the stricter of the machine's and the planning request's
     limits = segment_limits(
@@ -273,6 +287,10 @@ class ApertureStage(BaseModel):
     iterations: int
     seconds: float
     dropped_segments: int
+    mu_refit: MuRefitDetail | None = Field(
+        default=None, description="the exact MU refit that brought the plan's MU under planning.max_mu_factor"
+    )
+    mu_ratio: float = Field(default=0.0, description="normalised MU over the open-field MU (exact segment doses)")
     metrics: dict = Field(default_factory=dict)
 
 
@@ -292,11 +310,9 @@ def _dao(
     machine: MachineModel,
     req: PlanningRequest,
     fluence: FluenceStage,
-    fractions: int,
+    order: MedicalOrder,
 ) -> DAOResult:
     layouts = [layout_from_beamlets(bg) for bg in beamlet_set.grids()]
-    from rayrt.domain.segments import segment_limits
-
     # the effective segment limits: the stricter of the machine's and the planning request's
     limits = segment_limits(
         machine, min_area_cm2=req.min_segment_area_cm2, min_mu=req.min_segment_mu, max_segments=req.max_segments
@@ -304,11 +320,85 @@ def _dao(
     opts = DAOOptions(
         outer_rounds=req.dao_rounds,
         iterations_per_round=req.dao_iterations,
-        min_mu_weight=limits.min_weight(fractions),
+        min_mu_weight=limits.min_weight(order.prescription.fractions),
         min_area_cm2=limits.min_area_cm2,
         min_width_mm=limits.min_width_mm,
     )
-    return optimize_apertures(problem, layouts, segments, machine, opts, evaluator=_evaluator(problem, fluence))
+    return optimize_apertures(
+        problem,
+        layouts,
+        segments,
+        machine,
+        opts,
+        evaluator=_evaluator(problem, fluence),
+        mu_bound=problem.mu_bound,
+    )
+
+
+def _bound_mu(
+    problem: OptimizationProblem,
+    order: MedicalOrder,
+    beamlet_set: BeamletSet,
+    segments: list[list[Segment]],
+    machine: MachineModel,
+    req: PlanningRequest,
+    fluence: FluenceStage,
+) -> tuple[list[list[Segment]], MuRefitDetail | None, float]:
+    """The apertures' MU under ``req.max_mu_factor`` x the open-field MU, judged on the exact segment
+    doses after prescription normalisation: when DAO's penalty (on its aperture model) left the plan
+    above it, the segment MU are refitted on the normalised dose with the bound enforced
+    (:func:`rayrt.optimize.mu_refit.refit_segment_mu`; leaves fixed, each segment >= the minimum
+    MU). Returns (segments, the refit or None, normalised MU / open-field MU)."""
+    flat = [s for segs in segments for s in segs]
+    open_course = len(segments) * fluence.open_field_weight
+    bound = problem.mu_bound
+    if not flat or open_course <= 0:
+        return segments, None, 0.0
+    grids = beamlet_set.grids()
+    a = problem_segment_doses(problem, grids, machine, segments)
+    mu = np.array([s.mu for s in flat])
+    nrows = problem.structure_rows.get(order.prescription.normalization.structure or order.prescription.target)
+    f = normalization_factor((a[nrows] @ mu.astype(np.float32)).astype(np.float64), order) if nrows is not None else 1.0
+    start = float(f * mu.sum() / open_course)
+    if bound is None or bound.bound.excess(f * mu.sum()) <= 0:
+        return segments, None, start
+    limits = segment_limits(
+        machine, min_area_cm2=req.min_segment_area_cm2, min_mu=req.min_segment_mu, max_segments=req.max_segments
+    )
+    aims = [o.dose_gy for o in problem.objectives]
+    problem.set_target_aims(1.0)  # the refit's objective sees the normalised dose: the target at the prescription
+    # the clinical goals the apertures meet are guarded (they must not be lost for the MU bound)
+    wmax = max((o.weight for o in problem.objectives if not o.hard), default=1.0)
+    guards = goal_guard_objectives(
+        order,
+        problem.structure_rows,
+        f * (a @ mu.astype(np.float32)).astype(np.float64),
+        float(problem.voxel_volume_cc or 0.0),
+        GOAL_GUARD_MARGIN_GY,
+        GOAL_GUARD_WEIGHT * wmax,
+    )
+    try:
+        mu, keep, detail = refit_dropping_small(
+            problem,
+            a,
+            mu,
+            order,
+            limits.min_weight(order.prescription.fractions),
+            MU_REFIT_ITERATIONS,
+            objectives=problem.objectives + guards,
+            mu_bound=bound,
+            beam_of=np.repeat(np.arange(len(segments)), [len(segs) for segs in segments]),
+        )
+    finally:
+        for o, aim in zip(problem.objectives, aims):
+            o.dose_gy = aim
+    if mu.sum() / open_course >= start:  # the refit found no fewer MU: the apertures as DAO left them
+        return segments, None, start
+    out, k = [], 0
+    for segs in segments:
+        out.append([s.model_copy(update={"mu": float(mu[k + i])}) for i, s in enumerate(segs) if keep[k + i]])
+        k += len(segs)
+    return out, detail, float(mu.sum() / open_course)
 
 
 def dao(
@@ -327,7 +417,7 @@ def dao(
             o.dose_gy, o.weight = dose_gy, weight
     problem.set_target_aims(fluence.target_aim_factor)
     m = get_machine(sequenced.machine)
-    r = _dao(problem, beamlet_set, sequenced.segments, m, planning, fluence, order.prescription.fractions)
+    r = _dao(problem, beamlet_set, sequenced.segments, m, planning, fluence, order)
     plan = problem.goal_plan
     if plan is not None:  # goals the fluence met and the apertures lost: re-weighted, DAO again (twice at most)
         grids = beamlet_set.grids()
@@ -343,7 +433,7 @@ def dao(
             if not lost:
                 break
             ctx.progress(0, 1, f"apertures lost {', '.join(lost)}: re-weighted")
-            again = _dao(problem, beamlet_set, r.segments, m, planning, fluence, order.prescription.fractions)
+            again = _dao(problem, beamlet_set, r.segments, m, planning, fluence, order)
             standing = goal_standing(problem, plan, order, delivered(again.segments))
             if standing.key <= now.key:
                 break
@@ -351,10 +441,13 @@ def dao(
             again.seconds += r.seconds
             again.objective_start = r.objective_start
             r, now = again, standing
-    ctx.progress(1, 1, f"objective {r.objective_start:.4g} -> {r.objective:.4g}")
+    segments, refit, ratio = _bound_mu(problem, order, beamlet_set, r.segments, m, planning, fluence)
+    ctx.progress(1, 1, f"objective {r.objective_start:.4g} -> {r.objective:.4g}, {ratio:.2f} x open-field MU")
     return ApertureStage(
         machine=m.name,
-        segments=r.segments,
+        segments=segments,
+        mu_refit=refit,
+        mu_ratio=ratio,
         objective_start=r.objective_start,
         objective=r.objective,
         iterations=r.iterations,
@@ -409,6 +502,11 @@ def normalize(
             air[g.structure] = (int(np.count_nonzero(mask & (rho < 0.05))), int(mask.sum()))
         for label, why in air_limits(order, goals, air, vcc).items():
             limits[label] = why if not limits.get(label) else f"{why}; {limits[label]}"
+        if apertures.mu_refit is not None:  # the MU bound was binding: the refit traded dose for it
+            bound = f"the MU limit ({planning.max_mu_factor:g}x the open-field MU) was binding"
+            for e in goals:
+                if not e.met:
+                    limits[e.label] = bound if not limits.get(e.label) else f"{limits[e.label]}; {bound}"
     ctx.progress(1, 1, f"{plan.total_mu:.1f} MU/fraction")
     return StandardPlan(
         plan=plan,

@@ -71,8 +71,8 @@ def test_goal_guards_keep_the_goals_the_standard_plan_meets():
     the standard plan misses, and mean / V<x>Gy goals, get none."""
     import numpy as np
 
-    from rayrt.convert.convert import goal_guard_objectives
     from rayrt.domain.order import parse_order
+    from rayrt.optimize.goal_guards import goal_guard_objectives
 
     order = parse_order(
         {

@@ -144,7 +144,8 @@ def test_policy_modes():
 def test_normalised_objective_gradient_matches_finite_differences():
     """The segment-MU refit's objective on the prescription-normalised dose (d = Rx / D95(A m) x A m):
     value and analytic gradient against central differences, and scale invariance (f(c m) = f(m))."""
-    from rayrt.convert.refit import metric_weights, normalised_objective
+    from rayrt.optimize.mu_refit import normalised_objective
+    from rayrt.optimize.normalize import metric_weights
     from rayrt.optimize.objectives import make_objective
     from rayrt.qa.dvh import dose_at_volume
 
