@@ -119,7 +119,7 @@ class OptimizationProblem:
     voxel_volume_cc: float | None = None
     regularizer: FluenceRegularizer | None = None  # fluence smoothing and weight bound (treatable plans)
     goal_plan: AutoPlan | None = None  # automatic planning: the objectives of each clinical goal
-    mu_bound: NormalisedMU | None = None  # the plan's MU bound, on the fluence's sweep MU after normalisation
+    mu_bound: NormalisedMU | None = None  # the plan's MU bound after normalisation (DAO and the MU refit hold it)
 
     @property
     def num_beamlets(self) -> int:

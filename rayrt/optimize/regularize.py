@@ -171,12 +171,6 @@ class FluenceRegularizer:
                 grad = grad + (2.0 * c * excess / open_mu) * g
         return value, grad
 
-    def sweep_mu(self, w: np.ndarray) -> tuple[float, np.ndarray]:
-        """The estimated sweep MU (course MU, all beams) and its gradient; (0, 0) without the sweep operator."""
-        if self.sweep is None:
-            return 0.0, np.zeros_like(w)
-        return self.sweep.value_and_grad(w, self._sweep_eps)
-
     def sweep_mu_ratio(self, w: np.ndarray) -> float:
         """The estimated sweep MU over the open-field MU (0 without the sweep operator)."""
         if self.sweep is None:
