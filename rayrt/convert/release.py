@@ -200,10 +200,11 @@ def qa_converted_plan(
     # soft criteria the standard plan misses as well
     std_status = {c.name: c for c in dvh_criteria_checks(std_vol, masks, qa_order)}
     for c in rep.checks:
-        if c.category == "dvh" and c.status == "warn" and "not blocking" not in c.detail:
+        if c.category == "dvh" and c.status == "warn" and c.blocks_release is not False:
             s = std_status.get(c.name)
             if s is not None and s.status != "pass":
                 c.detail += f"; the standard plan misses it too ({s.value} Gy): not blocking"
+                c.blocks_release = False
     # independent dose: aperture-dose path on a finer, cropped grid -- the costliest check, run only
     # for a candidate that every other release check lets through (a failing one is regenerated anyway)
     blocking = release_blocking(rep.checks)
@@ -309,7 +310,7 @@ def release_blocking(checks: list[QACheck]) -> list[str]:
         blocking = c.status == "fail"
         if c.status == "warn" and (
             c.category in ("gamma", "dose_check", "conversion", "deliverability")
-            or (c.category == "dvh" and "not blocking" not in c.detail)
+            or (c.category == "dvh" and c.blocks_release is not False)
         ):
             blocking = True
         if blocking:

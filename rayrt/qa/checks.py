@@ -60,6 +60,12 @@ class QACheck(BaseModel):
     limit: float | None = Field(default=None, description="the limit the value is compared with")
     unit: str = ""
     detail: str = ""
+    blocks_release: bool | None = Field(
+        default=None,
+        description="a warning's part in a converted plan's release: False = for the physicist's review only (a "
+        "clinical goal the standard plan misses too, or lost within tolerance); None = by its category "
+        "(rayrt.convert.release.release_blocking)",
+    )
 
     @model_validator(mode="after")
     def _sync(self) -> "QACheck":
@@ -256,6 +262,7 @@ def _goal_check(
             detail=f"structure '{goal.structure}' missing or empty on the dose grid",
         )
     e = evaluate_goal(goal, v, voxel_cc)
+    blocks: bool | None = None
     if e.met:
         status: Status = "pass"
         detail = f"clinical goal (rank {goal.rank}) met, margin {e.margin:+.3g} {e.unit}"
@@ -275,6 +282,8 @@ def _goal_check(
             )
         else:
             status = "warn"
+            if r is not None:  # the physicist reviews it; the release does not wait on it
+                blocks = False
             if r is None:
                 why = "see the planning's goal report"
             elif r.met:  # within the tolerance: the physicist reviews it, the release does not wait on it
@@ -290,6 +299,7 @@ def _goal_check(
         limit=goal.value,
         unit=e.unit,
         detail=detail,
+        blocks_release=blocks,
     )
 
 

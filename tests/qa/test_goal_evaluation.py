@@ -184,5 +184,10 @@ def test_qa_fails_a_plan_that_loses_a_goal_the_standard_plan_meets():
         return [r for r in reasons if r.startswith(("PTV D99", "Cord"))]
 
     assert blocking(dose(56.5, 12.5)) == []
+    # the release reads the check's typed role, not its wording
+    within = {c.name: c for c in dvh_criteria_checks(dose(56.5, 12.5), masks, order, reference=standard)}
+    assert within["PTV D99 >= 57 Gy"].blocks_release is False and within["Cord max <= 10 Gy"].blocks_release is False
+    alone = {c.name: c for c in dvh_criteria_checks(standard, masks, order)}
+    assert alone["Cord max <= 10 Gy"].blocks_release is None  # no standard plan to compare with: by category
     assert [r.split(":")[1].split()[0] for r in blocking(dose(56.0, 12.5))] == ["fail"]
     assert status(dose(58.0, 9.0), standard) == {"PTV D99 >= 57 Gy": "pass", "Cord max <= 10 Gy": "pass"}
