@@ -355,13 +355,16 @@ def _bound_mu(
     if not flat or open_course <= 0:
         return segments, None, 0.0
     grids = beamlet_set.grids()
-    a = problem_segment_doses(problem, grids, machine, segments)
     mu = np.array([s.mu for s in flat])
     nrows = problem.structure_rows.get(order.prescription.normalization.structure or order.prescription.target)
-    f = normalization_factor((a[nrows] @ mu.astype(np.float32)).astype(np.float64), order) if nrows is not None else 1.0
+    f = 1.0
+    if nrows is not None:  # the exact normalisation of the apertures' dose (one Dij product)
+        w = np.concatenate([aperture_fluence(bg, segs, machine) for bg, segs in zip(grids, segments)])
+        f = normalization_factor(problem.dij.dose(w, nrows).astype(np.float64), order)
     start = float(f * mu.sum() / open_course)
     if bound is None or bound.bound.excess(f * mu.sum()) <= 0:
         return segments, None, start
+    a = problem_segment_doses(problem, grids, machine, segments)
     limits = segment_limits(
         machine, min_area_cm2=req.min_segment_area_cm2, min_mu=req.min_segment_mu, max_segments=req.max_segments
     )
