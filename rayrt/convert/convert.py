@@ -100,7 +100,7 @@ from rayrt.optimize.fmo import FluenceOptions, ObjectiveEvaluator, initial_weigh
 from rayrt.optimize.goal_guards import goal_guard_objectives
 from rayrt.optimize.layout import BeamletLayout, layout_from_beamlets
 from rayrt.optimize.mu_bound import NormalisedMU, normalised_mu_bound
-from rayrt.optimize.mu_refit import refit_dropping_small, segment_dose_matrix
+from rayrt.optimize.mu_refit import beam_of_segments, refit_dropping_small, segment_dose_matrix, with_refitted_mu
 from rayrt.optimize.normalize import normalize_plan
 from rayrt.optimize.objectives import Objective, make_objective
 from rayrt.optimize.problem import OptimizationProblem, build_problem, target_like
@@ -782,12 +782,9 @@ def _refit_candidate_segments(
         iterations,
         objectives=mimic,
         mu_bound=conversion_mu_bound(problem, std, opts),
-        beam_of=np.repeat(np.arange(len(segs_course)), [len(segs) for segs in segs_course]),
+        beam_of=beam_of_segments(segs_course),
     )
-    out, k = [], 0
-    for segs in segs_course:
-        out.append([s.model_copy(update={"mu": float(mu[k + i])}) for i, s in enumerate(segs) if keep[k + i]])
-        k += len(segs)
+    out = with_refitted_mu(segs_course, mu, keep)
     det.total_seconds = round(time.perf_counter() - t, 3)
     return out, det
 

@@ -99,7 +99,6 @@ class DAOResult(BaseModel):
     small_area_segments: int = Field(
         default=0, description="of dropped_segments: removed because their open area fell below min_area_cm2"
     )
-    total_mu: float = Field(default=0.0, description="the segments' total weight (course MU, before normalisation)")
 
 
 @dataclass
@@ -562,7 +561,6 @@ def _optimize_apertures(
         iters += mu_solve()
     Js = current_J()
     w = aperture_weights(beams, slices, n, Js)
-    total = float(sum(ba.m.sum() for ba in beams))
     f_end = float(problem.total_objective(problem.dose(w)))
     out_segments = []
     for ba in beams:
@@ -582,7 +580,6 @@ def _optimize_apertures(
         seconds=time.perf_counter() - t0,
         dropped_segments=dropped,
         small_area_segments=small_removed,
-        total_mu=total,
     )
 
 

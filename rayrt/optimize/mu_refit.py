@@ -34,6 +34,8 @@ __all__ = [
     "normalised_objective",
     "refit_segment_mu",
     "refit_dropping_small",
+    "beam_of_segments",
+    "with_refitted_mu",
 ]
 
 
@@ -61,6 +63,27 @@ _MIN_MU_STEPS = 8
 """Raise-and-renormalise steps of the refit's normalised MU (see :func:`refit_segment_mu`)."""
 
 
+def _unit_fluences(g: BeamletGrid, segs: list[Segment], machine: MachineModel) -> np.ndarray:
+    """(bixels, segments) float32: each segment's exact fluence at 1 MU (rayrt.dose.aperture.aperture_fluence)."""
+    return np.stack([aperture_fluence(g, [s.model_copy(update={"mu": 1.0})], machine) for s in segs], axis=1).astype(
+        np.float32
+    )
+
+
+def beam_of_segments(segs_course: list[list[Segment]]) -> np.ndarray:
+    """The beam index of every segment, in the flat order of ``segs_course`` (per beam)."""
+    return np.repeat(np.arange(len(segs_course)), [len(segs) for segs in segs_course])
+
+
+def with_refitted_mu(segs_course: list[list[Segment]], mu: np.ndarray, keep: np.ndarray) -> list[list[Segment]]:
+    """The segments per beam with the refitted ``mu`` (flat order), those not kept left out."""
+    out, k = [], 0
+    for segs in segs_course:
+        out.append([s.model_copy(update={"mu": float(mu[k + i])}) for i, s in enumerate(segs) if keep[k + i]])
+        k += len(segs)
+    return out
+
+
 def segment_dose_matrix(
     dij: sp.spmatrix,
     grids: list[BeamletGrid],
@@ -81,10 +104,7 @@ def segment_dose_matrix(
     for segs, g, sl in zip(segs_course, grids, slices):  # loop over beams and their segments (tens)
         if not segs:
             continue
-        f = np.stack([aperture_fluence(g, [s.model_copy(update={"mu": 1.0})], machine) for s in segs], axis=1).astype(
-            np.float32
-        )
-        a[:, k : k + len(segs)] = np.asarray(csc[:, sl] @ f)[rows]
+        a[:, k : k + len(segs)] = np.asarray(csc[:, sl] @ _unit_fluences(g, segs, machine))[rows]
         k += len(segs)
     return a
 
@@ -100,9 +120,11 @@ def problem_segment_doses(
     k = 0
     w = np.zeros(problem.num_beamlets)
     for segs, g, sl in zip(segs_course, grids, problem.beam_slices):  # loop over beams and their segments (tens)
-        for seg in segs:
+        if not segs:
+            continue
+        for f in _unit_fluences(g, segs, machine).T:
             w[:] = 0.0
-            w[sl] = aperture_fluence(g, [seg.model_copy(update={"mu": 1.0})], machine)
+            w[sl] = f
             a[:, k] = problem.dij.dose(w)
             k += 1
     return a

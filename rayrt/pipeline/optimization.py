@@ -22,7 +22,7 @@ from rayrt.domain.machine import MachineModel
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Segment
 from rayrt.domain.planning import PlanningRequest
-from rayrt.domain.segments import segment_limits
+from rayrt.domain.segments import SegmentLimits, segment_limits
 from rayrt.dose.aperture import aperture_fluence
 from rayrt.machines import get_machine
 from rayrt.optimize.autoplan import (
@@ -41,7 +41,13 @@ from rayrt.optimize.goal_guards import goal_guard_objectives
 from rayrt.optimize.goal_terms import GoalPlanReport
 from rayrt.optimize.layout import layout_from_beamlets
 from rayrt.optimize.mu_bound import normalised_mu_bound
-from rayrt.optimize.mu_refit import MuRefitDetail, problem_segment_doses, refit_dropping_small
+from rayrt.optimize.mu_refit import (
+    MuRefitDetail,
+    beam_of_segments,
+    problem_segment_doses,
+    refit_dropping_small,
+    with_refitted_mu,
+)
 from rayrt.optimize.normalize import normalization_factor, normalize_plan
 from rayrt.optimize.problem import OptimizationProblem, build_problem
 from rayrt.optimize.regularize import FluenceRegularizer, neighbour_differences, sweep_mu_operator
@@ -241,14 +247,18 @@ class SequencedPlan(BaseModel):
     metrics: dict = Field(default_factory=dict)
 
 
+def _planning_limits(machine: MachineModel, req: PlanningRequest) -> SegmentLimits:
+    """The effective segment limits of the standard plan: the stricter of the machine's and the planning request's."""
+    return segment_limits(
+        machine, min_area_cm2=req.min_segment_area_cm2, min_mu=req.min_segment_mu, max_segments=req.max_segments
+    )
+
+
 def _sequence(w: np.ndarray, beamlet_set: BeamletSet, machine: MachineModel, req: PlanningRequest) -> SequencedPlan:
     """Leaf sequencing under the effective segment limits (minimum area and width, maximum
     segments; the minimum MU is DAO's: the sequencer's weights are not final)."""
     seq = get_sequencer(req.sequencer)
-    # the effective segment limits: the stricter of the machine's and the planning request's
-    limits = segment_limits(
-        machine, min_area_cm2=req.min_segment_area_cm2, min_mu=req.min_segment_mu, max_segments=req.max_segments
-    )
+    limits = _planning_limits(machine, req)
     segs, info = [], []
     for bg, sl in zip(beamlet_set.grids(), beamlet_set.slices()):
         lay = layout_from_beamlets(bg)
@@ -313,10 +323,7 @@ def _dao(
     order: MedicalOrder,
 ) -> DAOResult:
     layouts = [layout_from_beamlets(bg) for bg in beamlet_set.grids()]
-    # the effective segment limits: the stricter of the machine's and the planning request's
-    limits = segment_limits(
-        machine, min_area_cm2=req.min_segment_area_cm2, min_mu=req.min_segment_mu, max_segments=req.max_segments
-    )
+    limits = _planning_limits(machine, req)
     opts = DAOOptions(
         outer_rounds=req.dao_rounds,
         iterations_per_round=req.dao_iterations,
@@ -365,9 +372,7 @@ def _bound_mu(
     if bound is None or bound.bound.excess(f * mu.sum()) <= 0:
         return segments, None, start
     a = problem_segment_doses(problem, grids, machine, segments)
-    limits = segment_limits(
-        machine, min_area_cm2=req.min_segment_area_cm2, min_mu=req.min_segment_mu, max_segments=req.max_segments
-    )
+    limits = _planning_limits(machine, req)
     aims = [o.dose_gy for o in problem.objectives]
     problem.set_target_aims(1.0)  # the refit's objective sees the normalised dose: the target at the prescription
     # the clinical goals the apertures meet are guarded (they must not be lost for the MU bound)
@@ -390,18 +395,14 @@ def _bound_mu(
             MU_REFIT_ITERATIONS,
             objectives=problem.objectives + guards,
             mu_bound=bound,
-            beam_of=np.repeat(np.arange(len(segments)), [len(segs) for segs in segments]),
+            beam_of=beam_of_segments(segments),
         )
     finally:
         for o, aim in zip(problem.objectives, aims):
             o.dose_gy = aim
     if mu.sum() / open_course >= start:  # the refit found no fewer MU: the apertures as DAO left them
         return segments, None, start
-    out, k = [], 0
-    for segs in segments:
-        out.append([s.model_copy(update={"mu": float(mu[k + i])}) for i, s in enumerate(segs) if keep[k + i]])
-        k += len(segs)
-    return out, detail, float(mu.sum() / open_course)
+    return with_refitted_mu(segments, mu, keep), detail, float(mu.sum() / open_course)
 
 
 def dao(
