@@ -19,4 +19,4 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     touch "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
-export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0

@@ -25,8 +25,12 @@ import time
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from rayrt.service.process import ensure_ray_token  # noqa: E402  (after the environment above)
+
+ensure_ray_token()  # the Ray token every Ray the tests start (in this process or a subprocess) authenticates with
 
 
 # ---------------------------------------------------------------------------- Ray + service

@@ -243,7 +243,6 @@ def demo_cmd(
     ray_started = False
     settings = None
     try:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         for name in ("ray", "ray.serve", "rayrt.service"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -62,6 +62,43 @@ class DicomFile:
     series_description: str = ""
 
 
+#: the most voxels an image series may hold, as stored and after any resampling (float32: 1 GiB;
+#: a 512 x 512 CT of 1,024 slices). Checked on the headers, before any pixel is read.
+MAX_IMAGE_VOXELS = 512 * 512 * 1024
+#: the most rows or columns of one slice
+MAX_SLICE_PIXELS = 4096
+#: the longest a series may reach along the slice normal (mm): 2 m, a whole-body scan
+MAX_SERIES_EXTENT_MM = 2000.0
+
+
+def check_image_size(label: str, rows: int, columns: int, slices: int, extent_mm: float) -> None:
+    """InputError 422 unless an image series of ``rows`` x ``columns`` x ``slices`` (as stored or as
+    it would be resampled) spanning ``extent_mm`` along the slice normal fits the budgets above."""
+    if not (1 <= rows <= MAX_SLICE_PIXELS and 1 <= columns <= MAX_SLICE_PIXELS):
+        raise InputError(
+            f"{label}: slices of {rows} x {columns} pixels; rayrt reads 1 to {MAX_SLICE_PIXELS} rows and columns",
+            kind="dicom",
+            field="Rows",
+            status=422,
+        )
+    if extent_mm > MAX_SERIES_EXTENT_MM:
+        raise InputError(
+            f"{label} spans {extent_mm:.0f} mm along the slice normal (at most {MAX_SERIES_EXTENT_MM:.0f} mm): "
+            "check the slice positions (ImagePositionPatient)",
+            kind="dicom",
+            field="ImagePositionPatient",
+            status=422,
+        )
+    if rows * columns * slices > MAX_IMAGE_VOXELS:
+        raise InputError(
+            f"{label} would hold {rows} x {columns} x {slices} = {rows * columns * slices:,} voxels, more than "
+            f"the {MAX_IMAGE_VOXELS:,} rayrt reads in one series",
+            kind="dicom",
+            field="ImagePositionPatient",
+            status=422,
+        )
+
+
 def _dcmread(path: Path, stop_before_pixels: bool = False):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -212,7 +249,9 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
     own_warnings: list[str] = []
     if not files:
         raise InputError("an image series needs at least one file", kind="dicom")
-    datasets = [_dcmread(Path(f)) for f in files]
+    # headers first: every size is checked against the voxel budget before any pixel is read
+    paths = [Path(f) for f in files]
+    datasets = [_dcmread(f, stop_before_pixels=True) for f in paths]
     first = datasets[0]
     series_uid = str(getattr(first, "SeriesInstanceUID", ""))
     label = f"{getattr(first, 'Modality', '?')} series {series_uid[-12:] or '?'}"
@@ -252,14 +291,16 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
     d = ipps @ normal
     order = np.argsort(d, kind="stable")
     datasets = [datasets[i] for i in order]
+    paths = [paths[i] for i in order]
     ipps = ipps[order]
     d = d[order]
-    rows = {int(ds.Rows) for ds in datasets}
-    cols = {int(ds.Columns) for ds in datasets}
+    rows = {int(getattr(ds, "Rows", 0) or 0) for ds in datasets}
+    cols = {int(getattr(ds, "Columns", 0) or 0) for ds in datasets}
     if len(rows) > 1 or len(cols) > 1:
         raise InputError(
             f"{label}: slices have different sizes (rows {sorted(rows)}, columns {sorted(cols)})", kind="dicom"
         )
+    check_image_size(label, next(iter(rows)), next(iter(cols)), len(datasets), float(d[-1] - d[0]))
     ps = {
         tuple(np.round(_float_list(getattr(ds, "PixelSpacing", []), 2, "PixelSpacing", Path(files[0])), 6))
         for ds in datasets
@@ -288,6 +329,8 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
                 kind="dicom",
             )
         h0 = float(diffs.min())
+        # a non-uniform series is resampled onto its finest spacing: that size must fit the budget too
+        check_image_size(label, next(iter(rows)), next(iter(cols)), int((d[-1] - d[0]) / h0) + 1, float(d[-1] - d[0]))
         tol = max(0.01, 0.01 * h0)
         ratios = diffs / h0
         if np.abs(diffs - h0).max() > tol:
@@ -315,7 +358,8 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
     if modality == "PT":
         scale, quantity = _pet_scale(datasets[0], own_warnings)
     planes = np.empty((nk, int(datasets[0].Rows), int(datasets[0].Columns)), dtype=np.float32)
-    for k, ds in enumerate(datasets):
+    for k, path in enumerate(paths):
+        ds = _dcmread(path)  # one slice's pixel data in memory at a time
         try:
             px = ds.pixel_array
         except Exception as exc:
@@ -505,6 +549,14 @@ def read_rtdose(path: str | Path, warnings: list[str] | None = None) -> Volume:
         raise InputError(
             f"{path.name}: RTDOSE without a dose grid (no PixelData); only grid doses are supported", kind="rtdose"
         )
+    offsets = getattr(ds, "GridFrameOffsetVector", None) or [0.0]
+    check_image_size(
+        f"RTDOSE {path.name}",
+        int(getattr(ds, "Rows", 0) or 0),
+        int(getattr(ds, "Columns", 0) or 0),
+        int(getattr(ds, "NumberOfFrames", 1) or 1),
+        float(max(offsets) - min(offsets)) if len(offsets) > 1 else 0.0,
+    )
     try:
         px = ds.pixel_array
     except Exception as exc:

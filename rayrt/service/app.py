@@ -45,6 +45,7 @@ import json
 import logging
 import mimetypes
 import time
+import uuid
 from typing import Any
 
 import ray
@@ -64,6 +65,7 @@ from rayrt.domain.order import MedicalOrder
 from rayrt.domain.planning import PlanningRequest, planning_request
 from rayrt.pipeline import check_request, validate_order
 from rayrt.pipeline.export import ExportResult
+from rayrt.service.http_guard import GuardMiddleware, GuardPolicy, require_json
 from rayrt.service.intake import import_upload
 from rayrt.service.machine_queues import get_or_create_registry
 from rayrt.service.models import (
@@ -118,8 +120,24 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 @api.exception_handler(Exception)
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("internal error on %s %s", request.method, request.url.path)
-    return JSONResponse(status_code=500, content={"error": "internal", "message": f"{type(exc).__name__}: {exc}"})
+    """500 with a reference to the service log, never the exception's text (it may hold store paths)."""
+    ref = uuid.uuid4().hex[:12]
+    log.exception("internal error %s on %s %s", ref, request.method, request.url.path)
+    return JSONResponse(
+        status_code=500,
+        content={"error": "internal", "message": f"internal error (reference {ref}; the service log has the details)"},
+    )
+
+
+#: this replica's cross-site and host policy (set by Ingress.__init__ from the service settings)
+_GUARD = GuardPolicy()
+
+
+def _guard_policy() -> GuardPolicy:
+    return _GUARD
+
+
+api.add_middleware(GuardMiddleware, policy=_guard_policy)  # host / cross-site checks, security headers
 
 
 def check_job_request(
@@ -179,6 +197,8 @@ class Ingress:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
+        global _GUARD
+        _GUARD = GuardPolicy.for_bind(settings.host, settings.trusted_hosts, settings.allowed_origins)
         self.store = Store(self.settings.data_dir)
         self.scheduler = get_or_create_scheduler(self.settings)
         reniced = interactive_priority()  # the HTTP path (this replica, the node's proxy) at niceness 0, compute at 19
@@ -306,6 +326,7 @@ class Ingress:
     # ---------------------------------------------------------------- structures
     @api.post("/patients/{patient_id}/structures", status_code=201, response_model=StructuresResponse)
     async def create_structures(self, patient_id: str, request: Request) -> StructuresResponse:
+        require_json(request.headers.get("content-type"))
         try:
             body = await request.json()
         except Exception:

@@ -8,8 +8,11 @@ compute (``controlled``, ``conversion``), answer HTTP (``app``) or keep actors
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from pathlib import Path
+
+from rayrt.domain.errors import InputError
 
 
 def named_actor_options(
@@ -113,9 +116,36 @@ SERVE_ENV_DEFAULTS: dict[str, str] = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
 
 
 def ray_env_defaults() -> None:
-    """Environment that makes a local Ray predictable (no auth token, no usage stats) and the
-    Serve HTTP path lean (:data:`SERVE_ENV_DEFAULTS`); values already set are kept."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """Environment of the Ray rayrt starts or joins: token authentication on (``RAY_AUTH_MODE=token``,
+    the token made private by :func:`ensure_ray_token`), no usage stats, and the Serve HTTP path
+    lean (:data:`SERVE_ENV_DEFAULTS`); values already set are kept, except that authentication is
+    never turned off here: a ``disabled`` mode in the environment is refused."""
+    mode = os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if mode.lower() != "token":
+        raise InputError(
+            f"RAY_AUTH_MODE={mode}: rayrt runs Ray with token authentication only (an unauthenticated Ray "
+            "control plane lets anyone who reaches it run code); unset it or set it to 'token'",
+            kind="settings",
+            field="RAY_AUTH_MODE",
+        )
+    ensure_ray_token()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for key, value in SERVE_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def ensure_ray_token() -> Path | None:
+    """The Ray token file (``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), created with a random
+    256-bit token when missing, readable by its owner only (0600; Ray itself would write it with
+    the umask's permissions). None when the token comes from ``RAY_AUTH_TOKEN``."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    elif path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return path

@@ -42,6 +42,15 @@ class ServiceSettings(BaseModel):
     )
     host: str = Field(default="127.0.0.1", description="address the HTTP ingress binds to")
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port of the ingress (0 = any free port)")
+    trusted_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names the HTTP API answers to (Host header; '*' any, '.example.org' a domain); empty: "
+        "localhost, 127.0.0.1 and ::1 on a loopback bind, any host otherwise (rayrt.service.http_guard)",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="other browser origins (scheme://host[:port]) allowed to send state-changing requests",
+    )
     ray_address: str = Field(
         default="local", description="'local' starts an embedded Ray; 'auto' or ray://host:port joins a cluster"
     )

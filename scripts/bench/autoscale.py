@@ -61,7 +61,7 @@ def main() -> int:
                 "--idle-timeout-s",
                 str(args.idle_timeout_s),
             ],
-            env={"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"},
+            env={"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"},
             cwd=REPO_ROOT,
             timeout_s=600,
         )

@@ -88,7 +88,7 @@ def main() -> None:
         os.environ,
         RAY_FAKE_CLUSTER="1",
         AUTOSCALER_UPDATE_INTERVAL_S="1",
-        RAY_AUTH_MODE="disabled",
+        RAY_AUTH_MODE="token",
         RAY_USAGE_STATS_ENABLED="0",
     )
     ray_bin = str(Path(sys.executable).with_name("ray"))

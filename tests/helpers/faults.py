@@ -127,7 +127,7 @@ class ServiceProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
         env.update(
             RAY_TMPDIR=str(self.ray_tmp),
-            RAY_AUTH_MODE="disabled",
+            RAY_AUTH_MODE="token",
             RAY_USAGE_STATS_ENABLED="0",
             RAYRT_CONFIG=str(self.config),
         )

@@ -310,6 +310,36 @@ def test_missing_slice_is_refused(tmp_path):
         load_study(tmp_path)
 
 
+def test_a_series_beyond_the_voxel_budget_is_refused_from_its_headers(tmp_path):
+    """Three slices at z = 0, 1 and 30,000.5 mm would resample to 30,001 slices; slices that claim
+    65535 x 65535 pixels; 4096 x 4096 slices whose resampling (21 slices) exceeds the budget: each is
+    refused from the headers, before any pixel is decoded or any volume allocated."""
+    import pydicom
+
+    from rayrt.imaging.dicom_io import MAX_IMAGE_VOXELS
+
+    far = tmp_path / "far"
+    hand_series(far, "CT", z_list=[0.0, 1.0, 30000.5])
+    with pytest.raises(InputError, match="spans 30000 mm"):
+        load_study(far)
+
+    def claim(folder: Path, rows: int, z_list: list[float]) -> None:
+        for f in hand_series(folder, "CT", z_list=z_list)[0]:
+            ds = pydicom.dcmread(f)
+            ds.Rows = ds.Columns = rows  # the header lies about a pixel block it does not carry
+            ds.save_as(f)
+
+    huge = tmp_path / "huge"
+    claim(huge, 65535, [0.0, 2.0, 4.0])
+    with pytest.raises(InputError, match="65535 x 65535 pixels"):
+        load_study(huge)
+    budget = tmp_path / "budget"
+    claim(budget, 4096, [0.0, 1.0, 20.0])
+    assert 4096 * 4096 * 3 <= MAX_IMAGE_VOXELS < 4096 * 4096 * 21
+    with pytest.raises(InputError, match="4096 x 4096 x 21"):
+        load_study(budget)
+
+
 def test_gantry_tilt_is_refused(tmp_path):
     hand_series(tmp_path, "CT", n=4, tilt_mm_per_slice=0.5)
     with pytest.raises(InputError, match="gantry tilt of 14.04 deg"):

@@ -70,7 +70,7 @@ def test_plan_cli_http_job_and_demo_give_the_same_standard_plan(serve_app, tmp_p
 
     # 3. rayrt demo, its own Ray and service
     data = tmp_path / "demo-data"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     p = subprocess.run(
         [

@@ -105,3 +105,58 @@ def test_app_builder_exists_when_the_app_module_does():
     cfg = yaml.safe_load((REPO / "deploy" / "serve_config.yaml").read_text())
     named = {d["name"] for app in cfg["applications"] for d in app.get("deployments", [])}
     assert named <= defined, f"serve_config.yaml overrides {named - defined}, the app defines {defined}"
+
+
+def test_cluster_yaml_control_plane_is_closed(cluster_cfg):
+    """Token authentication on every node, the dashboard on the head's loopback, the token file
+    distributed to the nodes, nothing that turns authentication off."""
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in cluster_cfg[key] if "ray start" in c]
+        assert start, key
+        for c in start:
+            assert "RAY_AUTH_MODE=token" in c and "RAY_AUTH_TOKEN_PATH=/home/ray/.ray/auth_token" in c, c
+    head = " ".join(cluster_cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    assert cluster_cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+def test_kuberay_control_plane_is_closed():
+    docs = [d for d in yaml.safe_load_all((REPO / "deploy/kuberay/rayservice.yaml").read_text()) if d]
+    svc = next(d for d in docs if d["kind"] == "RayService")
+    rc = svc["spec"]["rayClusterConfig"]
+    assert rc["authOptions"] == {"mode": "token"}
+    assert tuple(int(x) for x in rc["rayVersion"].split(".")[:2]) >= (2, 52)  # token auth needs Ray >= 2.52
+    head = rc["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ports = {p["containerPort"] for p in head.get("ports", [])}
+    assert 10001 not in ports  # the Ray client port is not opened
+    groups = [rc["headGroupSpec"], *rc["workerGroupSpecs"]]
+    for g in groups:
+        for c in g["template"]["spec"]["containers"]:
+            for e in c.get("env", []):
+                assert not (e["name"] == "RAY_AUTH_MODE" and e.get("value") != "token"), e
+    assert all(d.get("spec", {}).get("type") != "LoadBalancer" for d in docs if d["kind"] == "Service")
+    text = (REPO / "deploy/kuberay/rayservice.yaml").read_text()
+    assert "disabled" not in text
+
+
+def test_no_rayrt_file_turns_ray_authentication_off():
+    """No product, script or config file sets RAY_AUTH_MODE to anything but token."""
+    import re
+
+    offenders = []
+    self_tests = {"test_cluster_config.py", "test_ray_auth.py"}  # they write the refused values on purpose
+    for path in [
+        *REPO.glob("rayrt/**/*.py"),
+        *REPO.glob("scripts/**/*"),
+        *REPO.glob("deploy/**/*"),
+        *REPO.glob("configs/**/*"),
+        *REPO.glob("tests/**/*.py"),
+        REPO / "cluster.yaml",
+    ]:
+        if not path.is_file() or path.suffix in {".json", ".npz", ".npy"} or path.name in self_tests:
+            continue
+        text = path.read_text(errors="ignore")
+        for m in re.finditer(r"RAY_AUTH_MODE[\"']?\s*[:=,]\s*[\"']?(\w+)", text):
+            if m.group(1) not in {"token", "mode"}:
+                offenders.append(f"{path.relative_to(REPO)}: {m.group(0)}")
+    assert not offenders, offenders

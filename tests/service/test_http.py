@@ -103,6 +103,19 @@ def _missing_slice(small_study_dir: Path, tmp_path: Path) -> Path:
     return zip_dir(d, tmp_path / "missing.zip")
 
 
+def _thirty_metres(small_study_dir: Path, tmp_path: Path) -> Path:
+    """The CT's last slice moved 30 m along the axis: resampling would make ~30,000 slices."""
+    import pydicom
+
+    d = tmp_path / "thirty"
+    shutil.copytree(small_study_dir, d)
+    last = max(sorted((d / "CT").iterdir()), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    ds = pydicom.dcmread(last)
+    ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], 30000.5]
+    ds.save_as(last)
+    return zip_dir(d, tmp_path / "thirty.zip")
+
+
 def _foreign_for(small_study_dir: Path, tmp_path: Path) -> Path:
     import pydicom
     from pydicom.uid import generate_uid
@@ -133,6 +146,7 @@ def test_bad_uploads_are_4xx_json_and_change_nothing(serve_app, serve_settings, 
         "zip slip": _upload_zip(serve_app, _zip_slip(tmp_path)),
         "missing slice": _upload_zip(serve_app, _missing_slice(small_study_dir, tmp_path)),
         "foreign frame of reference": _upload_zip(serve_app, _foreign_for(small_study_dir, tmp_path)),
+        "30 m series": _upload_zip(serve_app, _thirty_metres(small_study_dir, tmp_path)),
     }
     for name, r in cases.items():
         assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
@@ -142,6 +156,7 @@ def test_bad_uploads_are_4xx_json_and_change_nothing(serve_app, serve_settings, 
     assert "missing" in cases["missing slice"].json()["message"]
     assert cases["foreign frame of reference"].status_code == 422
     assert "frame of reference" in cases["foreign frame of reference"].json()["message"]
+    assert cases["30 m series"].status_code == 422 and "spans" in cases["30 m series"].json()["message"]
     assert "/tmp" not in cases["not dicom"].json().get("field", "")
     assert _snapshot(serve_settings.data_dir) == before
     assert not (Path(serve_settings.data_dir).parent / "outside.dcm").exists()
@@ -284,6 +299,9 @@ def test_corrupt_store_file_is_a_500_json(serve_app, serve_settings, patient):
         f.write_text('{"id": "broken"')  # damaged by hand, outside rayrt's atomic writes
         r = httpx.get(f"{serve_app}/jobs/{job['id']}/results")  # reads job.json from the store
         assert r.status_code == 500 and r.json()["error"] == "internal"
+        # no exception text, no store path: a reference to the service log
+        assert "reference" in r.json()["message"] and serve_settings.data_dir not in r.text
+        assert "ValidationError" not in r.text and "job.json" not in r.text
         # the status of a job comes from the ingress' status cache (the scheduler's snapshot of the
         # last save), not from the store: pollers are not affected, and never see the damaged bytes
         r = httpx.get(f"{serve_app}/jobs/{job['id']}")

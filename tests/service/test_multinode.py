@@ -23,7 +23,7 @@ from _common import parse_result  # noqa: E402  (the scenarios' own module: impo
 
 
 def run_scenario(name: str, *args: str, timeout_s: float = 400) -> dict:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
         [sys.executable, str(SCENARIOS / f"{name}.py"), *args],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -74,8 +75,10 @@ def test_dead_computer_is_replaced_and_its_job_requeued(private_scheduler):
     )  # the monitor must not replace the dead computer before the job is dispatched to it
     status = ray.get(sched.get_status.remote())
     [name] = status.computers
-    beats = ray.get(sched.heartbeats.remote())
-    assert beats[name].job is None and beats[name].pid > 0
+    deadline = time.monotonic() + 120  # a computer still starting (a loaded machine) answers no heartbeat yet
+    while (beats := ray.get(sched.heartbeats.remote()))[name] is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert beats[name] is not None and beats[name].job is None and beats[name].pid > 0
     ray.kill(ray.get_actor(name, namespace=settings.ray_namespace), no_restart=True)
 
     job = store.create_job(Job(patient_id=pid))

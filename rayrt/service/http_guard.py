@@ -1,0 +1,179 @@
+"""Cross-site and host checks of the HTTP API, and the headers every answer carries.
+
+A rayrt service on a workstation is reachable from the browser that runs on it: a page on any web
+site could otherwise post a contour edit or a cancel to ``http://127.0.0.1:8000`` (a cross-site
+request the browser sends without asking), or reach it under a name of its own that resolves to
+127.0.0.1 (DNS rebinding: the browser then treats the service as that site and reads its answers).
+Three checks close this, before any route runs:
+
+* **Host**: the ``Host`` header must name a trusted host (:attr:`GuardPolicy.trusted_hosts`; a
+  service bound to loopback trusts ``localhost``, ``127.0.0.1`` and ``::1`` only). 400 otherwise.
+* **Origin**: a state-changing request (POST, PUT, PATCH, DELETE) that a browser sends from
+  another origin is refused (403): its ``Origin`` must be the service's own (``scheme://`` +
+  ``Host``) or one of :attr:`GuardPolicy.allowed_origins`; ``Origin: null`` (sandboxed frames,
+  files) is refused; without ``Origin``, ``Sec-Fetch-Site: cross-site`` / ``same-site`` is
+  refused. Clients that are not browsers (the CLI, scripts) send neither header and pass.
+* **JSON bodies**: a route that parses a body as JSON refuses any other content type (415,
+  :func:`require_json`): a cross-site form can send ``text/plain`` but never ``application/json``
+  without the browser asking the service first (a CORS pre-flight, which it answers with no
+  ``Access-Control-Allow-Origin``).
+
+Every answer carries ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``,
+``X-Frame-Options: DENY`` and, unless the route set its own, ``Cache-Control: no-store`` (patient
+data is not kept in browser caches). :class:`GuardMiddleware` applies all of it as plain ASGI
+middleware (streamed answers pass through untouched); no Ray, no FastAPI.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from rayrt.domain.errors import InputError
+
+__all__ = [
+    "GuardMiddleware",
+    "GuardPolicy",
+    "LOOPBACK_HOSTS",
+    "SECURITY_HEADERS",
+    "STATE_CHANGING",
+    "check_request",
+    "host_name",
+    "require_json",
+]
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+#: headers every answer carries (``Cache-Control`` only where the route set none)
+SECURITY_HEADERS: dict[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """Which ``Host`` names and which other origins the service accepts.
+
+    ``trusted_hosts``: host names without port (``*``: any; ``.example.org``: that domain and its
+    sub-domains); ``allowed_origins``: ``scheme://host[:port]`` origins besides the service's own
+    that may send state-changing requests (e.g. a hospital portal embedding the review page)."""
+
+    trusted_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    allowed_origins: tuple[str, ...] = ()
+
+    @classmethod
+    def for_bind(
+        cls, bind_host: str, trusted_hosts: list[str] | None = None, allowed_origins: list[str] | None = None
+    ) -> GuardPolicy:
+        """The policy of a service bound to ``bind_host``: the configured trusted hosts, or by default
+        the loopback names (plus the bound address) for a loopback bind and any host otherwise
+        (a cluster ingress behind its own load balancer: set ``trusted_hosts`` to its names)."""
+        if trusted_hosts:
+            hosts = tuple(h.strip().lower() for h in trusted_hosts)
+        elif _is_loopback(bind_host):
+            hosts = tuple(dict.fromkeys([*LOOPBACK_HOSTS, bind_host.strip("[]").lower()]))
+        else:
+            hosts = ("*",)
+        origins = tuple(o.rstrip("/").lower() for o in (allowed_origins or []))
+        return cls(trusted_hosts=hosts, allowed_origins=origins)
+
+
+def _is_loopback(host: str) -> bool:
+    h = host.strip("[]").lower()
+    return h in LOOPBACK_HOSTS or h.startswith("127.")
+
+
+def host_name(host_header: str) -> str:
+    """The host name of a ``Host`` header (lower case, without port or IPv6 brackets)."""
+    h = host_header.strip().lower()
+    if h.startswith("["):
+        return h[1:].split("]", 1)[0]
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def _host_trusted(policy: GuardPolicy, host_header: str) -> bool:
+    name = host_name(host_header)
+    for t in policy.trusted_hosts:
+        if t == "*" or name == t or (t.startswith(".") and (name.endswith(t) or name == t[1:])):
+            return True
+    return False
+
+
+def check_request(
+    policy: GuardPolicy, method: str, scheme: str, headers: Mapping[str, str]
+) -> tuple[int, str, str] | None:
+    """Why a request must be refused, as (HTTP status, error kind, message), or None when it may
+    proceed. ``headers``: the request's headers, names in lower case."""
+    host = headers.get("host", "")
+    if not host or not _host_trusted(policy, host):
+        return 400, "host", f"host {host_name(host) or '(none)'!r} is not a trusted host of this service"
+    if method.upper() not in STATE_CHANGING:
+        return None
+    origin = headers.get("origin")
+    if origin is not None:
+        own = f"{scheme}://{host}".lower()
+        o = origin.strip().rstrip("/").lower()
+        if o == "null" or (o != own and o not in policy.allowed_origins and urlsplit(o).netloc != host.lower()):
+            return 403, "origin", f"cross-site {method.upper()} refused: origin {origin!r} is not this service's"
+        return None
+    site = headers.get("sec-fetch-site", "").lower()
+    if site in ("cross-site", "same-site"):
+        return 403, "origin", f"cross-site {method.upper()} refused (Sec-Fetch-Site: {site})"
+    return None
+
+
+def require_json(content_type: str | None) -> None:
+    """InputError 415 unless the body is declared JSON (``application/json`` or ``+json``)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise InputError(
+            f"the body must be JSON (Content-Type: application/json), not {media or 'unstated'!r}",
+            kind="content_type",
+            field="Content-Type",
+            status=415,
+        )
+
+
+class GuardMiddleware:
+    """ASGI middleware: :func:`check_request` before the app (a refusal answers JSON ``{"error",
+    "message"}``), :data:`SECURITY_HEADERS` and ``Cache-Control: no-store`` (unless set) on every
+    answer. ``policy()`` gives the policy in force (read per request: the ingress sets it at start)."""
+
+    def __init__(self, app: Any, policy: Callable[[], GuardPolicy]):
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refused = check_request(self.policy(), scope["method"], scope.get("scheme", "http"), headers)
+
+        async def send_guarded(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                raw = list(message.get("headers", []))
+                present = {k.decode("latin-1").lower() for k, _ in raw}
+                extra = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
+                raw += [(k.lower().encode(), v.encode()) for k, v in extra.items() if k.lower() not in present]
+                message = {**message, "headers": raw}
+            await send(message)
+
+        if refused is None:
+            await self.app(scope, receive, send_guarded)
+            return
+        status, kind, text = refused
+        body = json.dumps({"error": kind, "message": text}).encode()
+        await send_guarded(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

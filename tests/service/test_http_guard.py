@@ -1,0 +1,104 @@
+"""Cross-site and host checks (rayrt.service.http_guard): the rules as functions, then through the
+real service: a browser on another site cannot change anything, a foreign Host name is refused,
+a parsed body must be JSON, and every answer carries the security headers."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from rayrt.domain.errors import InputError
+from rayrt.service.http_guard import GuardPolicy, check_request, host_name, require_json
+
+
+def _check(policy, method, headers, scheme="http"):
+    return check_request(policy, method, scheme, {k.lower(): v for k, v in headers.items()})
+
+
+def test_policy_for_the_bind_address():
+    local = GuardPolicy.for_bind("127.0.0.1")
+    assert set(local.trusted_hosts) == {"localhost", "127.0.0.1", "::1"}
+    assert GuardPolicy.for_bind("0.0.0.0").trusted_hosts == ("*",)
+    configured = GuardPolicy.for_bind("0.0.0.0", ["rayrt.example.org", ".hospital.org"], ["https://portal.org/"])
+    assert configured.trusted_hosts == ("rayrt.example.org", ".hospital.org")
+    assert configured.allowed_origins == ("https://portal.org",)
+    assert host_name("[::1]:8000") == "::1" and host_name("LocalHost:80") == "localhost" and host_name("::1") == "::1"
+
+
+def test_host_rules():
+    local = GuardPolicy.for_bind("127.0.0.1")
+    assert _check(local, "GET", {"Host": "127.0.0.1:8000"}) is None
+    assert _check(local, "GET", {"Host": "localhost"}) is None
+    assert _check(local, "GET", {"Host": "[::1]:8000"}) is None
+    assert _check(local, "GET", {"Host": "rebind.attacker.example:8000"})[0] == 400  # DNS rebinding
+    assert _check(local, "GET", {})[0] == 400
+    dom = GuardPolicy.for_bind("0.0.0.0", [".hospital.org"])
+    assert _check(dom, "GET", {"Host": "rt.hospital.org"}) is None
+    assert _check(dom, "GET", {"Host": "hospital.org"}) is None
+    assert _check(dom, "GET", {"Host": "evilhospital.org"})[0] == 400
+
+
+def test_origin_rules():
+    local = GuardPolicy.for_bind("127.0.0.1", allowed_origins=["https://portal.hospital.org"])
+    host = {"Host": "127.0.0.1:8000"}
+    assert _check(local, "POST", host) is None  # the CLI: no Origin, no Sec-Fetch-Site
+    assert _check(local, "POST", {**host, "Origin": "http://127.0.0.1:8000"}) is None  # the web page itself
+    assert _check(local, "POST", {**host, "Origin": "https://portal.hospital.org"}) is None
+    for bad in ("https://evil.example", "null", "http://127.0.0.1:9999"):
+        assert _check(local, "POST", {**host, "Origin": bad})[:2] == (403, "origin"), bad
+    assert _check(local, "DELETE", {**host, "Sec-Fetch-Site": "cross-site"})[0] == 403
+    assert _check(local, "POST", {**host, "Sec-Fetch-Site": "same-origin"}) is None
+    assert _check(local, "GET", {**host, "Origin": "https://evil.example"}) is None  # reads are the auth's business
+
+
+def test_json_bodies_only():
+    require_json("application/json; charset=utf-8")
+    require_json("application/merge-patch+json")
+    for bad in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        with pytest.raises(InputError) as e:
+            require_json(bad)
+        assert e.value.status == 415
+
+
+@pytest.mark.ray
+def test_the_service_refuses_cross_site_writes_and_foreign_hosts(serve_app, serve_settings, small_study_zip):
+    from pathlib import Path
+
+    before = sorted(str(p) for p in Path(serve_settings.data_dir).rglob("*") if p.is_file())
+    # a page on another site posting a patient (a simple multipart form needs no pre-flight)
+    with open(small_study_zip, "rb") as fh:
+        r = httpx.post(
+            f"{serve_app}/patients",
+            files=[("files", ("p.zip", fh, "application/zip"))],
+            headers={"Origin": "https://evil.example"},
+            timeout=60,
+        )
+    assert r.status_code == 403 and r.json()["error"] == "origin"
+    r = httpx.post(f"{serve_app}/jobs", json={"patient_id": "x"}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert r.status_code == 403
+    # a text/plain "JSON" body (what a cross-site form can send) is refused even from the same origin
+    r = httpx.post(
+        f"{serve_app}/patients/anyone/structures",
+        content=b'{"method": "edit"}',
+        headers={"Content-Type": "text/plain"},
+    )
+    assert r.status_code == 415 and r.json()["field"] == "Content-Type"
+    r = httpx.post(f"{serve_app}/jobs", content=b'{"patient_id": "x"}', headers={"Content-Type": "text/plain"})
+    assert r.status_code == 422  # FastAPI reads a model body only from JSON
+    # DNS rebinding: the right address under a foreign name
+    r = httpx.get(f"{serve_app}/jobs", headers={"Host": "rebind.attacker.example"})
+    assert r.status_code == 400 and r.json()["error"] == "host"
+    after = sorted(str(p) for p in Path(serve_settings.data_dir).rglob("*") if p.is_file())
+    assert after == before  # nothing stored changed
+
+
+@pytest.mark.ray
+def test_every_answer_carries_the_security_headers(serve_app):
+    for path in ("/health", "/jobs", "/no/such/route", "/ui"):
+        r = httpx.get(f"{serve_app}{path}")
+        assert r.headers["x-content-type-options"] == "nosniff", path
+        assert r.headers["referrer-policy"] == "no-referrer" and r.headers["x-frame-options"] == "DENY", path
+    assert httpx.get(f"{serve_app}/jobs").headers["cache-control"] == "no-store"
+    assert httpx.get(f"{serve_app}/ui").headers["cache-control"] == "no-cache"  # the page's own setting kept
+    r = httpx.post(f"{serve_app}/jobs", json={}, headers={"Origin": "https://evil.example"})
+    assert r.headers["x-content-type-options"] == "nosniff"
