@@ -120,6 +120,13 @@ class PlanningRequest(BaseModel):
         default=None, description="IEC 61217 gantry angles; default num_beams equispaced from 0"
     )
     num_beams: int = Field(default=9, ge=1, le=72)
+    beam_angle_alternatives: list[list[float]] = Field(
+        default_factory=list,
+        max_length=7,
+        description="other IEC 61217 gantry-angle sets the planner may choose instead of gantry_deg / num_beams: "
+        "each set's fluence is optimised (one Ray task per set in the service) and the set whose plan meets the "
+        "order's goals best is kept (ties: the first); empty = plan the one set",
+    )
     dose_grid_mm: float = Field(default=5.0, gt=0, le=20)
     bixel_mm: float = Field(default=5.0, gt=0, le=20)
     margin_mm: float = Field(default=5.0, ge=0, le=30)
@@ -230,11 +237,55 @@ class PlanningRequest(BaseModel):
     )
     qa_figures: bool = Field(default=False, description="also render qa_<machine>.png (matplotlib, ~1 s per machine)")
 
+    @field_validator("gantry_deg")
+    @classmethod
+    def _distinct_angles(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None:
+            _check_angle_set(v)
+        return v
+
+    @field_validator("beam_angle_alternatives")
+    @classmethod
+    def _distinct_sets(cls, v: list[list[float]]) -> list[list[float]]:
+        for angles in v:
+            _check_angle_set(angles)
+        return v
+
     def angles(self) -> list[float]:
         """Gantry angles (degrees, IEC 61217): ``gantry_deg`` or ``num_beams`` equispaced from 0."""
         if self.gantry_deg:
             return [float(a) % 360.0 for a in self.gantry_deg]
         return [round(i * 360.0 / self.num_beams, 6) for i in range(self.num_beams)]
+
+    def angle_sets(self) -> list[list[float]]:
+        """The beam-angle sets to choose from (degrees, IEC 61217): :meth:`angles` first, then each
+        of ``beam_angle_alternatives`` that differs from every set before it (as a set of angles)."""
+        out = [self.angles()]
+        for angles in self.beam_angle_alternatives:
+            s = [float(a) % 360.0 for a in angles]
+            if all(_angle_key(s) != _angle_key(o) for o in out):
+                out.append(s)
+        return out
+
+    def all_angles(self) -> list[float]:
+        """Every distinct gantry angle of :meth:`angle_sets`, in first-appearance order: the beams
+        whose bixels and Dij are computed (one set: exactly :meth:`angles`)."""
+        out: list[float] = []
+        for s in self.angle_sets():
+            out += [a for a in s if not _angle_key([a]) <= _angle_key(out)]
+        return out
+
+
+def _angle_key(angles: list[float]) -> frozenset[float]:
+    """A set of gantry angles compared to 0.001 degree, 360 = 0."""
+    return frozenset(round(float(a) % 360.0, 3) % 360.0 for a in angles)
+
+
+def _check_angle_set(angles: list[float]) -> None:
+    if not 1 <= len(angles) <= 72:
+        raise ValueError("a gantry-angle set has 1 to 72 angles")
+    if len(_angle_key(angles)) != len(angles):
+        raise ValueError(f"the gantry angles {list(angles)} repeat a beam (angles are compared modulo 360)")
 
 
 def _first_error(exc: ValidationError, prefix: str, kind: str) -> InputError:

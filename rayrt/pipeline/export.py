@@ -26,6 +26,7 @@ from rayrt.machines import get_machine
 from rayrt.optimize.standard import PlanGeometry, StandardPlan, dose_key
 from rayrt.pipeline.analysis import csv_bytes
 from rayrt.pipeline.conversion import ConvertedPlans, QAStage
+from rayrt.pipeline.optimization import BeamSetChoice, BeamSetStanding
 from rayrt.pipeline.runner import StageContext
 from rayrt.qa.checks import GOAL_TOLERANCE_GY
 from rayrt.qa.goals import GoalEvaluation, evaluate_goals
@@ -70,6 +71,10 @@ class ExportResult(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     machines: list[MachineSummary]
+    beam_angle_sets: list[BeamSetStanding] = Field(
+        default_factory=list, description="the beam-angle sets the planner chose from (empty: one set was planned)"
+    )
+    beam_angle_set_chosen: int | None = Field(default=None, description="the set planned (1-based)")
     rtstruct: str | None = None
     dvh_csv: str = "dvh.csv"
     blobs: dict[str, bytes] = Field(default_factory=dict, exclude=True)
@@ -154,9 +159,11 @@ def export(
     ctx: StageContext,
     converted: ConvertedPlans | None = None,
     qa: QAStage | None = None,
+    beam_set: BeamSetChoice | None = None,
 ) -> ExportResult:
     """RTSTRUCT (once), RTPLAN + RTDOSE per machine (standard included), dvh.csv, summary.json
-    (per plan: MU, segments, QA verdict and the order's goals met or missed)."""
+    (per plan: MU, segments, QA verdict and the order's goals met or missed; the beam-angle sets
+    chosen from, if several)."""
     order = standard_plan.order
     verdicts = {r.machine: r for r in (qa.reports if qa else [])}
 
@@ -300,4 +307,10 @@ def export(
         ],
         rows,
     )
-    return ExportResult(machines=summaries, rtstruct="RS.dcm" if "RS.dcm" in blobs else None, blobs=blobs)
+    return ExportResult(
+        machines=summaries,
+        beam_angle_sets=beam_set.sets if beam_set else [],
+        beam_angle_set_chosen=beam_set.chosen + 1 if beam_set else None,
+        rtstruct="RS.dcm" if "RS.dcm" in blobs else None,
+        blobs=blobs,
+    )

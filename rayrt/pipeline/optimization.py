@@ -13,7 +13,7 @@ Weights inside the optimiser are course MU-weights; the plan carries MU per frac
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -25,6 +25,7 @@ from rayrt.domain.planning import PlanningRequest
 from rayrt.domain.segments import SegmentLimits, segment_limits
 from rayrt.dose.aperture import aperture_fluence
 from rayrt.machines import get_machine
+from rayrt.optimize._threads import set_threads
 from rayrt.optimize.autoplan import (
     air_limits,
     autoplan_fluence,
@@ -34,7 +35,7 @@ from rayrt.optimize.autoplan import (
     limiting_factors,
     reweight_lost_goals,
 )
-from rayrt.optimize.candidates import solve_candidate
+from rayrt.optimize.candidates import SolveMap, solve_candidate, solve_in_order
 from rayrt.optimize.dao import DAOOptions, DAOResult, optimize_apertures
 from rayrt.optimize.fmo import FluenceOptions, FluenceResult, ObjectiveEvaluator, initial_weights, optimize_fluence
 from rayrt.optimize.goal_guards import goal_guard_objectives
@@ -60,11 +61,24 @@ from rayrt.optimize.standard import (
     plan_from_apertures,
     weight_metrics,
 )
-from rayrt.pipeline.planning import BeamletSet, DijResult
-from rayrt.pipeline.runner import StageContext
+from rayrt.pipeline.planning import BeamletSet, DijResult, narrow_beams
+from rayrt.pipeline.runner import Artefacts, StageContext
 from rayrt.qa.goals import evaluate_goals
 
-__all__ = ["problem", "fmo", "sequence", "dao", "normalize", "FluenceStage", "SequencedPlan", "ApertureStage"]
+__all__ = [
+    "problem",
+    "beam_set",
+    "choose_beams",
+    "BeamSetChoice",
+    "BeamSetStanding",
+    "fmo",
+    "sequence",
+    "dao",
+    "normalize",
+    "FluenceStage",
+    "SequencedPlan",
+    "ApertureStage",
+]
 
 
 def problem(
@@ -118,6 +132,10 @@ def problem(
     prob.mu_bound = normalised_mu_bound(
         prob.structure_rows, order, planning.max_mu_factor, len(layouts) * prob.regularizer.open_weight
     )
+    # the dense copy of the fullest rows now, not at the first fluence solve: its products sum in
+    # another order than the CSR rows', so every stage after this one (DAO of a resumed job, of a
+    # chosen beam-angle set) computes on the same kernels as in an uninterrupted run
+    prob.dij.enable_dense()
     return prob
 
 
@@ -165,26 +183,57 @@ MAX_TARGET_AIM_FACTOR = 1.25
 
 
 def fmo(
-    problem: OptimizationProblem, order: MedicalOrder, planning: PlanningRequest, ctx: StageContext
+    problem: OptimizationProblem,
+    order: MedicalOrder,
+    planning: PlanningRequest,
+    ctx: StageContext,
+    beam_set: BeamSetChoice | None = None,
 ) -> FluenceStage:
     """Fluence-map optimisation (L-BFGS-B, augmented Lagrangian for hard constraints), normalisation
     aware: ``planning.fmo_normalization_passes`` passes share the iterations; after each but the
     last the prescription target's aims are set to the factor the final normalisation would apply
     to the current dose (:meth:`~rayrt.optimize.problem.OptimizationProblem.set_target_aims`,
-    between 1 and 1.25) and the next pass starts from the weights scaled by it."""
+    between 1 and 1.25) and the next pass starts from the weights scaled by it. When the
+    ``beam_set`` stage chose among several angle sets, its chosen set's fluence is this stage's
+    result (the same problem, already optimised there)."""
+    if beam_set is not None:
+        chosen = beam_set.sets[beam_set.chosen]
+        ctx.progress(1, 1, f"the fluence of beam-angle set {beam_set.chosen + 1} ({chosen.goals_met} goals met)")
+        return beam_set.fluence
     if problem.goal_plan is not None:
         # the rounds' candidate solves: one task each, the problem (Dij, rows, regulariser) shared once
         shared = ctx.executor.put(problem)
-        fr, factor, report = autoplan_fluence(
+        return _fluence(
             problem,
-            problem.goal_plan,
             order,
-            planning.autoplan,
+            planning,
             ctx.progress,
-            solve=lambda items: ctx.executor.map(solve_candidate, items, shared),
-            threads=ctx.executor.threads_per_task,
+            lambda items: ctx.executor.map(solve_candidate, items, shared),
+            ctx.executor.threads_per_task,
         )
-        return _fluence_stage(problem, fr, factor, report)
+    return _fluence(problem, order, planning, ctx.progress)
+
+
+def _fluence(
+    problem: OptimizationProblem,
+    order: MedicalOrder,
+    planning: PlanningRequest,
+    progress: Callable[[int, int, str], None] | None = None,
+    solve: SolveMap | None = None,
+    threads: int = 0,
+) -> FluenceStage:
+    """The fluence stage's optimisation (:func:`fmo`), its candidate solves through ``solve``
+    (default: one after the other here)."""
+
+    def report(done: int, total: int, message: str = "") -> None:
+        if progress is not None:
+            progress(done, total, message)
+
+    if problem.goal_plan is not None:
+        fr, factor, goal_report = autoplan_fluence(
+            problem, problem.goal_plan, order, planning.autoplan, report, solve=solve, threads=threads
+        )
+        return _fluence_stage(problem, fr, factor, goal_report)
     passes = planning.fmo_normalization_passes
     per_pass = [
         planning.fmo_iterations // passes + (1 if i < planning.fmo_iterations % passes else 0) for i in range(passes)
@@ -208,8 +257,8 @@ def fmo(
         factor *= step
         problem.set_target_aims(factor)
         w0 = fr.w * step
-        ctx.progress(n + 1, passes, f"target aims x{factor:.3f} (normalisation)")
-    ctx.progress(passes, passes, f"objective {fr.objective:.4g} after {iterations} iterations")
+        report(n + 1, passes, f"target aims x{factor:.3f} (normalisation)")
+    report(passes, passes, f"objective {fr.objective:.4g} after {iterations} iterations")
     fr.iterations, fr.evaluations, fr.seconds = iterations, evaluations, seconds
     return _fluence_stage(problem, fr, factor, None)
 
@@ -234,6 +283,99 @@ def _fluence_stage(
         objective_settings=[(o.dose_gy, o.weight) for o in problem.objectives] if report is not None else None,
         goal_report=report,
         open_field_weight=reg.open_weight if reg is not None else 0.0,
+    )
+
+
+# ---------------------------------------------------------------------------- beam-angle sets
+class BeamSetStanding(BaseModel):
+    """How one beam-angle set's fluence meets the order (before sequencing; normalised as the plan will be)."""
+
+    gantry_deg: list[float]
+    goals: int = Field(description="clinical goals of the order")
+    goals_met: int
+    met_per_rank: dict[int, int] = Field(default_factory=dict, description="goals met per priority rank")
+    shortfall: float = Field(default=0.0, description="total relative shortfall of the missed goals")
+    objective: float
+    seconds: float
+
+
+class BeamSetChoice(BaseModel):
+    """Result of ``beam_set``: every candidate set's standing, the one kept (0-based) and its fluence."""
+
+    sets: list[BeamSetStanding]
+    chosen: int
+    fluence: FluenceStage
+
+    @property
+    def gantry_deg(self) -> list[float]:
+        return self.sets[self.chosen].gantry_deg
+
+
+def beam_set_task(
+    item: tuple[list[float], MedicalOrder, PlanningRequest, int],
+    geometry: PlanGeometry,
+    beamlet_set: BeamletSet,
+    dij: DijResult,
+) -> tuple[tuple, FluenceStage, BeamSetStanding]:
+    """Task: one beam-angle set planned to its fluence: its beams' columns of the Dij, the
+    order's problem on them (:func:`problem`) and the fluence stage's optimisation with its
+    candidates solved one after the other. Returns the comparison key (goals met per rank, then
+    minus the shortfall; an expert objective list: minus its objective), the fluence and the
+    standing. ``item`` = (gantry angles, order, planning request, numba threads)."""
+    angles, order, planning, threads = item
+    set_threads(threads)
+    g, b, d = narrow_beams(geometry, beamlet_set, dij, angles)
+    prob = problem(order, g, b, d, planning)
+    fl = _fluence(prob, order, planning, solve=solve_in_order(prob))
+    w = np.asarray(fl.weights)
+    if prob.goal_plan is not None:
+        st = goal_standing(prob, prob.goal_plan, order, w)
+        met = {i + 1: n for i, n in enumerate(st.key[0])}
+        key: tuple = (st.key[0], st.key[1])  # the objectives' weights differ per set: not compared
+        goals, shortfall = len(st.evals), abs(float(st.key[1]))
+    else:
+        met, key, goals, shortfall = {}, ((), -fl.objective), 0, 0.0
+    standing = BeamSetStanding(
+        gantry_deg=list(angles),
+        goals=goals,
+        goals_met=sum(met.values()),
+        met_per_rank=met,
+        shortfall=shortfall,
+        objective=fl.objective,
+        seconds=fl.seconds,
+    )
+    return key, fl, standing
+
+
+def beam_set(
+    order: MedicalOrder,
+    geometry: PlanGeometry,
+    beamlet_set: BeamletSet,
+    dij: DijResult,
+    planning: PlanningRequest,
+    ctx: StageContext,
+) -> BeamSetChoice:
+    """Choose among the request's beam-angle sets (:meth:`~rayrt.domain.planning.PlanningRequest.angle_sets`):
+    each set's fluence optimised from the Dij already computed for every candidate beam (one task
+    per set; geometry, bixels and Dij put once), the set whose normalised fluence dose meets the
+    order's goals best kept: most goals met rank by rank, then the smaller total shortfall of the
+    missed ones (an expert objective list: the lower objective); on a tie the earlier set, so an
+    alternative replaces the request's own beams only when it meets the goals better. The stages
+    after it plan the chosen beams only (:func:`choose_beams`)."""
+    sets = planning.angle_sets()
+    shared = [ctx.executor.put(geometry), ctx.executor.put(beamlet_set), ctx.executor.put(dij)]
+    threads = ctx.executor.threads_per_task
+    results = ctx.map(beam_set_task, [(s, order, planning, threads) for s in sets], *shared)
+    chosen = max(range(len(results)), key=lambda i: (results[i][0], -i))
+    st = results[chosen][2]
+    ctx.progress(len(sets), len(sets), f"set {chosen + 1} of {len(sets)}: {st.goals_met}/{st.goals} goals met")
+    return BeamSetChoice(sets=[r[2] for r in results], chosen=chosen, fluence=results[chosen][1])
+
+
+def choose_beams(artefacts: Artefacts, choice: BeamSetChoice) -> None:
+    """The ``beam_set`` stage's update: geometry, bixels and Dij narrowed to the chosen set's beams."""
+    artefacts["geometry"], artefacts["beamlet_set"], artefacts["dij"] = narrow_beams(
+        artefacts["geometry"], artefacts["beamlet_set"], artefacts["dij"], choice.gantry_deg
     )
 
 

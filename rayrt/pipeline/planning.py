@@ -48,6 +48,7 @@ __all__ = [
     "dij_chunk_order",
     "dij_chunk_task",
     "assemble_dij",
+    "narrow_beams",
 ]
 
 
@@ -71,7 +72,8 @@ def geometry(study: Any, order: MedicalOrder, planning: PlanningRequest, ctx: St
     covered = [*targets, *(c for c in order.cover if c not in targets)]
     union = np.logical_or.reduce([masks_ct[n] for n in covered])
     iso = as_vec3(ct.grid.index_to_world(np.argwhere(union).mean(axis=0)))  # LPS mm
-    beams = [Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=a, isocenter_mm=iso) for i, a in enumerate(req.angles())]
+    angles = req.all_angles()  # every candidate set's beams (one set: req.angles())
+    beams = [Beam(name=f"B{i + 1}", number=i + 1, gantry_deg=a, isocenter_mm=iso) for i, a in enumerate(angles)]
     ctx.progress(1, 1)
     return PlanGeometry(
         standard_machine=std.name,
@@ -373,3 +375,30 @@ def dij(geometry: PlanGeometry, beamlet_set: BeamletSet, planning: PlanningReque
         seconds=time.perf_counter() - t0,
         matrix=m,
     )
+
+
+# ---------------------------------------------------------------------------- one beam-angle set
+def narrow_beams(
+    geometry: PlanGeometry, beamlet_set: BeamletSet, dij: DijResult, gantry_deg: list[float]
+) -> tuple[PlanGeometry, BeamletSet, DijResult]:
+    """The geometry, bixels and Dij of the beams at ``gantry_deg`` (in that order, numbered 1..n)
+    out of those computed for every candidate angle set
+    (:meth:`~rayrt.domain.planning.PlanningRequest.all_angles`). The density, masks and Dij
+    entries are the computed ones: the Dij's columns are those beams' blocks, nothing is recomputed."""
+    by_angle = {round(b.gantry_deg % 360.0, 3) % 360.0: i for i, b in enumerate(geometry.beams)}
+    try:
+        idx = [by_angle[round(float(a) % 360.0, 3) % 360.0] for a in gantry_deg]
+    except KeyError:
+        raise InputError(
+            f"gantry angles {list(gantry_deg)} are not among the computed beams "
+            f"{[b.gantry_deg for b in geometry.beams]}",
+            field="planning.beam_angle_alternatives",
+        ) from None
+    if idx == list(range(len(geometry.beams))):
+        return geometry, beamlet_set, dij
+    beams = [geometry.beams[i].model_copy(update={"name": f"B{k + 1}", "number": k + 1}) for k, i in enumerate(idx)]
+    specs = [beamlet_set.beams[i].model_copy(update={"beam": b}) for i, b in zip(idx, beams)]
+    slices = beamlet_set.slices()
+    m = hstack_exact([dij.matrix[:, slices[i]] for i in idx])
+    narrowed = dij.model_copy(update={"num_bixels": m.shape[1], "nnz": int(m.nnz), "matrix": m})
+    return geometry.model_copy(update={"beams": beams}), BeamletSet(beams=specs), narrowed

@@ -2,8 +2,8 @@
 and `rayrt demo` run, with one set of defaults (``configs/planning.yaml``).
 
     load -> structures -> dvh                                  (analysis: every job)
-    geometry -> beamlets -> dij -> problem -> fmo -> sequence
-      -> dao -> normalize                                      (the standard plan)
+    geometry -> beamlets -> dij -> beam_set -> problem -> fmo
+      -> sequence -> dao -> normalize                          (the standard plan)
     convert -> qa -> export                                    (target machines, QA, DICOM RT)
 
 A run starts from three artefacts: ``source`` (where the study comes from:
@@ -50,10 +50,19 @@ def _after(name: str) -> Callable[[Artefacts], str | None]:
     return when
 
 
+def _angle_sets(artefacts: Artefacts) -> str | None:
+    """Skip ``beam_set`` unless the request has several beam-angle sets to choose from."""
+    if reason := _after("dij")(artefacts):
+        return reason
+    req: PlanningRequest = artefacts["planning"]
+    return None if len(req.angle_sets()) > 1 else "one beam-angle set: nothing to choose"
+
+
 PLANNING_RECIPE: list[Stage] = [
     stage_of(planning.geometry, output="geometry", when=_no_plan),
     stage_of(planning.beamlets, output="beamlet_set", when=_after("geometry")),
     stage_of(planning.dij, output="dij", when=_after("beamlet_set")),
+    stage_of(optimization.beam_set, output="beam_set", when=_angle_sets, updates=optimization.choose_beams),
     stage_of(optimization.problem, output="problem", when=_after("dij"), persist=False),
     stage_of(optimization.fmo, output="fluence", when=_after("dij")),
     stage_of(optimization.sequence, output="sequenced", when=_after("fluence")),

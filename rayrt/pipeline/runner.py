@@ -97,6 +97,7 @@ class Stage:
     when: Callable[[Artefacts], str | None] | None = None
     persist: bool = True
     shares: Callable[[Any], dict[str, np.ndarray]] | None = None
+    updates: Callable[[Artefacts, Any], None] | None = None
     description: str = ""
 
     def skip_reason(self, artefacts: Artefacts) -> str | None:
@@ -123,11 +124,14 @@ def stage_of(
     when: Callable[[Artefacts], str | None] | None = None,
     persist: bool = True,
     shares: Callable[[Any], dict[str, np.ndarray]] | None = None,
+    updates: Callable[[Artefacts, Any], None] | None = None,
 ) -> Stage:
     """A :class:`Stage` running ``func``: its parameters name the artefacts it reads (``ctx`` is
     the :class:`StageContext`), its return annotation the model it stores; ``when(artefacts)``
     gives a reason to skip it (None: it runs); ``shares(output)`` names arrays put once for the
-    stages after it; ``persist=False`` keeps the output in memory only."""
+    stages after it; ``persist=False`` keeps the output in memory only; ``updates(artefacts,
+    output)`` replaces earlier artefacts with what the output decided (e.g. the chosen beams'
+    geometry, bixels and Dij), both when the stage runs and when its stored output is reused."""
     sig = inspect.signature(func)
     params = [p for p in sig.parameters.values() if p.name != "ctx"]
     return Stage(
@@ -141,6 +145,7 @@ def stage_of(
         when=when,
         persist=persist,
         shares=shares,
+        updates=updates,
         description=(func.__doc__ or "").strip().split("\n")[0],
     )
 
@@ -195,6 +200,8 @@ def run_stages(
         out = previous(st) if previous is not None else None
         if out is not None:
             artefacts[st.output] = out
+            if st.updates is not None:
+                st.updates(artefacts, out)
             emit(StageEvent(st.name, "reused", 1, 1, "result found in the store"))
             continue
         emit(StageEvent(st.name, "started"))
@@ -209,6 +216,8 @@ def run_stages(
             emit(StageEvent(st.name, "failed", message=f"{type(exc).__name__}: {exc}"))
             raise
         artefacts[st.output] = out
+        if st.updates is not None and out is not None:
+            st.updates(artefacts, out)
         emit(StageEvent(st.name, "finished", 1, 1))
     return PipelineResult(artefacts, events)
 

@@ -7,7 +7,7 @@ dose grid), dose score (mean |dose - clinical dose| over BODY, Gy), MU per fract
 seconds. Prints a table and writes scripts/bench/results/plan_quality.json.
 
     .venv/bin/python scripts/bench/plan_quality.py [--patients pt_201,pt_202|none] [--tg119 cshape,...|none]
-        [--machines truebeam_m120,versahd_agility] [--set KEY=VALUE ...]
+        [--machines truebeam_m120,versahd_agility] [--set KEY=VALUE ...] [--out plan_quality.json]
 
 The TG-119 geometries (rayrt.imaging.tg119_cases: C-shape easy and hard, multitarget, mock
 prostate, mock head and neck) are planned from their goal orders alone; ``--machines`` also
@@ -102,6 +102,7 @@ def plan_patient(folder: Path, overrides: dict, machines: list[str]) -> dict:
         "dose_score_gy": float(np.abs(plan_dose - clinical)[body].mean()),
         **_complexity(std),
         "conversions": _conversions(res, machines),
+        "beam_set": _beam_set(res),
         "seconds": seconds,
     }
 
@@ -162,7 +163,19 @@ def plan_tg119(case: str, overrides: dict, spacing_mm: float) -> dict:
         "clinical_met": None,
         "dose_score_gy": None,
         **_complexity(std),
+        "beam_set": _beam_set(res),
         "seconds": seconds,
+    }
+
+
+def _beam_set(res) -> dict | None:
+    """With beam_angle_alternatives: each set's fluence standing and the set kept (1-based)."""
+    choice = res["beam_set"]
+    if choice is None:
+        return None
+    return {
+        "chosen": choice.chosen + 1,
+        "sets": [{"gantry_deg": s.gantry_deg, "goals_met": s.goals_met, "seconds": s.seconds} for s in choice.sets],
     }
 
 
@@ -198,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also convert each OpenKBP standard plan to these machines (QA-gated), e.g. truebeam_m120,versahd_agility",
     )
     ap.add_argument("--set", dest="settings", action="append", default=[], help="planning option KEY=VALUE")
+    ap.add_argument("--out", default="plan_quality.json", help="results file name in scripts/bench/results")
     a = ap.parse_args(argv)
     data = shared_data_dir()
     from rayrt.cli.planning_options import read_options
@@ -225,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             "segments",
             "max/beam",
             "min MU",
+            "beam set",
             "seconds",
         ],
         [
@@ -239,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                 r["segments"],
                 r["max_segments_per_beam"],
                 r["min_segment_mu"],
+                "-"
+                if r["beam_set"] is None
+                else f"{r['beam_set']['chosen']} of {len(r['beam_set']['sets'])} "
+                f"({'/'.join(str(x['goals_met']) for x in r['beam_set']['sets'])} met)",
                 r["seconds"],
             ]
             for r in rows
@@ -292,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{total['clinical_met']}; TG-119: {total['tg119_met']} of {total['tg119_goals']} goals"
     )
     write_json(
-        RESULTS_DIR / "plan_quality.json",
+        RESULTS_DIR / a.out,
         {"overrides": overrides, "cases": rows, "total": total, "machine": machine_info()},
     )
     return 0

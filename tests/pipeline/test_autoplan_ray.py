@@ -1,5 +1,6 @@
-"""Automatic planning's candidate solves on the session's Ray: one task per candidate with the
-problem put into the object store once, giving the plan the one-process path gives."""
+"""Automatic planning's fan-outs on the session's Ray: one task per candidate with the problem put
+into the object store once, one task per beam-angle set with the geometry, bixels and Dij put
+once; both give the plan the one-process path gives."""
 
 from __future__ import annotations
 
@@ -15,13 +16,11 @@ pytestmark = pytest.mark.ray
 ROUNDS = 2
 
 
-def test_candidates_run_as_tasks_and_match_one_process(ray_session, fast_planning):
-    from rayrt.optimize.candidates import solve_candidate
+def recording_executor():
+    """The real RayExecutor, recording which function each fan-out ran and how many tasks."""
     from rayrt.service.controlled import RayExecutor
 
     class Recording(RayExecutor):
-        """The real RayExecutor, recording which function each fan-out ran and how many tasks."""
-
         def __init__(self) -> None:
             super().__init__()
             self.fanouts: list[tuple[object, int]] = []
@@ -36,12 +35,18 @@ def test_candidates_run_as_tasks_and_match_one_process(ray_session, fast_plannin
             self.fanouts.append((fn, len(items)))
             return super().map(fn, items, *shared, progress=progress)
 
+    return Recording()
+
+
+def test_candidates_run_as_tasks_and_match_one_process(ray_session, fast_planning):
+    from rayrt.optimize.candidates import solve_candidate
+
     study, order = tg119_case("multitarget", 5.0)
     planning = planning_request(
         {**fast_planning, "num_beams": 3, "autoplan": {"rounds": ROUNDS, "iterations_per_round": 15}}, []
     )
     steps = planning.autoplan.candidate_steps
-    ex = Recording()
+    ex = recording_executor()
     on_ray = run_recipe(study, order, planning, until="fmo", executor=ex)
     # one fan-out per round: 1 candidate in the first, one per step after it; the problem went
     # through the object store once
@@ -54,3 +59,40 @@ def test_candidates_run_as_tasks_and_match_one_process(ray_session, fast_plannin
     assert [r.candidates_met for r in a.goal_report.rounds] == [r.candidates_met for r in b.goal_report.rounds]
     assert [r.candidate for r in a.goal_report.rounds] == [r.candidate for r in b.goal_report.rounds]
     np.testing.assert_allclose(a.weights, b.weights, rtol=1e-4, atol=1e-6 * max(b.weights))
+
+
+def test_beam_angle_sets_run_as_tasks_and_match_one_process(ray_session, fast_planning):
+    from rayrt.pipeline.optimization import beam_set_task
+
+    study, order = tg119_case("multitarget", 5.0)
+    planning = planning_request(
+        {
+            **fast_planning,
+            "gantry_deg": [0, 120, 240],
+            "beam_angle_alternatives": [[60, 180, 300]],
+            "autoplan": {"rounds": ROUNDS, "iterations_per_round": 15},
+        },
+        [],
+    )
+    ex = recording_executor()
+    on_ray = run_recipe(study, order, planning, until="fmo", executor=ex)
+    assert [n for fn, n in ex.fanouts if fn is beam_set_task] == [2]
+    assert {"PlanGeometry", "BeamletSet", "DijResult"} <= set(ex.puts)
+
+    # the one-process path with the tasks' one numba thread: the set's solve is sensitive to the
+    # summation order of the threads' partial sums, so compare like with like
+    import numba
+
+    from rayrt.pipeline.executor import LocalExecutor
+
+    one_thread = LocalExecutor()
+    one_thread.threads_per_task = 1
+    try:
+        local = run_recipe(study, order, planning, until="fmo", executor=one_thread)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    a, b = on_ray["beam_set"], local["beam_set"]
+    assert a.chosen == b.chosen
+    assert [s.goals_met for s in a.sets] == [s.goals_met for s in b.sets]
+    np.testing.assert_allclose(a.fluence.weights, b.fluence.weights, rtol=1e-4, atol=1e-6 * max(b.fluence.weights))
+    assert [g.gantry_deg for g in on_ray["geometry"].beams] == a.gantry_deg

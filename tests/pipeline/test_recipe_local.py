@@ -20,6 +20,8 @@ from rayrt.pipeline.export import goals_of
 from rayrt.pipeline.planning import chunk_plan, dij_chunk_order
 
 MACHINES = ["standard_twin", "synergy_mlci2"]  # a matching machine (reuse) and a convertible one (re-optimised)
+#: the stages a plan of one beam-angle set runs (beam_set is skipped: nothing to choose; see test_beam_sets.py)
+RUN_STAGES = [n for n in PLANNING_STAGES if n != "beam_set"]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,7 @@ def test_recipe_is_one_ordered_list():
         "geometry",
         "beamlets",
         "dij",
+        "beam_set",
         "problem",
         "fmo",
         "sequence",
@@ -77,8 +80,8 @@ def test_recipe_is_one_ordered_list():
 def test_all_planning_stages_run_and_store(planned):
     res, events, out = planned
     finished = [e.stage for e in events if e.kind == "finished"]
-    assert finished == ["load", "structures", *PLANNING_STAGES]
-    for name in PLANNING_STAGES:
+    assert finished == ["load", "structures", *RUN_STAGES]
+    for name in RUN_STAGES:
         if name != "problem":  # in memory only
             assert (out / name / "result.json").is_file(), name
     assert (out / "dij" / "dij.npz").is_file() and (out / "geometry" / "density.npy").is_file()
@@ -165,7 +168,7 @@ def test_resume_reuses_every_stored_stage(planned, study, order):
     res2 = pipeline.run_stages(pipeline.recipe(), artefacts, on_event=events.append, previous=previous)
     kinds = {e.stage: e.kind for e in events if e.kind in ("finished", "reused", "skipped")}
     assert kinds["problem"] == "finished"  # in memory only: rebuilt
-    assert all(kinds[n] == "reused" for n in PLANNING_STAGES if n != "problem")
+    assert all(kinds[n] == "reused" for n in RUN_STAGES if n != "problem")
     a, b = res["dij"].matrix, res2["dij"].matrix
     assert (
         np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data)
