@@ -65,7 +65,7 @@ from rayrt.domain.order import MedicalOrder
 from rayrt.domain.planning import PlanningRequest, planning_request
 from rayrt.pipeline import check_request, validate_order
 from rayrt.pipeline.export import ExportResult
-from rayrt.service.http_guard import GuardMiddleware, GuardPolicy, require_json
+from rayrt.service.http_guard import GuardMiddleware, GuardPolicy, require_json, set_policy
 from rayrt.service.intake import import_upload
 from rayrt.service.machine_queues import get_or_create_registry
 from rayrt.service.models import (
@@ -129,15 +129,7 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-#: this replica's cross-site and host policy (set by Ingress.__init__ from the service settings)
-_GUARD = GuardPolicy()
-
-
-def _guard_policy() -> GuardPolicy:
-    return _GUARD
-
-
-api.add_middleware(GuardMiddleware, policy=_guard_policy)  # host / cross-site checks, security headers
+api.add_middleware(GuardMiddleware)  # host / cross-site / body-size checks, security headers (http_guard)
 
 
 def check_job_request(
@@ -197,8 +189,11 @@ class Ingress:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
-        global _GUARD
-        _GUARD = GuardPolicy.for_bind(settings.host, settings.trusted_hosts, settings.allowed_origins)
+        set_policy(
+            GuardPolicy.for_bind(
+                settings.host, settings.trusted_hosts, settings.allowed_origins, int(settings.max_body_mb * 2**20)
+            )
+        )
         self.store = Store(self.settings.data_dir)
         self.scheduler = get_or_create_scheduler(self.settings)
         reniced = interactive_priority()  # the HTTP path (this replica, the node's proxy) at niceness 0, compute at 19

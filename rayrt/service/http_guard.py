@@ -13,6 +13,8 @@ Three checks close this, before any route runs:
   ``Host``) or one of :attr:`GuardPolicy.allowed_origins`; ``Origin: null`` (sandboxed frames,
   files) is refused; without ``Origin``, ``Sec-Fetch-Site: cross-site`` / ``same-site`` is
   refused. Clients that are not browsers (the CLI, scripts) send neither header and pass.
+* **Body size**: a body larger than :attr:`GuardPolicy.max_body_bytes` is refused (413) from its
+  declared ``Content-Length`` before it is read, or as soon as a streamed body passes the limit.
 * **JSON bodies**: a route that parses a body as JSON refuses any other content type (415,
   :func:`require_json`): a cross-site form can send ``text/plain`` but never ``application/json``
   without the browser asking the service first (a CORS pre-flight, which it answers with no
@@ -34,6 +36,8 @@ from urllib.parse import urlsplit
 from rayrt.domain.errors import InputError
 
 __all__ = [
+    "current_policy",
+    "set_policy",
     "GuardMiddleware",
     "GuardPolicy",
     "LOOPBACK_HOSTS",
@@ -65,10 +69,17 @@ class GuardPolicy:
 
     trusted_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     allowed_origins: tuple[str, ...] = ()
+    #: the largest request body accepted (bytes; None: no limit): a larger declared Content-Length
+    #: is refused before the body is read, a longer streamed body as soon as it passes the limit
+    max_body_bytes: int | None = None
 
     @classmethod
     def for_bind(
-        cls, bind_host: str, trusted_hosts: list[str] | None = None, allowed_origins: list[str] | None = None
+        cls,
+        bind_host: str,
+        trusted_hosts: list[str] | None = None,
+        allowed_origins: list[str] | None = None,
+        max_body_bytes: int | None = None,
     ) -> GuardPolicy:
         """The policy of a service bound to ``bind_host``: the configured trusted hosts, or by default
         the loopback names (plus the bound address) for a loopback bind and any host otherwise
@@ -80,7 +91,7 @@ class GuardPolicy:
         else:
             hosts = ("*",)
         origins = tuple(o.rstrip("/").lower() for o in (allowed_origins or []))
-        return cls(trusted_hosts=hosts, allowed_origins=origins)
+        return cls(trusted_hosts=hosts, allowed_origins=origins, max_body_bytes=max_body_bytes)
 
 
 def _is_loopback(host: str) -> bool:
@@ -112,6 +123,9 @@ def check_request(
     host = headers.get("host", "")
     if not host or not _host_trusted(policy, host):
         return 400, "host", f"host {host_name(host) or '(none)'!r} is not a trusted host of this service"
+    declared = headers.get("content-length", "")
+    if policy.max_body_bytes is not None and declared.isdigit() and int(declared) > policy.max_body_bytes:
+        return 413, "too_large", _too_large(policy.max_body_bytes)
     if method.upper() not in STATE_CHANGING:
         return None
     origin = headers.get("origin")
@@ -127,6 +141,14 @@ def check_request(
     return None
 
 
+def _too_large(limit: int) -> str:
+    return f"the request body is larger than this service accepts ({limit / 2**20:,.0f} MiB)"
+
+
+class _BodyTooLarge(Exception):
+    """A streamed body passed the policy's limit (raised from ``receive``)."""
+
+
 def require_json(content_type: str | None) -> None:
     """InputError 415 unless the body is declared JSON (``application/json`` or ``+json``)."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
@@ -139,12 +161,28 @@ def require_json(content_type: str | None) -> None:
         )
 
 
+#: the policy in force in this process (:func:`set_policy`; a one-element list, so that code
+#: shipped by value to a Serve replica still changes this module's state, never a copy of it)
+_POLICY: list[GuardPolicy] = [GuardPolicy()]
+
+
+def set_policy(policy: GuardPolicy) -> None:
+    """Make ``policy`` the one :class:`GuardMiddleware` applies in this process (the ingress
+    replica sets it from the service settings when it starts)."""
+    _POLICY[0] = policy
+
+
+def current_policy() -> GuardPolicy:
+    return _POLICY[0]
+
+
 class GuardMiddleware:
     """ASGI middleware: :func:`check_request` before the app (a refusal answers JSON ``{"error",
-    "message"}``), :data:`SECURITY_HEADERS` and ``Cache-Control: no-store`` (unless set) on every
-    answer. ``policy()`` gives the policy in force (read per request: the ingress sets it at start)."""
+    "message"}``), the body-size limit while the body streams, :data:`SECURITY_HEADERS` and
+    ``Cache-Control: no-store`` (unless set) on every answer. ``policy()`` gives the policy in
+    force, read per request (default: :func:`current_policy`)."""
 
-    def __init__(self, app: Any, policy: Callable[[], GuardPolicy]):
+    def __init__(self, app: Any, policy: Callable[[], GuardPolicy] = current_policy):
         self.app = app
         self.policy = policy
 
@@ -164,12 +202,38 @@ class GuardMiddleware:
                 message = {**message, "headers": raw}
             await send(message)
 
-        if refused is None:
-            await self.app(scope, receive, send_guarded)
+        if refused is not None:
+            await self._refuse(send_guarded, *refused)
             return
-        status, kind, text = refused
+        limit = self.policy().max_body_bytes
+        started = False
+        received = 0
+
+        async def receive_counted() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if limit is not None and received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def send_tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_guarded(message)
+
+        try:
+            await self.app(scope, receive_counted, send_tracked)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(send_guarded, 413, "too_large", _too_large(int(limit or 0)))
+
+    @staticmethod
+    async def _refuse(send: Any, status: int, kind: str, text: str) -> None:
         body = json.dumps({"error": kind, "message": text}).encode()
-        await send_guarded(
+        await send(
             {
                 "type": "http.response.start",
                 "status": status,

@@ -63,6 +63,12 @@ class ServiceSettings(BaseModel):
         default=1.0, ge=0, description="CPUs reserved by each ControlledComputer actor"
     )
     max_upload_files: int = Field(default=20000, ge=1, description="most files accepted in one patient upload")
+    max_body_mb: float = Field(
+        default=512.0,
+        gt=0,
+        description="largest HTTP request body accepted (MiB; an upload above it answers 413; a planning CT of 300 "
+        "512 x 512 slices is ~160 MiB: raise it for 4D CT)",
+    )
     progress_interval_s: float = Field(
         default=0.5, ge=0, description="least time between two progress writes of one job"
     )

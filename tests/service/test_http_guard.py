@@ -102,3 +102,66 @@ def test_every_answer_carries_the_security_headers(serve_app):
     assert httpx.get(f"{serve_app}/ui").headers["cache-control"] == "no-cache"  # the page's own setting kept
     r = httpx.post(f"{serve_app}/jobs", json={}, headers={"Origin": "https://evil.example"})
     assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def _asgi(policy, body_chunks, headers):
+    """Run GuardMiddleware around an app that reads the whole body and echoes its length."""
+    import asyncio
+
+    from rayrt.service.http_guard import GuardMiddleware
+
+    async def app(scope, receive, send):
+        n, more = 0, True
+        while more:
+            m = await receive()
+            n += len(m.get("body", b""))
+            more = m.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(n).encode()})
+
+    msgs = [
+        {"type": "http.request", "body": c, "more_body": i < len(body_chunks) - 1} for i, c in enumerate(body_chunks)
+    ]
+    sent = []
+
+    async def receive():
+        return msgs.pop(0)
+
+    async def send(m):
+        sent.append(m)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "scheme": "http",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    asyncio.run(GuardMiddleware(app, lambda: policy)(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_body_limit_declared_and_streamed():
+    policy = GuardPolicy.for_bind("127.0.0.1", max_body_bytes=1000)
+    host = {"Host": "127.0.0.1:8000"}
+    assert _asgi(policy, [b"x" * 600, b"x" * 400], host) == (200, b"1000")
+    status, body = _asgi(policy, [b"x" * 600, b"x" * 401], host)  # chunked: no Content-Length
+    assert status == 413 and b"too_large" in body
+    status, _ = _asgi(policy, [b"x" * 10], {**host, "Content-Length": "5000000000"})  # refused before reading
+    assert status == 413
+
+
+@pytest.mark.ray
+def test_the_service_refuses_a_body_above_its_limit_before_reading_it(serve_app):
+    """A client declaring a 5 GB upload gets 413 at once (nothing of the body is sent)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(serve_app)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall(
+            f"POST /patients HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/zip\r\n"
+            "Content-Length: 5000000000\r\n\r\n".encode()
+        )
+        head = s.recv(4096).decode("latin-1")
+    assert head.startswith("HTTP/1.1 413"), head[:200]
+    assert httpx.get(f"{serve_app}/health").status_code == 200
