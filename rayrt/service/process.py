@@ -137,15 +137,25 @@ def ray_env_defaults() -> None:
 def ensure_ray_token() -> Path | None:
     """The Ray token file (``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), created with a random
     256-bit token when missing, readable by its owner only (0600; Ray itself would write it with
-    the umask's permissions). None when the token comes from ``RAY_AUTH_TOKEN``."""
+    the umask's permissions). None when the token comes from ``RAY_AUTH_TOKEN``, which is set here
+    to a fresh token (for this process and the ones it starts) when no home directory is writable."""
     if os.environ.get("RAY_AUTH_TOKEN"):
         return None
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    elif path.stat().st_mode & 0o077:
-        path.chmod(0o600)
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        elif path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except FileExistsError:  # another process created it meanwhile
+        pass
+    except OSError:
+        if "RAY_AUTH_TOKEN_PATH" in os.environ:
+            raise
+        # no writable home: a token for this process and the processes it starts
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        return None
     return path

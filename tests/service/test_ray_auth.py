@@ -62,3 +62,14 @@ def test_the_token_file_is_created_private(tmp_path, monkeypatch):
     assert path.read_text() == token  # never replaced
     monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 32)
     assert ensure_ray_token() is None
+
+
+def test_without_a_writable_home_the_token_lives_in_the_environment(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("HOME", str(blocker))  # ~/.ray cannot be created under a file (even as root)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    assert ensure_ray_token() is None
+    token = os.environ["RAY_AUTH_TOKEN"]
+    assert len(token) == 64 and ensure_ray_token() is None and os.environ["RAY_AUTH_TOKEN"] == token
