@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -99,10 +100,51 @@ def check_image_size(label: str, rows: int, columns: int, slices: int, extent_mm
         )
 
 
+#: the most bytes the dataset of one deflated DICOM file (Deflated Explicit VR Little Endian) may
+#: inflate to (env ``RAYRT_DICOM_MAX_INFLATED_BYTES``): checked by a bounded inflate before pydicom,
+#: which inflates the whole dataset in memory, reads it (a 9 kB file can carry gigabytes of zeros)
+DEFAULT_MAX_INFLATED_BYTES = 256 * 2**20
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _check_inflated_size(path: Path) -> None:
+    """InputError 422 when ``path`` is a deflated DICOM file whose dataset inflates beyond the limit."""
+    import struct
+    import zlib
+
+    with open(path, "rb") as fh:
+        head = fh.read(144)
+        # Part 10: preamble, "DICM", then (0002,0000) UL group length as the first meta element
+        if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+            return
+        meta_end = 144 + struct.unpack("<I", head[140:144])[0]
+        meta = head + fh.read(max(0, meta_end - 144))
+        if _DEFLATED.encode() not in meta:
+            return
+        limit = int(os.environ.get("RAYRT_DICOM_MAX_INFLATED_BYTES", DEFAULT_MAX_INFLATED_BYTES))
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # DICOM deflate: raw RFC 1951, no zlib header
+        pending, total = fh.read(), 0
+        try:
+            while pending and not inflater.eof:
+                total += len(inflater.decompress(pending, limit - total + 1))
+                if total > limit:
+                    raise InputError(
+                        f"{path.name}: its deflated dataset inflates beyond {limit:,} bytes; refused before reading",
+                        kind="dicom",
+                        field=str(path.name),
+                        status=422,
+                    )
+                pending = inflater.unconsumed_tail
+        except zlib.error as exc:
+            raise InputError(f"{path.name} is a damaged deflated DICOM file: {exc}", kind="dicom") from None
+
+
 def _dcmread(path: Path, stop_before_pixels: bool = False):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    _check_inflated_size(path)
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as exc:

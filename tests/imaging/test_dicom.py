@@ -340,6 +340,32 @@ def test_a_series_beyond_the_voxel_budget_is_refused_from_its_headers(tmp_path):
         load_study(budget)
 
 
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    """A 9 kB Deflated Explicit VR Little Endian file whose dataset inflates to 8 MB: read when the
+    limit allows it, refused (422) by the bounded inflate when it does not."""
+    from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian
+
+    from rayrt.imaging.dicom_io import _dcmread
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID, ds.Modality = CTImageStorage, generate_uid(), "P", "CT"
+    ds.Rows = ds.Columns = 2048
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = np.zeros((2048, 2048), np.int16).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = CTImageStorage, ds.SOPInstanceUID
+    bomb = tmp_path / "bomb.dcm"
+    ds.save_as(bomb, enforce_file_format=True)
+    assert bomb.stat().st_size < 64 * 1024
+    assert _dcmread(bomb).Rows == 2048  # within the default 256 MiB
+    monkeypatch.setenv("RAYRT_DICOM_MAX_INFLATED_BYTES", str(2**20))
+    with pytest.raises(InputError, match="inflates beyond 1,048,576 bytes") as e:
+        _dcmread(bomb, stop_before_pixels=True)
+    assert e.value.status == 422
+
+
 def test_gantry_tilt_is_refused(tmp_path):
     hand_series(tmp_path, "CT", n=4, tilt_mm_per_slice=0.5)
     with pytest.raises(InputError, match="gantry tilt of 14.04 deg"):
