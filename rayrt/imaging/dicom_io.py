@@ -35,6 +35,10 @@ __all__ = [
     "RoiContours",
     "RTStructData",
     "scan_dicom",
+    "read_dicom",
+    "read_raw_dataset",
+    "raw_transfer_syntax",
+    "check_image_size",
     "read_image_series",
     "read_rtstruct",
     "read_rtdose",
@@ -140,23 +144,92 @@ def _check_inflated_size(path: Path) -> None:
             raise InputError(f"{path.name} is a damaged deflated DICOM file: {exc}", kind="dicom") from None
 
 
-def _dcmread(path: Path, stop_before_pixels: bool = False):
+def read_dicom(path: str | Path, stop_before_pixels: bool = False):
+    """One DICOM file as a pydicom Dataset: a Part 10 file (preamble, ``DICM``, File Meta header) or
+    a raw dataset without them, as some planning systems export RTPLANs (:func:`read_raw_dataset`:
+    transfer syntax inferred). Deflated files are inflated with a bound first. InputError when it is
+    neither, or damaged."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    path = Path(path)
     _check_inflated_size(path)
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as exc:
+        raw = read_raw_dataset(path, stop_before_pixels)
+        if raw is not None:
+            return raw
         raise InputError(
             f"{path.name} is not a DICOM file ({exc}); remove it or point rayrt at the DICOM folder",
             kind="dicom",
-            field=str(path),
+            field=str(path.name),
         ) from None
     except Exception as exc:  # truncated or corrupt file
         raise InputError(
-            f"{path.name} is a damaged DICOM file: {type(exc).__name__}: {exc}", kind="dicom", field=str(path)
+            f"{path.name} is a damaged DICOM file: {type(exc).__name__}: {exc}", kind="dicom", field=str(path.name)
         ) from None
+
+
+def read_raw_dataset(path: Path, stop_before_pixels: bool = False):
+    """A DICOM dataset written without the Part 10 preamble and File Meta header, or None when the
+    file does not parse as one (it must carry a SOP Class and a SOP Instance UID). The transfer
+    syntax is inferred from the data (implicit or explicit VR, byte order) and recorded in a File
+    Meta header added to the dataset, so that its pixel data decodes like any other file's."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        sop_class, sop_instance = str(ds.get("SOPClassUID", "") or ""), str(ds.get("SOPInstanceUID", "") or "")
+        implicit, little = ds.original_encoding
+    except Exception:  # not a dataset at all
+        return None
+    if not sop_class.startswith("1.2.840.10008.") or not sop_instance:
+        return None
+    meta = ds.get("file_meta") or FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop_instance
+    ds.file_meta = meta
+    return ds
+
+
+def raw_transfer_syntax(ds) -> str | None:
+    """The inferred transfer syntax's name when ``ds`` was read as a raw dataset (no Part 10 header)."""
+    if getattr(ds, "preamble", b"x") is not None:
+        return None
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return ts.name if ts is not None else None
+
+
+#: files never tried as raw DICOM datasets (a raw dataset has no signature to recognise it by)
+_NOT_DICOM_SUFFIXES = frozenset(
+    {
+        ".txt",
+        ".md",
+        ".json",
+        ".yaml",
+        ".yml",
+        ".csv",
+        ".xml",
+        ".html",
+        ".pdf",
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".zip",
+        ".gz",
+        ".mat",
+        ".npy",
+        ".npz",
+        ".py",
+        ".log",
+    }
+)
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -194,6 +267,7 @@ def scan_dicom(files: Iterable[Path], warnings: list[str] | None = None) -> list
     warnings = warnings if warnings is not None else []
     found: list[DicomFile] = []
     skipped: list[str] = []
+    raw: list[str] = []
     files = sorted(Path(f) for f in files)
     for f in files:
         if f.name.startswith("._") or f.name in _JUNK_NAMES or "__MACOSX" in f.parts:
@@ -202,12 +276,13 @@ def scan_dicom(files: Iterable[Path], warnings: list[str] | None = None) -> list
             raise InputError(
                 f"{f.name} is an empty file (0 bytes); remove it or re-export the data", kind="dicom", field=str(f)
             )
-        if not _looks_like_dicom(f):
-            # DICOM without preamble is rare; try to parse only files named like DICOM
-            if f.suffix.lower() not in (".dcm", ".dicom", ".ima"):
-                skipped.append(f.name)
-                continue
-        ds = _dcmread(f, stop_before_pixels=True)
+        if _looks_like_dicom(f) or f.suffix.lower() in (".dcm", ".dicom", ".ima"):
+            ds = read_dicom(f, stop_before_pixels=True)  # named or marked DICOM: it must read as DICOM
+        elif f.suffix.lower() in _NOT_DICOM_SUFFIXES or (ds := read_raw_dataset(f, stop_before_pixels=True)) is None:
+            skipped.append(f.name)
+            continue
+        if (ts := raw_transfer_syntax(ds)) is not None:  # no preamble nor File Meta header (some TPS exports)
+            raw.append(f"{f.name} ({ts})")
         modality = str(getattr(ds, "Modality", "") or "")
         if not modality or not getattr(ds, "SOPInstanceUID", None):
             skipped.append(f.name)
@@ -229,6 +304,11 @@ def scan_dicom(files: Iterable[Path], warnings: list[str] | None = None) -> list
     if skipped:
         warnings.append(
             f"skipped {len(skipped)} non-DICOM file(s): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"
+        )
+    if raw:
+        warnings.append(
+            f"read {len(raw)} file(s) written without the DICOM Part 10 header (raw datasets, transfer syntax "
+            f"inferred): {', '.join(raw[:5])}{' ...' if len(raw) > 5 else ''}"
         )
     if not found:
         raise InputError(
@@ -293,7 +373,7 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
         raise InputError("an image series needs at least one file", kind="dicom")
     # headers first: every size is checked against the voxel budget before any pixel is read
     paths = [Path(f) for f in files]
-    datasets = [_dcmread(f, stop_before_pixels=True) for f in paths]
+    datasets = [read_dicom(f, stop_before_pixels=True) for f in paths]
     first = datasets[0]
     series_uid = str(getattr(first, "SeriesInstanceUID", ""))
     label = f"{getattr(first, 'Modality', '?')} series {series_uid[-12:] or '?'}"
@@ -401,7 +481,7 @@ def read_image_series(files: list[Path], warnings: list[str] | None = None) -> V
         scale, quantity = _pet_scale(datasets[0], own_warnings)
     planes = np.empty((nk, int(datasets[0].Rows), int(datasets[0].Columns)), dtype=np.float32)
     for k, path in enumerate(paths):
-        ds = _dcmread(path)  # one slice's pixel data in memory at a time
+        ds = read_dicom(path)  # one slice's pixel data in memory at a time
         try:
             px = ds.pixel_array
         except Exception as exc:
@@ -499,7 +579,7 @@ def _contour_data(item) -> np.ndarray | None:
 def read_rtstruct(path: str | Path) -> RTStructData:
     """Parse an RT Structure Set into polygons per ROI (no image needed)."""
     path = Path(path)
-    ds = _dcmread(path)
+    ds = read_dicom(path)
     if str(getattr(ds, "Modality", "")).upper() != "RTSTRUCT":
         raise InputError(
             f"{path.name} is not an RTSTRUCT (Modality {getattr(ds, 'Modality', '?')})",
@@ -582,7 +662,7 @@ def read_rtdose(path: str | Path, warnings: list[str] | None = None) -> Volume:
     """An RT Dose file as a Volume of dose in Gy (quantity ``dose_gy``)."""
     path = Path(path)
     warnings = warnings if warnings is not None else []
-    ds = _dcmread(path)
+    ds = read_dicom(path)
     if str(getattr(ds, "Modality", "")).upper() != "RTDOSE":
         raise InputError(
             f"{path.name} is not an RTDOSE (Modality {getattr(ds, 'Modality', '?')})", kind="rtdose", field=str(path)

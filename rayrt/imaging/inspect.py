@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from rayrt.domain.errors import InputError
 from rayrt.imaging.archive import safe_extract_zip
-from rayrt.imaging.dicom_io import IMAGE_MODALITIES, read_rtdose, read_rtstruct, scan_dicom
+from rayrt.imaging.dicom_io import IMAGE_MODALITIES, read_dicom, read_rtdose, read_rtstruct, scan_dicom
 from rayrt.imaging.polygons import rasterize_polygons
 from rayrt.imaging.study import load_study
 
@@ -63,12 +63,7 @@ class PlanSummary(BaseModel):
 
 
 def _plan_summary(path: Path) -> PlanSummary:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as exc:
-        raise InputError(f"{path.name}: damaged RTPLAN ({type(exc).__name__}: {exc})", kind="dicom") from None
+    ds = read_dicom(path, stop_before_pixels=True)
     beams = list(getattr(ds, "BeamSequence", []) or getattr(ds, "IonBeamSequence", []) or [])
     fg = getattr(ds, "FractionGroupSequence", None)
     fractions = (

@@ -197,12 +197,12 @@ class StructureSetRef:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "StructureSetRef":
-        import pydicom
+        from rayrt.imaging.dicom_io import read_dicom
 
         try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        except Exception as exc:
-            raise InputError(f"cannot read RTSTRUCT {path}: {exc}", kind="rtplan", field=str(path)) from None
+            ds = read_dicom(path, stop_before_pixels=True)
+        except InputError as exc:
+            raise InputError(f"cannot read RTSTRUCT: {exc.message}", kind="rtplan", field=str(path)) from None
         return cls.from_dataset(ds)
 
 
@@ -666,14 +666,14 @@ def read_rtplan(
     conformal arcs), dynamic MLC (leaves moving while the beam is on: sliding window), plans
     without a fraction group meterset.
     """
-    import pydicom
+    from rayrt.imaging.dicom_io import read_dicom
 
     ds: Dataset
     if isinstance(source, (str, Path)):
         try:
-            ds = pydicom.dcmread(str(source))
-        except Exception as exc:
-            raise InputError(f"cannot read RTPLAN {source}: {exc}", kind="rtplan", field=str(source)) from None
+            ds = read_dicom(source)  # a Part 10 file or a raw dataset (some planning systems export those)
+        except InputError as exc:
+            raise InputError(f"cannot read RTPLAN: {exc.message}", kind="rtplan", field=str(source)) from None
     else:
         ds = source
     if str(getattr(ds, "Modality", "")).upper() != "RTPLAN":

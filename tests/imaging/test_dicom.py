@@ -345,7 +345,7 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
     limit allows it, refused (422) by the bounded inflate when it does not."""
     from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian
 
-    from rayrt.imaging.dicom_io import _dcmread
+    from rayrt.imaging.dicom_io import read_dicom
 
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID, ds.Modality = CTImageStorage, generate_uid(), "P", "CT"
@@ -359,11 +359,35 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
     bomb = tmp_path / "bomb.dcm"
     ds.save_as(bomb, enforce_file_format=True)
     assert bomb.stat().st_size < 64 * 1024
-    assert _dcmread(bomb).Rows == 2048  # within the default 256 MiB
+    assert read_dicom(bomb).Rows == 2048  # within the default 256 MiB
     monkeypatch.setenv("RAYRT_DICOM_MAX_INFLATED_BYTES", str(2**20))
     with pytest.raises(InputError, match="inflates beyond 1,048,576 bytes") as e:
-        _dcmread(bomb, stop_before_pixels=True)
+        read_dicom(bomb, stop_before_pixels=True)
     assert e.value.status == 422
+
+
+def test_raw_datasets_are_read_and_reported(tmp_path):
+    """A CT series and its RTSTRUCT written without the Part 10 preamble and File Meta header (raw
+    datasets, implicit VR): imported like Part 10 files, and the import and `rayrt inspect` say so."""
+    import pydicom
+
+    from rayrt.imaging.inspect import inspect_path
+
+    g = Grid(shape=(4, 6, 5), spacing_mm=(2.0, 2.0, 3.0), origin_mm=(-4.0, -5.0, 0.0))
+    hu = np.arange(g.num_voxels, dtype=float).reshape(g.shape) - 500.0
+    vol = Volume(hu, g, "HU")
+    files = write_ct_series(vol, tmp_path / "ct", patient_id="P7", patient_name="Doe^J")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.file_meta
+        ds.preamble = None
+        ds.save_as(f.with_suffix(""), implicit_vr=True, little_endian=True, enforce_file_format=False)
+        f.unlink()
+    study = load_study(tmp_path / "ct")
+    np.testing.assert_allclose(study.primary.array, hu)
+    assert any("without the DICOM Part 10 header" in w and "Implicit VR Little Endian" in w for w in study.warnings)
+    report = inspect_path(tmp_path / "ct")
+    assert any("without the DICOM Part 10 header" in w for w in report.warnings)
 
 
 def test_gantry_tilt_is_refused(tmp_path):

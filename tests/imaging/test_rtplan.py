@@ -99,6 +99,30 @@ def test_round_trip_same_segments_and_mu(tmp_path, machine):
     assert back.total_mu == pytest.approx(plan.total_mu, abs=1e-2)
 
 
+def _save_raw(path: Path, out: Path, implicit: bool) -> Path:
+    """Re-write a Part 10 file as a raw dataset: no preamble, no ``DICM``, no File Meta header."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    del ds.file_meta
+    ds.preamble = None
+    ds.save_as(out, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+    assert out.read_bytes()[128:132] != b"DICM"
+    return out
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit_vr", "explicit_vr"])
+def test_raw_rtplan_without_part10_header_reads_the_same(tmp_path, implicit):
+    """Some planning systems export RTPLANs as raw datasets: read them, transfer syntax inferred."""
+    machine = MACHINES[0]
+    plan = make_plan(machine, n_beams=2, n_segments=3, seed=5)
+    part10 = write_rtplan(plan, machine, tmp_path / "rp.dcm")
+    raw = _save_raw(part10, tmp_path / "RP_export", implicit)  # no extension, as such exports often are
+    a, b = read_rtplan(part10, MACHINES).plan, read_rtplan(raw, MACHINES).plan
+    assert [[sg.mu for sg in bm.segments] for bm in a.beams] == [[sg.mu for sg in bm.segments] for bm in b.beams]
+    assert [bm.gantry_deg for bm in a.beams] == [bm.gantry_deg for bm in b.beams]
+
+
 def test_match_machine_by_name_then_by_leaves():
     m = MACHINES[1]
     ds = build_rtplan(make_plan(m), m)
