@@ -23,6 +23,7 @@ from rayrt.domain.errors import InputError, first_error
 __all__ = [
     "PlanningRequest",
     "AutoPlanOptions",
+    "gantry_key",
     "ConversionMode",
     "planning_defaults",
     "planning_request",
@@ -270,15 +271,21 @@ class PlanningRequest(BaseModel):
     def all_angles(self) -> list[float]:
         """Every distinct gantry angle of :meth:`angle_sets`, in first-appearance order: the beams
         whose bixels and Dij are computed (one set: exactly :meth:`angles`)."""
-        out: list[float] = []
+        seen: dict[float, float] = {}
         for s in self.angle_sets():
-            out += [a for a in s if not _angle_key([a]) <= _angle_key(out)]
-        return out
+            for a in s:
+                seen.setdefault(gantry_key(a), a)
+        return list(seen.values())
+
+
+def gantry_key(angle_deg: float) -> float:
+    """A gantry angle as beams are compared: to 0.001 degree, 360 = 0."""
+    return round(float(angle_deg) % 360.0, 3) % 360.0
 
 
 def _angle_key(angles: list[float]) -> frozenset[float]:
-    """A set of gantry angles compared to 0.001 degree, 360 = 0."""
-    return frozenset(round(float(a) % 360.0, 3) % 360.0 for a in angles)
+    """A set of gantry angles compared as :func:`gantry_key` compares one."""
+    return frozenset(gantry_key(a) for a in angles)
 
 
 def _check_angle_set(angles: list[float]) -> None:

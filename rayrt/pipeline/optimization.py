@@ -35,7 +35,7 @@ from rayrt.optimize.autoplan import (
     limiting_factors,
     reweight_lost_goals,
 )
-from rayrt.optimize.candidates import SolveMap, solve_candidate, solve_in_order
+from rayrt.optimize.candidates import SolveMap, solve_candidate
 from rayrt.optimize.dao import DAOOptions, DAOResult, optimize_apertures
 from rayrt.optimize.fmo import FluenceOptions, FluenceResult, ObjectiveEvaluator, initial_weights, optimize_fluence
 from rayrt.optimize.goal_guards import goal_guard_objectives
@@ -326,7 +326,7 @@ def beam_set_task(
     set_threads(threads)
     g, b, d = narrow_beams(geometry, beamlet_set, dij, angles)
     prob = problem(order, g, b, d, planning)
-    fl = _fluence(prob, order, planning, solve=solve_in_order(prob))
+    fl = _fluence(prob, order, planning)  # candidates one after the other inside this task
     w = np.asarray(fl.weights)
     if prob.goal_plan is not None:
         st = goal_standing(prob, prob.goal_plan, order, w)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rayrt.domain.errors import InputError
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.plan import Beam
-from rayrt.domain.planning import PlanningRequest
+from rayrt.domain.planning import PlanningRequest, gantry_key
 from rayrt.dose.dij import compute_dij, dose_grid_for, hstack_exact
 from rayrt.dose.geometry import BeamGeometry, BeamletGrid, beamlet_grid, column_offset_for
 from rayrt.imaging.volume import Volume, as_vec3
@@ -385,9 +385,9 @@ def narrow_beams(
     out of those computed for every candidate angle set
     (:meth:`~rayrt.domain.planning.PlanningRequest.all_angles`). The density, masks and Dij
     entries are the computed ones: the Dij's columns are those beams' blocks, nothing is recomputed."""
-    by_angle = {round(b.gantry_deg % 360.0, 3) % 360.0: i for i, b in enumerate(geometry.beams)}
+    by_angle = {gantry_key(b.gantry_deg): i for i, b in enumerate(geometry.beams)}
     try:
-        idx = [by_angle[round(float(a) % 360.0, 3) % 360.0] for a in gantry_deg]
+        idx = [by_angle[gantry_key(a)] for a in gantry_deg]
     except KeyError:
         raise InputError(
             f"gantry angles {list(gantry_deg)} are not among the computed beams "

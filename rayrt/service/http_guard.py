@@ -9,8 +9,9 @@ Three checks close this, before any route runs:
 * **Host**: the ``Host`` header must name a trusted host (:attr:`GuardPolicy.trusted_hosts`; a
   service bound to loopback trusts ``localhost``, ``127.0.0.1`` and ``::1`` only). 400 otherwise.
 * **Origin**: a state-changing request (POST, PUT, PATCH, DELETE) that a browser sends from
-  another origin is refused (403): its ``Origin`` must be the service's own (``scheme://`` +
-  ``Host``) or one of :attr:`GuardPolicy.allowed_origins`; ``Origin: null`` (sandboxed frames,
+  another origin is refused (403): its ``Origin`` must name the service's own host and port (the
+  ``Host`` header; either scheme, for a TLS proxy in front) or be one of
+  :attr:`GuardPolicy.allowed_origins`; ``Origin: null`` (sandboxed frames,
   files) is refused; without ``Origin``, ``Sec-Fetch-Site: cross-site`` / ``same-site`` is
   refused. Clients that are not browsers (the CLI, scripts) send neither header and pass.
 * **Body size**: a body larger than :attr:`GuardPolicy.max_body_bytes` is refused (413) from its
@@ -115,9 +116,7 @@ def _host_trusted(policy: GuardPolicy, host_header: str) -> bool:
     return False
 
 
-def check_request(
-    policy: GuardPolicy, method: str, scheme: str, headers: Mapping[str, str]
-) -> tuple[int, str, str] | None:
+def check_request(policy: GuardPolicy, method: str, headers: Mapping[str, str]) -> tuple[int, str, str] | None:
     """Why a request must be refused, as (HTTP status, error kind, message), or None when it may
     proceed. ``headers``: the request's headers, names in lower case."""
     host = headers.get("host", "")
@@ -129,10 +128,9 @@ def check_request(
     if method.upper() not in STATE_CHANGING:
         return None
     origin = headers.get("origin")
-    if origin is not None:
-        own = f"{scheme}://{host}".lower()
+    if origin is not None:  # the service's own origin: the same host and port (either scheme, behind TLS)
         o = origin.strip().rstrip("/").lower()
-        if o == "null" or (o != own and o not in policy.allowed_origins and urlsplit(o).netloc != host.lower()):
+        if o == "null" or (o not in policy.allowed_origins and urlsplit(o).netloc != host.lower()):
             return 403, "origin", f"cross-site {method.upper()} refused: origin {origin!r} is not this service's"
         return None
     site = headers.get("sec-fetch-site", "").lower()
@@ -191,7 +189,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        refused = check_request(self.policy(), scope["method"], scope.get("scheme", "http"), headers)
+        refused = check_request(self.policy(), scope["method"], headers)
 
         async def send_guarded(message: dict) -> None:
             if message["type"] == "http.response.start":

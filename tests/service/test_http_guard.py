@@ -11,8 +11,8 @@ from rayrt.domain.errors import InputError
 from rayrt.service.http_guard import GuardPolicy, check_request, host_name, require_json
 
 
-def _check(policy, method, headers, scheme="http"):
-    return check_request(policy, method, scheme, {k.lower(): v for k, v in headers.items()})
+def _check(policy, method, headers):
+    return check_request(policy, method, {k.lower(): v for k, v in headers.items()})
 
 
 def test_policy_for_the_bind_address():
