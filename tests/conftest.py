@@ -24,8 +24,12 @@ import tempfile
 import time
 
 import pytest
+from helpers.http import http
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# the client token file of this session (rayrt.service.credentials): each service the tests start
+# keeps its admin token here, never in the user's home; helpers.http signs in with it
+os.environ["RAYRT_TOKEN_FILE"] = os.path.join(tempfile.mkdtemp(prefix="rayrt-client-"), "tokens.json")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from rayrt.service.process import ensure_ray_token  # noqa: E402  (after the environment above)
@@ -103,7 +107,7 @@ def serve_app(ray_session, serve_settings):
     deadline = time.monotonic() + 120
     while True:
         try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+            if http.get(f"{url}/health", timeout=5).status_code == 200:
                 break
         except httpx.HTTPError:
             pass

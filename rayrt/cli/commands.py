@@ -1,6 +1,7 @@
 """Imports every CLI module so that its commands register on :data:`rayrt.cli.app.app`."""
 
 from rayrt.cli import (
+    audit,  # noqa: F401
     contour,  # noqa: F401
     demo,  # noqa: F401
     imaging,  # noqa: F401
@@ -9,5 +10,6 @@ from rayrt.cli import (
     qa,  # noqa: F401
     schema,  # noqa: F401
     service,  # noqa: F401
+    users,  # noqa: F401
     warmup,  # noqa: F401
 )

@@ -114,6 +114,7 @@ def run_demo_job(
     timeout_s: float = 600.0,
     echo: Callable[[str], None] = print,
     live: bool = False,
+    token: str | None = None,
 ) -> dict:
     """Upload ``case_dir`` to the service at ``url``, plan it for ``machines``, wait, download.
 
@@ -123,7 +124,7 @@ def run_demo_job(
     from rayrt.cli.service import _call, _client, upload_patient
 
     t0 = time.perf_counter()
-    with _client(url) as client:
+    with _client(url, token) as client:
         patient = upload_patient(client, case_dir)
         echo(
             f"uploaded patient {patient['id']}: {len(patient.get('structures', []))} structures "
@@ -242,7 +243,14 @@ def demo_cmd(
     timings: dict[str, float] = {}
     ray_started = False
     settings = None
+    demo_users = None
     try:
+        from rayrt.service.store import Store
+        from rayrt.service.users import Role, UserStore
+
+        # the demo signs in as a clinician of its own, revoked at the end (no token outlives the demo)
+        demo_users = UserStore(Store(str(data_dir)))
+        demo_user, demo_token = demo_users.add(f"demo-{os.getpid()}", Role.clinician)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         for name in ("ray", "ray.serve", "rayrt.service"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -301,7 +309,16 @@ def demo_cmd(
         order = tg119_order().model_dump(mode="json")
         timings["phantom"] = time.perf_counter() - t
         res = run_demo_job(
-            url, case, order, machine_list, planning, out, timeout_s=timeout, echo=echo, live=sys.stderr.isatty()
+            url,
+            case,
+            order,
+            machine_list,
+            planning,
+            out,
+            timeout_s=timeout,
+            echo=echo,
+            live=sys.stderr.isatty(),
+            token=demo_token,
         )
         timings["job (HTTP)"] = res["http_seconds"]
     except (InputError, RayrtError):
@@ -321,6 +338,8 @@ def demo_cmd(
             import ray
 
             ray.shutdown()
+        if demo_users is not None and data is not None:
+            demo_users.revoke(demo_user.name)
         timings["shutdown"] = time.perf_counter() - t
         if data is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -22,12 +22,17 @@ _SERVER_HELP = "server URL (default: $RAYRT_SERVER or http://127.0.0.1:8000)"
 
 
 # ---------------------------------------------------------------------------- HTTP helpers
-def _client(server: Optional[str]):
+def _client(server: Optional[str], token: Optional[str] = None):
+    """An HTTP client for the server, sending ``token`` or the one rayrt.service.credentials finds for it."""
     import httpx
 
+    from rayrt.service.credentials import token_for
     from rayrt.service.settings import server_url
 
-    return httpx.Client(base_url=server_url(server), timeout=httpx.Timeout(30.0, read=600.0))
+    url = server_url(server)
+    token = token or token_for(url)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(30.0, read=600.0))
 
 
 def _call(client, method: str, path: str, **kwargs: Any):
@@ -129,7 +134,7 @@ def serve_cmd(
     from rayrt.service.settings import load_settings
 
     settings = load_settings(config, data_dir=data, port=port, ray_address=address, host=host)
-    url = runtime.start(settings)
+    url = runtime.start(settings, announce=lambda line: typer.echo(f"rayrt: {line}", err=True))
     typer.echo(f"rayrt serving on {url}  (store: {settings.data_dir}); Ctrl-C stops", err=True)
     stop = {"now": False}
 

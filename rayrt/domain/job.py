@@ -61,6 +61,7 @@ class Job(BaseModel):
         "request's target machines, and the machines a booking defaults to",
     )
     priority: int = Field(default=0, description="higher runs first")
+    created_by: str = Field(default="", description="the user who submitted it (rayrt.service.users)")
     planning: PlanningRequest | None = Field(
         default=None,
         description="what to plan and how (configs/planning.yaml defaults with the "

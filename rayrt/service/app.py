@@ -49,7 +49,7 @@ import uuid
 from typing import Any
 
 import ray
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -65,6 +65,18 @@ from rayrt.domain.order import MedicalOrder
 from rayrt.domain.planning import PlanningRequest, planning_request
 from rayrt.pipeline import check_request, validate_order
 from rayrt.pipeline.export import ExportResult
+from rayrt.service.audit import AuditCheck, AuditEntry, AuditQuery, AuditRecord
+from rayrt.service.audit_http import AuditMiddleware, note, set_sink
+from rayrt.service.audit_log import get_or_create_audit_log
+from rayrt.service.auth import (
+    COOKIE,
+    Authenticator,
+    AuthMiddleware,
+    check_bind,
+    request_user,
+    requires,
+    set_authenticator,
+)
 from rayrt.service.http_guard import GuardMiddleware, GuardPolicy, require_json, set_policy
 from rayrt.service.intake import import_upload
 from rayrt.service.machine_queues import get_or_create_registry
@@ -86,6 +98,7 @@ from rayrt.service.scheduler import ReplanToScheduler, get_or_create_scheduler, 
 from rayrt.service.settings import ServiceSettings, load_settings
 from rayrt.service.store import Store, check_id
 from rayrt.service.structures import StructuresResponse, apply_structure_request, structure_log, structures_rtstruct
+from rayrt.service.users import Role, User, UserStore, parse_role
 from rayrt.service.web import router as web_router
 
 log = logging.getLogger("rayrt.service")
@@ -129,7 +142,14 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-api.add_middleware(GuardMiddleware)  # host / cross-site / body-size checks, security headers (http_guard)
+api.add_middleware(AuthMiddleware)  # 401 before anything else for a non-public path without a valid token (auth)
+api.add_middleware(AuditMiddleware)  # one audit record per answered request, denied ones included (audit_http)
+api.add_middleware(GuardMiddleware)  # outermost: host / cross-site / body-size checks, security headers (http_guard)
+
+#: the one rule of each route (rayrt.service.auth.requires)
+CLINICIAN = requires(Role.clinician)
+PHYSICIST = requires(Role.physicist)
+ADMIN = requires(Role.admin)
 
 
 def check_job_request(
@@ -158,6 +178,40 @@ class MachineStatusRequest(BaseModel):
     state: str = Field(description="available | busy | down")
     cause: str | None = Field(default=None, description="malfunction | maintenance (required for down)")
     reason: str = ""
+
+
+class SessionRequest(BaseModel):
+    """Body of ``POST /session``: the token the web page signs in with."""
+
+    token: str = Field(min_length=1, max_length=200)
+
+
+class NewUserRequest(BaseModel):
+    """Body of ``POST /users``."""
+
+    name: str
+    role: str = Field(description="clinician | physicist | admin")
+
+
+class UserInfo(BaseModel):
+    """A user as the API shows it (never a token or its hash)."""
+
+    name: str
+    role: Role
+    created_at: str
+    revoked_at: str | None = None
+
+    @classmethod
+    def of(cls, u: User) -> "UserInfo":
+        revoked = u.revoked_at.isoformat() if u.revoked_at else None
+        return cls(name=u.name, role=u.role, created_at=u.created_at.isoformat(), revoked_at=revoked)
+
+
+class AuditPage(BaseModel):
+    """``GET /audit``: the chain's check and the matching records."""
+
+    check: AuditCheck
+    records: list[AuditRecord]
 
 
 class BookingRequest(BaseModel):
@@ -195,6 +249,11 @@ class Ingress:
             )
         )
         self.store = Store(self.settings.data_dir)
+        check_bind(settings.host, settings.auth)
+        self.users = UserStore(self.store)
+        set_authenticator(Authenticator(self.users, open=not settings.auth))
+        self.audit = get_or_create_audit_log(settings)
+        set_sink(self._audit)
         self.scheduler = get_or_create_scheduler(self.settings)
         reniced = interactive_priority()  # the HTTP path (this replica, the node's proxy) at niceness 0, compute at 19
         log.info("ingress: niceness 0 for pids %s", reniced)
@@ -207,6 +266,9 @@ class Ingress:
         self._refresher = None
         self._checked: dict[str, tuple[bytes, float]] = {}  # job id -> (cached bytes, when last trusted / checked)
         self._reg: Any = None  # the machine registry actor, created on first use
+
+    async def _audit(self, entry: AuditEntry) -> None:
+        await self.audit.record.remote([entry])
 
     # ---------------------------------------------------------------- status cache
     def _ensure_refresher(self) -> None:
@@ -280,10 +342,71 @@ class Ingress:
 
     @api.get("/health")
     async def health(self) -> dict:
-        status: SchedulerStatus = await self.scheduler.get_status.remote()
-        return {"ok": True, "store": self.store.location, "scheduler": status.model_dump(mode="json")}
+        """Public: the service answers and its scheduler is reachable (nothing about patients or jobs)."""
+        await self.scheduler.get_status.remote()
+        return {"ok": True}
 
-    @api.get("/queue", response_model=QueueStatus)
+    # ---------------------------------------------------------------- users and sessions
+    @api.post("/session")
+    def create_session(self, req: SessionRequest, request: Request) -> Response:
+        """Public: the web page signs in with a token; the answer sets the ``rayrt_session`` cookie
+        (HttpOnly, SameSite=Strict, Secure over HTTPS) that its later requests carry."""
+        user = self.users.authenticate(req.token) if self.settings.auth else None
+        if self.settings.auth and user is None:
+            raise InputError("unknown or revoked token", kind="unauthorized", field="token", status=401)
+        request.state.audit_user = user.name if user is not None else "local"
+        body = UserInfo.of(user).model_dump_json() if user is not None else '{"name": "local", "role": "admin"}'
+        resp = Response(content=body, media_type="application/json")
+        resp.set_cookie(
+            COOKIE, req.token, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/"
+        )
+        return resp
+
+    @api.delete("/session")
+    def end_session(self) -> Response:
+        """Public: sign the web page out (the cookie is cleared; the token itself stays valid)."""
+        resp = Response(status_code=204)
+        resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        return resp
+
+    @api.get("/me", response_model=UserInfo, dependencies=CLINICIAN)
+    def me(self, request: Request) -> UserInfo:
+        """The user this request acts as."""
+        return UserInfo.of(request_user(request))
+
+    @api.get("/users", dependencies=ADMIN)
+    def list_users(self) -> dict:
+        """Every user, revoked ones included (names, roles, dates; never tokens)."""
+        return {"users": [UserInfo.of(u).model_dump(mode="json") for u in self.users.list()]}
+
+    @api.post("/users", status_code=201, dependencies=ADMIN)
+    def add_user(self, req: NewUserRequest, request: Request) -> dict:
+        """A new user; the answer carries its token, the only time the service ever shows it."""
+        note(request, target_user=req.name)
+        user, token = self.users.add(req.name, parse_role(req.role))
+        return {**UserInfo.of(user).model_dump(mode="json"), "token": token}
+
+    @api.post("/users/{name}/revoke", dependencies=ADMIN)
+    def revoke_user(self, name: str) -> UserInfo:
+        """Revoke a user's token (effective within rayrt.service.users.RELOAD_S on every replica)."""
+        return UserInfo.of(self.users.revoke(name))
+
+    @api.get("/audit", response_model=AuditPage, dependencies=ADMIN)
+    async def audit_trail(
+        self,
+        user: str | None = None,
+        patient_id: str | None = None,
+        job_id: str | None = None,
+        after_seq: int = Query(default=0, ge=0),
+        limit: int = Query(default=100, ge=1, le=10000),
+    ) -> AuditPage:
+        """The newest ``limit`` audit records that match (after record ``after_seq``), and the
+        chain's check made when the service started."""
+        q = AuditQuery(user=user, patient_id=patient_id, job_id=job_id, after_seq=after_seq, limit=limit)
+        records = await self.audit.query.remote(q)
+        return AuditPage(check=await self.audit.ready.remote(), records=records)
+
+    @api.get("/queue", response_model=QueueStatus, dependencies=CLINICIAN)
     async def queue(self) -> QueueStatus:
         """The compute queue: ``queued`` in run order with each job's 0-based ``position``
         (priority, then age), the ``running`` jobs with their computers, and ``free_cpus``."""
@@ -292,7 +415,7 @@ class Ingress:
         return out
 
     # ---------------------------------------------------------------- patients
-    @api.post("/patients", status_code=201, response_model=PatientSummary)
+    @api.post("/patients", status_code=201, response_model=PatientSummary, dependencies=CLINICIAN)
     async def create_patient(self, request: Request) -> PatientSummary:
         try:
             form = await request.form(max_files=self.settings.max_upload_files, max_fields=1000)
@@ -306,20 +429,27 @@ class Ingress:
         uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         try:
             files = [(u.filename or "upload", u.file) for u in uploads]
-            return await run_in_threadpool(import_upload, self.store, files, self.settings.max_upload_files)
+            summary = await run_in_threadpool(import_upload, self.store, files, self.settings.max_upload_files)
+            note(request, patient_id=summary.id)
+            return summary
         finally:
             await form.close()
 
-    @api.get("/patients")
+    @api.get("/patients", dependencies=CLINICIAN)
     def list_patients(self) -> dict:
         return {"patients": self.store.list_patients()}
 
-    @api.get("/patients/{patient_id}", response_model=PatientSummary)
+    @api.get("/patients/{patient_id}", response_model=PatientSummary, dependencies=CLINICIAN)
     def get_patient(self, patient_id: str) -> PatientSummary:
         return self.store.get_patient(patient_id)
 
     # ---------------------------------------------------------------- structures
-    @api.post("/patients/{patient_id}/structures", status_code=201, response_model=StructuresResponse)
+    @api.post(
+        "/patients/{patient_id}/structures",
+        status_code=201,
+        response_model=StructuresResponse,
+        dependencies=CLINICIAN,
+    )
     async def create_structures(self, patient_id: str, request: Request) -> StructuresResponse:
         require_json(request.headers.get("content-type"))
         try:
@@ -332,13 +462,14 @@ class Ingress:
                 field="method",
                 status=422,
             ) from None
-        return await run_in_threadpool(apply_structure_request, self.store, patient_id, body)
+        user = request_user(request).name
+        return await run_in_threadpool(apply_structure_request, self.store, patient_id, body, user)
 
-    @api.get("/patients/{patient_id}/structures/log")
+    @api.get("/patients/{patient_id}/structures/log", dependencies=CLINICIAN)
     def get_structure_log(self, patient_id: str, name: str | None = None) -> dict:
         return structure_log(self.store, patient_id, name)
 
-    @api.get("/patients/{patient_id}/rtstruct")
+    @api.get("/patients/{patient_id}/rtstruct", dependencies=CLINICIAN)
     def get_rtstruct(self, patient_id: str) -> Response:
         data = structures_rtstruct(self.store, patient_id)
         return Response(
@@ -348,25 +479,32 @@ class Ingress:
         )
 
     # ---------------------------------------------------------------- jobs
-    @api.post("/jobs", status_code=201, response_model=Job)
-    async def create_job(self, req: JobRequest) -> Job:
+    @api.post("/jobs", status_code=201, response_model=Job, dependencies=CLINICIAN)
+    async def create_job(self, req: JobRequest, request: Request) -> Job:
         patient = await run_in_threadpool(self.store.get_patient, req.patient_id)
+        note(request, patient_id=patient.id)
 
         # parsing, machine files: off the event loop that answers status calls
         order, planning = await run_in_threadpool(check_job_request, req, patient.structure_names)
         job = Job(
-            patient_id=patient.id, order=order, machines=list(req.machines), priority=req.priority, planning=planning
+            patient_id=patient.id,
+            order=order,
+            machines=list(req.machines),
+            priority=req.priority,
+            planning=planning,
+            created_by=request_user(request).name,
         )
+        note(request, job_id=job.id)
         await run_in_threadpool(self.store.create_job, job)
         await self.scheduler.submit.remote(job.id, job.priority, job.created_at.isoformat())
         await self._sync_quietly()  # the queue positions the submit changed
         return job
 
-    @api.get("/jobs", response_model=JobList)
+    @api.get("/jobs", response_model=JobList, dependencies=CLINICIAN)
     def list_jobs(self) -> JobList:
         return JobList(jobs=self.store.list_jobs())
 
-    @api.get("/jobs/{job_id}", response_model=Job)
+    @api.get("/jobs/{job_id}", response_model=Job, dependencies=CLINICIAN)
     async def get_job(self, job_id: str) -> Response:
         """The Job: state, stage, per-stage progress. The hot path of every poller: answered from
         the replica's status cache (the Job JSON as last saved, pulled from the scheduler every
@@ -386,7 +524,7 @@ class Ingress:
             self._jobs.setdefault(jid, data)  # a snapshot that arrived meanwhile is newer: keep it
         return Response(content=data, media_type="application/json")
 
-    @api.post("/jobs/{job_id}/cancel")
+    @api.post("/jobs/{job_id}/cancel", dependencies=CLINICIAN)
     async def cancel_job(self, job_id: str) -> dict:
         job = await run_in_threadpool(self.store.get_job, job_id)
         cancelled = await self.scheduler.cancel.remote(job.id)
@@ -400,12 +538,12 @@ class Ingress:
             )
         return {"job_id": job_id, "state": "cancelled"}
 
-    @api.get("/jobs/{job_id}/results", response_model=JobResults)
+    @api.get("/jobs/{job_id}/results", response_model=JobResults, dependencies=CLINICIAN)
     def list_results(self, job_id: str) -> JobResults:
         job = self.store.get_job(job_id)
         return JobResults(job_id=job.id, state=job.state.value, files=self.store.list_results(job_id))
 
-    @api.get("/jobs/{job_id}/results/{path:path}")
+    @api.get("/jobs/{job_id}/results/{path:path}", dependencies=CLINICIAN)
     def get_result(self, job_id: str, path: str) -> Response:
         data = self.store.read_result(job_id, path)
         media = mimetypes.guess_type(path)[0] or (
@@ -417,7 +555,7 @@ class Ingress:
         )
 
     # ---------------------------------------------------------------- planning results
-    @api.get("/jobs/{job_id}/events")
+    @api.get("/jobs/{job_id}/events", dependencies=CLINICIAN)
     async def job_events(self, job_id: str, interval_s: float = 0.5) -> StreamingResponse:
         """Server-sent events: one ``job`` event (the Job as JSON) whenever its progress changes,
         until it has finished (last event ``end``). ``rayrt watch`` reads this stream."""
@@ -466,7 +604,7 @@ class Ingress:
             )
         return self.store.get_stage_model(job.id, "export", "summary.json", ExportResult)
 
-    @api.get("/jobs/{job_id}/plans", response_model=JobPlans)
+    @api.get("/jobs/{job_id}/plans", response_model=JobPlans, dependencies=CLINICIAN)
     def job_plans(self, job_id: str) -> JobPlans:
         """Per machine (standard first): plan id, MU, segments, QA verdict, the order's goals and
         the download routes of its RTPLAN / RTDOSE / QA report."""
@@ -481,7 +619,7 @@ class Ingress:
             job_id=job_id, machines=entries, rtstruct=summary.rtstruct, dvh=f"/jobs/{job_id}/results/export/dvh.csv"
         )
 
-    @api.get("/jobs/{job_id}/plans/{machine}", response_model=PlanEntry)
+    @api.get("/jobs/{job_id}/plans/{machine}", response_model=PlanEntry, dependencies=CLINICIAN)
     def job_plan(self, job_id: str, machine: str) -> PlanEntry:
         for m in self.job_plans(job_id).machines:
             if m.machine == machine:
@@ -490,7 +628,7 @@ class Ingress:
             f"job {job_id} has no plan for machine {machine!r}", kind="not_found", field="machine", status=404
         )
 
-    @api.get("/jobs/{job_id}/plans/{machine}/{kind}")
+    @api.get("/jobs/{job_id}/plans/{machine}/{kind}", dependencies=CLINICIAN)
     def job_plan_file(self, job_id: str, machine: str, kind: str) -> Response:
         """One machine's RTPLAN, RTDOSE, the RTSTRUCT, its QA report (JSON), its DVH rows (CSV) or its plan (JSON)."""
         self.job_plan(job_id, machine)
@@ -524,7 +662,7 @@ class Ingress:
         return self._summary(job_id).machines[0].machine
 
     # ---------------------------------------------------------------- cluster
-    @api.get("/cluster")
+    @api.get("/cluster", dependencies=ADMIN)
     async def cluster(self) -> dict:
         """Nodes (alive, CPUs, memory), CPUs in use, the controlled computers (heartbeats),
         queued and running jobs and the tasks Ray is running / waiting to schedule."""
@@ -573,6 +711,8 @@ class Ingress:
             }
         return {
             **info,
+            "store": self.store.location,
+            "scheduler": status.model_dump(mode="json"),
             "queued": status.queued,
             "running": status.running,
             "task_accounting": counts.model_dump(mode="json"),
@@ -596,32 +736,34 @@ class Ingress:
             )
         return self._reg
 
-    @api.get("/machines")
+    @api.get("/machines", dependencies=CLINICIAN)
     async def list_machines(self) -> dict:
         """Every treatment machine: status (available / busy / down, cause, since), bookings,
         pending fractions, estimated wait."""
         snaps = await self._registry().snapshots.remote()
         return {"machines": [s.model_dump(mode="json") for s in snaps]}
 
-    @api.get("/machines/{name}/bookings")
+    @api.get("/machines/{name}/bookings", dependencies=CLINICIAN)
     async def machine_bookings(self, name: str) -> dict:
         return {
             "machine": name,
             "bookings": [b.model_dump(mode="json") for b in await self._registry().bookings.remote(name)],
         }
 
-    @api.post("/machines/{name}/status")
-    async def set_machine_status(self, name: str, change: MachineStatusRequest) -> dict:
+    @api.post("/machines/{name}/status", dependencies=PHYSICIST)
+    async def set_machine_status(self, name: str, change: MachineStatusRequest, request: Request) -> dict:
         """Change a machine's status; ``down`` moves its pending bookings to the best usable machine
         and re-plans each moved patient (the job's convert -> qa -> export stages run again for it)."""
-        res = await self._registry().set_status.remote(name, change.state, change.cause, change.reason)
+        by = request_user(request).name
+        res = await self._registry().set_status.remote(name, change.state, change.cause, change.reason, by)
         await self._sync_quietly()
         return res.model_dump(mode="json")
 
-    @api.post("/jobs/{job_id}/book", status_code=201)
-    async def book_job(self, job_id: str, req: BookingRequest) -> dict:
+    @api.post("/jobs/{job_id}/book", status_code=201, dependencies=PHYSICIST)
+    async def book_job(self, job_id: str, req: BookingRequest, request: Request) -> dict:
         """Book the job's converted plan on a machine (default: its first requested machine)."""
         job = await run_in_threadpool(self.store.get_job, job_id)
+        note(request, patient_id=job.patient_id)
         machine = req.machine or (job.machines[0] if job.machines else None)
         if machine is None:
             raise InputError("the job names no machine: give 'machine'", kind="request", field="machine", status=422)
@@ -635,7 +777,8 @@ class Ingress:
                 status=409,
             )
         fractions = req.fractions or (job.order.prescription.fractions if job.order is not None else 1)
-        b = await self._registry().book.remote(machine, job.id, job.patient_id, fractions, plan.plan_id)
+        by = request_user(request).name
+        b = await self._registry().book.remote(machine, job.id, job.patient_id, fractions, plan.plan_id, by)
         return b.model_dump(mode="json")
 
 

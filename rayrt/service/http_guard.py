@@ -46,6 +46,7 @@ __all__ = [
     "STATE_CHANGING",
     "check_request",
     "host_name",
+    "is_loopback",
     "require_json",
 ]
 
@@ -87,7 +88,7 @@ class GuardPolicy:
         (a cluster ingress behind its own load balancer: set ``trusted_hosts`` to its names)."""
         if trusted_hosts:
             hosts = tuple(h.strip().lower() for h in trusted_hosts)
-        elif _is_loopback(bind_host):
+        elif is_loopback(bind_host):
             hosts = tuple(dict.fromkeys([*LOOPBACK_HOSTS, bind_host.strip("[]").lower()]))
         else:
             hosts = ("*",)
@@ -95,7 +96,7 @@ class GuardPolicy:
         return cls(trusted_hosts=hosts, allowed_origins=origins, max_body_bytes=max_body_bytes)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     h = host.strip("[]").lower()
     return h in LOOPBACK_HOSTS or h.startswith("127.")
 

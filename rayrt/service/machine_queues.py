@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -39,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rayrt.domain.errors import InputError, first_error
 from rayrt.machines import treatment_machine_names
+from rayrt.service.local_files import write_atomic
 from rayrt.service.policies import (
     Booking,
     BookingState,
@@ -114,18 +114,7 @@ class JsonFileStore:
     def save_json(self, key: str, model: BaseModel) -> None:
         data = model.model_dump_json(indent=1).encode()
         if self._is_local():
-            path = self._local_path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(self._local_path(key), data)
             return
         fs, base = self._fs()
         with fs.open_output_stream(f"{base}/{key}.json") as out:
@@ -249,9 +238,9 @@ class LocalMachineQueue:
 
     # -- changes
     def set_status(
-        self, state: MachineState | str, cause: DownCause | str | None = None, reason: str = ""
+        self, state: MachineState | str, cause: DownCause | str | None = None, reason: str = "", by: str = ""
     ) -> MachineStatus:
-        """Change the machine state. ``down`` needs a cause (malfunction or maintenance)."""
+        """Change the machine state (``by``: the user). ``down`` needs a cause (malfunction or maintenance)."""
         state = MachineState(state)
         cause = DownCause(cause) if cause else None
         if state is MachineState.down and cause is None:
@@ -263,7 +252,7 @@ class LocalMachineQueue:
         old = self._rec.status
         if old.state is state and old.cause == cause and old.reason == reason:
             return old
-        self._rec.status = MachineStatus(state=state, cause=cause, reason=reason)
+        self._rec.status = MachineStatus(state=state, cause=cause, reason=reason, changed_by=by)
         self._save()
         return self._rec.status
 
@@ -541,11 +530,24 @@ class MachineRegistry:
         return select_machines(policy or self.settings.default_policy, self.snapshots(), count, user_list, exclude)
 
     # -- changes
-    def book(self, machine: str, job_id: str, patient_id: str, fractions: int, plan_id: str | None = None) -> Booking:
+    def book(
+        self,
+        machine: str,
+        job_id: str,
+        patient_id: str,
+        fractions: int,
+        plan_id: str | None = None,
+        booked_by: str = "",
+    ) -> Booking:
         """Reserve ``fractions`` on ``machine`` (state ``converting`` until a plan is attached)."""
         try:
             booking = Booking(
-                job_id=job_id, patient_id=patient_id, plan_id=plan_id, fractions=fractions, machine=machine
+                job_id=job_id,
+                patient_id=patient_id,
+                plan_id=plan_id,
+                fractions=fractions,
+                machine=machine,
+                booked_by=booked_by,
             )
         except ValidationError as exc:
             loc, msg = first_error(exc)
@@ -580,14 +582,19 @@ class MachineRegistry:
         return [b for b in out if b is not None]
 
     def set_status(
-        self, machine: str, state: MachineState | str, cause: DownCause | str | None = None, reason: str = ""
+        self,
+        machine: str,
+        state: MachineState | str,
+        cause: DownCause | str | None = None,
+        reason: str = "",
+        by: str = "",
     ) -> StatusChange:
         """Change a machine's status.
 
         Marking it down moves its pending bookings away (:meth:`on_machine_down`); marking it
         usable places bookings that were waiting for a usable machine (:meth:`place_unplaced`).
         """
-        status = ray.get(self._queue(machine).set_status.remote(state, cause, reason))
+        status = ray.get(self._queue(machine).set_status.remote(state, cause, reason, by))
         if status.state is MachineState.down:
             return StatusChange(machine=machine, status=status, moved=self.on_machine_down(machine))
         placed = self.place_unplaced() if self._rec.unplaced else []

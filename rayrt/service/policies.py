@@ -58,7 +58,8 @@ class MachineStatus(BaseModel):
 
     state: MachineState = MachineState.available
     cause: DownCause | None = Field(default=None, description="why a machine is down (required when state is 'down')")
-    reason: str = Field(default="", description="free text: what happened, who set it")
+    reason: str = Field(default="", description="free text: what happened")
+    changed_by: str = Field(default="", description="the user who set this status")
     since: datetime = Field(default_factory=utcnow)
 
     @property
@@ -90,6 +91,7 @@ class Booking(BaseModel):
     fractions: int = Field(ge=1, description="fractions booked on this machine")
     fractions_delivered: int = Field(default=0, ge=0)
     booked_at: datetime = Field(default_factory=utcnow)
+    booked_by: str = Field(default="", description="the user who booked it (moves keep it)")
     state: BookingState = BookingState.booked
     moved_from: str | None = Field(default=None, description="machine this booking was moved from")
     moved_to: str | None = Field(

@@ -17,16 +17,23 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
+from typing import Callable
 
 import ray
 from ray import serve
 
 from rayrt.domain.errors import InputError
 from rayrt.service.app import build_app
+from rayrt.service.audit_log import audit_log_name
+from rayrt.service.auth import check_bind
+from rayrt.service.credentials import save_token
+from rayrt.service.local_files import write_atomic
 from rayrt.service.process import free_port, port_is_free, ray_env_defaults
-from rayrt.service.scheduler import get_or_create_scheduler, get_scheduler
+from rayrt.service.scheduler import get_or_create_scheduler
 from rayrt.service.settings import ServiceSettings
 from rayrt.service.store import Store
+from rayrt.service.users import Role, UserStore
 
 log = logging.getLogger("rayrt.service")
 
@@ -52,11 +59,37 @@ def init_ray(settings: ServiceSettings) -> bool:
     return True
 
 
-def start(settings: ServiceSettings) -> str:
+def bootstrap_admin(store: Store, url: str) -> str | None:
+    """On a service's first start (a store with no active users) create the ``admin`` user and put its
+    token where this machine's CLI finds it (:func:`rayrt.service.credentials.save_token`; with no
+    writable config directory, ``auth/admin-token`` in a local store, 0600). Returns a line saying
+    where the token is, or None when the store has users already."""
+    users = UserStore(store)
+    if users.read().active():
+        return None
+    _, token = users.add("admin", Role.admin)
+    try:
+        where = save_token(url, token)
+    except OSError:
+        if not store.local:
+            raise
+        where = Path(store.path("auth", "admin-token"))
+        write_atomic(where, (token + "\n").encode())  # 0600
+    return (
+        f"first start: created the admin user; its token is in {where} (the CLI on this machine uses it; "
+        "give others their own with `rayrt users add NAME --role clinician|physicist|admin`)"
+    )
+
+
+def start(settings: ServiceSettings, announce: Callable[[str], None] | None = None) -> str:
     """Start Serve (HTTP on ``settings.host:port``), the scheduler and the ingress; return the URL.
 
     Port 0 picks a free port. Leftovers of interrupted writes in the store are cleaned first.
+    Refuses a non-loopback bind with authentication off. On the first start of a store with
+    authentication on, the admin user is created and ``announce`` (default: the log) told where
+    its token is.
     """
+    check_bind(settings.host, settings.auth)
     if settings.port == 0:
         settings = settings.model_copy(update={"port": free_port(settings.host)})
     elif not port_is_free(settings.host, settings.port):
@@ -71,14 +104,22 @@ def start(settings: ServiceSettings) -> str:
     removed = store.cleanup()
     if removed:
         log.info("store: removed %d leftovers of interrupted writes", removed)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = f"{'https' if settings.tls_certfile else 'http'}://{host}:{settings.port}"
+    if settings.auth:  # before the service answers: its first caller finds the token in place
+        said = bootstrap_admin(store, url)
+        if said:
+            (announce or log.warning)(said)
     init_ray(settings)
     t0 = time.monotonic()
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    http: dict = {"host": settings.host, "port": settings.port}
+    if settings.tls_certfile:
+        http.update(ssl_certfile=settings.tls_certfile, ssl_keyfile=settings.tls_keyfile)
+    serve.start(http_options=http)
     get_or_create_scheduler(settings)
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
     log.info("rayrt service up in %.1f s", time.monotonic() - t0)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    return f"http://{host}:{settings.port}"
+    return url
 
 
 def stop(settings: ServiceSettings | None = None, *, shutdown_serve: bool = True) -> None:
@@ -90,9 +131,10 @@ def stop(settings: ServiceSettings | None = None, *, shutdown_serve: bool = True
         serve.delete(APP_NAME)
     except Exception:
         log.debug("serve.delete failed", exc_info=True)
-    try:
-        ray.kill(get_scheduler(settings), no_restart=True)
-    except ValueError:
-        pass
+    for name in (settings.scheduler_name, audit_log_name(settings)):
+        try:
+            ray.kill(ray.get_actor(name, namespace=settings.ray_namespace), no_restart=True)
+        except ValueError:  # not running
+            pass
     if shutdown_serve:
         serve.shutdown()

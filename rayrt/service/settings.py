@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rayrt.domain.errors import InputError, first_error
 from rayrt.service.policies import ConversionPoolSettings, MachineQueueSettings
@@ -51,6 +51,15 @@ class ServiceSettings(BaseModel):
         default_factory=list,
         description="other browser origins (scheme://host[:port]) allowed to send state-changing requests",
     )
+    auth: bool = Field(
+        default=True,
+        description="bearer-token authentication and roles (rayrt.service.auth); false only on a loopback "
+        "bind (every request is then the local admin)",
+    )
+    tls_certfile: str | None = Field(
+        default=None, description="PEM certificate: Serve's proxy answers HTTPS (with tls_keyfile)"
+    )
+    tls_keyfile: str | None = Field(default=None, description="PEM private key of tls_certfile")
     ray_address: str = Field(
         default="local", description="'local' starts an embedded Ray; 'auto' or ray://host:port joins a cluster"
     )
@@ -112,6 +121,12 @@ class ServiceSettings(BaseModel):
         "STAGES, a list of rayrt.pipeline.Stage (rayrt.pipeline.stage_of); every "
         "controlled computer loads them and runs them after each job's recipe",
     )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServiceSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together: give both or neither")
+        return self
 
     @property
     def ray_namespace(self) -> str:

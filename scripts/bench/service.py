@@ -300,11 +300,23 @@ def bench_dij(quick: bool) -> dict:
 
 
 # ---------------------------------------------------------------------------- (a) + (c) HTTP
+#: service URL -> the token of the benchmark's own admin user in that service's store
+_TOKENS: dict[str, str] = {}
+
+
+def _headers(url: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {_TOKENS[url]}"}
+
+
 def _start_service(data_dir: Path, computers: int = 1):
     import ray
 
     from rayrt.service import runtime
     from rayrt.service.settings import ServiceSettings
+    from rayrt.service.store import Store
+    from rayrt.service.users import Role, UserStore
+
+    _, token = UserStore(Store(str(data_dir))).add("bench", Role.admin)  # signs every request in
 
     settings = ServiceSettings(
         data_dir=str(data_dir),
@@ -328,6 +340,7 @@ def _start_service(data_dir: Path, computers: int = 1):
     )
     t_ray = time.perf_counter() - t
     url = runtime.start(settings)
+    _TOKENS[url] = token
     settings = settings.model_copy(update={"port": int(url.rsplit(":", 1)[1])})
     return url, settings, t_ray, time.perf_counter() - t - t_ray
 
@@ -355,11 +368,20 @@ def bench_demo_job(work: Path) -> dict:
         case = write_tg119(work / "tg119", 4.0)
         t_ph = time.perf_counter() - t
         res = run_demo_job(
-            url, case, tg119_order().model_dump(mode="json"), MACHINES, {}, work / "out-a", echo=lambda s: None
+            url,
+            case,
+            tg119_order().model_dump(mode="json"),
+            MACHINES,
+            {},
+            work / "out-a",
+            echo=lambda s: None,
+            token=_TOKENS[url],
         )
         import httpx
 
-        rec = httpx.get(f"{url}/jobs/{res['job']['id']}/results/convert/result.json", timeout=30).json()
+        rec = httpx.get(
+            f"{url}/jobs/{res['job']['id']}/results/convert/result.json", headers=_headers(url), timeout=30
+        ).json()
         req = planning_request({}, MACHINES)  # the demo plans with the configured defaults, like every job
         conv = {
             "options": req.conversion_options,
@@ -442,7 +464,8 @@ def _poll_worker() -> None:
     url, ids, pollers, seconds, rate_hz, pids = a["url"], a["ids"], a["pollers"], a["seconds"], a["rate_hz"], a["pids"]
 
     async def run() -> dict:
-        clients = [httpx.AsyncClient(base_url=url, timeout=30) for _ in range(pollers)]
+        auth = {"Authorization": f"Bearer {a['token']}"}
+        clients = [httpx.AsyncClient(base_url=url, headers=auth, timeout=30) for _ in range(pollers)]
         try:
             connect = []
             for k, c in enumerate(clients):  # each client opens its connection before the window
@@ -513,7 +536,15 @@ def _poll_latencies(url: str, ids: list[str], pollers: int, seconds: float, rate
         f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
         "import service; service._poll_worker()"
     )
-    args = {"url": url, "ids": ids, "pollers": pollers, "seconds": seconds, "rate_hz": rate_hz, "pids": _serve_pids()}
+    args = {
+        "url": url,
+        "token": _TOKENS[url],
+        "ids": ids,
+        "pollers": pollers,
+        "seconds": seconds,
+        "rate_hz": rate_hz,
+        "pids": _serve_pids(),
+    }
     proc = subprocess.run(
         [sys.executable, "-c", code], input=json.dumps(args), capture_output=True, text=True, timeout=seconds + 300
     )
@@ -552,11 +583,11 @@ def bench_concurrency(work: Path, jobs: int = 50, pollers: int = 20, poll_s: flo
     url, settings, _, _ = _start_service(work / "data-c", computers=2)
     try:
         case = write_tg119(work / "tg119-small", 8.0)
-        with httpx.Client(base_url=url, timeout=60) as c:
+        with httpx.Client(base_url=url, headers=_headers(url), timeout=60) as c:
             pid = upload_patient(c, case)["id"]
 
         def submit(i: int):
-            with httpx.Client(base_url=url, timeout=120) as c:
+            with httpx.Client(base_url=url, headers=_headers(url), timeout=120) as c:
                 r = c.post("/jobs", json={"patient_id": pid, "priority": i % 3})
                 return r.status_code, (r.json().get("id") if r.status_code == 201 else r.text)
 
@@ -568,7 +599,7 @@ def bench_concurrency(work: Path, jobs: int = 50, pollers: int = 20, poll_s: flo
 
         lat_busy = _poll_latencies(url, ids, pollers, poll_s, rate_hz)  # while the 50 jobs run
         deadline = time.monotonic() + 240
-        with httpx.Client(base_url=url, timeout=30) as c:
+        with httpx.Client(base_url=url, headers=_headers(url), timeout=30) as c:
             while True:
                 states = [c.get(f"/jobs/{j}").json() for j in ids]
                 if (

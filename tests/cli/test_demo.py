@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pydicom
 import pytest
+from helpers.http import http
 from helpers.paths import REPO
 
 from rayrt.pipeline import PLANNING_STAGES
@@ -65,11 +65,11 @@ def test_planning_job_over_http(serve_app, small_study_dir, small_order, tmp_pat
     assert any("Core" in line and "D2 <= 25 Gy" in line for line in format_summary(summary))
     assert any("uploaded patient" in line for line in lines)
     if verdicts["truebeam_m120"] != "not released":  # released by rayrt.convert's QA loop: its plan is stored
-        conv = httpx.get(f"{serve_app}/jobs/{job['id']}/results/convert/plan_truebeam_m120.json", timeout=30).json()
+        conv = http.get(f"{serve_app}/jobs/{job['id']}/results/convert/plan_truebeam_m120.json", timeout=30).json()
         assert conv["machine"] == "truebeam_m120" and conv["source_plan_id"]
 
     # every stage's result is in the store: the job can resume from any of them
-    listing = httpx.get(f"{serve_app}/jobs/{job['id']}/results", timeout=30).json()
+    listing = http.get(f"{serve_app}/jobs/{job['id']}/results", timeout=30).json()
     stored = {f["stage"] for f in listing["files"]}
     assert set(PLAN_STAGES) - {"problem"} <= stored
 

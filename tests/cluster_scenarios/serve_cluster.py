@@ -23,6 +23,10 @@ def main() -> None:
     t0 = time.perf_counter()
     data = Path(tempfile.mkdtemp(prefix="rrtsv", dir="/tmp"))
     port = free_port()
+    from rayrt.service.store import Store
+    from rayrt.service.users import Role, UserStore
+
+    _, token = UserStore(Store(str(data))).add("scenario-admin", Role.admin)
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -61,7 +65,7 @@ def main() -> None:
             if status in ("RUNNING", "DEPLOY_FAILED"):
                 break
             time.sleep(1.0)
-        health = None
+        health = store = None
         if status == "RUNNING":
             import httpx
 
@@ -72,6 +76,9 @@ def main() -> None:
                     break
                 except httpx.HTTPError:
                     time.sleep(1.0)
+            # where the app's store is (admin only): the settings of the config reached the replica
+            r = httpx.get(f"http://127.0.0.1:{port}/cluster", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+            store = r.json().get("store") if r.status_code == 200 else f"{r.status_code}: {r.text[:200]}"
         placed: dict[str, list[str]] = {}
         for a in ray._private.state.actors().values():
             if a.get("State") != "ALIVE":
@@ -84,6 +91,7 @@ def main() -> None:
                 "status": status,
                 "message": serve.status().applications["rayrt"].message if status and status != "RUNNING" else "",
                 "health": health,
+                "store": store,
                 "placed": {k: sorted(v) for k, v in placed.items()},
                 "data_dir": str(data),
                 "total_s": round(time.perf_counter() - t0, 2),

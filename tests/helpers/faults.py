@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -85,13 +86,15 @@ def expected_result_files(with_dose: bool = True) -> set[str]:
 # ---------------------------------------------------------------------------- a private Serve app
 def deploy_private_app(settings, prefix: str) -> str:
     """Deploy another rayrt ingress (bound to ``settings``' own scheduler) on the running Serve
-    under ``/<prefix>``; returns the app name. Undo with :func:`delete_private_app`."""
+    under ``/<prefix>``; returns the app name. Undo with :func:`delete_private_app`. It runs with
+    authentication off (a loopback bind): it shares the session service's host and port, and the
+    tests that use it are about scheduling, not sign-in (tests/service/test_auth.py is)."""
     from ray import serve
 
     from rayrt.service.app import build_app
 
     name = f"{prefix}-app"
-    serve.run(build_app(settings), name=name, route_prefix=f"/{prefix}")
+    serve.run(build_app(settings.model_copy(update={"auth": False})), name=name, route_prefix=f"/{prefix}")
     return name
 
 
@@ -99,16 +102,17 @@ def delete_private_app(name: str, settings) -> None:
     import ray
     from ray import serve
 
-    from rayrt.service.scheduler import get_scheduler
+    from rayrt.service.audit_log import audit_log_name
 
     try:
         serve.delete(name)
     except Exception:
         pass
-    try:
-        ray.kill(get_scheduler(settings), no_restart=True)
-    except ValueError:
-        pass
+    for actor in (settings.scheduler_name, audit_log_name(settings)):
+        try:
+            ray.kill(ray.get_actor(actor, namespace=settings.ray_namespace), no_restart=True)
+        except ValueError:
+            pass
 
 
 # ---------------------------------------------------------------------------- a service in a subprocess
@@ -116,12 +120,14 @@ class ServiceProcess:
     """``rayrt serve`` in its own process group with its own Ray (short RAY_TMPDIR), so a test
     can SIGKILL the whole service (driver, Ray processes, workers) without touching its own Ray."""
 
-    def __init__(self, data_dir: Path, port: int, config: Path, log_path: Path):
+    def __init__(self, data_dir: Path, port: int, config: Path, log_path: Path, tls_ca: Path | None = None):
         self.data_dir, self.port, self.config, self.log_path = data_dir, port, config, log_path
         self.ray_tmp = Path("/tmp") / f"rs{uuid.uuid4().hex[:6]}"
         self.ray_tmp.mkdir()
         self.proc: subprocess.Popen | None = None
-        self.url = f"http://127.0.0.1:{port}"
+        #: the certificate to trust when the config serves HTTPS (tls_certfile), else None
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
+        self.url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{port}"
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
@@ -149,7 +155,7 @@ class ServiceProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"rayrt serve exited with {self.proc.returncode}; log:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=5, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

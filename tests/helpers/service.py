@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 
+from helpers.http import http
+
 __all__ = ["wait_job"]
 
 
 def wait_job(url: str, job_id: str, timeout_s: float = 120.0) -> dict:
     """Poll ``GET /jobs/{id}`` until the job has finished; returns its JSON."""
-    import httpx
 
     deadline = time.monotonic() + timeout_s
     while True:
-        job = httpx.get(f"{url}/jobs/{job_id}", timeout=10).json()
+        job = http.get(f"{url}/jobs/{job_id}", timeout=10).json()
         if job["state"] in ("succeeded", "failed", "cancelled"):
             return job
         if time.monotonic() > deadline:

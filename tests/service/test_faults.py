@@ -30,6 +30,7 @@ from helpers.faults import (
     stored_files,
     wait_for,
 )
+from helpers.http import http
 
 from rayrt.domain.job import Job, JobState
 from rayrt.service.settings import ServiceSettings
@@ -170,21 +171,18 @@ def fault_app(serve_app, tmp_path, small_study):
 
 
 def test_cancel_running_job_over_http(fault_app):
-    import httpx
 
     url, store, pid = fault_app
-    r = httpx.post(f"{url}/jobs", json={"patient_id": pid}, timeout=30)
+    r = http.post(f"{url}/jobs", json={"patient_id": pid}, timeout=30)
     assert r.status_code == 201, r.text
     jid = r.json()["id"]
-    wait_for(
-        lambda: mid_slow_stage(httpx.get(f"{url}/jobs/{jid}", timeout=10).json()), 180, "fault_slow to be half-way"
-    )
+    wait_for(lambda: mid_slow_stage(http.get(f"{url}/jobs/{jid}", timeout=10).json()), 180, "fault_slow to be half-way")
 
-    r = httpx.post(f"{url}/jobs/{jid}/cancel", timeout=30)
+    r = http.post(f"{url}/jobs/{jid}/cancel", timeout=30)
     assert r.status_code == 200, r.text
     job = wait_for(
         lambda: (
-            (j := httpx.get(f"{url}/jobs/{jid}", timeout=10).json())["state"] in ("succeeded", "failed", "cancelled")
+            (j := http.get(f"{url}/jobs/{jid}", timeout=10).json())["state"] in ("succeeded", "failed", "cancelled")
             and j
         ),
         120,
@@ -196,8 +194,8 @@ def test_cancel_running_job_over_http(fault_app):
     assert not store.has_stage_file(jid, "fault_slow", "result.json")  # no result of a cancelled stage
     assert stage_of(job, "fault_mark")["state"] == "succeeded"
     # a finished job cannot be cancelled again, and the service stays usable
-    assert httpx.post(f"{url}/jobs/{jid}/cancel", timeout=30).status_code == 409
-    assert httpx.get(f"{url}/queue", timeout=10).json()["running"] == []
+    assert http.post(f"{url}/jobs/{jid}/cancel", timeout=30).status_code == 409
+    assert http.get(f"{url}/queue", timeout=10).json()["running"] == []
 
 
 # ---------------------------------------------------------------------------- whole service
@@ -206,7 +204,6 @@ def test_kill_whole_service_mid_job_and_restart_resumes(tmp_path, small_study_zi
     """``rayrt serve`` (own Ray) SIGKILLed with its process group mid-stage, then started again on
     the same store: the job resumes after its last finished stage and completes, nothing lost or
     duplicated. Runs in subprocesses only: the session's Ray is not touched."""
-    import httpx
 
     from rayrt.service.process import free_port
 
@@ -221,13 +218,13 @@ def test_kill_whole_service_mid_job_and_restart_resumes(tmp_path, small_study_zi
         svc.start()
         svc.wait_healthy()
         with open(small_study_zip, "rb") as fh:
-            r = httpx.post(f"{svc.url}/patients", files=[("files", ("study.zip", fh, "application/zip"))], timeout=120)
+            r = http.post(f"{svc.url}/patients", files=[("files", ("study.zip", fh, "application/zip"))], timeout=120)
         assert r.status_code == 201, r.text
-        r = httpx.post(f"{svc.url}/jobs", json={"patient_id": r.json()["id"]}, timeout=30)
+        r = http.post(f"{svc.url}/jobs", json={"patient_id": r.json()["id"]}, timeout=30)
         assert r.status_code == 201, r.text
         jid = r.json()["id"]
         mid = wait_for(
-            lambda: mid_slow_stage(httpx.get(f"{svc.url}/jobs/{jid}", timeout=10).json()),
+            lambda: mid_slow_stage(http.get(f"{svc.url}/jobs/{jid}", timeout=10).json()),
             240,
             "fault_slow to be half-way",
         )
@@ -246,7 +243,7 @@ def test_kill_whole_service_mid_job_and_restart_resumes(tmp_path, small_study_zi
         svc.wait_healthy()
         job = wait_for(
             lambda: (
-                (j := httpx.get(f"{svc.url}/jobs/{jid}", timeout=10).json())["state"]
+                (j := http.get(f"{svc.url}/jobs/{jid}", timeout=10).json())["state"]
                 in ("succeeded", "failed", "cancelled")
                 and j
             ),
@@ -257,10 +254,10 @@ def test_kill_whole_service_mid_job_and_restart_resumes(tmp_path, small_study_zi
         for name in REUSED:
             assert stage_of(job, name)["message"] == REUSED_MSG, stage_of(job, name)
         assert snapshot_stage_files(data, jid, REUSED) == before
-        listed = [f["path"] for f in httpx.get(f"{svc.url}/jobs/{jid}/results", timeout=10).json()["files"]]
+        listed = [f["path"] for f in http.get(f"{svc.url}/jobs/{jid}/results", timeout=10).json()["files"]]
         assert len(listed) == len(set(listed)) and set(listed) == expected_result_files()
         assert not [f for f in stored_files(data, jid) if ".tmp-" in f]
-        slow = httpx.get(f"{svc.url}/jobs/{jid}/results/fault_slow/result.json", timeout=10).json()
+        slow = http.get(f"{svc.url}/jobs/{jid}/results/fault_slow/result.json", timeout=10).json()
         assert slow["squares"] == [i * i for i in range(stage_of(job, "fault_slow")["tasks_total"])]
         assert mid["worker"] and job["worker"]  # ran on a computer of each incarnation
     finally:

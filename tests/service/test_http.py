@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers.http import http
 from helpers.service import wait_job
 from helpers.study import zip_dir
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.ray
 
 def _upload_zip(url: str, zip_path: Path) -> httpx.Response:
     with open(zip_path, "rb") as fh:
-        return httpx.post(f"{url}/patients", files=[("files", (zip_path.name, fh, "application/zip"))], timeout=120)
+        return http.post(f"{url}/patients", files=[("files", (zip_path.name, fh, "application/zip"))], timeout=120)
 
 
 def _snapshot(data_dir: str) -> list[tuple[str, int]]:
@@ -41,9 +42,9 @@ def test_upload_job_results(serve_app, serve_settings, patient, small_study, sma
     assert isinstance(patient["warnings"], list) and len(patient["doses"]) == 1
     # stored durably before the 201
     assert (Path(serve_settings.data_dir) / "patients" / patient["id"] / "patient.json").is_file()
-    assert httpx.get(f"{serve_app}/patients/{patient['id']}").json() == patient
+    assert http.get(f"{serve_app}/patients/{patient['id']}").json() == patient
 
-    r = httpx.post(
+    r = http.post(
         f"{serve_app}/jobs",
         json={"patient_id": patient["id"], "order": small_order, "priority": 2, "machines": ["agility", "truebeam"]},
     )
@@ -58,12 +59,12 @@ def test_upload_job_results(serve_app, serve_settings, patient, small_study, sma
     ]
     assert job["worker"].startswith("rayrt-cc-") and job["started_at"] <= job["finished_at"]
 
-    listing = httpx.get(f"{serve_app}/jobs/{job['id']}/results").json()
+    listing = http.get(f"{serve_app}/jobs/{job['id']}/results").json()
     paths = {f["path"] for f in listing["files"]}
     assert {"structures/result.json", "dvh/result.json", "dvh/dvh.csv"} <= paths
-    rep = httpx.get(f"{serve_app}/jobs/{job['id']}/results/structures/result.json").json()
+    rep = http.get(f"{serve_app}/jobs/{job['id']}/results/structures/result.json").json()
     assert {s["name"]: s["num_voxels"] for s in rep["structures"]}["Core"] == int(small_study.mask("Core").sum())
-    csv_text = httpx.get(f"{serve_app}/jobs/{job['id']}/results/dvh/dvh.csv").text
+    csv_text = http.get(f"{serve_app}/jobs/{job['id']}/results/dvh/dvh.csv").text
     assert csv_text.splitlines()[0].startswith("dose_index,name,volume_cc")
     assert len(csv_text.splitlines()) == 1 + 3
 
@@ -72,7 +73,7 @@ def test_upload_as_separate_dicom_files(serve_app, small_study_dir):
     files = sorted(p for p in small_study_dir.rglob("*") if p.is_file())
     handles = [open(p, "rb") for p in files]
     try:
-        r = httpx.post(
+        r = http.post(
             f"{serve_app}/patients",
             files=[("files", (p.name, h, "application/dicom")) for p, h in zip(files, handles)],
             timeout=120,
@@ -135,12 +136,12 @@ def _foreign_for(small_study_dir: Path, tmp_path: Path) -> Path:
 def test_bad_uploads_are_4xx_json_and_change_nothing(serve_app, serve_settings, patient, small_study_dir, tmp_path):
     before = _snapshot(serve_settings.data_dir)
     cases = {
-        "no files": httpx.post(f"{serve_app}/patients", data={"note": "nothing"}, timeout=60),
-        "not multipart": httpx.post(f"{serve_app}/patients", content=b"hello", timeout=60),
-        "empty file": httpx.post(
+        "no files": http.post(f"{serve_app}/patients", data={"note": "nothing"}, timeout=60),
+        "not multipart": http.post(f"{serve_app}/patients", content=b"hello", timeout=60),
+        "empty file": http.post(
             f"{serve_app}/patients", files=[("files", ("a.dcm", b"", "application/dicom"))], timeout=60
         ),
-        "not dicom": httpx.post(
+        "not dicom": http.post(
             f"{serve_app}/patients", files=[("files", ("notes.txt", b"hello world", "text/plain"))], timeout=60
         ),
         "zip slip": _upload_zip(serve_app, _zip_slip(tmp_path)),
@@ -169,38 +170,38 @@ def test_bad_jobs_are_4xx_json_and_change_nothing(serve_app, serve_settings, pat
     neg_obj = {**small_order, "objectives": [{"structure": "PTV", "kind": "min_dose", "dose_gy": -1}]}
     cases = {
         "unknown structure": (
-            httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": unknown}),
+            http.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": unknown}),
             422,
             "structure",
         ),
         "negative prescription": (
-            httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": negative}),
+            http.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": negative}),
             422,
             "prescription.total_dose_gy",
         ),
         "negative objective dose": (
-            httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": neg_obj}),
+            http.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": neg_obj}),
             422,
             "objectives.0.dose_gy",
         ),
         "unknown patient": (
-            httpx.post(f"{serve_app}/jobs", json={"patient_id": "0123456789ab", "order": small_order}),
+            http.post(f"{serve_app}/jobs", json={"patient_id": "0123456789ab", "order": small_order}),
             404,
             "patient_id",
         ),
-        "no patient id": (httpx.post(f"{serve_app}/jobs", json={"order": small_order}), 422, "patient_id"),
+        "no patient id": (http.post(f"{serve_app}/jobs", json={"order": small_order}), 422, "patient_id"),
         "not json": (
-            httpx.post(f"{serve_app}/jobs", content=b"{nope", headers={"content-type": "application/json"}),
+            http.post(f"{serve_app}/jobs", content=b"{nope", headers={"content-type": "application/json"}),
             422,
             None,
         ),
         "bad priority": (
-            httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "priority": "high"}),
+            http.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "priority": "high"}),
             422,
             "priority",
         ),
         "bad planning option": (
-            httpx.post(
+            http.post(
                 f"{serve_app}/jobs",
                 json={"patient_id": patient["id"], "order": small_order, "options": {"num_beams": 0}},
             ),
@@ -208,7 +209,7 @@ def test_bad_jobs_are_4xx_json_and_change_nothing(serve_app, serve_settings, pat
             "options.num_beams",
         ),
         "unknown target machine": (
-            httpx.post(
+            http.post(
                 f"{serve_app}/jobs",
                 json={"patient_id": patient["id"], "order": small_order, "options": {}, "machines": ["no_such_linac"]},
             ),
@@ -216,7 +217,7 @@ def test_bad_jobs_are_4xx_json_and_change_nothing(serve_app, serve_settings, pat
             "machines",
         ),
         "planning without order": (
-            httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "options": {}}),
+            http.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "options": {}}),
             422,
             "order",
         ),
@@ -230,7 +231,7 @@ def test_bad_jobs_are_4xx_json_and_change_nothing(serve_app, serve_settings, pat
     assert "Rectum" in cases["unknown structure"][0].json()["message"]
     assert _snapshot(serve_settings.data_dir) == before
     for path in ("/jobs/nope", "/patients/nope", "/jobs/nope/results", "/patients/..%2F..%2Fetc"):
-        r = httpx.get(f"{serve_app}{path}")
+        r = http.get(f"{serve_app}{path}")
         assert r.status_code == 404 and r.json()["error"] == "not_found", (path, r.text)
 
 
@@ -278,34 +279,34 @@ def test_job_request_is_validated_once_into_typed_order_and_planning(small_order
 
 
 def test_result_download_cannot_escape_the_job(serve_app, patient):
-    r = httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"]})
+    r = http.post(f"{serve_app}/jobs", json={"patient_id": patient["id"]})
     job = wait_job(serve_app, r.json()["id"])
     assert job["state"] == "succeeded"
-    r = httpx.post(f"{serve_app}/jobs/{job['id']}/cancel")
+    r = http.post(f"{serve_app}/jobs/{job['id']}/cancel")
     assert r.status_code == 409 and r.json()["error"] == "conflict"  # only queued jobs can be cancelled
-    assert patient["id"] in httpx.get(f"{serve_app}/patients").json()["patients"]
-    assert job["id"] in [j["id"] for j in httpx.get(f"{serve_app}/jobs").json()["jobs"]]
+    assert patient["id"] in http.get(f"{serve_app}/patients").json()["patients"]
+    assert job["id"] in [j["id"] for j in http.get(f"{serve_app}/jobs").json()["jobs"]]
     for rel in ("..%2Fjob.json", "structures/..%2F..%2Fjob.json", "nothing.json"):
-        r = httpx.get(f"{serve_app}/jobs/{job['id']}/results/{rel}")
+        r = http.get(f"{serve_app}/jobs/{job['id']}/results/{rel}")
         assert r.status_code == 404, (rel, r.status_code, r.text)
 
 
 def test_corrupt_store_file_is_a_500_json(serve_app, serve_settings, patient):
-    job = httpx.post(f"{serve_app}/jobs", json={"patient_id": patient["id"]}).json()
+    job = http.post(f"{serve_app}/jobs", json={"patient_id": patient["id"]}).json()
     wait_job(serve_app, job["id"])
     f = Path(serve_settings.data_dir) / "jobs" / job["id"] / "job.json"
     good = f.read_bytes()
     try:
         f.write_text('{"id": "broken"')  # damaged by hand, outside rayrt's atomic writes
-        r = httpx.get(f"{serve_app}/jobs/{job['id']}/results")  # reads job.json from the store
+        r = http.get(f"{serve_app}/jobs/{job['id']}/results")  # reads job.json from the store
         assert r.status_code == 500 and r.json()["error"] == "internal"
         # no exception text, no store path: a reference to the service log
         assert "reference" in r.json()["message"] and serve_settings.data_dir not in r.text
         assert "ValidationError" not in r.text and "job.json" not in r.text
         # the status of a job comes from the ingress' status cache (the scheduler's snapshot of the
         # last save), not from the store: pollers are not affected, and never see the damaged bytes
-        r = httpx.get(f"{serve_app}/jobs/{job['id']}")
+        r = http.get(f"{serve_app}/jobs/{job['id']}")
         assert r.status_code == 200 and r.json()["state"] == "succeeded"
     finally:
         f.write_bytes(good)
-    assert httpx.get(f"{serve_app}/jobs/{job['id']}").json()["state"] == "succeeded"
+    assert http.get(f"{serve_app}/jobs/{job['id']}").json()["state"] == "succeeded"

@@ -4,8 +4,8 @@ a parsed body must be JSON, and every answer carries the security headers."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
+from helpers.http import http
 
 from rayrt.domain.errors import InputError
 from rayrt.service.http_guard import GuardPolicy, check_request, host_name, require_json
@@ -67,26 +67,26 @@ def test_the_service_refuses_cross_site_writes_and_foreign_hosts(serve_app, serv
     before = sorted(str(p) for p in Path(serve_settings.data_dir).rglob("*") if p.is_file())
     # a page on another site posting a patient (a simple multipart form needs no pre-flight)
     with open(small_study_zip, "rb") as fh:
-        r = httpx.post(
+        r = http.post(
             f"{serve_app}/patients",
             files=[("files", ("p.zip", fh, "application/zip"))],
             headers={"Origin": "https://evil.example"},
             timeout=60,
         )
     assert r.status_code == 403 and r.json()["error"] == "origin"
-    r = httpx.post(f"{serve_app}/jobs", json={"patient_id": "x"}, headers={"Sec-Fetch-Site": "cross-site"})
+    r = http.post(f"{serve_app}/jobs", json={"patient_id": "x"}, headers={"Sec-Fetch-Site": "cross-site"})
     assert r.status_code == 403
     # a text/plain "JSON" body (what a cross-site form can send) is refused even from the same origin
-    r = httpx.post(
+    r = http.post(
         f"{serve_app}/patients/anyone/structures",
         content=b'{"method": "edit"}',
         headers={"Content-Type": "text/plain"},
     )
     assert r.status_code == 415 and r.json()["field"] == "Content-Type"
-    r = httpx.post(f"{serve_app}/jobs", content=b'{"patient_id": "x"}', headers={"Content-Type": "text/plain"})
+    r = http.post(f"{serve_app}/jobs", content=b'{"patient_id": "x"}', headers={"Content-Type": "text/plain"})
     assert r.status_code == 422  # FastAPI reads a model body only from JSON
     # DNS rebinding: the right address under a foreign name
-    r = httpx.get(f"{serve_app}/jobs", headers={"Host": "rebind.attacker.example"})
+    r = http.get(f"{serve_app}/jobs", headers={"Host": "rebind.attacker.example"})
     assert r.status_code == 400 and r.json()["error"] == "host"
     after = sorted(str(p) for p in Path(serve_settings.data_dir).rglob("*") if p.is_file())
     assert after == before  # nothing stored changed
@@ -95,12 +95,12 @@ def test_the_service_refuses_cross_site_writes_and_foreign_hosts(serve_app, serv
 @pytest.mark.ray
 def test_every_answer_carries_the_security_headers(serve_app):
     for path in ("/health", "/jobs", "/no/such/route", "/ui"):
-        r = httpx.get(f"{serve_app}{path}")
+        r = http.get(f"{serve_app}{path}")
         assert r.headers["x-content-type-options"] == "nosniff", path
         assert r.headers["referrer-policy"] == "no-referrer" and r.headers["x-frame-options"] == "DENY", path
-    assert httpx.get(f"{serve_app}/jobs").headers["cache-control"] == "no-store"
-    assert httpx.get(f"{serve_app}/ui").headers["cache-control"] == "no-cache"  # the page's own setting kept
-    r = httpx.post(f"{serve_app}/jobs", json={}, headers={"Origin": "https://evil.example"})
+    assert http.get(f"{serve_app}/jobs").headers["cache-control"] == "no-store"
+    assert http.get(f"{serve_app}/ui").headers["cache-control"] == "no-cache"  # the page's own setting kept
+    r = http.post(f"{serve_app}/jobs", json={}, headers={"Origin": "https://evil.example"})
     assert r.headers["x-content-type-options"] == "nosniff"
 
 
@@ -164,4 +164,4 @@ def test_the_service_refuses_a_body_above_its_limit_before_reading_it(serve_app)
         )
         head = s.recv(4096).decode("latin-1")
     assert head.startswith("HTTP/1.1 413"), head[:200]
-    assert httpx.get(f"{serve_app}/health").status_code == 200
+    assert http.get(f"{serve_app}/health").status_code == 200

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
 import pydicom
 import pytest
+from helpers.http import http
 
 pytestmark = pytest.mark.ray
 
@@ -41,39 +41,38 @@ def planned_job(serve_app, small_study_zip, fast_planning):
 
 def test_plans_per_machine_and_downloads(serve_app, planned_job):
     jid = planned_job["id"]
-    plans = httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()
+    plans = http.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()
     assert [m["machine"] for m in plans["machines"]] == ["standard", "truebeam_m120", "versahd_agility"]
     released = [m for m in plans["machines"] if m["verdict"] != "not released"]
     for m in plans["machines"]:
         if m["verdict"] == "not released":  # failed QA: only its QA report is offered, and it cannot be booked
             assert set(m["downloads"]) == {"qa"}
             assert (
-                httpx.post(f"{serve_app}/jobs/{jid}/book", json={"machine": m["machine"]}, timeout=30).status_code
-                == 409
+                http.post(f"{serve_app}/jobs/{jid}/book", json={"machine": m["machine"]}, timeout=30).status_code == 409
             )
     m = next(x for x in released if x["machine"] != "standard") if len(released) > 1 else released[0]
     assert m["verdict"] in ("pass", "review") and m["total_mu_per_fraction"] > 0
-    r = httpx.get(f"{serve_app}{m['downloads']['rtplan']}", timeout=30)
+    r = http.get(f"{serve_app}{m['downloads']['rtplan']}", timeout=30)
     assert r.status_code == 200
     import io
 
     ds = pydicom.dcmread(io.BytesIO(r.content))
     assert ds.Modality == "RTPLAN" and ds.BeamSequence[0].TreatmentMachineName
-    dvh = httpx.get(f"{serve_app}{m['downloads']['dvh']}", timeout=30).text.splitlines()
+    dvh = http.get(f"{serve_app}{m['downloads']['dvh']}", timeout=30).text.splitlines()
     assert (
         dvh[0].startswith("machine,structure")
         and len(dvh) > 1
         and all(row.startswith(m["machine"] + ",") for row in dvh[1:])
     )
-    qa = httpx.get(f"{serve_app}{m['downloads']['qa']}", timeout=30).json()
+    qa = http.get(f"{serve_app}{m['downloads']['qa']}", timeout=30).json()
     assert qa["machine"] == m["machine"] and qa["checks"]
-    assert httpx.get(f"{serve_app}/jobs/{jid}/plans/halcyon", timeout=30).status_code == 404
-    assert httpx.get(f"{serve_app}/jobs/{jid}/plans/truebeam_m120/nope", timeout=30).status_code == 404
+    assert http.get(f"{serve_app}/jobs/{jid}/plans/halcyon", timeout=30).status_code == 404
+    assert http.get(f"{serve_app}/jobs/{jid}/plans/truebeam_m120/nope", timeout=30).status_code == 404
 
 
 def test_event_stream_ends_with_the_final_state(serve_app, planned_job):
     events = []
-    with httpx.stream("GET", f"{serve_app}/jobs/{planned_job['id']}/events", timeout=30) as r:
+    with http.stream("GET", f"{serve_app}/jobs/{planned_job['id']}/events", timeout=30) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         kind = None
         for line in r.iter_lines():
@@ -86,7 +85,7 @@ def test_event_stream_ends_with_the_final_state(serve_app, planned_job):
 
 
 def test_cluster_view(serve_app, planned_job):
-    c = httpx.get(f"{serve_app}/cluster", timeout=60).json()
+    c = http.get(f"{serve_app}/cluster", timeout=60).json()
     assert c["cpus_total"] == 2 and c["nodes"] and c["nodes"][0]["alive"]
     assert c["computers"] and all(x["alive"] for x in c["computers"])
     assert isinstance(c["queued"], list) and isinstance(c["running"], dict)
@@ -125,17 +124,17 @@ def test_machine_down_replans_the_booked_patient(serve_app, tg119_job):
     jid = tg119_job["id"]
 
     def standard_qa():
-        std = httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"][0]
-        qa = httpx.get(f"{serve_app}{std['downloads']['qa']}", timeout=30).json()
+        std = http.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"][0]
+        qa = http.get(f"{serve_app}{std['downloads']['qa']}", timeout=30).json()
         return qa["verdict"], [(c["name"], c.get("value")) for c in qa["checks"]]
 
     qa_before = standard_qa()
-    b = httpx.post(f"{serve_app}/jobs/{jid}/book", json={"machine": "truebeam_m120"}, timeout=120)
+    b = http.post(f"{serve_app}/jobs/{jid}/book", json={"machine": "truebeam_m120"}, timeout=120)
     assert b.status_code == 201, b.text
     assert b.json()["machine"] == "truebeam_m120" and b.json()["plan_id"]
-    machines = {m["name"]: m for m in httpx.get(f"{serve_app}/machines", timeout=120).json()["machines"]}
+    machines = {m["name"]: m for m in http.get(f"{serve_app}/machines", timeout=120).json()["machines"]}
     assert machines["truebeam_m120"]["bookings"] == 1
-    r = httpx.post(
+    r = http.post(
         f"{serve_app}/machines/truebeam_m120/status",
         json={"state": "down", "cause": "malfunction", "reason": "MLC fault"},
         timeout=120,
@@ -147,7 +146,7 @@ def test_machine_down_replans_the_booked_patient(serve_app, tg119_job):
     assert target and target != "truebeam_m120"
     deadline = time.monotonic() + 600
     while True:
-        job = httpx.get(f"{serve_app}/jobs/{jid}", timeout=30).json()
+        job = http.get(f"{serve_app}/jobs/{jid}", timeout=30).json()
         if target in job["machines"] and job["state"] == "succeeded":
             break
         assert time.monotonic() < deadline, job
@@ -155,21 +154,21 @@ def test_machine_down_replans_the_booked_patient(serve_app, tg119_job):
     job = wait_job(serve_app, jid)
     msgs = {s["name"]: s["message"] for s in job["stages"]}
     assert msgs["dij"] == "reused the stored result"
-    plans = [m["machine"] for m in httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"]]
+    plans = [m["machine"] for m in http.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"]]
     assert target in plans and "truebeam_m120" not in plans
     assert standard_qa() == qa_before  # the standard plan and its QA are unchanged by the re-plan
-    bookings = httpx.get(f"{serve_app}/machines/{target}/bookings", timeout=60).json()["bookings"]
+    bookings = http.get(f"{serve_app}/machines/{target}/bookings", timeout=60).json()["bookings"]
     mine = [x for x in bookings if x["job_id"] == jid]
     assert mine and mine[0]["moved_from"] == "truebeam_m120"
     summary = next(
-        x for x in httpx.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"] if x["machine"] == target
+        x for x in http.get(f"{serve_app}/jobs/{jid}/plans", timeout=30).json()["machines"] if x["machine"] == target
     )
     deadline = time.monotonic() + 60
     while mine[0]["state"] == "converting" and time.monotonic() < deadline:  # settled after the re-planned job finished
         time.sleep(0.5)
         mine = [
             x
-            for x in httpx.get(f"{serve_app}/machines/{target}/bookings", timeout=60).json()["bookings"]
+            for x in http.get(f"{serve_app}/machines/{target}/bookings", timeout=60).json()["bookings"]
             if x["job_id"] == jid
         ]
     if summary["verdict"] == "not released":  # QA refused the new machine's plan: never attached, the booking says why
@@ -177,7 +176,7 @@ def test_machine_down_replans_the_booked_patient(serve_app, tg119_job):
         assert "not released by QA" in mine[0]["history"][-1]
     else:
         assert mine[0]["state"] == "booked" and mine[0]["plan_id"] == summary["plan_id"]
-    httpx.post(f"{serve_app}/machines/truebeam_m120/status", json={"state": "available"}, timeout=120)
+    http.post(f"{serve_app}/machines/truebeam_m120/status", json={"state": "available"}, timeout=120)
 
 
 def test_cli_watch_and_machines(serve_app, planned_job, capsys):
@@ -222,7 +221,7 @@ def test_a_goal_order_over_http(serve_app, small_study_zip, fast_planning):
         job = c.post("/jobs", json={"patient_id": pid, "order": GOAL_ORDER, "options": fast_planning}).json()
     done = wait_job(serve_app, job["id"], timeout_s=600)
     assert done["state"] == "succeeded", done
-    plans = httpx.get(f"{serve_app}/jobs/{job['id']}/plans", timeout=30).json()
+    plans = http.get(f"{serve_app}/jobs/{job['id']}/plans", timeout=30).json()
     std = plans["machines"][0]
     assert std["machine"] == "standard"
     goals = std["goals"]

@@ -82,7 +82,7 @@ def test_queue_positions_priority_order_and_admission_over_http(queue_app):
     assert [(e["position"], e["job_id"], e["priority"]) for e in q["queued"]] == [(0, hi1, 5), (1, hi2, 5), (2, b, 0)]
     assert q["job_cpus"] == 64 and q["free_cpus"] < 64
     # the second computer is idle, yet the queue waits: not enough free CPUs for another job
-    health = c.get("/health").json()["scheduler"]
+    health = c.get("/cluster").json()["scheduler"]
     assert len(health["computers"]) == 2 and len(health["idle"]) == 1
     for jid, pos in ((hi1, 0), (hi2, 1), (b, 2)):
         j = c.get(f"/jobs/{jid}").json()

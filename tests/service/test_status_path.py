@@ -10,8 +10,8 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
+from helpers.http import http
 from helpers.service import wait_job
 
 
@@ -77,14 +77,14 @@ def test_snapshots_long_poll_waits_then_answers_the_change(scheduler):
 @pytest.mark.ray
 def test_status_route_agrees_with_the_store_when_finished(serve_app, serve_settings, small_study_zip):
     with open(small_study_zip, "rb") as fh:
-        r = httpx.post(
+        r = http.post(
             f"{serve_app}/patients", files=[("files", (small_study_zip.name, fh, "application/zip"))], timeout=120
         )
     assert r.status_code == 201, r.text
     pid = r.json()["id"]
     ids = []
     for _ in range(3):
-        r = httpx.post(f"{serve_app}/jobs", json={"patient_id": pid}, timeout=60)
+        r = http.post(f"{serve_app}/jobs", json={"patient_id": pid}, timeout=60)
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     for jid in ids:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import httpx
 import pydicom
 import pytest
+from helpers.http import http
 
 pytestmark = pytest.mark.ray
 
@@ -20,7 +20,7 @@ def _snapshot(data_dir: str) -> list[tuple[str, int]]:
 @pytest.fixture(scope="module")
 def patient(serve_app, small_study_zip) -> dict:
     with open(small_study_zip, "rb") as fh:
-        r = httpx.post(
+        r = http.post(
             f"{serve_app}/patients", files=[("files", (small_study_zip.name, fh, "application/zip"))], timeout=120
         )
     assert r.status_code == 201, r.text
@@ -29,7 +29,7 @@ def patient(serve_app, small_study_zip) -> dict:
 
 def test_margin_then_rtstruct_and_log(serve_app, patient):
     pid = patient["id"]
-    r = httpx.post(
+    r = http.post(
         f"{serve_app}/patients/{pid}/structures",
         json={"method": "margin", "source": "PTV", "name": "PTV_5mm", "margin_mm": 5},
         timeout=60,
@@ -40,11 +40,11 @@ def test_margin_then_rtstruct_and_log(serve_app, patient):
     ptv = next(s for s in patient["structures"] if s["name"] == "PTV")
     assert changed["PTV_5mm"]["volume_cc"] > ptv["volume_cc"]
     # the patient now lists it, and the RTSTRUCT export carries it
-    names = [s["name"] for s in httpx.get(f"{serve_app}/patients/{pid}").json()["structures"]]
+    names = [s["name"] for s in http.get(f"{serve_app}/patients/{pid}").json()["structures"]]
     assert "PTV_5mm" in names
-    rs = pydicom.dcmread(io.BytesIO(httpx.get(f"{serve_app}/patients/{pid}/rtstruct", timeout=60).content))
+    rs = pydicom.dcmread(io.BytesIO(http.get(f"{serve_app}/patients/{pid}/rtstruct", timeout=60).content))
     assert "PTV_5mm" in [roi.ROIName for roi in rs.StructureSetROISequence]
-    log = httpx.get(f"{serve_app}/patients/{pid}/structures/log", params={"name": "PTV_5mm"}).json()
+    log = http.get(f"{serve_app}/patients/{pid}/structures/log", params={"name": "PTV_5mm"}).json()
     assert log["operations"][-1]["method"] == "margin"
 
 
@@ -56,7 +56,7 @@ def test_bad_structure_requests_are_4xx_and_change_nothing(serve_app, serve_sett
         {"method": "teleport"},  # unknown method
         {"method": "grow", "name": "G", "seed_mm": [9999, 9999, 9999], "window": [-100, 100]},  # seed outside the image
     ):
-        r = httpx.post(f"{serve_app}/patients/{pid}/structures", json=body, timeout=60)
+        r = http.post(f"{serve_app}/patients/{pid}/structures", json=body, timeout=60)
         assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
         assert r.json()["message"]
     assert _snapshot(serve_settings.data_dir + f"/patients/{pid}") == before

@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from helpers.paths import REPO
+from helpers.routes import walk_routes
 
 from rayrt.service.web import CONTENT_TYPES, STATIC_DIR, router, static_files
 
@@ -69,20 +70,10 @@ def _sample(template: str, slashes: bool) -> str:
     return _PARAM.sub(lambda m: "a/b" if slashes and m.group(1) == "path" else "x1", template)
 
 
-def _walk(routes):
-    for r in routes:
-        if hasattr(r, "effective_candidates"):  # FastAPI >= 0.137 keeps included routers as nodes
-            yield from _walk(r.effective_candidates())
-        elif hasattr(r, "original_router"):
-            yield from _walk(r.original_router.routes)
-        else:
-            yield r
-
-
 def route_table(app: FastAPI) -> list[tuple[frozenset[str], str]]:
     """(methods, path template) of every HTTP route of ``app``."""
     out = []
-    for r in _walk(app.routes):
+    for r in walk_routes(app.routes):
         path, methods = getattr(r, "path", None), getattr(r, "methods", None)
         if path and methods:
             out.append((frozenset(methods), path))

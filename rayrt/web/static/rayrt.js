@@ -29,6 +29,9 @@
     machines: ["GET", "/machines"],
     machineBookings: ["GET", "/machines/{name}/bookings"],
     machineStatus: ["POST", "/machines/{name}/status"],
+    me: ["GET", "/me"],
+    signIn: ["POST", "/session"],
+    signOut: ["DELETE", "/session"],
   };
 
   function apiUrl(name, params) {
@@ -51,6 +54,7 @@
       init.body = JSON.stringify(opts.body);
     }
     const res = await fetch(apiUrl(name, params), init);
+    if (res.status === 401 && name !== "signIn") signInView();
     if (!res.ok) {
       let message = res.status + " " + res.statusText;
       let kind = "http";
@@ -187,11 +191,9 @@
   async function checkHealth() {
     try {
       const hlt = await call("health");
-      const sched = hlt.scheduler || {};
-      const n = (sched.computers || []).length;
-      healthEl.textContent = hlt.ok ? "● service ok · " + n + " computer" + (n === 1 ? "" : "s") : "● service degraded";
+      healthEl.textContent = hlt.ok ? "● service ok" : "● service degraded";
       healthEl.className = "health " + (hlt.ok ? "ok" : "warn");
-      healthEl.title = "store: " + (hlt.store || "?");
+      healthEl.title = "GET /health";
     } catch (e) {
       healthEl.textContent = "● service unreachable";
       healthEl.className = "health bad";
@@ -904,6 +906,47 @@
     return { stop: p.stop };
   }
 
+  // ------------------------------------------------------------------ sign-in
+  // The page signs in by exchanging a token for an HttpOnly session cookie (POST /session): the
+  // token is never kept by the page, and every later request (fetch, EventSource) carries the cookie.
+  const userEl = document.getElementById("user");
+  let signingIn = false;
+
+  async function showUser() {
+    try {
+      const me = await call("me");
+      fill(userEl, me.name + " (" + me.role + ") ",
+        h("button", { type: "button", class: "link", text: "sign out", onclick: async function () {
+          try { await call("signOut", null, { text: true }); } catch (_) { /* signed out anyway */ }
+          signInView();
+        } }));
+    } catch (_) { fill(userEl); }
+  }
+
+  function signInView() {
+    if (signingIn) return;
+    signingIn = true;
+    if (current && current.stop) current.stop();
+    current = null;
+    fill(userEl);
+    document.title = "rayrt: sign in";
+    const input = h("input", { type: "password", name: "token", autocomplete: "current-password", placeholder: "rrt_…", size: 48, required: true });
+    const msg = h("p", { class: "muted", text: "Paste your rayrt token (an admin gives one with `rayrt users add`)." });
+    const form = h("form", { class: "signin", onsubmit: async function (ev) {
+      ev.preventDefault();
+      try {
+        await call("signIn", null, { body: { token: input.value } });
+        signingIn = false;
+        showUser();
+        route();
+      } catch (e) {
+        msg.textContent = "Sign-in failed: " + (e.message || String(e));
+      }
+    } }, h("label", null, "Token ", input), " ", h("button", { type: "submit", text: "Sign in" }));
+    fill(view, h("h2", { text: "Sign in" }), msg, form);
+    input.focus();
+  }
+
   // ------------------------------------------------------------------ router
   const view = document.getElementById("view");
   let current = null;
@@ -927,8 +970,9 @@
     else { document.title = "rayrt: jobs"; current = jobsView(view); }
   }
 
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", function () { if (!signingIn) route(); });
   route();
+  showUser();
   checkHealth();
   setInterval(function () { if (!document.hidden) checkHealth(); }, 15000);
 })();
