@@ -62,6 +62,9 @@ class Job(BaseModel):
     )
     priority: int = Field(default=0, description="higher runs first")
     created_by: str = Field(default="", description="the user who submitted it (rayrt.service.users)")
+    structure_version: int = Field(
+        default=0, ge=0, description="the patient's structure-set version the job was submitted with"
+    )
     planning: PlanningRequest | None = Field(
         default=None,
         description="what to plan and how (configs/planning.yaml defaults with the "

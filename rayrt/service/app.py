@@ -41,12 +41,13 @@ the route signatures of a ``@serve.ingress`` class.
 """
 
 import asyncio
+import hashlib
 import json
 import logging
 import mimetypes
 import time
 import uuid
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import ray
 from fastapi import FastAPI, Query, Request
@@ -78,7 +79,9 @@ from rayrt.service.auth import (
     set_authenticator,
 )
 from rayrt.service.http_guard import GuardMiddleware, GuardPolicy, require_json, set_policy
-from rayrt.service.intake import import_upload
+from rayrt.service.idempotency import HEADER as IDEMPOTENCY_HEADER
+from rayrt.service.idempotency import IdempotencyStore, check_key
+from rayrt.service.intake import import_upload, upload_digest
 from rayrt.service.machine_queues import get_or_create_registry
 from rayrt.service.models import (
     Heartbeat,
@@ -150,6 +153,21 @@ api.add_middleware(GuardMiddleware)  # outermost: host / cross-site / body-size 
 CLINICIAN = requires(Role.clinician)
 PHYSICIST = requires(Role.physicist)
 ADMIN = requires(Role.admin)
+
+
+def if_match_version(header: str | None) -> int | None:
+    """The structure version an ``If-Match`` header names (``3`` or ``"3"``), None without one."""
+    if header is None:
+        return None
+    text = header.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise InputError(
+            "If-Match must be the structure_version the edit was made from (GET /patients/{id}), e.g. If-Match: 3",
+            kind="request",
+            field="If-Match",
+            status=422,
+        )
+    return int(text)
 
 
 def check_job_request(
@@ -251,6 +269,9 @@ class Ingress:
         self.store = Store(self.settings.data_dir)
         check_bind(settings.host, settings.auth)
         self.users = UserStore(self.store)
+        self.keys = IdempotencyStore(self.store)
+        self._key_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._patient_locks: dict[str, asyncio.Lock] = {}  # structure edits, per patient
         set_authenticator(Authenticator(self.users, open=not settings.auth))
         self.audit = get_or_create_audit_log(settings)
         set_sink(self._audit)
@@ -269,6 +290,36 @@ class Ingress:
 
     async def _audit(self, entry: AuditEntry) -> None:
         await self.audit.record.remote([entry])
+
+    async def _once(
+        self,
+        request: Request,
+        route: str,
+        digest: Callable[[], Awaitable[str]],
+        create: Callable[[], Awaitable[Any]],
+        ids: Callable[[dict], dict],
+    ) -> Any:
+        """``create()``, or with an ``Idempotency-Key`` the answer to that key's first request
+        (rayrt.service.idempotency; one request per key at a time in this replica)."""
+        key = check_key(request.headers.get(IDEMPOTENCY_HEADER))
+        if key is None:
+            return await create()
+        user = request_user(request).name
+        lock = self._key_locks.setdefault((user, route, key), asyncio.Lock())
+        try:
+            async with lock:
+                request_sha256 = await digest()
+                rec = await run_in_threadpool(self.keys.replay, user, route, key, request_sha256)
+                if rec is not None:
+                    note(request, **ids(rec.body))
+                    return JSONResponse(rec.body, status_code=rec.status, headers={"Idempotent-Replayed": "true"})
+                out = await create()
+                body = out.model_dump(mode="json")
+                await run_in_threadpool(self.keys.remember, user, route, key, request_sha256, 201, body)
+                return out
+        finally:
+            if not lock.locked():
+                self._key_locks.pop((user, route, key), None)
 
     # ---------------------------------------------------------------- status cache
     def _ensure_refresher(self) -> None:
@@ -429,9 +480,19 @@ class Ingress:
         uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         try:
             files = [(u.filename or "upload", u.file) for u in uploads]
-            summary = await run_in_threadpool(import_upload, self.store, files, self.settings.max_upload_files)
-            note(request, patient_id=summary.id)
-            return summary
+
+            async def create() -> PatientSummary:
+                summary = await run_in_threadpool(import_upload, self.store, files, self.settings.max_upload_files)
+                note(request, patient_id=summary.id)
+                return summary
+
+            return await self._once(
+                request,
+                "POST /patients",
+                lambda: run_in_threadpool(upload_digest, files),
+                create,
+                lambda body: {"patient_id": body.get("id")},
+            )
         finally:
             await form.close()
 
@@ -463,7 +524,9 @@ class Ingress:
                 status=422,
             ) from None
         user = request_user(request).name
-        return await run_in_threadpool(apply_structure_request, self.store, patient_id, body, user)
+        expected = if_match_version(request.headers.get("if-match"))
+        async with self._patient_locks.setdefault(patient_id, asyncio.Lock()):  # one edit at a time
+            return await run_in_threadpool(apply_structure_request, self.store, patient_id, body, user, expected)
 
     @api.get("/patients/{patient_id}/structures/log", dependencies=CLINICIAN)
     def get_structure_log(self, patient_id: str, name: str | None = None) -> dict:
@@ -481,6 +544,18 @@ class Ingress:
     # ---------------------------------------------------------------- jobs
     @api.post("/jobs", status_code=201, response_model=Job, dependencies=CLINICIAN)
     async def create_job(self, req: JobRequest, request: Request) -> Job:
+        async def digest() -> str:
+            return hashlib.sha256(req.model_dump_json().encode("utf-8")).hexdigest()
+
+        return await self._once(
+            request,
+            "POST /jobs",
+            digest,
+            lambda: self._create_job(req, request),
+            lambda body: {"job_id": body.get("id"), "patient_id": body.get("patient_id")},
+        )
+
+    async def _create_job(self, req: JobRequest, request: Request) -> Job:
         patient = await run_in_threadpool(self.store.get_patient, req.patient_id)
         note(request, patient_id=patient.id)
 
@@ -493,6 +568,7 @@ class Ingress:
             priority=req.priority,
             planning=planning,
             created_by=request_user(request).name,
+            structure_version=patient.structure_version,
         )
         note(request, job_id=job.id)
         await run_in_threadpool(self.store.create_job, job)
@@ -502,7 +578,8 @@ class Ingress:
 
     @api.get("/jobs", response_model=JobList, dependencies=CLINICIAN)
     def list_jobs(self) -> JobList:
-        return JobList(jobs=self.store.list_jobs())
+        jobs, unreadable = self.store.scan_jobs()
+        return JobList(jobs=jobs, unreadable=unreadable)
 
     @api.get("/jobs/{job_id}", response_model=Job, dependencies=CLINICIAN)
     async def get_job(self, job_id: str) -> Response:

@@ -12,6 +12,7 @@ Plain Python: the ingress calls it in a worker thread; tests call it directly.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -80,6 +81,20 @@ def save_uploads(files: Iterable[tuple[str, BinaryIO]], dest: Path, max_files: i
             status=400,
         )
     return root
+
+
+def upload_digest(files: Iterable[tuple[str, BinaryIO]]) -> str:
+    """SHA-256 over the uploaded files' names and bytes (each file left at its start): what an
+    idempotency key's request is compared by (rayrt.service.idempotency)."""
+    h = hashlib.sha256()
+    for name, fh in files:
+        h.update(name.encode("utf-8", "replace") + b"\0")
+        fh.seek(0)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+        fh.seek(0)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def import_upload(

@@ -36,6 +36,12 @@ class PatientSummary(Patient):
     doses: list[DoseInfo] = Field(default_factory=list)
     plan_files: list[str] = Field(default_factory=list, description="stored RTPLAN files, relative to the patient")
     warnings: list[str] = Field(default_factory=list)
+    structure_version: int = Field(
+        default=0,
+        ge=0,
+        description="how many delineation operations the structures have been through: send it as "
+        "If-Match with an edit (POST /patients/{id}/structures) to have a stale edit refused (409)",
+    )
 
 
 class JobRequest(BaseModel):
@@ -74,8 +80,19 @@ class JobResults(BaseModel):
     files: list[ResultFile] = Field(default_factory=list)
 
 
+class UnreadableJob(BaseModel):
+    """A job record the store could not read (damaged, unreadable, or from an incompatible rayrt)."""
+
+    job_id: str
+    reason: str
+    quarantined_to: str | None = Field(default=None, description="where the record was moved, if it was")
+
+
 class JobList(BaseModel):
     jobs: list[Job] = Field(default_factory=list)
+    unreadable: list[UnreadableJob] = Field(
+        default_factory=list, description="job records that could not be read: never blocking the others"
+    )
 
 
 class PlanEntry(MachineSummary):

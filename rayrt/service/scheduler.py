@@ -293,7 +293,14 @@ class Scheduler:
             self._pools_handle()
             for slot in range(self.settings.controlled_computers):
                 self.idle.append(self._new_computer(slot))
-            for job in self.store.list_jobs():
+            jobs, unreadable = self.store.scan_jobs()
+            for bad in unreadable:  # never blocks the recovery of the others
+                if bad.quarantined_to is None:
+                    try:
+                        self.store.quarantine_job(bad)
+                    except Exception:
+                        log.exception("could not quarantine job %s", bad.job_id)
+            for job in jobs:
                 if job.state.finished:
                     continue
                 if cancel_requested(self.store, job.id):  # cancelled while the service was down

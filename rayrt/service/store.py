@@ -17,6 +17,8 @@ Layout under the root::
     jobs/<jid>/job.json                    the Job: its MedicalOrder and PlanningRequest, state, stage,
                                            progress, errors, times
     jobs/<jid>/stages/<stage>/...          each stage's results (JSON, .npy, CSV ...)
+    quarantine/jobs/<jid>-<time>/          a job whose job.json could not be read, moved aside by the
+                                           scheduler's recovery, with quarantine.json (why)
     staging/<token>/                       new patients being written (renamed into place)
 
 Atomicity. On a local filesystem every file is written to ``.tmp-*`` beside its target,
@@ -33,6 +35,7 @@ This module is plain Python (numpy, pyarrow, pydantic): no Ray, no HTTP.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -40,6 +43,7 @@ import os
 import posixpath
 import re
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,7 +56,7 @@ from rayrt.domain.job import Job
 from rayrt.domain.patient import Structure
 from rayrt.imaging.study import StructureMask, Study
 from rayrt.imaging.volume import Grid, Volume
-from rayrt.service.models import DoseInfo, PatientSummary, ResultFile
+from rayrt.service.models import DoseInfo, PatientSummary, ResultFile, UnreadableJob
 from rayrt.service.settings import load_settings
 
 log = logging.getLogger("rayrt.service")
@@ -60,6 +64,9 @@ log = logging.getLogger("rayrt.service")
 M = TypeVar("M", bound=BaseModel)
 
 TMP_PREFIX = ".tmp-"
+#: where unreadable job records are moved (:meth:`Store.quarantine_job`), and the note beside each
+QUARANTINE = "quarantine/jobs"
+QUARANTINE_NOTE = "quarantine.json"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -129,17 +136,36 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _fsync_path(path: str, directory: bool = False) -> None:
+    """fsync a file or a directory (its entries). Any failure raises (the data may not be on disk),
+    except a filesystem that does not support fsync on a directory at all (EINVAL)."""
     flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories
-        pass
+    except OSError as exc:
+        if not (directory and exc.errno == errno.EINVAL):
+            raise
     finally:
         os.close(fd)
+
+
+def _make_dirs_durable(path: str) -> None:
+    """Create ``path`` and any missing parents, each new directory fsynced into its parent
+    (a directory that exists only in the page cache vanishes with its files on a power loss)."""
+    missing = []
+    p = path
+    while not os.path.isdir(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:  # made meanwhile by another writer
+            continue
+        _fsync_path(os.path.dirname(d), directory=True)
 
 
 def _safe_name(name: str) -> str:
@@ -189,11 +215,12 @@ class Store:
         """Write ``data`` to ``rel`` atomically (see module doc)."""
         full = self.path(rel)
         parent = posixpath.dirname(full)
-        self.fs.create_dir(parent, recursive=True)
         if not self.local:
+            self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(full) as out:  # object stores publish on close
                 out.write(data)
             return
+        _make_dirs_durable(parent)
         tmp = posixpath.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(full)}")
         try:
             with self.fs.open_output_stream(tmp) as out:
@@ -412,7 +439,7 @@ class Store:
         if self.exists(dest):
             raise InputError(f"{dest} already exists in the store", kind="conflict", status=409)
         if self.local:
-            self.fs.create_dir(posixpath.dirname(self.path(dest)), recursive=True)
+            _make_dirs_durable(posixpath.dirname(self.path(dest)))
             self.fs.move(self.path(src), self.path(dest))
             _fsync_path(posixpath.dirname(self.path(dest)), directory=True)
             return
@@ -508,19 +535,49 @@ class Store:
         except FileNotFoundError:
             raise InputError(f"no job with id {jid!r}", kind="not_found", field="job_id", status=404) from None
 
-    def list_jobs(self) -> list[Job]:
-        """Every readable job, oldest first. A folder without ``job.json`` (creation interrupted) is
-        skipped; so is a ``job.json`` that is not a valid Job (damaged, or written by a rayrt
-        before the typed job contract), with a warning naming it."""
-        jobs = []
+    def scan_jobs(self) -> tuple[list[Job], list[UnreadableJob]]:
+        """Every readable job, oldest first, and every job record that could not be read (a damaged
+        or unreadable ``job.json``, or one written by an incompatible rayrt) with the reason; the
+        quarantined ones (:meth:`quarantine_job`) are listed too. A folder without ``job.json``
+        (creation interrupted) is neither."""
+        jobs, bad = [], []
         for jid in self.list_dirs("jobs"):
             try:
                 jobs.append(self.get_job(jid))
             except InputError:
                 continue
-            except ValidationError as exc:
-                log.warning("store: jobs/%s/job.json is not a readable job, skipped: %s", jid, str(exc).splitlines()[0])
-        return sorted(jobs, key=lambda j: j.created_at)
+            except (ValidationError, ValueError, OSError) as exc:
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                log.warning("store: jobs/%s/job.json is not a readable job: %s", jid, reason)
+                bad.append(UnreadableJob(job_id=jid, reason=reason))
+        for name in self.list_dirs(QUARANTINE):
+            try:
+                bad.append(self.read_model(f"{QUARANTINE}/{name}/{QUARANTINE_NOTE}", UnreadableJob))
+            except (ValidationError, ValueError, OSError):
+                bad.append(UnreadableJob(job_id=name, reason="quarantined", quarantined_to=f"{QUARANTINE}/{name}"))
+        return sorted(jobs, key=lambda j: j.created_at), bad
+
+    def list_jobs(self) -> list[Job]:
+        """Every readable job, oldest first (:meth:`scan_jobs` also names the unreadable ones)."""
+        return self.scan_jobs()[0]
+
+    def quarantine_job(self, bad: UnreadableJob) -> UnreadableJob:
+        """Move an unreadable job's folder out of ``jobs/`` into ``quarantine/jobs/<id>-<time>/`` with
+        a note of why, so that it never blocks recovery again and nothing of it is lost."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        dest = f"{QUARANTINE}/{check_id(bad.job_id, 'job')}-{stamp}"
+        note = bad.model_copy(update={"quarantined_to": dest})
+        if self.local:
+            _make_dirs_durable(self.path(QUARANTINE))
+            self.fs.move(self.path("jobs", bad.job_id), self.path(dest))
+            _fsync_path(self.path(QUARANTINE), directory=True)
+        else:
+            for f, _ in self.list_files(f"jobs/{bad.job_id}"):
+                self.fs.copy_file(self.path("jobs", bad.job_id, f), self.path(dest, f))
+            self.delete_dir(f"jobs/{bad.job_id}")
+        self.write_json(f"{dest}/{QUARANTINE_NOTE}", note)
+        log.error("store: job %s quarantined to %s: %s", bad.job_id, dest, bad.reason)
+        return note
 
     # ------------------------------------------------------------------ stage results
     def stage_path(self, job_id: str, stage: str, name: str = "") -> str:

@@ -33,6 +33,7 @@ class StructuresResponse(BaseModel):
     changed: list[Any] = Field(description="StructureSummary of every structure made, changed or deleted")
     structures: list[Any] = Field(description="every structure of the patient after the operation")
     operation_id: str
+    structure_version: int = Field(description="the structure set's version after the operation")
 
 
 def load_structure_set(store: Store, patient_id: str) -> StructureSet:
@@ -44,8 +45,9 @@ def load_structure_set(store: Store, patient_id: str) -> StructureSet:
     return ss
 
 
-def save_structure_set(store: Store, patient_id: str, ss: StructureSet) -> PatientSummary:
-    """Write every structure of ``ss`` as the patient's structures (commit point: structures.json)."""
+def save_structure_set(store: Store, patient_id: str, ss: StructureSet, version: int | None = None) -> PatientSummary:
+    """Write every structure of ``ss`` as the patient's structures (commit point: structures.json);
+    ``version``: the structure version they get (default: one more than stored)."""
     pid = check_id(patient_id, "patient")
     batch = uuid.uuid4().hex[:8]
     stored: list[StoredMask] = []
@@ -57,7 +59,9 @@ def save_structure_set(store: Store, patient_id: str, ss: StructureSet) -> Patie
     old = {d["file"] for d in store.read_json(f"patients/{pid}/structures.json")}
     store.write_json(f"patients/{pid}/structures.json", [m.model_dump(mode="json") for m in stored])
     store.write_json(f"patients/{pid}/{LOG_FILE}", ss.log())
-    summary = store.get_patient(pid).model_copy(update={"structures": [m.structure for m in stored]})
+    before = store.get_patient(pid)
+    version = before.structure_version + 1 if version is None else version
+    summary = before.model_copy(update={"structures": [m.structure for m in stored], "structure_version": version})
     store.write_json(f"patients/{pid}/patient.json", summary)
     for f in old - {m.file for m in stored}:  # masks no longer listed anywhere
         try:
@@ -67,18 +71,31 @@ def save_structure_set(store: Store, patient_id: str, ss: StructureSet) -> Patie
     return summary
 
 
-def apply_structure_request(store: Store, patient_id: str, request: Any, user: str = "") -> StructuresResponse:
+def apply_structure_request(
+    store: Store, patient_id: str, request: Any, user: str = "", expected_version: int | None = None
+) -> StructuresResponse:
     """Apply one delineation request (auto, grow, interpolate, margin, boolean, ring, polygons,
-    pet_threshold, edit) to a stored patient and store the result."""
+    pet_threshold, edit) to a stored patient and store the result. With ``expected_version``
+    (the structure version the client edited from) a structure set changed since is refused (409)."""
     req = request if isinstance(request, BaseModel) else parse_request(request)  # 422 before any load
+    current = store.get_patient(patient_id).structure_version
+    if expected_version is not None and expected_version != current:
+        raise InputError(
+            f"the structures of patient {patient_id} changed since version {expected_version} (now "
+            f"{current}): reload them and apply the edit again",
+            kind="conflict",
+            field="If-Match",
+            status=409,
+        )
     ss = load_structure_set(store, patient_id)
     changed = ss.apply(req, user=user)
-    save_structure_set(store, patient_id, ss)
+    summary = save_structure_set(store, patient_id, ss, version=current + 1)
     return StructuresResponse(
         patient_id=patient_id,
         changed=[c.model_dump(mode="json") for c in changed],
         structures=[s.model_dump(mode="json") for s in ss.summaries()],
         operation_id=ss.history[-1].id,
+        structure_version=summary.structure_version,
     )
 
 

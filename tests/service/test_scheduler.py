@@ -57,8 +57,14 @@ def test_restart_runs_unfinished_jobs_by_priority_then_age(private_scheduler):
     }
     for j in jobs.values():
         store.create_job(j)
+    store.write_bytes("jobs/damaged00001/job.json", b'{"id": "damaged00001", "patient_id": ')  # torn write
     sched = start()  # finds three unfinished jobs in the store, queues them, runs them one at a time
     assert ray.get(sched.wait_idle.remote(120))
+    # the damaged record did not stop the recovery: it was moved aside with the reason
+    assert not store.exists("jobs/damaged00001")
+    [bad] = store.scan_jobs()[1]
+    assert bad.job_id == "damaged00001" and "ValidationError" in bad.reason
+    assert bad.quarantined_to and store.exists(f"{bad.quarantined_to}/job.json")
     runs = {k: store.get_job(j.id) for k, j in jobs.items()}
     assert all(runs[k].state is JobState.succeeded for k in ("low-old", "high-new", "high-old"))
     order = sorted(("low-old", "high-new", "high-old"), key=lambda k: runs[k].started_at)
