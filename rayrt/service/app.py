@@ -66,6 +66,8 @@ from rayrt.domain.order import MedicalOrder
 from rayrt.domain.planning import PlanningRequest, planning_request
 from rayrt.pipeline import check_request, validate_order
 from rayrt.pipeline.export import ExportResult
+from rayrt.service.admission import AdmissionMiddleware, AdmissionPolicy
+from rayrt.service.admission import set_policy as set_admission
 from rayrt.service.audit import AuditCheck, AuditEntry, AuditQuery, AuditRecord
 from rayrt.service.audit_http import AuditMiddleware, note, set_sink
 from rayrt.service.audit_log import get_or_create_audit_log
@@ -147,6 +149,7 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 api.add_middleware(AuthMiddleware)  # 401 before anything else for a non-public path without a valid token (auth)
 api.add_middleware(AuditMiddleware)  # one audit record per answered request, denied ones included (audit_http)
+api.add_middleware(AdmissionMiddleware)  # bounded requests / progress streams per replica, 429 beyond (admission)
 api.add_middleware(GuardMiddleware)  # outermost: host / cross-site / body-size checks, security headers (http_guard)
 
 #: the one rule of each route (rayrt.service.auth.requires)
@@ -254,7 +257,7 @@ STATUS_REVALIDATE_S = 5.0
 api.include_router(web_router)  # the web view (/ui); included before @serve.ingress freezes the app
 
 
-@serve.deployment(name="rayrt-ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
+@serve.deployment(name="rayrt-ingress", ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Ingress:
     """The ingress replica: validates requests, writes the store, hands jobs to the scheduler."""
@@ -268,6 +271,7 @@ class Ingress:
         )
         self.store = Store(self.settings.data_dir)
         check_bind(settings.host, settings.auth)
+        set_admission(AdmissionPolicy.of(settings))
         self.users = UserStore(self.store)
         self.keys = IdempotencyStore(self.store)
         self._key_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
@@ -577,9 +581,19 @@ class Ingress:
         return job
 
     @api.get("/jobs", response_model=JobList, dependencies=CLINICIAN)
-    def list_jobs(self) -> JobList:
+    def list_jobs(self, limit: int = Query(default=500, ge=1, le=1000), after: str | None = None) -> JobList:
+        """Jobs oldest first, ``limit`` at a time: the next page starts ``after`` the last job's id
+        (``next_after``; None on the last page)."""
         jobs, unreadable = self.store.scan_jobs()
-        return JobList(jobs=jobs, unreadable=unreadable)
+        start = 0
+        if after is not None:
+            ids = [j.id for j in jobs]
+            if after not in ids:
+                raise InputError(f"no job {after!r} to page after", kind="request", field="after", status=422)
+            start = ids.index(after) + 1
+        page = jobs[start : start + limit]
+        more = start + limit < len(jobs)
+        return JobList(jobs=page, unreadable=unreadable, next_after=page[-1].id if more and page else None)
 
     @api.get("/jobs/{job_id}", response_model=Job, dependencies=CLINICIAN)
     async def get_job(self, job_id: str) -> Response:
@@ -860,8 +874,9 @@ class Ingress:
 
 
 def build_app(settings: ServiceSettings) -> Any:
-    """The Serve application (``serve.run(build_app(settings))``)."""
-    return Ingress.bind(settings)
+    """The Serve application (``serve.run(build_app(settings))``); Serve's own per-replica limit
+    above the admission limits, so that the replica answers 429 rather than Serve queueing."""
+    return Ingress.options(max_ongoing_requests=AdmissionPolicy.of(settings).serve_max_ongoing).bind(settings)
 
 
 def app_builder(args: dict) -> Any:

@@ -93,6 +93,7 @@ class JobList(BaseModel):
     unreadable: list[UnreadableJob] = Field(
         default_factory=list, description="job records that could not be read: never blocking the others"
     )
+    next_after: str | None = Field(default=None, description="the cursor of the next page (?after=), None on the last")
 
 
 class PlanEntry(MachineSummary):

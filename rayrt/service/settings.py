@@ -81,6 +81,15 @@ class ServiceSettings(BaseModel):
     progress_interval_s: float = Field(
         default=0.5, ge=0, description="least time between two progress writes of one job"
     )
+    max_concurrent_requests: int = Field(
+        default=128, ge=1, description="requests in progress per replica; beyond: 429 (rayrt.service.admission)"
+    )
+    max_event_streams: int = Field(
+        default=256, ge=1, description="open progress streams (GET /jobs/{id}/events) per replica; beyond it 429"
+    )
+    request_timeout_s: float = Field(
+        default=600.0, gt=0, description="a request not answered within this is stopped with 503 (streams excepted)"
+    )
     scheduler_name: str = Field(
         default=SCHEDULER_NAME,
         pattern=r"^[A-Za-z0-9_.-]+$",

@@ -308,7 +308,7 @@ def _headers(url: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {_TOKENS[url]}"}
 
 
-def _start_service(data_dir: Path, computers: int = 1):
+def _start_service(data_dir: Path, computers: int = 1, **overrides):
     import ray
 
     from rayrt.service import runtime
@@ -325,6 +325,7 @@ def _start_service(data_dir: Path, computers: int = 1):
         controlled_computers=computers,
         controlled_computer_cpus=0.0,
         progress_interval_s=0.2,
+        **overrides,
     )
     t = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")

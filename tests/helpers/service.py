@@ -6,7 +6,17 @@ import time
 
 from helpers.http import http
 
-__all__ = ["wait_job"]
+__all__ = ["stored_files", "wait_job"]
+
+
+def stored_files(data_dir: str) -> list[tuple[str, int]]:
+    """(path, size) of every file in a store but its audit trail, which records refused requests
+    too (by design): what "a rejected request changes nothing stored" compares."""
+    from pathlib import Path
+
+    root = Path(data_dir)
+    files = (p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != "audit")
+    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in files)
 
 
 def wait_job(url: str, job_id: str, timeout_s: float = 120.0) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers.http import http
-from helpers.service import wait_job
+from helpers.service import stored_files, wait_job
 from helpers.study import zip_dir
 
 pytestmark = pytest.mark.ray
@@ -18,11 +18,6 @@ pytestmark = pytest.mark.ray
 def _upload_zip(url: str, zip_path: Path) -> httpx.Response:
     with open(zip_path, "rb") as fh:
         return http.post(f"{url}/patients", files=[("files", (zip_path.name, fh, "application/zip"))], timeout=120)
-
-
-def _snapshot(data_dir: str) -> list[tuple[str, int]]:
-    root = Path(data_dir)
-    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +129,7 @@ def _foreign_for(small_study_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_bad_uploads_are_4xx_json_and_change_nothing(serve_app, serve_settings, patient, small_study_dir, tmp_path):
-    before = _snapshot(serve_settings.data_dir)
+    before = stored_files(serve_settings.data_dir)
     cases = {
         "no files": http.post(f"{serve_app}/patients", data={"note": "nothing"}, timeout=60),
         "not multipart": http.post(f"{serve_app}/patients", content=b"hello", timeout=60),
@@ -159,12 +154,12 @@ def test_bad_uploads_are_4xx_json_and_change_nothing(serve_app, serve_settings, 
     assert "frame of reference" in cases["foreign frame of reference"].json()["message"]
     assert cases["30 m series"].status_code == 422 and "spans" in cases["30 m series"].json()["message"]
     assert "/tmp" not in cases["not dicom"].json().get("field", "")
-    assert _snapshot(serve_settings.data_dir) == before
+    assert stored_files(serve_settings.data_dir) == before
     assert not (Path(serve_settings.data_dir).parent / "outside.dcm").exists()
 
 
 def test_bad_jobs_are_4xx_json_and_change_nothing(serve_app, serve_settings, patient, small_order):
-    before = _snapshot(serve_settings.data_dir)
+    before = stored_files(serve_settings.data_dir)
     unknown = {**small_order, "objectives": [{"structure": "Rectum", "kind": "max_dose", "dose_gy": 40}]}
     negative = {**small_order, "prescription": {"target": "PTV", "total_dose_gy": -60}}
     neg_obj = {**small_order, "objectives": [{"structure": "PTV", "kind": "min_dose", "dose_gy": -1}]}
@@ -229,7 +224,7 @@ def test_bad_jobs_are_4xx_json_and_change_nothing(serve_app, serve_settings, pat
         if field:
             assert body.get("field") == field, (name, body)
     assert "Rectum" in cases["unknown structure"][0].json()["message"]
-    assert _snapshot(serve_settings.data_dir) == before
+    assert stored_files(serve_settings.data_dir) == before
     for path in ("/jobs/nope", "/patients/nope", "/jobs/nope/results", "/patients/..%2F..%2Fetc"):
         r = http.get(f"{serve_app}{path}")
         assert r.status_code == 404 and r.json()["error"] == "not_found", (path, r.text)

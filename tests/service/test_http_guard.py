@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from helpers.http import http
+from helpers.service import stored_files
 
 from rayrt.domain.errors import InputError
 from rayrt.service.http_guard import GuardPolicy, check_request, host_name, require_json
@@ -62,9 +63,7 @@ def test_json_bodies_only():
 
 @pytest.mark.ray
 def test_the_service_refuses_cross_site_writes_and_foreign_hosts(serve_app, serve_settings, small_study_zip):
-    from pathlib import Path
-
-    before = sorted(str(p) for p in Path(serve_settings.data_dir).rglob("*") if p.is_file())
+    before = stored_files(serve_settings.data_dir)
     # a page on another site posting a patient (a simple multipart form needs no pre-flight)
     with open(small_study_zip, "rb") as fh:
         r = http.post(
@@ -88,8 +87,7 @@ def test_the_service_refuses_cross_site_writes_and_foreign_hosts(serve_app, serv
     # DNS rebinding: the right address under a foreign name
     r = http.get(f"{serve_app}/jobs", headers={"Host": "rebind.attacker.example"})
     assert r.status_code == 400 and r.json()["error"] == "host"
-    after = sorted(str(p) for p in Path(serve_settings.data_dir).rglob("*") if p.is_file())
-    assert after == before  # nothing stored changed
+    assert stored_files(serve_settings.data_dir) == before  # nothing stored changed
 
 
 @pytest.mark.ray
