@@ -48,12 +48,16 @@ def policy():
     set_policy(AdmissionPolicy())
 
 
+def _client(release: asyncio.Event, **limits) -> httpx.AsyncClient:
+    """A client of the small app under the admission policy ``limits``."""
+    set_policy(AdmissionPolicy(**limits))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=_app(release)), base_url="http://t")
+
+
 def test_requests_beyond_the_bound_get_429_and_health_still_answers(policy):
     async def run():
-        set_policy(AdmissionPolicy(max_requests=2, max_streams=1, request_timeout_s=30))
         release = asyncio.Event()
-        transport = httpx.ASGITransport(app=_app(release))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with _client(release, max_requests=2, max_streams=1, request_timeout_s=30) as c:
             held = [asyncio.create_task(c.get("/slow")) for _ in range(2)]
             await asyncio.sleep(0.05)
             busy = await c.get("/slow")
@@ -69,10 +73,8 @@ def test_requests_beyond_the_bound_get_429_and_health_still_answers(policy):
 
 def test_progress_streams_are_counted_apart(policy):
     async def run():
-        set_policy(AdmissionPolicy(max_requests=1, max_streams=1, request_timeout_s=30))
         release = asyncio.Event()
-        transport = httpx.ASGITransport(app=_app(release))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with _client(release, max_requests=1, max_streams=1, request_timeout_s=30) as c:
             stream = asyncio.create_task(c.get("/jobs/j1/events"))
             await asyncio.sleep(0.05)
             second = await c.get("/jobs/j1/events")
@@ -87,9 +89,8 @@ def test_progress_streams_are_counted_apart(policy):
 
 def test_a_request_past_its_timeout_is_stopped_with_503(policy):
     async def run():
-        set_policy(AdmissionPolicy(max_requests=4, max_streams=1, request_timeout_s=0.2))
-        transport = httpx.ASGITransport(app=_app(asyncio.Event()))  # never released
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        never = asyncio.Event()  # the slow route is never released
+        async with _client(never, max_requests=4, max_streams=1, request_timeout_s=0.2) as c:
             r = await c.get("/slow")
             assert r.status_code == 503 and r.json()["error"] == "timeout"
             assert (await c.get("/health")).status_code == 200
