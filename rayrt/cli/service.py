@@ -217,6 +217,9 @@ def status_cmd(
 def results_cmd(
     job_id: str = typer.Argument(..., help="job id"),
     out: Path = typer.Option(..., "--out", help="folder to download the result files into"),
+    deidentify: bool = typer.Option(
+        False, "--deidentify", help="de-identified files (DICOM PS3.15 Basic Profile, UIDs remapped consistently)"
+    ),
     server: Optional[str] = typer.Option(None, "--server", help=_SERVER_HELP),
 ) -> None:
     """Download every result file of a job into OUT/<stage>/<file>."""
@@ -230,7 +233,8 @@ def results_cmd(
             if out not in target.parents:  # the server names files; never write outside OUT
                 raise RayrtError(f"server sent an unsafe result path {f['path']!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            data = _call(client, "GET", f"/jobs/{job_id}/results/{f['path']}").content
+            params = {"deidentify": "true"} if deidentify else None
+            data = _call(client, "GET", f"/jobs/{job_id}/results/{f['path']}", params=params).content
             tmp = target.with_name(target.name + ".part")
             tmp.write_bytes(data)
             tmp.replace(target)

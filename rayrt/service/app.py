@@ -80,6 +80,7 @@ from rayrt.service.auth import (
     requires,
     set_authenticator,
 )
+from rayrt.service.deidentification import deidentify_file, patient_key
 from rayrt.service.http_guard import GuardMiddleware, GuardPolicy, require_json, set_policy
 from rayrt.service.idempotency import HEADER as IDEMPOTENCY_HEADER
 from rayrt.service.idempotency import IdempotencyStore, check_key
@@ -537,8 +538,11 @@ class Ingress:
         return structure_log(self.store, patient_id, name)
 
     @api.get("/patients/{patient_id}/rtstruct", dependencies=CLINICIAN)
-    def get_rtstruct(self, patient_id: str) -> Response:
+    def get_rtstruct(self, patient_id: str, deidentify: bool = False) -> Response:
+        """Every structure as an RTSTRUCT file (``?deidentify=true``: PS3.15 Basic Profile)."""
         data = structures_rtstruct(self.store, patient_id)
+        if deidentify:
+            data = deidentify_file("rtstruct.dcm", data, patient_key(self.store, patient_id))
         return Response(
             content=data,
             media_type="application/dicom",
@@ -635,8 +639,13 @@ class Ingress:
         return JobResults(job_id=job.id, state=job.state.value, files=self.store.list_results(job_id))
 
     @api.get("/jobs/{job_id}/results/{path:path}", dependencies=CLINICIAN)
-    def get_result(self, job_id: str, path: str) -> Response:
+    def get_result(self, job_id: str, path: str, deidentify: bool = False) -> Response:
+        """One result file; ``?deidentify=true``: de-identified with the patient's key (DICOM: the
+        PS3.15 Basic Profile; JSON: patient ids, names and UIDs; rayrt.service.deidentification)."""
         data = self.store.read_result(job_id, path)
+        if deidentify:
+            key = patient_key(self.store, self.store.get_job(job_id).patient_id)
+            data = deidentify_file(path, data, key)
         media = mimetypes.guess_type(path)[0] or (
             "application/json" if path.endswith(".json") else "application/octet-stream"
         )
@@ -720,7 +729,7 @@ class Ingress:
         )
 
     @api.get("/jobs/{job_id}/plans/{machine}/{kind}", dependencies=CLINICIAN)
-    def job_plan_file(self, job_id: str, machine: str, kind: str) -> Response:
+    def job_plan_file(self, job_id: str, machine: str, kind: str, deidentify: bool = False) -> Response:
         """One machine's RTPLAN, RTDOSE, the RTSTRUCT, its QA report (JSON), its DVH rows (CSV) or its plan (JSON)."""
         self.job_plan(job_id, machine)
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in machine)
@@ -747,7 +756,7 @@ class Ingress:
                 field="kind",
                 status=404,
             )
-        return self.get_result(job_id, paths[kind])
+        return self.get_result(job_id, paths[kind], deidentify)
 
     def _standard_name(self, job_id: str) -> str:
         return self._summary(job_id).machines[0].machine

@@ -109,10 +109,17 @@ def interactive_priority() -> list[int]:
 #:   lookup by the replica per request). Measured on 2 cores: the proxy's and the replica's CPU per
 #:   ``GET /jobs/{id}`` fall from about 3.0 + 2.8 ms to 1.8 + 1.7 ms, the saturated status throughput
 #:   rises about 1.5x (scripts/bench/service.py, part c).
+#: * ``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=2147483647``: on that path the proxy refuses a
+#:   message from the replica over gRPC's default 4 MiB, and the replica sends an answer's queued
+#:   body pieces as one message: without it a 15 MB result file (a Dij) or a large RTDOSE answered
+#:   500. gRPC's largest message (2 GiB - 1) instead.
 #:
 #: :func:`init_ray` applies them (unless already set) when it starts the embedded Ray; a cluster
 #: that rayrt joins (``ray_address`` not ``local``) needs them in its nodes' environment.
-SERVE_ENV_DEFAULTS: dict[str, str] = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
+SERVE_ENV_DEFAULTS: dict[str, str] = {
+    "RAY_SERVE_PROXY_USE_GRPC": "1",
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "2147483647",
+}
 
 
 def ray_env_defaults() -> None:

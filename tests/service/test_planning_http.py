@@ -228,3 +228,46 @@ def test_a_goal_order_over_http(serve_app, small_study_zip, fast_planning):
     assert [(g["structure"], g["rank"]) for g in goals] == [("Core", 1), ("PTV", 2), ("PTV", 3)]
     assert all(g["value"] is not None for g in goals)
     assert next(g for g in goals if g["metric"] == "D95")["met"]  # the normalisation gives D95 = 50 Gy
+
+
+def test_deidentified_downloads_keep_the_set_consistent(serve_app, planned_job, tmp_path, capsys):
+    """?deidentify=true (issue 15, item 8): every file of the set de-identified with one mapping,
+    across separate downloads; rayrt results --deidentify the same."""
+    import io
+
+    from rayrt.cli.app import run
+
+    jid, pid = planned_job["id"], planned_job["patient_id"]
+    base = f"{serve_app}/jobs/{jid}/plans/standard"
+
+    def dicom(url: str, deid: bool) -> pydicom.Dataset:
+        r = http.get(url, params={"deidentify": "true"} if deid else None, timeout=60)
+        assert r.status_code == 200, r.text
+        return pydicom.dcmread(io.BytesIO(r.content))
+
+    orig = {k: dicom(f"{base}/{k}", False) for k in ("rtplan", "rtdose", "rtstruct")}
+    deid = {k: dicom(f"{base}/{k}", True) for k in ("rtplan", "rtdose", "rtstruct")}
+    plan, dose, rs = deid["rtplan"], deid["rtdose"], deid["rtstruct"]
+    assert dose.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == plan.SOPInstanceUID
+    assert plan.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == rs.SOPInstanceUID
+    assert plan.FrameOfReferenceUID == dose.FrameOfReferenceUID == rs.FrameOfReferenceUID
+    assert plan.StudyInstanceUID == dose.StudyInstanceUID == rs.StudyInstanceUID
+    for k, ds in deid.items():
+        o = orig[k]
+        assert ds.PatientIdentityRemoved == "YES" and ds.PatientID == plan.PatientID != o.PatientID
+        assert ds.SOPInstanceUID != o.SOPInstanceUID and ds.StudyInstanceUID != o.StudyInstanceUID
+        assert str(o.PatientName) not in str(ds) and o.FrameOfReferenceUID not in str(ds)
+    assert plan.BeamSequence[0].TreatmentMachineName == orig["rtplan"].BeamSequence[0].TreatmentMachineName
+    assert dicom(f"{base}/rtplan", True).SOPInstanceUID == plan.SOPInstanceUID, "the same mapping every download"
+    patient_rs = dicom(f"{serve_app}/patients/{pid}/rtstruct", True)
+    assert patient_rs.FrameOfReferenceUID == rs.FrameOfReferenceUID and patient_rs.PatientID == plan.PatientID
+    plan_json = http.get(f"{base}/plan", params={"deidentify": "true"}, timeout=30).text
+    assert orig["rtplan"].PatientID not in plan_json
+
+    out = tmp_path / "results"  # every result file, the 15 MB Dij too (over 4 MiB: Serve's gRPC path limit)
+    assert run(["results", jid, "--out", str(out), "--deidentify", "--server", serve_app]) == 0
+    assert (out / "dij" / "dij.npz").stat().st_size > 4 * 2**20
+    capsys.readouterr()
+    files = sorted(out.rglob("*.dcm"))
+    assert files and all(pydicom.dcmread(f).PatientIdentityRemoved == "YES" for f in files)
+    assert all(orig["rtplan"].PatientID.encode() not in f.read_bytes() for f in out.rglob("*") if f.is_file())
