@@ -19,10 +19,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 
@@ -30,7 +31,10 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.patient import Structure, StructureKind
 from rayrt.imaging.volume import Grid, Volume, as_mat3, as_vec3
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 __all__ = [
+    "damaged_input",
     "DicomFile",
     "RoiContours",
     "RTStructData",
@@ -142,6 +146,34 @@ def _check_inflated_size(path: Path) -> None:
                 pending = inflater.unconsumed_tail
         except zlib.error as exc:
             raise InputError(f"{path.name} is a damaged deflated DICOM file: {exc}", kind="dicom") from None
+
+
+def damaged_input(what: str, kind: str = "dicom") -> Callable[[F], F]:
+    """Decorate a reader of a file or folder (its first argument): any exception but InputError that
+    the data provokes (pydicom parses lazily: a damaged value raises where it is read, as a
+    ValueError, AttributeError, TypeError, NotImplementedError...) becomes one InputError 422
+    naming the file and what was wrong, so that a damaged upload is a clear refusal, never a crash.
+    Found by fuzzing (tests/imaging/test_fuzz.py keeps each crasher)."""
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(source: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(source, *args, **kwargs)
+            except InputError:
+                raise
+            except Exception as exc:
+                name = Path(source).name if isinstance(source, (str, Path)) else what
+                raise InputError(
+                    f"cannot read {what} {name}: it is damaged or incomplete ({type(exc).__name__}: {str(exc)[:200]})",
+                    kind=kind,
+                    field=name,
+                    status=422,
+                ) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
 
 
 def read_dicom(path: str | Path, stop_before_pixels: bool = False):
@@ -576,6 +608,7 @@ def _contour_data(item) -> np.ndarray | None:
     return np.asarray([float(v) for v in data], dtype=np.float64)
 
 
+@damaged_input("the RTSTRUCT", "rtstruct")
 def read_rtstruct(path: str | Path) -> RTStructData:
     """Parse an RT Structure Set into polygons per ROI (no image needed)."""
     path = Path(path)
@@ -658,6 +691,7 @@ def check_frame_of_reference(what: str, uid: str | None, expected: str | None, e
 
 
 # --------------------------------------------------------------------------------- RTDOSE
+@damaged_input("the RTDOSE", "rtdose")
 def read_rtdose(path: str | Path, warnings: list[str] | None = None) -> Volume:
     """An RT Dose file as a Volume of dose in Gy (quantity ``dose_gy``)."""
     path = Path(path)

@@ -67,6 +67,7 @@ import numpy as np
 from rayrt.domain.errors import InputError
 from rayrt.domain.machine import MachineModel
 from rayrt.domain.plan import Beam, Plan, Segment
+from rayrt.imaging.dicom_io import damaged_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom.dataset import Dataset
@@ -655,6 +656,7 @@ def _effective_leaves(
     return x1, x2
 
 
+@damaged_input("the RTPLAN", "rtplan")
 def read_rtplan(
     source: "str | Path | Dataset", machines: Sequence[MachineModel] | dict[str, MachineModel]
 ) -> ImportedPlan:

@@ -23,6 +23,7 @@ from rayrt.imaging.archive import safe_extract_zip
 from rayrt.imaging.dicom_io import (
     IMAGE_MODALITIES,
     check_frame_of_reference,
+    damaged_input,
     read_image_series,
     read_rtdose,
     read_rtstruct,
@@ -215,6 +216,7 @@ def load_study(path: str | Path) -> Study:
     return study
 
 
+@damaged_input("the study")
 def _load(path: Path, files: list[Path], source: Path) -> Study:
     if not files:
         raise InputError(f"{path} holds no files; give a folder or .zip of DICOM files", kind="dicom")
