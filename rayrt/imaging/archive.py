@@ -73,7 +73,9 @@ def safe_extract_zip(
         infos = zf.infolist()
         if len(infos) > max_files:
             raise InputError(
-                f"{zip_path.name} holds {len(infos)} members, more than the limit of {max_files}", kind="zip"
+                f"{zip_path.name} holds {len(infos)} members, more than the limit of {max_files}",
+                kind="zip",
+                status=413,
             )
         plan: list[tuple[zipfile.ZipInfo, Path]] = []
         total = 0

@@ -81,7 +81,7 @@ from rayrt.service.auth import (
     set_authenticator,
 )
 from rayrt.service.deidentification import deidentify_file, patient_key
-from rayrt.service.http_guard import GuardMiddleware, GuardPolicy, require_json, set_policy
+from rayrt.service.http_guard import BodyTooLarge, GuardMiddleware, GuardPolicy, require_json, set_policy
 from rayrt.service.idempotency import HEADER as IDEMPOTENCY_HEADER
 from rayrt.service.idempotency import IdempotencyStore, check_key
 from rayrt.service.intake import import_upload, upload_digest
@@ -475,6 +475,8 @@ class Ingress:
     async def create_patient(self, request: Request) -> PatientSummary:
         try:
             form = await request.form(max_files=self.settings.max_upload_files, max_fields=1000)
+        except BodyTooLarge:  # answered 413 by the guard
+            raise
         except Exception as exc:  # malformed multipart, or not multipart at all
             raise InputError(
                 f"expected a multipart/form-data upload with DICOM files or a zip: {exc}",

@@ -15,7 +15,11 @@ Three checks close this, before any route runs:
   files) is refused; without ``Origin``, ``Sec-Fetch-Site: cross-site`` / ``same-site`` is
   refused. Clients that are not browsers (the CLI, scripts) send neither header and pass.
 * **Body size**: a body larger than :attr:`GuardPolicy.max_body_bytes` is refused (413) from its
-  declared ``Content-Length`` before it is read, or as soon as a streamed body passes the limit.
+  declared ``Content-Length`` before it is read, or as soon as a streamed body passes the limit;
+  a body without a declared length (``Transfer-Encoding: chunked``) is refused (411): Serve's
+  HTTP proxy reads such a body into memory as fast as it arrives (a 600 MB one grew the proxy
+  and the replica by 700-800 MB before the limit stopped it). Every HTTP client sends the length
+  of an upload (httpx, browsers' fetch with FormData).
 * **JSON bodies**: a route that parses a body as JSON refuses any other content type (415,
   :func:`require_json`): a cross-site form can send ``text/plain`` but never ``application/json``
   without the browser asking the service first (a CORS pre-flight, which it answers with no
@@ -37,6 +41,7 @@ from urllib.parse import urlsplit
 from rayrt.domain.errors import InputError
 
 __all__ = [
+    "BodyTooLarge",
     "current_policy",
     "set_policy",
     "GuardMiddleware",
@@ -126,6 +131,15 @@ def check_request(policy: GuardPolicy, method: str, headers: Mapping[str, str]) 
     declared = headers.get("content-length", "")
     if policy.max_body_bytes is not None and declared.isdigit() and int(declared) > policy.max_body_bytes:
         return 413, "too_large", _too_large(policy.max_body_bytes)
+    if not declared and "chunked" in headers.get("transfer-encoding", "").lower():
+        return (
+            411,
+            "length_required",
+            (
+                "send the request body with its Content-Length: a body of unstated length is refused "
+                "(Serve's HTTP proxy would buffer it whole before any limit applies)"
+            ),
+        )
     if method.upper() not in STATE_CHANGING:
         return None
     origin = headers.get("origin")
@@ -144,8 +158,9 @@ def _too_large(limit: int) -> str:
     return f"the request body is larger than this service accepts ({limit / 2**20:,.0f} MiB)"
 
 
-class _BodyTooLarge(Exception):
-    """A streamed body passed the policy's limit (raised from ``receive``)."""
+class BodyTooLarge(Exception):
+    """A streamed body passed the policy's limit (raised from ``receive``; a route that catches
+    errors of its body parser must let it through, to be answered 413)."""
 
 
 def require_json(content_type: str | None) -> None:
@@ -214,7 +229,7 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if limit is not None and received > limit:
-                    raise _BodyTooLarge
+                    raise BodyTooLarge
             return message
 
         async def send_tracked(message: dict) -> None:
@@ -224,7 +239,7 @@ class GuardMiddleware:
 
         try:
             await self.app(scope, receive_counted, send_tracked)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             if started:
                 raise
             await self._refuse(send_guarded, 413, "too_large", _too_large(int(limit or 0)))

@@ -43,7 +43,8 @@ def save_uploads(files: Iterable[tuple[str, BinaryIO]], dest: Path, max_files: i
     """Write uploaded ``(filename, stream)`` pairs under ``dest/files``; extract zips in place.
 
     File names are reduced to a safe base name with a numeric prefix (no client path is ever
-    used). Returns the folder to import. Raises InputError for an empty upload.
+    used). Returns the folder to import. Raises InputError for an empty upload, and 413 for more
+    than ``max_files`` files, the members of its zips included (counted before any is extracted).
     """
     root = dest / "files"
     root.mkdir(parents=True)
@@ -69,8 +70,9 @@ def save_uploads(files: Iterable[tuple[str, BinaryIO]], dest: Path, max_files: i
         if size == 0:
             target.unlink()
             continue
-        if _is_zip(target):
-            safe_extract_zip(target, slot / "unzipped")
+        if _is_zip(target):  # its members count against the upload's file limit, checked before extracting
+            extracted = safe_extract_zip(target, slot / "unzipped", max_files=max(max_files - count, 0))
+            count += len(extracted)
             target.unlink()
     if count == 0 or total == 0 or not any(p.is_file() for p in root.rglob("*")):
         raise InputError(

@@ -128,6 +128,15 @@ def _foreign_for(small_study_dir: Path, tmp_path: Path) -> Path:
     return zip_dir(d, tmp_path / "foreign.zip")
 
 
+def _many_members(tmp_path: Path, limit: int) -> Path:
+    """A zip of ``limit`` + 1 empty members: more files than one upload may bring."""
+    out = tmp_path / "many.zip"
+    with zipfile.ZipFile(out, "w") as z:
+        for i in range(limit + 1):
+            z.writestr(f"f{i:06d}.dcm", b"")
+    return out
+
+
 def test_bad_uploads_are_4xx_json_and_change_nothing(serve_app, serve_settings, patient, small_study_dir, tmp_path):
     before = stored_files(serve_settings.data_dir)
     cases = {
@@ -143,6 +152,7 @@ def test_bad_uploads_are_4xx_json_and_change_nothing(serve_app, serve_settings, 
         "missing slice": _upload_zip(serve_app, _missing_slice(small_study_dir, tmp_path)),
         "foreign frame of reference": _upload_zip(serve_app, _foreign_for(small_study_dir, tmp_path)),
         "30 m series": _upload_zip(serve_app, _thirty_metres(small_study_dir, tmp_path)),
+        "too many files in a zip": _upload_zip(serve_app, _many_members(tmp_path, serve_settings.max_upload_files)),
     }
     for name, r in cases.items():
         assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
@@ -153,6 +163,7 @@ def test_bad_uploads_are_4xx_json_and_change_nothing(serve_app, serve_settings, 
     assert cases["foreign frame of reference"].status_code == 422
     assert "frame of reference" in cases["foreign frame of reference"].json()["message"]
     assert cases["30 m series"].status_code == 422 and "spans" in cases["30 m series"].json()["message"]
+    assert cases["too many files in a zip"].status_code == 413  # counted before anything is extracted
     assert "/tmp" not in cases["not dicom"].json().get("field", "")
     assert stored_files(serve_settings.data_dir) == before
     assert not (Path(serve_settings.data_dir).parent / "outside.dcm").exists()

@@ -146,6 +146,8 @@ def test_body_limit_declared_and_streamed():
     assert status == 413 and b"too_large" in body
     status, _ = _asgi(policy, [b"x" * 10], {**host, "Content-Length": "5000000000"})  # refused before reading
     assert status == 413
+    status, body = _asgi(policy, [b"x" * 10], {**host, "Transfer-Encoding": "chunked"})  # no length stated
+    assert status == 411 and b"Content-Length" in body
 
 
 @pytest.mark.ray
@@ -162,4 +164,12 @@ def test_the_service_refuses_a_body_above_its_limit_before_reading_it(serve_app)
         )
         head = s.recv(4096).decode("latin-1")
     assert head.startswith("HTTP/1.1 413"), head[:200]
+    # a body of unstated length: Serve's proxy would buffer all of it before any limit applies
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall(
+            f"POST /patients HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/zip\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        head = s.recv(4096).decode("latin-1")
+    assert head.startswith("HTTP/1.1 411"), head[:200]
     assert http.get(f"{serve_app}/health").status_code == 200
