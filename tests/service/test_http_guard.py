@@ -157,19 +157,18 @@ def test_the_service_refuses_a_body_above_its_limit_before_reading_it(serve_app)
     from urllib.parse import urlsplit
 
     u = urlsplit(serve_app)
-    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
-        s.sendall(
-            f"POST /patients HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/zip\r\n"
-            "Content-Length: 5000000000\r\n\r\n".encode()
-        )
-        head = s.recv(4096).decode("latin-1")
+
+    def first_line(framing: str) -> str:
+        with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+            s.sendall(
+                f"POST /patients HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/zip\r\n"
+                f"{framing}\r\n\r\n".encode()
+            )
+            return s.recv(4096).decode("latin-1")
+
+    head = first_line("Content-Length: 5000000000")
     assert head.startswith("HTTP/1.1 413"), head[:200]
     # a body of unstated length: Serve's proxy would buffer all of it before any limit applies
-    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
-        s.sendall(
-            f"POST /patients HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/zip\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n".encode()
-        )
-        head = s.recv(4096).decode("latin-1")
+    head = first_line("Transfer-Encoding: chunked")
     assert head.startswith("HTTP/1.1 411"), head[:200]
     assert http.get(f"{serve_app}/health").status_code == 200
