@@ -84,7 +84,8 @@ from rayrt.service.deidentification import deidentify_file, patient_key
 from rayrt.service.http_guard import BodyTooLarge, GuardMiddleware, GuardPolicy, require_json, set_policy
 from rayrt.service.idempotency import HEADER as IDEMPOTENCY_HEADER
 from rayrt.service.idempotency import IdempotencyStore, check_key
-from rayrt.service.intake import import_upload, upload_digest
+from rayrt.service.import_task import import_remote
+from rayrt.service.intake import upload_digest
 from rayrt.service.machine_queues import get_or_create_registry
 from rayrt.service.models import (
     Heartbeat,
@@ -488,8 +489,10 @@ class Ingress:
         try:
             files = [(u.filename or "upload", u.file) for u in uploads]
 
-            async def create() -> PatientSummary:
-                summary = await run_in_threadpool(import_upload, self.store, files, self.settings.max_upload_files)
+            async def create() -> PatientSummary:  # the import itself runs in a Ray task, off this replica
+                summary = await import_remote(
+                    self.store, files, self.settings.max_upload_files, self.settings.import_options
+                )
                 note(request, patient_id=summary.id)
                 return summary
 

@@ -72,6 +72,11 @@ class ServiceSettings(BaseModel):
         default=1.0, ge=0, description="CPUs reserved by each ControlledComputer actor"
     )
     max_upload_files: int = Field(default=20000, ge=1, description="most files accepted in one patient upload")
+    import_options: dict = Field(
+        default_factory=lambda: {"num_cpus": 0},
+        description="Ray options of the task that imports an upload (rayrt.service.import_task); on a "
+        "cluster keep it off the head node, e.g. {num_cpus: 0, resources: {worker: 0.001}}",
+    )
     max_body_mb: float = Field(
         default=512.0,
         gt=0,

@@ -45,7 +45,7 @@ import re
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -213,18 +213,28 @@ class Store:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``data`` to ``rel`` atomically (see module doc)."""
+        self.write_stream(rel, io.BytesIO(data))
+
+    def write_stream(self, rel: str, stream: BinaryIO, chunk_bytes: int = 1 << 20) -> None:
+        """Copy a readable binary stream to ``rel`` atomically, ``chunk_bytes`` at a time (an upload
+        is never held in memory whole)."""
         full = self.path(rel)
         parent = posixpath.dirname(full)
+
+        def copy(out: Any) -> None:
+            while chunk := stream.read(chunk_bytes):
+                out.write(chunk)
+
         if not self.local:
             self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(full) as out:  # object stores publish on close
-                out.write(data)
+                copy(out)
             return
         _make_dirs_durable(parent)
         tmp = posixpath.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(full)}")
         try:
             with self.fs.open_output_stream(tmp) as out:
-                out.write(data)
+                copy(out)
             _fsync_path(tmp)
             self.fs.move(tmp, full)  # rename(2): atomic replace
         except BaseException:
@@ -234,6 +244,10 @@ class Store:
                 pass
             raise
         _fsync_path(parent, directory=True)
+
+    def open_stream(self, rel: str) -> Any:
+        """A readable binary stream of ``rel`` (``read(n)``, ``close()``; a context manager)."""
+        return self.fs.open_input_stream(self.path(rel))
 
     def read_bytes(self, rel: str) -> bytes:
         try:
