@@ -343,22 +343,24 @@ class LocalMachineQueue:
                 return b
         return None
 
-    def take_pending(self, reason: str) -> list[Booking]:
-        """Remove every active booking (oldest first) for re-planning elsewhere.
+    def take(self, job_id: str, reason: str) -> Booking | None:
+        """Remove the job's active booking for re-planning elsewhere (None when it has none, e.g.
+        taken already). It is marked ``moved`` with ``move_reason``; a copy is kept in
+        ``moved_out`` (the last few hundred) so the queue can say where its patients went."""
+        for i, b in enumerate(self._rec.bookings):
+            if b.job_id == job_id:
+                b.state = BookingState.moved
+                b.move_reason = reason
+                b.log(f"moved off {self.name}: {reason}")
+                del self._rec.bookings[i]
+                self._rec.moved_out = (self._rec.moved_out + [b])[-MOVED_LOG_LIMIT:]
+                self._save()
+                return b
+        return None
 
-        Each returned booking is marked ``moved`` with ``move_reason``; a copy is kept in
-        ``moved_out`` (the last few hundred) so the queue can say where its patients went.
-        """
-        taken = []
-        for b in self._rec.bookings:
-            b.state = BookingState.moved
-            b.move_reason = reason
-            b.log(f"moved off {self.name}: {reason}")
-            taken.append(b)
-        self._rec.bookings = []
-        self._rec.moved_out = (self._rec.moved_out + taken)[-MOVED_LOG_LIMIT:]
-        self._save()
-        return taken
+    def take_pending(self, reason: str) -> list[Booking]:
+        """Remove every active booking (oldest first) for re-planning elsewhere (:meth:`take`)."""
+        return [t for b in list(self._rec.bookings) if (t := self.take(b.job_id, reason)) is not None]
 
     def note_moved(self, job_id: str, moved_to: str | None) -> None:
         """Record where a moved-out booking went (``None``: nowhere usable)."""
@@ -410,11 +412,25 @@ class StatusChange(BaseModel):
     )
 
 
+class PlannedMove(BaseModel):
+    """A booking to move off a down machine, written before the move is made (write-ahead)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    job_id: str
+    target: str | None = Field(description="the machine chosen for it; None: no usable machine")
+    reason: str
+
+
 class RegistryRecord(BaseModel):
     """What the registry persists under ``machines/_registry``."""
 
     model_config = ConfigDict(extra="forbid")
 
+    moves: list[PlannedMove] = Field(
+        default_factory=list, description="moves decided but not yet done: replayed when the registry starts"
+    )
     unplaced: list[Booking] = Field(default_factory=list, description="moved bookings no usable machine could take")
     replan_errors: list[str] = Field(default_factory=list)
 
@@ -475,6 +491,11 @@ class MachineRegistry:
                 name, self.settings.slot_for(name), store=self._store
             )
         self._rec = _store_load(self._store, "machines/_registry", RegistryRecord) or RegistryRecord()
+        for move in list(self._rec.moves):  # a registry that stopped in the middle of moving bookings
+            try:
+                self._carry_out(move)
+            except Exception:
+                log.exception("machine registry: replaying the move of job %s off %s failed", move.job_id, move.source)
 
     # -- plumbing
     def set_replan_callback(self, callback: ReplanCallback | None) -> None:
@@ -610,6 +631,9 @@ class MachineRegistry:
         machine (then call :meth:`attach_plan`). Bookings no machine can take are kept in
         :meth:`unplaced` and reported to the callback with ``to_machine=None``.
 
+        Each move is written to the registry's record (:class:`PlannedMove`) before it is made and
+        dropped once done: a registry that stops in between replays it when it starts again.
+
         Returns the moved-out bookings, each with ``moved_to`` (None when unplaced) and
         ``move_reason``. Calling it again for the same machine moves nothing new.
         """
@@ -626,49 +650,68 @@ class MachineRegistry:
         what = status.cause.value if status.cause else status.state.value
         detail = f"{what}: {status.reason}" if status.reason else what
         reason = f"machine {name} {status.state.value} ({detail}) since {status.since.isoformat(timespec='seconds')}"
-        taken: list[Booking] = ray.get(q.take_pending.remote(reason))
+        pending: list[Booking] = ray.get(q.bookings.remote())
         moved: list[Booking] = []
-        for old in sorted(taken, key=lambda b: b.booked_at):
-            holders = {b.machine for b in self.bookings_of(old.job_id)}
+        for b in sorted(pending, key=lambda b: b.booked_at):
+            holders = {x.machine for x in self.bookings_of(b.job_id)}
             target: str | None
             try:
                 target = self.select(None, 1, None, exclude=sorted(holders | {name}))[0]
             except InputError:
                 target = None
-            if target is not None:
-                new = old.model_copy(deep=True)
-                new.fractions = old.pending_fractions
-                new.fractions_delivered = 0
-                new.plan_id = None
-                new.state = BookingState.converting
-                new.moved_from = name
-                new.moved_to = None
-                new.booked_at = utcnow()
-                new.log(f"re-routed from {name}: {reason}")
-                try:
-                    ray.get(self._queue(target).book.remote(new))
-                except InputError:  # the target went down meanwhile
+            move = PlannedMove(source=name, job_id=b.job_id, target=target, reason=reason)
+            self._rec.moves.append(move)
+            self._save()  # the decision is durable before anything moves: a restart replays it
+            old = self._carry_out(move)
+            if old is not None:
+                moved.append(old)
+        return moved
+
+    def _carry_out(self, move: PlannedMove) -> Booking | None:
+        """Make one planned move (idempotent, so that a restart can replay it): take the booking off
+        the source, book its remaining fractions on the target (state ``converting``, ``moved_from``
+        set), record where it went, ask for the re-plan, then drop the move from the record."""
+        q = self._queue(move.source)
+        old: Booking | None = ray.get(q.take.remote(move.job_id, move.reason))
+        if old is None:  # taken before a restart: the source's moved-out copy
+            old = next((b for b in reversed(ray.get(q.moved_out.remote())) if b.job_id == move.job_id), None)
+        target = move.target
+        if old is not None and target is not None:
+            new = old.model_copy(deep=True)
+            new.fractions = old.pending_fractions
+            new.fractions_delivered = 0
+            new.plan_id = None
+            new.state = BookingState.converting
+            new.moved_from = move.source
+            new.moved_to = None
+            new.booked_at = utcnow()
+            new.log(f"re-routed from {move.source}: {move.reason}")
+            try:
+                ray.get(self._queue(target).book.remote(new))
+            except InputError as exc:
+                if exc.kind != "booking":  # the target went down meanwhile (booked already: a replay)
                     target = None
-            ray.get(q.note_moved.remote(old.job_id, target))
+        ray.get(q.note_moved.remote(move.job_id, target))
+        if old is not None:
             old.moved_to = target
-            if target is None:
+            if target is None and all(u.job_id != old.job_id for u in self._rec.unplaced):
                 old.state = BookingState.unplaced
                 old.log("no usable machine to re-route to")
                 self._rec.unplaced.append(old)
-                self._save()
-            moved.append(old)
             self._notify(
                 ReplanRequest(
                     job_id=old.job_id,
                     patient_id=old.patient_id,
-                    from_machine=name,
+                    from_machine=move.source,
                     to_machine=target,
                     fractions=old.pending_fractions,
                     source_plan_id=old.plan_id,
-                    reason=reason,
+                    reason=move.reason,
                 )
             )
-        return moved
+        self._rec.moves = [m for m in self._rec.moves if m != move]
+        self._save()
+        return old
 
     def place_unplaced(self) -> list[Booking]:
         """Retry bookings that found no usable machine (runs when a machine becomes usable).

@@ -206,6 +206,49 @@ def test_registry_moves_bookings_when_machine_goes_down(ray_ready, tmp_path):
 
 
 @pytest.mark.ray
+def test_moves_decided_before_a_restart_are_replayed(ray_ready, tmp_path):
+    """A registry that stopped after writing its moves and before (or while) making them makes
+    them when it starts again: none lost, none made twice, each re-plan asked for."""
+    from rayrt.service.machine_queues import JsonFileStore, MachineRegistry, PlannedMove, RegistryRecord
+
+    reg = MachineRegistry(["TB1", "TB2", "VHD"], settings={"default_slot_minutes": 10}, data_dir=str(tmp_path))
+    reg.book("TB1", "jobA", "pA", 10, plan_id="planA")
+    reg.book("TB1", "jobB", "pB", 5, plan_id="planB")
+    reg.queue("TB1").set_status.remote("down", "malfunction", "power supply")  # the queue knows; nothing moved
+    ray_ready.get(reg.queue("TB1").take.remote("jobB", "machine TB1 down"))  # jobB's move was half made
+    reason = "machine TB1 down (malfunction: power supply)"
+    JsonFileStore(str(tmp_path)).save_json(
+        "machines/_registry",
+        RegistryRecord(
+            moves=[
+                PlannedMove(source="TB1", job_id="jobA", target="TB2", reason=reason),
+                PlannedMove(source="TB1", job_id="jobB", target="VHD", reason=reason),
+            ]
+        ),
+    )
+    for name in reg.names():
+        ray_ready.kill(reg.queue(name))
+
+    calls = []
+    slots = {"default_slot_minutes": 10}
+    reg2 = MachineRegistry(["TB1", "TB2", "VHD"], settings=slots, data_dir=str(tmp_path), replan_callback=calls.append)
+    try:
+        assert reg2.bookings("TB1") == []
+        assert [(b.job_id, b.fractions, b.moved_from) for b in reg2.bookings("TB2")] == [("jobA", 10, "TB1")]
+        assert [(b.job_id, b.fractions, b.moved_from) for b in reg2.bookings("VHD")] == [("jobB", 5, "TB1")]
+        assert sorted((c.job_id, c.to_machine, c.source_plan_id) for c in calls) == [
+            ("jobA", "TB2", "planA"),
+            ("jobB", "VHD", "planB"),
+        ]
+        assert JsonFileStore(str(tmp_path)).load_json("machines/_registry", RegistryRecord).moves == []
+        reg3 = MachineRegistry(["TB1", "TB2", "VHD"], settings={"default_slot_minutes": 10}, data_dir=str(tmp_path))
+        assert len(reg3.bookings("TB2")) == 1 and len(reg3.bookings("VHD")) == 1, "nothing replayed twice"
+    finally:
+        for name in reg2.names():
+            ray_ready.kill(reg2.queue(name))
+
+
+@pytest.mark.ray
 def test_unplaced_bookings_wait_for_a_machine(ray_ready, tmp_path):
     from rayrt.service.machine_queues import MachineRegistry
 
