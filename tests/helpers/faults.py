@@ -125,6 +125,7 @@ class ServiceProcess:
         self.ray_tmp = Path("/tmp") / f"rs{uuid.uuid4().hex[:6]}"
         self.ray_tmp.mkdir()
         self.proc: subprocess.Popen | None = None
+        self._log_start = 0
         #: the certificate to trust when the config serves HTTPS (tls_certfile), else None
         self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
         self.url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{port}"
@@ -141,6 +142,7 @@ class ServiceProcess:
         exe = Path(sys.executable).with_name("rayrt")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from rayrt.cli import main; main()"]
         cmd += ["serve", "--port", str(self.port), "--data", str(self.data_dir)]
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -154,8 +156,9 @@ class ServiceProcess:
         while True:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"rayrt serve exited with {self.proc.returncode}; log:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5, verify=self.verify).status_code == 200:
+            try:  # this start's driver says it serves (a killed service's proxy may still answer for a moment)
+                started = b"rayrt serving on" in self.log_path.read_bytes()[self._log_start :]
+                if started and httpx.get(f"{self.url}/health", timeout=5, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
