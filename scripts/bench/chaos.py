@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, RESULTS_DIR, machine_info, print_table, write_json  # noqa: E402
+from common import REPO_ROOT, RESULTS_DIR, machine_info, print_table, write_json, zip_folder  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from helpers.faults import ServiceProcess  # noqa: E402
@@ -120,14 +120,7 @@ def main() -> None:
         svc.start()
         svc.wait_healthy()
         note("service up", svc.url)
-        import zipfile
-
-        zpath = work / "tg119.zip"
-        with zipfile.ZipFile(zpath, "w") as z:
-            for p in sorted(case.rglob("*")):
-                if p.is_file():
-                    z.write(p, p.relative_to(case).as_posix())
-        body = zpath.read_bytes()
+        body = zip_folder(case)
         r = call("POST", "/patients", files=[("files", ("tg.zip", body, "application/zip"))])
         assert r.status_code == 201, r.text
         pid = r.json()["id"]

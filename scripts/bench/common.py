@@ -188,3 +188,16 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title:
     print("  ".join("-" * w for w in widths), file=file)
     for r in cells:
         print(line(r), file=file)
+
+
+def zip_folder(folder: Path) -> bytes:
+    """A folder's files as the bytes of a zip (paths relative to the folder): one upload."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in sorted(Path(folder).rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(folder).as_posix())
+    return buf.getvalue()

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import service as svc  # noqa: E402  (the service start / stop and process helpers of the service benchmark)
-from common import RESULTS_DIR, machine_info, print_table, write_json  # noqa: E402
+from common import RESULTS_DIR, machine_info, print_table, write_json, zip_folder  # noqa: E402
 
 
 def _rss_mib(pid: int) -> float:
@@ -61,14 +61,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="rayrt-load-"))
     case = write_tg119(work / "tg119", 8.0)
-    zip_path = work / "tg119.zip"
-    import zipfile
-
-    with zipfile.ZipFile(zip_path, "w") as z:
-        for p in sorted(case.rglob("*")):
-            if p.is_file():
-                z.write(p, p.relative_to(case).as_posix())
-    data = zip_path.read_bytes()
+    data = zip_folder(case)
     overrides = {"max_concurrent_requests": args.max_requests} if args.max_requests else {}
     url, settings, _, _ = svc._start_service(work / "data", computers=2, **overrides)
     headers = svc._headers(url)
