@@ -53,6 +53,7 @@ import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from ray import serve
@@ -110,7 +111,16 @@ from rayrt.service.web import router as web_router
 
 log = logging.getLogger("rayrt.service")
 
-api = FastAPI(title="rayrt", description="Elastic cloud radiotherapy treatment planning on Ray", version="0.1.0")
+#: the API description and its page are routes of the ingress like any other (signed in: a clinician),
+#: not FastAPI's built-in public ones
+api = FastAPI(
+    title="rayrt",
+    description="Elastic cloud radiotherapy treatment planning on Ray",
+    version="0.1.0",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
 
 
 @api.exception_handler(InputError)
@@ -425,6 +435,17 @@ class Ingress:
         resp = Response(status_code=204)
         resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return resp
+
+    @api.get("/openapi.json", include_in_schema=False, dependencies=CLINICIAN)
+    def openapi_document(self) -> dict:
+        """The OpenAPI description of this API."""
+        return api.openapi()
+
+    @api.get("/docs", include_in_schema=False, dependencies=CLINICIAN)
+    def api_docs(self, request: Request) -> Response:
+        """The interactive API page (Swagger UI) over ``/openapi.json``."""
+        root = str(request.scope.get("root_path") or "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="rayrt API")
 
     @api.get("/me", response_model=UserInfo, dependencies=CLINICIAN)
     def me(self, request: Request) -> UserInfo:

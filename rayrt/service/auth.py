@@ -1,7 +1,7 @@
 """Who is asking: bearer-token authentication and the role each HTTP route needs.
 
 Every route except the public ones (:data:`PUBLIC_ROUTES`: ``/health``, the web page's shell and
-static files, the API description, and ``/session`` where the page signs in) needs a user
+static files, where one signs in, and ``/session``, the sign-in itself) needs a user
 (:mod:`rayrt.service.users`). A request names its user by
 
 * ``Authorization: Bearer rrt_...`` (the CLI, scripts), or
@@ -61,10 +61,6 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/ui/static/{name:path}"),
         ("POST", "/session"),
         ("DELETE", "/session"),
-        ("GET", "/openapi.json"),
-        ("GET", "/docs"),
-        ("GET", "/docs/oauth2-redirect"),
-        ("GET", "/redoc"),
     }
 )
 _PUBLIC_PATHS = frozenset(p for _, p in PUBLIC_ROUTES if "{" not in p)
