@@ -1,0 +1,93 @@
+"""The web page in a real browser (Debian's chromium + chromium-driver through Selenium, installed
+by .ci/run; the test skips with a message where they are missing): signing in with a token, what
+a clinician sees, what the role refuses, signing out. The first end-to-end browser test of the
+review page (issue 16 builds on it); screenshots are checked for content."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+from helpers.http import http
+
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.skipif(
+        shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+        reason="chromium / chromedriver not installed (apt-get install -y chromium chromium-driver; .ci/run does)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _wait(driver, css: str, text: str | None = None, timeout: float = 30.0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    w = WebDriverWait(driver, timeout)
+    if text is None:
+        return w.until(ec.visibility_of_element_located((By.CSS_SELECTOR, css)))
+    w.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+    return driver.find_element(By.CSS_SELECTOR, css)
+
+
+def _not_blank(png: bytes) -> float:
+    """The fraction of the screenshot's pixels that are neither white nor one flat colour."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    img = mpimg.imread(io.BytesIO(png), format="png")[..., :3]
+    flat = np.all(np.abs(img - img.reshape(-1, 3).mean(axis=0)) < 0.02, axis=-1)
+    return float(1.0 - flat.mean())
+
+
+def test_sign_in_see_jobs_and_machines_then_sign_out(serve_app, browser, small_study_zip):
+    from selenium.webdriver.common.by import By
+
+    with open(small_study_zip, "rb") as fh:
+        pid = http.post(f"{serve_app}/patients", files=[("files", ("s.zip", fh, "application/zip"))], timeout=120)
+    job = http.post(f"{serve_app}/jobs", json={"patient_id": pid.json()["id"]}).json()
+    token = http.post(f"{serve_app}/users", json={"name": "browser-clinician", "role": "clinician"}).json()["token"]
+
+    browser.get(f"{serve_app}/ui")
+    field = _wait(browser, "form.signin input[name=token]")  # no session yet: the page asks for a token
+    field.send_keys("rrt_not-a-token")
+    browser.find_element(By.CSS_SELECTOR, "form.signin button[type=submit]").click()
+    _wait(browser, "main", "Sign-in failed")
+    field = browser.find_element(By.CSS_SELECTOR, "form.signin input[name=token]")
+    field.clear()
+    field.send_keys(token)
+    browser.find_element(By.CSS_SELECTOR, "form.signin button[type=submit]").click()
+    _wait(browser, "main h1", "Jobs")
+    _wait(browser, "#user", "browser-clinician (clinician)")
+    _wait(browser, "main", job["id"])  # the job list, read with the session cookie
+    assert not any(c["name"] == "rayrt_session" and not c.get("httpOnly") for c in browser.get_cookies())
+    assert browser.execute_script("return document.cookie").find("rayrt_session") < 0, "no script reads the token"
+    assert _not_blank(browser.get_screenshot_as_png()) > 0.02
+
+    browser.get(f"{serve_app}/ui#/machines")
+    _wait(browser, "main h1", "Treatment machines")
+    _wait(browser, "main", "truebeam_m120")
+    browser.get(f"{serve_app}/ui#/cluster")  # the cluster's nodes need an admin: refused, said so
+    _wait(browser, "main", "needs the admin role")
+
+    browser.find_element(By.CSS_SELECTOR, "#user button").click()  # sign out
+    _wait(browser, "form.signin input[name=token]")
+    browser.get(f"{serve_app}/ui")
+    _wait(browser, "form.signin input[name=token]")  # the session is gone
