@@ -21,6 +21,7 @@ when added and revoked) and its name can be given to a new user.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -30,6 +31,8 @@ from enum import Enum
 from pydantic import BaseModel, Field
 
 from rayrt.domain.errors import InputError
+
+log = logging.getLogger("rayrt.service")
 
 __all__ = [
     "RELOAD_S",
@@ -187,5 +190,9 @@ class UserStore:
         if not token or not token.startswith(TOKEN_PREFIX):
             return None
         if time.monotonic() - self._loaded > self.reload_s:
-            self._remember(self.read())
+            try:
+                self._remember(self.read())
+            except Exception:  # a damaged table: keep the last good one (none at first: nobody) and say so
+                log.error("users: %s cannot be read; keeping the last good user table", USERS_FILE, exc_info=True)
+                self._loaded = time.monotonic()
         return self._by_hash.get(hash_token(token))

@@ -43,6 +43,15 @@ def test_tokens_are_stored_hashed_and_revocation_takes_effect(tmp_path):
     assert [(u.name, u.active) for u in users.list()] == [("alice", False), ("alice", True)]
 
 
+def test_a_damaged_user_table_keeps_the_last_good_one(tmp_path):
+    users = UserStore(Store(tmp_path), reload_s=0.0)
+    _, token = users.add("alice", Role.clinician)
+    assert users.authenticate(token).name == "alice"
+    (tmp_path / USERS_FILE).write_text('{"users": [{"name": ')  # torn
+    assert users.authenticate(token).name == "alice", "no 500 for everyone: the last good table"
+    assert UserStore(Store(tmp_path), reload_s=0.0).authenticate(token) is None, "none at first: nobody"
+
+
 @pytest.mark.parametrize(
     "name, role, status",
     [("alice", "clinician", 409), ("bad name", "clinician", 422), ("bob", "root", 422), ("", "admin", 422)],
