@@ -91,3 +91,54 @@ def test_sign_in_see_jobs_and_machines_then_sign_out(serve_app, browser, small_s
     _wait(browser, "form.signin input[name=token]")
     browser.get(f"{serve_app}/ui")
     _wait(browser, "form.signin input[name=token]")  # the session is gone
+
+
+def _sign_in(browser, url: str, token: str, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    browser.get(f"{url}/ui#/machines")
+    _wait(browser, "form.signin input[name=token]").send_keys(token)
+    browser.find_element(By.CSS_SELECTOR, "form.signin button[type=submit]").click()
+    _wait(browser, "#user", name)
+
+
+def _click_in_row(browser, machine: str, label: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    xpath = f"//tr[td[normalize-space()='{machine}']]//button[normalize-space()='{label}']"
+    _wait(browser, "main h1", "Treatment machines")
+    browser.find_element(By.XPATH, xpath).click()
+
+
+def _status(url: str, machine: str) -> dict:
+    return {m["name"]: m["status"] for m in http.get(f"{url}/machines").json()["machines"]}[machine]
+
+
+def test_a_physicist_marks_a_machine_down_a_clinician_may_not(serve_app, browser):
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    machines = http.get(f"{serve_app}/machines").json()["machines"]
+    name = next(m["name"] for m in machines if m["bookings"] == 0 and m["status"]["state"] == "available")
+    tokens = {
+        role: http.post(f"{serve_app}/users", json={"name": f"browser-{role}-2", "role": role}).json()["token"]
+        for role in ("clinician", "physicist")
+    }
+
+    _sign_in(browser, serve_app, tokens["clinician"], "browser-clinician-2")
+    _wait(browser, "main", name)
+    _click_in_row(browser, name, "Mark down")
+    WebDriverWait(browser, 10).until(ec.alert_is_present()).accept()  # "Mark ... down? Its bookings move ..."
+    _wait(browser, "main", "needs the physicist role")
+    assert _status(serve_app, name)["state"] == "available", "refused: nothing changed"
+
+    _sign_in(browser, serve_app, tokens["physicist"], "browser-physicist-2")
+    _click_in_row(browser, name, "Mark down")
+    WebDriverWait(browser, 10).until(ec.alert_is_present()).accept()
+    _wait(browser, "main", f"{name} is now down (malfunction)")
+    status = _status(serve_app, name)
+    assert status["state"] == "down" and status["changed_by"] == "browser-physicist-2"
+    assert _not_blank(browser.get_screenshot_as_png()) > 0.02
+    _click_in_row(browser, name, "Mark available")
+    _wait(browser, "main", f"{name} is now available")
