@@ -209,6 +209,12 @@ def main() -> None:
         svc.cleanup()
     store = Store(data)
     jobs_after, bad_after = store.scan_jobs()
+    patients_unreadable = []
+    for p in store.list_patients():
+        try:
+            store.load_study(p)  # summary, manifest, every image and mask
+        except Exception as exc:
+            patients_unreadable.append(f"{p}: {type(exc).__name__}")
     audit = AuditTrail(store).verify()
     res = {
         "machine": machine_info(),
@@ -226,6 +232,7 @@ def main() -> None:
         "booking_held": booking_held,
         "store_unreadable_after": [b.job_id for b in bad_after],
         "store_jobs_after": len(jobs_after),
+        "store_patients_unreadable": patients_unreadable,
         "audit_http": audit_http,
         "audit_records": audit.records,
         "audit_ok": audit.ok,
@@ -246,7 +253,10 @@ def main() -> None:
                 f"{len(lost)} / {res['duplicates']} / {len(failed_without_reason)}",
             ],
             ["booking held", booking_held],
-            ["store: unreadable job records after", res["store_unreadable_after"]],
+            [
+                "store: unreadable job records / patients after",
+                f"{res['store_unreadable_after']} / {patients_unreadable}",
+            ],
             ["audit chain", f"{'verifies' if audit.ok else 'BROKEN: ' + str(audit.problem)} ({audit.records} records)"],
             ["total time (s)", res["seconds"]],
         ],
