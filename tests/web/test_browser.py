@@ -142,3 +142,31 @@ def test_a_physicist_marks_a_machine_down_a_clinician_may_not(serve_app, browser
     assert _not_blank(browser.get_screenshot_as_png()) > 0.02
     _click_in_row(browser, name, "Mark available")
     _wait(browser, "main", f"{name} is now available")
+
+
+def test_a_clinician_uploads_a_patient_from_the_page(serve_app, browser, small_study_zip, tmp_path):
+    """The upload view: a zip chosen in the page's file field, sent as multipart (with its length),
+    imported, and what was found shown; a file that is no DICOM is refused with the reason."""
+    from selenium.webdriver.common.by import By
+
+    token = http.post(f"{serve_app}/users", json={"name": "browser-uploader", "role": "clinician"}).json()["token"]
+    before = set(http.get(f"{serve_app}/patients").json()["patients"])
+    _sign_in(browser, serve_app, token, "browser-uploader")
+    browser.get(f"{serve_app}/ui#/upload")
+    _wait(browser, "main h1", "Upload a patient")
+    browser.find_element(By.CSS_SELECTOR, "form.upload input[type=file]").send_keys(str(small_study_zip))
+    browser.find_element(By.CSS_SELECTOR, "form.upload button[type=submit]").click()
+    _wait(browser, ".upload-result", "stored", timeout=120)
+    result = browser.find_element(By.CSS_SELECTOR, ".upload-result").text
+    new = set(http.get(f"{serve_app}/patients").json()["patients"]) - before
+    assert len(new) == 1 and next(iter(new)) in result
+    assert "PTV" in result and "Core" in result and "3 structures" in result
+    assert _not_blank(browser.get_screenshot_as_png()) > 0.02
+
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a scan")
+    browser.find_element(By.CSS_SELECTOR, "form.upload input[type=file]").clear()
+    browser.find_element(By.CSS_SELECTOR, "form.upload input[type=file]").send_keys(str(bad))
+    browser.find_element(By.CSS_SELECTOR, "form.upload button[type=submit]").click()
+    _wait(browser, ".upload-result", "Upload refused", timeout=60)
+    assert "DICOM" in browser.find_element(By.CSS_SELECTOR, ".upload-result").text

@@ -30,6 +30,7 @@
     machineBookings: ["GET", "/machines/{name}/bookings"],
     machineStatus: ["POST", "/machines/{name}/status"],
     me: ["GET", "/me"],
+    upload: ["POST", "/patients"],
     signIn: ["POST", "/session"],
     signOut: ["DELETE", "/session"],
   };
@@ -49,7 +50,9 @@
   async function call(name, params, opts) {
     opts = opts || {};
     const init = { method: API[name][0], headers: { Accept: opts.text ? "*/*" : "application/json" }, cache: "no-store" };
-    if (opts.body !== undefined) {
+    if (opts.form !== undefined) {
+      init.body = opts.form;  // multipart: the browser sets the Content-Type with its boundary, and the length
+    } else if (opts.body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(opts.body);
     }
@@ -906,6 +909,34 @@
     return { stop: p.stop };
   }
 
+  // ------------------------------------------------------------------ upload
+  // A patient's DICOM files or a zip of them (POST /patients): what was found is shown, with a link to
+  // start from. The import runs on the service's compute; the answer lists series, structures, doses.
+  function uploadView(root) {
+    const input = h("input", { type: "file", name: "files", multiple: true, accept: ".zip,.dcm,application/zip,application/dicom" });
+    const out = h("div", { class: "upload-result", role: "status" });
+    const form = h("form", { class: "upload", onsubmit: async function (ev) {
+      ev.preventDefault();
+      if (!input.files.length) { fill(out, h("p", { class: "err", text: "Choose a zip or the DICOM files first." })); return; }
+      const data = new FormData();
+      for (const f of input.files) data.append("files", f, f.name);
+      fill(out, muted("Uploading " + input.files.length + " file(s)…"));
+      try {
+        const p = await call("upload", null, { form: data });
+        fill(out,
+          h("p", { class: "ok", text: "Patient " + p.id + " stored: " + (p.patient_name || "(no name)") + ", " + (p.series || []).length + " series, " + (p.structures || []).length + " structures, " + (p.doses || []).length + " dose(s)." }),
+          (p.structures || []).length ? table(["structure", "kind", "volume (cc)"], p.structures.map(function (s) {
+            return h("tr", null, h("td", { text: s.name }), h("td", { text: s.kind || "" }), h("td", { class: "num", text: fmt.num(s.volume_cc, 1) }));
+          })) : muted("No structures: delineate them before planning."),
+          (p.warnings || []).length ? h("ul", { class: "notes" }, p.warnings.map(function (w) { return h("li", { text: w }); })) : null);
+      } catch (e) {
+        fill(out, h("p", { class: "err", text: "Upload refused: " + e.message }));
+      }
+    } }, h("label", null, "DICOM files or a zip ", input), " ", h("button", { type: "submit", text: "Upload" }));
+    root.append(h("h1", { text: "Upload a patient" }), muted("CT (MR, PET) series with their RTSTRUCT, RTDOSE or RTPLAN, as files or one zip."), form, out);
+    return { stop: function () {} };
+  }
+
   // ------------------------------------------------------------------ sign-in
   // The page signs in by exchanging a token for an HttpOnly session cookie (POST /session): the
   // token is never kept by the page, and every later request (fetch, EventSource) carries the cookie.
@@ -966,6 +997,7 @@
     fill(view);
     if (name === "jobs" && parts[1]) { document.title = "rayrt: job " + parts[1]; current = jobView(view, parts[1]); }
     else if (name === "machines") { document.title = "rayrt: machines"; current = machinesView(view); }
+    else if (name === "upload") { document.title = "rayrt: upload"; current = uploadView(view); }
     else if (name === "cluster") { document.title = "rayrt: cluster"; current = clusterView(view); }
     else { document.title = "rayrt: jobs"; current = jobsView(view); }
   }
