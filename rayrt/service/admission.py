@@ -20,11 +20,15 @@ ingress replica (:func:`set_policy`).
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from rayrt.service.http_guard import send_error
+
 __all__ = ["AdmissionMiddleware", "AdmissionPolicy", "is_stream", "set_policy"]
+
+#: what a 429 asks the client to do
+RETRY = {"Retry-After": "1"}
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ class AdmissionMiddleware:
         policy = _POLICY[0]
         if is_stream(scope.get("method", ""), scope.get("path", "")):
             if self.streams >= policy.max_streams:
-                await _answer(send, 429, "busy", f"{self.streams} progress streams are open: poll GET /jobs/{{id}}")
+                message = f"{self.streams} progress streams are open: poll GET /jobs/{{id}}"
+                await send_error(send, 429, "busy", message, RETRY)
                 return
             self.streams += 1
             try:
@@ -79,7 +84,8 @@ class AdmissionMiddleware:
                 self.streams -= 1
             return
         if self.requests >= policy.max_requests:
-            await _answer(send, 429, "busy", f"the service is busy ({self.requests} requests in progress): retry")
+            message = f"the service is busy ({self.requests} requests in progress): retry"
+            await send_error(send, 429, "busy", message, RETRY)
             return
         self.requests += 1
         started = False
@@ -93,17 +99,7 @@ class AdmissionMiddleware:
             await asyncio.wait_for(self.app(scope, receive, send_tracked), policy.request_timeout_s)
         except asyncio.TimeoutError:
             if not started:
-                await _answer(
-                    send, 503, "timeout", f"the request took longer than {policy.request_timeout_s:g} s and was stopped"
-                )
+                message = f"the request took longer than {policy.request_timeout_s:g} s and was stopped"
+                await send_error(send, 503, "timeout", message)
         finally:
             self.requests -= 1
-
-
-async def _answer(send: Any, status: int, kind: str, message: str) -> None:
-    body = json.dumps({"error": kind, "message": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 429:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

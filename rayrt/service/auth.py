@@ -26,14 +26,13 @@ replica (:func:`set_authenticator`), like the guard policy.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from fastapi import Depends, Request
 
 from rayrt.domain.errors import InputError
-from rayrt.service.http_guard import is_loopback
+from rayrt.service.http_guard import is_loopback, scope_headers, send_error
 from rayrt.service.users import Role, User, UserStore
 
 __all__ = [
@@ -130,8 +129,7 @@ def _user_of_scope(scope: dict, auth: Authenticator) -> User | None:
     """The request's user, authenticated once per request (kept in the ASGI scope's state)."""
     state = scope.setdefault("state", {})
     if "rayrt_user" not in state:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        state["rayrt_user"] = auth.user_for(headers)
+        state["rayrt_user"] = auth.user_for(scope_headers(scope))
     return state["rayrt_user"]
 
 
@@ -192,16 +190,4 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         err = _unauthorized()
-        body = json.dumps(err.to_json()).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="rayrt"'),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 401, err.kind, err.message, {"WWW-Authenticate": 'Bearer realm="rayrt"'})

@@ -52,6 +52,8 @@ __all__ = [
     "check_request",
     "host_name",
     "is_loopback",
+    "scope_headers",
+    "send_error",
     "require_json",
 ]
 
@@ -204,8 +206,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        refused = check_request(self.policy(), scope["method"], headers)
+        refused = check_request(self.policy(), scope["method"], scope_headers(scope))
 
         async def send_guarded(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -217,7 +218,7 @@ class GuardMiddleware:
             await send(message)
 
         if refused is not None:
-            await self._refuse(send_guarded, *refused)
+            await send_error(send_guarded, *refused)
             return
         limit = self.policy().max_body_bytes
         started = False
@@ -242,16 +243,18 @@ class GuardMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            await self._refuse(send_guarded, 413, "too_large", _too_large(int(limit or 0)))
+            await send_error(send_guarded, 413, "too_large", _too_large(int(limit or 0)))
 
-    @staticmethod
-    async def _refuse(send: Any, status: int, kind: str, text: str) -> None:
-        body = json.dumps({"error": kind, "message": text}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+def scope_headers(scope: dict) -> dict[str, str]:
+    """An ASGI request's headers, names in lower case."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+async def send_error(send: Any, status: int, kind: str, text: str, headers: dict[str, str] | None = None) -> None:
+    """Answer an ASGI request from a middleware with the API's error JSON ``{"error", "message"}``."""
+    body = json.dumps({"error": kind, "message": text}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

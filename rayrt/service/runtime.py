@@ -122,13 +122,14 @@ def start(settings: ServiceSettings, announce: Callable[[str], None] | None = No
     return url
 
 
-def stop(settings: ServiceSettings | None = None, *, shutdown_serve: bool = True) -> None:
-    """Remove the app, kill the scheduler (and with it its computers), optionally stop Serve."""
+def stop(settings: ServiceSettings | None = None, *, shutdown_serve: bool = True, app_name: str = APP_NAME) -> None:
+    """Remove the Serve app ``app_name``, kill the settings' scheduler (and with it its computers)
+    and audit actor, optionally stop Serve."""
     settings = settings or ServiceSettings()
     if not ray.is_initialized():
         return
     try:
-        serve.delete(APP_NAME)
+        serve.delete(app_name)
     except Exception:
         log.debug("serve.delete failed", exc_info=True)
     for name in (settings.scheduler_name, audit_log_name(settings)):

@@ -30,16 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import service as svc  # noqa: E402  (the service start / stop and process helpers of the service benchmark)
-from common import RESULTS_DIR, machine_info, print_table, write_json  # noqa: E402
+from common import RESULTS_DIR, machine_info, print_table, rss_mib, write_json  # noqa: E402
 
 MB = 10**6
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
@@ -130,7 +123,7 @@ def main() -> None:
     rows, res = [], {"machine": machine_info(), "bomb_file_bytes": len(bomb), "bomb_build_s": t_bomb, "cases": {}}
     try:
         pids = svc._serve_pids()
-        rss0 = {k: _rss_mib(p) for k, p in pids.items()}
+        rss0 = {k: rss_mib(p) for k, p in pids.items()}
         res["rss_mib_start"] = rss0
         cases = {
             "600 MB body, declared length": dict(
@@ -163,7 +156,7 @@ def main() -> None:
                 except httpx.HTTPError as exc:  # the server may close while a refused body still streams
                     status, message = type(exc).__name__, str(exc)[:110]
                 dt = time.perf_counter() - t
-                rss = {k: _rss_mib(p) for k, p in pids.items()}
+                rss = {k: rss_mib(p) for k, p in pids.items()}
                 health = c.get("/health").status_code
                 res["cases"][name] = {
                     "status": status,

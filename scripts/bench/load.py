@@ -35,14 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import service as svc  # noqa: E402  (the service start / stop and process helpers of the service benchmark)
-from common import RESULTS_DIR, machine_info, print_table, write_json, zip_folder  # noqa: E402
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
+from common import RESULTS_DIR, machine_info, print_table, rss_mib, write_json, zip_folder  # noqa: E402
 
 
 def main() -> None:
@@ -69,7 +62,7 @@ def main() -> None:
     lock = threading.Lock()
     try:
         pids = svc._serve_pids()
-        rss0 = {k: _rss_mib(p) for k, p in pids.items()}
+        rss0 = {k: rss_mib(p) for k, p in pids.items()}
         with httpx.Client(base_url=url, headers=headers, timeout=120) as c:
             seed = c.post("/patients", files=[("files", ("t.zip", data, "application/zip"))]).json()["id"]
             # the streams' jobs wait behind a long queue of the load's own jobs: open for the whole run
@@ -149,7 +142,7 @@ def main() -> None:
             jb = pool.map(submit, range(args.jobs))
             uploaded, submitted = list(up), list(jb)
         t_load = time.perf_counter() - t0
-        rss1 = {k: _rss_mib(p) for k, p in pids.items()}
+        rss1 = {k: rss_mib(p) for k, p in pids.items()}
 
         deadline = time.monotonic() + 1800
         with httpx.Client(base_url=url, headers=headers, timeout=60) as c:

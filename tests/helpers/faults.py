@@ -99,20 +99,9 @@ def deploy_private_app(settings, prefix: str) -> str:
 
 
 def delete_private_app(name: str, settings) -> None:
-    import ray
-    from ray import serve
+    from rayrt.service import runtime
 
-    from rayrt.service.audit_log import audit_log_name
-
-    try:
-        serve.delete(name)
-    except Exception:
-        pass
-    for actor in (settings.scheduler_name, audit_log_name(settings)):
-        try:
-            ray.kill(ray.get_actor(actor, namespace=settings.ray_namespace), no_restart=True)
-        except ValueError:
-            pass
+    runtime.stop(settings, shutdown_serve=False, app_name=name)
 
 
 # ---------------------------------------------------------------------------- a service in a subprocess

@@ -13,7 +13,7 @@ import httpx
 
 from rayrt.service.credentials import token_for
 
-__all__ = ["SessionTokens", "bearer", "http"]
+__all__ = ["SessionTokens", "add_user", "bearer", "http"]
 
 
 class SessionTokens(httpx.Auth):
@@ -30,3 +30,10 @@ def bearer(token: str) -> dict[str, str]:
 
 
 http = httpx.Client(auth=SessionTokens(), timeout=5.0)
+
+
+def add_user(url: str, name: str, role: str) -> str:
+    """A new user of the service at ``url``, added by its admin (POST /users); returns the token."""
+    r = http.post(f"{url}/users", json={"name": name, "role": role})
+    assert r.status_code == 201, r.text
+    return r.json()["token"]

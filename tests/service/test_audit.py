@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from helpers.http import bearer, http
+from helpers.http import add_user, bearer, http
 
 from rayrt.service.audit import AuditEntry, AuditQuery, AuditTrail, outcome_of
 from rayrt.service.store import Store
@@ -94,18 +94,12 @@ def test_the_audit_actor_verifies_the_trail_when_it_starts(ray_session, tmp_path
         ray_session.kill(actor)
 
 
-def _add_user(url: str, name: str, role: str) -> str:
-    r = http.post(f"{url}/users", json={"name": name, "role": role})
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
-
-
 @pytest.mark.ray
 def test_every_request_is_recorded_with_its_user_and_outcome(serve_app, serve_settings, small_study_zip, capsys):
     from rayrt.cli.app import run
 
-    nurse = _add_user(serve_app, "audit-clinician", "clinician")
-    phys = _add_user(serve_app, "audit-physicist", "physicist")
+    nurse = add_user(serve_app, "audit-clinician", "clinician")
+    phys = add_user(serve_app, "audit-physicist", "physicist")
     with open(small_study_zip, "rb") as fh:
         r = httpx.post(
             f"{serve_app}/patients",

@@ -8,7 +8,7 @@ import os
 
 import httpx
 import pytest
-from helpers.http import bearer, http
+from helpers.http import add_user, bearer, http
 
 from rayrt.domain.job import Job
 from rayrt.service import store as store_module
@@ -112,7 +112,7 @@ def test_idempotency_keys_make_retries_safe(serve_app, small_study_zip, patient)
     r = http.post(f"{serve_app}/jobs", json={**body, "priority": 2}, headers=key)
     assert r.status_code == 422 and "different request" in r.json()["message"]
     # keys are per user: another user's same key is a new request
-    token = http.post(f"{serve_app}/users", json={"name": "idem-clinician", "role": "clinician"}).json()["token"]
+    token = add_user(serve_app, "idem-clinician", "clinician")
     c = httpx.post(f"{serve_app}/jobs", json=body, headers={**key, **bearer(token)}, timeout=30)
     assert c.status_code == 201 and c.json()["id"] != a.json()["id"] and c.json()["created_by"] == "idem-clinician"
     r = http.post(f"{serve_app}/jobs", json=body, headers={"Idempotency-Key": "has space"})

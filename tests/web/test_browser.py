@@ -9,7 +9,7 @@ import io
 import shutil
 
 import pytest
-from helpers.http import http
+from helpers.http import add_user, http
 
 pytestmark = [
     pytest.mark.ray,
@@ -63,7 +63,7 @@ def test_sign_in_see_jobs_and_machines_then_sign_out(serve_app, browser, small_s
     with open(small_study_zip, "rb") as fh:
         pid = http.post(f"{serve_app}/patients", files=[("files", ("s.zip", fh, "application/zip"))], timeout=120)
     job = http.post(f"{serve_app}/jobs", json={"patient_id": pid.json()["id"]}).json()
-    token = http.post(f"{serve_app}/users", json={"name": "browser-clinician", "role": "clinician"}).json()["token"]
+    token = add_user(serve_app, "browser-clinician", "clinician")
 
     browser.get(f"{serve_app}/ui")
     field = _wait(browser, "form.signin input[name=token]")  # no session yet: the page asks for a token
@@ -121,10 +121,7 @@ def test_a_physicist_marks_a_machine_down_a_clinician_may_not(serve_app, browser
 
     machines = http.get(f"{serve_app}/machines").json()["machines"]
     name = next(m["name"] for m in machines if m["bookings"] == 0 and m["status"]["state"] == "available")
-    tokens = {
-        role: http.post(f"{serve_app}/users", json={"name": f"browser-{role}-2", "role": role}).json()["token"]
-        for role in ("clinician", "physicist")
-    }
+    tokens = {role: add_user(serve_app, f"browser-{role}-2", role) for role in ("clinician", "physicist")}
 
     _sign_in(browser, serve_app, tokens["clinician"], "browser-clinician-2")
     _wait(browser, "main", name)
@@ -149,7 +146,7 @@ def test_a_clinician_uploads_a_patient_from_the_page(serve_app, browser, small_s
     imported, and what was found shown; a file that is no DICOM is refused with the reason."""
     from selenium.webdriver.common.by import By
 
-    token = http.post(f"{serve_app}/users", json={"name": "browser-uploader", "role": "clinician"}).json()["token"]
+    token = add_user(serve_app, "browser-uploader", "clinician")
     before = set(http.get(f"{serve_app}/patients").json()["patients"])
     _sign_in(browser, serve_app, token, "browser-uploader")
     browser.get(f"{serve_app}/ui#/upload")
