@@ -150,3 +150,34 @@ def small_order() -> dict:
     from helpers.study import SMALL_ORDER
 
     return copy.deepcopy(SMALL_ORDER)
+
+
+# ---------------------------------------------------------------------------- a planned job
+@pytest.fixture(scope="session")
+def planned_job(serve_app, small_study_zip, fast_planning):
+    """One small planning job (the small study, its order, fast settings) for TrueBeam M120 and the
+    standard machine's twin, finished on the session's service: shared by every test that reads a
+    job's plans (downloads, viewer, report, reviews) so that the suite plans it once. With the fast
+    settings the M120 conversion fails QA (not released) and the twin reuses the standard plan
+    (released): both paths are there to test."""
+    import copy
+
+    from helpers.service import wait_job
+    from helpers.study import SMALL_ORDER
+
+    from rayrt.cli.service import _client, upload_patient
+
+    with _client(serve_app) as c:
+        pid = upload_patient(c, small_study_zip)["id"]
+        job = c.post(
+            "/jobs",
+            json={
+                "patient_id": pid,
+                "order": copy.deepcopy(SMALL_ORDER),
+                "machines": ["truebeam_m120", "standard_twin"],
+                "options": fast_planning,
+            },
+        ).json()
+    done = wait_job(serve_app, job["id"], timeout_s=600)
+    assert done["state"] == "succeeded", done
+    return done

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "rayrt"
-CORE = ("config", "domain", "machines", "imaging", "contour", "dose", "optimize", "qa", "convert", "pipeline")
+CORE = ("config", "domain", "machines", "imaging", "contour", "dose", "optimize", "qa", "convert", "pipeline", "report")
 NOT_IN_CORE = ("ray", "fastapi", "starlette", "httpx", "uvicorn", "rayrt.service", "rayrt.cli")
 
 

@@ -8,6 +8,7 @@ from rayrt.cli import (
     machine,  # noqa: F401
     plan,  # noqa: F401
     qa,  # noqa: F401
+    report,  # noqa: F401
     schema,  # noqa: F401
     service,  # noqa: F401
     users,  # noqa: F401

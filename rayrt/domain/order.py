@@ -180,29 +180,33 @@ class MedicalOrder(BaseModel):
         levels = {self.prescription.target: self.prescription.total_dose_gy, **self.dose_levels}
         return dict(sorted(levels.items(), key=lambda kv: -kv[1]))
 
-    def structure_names(self) -> set[str]:
-        names = {
-            self.prescription.target,
-            *(o.structure for o in self.objectives),
-            *self.reference_dvh,
-            *self.cover,
-            *self.dose_levels,
-            *(g.structure for g in self.goals),
-        }
+    def structure_references(self) -> list[tuple[str, str]]:
+        """Every structure the order names, as (field path in the order, name), in order."""
+        refs = [("prescription.target", self.prescription.target)]
         if self.prescription.normalization.structure:
-            names.add(self.prescription.normalization.structure)
-        return names
+            refs.append(("prescription.normalization.structure", self.prescription.normalization.structure))
+        refs += [(f"objectives.{n}.structure", o.structure) for n, o in enumerate(self.objectives)]
+        refs += [(f"reference_dvh.{name}", name) for name in self.reference_dvh]
+        refs += [(f"cover.{n}", name) for n, name in enumerate(self.cover)]
+        refs += [(f"dose_levels.{name}", name) for name in self.dose_levels]
+        refs += [(f"goals.{n}.structure", g.structure) for n, g in enumerate(self.goals)]
+        return refs
+
+    def structure_names(self) -> set[str]:
+        return {name for _, name in self.structure_references()}
 
     def check_structures(self, available: Iterable[str]) -> None:
-        """Raise :class:`InputError` when the order names a structure the patient does not have."""
+        """Raise :class:`InputError` when the order names a structure the patient does not have;
+        its ``field`` is where the first unknown name stands (``goals.3.structure``)."""
         available = set(available)
         missing = sorted(self.structure_names() - available)
         if missing:
+            where = next(path for path, name in self.structure_references() if name not in available)
             raise InputError(
                 f"order names unknown structure(s) {', '.join(repr(m) for m in missing)}; "
                 f"the patient has: {', '.join(sorted(available)) or 'no structures'}",
                 kind="order",
-                field="structure",
+                field=where,
                 status=422,
             )
 

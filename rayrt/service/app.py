@@ -11,6 +11,11 @@ Routes::
                                          margin | boolean | ring | polygons | pet_threshold | edit)
     GET  /patients/{id}/structures/log   the operations log (?name= for one structure)
     GET  /patients/{id}/rtstruct         every structure as an RTSTRUCT file
+    GET  /patients/{id}/viewer           the image viewer's description: grid, planes, series, structures, doses
+    GET  /patients/{id}/slices/{plane}/{index}   one image slice (?series=), int16 HU / float32, gzip
+    GET  /patients/{id}/masks/{plane}/{index}    every structure's mask on a slice, packed bits, gzip
+    GET  /patients/{id}/doses/{n}/{plane}/{index}  an uploaded dose on a slice, float32 Gy, gzip
+    GET  /patients/{id}/views/{plane}/{index}    image + masks + doses (?dose=upload:0) of a slice in one answer
     POST /jobs                           JobRequest (patient_id, order, priority, machines) -> 201 Job
     GET  /jobs                           every job
     GET  /jobs/{id}                      Job: state, stage, per-stage progress, errors, timestamps
@@ -21,6 +26,11 @@ Routes::
     GET  /jobs/{id}/plans                per machine: plan, MU, QA verdict, goals, download routes
     GET  /jobs/{id}/plans/{machine}      one machine's entry
     GET  /jobs/{id}/plans/{machine}/{kind}  rtplan | rtdose | rtstruct | qa | dvh | plan
+    GET  /jobs/{id}/viewer               the viewer's description with the job's plan doses and prescription
+    GET  /jobs/{id}/plans/{machine}/dose/{plane}/{index}  a plan's dose on a slice, float32 Gy, gzip
+    GET  /jobs/{id}/views/{plane}/{index}        image + masks + doses (?dose=plan:standard) in one answer
+    GET  /jobs/{id}/report               the plan review as a PDF (DVHs, dose planes, goals, QA, reviews)
+    GET  /jobs/{id}/dvh                  full cumulative DVHs of every plan (JSON, the report's DVHs)
     POST /jobs/{id}/book                 book the job's plan on a machine {machine?, fractions?}
     GET  /machines                       treatment machines: status, bookings, estimated wait
     GET  /machines/{name}/bookings       one machine's bookings
@@ -65,8 +75,10 @@ from rayrt.domain.errors import InputError
 from rayrt.domain.job import Job
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.planning import PlanningRequest, planning_request
+from rayrt.domain.review import PlanReview, PlanReviews, ReviewDecision, ReviewRequest
 from rayrt.pipeline import check_request, validate_order
 from rayrt.pipeline.export import ExportResult
+from rayrt.report.dvhs import DVHCurves
 from rayrt.service.admission import AdmissionMiddleware, AdmissionPolicy
 from rayrt.service.admission import set_policy as set_admission
 from rayrt.service.audit import AuditCheck, AuditEntry, AuditQuery, AuditRecord
@@ -102,11 +114,14 @@ from rayrt.service.models import (
     TaskCounts,
 )
 from rayrt.service.process import interactive_priority
+from rayrt.service.report_data import dvh_curves_remote, report_remote
+from rayrt.service.reviews import add_review, load_reviews
 from rayrt.service.scheduler import ReplanToScheduler, get_or_create_scheduler, registry_name
 from rayrt.service.settings import ServiceSettings, load_settings
 from rayrt.service.store import Store, check_id
 from rayrt.service.structures import StructuresResponse, apply_structure_request, structure_log, structures_rtstruct
 from rayrt.service.users import Role, User, UserStore, parse_role
+from rayrt.service.viewer import SliceAnswer, Viewer, ViewerInfo
 from rayrt.service.web import router as web_router
 
 log = logging.getLogger("rayrt.service")
@@ -287,7 +302,9 @@ class Ingress:
         self.users = UserStore(self.store)
         self.keys = IdempotencyStore(self.store)
         self._key_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
-        self._patient_locks: dict[str, asyncio.Lock] = {}  # structure edits, per patient
+        self._patient_locks: dict[
+            str, asyncio.Lock
+        ] = {}  # structure edits per patient; review appends per job ("reviews:<job>")
         set_authenticator(Authenticator(self.users, open=not settings.auth))
         self.audit = get_or_create_audit_log(settings)
         set_sink(self._audit)
@@ -575,6 +592,72 @@ class Ingress:
             headers={"Content-Disposition": 'attachment; filename="rtstruct.dcm"'},
         )
 
+    # ---------------------------------------------------------------- viewer
+    def _viewer(self) -> Viewer:
+        """The replica's image-viewer data and its cache (rayrt.service.viewer), made on first use."""
+        v = getattr(self, "_viewer_data", None)
+        if v is None:
+            v = self._viewer_data = Viewer(self.store, self.settings.viewer_cache_mb)
+        return v
+
+    @staticmethod
+    def _slice_response(answer: SliceAnswer) -> Response:
+        """A binary slice (X-Rows / X-Cols / X-Dtype), gzip-encoded where that pays (browsers and
+        httpx decompress it themselves)."""
+        headers = {"Content-Encoding": "gzip", **answer.headers} if answer.gzip else answer.headers
+        return Response(content=answer.body, media_type="application/octet-stream", headers=headers)
+
+    @api.get("/patients/{patient_id}/viewer", response_model=ViewerInfo, dependencies=CLINICIAN)
+    def patient_viewer(self, patient_id: str) -> ViewerInfo:
+        """The image viewer's description of a patient: primary grid and its planes, image series with
+        window presets, structures (index, name, colour), uploaded doses."""
+        return self._viewer().patient_info(patient_id)
+
+    @api.get("/patients/{patient_id}/slices/{plane}/{index}", dependencies=CLINICIAN)
+    def patient_slice(self, patient_id: str, plane: str, index: str, series: str | None = None) -> Response:
+        """One slice of an image series on the primary plane: int16 HU (CT) or float32, gzip."""
+        return self._slice_response(self._viewer().image_slice(patient_id, plane, index, series))
+
+    @api.get("/patients/{patient_id}/masks/{plane}/{index}", dependencies=CLINICIAN)
+    def patient_masks(self, patient_id: str, plane: str, index: str) -> Response:
+        """Every structure's mask on one slice: packed bits [structures, rows, cols], gzip."""
+        return self._slice_response(self._viewer().mask_slice(patient_id, plane, index))
+
+    @api.get("/patients/{patient_id}/doses/{n}/{plane}/{index}", dependencies=CLINICIAN)
+    def patient_dose_slice(self, patient_id: str, n: str, plane: str, index: str) -> Response:
+        """An uploaded dose on one slice of the primary grid: float32 Gy, gzip."""
+        return self._slice_response(self._viewer().uploaded_dose_slice(patient_id, n, plane, index))
+
+    @api.get("/jobs/{job_id}/viewer", response_model=ViewerInfo, dependencies=CLINICIAN)
+    def job_viewer(self, job_id: str, request: Request) -> ViewerInfo:
+        """The patient's viewer description with the job's plan doses (standard first, then each
+        released converted plan), the uploaded doses and the order's prescription (409 before export)."""
+        info = self._viewer().job_info(job_id)
+        note(request, patient_id=info.patient_id)
+        return info
+
+    @api.get("/jobs/{job_id}/plans/{machine}/dose/{plane}/{index}", dependencies=CLINICIAN)
+    def job_plan_dose_slice(self, job_id: str, machine: str, plane: str, index: str) -> Response:
+        """A released plan's dose (its RTDOSE) on one slice of the primary grid: float32 Gy, gzip."""
+        return self._slice_response(self._viewer().plan_dose_slice(job_id, machine, plane, index))
+
+    @api.get("/patients/{patient_id}/views/{plane}/{index}", dependencies=CLINICIAN)
+    def patient_view(
+        self, patient_id: str, plane: str, index: str, series: str | None = None, dose: list[str] = Query(default=[])
+    ) -> Response:
+        """One slice change in one answer: the image, every structure's mask and each ``?dose=``
+        (``upload:<n>``) of a slice (rayrt.service.viewer.bundle)."""
+        data = self._viewer().view(patient_id, plane, index, series, dose)
+        return Response(content=data, media_type="application/octet-stream")
+
+    @api.get("/jobs/{job_id}/views/{plane}/{index}", dependencies=CLINICIAN)
+    def job_view(
+        self, job_id: str, plane: str, index: str, series: str | None = None, dose: list[str] = Query(default=[])
+    ) -> Response:
+        """One slice change in one answer with the job's doses (``?dose=plan:<machine>`` or ``upload:<n>``)."""
+        data = self._viewer().view(None, plane, index, series, dose, job_id=job_id)
+        return Response(content=data, media_type="application/octet-stream")
+
     # ---------------------------------------------------------------- jobs
     @api.post("/jobs", status_code=201, response_model=Job, dependencies=CLINICIAN)
     async def create_job(self, req: JobRequest, request: Request) -> Job:
@@ -784,6 +867,32 @@ class Ingress:
             )
         return self.get_result(job_id, paths[kind], deidentify)
 
+    @api.get("/jobs/{job_id}/report", dependencies=CLINICIAN)
+    async def job_report(self, job_id: str, request: Request) -> Response:
+        """The job's plan review as a PDF for the patient record (rayrt.report): patient, prescription,
+        release decisions and reviews, plan summary, goals, DVHs, dose planes through the target, QA
+        per machine. Rendered in a Ray task (rayrt.service.report_data); 409 before the export stage."""
+        await run_in_threadpool(self._summary, job_id)
+        job = await run_in_threadpool(self.store.get_job, job_id)
+        note(request, patient_id=job.patient_id)
+        pdf = await report_remote(self.store, job.id, self.settings.import_options)
+        return Response(
+            content=pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'attachment; filename="report_{job.id}.pdf"'},
+        )
+
+    @api.get("/jobs/{job_id}/dvh", response_model=DVHCurves, dependencies=CLINICIAN)
+    async def job_dvh_curves(self, job_id: str, request: Request) -> Response:
+        """Full cumulative DVHs of every structure for every plan with a dose (the report's DVHs: on
+        each plan's dose grid, voxel-centre method), on one dose axis; computed in a Ray task; 409
+        before the export stage."""
+        await run_in_threadpool(self._summary, job_id)
+        job = await run_in_threadpool(self.store.get_job, job_id)
+        note(request, patient_id=job.patient_id)
+        body = await dvh_curves_remote(self.store, job.id, self.settings.import_options)
+        return Response(content=body, media_type="application/json")
+
     def _standard_name(self, job_id: str) -> str:
         return self._summary(job_id).machines[0].machine
 
@@ -902,10 +1011,53 @@ class Ingress:
                 field="machine",
                 status=409,
             )
+        latest = (await run_in_threadpool(load_reviews, self.store, job_id)).latest().get(machine)
+        if latest is not None and latest.decision == ReviewDecision.rejected and latest.plan_id == plan.plan_id:
+            raise InputError(
+                f"the plan for {machine} was rejected by {latest.by} ({latest.comment}); "
+                "it cannot be booked until a review approves it",
+                kind="conflict",
+                field="machine",
+                status=409,
+            )
         fractions = req.fractions or (job.order.prescription.fractions if job.order is not None else 1)
         by = request_user(request).name
         b = await self._registry().book.remote(machine, job.id, job.patient_id, fractions, plan.plan_id, by)
         return b.model_dump(mode="json")
+
+    # ---------------------------------------------------------------- reviews
+    @api.get("/jobs/{job_id}/reviews", response_model=PlanReviews, dependencies=CLINICIAN)
+    def job_reviews(self, job_id: str) -> PlanReviews:
+        """Every physicist's decision on the job's plans, oldest first."""
+        return load_reviews(self.store, job_id)
+
+    @api.post(
+        "/jobs/{job_id}/plans/{machine}/review", status_code=201, response_model=PlanReviews, dependencies=PHYSICIST
+    )
+    async def review_plan(self, job_id: str, machine: str, req: ReviewRequest, request: Request) -> PlanReviews:
+        """Approve or reject one machine's plan (a released one: a plan that failed QA is never
+        approved); a rejection needs a comment saying why. Every decision is kept."""
+        plan = await run_in_threadpool(self.job_plan, job_id, machine)
+        job = await run_in_threadpool(self.store.get_job, job_id)
+        note(request, patient_id=job.patient_id)
+        if req.decision == ReviewDecision.approved and plan.verdict == "not released":
+            raise InputError(
+                f"the plan for {machine} was not released (QA failed); it cannot be approved",
+                kind="conflict",
+                field="decision",
+                status=409,
+            )
+        if req.decision == ReviewDecision.rejected and not req.comment.strip():
+            raise InputError("a rejection needs a comment saying why", kind="request", field="comment", status=422)
+        review = PlanReview(
+            machine=machine,
+            plan_id=plan.plan_id,
+            decision=req.decision,
+            comment=req.comment.strip(),
+            by=request_user(request).name,
+        )
+        async with self._patient_locks.setdefault(f"reviews:{job_id}", asyncio.Lock()):
+            return await run_in_threadpool(add_review, self.store, job_id, review)
 
 
 def build_app(settings: ServiceSettings) -> Any:

@@ -19,9 +19,9 @@ from typing import Any, BinaryIO
 
 import ray
 
-from rayrt.domain.errors import InputError
 from rayrt.service.intake import import_upload
 from rayrt.service.models import PatientSummary
+from rayrt.service.remote import task_result
 from rayrt.service.store import Store
 
 __all__ = ["import_remote"]
@@ -60,10 +60,6 @@ async def import_remote(
             raise
 
     await asyncio.to_thread(stage)  # off the event loop that answers status calls
-    ref = _import_task.options(**options).remote(store, token, [name for name, _ in files], max_files)
-    try:
-        return await ref
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, InputError):
-            raise exc.cause from None
-        raise
+    return await task_result(
+        _import_task.options(**options).remote(store, token, [name for name, _ in files], max_files)
+    )

@@ -95,6 +95,12 @@ class ServiceSettings(BaseModel):
     request_timeout_s: float = Field(
         default=600.0, gt=0, description="a request not answered within this is stopped with 503 (streams excepted)"
     )
+    viewer_cache_mb: float = Field(
+        default=1024.0,
+        gt=0,
+        description="memory per ingress replica for the image viewer's loaded volumes, masks and encoded slices "
+        "(MiB; least recently used dropped first; a 512 x 512 x 200 CT takes 100 MiB; rayrt.service.viewer)",
+    )
     scheduler_name: str = Field(
         default=SCHEDULER_NAME,
         pattern=r"^[A-Za-z0-9_.-]+$",

@@ -245,7 +245,8 @@ def test_check_structures_names_missing_goal_structure():
         order.check_structures(["PTV70", "PTV63", "PTV56", "Lung", "BODY"])
     assert "'SpinalCord'" in e.value.message
     assert "'Lung'" not in e.value.message.split(";")[0]
-    assert e.value.field == "structure"
+    goal = next(n for n, g in enumerate(order.goals) if g.structure == "SpinalCord")
+    assert e.value.field == f"goals.{goal}.structure"  # where the unknown name stands, for a form to point at
 
 
 def test_check_structures_names_missing_level_target():

@@ -155,6 +155,19 @@ def test_script_never_parses_data_as_html() -> None:
         assert sink not in js, f"rayrt.js uses {sink}: render data with textContent"
 
 
+def test_viewer_script_never_parses_data_as_html_nor_names_a_server_path() -> None:
+    """viewer.js (the image viewer) renders names as text and takes every URL from rayrt.js's API table."""
+    js = (STATIC_DIR / "viewer.js").read_text(encoding="utf-8")
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in js, f"viewer.js uses {sink}: render data with textContent"
+    assert path_literals(js) == set()
+    assert "window.RayrtViewer" in js and "RayrtViewer.open" in JS.read_text(encoding="utf-8")
+    refs = _Refs()
+    refs.feed((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
+    scripts = [ref for tag, ref in refs.refs if tag == "script"]
+    assert scripts.index("__RAYRT_ROOT__/ui/static/viewer.js") < scripts.index("__RAYRT_ROOT__/ui/static/rayrt.js")
+
+
 def test_every_api_path_the_script_calls_is_a_service_route(service_routes) -> None:
     js = JS.read_text(encoding="utf-8")
     table = api_table(js)

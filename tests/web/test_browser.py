@@ -5,56 +5,18 @@ review page (issue 16 builds on it); screenshots are checked for content."""
 
 from __future__ import annotations
 
-import io
-import shutil
-
 import pytest
+from helpers.browser import SKIP_REASON, chrome, have_chromium, not_blank, sign_in, wait
 from helpers.http import add_user, http
 
-pytestmark = [
-    pytest.mark.ray,
-    pytest.mark.skipif(
-        shutil.which("chromium") is None or shutil.which("chromedriver") is None,
-        reason="chromium / chromedriver not installed (apt-get install -y chromium chromium-driver; .ci/run does)",
-    ),
-]
+pytestmark = [pytest.mark.ray, pytest.mark.skipif(not have_chromium(), reason=SKIP_REASON)]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-    driver.set_page_load_timeout(60)
+    driver = chrome()
     yield driver
     driver.quit()
-
-
-def _wait(driver, css: str, text: str | None = None, timeout: float = 30.0):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    w = WebDriverWait(driver, timeout)
-    if text is None:
-        return w.until(ec.visibility_of_element_located((By.CSS_SELECTOR, css)))
-    w.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
-    return driver.find_element(By.CSS_SELECTOR, css)
-
-
-def _not_blank(png: bytes) -> float:
-    """The fraction of the screenshot's pixels that are neither white nor one flat colour."""
-    import matplotlib.image as mpimg
-    import numpy as np
-
-    img = mpimg.imread(io.BytesIO(png), format="png")[..., :3]
-    flat = np.all(np.abs(img - img.reshape(-1, 3).mean(axis=0)) < 0.02, axis=-1)
-    return float(1.0 - flat.mean())
 
 
 def test_sign_in_see_jobs_and_machines_then_sign_out(serve_app, browser, small_study_zip):
@@ -66,48 +28,38 @@ def test_sign_in_see_jobs_and_machines_then_sign_out(serve_app, browser, small_s
     token = add_user(serve_app, "browser-clinician", "clinician")
 
     browser.get(f"{serve_app}/ui")
-    field = _wait(browser, "form.signin input[name=token]")  # no session yet: the page asks for a token
+    field = wait(browser, "form.signin input[name=token]")  # no session yet: the page asks for a token
     field.send_keys("rrt_not-a-token")
     browser.find_element(By.CSS_SELECTOR, "form.signin button[type=submit]").click()
-    _wait(browser, "main", "Sign-in failed")
+    wait(browser, "main", "Sign-in failed")
     field = browser.find_element(By.CSS_SELECTOR, "form.signin input[name=token]")
     field.clear()
     field.send_keys(token)
     browser.find_element(By.CSS_SELECTOR, "form.signin button[type=submit]").click()
-    _wait(browser, "main h1", "Jobs")
-    _wait(browser, "#user", "browser-clinician (clinician)")
-    _wait(browser, "main", job["id"])  # the job list, read with the session cookie
+    wait(browser, "main h1", "Jobs")
+    wait(browser, "#user", "browser-clinician (clinician)")
+    wait(browser, "main", job["id"])  # the job list, read with the session cookie
     assert not any(c["name"] == "rayrt_session" and not c.get("httpOnly") for c in browser.get_cookies())
     assert browser.execute_script("return document.cookie").find("rayrt_session") < 0, "no script reads the token"
-    assert _not_blank(browser.get_screenshot_as_png()) > 0.02
+    assert not_blank(browser.get_screenshot_as_png()) > 0.02
 
     browser.get(f"{serve_app}/ui#/machines")
-    _wait(browser, "main h1", "Treatment machines")
-    _wait(browser, "main", "truebeam_m120")
+    wait(browser, "main h1", "Treatment machines")
+    wait(browser, "main", "truebeam_m120")
     browser.get(f"{serve_app}/ui#/cluster")  # the cluster's nodes need an admin: refused, said so
-    _wait(browser, "main", "needs the admin role")
+    wait(browser, "main", "needs the admin role")
 
     browser.find_element(By.CSS_SELECTOR, "#user button").click()  # sign out
-    _wait(browser, "form.signin input[name=token]")
+    wait(browser, "form.signin input[name=token]")
     browser.get(f"{serve_app}/ui")
-    _wait(browser, "form.signin input[name=token]")  # the session is gone
-
-
-def _sign_in(browser, url: str, token: str, name: str) -> None:
-    from selenium.webdriver.common.by import By
-
-    browser.delete_all_cookies()
-    browser.get(f"{url}/ui#/machines")
-    _wait(browser, "form.signin input[name=token]").send_keys(token)
-    browser.find_element(By.CSS_SELECTOR, "form.signin button[type=submit]").click()
-    _wait(browser, "#user", name)
+    wait(browser, "form.signin input[name=token]")  # the session is gone
 
 
 def _click_in_row(browser, machine: str, label: str) -> None:
     from selenium.webdriver.common.by import By
 
     xpath = f"//tr[td[normalize-space()='{machine}']]//button[normalize-space()='{label}']"
-    _wait(browser, "main h1", "Treatment machines")
+    wait(browser, "main h1", "Treatment machines")
     browser.find_element(By.XPATH, xpath).click()
 
 
@@ -123,22 +75,22 @@ def test_a_physicist_marks_a_machine_down_a_clinician_may_not(serve_app, browser
     name = next(m["name"] for m in machines if m["bookings"] == 0 and m["status"]["state"] == "available")
     tokens = {role: add_user(serve_app, f"browser-{role}-2", role) for role in ("clinician", "physicist")}
 
-    _sign_in(browser, serve_app, tokens["clinician"], "browser-clinician-2")
-    _wait(browser, "main", name)
+    sign_in(browser, serve_app, tokens["clinician"], "browser-clinician-2", "#/machines")
+    wait(browser, "main", name)
     _click_in_row(browser, name, "Mark down")
     WebDriverWait(browser, 10).until(ec.alert_is_present()).accept()  # "Mark ... down? Its bookings move ..."
-    _wait(browser, "main", "needs the physicist role")
+    wait(browser, "main", "needs the physicist role")
     assert _status(serve_app, name)["state"] == "available", "refused: nothing changed"
 
-    _sign_in(browser, serve_app, tokens["physicist"], "browser-physicist-2")
+    sign_in(browser, serve_app, tokens["physicist"], "browser-physicist-2", "#/machines")
     _click_in_row(browser, name, "Mark down")
     WebDriverWait(browser, 10).until(ec.alert_is_present()).accept()
-    _wait(browser, "main", f"{name} is now down (malfunction)")
+    wait(browser, "main", f"{name} is now down (malfunction)")
     status = _status(serve_app, name)
     assert status["state"] == "down" and status["changed_by"] == "browser-physicist-2"
-    assert _not_blank(browser.get_screenshot_as_png()) > 0.02
+    assert not_blank(browser.get_screenshot_as_png()) > 0.02
     _click_in_row(browser, name, "Mark available")
-    _wait(browser, "main", f"{name} is now available")
+    wait(browser, "main", f"{name} is now available")
 
 
 def test_a_clinician_uploads_a_patient_from_the_page(serve_app, browser, small_study_zip, tmp_path):
@@ -148,22 +100,22 @@ def test_a_clinician_uploads_a_patient_from_the_page(serve_app, browser, small_s
 
     token = add_user(serve_app, "browser-uploader", "clinician")
     before = set(http.get(f"{serve_app}/patients").json()["patients"])
-    _sign_in(browser, serve_app, token, "browser-uploader")
+    sign_in(browser, serve_app, token, "browser-uploader", "#/machines")
     browser.get(f"{serve_app}/ui#/upload")
-    _wait(browser, "main h1", "Upload a patient")
+    wait(browser, "main h1", "Upload a patient")
     browser.find_element(By.CSS_SELECTOR, "form.upload input[type=file]").send_keys(str(small_study_zip))
     browser.find_element(By.CSS_SELECTOR, "form.upload button[type=submit]").click()
-    _wait(browser, ".upload-result", "stored", timeout=120)
+    wait(browser, ".upload-result", "stored", timeout=120)
     result = browser.find_element(By.CSS_SELECTOR, ".upload-result").text
     new = set(http.get(f"{serve_app}/patients").json()["patients"]) - before
     assert len(new) == 1 and next(iter(new)) in result
     assert "PTV" in result and "Core" in result and "3 structures" in result
-    assert _not_blank(browser.get_screenshot_as_png()) > 0.02
+    assert not_blank(browser.get_screenshot_as_png()) > 0.02
 
     bad = tmp_path / "notes.txt"
     bad.write_text("not a scan")
     browser.find_element(By.CSS_SELECTOR, "form.upload input[type=file]").clear()
     browser.find_element(By.CSS_SELECTOR, "form.upload input[type=file]").send_keys(str(bad))
     browser.find_element(By.CSS_SELECTOR, "form.upload button[type=submit]").click()
-    _wait(browser, ".upload-result", "Upload refused", timeout=60)
+    wait(browser, ".upload-result", "Upload refused", timeout=60)
     assert "DICOM" in browser.find_element(By.CSS_SELECTOR, ".upload-result").text

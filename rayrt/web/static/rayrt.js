@@ -26,11 +26,25 @@
     jobResultFile: ["GET", "/jobs/{job_id}/results/{path}"],
     jobPlans: ["GET", "/jobs/{job_id}/plans"],
     jobPlanFile: ["GET", "/jobs/{job_id}/plans/{machine}/{kind}"],
+    jobViewer: ["GET", "/jobs/{job_id}/viewer"],
+    viewerPlanDose: ["GET", "/jobs/{job_id}/plans/{machine}/dose/{plane}/{index}"],
+    patientViewer: ["GET", "/patients/{patient_id}/viewer"],
+    viewerSlice: ["GET", "/patients/{patient_id}/slices/{plane}/{index}"],
+    viewerMasks: ["GET", "/patients/{patient_id}/masks/{plane}/{index}"],
+    viewerUploadDose: ["GET", "/patients/{patient_id}/doses/{n}/{plane}/{index}"],
+    viewerPatientView: ["GET", "/patients/{patient_id}/views/{plane}/{index}"],
+    viewerJobView: ["GET", "/jobs/{job_id}/views/{plane}/{index}"],
+    jobReport: ["GET", "/jobs/{job_id}/report"],
     machines: ["GET", "/machines"],
     machineBookings: ["GET", "/machines/{name}/bookings"],
     machineStatus: ["POST", "/machines/{name}/status"],
     me: ["GET", "/me"],
     upload: ["POST", "/patients"],
+    structures: ["POST", "/patients/{patient_id}/structures"],
+    createJob: ["POST", "/jobs"],
+    jobReviews: ["GET", "/jobs/{job_id}/reviews"],
+    jobDvh: ["GET", "/jobs/{job_id}/dvh"],
+    planReview: ["POST", "/jobs/{job_id}/plans/{machine}/review"],
     signIn: ["POST", "/session"],
     signOut: ["DELETE", "/session"],
   };
@@ -61,14 +75,17 @@
     if (!res.ok) {
       let message = res.status + " " + res.statusText;
       let kind = "http";
+      let field = null;
       try {
         const body = await res.json();
         if (body && typeof body.message === "string") message = body.message;
         if (body && typeof body.error === "string") kind = body.error;
+        if (body && typeof body.field === "string") field = body.field;
       } catch (_) { /* not JSON */ }
       const err = new Error(message);
       err.status = res.status;
       err.kind = kind;
+      err.field = field;
       throw err;
     }
     return opts.text ? res.text() : res.json();
@@ -115,6 +132,11 @@
       else el.setAttribute(k, String(v));
     }
     return append(el, Array.prototype.slice.call(arguments, 2));
+  }
+
+  // a view of this page (a hash route, never a server path): pageHash("patients", id, "order") -> "#/patients/<id>/order"
+  function pageHash() {
+    return "#/" + Array.prototype.map.call(arguments, function (x) { return encodeURIComponent(String(x)); }).join("/");
   }
 
   function jobLink(id) {
@@ -351,6 +373,7 @@
         actions.append(h("button", { type: "button", class: "danger", text: "Cancel job", onclick: cancelJob }));
       }
       actions.append(h("button", { type: "button", text: "Refresh", onclick: function () { refreshOnce(true); } }));
+      actions.append(h("a", { class: "button", href: viewerHash("jobs", jobId), text: "Open viewer" }));
     }
 
     function renderStages() {
@@ -461,6 +484,7 @@
 
     // results: plans, QA, goals, DVH, figures, downloads
     let structureColours = {};
+    let reviews = [];
     async function loadResults() {
       fill(resultsBox, section("Results", muted("Loading results…")));
       const r = await Promise.all([
@@ -479,14 +503,19 @@
         }));
         const qaBy = {};
         machines.forEach(function (m, i) { qaBy[m.machine] = qa[i]; });
+        try { reviews = (await call("jobReviews", { job_id: jobId })).reviews || []; } catch (_) { reviews = []; }
         const dvhFile = files.find(function (f) { return f.stage === "export" && /(^|\/)dvh\.csv$/.test(f.path); });
         let dvhRows = [];
         if (dvhFile) {
           try { dvhRows = parseCsv(await call("jobResultFile", { job_id: jobId, path: dvhFile.path }, { text: true })); } catch (e) { showError(e, "DVH"); }
         }
+        out.push(section("Report", h("div", { class: "links" }, h("a", { class: "dl", href: apiUrl("jobReport", { job_id: jobId }), download: "", text: "Report (PDF)" }),
+          h("span", { class: "muted small", text: " the review for the patient record: plans, goals, DVHs, dose slices through the target, QA, reviews" }))));
         out.push(section("Plans per machine", plansCards(machines, qaBy)));
         out.push(section("Prescription goals", goalsTable(machines)));
-        out.push(section("DVH: standard vs converted plans", dvhPanel(machines, dvhRows, qaBy)));
+        let full = null;
+        try { full = await call("jobDvh", { job_id: jobId }); } catch (_) { full = null; } // the exported points then
+        out.push(section("DVH: standard vs converted plans", dvhPanel(machines, dvhRows, qaBy, full)));
         out.push(section("QA checks", qaDetails(machines, qaBy)));
       }
       const pngs = files.filter(function (f) { return f.stage === "qa" && /\.png$/i.test(f.path); });
@@ -536,25 +565,64 @@
           (m.failed_checks || []).length ? h("div", { class: "reasons" }, h("strong", { text: released ? "To review" : "Why not released" }),
             h("ul", null, m.failed_checks.map(function (c) { return h("li", { text: c }); }))) : h("p", { class: "ok", text: "All QA checks passed." }),
           links.length ? h("div", { class: "links" }, links) : null,
+          reviewBox(m, released),
           bookBox);
       }));
     }
 
+    // a physicist's decision on a released plan: the latest one shown, every one kept (GET /jobs/{id}/reviews)
+    function reviewBox(m, released) {
+      const mine = reviews.filter(function (r) { return r.machine === m.machine && r.plan_id === m.plan_id; });
+      const last = mine.length ? mine[mine.length - 1] : null;
+      const box = h("div", { class: "review", dataset: { machine: m.machine } });
+      const status = last
+        ? h("p", { class: "decision " + (last.decision === "approved" ? "ok" : "err") }, (last.decision === "approved" ? "✓ approved" : "✗ rejected") + " by " + last.by + ", " + fmt.date(last.at) + (last.comment ? ": " + last.comment : ""))
+        : h("p", { class: "decision muted", text: released ? "Not reviewed yet." : "Not released: nothing to review." });
+      box.append(h("strong", { text: "Physicist's review" }), status);
+      if (mine.length > 1) box.append(h("details", null, h("summary", { text: mine.length + " decisions" }), h("ul", { class: "plain" }, mine.map(function (r) {
+        return h("li", { text: fmt.date(r.at) + " " + r.decision + " by " + r.by + (r.comment ? ": " + r.comment : "") });
+      }))));
+      if (!released) return box;
+      const comment = h("input", { type: "text", class: "reason", placeholder: "comment (required to reject)", "aria-label": "review comment for " + m.machine });
+      const out = h("span", { role: "status" });
+      async function decide(decision) {
+        try {
+          const r = await call("planReview", { job_id: jobId, machine: m.machine }, { body: { decision: decision, comment: comment.value } });
+          reviews = r.reviews || [];
+          box.replaceWith(reviewBox(m, released));
+        } catch (e) { fill(out, h("span", { class: "err", text: "Review refused: " + e.message })); }
+      }
+      box.append(h("div", { class: "inline" }, comment,
+        h("button", { type: "button", class: "approve", text: "Approve", onclick: function () { decide("approved"); } }),
+        h("button", { type: "button", class: "danger reject", text: "Reject", onclick: function () { decide("rejected"); } })), out);
+      return box;
+    }
+
+    // the order's goals, per plan met / missed with the achieved value in the goal's unit; under the
+    // table, what limited each missed goal of the automatic planning (the export's limited_by)
     function goalsTable(machines) {
       const keys = [], seen = {};
       for (const m of machines) for (const g of m.goals || []) {
         const k = g.structure + "\u0000" + g.goal;
-        if (!seen[k]) { seen[k] = { structure: g.structure, goal: g.goal }; keys.push(k); }
+        if (!seen[k]) { seen[k] = { structure: g.structure, goal: g.goal, rank: g.rank }; keys.push(k); }
       }
       if (!keys.length) return muted("The order has no DVH goals that could be evaluated.");
-      return table(["structure", "goal"].concat(machines.map(function (m) { return m.machine; })), keys.map(function (k) {
-        return h("tr", null, h("td", { text: seen[k].structure }), h("td", { text: seen[k].goal }), machines.map(function (m) {
-          const g = (m.goals || []).find(function (x) { return x.structure + "\u0000" + x.goal === k; });
-          if (!g) return h("td", { class: "muted", text: "—" });
-          const exact = g.value_gy === null || g.value_gy === undefined ? "no value" : Number(g.value_gy).toPrecision(8) + " Gy";
-          return h("td", { class: g.met ? "met" : "notmet", title: (g.met ? "goal met: " : "goal not met: ") + exact + " (limit " + g.limit_gy + " Gy)" }, (g.met ? "✓ " : "✗ ") + fmt.gy(g.value_gy));
-        }));
+      function shown(g) {
+        const v = g.value !== null && g.value !== undefined ? g.value : g.value_gy;
+        return v === null || v === undefined || !isFinite(Number(v)) ? "—" : fmt.num(v, 2) + " " + (g.unit || "Gy");
+      }
+      const why = [];
+      const t = table(["rank", "structure", "goal"].concat(machines.map(function (m) { return m.machine; })), keys.map(function (k) {
+        return h("tr", null, h("td", { class: "num", text: seen[k].rank === null || seen[k].rank === undefined ? "—" : String(seen[k].rank) }),
+          h("td", { text: seen[k].structure }), h("td", { text: seen[k].goal }), machines.map(function (m) {
+            const g = (m.goals || []).find(function (x) { return x.structure + "\u0000" + x.goal === k; });
+            if (!g) return h("td", { class: "muted", text: "—" });
+            if (!g.met && g.limited_by) why.push(m.machine + " · " + g.structure + " " + g.goal + ": " + g.limited_by);
+            const exact = g.value === null || g.value === undefined ? "no value" : Number(g.value).toPrecision(8) + " " + (g.unit || "Gy");
+            return h("td", { class: g.met ? "met" : "notmet", title: (g.met ? "goal met: " : "goal not met: ") + exact + " (goal " + g.limit_gy + " " + (g.unit || "Gy") + ")" }, (g.met ? "✓ " : "✗ ") + shown(g));
+          }));
       }));
+      return [t, why.length ? h("div", { class: "limits" }, h("strong", { text: "What limited the missed goals" }), h("ul", null, why.map(function (x) { return h("li", { text: x }); }))) : null];
     }
 
     function qaDetails(machines, qaBy) {
@@ -574,12 +642,25 @@
       });
     }
 
-    function dvhPanel(machines, rows, qaBy) {
-      // cumulative DVH points from the exported metrics (dvh.csv); plans that were not released
-      // have no CSV rows, so their DVH comes from their QA report
+    function dvhPanel(machines, rows, qaBy, full) {
+      // full cumulative DVHs of every plan with a dose (GET /jobs/{id}/dvh) with the exported metrics
+      // (dvh.csv) in the table; without them the curves join the exported points. Plans that were
+      // not released have no dose and no CSV rows: their DVH points come from their QA report
       const curves = [];
       const inCsv = {};
-      for (const r of rows) { inCsv[r.machine] = true; curves.push({ machine: r.machine, structure: r.structure, m: r }); }
+      const metric = {};
+      for (const r of rows) metric[r.machine + "\u0000" + r.structure] = r;
+      if (full && (full.plans || []).length) {
+        for (const p of full.plans) {
+          inCsv[p.machine] = true;
+          for (const st of p.structures || []) {
+            const m = metric[p.machine + "\u0000" + st.name] || { volume_cc: st.volume_cc };
+            curves.push({ machine: p.machine, structure: st.name, m: m, axis: full.dose_gy, full: st.volume_pct });
+          }
+        }
+      } else {
+        for (const r of rows) { inCsv[r.machine] = true; curves.push({ machine: r.machine, structure: r.structure, m: r }); }
+      }
       for (const m of machines) {
         const rep = qaBy[m.machine];
         if (!inCsv[m.machine] && rep && (rep.dvh_plan || []).length) {
@@ -619,7 +700,9 @@
         h("div", { class: "legend" }, h("span", { class: "legend-h", text: "structures" }), sControls),
         h("div", { class: "legend" }, h("span", { class: "legend-h", text: "plans" }), mControls),
         chartBox,
-        h("p", { class: "muted small", text: "Cumulative DVH through the exported points (min, D98, D95, D50, D10, D5, D2, max; straight lines between them). ▲ / ▼: the order's minimum / maximum DVH goals. Full-resolution DVHs: the RTDOSE + RTSTRUCT downloads or `rayrt dvh`." }),
+        h("p", { class: "muted small", text: full && (full.plans || []).length
+          ? "Cumulative DVHs on each plan's dose grid (" + (full.method || "voxel centres") + "); the report's DVHs. ▲ / ▼: the order's minimum / maximum DVH goals."
+          : "Cumulative DVH through the exported points (min, D98, D95, D50, D10, D5, D2, max; straight lines between them). ▲ / ▼: the order's minimum / maximum DVH goals. Full-resolution DVHs: the RTDOSE + RTSTRUCT downloads or `rayrt dvh`." }),
         tableBox,
       ];
     }
@@ -662,6 +745,12 @@
     return pts;
   }
 
+  // a curve's [dose (Gy), volume (%)] points: the full DVH when there is one, else the exported points
+  function curvePoints(c) {
+    if (c.full) return c.axis.map(function (d, i) { return [d, c.full[i]]; });
+    return dvhPoints(c.m);
+  }
+
   function niceStep(range, ticks) {
     const raw = range / Math.max(1, ticks), mag = Math.pow(10, Math.floor(Math.log10(raw)));
     const n = raw / mag;
@@ -671,7 +760,7 @@
   function dvhChart(curves, colour, dash, goals) {
     const W = 760, H = 400, L = 58, R = 18, T = 14, B = 46;
     let xmax = 0;
-    for (const c of curves) for (const p of dvhPoints(c.m)) xmax = Math.max(xmax, p[0]);
+    for (const c of curves) for (const p of curvePoints(c)) if (p[1] > 0 || !c.full) xmax = Math.max(xmax, p[0]);
     for (const g of goals) if (isFinite(g.limit_gy)) xmax = Math.max(xmax, g.limit_gy);
     if (!(xmax > 0)) xmax = 1;
     const step = niceStep(xmax * 1.05, 8);
@@ -691,11 +780,11 @@
       s("text", { x: 14, y: (T + H - B) / 2, "text-anchor": "middle", transform: "rotate(-90 14 " + (T + H - B) / 2 + ")", class: "al", text: "volume (%)" }));
     svg.append(grid);
     for (const c of curves) {
-      const pts = dvhPoints(c.m);
+      const pts = curvePoints(c).filter(function (p) { return p[0] <= xmax + 1e-9; });
       if (!pts.length) continue;
       const g = s("g", { class: "curve" }, s("title", { text: c.structure + " · " + c.machine + (c.withheld ? " (not released)" : "") }));
       g.append(s("polyline", { points: pts.map(function (p) { return X(p[0]).toFixed(1) + "," + Y(p[1]).toFixed(1); }).join(" "), fill: "none", stroke: colour[c.structure], "stroke-width": 2, "stroke-dasharray": dash[c.machine] || null }));
-      for (const p of pts) {
+      if (!c.full) for (const p of pts) {
         g.append(s("circle", { cx: X(p[0]).toFixed(1), cy: Y(p[1]).toFixed(1), r: 2.6, fill: colour[c.structure] },
           s("title", { text: c.structure + " · " + c.machine + ": " + p[2].replace("_gy", "").toUpperCase() + " = " + fmt.num(p[0], 2) + " Gy" })));
       }
@@ -928,13 +1017,285 @@
           (p.structures || []).length ? table(["structure", "kind", "volume (cc)"], p.structures.map(function (s) {
             return h("tr", null, h("td", { text: s.name }), h("td", { text: s.kind || "" }), h("td", { class: "num", text: fmt.num(s.volume_cc, 1) }));
           })) : muted("No structures: delineate them before planning."),
-          (p.warnings || []).length ? h("ul", { class: "notes" }, p.warnings.map(function (w) { return h("li", { text: w }); })) : null);
+          (p.warnings || []).length ? h("ul", { class: "notes" }, p.warnings.map(function (w) { return h("li", { text: w }); })) : null,
+          h("p", { class: "next" }, h("a", { href: pageHash("patients", p.id, "order"), class: "button", text: "Write the order →" }),
+            " ", h("a", { href: viewerHash("patients", p.id), class: "button", text: "Open viewer" })));
       } catch (e) {
         fill(out, h("p", { class: "err", text: "Upload refused: " + e.message }));
       }
     } }, h("label", null, "DICOM files or a zip ", input), " ", h("button", { type: "submit", text: "Upload" }));
     root.append(h("h1", { text: "Upload a patient" }), muted("CT (MR, PET) series with their RTSTRUCT, RTDOSE or RTPLAN, as files or one zip."), form, out);
     return { stop: function () {} };
+  }
+
+  // ------------------------------------------------------------------ order
+  // Writing a patient's medical order (prescription, dose levels of a simultaneous boost, clinical
+  // goals with ranks), choosing machines and starting the planning job (POST /jobs). The service
+  // validates the order against the patient's structures; its 422 names the field (e.g.
+  // goals.3.structure), and the message is shown next to that field. Nothing is stored until the
+  // job is accepted.
+  const FAST_PREVIEW = { num_beams: 5, dose_grid_mm: 5.0, bixel_mm: 5.0, fmo_iterations: 40, dao_rounds: 1, dao_iterations: 8, max_segments: 5, qa_bixel_mm: 5.0 };
+
+  function orderView(root, patientId) {
+    const msg = h("div", { class: "msg", role: "status" });
+    const patientBox = h("div", null, muted("Loading patient…"));
+    const formBox = h("div");
+    root.append(h("p", { class: "crumbs" }, h("a", { href: "#/upload", text: "← upload" })),
+      h("h1", null, "Order for patient ", h("span", { class: "mono", text: patientId })), msg,
+      section("Patient and structures", patientBox), formBox);
+    let patient = null, machines = [];
+    const state = { target: "", total: 60, fractions: 30, levels: [], goals: [], machines: {}, options: "{}", priority: 0, name: "" };
+
+    async function load() {
+      try {
+        const r = await Promise.all([call("patient", { patient_id: patientId }), call("machines").catch(function () { return { machines: [] }; })]);
+        patient = r[0];
+        machines = (r[1].machines || []).map(function (m) { return m.name; });
+        if (!state.target) {
+          const t = targets()[0];
+          state.target = t ? t.name : ((patient.structures || [])[0] || {}).name || "";
+        }
+        renderPatient();
+        renderForm();
+      } catch (e) { fill(patientBox, muted("Patient " + patientId + ": " + e.message)); }
+    }
+
+    function structures() { return (patient && patient.structures) || []; }
+    function targets() { return structures().filter(function (x) { return x.kind === "target"; }); }
+
+    function renderPatient() {
+      const auto = h("button", { type: "button", text: "Delineate automatically (External, lungs, bones, cavities)", onclick: async function () {
+        auto.disabled = true;
+        fill(msg, muted("Delineating…"));
+        try {
+          const r = await call("structures", { patient_id: patientId }, { body: { method: "auto" } });
+          const made = (r.changed || []).map(function (x) { return x.name || x; });
+          fill(msg, h("p", { class: "ok", text: "Delineation done" + (made.length ? ": " + made.join(", ") : "") + "." }));
+          patient = await call("patient", { patient_id: patientId });
+          renderPatient();
+          renderForm();
+        } catch (e) { fill(msg, h("p", { class: "err", text: "Delineation refused: " + e.message })); auto.disabled = false; }
+      } });
+      fill(patientBox,
+        h("p", { text: (patient.patient_name || "(no name)") + " · " + (patient.series || []).map(function (x) { return x.modality; }).join(", ") }),
+        structures().length ? table(["", "structure", "kind", "volume"], structures().map(function (st) {
+          return h("tr", null, h("td", null, swatch(structureColour(st))), h("td", { text: st.name }), h("td", { text: st.kind }), h("td", { class: "num", text: fmt.num(st.volume_cc, 1) + " cm³" }));
+        }), "grid compact") : muted("No structures yet."),
+        h("div", { class: "actions" }, auto));
+    }
+
+    // one select of the patient's structures
+    function structureSelect(value, onchange, label) {
+      const sel = h("select", { "aria-label": label || "structure" }, structures().map(function (x) { return h("option", { value: x.name, text: x.name + " (" + x.kind + ")", selected: x.name === value }); }));
+      if (value && !structures().some(function (x) { return x.name === value; })) sel.append(h("option", { value: value, text: value + " (not in the patient)", selected: true }));
+      sel.addEventListener("change", function () { onchange(sel.value); });
+      return sel;
+    }
+
+    function errSlot(field) { return h("span", { class: "field-err", dataset: { errFor: field }, role: "alert" }); }
+    function num(value, onchange, attrs) {
+      const el = h("input", Object.assign({ type: "number", step: "any", value: value === null || value === undefined ? "" : value, class: "short" }, attrs || {}));
+      el.addEventListener("input", function () { onchange(el.value === "" ? null : Number(el.value)); });
+      return el;
+    }
+
+    function levelOf(name) {
+      if (name === state.target) return state.total;
+      const l = state.levels.find(function (x) { return x.structure === name; });
+      return l ? l.dose_gy : null;
+    }
+
+    // The template: per target its D95 >= level (rank 1) and D2 <= 107 % (rank 2); per organ a
+    // maximum to fill in (rank 3); the body a maximum of 110 % of the prescription (rank 4).
+    function applyTemplate() {
+      const goals = [];
+      const tnames = [state.target].concat(state.levels.map(function (l) { return l.structure; })).filter(function (x, i, a) { return x && a.indexOf(x) === i; });
+      for (const t of tnames) {
+        const lvl = levelOf(t);
+        goals.push({ structure: t, metric: "D95", op: ">=", value: lvl, unit: null, rank: 1 });
+        goals.push({ structure: t, metric: "D2", op: "<=", value: lvl === null ? null : Math.round(lvl * 1.07 * 100) / 100, unit: null, rank: 2 });
+      }
+      for (const st of structures()) {
+        if (tnames.indexOf(st.name) >= 0 || st.kind === "target" || st.kind === "support") continue;
+        if (st.kind === "external") goals.push({ structure: st.name, metric: "max", op: "<=", value: Math.round(state.total * 1.1 * 100) / 100, unit: null, rank: 4 });
+        else goals.push({ structure: st.name, metric: "max", op: "<=", value: null, unit: null, rank: 3 });
+      }
+      state.goals = goals;
+      renderForm();
+    }
+
+    function renderForm() {
+      const rx = h("fieldset", { class: "rx" }, h("legend", { text: "Prescription" }),
+        h("label", null, "target ", structureSelect(state.target, function (v) { state.target = v; }, "prescription target"), errSlot("prescription.target")),
+        h("label", null, "total dose (Gy) ", num(state.total, function (v) { state.total = v; }, { name: "total_dose_gy", min: "0" }), errSlot("prescription.total_dose_gy")),
+        h("label", null, "fractions ", num(state.fractions, function (v) { state.fractions = v; }, { name: "fractions", min: "1", step: "1" }), errSlot("prescription.fractions")),
+        h("label", null, "order name ", h("input", { type: "text", value: state.name, placeholder: "e.g. H&N SIB 70/63/56", oninput: function (ev) { state.name = ev.target.value; } })));
+      const levels = h("fieldset", { class: "levels" }, h("legend", { text: "Other dose levels (simultaneous integrated boost)" }),
+        state.levels.length ? null : muted("One dose level: the prescription."),
+        state.levels.map(function (l, i) {
+          return h("div", { class: "row" }, structureSelect(l.structure, function (v) { l.structure = v; }, "dose level target " + (i + 1)),
+            num(l.dose_gy, function (v) { l.dose_gy = v; }, { "aria-label": "dose level " + (i + 1) + " (Gy)", min: "0" }), " Gy ",
+            h("button", { type: "button", class: "link", text: "remove", onclick: function () { state.levels.splice(i, 1); renderForm(); } }),
+            errSlot("dose_levels." + l.structure));
+        }),
+        h("button", { type: "button", text: "Add a dose level", onclick: function () {
+          const t = targets().find(function (x) { return x.name !== state.target && !state.levels.some(function (l) { return l.structure === x.name; }); });
+          state.levels.push({ structure: t ? t.name : (structures()[0] || {}).name, dose_gy: null });
+          renderForm();
+        } }), errSlot("dose_levels"));
+      const goalRows = state.goals.map(function (g, i) {
+        const op = h("select", { "aria-label": "goal " + (i + 1) + " comparison" }, h("option", { value: ">=", text: "≥", selected: g.op === ">=" }), h("option", { value: "<=", text: "≤", selected: g.op === "<=" }));
+        op.addEventListener("change", function () { g.op = op.value; });
+        const metric = h("input", { type: "text", value: g.metric, class: "short", "aria-label": "goal " + (i + 1) + " metric", placeholder: "D95, D0.1cc, mean, max, V20Gy" });
+        metric.addEventListener("input", function () { g.metric = metric.value.trim(); });
+        const unit = h("select", { "aria-label": "goal " + (i + 1) + " unit" }, ["Gy", "%", "cc"].map(function (u) { return h("option", { value: u, text: u, selected: (g.unit || "Gy") === u }); }));
+        unit.addEventListener("change", function () { g.unit = unit.value === "Gy" ? null : unit.value; });
+        return h("tr", { dataset: { goal: String(i) } },
+          h("td", null, structureSelect(g.structure, function (v) { g.structure = v; }, "goal " + (i + 1) + " structure")),
+          h("td", null, metric), h("td", null, op),
+          h("td", null, num(g.value, function (v) { g.value = v; }, { "aria-label": "goal " + (i + 1) + " value" })), h("td", null, unit),
+          h("td", null, num(g.rank, function (v) { g.rank = v; }, { "aria-label": "goal " + (i + 1) + " rank", min: "1", step: "1" })),
+          h("td", null, h("button", { type: "button", class: "link", text: "remove", onclick: function () { state.goals.splice(i, 1); renderForm(); } }), errSlot("goals." + i)));
+      });
+      const goals = h("fieldset", { class: "goals" }, h("legend", { text: "Clinical goals (rank 1 = most important; planned automatically from these)" }),
+        goalRows.length ? table(["structure", "metric", "", "value", "unit", "rank", ""], goalRows, "grid compact") : muted("No goals yet: fill them from the template or add them one by one."),
+        h("div", { class: "actions" },
+          h("button", { type: "button", text: "Fill from template", onclick: applyTemplate }),
+          h("button", { type: "button", text: "Add a goal", onclick: function () { state.goals.push({ structure: state.target, metric: "max", op: "<=", value: null, unit: null, rank: 2 }); renderForm(); } })),
+        errSlot("goals"));
+      const mach = h("fieldset", { class: "machines" }, h("legend", { text: "Treatment machines (in order of preference)" }),
+        machines.length ? machines.map(function (m) {
+          return h("label", { class: "chk" }, h("input", { type: "checkbox", name: "machine", value: m, checked: !!state.machines[m], onchange: function (ev) { state.machines[m] = ev.target.checked; } }), " " + m);
+        }) : muted("No treatment machines configured."), errSlot("machines"));
+      const opts = h("textarea", { rows: 3, cols: 70, name: "options", "aria-label": "planning options (JSON)", class: "mono" });
+      opts.value = state.options;
+      opts.addEventListener("input", function () { state.options = opts.value; });
+      const planning = h("fieldset", { class: "planning" }, h("legend", { text: "Planning" }),
+        h("label", null, "options (JSON; {} = the service's defaults) ", opts), errSlot("options"),
+        h("div", { class: "actions" },
+          h("button", { type: "button", text: "Defaults", onclick: function () { state.options = "{}"; opts.value = state.options; } }),
+          h("button", { type: "button", text: "Fast preview (coarse)", onclick: function () { state.options = JSON.stringify(FAST_PREVIEW); opts.value = state.options; } })),
+        h("label", null, "priority ", num(state.priority, function (v) { state.priority = v || 0; }, { step: "1" })));
+      const go = h("button", { type: "submit", class: "primary", text: "Start planning" });
+      const form = h("form", { class: "order", novalidate: true, onsubmit: async function (ev) {
+        ev.preventDefault();
+        await submit(form, go);
+      } }, rx, levels, goals, mach, planning, h("div", { class: "actions" }, go));
+      fill(formBox, section("Medical order", form));
+    }
+
+    function showErrors(form, errors) {
+      for (const el of form.querySelectorAll(".field-err")) el.textContent = "";
+      for (const el of form.querySelectorAll(".invalid")) el.classList.remove("invalid");
+      let shown = 0;
+      for (const e of errors) {
+        // the most specific slot: goals.3.structure -> goals.3 -> goals
+        let f = e.field || "", slot = null;
+        while (f && !slot) {
+          slot = form.querySelector('.field-err[data-err-for="' + (window.CSS && CSS.escape ? CSS.escape(f) : f) + '"]');
+          f = f.indexOf(".") >= 0 ? f.slice(0, f.lastIndexOf(".")) : "";
+        }
+        if (slot) {
+          slot.textContent = e.message;
+          const row = slot.closest("tr, label, .row, fieldset");
+          if (row) row.classList.add("invalid");
+          shown++;
+        } else fill(msg, h("p", { class: "err", text: e.message }));
+      }
+      return shown;
+    }
+
+    // checks the form can make itself, before the service sees the order
+    function localErrors() {
+      const out = [];
+      if (!state.target) out.push({ field: "prescription.target", message: "choose the prescription's target" });
+      if (!(state.total > 0)) out.push({ field: "prescription.total_dose_gy", message: "the total dose must be a positive number of Gy" });
+      if (!(Number.isInteger(state.fractions) && state.fractions >= 1)) out.push({ field: "prescription.fractions", message: "fractions must be a whole number ≥ 1" });
+      state.levels.forEach(function (l) { if (!(l.dose_gy > 0)) out.push({ field: "dose_levels." + l.structure, message: "give this level's dose in Gy" }); });
+      state.goals.forEach(function (g, i) {
+        if (g.value === null || !isFinite(g.value)) out.push({ field: "goals." + i, message: "give the goal's value" });
+        else if (!g.metric) out.push({ field: "goals." + i, message: "give the goal's metric (D95, D0.1cc, mean, max, V20Gy)" });
+        else if (!(Number.isInteger(g.rank) && g.rank >= 1)) out.push({ field: "goals." + i, message: "the rank is a whole number ≥ 1" });
+      });
+      if (!Object.keys(state.machines).some(function (m) { return state.machines[m]; })) out.push({ field: "machines", message: "choose at least one treatment machine" });
+      try { const o = JSON.parse(state.options || "{}"); if (o === null || typeof o !== "object" || Array.isArray(o)) throw new Error("not an object"); }
+      catch (e) { out.push({ field: "options", message: "options must be a JSON object: " + e.message }); }
+      return out;
+    }
+
+    async function submit(form, go) {
+      fill(msg);
+      const errors = localErrors();
+      if (errors.length) { showErrors(form, errors); return; }
+      showErrors(form, []);
+      const order = { prescription: { target: state.target, total_dose_gy: state.total, fractions: state.fractions }, goals: state.goals.map(function (g) {
+        const x = { structure: g.structure, metric: g.metric, op: g.op, value: g.value, rank: g.rank };
+        if (g.unit && /^V/i.test(g.metric)) x.unit = g.unit;
+        return x;
+      }) };
+      if (state.name) order.name = state.name;
+      if (state.levels.length) { order.dose_levels = {}; for (const l of state.levels) order.dose_levels[l.structure] = l.dose_gy; }
+      const body = { patient_id: patientId, order: order, machines: machines.filter(function (m) { return state.machines[m]; }), options: JSON.parse(state.options || "{}"), priority: state.priority };
+      go.disabled = true;
+      try {
+        const job = await call("createJob", null, { body: body });
+        location.hash = "#/jobs/" + encodeURIComponent(job.id);
+      } catch (e) {
+        go.disabled = false;
+        // the service's field is relative to the request: order.goals.3 -> goals.3
+        const field = String(e.field || "").replace(/^order\./, "");
+        if (!showErrors(form, [{ field: field, message: e.message }])) fill(msg, h("p", { class: "err", text: "Order refused: " + e.message }));
+      }
+    }
+
+    load();
+    return { stop: function () {} };
+  }
+
+  // ------------------------------------------------------------------ image viewer
+  // Axial, coronal and sagittal views with contours and doses (viewer.js, window.RayrtViewer): a
+  // job's plans (#/jobs/<id>/viewer), or a patient's images and uploaded doses (#/patients/<id>/viewer).
+  function viewerHash(kind, id) { return ["#", kind, encodeURIComponent(id), "viewer"].join("/"); }
+
+  function viewerView(root, jobId, patientId) {
+    const back = jobId ? h("a", { href: "#/jobs/" + encodeURIComponent(jobId), text: "← job" }) : h("a", { href: "#/upload", text: "← upload" });
+    const box = h("div", { class: "viewer-root" });
+    root.append(h("p", { class: "crumbs" }, back),
+      h("h1", null, "Viewer ", h("span", { class: "mono", text: jobId || patientId })), box);
+    if (!window.RayrtViewer) { fill(box, muted("The viewer script (viewer.js) did not load.")); return { stop: function () {} }; }
+    return window.RayrtViewer.open(box, {
+      info: async function () {
+        if (!jobId) return call("patientViewer", { patient_id: patientId });
+        try {
+          return await call("jobViewer", { job_id: jobId });
+        } catch (e) {
+          if (e.status !== 409) throw e;
+          const j = await call("job", { job_id: jobId }); // no plans yet: the patient's images
+          return call("patientViewer", { patient_id: j.patient_id });
+        }
+      },
+      urls: {
+        slice: function (pid, plane, index, series) {
+          return apiUrl("viewerSlice", { patient_id: pid, plane: plane, index: index }) + (series ? "?series=" + encodeURIComponent(series) : "");
+        },
+        masks: function (pid, plane, index, key) {
+          return apiUrl("viewerMasks", { patient_id: pid, plane: plane, index: index }) + "?key=" + encodeURIComponent(key || "");
+        },
+        planDose: function (jid, machine, plane, index) { return apiUrl("viewerPlanDose", { job_id: jid, machine: machine, plane: plane, index: index }); },
+        uploadDose: function (pid, n, plane, index) { return apiUrl("viewerUploadDose", { patient_id: pid, n: n, plane: plane, index: index }); },
+        // one slice change in one answer: the image, the masks (the structure set's key keeps the
+        // page's cache fresh) and the shown doses by their viewer ids
+        view: function (v, plane, index, series, doses) {
+          const q = ["key=" + encodeURIComponent(v.structure_key || "")];
+          if (series) q.push("series=" + encodeURIComponent(series));
+          for (const d of doses) q.push("dose=" + encodeURIComponent(d));
+          const base = v.job_id ? apiUrl("viewerJobView", { job_id: v.job_id, plane: plane, index: index })
+            : apiUrl("viewerPatientView", { patient_id: v.patient_id, plane: plane, index: index });
+          return base + "?" + q.join("&");
+        },
+      },
+      onUnauthorized: signInView,
+    });
   }
 
   // ------------------------------------------------------------------ sign-in
@@ -995,9 +1356,14 @@
     const name = parts[0] || "jobs";
     for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === name);
     fill(view);
-    if (name === "jobs" && parts[1]) { document.title = "rayrt: job " + parts[1]; current = jobView(view, parts[1]); }
+    if ((name === "jobs" || name === "patients") && parts[1] && parts[2] === "viewer") {
+      document.title = "rayrt: viewer " + parts[1];
+      current = viewerView(view, name === "jobs" ? parts[1] : null, name === "patients" ? parts[1] : null);
+    }
+    else if (name === "jobs" && parts[1]) { document.title = "rayrt: job " + parts[1]; current = jobView(view, parts[1]); }
     else if (name === "machines") { document.title = "rayrt: machines"; current = machinesView(view); }
     else if (name === "upload") { document.title = "rayrt: upload"; current = uploadView(view); }
+    else if (name === "patients" && parts[1] && parts[2] === "order") { document.title = "rayrt: order for " + parts[1]; current = orderView(view, parts[1]); }
     else if (name === "cluster") { document.title = "rayrt: cluster"; current = clusterView(view); }
     else { document.title = "rayrt: jobs"; current = jobsView(view); }
   }
