@@ -119,6 +119,9 @@ PARAMS = {
     "machine": "nosuch",
     "kind": "rtplan",
     "path": "x.json",
+    "plane": "axial",
+    "index": "0",
+    "n": "0",
 }
 
 

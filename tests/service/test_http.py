@@ -178,7 +178,7 @@ def test_bad_jobs_are_4xx_json_and_change_nothing(serve_app, serve_settings, pat
         "unknown structure": (
             http.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": unknown}),
             422,
-            "structure",
+            "objectives.0.structure",  # where the unknown name stands
         ),
         "negative prescription": (
             http.post(f"{serve_app}/jobs", json={"patient_id": patient["id"], "order": negative}),
