@@ -643,19 +643,33 @@ class Ingress:
 
     @api.get("/patients/{patient_id}/views/{plane}/{index}", dependencies=CLINICIAN)
     def patient_view(
-        self, patient_id: str, plane: str, index: str, series: str | None = None, dose: list[str] = Query(default=[])
+        self,
+        patient_id: str,
+        plane: str,
+        index: str,
+        series: str | None = None,
+        dose: list[str] = Query(default=[]),
+        also: list[str] = Query(default=[]),
     ) -> Response:
         """One slice change in one answer: the image, every structure's mask and each ``?dose=``
-        (``upload:<n>``) of a slice (rayrt.service.viewer.bundle)."""
-        data = self._viewer().view(patient_id, plane, index, series, dose)
+        (``upload:<n>``) of a slice (rayrt.service.viewer.bundle); ``?also=<plane>:<index>``: the
+        other slices the same click moves, in the same answer."""
+        data = self._viewer().view(patient_id, plane, index, series, dose, also=also)
         return Response(content=data, media_type="application/octet-stream")
 
     @api.get("/jobs/{job_id}/views/{plane}/{index}", dependencies=CLINICIAN)
     def job_view(
-        self, job_id: str, plane: str, index: str, series: str | None = None, dose: list[str] = Query(default=[])
+        self,
+        job_id: str,
+        plane: str,
+        index: str,
+        series: str | None = None,
+        dose: list[str] = Query(default=[]),
+        also: list[str] = Query(default=[]),
     ) -> Response:
-        """One slice change in one answer with the job's doses (``?dose=plan:<machine>`` or ``upload:<n>``)."""
-        data = self._viewer().view(None, plane, index, series, dose, job_id=job_id)
+        """One slice change in one answer with the job's doses (``?dose=plan:<machine>`` or
+        ``upload:<n>``; ``?also=<plane>:<index>`` as for a patient's view)."""
+        data = self._viewer().view(None, plane, index, series, dose, job_id=job_id, also=also)
         return Response(content=data, media_type="application/octet-stream")
 
     # ---------------------------------------------------------------- jobs

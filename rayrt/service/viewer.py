@@ -109,6 +109,8 @@ PROBE_BYTES = 64 * 1024
 VIEW_MAGIC = b"RRTV"
 #: most doses one view answer carries
 MAX_VIEW_DOSES = 4
+#: other slices one view answer may carry (a click in one view moves the other two)
+MAX_VIEW_ALSO = 2
 
 #: CT window presets (width, level) in HU
 CT_WINDOWS: tuple[tuple[str, float, float], ...] = (
@@ -840,10 +842,13 @@ class Viewer:
         series: str | None = None,
         doses: Any = (),
         job_id: str | None = None,
+        also: Any = (),
     ) -> bytes:
         """One slice change in one answer (:func:`bundle`): parts ``image``, ``masks`` and one
         ``dose:<id>`` per entry of ``doses`` (``DoseEntry.id``: ``upload:<n>``, or with ``job_id``
-        ``plan:<machine>``), the same bytes as the separate slice answers."""
+        ``plan:<machine>``), the same bytes as the separate slice answers. ``also``: other slices
+        changed by the same action (``"<plane>:<index>"``, e.g. a click in one view that moves the
+        other two), their parts named ``<plane>@<index>/image`` ..., computed alongside."""
         if job_id is not None:
             patient_id = self.store.get_job(job_id).patient_id
         assert patient_id is not None
@@ -852,17 +857,38 @@ class Viewer:
             raise InputError(
                 f"at most {MAX_VIEW_DOSES} doses in one view, got {len(ids)}", kind="request", field="dose", status=422
             )
+        extra = [str(a) for a in (also or [])]
+        if len(extra) > MAX_VIEW_ALSO or any(":" not in a for a in extra):
+            raise InputError(
+                f"'also' takes at most {MAX_VIEW_ALSO} slices written <plane>:<index>, got {extra}",
+                kind="request",
+                field="also",
+                status=422,
+            )
         pid: str = patient_id
+        makers: list[tuple[str, Callable[[], SliceAnswer]]] = []
+        for prefix, pl, ix in [("", plane, index)] + [(f"{a}/".replace(":", "@", 1), *a.split(":", 1)) for a in extra]:
+            self._plane_index(self._primary_grid(pid), pl, ix)  # a bad plane or index: 422 before any work
+            makers += self._view_makers(prefix, pid, pl, ix, series, ids, job_id)
+        # the parts at once: resampling, packing and zlib release the GIL (a cold 512 x 512 slice
+        # with a dose then takes about the time of its slowest part, not of all three)
+        futures = [(name, self._pool.submit(make)) for name, make in makers]
+        return bundle([(name, f.result()) for name, f in futures])
+
+    def _view_makers(
+        self, prefix: str, pid: str, plane: str, index: Any, series: str | None, ids: list, job_id: str | None
+    ) -> list[tuple[str, Callable[[], SliceAnswer]]]:
+        """The parts of one slice of a view answer, as (name, function making it)."""
         makers: list[tuple[str, Callable[[], SliceAnswer]]] = [
-            ("image", partial(self.image_slice, pid, plane, index, series)),
-            ("masks", partial(self.mask_slice, pid, plane, index)),
+            (f"{prefix}image", partial(self.image_slice, pid, plane, index, series)),
+            (f"{prefix}masks", partial(self.mask_slice, pid, plane, index)),
         ]
         for d in ids:
             kind, _, ref = str(d).partition(":")
             if kind == "upload":
-                makers.append((f"dose:{d}", partial(self.uploaded_dose_slice, pid, ref, plane, index)))
+                makers.append((f"{prefix}dose:{d}", partial(self.uploaded_dose_slice, pid, ref, plane, index)))
             elif kind == "plan" and job_id is not None:
-                makers.append((f"dose:{d}", partial(self.plan_dose_slice, job_id, ref, plane, index)))
+                makers.append((f"{prefix}dose:{d}", partial(self.plan_dose_slice, job_id, ref, plane, index)))
             else:
                 where = "GET /jobs/{id}/viewer" if job_id else "GET /patients/{id}/viewer"
                 raise InputError(
@@ -871,10 +897,7 @@ class Viewer:
                     field="dose",
                     status=404,
                 )
-        # the parts at once: resampling, packing and zlib release the GIL (a cold 512 x 512 slice
-        # with a dose then takes about the time of its slowest part, not of all three)
-        futures = [(name, self._pool.submit(make)) for name, make in makers]
-        return bundle([(name, f.result()) for name, f in futures])
+        return makers
 
     def masks_full(self, patient_id: str) -> list[tuple[Structure, np.ndarray]]:
         """Every structure's whole mask as the viewer holds it (tests, reports)."""

@@ -176,6 +176,29 @@ def test_one_answer_per_slice_change(serve_app, patient, planned_job) -> None:
     assert set(parts) == {"image", "masks", "dose:plan:standard", "dose:upload:0"}
     alone = http.get(f"{serve_app}/jobs/{jid}/plans/standard/dose/axial/5", timeout=30)
     assert parts["dose:plan:standard"][1] == alone.content
+    # a click that moves two views: both slices in one answer, each part the same as on its own
+    r = http.get(
+        f"{serve_app}/jobs/{jid}/views/coronal/16",
+        params=[("dose", "plan:standard"), ("also", "sagittal:20")],
+        timeout=30,
+    )
+    both = unbundle(r.content)
+    assert set(both) == {"image", "masks", "dose:plan:standard"} | {
+        f"sagittal@20/{n}" for n in ("image", "masks", "dose:plan:standard")
+    }
+    for plane, index, prefix in (("coronal", 16, ""), ("sagittal", 20, "sagittal@20/")):
+        alone = unbundle(
+            http.get(f"{serve_app}/jobs/{jid}/views/{plane}/{index}", params={"dose": "plan:standard"}).content
+        )
+        assert all(both[prefix + name][1] == alone[name][1] for name in alone), plane
+    for url, params, status in (
+        (f"/jobs/{jid}/views/axial/5", [("also", "sagittal:20")] * 3, 422),  # at most two more slices
+        (f"/jobs/{jid}/views/axial/5", {"also": "sagittal"}, 422),
+        (f"/jobs/{jid}/views/axial/5", {"also": "sagittal:9999"}, 422),
+        (f"/jobs/{jid}/views/axial/5", {"also": "oblique:1"}, 422),
+    ):
+        r = http.get(f"{serve_app}{url}", params=params, timeout=30)
+        assert r.status_code == status and r.json()["field"] in ("also", "index", "plane"), (url, params, r.text)
     for url, params, status in (
         (f"/patients/{patient}/views/axial/5", {"dose": "plan:standard"}, 404),  # a plan needs a job
         (f"/jobs/{jid}/views/axial/5", {"dose": "plan:halcyon"}, 404),

@@ -68,6 +68,23 @@ def _click(browser, el) -> None:
     el.click()
 
 
+def _click_when_there(browser, xpath: str, timeout_s: float = 60.0) -> None:
+    """Click the element at ``xpath`` once it is there (the machines board redraws itself every few
+    seconds: an element found just before a redraw is gone, so look again)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            browser.find_element(By.XPATH, xpath).click()
+            return
+        except (NoSuchElementException, StaleElementReferenceException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _select(el, value: str) -> None:
     from selenium.webdriver.support.ui import Select
 
@@ -208,9 +225,9 @@ def test_upload_order_plan_review_book(serve_app, browser, tg119_zip, downloads)
     wait(browser, "main h1", "Treatment machines")
     row = "//tr[td[normalize-space()='standard_twin']]"
     wait(browser, "main", "standard_twin")
-    browser.find_element(By.XPATH, f"{row}//button[normalize-space()='Mark down']").click()
+    _click_when_there(browser, f"{row}//button[normalize-space()='Mark down']")
     WebDriverWait(browser, 10).until(ec.alert_is_present()).accept()
     wait(browser, "main .msg", "standard_twin is now down", timeout=120)
     wait(browser, "main .msg", f"moved: job {jid}")
-    browser.find_element(By.XPATH, f"{row}//button[normalize-space()='Mark available']").click()
+    _click_when_there(browser, f"{row}//button[normalize-space()='Mark available']")  # once the board refreshed
     wait(browser, "main .msg", "standard_twin is now available", timeout=120)

@@ -238,6 +238,29 @@
       return d;
     }
 
+    // a click in one view moves the other two: both new slices in one answer (?also=), each put in
+    // the cache under its own view URL, where show() then finds it (one request instead of two)
+    function primeTogether(changes) {
+      if (!USE_VIEWS || changes.length < 2) return;
+      const urls = changes.map(function (c) { return viewUrl(c.plane, c.index); });
+      if (urls.some(function (u) { return cache.has(u); })) return;
+      const also = changes.slice(1).map(function (c) { return "also=" + encodeURIComponent(c.plane + ":" + c.index); });
+      const all = fetchView(urls[0] + "&" + also.join("&"));
+      changes.forEach(function (c, n) {
+        const prefix = n === 0 ? "" : c.plane + "@" + c.index + "/";
+        const one = all.then(function (parts) {
+          const out = {};
+          for (const name of Object.keys(parts)) {
+            if (n === 0 ? name.indexOf("/") < 0 : name.indexOf(prefix) === 0) out[name.slice(prefix.length)] = parts[name];
+          }
+          return out;
+        });
+        cache.set(urls[n], one);
+        one.catch(function () { cache.delete(urls[n]); });
+      });
+      while (cache.size > CACHE_ENTRIES) cache.delete(cache.keys().next().value);
+    }
+
     function prefetch(plane, index, dir) {
       const n = info.planes.find(function (p) { return p.plane === plane; }).count;
       const steps = dir ? [dir, 2 * dir] : [1, -1];
@@ -618,12 +641,18 @@
       const g = geometry(pane), p = pane.info;
       const c = Math.floor((x - g.ox) / g.sx), r = Math.floor((y - g.oy) / g.sy);
       if (r < 0 || c < 0 || r >= p.rows || c >= p.cols) return;
+      const changes = [];
       for (const other of PLANES) {
         if (other === pane.plane) continue;
         const ax = panes[other].info.axis;
-        if (ax === p.row_axis) setIndex(other, arrayIndex(pane, ax, r));
-        else if (ax === p.col_axis) setIndex(other, arrayIndex(pane, ax, c));
+        const n = panes[other].info.count;
+        const index = ax === p.row_axis ? arrayIndex(pane, ax, r) : ax === p.col_axis ? arrayIndex(pane, ax, c) : null;
+        if (index === null) continue;
+        const clamped = Math.max(0, Math.min(n - 1, index));
+        if (clamped !== state.idx[other]) changes.push({ plane: other, index: clamped });
       }
+      primeTogether(changes);
+      for (const ch of changes) setIndex(ch.plane, ch.index);
       present(pane);
       readAt(pane, r, c);
     }
