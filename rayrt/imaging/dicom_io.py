@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -46,6 +47,7 @@ __all__ = [
     "read_image_series",
     "read_rtstruct",
     "read_rtdose",
+    "read_rtdose_bytes",
     "IMAGE_MODALITIES",
 ]
 
@@ -692,6 +694,15 @@ def check_frame_of_reference(what: str, uid: str | None, expected: str | None, e
 
 # --------------------------------------------------------------------------------- RTDOSE
 @damaged_input("the RTDOSE", "rtdose")
+def read_rtdose_bytes(data: bytes) -> Volume:
+    """An RT Dose file held in memory (e.g. read from the service's store) as :func:`read_rtdose`
+    reads a file: the same checks, the dose in Gy."""
+    with tempfile.TemporaryDirectory(prefix="rayrt-rtdose-") as d:
+        path = Path(d) / "RD.dcm"
+        path.write_bytes(data)
+        return read_rtdose(path)
+
+
 def read_rtdose(path: str | Path, warnings: list[str] | None = None) -> Volume:
     """An RT Dose file as a Volume of dose in Gy (quantity ``dose_gy``)."""
     path = Path(path)

@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.order import MedicalOrder
+from rayrt.imaging.arrays import safe_name
 from rayrt.imaging.export import write_ct_series, write_rtstruct
 from rayrt.imaging.rtplan import StructureSetRef, export_plan_dicom
 from rayrt.imaging.volume import Volume
@@ -63,6 +64,25 @@ class MachineSummary(BaseModel):
     failed_checks: list[str] = Field(default_factory=list)
     goals: list[GoalResult] = Field(default_factory=list)
     files: list[str] = Field(default_factory=list)
+
+
+#: the summary's verdict of a converted plan that is not released (no RTPLAN / RTDOSE written)
+NOT_RELEASED = "not released"
+
+
+def rtplan_result(machine: str) -> str:
+    """Where a released plan's RTPLAN lies among the job's results."""
+    return f"export/RP_{safe_name(machine)}.dcm"
+
+
+def rtdose_result(machine: str) -> str:
+    """Where a released plan's RTDOSE (Gy, total course) lies among the job's results."""
+    return f"export/RD_{safe_name(machine)}.dcm"
+
+
+def qa_result(machine: str) -> str:
+    """Where the QA stage's report (JSON) of a plan lies among the job's results."""
+    return f"qa/qa_{safe_name(machine)}.json"
 
 
 class ExportResult(BaseModel):
@@ -266,7 +286,7 @@ def export(
                     plan_id="",
                     total_mu_per_fraction=0.0,
                     segments=0,
-                    verdict="not released",
+                    verdict=NOT_RELEASED,
                     failed_checks=list(mp.reasons),
                 )
             )
@@ -278,7 +298,7 @@ def export(
                     plan_id=mp.plan.id,
                     total_mu_per_fraction=mp.plan.total_mu,
                     segments=sum(len(b.segments) for b in mp.plan.beams),
-                    verdict="not released",
+                    verdict=NOT_RELEASED,
                     failed_checks=[f"QA {rep.verdict}"] + [f"{c.name}: {c.status}" for c in rep.failed()],
                     goals=plan_goals(mp.dose, mp.dvh, False),
                 )

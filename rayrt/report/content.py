@@ -14,9 +14,7 @@ code serves a job in the service's store and a ``rayrt plan --out`` folder. No H
 
 from __future__ import annotations
 
-import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -25,30 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.patient import Structure, StructureKind
 from rayrt.domain.review import PlanReviews
-from rayrt.imaging.arrays import safe_name
-from rayrt.imaging.dicom_io import read_rtdose
+from rayrt.imaging.dicom_io import read_rtdose_bytes
 from rayrt.imaging.volume import Volume
-from rayrt.pipeline.export import ExportResult, MachineSummary
+from rayrt.pipeline.export import NOT_RELEASED, ExportResult, MachineSummary, qa_result, rtdose_result
 from rayrt.qa.report import QAReport
 
-__all__ = ["PlanData", "StructureData", "ReportInput", "read_plans", "qa_path", "rtdose_path", "NOT_RELEASED"]
-
-#: the export summary's verdict of a converted plan that has no RTPLAN / RTDOSE
-NOT_RELEASED = "not released"
+__all__ = ["PlanData", "StructureData", "ReportInput", "read_plans"]
 
 ResultReader = Callable[[str], "bytes | None"]
 """``rel`` (a result file under the job's stage folders, e.g. ``qa/qa_standard.json``) -> its bytes,
 None when absent."""
-
-
-def qa_path(machine: str) -> str:
-    """Where the QA stage stores a plan's :class:`QAReport` (JSON)."""
-    return f"qa/qa_{safe_name(machine)}.json"
-
-
-def rtdose_path(machine: str) -> str:
-    """Where the export stage stores a released plan's RTDOSE (Gy, total course)."""
-    return f"export/RD_{safe_name(machine)}.dcm"
 
 
 class PlanData(BaseModel):
@@ -135,24 +119,16 @@ class ReportInput(BaseModel):
         return next((s for s in drawn if s.structure.kind == StructureKind.target), None)
 
 
-def _rtdose(data: bytes) -> Volume:
-    """An RTDOSE file's bytes as a dose Volume (Gy) through the project's reader."""
-    with tempfile.TemporaryDirectory(prefix="rayrt-report-") as d:
-        p = Path(d) / "RD.dcm"
-        p.write_bytes(data)
-        return read_rtdose(p)
-
-
 def read_plans(summary: ExportResult, read: ResultReader) -> list[PlanData]:
     """Per plan of the export summary (its order: the standard plan first) the QA report and,
     for a released plan, the RTDOSE, read through ``read`` (a missing file: None)."""
     out = []
     for m in summary.machines:
-        qa_bytes = read(qa_path(m.machine))
+        qa_bytes = read(qa_result(m.machine))
         qa = QAReport.model_validate_json(qa_bytes) if qa_bytes is not None else None
         dose = None
         if m.verdict != NOT_RELEASED:
-            rd = read(rtdose_path(m.machine))
-            dose = _rtdose(rd) if rd is not None else None
+            rd = read(rtdose_result(m.machine))
+            dose = read_rtdose_bytes(rd) if rd is not None else None
         out.append(PlanData(summary=m, qa=qa, dose=dose))
     return out

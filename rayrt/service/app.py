@@ -76,8 +76,9 @@ from rayrt.domain.job import Job
 from rayrt.domain.order import MedicalOrder
 from rayrt.domain.planning import PlanningRequest, planning_request
 from rayrt.domain.review import PlanReview, PlanReviews, ReviewDecision, ReviewRequest
+from rayrt.imaging.arrays import safe_name
 from rayrt.pipeline import check_request, validate_order
-from rayrt.pipeline.export import ExportResult
+from rayrt.pipeline.export import NOT_RELEASED, ExportResult, qa_result, rtdose_result, rtplan_result
 from rayrt.report.dvhs import DVHCurves
 from rayrt.service.admission import AdmissionMiddleware, AdmissionPolicy
 from rayrt.service.admission import set_policy as set_admission
@@ -302,9 +303,9 @@ class Ingress:
         self.users = UserStore(self.store)
         self.keys = IdempotencyStore(self.store)
         self._key_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
-        self._patient_locks: dict[
-            str, asyncio.Lock
-        ] = {}  # structure edits per patient; review appends per job ("reviews:<job>")
+        self._patient_locks: dict[str, asyncio.Lock] = {}  # structure edits, per patient
+        self._review_locks: dict[str, asyncio.Lock] = {}  # review appends, per job
+        self._viewer = Viewer(self.store, settings.viewer_cache_mb)  # the viewer's slices and their cache
         set_authenticator(Authenticator(self.users, open=not settings.auth))
         self.audit = get_or_create_audit_log(settings)
         set_sink(self._audit)
@@ -593,13 +594,6 @@ class Ingress:
         )
 
     # ---------------------------------------------------------------- viewer
-    def _viewer(self) -> Viewer:
-        """The replica's image-viewer data and its cache (rayrt.service.viewer), made on first use."""
-        v = getattr(self, "_viewer_data", None)
-        if v is None:
-            v = self._viewer_data = Viewer(self.store, self.settings.viewer_cache_mb)
-        return v
-
     @staticmethod
     def _slice_response(answer: SliceAnswer) -> Response:
         """A binary slice (X-Rows / X-Cols / X-Dtype), gzip-encoded where that pays (browsers and
@@ -611,35 +605,35 @@ class Ingress:
     def patient_viewer(self, patient_id: str) -> ViewerInfo:
         """The image viewer's description of a patient: primary grid and its planes, image series with
         window presets, structures (index, name, colour), uploaded doses."""
-        return self._viewer().patient_info(patient_id)
+        return self._viewer.patient_info(patient_id)
 
     @api.get("/patients/{patient_id}/slices/{plane}/{index}", dependencies=CLINICIAN)
     def patient_slice(self, patient_id: str, plane: str, index: str, series: str | None = None) -> Response:
         """One slice of an image series on the primary plane: int16 HU (CT) or float32, gzip."""
-        return self._slice_response(self._viewer().image_slice(patient_id, plane, index, series))
+        return self._slice_response(self._viewer.image_slice(patient_id, plane, index, series))
 
     @api.get("/patients/{patient_id}/masks/{plane}/{index}", dependencies=CLINICIAN)
     def patient_masks(self, patient_id: str, plane: str, index: str) -> Response:
         """Every structure's mask on one slice: packed bits [structures, rows, cols], gzip."""
-        return self._slice_response(self._viewer().mask_slice(patient_id, plane, index))
+        return self._slice_response(self._viewer.mask_slice(patient_id, plane, index))
 
     @api.get("/patients/{patient_id}/doses/{n}/{plane}/{index}", dependencies=CLINICIAN)
     def patient_dose_slice(self, patient_id: str, n: str, plane: str, index: str) -> Response:
         """An uploaded dose on one slice of the primary grid: float32 Gy, gzip."""
-        return self._slice_response(self._viewer().uploaded_dose_slice(patient_id, n, plane, index))
+        return self._slice_response(self._viewer.uploaded_dose_slice(patient_id, n, plane, index))
 
     @api.get("/jobs/{job_id}/viewer", response_model=ViewerInfo, dependencies=CLINICIAN)
     def job_viewer(self, job_id: str, request: Request) -> ViewerInfo:
         """The patient's viewer description with the job's plan doses (standard first, then each
         released converted plan), the uploaded doses and the order's prescription (409 before export)."""
-        info = self._viewer().job_info(job_id)
+        info = self._viewer.job_info(job_id)
         note(request, patient_id=info.patient_id)
         return info
 
     @api.get("/jobs/{job_id}/plans/{machine}/dose/{plane}/{index}", dependencies=CLINICIAN)
     def job_plan_dose_slice(self, job_id: str, machine: str, plane: str, index: str) -> Response:
         """A released plan's dose (its RTDOSE) on one slice of the primary grid: float32 Gy, gzip."""
-        return self._slice_response(self._viewer().plan_dose_slice(job_id, machine, plane, index))
+        return self._slice_response(self._viewer.plan_dose_slice(job_id, machine, plane, index))
 
     @api.get("/patients/{patient_id}/views/{plane}/{index}", dependencies=CLINICIAN)
     def patient_view(
@@ -654,7 +648,7 @@ class Ingress:
         """One slice change in one answer: the image, every structure's mask and each ``?dose=``
         (``upload:<n>``) of a slice (rayrt.service.viewer.bundle); ``?also=<plane>:<index>``: the
         other slices the same click moves, in the same answer."""
-        data = self._viewer().view(patient_id, plane, index, series, dose, also=also)
+        data = self._viewer.view(patient_id, plane, index, series, dose, also=also)
         return Response(content=data, media_type="application/octet-stream")
 
     @api.get("/jobs/{job_id}/views/{plane}/{index}", dependencies=CLINICIAN)
@@ -669,7 +663,7 @@ class Ingress:
     ) -> Response:
         """One slice change in one answer with the job's doses (``?dose=plan:<machine>`` or
         ``upload:<n>``; ``?also=<plane>:<index>`` as for a patient's view)."""
-        data = self._viewer().view(None, plane, index, series, dose, job_id=job_id, also=also)
+        data = self._viewer.view(None, plane, index, series, dose, job_id=job_id, also=also)
         return Response(content=data, media_type="application/octet-stream")
 
     # ---------------------------------------------------------------- jobs
@@ -835,7 +829,7 @@ class Ingress:
         entries = []
         for m in summary.machines:
             base = f"/jobs/{job_id}/plans/{m.machine}"
-            released = m.verdict != "not released"  # a plan that failed QA has no RTPLAN / RTDOSE
+            released = m.verdict != NOT_RELEASED  # a plan that failed QA has no RTPLAN / RTDOSE
             kinds = ("rtplan", "rtdose", "rtstruct", "qa", "dvh", "plan") if released else ("qa",)
             entries.append(PlanEntry(**m.model_dump(), downloads={k: f"{base}/{k}" for k in kinds}))
         return JobPlans(
@@ -855,7 +849,7 @@ class Ingress:
     def job_plan_file(self, job_id: str, machine: str, kind: str, deidentify: bool = False) -> Response:
         """One machine's RTPLAN, RTDOSE, the RTSTRUCT, its QA report (JSON), its DVH rows (CSV) or its plan (JSON)."""
         self.job_plan(job_id, machine)
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in machine)
+        safe = safe_name(machine)
         if kind == "dvh":
             text = self.store.read_result(job_id, "export/dvh.csv").decode()
             lines = text.splitlines()
@@ -866,10 +860,10 @@ class Ingress:
                 headers={"Content-Disposition": f'attachment; filename="dvh_{safe}.csv"'},
             )
         paths = {
-            "rtplan": f"export/RP_{safe}.dcm",
-            "rtdose": f"export/RD_{safe}.dcm",
+            "rtplan": rtplan_result(machine),
+            "rtdose": rtdose_result(machine),
             "rtstruct": "export/RS.dcm",
-            "qa": f"qa/qa_{safe}.json",
+            "qa": qa_result(machine),
             "plan": "normalize/plan.json" if machine == self._standard_name(job_id) else f"convert/plan_{safe}.json",
         }
         if kind not in paths:
@@ -881,14 +875,19 @@ class Ingress:
             )
         return self.get_result(job_id, paths[kind], deidentify)
 
+    async def _exported_job(self, job_id: str, request: Request) -> Job:
+        """The job, once its export stage has finished (409 before), its patient noted for the audit."""
+        await run_in_threadpool(self._summary, job_id)
+        job = await run_in_threadpool(self.store.get_job, job_id)
+        note(request, patient_id=job.patient_id)
+        return job
+
     @api.get("/jobs/{job_id}/report", dependencies=CLINICIAN)
     async def job_report(self, job_id: str, request: Request) -> Response:
         """The job's plan review as a PDF for the patient record (rayrt.report): patient, prescription,
         release decisions and reviews, plan summary, goals, DVHs, dose planes through the target, QA
         per machine. Rendered in a Ray task (rayrt.service.report_data); 409 before the export stage."""
-        await run_in_threadpool(self._summary, job_id)
-        job = await run_in_threadpool(self.store.get_job, job_id)
-        note(request, patient_id=job.patient_id)
+        job = await self._exported_job(job_id, request)
         pdf = await report_remote(self.store, job.id, self.settings.import_options)
         return Response(
             content=pdf,
@@ -901,9 +900,7 @@ class Ingress:
         """Full cumulative DVHs of every structure for every plan with a dose (the report's DVHs: on
         each plan's dose grid, voxel-centre method), on one dose axis; computed in a Ray task; 409
         before the export stage."""
-        await run_in_threadpool(self._summary, job_id)
-        job = await run_in_threadpool(self.store.get_job, job_id)
-        note(request, patient_id=job.patient_id)
+        job = await self._exported_job(job_id, request)
         body = await dvh_curves_remote(self.store, job.id, self.settings.import_options)
         return Response(content=body, media_type="application/json")
 
@@ -1017,7 +1014,7 @@ class Ingress:
         if machine is None:
             raise InputError("the job names no machine: give 'machine'", kind="request", field="machine", status=422)
         plan = await run_in_threadpool(self.job_plan, job_id, machine)
-        if plan.verdict == "not released":
+        if plan.verdict == NOT_RELEASED:
             raise InputError(
                 f"the plan for {machine} was not released (QA failed: {'; '.join(plan.failed_checks[:3])}); "
                 "it cannot be booked",
@@ -1054,7 +1051,7 @@ class Ingress:
         plan = await run_in_threadpool(self.job_plan, job_id, machine)
         job = await run_in_threadpool(self.store.get_job, job_id)
         note(request, patient_id=job.patient_id)
-        if req.decision == ReviewDecision.approved and plan.verdict == "not released":
+        if req.decision == ReviewDecision.approved and plan.verdict == NOT_RELEASED:
             raise InputError(
                 f"the plan for {machine} was not released (QA failed); it cannot be approved",
                 kind="conflict",
@@ -1070,7 +1067,7 @@ class Ingress:
             comment=req.comment.strip(),
             by=request_user(request).name,
         )
-        async with self._patient_locks.setdefault(f"reviews:{job_id}", asyncio.Lock()):
+        async with self._review_locks.setdefault(job_id, asyncio.Lock()):
             return await run_in_threadpool(add_review, self.store, job_id, review)
 
 

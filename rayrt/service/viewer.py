@@ -48,14 +48,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import tempfile
 import threading
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -64,7 +62,7 @@ from pydantic import BaseModel, Field
 
 from rayrt.domain.errors import InputError
 from rayrt.domain.patient import Structure
-from rayrt.imaging.dicom_io import read_rtdose
+from rayrt.imaging.dicom_io import read_rtdose, read_rtdose_bytes
 from rayrt.imaging.slices import (
     PLANES,
     Plane,
@@ -78,7 +76,7 @@ from rayrt.imaging.slices import (
     resample_on_plane,
 )
 from rayrt.imaging.volume import Grid, Volume
-from rayrt.pipeline.export import ExportResult
+from rayrt.pipeline.export import NOT_RELEASED, ExportResult, rtdose_result
 from rayrt.service.store import Store, StoredMask, StoredVolume, StudyManifest, check_id
 
 __all__ = [
@@ -577,15 +575,14 @@ class Viewer:
         for m in summary.machines:
             if m.machine != machine:
                 continue
-            rd = next((f for f in m.files if f.startswith("RD")), None)
-            if m.verdict == "not released" or rd is None:
+            if m.verdict == NOT_RELEASED:
                 raise InputError(
                     f"the plan for {machine} was not released: it has no dose to show",
                     kind="not_found",
                     field="machine",
                     status=404,
                 )
-            return f"export/{rd}"
+            return rtdose_result(machine)
         known = ", ".join(m.machine for m in summary.machines)
         raise InputError(
             f"job {job_id} has no plan for machine {machine!r} (plans: {known})",
@@ -605,13 +602,7 @@ class Viewer:
         stamp = f"{digest}-{info.size}-{info.mtime_ns or 0}"
 
         def load() -> Volume:
-            if self.store.local:
-                vol = read_rtdose(full)
-            else:
-                with tempfile.TemporaryDirectory(prefix="rayrt-viewer-") as tmp:
-                    p = Path(tmp) / "rd.dcm"
-                    p.write_bytes(self.store.read_result(job.id, rel))
-                    vol = read_rtdose(p)
+            vol = read_rtdose(full) if self.store.local else read_rtdose_bytes(self.store.read_result(job.id, rel))
             return Volume(np.asarray(vol.array, dtype=np.float32), vol.grid, "dose_gy", {})
 
         key = f"{job.id}/{machine}/{stamp}"
@@ -713,7 +704,7 @@ class Viewer:
         info = self.patient_info(job.patient_id)
         plans = []
         for n, m in enumerate(summary.machines):
-            if m.verdict == "not released" or not any(f.startswith("RD") for f in m.files):
+            if m.verdict == NOT_RELEASED or not any(f.startswith("RD") for f in m.files):
                 continue
             _, vol = self._plan_dose(job.id, m.machine)
             plans.append(

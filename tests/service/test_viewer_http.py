@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from helpers.http import http
 
-from rayrt.imaging.dicom_io import read_rtdose
+from rayrt.imaging.dicom_io import read_rtdose, read_rtdose_bytes
 from rayrt.imaging.slices import PLANES, mask_on_plane, plane_image, plane_index_range, plane_shape
 from rayrt.imaging.volume import Grid, Volume
 from rayrt.service.store import Store
@@ -117,7 +117,7 @@ def test_plan_doses_of_a_job(serve_app, planned_job) -> None:
         assert d["slices"] == f"/jobs/{jid}/plans/{d['machine']}/dose"
         data = http.get(f"{serve_app}/jobs/{jid}/plans/{d['machine']}/rtdose", timeout=30).content
         assert pydicom.dcmread(io.BytesIO(data)).Modality == "RTDOSE"
-        rd = _rtdose(data)
+        rd = read_rtdose_bytes(data)
         assert d["max_gy"] == pytest.approx(float(rd.array.max()), rel=1e-4)
         g = Grid.model_validate(grid)
         for plane in PLANES:
@@ -140,16 +140,6 @@ def _pixel_centres(g: Grid, plane: str, index: int) -> np.ndarray:
     """LPS (x, y, z) of every pixel of a picture, oriented like the picture."""
     c = g.voxel_centers_mm()
     return np.stack([plane_image(Volume(c[..., a], g), plane, index) for a in range(3)], axis=-1)
-
-
-def _rtdose(data: bytes) -> Volume:
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "rd.dcm"
-        p.write_bytes(data)
-        return read_rtdose(p)
 
 
 def test_one_answer_per_slice_change(serve_app, patient, planned_job) -> None:

@@ -6,9 +6,6 @@ are checked for content: not blank, the dose wash where the target is."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pytest
 from helpers.browser import (
@@ -28,7 +25,7 @@ from helpers.browser import (
 )
 from helpers.http import add_user, http
 
-from rayrt.imaging.dicom_io import read_rtdose
+from rayrt.imaging.dicom_io import read_rtdose_bytes
 from rayrt.imaging.volume import Grid
 
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(not have_chromium(), reason=SKIP_REASON)]
@@ -42,11 +39,7 @@ def browser():
 
 
 def _rtdose(url: str, jid: str, machine: str):
-    data = http.get(f"{url}/jobs/{jid}/plans/{machine}/rtdose", timeout=30).content
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "rd.dcm"
-        p.write_bytes(data)
-        return read_rtdose(p)
+    return read_rtdose_bytes(http.get(f"{url}/jobs/{jid}/plans/{machine}/rtdose", timeout=30).content)
 
 
 def _coloured(px: np.ndarray) -> np.ndarray:
