@@ -93,9 +93,22 @@ def test_a_physicist_marks_a_machine_down_a_clinician_may_not(serve_app, browser
     wait(browser, "main", f"{name} is now available")
 
 
-def test_a_clinician_uploads_a_patient_from_the_page(serve_app, browser, small_study_zip, tmp_path):
+def _new_patients(url: str, known: set[str], timeout_s: float = 120.0) -> set[str]:
+    """The patients stored besides ``known``, once there is one (an upload's import takes a moment)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        new = set(http.get(f"{url}/patients").json()["patients"]) - known
+        if new or time.monotonic() > deadline:
+            return new
+        time.sleep(0.2)
+
+
+def test_a_clinician_uploads_a_patient_from_the_page(serve_app, browser, small_study_zip, small_study_dir, tmp_path):
     """The upload view: a zip chosen in the page's file field, sent as multipart (with its length),
-    imported, and what was found shown; a file that is no DICOM is refused with the reason."""
+    imported, and what was found shown; the same patient as a folder; a file that is no DICOM is
+    refused with the reason."""
     from selenium.webdriver.common.by import By
 
     token = add_user(serve_app, "browser-uploader", "clinician")
@@ -111,6 +124,15 @@ def test_a_clinician_uploads_a_patient_from_the_page(serve_app, browser, small_s
     assert len(new) == 1 and next(iter(new)) in result
     assert "PTV" in result and "Core" in result and "3 structures" in result
     assert not_blank(browser.get_screenshot_as_png()) > 0.02
+
+    # the same patient as a folder (CT/ series, RS.dcm, RD_1.dcm below it): every file in it uploaded
+    browser.find_element(By.CSS_SELECTOR, "form.upload input[name=files]").clear()
+    browser.find_element(By.CSS_SELECTOR, "form.upload input[name=folder]").send_keys(str(small_study_dir))
+    browser.find_element(By.CSS_SELECTOR, "form.upload button[type=submit]").click()
+    (newer,) = _new_patients(serve_app, before | new)
+    wait(browser, ".upload-result", f"Patient {newer} stored", timeout=60)
+    assert "3 structures" in browser.find_element(By.CSS_SELECTOR, ".upload-result").text
+    browser.find_element(By.CSS_SELECTOR, "form.upload input[name=folder]").clear()
 
     bad = tmp_path / "notes.txt"
     bad.write_text("not a scan")

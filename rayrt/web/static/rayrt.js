@@ -1003,13 +1003,16 @@
   // start from. The import runs on the service's compute; the answer lists series, structures, doses.
   function uploadView(root) {
     const input = h("input", { type: "file", name: "files", multiple: true, accept: ".zip,.dcm,application/zip,application/dicom" });
+    // a whole DICOM folder (chosen or dropped on the field): every file below it
+    const folder = h("input", { type: "file", name: "folder", multiple: true, webkitdirectory: "", "aria-label": "a DICOM folder" });
     const out = h("div", { class: "upload-result", role: "status" });
     const form = h("form", { class: "upload", onsubmit: async function (ev) {
       ev.preventDefault();
-      if (!input.files.length) { fill(out, h("p", { class: "err", text: "Choose a zip or the DICOM files first." })); return; }
+      const chosen = Array.from(input.files).concat(Array.from(folder.files));
+      if (!chosen.length) { fill(out, h("p", { class: "err", text: "Choose a zip, the DICOM files or their folder first." })); return; }
       const data = new FormData();
-      for (const f of input.files) data.append("files", f, f.name);
-      fill(out, muted("Uploading " + input.files.length + " file(s)…"));
+      for (const f of chosen) data.append("files", f, f.name);
+      fill(out, muted("Uploading " + chosen.length + " file(s)…"));
       try {
         const p = await call("upload", null, { form: data });
         fill(out,
@@ -1023,7 +1026,7 @@
       } catch (e) {
         fill(out, h("p", { class: "err", text: "Upload refused: " + e.message }));
       }
-    } }, h("label", null, "DICOM files or a zip ", input), " ", h("button", { type: "submit", text: "Upload" }));
+    } }, h("label", null, "DICOM files or a zip ", input), " ", h("label", null, "or a folder ", folder), " ", h("button", { type: "submit", text: "Upload" }));
     root.append(h("h1", { text: "Upload a patient" }), muted("CT (MR, PET) series with their RTSTRUCT, RTDOSE or RTPLAN, as files or one zip."), form, out);
     return { stop: function () {} };
   }
